@@ -1,0 +1,67 @@
+"""heimdall-kms: envelope encryption of PII field values through a real KMS.
+
+>>> import heimdall_kms
+>>> crypto = heimdall_kms.from_env()            # doctest: +SKIP
+>>> env = crypto.encrypt("123-45-6789", context={"field": "ssn", "record": "r1"})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from heimdall_kms import errors
+from heimdall_kms.audit import AuditSink, open_sink
+from heimdall_kms.config import EncryptionMode, Settings
+from heimdall_kms.envelope import Envelope, KmsV1Envelope, LegacyEnvelope
+from heimdall_kms.providers import load_provider
+from heimdall_kms.service import Crypto
+
+__all__ = [
+    "Crypto",
+    "Envelope",
+    "KmsV1Envelope",
+    "LegacyEnvelope",
+    "Settings",
+    "errors",
+    "from_env",
+    "from_settings",
+]
+__version__ = "0.1.0"
+
+
+def from_settings(
+    settings: Settings, *, audit: AuditSink | None = None, default_actor: str = "application"
+) -> Crypto:
+    """Build the facade from explicit settings (the provider is contacted lazily or at login).
+
+    Raises:
+        ConfigurationError: the provider cannot be built from the settings.
+        KMSError: logging in to the KMS failed.
+        AuditWriteError: the audit log cannot be opened.
+    """
+    kms = load_provider(settings) if settings.mode is not EncryptionMode.LEGACY else None
+    try:
+        sink = audit if audit is not None else open_sink(settings.audit_log)
+    except BaseException:
+        if kms is not None:
+            kms.close()
+        raise
+    return Crypto(settings, kms=kms, audit=sink, default_actor=default_actor)
+
+
+def from_env(
+    environ: Mapping[str, str] | None = None,
+    *,
+    audit: AuditSink | None = None,
+    default_actor: str = "application",
+) -> Crypto:
+    """Read the ``HMD_*`` settings (SPEC §2) from ``environ`` (default ``os.environ``).
+
+    Raises:
+        ConfigurationError: a setting is missing or malformed; the message names the variable.
+        KMSError: logging in to the KMS failed.
+        AuditWriteError: the audit log cannot be opened.
+    """
+    settings = Settings.from_env(os.environ if environ is None else environ)
+    return from_settings(settings, audit=audit, default_actor=default_actor)

@@ -1,0 +1,342 @@
+"""Typed settings, read once from the environment (SPEC §2).
+
+Nothing else in the package reads ``os.environ``. :meth:`Settings.from_env` takes the mapping
+to read, so tests and embedding applications pass their own. Every problem is reported as a
+:class:`ConfigurationError` whose one-line message starts with the variable's name and never
+repeats the value of a secret. (pydantic-settings was considered and not used: its errors
+echo the offending input, which for ``HMD_PII_MASTER_KEY`` would be key material, and the
+mode rules below are cross-field checks that read more plainly as code.)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from heimdall_kms.errors import ConfigurationError
+
+__all__ = [
+    "DEFAULT_LEGACY_KEY_ID",
+    "EncryptionMode",
+    "ProviderName",
+    "Secret",
+    "Settings",
+    "VaultAuthMethod",
+    "VaultSettings",
+    "WriteFormat",
+]
+
+DEFAULT_LEGACY_KEY_ID = "default-key-v1"
+DEFAULT_KMS_KEY_ID = "heimdall-pii"
+_HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
+_T = TypeVar("_T")
+
+
+class EncryptionMode(StrEnum):
+    LEGACY = "legacy"
+    HYBRID = "hybrid"
+    KMS = "kms"
+
+
+class WriteFormat(StrEnum):
+    """What hybrid mode writes. ``legacy`` is the documented rollback switch."""
+
+    KMS_V1 = "kms_v1"
+    LEGACY = "legacy"
+
+
+class ProviderName(StrEnum):
+    VAULT = "vault"
+    AWS = "aws"
+    GCP = "gcp"
+    AZURE = "azure"
+    LOCAL = "local"
+
+
+class VaultAuthMethod(StrEnum):
+    TOKEN = "token"  # noqa: S105 - an auth method's name, not a password.
+    APPROLE = "approle"
+    KUBERNETES = "kubernetes"
+
+
+class Secret(Generic[_T]):
+    """Holds a secret value whose repr and str never show it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: _T) -> None:
+        self._value = value
+
+    def reveal(self) -> _T:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(Secret)
+
+
+@dataclass(frozen=True, slots=True)
+class VaultSettings:
+    addr: str
+    auth_method: VaultAuthMethod = VaultAuthMethod.TOKEN
+    token: Secret[str] | None = None
+    role_id: str | None = None
+    secret_id: Secret[str] | None = None
+    k8s_role: str | None = None
+    k8s_token_path: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    auth_mount: str | None = None
+    transit_mount: str = "transit"
+    namespace: str | None = None
+    cacert: Path | None = None
+    timeout_seconds: float = 30.0
+    batch_size: int = 250
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything heimdall-kms is configured with. Build it with :meth:`from_env`."""
+
+    mode: EncryptionMode = EncryptionMode.KMS
+    hybrid_write: WriteFormat = WriteFormat.KMS_V1
+    legacy_key_id: str = DEFAULT_LEGACY_KEY_ID
+    # key_id -> 32-byte key; the primary (HMD_PII_MASTER_KEY) is under ``legacy_key_id``.
+    legacy_keys: Mapping[str, Secret[bytes]] = field(default_factory=dict)
+    provider: ProviderName | None = None
+    kms_key_id: str | None = None
+    vault: VaultSettings | None = None
+    local_keyring: Path | None = None
+    database_url: str | None = None
+    audit_log: str = "stderr"
+    key_rotation_days: int = 90
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Read and check every setting.
+
+        Raises:
+            ConfigurationError: a value is missing, malformed or inconsistent with the mode.
+        """
+        env = _Env(environ)
+        mode = env.enum("HMD_ENCRYPTION_MODE", EncryptionMode, EncryptionMode.KMS)
+        hybrid_write = env.enum("HMD_HYBRID_WRITE_FORMAT", WriteFormat, WriteFormat.KMS_V1)
+        legacy_key_id = env.get("HMD_PII_KEY_ID") or DEFAULT_LEGACY_KEY_ID
+        legacy_keys = _read_legacy_keys(env, legacy_key_id)
+        provider = env.optional_enum("HMD_KMS_PROVIDER", ProviderName)
+        _check_mode(mode, hybrid_write, provider, env, legacy_keys, legacy_key_id)
+        kms_key_id = env.get("HMD_KMS_KEY_ID")
+        if provider is not None and kms_key_id is None:
+            if provider in (ProviderName.VAULT, ProviderName.LOCAL):
+                kms_key_id = DEFAULT_KMS_KEY_ID
+            else:
+                raise ConfigurationError(
+                    f"HMD_KMS_KEY_ID: required for HMD_KMS_PROVIDER={provider.value}"
+                )
+        uses_kms = mode is not EncryptionMode.LEGACY
+        local_keyring = env.get("HMD_LOCAL_KEYRING")
+        if uses_kms and provider is ProviderName.LOCAL and local_keyring is None:
+            raise ConfigurationError(
+                "HMD_LOCAL_KEYRING: the local provider needs its keyring file named on purpose "
+                "(a path; it is created with mode 0600 if absent). NOT FOR PRODUCTION."
+            )
+        audit_log = env.get("HMD_AUDIT_LOG") or "stderr"
+        if audit_log in ("stdout", "-", "/dev/stdout"):
+            raise ConfigurationError("HMD_AUDIT_LOG: stdout carries command output; use a path")
+        return cls(
+            mode=mode,
+            hybrid_write=hybrid_write,
+            legacy_key_id=legacy_key_id,
+            legacy_keys=legacy_keys,
+            provider=provider,
+            kms_key_id=kms_key_id,
+            vault=_read_vault(env) if uses_kms and provider is ProviderName.VAULT else None,
+            local_keyring=Path(local_keyring) if local_keyring else None,
+            database_url=env.get("HMD_DATABASE_URL"),
+            audit_log=audit_log,
+            key_rotation_days=env.integer("HMD_KEY_ROTATION_DAYS", 90, minimum=1),
+        )
+
+
+class _Env:
+    """Small typed accessors; an empty string counts as unset."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def get(self, name: str, *fallbacks: str) -> str | None:
+        for key in (name, *fallbacks):
+            value = self._environ.get(key, "").strip()
+            if value:
+                return value
+        return None
+
+    def enum(self, name: str, kind: type[StrEnumT], default: StrEnumT) -> StrEnumT:
+        return self.optional_enum(name, kind) or default
+
+    def optional_enum(self, name: str, kind: type[StrEnumT]) -> StrEnumT | None:
+        raw = self.get(name)
+        if raw is None:
+            return None
+        try:
+            return kind(raw.lower())
+        except ValueError:
+            choices = " | ".join(member.value for member in kind)
+            raise ConfigurationError(f"{name}: expected one of {choices}, got {raw!r}") from None
+
+    def integer(self, name: str, default: int, *, minimum: int) -> int:
+        raw = self.get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigurationError(f"{name}: expected an integer, got {raw!r}") from None
+        if value < minimum:
+            raise ConfigurationError(f"{name}: must be at least {minimum}, got {value}")
+        return value
+
+    def number(self, name: str, default: float) -> float:
+        raw = self.get(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigurationError(f"{name}: expected a number, got {raw!r}") from None
+        if not value > 0:
+            raise ConfigurationError(f"{name}: must be greater than 0")
+        return value
+
+
+StrEnumT = TypeVar("StrEnumT", bound=StrEnum)
+
+
+def _hex_key(name: str, raw: str) -> Secret[bytes]:
+    # The message gives the length, never the characters: this is key material.
+    if len(raw) != 64:
+        raise ConfigurationError(f"{name}: expected 64 hex characters, got {len(raw)}")
+    if not _HEX_KEY.fullmatch(raw):
+        raise ConfigurationError(f"{name}: expected 64 hex characters, found a non-hex character")
+    return Secret(bytes.fromhex(raw))
+
+
+def _read_legacy_keys(env: _Env, primary_id: str) -> dict[str, Secret[bytes]]:
+    keys: dict[str, Secret[bytes]] = {}
+    master = env.get("HMD_PII_MASTER_KEY")
+    if master is not None:
+        keys[primary_id] = _hex_key("HMD_PII_MASTER_KEY", master)
+    older = env.get("HMD_PII_LEGACY_KEYS")
+    if older is None:
+        return keys
+    for position, item in enumerate(older.split(","), start=1):
+        key_id, sep, hex_key = item.strip().rpartition(":")
+        if not sep or not key_id.strip():
+            raise ConfigurationError(
+                f"HMD_PII_LEGACY_KEYS: entry {position} is not of the form id:hex"
+            )
+        key_id = key_id.strip()
+        if key_id in keys:
+            raise ConfigurationError(f"HMD_PII_LEGACY_KEYS: key id {key_id!r} is given twice")
+        keys[key_id] = _hex_key(f"HMD_PII_LEGACY_KEYS (entry {position})", hex_key.strip())
+    return keys
+
+
+def _check_mode(  # noqa: PLR0917 - private, called once, every argument is a distinct fact.
+    mode: EncryptionMode,
+    hybrid_write: WriteFormat,
+    provider: ProviderName | None,
+    env: _Env,
+    legacy_keys: Mapping[str, Secret[bytes]],
+    legacy_key_id: str,
+) -> None:
+    if hybrid_write is WriteFormat.LEGACY and mode is not EncryptionMode.HYBRID:
+        raise ConfigurationError(
+            "HMD_HYBRID_WRITE_FORMAT: the legacy rollback switch only applies to "
+            "HMD_ENCRYPTION_MODE=hybrid"
+        )
+    if mode is EncryptionMode.LEGACY:
+        if legacy_key_id not in legacy_keys:
+            raise ConfigurationError("HMD_PII_MASTER_KEY: required when HMD_ENCRYPTION_MODE=legacy")
+        return
+    if provider is None:
+        raise ConfigurationError(
+            f"HMD_KMS_PROVIDER: required when HMD_ENCRYPTION_MODE={mode.value} "
+            "(vault | aws | gcp | azure | local)"
+        )
+    if mode is EncryptionMode.KMS:
+        for name in ("HMD_PII_MASTER_KEY", "HMD_PII_LEGACY_KEYS"):
+            if env.get(name) is not None:
+                raise ConfigurationError(
+                    f"{name}: must not be set when HMD_ENCRYPTION_MODE=kms (the default); remove "
+                    "the env key, or use HMD_ENCRYPTION_MODE=hybrid while legacy data remains"
+                )
+    if hybrid_write is WriteFormat.LEGACY and legacy_key_id not in legacy_keys:
+        raise ConfigurationError("HMD_PII_MASTER_KEY: required when HMD_HYBRID_WRITE_FORMAT=legacy")
+
+
+def _read_vault(env: _Env) -> VaultSettings:
+    addr = env.get("HMD_VAULT_ADDR", "VAULT_ADDR")
+    if addr is None:
+        raise ConfigurationError("HMD_VAULT_ADDR: required for HMD_KMS_PROVIDER=vault")
+    if not addr.startswith(("http://", "https://")):
+        raise ConfigurationError("HMD_VAULT_ADDR: expected an http:// or https:// URL")
+    method = env.enum("HMD_VAULT_AUTH_METHOD", VaultAuthMethod, VaultAuthMethod.TOKEN)
+    token = env.get("HMD_VAULT_TOKEN", "VAULT_TOKEN")
+    secret_id = env.get("HMD_VAULT_SECRET_ID")
+    settings = VaultSettings(
+        addr=addr.rstrip("/"),
+        auth_method=method,
+        token=Secret(token) if token else None,
+        role_id=env.get("HMD_VAULT_ROLE_ID"),
+        secret_id=Secret(secret_id) if secret_id else None,
+        k8s_role=env.get("HMD_VAULT_K8S_ROLE"),
+        k8s_token_path=Path(
+            env.get("HMD_VAULT_K8S_TOKEN_PATH")
+            or "/var/run/secrets/kubernetes.io/serviceaccount/token"
+        ),
+        auth_mount=env.get("HMD_VAULT_AUTH_MOUNT"),
+        transit_mount=env.get("HMD_VAULT_TRANSIT_MOUNT") or "transit",
+        namespace=env.get("HMD_VAULT_NAMESPACE", "VAULT_NAMESPACE"),
+        cacert=_existing_file("HMD_VAULT_CACERT", env.get("HMD_VAULT_CACERT", "VAULT_CACERT")),
+        timeout_seconds=env.number("HMD_VAULT_TIMEOUT", 30.0),
+        batch_size=env.integer("HMD_VAULT_BATCH_SIZE", 250, minimum=1),
+    )
+    _check_vault_auth(settings)
+    return settings
+
+
+def _check_vault_auth(vault: VaultSettings) -> None:
+    if vault.auth_method is VaultAuthMethod.TOKEN and vault.token is None:
+        raise ConfigurationError("HMD_VAULT_TOKEN: required for HMD_VAULT_AUTH_METHOD=token")
+    if vault.auth_method is VaultAuthMethod.APPROLE:
+        if vault.role_id is None:
+            raise ConfigurationError(
+                "HMD_VAULT_ROLE_ID: required for HMD_VAULT_AUTH_METHOD=approle"
+            )
+        if vault.secret_id is None:
+            raise ConfigurationError(
+                "HMD_VAULT_SECRET_ID: required for HMD_VAULT_AUTH_METHOD=approle"
+            )
+    if vault.auth_method is VaultAuthMethod.KUBERNETES and vault.k8s_role is None:
+        raise ConfigurationError(
+            "HMD_VAULT_K8S_ROLE: required for HMD_VAULT_AUTH_METHOD=kubernetes"
+        )
+
+
+def _existing_file(name: str, value: str | None) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigurationError(f"{name}: no such file: {value}")
+    return path

@@ -1,0 +1,81 @@
+"""The only module that touches the ``cryptography`` package.
+
+Everything else works through these few functions, so the primitives in use can be reviewed
+in one place (ruff's TID251 rule bans ``cryptography`` imports elsewhere). Nonces are made
+here, never passed in by callers, except through the underscore hook the test-vector
+generator uses to make reproducible vectors.
+
+Wiping keys is best effort. DEKs travel as ``bytearray`` so that :func:`wipe` can overwrite
+them in place, but CPython and OpenSSL may hold further copies (the ``bytes`` object the AEAD
+constructor needs, base64 strings returned by a KMS, freed heap pages) that Python cannot
+reach. ``docs/design/KMS-Vault-Plan.md`` explains what this does and does not protect against.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from heimdall_kms.errors import IntegrityError
+
+__all__ = ["DEK_BYTES", "NONCE_BYTES", "TAG_BYTES", "new_dek", "open_", "seal", "wipe"]
+
+DEK_BYTES = 32
+NONCE_BYTES = 12
+TAG_BYTES = 16
+
+_INTEGRITY_MESSAGE = "envelope failed authentication (tampered, truncated, or wrong field/context)"
+
+
+def new_dek() -> bytearray:
+    """Return a fresh 256-bit data key from the operating system's CSPRNG."""
+    return bytearray(os.urandom(DEK_BYTES))
+
+
+def seal(key: bytes | bytearray, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
+    """Encrypt with AES-256-GCM under a fresh random nonce.
+
+    Returns:
+        ``(ciphertext_with_tag, nonce)``.
+    """
+    return _seal_with_nonce(key, plaintext, aad, os.urandom(NONCE_BYTES))
+
+
+def _seal_with_nonce(
+    key: bytes | bytearray, plaintext: bytes, aad: bytes, nonce: bytes
+) -> tuple[bytes, bytes]:
+    # Only the vector generator may call this directly: a fixed nonce reused with the same key
+    # destroys GCM's confidentiality and authenticity.
+    _check_key(key)
+    if len(nonce) != NONCE_BYTES:
+        raise ValueError("AES-GCM nonce must be 12 bytes")
+    return AESGCM(bytes(key)).encrypt(nonce, plaintext, aad), nonce
+
+
+def open_(key: bytes | bytearray, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+    """Decrypt and authenticate AES-256-GCM output.
+
+    Raises:
+        IntegrityError: the tag does not verify (tampered data, wrong key, nonce or AAD) or the
+            input is too short to hold a tag. The message is deliberately unspecific.
+    """
+    _check_key(key)
+    if len(nonce) != NONCE_BYTES or len(ciphertext) < TAG_BYTES:
+        raise IntegrityError(_INTEGRITY_MESSAGE)
+    try:
+        return AESGCM(bytes(key)).decrypt(nonce, ciphertext, aad)
+    except InvalidTag:
+        raise IntegrityError(_INTEGRITY_MESSAGE) from None
+
+
+def wipe(buffer: bytearray) -> None:
+    """Overwrite a key buffer with zeros in place (best effort; see the module docstring)."""
+    # Same-length slice assignment writes into the existing buffer; it does not reallocate.
+    buffer[:] = bytes(len(buffer))
+
+
+def _check_key(key: bytes | bytearray) -> None:
+    if len(key) != DEK_BYTES:
+        raise ValueError("AES-256-GCM key must be 32 bytes")

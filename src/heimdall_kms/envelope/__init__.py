@@ -1,0 +1,44 @@
+"""Stored envelope formats and the single version dispatch."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from heimdall_kms.envelope import _json
+from heimdall_kms.envelope._base import ALGORITHM, Envelope
+from heimdall_kms.envelope.kms_v1 import KMS_V1, KmsV1Envelope, check_context, kms_v1_aad
+from heimdall_kms.envelope.legacy import LEGACY, LEGACY_KEYS, LegacyEnvelope
+from heimdall_kms.errors import MalformedEnvelopeError
+
+__all__ = [
+    "ALGORITHM",
+    "KMS_V1",
+    "LEGACY",
+    "Envelope",
+    "KmsV1Envelope",
+    "LegacyEnvelope",
+    "check_context",
+    "kms_v1_aad",
+    "parse",
+]
+
+
+def parse(source: str | bytes | Mapping[str, Any]) -> KmsV1Envelope | LegacyEnvelope:
+    """Parse a stored value into its envelope type; the only place that reads the version.
+
+    Raises:
+        MalformedEnvelopeError: see :meth:`Envelope.from_json`.
+    """
+    obj = _json.load_object(source)
+    if "encryption_version" in obj:
+        version = obj["encryption_version"]
+        if version == KMS_V1:
+            return KmsV1Envelope.from_object(obj)
+        raise MalformedEnvelopeError(f"unsupported encryption_version {_json.short(version)}")
+    if obj.keys() >= LEGACY_KEYS:
+        return LegacyEnvelope.from_object(obj)
+    raise MalformedEnvelopeError(
+        "not an envelope: no encryption_version and not the legacy "
+        "{ciphertext, nonce, key_id, algorithm} form"
+    )

@@ -1,0 +1,43 @@
+"""The abstract envelope; :meth:`Envelope.from_json` is the one place that reads the version."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+__all__ = ["ALGORITHM", "Envelope"]
+
+ALGORITHM = "AES-256-GCM"
+
+
+class Envelope(ABC):
+    """A stored, encrypted field value: ``kms_v1`` or the legacy env-key form."""
+
+    __slots__ = ()
+    encryption_version: ClassVar[str]
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object as stored."""
+
+    @abstractmethod
+    def aad(self) -> bytes:
+        """The associated data the ciphertext is authenticated with."""
+
+    def to_json(self) -> str:
+        """Compact JSON text, as stored in a field."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, source: str | bytes | Mapping[str, Any]) -> Envelope:
+        """Parse stored text (or an already-parsed object) into the envelope of its version.
+
+        Raises:
+            MalformedEnvelopeError: not JSON, too large, not an envelope, an unknown
+                ``encryption_version``, or a field of the wrong form.
+        """
+        from heimdall_kms.envelope import parse  # noqa: PLC0415 - the package imports this module.
+
+        return parse(source)

@@ -1,0 +1,86 @@
+"""Strict JSON reading and field checks shared by the envelope formats."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from heimdall_kms.errors import MalformedEnvelopeError
+
+# An envelope holds one field value. Bounding the text before it is decoded keeps a hostile
+# 100 MB "envelope" from costing 100 MB of JSON parsing (tink bounds its encrypted DEK alike).
+MAX_ENVELOPE_CHARS = 2 * 1024 * 1024
+MAX_ENCRYPTED_DEK_CHARS = 8192
+MAX_CONTEXT_ENTRIES = 32
+MAX_CONTEXT_KEY_CHARS = 128
+MAX_CONTEXT_VALUE_CHARS = 1024
+
+
+def load_object(source: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
+    """Return the envelope's JSON object, refusing oversized, duplicate-key or non-object input."""
+    if isinstance(source, Mapping):
+        return dict(source)
+    if isinstance(source, bytes):
+        if len(source) > MAX_ENVELOPE_CHARS:
+            raise MalformedEnvelopeError(_too_large())
+        try:
+            source = source.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedEnvelopeError("envelope is not UTF-8 text") from None
+    if not isinstance(source, str):
+        raise MalformedEnvelopeError("envelope must be JSON text or a mapping")
+    if len(source) > MAX_ENVELOPE_CHARS:
+        raise MalformedEnvelopeError(_too_large())
+    try:
+        value = json.loads(source, object_pairs_hook=_no_duplicate_keys)
+    except (json.JSONDecodeError, RecursionError):
+        raise MalformedEnvelopeError("envelope is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise MalformedEnvelopeError("envelope must be a JSON object")
+    return value
+
+
+def _too_large() -> str:
+    return f"envelope is larger than {MAX_ENVELOPE_CHARS} characters"
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Two parsers that disagree on which duplicate wins would read different envelopes.
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise MalformedEnvelopeError(f"envelope repeats the key {short(key)}")
+        result[key] = value
+    return result
+
+
+def text(obj: Mapping[str, Any], key: str, *, max_chars: int = MAX_ENVELOPE_CHARS) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise MalformedEnvelopeError(f"envelope field {key!r} is missing or not a string")
+    if len(value) > max_chars:
+        raise MalformedEnvelopeError(
+            f"envelope field {key!r} is longer than {max_chars} characters"
+        )
+    return value
+
+
+def b64(obj: Mapping[str, Any], key: str) -> bytes:
+    """Decode standard base64 with padding, rejecting any other alphabet or stray characters."""
+    try:
+        return base64.b64decode(text(obj, key), validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedEnvelopeError(f"envelope field {key!r} is not valid base64") from None
+
+
+def b64_text(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def short(value: object, limit: int = 40) -> str:
+    """A bounded repr for echoing attacker-controlled, non-secret input in an error message."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."

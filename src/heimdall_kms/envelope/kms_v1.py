@@ -1,0 +1,143 @@
+"""The ``kms_v1`` envelope (SPEC §4.2): AES-256-GCM under a per-value DEK wrapped by the KMS."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from heimdall_kms.envelope import _json
+from heimdall_kms.envelope._base import ALGORITHM, Envelope
+from heimdall_kms.errors import InvalidInputError, MalformedEnvelopeError
+
+__all__ = ["KMS_V1", "KmsV1Envelope", "check_context", "kms_v1_aad"]
+
+KMS_V1 = "kms_v1"
+_PROVIDERS = frozenset({"vault", "aws", "gcp", "azure", "local"})
+_KNOWN_KEYS = frozenset(
+    {
+        "encryption_version",
+        "provider",
+        "key_identifier",
+        "key_version",
+        "algorithm",
+        "ciphertext",
+        "nonce",
+        "encrypted_dek",
+        "context",
+        "encryption_timestamp",
+    }
+)
+
+
+def kms_v1_aad(context: Mapping[str, str]) -> bytes:
+    """The canonical associated data: sorted-key compact JSON of version, algorithm, context.
+
+    Only fields that never change for a value are covered. ``key_version``, ``encrypted_dek``
+    and ``encryption_timestamp`` are left out so that a rewrap leaves ``ciphertext`` untouched.
+    """
+    document = {"alg": ALGORITHM, "ctx": dict(context), "v": KMS_V1}
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode("ascii")
+
+
+def check_context(context: object, *, error: type[Exception] = InvalidInputError) -> dict[str, str]:
+    """Return the context as a plain ``dict[str, str]`` or raise ``error`` saying what is wrong."""
+    if not isinstance(context, Mapping):
+        raise error("context must be a mapping of strings to strings")
+    if len(context) > _json.MAX_CONTEXT_ENTRIES:
+        raise error(f"context has more than {_json.MAX_CONTEXT_ENTRIES} entries")
+    checked: dict[str, str] = {}
+    for key, value in context.items():
+        if not isinstance(key, str) or not key or len(key) > _json.MAX_CONTEXT_KEY_CHARS:
+            raise error(
+                f"context key {_json.short(key)} must be a non-empty string "
+                f"of at most {_json.MAX_CONTEXT_KEY_CHARS} characters"
+            )
+        if not isinstance(value, str) or len(value) > _json.MAX_CONTEXT_VALUE_CHARS:
+            raise error(
+                f"context value for {key!r} must be a string of at most "
+                f"{_json.MAX_CONTEXT_VALUE_CHARS} characters"
+            )
+        checked[key] = value
+    return checked
+
+
+def utc_timestamp(now: datetime | None = None) -> str:
+    """RFC 3339 UTC with a ``Z`` suffix and microseconds."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class KmsV1Envelope(Envelope):
+    """A value sealed under a DEK that the KMS key ``key_identifier`` v``key_version`` wraps."""
+
+    encryption_version: ClassVar[str] = KMS_V1
+
+    provider: str
+    key_identifier: str
+    key_version: int
+    ciphertext: bytes = field(repr=False)
+    nonce: bytes = field(repr=False)
+    encrypted_dek: str = field(repr=False)
+    context: Mapping[str, str]
+    encryption_timestamp: str
+    algorithm: str = ALGORITHM
+    # Keys this version does not define, kept so that a parse -> to_json round trip is lossless.
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def aad(self) -> bytes:
+        return kms_v1_aad(self.context)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.extra,
+            "encryption_version": KMS_V1,
+            "provider": self.provider,
+            "key_identifier": self.key_identifier,
+            "key_version": self.key_version,
+            "algorithm": self.algorithm,
+            "ciphertext": _json.b64_text(self.ciphertext),
+            "nonce": _json.b64_text(self.nonce),
+            "encrypted_dek": self.encrypted_dek,
+            "context": dict(self.context),
+            "encryption_timestamp": self.encryption_timestamp,
+        }
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> KmsV1Envelope:
+        """Build from a parsed JSON object whose ``encryption_version`` is ``kms_v1``.
+
+        Raises:
+            MalformedEnvelopeError: a field is missing, of the wrong type, or out of bounds.
+        """
+        algorithm = _json.text(obj, "algorithm", max_chars=64)
+        if algorithm != ALGORITHM:
+            raise MalformedEnvelopeError(f"unsupported algorithm {_json.short(algorithm)}")
+        provider = _json.text(obj, "provider", max_chars=16)
+        if provider not in _PROVIDERS:
+            raise MalformedEnvelopeError(f"unknown provider {_json.short(provider)}")
+        key_version = obj.get("key_version")
+        if isinstance(key_version, bool) or not isinstance(key_version, int) or key_version < 1:
+            raise MalformedEnvelopeError("envelope field 'key_version' must be an integer >= 1")
+        timestamp = _json.text(obj, "encryption_timestamp", max_chars=64)
+        try:
+            datetime.fromisoformat(timestamp)
+        except ValueError:
+            raise MalformedEnvelopeError(
+                "envelope field 'encryption_timestamp' is not an RFC 3339 time"
+            ) from None
+        return cls(
+            provider=provider,
+            key_identifier=_json.text(obj, "key_identifier", max_chars=2048),
+            key_version=key_version,
+            ciphertext=_json.b64(obj, "ciphertext"),
+            nonce=_json.b64(obj, "nonce"),
+            encrypted_dek=_json.text(obj, "encrypted_dek", max_chars=_json.MAX_ENCRYPTED_DEK_CHARS),
+            context=check_context(obj.get("context"), error=MalformedEnvelopeError),
+            encryption_timestamp=timestamp,
+            algorithm=algorithm,
+            extra={key: value for key, value in obj.items() if key not in _KNOWN_KEYS},
+        )

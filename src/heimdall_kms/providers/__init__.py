@@ -1,0 +1,72 @@
+"""Provider selection: a fixed table from name to module, imported only when chosen.
+
+There is no registry to mutate (tink deprecated its ``register_kms_client`` for good reason).
+A provider whose SDK extra is missing fails with a :class:`ConfigurationError` that names the
+``pip install`` to run.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Protocol, cast
+
+from heimdall_kms.config import ProviderName, Settings
+from heimdall_kms.errors import ConfigurationError
+from heimdall_kms.providers.base import (
+    KeyContext,
+    KeyInfo,
+    KeyManagementService,
+    KeyVersion,
+    WrappedKey,
+)
+
+__all__ = [
+    "KeyContext",
+    "KeyInfo",
+    "KeyManagementService",
+    "KeyVersion",
+    "WrappedKey",
+    "load_provider",
+]
+
+_PROVIDERS: dict[ProviderName, tuple[str, str, str]] = {
+    ProviderName.VAULT: ("heimdall_kms.providers.vault", "VaultTransitProvider", "vault"),
+    ProviderName.LOCAL: ("heimdall_kms.providers.local", "LocalDevProvider", ""),
+}
+# The SDK modules each provider module needs; used only to name the missing extra.
+_SDK_MODULES = frozenset({"hvac", "boto3", "botocore", "google", "azure"})
+
+
+class _ProviderFactory(Protocol):
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KeyManagementService: ...
+
+
+def load_provider(settings: Settings) -> KeyManagementService:
+    """Build the configured provider.
+
+    Raises:
+        ConfigurationError: no provider configured, not available in this release, or its
+            SDK extra is not installed.
+        KMSError: logging in to the KMS failed.
+    """
+    if settings.provider is None:
+        raise ConfigurationError("HMD_KMS_PROVIDER: not set")
+    entry = _PROVIDERS.get(settings.provider)
+    if entry is None:
+        raise ConfigurationError(
+            f"HMD_KMS_PROVIDER: {settings.provider.value} is not available in this release yet "
+            "(available: vault, local)"
+        )
+    module_name, class_name, extra = entry
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in _SDK_MODULES:
+            raise ConfigurationError(
+                f"HMD_KMS_PROVIDER={settings.provider.value} needs: "
+                f"pip install 'heimdall-kms[{extra}]'"
+            ) from None
+        raise
+    factory = cast(type[_ProviderFactory], getattr(module, class_name))
+    return factory.from_settings(settings)

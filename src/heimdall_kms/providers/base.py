@@ -1,0 +1,141 @@
+"""The provider contract (``KeyManagementService``) and the value types it speaks in.
+
+A provider wraps and unwraps data keys with a master key that never leaves the KMS. Batch
+calls are part of the contract because speed comes from batching, never from caching DEKs
+(SPEC §1). Per-item failures of a batch come back in place as error objects so that a
+migration can report the one bad row and carry on; failures of the whole call (network,
+authentication, rate limits) are raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from heimdall_kms.config import ProviderName
+from heimdall_kms.errors import HeimdallKMSError
+
+__all__ = ["KeyContext", "KeyInfo", "KeyManagementService", "KeyVersion", "WrappedKey"]
+
+KeyContext = Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class WrappedKey:
+    """A DEK wrapped by the master key, in the provider's own form (e.g. ``vault:v3:...``)."""
+
+    ciphertext: str
+    key_version: int
+
+    def __repr__(self) -> str:
+        return (
+            f"WrappedKey(key_version={self.key_version}, ciphertext=<{len(self.ciphertext)} chars>)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyVersion:
+    version: int
+    created_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """What the KMS says about the master key.
+
+    ``versions`` lists the versions that can still decrypt (at or above
+    ``min_decryption_version``), oldest first.
+    """
+
+    provider: ProviderName
+    key_identifier: str
+    latest_version: int
+    min_decryption_version: int
+    versions: tuple[KeyVersion, ...]
+
+    @property
+    def latest(self) -> KeyVersion:
+        for version in self.versions:
+            if version.version == self.latest_version:
+                return version
+        return KeyVersion(self.latest_version, None)
+
+
+class KeyManagementService(Protocol):
+    """One master key in one KMS. Implementations are thin adapters over an SDK client."""
+
+    @property
+    def name(self) -> ProviderName:
+        """The provider's name as written into envelopes."""
+
+    @property
+    def key_identifier(self) -> str:
+        """The master key's id as configured (``HMD_KMS_KEY_ID``)."""
+
+    def wrap_many(
+        self, deks: Sequence[bytearray], contexts: Sequence[KeyContext]
+    ) -> list[WrappedKey]:
+        """Wrap each DEK with the latest key version, in as few KMS calls as the KMS allows.
+
+        ``contexts[i]`` is the non-secret context of ``deks[i]``; providers whose rewrap still
+        works with it bind it at the KMS as well (see ``docs/configuration.md``).
+
+        Raises:
+            KMSError: any failure; wrapping has no per-item failures.
+        """
+
+    def unwrap_many(
+        self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
+    ) -> list[bytearray | HeimdallKMSError]:
+        """Unwrap each DEK. The caller wipes every returned ``bytearray`` after use.
+
+        Returns:
+            In input order, the DEK or the error for that item (``IntegrityError`` for a
+            damaged wrapped key, ``KeyVersionRetiredError`` below the minimum version, ...).
+
+        Raises:
+            KMSError: a failure of the whole call (unavailable, authentication, rate limit).
+        """
+
+    def rewrap_many(
+        self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
+    ) -> list[WrappedKey | HeimdallKMSError]:
+        """Re-wrap each DEK under the latest key version, server-side where the KMS can.
+
+        Raises:
+            KMSError: a failure of the whole call.
+        """
+
+    def rotate(self) -> KeyInfo:
+        """Create a new key version and make it the one that wraps new DEKs.
+
+        Raises:
+            KMSError: the KMS refused or failed.
+        """
+
+    def retire(self, below_version: int) -> KeyInfo:
+        """Make every version below ``below_version`` unusable for decryption.
+
+        Raises:
+            InvalidInputError: ``below_version`` is not between 1 and the latest version.
+            KMSError: the KMS refused or failed.
+        """
+
+    def describe(self) -> KeyInfo:
+        """Versions with creation times, the latest version and the minimum decryption version.
+
+        Raises:
+            KMSError: the KMS refused or failed.
+        """
+
+    def health(self) -> None:
+        """Prove the key is usable with a real wrap/unwrap round trip of a random DEK.
+
+        Raises:
+            KMSError: the round trip failed.
+        """
+
+    def close(self) -> None:
+        """Release network resources."""

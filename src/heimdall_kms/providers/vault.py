@@ -1,0 +1,368 @@
+"""``VaultTransitProvider``: HashiCorp Vault (or OpenBao) Transit through hvac.
+
+DEKs are wrapped with Transit ``encrypt`` in ``batch_input`` calls, so N values cost
+ceil(N / batch_size) HTTP requests, never N. DEKs are wrapped *without* Transit
+``associated_data``: Vault's ``rewrap`` refuses such values (hashicorp/vault#29532), and the
+field/record context is already bound where it matters, in the AES-GCM AAD of the value.
+
+Raw hvac responses are unpacked here and never leave this module. hvac's exception messages
+can quote the whole response body, and a failed batch's body holds the plaintext DEKs of the
+items that succeeded; so errors are rebuilt from safe parts and raised ``from None``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, Self, TypeVar
+
+import hvac
+import hvac.exceptions
+import requests
+
+from heimdall_kms import crypto
+from heimdall_kms.config import ProviderName, Settings, VaultAuthMethod, VaultSettings
+from heimdall_kms.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    HeimdallKMSError,
+    IntegrityError,
+    InvalidInputError,
+    KeyNotFoundError,
+    KeyVersionRetiredError,
+    KMSError,
+    KMSUnavailableError,
+    PermissionDeniedError,
+    RateLimitedError,
+)
+from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey
+
+__all__ = ["VaultTransitProvider", "build_client"]
+
+_WRAPPED = re.compile(r"vault:v[1-9][0-9]{0,8}:[A-Za-z0-9+/=]+")
+_T = TypeVar("_T")
+# OpenBao refuses a JSON body with too many strings; a 500-item batch failed where 499 passed.
+_TOO_COMPLEX = "exceeded maximum number of strings"
+
+
+def build_client(vault: VaultSettings) -> hvac.Client:
+    """An authenticated hvac client for the settings (token, AppRole or Kubernetes login).
+
+    Raises:
+        ConfigurationError: the Kubernetes service-account token file cannot be read.
+        KMSError: the login was refused or Vault is unreachable.
+    """
+    verify: bool | str = str(vault.cacert) if vault.cacert else True
+    client = hvac.Client(
+        url=vault.addr, namespace=vault.namespace, verify=verify, timeout=vault.timeout_seconds
+    )
+    method = vault.auth_method
+    with _Translated("login", login=True):
+        if method is VaultAuthMethod.TOKEN and vault.token is not None:
+            client.token = vault.token.reveal()
+        elif method is VaultAuthMethod.APPROLE and vault.role_id and vault.secret_id:
+            client.auth.approle.login(
+                role_id=vault.role_id,
+                secret_id=vault.secret_id.reveal(),
+                mount_point=vault.auth_mount or "approle",
+            )
+        elif method is VaultAuthMethod.KUBERNETES and vault.k8s_role:
+            client.auth.kubernetes.login(
+                role=vault.k8s_role,
+                jwt=_read_jwt(vault),
+                mount_point=vault.auth_mount or "kubernetes",
+            )
+    return client
+
+
+class VaultTransitProvider:
+    """One Transit key. Construct with a ready hvac client, or :meth:`from_settings`."""
+
+    def __init__(
+        self, client: hvac.Client, key_name: str, *, mount: str = "transit", batch_size: int = 250
+    ) -> None:
+        self._client = client
+        self._key = key_name
+        self._mount = mount
+        self._batch_size = batch_size
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        if settings.vault is None or settings.kms_key_id is None:
+            raise ConfigurationError("HMD_VAULT_ADDR: required for HMD_KMS_PROVIDER=vault")
+        return cls(
+            build_client(settings.vault),
+            settings.kms_key_id,
+            mount=settings.vault.transit_mount,
+            batch_size=settings.vault.batch_size,
+        )
+
+    @property
+    def name(self) -> ProviderName:
+        return ProviderName.VAULT
+
+    @property
+    def key_identifier(self) -> str:
+        return self._key
+
+    def wrap_many(
+        self, deks: Sequence[bytearray], contexts: Sequence[KeyContext]
+    ) -> list[WrappedKey]:
+        items = [{"plaintext": base64.b64encode(dek).decode("ascii")} for dek in deks]
+        results = self._batched("encrypt", self._client.secrets.transit.encrypt_data, items)
+        wrapped: list[WrappedKey] = []
+        for result in results:
+            if isinstance(result, HeimdallKMSError):
+                raise result
+            wrapped.append(WrappedKey(result["ciphertext"], int(result["key_version"])))
+        return wrapped
+
+    def unwrap_many(
+        self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
+    ) -> list[bytearray | HeimdallKMSError]:
+        def decode(result: dict[str, Any]) -> bytearray | HeimdallKMSError:
+            try:
+                dek = bytearray(base64.b64decode(result["plaintext"], validate=True))
+            except (KeyError, binascii.Error):
+                return IntegrityError("Vault returned a data key that is not base64")
+            if len(dek) != crypto.DEK_BYTES:
+                crypto.wipe(dek)
+                return IntegrityError("unwrapped data key has the wrong length")
+            return dek
+
+        return self._per_item("decrypt", self._client.secrets.transit.decrypt_data, wrapped, decode)
+
+    def rewrap_many(
+        self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
+    ) -> list[WrappedKey | HeimdallKMSError]:
+        # Transit rewrap decrypts and re-encrypts the DEK inside Vault: no plaintext here.
+        def decode(result: dict[str, Any]) -> WrappedKey | HeimdallKMSError:
+            return WrappedKey(result["ciphertext"], int(result["key_version"]))
+
+        return self._per_item("rewrap", self._client.secrets.transit.rewrap_data, wrapped, decode)
+
+    def rotate(self) -> KeyInfo:
+        with _Translated("rotate"):
+            self._client.secrets.transit.rotate_key(self._key, mount_point=self._mount)
+        return self.describe()
+
+    def retire(self, below_version: int) -> KeyInfo:
+        latest = self.describe().latest_version
+        if not 1 <= below_version <= latest:
+            raise InvalidInputError(
+                f"--below-version must be between 1 and the latest version {latest}"
+            )
+        with _Translated("retire"):
+            self._client.secrets.transit.update_key_configuration(
+                self._key, min_decryption_version=below_version, mount_point=self._mount
+            )
+        return self.describe()
+
+    def describe(self) -> KeyInfo:
+        with _Translated("describe"):
+            data = self._client.secrets.transit.read_key(self._key, mount_point=self._mount)["data"]
+        versions = tuple(
+            KeyVersion(int(number), _creation_time(created))
+            for number, created in sorted(data["keys"].items(), key=lambda kv: int(kv[0]))
+        )
+        return KeyInfo(
+            provider=self.name,
+            key_identifier=self._key,
+            latest_version=int(data["latest_version"]),
+            min_decryption_version=int(data["min_decryption_version"]),
+            versions=versions,
+        )
+
+    def health(self) -> None:
+        dek = crypto.new_dek()
+        try:
+            (wrapped,) = self.wrap_many([dek], [{}])
+            (result,) = self.unwrap_many([wrapped.ciphertext], [{}])
+            if isinstance(result, HeimdallKMSError):
+                raise result
+            crypto.wipe(result)
+        finally:
+            crypto.wipe(dek)
+
+    def close(self) -> None:
+        self._client.adapter.close()
+
+    def _per_item(
+        self,
+        operation: str,
+        call: Callable[..., Any],
+        wrapped: Sequence[str],
+        decode: Callable[[dict[str, Any]], _T | HeimdallKMSError],
+    ) -> list[_T | HeimdallKMSError]:
+        # Items that are not Vault ciphertext at all are answered here and never sent.
+        results: list[_T | HeimdallKMSError] = [
+            IntegrityError("wrapped data key is not a Vault ciphertext")
+        ] * len(wrapped)
+        positions = [i for i, item in enumerate(wrapped) if _WRAPPED.fullmatch(item)]
+        items = [{"ciphertext": wrapped[i]} for i in positions]
+        for position, result in zip(positions, self._batched(operation, call, items), strict=True):
+            results[position] = result if isinstance(result, HeimdallKMSError) else decode(result)
+        return results
+
+    def _batched(
+        self, operation: str, call: Callable[..., Any], items: list[dict[str, str]]
+    ) -> list[dict[str, Any] | HeimdallKMSError]:
+        results: list[dict[str, Any] | HeimdallKMSError] = []
+        for chunk in _chunks(items, self._batch_size):
+            results.extend(self._call_batch(operation, call, chunk))
+        return results
+
+    def _call_batch(
+        self, operation: str, call: Callable[..., Any], chunk: list[dict[str, str]]
+    ) -> list[dict[str, Any] | HeimdallKMSError]:
+        try:
+            with _Translated(operation):
+                try:
+                    response = call(self._key, None, batch_input=chunk, mount_point=self._mount)
+                except hvac.exceptions.InvalidRequest as exc:
+                    body = _batch_results(exc.json)
+                    if body is not None:
+                        # One bad item fails the whole batch with HTTP 400; the per-item
+                        # results are still in the body.
+                        return [_item_result(operation, item) for item in body]
+                    raise
+        except _TooComplexError:
+            if len(chunk) == 1:
+                raise KMSError(f"Vault refused a single-item {operation} batch") from None
+            half = len(chunk) // 2
+            self._batch_size = max(1, min(self._batch_size, half))
+            return [
+                *self._call_batch(operation, call, chunk[:half]),
+                *self._call_batch(operation, call, chunk[half:]),
+            ]
+        body = _batch_results(response)
+        if body is None or len(body) != len(chunk):
+            raise KMSError(f"Vault answered {operation} without one result per item")
+        return [_item_result(operation, item) for item in body]
+
+
+class _TooComplexError(Exception):
+    """OpenBao refused the body as too complex; the batch is split and retried."""
+
+
+def _chunks(items: list[dict[str, str]], size: int) -> Iterator[list[dict[str, str]]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _batch_results(document: object) -> list[dict[str, Any]] | None:
+    if not isinstance(document, dict):
+        return None
+    data = document.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("batch_results"), list):
+        return None
+    results: list[dict[str, Any]] = data["batch_results"]
+    return results
+
+
+def _item_result(operation: str, item: dict[str, Any]) -> dict[str, Any] | HeimdallKMSError:
+    error = item.get("error")
+    if not error:
+        return item
+    return _error_from_message(operation, str(error))
+
+
+def _error_from_message(operation: str, message: str) -> HeimdallKMSError:
+    text = message.lower()
+    if "too old" in text or "disallowed by policy" in text:
+        return KeyVersionRetiredError("the data key's key version is retired in Vault")
+    if "invalid key version" in text or ("key version" in text and "not" in text):
+        return KeyNotFoundError("the data key names a key version Vault does not have")
+    if "authentication failed" in text or "invalid ciphertext" in text or "base64" in text:
+        return IntegrityError("Vault could not unwrap the data key (damaged or not ours)")
+    if "not found" in text:
+        return KeyNotFoundError("Vault has no such transit key")
+    return KMSError(f"Vault refused the {operation} item")
+
+
+class _Translated:
+    """Turns hvac and requests exceptions into our typed errors, with safe messages."""
+
+    def __init__(self, operation: str, *, login: bool = False) -> None:
+        self._operation = operation
+        self._login = login
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if exc is None or isinstance(exc, KMSError | _TooComplexError):
+            return
+        if isinstance(exc, hvac.exceptions.VaultError):
+            raise _translate_vault(self._operation, exc, login=self._login) from None
+        if isinstance(exc, requests.exceptions.RequestException):
+            reason = type(exc).__name__
+            raise KMSUnavailableError(
+                f"cannot reach Vault for {self._operation}: {reason}"
+            ) from None
+
+
+def _translate_vault(
+    operation: str, exc: hvac.exceptions.VaultError, *, login: bool
+) -> KMSError | _TooComplexError:
+    errors = [str(e) for e in (exc.errors or []) if isinstance(e, str)] if exc.errors else []
+    first = errors[0][:200] if errors else ""
+    where = f"Vault {operation}"
+    if isinstance(exc, hvac.exceptions.InvalidRequest) and _TOO_COMPLEX in first:
+        return _TooComplexError()
+    if isinstance(exc, hvac.exceptions.Unauthorized) or (
+        login and isinstance(exc, hvac.exceptions.InvalidRequest | hvac.exceptions.Forbidden)
+    ):
+        return AuthenticationError(f"{where}: authentication failed (check the token or role)")
+    if isinstance(exc, hvac.exceptions.Forbidden):
+        return PermissionDeniedError(
+            f"{where}: permission denied (HTTP 403: the token is invalid or expired, or its "
+            "policy does not allow this operation)"
+        )
+    if isinstance(exc, hvac.exceptions.InvalidPath):
+        return KeyNotFoundError(f"{where}: no such transit key or mount (HTTP 404)")
+    if isinstance(exc, hvac.exceptions.RateLimitExceeded):
+        return RateLimitedError(f"{where}: rate limited (HTTP 429)")
+    if isinstance(exc, hvac.exceptions.VaultDown):
+        return KMSUnavailableError(f"{where}: Vault is sealed or unavailable (HTTP 503)")
+    if isinstance(
+        exc,
+        hvac.exceptions.InternalServerError
+        | hvac.exceptions.BadGateway
+        | hvac.exceptions.VaultNotInitialized,
+    ):
+        return KMSUnavailableError(f"{where}: Vault is unavailable (HTTP 5xx)")
+    if isinstance(exc, hvac.exceptions.InvalidRequest):
+        if "not found" in first:
+            return KeyNotFoundError(f"{where}: no such transit key")
+        return KMSError(f"{where}: request refused (HTTP 400: {first})")
+    return KMSError(f"{where}: unexpected answer from Vault")
+
+
+def _creation_time(value: object) -> datetime | None:
+    # Symmetric keys report a Unix time; asymmetric ones a mapping with an RFC 3339 time.
+    if isinstance(value, int):
+        return datetime.fromtimestamp(value, UTC)
+    if isinstance(value, dict):
+        value = value.get("creation_time")
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _read_jwt(vault: VaultSettings) -> str:
+    try:
+        return vault.k8s_token_path.read_text(encoding="utf-8").strip()
+    except OSError:
+        raise ConfigurationError(
+            "HMD_VAULT_K8S_TOKEN_PATH: cannot read the service-account token "
+            f"{vault.k8s_token_path}"
+        ) from None

@@ -1,0 +1,435 @@
+"""``Crypto``: envelope encryption through the KMS, the mode rules, and the audit of each value.
+
+The modes (SPEC §2) are explicit rules here, never a fallback inside a ``try``:
+
+* ``legacy`` reads and writes only the env-key format;
+* ``hybrid`` reads both, writes ``kms_v1`` (or legacy, with the documented rollback switch
+  ``HMD_HYBRID_WRITE_FORMAT=legacy``);
+* ``kms`` reads and writes only ``kms_v1`` and refuses a legacy envelope.
+
+Every value encrypted or decrypted gets one audit event, recorded before the result is handed
+back (fail closed). Batches share KMS calls: ``encrypt_many`` and ``decrypt_many`` make one
+provider call per batch, never one per value.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from heimdall_kms import crypto
+from heimdall_kms.audit import AuditEvent, AuditSink, EventType, Result
+from heimdall_kms.config import EncryptionMode, Settings, WriteFormat
+from heimdall_kms.envelope import (
+    KMS_V1,
+    LEGACY,
+    Envelope,
+    KmsV1Envelope,
+    LegacyEnvelope,
+    check_context,
+    kms_v1_aad,
+    parse,
+)
+from heimdall_kms.envelope.kms_v1 import utc_timestamp
+from heimdall_kms.errors import (
+    ConfigurationError,
+    HeimdallKMSError,
+    IntegrityError,
+    InvalidInputError,
+    KeyNotFoundError,
+    KMSError,
+    MalformedEnvelopeError,
+    ModeViolationError,
+)
+from heimdall_kms.providers import KeyManagementService
+
+__all__ = ["MAX_PLAINTEXT_BYTES", "Crypto", "EnvelopeInput"]
+
+MAX_PLAINTEXT_BYTES = 1024 * 1024
+_MAX_LABEL_CHARS = 512
+EnvelopeInput = Envelope | str | bytes | Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    """One decrypt outcome plus what its audit event needs to say."""
+
+    outcome: str | HeimdallKMSError
+    envelope: Envelope | None
+    context: Mapping[str, str]
+
+
+class Crypto:
+    """The facade of SPEC §5. Build it with :func:`heimdall_kms.from_env`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        kms: KeyManagementService | None,
+        audit: AuditSink,
+        default_actor: str = "application",
+    ) -> None:
+        if settings.mode is not EncryptionMode.LEGACY and kms is None:
+            raise ConfigurationError(
+                f"HMD_KMS_PROVIDER: a KMS provider is required in {settings.mode.value} mode"
+            )
+        self.settings = settings
+        self.kms = kms
+        self.audit = audit
+        self._default_actor = default_actor
+
+    def __enter__(self) -> Crypto:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.kms is not None:
+            self.kms.close()
+        self.audit.close()
+
+    # -- encryption ---------------------------------------------------------------------------
+
+    def encrypt(
+        self, plaintext: str, *, context: Mapping[str, str] | None = None, actor: str | None = None
+    ) -> Envelope:
+        """Seal one value bound to ``context`` (e.g. ``{"field": "ssn", "record": "r1"}``).
+
+        Raises:
+            InvalidInputError: plaintext or context unusable.
+            KMSError: the KMS failed. AuditWriteError: the event could not be recorded.
+        """
+        return self.encrypt_many([(plaintext, context or {})], actor=actor)[0]
+
+    def encrypt_many(
+        self, items: Iterable[tuple[str, Mapping[str, str]]], *, actor: str | None = None
+    ) -> list[Envelope]:
+        """Seal many values with one batched KMS call; see :meth:`encrypt`."""
+        who = _label("actor", actor or self._default_actor)
+        values = [(_plaintext_bytes(text), check_context(ctx)) for text, ctx in items]
+        request_id = str(uuid.uuid4())
+        contexts = [ctx for _, ctx in values]
+        try:
+            envelopes = self._seal_legacy(values) if self._writes_legacy else self._seal_kms(values)
+        except HeimdallKMSError as exc:
+            self.audit.emit(
+                [
+                    self._event(EventType.ENCRYPT, who, request_id, None, ctx, error=exc)
+                    for ctx in contexts
+                ]
+            )
+            raise
+        self.audit.emit(
+            [
+                self._event(EventType.ENCRYPT, who, request_id, env, ctx)
+                for env, ctx in zip(envelopes, contexts, strict=True)
+            ]
+        )
+        return envelopes
+
+    @property
+    def _writes_legacy(self) -> bool:
+        mode = self.settings.mode
+        return mode is EncryptionMode.LEGACY or (
+            mode is EncryptionMode.HYBRID and self.settings.hybrid_write is WriteFormat.LEGACY
+        )
+
+    def _seal_kms(self, values: list[tuple[bytes, dict[str, str]]]) -> list[Envelope]:
+        assert self.kms is not None
+        deks = [crypto.new_dek() for _ in values]
+        try:
+            wrapped = self.kms.wrap_many(deks, [ctx for _, ctx in values])
+            if len(wrapped) != len(deks):
+                raise KMSError("the KMS returned a different number of wrapped keys")
+            timestamp = utc_timestamp()
+            envelopes: list[Envelope] = []
+            for (plaintext, ctx), dek, key in zip(values, deks, wrapped, strict=True):
+                ciphertext, nonce = crypto.seal(dek, plaintext, kms_v1_aad(ctx))
+                envelopes.append(
+                    KmsV1Envelope(
+                        provider=self.kms.name.value,
+                        key_identifier=self.kms.key_identifier,
+                        key_version=key.key_version,
+                        ciphertext=ciphertext,
+                        nonce=nonce,
+                        encrypted_dek=key.ciphertext,
+                        context=ctx,
+                        encryption_timestamp=timestamp,
+                    )
+                )
+            return envelopes
+        finally:
+            for dek in deks:
+                crypto.wipe(dek)
+
+    def _seal_legacy(self, values: list[tuple[bytes, dict[str, str]]]) -> list[Envelope]:
+        # The legacy format binds no context; the audit event still records it.
+        key_id = self.settings.legacy_key_id
+        key = self.settings.legacy_keys[key_id].reveal()
+        envelopes: list[Envelope] = []
+        for plaintext, _ in values:
+            ciphertext, nonce = crypto.seal(key, plaintext, b"")
+            envelopes.append(LegacyEnvelope(ciphertext=ciphertext, nonce=nonce, key_id=key_id))
+        return envelopes
+
+    # -- decryption ---------------------------------------------------------------------------
+
+    def decrypt(
+        self,
+        envelope: EnvelopeInput,
+        *,
+        actor: str,
+        reason: str,
+        context: Mapping[str, str] | None = None,
+    ) -> str:
+        """Open one envelope. ``context``, if given, states where the value was read from:
+        every key it names must equal the envelope's own context.
+
+        Raises:
+            InvalidInputError: actor or reason missing. MalformedEnvelopeError: not an envelope.
+            IntegrityError: tampered, or sealed for another context. ModeViolationError: the
+            format is not readable in this mode. KMSError, AuditWriteError.
+        """
+        return self.decrypt_many([envelope], actor=actor, reason=reason, contexts=[context])[0]
+
+    def decrypt_many(
+        self,
+        envelopes: Sequence[EnvelopeInput],
+        *,
+        actor: str,
+        reason: str,
+        contexts: Sequence[Mapping[str, str] | None] | None = None,
+    ) -> list[str]:
+        """Open many envelopes with one batched KMS call; raises the first item's error."""
+        results = self.decrypt_outcomes(envelopes, actor=actor, reason=reason, contexts=contexts)
+        for result in results:
+            if isinstance(result, HeimdallKMSError):
+                raise result
+        return [result for result in results if isinstance(result, str)]
+
+    def decrypt_outcomes(
+        self,
+        envelopes: Sequence[EnvelopeInput],
+        *,
+        actor: str,
+        reason: str,
+        contexts: Sequence[Mapping[str, str] | None] | None = None,
+    ) -> list[str | HeimdallKMSError]:
+        """Like :meth:`decrypt_many`, but each item's error is returned in its place.
+
+        Raises:
+            KMSError: a failure of the whole KMS call. AuditWriteError.
+        """
+        who = _label("actor", actor)
+        why = _label("reason", reason)
+        stated = list(contexts) if contexts is not None else [None] * len(envelopes)
+        if len(stated) != len(envelopes):
+            raise InvalidInputError("contexts must have one entry per envelope")
+        request_id = str(uuid.uuid4())
+        prepared = [
+            self._prepare(source, ctx) for source, ctx in zip(envelopes, stated, strict=True)
+        ]
+        try:
+            opened = self._open_all(prepared)
+        except KMSError as exc:
+            self.audit.emit(
+                [
+                    self._event(
+                        EventType.DECRYPT,
+                        who,
+                        request_id,
+                        p.envelope,
+                        p.context,
+                        error=exc,
+                        reason=why,
+                    )
+                    for p in prepared
+                ]
+            )
+            raise
+        self.audit.emit(
+            [
+                self._event(
+                    EventType.DECRYPT,
+                    who,
+                    request_id,
+                    item.envelope,
+                    item.context,
+                    reason=why,
+                    error=item.outcome if isinstance(item.outcome, HeimdallKMSError) else None,
+                )
+                for item in opened
+            ]
+        )
+        return [item.outcome for item in opened]
+
+    def _prepare(self, source: EnvelopeInput, stated: Mapping[str, str] | None) -> _Opened:
+        """Parse and check one envelope against the mode and the stated context."""
+        claimed = check_context(stated) if stated is not None else {}
+        try:
+            envelope = source if isinstance(source, Envelope) else parse(source)
+        except MalformedEnvelopeError as exc:
+            return _Opened(exc, None, claimed)
+        mode = self.settings.mode
+        if isinstance(envelope, LegacyEnvelope) and mode is EncryptionMode.KMS:
+            error: HeimdallKMSError = ModeViolationError(
+                "legacy env-key envelope refused: HMD_ENCRYPTION_MODE=kms reads kms_v1 only"
+            )
+            return _Opened(error, envelope, claimed)
+        if isinstance(envelope, KmsV1Envelope):
+            if mode is EncryptionMode.LEGACY:
+                error = ModeViolationError(
+                    "kms_v1 envelope refused: HMD_ENCRYPTION_MODE=legacy reads env-key data only"
+                )
+                return _Opened(error, envelope, envelope.context)
+            if any(envelope.context.get(key) != value for key, value in claimed.items()):
+                # Deliberately unspecific: which key differs is no business of the reader.
+                error = IntegrityError("envelope failed authentication (wrong field/context)")
+                return _Opened(error, envelope, envelope.context)
+            return _Opened("", envelope, envelope.context)
+        return _Opened("", envelope, claimed)
+
+    def _open_all(self, prepared: list[_Opened]) -> list[_Opened]:
+        outcomes: list[str | HeimdallKMSError] = [p.outcome for p in prepared]
+        pending = [i for i, p in enumerate(prepared) if not isinstance(p.outcome, HeimdallKMSError)]
+        kms_items = [i for i in pending if isinstance(prepared[i].envelope, KmsV1Envelope)]
+        for i, result in zip(
+            kms_items, self._open_kms([prepared[i] for i in kms_items]), strict=True
+        ):
+            outcomes[i] = result
+        for i in pending:
+            envelope = prepared[i].envelope
+            if isinstance(envelope, LegacyEnvelope):
+                outcomes[i] = self._open_legacy(envelope)
+        return [
+            _Opened(outcome, p.envelope, p.context)
+            for outcome, p in zip(outcomes, prepared, strict=True)
+        ]
+
+    def _open_kms(self, items: list[_Opened]) -> list[str | HeimdallKMSError]:
+        if not items:
+            return []
+        kms = self.kms
+        assert kms is not None
+        envelopes = [item.envelope for item in items if isinstance(item.envelope, KmsV1Envelope)]
+        results: list[str | HeimdallKMSError] = []
+        ours = [
+            env.provider == kms.name.value and env.key_identifier == kms.key_identifier
+            for env in envelopes
+        ]
+        unwrapped = iter(
+            kms.unwrap_many(
+                [env.encrypted_dek for env, mine in zip(envelopes, ours, strict=True) if mine],
+                [env.context for env, mine in zip(envelopes, ours, strict=True) if mine],
+            )
+        )
+        for envelope, mine in zip(envelopes, ours, strict=True):
+            if not mine:
+                results.append(
+                    KeyNotFoundError(
+                        f"envelope was sealed by {envelope.provider} key "
+                        f"{envelope.key_identifier!r}; this deployment uses {kms.name.value} key "
+                        f"{kms.key_identifier!r}"
+                    )
+                )
+                continue
+            dek = next(unwrapped)
+            if isinstance(dek, HeimdallKMSError):
+                results.append(dek)
+                continue
+            try:
+                results.append(
+                    _utf8(crypto.open_(dek, envelope.nonce, envelope.ciphertext, envelope.aad()))
+                )
+            except HeimdallKMSError as exc:
+                results.append(exc)
+            finally:
+                crypto.wipe(dek)
+        return results
+
+    def _open_legacy(self, envelope: LegacyEnvelope) -> str | HeimdallKMSError:
+        key = self.settings.legacy_keys.get(envelope.key_id)
+        if key is None:
+            return KeyNotFoundError(
+                f"legacy key id {envelope.key_id!r} is not configured "
+                "(HMD_PII_MASTER_KEY with HMD_PII_KEY_ID, or HMD_PII_LEGACY_KEYS)"
+            )
+        try:
+            return _utf8(crypto.open_(key.reveal(), envelope.nonce, envelope.ciphertext, b""))
+        except HeimdallKMSError as exc:
+            return exc
+
+    # -- audit ----------------------------------------------------------------------------------
+
+    def _event(
+        self,
+        event_type: EventType,
+        actor: str,
+        request_id: str,
+        envelope: Envelope | None,
+        context: Mapping[str, str],
+        *,
+        error: HeimdallKMSError | None = None,
+        reason: str | None = None,
+    ) -> AuditEvent:
+        key_identifier: str | None = None
+        key_version: int | None = None
+        provider: str | None = None
+        if isinstance(envelope, KmsV1Envelope):
+            key_identifier, key_version = envelope.key_identifier, envelope.key_version
+            provider = envelope.provider
+        elif isinstance(envelope, LegacyEnvelope):
+            key_identifier = envelope.key_id
+        elif self.kms is not None and not self._writes_legacy:
+            key_identifier, provider = self.kms.key_identifier, self.kms.name.value
+        return AuditEvent(
+            event_type=event_type,
+            actor=actor,
+            request_id=request_id,
+            result=Result.FAILURE if error is not None else Result.SUCCESS,
+            field_identifier=context.get("field"),
+            key_identifier=key_identifier,
+            key_version=key_version,
+            provider=provider,
+            encryption_version=(
+                KMS_V1
+                if isinstance(envelope, KmsV1Envelope)
+                else LEGACY
+                if isinstance(envelope, LegacyEnvelope)
+                else None
+            ),
+            reason=reason,
+            error_type=error.error_type if error is not None else None,
+            context=dict(context) if context else None,
+        )
+
+
+def _plaintext_bytes(text: object) -> bytes:
+    if not isinstance(text, str):
+        raise InvalidInputError("plaintext must be text (str)")
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInputError("plaintext is not encodable as UTF-8") from None
+    if len(data) > MAX_PLAINTEXT_BYTES:
+        raise InvalidInputError(f"plaintext is larger than {MAX_PLAINTEXT_BYTES} bytes")
+    return data
+
+
+def _label(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInputError(f"{name} is required (who is asking, and why, is audited)")
+    if len(value) > _MAX_LABEL_CHARS:
+        raise InvalidInputError(f"{name} is longer than {_MAX_LABEL_CHARS} characters")
+    return value
+
+
+def _utf8(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedEnvelopeError("decrypted value is not UTF-8 text") from None
