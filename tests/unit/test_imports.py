@@ -1,0 +1,36 @@
+"""Importing the package loads no provider SDK, and only crypto.py imports `cryptography`."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "heimdall_kms"
+
+
+def test_import_loads_no_provider_sdk() -> None:
+    code = (
+        "import sys, heimdall_kms, heimdall_kms.cli\n"
+        "heavy = [m for m in ('hvac', 'boto3', 'botocore', 'google.cloud.kms', 'azure')"
+        " if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_only_crypto_module_imports_cryptography() -> None:
+    offenders = []
+    for path in SRC.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(n == "cryptography" or n.startswith("cryptography.") for n in names):
+                offenders.append(path.name)
+    assert sorted(set(offenders)) == ["crypto.py"]
