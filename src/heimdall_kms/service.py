@@ -321,12 +321,14 @@ class Crypto:
             env.provider == kms.name.value and env.key_identifier == kms.key_identifier
             for env in envelopes
         ]
-        unwrapped = iter(
-            kms.unwrap_many(
-                [env.encrypted_dek for env, mine in zip(envelopes, ours, strict=True) if mine],
-                [env.context for env, mine in zip(envelopes, ours, strict=True) if mine],
-            )
-        )
+        sent = [env for env, mine in zip(envelopes, ours, strict=True) if mine]
+        answers = kms.unwrap_many([e.encrypted_dek for e in sent], [e.context for e in sent])
+        if len(answers) != len(sent):
+            for answer in answers:
+                if isinstance(answer, bytearray):
+                    crypto.wipe(answer)
+            raise KMSError("the KMS returned a different number of unwrapped keys")
+        unwrapped = iter(answers)
         for envelope, mine in zip(envelopes, ours, strict=True):
             if not mine:
                 results.append(
@@ -425,6 +427,10 @@ def _label(name: str, value: object) -> str:
         raise InvalidInputError(f"{name} is required (who is asking, and why, is audited)")
     if len(value) > _MAX_LABEL_CHARS:
         raise InvalidInputError(f"{name} is longer than {_MAX_LABEL_CHARS} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInputError(f"{name} is not valid Unicode text") from None
     return value
 
 

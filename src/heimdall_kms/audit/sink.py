@@ -63,7 +63,11 @@ class FileAuditSink:
                 self._handle.flush()
                 os.fsync(self._handle.fileno())
             except (OSError, ValueError) as exc:
-                reason = getattr(exc, "strerror", None) or "closed"
+                reason = getattr(exc, "strerror", None) or (
+                    "an event is not valid Unicode"
+                    if isinstance(exc, UnicodeEncodeError)
+                    else "the log is closed"
+                )
                 raise AuditWriteError(f"cannot write audit log {self.path}: {reason}") from None
 
     def close(self) -> None:

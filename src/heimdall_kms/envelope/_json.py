@@ -70,10 +70,16 @@ def text(obj: Mapping[str, Any], key: str, *, max_chars: int = MAX_ENVELOPE_CHAR
 
 def b64(obj: Mapping[str, Any], key: str) -> bytes:
     """Decode standard base64 with padding, rejecting any other alphabet or stray characters."""
+    value = text(obj, key)
     try:
-        return base64.b64decode(text(obj, key), validate=True)
+        raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise MalformedEnvelopeError(f"envelope field {key!r} is not valid base64") from None
+        raw = None
+    # Only the canonical encoding is accepted, so one envelope has exactly one stored text
+    # (b64decode tolerates surplus padding and non-zero padding bits).
+    if raw is None or base64.b64encode(raw).decode("ascii") != value:
+        raise MalformedEnvelopeError(f"envelope field {key!r} is not valid base64")
+    return raw
 
 
 def b64_text(data: bytes) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,6 +16,9 @@ from heimdall_kms.errors import InvalidInputError, MalformedEnvelopeError
 __all__ = ["KMS_V1", "KmsV1Envelope", "check_context", "kms_v1_aad"]
 
 KMS_V1 = "kms_v1"
+# RFC 3339 in UTC, as written by utc_timestamp(); fromisoformat alone also takes ISO week
+# dates, dates without a time and local offsets.
+_RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|\+00:00)")
 _PROVIDERS = frozenset({"vault", "aws", "gcp", "azure", "local"})
 _KNOWN_KEYS = frozenset(
     {
@@ -60,8 +64,19 @@ def check_context(context: object, *, error: type[Exception] = InvalidInputError
                 f"context value for {key!r} must be a string of at most "
                 f"{_json.MAX_CONTEXT_VALUE_CHARS} characters"
             )
+        if not (_utf8_encodable(key) and _utf8_encodable(value)):
+            raise error(f"context entry {_json.short(key)} is not valid Unicode text")
         checked[key] = value
     return checked
+
+
+def _utf8_encodable(text: str) -> bool:
+    # Lone surrogates survive json.loads but cannot be written to an audit line or a database.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def utc_timestamp(now: datetime | None = None) -> str:
@@ -124,6 +139,8 @@ class KmsV1Envelope(Envelope):
             raise MalformedEnvelopeError("envelope field 'key_version' must be an integer >= 1")
         timestamp = _json.text(obj, "encryption_timestamp", max_chars=64)
         try:
+            if not _RFC3339_UTC.fullmatch(timestamp):
+                raise ValueError(timestamp)
             datetime.fromisoformat(timestamp)
         except ValueError:
             raise MalformedEnvelopeError(
