@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Generic, TypeVar
+from urllib.parse import urlsplit
 
 from heimdall_kms.errors import ConfigurationError
 
@@ -149,9 +150,7 @@ class Settings:
                 "HMD_LOCAL_KEYRING: the local provider needs its keyring file named on purpose "
                 "(a path; it is created with mode 0600 if absent). NOT FOR PRODUCTION."
             )
-        audit_log = env.get("HMD_AUDIT_LOG") or "stderr"
-        if audit_log in ("stdout", "-", "/dev/stdout"):
-            raise ConfigurationError("HMD_AUDIT_LOG: stdout carries command output; use a path")
+        audit_log = _audit_destination(env.get("HMD_AUDIT_LOG"))
         return cls(
             mode=mode,
             hybrid_write=hybrid_write,
@@ -265,7 +264,7 @@ def _check_mode(  # noqa: PLR0917 - private, called once, every argument is a di
             "HMD_ENCRYPTION_MODE=hybrid"
         )
     if mode is EncryptionMode.LEGACY:
-        if legacy_key_id not in legacy_keys:
+        if env.get("HMD_PII_MASTER_KEY") is None:
             raise ConfigurationError("HMD_PII_MASTER_KEY: required when HMD_ENCRYPTION_MODE=legacy")
         return
     if provider is None:
@@ -288,8 +287,9 @@ def _read_vault(env: _Env) -> VaultSettings:
     addr = env.get("HMD_VAULT_ADDR", "VAULT_ADDR")
     if addr is None:
         raise ConfigurationError("HMD_VAULT_ADDR: required for HMD_KMS_PROVIDER=vault")
-    if not addr.startswith(("http://", "https://")):
-        raise ConfigurationError("HMD_VAULT_ADDR: expected an http:// or https:// URL")
+    parts = urlsplit(addr)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError("HMD_VAULT_ADDR: expected an http:// or https:// URL with a host")
     method = env.enum("HMD_VAULT_AUTH_METHOD", VaultAuthMethod, VaultAuthMethod.TOKEN)
     token = env.get("HMD_VAULT_TOKEN", "VAULT_TOKEN")
     secret_id = env.get("HMD_VAULT_SECRET_ID")
@@ -331,6 +331,14 @@ def _check_vault_auth(vault: VaultSettings) -> None:
         raise ConfigurationError(
             "HMD_VAULT_K8S_ROLE: required for HMD_VAULT_AUTH_METHOD=kubernetes"
         )
+
+
+def _audit_destination(value: str | None) -> str:
+    if value is None or value.lower() == "stderr":
+        return "stderr"
+    if value.lower() in ("stdout", "-") or value in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"):
+        raise ConfigurationError("HMD_AUDIT_LOG: stdout carries command output; use a path")
+    return value
 
 
 def _database_url(value: str | None) -> str | None:

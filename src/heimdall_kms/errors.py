@@ -22,6 +22,7 @@ __all__ = [
     "AuthenticationError",
     "ConfigurationError",
     "HeimdallKMSError",
+    "IncompleteError",
     "IntegrityError",
     "InvalidInputError",
     "KMSError",
@@ -32,6 +33,7 @@ __all__ = [
     "ModeViolationError",
     "PermissionDeniedError",
     "RateLimitedError",
+    "StoreError",
 ]
 
 
@@ -76,6 +78,20 @@ class ModeViolationError(HeimdallKMSError):
 
     error_type = "mode_violation"
     exit_code = 67
+
+
+class StoreError(HeimdallKMSError):
+    """The database is unreachable, read-only, or the table/column/id column is wrong."""
+
+    error_type = "store"
+    exit_code = 73
+
+
+class IncompleteError(HeimdallKMSError):
+    """A job ran to the end but some values could not be handled (reported by id)."""
+
+    error_type = "incomplete"
+    exit_code = 3
 
 
 class AuditWriteError(HeimdallKMSError):

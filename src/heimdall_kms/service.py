@@ -15,6 +15,7 @@ provider call per batch, never one per value.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,11 +44,13 @@ from heimdall_kms.errors import (
     MalformedEnvelopeError,
     ModeViolationError,
 )
+from heimdall_kms.metrics import Metrics, default_metrics
 from heimdall_kms.providers import KeyManagementService
 
 __all__ = ["MAX_PLAINTEXT_BYTES", "Crypto", "EnvelopeInput"]
 
 MAX_PLAINTEXT_BYTES = 1024 * 1024
+_LEGACY_LABEL = "legacy"
 _MAX_LABEL_CHARS = 512
 EnvelopeInput = Envelope | str | bytes | Mapping[str, Any]
 
@@ -71,6 +74,7 @@ class Crypto:
         kms: KeyManagementService | None,
         audit: AuditSink,
         default_actor: str = "application",
+        metrics: Metrics | None = None,
     ) -> None:
         if settings.mode is not EncryptionMode.LEGACY and kms is None:
             raise ConfigurationError(
@@ -80,6 +84,7 @@ class Crypto:
         self.kms = kms
         self.audit = audit
         self._default_actor = default_actor
+        self.metrics = metrics if metrics is not None else default_metrics()
 
     def __enter__(self) -> Crypto:
         return self
@@ -113,23 +118,35 @@ class Crypto:
         values = [(_plaintext_bytes(text), check_context(ctx)) for text, ctx in items]
         request_id = str(uuid.uuid4())
         contexts = [ctx for _, ctx in values]
-        try:
-            envelopes = self._seal_legacy(values) if self._writes_legacy else self._seal_kms(values)
-        except HeimdallKMSError as exc:
-            self.audit.emit(
-                [
-                    self._event(EventType.ENCRYPT, who, request_id, None, ctx, error=exc)
-                    for ctx in contexts
-                ]
-            )
-            raise
-        self.audit.emit(
-            [
-                self._event(EventType.ENCRYPT, who, request_id, env, ctx)
+        provider = self._write_label
+
+        def events(
+            envelopes: Sequence[Envelope | None], error: HeimdallKMSError | None = None
+        ) -> list[AuditEvent]:
+            return [
+                self._event(EventType.ENCRYPT, who, request_id, env, ctx, error=error)
                 for env, ctx in zip(envelopes, contexts, strict=True)
             ]
-        )
-        return envelopes
+
+        try:
+            with self.metrics.timed("encrypt", provider):
+                sealed = (
+                    self._seal_legacy(values) if self._writes_legacy else self._seal_kms(values)
+                )
+        except HeimdallKMSError as exc:
+            self.metrics.errors_total.labels("encrypt", provider, exc.error_type).inc(len(values))
+            self.audit.emit(events([None] * len(values), exc))
+            raise
+        self.audit.emit(events(sealed))
+        for (label, version), count in Counter(map(_metric_labels, sealed)).items():
+            self.metrics.encrypt_total.labels(label, version).inc(count)
+        return sealed
+
+    @property
+    def _write_label(self) -> str:
+        if self._writes_legacy or self.kms is None:
+            return _LEGACY_LABEL
+        return self.kms.name.value
 
     @property
     def _writes_legacy(self) -> bool:
@@ -233,39 +250,47 @@ class Crypto:
         prepared = [
             self._prepare(source, ctx) for source, ctx in zip(envelopes, stated, strict=True)
         ]
+        provider = self.kms.name.value if self.kms is not None else _LEGACY_LABEL
         try:
-            opened = self._open_all(prepared)
-        except KMSError as exc:
-            self.audit.emit(
-                [
-                    self._event(
-                        EventType.DECRYPT,
-                        who,
-                        request_id,
-                        p.envelope,
-                        p.context,
-                        error=exc,
-                        reason=why,
-                    )
-                    for p in prepared
-                ]
-            )
+            with self.metrics.timed("decrypt", provider):
+                opened = self._open_all(prepared)
+        except HeimdallKMSError as exc:
+            # The whole call failed (KMS unreachable, refused, ...): every item failed with it.
+            opened = [_Opened(exc, p.envelope, p.context) for p in prepared]
+            self._record_decrypts(opened, who, why, request_id, provider)
             raise
+        self._record_decrypts(opened, who, why, request_id, provider)
+        return [item.outcome for item in opened]
+
+    def _record_decrypts(
+        self, opened: list[_Opened], actor: str, reason: str, request_id: str, provider: str
+    ) -> None:
+        """Audit every outcome (fail closed: raises AuditWriteError) and count it."""
         self.audit.emit(
             [
                 self._event(
                     EventType.DECRYPT,
-                    who,
+                    actor,
                     request_id,
                     item.envelope,
                     item.context,
-                    reason=why,
+                    reason=reason,
                     error=item.outcome if isinstance(item.outcome, HeimdallKMSError) else None,
                 )
                 for item in opened
             ]
         )
-        return [item.outcome for item in opened]
+        done: Counter[tuple[str, str]] = Counter()
+        failed: Counter[str] = Counter()
+        for item in opened:
+            if isinstance(item.outcome, HeimdallKMSError):
+                failed[item.outcome.error_type] += 1
+            elif item.envelope is not None:
+                done[_metric_labels(item.envelope)] += 1
+        for (label, version), count in done.items():
+            self.metrics.decrypt_total.labels(label, version).inc(count)
+        for error_type, count in failed.items():
+            self.metrics.errors_total.labels("decrypt", provider, error_type).inc(count)
 
     def _prepare(self, source: EnvelopeInput, stated: Mapping[str, str] | None) -> _Opened:
         """Parse and check one envelope against the mode and the stated context."""
@@ -408,6 +433,16 @@ class Crypto:
             error_type=error.error_type if error is not None else None,
             context=dict(context) if context else None,
         )
+
+
+def _metric_labels(envelope: Envelope) -> tuple[str, str]:
+    # Legacy values are counted under provider "legacy" with their key id as the version:
+    # a handful of configured ids, so the label set stays small.
+    if isinstance(envelope, KmsV1Envelope):
+        return envelope.provider, str(envelope.key_version)
+    if isinstance(envelope, LegacyEnvelope):
+        return _LEGACY_LABEL, envelope.key_id
+    return _LEGACY_LABEL, "unknown"
 
 
 def _plaintext_bytes(text: object) -> bytes:

@@ -36,7 +36,7 @@ def load_object(source: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
         raise MalformedEnvelopeError(_too_large())
     try:
         value = json.loads(source, object_pairs_hook=_no_duplicate_keys)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError, and ints over 4300 digits.
         raise MalformedEnvelopeError("envelope is not valid JSON") from None
     if not isinstance(value, dict):
         raise MalformedEnvelopeError("envelope must be a JSON object")

@@ -93,6 +93,7 @@ class LocalKeyring:
     @contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
         lock_path = self.path.with_name(self.path.name + ".lock")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
