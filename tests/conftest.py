@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from tests.servers import OpenBao, start_openbao
@@ -23,3 +25,18 @@ def fresh_openbao() -> Iterator[OpenBao]:
     server = start_openbao()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The machine's PostgreSQL. CI fails without it; a developer's run may skip."""
+    url = os.environ.get("HMD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        with psycopg.connect(url, connect_timeout=5) as connection:
+            connection.execute("SELECT 1")
+    except psycopg.Error as exc:
+        message = f"PostgreSQL at {url} is not reachable: {exc}".splitlines()[0]
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return url

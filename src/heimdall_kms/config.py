@@ -29,6 +29,8 @@ __all__ = [
     "VaultAuthMethod",
     "VaultSettings",
     "WriteFormat",
+    "audit_destination",
+    "database_url",
 ]
 
 DEFAULT_LEGACY_KEY_ID = "default-key-v1"
@@ -331,6 +333,24 @@ def _check_vault_auth(vault: VaultSettings) -> None:
         raise ConfigurationError(
             "HMD_VAULT_K8S_ROLE: required for HMD_VAULT_AUTH_METHOD=kubernetes"
         )
+
+
+def audit_destination(environ: Mapping[str, str]) -> str:
+    """``HMD_AUDIT_LOG`` alone, for commands that need no KMS (status, rollback, purge).
+
+    Raises:
+        ConfigurationError: it names stdout.
+    """
+    return _audit_destination(_Env(environ).get("HMD_AUDIT_LOG"))
+
+
+def database_url(environ: Mapping[str, str]) -> str | None:
+    """``HMD_DATABASE_URL`` alone, checked.
+
+    Raises:
+        ConfigurationError: not a sqlite:/// or postgresql:// URL.
+    """
+    return _database_url(_Env(environ).get("HMD_DATABASE_URL"))
 
 
 def _audit_destination(value: str | None) -> str:

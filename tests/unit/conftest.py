@@ -9,33 +9,16 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from Crypto.Cipher import AES
 
 # Recognisable secrets: any of them showing up in a message, repr or audit event is a leak.
 MASTER_HEX = "ab" * 32
 OLD_LEGACY_HEX = "cd" * 32
 VAULT_TOKEN = "s.SECRETTOKEN"
 KEY_NAME = "heimdall-pii"
-
-
-def legacy_envelope(key_hex: str, plaintext: str, key_id: str = "default-key-v1") -> str:
-    """A legacy env-key envelope as the existing engine writes it (SPEC §4.1)."""
-    nonce = os.urandom(12)
-    cipher = AES.new(bytes.fromhex(key_hex), AES.MODE_GCM, nonce=nonce)
-    ciphertext, tag = cipher.encrypt_and_digest(plaintext.encode("utf-8"))
-    return json.dumps(
-        {
-            "ciphertext": base64.b64encode(ciphertext + tag).decode("ascii"),
-            "nonce": base64.b64encode(nonce).decode("ascii"),
-            "key_id": key_id,
-            "algorithm": "AES-256-GCM",
-        }
-    )
 
 
 def keyring_master_hexes(path: Path) -> list[str]:

@@ -33,7 +33,8 @@ from heimdall_kms.errors import (
     ModeViolationError,
 )
 from heimdall_kms.service import MAX_PLAINTEXT_BYTES
-from tests.unit.conftest import MASTER_HEX, keyring_master_hexes, legacy_envelope
+from tests.legacy_data import legacy_envelope
+from tests.unit.conftest import MASTER_HEX, keyring_master_hexes
 
 SSN = "123-45-6789"
 PREFIX = "heimdall-kms: error:"

@@ -36,12 +36,12 @@ from heimdall_kms.errors import (
 from heimdall_kms.providers import KeyContext, WrappedKey
 from heimdall_kms.providers.local import LocalDevProvider, LocalKeyring
 from heimdall_kms.service import MAX_PLAINTEXT_BYTES, Crypto
+from tests.legacy_data import legacy_envelope
 from tests.unit.conftest import (
     KEY_NAME,
     MASTER_HEX,
     OLD_LEGACY_HEX,
     keyring_master_hexes,
-    legacy_envelope,
     secret_forms,
 )
 

@@ -22,6 +22,8 @@ class EventType(StrEnum):
     KEY_ROTATE = "key.rotate"
     KEY_RETIRE = "key.retire"
     REENCRYPT_BATCH = "reencrypt.batch"
+    REENCRYPT_ROLLBACK = "reencrypt.rollback"
+    JOURNAL_PURGE = "journal.purge"
     ACCESS_DENIED = "access.denied"
 
 

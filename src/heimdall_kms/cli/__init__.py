@@ -16,7 +16,9 @@ import click
 
 from heimdall_kms import __version__
 from heimdall_kms.cli.crypto_cmds import decrypt, encrypt
+from heimdall_kms.cli.data_cmds import migrate, status
 from heimdall_kms.cli.demo_cmd import demo
+from heimdall_kms.cli.journal_cmds import journal
 from heimdall_kms.errors import HeimdallKMSError
 
 __all__ = ["cli", "main"]
@@ -38,6 +40,9 @@ def cli() -> None:
 
 cli.add_command(encrypt)
 cli.add_command(decrypt)
+cli.add_command(migrate)
+cli.add_command(status)
+cli.add_command(journal)
 cli.add_command(demo)
 
 

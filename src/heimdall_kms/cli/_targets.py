@@ -1,0 +1,118 @@
+"""The target options shared by the data commands (SPEC §3) and how they resolve."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import click
+
+from heimdall_kms.config import database_url
+from heimdall_kms.errors import ConfigurationError, StoreError
+from heimdall_kms.store import FieldStore, Target, load_targets, open_store
+
+__all__ = ["TargetSpec", "opened_stores", "target_options"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSpec:
+    """What the target options said, before it is resolved against the environment."""
+
+    database: str | None
+    table: str | None
+    column: str | None
+    id_column: str
+    targets_file: Path | None
+
+
+def target_options(command: _F) -> _F:
+    """``--database --table --id-column --column`` or ``--targets FILE``, passed as ``spec``."""
+
+    @functools.wraps(command)
+    def collect(
+        *,
+        database: str | None,
+        table: str | None,
+        id_column: str,
+        column: str | None,
+        targets_file: Path | None,
+        **rest: Any,
+    ) -> Any:
+        return command(spec=TargetSpec(database, table, column, id_column, targets_file), **rest)
+
+    decorators = [
+        click.option(
+            "--database",
+            metavar="URL",
+            help="sqlite:///PATH or postgresql://... (default: HMD_DATABASE_URL).",
+        ),
+        click.option("--table", metavar="T", help="Table holding the values."),
+        click.option(
+            "--id-column",
+            default="id",
+            show_default=True,
+            metavar="ID",
+            help="Column that identifies a row (sealed into the context as 'record').",
+        ),
+        click.option("--column", metavar="C", help="Column holding the envelopes."),
+        click.option(
+            "--targets",
+            "targets_file",
+            metavar="FILE",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="TOML file listing several table/column targets instead.",
+        ),
+    ]
+    wrapped: Any = collect
+    for decorator in reversed(decorators):
+        wrapped = decorator(wrapped)
+    return cast(_F, wrapped)
+
+
+def resolve(spec: TargetSpec) -> tuple[str, list[Target]]:
+    """The database URL and the targets the options name.
+
+    Raises:
+        click.UsageError: conflicting or missing options. ConfigurationError: bad URL.
+    """
+    database, table, column = spec.database, spec.table, spec.column
+    file_database = None
+    if spec.targets_file is not None:
+        if table or column:
+            raise click.UsageError("give --targets FILE or --table/--column, not both")
+        loaded = load_targets(spec.targets_file)
+        targets, file_database = list(loaded.targets), loaded.database
+    else:
+        if not table or not column:
+            raise click.UsageError("--table and --column are required (or --targets FILE)")
+        try:
+            targets = [Target(table, column, spec.id_column)]
+        except StoreError as exc:
+            raise click.UsageError(str(exc)) from None
+    url = database or file_database or database_url(os.environ)
+    if url is None:
+        raise click.UsageError("--database URL is required (or set HMD_DATABASE_URL)")
+    if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ConfigurationError("--database: expected sqlite:///PATH or postgresql://USER@HOST/DB")
+    return url, targets
+
+
+@contextmanager
+def opened_stores(spec: TargetSpec) -> Iterator[list[FieldStore]]:
+    """Open one store per target, closing all of them afterwards."""
+    url, targets = resolve(spec)
+    stores: list[FieldStore] = []
+    try:
+        for target in targets:
+            stores.append(open_store(url, target))
+        yield stores
+    finally:
+        for store in stores:
+            store.close()

@@ -1,0 +1,204 @@
+"""``heimdall-kms migrate`` and ``heimdall-kms status``."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import click
+
+from heimdall_kms.audit import open_sink
+from heimdall_kms.cli._targets import TargetSpec, opened_stores, target_options
+from heimdall_kms.cli.progress import ProgressView
+from heimdall_kms.config import Settings, audit_destination
+from heimdall_kms.errors import IncompleteError
+from heimdall_kms.jobs.census import Census, take_census
+from heimdall_kms.jobs.journal import rollback
+from heimdall_kms.jobs.metered import MeteredProvider
+from heimdall_kms.jobs.migrate import MigrationOptions, check_settings, run_migration
+from heimdall_kms.jobs.rate import TokenBucket
+from heimdall_kms.jobs.report import JobReport
+from heimdall_kms.providers import load_provider
+from heimdall_kms.service import Crypto
+
+__all__ = ["migrate", "status"]
+
+
+@click.command()
+@target_options
+@click.option(
+    "--batch-size",
+    default=250,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Rows per batch: one transaction and one batched KMS call each.",
+)
+@click.option("--dry-run", is_flag=True, help="Decrypt with the env key and count; write nothing.")
+@click.option(
+    "--rate-limit",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    metavar="RPS",
+    help="At most this many KMS calls per second (0: no limit).",
+)
+@click.option("--run-id", help="Name the run (default: generated); the journal keeps it.")
+@click.option("--actor", default="migrate", show_default=True, help="Who runs it (audited).")
+@click.option(
+    "--rollback",
+    "rollback_run",
+    metavar="RUN_ID",
+    help="Instead of migrating, restore the values a run replaced (from its journal).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def migrate(
+    *,
+    spec: TargetSpec,
+    batch_size: int,
+    dry_run: bool,
+    rate_limit: float,
+    run_id: str | None,
+    actor: str,
+    rollback_run: str | None,
+    as_json: bool,
+) -> None:
+    """Re-encrypt every legacy env-key envelope of a column as kms_v1.
+
+    Needs HMD_ENCRYPTION_MODE=hybrid (reads the env key, writes through the KMS). Values that
+    are not envelopes (NULL, sha256: hashes, [REDACTED], plain text) are left alone. A value
+    that cannot be decrypted is reported by id and never overwritten. Writes are
+    compare-and-swap, one transaction per batch; replaced values are journaled under the run
+    id for --rollback. Safe to rerun: already migrated values are skipped.
+    """
+    if rollback_run is not None:
+        _rollback(spec, rollback_run, actor, as_json)
+        return
+    settings = Settings.from_env(os.environ)
+    check_settings(settings)
+    with opened_stores(spec) as stores:
+        for store in stores:
+            store.check(writable=not dry_run)
+        kms = MeteredProvider(load_provider(settings), TokenBucket(rate_limit))
+        options = MigrationOptions(batch_size, dry_run, run_id or "", actor)
+        with (
+            Crypto(
+                settings, kms=kms, audit=open_sink(settings.audit_log), default_actor=actor
+            ) as crypto,
+            ProgressView("migrate") as view,
+        ):
+            report = run_migration(crypto, stores, options, view)
+    _finish(report, as_json)
+
+
+def _finish(report: JobReport, as_json: bool) -> None:
+    summary = report.to_dict()
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        _print_report(summary)
+    if report.stop_error is not None:
+        raise report.stop_error
+    if report.failure_count:
+        raise IncompleteError(
+            f"{report.failure_count} values could not be {report.job}d and were left as they "
+            "were; their ids are in the summary"
+        )
+
+
+def _print_report(summary: dict[str, Any]) -> None:
+    verb = "would migrate" if summary["dry_run"] else "migrated"
+    click.echo(f"{summary['job']} {summary['run_id']}: {summary['state']}")
+    for target in summary["targets"]:
+        click.echo(
+            f"  {target['target']}: {verb} {target['completed']:,}, skipped {target['skipped']:,},"
+            f" conflicts {target['conflicts']:,}, failed {target['failed']:,}"
+        )
+    per_value = summary["kms_calls_per_value"]
+    click.echo(
+        f"  KMS calls: {summary['kms_calls']:,}"
+        + (f" ({per_value} per value)" if per_value is not None else "")
+        + f"; {summary['duration_seconds']}s"
+    )
+    for failure in summary["failures"]:
+        click.echo(f"  failed {failure['target']} id={failure['id']}: {failure['error_type']}")
+    if summary["stopped_by"]:
+        click.echo(f"  stopped: {summary['stopped_by']} — rerun to finish")
+
+
+def _rollback(spec: TargetSpec, run_id: str, actor: str, as_json: bool) -> None:
+    sink = open_sink(audit_destination(os.environ))
+    with opened_stores(spec) as stores:
+        for store in stores:
+            store.check(writable=True)
+        result = rollback(stores, run_id, sink, actor)
+    sink.close()
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+    else:
+        for target, counts in result.targets.items():
+            click.echo(
+                f"rollback {run_id} {target}: restored {counts['restored']:,} of "
+                f"{counts['journaled']:,}; changed since (left alone) {counts['conflicts']:,}"
+            )
+    if result.total("conflicts"):
+        raise IncompleteError(
+            f"{result.total('conflicts')} values changed since the run and were not restored"
+        )
+
+
+@click.command()
+@target_options
+@click.option("--json", "as_json", is_flag=True, help="Print the census as one JSON object.")
+@click.option(
+    "--fail-if-legacy",
+    is_flag=True,
+    help="Exit 3 if any legacy or unparseable value remains (a CI/cut-over gate).",
+)
+def status(
+    *,
+    spec: TargetSpec,
+    as_json: bool,
+    fail_if_legacy: bool,
+) -> None:
+    """Count the stored values by encryption_version, key version and legacy key id.
+
+    Reads every row; needs no key and makes no KMS call. Before switching to
+    HMD_ENCRYPTION_MODE=kms, this must show zero legacy and zero unparseable values.
+    """
+    with opened_stores(spec) as stores:
+        for store in stores:
+            store.check(writable=False)
+        censuses = [take_census(store) for store in stores]
+    overall = Census("all targets")
+    for census in censuses:
+        overall.add(census)
+    if as_json:
+        click.echo(json.dumps({**overall.to_dict(), "targets": [c.to_dict() for c in censuses]}))
+    else:
+        for census in censuses:
+            _print_census(census.to_dict())
+    remaining = overall.legacy + overall.to_dict()["unparseable"]
+    if fail_if_legacy and remaining:
+        raise IncompleteError(f"{remaining} legacy or unparseable values remain")
+
+
+def _print_census(census: dict[str, Any]) -> None:
+    click.echo(f"{census['target']}: {census['total']:,} values")
+    versions = census["encryption_version"]
+    click.echo(
+        f"  kms_v1 {versions['kms_v1']:,}   legacy {versions['legacy']:,}   "
+        f"unparseable {census['unparseable']:,}   not envelopes {census['skipped']:,}"
+    )
+    for key in census["keys"]:
+        click.echo(
+            f"  kms_v1 {key['provider']} {key['key_identifier']!r} "
+            f"v{key['key_version']}: {key['count']:,}"
+        )
+    for key_id, count in census["legacy_key_id"].items():
+        click.echo(f"  legacy key_id {key_id!r}: {count:,}")
+    others = ", ".join(f"{kind} {n:,}" for kind, n in census["not_envelope"].items() if n)
+    if others:
+        click.echo(f"  left alone: {others}")
+    if census["unparseable_ids"]:
+        click.echo(f"  unparseable ids: {', '.join(census['unparseable_ids'])}")

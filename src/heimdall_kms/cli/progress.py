@@ -1,0 +1,102 @@
+"""Progress people can see: a bar with rate and ETA on a terminal, throttled lines otherwise.
+
+Progress goes to stderr; stdout stays free for the summary (``--json`` or text).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from heimdall_kms.jobs.report import TargetReport
+
+__all__ = ["ProgressView"]
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} values/s" if speed else "", style="progress.data.speed")
+
+
+class ProgressView:
+    """Callable per batch with the target's running report."""
+
+    def __init__(
+        self,
+        job: str,
+        *,
+        stream: TextIO | None = None,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._job = job
+        self._stream = stream or sys.stderr
+        self._interval = interval
+        self._clock = clock
+        self._bar: Progress | None = None
+        self._tasks: dict[str, TaskID] = {}
+        self._started: dict[str, float] = {}
+        self._last_line = float("-inf")
+        if self._stream.isatty():
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                _RateColumn(),
+                TimeRemainingColumn(),
+                console=Console(file=self._stream),
+                transient=False,
+            )
+
+    def __enter__(self) -> ProgressView:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def __call__(self, target: TargetReport) -> None:
+        done = target.completed + target.failed + target.conflicts
+        if self._bar is not None:
+            if target.target not in self._tasks:
+                self._tasks[target.target] = self._bar.add_task(
+                    f"{self._job} {target.target}", total=max(target.total, 1)
+                )
+            self._bar.update(self._tasks[target.target], completed=done)
+            return
+        now = self._clock()
+        started = self._started.setdefault(target.target, now)
+        if now - self._last_line < self._interval and done < target.total:
+            return
+        self._last_line = now
+        elapsed = now - started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (target.total - done) / rate if rate > 0 else None
+        eta_text = f", ETA {eta:,.0f}s" if eta is not None and done < target.total else ""
+        print(
+            f"{self._job} {target.target}: {done:,}/{target.total:,} "
+            f"({rate:,.0f} values/s{eta_text}; failed {target.failed})",
+            file=self._stream,
+            flush=True,
+        )

@@ -1,0 +1,1 @@
+"""Jobs over stored data: census, migration, journal rollback; re-encryption later."""

@@ -1,0 +1,104 @@
+"""Rollback and purge of the migration journal (the seed's rollback plan).
+
+A migration keeps each value it replaced, with its run id, in ``heimdall_kms_journal``.
+``rollback`` puts those values back wherever the stored value is still the one the run wrote
+(compare-and-swap again: a value the application changed since is left alone and counted).
+``purge`` deletes journal rows after the grace period, after which no env-key ciphertext
+remains anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from heimdall_kms.audit import AuditEvent, AuditSink, EventType, Result
+from heimdall_kms.store import FieldStore
+
+__all__ = ["JournalResult", "purge", "rollback"]
+
+_CHUNK = 1000
+
+
+@dataclass
+class JournalResult:
+    action: str
+    run_id: str | None
+    targets: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def total(self, name: str) -> int:
+        return sum(counts.get(name, 0) for counts in self.targets.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "run_id": self.run_id, "targets": self.targets}
+
+
+def rollback(
+    stores: Sequence[FieldStore], run_id: str, audit: AuditSink, actor: str
+) -> JournalResult:
+    """Restore every value the run replaced, where it is unchanged since.
+
+    Raises:
+        StoreError: the database failed (the current chunk is rolled back).
+    """
+    result = JournalResult("rollback", run_id)
+    for store in stores:
+        store.ensure_journal()
+        entries = store.journal(run_id)
+        restored = 0
+        for start in range(0, len(entries), _CHUNK):
+            restored += sum(store.restore(entries[start : start + _CHUNK]))
+        counts = {
+            "journaled": len(entries),
+            "restored": restored,
+            "conflicts": len(entries) - restored,
+        }
+        result.targets[str(store.target)] = counts
+        audit.emit([_event(EventType.REENCRYPT_ROLLBACK, actor, run_id, str(store.target), counts)])
+    return result
+
+
+def purge(
+    stores: Sequence[FieldStore],
+    audit: AuditSink,
+    actor: str,
+    *,
+    older_than_days: int | None,
+    run_id: str | None,
+    now: datetime | None = None,
+) -> JournalResult:
+    """Delete journal rows older than ``older_than_days`` (and/or of one run).
+
+    Raises:
+        StoreError: the database failed.
+    """
+    cutoff = None
+    if older_than_days is not None:
+        moment = (now or datetime.now(UTC)) - timedelta(days=older_than_days)
+        cutoff = moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    result = JournalResult("purge", run_id)
+    for store in stores:
+        store.ensure_journal()
+        deleted = store.purge_journal(older_than=cutoff, run_id=run_id)
+        counts = {"deleted": deleted}
+        result.targets[str(store.target)] = counts
+        details: dict[str, Any] = {**counts, "older_than": cutoff}
+        audit.emit(
+            [_event(EventType.JOURNAL_PURGE, actor, run_id or "", str(store.target), details)]
+        )
+    return result
+
+
+def _event(
+    kind: EventType, actor: str, run_id: str, target: str, details: dict[str, Any]
+) -> AuditEvent:
+    return AuditEvent(
+        event_type=kind,
+        actor=actor,
+        request_id=run_id or "-",
+        result=Result.SUCCESS,
+        field_identifier=target,
+        details=details,
+    )

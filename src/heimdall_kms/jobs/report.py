@@ -1,0 +1,104 @@
+"""What a data job did, per target and in total: the JSON summary and the progress feed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from heimdall_kms.errors import HeimdallKMSError
+
+__all__ = ["JobReport", "ProgressCallback", "RowFailure", "TargetReport"]
+
+MAX_LISTED_FAILURES = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class RowFailure:
+    target: str
+    id: str
+    error_type: str
+    message: str
+
+
+@dataclass
+class TargetReport:
+    target: str
+    total: int = 0  # candidate values counted when the target started
+    examined: int = 0
+    completed: int = 0
+    skipped: int = 0
+    conflicts: int = 0
+    failed: int = 0
+    batches: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "total": self.total,
+            "examined": self.examined,
+            "completed": self.completed,
+            "skipped": self.skipped,
+            "conflicts": self.conflicts,
+            "failed": self.failed,
+            "batches": self.batches,
+        }
+
+
+ProgressCallback = Callable[[TargetReport], None]
+
+
+@dataclass
+class JobReport:
+    job: str
+    run_id: str
+    dry_run: bool
+    targets: list[TargetReport] = field(default_factory=list)
+    failures: list[RowFailure] = field(default_factory=list)
+    failure_count: int = 0
+    kms_calls: int = 0
+    stopped_by: str | None = None
+    stop_error: HeimdallKMSError | None = field(default=None, repr=False)
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+
+    def fail(self, failure: RowFailure) -> None:
+        self.failure_count += 1
+        if len(self.failures) < MAX_LISTED_FAILURES:
+            self.failures.append(failure)
+
+    def total(self, name: str) -> int:
+        return sum(int(getattr(target, name)) for target in self.targets)
+
+    @property
+    def state(self) -> str:
+        if self.stopped_by is not None:
+            return "stopped"
+        return "failed" if self.failure_count else "completed"
+
+    def to_dict(self) -> dict[str, Any]:
+        duration = (self.finished or time.monotonic()) - self.started
+        completed = self.total("completed")
+        return {
+            "job": self.job,
+            "run_id": self.run_id,
+            "state": self.state,
+            "dry_run": self.dry_run,
+            "total": self.total("total"),
+            "examined": self.total("examined"),
+            "completed": completed,
+            "skipped": self.total("skipped"),
+            "conflicts": self.total("conflicts"),
+            "failed": self.failure_count,
+            "kms_calls": self.kms_calls,
+            "kms_calls_per_value": round(self.kms_calls / completed, 4) if completed else None,
+            "duration_seconds": round(duration, 3),
+            "values_per_second": round(completed / duration, 1) if duration > 0 else None,
+            "stopped_by": self.stopped_by,
+            "targets": [target.to_dict() for target in self.targets],
+            "failures": [
+                {"target": f.target, "id": f.id, "error_type": f.error_type, "message": f.message}
+                for f in self.failures
+            ],
+        }

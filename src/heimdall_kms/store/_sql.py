@@ -1,0 +1,332 @@
+"""One SQL implementation of the field store, specialised by a small dialect per database.
+
+Both drivers are DB-API 2 connections in autocommit mode; transactions are begun and ended
+explicitly so the same code drives SQLite and PostgreSQL. Identifiers are checked by
+:class:`Target` and always quoted; values always travel as parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from heimdall_kms.errors import StoreError
+from heimdall_kms.store.base import JOURNAL_TABLE, JournalEntry, Match, Row, Swap, Target
+
+__all__ = ["Dialect", "SQLFieldStore"]
+
+
+class Cursor(Protocol):
+    rowcount: int
+
+    def execute(self, query: Any, params: Any = ..., /) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def fetchone(self) -> Any: ...
+
+
+class Connection(Protocol):
+    def cursor(self) -> Any: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What differs between SQLite and PostgreSQL, and nothing else."""
+
+    name: str
+    param: str  # "?" or "%s"
+    lock_rows: bool  # FOR UPDATE SKIP LOCKED while a batch is processed
+    begin_write: str  # how a writing transaction starts
+    id_as_text: str  # SQL template turning {id} into text
+    json_column: bool = False  # PostgreSQL json/jsonb: read as text, write with a cast
+    errors: tuple[type[BaseException], ...] = field(default=())
+
+    def quote(self, identifier: str) -> str:
+        return ".".join(f'"{part}"' for part in identifier.split("."))
+
+    def read(self, column: str) -> str:
+        return f"{column}::text" if self.json_column else column
+
+    def value(self) -> str:
+        return f"{self.param}::jsonb" if self.json_column else self.param
+
+
+_JOURNAL_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {JOURNAL_TABLE} ("
+    "run_id TEXT NOT NULL, table_name TEXT NOT NULL, column_name TEXT NOT NULL, "
+    "row_key TEXT NOT NULL, old_value TEXT NOT NULL, new_value TEXT NOT NULL, "
+    "created_at TEXT NOT NULL)",
+    f"CREATE INDEX IF NOT EXISTS {JOURNAL_TABLE}_run ON {JOURNAL_TABLE} "
+    "(run_id, table_name, column_name)",
+)
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class SQLFieldStore:
+    """A :class:`FieldStore` over one DB-API connection (see ``base.FieldStore``)."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        target: Target,
+        dialect: Dialect,
+        describe: Callable[[SQLFieldStore], dict[str, str]],
+        writable: Callable[[SQLFieldStore], None],
+    ) -> None:
+        self.connection = connection
+        self.target = target
+        self.dialect = dialect
+        self._describe = describe
+        self._writable = writable
+        q = dialect.quote
+        self._t, self._c, self._id = q(target.table), q(target.column), q(target.id_column)
+
+    # -- checks ---------------------------------------------------------------------------------
+
+    def check(self, *, writable: bool) -> None:
+        columns = self._describe(self)
+        if not columns:
+            raise StoreError(f"table {self.target.table!r} does not exist")
+        for what, name in (("column", self.target.column), ("id column", self.target.id_column)):
+            if name not in columns:
+                raise StoreError(f"table {self.target.table!r} has no {what} {name!r}")
+        if writable:
+            self._writable(self)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _select(self, match: Match, *, after: bool, lock: bool) -> str:
+        p = self.dialect.param
+        where = []
+        if after:
+            where.append(f"{self._id} > {p}")
+        if match.like is not None:
+            where.append(f"{self.dialect.read(self._c)} LIKE {p}")
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        locking = " FOR UPDATE SKIP LOCKED" if lock else ""
+        return (
+            f"SELECT {self._id}, {self.dialect.read(self._c)} FROM {self._t}{clause} "  # noqa: S608
+            f"ORDER BY {self._id} LIMIT {p}{locking}"
+        )
+
+    def _fetch(
+        self, cursor: Any, match: Match, after: object | None, limit: int, lock: bool
+    ) -> list[Row]:
+        params: list[object] = [] if after is None else [after]
+        if match.like is not None:
+            params.append(match.like)
+        params.append(limit)
+        cursor.execute(self._select(match, after=after is not None, lock=lock), params)
+        return [Row(row_id, str(row_id), _text(value)) for row_id, value in cursor.fetchall()]
+
+    def count(self, match: Match = Match.ALL) -> int:
+        with self._errors("count"):
+            cursor = self.connection.cursor()
+            if match.like is None:
+                cursor.execute(f"SELECT count(*) FROM {self._t}")  # noqa: S608
+            else:
+                sql = f"SELECT count(*) FROM {self._t} WHERE {self.dialect.read(self._c)} LIKE "  # noqa: S608
+                cursor.execute(sql + self.dialect.param, [match.like])
+            return int(cursor.fetchone()[0])
+
+    def scan(self, batch_size: int, match: Match = Match.ALL) -> Iterator[list[Row]]:
+        after: object | None = None
+        while True:
+            with self._errors("read"):
+                rows = self._fetch(self.connection.cursor(), match, after, batch_size, False)
+            if not rows:
+                return
+            yield rows
+            after = rows[-1].id
+
+    @contextmanager
+    def batch(self, after: object | None, limit: int, match: Match) -> Iterator[_SQLBatch]:
+        cursor = self.connection.cursor()
+        lock = self.dialect.lock_rows
+        with self._errors("read"):
+            if lock:
+                cursor.execute("BEGIN")
+            try:
+                rows = self._fetch(cursor, match, after, limit, lock)
+            except BaseException:
+                if lock:
+                    cursor.execute("ROLLBACK")
+                raise
+        batch = _SQLBatch(self, cursor, rows)
+        try:
+            yield batch
+        except BaseException:
+            if lock or batch.open:
+                with self._errors("roll back"):
+                    cursor.execute("ROLLBACK")
+            raise
+        if lock:
+            with self._errors("commit"):
+                cursor.execute("COMMIT")
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _cas_sql(self) -> str:
+        p, value = self.dialect.param, self.dialect.value()
+        return (
+            f"UPDATE {self._t} SET {self._c} = {value} "  # noqa: S608
+            f"WHERE {self._id} = {p} AND {self._c} = {value}"
+        )
+
+    def _journal_sql(self) -> str:
+        p = self.dialect.param
+        return (
+            f"INSERT INTO {JOURNAL_TABLE} (run_id, table_name, column_name, row_key, "  # noqa: S608
+            f"old_value, new_value, created_at) VALUES ({', '.join([p] * 7)})"
+        )
+
+    def apply_swaps(self, cursor: Any, swaps: Sequence[Swap], run_id: str | None) -> list[bool]:
+        applied: list[bool] = []
+        created = now_rfc3339()
+        for swap in swaps:
+            cursor.execute(self._cas_sql(), [swap.new_value, swap.row.id, swap.row.value])
+            applied.append(cursor.rowcount == 1)
+            if applied[-1] and run_id is not None:
+                cursor.execute(
+                    self._journal_sql(),
+                    [
+                        run_id,
+                        self.target.table,
+                        self.target.column,
+                        swap.row.key,
+                        swap.row.value,
+                        swap.new_value,
+                        created,
+                    ],
+                )
+        return applied
+
+    def ensure_journal(self) -> None:
+        with self._errors("create the journal table"):
+            cursor = self.connection.cursor()
+            for statement in _JOURNAL_DDL:
+                cursor.execute(statement)
+
+    def journal(self, run_id: str) -> list[JournalEntry]:
+        p = self.dialect.param
+        with self._errors("read the journal"):
+            cursor = self.connection.cursor()
+            cursor.execute(
+                f"SELECT run_id, row_key, old_value, new_value, created_at FROM {JOURNAL_TABLE} "  # noqa: S608
+                f"WHERE run_id = {p} AND table_name = {p} AND column_name = {p} ORDER BY row_key",
+                [run_id, self.target.table, self.target.column],
+            )
+            return [JournalEntry(*row) for row in cursor.fetchall()]
+
+    def restore(self, entries: Sequence[JournalEntry]) -> list[bool]:
+        p, value = self.dialect.param, self.dialect.value()
+        id_text = self.dialect.id_as_text.format(id=self._id)
+        sql = (
+            f"UPDATE {self._t} SET {self._c} = {value} "  # noqa: S608
+            f"WHERE {id_text} = {p} AND {self._c} = {value}"
+        )
+        delete = (
+            f"DELETE FROM {JOURNAL_TABLE} WHERE run_id = {p} AND table_name = {p} "  # noqa: S608
+            f"AND column_name = {p} AND row_key = {p}"
+        )
+        restored: list[bool] = []
+        with self._errors("restore"), self._transaction() as cursor:
+            for entry in entries:
+                cursor.execute(sql, [entry.old_value, entry.row_key, entry.new_value])
+                restored.append(cursor.rowcount == 1)
+                if restored[-1]:
+                    cursor.execute(
+                        delete, [entry.run_id, self.target.table, self.target.column, entry.row_key]
+                    )
+        return restored
+
+    def purge_journal(self, *, older_than: str | None, run_id: str | None) -> int:
+        p = self.dialect.param
+        where, params = (
+            [f"table_name = {p}", f"column_name = {p}"],
+            [self.target.table, self.target.column],
+        )
+        if older_than is not None:
+            where.append(f"created_at < {p}")
+            params.append(older_than)
+        if run_id is not None:
+            where.append(f"run_id = {p}")
+            params.append(run_id)
+        with self._errors("purge the journal"), self._transaction() as cursor:
+            cursor.execute(f"DELETE FROM {JOURNAL_TABLE} WHERE {' AND '.join(where)}", params)  # noqa: S608
+            return int(cursor.rowcount)
+
+    def runs(self) -> list[tuple[str, int, str]]:
+        p = self.dialect.param
+        with self._errors("read the journal"):
+            cursor = self.connection.cursor()
+            cursor.execute(
+                f"SELECT run_id, count(*), min(created_at) FROM {JOURNAL_TABLE} "  # noqa: S608
+                f"WHERE table_name = {p} AND column_name = {p} GROUP BY run_id ORDER BY 3",
+                [self.target.table, self.target.column],
+            )
+            return [(str(r), int(n), str(c)) for r, n, c in cursor.fetchall()]
+
+    def close(self) -> None:
+        self.connection.close()
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        cursor = self.connection.cursor()
+        cursor.execute(self.dialect.begin_write)
+        try:
+            yield cursor
+        except BaseException:
+            cursor.execute("ROLLBACK")
+            raise
+        cursor.execute("COMMIT")
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except self.dialect.errors as exc:
+            # The driver's message names tables and columns, never row values we pass as
+            # parameters; keep only its first line.
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(
+                f"{self.dialect.name} could not {action} on {self.target}: {detail}"
+            ) from None
+
+
+class _SQLBatch:
+    def __init__(self, store: SQLFieldStore, cursor: Any, rows: list[Row]) -> None:
+        self.rows = rows
+        self.open = False
+        self._store = store
+        self._cursor = cursor
+
+    def swap(self, swaps: Sequence[Swap], run_id: str | None) -> list[bool]:
+        store = self._store
+        if not swaps:
+            return []
+        with store._errors("write"):
+            if store.dialect.lock_rows:
+                return store.apply_swaps(self._cursor, swaps, run_id)
+            self._cursor.execute(store.dialect.begin_write)
+            self.open = True
+            applied = store.apply_swaps(self._cursor, swaps, run_id)
+            self._cursor.execute("COMMIT")
+            self.open = False
+            return applied
+
+
+def _text(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)

@@ -1,0 +1,154 @@
+"""The field store: the user's own table seen as (row id, envelope column) pairs.
+
+A store reads rows in keyset order (``id > cursor ORDER BY id``) so a scan of millions of rows
+costs one index range read per batch and can resume anywhere. Writes are compare-and-swap:
+``UPDATE ... SET col = new WHERE id = ? AND col = old``, so a value the application changed
+between our read and our write is never overwritten. Each batch's writes, and the journal rows
+that make them reversible, commit in one transaction.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from heimdall_kms.errors import StoreError
+
+__all__ = [
+    "JOURNAL_TABLE",
+    "Batch",
+    "FieldStore",
+    "JournalEntry",
+    "Match",
+    "Row",
+    "Swap",
+    "Target",
+]
+
+JOURNAL_TABLE = "heimdall_kms_journal"
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
+
+
+class Match(StrEnum):
+    """A cheap SQL pre-filter on the stored text; Python still classifies every value."""
+
+    ALL = "all"
+    LEGACY = "legacy"  # text that mentions "key_id": legacy envelopes
+    KMS_V1 = "kms_v1"  # text that mentions "encryption_version"
+
+    @property
+    def like(self) -> str | None:
+        return {
+            Match.ALL: None,
+            Match.LEGACY: '%"key_id"%',
+            Match.KMS_V1: '%"encryption_version"%',
+        }[self]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One column of one table, with the column that identifies rows."""
+
+    table: str
+    column: str
+    id_column: str = "id"
+
+    def __post_init__(self) -> None:
+        for what, name in (
+            ("table", self.table),
+            ("column", self.column),
+            ("id column", self.id_column),
+        ):
+            parts = name.split(".")
+            if len(parts) > 2 or not all(_IDENTIFIER.fullmatch(part) for part in parts):
+                raise StoreError(f"{what} {name!r} is not a plain SQL identifier")
+
+    def __str__(self) -> str:
+        return f"{self.table}.{self.column}"
+
+    def context(self, row_key: str) -> dict[str, str]:
+        """The encryption context a value of this target is sealed with (SPEC §3)."""
+        return {"table": self.table, "field": self.column, "record": row_key}
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    id: object  # the id as the database returned it, for keyset order and writes
+    key: str  # the id as text, for contexts, reports and the journal
+    value: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Swap:
+    row: Row
+    new_value: str
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    run_id: str
+    row_key: str
+    old_value: str
+    new_value: str
+    created_at: str
+
+
+class Batch(Protocol):
+    rows: list[Row]
+
+    def swap(self, swaps: Sequence[Swap], run_id: str | None) -> list[bool]:
+        """Compare-and-swap each value; journal the applied ones under ``run_id``.
+
+        Returns:
+            Per swap, whether it was applied (False: the stored value had changed).
+
+        Raises:
+            StoreError: the database refused the writes; none of them is kept.
+        """
+
+
+class FieldStore(Protocol):
+    target: Target
+
+    def check(self, *, writable: bool) -> None:
+        """Verify table, columns and (if asked) write permission before any work.
+
+        Raises:
+            StoreError: one line naming what is wrong.
+        """
+
+    def count(self, match: Match = Match.ALL) -> int:
+        """How many rows the pre-filter admits (for progress totals)."""
+
+    def scan(self, batch_size: int, match: Match = Match.ALL) -> Iterator[list[Row]]:
+        """Read-only keyset scan of every row the pre-filter admits, batch by batch."""
+
+    def batch(
+        self, after: object | None, limit: int, match: Match
+    ) -> AbstractContextManager[Batch]:
+        """The next rows after ``after`` for processing; commits on clean exit.
+
+        On PostgreSQL the rows are locked (``FOR UPDATE SKIP LOCKED``) until the batch ends,
+        so several workers split a table between them without a coordinator.
+        """
+
+    def ensure_journal(self) -> None:
+        """Create the journal table if it does not exist."""
+
+    def journal(self, run_id: str) -> list[JournalEntry]:
+        """The journal rows of one run for this target."""
+
+    def restore(self, entries: Sequence[JournalEntry]) -> list[bool]:
+        """Put journaled old values back where the stored value is still the new one."""
+
+    def purge_journal(self, *, older_than: str | None, run_id: str | None) -> int:
+        """Delete journal rows (of one run, or created before an RFC 3339 time)."""
+
+    def runs(self) -> list[tuple[str, int, str]]:
+        """Journaled runs of this target: (run id, rows, first created_at)."""
+
+    def close(self) -> None: ...

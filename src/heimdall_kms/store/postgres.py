@@ -1,0 +1,87 @@
+"""The field store on PostgreSQL (psycopg 3; extra ``postgres``); text, json or jsonb columns.
+
+A batch is read with ``FOR UPDATE SKIP LOCKED`` inside a transaction held until its writes
+commit. Several workers, on one host or many, therefore split a table through the database
+itself: a row locked by one is skipped by the others, and once migrated it no longer matches.
+The application's writes to a locked row wait for the batch (milliseconds to a second).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from heimdall_kms.errors import StoreError
+from heimdall_kms.store._sql import Dialect, SQLFieldStore
+from heimdall_kms.store.base import Target
+
+__all__ = ["open_postgres"]
+
+
+def _dialect(json_column: bool) -> Dialect:
+    return Dialect(
+        name="PostgreSQL",
+        param="%s",
+        lock_rows=True,
+        begin_write="BEGIN",
+        id_as_text="{id}::text",
+        json_column=json_column,
+        errors=(psycopg.Error,),
+    )
+
+
+def open_postgres(url: str, target: Target) -> SQLFieldStore:
+    """Connect and prepare a store for one target.
+
+    Raises:
+        StoreError: cannot connect (the message has no password), or the column is not text.
+    """
+    try:
+        connection: Any = psycopg.connect(url, autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:
+        # libpq messages name host and port, not the password; keep the first line only.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreError(f"cannot connect to PostgreSQL: {first}") from None
+    probe = SQLFieldStore(connection, target, _dialect(False), _describe, _check_writable)
+    column_type = _describe(probe).get(target.column, "text")
+    if column_type not in ("text", "character varying", "json", "jsonb"):
+        connection.close()
+        raise StoreError(f"column {target} is {column_type}; expected text, varchar, json or jsonb")
+    json_column = column_type in ("json", "jsonb")
+    return SQLFieldStore(connection, target, _dialect(json_column), _describe, _check_writable)
+
+
+def _split(table: str) -> tuple[str | None, str]:
+    schema, _, name = table.rpartition(".")
+    return (schema or None), name
+
+
+def _describe(store: SQLFieldStore) -> dict[str, str]:
+    schema, name = _split(store.target.table)
+    with store._errors("inspect the table"):
+        cursor = store.connection.cursor()
+        cursor.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = %s AND table_schema = coalesce(%s, current_schema())",
+            [name, schema],
+        )
+        return {str(column): str(kind) for column, kind in cursor.fetchall()}
+
+
+def _check_writable(store: SQLFieldStore) -> None:
+    with store._errors("check write access"):
+        cursor = store.connection.cursor()
+        cursor.execute("SHOW transaction_read_only")
+        read_only = cursor.fetchone()[0] == "on"
+        cursor.execute(
+            "SELECT has_table_privilege(%s, 'UPDATE'), has_table_privilege(%s, 'SELECT')",
+            [store.dialect.quote(store.target.table)] * 2,
+        )
+        may_update, may_select = cursor.fetchone()
+    if read_only:
+        raise StoreError(
+            "PostgreSQL session is read-only (a standby, or default_transaction_read_only)"
+        )
+    if not (may_update and may_select):
+        raise StoreError(f"the database user may not SELECT and UPDATE {store.target.table!r}")

@@ -1,0 +1,78 @@
+"""The targets file: several table columns for one run of ``migrate``/``status``/``reencrypt``.
+
+TOML, for example::
+
+    database = "postgresql://heimdall@db/heimdall"   # optional; --database wins
+    [[targets]]
+    table = "customers"
+    column = "ssn"
+    id_column = "customer_id"                         # optional, default "id"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from heimdall_kms.errors import InvalidInputError, StoreError
+from heimdall_kms.store.base import Target
+
+__all__ = ["TargetsFile", "load_targets"]
+
+_MAX_TARGETS = 1000
+_KEYS = frozenset({"table", "column", "id_column"})
+
+
+@dataclass(frozen=True, slots=True)
+class TargetsFile:
+    database: str | None
+    targets: tuple[Target, ...]
+
+
+def load_targets(path: Path) -> TargetsFile:
+    """Read and check a targets file.
+
+    Raises:
+        InvalidInputError: unreadable, not TOML, or an entry that is wrong (named by number).
+    """
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InvalidInputError(f"targets file {path}: {exc.strerror}") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidInputError(f"targets file {path}: not valid TOML ({exc})") from None
+    unknown = sorted(set(document) - {"database", "targets"})
+    if unknown:
+        raise InvalidInputError(f"targets file {path}: unknown key {unknown[0]!r}")
+    database = document.get("database")
+    if database is not None and not isinstance(database, str):
+        raise InvalidInputError(f"targets file {path}: 'database' must be a string")
+    entries = document.get("targets")
+    if not isinstance(entries, list) or not entries:
+        raise InvalidInputError(f"targets file {path}: needs at least one [[targets]] table")
+    if len(entries) > _MAX_TARGETS:
+        raise InvalidInputError(f"targets file {path}: more than {_MAX_TARGETS} targets")
+    targets = tuple(_target(path, number, entry) for number, entry in enumerate(entries, 1))
+    if len(set(targets)) != len(targets):
+        raise InvalidInputError(f"targets file {path}: a target is listed twice")
+    return TargetsFile(database, targets)
+
+
+def _target(path: Path, number: int, entry: object) -> Target:
+    where = f"targets file {path}: target {number}"
+    if not isinstance(entry, dict):
+        raise InvalidInputError(f"{where} is not a table")
+    unknown = sorted(set(entry) - _KEYS)
+    if unknown:
+        raise InvalidInputError(f"{where}: unknown key {unknown[0]!r}")
+    for key in ("table", "column"):
+        if not isinstance(entry.get(key), str) or not entry[key]:
+            raise InvalidInputError(f"{where}: '{key}' is required and must be a string")
+    id_column = entry.get("id_column", "id")
+    if not isinstance(id_column, str):
+        raise InvalidInputError(f"{where}: 'id_column' must be a string")
+    try:
+        return Target(entry["table"], entry["column"], id_column)
+    except StoreError as exc:
+        raise InvalidInputError(f"{where}: {exc}") from None

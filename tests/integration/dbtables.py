@@ -1,0 +1,95 @@
+"""A user table on SQLite or PostgreSQL, filled with the kinds of value Heimdall stores."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+
+@dataclass
+class UserTable:
+    """``<name> (id integer primary key, <column> text|jsonb)`` in one of the databases."""
+
+    backend: str  # sqlite | postgres-text | postgres-jsonb
+    url: str
+    table: str
+    column: str = "ssn"
+    _path: Path | None = None
+    _pg: str | None = None
+
+    @classmethod
+    def create(cls, backend: str, tmp_path: Path, postgres_url: str | None) -> UserTable:
+        name = f"customers_{secrets.token_hex(4)}"
+        if backend == "sqlite":
+            path = tmp_path / "app.db"
+            with sqlite3.connect(path) as db:
+                db.execute(f"CREATE TABLE {name} (id INTEGER PRIMARY KEY, ssn TEXT)")
+            return cls(backend, f"sqlite:///{path}", name, _path=path)
+        assert postgres_url is not None
+        kind = "jsonb" if backend == "postgres-jsonb" else "text"
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            db.execute(f"CREATE TABLE {name} (id INTEGER PRIMARY KEY, ssn {kind})")
+        return cls(backend, postgres_url, name, _pg=postgres_url)
+
+    @property
+    def json_column(self) -> bool:
+        return self.backend == "postgres-jsonb"
+
+    def _execute(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        if self._path is not None:
+            with sqlite3.connect(self._path, timeout=30) as db:
+                return db.execute(sql.replace("%s", "?"), list(params)).fetchall()
+        assert self._pg is not None
+        with psycopg.connect(self._pg, autocommit=True) as db:
+            cursor = db.execute(sql, list(params))
+            return cursor.fetchall() if cursor.description else []
+
+    def insert(self, rows: Iterable[tuple[int, str | None]]) -> None:
+        cast = "::jsonb" if self.json_column else ""
+        rows = list(rows)
+        if self._path is not None:
+            with sqlite3.connect(self._path) as db:
+                db.executemany(f"INSERT INTO {self.table} VALUES (?, ?)", rows)
+            return
+        assert self._pg is not None
+        with psycopg.connect(self._pg) as db, db.cursor() as cursor:
+            cursor.executemany(f"INSERT INTO {self.table} VALUES (%s, %s{cast})", rows)
+
+    def set(self, row_id: int, value: str | None) -> None:
+        """An application write from its own connection."""
+        cast = "::jsonb" if self.json_column else ""
+        self._execute(f"UPDATE {self.table} SET ssn = %s{cast} WHERE id = %s", [value, row_id])
+
+    def values(self) -> dict[int, str | None]:
+        read = "ssn::text" if self.json_column else "ssn"
+        return dict(self._execute(f"SELECT id, {read} FROM {self.table} ORDER BY id"))  # type: ignore[arg-type]
+
+    def journal(self) -> list[tuple[str, str]]:
+        """(run_id, row_key) of every journal row of this table."""
+        try:
+            return [
+                (str(r), str(k))
+                for r, k in self._execute(
+                    "SELECT run_id, row_key FROM heimdall_kms_journal WHERE table_name = %s",
+                    [self.table],
+                )
+            ]
+        except (sqlite3.OperationalError, psycopg.errors.UndefinedTable):
+            return []
+
+    def drop(self) -> None:
+        if self._pg is None:
+            return
+        self._execute(f"DROP TABLE IF EXISTS {self.table}")
+        if self._journal_exists():
+            self._execute("DELETE FROM heimdall_kms_journal WHERE table_name = %s", [self.table])
+
+    def _journal_exists(self) -> bool:
+        rows = self._execute("SELECT to_regclass('heimdall_kms_journal') IS NOT NULL")
+        return bool(rows[0][0])

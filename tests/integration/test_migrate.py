@@ -1,0 +1,342 @@
+"""``heimdall-kms migrate`` / ``status`` / ``journal`` on SQLite and PostgreSQL (text, jsonb)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import heimdall_kms
+from heimdall_kms.audit import MemoryAuditSink
+from heimdall_kms.cli import main
+from heimdall_kms.envelope import KmsV1Envelope, parse
+from tests.integration.dbtables import UserTable
+from tests.legacy_data import legacy_envelope
+
+MASTER_HEX = "ab" * 32
+OLD_HEX = "cd" * 32
+BACKENDS = ["sqlite", "postgres-text", "postgres-jsonb"]
+
+
+def plaintext(i: int) -> str:
+    return f"{i:03d}-12-{i % 10000:04d}"
+
+
+@pytest.fixture(params=BACKENDS)
+def table(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UserTable]:
+    url = None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    created = UserTable.create(request.param, tmp_path, url)
+    yield created
+    created.drop()
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    values = {
+        "HMD_ENCRYPTION_MODE": "hybrid",
+        "HMD_KMS_PROVIDER": "local",
+        "HMD_LOCAL_KEYRING": str(tmp_path / "keyring.json"),
+        "HMD_PII_MASTER_KEY": MASTER_HEX,
+        "HMD_PII_LEGACY_KEYS": f"key-2023:{OLD_HEX}",
+        "HMD_AUDIT_LOG": str(tmp_path / "audit.log"),
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values
+
+
+def text_value(table: UserTable, value: str) -> str:
+    # A jsonb column can only hold JSON: companion values are stored as JSON strings there.
+    return json.dumps(value) if table.json_column else value
+
+
+def fill(table: UserTable, good: int = 60) -> dict[int, str]:
+    """Legacy rows 1..good (some under an older key id), companions and bad rows 1001..1007."""
+    expected = {}
+    rows: list[tuple[int, str | None]] = []
+    for i in range(1, good + 1):
+        expected[i] = plaintext(i)
+        key, key_id = (OLD_HEX, "key-2023") if i % 7 == 0 else (MASTER_HEX, "default-key-v1")
+        rows.append((i, legacy_envelope(key, expected[i], key_id)))
+    tampered = json.loads(legacy_envelope(MASTER_HEX, "999-99-9999"))
+    raw = bytearray(base64.b64decode(tampered["ciphertext"]))
+    raw[-1] ^= 1
+    tampered["ciphertext"] = base64.b64encode(bytes(raw)).decode()
+    rows += [
+        (1001, None),
+        (1002, text_value(table, "sha256:" + hashlib.sha256(b"a@b.c").hexdigest())),
+        (1003, text_value(table, "[REDACTED]")),
+        (1004, text_value(table, "just text")),
+        (1005, legacy_envelope(MASTER_HEX, "000-00-0000", "unknown-key")),
+        (1006, json.dumps(tampered)),
+        (1007, '{"ciphertext": "!!", "nonce": "x", "key_id": "a", "algorithm": "AES-256-GCM"}'),
+    ]
+    table.insert(rows)
+    return expected
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def target_args(table: UserTable) -> list[str]:
+    return ["--database", table.url, "--table", table.table, "--column", "ssn"]
+
+
+def kms_crypto(env: dict[str, str]) -> heimdall_kms.Crypto:
+    kms_only = {k: v for k, v in env.items() if not k.startswith("HMD_PII_")}
+    return heimdall_kms.from_env(
+        {**kms_only, "HMD_ENCRYPTION_MODE": "kms"}, audit=MemoryAuditSink()
+    )
+
+
+def assert_migrated(table: UserTable, expected: dict[int, str], env: dict[str, str]) -> None:
+    stored = table.values()
+    with kms_crypto(env) as crypto:
+        for row_id, text in expected.items():
+            envelope = parse(stored[row_id] or "")
+            assert isinstance(envelope, KmsV1Envelope), row_id
+            assert envelope.context == {"table": table.table, "field": "ssn", "record": str(row_id)}
+            assert (
+                crypto.decrypt(
+                    envelope, actor="t", reason="verify", context={"record": str(row_id)}
+                )
+                == text
+            )
+
+
+def test_migrate_end_to_end(
+    table: UserTable, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    expected = fill(table)
+    before = table.values()
+    code, out, err = run_cli(
+        ["migrate", *target_args(table), "--batch-size", "25", "--json"], capsys
+    )
+    assert code == 3, err
+    summary = json.loads(out)
+    assert summary["completed"] == len(expected)
+    assert sorted(f["id"] for f in summary["failures"]) == ["1005", "1006", "1007"]
+    assert {f["id"]: f["error_type"] for f in summary["failures"]} == {
+        "1005": "key_not_found",
+        "1006": "integrity",
+        "1007": "malformed_envelope",
+    }
+    assert summary["skipped"] == 4
+    assert summary["kms_calls_per_value"] < 0.2  # batched: 60 values in a handful of calls
+    assert err.strip().splitlines()[-1].startswith("heimdall-kms: error:")
+    after = table.values()
+    for row_id in (1001, 1002, 1003, 1004, 1005, 1006, 1007):
+        assert after[row_id] == before[row_id]  # left exactly as they were
+    assert_migrated(table, expected, env)
+    audit = Path(env["HMD_AUDIT_LOG"]).read_text()
+    for text in expected.values():
+        assert text not in audit
+    assert sorted(k for _, k in table.journal()) == sorted(str(i) for i in expected)
+
+
+def test_rerun_is_idempotent_and_status_proves_it(
+    table: UserTable, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    expected = fill(table, good=30)
+    run_cli(["migrate", *target_args(table)], capsys)
+    first = table.values()
+    code, out, _ = run_cli(["migrate", *target_args(table), "--json"], capsys)
+    assert code == 3  # the three bad rows are still reported
+    assert json.loads(out)["completed"] == 0
+    assert table.values() == first
+    assert len(table.journal()) == len(expected)
+    code, out, _ = run_cli(["status", *target_args(table), "--json"], capsys)
+    assert code == 0
+    census = json.loads(out)
+    assert census["encryption_version"] == {"kms_v1": 30, "legacy": 2}
+    assert census["legacy_key_id"] == {"default-key-v1": 1, "unknown-key": 1}
+    assert census["unparseable"] == 1
+    assert census["unparseable_ids"] == ["1007"]
+    assert census["keys"] == [
+        {"provider": "local", "key_identifier": "heimdall-pii", "key_version": 1, "count": 30}
+    ]
+    code, _, err = run_cli(["status", *target_args(table), "--fail-if-legacy"], capsys)
+    assert code == 3
+    assert "3 legacy or unparseable values remain" in err
+
+
+def test_dry_run_writes_nothing(
+    table: UserTable, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    expected = fill(table, good=20)
+    before = table.values()
+    code, out, _ = run_cli(["migrate", *target_args(table), "--dry-run", "--json"], capsys)
+    assert code == 3
+    summary = json.loads(out)
+    assert summary["dry_run"] is True
+    assert summary["completed"] == len(expected)
+    assert summary["kms_calls"] == 0
+    assert table.values() == before
+    assert table.journal() == []
+
+
+def test_rollback_restores_all_but_values_changed_since(
+    table: UserTable, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fill(table, good=20)
+    before = table.values()
+    code, out, _ = run_cli(["migrate", *target_args(table), "--json", "--run-id", "r-1"], capsys)
+    assert json.loads(out)["run_id"] == "r-1"
+    changed = legacy_envelope(MASTER_HEX, "app-wrote-this")
+    table.set(5, changed)
+    code, out, err = run_cli(
+        ["migrate", *target_args(table), "--rollback", "r-1", "--json"], capsys
+    )
+    assert code == 3, err
+    counts = json.loads(out)["targets"][f"{table.table}.ssn"]
+    assert counts == {"journaled": 20, "restored": 19, "conflicts": 1}
+    after = table.values()
+    assert {k: v for k, v in after.items() if k != 5} == {k: v for k, v in before.items() if k != 5}
+    assert json.loads(after[5] or "") == json.loads(changed)
+    code, out, _ = run_cli(
+        ["journal", "purge", *target_args(table), "--older-than-days", "0", "--json"], capsys
+    )
+    assert code == 0
+    assert json.loads(out)["targets"][f"{table.table}.ssn"]["deleted"] == 1
+    assert table.journal() == []
+
+
+def test_concurrent_application_writes_are_never_overwritten(
+    table: UserTable, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = 400
+    fill(table, good=good)
+    latest: dict[int, str] = {}
+    stop = threading.Event()
+
+    def application() -> None:
+        # The application keeps rewriting rows (as legacy, like the old engine) during the run.
+        n = 0
+        while not stop.is_set() and n < 300:
+            row_id = 1 + (n * 37) % good
+            text = f"app-{n}"
+            table.set(row_id, legacy_envelope(MASTER_HEX, text))
+            latest[row_id] = text
+            n += 1
+            time.sleep(0.001)
+
+    writer = threading.Thread(target=application)
+    writer.start()
+    try:
+        code, _out, err = run_cli(
+            ["migrate", *target_args(table), "--batch-size", "10", "--json"], capsys
+        )
+    finally:
+        stop.set()
+        writer.join()
+    assert code == 3, err
+    stored = table.values()
+    with heimdall_kms.from_env(env, audit=MemoryAuditSink()) as crypto:
+        for row_id in range(1, good + 1):
+            text = crypto.decrypt(stored[row_id] or "", actor="t", reason="verify")
+            assert text == latest.get(row_id, plaintext(row_id)), row_id
+    assert latest  # the writer really ran
+    journal = Counter(key for _, key in table.journal())
+    assert max(journal.values()) == 1
+
+
+def test_two_targets_from_a_targets_file(
+    tmp_path: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = UserTable.create("sqlite", tmp_path, None)
+    expected = fill(first, good=10)
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "app.db") as db:
+        db.execute("CREATE TABLE payments (pid TEXT PRIMARY KEY, card TEXT)")
+        db.execute(
+            "INSERT INTO payments VALUES ('p-1', ?)", [legacy_envelope(MASTER_HEX, "4111-1111")]
+        )
+    targets = tmp_path / "targets.toml"
+    targets.write_text(
+        f'database = "{first.url}"\n'
+        f'[[targets]]\ntable = "{first.table}"\ncolumn = "ssn"\n'
+        '[[targets]]\ntable = "payments"\ncolumn = "card"\nid_column = "pid"\n'
+    )
+    code, out, _ = run_cli(["migrate", "--targets", str(targets), "--json"], capsys)
+    summary = json.loads(out)
+    assert [t["completed"] for t in summary["targets"]] == [len(expected), 1]
+    with sqlite3.connect(tmp_path / "app.db") as db:
+        (card,) = db.execute("SELECT card FROM payments").fetchone()
+    envelope = parse(card)
+    assert isinstance(envelope, KmsV1Envelope)
+    assert envelope.context == {"table": "payments", "field": "card", "record": "p-1"}
+    _code, out, _ = run_cli(["status", "--targets", str(targets), "--json"], capsys)
+    census = json.loads(out)
+    assert census["encryption_version"]["kms_v1"] == len(expected) + 1
+    assert len(census["targets"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--table", "nope", "--column", "ssn"], "table 'nope' does not exist"),
+        (["--column", "nope"], "has no column 'nope'"),
+        (["--column", "ssn", "--id-column", "nope"], "has no id column 'nope'"),
+        (["--column", "ssn; drop table x"], "not a plain SQL identifier"),
+    ],
+)
+def test_wrong_targets_fail_before_any_write(
+    table: UserTable,
+    env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    fragment: str,
+) -> None:
+    fill(table, good=3)
+    before = table.values()
+    base = ["--database", table.url] + (["--table", table.table] if "--table" not in args else [])
+    code, out, err = run_cli(["migrate", *base, *args], capsys)
+    assert code != 0
+    assert out == ""
+    lines = [line for line in err.splitlines() if line.startswith("heimdall-kms: error:")]
+    assert len(lines) == 1
+    assert fragment in lines[0]
+    assert "Traceback" not in err
+    assert table.values() == before
+    assert table.journal() == []
+
+
+def test_missing_sqlite_file_and_bad_url(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(
+        ["status", "--database", f"sqlite:///{tmp_path}/none.db", "--table", "t", "--column", "c"],
+        capsys,
+    )
+    assert code == 73
+    assert "no SQLite database" in err
+    assert not (tmp_path / "none.db").exists()
+    code, _, err = run_cli(
+        ["status", "--database", "mysql://x", "--table", "t", "--column", "c"], capsys
+    )
+    assert code == 78
+
+
+def test_migrate_refuses_kms_mode(
+    table: UserTable,
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("HMD_ENCRYPTION_MODE", "kms")
+    monkeypatch.delenv("HMD_PII_MASTER_KEY")
+    monkeypatch.delenv("HMD_PII_LEGACY_KEYS")
+    code, _, err = run_cli(["migrate", *target_args(table)], capsys)
+    assert code == 78
+    assert "HMD_ENCRYPTION_MODE: migrate needs hybrid" in err
