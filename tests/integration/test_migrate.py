@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -255,8 +256,6 @@ def test_two_targets_from_a_targets_file(
 ) -> None:
     first = UserTable.create("sqlite", tmp_path, None)
     expected = fill(first, good=10)
-    import sqlite3
-
     with sqlite3.connect(tmp_path / "app.db") as db:
         db.execute("CREATE TABLE payments (pid TEXT PRIMARY KEY, card TEXT)")
         db.execute(
@@ -269,6 +268,7 @@ def test_two_targets_from_a_targets_file(
         '[[targets]]\ntable = "payments"\ncolumn = "card"\nid_column = "pid"\n'
     )
     code, out, _ = run_cli(["migrate", "--targets", str(targets), "--json"], capsys)
+    assert code == 3  # the first table's three bad rows
     summary = json.loads(out)
     assert [t["completed"] for t in summary["targets"]] == [len(expected), 1]
     with sqlite3.connect(tmp_path / "app.db") as db:
