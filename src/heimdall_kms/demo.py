@@ -1,11 +1,15 @@
 """The end-to-end story on the embedded default: SQLite plus the local provider.
 
-A small ``customers`` table holds PII the way Heimdall's existing engine left it: some SSNs
-already sealed with the env key (legacy envelopes), some still in the clear, an email kept
-only as a ``sha256:`` hash, a scrubbed ``[REDACTED]`` value. The demo reads the legacy values
-in hybrid mode, seals every SSN as ``kms_v1`` bound to table/field/record, reads them all back
-with audited decrypts, shows that a value copied to another record is refused, and sums up.
-Printed values are masked: the demo never shows a whole SSN.
+1. The old engine (legacy mode, env key) has written a ``customers`` table: SSNs as env-key
+   envelopes, some under an older key id, emails as ``sha256:`` hashes, a few ``[REDACTED]``.
+2. The application moves to hybrid mode: it still reads those values, and new ones go to the
+   KMS.
+3. ``status`` counts what is stored; ``migrate`` re-encrypts every legacy value through the
+   KMS, batch by batch, with progress; ``status`` then proves zero legacy values remain.
+4. The application switches to KMS-only mode with no env key configured: every SSN reads back
+   (audited), a legacy value is refused, and a value copied to another record is refused.
+
+Nothing outside the work directory is touched, and SSNs are only ever shown masked.
 """
 
 from __future__ import annotations
@@ -23,22 +27,21 @@ from heimdall_kms import crypto as primitives
 from heimdall_kms import from_settings
 from heimdall_kms.audit import open_sink
 from heimdall_kms.config import EncryptionMode, ProviderName, Secret, Settings
-from heimdall_kms.envelope import KMS_V1, LEGACY, parse
-from heimdall_kms.errors import IntegrityError, MalformedEnvelopeError
+from heimdall_kms.errors import IntegrityError, ModeViolationError
+from heimdall_kms.jobs.census import take_census
+from heimdall_kms.jobs.metered import MeteredProvider
+from heimdall_kms.jobs.migrate import MigrationOptions, run_migration
+from heimdall_kms.jobs.report import ProgressCallback
+from heimdall_kms.providers import load_provider
 from heimdall_kms.service import Crypto
+from heimdall_kms.store import Target, open_store
 
-__all__ = ["DemoSummary", "run_demo"]
+__all__ = ["DemoSummary", "customers", "run_demo"]
 
-_ROWS = [
-    # id, name, ssn, email, state of the SSN as the old engine left it
-    ("c-1001", "Ada", "123-45-6789", "ada@example.com", "legacy"),
-    ("c-1002", "Grace", "987-65-4321", "grace@example.com", "legacy"),
-    ("c-1003", "Linus", "555-12-3456", "linus@example.com", "legacy"),
-    ("c-1004", "Margaret", "222-33-4444", "margaret@example.com", "plain"),
-    ("c-1005", "Alan", "111-22-3333", "alan@example.com", "plain"),
-    ("c-1006", "Barbara", "[REDACTED]", "barbara@example.com", "scrubbed"),
-]
 _TABLE = "customers"
+_CUSTOMERS = 2000
+_OLD_KEY_ID = "key-2023"
+_NEW_ID = "c-99999"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +49,13 @@ class DemoSummary:
     workdir: str
     provider: str
     key_identifier: str
+    run_id: str
     before: Mapping[str, int]
     after: Mapping[str, int]
+    migrated: int
+    kms_calls: int
     verified: int
+    legacy_refused_in_kms_mode: bool
     moved_value_refused: bool
     audit_events: Mapping[str, int]
 
@@ -56,65 +63,88 @@ class DemoSummary:
         return dataclasses.asdict(self)
 
 
-def run_demo(workdir: Path, environ: Mapping[str, str], say: Callable[[str], None]) -> DemoSummary:
+def run_demo(
+    workdir: Path,
+    environ: Mapping[str, str],
+    say: Callable[[str], None],
+    progress: ProgressCallback | None = None,
+) -> DemoSummary:
     """Run the story in ``workdir`` and return its summary.
 
     With ``HMD_KMS_PROVIDER`` set in ``environ`` the configured KMS is used; otherwise the
     local provider with a keyring inside ``workdir`` (NOT FOR PRODUCTION).
 
     Raises:
-        HeimdallKMSError: any step failed; nothing outside ``workdir`` is touched.
+        HeimdallKMSError: a step failed.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    settings = _demo_settings(workdir, environ)
+    hybrid = _demo_settings(workdir, environ)
     db_path = workdir / "demo.db"
     db_path.unlink(missing_ok=True)
-    with sqlite3.connect(db_path) as db:
-        _seed(db, settings, say)
-        before = _census(db)
-        say(f"seeded {len(_ROWS)} customers: {_fmt(before)}")
-        crypto = from_settings(settings, audit=open_sink(settings.audit_log), default_actor="demo")
-        with crypto:
-            assert crypto.kms is not None
-            provider, key_id = crypto.kms.name.value, crypto.kms.key_identifier
-            say(f"KMS: {provider} key {key_id!r} (hybrid mode: reads legacy, writes kms_v1)")
-            _protect(db, crypto, say)
-            after = _census(db)
-            say(f"after protection: {_fmt(after)}")
-            verified = _read_back(db, crypto, say)
-            refused = _move_value(db, crypto, say)
+    originals = _seed(db_path, hybrid, say)
+    store = open_store(f"sqlite:///{db_path}", Target(_TABLE, "ssn"))
+    try:
+        before = take_census(store)
+        say(f"1. the old engine left {before.total:,} SSNs: {_fmt(before.to_dict())}")
+        kms = MeteredProvider(load_provider(hybrid))
+        with Crypto(
+            hybrid, kms=kms, audit=open_sink(hybrid.audit_log), default_actor="demo-app"
+        ) as crypto:
+            provider, key_id = kms.name.value, kms.key_identifier
+            _hybrid_app(db_path, crypto, originals)
+            say(
+                f"2. hybrid mode on {provider} key {key_id!r}: the app still reads legacy "
+                f"values, and writes its new customer {_NEW_ID} as kms_v1"
+            )
+            say("3. heimdall-kms migrate: one transaction and one batched KMS call per batch")
+            report = run_migration(crypto, [store], MigrationOptions(batch_size=250), progress)
+        if report.stop_error is not None:
+            raise report.stop_error
+        after = take_census(store)
+        say(
+            f"   migrated {report.total('completed'):,} values with {report.kms_calls} KMS "
+            f"calls; census now: {_fmt(after.to_dict())}"
+        )
+    finally:
+        store.close()
+    verified, legacy_refused, moved_refused = _kms_only(db_path, hybrid, originals, say)
     return DemoSummary(
         workdir=str(workdir),
         provider=provider,
         key_identifier=key_id,
-        before=before,
-        after=after,
+        run_id=report.run_id,
+        before=before.to_dict()["encryption_version"],
+        after=after.to_dict()["encryption_version"],
+        migrated=report.total("completed"),
+        kms_calls=report.kms_calls,
         verified=verified,
-        moved_value_refused=refused,
-        audit_events=_count_audit(Path(settings.audit_log)),
+        legacy_refused_in_kms_mode=legacy_refused,
+        moved_value_refused=moved_refused,
+        audit_events=_count_audit(Path(hybrid.audit_log)),
     )
 
 
 def _demo_settings(workdir: Path, environ: Mapping[str, str]) -> Settings:
-    # The demo plays the old engine too, so it has an env key of its own, never the user's.
-    legacy_key = Secret(bytes(primitives.new_dek()))
+    # The demo plays the old engine too, so it has env keys of its own, never the user's.
+    legacy_keys = {
+        "default-key-v1": Secret(bytes(primitives.new_dek())),
+        _OLD_KEY_ID: Secret(bytes(primitives.new_dek())),
+    }
     audit_log = str(workdir / "audit.log")
     if environ.get("HMD_KMS_PROVIDER"):
-        configured = Settings.from_env(
-            {
-                **environ,
-                "HMD_ENCRYPTION_MODE": "hybrid",
-                "HMD_PII_MASTER_KEY": "",
-                "HMD_PII_LEGACY_KEYS": "",
-                "HMD_HYBRID_WRITE_FORMAT": "",
-            }
-        )
+        overrides = {
+            "HMD_ENCRYPTION_MODE": "hybrid",
+            "HMD_PII_MASTER_KEY": "",
+            "HMD_PII_LEGACY_KEYS": "",
+            "HMD_HYBRID_WRITE_FORMAT": "",
+        }
+        configured = Settings.from_env({**environ, **overrides})
         return dataclasses.replace(
-            configured, legacy_keys={configured.legacy_key_id: legacy_key}, audit_log=audit_log
+            configured, legacy_keys=legacy_keys, audit_log=audit_log, legacy_key_id="default-key-v1"
         )
     return Settings(
         mode=EncryptionMode.HYBRID,
-        legacy_keys={"default-key-v1": legacy_key},
+        legacy_keys=legacy_keys,
         provider=ProviderName.LOCAL,
         kms_key_id="heimdall-pii",
         local_keyring=workdir / "local-keyring.json",
@@ -122,105 +152,128 @@ def _demo_settings(workdir: Path, environ: Mapping[str, str]) -> Settings:
     )
 
 
-def _seed(db: sqlite3.Connection, settings: Settings, say: Callable[[str], None]) -> None:
-    legacy = dataclasses.replace(settings, mode=EncryptionMode.LEGACY, provider=None)
-    db.execute(f"CREATE TABLE {_TABLE} (id TEXT PRIMARY KEY, name TEXT, ssn TEXT, email TEXT)")
-    with from_settings(
-        legacy, audit=open_sink(settings.audit_log), default_actor="legacy-engine"
-    ) as old_engine:
-        for row_id, name, ssn, email, state in _ROWS:
-            value = ssn
-            if state == "legacy":
-                value = old_engine.encrypt(
-                    ssn, context={"field": "ssn", "record": row_id}
-                ).to_json()
-            digest = _sha256(email)
-            db.execute(f"INSERT INTO {_TABLE} VALUES (?, ?, ?, ?)", (row_id, name, value, digest))  # noqa: S608
-    say("the old engine wrote 3 SSNs with the env key, left 2 in the clear, scrubbed 1")
+def customers() -> dict[str, str]:
+    """The demo's made-up customers: id -> SSN (deterministic, so tests can look for leaks)."""
+    return {
+        f"c-{i:05d}": f"{100 + i % 800:03d}-{i % 90 + 10:02d}-{i:04d}"
+        for i in range(1, _CUSTOMERS + 1)
+    }
 
 
-def _sha256(value: str) -> str:
-    # The legacy engine's one-way hash form (SPEC §4.1).
-    return "sha256:" + hashlib.sha256(value.encode("utf-8")).hexdigest()
-
-
-def _protect(db: sqlite3.Connection, crypto: Crypto, say: Callable[[str], None]) -> None:
-    rows = db.execute(f"SELECT id, ssn FROM {_TABLE} ORDER BY id").fetchall()  # noqa: S608
-    legacy_ids = [row_id for row_id, ssn in rows if _kind(ssn) == LEGACY]
-    legacy_values = [ssn for _, ssn in rows if _kind(ssn) == LEGACY]
-    plain = crypto.decrypt_many(legacy_values, actor="demo-migrator", reason="demo: migrate to KMS")
-    clear = {row_id: ssn for row_id, ssn in rows if _kind(ssn) == "plaintext"}
-    todo = {**dict(zip(legacy_ids, plain, strict=True)), **clear}
-    items = [(value, _context(row_id)) for row_id, value in todo.items()]
-    sealed = crypto.encrypt_many(items, actor="demo-migrator")
-    with db:
-        for row_id, envelope in zip(todo, sealed, strict=True):
-            db.execute(f"UPDATE {_TABLE} SET ssn = ? WHERE id = ?", (envelope.to_json(), row_id))  # noqa: S608
-    say(
-        f"sealed {len(sealed)} SSNs as kms_v1 in one batched KMS call "
-        f"({len(legacy_ids)} read from legacy, {len(clear)} from plaintext)"
-    )
-
-
-def _read_back(db: sqlite3.Connection, crypto: Crypto, say: Callable[[str], None]) -> int:
-    rows = [
-        (i, s)
-        for i, s in db.execute(f"SELECT id, ssn FROM {_TABLE} ORDER BY id")  # noqa: S608
-        if _kind(s) == KMS_V1
-    ]
-    texts = crypto.decrypt_many(
-        [s for _, s in rows],
-        actor="demo-analyst",
-        reason="demo: read back",
-        contexts=[_context(i) for i, _ in rows],
-    )
-    expected = {row_id: ssn for row_id, _, ssn, _, _ in _ROWS}
-    for (row_id, _), text in zip(rows, texts, strict=True):
-        if text != expected[row_id]:
-            raise IntegrityError("demo read back a value that differs from the original")
-        say(f"  {row_id}: ssn {_mask(text)}  (decrypt audited: actor demo-analyst)")
-    return len(texts)
-
-
-def _move_value(db: sqlite3.Connection, crypto: Crypto, say: Callable[[str], None]) -> bool:
-    (stolen,) = db.execute(f"SELECT ssn FROM {_TABLE} WHERE id = 'c-1001'").fetchone()  # noqa: S608
-    try:
-        crypto.decrypt(
-            stolen,
-            actor="demo-attacker",
-            reason="demo: value copied to c-1002",
-            context=_context("c-1002"),
+def _seed(db_path: Path, hybrid: Settings, say: Callable[[str], None]) -> dict[str, str]:
+    """The old engine's table. Returns id -> SSN, kept in memory to verify the read-back."""
+    originals = customers()
+    audit = open_sink(hybrid.audit_log)
+    engines = {
+        key_id: from_settings(
+            dataclasses.replace(
+                hybrid, mode=EncryptionMode.LEGACY, provider=None, legacy_key_id=key_id
+            ),
+            audit=audit,
+            default_actor="legacy-engine",
         )
-    except IntegrityError:
-        say("c-1001's SSN copied to c-1002 is refused: the record id is bound in the AAD")
+        for key_id in ("default-key-v1", _OLD_KEY_ID)
+    }
+    ids = list(originals)
+    redacted = set(ids[::97])
+    by_key = {
+        key_id: [
+            i
+            for n, i in enumerate(ids)
+            if (n % 5 == 0) == (key_id == _OLD_KEY_ID) and i not in redacted
+        ]
+        for key_id in engines
+    }
+    values = {i: "[REDACTED]" for i in redacted}
+    for key_id, chunk in by_key.items():
+        sealed = engines[key_id].encrypt_many([(originals[i], {}) for i in chunk])
+        values.update({i: env.to_json() for i, env in zip(chunk, sealed, strict=True)})
+    rows = [
+        (i, values[i], "sha256:" + hashlib.sha256(f"{i}@example.com".encode()).hexdigest())
+        for i in ids
+    ]
+    audit.close()
+    with sqlite3.connect(db_path) as db:
+        db.execute(f"CREATE TABLE {_TABLE} (id TEXT PRIMARY KEY, ssn TEXT, email TEXT)")
+        db.executemany(f"INSERT INTO {_TABLE} VALUES (?, ?, ?)", rows)  # noqa: S608
+    say(
+        f"0. seeded {_CUSTOMERS:,} customers as the old engine wrote them (env keys "
+        f"'default-key-v1' and {_OLD_KEY_ID!r}; emails as sha256: hashes; a few [REDACTED])"
+    )
+    return {i: originals[i] for i in ids if i not in redacted}
+
+
+def _hybrid_app(db_path: Path, crypto: Crypto, originals: dict[str, str]) -> None:
+    """What the application does in hybrid mode: read an old value, write a new one."""
+    with sqlite3.connect(db_path) as db:
+        (old,) = db.execute(f"SELECT ssn FROM {_TABLE} WHERE id = 'c-00002'").fetchone()  # noqa: S608
+        crypto.decrypt(old, actor="demo-app", reason="demo: customer lookup")
+        originals[_NEW_ID] = "078-05-1120"
+        envelope = crypto.encrypt(
+            originals[_NEW_ID], context={"table": _TABLE, "field": "ssn", "record": _NEW_ID}
+        )
+        db.execute(f"INSERT INTO {_TABLE} VALUES (?, ?, NULL)", (_NEW_ID, envelope.to_json()))  # noqa: S608
+
+
+def _kms_only(
+    db_path: Path, hybrid: Settings, originals: Mapping[str, str], say: Callable[[str], None]
+) -> tuple[int, bool, bool]:
+    kms_mode = dataclasses.replace(hybrid, mode=EncryptionMode.KMS, legacy_keys={})
+    with sqlite3.connect(db_path) as db:
+        rows = dict(db.execute(f"SELECT id, ssn FROM {_TABLE} WHERE ssn != '[REDACTED]'"))  # noqa: S608
+        (old_value,) = db.execute(
+            "SELECT old_value FROM heimdall_kms_journal ORDER BY row_key LIMIT 1"
+        ).fetchone()
+    with from_settings(kms_mode, audit=open_sink(hybrid.audit_log)) as crypto:
+        ids = sorted(rows)
+        texts = crypto.decrypt_many(
+            [rows[i] for i in ids],
+            actor="demo-analyst",
+            reason="demo: read back in kms mode",
+            contexts=[{"record": i} for i in ids],
+        )
+        if [originals[i] for i in ids] != texts:
+            raise IntegrityError("demo read back a value that differs from the original")
+        say(
+            f"4. HMD_ENCRYPTION_MODE=kms, no env key: {len(texts):,} SSNs read back and match "
+            f"(e.g. {ids[0]}: {_mask(texts[0])}); every decrypt audited with actor and reason"
+        )
+        legacy_refused = _refused(
+            lambda: crypto.decrypt(old_value, actor="demo", reason="x"), ModeViolationError
+        )
+        say("   an old env-key value (from the rollback journal) is refused in kms mode")
+        moved_refused = _refused(
+            lambda: crypto.decrypt(
+                rows[ids[0]],
+                actor="demo-attacker",
+                reason="demo: value copied to another record",
+                context={"record": ids[1]},
+            ),
+            IntegrityError,
+        )
+        say(f"   {ids[0]}'s SSN read as {ids[1]}'s is refused: the record id is bound in the AAD")
+    return len(texts), legacy_refused, moved_refused
+
+
+def _refused(attempt: Callable[[], object], expected: type[Exception]) -> bool:
+    try:
+        attempt()
+    except expected:
         return True
     return False
-
-
-def _census(db: sqlite3.Connection) -> dict[str, int]:
-    counts = Counter(_kind(s) for (s,) in db.execute(f"SELECT ssn FROM {_TABLE}"))  # noqa: S608
-    return dict(sorted(counts.items()))
-
-
-def _kind(value: str | None) -> str:
-    if value is None or value == "[REDACTED]":
-        return "scrubbed"
-    try:
-        return parse(value).encryption_version
-    except MalformedEnvelopeError:
-        return "plaintext"
-
-
-def _context(row_id: str) -> dict[str, str]:
-    return {"table": _TABLE, "field": "ssn", "record": row_id}
 
 
 def _mask(ssn: str) -> str:
     return "***-**-" + ssn[-4:]
 
 
-def _fmt(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{count} {kind}" for kind, count in counts.items())
+def _fmt(census: Mapping[str, object]) -> str:
+    versions = census["encryption_version"]
+    assert isinstance(versions, dict)
+    return (
+        f"{versions['legacy']:,} legacy, {versions['kms_v1']:,} kms_v1, "
+        f"{census['skipped']:,} left alone"
+    )
 
 
 def _count_audit(path: Path) -> dict[str, int]:

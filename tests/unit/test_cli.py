@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from heimdall_kms.cli import main
-from heimdall_kms.demo import _ROWS
+from heimdall_kms.demo import customers
 from heimdall_kms.envelope import parse
 from heimdall_kms.envelope._json import MAX_ENVELOPE_CHARS
 from heimdall_kms.errors import (
@@ -39,7 +39,7 @@ from tests.unit.conftest import MASTER_HEX, keyring_master_hexes
 SSN = "123-45-6789"
 PREFIX = "heimdall-kms: error:"
 USAGE = 2
-DEMO_SSNS = [ssn for _, _, ssn, _, state in _ROWS if state != "scrubbed"]
+DEMO_SSNS = [*customers().values(), "078-05-1120"]
 
 
 @dataclass
@@ -578,12 +578,18 @@ def test_demo(tmp_path: Path) -> None:
     assert run.code == 0, run.err
     assert "Traceback" not in run.err
     _assert_no_demo_ssn(run.out, run.err)
-    assert "moved value refused: yes" in run.out
-    assert "***-**-6789" in run.out  # masked, last four only
+    assert "value moved to another record refused: yes" in run.out
+    assert "legacy value refused in kms mode: yes" in run.out
+    assert "after: {'kms_v1': 1980, 'legacy': 0}" in run.out
+    assert "***-**-0002" in run.out  # masked, last four only
     audit = (workdir / "audit.log").read_text(encoding="utf-8")
     _assert_no_demo_ssn(audit)
     events = [json.loads(line) for line in audit.splitlines()]
-    assert {e["event_type"] for e in events} == {"crypto.encrypt", "crypto.decrypt"}
+    assert {e["event_type"] for e in events} == {
+        "crypto.encrypt",
+        "crypto.decrypt",
+        "reencrypt.batch",
+    }
     keyring = workdir / "local-keyring.json"
     assert stat.S_IMODE(keyring.stat().st_mode) == 0o600
     for master in keyring_master_hexes(keyring):
@@ -597,6 +603,9 @@ def test_demo_json(cli: Runner, tmp_path: Path, cli_env: dict[str, str]) -> None
     _assert_no_demo_ssn(run.out, run.err, (workdir / "audit.log").read_text(encoding="utf-8"))
     summary = json.loads(run.out)
     assert summary["provider"] == "local"
-    assert summary["verified"] == len(DEMO_SSNS)
+    assert summary["verified"] == 1980  # 1,979 migrated + the one written in hybrid mode
+    assert summary["migrated"] == 1979
     assert summary["moved_value_refused"] is True
-    assert summary["after"] == {"kms_v1": len(DEMO_SSNS), "scrubbed": 1}
+    assert summary["legacy_refused_in_kms_mode"] is True
+    assert summary["before"] == {"kms_v1": 0, "legacy": 1979}
+    assert summary["after"] == {"kms_v1": 1980, "legacy": 0}

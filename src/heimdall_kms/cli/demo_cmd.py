@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from heimdall_kms.cli.progress import ProgressView
 from heimdall_kms.demo import run_demo
 
 __all__ = ["demo"]
@@ -22,11 +23,12 @@ __all__ = ["demo"]
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def demo(workdir: Path | None, as_json: bool) -> None:
-    """Show the whole story on SQLite + the local provider (or the configured KMS).
+    """Show the whole migration story on SQLite + the local provider (or the configured KMS).
 
-    Seeds customers whose SSNs the old engine left as env-key envelopes or in the clear,
-    seals them all as kms_v1 through the KMS, reads them back with audited decrypts, and
-    proves a value copied to another record is refused. Nothing outside --workdir is touched.
+    Seeds customers whose SSNs the old engine sealed with env keys, reads them in hybrid
+    mode, migrates every value to the KMS with progress, proves zero legacy values remain,
+    then reads everything back in KMS-only mode with no env key. Nothing outside --workdir is
+    touched; SSNs are shown masked.
     """
     where = workdir or Path(tempfile.mkdtemp(prefix="heimdall-demo-"))
 
@@ -34,17 +36,26 @@ def demo(workdir: Path | None, as_json: bool) -> None:
         if not as_json:
             click.echo(line)
 
-    summary = run_demo(where, os.environ, say)
+    with ProgressView("   migrate", interval=1.0) as view:
+        summary = run_demo(where, os.environ, say, view)
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
         return
     click.echo("")
     click.echo("summary")
-    click.echo(f"  values before: {dict(summary.before)}")
-    click.echo(f"  values after:  {dict(summary.after)}")
-    click.echo(f"  decrypted and verified: {summary.verified}")
-    click.echo(f"  moved value refused: {'yes' if summary.moved_value_refused else 'NO'}")
+    click.echo(f"  before: {dict(summary.before)}   after: {dict(summary.after)}")
+    click.echo(
+        f"  migrated {summary.migrated:,} values in run {summary.run_id} "
+        f"with {summary.kms_calls} KMS calls"
+    )
+    click.echo(f"  read back in kms mode and verified: {summary.verified:,}")
+    click.echo(f"  legacy value refused in kms mode: {_yes(summary.legacy_refused_in_kms_mode)}")
+    click.echo(f"  value moved to another record refused: {_yes(summary.moved_value_refused)}")
     click.echo(f"  audit events: {dict(summary.audit_events)}")
     click.echo(f"  files: {summary.workdir} (demo.db, audit.log, local-keyring.json)")
     if summary.provider == "local":
         click.echo("  the local provider keeps its master key in a file: NOT FOR PRODUCTION")
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "NO"
