@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -12,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 import heimdall_kms
@@ -340,3 +342,58 @@ def test_migrate_refuses_kms_mode(
     code, _, err = run_cli(["migrate", *target_args(table)], capsys)
     assert code == 78
     assert "HMD_ENCRYPTION_MODE: migrate needs hybrid" in err
+
+
+def test_read_only_postgres_user_fails_before_any_write(
+    postgres_url: str, tmp_path: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = UserTable.create("postgres-text", tmp_path, postgres_url)
+    role = f"reader_{table.table}"
+    try:
+        table.insert([(1, legacy_envelope(MASTER_HEX, "x"))])
+        before = table.values()
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            db.execute(f"CREATE ROLE {role} LOGIN")
+            db.execute(f"GRANT SELECT ON {table.table} TO {role}")
+        reader_url = postgres_url.replace("postgres@", f"{role}@", 1)
+        code, out, err = run_cli(
+            ["migrate", "--database", reader_url, "--table", table.table, "--column", "ssn"], capsys
+        )
+        assert code == 73
+        assert out == ""
+        assert f"may not SELECT and UPDATE '{table.table}'" in err
+        assert table.values() == before
+        code, out, _ = run_cli(
+            [
+                "status",
+                "--database",
+                reader_url,
+                "--table",
+                table.table,
+                "--column",
+                "ssn",
+                "--json",
+            ],
+            capsys,
+        )
+        assert code == 0  # a census needs read access only
+        assert json.loads(out)["encryption_version"]["legacy"] == 1
+    finally:
+        table.drop()
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            db.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_status_needs_no_kms_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("HMD_"):
+            monkeypatch.delenv(name)
+    table = UserTable.create("sqlite", tmp_path, None)
+    fill(table, good=5)
+    monkeypatch.setenv("HMD_DATABASE_URL", table.url)
+    code, out, err = run_cli(["status", "--table", table.table, "--column", "ssn"], capsys)
+    assert code == 0, err
+    assert "legacy 7" in out  # 5 good, one under an unknown key id, one tampered
+    assert "unparseable 1" in out
