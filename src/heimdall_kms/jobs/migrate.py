@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 from heimdall_kms.audit import AuditEvent, EventType, Result
 from heimdall_kms.config import EncryptionMode, Settings, WriteFormat
+from heimdall_kms.envelope import Envelope
 from heimdall_kms.errors import ConfigurationError, HeimdallKMSError
 from heimdall_kms.jobs.classify import ValueKind, classify
 from heimdall_kms.jobs.metered import MeteredProvider
@@ -128,11 +129,14 @@ class _MigrationRun:
     def _convert(self, store: FieldStore, rows: list[Row], target: TargetReport) -> list[Swap]:
         """Decrypt the batch's legacy values and seal them as kms_v1; failures are reported."""
         legacy: list[Row] = []
+        envelopes: list[Envelope] = []
         for row in rows:
             target.examined += 1
-            kind = classify(row.value).kind
-            if kind is ValueKind.LEGACY:
+            found = classify(row.value)
+            kind = found.kind
+            if kind is ValueKind.LEGACY and found.envelope is not None:
                 legacy.append(row)
+                envelopes.append(found.envelope)  # parsed once, opened as is
             elif kind is ValueKind.UNPARSEABLE:
                 self._fail(target, row, "malformed_envelope", "damaged envelope")
             else:
@@ -140,7 +144,7 @@ class _MigrationRun:
         if not legacy:
             return []
         outcomes = self.crypto.decrypt_outcomes(
-            [row.value or "" for row in legacy],
+            envelopes,
             actor=self.options.actor,
             reason=f"migrate {self.report.run_id}",
         )

@@ -27,6 +27,7 @@ def _dialect(json_column: bool) -> Dialect:
         begin_write="BEGIN",
         id_as_text="{id}::text",
         json_column=json_column,
+        pipelined=True,
         errors=(psycopg.Error,),
     )
 
