@@ -164,7 +164,8 @@ class Settings:
             local_keyring=Path(local_keyring) if local_keyring else None,
             database_url=_database_url(env.get("HMD_DATABASE_URL")),
             audit_log=audit_log,
-            key_rotation_days=env.integer("HMD_KEY_ROTATION_DAYS", 90, minimum=1),
+            # 0 is allowed: every `rotate --if-due` then rotates (drills and tests).
+            key_rotation_days=env.integer("HMD_KEY_ROTATION_DAYS", 90, minimum=0),
         )
 
 

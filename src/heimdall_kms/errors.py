@@ -33,6 +33,7 @@ __all__ = [
     "ModeViolationError",
     "PermissionDeniedError",
     "RateLimitedError",
+    "RefusedError",
     "StoreError",
 ]
 
@@ -92,6 +93,14 @@ class IncompleteError(HeimdallKMSError):
 
     error_type = "incomplete"
     exit_code = 3
+
+
+class RefusedError(HeimdallKMSError):
+    """A guarded operation was refused because it would destroy data (e.g. retiring a key
+    version that stored values still need); the message says what to do first."""
+
+    error_type = "refused"
+    exit_code = 4
 
 
 class AuditWriteError(HeimdallKMSError):

@@ -14,6 +14,7 @@ provider call per batch, never one per value.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -342,11 +343,8 @@ class Crypto:
         assert kms is not None
         envelopes = [item.envelope for item in items if isinstance(item.envelope, KmsV1Envelope)]
         results: list[str | HeimdallKMSError] = []
-        ours = [
-            env.provider == kms.name.value and env.key_identifier == kms.key_identifier
-            for env in envelopes
-        ]
-        sent = [env for env, mine in zip(envelopes, ours, strict=True) if mine]
+        ours = [self._owned(env) for env in envelopes]
+        sent = [env for env, error in zip(envelopes, ours, strict=True) if error is None]
         answers = kms.unwrap_many([e.encrypted_dek for e in sent], [e.context for e in sent])
         if len(answers) != len(sent):
             for answer in answers:
@@ -354,15 +352,9 @@ class Crypto:
                     crypto.wipe(answer)
             raise KMSError("the KMS returned a different number of unwrapped keys")
         unwrapped = iter(answers)
-        for envelope, mine in zip(envelopes, ours, strict=True):
-            if not mine:
-                results.append(
-                    KeyNotFoundError(
-                        f"envelope was sealed by {envelope.provider} key "
-                        f"{envelope.key_identifier!r}; this deployment uses {kms.name.value} key "
-                        f"{kms.key_identifier!r}"
-                    )
-                )
+        for envelope, error in zip(envelopes, ours, strict=True):
+            if error is not None:
+                results.append(error)
                 continue
             dek = next(unwrapped)
             if isinstance(dek, HeimdallKMSError):
@@ -389,6 +381,54 @@ class Crypto:
             return _utf8(crypto.open_(key.reveal(), envelope.nonce, envelope.ciphertext, b""))
         except HeimdallKMSError as exc:
             return exc
+
+    # -- rotation -----------------------------------------------------------------------------
+
+    def rewrap_outcomes(
+        self, envelopes: Sequence[KmsV1Envelope]
+    ) -> list[KmsV1Envelope | HeimdallKMSError]:
+        """Re-wrap each envelope's DEK under the latest key version, in one batched KMS call.
+
+        Only ``encrypted_dek`` and ``key_version`` change; ``ciphertext``, ``nonce`` and
+        ``context`` stay byte-identical, and where the KMS re-wraps server-side (Vault
+        ``rewrap``) no DEK or plaintext enters this process.
+
+        Raises:
+            ModeViolationError: legacy mode (no KMS). KMSError: the whole call failed.
+        """
+        kms = self.kms
+        if kms is None:
+            raise ModeViolationError("rewrap needs a KMS; HMD_ENCRYPTION_MODE=legacy has none")
+        results: list[KmsV1Envelope | HeimdallKMSError] = []
+        ours = [self._owned(env) for env in envelopes]
+        mine = [env for env, error in zip(envelopes, ours, strict=True) if error is None]
+        with self.metrics.timed("rewrap", kms.name.value):
+            rewrapped = kms.rewrap_many([e.encrypted_dek for e in mine], [e.context for e in mine])
+        if len(rewrapped) != len(mine):
+            raise KMSError("the KMS returned a different number of re-wrapped keys")
+        answers = iter(rewrapped)
+        for envelope, error in zip(envelopes, ours, strict=True):
+            answer = error if error is not None else next(answers)
+            if isinstance(answer, HeimdallKMSError):
+                self.metrics.errors_total.labels("rewrap", kms.name.value, answer.error_type).inc()
+                results.append(answer)
+            else:
+                results.append(
+                    dataclasses.replace(
+                        envelope, encrypted_dek=answer.ciphertext, key_version=answer.key_version
+                    )
+                )
+        return results
+
+    def _owned(self, envelope: KmsV1Envelope) -> HeimdallKMSError | None:
+        kms = self.kms
+        assert kms is not None
+        if envelope.provider == kms.name.value and envelope.key_identifier == kms.key_identifier:
+            return None
+        return KeyNotFoundError(
+            f"envelope was sealed by {envelope.provider} key {envelope.key_identifier!r}; "
+            f"this deployment uses {kms.name.value} key {kms.key_identifier!r}"
+        )
 
     # -- audit ----------------------------------------------------------------------------------
 

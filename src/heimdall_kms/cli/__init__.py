@@ -16,9 +16,10 @@ import click
 
 from heimdall_kms import __version__
 from heimdall_kms.cli.crypto_cmds import decrypt, encrypt
-from heimdall_kms.cli.data_cmds import migrate, status
+from heimdall_kms.cli.data_cmds import migrate, reencrypt, status
 from heimdall_kms.cli.demo_cmd import demo
 from heimdall_kms.cli.journal_cmds import journal
+from heimdall_kms.cli.key_cmds import keys, retire_command, rotate_command
 from heimdall_kms.errors import HeimdallKMSError
 
 __all__ = ["cli", "main"]
@@ -42,6 +43,10 @@ cli.add_command(encrypt)
 cli.add_command(decrypt)
 cli.add_command(migrate)
 cli.add_command(status)
+cli.add_command(reencrypt)
+cli.add_command(rotate_command)
+cli.add_command(retire_command)
+cli.add_command(keys)
 cli.add_command(journal)
 cli.add_command(demo)
 

@@ -105,8 +105,14 @@ def resolve(spec: TargetSpec) -> tuple[str, list[Target]]:
 
 
 @contextmanager
-def opened_stores(spec: TargetSpec) -> Iterator[list[FieldStore]]:
-    """Open one store per target, closing all of them afterwards."""
+def opened_stores(spec: TargetSpec, *, required: bool = True) -> Iterator[list[FieldStore]]:
+    """Open one store per target, closing all of them afterwards.
+
+    With ``required=False`` and no target option given, there are no stores.
+    """
+    if not required and not (spec.table or spec.column or spec.targets_file):
+        yield []
+        return
     url, targets = resolve(spec)
     stores: list[FieldStore] = []
     try:

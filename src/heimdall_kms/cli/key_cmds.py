@@ -1,0 +1,169 @@
+"""``heimdall-kms rotate``, ``retire`` and ``keys``: the master key's lifecycle."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+from typing import Any
+
+import click
+
+from heimdall_kms.audit import open_sink
+from heimdall_kms.cli._targets import TargetSpec, opened_stores, target_options
+from heimdall_kms.config import Settings
+from heimdall_kms.jobs.rotation import key_report, retire, rotate
+from heimdall_kms.providers import KeyManagementService, load_provider
+
+__all__ = ["keys", "retire_command", "rotate_command"]
+
+
+def _kms(settings: Settings) -> KeyManagementService:
+    return load_provider(settings)
+
+
+@click.command("rotate")
+@click.option(
+    "--if-due",
+    is_flag=True,
+    help="Only if the latest version is HMD_KEY_ROTATION_DAYS (default 90) old, "
+    "judged from the KMS's own creation time. For cron/CronJob/systemd timers.",
+)
+@click.option("--actor", default="cli", show_default=True, help="Who rotates (audited).")
+@click.option("--reason", help="Why, e.g. a change ticket or incident id (audited).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def rotate_command(if_due: bool, actor: str, reason: str | None, as_json: bool) -> None:
+    """Create a new master key version; new values use it, old ones still decrypt.
+
+    Run `heimdall-kms reencrypt --mode rewrap` afterwards to move stored values to the new
+    version, then `heimdall-kms retire` to stop the old one decrypting.
+    """
+    settings = Settings.from_env(os.environ)
+    cadence = timedelta(days=settings.key_rotation_days)
+    kms = _kms(settings)
+    sink = open_sink(settings.audit_log)
+    try:
+        result = rotate(kms, sink, actor=actor, if_due=if_due, cadence=cadence, reason=reason)
+    finally:
+        kms.close()
+        sink.close()
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+    elif result.rotated:
+        click.echo(
+            f"rotated {kms.key_identifier}: v{result.old_version} -> v{result.new_version}"
+            + (f"; next due {result.due_at:%Y-%m-%d}" if result.due_at else "")
+        )
+    else:
+        click.echo(
+            f"not due: {kms.key_identifier} v{result.old_version}"
+            + (f" is due on {result.due_at:%Y-%m-%d}" if result.due_at else "")
+        )
+
+
+@click.command("retire")
+@click.option(
+    "--below-version",
+    type=int,
+    required=True,
+    metavar="N",
+    help="Versions below N stop decrypting (the KMS's minimum decryption version).",
+)
+@target_options
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Retire even though stored values still need the versions (they become "
+    "unreadable). Loud, and audited.",
+)
+@click.option("--actor", default="cli", show_default=True, help="Who retires (audited).")
+@click.option("--reason", help="Why (audited).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def retire_command(
+    *,
+    below_version: int,
+    spec: TargetSpec,
+    force: bool,
+    actor: str,
+    reason: str | None,
+    as_json: bool,
+) -> None:
+    """Make key versions below N unusable for decryption, in the KMS.
+
+    Refuses (exit 4) while the census of the named targets still counts values under a
+    version below N: run `heimdall-kms reencrypt` first. With no targets named it refuses
+    unless --force.
+    """
+    settings = Settings.from_env(os.environ)
+    kms = _kms(settings)
+    sink = open_sink(settings.audit_log)
+    try:
+        with opened_stores(spec, required=False) as stores:
+            for store in stores:
+                store.check(writable=False)
+            result = retire(
+                kms,
+                stores,
+                sink,
+                below_version=below_version,
+                actor=actor,
+                force=force,
+                reason=reason,
+            )
+    finally:
+        kms.close()
+        sink.close()
+    if force:
+        click.echo(
+            f"heimdall-kms: WARNING: --force: versions below {below_version} retired; "
+            f"{result.stranded_total:,} stored values that needed them can no longer be "
+            "decrypted (audited as a forced key.retire)",
+            err=True,
+        )
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+    else:
+        minimum = result.info.min_decryption_version if result.info else below_version
+        click.echo(
+            f"retired {kms.key_identifier} versions below {below_version} "
+            f"(minimum decryption version now {minimum})"
+        )
+
+
+@click.command()
+@target_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def keys(*, spec: TargetSpec, as_json: bool) -> None:
+    """The master key's versions: creation time, age, next due date, minimum decryption
+    version, and with targets named, how many stored values each version still protects."""
+    settings = Settings.from_env(os.environ)
+    kms = _kms(settings)
+    try:
+        with opened_stores(spec, required=False) as stores:
+            report = key_report(
+                kms, cadence=timedelta(days=settings.key_rotation_days), stores=stores
+            )
+    finally:
+        kms.close()
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    _print_keys(report)
+
+
+def _print_keys(report: dict[str, Any]) -> None:
+    click.echo(
+        f"{report['provider']} key {report['key_identifier']!r}: latest v"
+        f"{report['latest_version']}, minimum decryption version "
+        f"{report['min_decryption_version']}, rotation every {report['rotation_days']} days"
+    )
+    click.echo(
+        f"  next rotation due: {report['next_due'] or 'unknown'}"
+        + ("  (DUE NOW)" if report["due"] else "")
+    )
+    for version in report["versions"]:
+        values = f"  {version['values']:,} values" if "values" in version else ""
+        click.echo(
+            f"  v{version['version']}  created {version['created_at']}  "
+            f"age {version['age_days']} days{values}"
+        )

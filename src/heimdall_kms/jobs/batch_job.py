@@ -1,0 +1,144 @@
+"""The loop every data job shares: batches, compare-and-swap, journal, audit, progress.
+
+A job subclass says which rows are candidates (a SQL pre-filter) and how one batch of rows
+turns into swaps; this class does the rest, identically for ``migrate`` and ``reencrypt``.
+Per batch: read the next rows (keyset order; locked on PostgreSQL), convert, compare-and-swap
+the new values back and journal the old ones in the same transaction, then record a
+``reencrypt.batch`` audit event and publish progress. A failure of the KMS, the database or
+the audit sink stops the run with the batch in flight rolled back; rerunning finishes it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from heimdall_kms.audit import AuditEvent, EventType, Result
+from heimdall_kms.errors import HeimdallKMSError
+from heimdall_kms.jobs.metered import MeteredProvider
+from heimdall_kms.jobs.report import JobReport, ProgressCallback, RowFailure, TargetReport
+from heimdall_kms.service import Crypto
+from heimdall_kms.store import FieldStore, Match, Row, Swap
+
+__all__ = ["BatchJob", "JobOptions", "new_run_id"]
+
+
+@dataclass(frozen=True, slots=True)
+class JobOptions:
+    batch_size: int = 250
+    dry_run: bool = False
+    run_id: str = ""
+    actor: str = "heimdall-kms"
+
+
+def new_run_id() -> str:
+    return f"run-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+
+
+class BatchJob(ABC):
+    job: str
+    match: Match
+
+    def __init__(
+        self, crypto: Crypto, options: JobOptions, progress: ProgressCallback | None = None
+    ) -> None:
+        self.crypto = crypto
+        self.options = options
+        self.progress = progress
+        self.report = JobReport(self.job, options.run_id or new_run_id(), options.dry_run)
+
+    @abstractmethod
+    def convert(self, store: FieldStore, rows: list[Row], target: TargetReport) -> list[Swap]:
+        """Turn one batch of candidate rows into swaps; count skips and report failures.
+
+        In a dry run the swaps are only counted, never written.
+        """
+
+    def prepare(self) -> None:
+        """Work done once before the first target (e.g. asking the KMS for the latest version)."""
+        return None
+
+    def run(self, stores: Sequence[FieldStore]) -> JobReport:
+        """Every target in turn; returns the report (``stop_error`` set if it had to stop).
+
+        Raises:
+            StoreError: a target is wrong or not writable (before any write).
+        """
+        for store in stores:
+            store.check(writable=not self.options.dry_run)
+        if not self.options.dry_run:
+            for store in stores:
+                store.ensure_journal()
+        try:
+            self.prepare()
+            for store in stores:
+                self._target(store)
+        except HeimdallKMSError as exc:
+            self.report.stopped_by = f"{exc.error_type}: {exc}"
+            self.report.stop_error = exc
+        finally:
+            self.report.finished = time.monotonic()
+            if isinstance(self.crypto.kms, MeteredProvider):
+                self.report.kms_calls = self.crypto.kms.total_calls
+        return self.report
+
+    def fail(self, target: TargetReport, row: Row, error: HeimdallKMSError | str) -> None:
+        target.failed += 1
+        if isinstance(error, HeimdallKMSError):
+            failure = RowFailure(target.target, row.key, error.error_type, str(error))
+        else:
+            failure = RowFailure(target.target, row.key, "malformed_envelope", error)
+        self.report.fail(failure)
+
+    def _target(self, store: FieldStore) -> None:
+        candidates = store.count(self.match)
+        # Rows the SQL pre-filter rules out are never read; they count as skipped all the same.
+        target = TargetReport(
+            str(store.target), total=candidates, skipped=store.count(Match.ALL) - candidates
+        )
+        self.report.targets.append(target)
+        self._publish(target)
+        after: object | None = None
+        while True:
+            with store.batch(after, self.options.batch_size, self.match) as batch:
+                if not batch.rows:
+                    return
+                after = batch.rows[-1].id
+                target.examined += len(batch.rows)
+                swaps = self.convert(store, batch.rows, target)
+                if self.options.dry_run:
+                    target.completed += len(swaps)
+                elif swaps:
+                    applied = batch.swap(swaps, self.report.run_id)
+                    target.completed += sum(applied)
+                    target.conflicts += len(applied) - sum(applied)
+                target.batches += 1
+            self._audit_batch(target)
+            self._publish(target)
+
+    def _audit_batch(self, target: TargetReport) -> None:
+        self.crypto.audit.emit(
+            [
+                AuditEvent(
+                    event_type=EventType.REENCRYPT_BATCH,
+                    actor=self.options.actor,
+                    request_id=self.report.run_id,
+                    result=Result.SUCCESS,
+                    field_identifier=target.target,
+                    details={"job": self.job, "dry_run": self.report.dry_run, **target.to_dict()},
+                )
+            ]
+        )
+
+    def _publish(self, target: TargetReport) -> None:
+        self.crypto.metrics.set_progress(
+            total=self.report.total("total"),
+            completed=self.report.total("completed"),
+            failed=self.report.failure_count,
+        )
+        if self.progress is not None:
+            self.progress(target)

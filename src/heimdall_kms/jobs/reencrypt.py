@@ -1,0 +1,122 @@
+"""Re-encryption after a rotation: bring every ``kms_v1`` value to the latest key version.
+
+* ``rewrap`` re-wraps only the DEK (Vault Transit ``rewrap``, server-side, batched):
+  ``ciphertext``, ``nonce`` and ``context`` stay byte-identical and no plaintext or DEK enters
+  this process. The routine path after a scheduled rotation.
+* ``full`` decrypts and re-encrypts with fresh DEKs. The path after a compromise: whoever
+  could unwrap DEKs under the old version knows them, and a rewrap keeps those DEKs.
+
+Candidates are values below the latest version (``full --all-versions``: every value). Legacy
+values are skipped (that is ``migrate``'s job). Batching, compare-and-swap, journal, progress
+and resumability are the shared loop's (:mod:`heimdall_kms.jobs.batch_job`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from heimdall_kms.envelope import KmsV1Envelope
+from heimdall_kms.errors import HeimdallKMSError, ModeViolationError
+from heimdall_kms.jobs.batch_job import BatchJob, JobOptions
+from heimdall_kms.jobs.classify import ValueKind, classify
+from heimdall_kms.jobs.report import JobReport, ProgressCallback, TargetReport
+from heimdall_kms.service import Crypto
+from heimdall_kms.store import FieldStore, Match, Row, Swap
+
+__all__ = ["ReencryptMode", "ReencryptOptions", "run_reencrypt"]
+
+
+class ReencryptMode(StrEnum):
+    REWRAP = "rewrap"
+    FULL = "full"
+
+
+@dataclass(frozen=True, slots=True)
+class ReencryptOptions(JobOptions):
+    mode: ReencryptMode = ReencryptMode.REWRAP
+    all_versions: bool = False
+
+
+def run_reencrypt(
+    crypto: Crypto,
+    stores: Sequence[FieldStore],
+    options: ReencryptOptions,
+    progress: ProgressCallback | None = None,
+) -> JobReport:
+    """Re-encrypt every target; returns the report (``stop_error`` set if it had to stop).
+
+    Raises:
+        ModeViolationError: legacy mode has no KMS. StoreError: a target is wrong.
+    """
+    if crypto.kms is None:
+        raise ModeViolationError("reencrypt needs a KMS; HMD_ENCRYPTION_MODE=legacy has none")
+    return ReencryptJob(crypto, options, progress).run(stores)
+
+
+class ReencryptJob(BatchJob):
+    job = "reencrypt"
+    match = Match.KMS_V1
+
+    def __init__(
+        self, crypto: Crypto, options: ReencryptOptions, progress: ProgressCallback | None = None
+    ) -> None:
+        super().__init__(crypto, options, progress)
+        self.mode = options.mode
+        self.all_versions = options.all_versions and options.mode is ReencryptMode.FULL
+        self.latest = 0
+        self.report.job = f"reencrypt-{options.mode.value}"
+
+    def prepare(self) -> None:
+        assert self.crypto.kms is not None
+        self.latest = self.crypto.kms.describe().latest_version
+
+    def convert(self, store: FieldStore, rows: list[Row], target: TargetReport) -> list[Swap]:
+        stale: list[tuple[Row, KmsV1Envelope]] = []
+        for row in rows:
+            found = classify(row.value)
+            envelope = found.envelope
+            if isinstance(envelope, KmsV1Envelope) and (
+                self.all_versions or envelope.key_version < self.latest
+            ):
+                stale.append((row, envelope))
+            elif found.kind is ValueKind.UNPARSEABLE:
+                self.fail(target, row, "damaged envelope")
+            else:
+                target.skipped += 1
+        if not stale or self.options.dry_run:
+            return [Swap(row, "") for row, _ in stale]
+        if self.mode is ReencryptMode.REWRAP:
+            return self._rewrap(stale, target)
+        return self._full(stale, target)
+
+    def _rewrap(self, stale: list[tuple[Row, KmsV1Envelope]], target: TargetReport) -> list[Swap]:
+        swaps: list[Swap] = []
+        outcomes = self.crypto.rewrap_outcomes([envelope for _, envelope in stale])
+        for (row, _), outcome in zip(stale, outcomes, strict=True):
+            if isinstance(outcome, HeimdallKMSError):
+                self.fail(target, row, outcome)
+            else:
+                swaps.append(Swap(row, outcome.to_json()))
+        return swaps
+
+    def _full(self, stale: list[tuple[Row, KmsV1Envelope]], target: TargetReport) -> list[Swap]:
+        outcomes = self.crypto.decrypt_outcomes(
+            [envelope for _, envelope in stale],
+            actor=self.options.actor,
+            reason=f"reencrypt full {self.report.run_id}",
+        )
+        readable: list[tuple[Row, KmsV1Envelope, str]] = []
+        for (row, envelope), outcome in zip(stale, outcomes, strict=True):
+            if isinstance(outcome, HeimdallKMSError):
+                self.fail(target, row, outcome)
+            else:
+                readable.append((row, envelope, outcome))
+        if not readable:
+            return []
+        # The value keeps the context it was sealed with, so moving it stays detectable.
+        sealed = self.crypto.encrypt_many(
+            [(text, envelope.context) for _, envelope, text in readable], actor=self.options.actor
+        )
+        return [Swap(row, env.to_json()) for (row, _, _), env in zip(readable, sealed, strict=True)]

@@ -1,0 +1,301 @@
+"""Key lifecycle: rotation on a cadence, guarded retirement, and the key report.
+
+There is one rotation logic, :func:`rotate`, used by ``heimdall-kms rotate [--if-due]`` (run
+by cron, a systemd timer or a Kubernetes CronJob) and by the admin service. Whether a
+rotation is due is judged from the KMS's own creation time of the latest version, never from
+local state, so several schedulers cannot rotate twice in one period. Time is injected.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from heimdall_kms.audit import AuditEvent, AuditSink, EventType, Result
+from heimdall_kms.errors import HeimdallKMSError, InvalidInputError, RefusedError
+from heimdall_kms.jobs.census import take_census
+from heimdall_kms.providers import KeyInfo, KeyManagementService
+from heimdall_kms.store import FieldStore
+
+__all__ = [
+    "RetireResult",
+    "RotationResult",
+    "is_due",
+    "key_report",
+    "next_due",
+    "retire",
+    "rotate",
+    "values_per_version",
+]
+
+
+def next_due(info: KeyInfo, cadence: timedelta) -> datetime | None:
+    """When the latest version reaches the cadence; None if the KMS gives no creation time."""
+    created = info.latest.created_at
+    return created + cadence if created is not None else None
+
+
+def is_due(info: KeyInfo, *, now: datetime, cadence: timedelta) -> bool:
+    """True when the latest version is at least ``cadence`` old (or its age is unknown)."""
+    due = next_due(info, cadence)
+    return due is None or now >= due
+
+
+@dataclass(frozen=True, slots=True)
+class RotationResult:
+    rotated: bool
+    old_version: int
+    new_version: int
+    due_at: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rotated": self.rotated,
+            "old_version": self.old_version,
+            "new_version": self.new_version,
+            "next_due": self.due_at.isoformat() if self.due_at else None,
+        }
+
+
+def rotate(
+    kms: KeyManagementService,
+    audit: AuditSink,
+    *,
+    actor: str,
+    if_due: bool,
+    cadence: timedelta,
+    now: datetime | None = None,
+    reason: str | None = None,
+) -> RotationResult:
+    """Create a new key version (with ``if_due``: only when the latest is ``cadence`` old).
+
+    Raises:
+        KMSError: the KMS refused or failed (audited as a failed ``key.rotate``).
+        AuditWriteError: the event could not be recorded.
+    """
+    moment = now or datetime.now(UTC)
+    request_id = str(uuid.uuid4())
+    try:
+        before = kms.describe()
+        if if_due and not is_due(before, now=moment, cadence=cadence):
+            return RotationResult(
+                False, before.latest_version, before.latest_version, next_due(before, cadence)
+            )
+        after = kms.rotate()
+    except HeimdallKMSError as exc:
+        audit.emit(
+            [_key_event(EventType.KEY_ROTATE, kms, actor, request_id, error=exc, reason=reason)]
+        )
+        raise
+    audit.emit(
+        [
+            _key_event(
+                EventType.KEY_ROTATE,
+                kms,
+                actor,
+                request_id,
+                version=after.latest_version,
+                reason=reason,
+                details={
+                    "old_version": before.latest_version,
+                    "if_due": if_due,
+                    "cadence_days": cadence.days,
+                },
+            )
+        ]
+    )
+    return RotationResult(
+        True, before.latest_version, after.latest_version, next_due(after, cadence)
+    )
+
+
+def values_per_version(
+    kms: KeyManagementService, stores: Sequence[FieldStore]
+) -> dict[str, Counter[int]]:
+    """Per target, how many stored values each version of *this* key still protects."""
+    counts: dict[str, Counter[int]] = {}
+    for store in stores:
+        census = take_census(store)
+        counts[census.target] = Counter(
+            {
+                version: n
+                for (provider, key_id, version), n in census.key_versions.items()
+                if provider == kms.name.value and key_id == kms.key_identifier
+            }
+        )
+    return counts
+
+
+@dataclass
+class RetireResult:
+    below_version: int
+    forced: bool
+    stranded: dict[str, dict[int, int]] = field(default_factory=dict)
+    info: KeyInfo | None = None
+
+    @property
+    def stranded_total(self) -> int:
+        return sum(sum(versions.values()) for versions in self.stranded.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "below_version": self.below_version,
+            "forced": self.forced,
+            "min_decryption_version": self.info.min_decryption_version if self.info else None,
+            "stranded_values": self.stranded_total,
+            "stranded": {t: {str(v): n for v, n in c.items()} for t, c in self.stranded.items()},
+        }
+
+
+def retire(
+    kms: KeyManagementService,
+    stores: Sequence[FieldStore],
+    audit: AuditSink,
+    *,
+    below_version: int,
+    actor: str,
+    force: bool = False,
+    reason: str | None = None,
+) -> RetireResult:
+    """Raise the KMS's minimum decryption version to ``below_version``, if nothing needs older.
+
+    Raises:
+        RefusedError: stored values still need a version below N (and not ``force``), or no
+            targets were named to check (and not ``force``); audited as ``key.retire`` failure.
+        InvalidInputError: N is outside 1..latest. KMSError: the KMS refused or failed.
+    """
+    request_id = str(uuid.uuid4())
+    if below_version < 1:
+        raise InvalidInputError("--below-version must be at least 1")
+    stranded = {
+        target: {v: n for v, n in sorted(counts.items()) if v < below_version}
+        for target, counts in values_per_version(kms, stores).items()
+    }
+    result = RetireResult(below_version, force, {t: c for t, c in stranded.items() if c})
+    refusal = None
+    if not stores and not force:
+        refusal = "name the targets to check (--table/--column or --targets), or use --force"
+    elif result.stranded_total and not force:
+        where = "; ".join(
+            f"{t}: " + ", ".join(f"v{v} {n:,}" for v, n in c.items())
+            for t, c in result.stranded.items()
+        )
+        refusal = (
+            f"{result.stranded_total:,} stored values still need a version below "
+            f"{below_version} ({where}); run `heimdall-kms reencrypt` first"
+        )
+    details = result.to_dict()
+    if refusal is not None:
+        error = RefusedError(f"refusing to retire: {refusal}")
+        audit.emit(
+            [
+                _key_event(
+                    EventType.KEY_RETIRE,
+                    kms,
+                    actor,
+                    request_id,
+                    error=error,
+                    reason=reason,
+                    details=details,
+                )
+            ]
+        )
+        raise error
+    try:
+        result.info = kms.retire(below_version)
+    except HeimdallKMSError as exc:
+        audit.emit(
+            [
+                _key_event(
+                    EventType.KEY_RETIRE,
+                    kms,
+                    actor,
+                    request_id,
+                    error=exc,
+                    reason=reason,
+                    details=details,
+                )
+            ]
+        )
+        raise
+    audit.emit(
+        [
+            _key_event(
+                EventType.KEY_RETIRE,
+                kms,
+                actor,
+                request_id,
+                version=below_version,
+                reason=reason,
+                details=result.to_dict(),
+            )
+        ]
+    )
+    return result
+
+
+def key_report(
+    kms: KeyManagementService,
+    *,
+    cadence: timedelta,
+    now: datetime | None = None,
+    stores: Sequence[FieldStore] = (),
+) -> dict[str, Any]:
+    """What ``heimdall-kms keys`` shows: versions, ages, next due date, values per version."""
+    moment = now or datetime.now(UTC)
+    info = kms.describe()
+    due = next_due(info, cadence)
+    counts = values_per_version(kms, stores) if stores else {}
+    totals: Counter[int] = Counter()
+    for per_target in counts.values():
+        totals.update(per_target)
+    return {
+        "provider": info.provider.value,
+        "key_identifier": info.key_identifier,
+        "latest_version": info.latest_version,
+        "min_decryption_version": info.min_decryption_version,
+        "rotation_days": cadence.days,
+        "next_due": due.isoformat() if due else None,
+        "due": is_due(info, now=moment, cadence=cadence),
+        "versions": [
+            {
+                "version": v.version,
+                "created_at": v.created_at.isoformat() if v.created_at else None,
+                "age_days": (moment - v.created_at).days if v.created_at else None,
+                **({"values": totals.get(v.version, 0)} if stores else {}),
+            }
+            for v in info.versions
+        ],
+        "values_by_target": {
+            t: {str(v): n for v, n in sorted(c.items())} for t, c in counts.items()
+        },
+    }
+
+
+def _key_event(
+    kind: EventType,
+    kms: KeyManagementService,
+    actor: str,
+    request_id: str,
+    *,
+    version: int | None = None,
+    error: HeimdallKMSError | None = None,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditEvent:
+    return AuditEvent(
+        event_type=kind,
+        actor=actor,
+        request_id=request_id,
+        result=Result.FAILURE if error else Result.SUCCESS,
+        key_identifier=kms.key_identifier,
+        key_version=version,
+        provider=kms.name.value,
+        reason=reason,
+        error_type=error.error_type if error else None,
+        details=details,
+    )
