@@ -8,6 +8,8 @@
    KMS, batch by batch, with progress; ``status`` then proves zero legacy values remain.
 4. The application switches to KMS-only mode with no env key configured: every SSN reads back
    (audited), a legacy value is refused, and a value copied to another record is refused.
+5. The key lifecycle: rotate, see retirement refused while values need the old version,
+   rewrap every DEK inside the KMS (ciphertexts untouched), retire, read everything back.
 
 Nothing outside the work directory is touched, and SSNs are only ever shown masked.
 """
@@ -21,17 +23,20 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from heimdall_kms import crypto as primitives
 from heimdall_kms import from_settings
 from heimdall_kms.audit import open_sink
 from heimdall_kms.config import EncryptionMode, ProviderName, Secret, Settings
-from heimdall_kms.errors import IntegrityError, ModeViolationError
+from heimdall_kms.errors import IntegrityError, ModeViolationError, RefusedError
 from heimdall_kms.jobs.census import take_census
 from heimdall_kms.jobs.metered import MeteredProvider
 from heimdall_kms.jobs.migrate import MigrationOptions, run_migration
+from heimdall_kms.jobs.reencrypt import ReencryptOptions, run_reencrypt
 from heimdall_kms.jobs.report import ProgressCallback
+from heimdall_kms.jobs.rotation import retire, rotate
 from heimdall_kms.providers import load_provider
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import Target, open_store
@@ -57,6 +62,7 @@ class DemoSummary:
     verified: int
     legacy_refused_in_kms_mode: bool
     moved_value_refused: bool
+    lifecycle: Mapping[str, object]
     audit_events: Mapping[str, int]
 
     def to_dict(self) -> dict[str, object]:
@@ -108,6 +114,7 @@ def run_demo(
     finally:
         store.close()
     verified, legacy_refused, moved_refused = _kms_only(db_path, hybrid, originals, say)
+    lifecycle = _rotation(db_path, hybrid, originals, say, progress)
     return DemoSummary(
         workdir=str(workdir),
         provider=provider,
@@ -120,6 +127,7 @@ def run_demo(
         verified=verified,
         legacy_refused_in_kms_mode=legacy_refused,
         moved_value_refused=moved_refused,
+        lifecycle=lifecycle,
         audit_events=_count_audit(Path(hybrid.audit_log)),
     )
 
@@ -253,6 +261,79 @@ def _kms_only(
         )
         say(f"   {ids[0]}'s SSN read as {ids[1]}'s is refused: the record id is bound in the AAD")
     return len(texts), legacy_refused, moved_refused
+
+
+def _rotation(
+    db_path: Path,
+    hybrid: Settings,
+    originals: Mapping[str, str],
+    say: Callable[[str], None],
+    progress: ProgressCallback | None,
+) -> dict[str, object]:
+    """Rotate, see retirement refused, rewrap, retire, and read everything back."""
+    settings = dataclasses.replace(hybrid, mode=EncryptionMode.KMS, legacy_keys={})
+    store = open_store(f"sqlite:///{db_path}", Target(_TABLE, "ssn"))
+    sink = open_sink(settings.audit_log)
+    kms = MeteredProvider(load_provider(settings))
+    try:
+        before = {row.key: row.value for rows in store.scan(5000) for row in rows}
+        turned = rotate(
+            kms,
+            sink,
+            actor="demo-admin",
+            if_due=False,
+            cadence=timedelta(days=90),
+            reason="demo: routine rotation",
+        )
+        say(
+            f"5. heimdall-kms rotate: v{turned.old_version} -> v{turned.new_version}; old "
+            "values still decrypt, new ones use the new version"
+        )
+        try:
+            retire(kms, [store], sink, below_version=turned.new_version, actor="demo-admin")
+            refused = False
+        except RefusedError:
+            refused = True
+        say(
+            f"   retire --below-version {turned.new_version} is refused: stored values still "
+            f"need v{turned.old_version}"
+        )
+        with Crypto(settings, kms=kms, audit=sink, default_actor="demo-admin") as crypto:
+            report = run_reencrypt(crypto, [store], ReencryptOptions(batch_size=250), progress)
+            if report.stop_error is not None:
+                raise report.stop_error
+            after = {row.key: row.value for rows in store.scan(5000) for row in rows}
+            untouched = all(_ciphertext(after[i]) == _ciphertext(before[i]) for i in originals)
+            say(
+                f"   reencrypt --mode rewrap: {report.total('completed'):,} DEKs re-wrapped inside "
+                f"the KMS; every ciphertext byte-identical: {'yes' if untouched else 'NO'}"
+            )
+            retire(kms, [store], sink, below_version=turned.new_version, actor="demo-admin")
+            ids = sorted(originals)
+            texts = crypto.decrypt_many(
+                [after[i] or "" for i in ids],
+                actor="demo-analyst",
+                reason="demo: read back after retirement",
+            )
+            readable = texts == [originals[i] for i in ids]
+        say(
+            f"   retire --below-version {turned.new_version}: done; all {len(texts):,} values "
+            f"still decrypt: {'yes' if readable else 'NO'}"
+        )
+    finally:
+        store.close()
+    return {
+        "rotated_to": turned.new_version,
+        "retire_refused_first": refused,
+        "rewrapped": report.total("completed"),
+        "ciphertexts_untouched": untouched,
+        "retired_below": turned.new_version,
+        "readable_after_retire": readable,
+    }
+
+
+def _ciphertext(value: str | None) -> str:
+    return str(json.loads(value or "{}").get("ciphertext"))
 
 
 def _refused(attempt: Callable[[], object], expected: type[Exception]) -> bool:

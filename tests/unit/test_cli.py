@@ -589,7 +589,10 @@ def test_demo(tmp_path: Path) -> None:
         "crypto.encrypt",
         "crypto.decrypt",
         "reencrypt.batch",
+        "key.rotate",
+        "key.retire",
     }
+    assert "all readable: yes" in run.out
     keyring = workdir / "local-keyring.json"
     assert stat.S_IMODE(keyring.stat().st_mode) == 0o600
     for master in keyring_master_hexes(keyring):
@@ -609,3 +612,11 @@ def test_demo_json(cli: Runner, tmp_path: Path, cli_env: dict[str, str]) -> None
     assert summary["legacy_refused_in_kms_mode"] is True
     assert summary["before"] == {"kms_v1": 0, "legacy": 1979}
     assert summary["after"] == {"kms_v1": 1980, "legacy": 0}
+    assert summary["lifecycle"] == {
+        "rotated_to": 2,
+        "retire_refused_first": True,
+        "rewrapped": 1980,
+        "ciphertexts_untouched": True,
+        "retired_below": 2,
+        "readable_after_retire": True,
+    }

@@ -51,6 +51,14 @@ def demo(workdir: Path | None, as_json: bool) -> None:
     click.echo(f"  read back in kms mode and verified: {summary.verified:,}")
     click.echo(f"  legacy value refused in kms mode: {_yes(summary.legacy_refused_in_kms_mode)}")
     click.echo(f"  value moved to another record refused: {_yes(summary.moved_value_refused)}")
+    life = summary.lifecycle
+    click.echo(
+        f"  rotated to v{life['rotated_to']}; retire refused first: "
+        f"{_yes(bool(life['retire_refused_first']))}; rewrapped {life['rewrapped']:,} "
+        f"(ciphertexts untouched: {_yes(bool(life['ciphertexts_untouched']))}); retired "
+        f"below v{life['retired_below']}; all readable: "
+        f"{_yes(bool(life['readable_after_retire']))}"
+    )
     click.echo(f"  audit events: {dict(summary.audit_events)}")
     click.echo(f"  files: {summary.workdir} (demo.db, audit.log, local-keyring.json)")
     if summary.provider == "local":
