@@ -22,7 +22,10 @@ from heimdall_kms.errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_LEGACY_KEY_ID",
+    "AWSSettings",
+    "AzureSettings",
     "EncryptionMode",
+    "GCPSettings",
     "ProviderName",
     "Secret",
     "Settings",
@@ -107,6 +110,32 @@ class VaultSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AWSSettings:
+    """AWS KMS. Credentials come from boto3's standard chain (env, profile, IMDS, IRSA)."""
+
+    region: str | None = None  # HMD_AWS_REGION, else AWS_REGION / AWS_DEFAULT_REGION
+    endpoint_url: str | None = None  # AWS_ENDPOINT_URL_KMS (else AWS_ENDPOINT_URL)
+    max_concurrency: int = 16  # HMD_AWS_MAX_CONCURRENCY: KMS has no batch call
+
+
+@dataclass(frozen=True, slots=True)
+class GCPSettings:
+    """GCP Cloud KMS. Credentials come from Application Default Credentials."""
+
+    endpoint: str | None = None  # HMD_GCP_KMS_ENDPOINT, e.g. a private endpoint
+    transport: str = "grpc"  # HMD_GCP_TRANSPORT: grpc | rest
+    anonymous: bool = False  # HMD_GCP_CREDENTIALS=anonymous: only for a local test server
+
+
+@dataclass(frozen=True, slots=True)
+class AzureSettings:
+    """Azure Key Vault. Credentials come from DefaultAzureCredential."""
+
+    ca_bundle: Path | None = None  # HMD_AZURE_CA_BUNDLE: a private CA (tests, proxies)
+    verify_challenge_resource: bool = True  # HMD_AZURE_VERIFY_CHALLENGE_RESOURCE
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything heimdall-kms is configured with. Build it with :meth:`from_env`."""
 
@@ -118,6 +147,9 @@ class Settings:
     provider: ProviderName | None = None
     kms_key_id: str | None = None
     vault: VaultSettings | None = None
+    aws: AWSSettings | None = None
+    gcp: GCPSettings | None = None
+    azure: AzureSettings | None = None
     local_keyring: Path | None = None
     database_url: str | None = None
     audit_log: str = "stderr"
@@ -161,6 +193,9 @@ class Settings:
             provider=provider,
             kms_key_id=kms_key_id,
             vault=_read_vault(env) if uses_kms and provider is ProviderName.VAULT else None,
+            aws=_read_aws(env) if uses_kms and provider is ProviderName.AWS else None,
+            gcp=_read_gcp(env) if uses_kms and provider is ProviderName.GCP else None,
+            azure=_read_azure(env) if uses_kms and provider is ProviderName.AZURE else None,
             local_keyring=Path(local_keyring) if local_keyring else None,
             database_url=_database_url(env.get("HMD_DATABASE_URL")),
             audit_log=audit_log,
@@ -316,6 +351,41 @@ def _read_vault(env: _Env) -> VaultSettings:
     )
     _check_vault_auth(settings)
     return settings
+
+
+def _read_aws(env: _Env) -> AWSSettings:
+    endpoint = env.get("AWS_ENDPOINT_URL_KMS", "AWS_ENDPOINT_URL")
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise ConfigurationError("AWS_ENDPOINT_URL_KMS: expected an http:// or https:// URL")
+    return AWSSettings(
+        region=env.get("HMD_AWS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+        endpoint_url=endpoint,
+        max_concurrency=env.integer("HMD_AWS_MAX_CONCURRENCY", 16, minimum=1),
+    )
+
+
+def _read_gcp(env: _Env) -> GCPSettings:
+    transport = (env.get("HMD_GCP_TRANSPORT") or "grpc").lower()
+    if transport not in ("grpc", "rest"):
+        raise ConfigurationError(f"HMD_GCP_TRANSPORT: expected grpc | rest, got {transport!r}")
+    credentials = (env.get("HMD_GCP_CREDENTIALS") or "default").lower()
+    if credentials not in ("default", "anonymous"):
+        raise ConfigurationError("HMD_GCP_CREDENTIALS: expected default | anonymous")
+    return GCPSettings(
+        endpoint=env.get("HMD_GCP_KMS_ENDPOINT"),
+        transport=transport,
+        anonymous=credentials == "anonymous",
+    )
+
+
+def _read_azure(env: _Env) -> AzureSettings:
+    verify = (env.get("HMD_AZURE_VERIFY_CHALLENGE_RESOURCE") or "true").lower()
+    if verify not in ("true", "false"):
+        raise ConfigurationError("HMD_AZURE_VERIFY_CHALLENGE_RESOURCE: expected true | false")
+    return AzureSettings(
+        ca_bundle=_existing_file("HMD_AZURE_CA_BUNDLE", env.get("HMD_AZURE_CA_BUNDLE")),
+        verify_challenge_resource=verify == "true",
+    )
 
 
 def _check_vault_auth(vault: VaultSettings) -> None:

@@ -32,6 +32,9 @@ __all__ = [
 _PROVIDERS: dict[ProviderName, tuple[str, str, str]] = {
     ProviderName.VAULT: ("heimdall_kms.providers.vault", "VaultTransitProvider", "vault"),
     ProviderName.LOCAL: ("heimdall_kms.providers.local", "LocalDevProvider", ""),
+    ProviderName.AWS: ("heimdall_kms.providers.aws", "AWSKMSProvider", "aws"),
+    ProviderName.GCP: ("heimdall_kms.providers.gcp", "GCPKMSProvider", "gcp"),
+    ProviderName.AZURE: ("heimdall_kms.providers.azure", "AzureKeyVaultProvider", "azure"),
 }
 # The SDK modules each provider module needs; used only to name the missing extra.
 _SDK_MODULES = frozenset({"hvac", "boto3", "botocore", "google", "azure"})
@@ -52,16 +55,14 @@ def load_provider(settings: Settings) -> KeyManagementService:
     """
     if settings.provider is None:
         raise ConfigurationError("HMD_KMS_PROVIDER: not set")
-    entry = _PROVIDERS.get(settings.provider)
-    if entry is None:
-        raise ConfigurationError(
-            f"HMD_KMS_PROVIDER: {settings.provider.value} is not available in this release yet "
-            "(available: vault, local)"
-        )
-    module_name, class_name, extra = entry
+    module_name, class_name, extra = _PROVIDERS[settings.provider]
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            raise ConfigurationError(
+                f"HMD_KMS_PROVIDER: {settings.provider.value} is not available in this release"
+            ) from None
         if exc.name and exc.name.split(".")[0] in _SDK_MODULES:
             raise ConfigurationError(
                 f"HMD_KMS_PROVIDER={settings.provider.value} needs: "
