@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "AuditTamperedError",
     "AuditWriteError",
     "AuthenticationError",
     "ConfigurationError",
@@ -101,6 +102,17 @@ class RefusedError(HeimdallKMSError):
 
     error_type = "refused"
     exit_code = 4
+
+
+class AuditTamperedError(HeimdallKMSError):
+    """``audit verify`` found the hash chain broken; ``line`` is the first bad line (1-based)."""
+
+    error_type = "audit_tampered"
+    exit_code = 5
+
+    def __init__(self, message: str, *, line: int) -> None:
+        super().__init__(message)
+        self.line = line
 
 
 class AuditWriteError(HeimdallKMSError):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import heimdall_kms
 from heimdall_kms.audit import MemoryAuditSink
+from heimdall_kms.audit.verify import verify
 from heimdall_kms.config import Settings
 from heimdall_kms.envelope import parse
 from heimdall_kms.errors import KMSUnavailableError
@@ -176,5 +177,7 @@ def test_four_workers_split_a_postgres_table(postgres_url: str, tmp_path: Path) 
         assert sum(completed) == 4000
         assert sum(1 for n in completed if n > 0) >= 2  # the work was really shared
         assert_all_migrated_once(table, 4000, env)
+        # Four processes appended to one audit log; it is still one intact chain.
+        assert verify(Path(env["HMD_AUDIT_LOG"]), require_checkpoint=True).lines > 8000
     finally:
         table.drop()

@@ -1,25 +1,39 @@
-"""Where audit events go: JSON lines appended to a file, or stderr (never stdout).
+"""Where audit events go: a hash-chained JSON-lines file, or stderr (never stdout).
 
 The policy is *fail closed*: callers record the event before they hand back a result, and
 if the line cannot be written they raise :class:`AuditWriteError` instead, so an operation
-whose audit event is lost does not happen. A batch of events is written and flushed with one
-``write`` call, so bulk operations cost one I/O per batch, not one per value.
+whose audit event is lost does not happen. A batch of events is chained, written and fsynced
+with one ``write`` call, so bulk operations cost one I/O per batch, not one per value, and the
+order is kept. Several processes may append to one file: each batch takes an exclusive lock,
+reads the chain's last line, and continues it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, TextIO
 
+from heimdall_kms.audit.chain import GENESIS, seal_line
 from heimdall_kms.audit.events import AuditEvent
 from heimdall_kms.errors import AuditWriteError
 
-__all__ = ["AuditSink", "FileAuditSink", "MemoryAuditSink", "StreamAuditSink", "open_sink"]
+__all__ = [
+    "AuditSink",
+    "FileAuditSink",
+    "MemoryAuditSink",
+    "StreamAuditSink",
+    "head_path",
+    "open_sink",
+]
+
+_TAIL_CHUNK = 65536
 
 
 class AuditSink(Protocol):
@@ -33,65 +47,129 @@ class AuditSink(Protocol):
     def close(self) -> None: ...
 
 
-def _lines(events: Sequence[AuditEvent]) -> str:
-    return "".join(
-        json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False) + "\n"
-        for event in events
-    )
+def head_path(log: Path) -> Path:
+    return log.with_name(log.name + ".head")
+
+
+def _chain(events: Sequence[AuditEvent], seq: int, prev: str) -> tuple[str, int, str]:
+    lines = []
+    for event in events:
+        seq += 1
+        line, prev = seal_line(event.to_dict(), seq, prev)
+        lines.append(line)
+    return "".join(lines), seq, prev
 
 
 class FileAuditSink:
-    """Appends JSON lines to a file created with mode 0600 and fsyncs after each batch."""
+    """Appends chained JSON lines to a file (mode 0600), fsyncs, and updates the checkpoint."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as exc:
             raise AuditWriteError(f"HMD_AUDIT_LOG: cannot open {path}: {exc.strerror}") from None
-        self._handle = os.fdopen(fd, "a", encoding="utf-8")
+        # A raw descriptor, not a buffered file: a failed write must not leave bytes in a
+        # buffer that a later flush (or close) would write after the fact.
+        self._fd: int | None = fd
 
     def emit(self, events: Sequence[AuditEvent]) -> None:
         if not events:
             return
-        data = _lines(events)
         with self._lock:
             try:
-                self._handle.write(data)
-                self._handle.flush()
-                os.fsync(self._handle.fileno())
+                if self._fd is None:
+                    raise ValueError("closed")
+                fd = self._fd
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    seq, prev = self._tail(fd)
+                    data, seq, prev = _chain(events, seq, prev)
+                    _write_all(fd, data.encode("utf-8"))
+                    os.fsync(fd)
+                    self._checkpoint(seq, prev)
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
             except (OSError, ValueError) as exc:
                 reason = getattr(exc, "strerror", None) or (
                     "an event is not valid Unicode"
                     if isinstance(exc, UnicodeEncodeError)
+                    else str(exc)
+                    if isinstance(exc, _ChainError)
                     else "the log is closed"
                 )
                 raise AuditWriteError(f"cannot write audit log {self.path}: {reason}") from None
 
+    def _tail(self, fd: int) -> tuple[int, str]:
+        """The chain's last ``seq`` and ``hash``, read from the end of the file."""
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return 0, GENESIS
+        start = max(0, size - _TAIL_CHUNK)
+        tail = os.pread(fd, size - start, start)
+        if not tail.endswith(b"\n"):
+            raise _ChainError("it ends with a partial line; run `heimdall-kms audit verify`")
+        lines = tail.rstrip(b"\n").rsplit(b"\n", 1)
+        try:
+            last = json.loads(lines[-1])
+            return int(last["seq"]), str(last["hash"])
+        except (ValueError, KeyError, TypeError):
+            raise _ChainError("its last line is not a chained audit event") from None
+
+    def _checkpoint(self, seq: int, digest: str) -> None:
+        head = head_path(self.path)
+        fd, temp = tempfile.mkstemp(dir=head.parent, prefix=head.name + ".")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump({"seq": seq, "hash": digest}, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, head)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+
     def close(self) -> None:
         with self._lock:
-            self._handle.close()
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class _ChainError(ValueError):
+    """The existing file cannot be continued safely."""
 
 
 class StreamAuditSink:
-    """Writes JSON lines to a text stream (stderr by default)."""
+    """Writes chained JSON lines to a text stream (stderr by default), chained per process."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream
         self._lock = threading.Lock()
+        self._seq = 0
+        self._prev = GENESIS
 
     def emit(self, events: Sequence[AuditEvent]) -> None:
         if not events:
             return
         stream = self._stream or sys.stderr
         with self._lock:
+            data, seq, prev = _chain(events, self._seq, self._prev)
             try:
-                stream.write(_lines(events))
+                stream.write(data)
                 stream.flush()
             except (OSError, ValueError):
                 raise AuditWriteError("cannot write audit events to stderr") from None
+            self._seq, self._prev = seq, prev
 
     def close(self) -> None:
         return None

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import click
 
 from heimdall_kms import __version__
+from heimdall_kms.cli.audit_cmds import audit
 from heimdall_kms.cli.crypto_cmds import decrypt, encrypt
 from heimdall_kms.cli.data_cmds import migrate, reencrypt, status
 from heimdall_kms.cli.demo_cmd import demo
@@ -48,6 +49,7 @@ cli.add_command(rotate_command)
 cli.add_command(retire_command)
 cli.add_command(keys)
 cli.add_command(journal)
+cli.add_command(audit)
 cli.add_command(demo)
 
 

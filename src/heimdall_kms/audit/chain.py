@@ -1,0 +1,41 @@
+"""The hash chain that makes the audit log tamper-evident.
+
+Every line is the event's JSON plus ``seq`` (1, 2, 3, ... per log), ``prev_hash`` (the
+previous line's ``hash``; 64 zeros for the first) and ``hash`` = SHA-256 over ``prev_hash``
+and the canonical JSON of the line without ``hash``. Editing a line breaks its hash; removing,
+inserting or reordering lines breaks ``seq`` and ``prev_hash``. Truncating the end leaves a
+valid shorter chain, so the writer also keeps a checkpoint file next to the log
+(``<log>.head``: the last ``seq`` and ``hash``), rewritten atomically after every batch;
+``audit verify`` compares the log's end with it.
+
+What this does not stop: someone who can rewrite the whole log *and* its checkpoint can
+forge a consistent chain. Ship the log (or stderr) to an append-only store as well; see
+``docs/audit.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["GENESIS", "canonical", "chain_hash", "seal_line"]
+
+GENESIS = "0" * 64
+
+
+def canonical(document: Mapping[str, Any]) -> bytes:
+    """Sorted-key compact UTF-8 JSON: the bytes the hash covers."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def chain_hash(prev_hash: str, body: Mapping[str, Any]) -> str:
+    return hashlib.sha256(prev_hash.encode("ascii") + b"\n" + canonical(body)).hexdigest()
+
+
+def seal_line(event: Mapping[str, Any], seq: int, prev_hash: str) -> tuple[str, str]:
+    """The line to write (with its newline) and its hash."""
+    body = {**event, "seq": seq, "prev_hash": prev_hash}
+    digest = chain_hash(prev_hash, body)
+    return canonical({**body, "hash": digest}).decode() + "\n", digest

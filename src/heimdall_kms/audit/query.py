@@ -1,0 +1,67 @@
+"""``heimdall-kms audit query``: who did what, to which field, with which key, and when."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from heimdall_kms.errors import InvalidInputError
+
+__all__ = ["AuditFilter", "query"]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    event_types: Sequence[str] = ()
+    actor: str | None = None
+    field: str | None = None
+    key_version: int | None = None
+    result: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def matches(self, event: dict[str, Any]) -> bool:
+        if self.event_types and event.get("event_type") not in self.event_types:
+            return False
+        if self.actor is not None and event.get("actor") != self.actor:
+            return False
+        if self.field is not None and event.get("field_identifier") != self.field:
+            return False
+        if self.key_version is not None and event.get("key_version") != self.key_version:
+            return False
+        if self.result is not None and event.get("result") != self.result:
+            return False
+        if self.since is None and self.until is None:
+            return True
+        try:
+            moment = datetime.fromisoformat(str(event.get("timestamp")))
+        except ValueError:
+            return False
+        return (self.since is None or moment >= self.since) and (
+            self.until is None or moment <= self.until
+        )
+
+
+def query(path: Path, selection: AuditFilter) -> Iterator[dict[str, Any]]:
+    """The events of the log that match, in log order (lines that do not parse are skipped;
+    run ``audit verify`` to prove the log is intact).
+
+    Raises:
+        InvalidInputError: the file cannot be read.
+    """
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read audit log {path}: {exc.strerror}") from None
+    with handle:
+        for raw in handle:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and selection.matches(event):
+                yield event

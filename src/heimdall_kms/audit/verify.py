@@ -1,0 +1,120 @@
+"""``heimdall-kms audit verify``: walk the chain and name the first line that breaks it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from heimdall_kms.audit.chain import GENESIS, chain_hash
+from heimdall_kms.audit.sink import head_path
+from heimdall_kms.errors import AuditTamperedError, InvalidInputError
+
+__all__ = ["VerifiedChain", "verify"]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedChain:
+    path: str
+    lines: int
+    last_hash: str
+    checkpoint: str  # "matches", "absent"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "lines": self.lines,
+            "last_hash": self.last_hash,
+            "checkpoint": self.checkpoint,
+            "result": "intact",
+        }
+
+
+def verify(path: Path, *, require_checkpoint: bool = False) -> VerifiedChain:
+    """Check every line's hash, sequence and link, then the end against the checkpoint.
+
+    Raises:
+        AuditTamperedError: the first broken line, and how it is broken.
+        InvalidInputError: the file cannot be read.
+    """
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read audit log {path}: {exc.strerror}") from None
+    prev, seq = GENESIS, 0
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            event = _parse(raw, number)
+            _check_link(event, number, seq, prev)
+            seq, prev = int(event["seq"]), str(event["hash"])
+    return VerifiedChain(str(path), seq, prev, _check_head(path, seq, prev, require_checkpoint))
+
+
+def _parse(raw: bytes, number: int) -> dict[str, Any]:
+    if not raw.endswith(b"\n"):
+        raise AuditTamperedError(
+            f"line {number}: incomplete (the log was cut off mid-line)", line=number
+        )
+    try:
+        event = json.loads(raw)
+    except ValueError:
+        raise AuditTamperedError(
+            f"line {number}: not a JSON object (damaged)", line=number
+        ) from None
+    if not isinstance(event, dict) or not {"seq", "prev_hash", "hash"} <= event.keys():
+        raise AuditTamperedError(f"line {number}: not a chained audit event", line=number)
+    return event
+
+
+def _check_link(event: dict[str, Any], number: int, seq: int, prev: str) -> None:
+    claimed = event.pop("hash")
+    line_seq = event.get("seq")
+    if not isinstance(line_seq, int) or isinstance(line_seq, bool):
+        raise AuditTamperedError(f"line {number}: seq is not an integer", line=number)
+    if chain_hash(str(event.get("prev_hash")), event) != claimed:
+        raise AuditTamperedError(
+            f"line {number}: content does not match its hash (edited)", line=number
+        )
+    event["hash"] = claimed
+    if line_seq > seq + 1:
+        raise AuditTamperedError(
+            f"line {number}: seq {line_seq} follows seq {seq}: "
+            f"{line_seq - seq - 1} line(s) removed before it",
+            line=number,
+        )
+    if line_seq <= seq:
+        raise AuditTamperedError(
+            f"line {number}: seq {line_seq} follows seq {seq}: reordered or duplicated",
+            line=number,
+        )
+    if event.get("prev_hash") != prev:
+        raise AuditTamperedError(
+            f"line {number}: does not link to the line before it (reordered or replaced)",
+            line=number,
+        )
+
+
+def _check_head(path: Path, seq: int, digest: str, required: bool) -> str:
+    head = head_path(path)
+    try:
+        checkpoint = json.loads(head.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if required:
+            raise AuditTamperedError(f"checkpoint {head} is missing", line=seq) from None
+        return "absent"
+    except (OSError, ValueError):
+        raise AuditTamperedError(f"checkpoint {head} is unreadable", line=seq) from None
+    head_seq, head_hash = checkpoint.get("seq"), checkpoint.get("hash")
+    if isinstance(head_seq, int) and head_seq > seq:
+        raise AuditTamperedError(
+            f"the log ends at seq {seq} but its checkpoint records seq {head_seq}: "
+            f"{head_seq - seq} line(s) truncated from the end",
+            line=seq + 1,
+        )
+    if head_seq != seq or head_hash != digest:
+        raise AuditTamperedError(
+            f"the last line (seq {seq}) does not match the checkpoint (replaced or forged)",
+            line=seq,
+        )
+    return "matches"
