@@ -27,6 +27,7 @@ __all__ = [
     "EncryptionMode",
     "GCPSettings",
     "ProviderName",
+    "ResilienceSettings",
     "Secret",
     "Settings",
     "VaultAuthMethod",
@@ -116,6 +117,7 @@ class AWSSettings:
     region: str | None = None  # HMD_AWS_REGION, else AWS_REGION / AWS_DEFAULT_REGION
     endpoint_url: str | None = None  # AWS_ENDPOINT_URL_KMS (else AWS_ENDPOINT_URL)
     max_concurrency: int = 16  # HMD_AWS_MAX_CONCURRENCY: KMS has no batch call
+    timeout_seconds: float = 10.0  # HMD_AWS_TIMEOUT: connect and read timeout per request
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,8 @@ class GCPSettings:
     endpoint: str | None = None  # HMD_GCP_KMS_ENDPOINT, e.g. a private endpoint
     transport: str = "grpc"  # HMD_GCP_TRANSPORT: grpc | rest
     anonymous: bool = False  # HMD_GCP_CREDENTIALS=anonymous: only for a local test server
+    max_concurrency: int = 10  # HMD_GCP_MAX_CONCURRENCY: Cloud KMS has no batch call
+    timeout_seconds: float = 30.0  # HMD_GCP_TIMEOUT: one KMS call, retries included
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +137,16 @@ class AzureSettings:
 
     ca_bundle: Path | None = None  # HMD_AZURE_CA_BUNDLE: a private CA (tests, proxies)
     verify_challenge_resource: bool = True  # HMD_AZURE_VERIFY_CHALLENGE_RESOURCE
+
+
+@dataclass(frozen=True, slots=True)
+class ResilienceSettings:
+    """Retries and the circuit breaker, the same for every provider."""
+
+    retry_attempts: int = 5  # HMD_KMS_RETRY_ATTEMPTS (1: no retry)
+    retry_max_seconds: float = 30.0  # HMD_KMS_RETRY_MAX_SECONDS: total time spent retrying
+    breaker_threshold: int = 5  # HMD_KMS_BREAKER_THRESHOLD: consecutive unavailable calls
+    breaker_cooldown_seconds: float = 30.0  # HMD_KMS_BREAKER_COOLDOWN_SECONDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +168,9 @@ class Settings:
     database_url: str | None = None
     audit_log: str = "stderr"
     key_rotation_days: int = 90
+    resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
+    # HMD_ROTATION_CHECK_SECONDS: when set, `heimdall-kms serve` runs `rotate --if-due` this often.
+    rotation_check_seconds: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -201,6 +218,17 @@ class Settings:
             audit_log=audit_log,
             # 0 is allowed: every `rotate --if-due` then rotates (drills and tests).
             key_rotation_days=env.integer("HMD_KEY_ROTATION_DAYS", 90, minimum=0),
+            resilience=ResilienceSettings(
+                retry_attempts=env.integer("HMD_KMS_RETRY_ATTEMPTS", 5, minimum=1),
+                retry_max_seconds=env.number("HMD_KMS_RETRY_MAX_SECONDS", 30.0),
+                breaker_threshold=env.integer("HMD_KMS_BREAKER_THRESHOLD", 5, minimum=1),
+                breaker_cooldown_seconds=env.number("HMD_KMS_BREAKER_COOLDOWN_SECONDS", 30.0),
+            ),
+            rotation_check_seconds=(
+                env.integer("HMD_ROTATION_CHECK_SECONDS", 0, minimum=1)
+                if env.get("HMD_ROTATION_CHECK_SECONDS") is not None
+                else None
+            ),
         )
 
 
@@ -361,6 +389,7 @@ def _read_aws(env: _Env) -> AWSSettings:
         region=env.get("HMD_AWS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
         endpoint_url=endpoint,
         max_concurrency=env.integer("HMD_AWS_MAX_CONCURRENCY", 16, minimum=1),
+        timeout_seconds=env.number("HMD_AWS_TIMEOUT", 10.0),
     )
 
 
@@ -371,10 +400,19 @@ def _read_gcp(env: _Env) -> GCPSettings:
     credentials = (env.get("HMD_GCP_CREDENTIALS") or "default").lower()
     if credentials not in ("default", "anonymous"):
         raise ConfigurationError("HMD_GCP_CREDENTIALS: expected default | anonymous")
+    endpoint = env.get("HMD_GCP_KMS_ENDPOINT")
+    if endpoint is not None and endpoint.startswith("http://") and credentials != "anonymous":
+        # Google credentials are bearer tokens: never send them over plain HTTP.
+        raise ConfigurationError(
+            "HMD_GCP_KMS_ENDPOINT: a plain http:// endpoint is allowed only with "
+            "HMD_GCP_CREDENTIALS=anonymous (a local test server)"
+        )
     return GCPSettings(
-        endpoint=env.get("HMD_GCP_KMS_ENDPOINT"),
+        endpoint=endpoint,
         transport=transport,
         anonymous=credentials == "anonymous",
+        max_concurrency=env.integer("HMD_GCP_MAX_CONCURRENCY", 10, minimum=1),
+        timeout_seconds=env.number("HMD_GCP_TIMEOUT", 30.0),
     )
 
 

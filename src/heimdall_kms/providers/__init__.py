@@ -19,6 +19,7 @@ from heimdall_kms.providers.base import (
     KeyVersion,
     WrappedKey,
 )
+from heimdall_kms.providers.resilient import CircuitBreaker, ResilientProvider, RetryPolicy
 
 __all__ = [
     "KeyContext",
@@ -70,4 +71,12 @@ def load_provider(settings: Settings) -> KeyManagementService:
             ) from None
         raise
     factory = cast(type[_ProviderFactory], getattr(module, class_name))
-    return factory.from_settings(settings)
+    provider = factory.from_settings(settings)
+    if settings.provider is ProviderName.LOCAL:
+        return provider  # a file on this host: nothing to retry, no network to break
+    options = settings.resilience
+    return ResilientProvider(
+        provider,
+        retry=RetryPolicy(options.retry_attempts, options.retry_max_seconds),
+        breaker=CircuitBreaker(options.breaker_threshold, options.breaker_cooldown_seconds),
+    )

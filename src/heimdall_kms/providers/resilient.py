@@ -1,0 +1,194 @@
+"""One retry policy and one circuit breaker for every provider.
+
+``ResilientProvider`` wraps any :class:`KeyManagementService`:
+
+* **Retry** (tenacity): exponential backoff with full jitter, bounded in attempts and in total
+  time, only for errors whose class says ``retryable`` (unavailable, 5xx, sealed, throttled);
+  never for authentication, permission, not-found or integrity errors. A ``retry_after`` on the
+  error (from a Retry-After header) is honoured as the minimum wait. ``rotate`` is never
+  retried: a timed-out rotation may have happened, and a second one would skip a version.
+* **Circuit breaker**: after ``threshold`` consecutive calls fail as unavailable, calls fail
+  fast with :class:`KMSUnavailableError` for ``cooldown`` seconds instead of piling onto a KMS
+  that is down; then one probe call is let through, and its success closes the circuit.
+
+Time and sleep are injected, so tests never wait.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from enum import StrEnum
+from typing import TypeVar
+
+import tenacity
+
+from heimdall_kms.config import ProviderName
+from heimdall_kms.errors import HeimdallKMSError, KMSUnavailableError
+from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyManagementService, WrappedKey
+
+__all__ = ["BreakerState", "CircuitBreaker", "ResilientProvider", "RetryPolicy"]
+
+_T = TypeVar("_T")
+
+
+class BreakerState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    def __init__(
+        self,
+        threshold: int = 5,
+        cooldown: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._opened_at = 0.0
+        self._state = BreakerState.CLOSED
+        self._probing = False
+
+    @property
+    def state(self) -> BreakerState:
+        with self._lock:
+            if (
+                self._state is BreakerState.OPEN
+                and self._clock() - self._opened_at >= self.cooldown
+            ):
+                return BreakerState.HALF_OPEN
+            return self._state
+
+    def before_call(self) -> None:
+        """Raises KMSUnavailableError while the circuit is open (fail fast)."""
+        with self._lock:
+            if self._state is BreakerState.CLOSED:
+                return
+            waited = self._clock() - self._opened_at
+            if self._state is BreakerState.OPEN and waited >= self.cooldown:
+                self._state = BreakerState.HALF_OPEN
+            if self._state is BreakerState.HALF_OPEN and not self._probing:
+                self._probing = True  # this call is the probe
+                return
+            remaining = max(0.0, self.cooldown - waited)
+            raise KMSUnavailableError(
+                f"KMS unavailable: circuit open after {self.threshold} consecutive failures; "
+                f"next probe in {remaining:.0f}s"
+            )
+
+    def record(self, error: HeimdallKMSError | None) -> None:
+        with self._lock:
+            self._probing = False
+            if not isinstance(error, KMSUnavailableError):
+                self._failures = 0
+                self._state = BreakerState.CLOSED
+                return
+            self._failures += 1
+            if self._state is BreakerState.HALF_OPEN or self._failures >= self.threshold:
+                self._state = BreakerState.OPEN
+                self._opened_at = self._clock()
+
+
+class RetryPolicy:
+    def __init__(
+        self,
+        attempts: int = 5,
+        max_seconds: float = 30.0,
+        base: float = 0.1,
+        cap: float = 5.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.attempts = attempts
+        self.max_seconds = max_seconds
+        self._jitter = tenacity.wait_random_exponential(multiplier=base, max=cap)
+        self._sleep = sleep
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        wait = float(self._jitter(state))
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        retry_after = getattr(error, "retry_after", None)
+        return max(wait, float(retry_after)) if isinstance(retry_after, int | float) else wait
+
+    def call(self, fn: Callable[[], _T]) -> _T:
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.attempts)
+            | tenacity.stop_after_delay(self.max_seconds),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception(
+                lambda exc: isinstance(exc, HeimdallKMSError) and exc.retryable
+            ),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        return retrying(fn)
+
+
+class ResilientProvider:
+    """Retries and a circuit breaker around any provider (see the module docstring)."""
+
+    def __init__(
+        self,
+        inner: KeyManagementService,
+        *,
+        retry: RetryPolicy | None = None,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        self.inner = inner
+        self.retry = retry or RetryPolicy()
+        self.breaker = breaker or CircuitBreaker()
+
+    @property
+    def name(self) -> ProviderName:
+        return self.inner.name
+
+    @property
+    def key_identifier(self) -> str:
+        return self.inner.key_identifier
+
+    def _call(self, fn: Callable[[], _T], *, retry: bool = True) -> _T:
+        self.breaker.before_call()
+        try:
+            result = self.retry.call(fn) if retry else fn()
+        except HeimdallKMSError as exc:
+            self.breaker.record(exc)
+            raise
+        self.breaker.record(None)
+        return result
+
+    def wrap_many(
+        self, deks: Sequence[bytearray], contexts: Sequence[KeyContext]
+    ) -> list[WrappedKey]:
+        return self._call(lambda: self.inner.wrap_many(deks, contexts))
+
+    def unwrap_many(
+        self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
+    ) -> list[bytearray | HeimdallKMSError]:
+        return self._call(lambda: self.inner.unwrap_many(wrapped, contexts))
+
+    def rewrap_many(
+        self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
+    ) -> list[WrappedKey | HeimdallKMSError]:
+        return self._call(lambda: self.inner.rewrap_many(wrapped, contexts))
+
+    def rotate(self) -> KeyInfo:
+        return self._call(self.inner.rotate, retry=False)
+
+    def retire(self, below_version: int) -> KeyInfo:
+        return self._call(lambda: self.inner.retire(below_version))
+
+    def describe(self) -> KeyInfo:
+        return self._call(self.inner.describe)
+
+    def health(self) -> None:
+        # The health check is the probe: one attempt, no retries, so /healthz answers fast.
+        self._call(self.inner.health, retry=False)
+
+    def close(self) -> None:
+        self.inner.close()

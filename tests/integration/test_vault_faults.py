@@ -1,0 +1,136 @@
+"""Retries, the circuit breaker and rate limits against a live OpenBao."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import hvac
+import pytest
+import requests
+
+from heimdall_kms import crypto
+from heimdall_kms.audit import MemoryAuditSink
+from heimdall_kms.config import Settings
+from heimdall_kms.errors import AuthenticationError, KMSUnavailableError
+from heimdall_kms.jobs.migrate import MigrationOptions, run_migration
+from heimdall_kms.providers.resilient import (
+    BreakerState,
+    CircuitBreaker,
+    ResilientProvider,
+    RetryPolicy,
+)
+from heimdall_kms.providers.vault import VaultTransitProvider
+from heimdall_kms.service import Crypto
+from heimdall_kms.store import Target, open_store
+from tests.legacy_data import legacy_envelope
+from tests.servers import TRANSIT_KEY, OpenBao
+
+pytestmark = pytest.mark.vault
+
+
+class CountingSession(requests.Session):
+    def __init__(self) -> None:
+        super().__init__()
+        self.statuses: list[int] = []
+
+    def send(self, request: requests.PreparedRequest, **kwargs: object) -> requests.Response:  # type: ignore[override]
+        response = super().send(request, **kwargs)
+        self.statuses.append(response.status_code)
+        return response
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def resilient(
+    server: OpenBao, clock: Clock, *, token: str | None = None, key: str = TRANSIT_KEY
+) -> tuple[ResilientProvider, CountingSession]:
+    session = CountingSession()
+    client = hvac.Client(url=server.addr, token=token or server.root_token, session=session)
+    provider = ResilientProvider(
+        VaultTransitProvider(client, key),
+        retry=RetryPolicy(attempts=4, sleep=clock.sleep),
+        breaker=CircuitBreaker(threshold=2, cooldown=30, clock=clock),
+    )
+    return provider, session
+
+
+def test_sealed_vault_retries_then_the_breaker_opens_then_a_probe_closes_it(
+    fresh_openbao: OpenBao,
+) -> None:
+    clock = Clock()
+    provider, session = resilient(fresh_openbao, clock)
+    dek = crypto.new_dek()
+    provider.wrap_many([dek], [{}])
+    fresh_openbao.client().sys.seal()
+    session.statuses.clear()
+    with pytest.raises(KMSUnavailableError):
+        provider.wrap_many([dek], [{}])
+    assert session.statuses == [503] * 4  # bounded: four attempts, backing off between
+    assert clock.now > 0
+    with pytest.raises(KMSUnavailableError):
+        provider.wrap_many([dek], [{}])
+    assert provider.breaker.state is BreakerState.OPEN
+    session.statuses.clear()
+    with pytest.raises(KMSUnavailableError, match="circuit open"):
+        provider.wrap_many([dek], [{}])
+    assert session.statuses == []  # failed fast: Vault was not even asked
+    fresh_openbao.client().sys.submit_unseal_key(fresh_openbao.unseal_key)
+    clock.now += 30
+    provider.health()  # the probe
+    assert provider.breaker.state is BreakerState.CLOSED
+    assert len(provider.wrap_many([dek], [{}])) == 1
+
+
+def test_authentication_errors_are_not_retried(openbao: OpenBao) -> None:
+    clock = Clock()
+    provider, session = resilient(openbao, clock, token="s.revoked")
+    with pytest.raises(AuthenticationError):
+        provider.describe()
+    assert session.statuses == [403]
+    assert clock.now == 0
+
+
+def test_rate_limit_quota_slows_a_migration_that_still_finishes(
+    fresh_openbao: OpenBao, tmp_path: Path
+) -> None:
+    root = fresh_openbao.client()
+    root.adapter.post(
+        "/v1/sys/quotas/rate-limit/transit-encrypt",
+        json={"rate": 4, "interval": "1s", "path": f"transit/encrypt/{TRANSIT_KEY}"},
+    )
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        db.executemany(
+            "INSERT INTO t VALUES (?, ?)",
+            [(i, legacy_envelope("ab" * 32, f"v{i}")) for i in range(1, 5001)],
+        )
+    env = fresh_openbao.env(HMD_ENCRYPTION_MODE="hybrid", HMD_PII_MASTER_KEY="ab" * 32)
+    settings = Settings.from_env(env)
+    session = CountingSession()
+    client = hvac.Client(url=fresh_openbao.addr, token=fresh_openbao.root_token, session=session)
+    # Real sleeps here: the quota is real time. Attempts are generous; the total is bounded.
+    kms = ResilientProvider(
+        VaultTransitProvider(client, TRANSIT_KEY),
+        retry=RetryPolicy(attempts=50, max_seconds=120),
+    )
+    store = open_store(f"sqlite:///{path}", Target("t", "v"))
+    with Crypto(settings, kms=kms, audit=MemoryAuditSink()) as c:
+        report = run_migration(c, [store], MigrationOptions(batch_size=250))
+    store.close()
+    assert report.stop_error is None
+    assert report.total("completed") == 5000
+    assert 429 in session.statuses  # it really was throttled, and backed off
+    with sqlite3.connect(path) as db:
+        (legacy,) = db.execute("SELECT count(*) FROM t WHERE v LIKE ?", ['%"key_id"%']).fetchone()
+    assert legacy == 0
