@@ -96,7 +96,8 @@ def test_authentication_errors_are_not_retried(openbao: OpenBao) -> None:
     provider, session = resilient(openbao, clock, token="s.revoked")
     with pytest.raises(AuthenticationError):
         provider.describe()
-    assert session.statuses == [403]
+    # One token lookup (renewal check) and one refused call; no retries, no back-off.
+    assert session.statuses == [403, 403]
     assert clock.now == 0
 
 
@@ -134,3 +135,72 @@ def test_rate_limit_quota_slows_a_migration_that_still_finishes(
     with sqlite3.connect(path) as db:
         (legacy,) = db.execute("SELECT count(*) FROM t WHERE v LIKE ?", ['%"key_id"%']).fetchone()
     assert legacy == 0
+
+
+def approle_env(server: OpenBao) -> dict[str, str]:
+    root = server.client()
+    if "approle/" not in root.sys.list_auth_methods()["data"]:
+        root.sys.enable_auth_method("approle")
+    root.sys.create_or_update_policy(
+        "relogin",
+        'path "transit/*" { capabilities = ["update", "read"] }\n'
+        'path "auth/token/*" { capabilities = ["update", "read"] }\n',
+    )
+    root.auth.approle.create_or_update_approle(
+        "relogin", token_policies=["relogin"], token_ttl="10m"
+    )
+    role_id = root.auth.approle.read_role_id("relogin")["data"]["role_id"]
+    secret_id = root.auth.approle.generate_secret_id("relogin")["data"]["secret_id"]
+    return server.env(
+        HMD_VAULT_AUTH_METHOD="approle",
+        HMD_VAULT_ROLE_ID=role_id,
+        HMD_VAULT_SECRET_ID=secret_id,
+        HMD_VAULT_TOKEN="",
+    )
+
+
+def test_revoked_token_with_approle_logs_in_again_without_losing_the_batch(
+    fresh_openbao: OpenBao,
+) -> None:
+    import heimdall_kms
+
+    with heimdall_kms.from_env(approle_env(fresh_openbao), audit=MemoryAuditSink()) as c:
+        first = c.encrypt_many([(f"v{i}", {"record": str(i)}) for i in range(300)])
+        provider = c.kms.inner if isinstance(c.kms, ResilientProvider) else c.kms  # type: ignore[union-attr]
+        token = provider._client.token  # type: ignore[union-attr]
+        fresh_openbao.client().auth.token.revoke(token)
+        texts = c.decrypt_many(first, actor="t", reason="after revocation")
+        assert texts == [f"v{i}" for i in range(300)]
+        assert provider._client.token != token  # type: ignore[union-attr]
+
+
+def test_revoked_static_token_fails_at_once(fresh_openbao: OpenBao) -> None:
+    import heimdall_kms
+
+    root = fresh_openbao.client()
+    token = root.auth.token.create(policies=["root"], ttl="10m")["auth"]["client_token"]
+    with heimdall_kms.from_env(
+        fresh_openbao.env(HMD_VAULT_TOKEN=token), audit=MemoryAuditSink()
+    ) as c:
+        envelope = c.encrypt("x", context={"record": "1"})
+        root.auth.token.revoke(token)
+        with pytest.raises(AuthenticationError):
+            c.decrypt(envelope, actor="t", reason="r")
+
+
+def test_renewable_token_is_renewed_before_it_runs_out(fresh_openbao: OpenBao) -> None:
+    import time
+
+    from heimdall_kms.providers.vault_auth import TokenKeeper
+
+    root = fresh_openbao.client()
+    token = root.auth.token.create(policies=["root"], ttl="3s", renewable=True)
+    client = fresh_openbao.client(token=token["auth"]["client_token"])
+    keeper = TokenKeeper(client, None, check_every=0)
+    keeper.keep_fresh()  # 3s left of 3s: not yet
+    time.sleep(2.2)  # now under a third of its TTL is left
+    before = client.auth.token.lookup_self()["data"]["ttl"]
+    keeper.keep_fresh()
+    after = client.auth.token.lookup_self()["data"]["ttl"]
+    assert before <= 1
+    assert after >= 2

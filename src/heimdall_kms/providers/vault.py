@@ -25,7 +25,7 @@ import hvac.exceptions
 import requests
 
 from heimdall_kms import crypto
-from heimdall_kms.config import ProviderName, Settings, VaultAuthMethod, VaultSettings
+from heimdall_kms.config import ProviderName, Settings, VaultSettings
 from heimdall_kms.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -40,6 +40,7 @@ from heimdall_kms.errors import (
     RateLimitedError,
 )
 from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey
+from heimdall_kms.providers.vault_auth import Login, TokenKeeper, login_function, new_client
 
 __all__ = ["VaultTransitProvider", "build_client"]
 
@@ -56,26 +57,13 @@ def build_client(vault: VaultSettings) -> hvac.Client:
         ConfigurationError: the Kubernetes service-account token file cannot be read.
         KMSError: the login was refused or Vault is unreachable.
     """
-    verify: bool | str = str(vault.cacert) if vault.cacert else True
-    client = hvac.Client(
-        url=vault.addr, namespace=vault.namespace, verify=verify, timeout=vault.timeout_seconds
-    )
-    method = vault.auth_method
+    client = new_client(vault)
+    login = login_function(vault)
     with _Translated("login", login=True):
-        if method is VaultAuthMethod.TOKEN and vault.token is not None:
+        if login is not None:
+            login(client)
+        elif vault.token is not None:
             client.token = vault.token.reveal()
-        elif method is VaultAuthMethod.APPROLE and vault.role_id and vault.secret_id:
-            client.auth.approle.login(
-                role_id=vault.role_id,
-                secret_id=vault.secret_id.reveal(),
-                mount_point=vault.auth_mount or "approle",
-            )
-        elif method is VaultAuthMethod.KUBERNETES and vault.k8s_role:
-            client.auth.kubernetes.login(
-                role=vault.k8s_role,
-                jwt=_read_jwt(vault),
-                mount_point=vault.auth_mount or "kubernetes",
-            )
     return client
 
 
@@ -83,9 +71,16 @@ class VaultTransitProvider:
     """One Transit key. Construct with a ready hvac client, or :meth:`from_settings`."""
 
     def __init__(
-        self, client: hvac.Client, key_name: str, *, mount: str = "transit", batch_size: int = 250
+        self,
+        client: hvac.Client,
+        key_name: str,
+        *,
+        mount: str = "transit",
+        batch_size: int = 250,
+        login: Login | None = None,
     ) -> None:
         self._client = client
+        self._token = TokenKeeper(client, login)
         self._key = key_name
         self._mount = mount
         self._batch_size = batch_size
@@ -100,6 +95,7 @@ class VaultTransitProvider:
             settings.kms_key_id,
             mount=settings.vault.transit_mount,
             batch_size=settings.vault.batch_size,
+            login=login_function(settings.vault),
         )
 
     @property
@@ -148,8 +144,8 @@ class VaultTransitProvider:
         return self._per_item("rewrap", self._client.secrets.transit.rewrap_data, wrapped, decode)
 
     def rotate(self) -> KeyInfo:
-        with _Translated("rotate"):
-            self._client.secrets.transit.rotate_key(self._key, mount_point=self._mount)
+        transit = self._client.secrets.transit
+        self._vault("rotate", lambda: transit.rotate_key(self._key, mount_point=self._mount))
         return self.describe()
 
     def retire(self, below_version: int) -> KeyInfo:
@@ -158,15 +154,20 @@ class VaultTransitProvider:
             raise InvalidInputError(
                 f"--below-version must be between 1 and the latest version {latest}"
             )
-        with _Translated("retire"):
-            self._client.secrets.transit.update_key_configuration(
+        transit = self._client.secrets.transit
+        self._vault(
+            "retire",
+            lambda: transit.update_key_configuration(
                 self._key, min_decryption_version=below_version, mount_point=self._mount
-            )
+            ),
+        )
         return self.describe()
 
     def describe(self) -> KeyInfo:
-        with _Translated("describe"):
-            data = self._client.secrets.transit.read_key(self._key, mount_point=self._mount)["data"]
+        transit = self._client.secrets.transit
+        data = self._vault(
+            "describe", lambda: transit.read_key(self._key, mount_point=self._mount)["data"]
+        )
         versions = tuple(
             KeyVersion(int(number), _creation_time(created))
             for number, created in sorted(data["keys"].items(), key=lambda kv: int(kv[0]))
@@ -225,8 +226,30 @@ class VaultTransitProvider:
     ) -> list[dict[str, Any] | HeimdallKMSError]:
         results: list[dict[str, Any] | HeimdallKMSError] = []
         for chunk in _chunks(items, self._batch_size):
-            results.extend(self._call_batch(operation, call, chunk))
+            results.extend(self._authorized(lambda: self._call_batch(operation, call, chunk)))  # noqa: B023 - called at once
         return results
+
+    def _vault(self, operation: str, fn: Callable[[], _T]) -> _T:
+        """One Vault call: errors translated, the token kept fresh, one re-login if refused."""
+
+        def attempt() -> _T:
+            with _Translated(operation):
+                return fn()
+
+        return self._authorized(attempt)
+
+    def _authorized(self, fn: Callable[[], _T]) -> _T:
+        self._token.keep_fresh()
+        try:
+            return fn()
+        except AuthenticationError:
+            # An expired or revoked token: log in again once (AppRole, Kubernetes) and repeat
+            # the same call, so the batch is not lost. A static token's refusal is final.
+            if self._token.login is None:
+                raise
+            with _Translated("login", login=True):
+                self._token.login(self._client)
+            return fn()
 
     def _call_batch(
         self, operation: str, call: Callable[..., Any], chunk: list[dict[str, str]]
@@ -369,13 +392,3 @@ def _creation_time(value: object) -> datetime | None:
         except ValueError:
             return None
     return None
-
-
-def _read_jwt(vault: VaultSettings) -> str:
-    try:
-        return vault.k8s_token_path.read_text(encoding="utf-8").strip()
-    except OSError:
-        raise ConfigurationError(
-            "HMD_VAULT_K8S_TOKEN_PATH: cannot read the service-account token "
-            f"{vault.k8s_token_path}"
-        ) from None
