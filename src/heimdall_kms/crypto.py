@@ -16,11 +16,24 @@ from __future__ import annotations
 import os
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as _hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from heimdall_kms.errors import IntegrityError
 
-__all__ = ["DEK_BYTES", "NONCE_BYTES", "TAG_BYTES", "new_dek", "open_", "seal", "wipe"]
+__all__ = [
+    "DEK_BYTES",
+    "NONCE_BYTES",
+    "TAG_BYTES",
+    "derive_key",
+    "mac",
+    "new_dek",
+    "open_",
+    "seal",
+    "wipe",
+]
 
 DEK_BYTES = 32
 NONCE_BYTES = 12
@@ -74,6 +87,20 @@ def wipe(buffer: bytearray) -> None:
     """Overwrite a key buffer with zeros in place (best effort; see the module docstring)."""
     # Same-length slice assignment writes into the existing buffer; it does not reallocate.
     buffer[:] = bytes(len(buffer))
+
+
+def derive_key(key: bytes | bytearray, purpose: bytes) -> bytes:
+    """A 32-byte subkey for one purpose (HKDF-SHA256), so one master key never does two jobs."""
+    return HKDF(algorithm=hashes.SHA256(), length=DEK_BYTES, salt=None, info=purpose).derive(
+        bytes(key)
+    )
+
+
+def mac(key: bytes | bytearray, data: bytes) -> bytes:
+    """HMAC-SHA256."""
+    signer = _hmac.HMAC(bytes(key), hashes.SHA256())
+    signer.update(data)
+    return signer.finalize()
 
 
 def _check_key(key: bytes | bytearray) -> None:

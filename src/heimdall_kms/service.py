@@ -47,6 +47,7 @@ from heimdall_kms.errors import (
 )
 from heimdall_kms.metrics import Metrics, default_metrics
 from heimdall_kms.providers import KeyManagementService
+from heimdall_kms.providers.base import KeyedHashing
 
 __all__ = ["MAX_PLAINTEXT_BYTES", "Crypto", "EnvelopeInput"]
 
@@ -381,6 +382,46 @@ class Crypto:
             return _utf8(crypto.open_(key.reveal(), envelope.nonce, envelope.ciphertext, b""))
         except HeimdallKMSError as exc:
             return exc
+
+    # -- keyed hashing -------------------------------------------------------------------------
+
+    def hmac_many(
+        self,
+        values: Sequence[str],
+        *,
+        actor: str | None = None,
+        contexts: Sequence[Mapping[str, str]] | None = None,
+    ) -> list[str]:
+        """Keyed hashes (``hmac:<provider form>``) whose key stays in the KMS, one batched call.
+
+        Equal values give equal hashes under one key version, so they can be searched and
+        joined; unlike ``sha256:``, they cannot be reversed by hashing every candidate.
+
+        Raises:
+            ConfigurationError: the provider has no keyed hashing. KMSError, AuditWriteError.
+        """
+        kms = self.kms
+        if kms is None or not isinstance(kms, KeyedHashing):
+            name = kms.name.value if kms is not None else "none (legacy mode)"
+            raise ConfigurationError(f"HMD_KMS_PROVIDER={name} has no keyed hashing (hmac)")
+        who = _label("actor", actor or self._default_actor)
+        data = [_plaintext_bytes(value) for value in values]
+        stated = [check_context(c) for c in contexts] if contexts else [{}] * len(data)
+        request_id = str(uuid.uuid4())
+        try:
+            with self.metrics.timed("hmac", kms.name.value):
+                tags = kms.hmac_many(data)
+        except HeimdallKMSError as exc:
+            self.metrics.errors_total.labels("hmac", kms.name.value, exc.error_type).inc(len(data))
+            self.audit.emit(
+                [
+                    self._event(EventType.HMAC, who, request_id, None, ctx, error=exc)
+                    for ctx in stated
+                ]
+            )
+            raise
+        self.audit.emit([self._event(EventType.HMAC, who, request_id, None, ctx) for ctx in stated])
+        return ["hmac:" + tag for tag in tags]
 
     # -- rotation -----------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ __all__ = ["AuditEvent", "EventType", "Result"]
 class EventType(StrEnum):
     ENCRYPT = "crypto.encrypt"
     DECRYPT = "crypto.decrypt"
+    HMAC = "crypto.hmac"
     KEY_CREATE = "key.create"
     KEY_ROTATE = "key.rotate"
     KEY_RETIRE = "key.retire"

@@ -21,6 +21,8 @@ from heimdall_kms.cli.data_cmds import migrate, reencrypt, status
 from heimdall_kms.cli.demo_cmd import demo
 from heimdall_kms.cli.journal_cmds import journal
 from heimdall_kms.cli.key_cmds import keys, retire_command, rotate_command
+from heimdall_kms.cli.policy_cmds import check, protect, reveal
+from heimdall_kms.cli.serve_cmd import serve
 from heimdall_kms.errors import HeimdallKMSError
 
 __all__ = ["cli", "main"]
@@ -42,6 +44,9 @@ def cli() -> None:
 
 cli.add_command(encrypt)
 cli.add_command(decrypt)
+cli.add_command(protect)
+cli.add_command(reveal)
+cli.add_command(check)
 cli.add_command(migrate)
 cli.add_command(status)
 cli.add_command(reencrypt)
@@ -50,6 +55,7 @@ cli.add_command(retire_command)
 cli.add_command(keys)
 cli.add_command(journal)
 cli.add_command(audit)
+cli.add_command(serve)
 cli.add_command(demo)
 
 

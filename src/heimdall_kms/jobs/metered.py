@@ -12,9 +12,15 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from heimdall_kms.config import ProviderName
-from heimdall_kms.errors import HeimdallKMSError
+from heimdall_kms.errors import ConfigurationError, HeimdallKMSError
 from heimdall_kms.jobs.rate import TokenBucket
-from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyManagementService, WrappedKey
+from heimdall_kms.providers.base import (
+    KeyContext,
+    KeyedHashing,
+    KeyInfo,
+    KeyManagementService,
+    WrappedKey,
+)
 
 __all__ = ["MeteredProvider"]
 
@@ -64,6 +70,14 @@ class MeteredProvider:
         if not wrapped:
             return []
         return self._call("rewrap", lambda: self.inner.rewrap_many(wrapped, contexts))
+
+    def hmac_many(self, values: Sequence[bytes]) -> list[str]:
+        hasher = self.inner
+        if not isinstance(hasher, KeyedHashing):
+            raise ConfigurationError(
+                f"HMD_KMS_PROVIDER={self.name.value} has no keyed hashing (hmac) in this release"
+            )
+        return self._call("hmac", lambda: hasher.hmac_many(values))
 
     def rotate(self) -> KeyInfo:
         return self._call("rotate", self.inner.rotate)

@@ -12,12 +12,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from heimdall_kms.config import ProviderName
 from heimdall_kms.errors import HeimdallKMSError
 
-__all__ = ["KeyContext", "KeyInfo", "KeyManagementService", "KeyVersion", "WrappedKey"]
+__all__ = [
+    "KeyContext",
+    "KeyInfo",
+    "KeyManagementService",
+    "KeyVersion",
+    "KeyedHashing",
+    "WrappedKey",
+]
 
 KeyContext = Mapping[str, str]
 
@@ -139,3 +146,19 @@ class KeyManagementService(Protocol):
 
     def close(self) -> None:
         """Release network resources."""
+
+
+@runtime_checkable
+class KeyedHashing(Protocol):
+    """Keyed hashing (HMAC) whose key stays in the KMS: searchable, not enumerable.
+
+    A plain SHA-256 of an SSN or a phone number is reversed by hashing every candidate; an
+    HMAC is not, as long as its key stays in the KMS. Not every provider has it.
+    """
+
+    def hmac_many(self, values: Sequence[bytes]) -> list[str]:
+        """HMAC-SHA256 of each value, in the provider's versioned form (``vault:v1:...``).
+
+        Raises:
+            ConfigurationError: the provider has no keyed hashing. KMSError: the call failed.
+        """

@@ -196,6 +196,17 @@ class LocalDevProvider:
                 crypto.wipe(dek)
         return results
 
+    def hmac_many(self, values: Sequence[bytes]) -> list[str]:
+        """HMAC-SHA256 under a subkey derived from the latest version (never the wrap key)."""
+        key = self._keyring.read_key(self._key_name)
+        version = max(int(v) for v in key["versions"])
+        master = bytes.fromhex(key["versions"][str(version)]["key"])
+        subkey = crypto.derive_key(master, b"heimdall-local-hmac|" + self._key_name.encode())
+        return [
+            f"local:v{version}:" + base64.b64encode(crypto.mac(subkey, value)).decode("ascii")
+            for value in values
+        ]
+
     def rotate(self) -> KeyInfo:
         self._keyring.update_key(self._key_name, self._keyring.add_version)
         return self.describe()

@@ -25,8 +25,14 @@ from typing import TypeVar
 import tenacity
 
 from heimdall_kms.config import ProviderName
-from heimdall_kms.errors import HeimdallKMSError, KMSUnavailableError
-from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyManagementService, WrappedKey
+from heimdall_kms.errors import ConfigurationError, HeimdallKMSError, KMSUnavailableError
+from heimdall_kms.providers.base import (
+    KeyContext,
+    KeyedHashing,
+    KeyInfo,
+    KeyManagementService,
+    WrappedKey,
+)
 
 __all__ = ["BreakerState", "CircuitBreaker", "ResilientProvider", "RetryPolicy"]
 
@@ -176,6 +182,14 @@ class ResilientProvider:
         self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
     ) -> list[WrappedKey | HeimdallKMSError]:
         return self._call(lambda: self.inner.rewrap_many(wrapped, contexts))
+
+    def hmac_many(self, values: Sequence[bytes]) -> list[str]:
+        hasher = self.inner
+        if not isinstance(hasher, KeyedHashing):
+            raise ConfigurationError(
+                f"HMD_KMS_PROVIDER={self.name.value} has no keyed hashing (hmac) in this release"
+            )
+        return self._call(lambda: hasher.hmac_many(values))
 
     def rotate(self) -> KeyInfo:
         return self._call(self.inner.rotate, retry=False)

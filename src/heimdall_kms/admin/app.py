@@ -1,0 +1,282 @@
+"""The admin HTTP API (SPEC §7): routes, roles, and :func:`create_app`.
+
+Role map (``auth.Role``)::
+
+    POST /admin/crypto/reencrypt          admin
+    GET  /admin/crypto/reencrypt/status   admin, audit
+    POST /admin/crypto/rotate             admin
+    GET  /admin/crypto/keys               admin, audit
+    POST /crypto/encrypt                  app
+    POST /crypto/decrypt                  app, worker
+    GET  /healthz, /metrics, /openapi.json   no token
+
+``admin`` manages keys and data but cannot read a value: separation of duties. Every route
+that needs a token checks it before it reads the body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from functools import partial
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CollectorRegistry
+
+from heimdall_kms import __version__
+from heimdall_kms.admin import crypto_routes
+from heimdall_kms.admin._http import MAX_BODY_BYTES, BodyLimit, install_error_handlers
+from heimdall_kms.admin.auth import Guard, TokenTable, source_ip
+from heimdall_kms.admin.jobs import JobRunner, JobSpec, SharedSink
+from heimdall_kms.admin.scheduler import RotationScheduler
+from heimdall_kms.admin.schemas import (
+    JobAccepted,
+    JobStatus,
+    ReencryptRequest,
+    RotateRequest,
+    body_doc,
+    json_body,
+)
+from heimdall_kms.admin.state import (
+    DENIED,
+    IDENTIFIER,
+    Admin,
+    AdminState,
+    HealthCheck,
+    Reader,
+    state_of,
+)
+from heimdall_kms.audit import AuditSink, open_sink
+from heimdall_kms.config import EncryptionMode, Settings
+from heimdall_kms.errors import ConfigurationError
+from heimdall_kms.jobs.rotation import key_report, rotate
+from heimdall_kms.metrics import Metrics
+from heimdall_kms.providers import KeyManagementService, load_provider
+from heimdall_kms.store import FieldStore, Target, open_store
+
+__all__ = ["create_app"]
+
+router = APIRouter()
+
+
+@router.post(
+    "/admin/crypto/reencrypt",
+    status_code=202,
+    response_model=JobAccepted,
+    summary="Start a background migrate / rewrap / full re-encryption job (role admin)",
+    responses={**DENIED, 409: {"description": "A job runs on that column, or wrong mode."}},
+    openapi_extra=body_doc(ReencryptRequest),
+    tags=["admin"],
+)
+def start_job(
+    request: Request,
+    principal: Admin,
+    body: Annotated[ReencryptRequest, Depends(json_body(ReencryptRequest))],
+) -> JobAccepted:
+    state = state_of(request)
+    database = body.database or state.settings.database_url
+    if database is None:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("body", "database"),
+                    "msg": "required (or HMD_DATABASE_URL)",
+                    "type": "missing",
+                }
+            ]
+        )
+    spec = JobSpec(
+        database,
+        Target(body.table, body.column, body.id_column),
+        body.mode,
+        body.batch_size,
+        body.interval_seconds,
+    )
+    return JobAccepted(job_id=state.jobs.start(spec, principal.actor).job_id)
+
+
+@router.get(
+    "/admin/crypto/reencrypt/status",
+    response_model=JobStatus,
+    response_model_exclude_none=True,
+    summary="State and counts of the latest job, or of ?job=ID (roles admin, audit)",
+    responses={**DENIED, 404: {"description": "No job with that id."}},
+    tags=["admin"],
+)
+def job_status(
+    request: Request,
+    principal: Reader,
+    job: Annotated[str | None, Query(max_length=64, description="A job id.")] = None,
+) -> dict[str, Any]:
+    status = state_of(request).jobs.status(job)
+    if status is None:
+        raise HTTPException(404, detail="no such job")
+    return status
+
+
+@router.post(
+    "/admin/crypto/rotate",
+    summary="Create a new master key version; with if_due only when due (role admin)",
+    responses=DENIED,
+    openapi_extra=body_doc(RotateRequest, required=False),
+    tags=["admin"],
+)
+def rotate_key(
+    request: Request,
+    principal: Admin,
+    body: Annotated[RotateRequest, Depends(json_body(RotateRequest, optional=True))],
+) -> dict[str, Any]:
+    state = state_of(request)
+    result = rotate(
+        state.kms,
+        SharedSink(state.audit, source_ip=source_ip(request)),
+        actor=principal.actor,
+        if_due=body.if_due,
+        cadence=state.cadence,
+        reason=body.reason,
+    )
+    return result.to_dict()
+
+
+@router.get(
+    "/admin/crypto/keys",
+    summary="Key versions, ages, next rotation; values per version of a column (admin, audit)",
+    responses=DENIED,
+    tags=["admin"],
+)
+def keys(
+    request: Request,
+    principal: Reader,
+    *,
+    table: Annotated[str | None, Query(pattern=IDENTIFIER)] = None,
+    column: Annotated[str | None, Query(pattern=IDENTIFIER)] = None,
+    id_column: Annotated[str, Query(pattern=IDENTIFIER)] = "id",
+    database: Annotated[
+        str | None, Query(max_length=4096, description="Default HMD_DATABASE_URL.")
+    ] = None,
+) -> dict[str, Any]:
+    state = state_of(request)
+    stores: list[FieldStore] = []
+    if table or column:
+        stores.append(_open_for_reading(state, database, table, column, id_column))
+    try:
+        return key_report(state.kms, cadence=state.cadence, stores=stores)
+    finally:
+        for store in stores:
+            store.close()
+
+
+def _open_for_reading(
+    state: AdminState, database: str | None, table: str | None, column: str | None, id_column: str
+) -> FieldStore:
+    url = database or state.settings.database_url
+    problems = [
+        {"loc": ("query", name), "msg": msg, "type": "value_error"}
+        for name, msg, bad in (
+            ("table", "required with column", not table),
+            ("column", "required with table", not column),
+            ("database", "required (or HMD_DATABASE_URL)", url is None),
+            (
+                "database",
+                "expected sqlite:///PATH or postgresql://USER@HOST/DB",
+                url is not None
+                and not url.startswith(("sqlite:///", "postgresql://", "postgres://")),
+            ),
+        )
+        if bad
+    ]
+    if problems:
+        raise RequestValidationError(problems)
+    assert url is not None
+    assert table is not None
+    assert column is not None
+    store = open_store(url, Target(table, column, id_column))
+    try:
+        store.check(writable=False)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def create_app(
+    settings: Settings,
+    tokens: TokenTable,
+    *,
+    audit: AuditSink | None = None,
+    registry: CollectorRegistry | None = None,
+    provider_factory: Callable[[], KeyManagementService] | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
+    """Build the admin API. The provider (and, unless given, the audit sink) is opened now
+    and closed when the app shuts down; background jobs are stopped between two batches.
+
+    Raises:
+        ConfigurationError: legacy mode (no KMS), or the provider cannot be built.
+        KMSError: logging in to the KMS failed. AuditWriteError: the audit log cannot open.
+    """
+    if settings.mode is EncryptionMode.LEGACY:
+        raise ConfigurationError(
+            "HMD_ENCRYPTION_MODE: the admin API needs a KMS (hybrid or kms); it is legacy"
+        )
+    factory = provider_factory or partial(load_provider, settings)
+    kms = factory()
+    try:
+        sink = audit if audit is not None else open_sink(settings.audit_log)
+    except BaseException:
+        kms.close()
+        raise
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = Metrics(registry)
+    scheduler = None
+    if settings.rotation_check_seconds is not None:
+        scheduler = RotationScheduler(
+            kms,
+            sink,
+            cadence=timedelta(days=settings.key_rotation_days),
+            interval_seconds=settings.rotation_check_seconds,
+        )
+    state = AdminState(
+        settings,
+        kms,
+        sink,
+        registry,
+        metrics,
+        Guard(tokens, sink),
+        JobRunner(settings, sink, metrics, factory),
+        HealthCheck(kms),
+        scheduler,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if state.scheduler is not None:
+            state.scheduler.start()
+        try:
+            yield
+        finally:
+            if state.scheduler is not None:
+                state.scheduler.stop()
+            state.jobs.shutdown()
+            kms.close()
+            if audit is None:
+                sink.close()
+
+    app = FastAPI(
+        title="heimdall-kms admin API",
+        version=__version__,
+        description="Key rotation, re-encryption jobs and envelope encryption over a KMS. "
+        "See docs/admin-api.md.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.admin = state
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    install_error_handlers(app)
+    app.include_router(router)
+    app.include_router(crypto_routes.router)
+    return app

@@ -1,0 +1,183 @@
+"""Bearer tokens, roles, and the audit of every refused request (SPEC §7).
+
+The tokens file (``HMD_ADMIN_TOKENS_FILE``) holds one ``ROLE SHA256HEX`` line per token: the
+SHA-256 of the token, never the token, so the file is not a secret to read (but it is one to
+write: whoever can edit it can grant themselves a role). A presented token is hashed and
+compared with every known hash through :func:`hmac.compare_digest`. A missing or unknown
+token is answered 401, a known token without the role 403; both are recorded as
+``access.denied`` before the answer goes out (fail closed, like every other audit event).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import uuid
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import NoReturn
+
+from fastapi import HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials
+
+from heimdall_kms.audit import AuditEvent, AuditSink, EventType, Result
+from heimdall_kms.errors import ConfigurationError
+
+__all__ = ["Guard", "Principal", "Role", "TokenTable", "load_tokens", "source_ip"]
+
+_VARIABLE = "HMD_ADMIN_TOKENS_FILE"
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+_FINGERPRINT_CHARS = 8
+
+
+class Role(StrEnum):
+    ADMIN = "admin"  # rotate, re-encrypt (start and status), key report
+    APP = "app"  # encrypt, decrypt
+    WORKER = "worker"  # decrypt only
+    AUDIT = "audit"  # read-only: re-encryption status, key report
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a request is from: the role and the first hex digits of the token's hash."""
+
+    role: Role
+    fingerprint: str
+
+    @property
+    def actor(self) -> str:
+        # The audited actor: enough to tell tokens apart, nothing that helps forge one.
+        return f"token:{self.role.value}:{self.fingerprint}"
+
+
+class TokenTable:
+    """SHA-256 hex digest of each token -> its role."""
+
+    def __init__(self, roles: Mapping[str, Role]) -> None:
+        self._entries = tuple(
+            (digest.lower().encode("ascii"), role) for digest, role in roles.items()
+        )
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, token: str) -> Principal | None:
+        """The principal of ``token``, or None. Every entry is compared, in constant time."""
+        digest = hashlib.sha256(token.encode()).hexdigest().encode("ascii")
+        found: Role | None = None
+        for known, role in self._entries:
+            if hmac.compare_digest(digest, known):
+                found = role
+        if found is None:
+            return None
+        return Principal(found, digest[:_FINGERPRINT_CHARS].decode("ascii"))
+
+
+def fingerprint(token: str) -> str:
+    """The first hex digits of the token's SHA-256, as written into audit events."""
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    return digest[:_FINGERPRINT_CHARS]
+
+
+def load_tokens(path: Path) -> TokenTable:
+    """Read the tokens file: ``ROLE SHA256HEX`` lines, blank lines and ``#`` comments.
+
+    Messages name the file and the line number but never repeat a line: a raw token pasted
+    by mistake must not end up in a log.
+
+    Raises:
+        ConfigurationError: the file cannot be read, a line is malformed, a hash is given
+            twice, or the file names no token at all.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise ConfigurationError(f"{_VARIABLE}: cannot read {path}: {reason}") from None
+    roles: dict[str, Role] = {}
+    first_seen: dict[str, int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{_VARIABLE}: {path} line {number}"
+        parts = line.split()
+        if len(parts) != 2:
+            raise ConfigurationError(f"{where}: expected 'ROLE SHA256HEX' (two fields)")
+        role_name, digest = parts
+        try:
+            role = Role(role_name.lower())
+        except ValueError:
+            choices = ", ".join(r.value for r in Role)
+            raise ConfigurationError(f"{where}: unknown role (expected {choices})") from None
+        if not _SHA256_HEX.fullmatch(digest):
+            raise ConfigurationError(
+                f"{where}: expected the 64-hex-digit SHA-256 of the token, not the token itself"
+            )
+        digest = digest.lower()
+        if digest in roles:
+            raise ConfigurationError(
+                f"{where}: the same token hash is on line {first_seen[digest]}"
+            )
+        roles[digest], first_seen[digest] = role, number
+    if not roles:
+        raise ConfigurationError(f"{_VARIABLE}: {path} lists no token")
+    return TokenTable(roles)
+
+
+def source_ip(request: Request) -> str | None:
+    return request.client.host if request.client is not None else None
+
+
+class Guard:
+    """Checks a request's bearer token against the roles a route allows."""
+
+    def __init__(self, tokens: TokenTable, audit: AuditSink) -> None:
+        self.tokens = tokens
+        self.audit = audit
+
+    def check(
+        self,
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None,
+        allowed: Collection[Role],
+    ) -> Principal:
+        """The principal, or an HTTP 401/403 after the ``access.denied`` event is recorded.
+
+        Raises:
+            HTTPException: 401 (missing or unknown token) or 403 (role not allowed).
+            AuditWriteError: the refusal could not be recorded.
+        """
+        if credentials is None or not credentials.credentials:
+            self._deny(request, "anonymous", 401)
+        principal = self.tokens.lookup(credentials.credentials)
+        if principal is None:
+            self._deny(request, f"token:unknown:{fingerprint(credentials.credentials)}", 401)
+        if principal.role not in allowed:
+            self._deny(request, principal.actor, 403)
+        return principal
+
+    def _deny(self, request: Request, actor: str, status: int) -> NoReturn:
+        self.audit.emit(
+            [
+                AuditEvent(
+                    event_type=EventType.ACCESS_DENIED,
+                    actor=actor,
+                    request_id=str(uuid.uuid4()),
+                    result=Result.FAILURE,
+                    source_ip=source_ip(request),
+                    error_type="unauthenticated" if status == 401 else "forbidden",
+                    details={"path": request.url.path, "method": request.method, "status": status},
+                )
+            ]
+        )
+        if status == 401:
+            raise HTTPException(
+                401,
+                detail="a valid bearer token is required",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        raise HTTPException(403, detail="this token's role may not use this endpoint")

@@ -1,0 +1,168 @@
+"""``heimdall-kms serve``: the admin HTTP API (SPEC §7) under uvicorn, over TLS 1.2+.
+
+FastAPI and uvicorn (extra ``server``) are imported when the command runs, never when the
+CLI loads. The TLS context is uvicorn's own, tightened before the server starts: minimum
+TLS 1.2 (TLS 1.3 is negotiated whenever the client offers it, which every current client
+does), and for TLS 1.2 only ECDHE key exchange with AEAD ciphers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from heimdall_kms.config import Settings
+from heimdall_kms.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import uvicorn
+
+__all__ = ["build_server", "harden_tls", "is_loopback", "serve"]
+
+# TLS 1.2 suites: forward secrecy and authenticated encryption only. (TLS 1.3 suites are all
+# AEAD and are configured separately by OpenSSL.)
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def harden_tls(context: ssl.SSLContext) -> ssl.SSLContext:
+    """Refuse TLS 1.0 and 1.1 whatever the OpenSSL configuration allows."""
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    return context
+
+
+def build_server(
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    forwarded_allow_ips: str | None = None,
+    log_level: str = "info",
+) -> uvicorn.Server:
+    """A configured (not yet running) uvicorn server; TLS when ``tls_cert`` is given.
+
+    Raises:
+        ConfigurationError: the certificate or key cannot be loaded.
+    """
+    import uvicorn  # noqa: PLC0415 - the server extra is only needed by this command.
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        ssl_certfile=str(tls_cert) if tls_cert else None,
+        ssl_keyfile=str(tls_key) if tls_key else None,
+        ssl_ciphers=TLS12_CIPHERS,
+        # The audit log records every request that matters; the access log would also write
+        # query strings (which may name a database URL) to stdout.
+        access_log=False,
+        proxy_headers=forwarded_allow_ips is not None,
+        forwarded_allow_ips=forwarded_allow_ips,
+        server_header=False,
+        log_level=log_level,
+        lifespan="on",
+    )
+    try:
+        config.load()
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or "unreadable"
+        raise ConfigurationError(f"--tls-cert/--tls-key: cannot load them: {reason}") from None
+    if config.ssl is not None:
+        harden_tls(config.ssl)
+    return uvicorn.Server(config)
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8443, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="PEM certificate (chain) for HTTPS; TLS 1.2 is the minimum, 1.3 preferred.",
+)
+@click.option(
+    "--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="PEM key."
+)
+@click.option(
+    "--insecure-http",
+    is_flag=True,
+    help="Allow plain HTTP on a non-loopback address. Bearer tokens, plaintext and "
+    "envelopes would cross the network unencrypted: only behind a TLS-terminating proxy "
+    "on a trusted network.",
+)
+@click.option(
+    "--tokens-file",
+    envvar="HMD_ADMIN_TOKENS_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="'ROLE SHA256HEX' lines (default: HMD_ADMIN_TOKENS_FILE).",
+)
+@click.option(
+    "--forwarded-allow-ips",
+    metavar="IPS",
+    help="Trust X-Forwarded-For from these proxy addresses (comma-separated), so the "
+    "audited source_ip is the client's. Default: the TCP peer is the source.",
+)
+def serve(
+    *,
+    host: str,
+    port: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure_http: bool,
+    tokens_file: Path | None,
+    forwarded_allow_ips: str | None,
+) -> None:
+    """Run the admin HTTP API: re-encryption jobs, rotation, key report, encrypt/decrypt,
+    /healthz (a real KMS round trip) and /metrics. See docs/admin-api.md.
+
+    Without --tls-cert the server listens on loopback only, unless --insecure-http.
+    HMD_ROTATION_CHECK_SECONDS=N makes it run `rotate --if-due` every N seconds.
+    """
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if tls_cert is None and not is_loopback(host) and not insecure_http:
+        raise click.UsageError(
+            f"refusing plain HTTP on {host}: give --tls-cert/--tls-key, or --insecure-http "
+            "behind a TLS-terminating proxy"
+        )
+    if tokens_file is None:
+        raise ConfigurationError(
+            "HMD_ADMIN_TOKENS_FILE: required by serve (one 'ROLE SHA256HEX' line per token)"
+        )
+    try:
+        import uvicorn  # noqa: F401, PLC0415 - fail early, before the KMS is contacted.
+
+        from heimdall_kms.admin import create_app, load_tokens  # noqa: PLC0415
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in ("fastapi", "starlette", "uvicorn"):
+            raise ConfigurationError("serve needs: pip install 'heimdall-kms[server]'") from None
+        raise
+    tokens = load_tokens(tokens_file)
+    settings = Settings.from_env(os.environ)
+    app = create_app(settings, tokens)
+    server = build_server(
+        app,
+        host=host,
+        port=port,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        forwarded_allow_ips=forwarded_allow_ips,
+    )
+    server.run()

@@ -1,0 +1,125 @@
+"""NDJSON streams in bounded memory: read a batch of lines, process it, write it, repeat.
+
+Lines longer than ``MAX_LINE_BYTES`` are refused without being read whole. A line that is not
+a JSON object is reported with its number, never echoed (it may hold plaintext PII), and the
+stream goes on — unless ``strict``, which stops at the first. Output order is input order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, TextIO
+
+from heimdall_kms.errors import HeimdallKMSError, InvalidInputError
+
+__all__ = ["MAX_LINE_BYTES", "StreamReport", "process_ndjson"]
+
+MAX_LINE_BYTES = 16 * 1024 * 1024
+Handler = Callable[[Sequence[dict[str, Any]]], Sequence[dict[str, Any] | HeimdallKMSError]]
+
+
+@dataclass
+class StreamReport:
+    records: int = 0
+    written: int = 0
+    problems: list[str] = field(default_factory=list)
+    problem_count: int = 0
+
+    def problem(self, line: int, message: str) -> None:
+        self.problem_count += 1
+        if len(self.problems) < 1000:
+            self.problems.append(f"line {line}: {message}")
+
+
+def process_ndjson(
+    source: BinaryIO,
+    out: TextIO,
+    handler: Handler,
+    *,
+    batch_size: int = 500,
+    strict: bool = False,
+    report_problem: Callable[[str], None] | None = None,
+) -> StreamReport:
+    """Stream ``source`` through ``handler`` in batches to ``out``.
+
+    Raises:
+        InvalidInputError: with ``strict``, the first bad line (by number).
+        HeimdallKMSError: the KMS or the audit log failed; what was written stays written.
+    """
+    return _Stream(out, handler, strict, report_problem).run(source, batch_size)
+
+
+class _Stream:
+    def __init__(
+        self,
+        out: TextIO,
+        handler: Handler,
+        strict: bool,
+        report_problem: Callable[[str], None] | None,
+    ) -> None:
+        self.out = out
+        self.handler = handler
+        self.strict = strict
+        self.report_problem = report_problem
+        self.report = StreamReport()
+
+    def run(self, source: BinaryIO, batch_size: int) -> StreamReport:
+        batch: list[tuple[int, dict[str, Any]]] = []
+        number = 0
+        while True:
+            raw = source.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                break
+            number += 1
+            if len(raw) > MAX_LINE_BYTES:
+                _skip_rest_of_line(source)
+                self.bad(number, f"longer than {MAX_LINE_BYTES} bytes")
+                continue
+            if not raw.strip():
+                continue
+            record = _record(raw)
+            if record is None:
+                self.bad(number, "not a JSON object")
+                continue
+            batch.append((number, record))
+            if len(batch) >= batch_size:
+                self.flush(batch)
+                batch = []
+        if batch:
+            self.flush(batch)
+        return self.report
+
+    def bad(self, number: int, message: str) -> None:
+        self.report.problem(number, message)
+        if self.strict:
+            raise InvalidInputError(f"line {number}: {message} (--strict)")
+        if self.report_problem is not None:
+            self.report_problem(f"line {number}: {message}")
+
+    def flush(self, batch: list[tuple[int, dict[str, Any]]]) -> None:
+        results = self.handler([record for _, record in batch])
+        self.report.records += len(batch)
+        for (number, _), result in zip(batch, results, strict=True):
+            if isinstance(result, HeimdallKMSError):
+                self.bad(number, f"{result.error_type}: {result}")
+                continue
+            self.out.write(json.dumps(result, ensure_ascii=False, separators=(",", ":")) + "\n")
+            self.report.written += 1
+        self.out.flush()
+
+
+def _record(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _skip_rest_of_line(source: BinaryIO) -> None:
+    while True:
+        chunk = source.readline(MAX_LINE_BYTES)
+        if not chunk or chunk.endswith(b"\n"):
+            return

@@ -1,0 +1,550 @@
+"""``AWSKMSProvider``: AWS KMS through boto3 (extra ``aws``).
+
+AWS hides the versions of a key's backing material, so heimdall-kms keeps its own: **version
+n is the n-th KMS key created for the alias** ``HMD_KMS_KEY_ID`` (``alias/heimdall-pii``).
+Version n's key also carries the alias ``alias/heimdall-pii/v<n>`` and the tags
+``heimdall:alias`` and ``heimdall:version``; the main alias targets the latest version.
+``rotate`` creates key n+1 and switches the main alias; ``retire(N)`` disables every key below
+N (reversible with ``EnableKey``; deletion stays a deliberate, separate step). The whole
+design, and how it coexists with AWS's own automatic rotation, is in ``docs/providers/aws.md``.
+
+KMS has no batch call: ``*_many`` run one request per item on a bounded thread pool, in input
+order. The field/record context is bound at KMS as the ``EncryptionContext`` (``ReEncrypt``
+carries it over, so rewrap keeps working) as well as in the value's AES-GCM AAD. Errors are
+rebuilt from the AWS error code only, never from the message body, and raised ``from None``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Self, TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    CredentialRetrievalError,
+    HTTPClientError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+    SSOError,
+    TokenRetrievalError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from heimdall_kms import crypto
+from heimdall_kms.config import AWSSettings, ProviderName, Settings
+from heimdall_kms.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    HeimdallKMSError,
+    IntegrityError,
+    InvalidInputError,
+    KeyNotFoundError,
+    KeyVersionRetiredError,
+    KMSError,
+    KMSUnavailableError,
+    PermissionDeniedError,
+    RateLimitedError,
+)
+from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey
+
+__all__ = ["AWSKMSProvider", "build_client", "create_key_for_alias", "kms_encryption_context"]
+
+# A boto3 KMS client. boto3 ships no type information (mypy_boto3_kms is not a dependency).
+KMSClient = Any
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+_WRAPPED = re.compile(r"aws:v([1-9][0-9]{0,8}):([A-Za-z0-9+/=]{1,8192})")
+_ALIAS = re.compile(r"alias/(?!aws/)[A-Za-z0-9/_-]{1,200}")
+_SAFE_CODE = re.compile(r"[A-Za-z0-9._]{1,64}")
+# Every DEK is wrapped under this entry too, so that IAM can require it
+# (kms:EncryptionContext:heimdall-purpose) and the app role is no general decryption oracle.
+PURPOSE_KEY, PURPOSE = "heimdall-purpose", "data-key"
+_RETIRED_STATES = frozenset({"Disabled", "PendingDeletion", "PendingReplicaDeletion"})
+_PER_ITEM = (IntegrityError, KeyVersionRetiredError, KeyNotFoundError)
+
+
+def kms_encryption_context(context: KeyContext) -> dict[str, str]:
+    """The ``EncryptionContext`` a DEK with this context is wrapped under (non-secret; it
+    appears in CloudTrail). ``heimdall-purpose`` is reserved and always wins."""
+    return {**context, PURPOSE_KEY: PURPOSE}
+
+
+def build_client(aws: AWSSettings) -> KMSClient:
+    """A KMS client from the standard credential chain (env, profile, SSO, IRSA, IMDS).
+
+    Raises:
+        ConfigurationError: no region is configured, or the AWS profile does not exist.
+    """
+    config = Config(
+        retries={"mode": "standard"},  # AWS_MAX_ATTEMPTS still applies
+        connect_timeout=aws.timeout_seconds,
+        read_timeout=aws.timeout_seconds,
+        max_pool_connections=max(10, aws.max_concurrency),
+        user_agent_extra="heimdall-kms",
+    )
+    try:
+        session = boto3.session.Session()
+        return session.client(
+            "kms", region_name=aws.region, endpoint_url=aws.endpoint_url, config=config
+        )
+    except NoRegionError:
+        raise ConfigurationError(
+            "AWS_REGION: not set (also read: HMD_AWS_REGION, AWS_DEFAULT_REGION, the profile)"
+        ) from None
+    except BotoCoreError as exc:
+        raise ConfigurationError(f"AWS configuration: {type(exc).__name__}") from None
+
+
+def create_key_for_alias(client: KMSClient, alias: str) -> str:
+    """Bootstrap: make ``alias`` a versioned heimdall key and return the latest key's id.
+
+    Creates version 1 and the alias when the alias does not exist; adopts an existing alias's
+    key as version 1 when it has no version yet; otherwise changes nothing.
+
+    Raises:
+        ConfigurationError: ``alias`` is not an ``alias/NAME``. KMSError: AWS refused.
+    """
+    _check_alias(alias)
+    try:
+        with _translated("DescribeKey"):
+            key_id: str = client.describe_key(KeyId=alias)["KeyMetadata"]["KeyId"]
+    except KeyNotFoundError:
+        key_id = _create_version(client, alias, 1)
+        with _translated("CreateAlias"):
+            client.create_alias(AliasName=alias, TargetKeyId=key_id)
+        return key_id
+    if _version_alias_of(client, alias, key_id) is None:
+        with _translated("CreateAlias"):
+            client.create_alias(AliasName=f"{alias}/v1", TargetKeyId=key_id)
+            client.tag_resource(KeyId=key_id, Tags=_tags(alias, 1))
+    return key_id
+
+
+@dataclass(frozen=True, slots=True)
+class _KeyState:
+    """What ``DescribeKey`` says about one version's key."""
+
+    version: int
+    key_id: str
+    state: str
+    created_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """One item on its way to KMS (a wrapped DEK, kept out of reprs all the same)."""
+
+    blob: bytes = field(repr=False)
+    key_id: str
+    context: dict[str, str]
+
+
+class AWSKMSProvider:
+    """The versioned key behind one alias. Construct with a ready boto3 KMS client."""
+
+    def __init__(self, client: KMSClient, alias: str, *, max_concurrency: int = 16) -> None:
+        _check_alias(alias)
+        self._client = client
+        self._alias = alias
+        self._max_concurrency = max(1, max_concurrency)
+        # key id -> version: fixed when the key is created, so it is safe to remember.
+        self._versions: dict[str, int] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        if settings.aws is None or settings.kms_key_id is None:
+            raise ConfigurationError("HMD_KMS_KEY_ID: required for HMD_KMS_PROVIDER=aws")
+        _check_alias(settings.kms_key_id)
+        client = build_client(settings.aws)
+        return cls(client, settings.kms_key_id, max_concurrency=settings.aws.max_concurrency)
+
+    @property
+    def name(self) -> ProviderName:
+        return ProviderName.AWS
+
+    @property
+    def key_identifier(self) -> str:
+        return self._alias
+
+    def wrap_many(
+        self, deks: Sequence[bytearray], contexts: Sequence[KeyContext]
+    ) -> list[WrappedKey]:
+        # Encrypt names the alias, so a concurrent rotation never mislabels a value: each answer
+        # says which key wrapped it, and that key's version is the one recorded.
+        def encrypt(item: tuple[bytearray, KeyContext]) -> tuple[bytes, str]:
+            with _translated("Encrypt"):
+                answer = self._client.encrypt(
+                    KeyId=self._alias,
+                    Plaintext=bytes(item[0]),
+                    EncryptionContext=kms_encryption_context(item[1]),
+                )
+            return answer["CiphertextBlob"], answer["KeyId"]
+
+        sealed = self._map(encrypt, list(zip(deks, contexts, strict=True)))
+        return [self._wrapped(blob, arn) for blob, arn in sealed]
+
+    def unwrap_many(
+        self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
+    ) -> list[bytearray | HeimdallKMSError]:
+        def decrypt(job: _Job) -> bytearray | HeimdallKMSError:
+            try:
+                with _translated("Decrypt"):
+                    answer = self._client.decrypt(
+                        CiphertextBlob=job.blob, KeyId=job.key_id, EncryptionContext=job.context
+                    )
+            except _PER_ITEM as exc:
+                return exc
+            dek = bytearray(answer.pop("Plaintext"))
+            if len(dek) != crypto.DEK_BYTES:
+                crypto.wipe(dek)
+                return IntegrityError("unwrapped data key has the wrong length")
+            return dek
+
+        return self._per_item(wrapped, contexts, decrypt)
+
+    def rewrap_many(
+        self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
+    ) -> list[WrappedKey | HeimdallKMSError]:
+        # ReEncrypt decrypts and re-encrypts inside KMS: the DEK never reaches this process.
+        def reencrypt(job: _Job) -> tuple[bytes, str] | HeimdallKMSError:
+            try:
+                with _translated("ReEncrypt"):
+                    answer = self._client.re_encrypt(
+                        CiphertextBlob=job.blob,
+                        SourceKeyId=job.key_id,
+                        SourceEncryptionContext=job.context,
+                        DestinationKeyId=self._alias,
+                        DestinationEncryptionContext=job.context,
+                    )
+            except _PER_ITEM as exc:
+                return exc
+            return answer["CiphertextBlob"], answer["KeyId"]
+
+        results = self._per_item(wrapped, contexts, reencrypt)
+        return [r if isinstance(r, HeimdallKMSError) else self._wrapped(*r) for r in results]
+
+    def rotate(self) -> KeyInfo:
+        target = self._latest_version() + 1
+        existing = self._key_state(target)
+        if existing is None:
+            key_id = _create_version(self._client, self._alias, target)
+        elif existing.state == "Enabled":
+            key_id = existing.key_id  # an earlier rotation stopped before the switch: finish it
+        else:
+            raise KMSError(
+                f"{self._alias}/v{target} exists but its key is {existing.state}; "
+                "see docs/providers/aws.md"
+            )
+        with _translated("UpdateAlias"):
+            self._client.update_alias(AliasName=self._alias, TargetKeyId=key_id)
+        return self.describe()
+
+    def retire(self, below_version: int) -> KeyInfo:
+        states = self._all_states()
+        latest = states[-1].version
+        if not 1 <= below_version <= latest:
+            raise InvalidInputError(
+                f"--below-version must be between 1 and the latest version {latest}"
+            )
+        # Disable, never delete: disabling takes effect at once and can be undone (EnableKey);
+        # deletion destroys every copy a backup still holds, so it stays a deliberate step.
+        for key in states:
+            if key.version < below_version and key.state == "Enabled":
+                with _translated("DisableKey"):
+                    self._client.disable_key(KeyId=key.key_id)
+        return self.describe()
+
+    def describe(self) -> KeyInfo:
+        states = self._all_states()
+        latest = states[-1].version
+        minimum = min((k.version for k in states if k.state == "Enabled"), default=latest)
+        return KeyInfo(
+            provider=self.name,
+            key_identifier=self._alias,
+            latest_version=latest,
+            min_decryption_version=minimum,
+            versions=tuple(
+                KeyVersion(k.version, k.created_at) for k in states if k.version >= minimum
+            ),
+        )
+
+    def health(self) -> None:
+        dek = crypto.new_dek()
+        try:
+            (wrapped,) = self.wrap_many([dek], [{}])
+            (result,) = self.unwrap_many([wrapped.ciphertext], [{}])
+            if isinstance(result, HeimdallKMSError):
+                raise result
+            crypto.wipe(result)
+        finally:
+            crypto.wipe(dek)
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- versions ---------------------------------------------------------------------------------
+
+    def _latest_version(self) -> int:
+        with _translated("DescribeKey"):
+            meta = self._client.describe_key(KeyId=self._alias)["KeyMetadata"]
+        return self._version_of(str(meta["KeyId"]))
+
+    def _all_states(self) -> list[_KeyState]:
+        """Versions 1..latest whose key still exists, oldest first. A key left by a rotation
+        that never switched the alias is above the latest, so it is not listed."""
+        latest = self._latest_version()
+        found = self._map(self._key_state, list(range(1, latest + 1)))
+        states = [state for state in found if state is not None]
+        if not states or states[-1].version != latest:
+            raise KMSError(f"{self._alias}/v{latest} is missing; see docs/providers/aws.md")
+        return states
+
+    def _key_state(self, version: int) -> _KeyState | None:
+        try:
+            with _translated("DescribeKey"):
+                meta = self._client.describe_key(KeyId=f"{self._alias}/v{version}")["KeyMetadata"]
+        except KeyNotFoundError:
+            return None
+        self._versions[str(meta["KeyId"])] = version  # the version alias is authoritative
+        created = meta.get("CreationDate")
+        return _KeyState(
+            version,
+            str(meta["KeyId"]),
+            str(meta["KeyState"]),
+            created.astimezone(UTC) if isinstance(created, datetime) else None,
+        )
+
+    def _version_of(self, key: str) -> int:
+        key_id = key.rsplit("key/", 1)[-1]  # Encrypt and ReEncrypt answer with the key's ARN
+        if key_id not in self._versions:
+            version = _version_alias_of(self._client, self._alias, key_id)
+            if version is None:
+                raise KMSError(
+                    f"{self._alias} targets a key without a {self._alias}/v<n> alias; "
+                    "see docs/providers/aws.md (bootstrap)"
+                )
+            self._versions[key_id] = version
+        return self._versions[key_id]
+
+    def _wrapped(self, blob: bytes, arn: str) -> WrappedKey:
+        version = self._version_of(arn)
+        return WrappedKey(f"aws:v{version}:{base64.b64encode(blob).decode('ascii')}", version)
+
+    # -- per-item calls ---------------------------------------------------------------------------
+
+    def _per_item(
+        self,
+        wrapped: Sequence[str],
+        contexts: Sequence[KeyContext],
+        call: Callable[[_Job], _R | HeimdallKMSError],
+    ) -> list[_R | HeimdallKMSError]:
+        """Answer what the version prefix and key state already decide without a crypto call
+        (one DescribeKey per distinct version), then ``call`` the rest, in input order."""
+        parsed = [_parse(item) for item in wrapped]
+        versions = sorted({p[0] for p in parsed if not isinstance(p, HeimdallKMSError)})
+        states = dict(zip(versions, self._map(self._key_state, versions), strict=True))
+        early: list[HeimdallKMSError | None] = []
+        jobs: list[_Job] = []
+        for item, context in zip(parsed, contexts, strict=True):
+            if isinstance(item, HeimdallKMSError):
+                early.append(item)
+                continue
+            state = states[item[0]]
+            if state is None or state.state != "Enabled":
+                early.append(_unusable(item[0], state))
+                continue
+            early.append(None)
+            jobs.append(_Job(item[1], state.key_id, kms_encryption_context(context)))
+        answers = iter(self._map(call, jobs))
+        return [next(answers) if error is None else error for error in early]
+
+    def _map(self, call: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+        """``call`` over ``items`` on at most ``max_concurrency`` threads, in input order. The
+        first whole-call failure cancels what has not started and is raised; DEKs already
+        unwrapped by then are wiped."""
+        if len(items) <= 1 or self._max_concurrency == 1:
+            return _sequential(call, items)
+        pool = ThreadPoolExecutor(min(self._max_concurrency, len(items)), "heimdall-aws")
+        futures = [pool.submit(call, item) for item in items]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            for future in futures:
+                if not future.cancelled() and future.exception() is None:
+                    _wipe(future.result())
+            raise
+        finally:
+            pool.shutdown(wait=True)
+
+
+def _sequential(call: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+    results: list[_R] = []
+    try:
+        for item in items:
+            results.append(call(item))
+    except BaseException:
+        for result in results:
+            _wipe(result)
+        raise
+    return results
+
+
+def _wipe(result: object) -> None:
+    if isinstance(result, bytearray):
+        crypto.wipe(result)
+
+
+def _parse(item: str) -> tuple[int, bytes] | HeimdallKMSError:
+    match = _WRAPPED.fullmatch(item)
+    if match is None:
+        return IntegrityError("wrapped data key is not in the aws provider's form")
+    try:
+        return int(match.group(1)), base64.b64decode(match.group(2), validate=True)
+    except binascii.Error:
+        return IntegrityError("wrapped data key is not valid base64")
+
+
+def _unusable(version: int, state: _KeyState | None) -> HeimdallKMSError:
+    if state is None:
+        return KeyNotFoundError(f"key version {version} has no KMS key (never created, or deleted)")
+    if state.state in _RETIRED_STATES:
+        return KeyVersionRetiredError(
+            f"key version {version} is retired (its key is {state.state})"
+        )
+    return KMSError(f"key version {version} is not usable now (its key is {state.state})")
+
+
+def _create_version(client: KMSClient, alias: str, version: int) -> str:
+    with _translated("CreateKey"):
+        key_id: str = client.create_key(
+            Description=f"heimdall-kms {alias} version {version}",
+            KeyUsage="ENCRYPT_DECRYPT",
+            KeySpec="SYMMETRIC_DEFAULT",
+            Tags=_tags(alias, version),
+        )["KeyMetadata"]["KeyId"]
+    try:
+        with _translated("CreateAlias"):
+            client.create_alias(AliasName=f"{alias}/v{version}", TargetKeyId=key_id)
+    except KMSError:
+        # The key made here never wrapped anything (another rotation took this version, or the
+        # identity may not create aliases): do not leave an orphan behind.
+        with _translated("ScheduleKeyDeletion"):
+            client.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
+        raise
+    return key_id
+
+
+def _version_alias_of(client: KMSClient, alias: str, key_id: str) -> int | None:
+    pattern = re.compile(re.escape(alias) + r"/v([1-9][0-9]{0,8})")
+    with _translated("ListAliases"):
+        for page in client.get_paginator("list_aliases").paginate(KeyId=key_id):
+            for entry in page.get("Aliases", []):
+                match = pattern.fullmatch(str(entry.get("AliasName", "")))
+                if match is not None:
+                    return int(match.group(1))
+    return None
+
+
+def _tags(alias: str, version: int) -> list[dict[str, str]]:
+    return [
+        {"TagKey": "heimdall:alias", "TagValue": alias},
+        {"TagKey": "heimdall:version", "TagValue": str(version)},
+    ]
+
+
+def _check_alias(alias: str) -> None:
+    if not _ALIAS.fullmatch(alias) or re.search(r"/v[0-9]+$", alias):
+        raise ConfigurationError(
+            "HMD_KMS_KEY_ID: the aws provider needs an alias name, alias/NAME (its versions are "
+            "keys behind it; a bare key id or ARN cannot rotate); see docs/providers/aws.md"
+        )
+
+
+@contextmanager
+def _translated(operation: str) -> Iterator[None]:
+    try:
+        yield
+    except (ClientError, BotoCoreError) as exc:
+        raise _translate(exc, operation) from None
+
+
+_INTEGRITY = frozenset({"InvalidCiphertextException", "IncorrectKeyException"})
+_RETIRED = frozenset({"DisabledException", "KMSInvalidStateException"})
+_AUTHENTICATION = frozenset(
+    {
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "ExpiredTokenException",
+        "ExpiredToken",
+        "InvalidClientTokenId",
+        "MissingAuthenticationToken",
+        "IncompleteSignature",
+        "SignatureDoesNotMatch",
+        "AuthFailure",
+    }
+)
+_THROTTLED = frozenset(
+    {"ThrottlingException", "Throttling", "LimitExceededException", "RequestLimitExceeded"}
+)
+_UNAVAILABLE = frozenset(
+    {
+        "KMSInternalException",
+        "DependencyTimeoutException",
+        "KeyUnavailableException",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "InternalFailure",
+    }
+)
+_NO_CREDENTIALS = (
+    NoCredentialsError,
+    PartialCredentialsError,
+    CredentialRetrievalError,
+    TokenRetrievalError,
+    SSOError,
+)
+
+
+def _translate(exc: ClientError | BotoCoreError, operation: str) -> HeimdallKMSError:
+    """The one place AWS errors become ours. The message carries the error code (a fixed AWS
+    identifier) and never AWS's message text, which can quote request data."""
+    where = f"AWS KMS {operation}"
+    if isinstance(exc, BotoCoreError):
+        kind = type(exc).__name__
+        if isinstance(exc, BotoConnectionError | HTTPClientError):
+            return KMSUnavailableError(f"{where}: cannot reach AWS KMS ({kind})")
+        if isinstance(exc, _NO_CREDENTIALS):
+            return AuthenticationError(f"{where}: no usable credentials in the AWS chain ({kind})")
+        return KMSError(f"{where} failed ({kind})")
+    error = exc.response.get("Error") or {}
+    raw = str(error.get("Code", ""))
+    code = raw if _SAFE_CODE.fullmatch(raw) else "unrecognised error"
+    status = int((exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
+    if code in _INTEGRITY:
+        return IntegrityError("AWS KMS could not unwrap the data key (damaged, or not ours)")
+    if code in _RETIRED:
+        return KeyVersionRetiredError(f"{where}: the key is disabled or pending deletion ({code})")
+    if code == "NotFoundException":
+        return KeyNotFoundError(f"{where}: no such key or alias ({code})")
+    if code == "AccessDeniedException":
+        return PermissionDeniedError(f"{where}: not allowed by the IAM or key policy ({code})")
+    if code in _AUTHENTICATION or status in (401, 403):
+        return AuthenticationError(f"{where}: AWS did not accept the credentials ({code})")
+    if code in _THROTTLED or status == 429:
+        return RateLimitedError(f"{where}: throttled by AWS KMS ({code})")
+    if code in _UNAVAILABLE or status >= 500:
+        return KMSUnavailableError(f"{where}: AWS KMS is unavailable ({code})")
+    return KMSError(f"{where} refused the request ({code})")

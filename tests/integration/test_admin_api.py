@@ -1,0 +1,758 @@
+"""The admin HTTP API (SPEC §7) against a live OpenBao and the local provider.
+
+Requests go through FastAPI's TestClient into the real app (real provider, real SQLite
+tables, real audit file); the TLS tests run a real uvicorn server on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import socket
+import sqlite3
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trustme
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+import heimdall_kms
+from heimdall_kms.admin import create_app, load_tokens
+from heimdall_kms.audit import MemoryAuditSink
+from heimdall_kms.cli.serve_cmd import build_server, serve
+from heimdall_kms.config import Settings
+from heimdall_kms.envelope import KmsV1Envelope, parse
+from heimdall_kms.errors import ConfigurationError
+from tests.legacy_data import legacy_envelope
+from tests.servers import OpenBao, free_port
+
+MASTER_HEX = "ab" * 32
+ROLES = ("admin", "app", "worker", "audit")
+ROWS = 30
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+def write_tokens(path: Path) -> dict[str, str]:
+    """One fresh token per role; the file holds only their SHA-256."""
+    tokens = {role: secrets.token_urlsafe(24) for role in ROLES}
+    lines = ["# heimdall-kms admin tokens", ""]
+    lines += [f"{role} {hashlib.sha256(t.encode()).hexdigest()}" for role, t in tokens.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return tokens
+
+
+class Api:
+    """A TestClient plus the tokens, the audit file and the settings of one app."""
+
+    def __init__(
+        self, client: TestClient, tokens: dict[str, str], audit: Path, env: dict[str, str]
+    ):
+        self.client = client
+        self.tokens = tokens
+        self.audit_path = audit
+        self.env = env
+
+    def call(
+        self, method: str, path: str, role: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        headers = dict(kwargs.pop("headers", {}))
+        if role is not None:
+            headers["Authorization"] = f"Bearer {self.tokens.get(role, role)}"
+        return self.client.request(method, path, headers=headers, **kwargs)
+
+    def audit(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines()]
+
+    def wait_for_job(self, job_id: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.call("GET", f"/admin/crypto/reencrypt/status?job={job_id}", "admin")
+            assert status.status_code == 200
+            if status.json()["state"] != "running":
+                return dict(status.json())
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} still running after {timeout}s")
+
+
+@pytest.fixture
+def make_api(tmp_path: Path) -> Iterator[Callable[..., Api]]:
+    stack: list[TestClient] = []
+
+    def make(env: dict[str, str], **kwargs: Any) -> Api:
+        audit = tmp_path / f"audit-{len(stack)}.log"
+        env = {**env, "HMD_AUDIT_LOG": str(audit)}
+        tokens_file = tmp_path / f"tokens-{len(stack)}.txt"
+        tokens = write_tokens(tokens_file)
+        app = create_app(Settings.from_env(env), load_tokens(tokens_file), **kwargs)
+        client = TestClient(app).__enter__()
+        stack.append(client)
+        return Api(client, tokens, audit, env)
+
+    yield make
+    for client in reversed(stack):
+        client.__exit__(None, None, None)
+
+
+def local_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
+        "HMD_ENCRYPTION_MODE": "kms",
+        "HMD_KMS_PROVIDER": "local",
+        "HMD_LOCAL_KEYRING": str(tmp_path / "keyring.json"),
+        **extra,
+    }
+
+
+@pytest.fixture(params=["local", "vault"])
+def api(request: pytest.FixtureRequest, tmp_path: Path, make_api: Callable[..., Api]) -> Api:
+    if request.param == "local":
+        return make_api(local_env(tmp_path))
+    server: OpenBao = request.getfixturevalue("openbao")
+    return make_api(server.env())
+
+
+def kms_table(env: dict[str, str], path: Path, rows: int = ROWS) -> str:
+    """A SQLite table ``t(id, v)`` of kms_v1 values sealed at the key's current version."""
+    with heimdall_kms.from_env(env, audit=MemoryAuditSink()) as crypto, sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        sealed = crypto.encrypt_many(
+            [
+                (f"value-{i}", {"table": "t", "field": "v", "record": str(i)})
+                for i in range(1, rows + 1)
+            ]
+        )
+        db.executemany(
+            "INSERT INTO t VALUES (?, ?)", [(i, e.to_json()) for i, e in enumerate(sealed, 1)]
+        )
+    return f"sqlite:///{path}"
+
+
+def stored(url: str) -> dict[int, str | None]:
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+        return dict(db.execute("SELECT id, v FROM t ORDER BY id").fetchall())
+
+
+def gauge(api: Api) -> dict[str, float]:
+    text = api.call("GET", "/metrics").text
+    return {
+        sample.labels["status"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "heimdall_reencryption_progress"
+        for sample in family.samples
+    }
+
+
+# -- roles ------------------------------------------------------------------------------------
+
+ALLOWED = {
+    ("POST", "/admin/crypto/reencrypt"): {"admin"},
+    ("GET", "/admin/crypto/reencrypt/status"): {"admin", "audit"},
+    ("POST", "/admin/crypto/rotate"): {"admin"},
+    ("GET", "/admin/crypto/keys"): {"admin", "audit"},
+    ("POST", "/crypto/encrypt"): {"app"},
+    ("POST", "/crypto/decrypt"): {"app", "worker"},
+}
+OPEN = [("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/openapi.json")]
+SUCCESS = {"POST /admin/crypto/reencrypt": 202}
+
+
+def test_role_matrix_on_every_endpoint(api: Api, tmp_path: Path) -> None:
+    url = kms_table(api.env, tmp_path / "app.db")
+    envelope = api.call(
+        "POST", "/crypto/encrypt", "app", json={"plaintext": "123-45-6789", "context": {"f": "x"}}
+    ).json()
+    bodies: dict[str, Any] = {
+        "/admin/crypto/reencrypt": {"database": url, "table": "t", "column": "v", "mode": "rewrap"},
+        "/admin/crypto/rotate": {"if_due": True},  # a fresh key is not due: nothing changes
+        "/crypto/encrypt": {"plaintext": "x", "context": {"field": "ssn"}},
+        "/crypto/decrypt": {"envelope": envelope, "reason": "matrix"},
+    }
+    denied = 0
+    for (method, path), allowed in ALLOWED.items():
+        body = {"json": bodies[path]} if path in bodies else {}
+        for who in (*ROLES, None, "not-a-known-token"):
+            response = api.call(method, path, who, **body)
+            if who in allowed:
+                expected = SUCCESS.get(f"{method} {path}", 200)
+                assert response.status_code == expected, (method, path, who, response.text)
+            elif who in ROLES:
+                assert response.status_code == 403, (method, path, who)
+                denied += 1
+            else:
+                assert response.status_code == 401, (method, path, who)
+                assert response.headers["WWW-Authenticate"] == "Bearer"
+                denied += 1
+    for method, path in OPEN:
+        for who in (*ROLES, None):
+            assert api.call(method, path, who).status_code == 200, (path, who)
+    events = [e for e in api.audit() if e["event_type"] == "access.denied"]
+    assert len(events) == denied
+    status = api.call("GET", "/admin/crypto/reencrypt/status", "audit").json()
+    assert api.wait_for_job(status["job_id"])["state"] == "completed"
+
+
+def test_denials_are_audited_without_the_token(
+    tmp_path: Path, make_api: Callable[..., Api]
+) -> None:
+    api = make_api(local_env(tmp_path))
+    wrong = "definitely-not-a-token-" + secrets.token_hex(8)
+    assert api.call("POST", "/admin/crypto/rotate").status_code == 401
+    assert api.call("POST", "/admin/crypto/rotate", wrong).status_code == 401
+    assert api.call("POST", "/admin/crypto/rotate", "worker").status_code == 403
+    # Malformed JSON from a stranger is still a 401: the token is checked before the body.
+    bad_body = api.call(
+        "POST",
+        "/crypto/decrypt",
+        headers={"Content-Type": "application/json"},
+        content=b"{not json",
+    )
+    assert bad_body.status_code == 401
+    events = [e for e in api.audit() if e["event_type"] == "access.denied"]
+    worker_fp = hashlib.sha256(api.tokens["worker"].encode()).hexdigest()[:8]
+    wrong_fp = hashlib.sha256(wrong.encode()).hexdigest()[:8]
+    assert [e["actor"] for e in events] == [
+        "anonymous",
+        f"token:unknown:{wrong_fp}",
+        f"token:worker:{worker_fp}",
+        "anonymous",
+    ]
+    assert [e["details"]["status"] for e in events] == [401, 401, 403, 401]
+    assert events[2]["details"] == {"path": "/admin/crypto/rotate", "method": "POST", "status": 403}
+    assert all(e["result"] == "failure" and e["source_ip"] == "testclient" for e in events)
+    log = api.audit_path.read_text()
+    assert wrong not in log
+    assert all(token not in log for token in api.tokens.values())
+
+
+def test_encrypt_decrypt_audit_the_token_and_address(
+    tmp_path: Path, make_api: Callable[..., Api]
+) -> None:
+    api = make_api(local_env(tmp_path))
+    sealed = api.call(
+        "POST",
+        "/crypto/encrypt",
+        "app",
+        json={"plaintext": "123-45-6789", "context": {"field": "ssn", "record": "7"}},
+    )
+    assert sealed.status_code == 200
+    assert sealed.headers["Cache-Control"] == "no-store"
+    assert isinstance(parse(sealed.json()), KmsV1Envelope)
+    opened = api.call(
+        "POST",
+        "/crypto/decrypt",
+        "worker",
+        json={
+            "envelope": json.dumps(sealed.json()),
+            "reason": "ticket-1",
+            "context": {"field": "ssn"},
+        },
+    )
+    assert opened.json() == {"plaintext": "123-45-6789"}
+    moved = api.call(
+        "POST",
+        "/crypto/decrypt",
+        "worker",
+        json={"envelope": sealed.json(), "reason": "r", "context": {"field": "email"}},
+    )
+    assert moved.status_code == 422
+    assert moved.json()["error_type"] == "integrity"
+    events = [e for e in api.audit() if e["event_type"].startswith("crypto.")]
+    worker = "token:worker:" + hashlib.sha256(api.tokens["worker"].encode()).hexdigest()[:8]
+    assert [e["actor"] for e in events][1:] == [worker, worker]
+    assert events[1]["reason"] == "ticket-1"
+    assert all(e["source_ip"] == "testclient" for e in events)
+    assert "123-45-6789" not in api.audit_path.read_text()
+
+
+# -- jobs -------------------------------------------------------------------------------------
+
+
+def test_migrate_job_runs_to_completion(tmp_path: Path, make_api: Callable[..., Api]) -> None:
+    api = make_api(local_env(tmp_path, HMD_ENCRYPTION_MODE="hybrid", HMD_PII_MASTER_KEY=MASTER_HEX))
+    path = tmp_path / "legacy.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        db.executemany(
+            "INSERT INTO t VALUES (?, ?)",
+            [(i, legacy_envelope(MASTER_HEX, f"ssn-{i}")) for i in range(1, ROWS + 1)]
+            + [(1001, None), (1002, "[REDACTED]")],
+        )
+    assert api.call("GET", "/admin/crypto/reencrypt/status", "admin").json()["state"] == "idle"
+    started = api.call(
+        "POST",
+        "/admin/crypto/reencrypt",
+        "admin",
+        json={"database": f"sqlite:///{path}", "table": "t", "column": "v", "batch_size": 7},
+    )
+    assert started.status_code == 202
+    job = started.json()["job_id"]
+    status = api.wait_for_job(job)
+    assert {k: status[k] for k in ("state", "total", "completed", "failed", "skipped")} == {
+        "state": "completed",
+        "total": ROWS,
+        "completed": ROWS,
+        "failed": 0,
+        "skipped": 2,
+    }
+    assert status["mode"] == "migrate" and status["target"] == "t.v"
+    assert api.call("GET", "/admin/crypto/reencrypt/status", "audit").json() == status
+    assert gauge(api) == {"total": ROWS, "completed": ROWS, "failed": 0}
+    values = stored(f"sqlite:///{path}")
+    with heimdall_kms.from_env(api.env, audit=MemoryAuditSink()) as crypto:
+        for i in range(1, ROWS + 1):
+            assert crypto.decrypt(values[i] or "", actor="t", reason="verify") == f"ssn-{i}"
+    batches = [e for e in api.audit() if e["event_type"] == "reencrypt.batch"]
+    assert len(batches) == 5 and all(e["request_id"] == job for e in batches)
+    assert all(e["actor"].startswith("token:admin:") for e in batches)
+
+
+def test_migrate_needs_hybrid_mode(api: Api, tmp_path: Path) -> None:
+    url = kms_table(api.env, tmp_path / "app.db")
+    refused = api.call(
+        "POST",
+        "/admin/crypto/reencrypt",
+        "admin",
+        json={"database": url, "table": "t", "column": "v"},
+    )
+    assert refused.status_code == 409
+    assert refused.json()["error_type"] == "configuration"
+    assert "HMD_ENCRYPTION_MODE" in refused.json()["detail"]
+
+
+def test_rewrap_job_after_rotation_with_pauses_and_conflicts(
+    tmp_path: Path, make_api: Callable[..., Api]
+) -> None:
+    api = make_api(local_env(tmp_path))
+    url = kms_table(api.env, tmp_path / "app.db")
+    before = {i: parse(v or "") for i, v in stored(url).items()}
+    rotated = api.call("POST", "/admin/crypto/rotate", "admin", json={"reason": "CHG-1"})
+    assert rotated.json()["new_version"] == 2
+    body = {
+        "database": url,
+        "table": "t",
+        "column": "v",
+        "mode": "rewrap",
+        "batch_size": 10,
+        "interval_seconds": 0.4,
+    }
+    clock = time.monotonic()
+    job = api.call("POST", "/admin/crypto/reencrypt", "admin", json=body).json()["job_id"]
+    again = api.call("POST", "/admin/crypto/reencrypt", "admin", json={**body, "mode": "full"})
+    assert again.status_code == 409
+    assert job in again.json()["detail"]
+    status = api.wait_for_job(job)
+    # 30 rows in batches of 10: two pauses, between batches only.
+    assert 0.8 <= time.monotonic() - clock < 5
+    assert (status["state"], status["completed"], status["failed"]) == ("completed", ROWS, 0)
+    assert gauge(api) == {"total": ROWS, "completed": ROWS, "failed": 0}
+    for i, value in stored(url).items():
+        new, old = parse(value or ""), before[i]
+        assert isinstance(new, KmsV1Envelope) and isinstance(old, KmsV1Envelope)
+        assert (new.key_version, new.ciphertext) == (2, old.ciphertext)
+    assert api.call("GET", "/admin/crypto/reencrypt/status?job=nope", "admin").status_code == 404
+    keys = api.call("GET", f"/admin/crypto/keys?database={url}&table=t&column=v", "audit").json()
+    assert keys["values_by_target"] == {"t.v": {"2": ROWS}}
+    rotations = [e for e in api.audit() if e["event_type"] == "key.rotate"]
+    assert rotations[-1]["reason"] == "CHG-1" and rotations[-1]["actor"].startswith("token:admin")
+
+
+def test_job_requests_are_checked_before_acceptance(
+    tmp_path: Path, make_api: Callable[..., Api]
+) -> None:
+    api = make_api(local_env(tmp_path))
+    password = "S3cretPW" + secrets.token_hex(4)
+
+    def start(**body: Any) -> httpx.Response:
+        return api.call(
+            "POST",
+            "/admin/crypto/reencrypt",
+            "admin",
+            json={"table": "t", "column": "v", "mode": "rewrap", **body},
+        )
+
+    no_database = start()  # no HMD_DATABASE_URL either
+    assert no_database.status_code == 422
+    assert no_database.json()["detail"][0]["loc"] == ["body", "database"]
+    bad_type = start(database=f"postgresql://u:{password}@127.0.0.1:1/db", batch_size="5")
+    assert bad_type.status_code == 422
+    assert bad_type.json()["detail"] == [
+        {
+            "loc": ["body", "batch_size"],
+            "msg": "Input should be a valid integer",
+            "type": "int_type",
+        }
+    ]
+    unreachable = start(database=f"postgresql://u:{password}@127.0.0.1:1/db")
+    assert unreachable.status_code == 422
+    assert unreachable.json()["error_type"] == "store"
+    for response in (bad_type, unreachable, start(database=f"mysql://u:{password}@h/db")):
+        assert password not in response.text
+    assert start(database="sqlite:///nowhere.db").status_code == 422
+    assert start(database="sqlite:///x.db", table="t; DROP TABLE t").status_code == 422
+    assert start(database="sqlite:///x.db", unknown=1).status_code == 422
+    assert api.call("GET", "/admin/crypto/reencrypt/status", "admin").json()["state"] == "idle"
+
+
+# -- rotation scheduler ------------------------------------------------------------------------
+
+
+def test_scheduler_rotates_when_due(tmp_path: Path, make_api: Callable[..., Api]) -> None:
+    env = local_env(tmp_path, HMD_ROTATION_CHECK_SECONDS="1", HMD_KEY_ROTATION_DAYS="0")
+    api = make_api(env)
+    deadline = time.monotonic() + 10
+    while api.call("GET", "/admin/crypto/keys", "audit").json()["latest_version"] < 2:
+        assert time.monotonic() < deadline, "the scheduler did not rotate"
+        time.sleep(0.1)
+    rotations = [e for e in api.audit() if e["event_type"] == "key.rotate"]
+    assert rotations[0]["actor"] == "scheduler" and rotations[0]["details"]["if_due"] is True
+
+
+def test_rotation_check_setting() -> None:
+    base = {"HMD_ENCRYPTION_MODE": "legacy", "HMD_PII_MASTER_KEY": MASTER_HEX}
+    assert Settings.from_env(base).rotation_check_seconds is None
+    every_hour = {**base, "HMD_ROTATION_CHECK_SECONDS": "3600"}
+    assert Settings.from_env(every_hour).rotation_check_seconds == 3600
+    for bad in ("0", "soon"):
+        with pytest.raises(ConfigurationError, match=r"^HMD_ROTATION_CHECK_SECONDS: "):
+            Settings.from_env({**base, "HMD_ROTATION_CHECK_SECONDS": bad})
+
+
+# -- health, metrics, OpenAPI ------------------------------------------------------------------
+
+
+@pytest.mark.vault
+def test_healthz_follows_the_kms(fresh_openbao: OpenBao, make_api: Callable[..., Api]) -> None:
+    api = make_api(fresh_openbao.env())
+    healthy = api.call("GET", "/healthz")
+    assert (healthy.status_code, healthy.json()) == (
+        200,
+        {"status": "ok", "provider": "vault", "key": "heimdall-pii"},
+    )
+    fresh_openbao.client().sys.seal()
+    sealed = api.call("GET", "/healthz")
+    assert (sealed.status_code, sealed.json()) == (
+        503,
+        {"status": "unavailable", "error_type": "unavailable"},
+    )
+    fresh_openbao.client().sys.submit_unseal_key(fresh_openbao.unseal_key)
+    assert api.call("GET", "/healthz").status_code == 200
+
+
+EXPECTED_METRICS = {
+    "heimdall_crypto_encrypt": {"provider", "key_version"},
+    "heimdall_crypto_decrypt": {"provider", "key_version"},
+    "heimdall_crypto_operation_duration_seconds": {"operation", "provider"},
+    "heimdall_crypto_errors": {"operation", "provider", "error_type"},
+    "heimdall_reencryption_progress": {"status"},
+}
+
+
+def test_metrics_are_exactly_the_five(tmp_path: Path, make_api: Callable[..., Api]) -> None:
+    api = make_api(local_env(tmp_path))
+    other = make_api(local_env(tmp_path))  # a second app in the same process has its own registry
+    sealed = api.call("POST", "/crypto/encrypt", "app", json={"plaintext": "p"}).json()
+    api.call("POST", "/crypto/decrypt", "app", json={"envelope": sealed, "reason": "m"})
+    sealed["context"] = {"field": "moved"}  # authenticated data changed: an integrity failure
+    api.call("POST", "/crypto/decrypt", "app", json={"envelope": sealed, "reason": "m"})
+    url = kms_table(api.env, tmp_path / "app.db", rows=3)
+    job = api.call(
+        "POST",
+        "/admin/crypto/reencrypt",
+        "admin",
+        json={"database": url, "table": "t", "column": "v", "mode": "full"},
+    )
+    api.wait_for_job(job.json()["job_id"])
+    response = api.call("GET", "/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    assert set(families) == set(EXPECTED_METRICS)
+    for name, labels in EXPECTED_METRICS.items():
+        samples = families[name].samples
+        assert samples, name
+        assert all(set(s.labels) - {"le"} == labels for s in samples), name
+    assert families["heimdall_crypto_operation_duration_seconds"].type == "histogram"
+    errors = {tuple(sorted(s.labels.items())) for s in families["heimdall_crypto_errors"].samples}
+    assert (("error_type", "integrity"), ("operation", "decrypt"), ("provider", "local")) in errors
+    assert "heimdall_crypto_encrypt_total{" not in other.call("GET", "/metrics").text
+
+
+def test_openapi_document(tmp_path: Path, make_api: Callable[..., Api]) -> None:
+    document = make_api(local_env(tmp_path)).call("GET", "/openapi.json").json()
+    assert document["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A token whose SHA-256 is listed in HMD_ADMIN_TOKENS_FILE with its role.",
+    }
+    for method, path in ALLOWED:
+        operation = document["paths"][path][method.lower()]
+        assert operation["summary"]
+        assert operation["security"] == [{"bearer": []}]
+    reencrypt = document["paths"]["/admin/crypto/reencrypt"]["post"]["requestBody"]
+    schema = reencrypt["content"]["application/json"]["schema"]
+    assert schema["required"] == ["table", "column"]
+    assert "security" not in document["paths"]["/healthz"]["get"]
+
+
+# -- body limits and fuzzing ------------------------------------------------------------------
+
+
+def test_request_bodies_are_bounded(tmp_path: Path, make_api: Callable[..., Api]) -> None:
+    api = make_api(local_env(tmp_path))
+    big = json.dumps({"plaintext": "x" * (1024 * 1024)}).encode()
+    assert api.call("POST", "/crypto/encrypt", "app", content=big).status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit still holds
+        yield from (b"x" * 65536 for _ in range(20))
+
+    assert api.call("POST", "/crypto/encrypt", "app", content=chunks()).status_code == 413
+    assert api.call("POST", "/crypto/encrypt", "app", json={"plaintext": "ok"}).status_code == 200
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=10,
+)
+IDENT = st.from_regex(r"\A[A-Za-z_][A-Za-z0-9_]{0,8}\Z") | st.text(max_size=8)
+TEXT = st.text(max_size=40)
+# Plausible values per field (and anything at all), so that bodies reach past validation.
+FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
+    # sqlite paths that do not exist, never a server: the service must not connect anywhere.
+    "database": st.sampled_from(["sqlite:///nowhere.db", "sqlite:///", "mysql://u:p@h/d"]),
+    "table": IDENT,
+    "column": IDENT,
+    "id_column": IDENT,
+    "mode": st.sampled_from(["migrate", "rewrap", "full", "MIGRATE", ""]),
+    "batch_size": st.integers(-5, 20_000),
+    "interval_seconds": st.floats(-1, 5000, allow_nan=False),
+    "if_due": st.booleans(),
+    "reason": TEXT,
+    "plaintext": TEXT,
+    "context": st.dictionaries(TEXT, TEXT, max_size=3),
+    "envelope": TEXT,
+}
+FIELDS = {
+    "/admin/crypto/reencrypt": (
+        "database",
+        "table",
+        "id_column",
+        "column",
+        "mode",
+        "batch_size",
+        "interval_seconds",
+    ),
+    "/admin/crypto/rotate": ("if_due", "reason"),
+    "/crypto/encrypt": ("plaintext", "context"),
+    "/crypto/decrypt": ("envelope", "context", "reason"),
+}
+REQUIRED = {
+    "/admin/crypto/reencrypt": ("table", "column"),
+    "/admin/crypto/rotate": (),
+    "/crypto/encrypt": ("plaintext",),
+    "/crypto/decrypt": ("envelope", "reason"),
+}
+ROLE_FOR = {
+    "/admin/crypto/reencrypt": "admin",
+    "/admin/crypto/rotate": "admin",
+    "/crypto/encrypt": "app",
+    "/crypto/decrypt": "worker",
+}
+
+
+@st.composite
+def bodies(draw: st.DrawFn) -> tuple[str, bytes]:
+    path = draw(st.sampled_from(sorted(FIELDS)))
+    shape = draw(st.sampled_from(["bytes", "json", "fields", "plausible"]))
+    if shape == "bytes":
+        return path, draw(st.binary(max_size=64))
+    if shape == "json":
+        return path, json.dumps(draw(JSON)).encode()
+    if shape == "fields":
+        optional = {name: FIELD_VALUES[name] | JSON for name in FIELDS[path]}
+        body = draw(st.fixed_dictionaries({}, optional=optional))
+    else:  # the required fields, with plausible values only: reaches the service itself
+        need = REQUIRED[path]
+        body = draw(
+            st.fixed_dictionaries(
+                {name: FIELD_VALUES[name] for name in need},
+                optional={name: FIELD_VALUES[name] for name in FIELDS[path] if name not in need},
+            )
+        )
+    if path == "/admin/crypto/reencrypt" and "postgres" in json.dumps(body.get("database")):
+        body.pop("database")  # a generated URL must never make the service connect anywhere
+    return path, json.dumps(body).encode()
+
+
+@pytest.fixture(scope="module")
+def fuzz_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    tmp = tmp_path_factory.mktemp("fuzz")
+    tokens_file = tmp / "tokens.txt"
+    tokens = write_tokens(tokens_file)
+    env = {**local_env(tmp), "HMD_AUDIT_LOG": str(tmp / "audit.log")}
+    with TestClient(create_app(Settings.from_env(env), load_tokens(tokens_file))) as client:
+        yield Api(client, tokens, tmp / "audit.log", env)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(request=bodies())
+def test_fuzzed_bodies_never_cause_a_server_error(
+    fuzz_api: Api, request: tuple[str, bytes]
+) -> None:
+    path, body = request
+    response = fuzz_api.call(
+        "POST", path, ROLE_FOR[path], content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code < 500, (path, body, response.text)
+    if response.status_code == 422 and response.json()["error_type"] == "invalid_request":
+        assert all(set(error) == {"loc", "msg", "type"} for error in response.json()["detail"])
+
+
+# -- tokens file ------------------------------------------------------------------------------
+
+DIGEST = hashlib.sha256(b"t").hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (f"admin {DIGEST}\nroot {DIGEST[::-1]}\n", "line 2: unknown role"),
+        (f"# c\n\nadmin {DIGEST} extra\n", "line 3: expected 'ROLE SHA256HEX'"),
+        ("admin my-raw-secret-token\n", "line 1: expected the 64-hex-digit SHA-256"),
+        (f"admin {DIGEST}\naudit {DIGEST.upper()}\n", "line 2: the same token hash is on line 1"),
+        ("# only comments\n\n", "lists no token"),
+    ],
+)
+def test_tokens_file_errors(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "tokens.txt"
+    path.write_text(content)
+    with pytest.raises(ConfigurationError) as caught:
+        load_tokens(path)
+    text = str(caught.value)
+    assert text.startswith(f"HMD_ADMIN_TOKENS_FILE: {path}")
+    assert message in text and "\n" not in text
+    assert "my-raw-secret-token" not in text
+
+
+def test_serve_refuses_to_start_without_a_good_setup(tmp_path: Path) -> None:
+    import click
+
+    with pytest.raises(ConfigurationError, match="cannot read"):
+        load_tokens(tmp_path / "missing.txt")
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("admin nothex\n")
+    with pytest.raises(ConfigurationError, match="line 1"):
+        serve.main(["--tokens-file", str(tokens)], standalone_mode=False)
+    with pytest.raises(click.UsageError, match=r"refusing plain HTTP on 0\.0\.0\.0"):
+        serve.main(["--host", "0.0.0.0", "--tokens-file", str(tokens)], standalone_mode=False)
+    with pytest.raises(ConfigurationError, match="HMD_ADMIN_TOKENS_FILE: required"):
+        serve.main([], standalone_mode=False)
+    legacy = Settings.from_env({"HMD_ENCRYPTION_MODE": "legacy", "HMD_PII_MASTER_KEY": MASTER_HEX})
+    with pytest.raises(ConfigurationError, match="needs a KMS"):
+        create_app(legacy, load_tokens_ok(tmp_path))
+
+
+def load_tokens_ok(tmp_path: Path) -> Any:
+    path = tmp_path / "ok.txt"
+    write_tokens(path)
+    return load_tokens(path)
+
+
+# -- TLS over a real server ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[int, trustme.CA, Any]]:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    env = {**local_env(tmp_path), "HMD_AUDIT_LOG": str(tmp_path / "audit.log")}
+    app = create_app(Settings.from_env(env), load_tokens_ok(tmp_path))
+    port = free_port()
+    server = build_server(
+        app,
+        host="127.0.0.1",
+        port=port,
+        tls_cert=tmp_path / "cert.pem",
+        tls_key=tmp_path / "key.pem",
+        log_level="warning",
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    yield port, ca, server
+    server.should_exit = True
+    thread.join(15)
+
+
+def handshake(port: int, ca: trustme.CA, highest: ssl.TLSVersion, legacy: bool = False) -> str:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ca.configure_trust(context)
+    if legacy:
+        # Let this client really offer TLS 1.0/1.1 (OpenSSL 3 hides them above level 0).
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.set_ciphers("ALL:@SECLEVEL=0")
+    context.maximum_version = highest
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        return str(tls.version())
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_tls_prefers_1_3_and_refuses_1_1(
+    tls_server: tuple[int, trustme.CA, Any], tmp_path: Path
+) -> None:
+    port, ca, server = tls_server
+    assert server.config.ssl.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert handshake(port, ca, ssl.TLSVersion.MAXIMUM_SUPPORTED) == "TLSv1.3"
+    assert handshake(port, ca, ssl.TLSVersion.TLSv1_2) == "TLSv1.2"
+    for old in (ssl.TLSVersion.TLSv1_1, ssl.TLSVersion.TLSv1):
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            handshake(port, ca, old, legacy=True)
+    # The same client does speak TLS 1.1 to a server that allows it: the refusal is ours.
+    assert _tls11_control(ca) == "TLSv1.1"
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    with httpx.Client(verify=context) as client:
+        response = client.get(f"https://127.0.0.1:{port}/healthz")
+    assert (response.status_code, response.json()["status"]) == (200, "ok")
+
+
+def _tls11_control(ca: trustme.CA) -> str:
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    server_context.minimum_version = ssl.TLSVersion.TLSv1
+    server_context.set_ciphers("ALL:@SECLEVEL=0")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def accept() -> None:
+            connection, _ = listener.accept()
+            with server_context.wrap_socket(connection, server_side=True):
+                pass
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        version = handshake(port, ca, ssl.TLSVersion.TLSv1_1, legacy=True)
+        thread.join(5)
+    return version
