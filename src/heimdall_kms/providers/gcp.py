@@ -1,0 +1,544 @@
+"""``GCPKMSProvider``: Google Cloud KMS through the official ``google-cloud-kms`` client.
+
+``HMD_KMS_KEY_ID`` is a CryptoKey resource name
+(``projects/P/locations/L/keyRings/R/cryptoKeys/K``, purpose ENCRYPT_DECRYPT). A DEK is
+wrapped with ``encrypt`` on the CryptoKey, which uses its primary version, and stored as
+``gcp:v{n}:{base64 ciphertext}`` with ``n`` taken from the version named in the response.
+
+The per-item context is bound at the KMS as ``additional_authenticated_data`` (canonical JSON
+under a purpose label), on top of the value's own AES-GCM AAD: an unwrap under another
+context fails in Cloud KMS itself. Every request and response is checked with CRC32C as
+Google's data-integrity guidelines describe; a response that fails the check is retried a few
+times and then refused.
+
+Cloud KMS has no batch call and no server-side re-encrypt: items go out one request each over
+a bounded thread pool, in order, with per-item failures in place; ``rewrap_many`` decrypts and
+re-encrypts in this process, so each DEK passes through memory briefly and is wiped.
+
+Raw responses are unpacked here and never leave this module. google-api-core's exception
+messages quote the request URL and the server's text, so errors are rebuilt from the status
+code alone and raised ``from None``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Self, TypeVar
+
+import google.auth
+import google_crc32c
+import requests
+from google.api_core import exceptions as api_exceptions
+from google.api_core import retry as api_retry
+from google.api_core.client_options import ClientOptions
+from google.auth import exceptions as auth_exceptions
+from google.auth.credentials import AnonymousCredentials, Credentials
+from google.cloud import kms_v1
+
+from heimdall_kms import crypto
+from heimdall_kms.config import GCPSettings, ProviderName, Settings
+from heimdall_kms.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    HeimdallKMSError,
+    IntegrityError,
+    InvalidInputError,
+    KeyNotFoundError,
+    KeyVersionRetiredError,
+    KMSError,
+    KMSUnavailableError,
+    PermissionDeniedError,
+    RateLimitedError,
+)
+from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey
+
+__all__ = ["GCPKMSProvider", "build_client", "check_key_name"]
+
+_KEY_NAME = re.compile(r"projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+")
+_WRAPPED = re.compile(r"gcp:v([1-9][0-9]{0,8}):([A-Za-z0-9+/]+={0,2})")
+_SCOPE = "https://www.googleapis.com/auth/cloudkms"
+_AAD_PURPOSE = "heimdall-kms/dek"
+_CRC_ATTEMPTS = 3  # Google's guidance: retry a checksum failure a limited number of times.
+_STATE = kms_v1.CryptoKeyVersion.CryptoKeyVersionState
+_T = TypeVar("_T")
+_I = TypeVar("_I")
+# Errors of the client library and of its transports: google-api-core's for answers, and
+# google-auth's and requests' for credentials and connections (the REST transport lets a
+# refused connection through as requests' own exception).
+_SDK_ERRORS = (
+    api_exceptions.GoogleAPIError,
+    auth_exceptions.GoogleAuthError,
+    requests.exceptions.RequestException,
+)
+
+
+def check_key_name(key_name: str) -> str:
+    """Return the CryptoKey resource name, or raise naming ``HMD_KMS_KEY_ID``.
+
+    Raises:
+        ConfigurationError: not of the form projects/P/locations/L/keyRings/R/cryptoKeys/K.
+    """
+    if not _KEY_NAME.fullmatch(key_name):
+        raise ConfigurationError(
+            "HMD_KMS_KEY_ID: expected a CryptoKey resource name "
+            "projects/P/locations/L/keyRings/R/cryptoKeys/K"
+        )
+    return key_name
+
+
+def build_client(gcp: GCPSettings) -> kms_v1.KeyManagementServiceClient:
+    """A Cloud KMS client for the settings: Application Default Credentials (or none, for a
+    local test server), the endpoint and the transport.
+
+    Raises:
+        ConfigurationError: no Application Default Credentials can be found.
+    """
+    endpoint = gcp.endpoint
+    if gcp.transport == "grpc" and endpoint is not None and endpoint.startswith("http://"):
+        # A plaintext gRPC endpoint (a local test server; config.py allows it only with
+        # anonymous credentials): the client would otherwise insist on TLS.
+        import grpc  # noqa: PLC0415 - only this test-server path needs grpc directly.
+        from google.cloud.kms_v1.services.key_management_service.transports import (  # noqa: PLC0415
+            KeyManagementServiceGrpcTransport,
+        )
+
+        channel = grpc.insecure_channel(endpoint.removeprefix("http://"))
+        return kms_v1.KeyManagementServiceClient(
+            transport=KeyManagementServiceGrpcTransport(channel=channel)
+        )
+    if gcp.transport == "grpc" and endpoint is not None:
+        endpoint = endpoint.removeprefix("https://")  # gRPC takes host[:port]; TLS is implied
+    options = ClientOptions(api_endpoint=endpoint) if endpoint else None
+    return kms_v1.KeyManagementServiceClient(
+        credentials=_credentials(gcp), transport=gcp.transport, client_options=options
+    )
+
+
+def _credentials(gcp: GCPSettings) -> Credentials:
+    if gcp.anonymous:
+        return AnonymousCredentials()  # type: ignore[no-untyped-call]
+    try:
+        credentials, _project = google.auth.default(scopes=[_SCOPE])
+    except auth_exceptions.DefaultCredentialsError:
+        raise ConfigurationError(
+            "GOOGLE_APPLICATION_CREDENTIALS: no Application Default Credentials found (attach "
+            "a service account, use Workload Identity, or run gcloud auth "
+            "application-default login)"
+        ) from None
+    return credentials
+
+
+class GCPKMSProvider:
+    """One Cloud KMS CryptoKey. Construct with a ready client, or :meth:`from_settings`.
+
+    ``timeout`` bounds one KMS call including its retries (UNAVAILABLE, DEADLINE_EXCEEDED,
+    RESOURCE_EXHAUSTED and refused connections are retried with backoff within it);
+    ``retry=False`` turns retrying off. ``max_concurrency`` bounds the requests in flight.
+    """
+
+    def __init__(
+        self,
+        client: kms_v1.KeyManagementServiceClient,
+        key_name: str,
+        *,
+        max_concurrency: int = 10,
+        timeout: float = 30.0,
+        retry: bool = True,
+    ) -> None:
+        if max_concurrency < 1:
+            raise InvalidInputError("max_concurrency must be at least 1")
+        self._client = client
+        self._key = check_key_name(key_name)
+        self._versions = self._key + "/cryptoKeyVersions/"
+        self._timeout = timeout
+        self._retry = _retry_policy(timeout) if retry else None
+        self._max_concurrency = max_concurrency
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        if settings.gcp is None or settings.kms_key_id is None:
+            raise ConfigurationError("HMD_KMS_KEY_ID: required for HMD_KMS_PROVIDER=gcp")
+        key_name = check_key_name(settings.kms_key_id)
+        return cls(
+            build_client(settings.gcp),
+            key_name,
+            max_concurrency=settings.gcp.max_concurrency,
+            timeout=settings.gcp.timeout_seconds,
+        )
+
+    @property
+    def name(self) -> ProviderName:
+        return ProviderName.GCP
+
+    @property
+    def key_identifier(self) -> str:
+        return self._key
+
+    # -- data keys ----------------------------------------------------------------------------
+
+    def wrap_many(
+        self, deks: Sequence[bytearray], contexts: Sequence[KeyContext]
+    ) -> list[WrappedKey]:
+        _same_length(deks, contexts)
+        return self._map(self._wrap_one, list(zip(deks, contexts, strict=True)))
+
+    def unwrap_many(
+        self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
+    ) -> list[bytearray | HeimdallKMSError]:
+        _same_length(wrapped, contexts)
+        return self._map(self._unwrap_one, list(zip(wrapped, contexts, strict=True)))
+
+    def rewrap_many(
+        self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
+    ) -> list[WrappedKey | HeimdallKMSError]:
+        # Cloud KMS has no re-encrypt call: the DEK is decrypted and encrypted again here,
+        # under the same AAD, and wiped at once (docs/providers/gcp.md).
+        _same_length(wrapped, contexts)
+
+        def rewrap_one(item: tuple[str, KeyContext]) -> WrappedKey | HeimdallKMSError:
+            dek = self._unwrap_one(item)
+            if isinstance(dek, HeimdallKMSError):
+                return dek
+            try:
+                return self._wrap_one((dek, item[1]))
+            finally:
+                crypto.wipe(dek)
+
+        return self._map(rewrap_one, list(zip(wrapped, contexts, strict=True)))
+
+    def _wrap_one(self, item: tuple[bytearray, KeyContext]) -> WrappedKey:
+        dek, context = item
+        plaintext = bytes(dek)
+        aad = _kms_aad(context)
+        request = {
+            "name": self._key,
+            "plaintext": plaintext,
+            "additional_authenticated_data": aad,
+            "plaintext_crc32c": _crc(plaintext),
+            "additional_authenticated_data_crc32c": _crc(aad),
+        }
+        for _attempt in range(_CRC_ATTEMPTS):
+            response = self._call("encrypt", self._client.encrypt, request)
+            if not (
+                response.verified_plaintext_crc32c
+                and response.verified_additional_authenticated_data_crc32c
+            ):
+                raise KMSError(
+                    "GCP KMS encrypt: the KMS did not confirm the request's CRC32C checksums"
+                )
+            if response.ciphertext_crc32c == _crc(response.ciphertext):
+                version = self._version_number(response.name)
+                text = base64.b64encode(response.ciphertext).decode("ascii")
+                return WrappedKey(f"gcp:v{version}:{text}", version)
+        raise KMSError(_CORRUPTED.format(operation="encrypt", attempts=_CRC_ATTEMPTS))
+
+    def _unwrap_one(self, item: tuple[str, KeyContext]) -> bytearray | HeimdallKMSError:
+        text, context = item
+        match = _WRAPPED.fullmatch(text)
+        if match is None:
+            return IntegrityError("wrapped data key is not a GCP KMS ciphertext")
+        try:
+            ciphertext = base64.b64decode(match.group(2), validate=True)
+        except binascii.Error:
+            return IntegrityError("wrapped data key is not valid base64")
+        aad = _kms_aad(context)
+        request = {
+            "name": self._key,
+            "ciphertext": ciphertext,
+            "additional_authenticated_data": aad,
+            "ciphertext_crc32c": _crc(ciphertext),
+            "additional_authenticated_data_crc32c": _crc(aad),
+        }
+        for _attempt in range(_CRC_ATTEMPTS):
+            try:
+                response = self._call("decrypt", self._client.decrypt, request)
+            except (IntegrityError, KeyVersionRetiredError) as error:
+                return error  # this item only: damaged, other context, or version disabled
+            dek = bytearray(response.plaintext)
+            if response.plaintext_crc32c == _crc(bytes(dek)):
+                if len(dek) != crypto.DEK_BYTES:
+                    crypto.wipe(dek)
+                    return IntegrityError("unwrapped data key has the wrong length")
+                return dek
+            crypto.wipe(dek)
+        return KMSError(_CORRUPTED.format(operation="decrypt", attempts=_CRC_ATTEMPTS))
+
+    # -- key lifecycle ------------------------------------------------------------------------
+
+    def rotate(self) -> KeyInfo:
+        version = self._call(
+            "rotate",
+            self._client.create_crypto_key_version,
+            {"parent": self._key, "crypto_key_version": {}},
+            # Not retried: a create that timed out may have happened, and a second one would
+            # skip a version.
+            idempotent=False,
+        )
+        self._wait_until_enabled(version)
+        self._call(
+            "rotate",
+            self._client.update_crypto_key_primary_version,
+            {"name": self._key, "crypto_key_version_id": str(self._version_number(version.name))},
+        )
+        return self.describe()
+
+    def retire(self, below_version: int) -> KeyInfo:
+        info = self.describe()
+        if not 1 <= below_version <= info.latest_version:
+            raise InvalidInputError(
+                f"--below-version must be between 1 and the latest version {info.latest_version}"
+            )
+        for version in self._list_versions():
+            number = self._version_number(version.name)
+            if number < below_version and version.state == _STATE.ENABLED:
+                self._call(
+                    "retire",
+                    self._client.update_crypto_key_version,
+                    {
+                        "crypto_key_version": {"name": version.name, "state": _STATE.DISABLED},
+                        "update_mask": {"paths": ["state"]},
+                    },
+                )
+        return self.describe()
+
+    def describe(self) -> KeyInfo:
+        key = self._call("describe", self._client.get_crypto_key, {"name": self._key})
+        if not key.primary.name:
+            raise KMSError("GCP KMS describe: the CryptoKey has no primary version")
+        primary = self._version_number(key.primary.name)
+        enabled = sorted(
+            (self._version_number(v.name), _created(v.create_time))
+            for v in self._list_versions()
+            if v.state == _STATE.ENABLED
+        )
+        return KeyInfo(
+            provider=self.name,
+            key_identifier=self._key,
+            latest_version=primary,
+            min_decryption_version=enabled[0][0] if enabled else primary,
+            versions=tuple(KeyVersion(number, created) for number, created in enabled),
+        )
+
+    def health(self) -> None:
+        dek = crypto.new_dek()
+        try:
+            (wrapped,) = self.wrap_many([dek], [{}])
+            (result,) = self.unwrap_many([wrapped.ciphertext], [{}])
+            if isinstance(result, HeimdallKMSError):
+                raise result
+            crypto.wipe(result)
+        finally:
+            crypto.wipe(dek)
+
+    def close(self) -> None:
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        self._client.transport.close()  # type: ignore[no-untyped-call]
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _list_versions(self) -> list[kms_v1.CryptoKeyVersion]:
+        with _translated("describe"):
+            return list(
+                self._client.list_crypto_key_versions(
+                    request={"parent": self._key}, retry=self._retry, timeout=self._timeout
+                )
+            )
+
+    def _wait_until_enabled(self, version: kms_v1.CryptoKeyVersion) -> None:
+        # Software versions are ENABLED at once; HSM versions are PENDING_GENERATION for a
+        # moment, and only an ENABLED version can be made primary.
+        deadline = time.monotonic() + self._timeout
+        delay = 0.1
+        while version.state == _STATE.PENDING_GENERATION:
+            if time.monotonic() > deadline:
+                raise KMSUnavailableError("GCP KMS rotate: the new key version was not generated")
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            version = self._call(
+                "rotate", self._client.get_crypto_key_version, {"name": version.name}
+            )
+        if version.state != _STATE.ENABLED:
+            raise KMSError("GCP KMS rotate: the new key version is not enabled")
+
+    def _version_number(self, name: str) -> int:
+        number = name.removeprefix(self._versions)
+        if not (name.startswith(self._versions) and number.isdigit()):
+            raise KMSError("GCP KMS answered with a key version of another CryptoKey")
+        return int(number)
+
+    def _call(
+        self,
+        operation: str,
+        method: Callable[..., _T],
+        request: dict[str, Any],
+        *,
+        idempotent: bool = True,
+    ) -> _T:
+        retry = self._retry if idempotent else None
+        with _translated(operation):
+            return method(request=request, retry=retry, timeout=self._timeout)
+
+    def _map(self, call: Callable[[_I], _T], items: list[_I]) -> list[_T]:
+        # Requests run concurrently but results keep the input order. A failure of the whole
+        # call cancels what has not started, waits for what has, wipes any DEK already
+        # unwrapped, and raises the first failure in input order.
+        if len(items) <= 1:
+            return [call(item) for item in items]
+        pool = self._executor()
+        tasks = [pool.submit(call, item) for item in items]
+        wait(tasks, return_when=FIRST_EXCEPTION)
+        if any(t.done() and not t.cancelled() and t.exception() for t in tasks):
+            for task in tasks:
+                task.cancel()
+            wait(tasks)
+            _wipe_results(tasks)
+            for task in tasks:
+                error = None if task.cancelled() else task.exception()
+                if error is not None:
+                    raise error
+        return [task.result() for task in tasks]
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self._max_concurrency, thread_name_prefix="heimdall-gcp-kms"
+                )
+            return self._pool
+
+
+_CORRUPTED = (
+    "GCP KMS {operation}: the response failed its CRC32C integrity check {attempts} times "
+    "(corrupted in transit)"
+)
+
+
+def _retry_policy(timeout: float) -> api_retry.Retry:
+    return api_retry.Retry(
+        predicate=api_retry.if_exception_type(
+            api_exceptions.ServiceUnavailable,
+            api_exceptions.DeadlineExceeded,
+            api_exceptions.TooManyRequests,
+            requests.exceptions.ConnectionError,
+        ),
+        initial=0.1,
+        maximum=5.0,
+        multiplier=2.0,
+        timeout=timeout,
+    )
+
+
+def _same_length(items: Sequence[object], contexts: Sequence[KeyContext]) -> None:
+    if len(items) != len(contexts):
+        raise InvalidInputError("contexts must have one entry per data key")
+
+
+def _kms_aad(context: KeyContext) -> bytes:
+    # Canonical (sorted, compact) and labelled with its purpose, so these bytes can never be
+    # mistaken for the value's own AAD or for another application's.
+    document = {"ctx": dict(context), "purpose": _AAD_PURPOSE}
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _crc(data: bytes) -> int:
+    return int(google_crc32c.value(data))
+
+
+def _created(moment: datetime | None) -> datetime | None:
+    # proto-plus gives an aware UTC datetime subclass, or the epoch when the field is unset.
+    if moment is None or moment.timestamp() == 0:
+        return None
+    return datetime.fromtimestamp(moment.timestamp(), UTC)
+
+
+def _wipe_results(tasks: list[Future[Any]]) -> None:
+    for task in tasks:
+        if task.cancelled() or task.exception() is not None:
+            continue
+        result = task.result()
+        if isinstance(result, bytearray):
+            crypto.wipe(result)
+
+
+@contextmanager
+def _translated(operation: str) -> Iterator[None]:
+    try:
+        yield
+    except _SDK_ERRORS as exc:
+        raise _translate(operation, exc) from None
+
+
+def _translate(operation: str, exc: BaseException) -> HeimdallKMSError:
+    """The one place Cloud KMS errors become ours; messages come from the status code only."""
+    where = f"GCP KMS {operation}"
+    if isinstance(exc, auth_exceptions.RefreshError | auth_exceptions.InvalidOperation):
+        # On HTTP 401 the REST transport refreshes the credentials and tries again; the
+        # refresh itself failing (or anonymous credentials, which cannot) is the answer.
+        return AuthenticationError(f"{where}: authentication failed (credentials refused)")
+    if isinstance(exc, auth_exceptions.TransportError | requests.exceptions.RequestException):
+        return KMSUnavailableError(f"{where}: cannot reach Cloud KMS ({type(exc).__name__})")
+    if isinstance(exc, api_exceptions.RetryError):
+        if isinstance(exc.cause, _SDK_ERRORS) and not isinstance(
+            exc.cause, api_exceptions.RetryError
+        ):
+            return _translate(operation, exc.cause)  # the last failure says what kept failing
+        return KMSUnavailableError(f"{where}: Cloud KMS kept failing until the timeout")
+    if not isinstance(exc, api_exceptions.GoogleAPICallError):
+        return KMSError(f"{where}: unexpected error from the client ({type(exc).__name__})")
+    status = _status(exc)
+    if status == "UNAUTHENTICATED" or isinstance(exc, api_exceptions.Unauthorized):
+        return AuthenticationError(f"{where}: authentication failed (UNAUTHENTICATED)")
+    if status == "PERMISSION_DENIED" or isinstance(exc, api_exceptions.Forbidden):
+        return PermissionDeniedError(
+            f"{where}: permission denied (PERMISSION_DENIED: the identity lacks the IAM role, "
+            "or the key does not exist)"
+        )
+    if status == "NOT_FOUND" or isinstance(exc, api_exceptions.NotFound):
+        return KeyNotFoundError(f"{where}: no such CryptoKey or version (NOT_FOUND)")
+    if status == "RESOURCE_EXHAUSTED" or isinstance(exc, api_exceptions.TooManyRequests):
+        return RateLimitedError(f"{where}: quota exceeded (RESOURCE_EXHAUSTED)")
+    if status == "FAILED_PRECONDITION":
+        return KeyVersionRetiredError(
+            f"{where}: the key version is not enabled (FAILED_PRECONDITION: disabled or destroyed)"
+        )
+    if status == "INVALID_ARGUMENT" and operation == "decrypt":
+        return IntegrityError("Cloud KMS could not unwrap the data key (damaged, or other context)")
+    if isinstance(exc, api_exceptions.ServerError) or status in (
+        "UNAVAILABLE",
+        "DEADLINE_EXCEEDED",
+        "INTERNAL",
+    ):
+        return KMSUnavailableError(f"{where}: Cloud KMS is unavailable ({status or 'HTTP 5xx'})")
+    return KMSError(f"{where}: request refused ({status or f'HTTP {exc.code}'})")
+
+
+def _status(exc: api_exceptions.GoogleAPICallError) -> str:
+    """The google.rpc.Code name of an error: from the gRPC status, or the REST error body's
+    ``status`` field (over REST the exception class only reflects the HTTP code, and 400
+    covers both INVALID_ARGUMENT and FAILED_PRECONDITION)."""
+    if exc.grpc_status_code is not None:
+        return str(exc.grpc_status_code.name)
+    response = exc.response
+    if not isinstance(response, requests.Response):
+        return ""
+    try:
+        payload = response.json()
+    except ValueError:
+        return ""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    status = error.get("status") if isinstance(error, dict) else None
+    return status if isinstance(status, str) and status.isupper() else ""

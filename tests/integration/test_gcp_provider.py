@@ -1,0 +1,561 @@
+"""The GCP Cloud KMS provider, the facade and the installed command against the wire-level fake.
+
+The official google-cloud-kms client talks to ``tests/fakes/gcp_kms_http.py`` unmodified, over
+REST and over gRPC; the fake does real AES-256-GCM and CRC32C, so what is checked here is what
+the bytes on the wire do, not what a mock was told to return.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from Crypto.PublicKey import RSA
+from google.api_core import exceptions as api_exceptions
+from google.cloud import kms_v1
+
+import heimdall_kms
+from heimdall_kms import crypto
+from heimdall_kms.audit import MemoryAuditSink
+from heimdall_kms.config import GCPSettings, Settings
+from heimdall_kms.envelope import KmsV1Envelope, parse
+from heimdall_kms.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    HeimdallKMSError,
+    IntegrityError,
+    InvalidInputError,
+    KMSError,
+    KMSUnavailableError,
+    PermissionDeniedError,
+)
+from heimdall_kms.providers import WrappedKey
+from heimdall_kms.providers.gcp import GCPKMSProvider, build_client
+from heimdall_kms.service import Crypto
+from tests.contract.backends.gcp import LOCATION, create_key, rest_client
+from tests.fakes.gcp_kms_http import FakeKMSServer, start_fake_kms
+from tests.legacy_data import legacy_envelope
+from tests.servers import free_port
+
+SSN = "123-45-6789"
+MASTER_HEX = "ab" * 32
+CTX = {"table": "customers", "field": "ssn", "record": "r1"}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeKMSServer]:
+    fake = start_fake_kms(grpc=True)
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(server: FakeKMSServer) -> kms_v1.KeyManagementServiceClient:
+    return rest_client(server.url)
+
+
+@pytest.fixture(scope="module")
+def key_ring(admin: kms_v1.KeyManagementServiceClient) -> str:
+    ring = admin.create_key_ring(
+        request={"parent": LOCATION, "key_ring_id": "integration", "key_ring": {}}
+    )
+    return str(ring.name)
+
+
+@pytest.fixture
+def key(admin: kms_v1.KeyManagementServiceClient, key_ring: str) -> str:
+    return create_key(admin, key_ring)
+
+
+def gcp_env(
+    server: FakeKMSServer, key: str, transport: str = "rest", **extra: str
+) -> dict[str, str]:
+    return {
+        "HMD_ENCRYPTION_MODE": "kms",
+        "HMD_KMS_PROVIDER": "gcp",
+        "HMD_KMS_KEY_ID": key,
+        "HMD_GCP_KMS_ENDPOINT": server.url if transport == "rest" else server.grpc_url,
+        "HMD_GCP_TRANSPORT": transport,
+        "HMD_GCP_CREDENTIALS": "anonymous",
+        **extra,
+    }
+
+
+def provider(server: FakeKMSServer, key: str, **options: object) -> GCPKMSProvider:
+    return GCPKMSProvider(rest_client(server.url), key, **options)  # type: ignore[arg-type]
+
+
+def wrap(kms: GCPKMSProvider, count: int) -> tuple[list[bytearray], list[WrappedKey]]:
+    deks = [crypto.new_dek() for _ in range(count)]
+    return deks, kms.wrap_many(deks, [{**CTX, "record": str(i)} for i in range(count)])
+
+
+# -- the facade over both transports ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
+def test_round_trip_through_the_facade(server: FakeKMSServer, key: str, transport: str) -> None:
+    sink = MemoryAuditSink()
+    with heimdall_kms.from_env(gcp_env(server, key, transport), audit=sink) as c:
+        envelope = c.encrypt(SSN, context=CTX)
+        assert isinstance(envelope, KmsV1Envelope)
+        assert envelope.provider == "gcp"
+        assert envelope.key_identifier == key
+        assert envelope.key_version == 1
+        assert envelope.encrypted_dek.startswith("gcp:v1:")
+        assert c.decrypt(envelope.to_json(), actor="alice", reason="t-1", context=CTX) == SSN
+        with pytest.raises(IntegrityError):
+            c.decrypt(envelope, actor="alice", reason="t-1", context={"record": "r2"})
+        many = c.encrypt_many([(f"v{i}", {**CTX, "record": str(i)}) for i in range(30)])
+        assert c.decrypt_many(many, actor="etl", reason="batch") == [f"v{i}" for i in range(30)]
+    assert [e.event_type.value for e in sink.events][:2] == ["crypto.encrypt", "crypto.decrypt"]
+
+
+def test_from_settings_reads_the_hmd_gcp_variables(server: FakeKMSServer, key: str) -> None:
+    settings = Settings.from_env(
+        gcp_env(server, key, HMD_GCP_MAX_CONCURRENCY="3", HMD_GCP_TIMEOUT="7.5")
+    )
+    assert settings.gcp is not None
+    assert settings.gcp.endpoint == server.url
+    assert (settings.gcp.transport, settings.gcp.anonymous) == ("rest", True)
+    assert (settings.gcp.max_concurrency, settings.gcp.timeout_seconds) == (3, 7.5)
+    kms = GCPKMSProvider.from_settings(settings)
+    server.kms.latency = 0.01
+    try:
+        deks, wrapped = wrap(kms, 12)
+    finally:
+        server.kms.latency = 0.0
+    assert (
+        kms.unwrap_many(
+            [w.ciphertext for w in wrapped], [{**CTX, "record": str(i)} for i in range(12)]
+        )
+        == deks
+    )
+    kms.close()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "variable"),
+    [
+        ({"HMD_KMS_KEY_ID": "my-key"}, "HMD_KMS_KEY_ID"),
+        ({"HMD_KMS_KEY_ID": "projects/p/locations/l/keyRings/r"}, "HMD_KMS_KEY_ID"),
+        ({"HMD_GCP_TRANSPORT": "http3"}, "HMD_GCP_TRANSPORT"),
+        ({"HMD_GCP_CREDENTIALS": "default"}, "HMD_GCP_KMS_ENDPOINT"),  # plain http + real creds
+        ({"HMD_GCP_MAX_CONCURRENCY": "0"}, "HMD_GCP_MAX_CONCURRENCY"),
+    ],
+)
+def test_bad_settings_fail_naming_the_variable(
+    server: FakeKMSServer, key: str, overrides: dict[str, str], variable: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        GCPKMSProvider.from_settings(Settings.from_env({**gcp_env(server, key), **overrides}))
+    assert str(caught.value).startswith(variable)
+
+
+def test_missing_application_default_credentials_is_a_configuration_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A credentials file that does not exist makes google.auth.default() fail at once, without
+    # probing the GCE metadata server.
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    settings = Settings.from_env(
+        {
+            "HMD_KMS_PROVIDER": "gcp",
+            "HMD_KMS_KEY_ID": "projects/p/locations/l/keyRings/r/cryptoKeys/k",
+            "HMD_GCP_TRANSPORT": "rest",
+        }
+    )
+    assert settings.gcp is not None
+    with pytest.raises(ConfigurationError) as caught:
+        build_client(settings.gcp)
+    assert str(caught.value).startswith("GOOGLE_APPLICATION_CREDENTIALS")
+
+
+# -- integrity: CRC32C and AAD ------------------------------------------------------------------
+
+
+def test_crc32c_rejects_a_corrupted_encrypt_response(server: FakeKMSServer, key: str) -> None:
+    kms = provider(server, key)
+    before = server.kms.calls["encrypt"]
+    server.kms.corrupt(key, times=1)
+    deks, (wrapped,) = wrap(kms, 1)  # one bad answer: refused, asked again, good answer kept
+    assert server.kms.calls["encrypt"] - before == 2
+    assert kms.unwrap_many([wrapped.ciphertext], [{**CTX, "record": "0"}]) == deks
+    server.kms.corrupt(key, times=100)
+    with pytest.raises(KMSError, match="CRC32C") as caught:
+        wrap(kms, 1)
+    assert not isinstance(caught.value, KMSUnavailableError | IntegrityError)
+    server.kms.clear(key)
+
+
+def test_crc32c_rejects_a_corrupted_decrypt_response(server: FakeKMSServer, key: str) -> None:
+    kms = provider(server, key)
+    deks, wrapped = wrap(kms, 3)
+    contexts = [{**CTX, "record": str(i)} for i in range(3)]
+    server.kms.corrupt(key, times=100)
+    outcomes = kms.unwrap_many([w.ciphertext for w in wrapped], contexts)
+    server.kms.clear(key)
+    # A flipped plaintext byte would be a wrong DEK; the checksum catches it before any use.
+    assert all(isinstance(o, KMSError) and "CRC32C" in str(o) for o in outcomes)
+    assert kms.unwrap_many([w.ciphertext for w in wrapped], contexts) == deks
+
+
+def test_unconfirmed_request_checksums_are_refused(server: FakeKMSServer, key: str) -> None:
+    server.kms.unverified(key)
+    with pytest.raises(KMSError, match="did not confirm"):
+        wrap(provider(server, key), 1)
+    server.kms.clear(key)
+
+
+def test_the_kms_itself_binds_the_context(
+    server: FakeKMSServer, key: str, admin: kms_v1.KeyManagementServiceClient, key_ring: str
+) -> None:
+    kms = provider(server, key)
+    deks, (wrapped,) = wrap(kms, 1)
+    ciphertext = base64.b64decode(wrapped.ciphertext.split(":", 2)[2])
+    # The raw Cloud KMS call refuses without the AAD, and with another record's.
+    for aad in (b"", b'{"ctx":{"field":"ssn","record":"1","table":"customers"},"purpose":"x"}'):
+        with pytest.raises(api_exceptions.BadRequest):
+            admin.decrypt(
+                request={
+                    "name": key,
+                    "ciphertext": ciphertext,
+                    "additional_authenticated_data": aad,
+                }
+            )
+    canonical = json.dumps(
+        {"ctx": {**CTX, "record": "0"}, "purpose": "heimdall-kms/dek"},
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+    answer = admin.decrypt(
+        request={"name": key, "ciphertext": ciphertext, "additional_authenticated_data": canonical}
+    )
+    assert answer.plaintext == bytes(deks[0])
+    (moved,) = kms.unwrap_many([wrapped.ciphertext], [{**CTX, "record": "1"}])
+    assert isinstance(moved, IntegrityError)
+    other = provider(server, create_key(admin, key_ring))
+    (elsewhere,) = other.unwrap_many([wrapped.ciphertext], [{**CTX, "record": "0"}])
+    assert isinstance(elsewhere, IntegrityError)  # another CryptoKey cannot open it
+
+
+# -- concurrency and failures -------------------------------------------------------------------
+
+
+def test_order_is_kept_under_concurrency_with_failures_in_place(
+    server: FakeKMSServer, key: str
+) -> None:
+    kms = provider(server, key, max_concurrency=6)
+    count = 120
+    contexts = [{**CTX, "record": str(i)} for i in range(count)]
+    server.kms.latency = 0.004
+    server.kms.max_in_flight = 0
+    try:
+        deks = [crypto.new_dek() for _ in range(count)]
+        wrapped = kms.wrap_many(deks, contexts)
+        texts = [w.ciphertext for w in wrapped]
+        bad = {7: "gcp:v1:AAAA", 50: "not-a-gcp-ciphertext", 99: texts[98]}
+        for position, text in bad.items():
+            texts[position] = text
+        outcomes = kms.unwrap_many(texts, contexts)
+    finally:
+        server.kms.latency = 0.0
+    assert 1 < server.kms.max_in_flight <= 6
+    for i, outcome in enumerate(outcomes):
+        if i in bad:
+            assert isinstance(outcome, IntegrityError), i
+        else:
+            assert outcome == deks[i], i
+
+
+def test_a_whole_call_failure_mid_batch_is_raised(server: FakeKMSServer, key: str) -> None:
+    kms = provider(server, key, retry=False)
+    _, wrapped = wrap(kms, 20)
+    server.kms.inject(key, "PERMISSION_DENIED", after=5)
+    with pytest.raises(PermissionDeniedError) as caught:
+        kms.unwrap_many(
+            [w.ciphertext for w in wrapped], [{**CTX, "record": str(i)} for i in range(20)]
+        )
+    server.kms.clear(key)
+    assert caught.value.__cause__ is None
+    assert "http" not in str(caught.value)  # no URL, no server text: the status code only
+
+
+def test_unavailable_is_retried_then_reported(server: FakeKMSServer, key: str) -> None:
+    kms = provider(server, key, timeout=10.0)
+    before = server.kms.calls["encrypt"]
+    server.kms.inject(key, "UNAVAILABLE", times=2)
+    wrap(kms, 1)  # two 503s, then an answer: three requests received
+    assert server.kms.calls["encrypt"] - before == 3
+    closed = GCPKMSProvider(rest_client(f"http://127.0.0.1:{free_port()}"), key, timeout=0.5)
+    with pytest.raises(KMSUnavailableError):
+        wrap(closed, 1)
+
+
+# -- key lifecycle ------------------------------------------------------------------------------
+
+
+def test_rotate_waits_for_pending_generation(server: FakeKMSServer, key: str) -> None:
+    kms = provider(server, key)
+    server.kms.pending_generation = True
+    try:
+        info = kms.rotate()
+    finally:
+        server.kms.pending_generation = False
+    assert info.latest_version == 2
+    assert [v.version for v in info.versions] == [1, 2]
+
+
+def test_gcp_scheduled_rotation_is_followed(server: FakeKMSServer, key: str) -> None:
+    kms = provider(server, key)
+    deks, old = wrap(kms, 2)
+    server.kms.scheduled_rotation(key)  # Cloud KMS's own rotation schedule fired
+    info = kms.describe()
+    assert info.latest_version == 2
+    _, new = wrap(kms, 1)
+    assert new[0].key_version == 2
+    contexts = [{**CTX, "record": str(i)} for i in range(2)]
+    rewrapped = kms.rewrap_many([w.ciphertext for w in old], contexts)
+    assert [r.key_version for r in rewrapped if isinstance(r, WrappedKey)] == [2, 2]
+    assert (
+        kms.unwrap_many([r.ciphertext for r in rewrapped if isinstance(r, WrappedKey)], contexts)
+        == deks
+    )
+
+
+def test_retire_disables_the_versions_below(server: FakeKMSServer, key: str) -> None:
+    kms = provider(server, key)
+    kms.rotate()
+    kms.rotate()
+    with pytest.raises(InvalidInputError):
+        kms.retire(0)
+    with pytest.raises(InvalidInputError):
+        kms.retire(4)
+    info = kms.retire(3)
+    assert (info.min_decryption_version, info.latest_version) == (3, 3)
+    states = [server.kms.version_state(key, n) for n in (1, 2, 3)]
+    assert states == ["DISABLED", "DISABLED", "ENABLED"]
+    assert kms.retire(2).min_decryption_version == 3  # never re-enables anything
+
+
+# -- the installed command, end to end ----------------------------------------------------------
+
+
+def run(
+    args: list[str], env: dict[str, str], stdin: str | bytes = ""
+) -> subprocess.CompletedProcess[bytes]:
+    data = stdin.encode() if isinstance(stdin, str) else stdin
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("HMD_", "GOOGLE_"))}
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("heimdall-kms")), *args],
+        input=data,
+        capture_output=True,
+        env={**base, **env},
+        timeout=120,
+        check=False,
+    )
+
+
+def stored(db: Path) -> dict[int, str]:
+    with sqlite3.connect(db) as connection:
+        return dict(connection.execute("SELECT id, ssn FROM customers ORDER BY id").fetchall())
+
+
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
+def test_cli_end_to_end(server: FakeKMSServer, key: str, transport: str, tmp_path: Path) -> None:
+    audit = tmp_path / "audit.log"
+    env = gcp_env(
+        server,
+        key,
+        transport,
+        HMD_ENCRYPTION_MODE="hybrid",
+        HMD_PII_MASTER_KEY=MASTER_HEX,
+        HMD_AUDIT_LOG=str(audit),
+    )
+    # encrypt / decrypt
+    sealed = run(["encrypt", "--field", "ssn", "--context", "record=r1"], env, SSN)
+    assert sealed.returncode == 0, sealed.stderr
+    envelope = json.loads(sealed.stdout)
+    assert (envelope["provider"], envelope["key_identifier"]) == ("gcp", key)
+    assert envelope["encrypted_dek"].startswith("gcp:v1:")
+    opened = run(
+        ["decrypt", "--actor", "alice", "--reason", "t-42", "--field", "ssn"], env, sealed.stdout
+    )
+    assert (opened.returncode, opened.stdout.decode()) == (0, SSN), opened.stderr
+    moved = run(
+        ["decrypt", "--actor", "a", "--reason", "r", "--context", "record=r2"], env, sealed.stdout
+    )
+    assert moved.returncode == 66
+    assert "Traceback" not in moved.stderr.decode()
+
+    # migrate a table of legacy envelopes
+    db = tmp_path / "app.db"
+    plaintexts = {i: f"{i:03d}-00-{i:04d}" for i in range(1, 41)}
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, ssn TEXT)")
+        connection.executemany(
+            "INSERT INTO customers VALUES (?, ?)",
+            [(i, legacy_envelope(MASTER_HEX, text)) for i, text in plaintexts.items()]
+            + [(100, "[REDACTED]")],
+        )
+    target = ["--database", f"sqlite:///{db}", "--table", "customers", "--column", "ssn"]
+    migrated = run(["migrate", *target, "--batch-size", "15", "--json"], env)
+    assert migrated.returncode == 0, migrated.stderr
+    summary = json.loads(migrated.stdout)
+    assert (summary["completed"], summary["skipped"]) == (40, 1)
+    values = kms_values_except(db, {100})
+    assert {v.key_version for v in values.values()} == {1}
+    assert values[7].context == {"table": "customers", "field": "ssn", "record": "7"}
+
+    # rotate; retire is refused while values need version 1; rewrap; retire is accepted
+    rotated = run(["rotate", "--json"], env)
+    assert rotated.returncode == 0, rotated.stderr
+    assert json.loads(rotated.stdout)["new_version"] == 2
+    refused = run(["retire", "--below-version", "2", *target], env)
+    assert refused.returncode == 4
+    assert "40 stored values still need a version below 2" in refused.stderr.decode()
+    assert server.kms.version_state(key, 1) == "ENABLED"
+    rewrapped = run(["reencrypt", *target, "--mode", "rewrap", "--json"], env)
+    assert rewrapped.returncode == 0, rewrapped.stderr
+    assert json.loads(rewrapped.stdout)["completed"] == 40
+    after = kms_values_except(db, {100})
+    for row_id, old in values.items():
+        assert after[row_id].ciphertext == old.ciphertext  # only the wrapped DEK changed
+        assert after[row_id].encrypted_dek.startswith("gcp:v2:")
+        assert after[row_id].key_version == 2
+    retired = run(["retire", "--below-version", "2", *target, "--json"], env)
+    assert retired.returncode == 0, retired.stderr
+    assert json.loads(retired.stdout)["min_decryption_version"] == 2
+    assert server.kms.version_state(key, 1) == "DISABLED"
+    old_value = run(["decrypt", "--actor", "a", "--reason", "r"], env, sealed.stdout)
+    assert old_value.returncode == 68  # written under version 1, now disabled in the KMS
+
+    # rotate again and re-encrypt everything with fresh DEKs
+    assert run(["rotate"], env).returncode == 0
+    full = run(["reencrypt", *target, "--mode", "full", "--json"], env)
+    assert full.returncode == 0, full.stderr
+    assert json.loads(full.stdout)["completed"] == 40
+    final = kms_values_except(db, {100})
+    for row_id, old in after.items():
+        assert final[row_id].ciphertext != old.ciphertext
+        assert final[row_id].key_version == 3
+    assert stored(db)[100] == "[REDACTED]"
+
+    # KMS-only now: the env key is gone and every value still reads
+    kms_only = {k: v for k, v in env.items() if not k.startswith("HMD_PII_")}
+    kms_only["HMD_ENCRYPTION_MODE"] = "kms"
+    for row_id in (1, 20, 40):
+        text = run(
+            ["decrypt", "--actor", "a", "--reason", "verify"], kms_only, final[row_id].to_json()
+        )
+        assert text.stdout.decode() == plaintexts[row_id], text.stderr
+    log = audit.read_text()
+    assert all(text not in log for text in [SSN, *plaintexts.values()])
+    assert "key.retire" in log and "key.rotate" in log
+
+
+def kms_values_except(db: Path, skipped: set[int]) -> dict[int, KmsV1Envelope]:
+    values = {}
+    for row_id, text in stored(db).items():
+        if row_id in skipped:
+            continue
+        envelope = parse(text)
+        assert isinstance(envelope, KmsV1Envelope), row_id
+        values[row_id] = envelope
+    return values
+
+
+def test_health_round_trip(server: FakeKMSServer, key: str) -> None:
+    kms = provider(server, key)
+    kms.health()
+    assert isinstance(kms.unwrap_many(["gcp:v1:!!"], [{}])[0], HeimdallKMSError)
+
+
+# -- authentication and IAM: service-account keys through Application Default Credentials -------
+
+
+def service_account(tmp_path: Path, name: str) -> tuple[Path, str, str]:
+    """A service-account key file as IAM issues it; returns (file, email, public key PEM)."""
+    key = RSA.generate(2048)
+    email = f"{name}@heimdall-test.iam.gserviceaccount.com"
+    document = {
+        "type": "service_account",
+        "project_id": "heimdall-test",
+        "private_key_id": f"{name}-key-1",
+        "private_key": key.export_key(pkcs=8).decode(),
+        "client_email": email,
+        "client_id": "1",
+        # Never contacted: for a service account the client signs its own JWT (no token
+        # exchange), which the fake verifies.
+        "token_uri": "http://127.0.0.1:9/token",
+    }
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(document))
+    return path, email, key.public_key().export_key().decode()
+
+
+def test_service_accounts_and_roles_through_adc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = start_fake_kms()
+    try:
+        setup = rest_client(fake.url)
+        ring = setup.create_key_ring(
+            request={"parent": LOCATION, "key_ring_id": "iam", "key_ring": {}}
+        )
+        key = create_key(setup, str(ring.name))
+        accounts = {}
+        for name, role in [
+            ("app", "roles/cloudkms.cryptoKeyEncrypterDecrypter"),
+            ("worker", "roles/cloudkms.cryptoKeyDecrypter"),
+            ("admin", "roles/cloudkms.admin"),
+            ("job", "roles/cloudkms.cryptoKeyEncrypterDecrypter roles/cloudkms.viewer"),
+            ("intruder", None),
+        ]:
+            path, email, public = service_account(tmp_path, name)
+            if role is not None:
+                fake.kms.add_service_account(email, public, *role.split())
+            accounts[name] = path
+
+        def as_account(name: str) -> GCPKMSProvider:
+            monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(accounts[name]))
+            client = build_client(GCPSettings(endpoint=fake.url, transport="rest"))
+            return GCPKMSProvider(client, key, retry=False)
+
+        app, worker, admin = as_account("app"), as_account("worker"), as_account("admin")
+        # The app encrypts and decrypts through the facade with nothing but its role.
+        settings = Settings.from_env(gcp_env(fake, key))
+        with Crypto(settings, kms=app, audit=MemoryAuditSink()) as c:
+            envelope = c.encrypt(SSN, context=CTX)
+            assert c.decrypt(envelope, actor="a", reason="r") == SSN
+        assert isinstance(envelope, KmsV1Envelope)
+        (dek,) = worker.unwrap_many([envelope.encrypted_dek], [envelope.context])
+        assert isinstance(dek, bytearray)
+        with pytest.raises(PermissionDeniedError):
+            worker.wrap_many([crypto.new_dek()], [{}])  # a worker only decrypts
+        with pytest.raises(PermissionDeniedError):
+            app.rotate()  # rotation is an admin's job
+        with pytest.raises(PermissionDeniedError):
+            app.describe()  # the data path needs no key metadata, so the app role has none
+        assert admin.rotate().latest_version == 2
+        with pytest.raises(PermissionDeniedError):
+            admin.wrap_many([crypto.new_dek()], [{}])  # Cloud KMS Admin cannot use keys
+        # The re-encryption job reads the versions and re-wraps (decrypt + encrypt).
+        job = as_account("job")
+        assert job.describe().latest_version == 2
+        (fresh,) = job.rewrap_many([envelope.encrypted_dek], [envelope.context])
+        assert isinstance(fresh, WrappedKey) and fresh.key_version == 2
+        assert admin.retire(2).min_decryption_version == 2
+        with pytest.raises(AuthenticationError):
+            as_account("intruder").wrap_many([crypto.new_dek()], [{}])
+        with pytest.raises(AuthenticationError):
+            GCPKMSProvider(rest_client(fake.url), key, retry=False).describe()  # anonymous
+    finally:
+        fake.stop()
