@@ -19,6 +19,7 @@ from heimdall_kms.cli.audit_cmds import audit
 from heimdall_kms.cli.crypto_cmds import decrypt, encrypt
 from heimdall_kms.cli.data_cmds import migrate, reencrypt, status
 from heimdall_kms.cli.demo_cmd import demo
+from heimdall_kms.cli.drill_cmds import drill
 from heimdall_kms.cli.journal_cmds import journal
 from heimdall_kms.cli.key_cmds import keys, retire_command, rotate_command
 from heimdall_kms.cli.policy_cmds import check, protect, reveal
@@ -57,6 +58,7 @@ cli.add_command(journal)
 cli.add_command(audit)
 cli.add_command(serve)
 cli.add_command(demo)
+cli.add_command(drill)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -42,7 +42,12 @@ from heimdall_kms.errors import (
 from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey
 from heimdall_kms.providers.vault_auth import Login, TokenKeeper, login_function, new_client
 
-__all__ = ["VaultTransitProvider", "build_client"]
+__all__ = [
+    "VaultTransitProvider",
+    "build_client",
+    "create_throwaway_key",
+    "delete_throwaway_key",
+]
 
 _WRAPPED = re.compile(r"vault:v[1-9][0-9]{0,8}:[A-Za-z0-9+/=]+")
 _T = TypeVar("_T")
@@ -65,6 +70,29 @@ def build_client(vault: VaultSettings) -> hvac.Client:
         elif vault.token is not None:
             client.token = vault.token.reveal()
     return client
+
+
+def create_throwaway_key(client: hvac.Client, name: str, *, mount: str = "transit") -> None:
+    """A Transit key that may later be deleted (drills); never use it for real data.
+
+    Raises:
+        KMSError: Vault refused (the token needs create on transit/keys/NAME).
+    """
+    with _Translated("create key"):
+        client.secrets.transit.create_key(name, key_type="aes256-gcm96", mount_point=mount)
+        client.secrets.transit.update_key_configuration(
+            name, deletion_allowed=True, mount_point=mount
+        )
+
+
+def delete_throwaway_key(client: hvac.Client, name: str, *, mount: str = "transit") -> None:
+    """Delete a key made by :func:`create_throwaway_key`.
+
+    Raises:
+        KMSError: Vault refused.
+    """
+    with _Translated("delete key"):
+        client.secrets.transit.delete_key(name, mount_point=mount)
 
 
 class VaultTransitProvider:

@@ -1,0 +1,131 @@
+"""Where a drill runs: its own key, its own table, its own audit log — never production's.
+
+With ``HMD_KMS_PROVIDER=vault`` the drill creates a throwaway Transit key
+(``heimdall-drill-<random>``, deletion allowed) next to the real one and deletes it after;
+the token needs to create, rotate, configure and delete keys under that name. Without a
+provider configured, it uses the local provider in the work directory. Other providers are
+refused: creating keys there costs money and days-long deletion windows.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from heimdall_kms.audit import FileAuditSink
+from heimdall_kms.config import EncryptionMode, ProviderName, Secret, Settings
+from heimdall_kms.crypto import new_dek
+from heimdall_kms.errors import ConfigurationError
+from heimdall_kms.providers import KeyManagementService
+from heimdall_kms.providers.local import LocalDevProvider, LocalKeyring
+from heimdall_kms.service import Crypto
+from heimdall_kms.store import FieldStore, Target, open_store
+
+__all__ = ["DrillEnvironment", "drill_environment"]
+
+TABLE = "drill_customers"
+
+
+@dataclass
+class DrillEnvironment:
+    workdir: Path
+    settings: Settings
+    kms: KeyManagementService
+    crypto: Crypto
+    audit_log: Path
+    database: Path
+
+    @property
+    def target(self) -> Target:
+        return Target(TABLE, "ssn")
+
+    def store(self) -> FieldStore:
+        return open_store(f"sqlite:///{self.database}", self.target)
+
+    def create_table(self) -> None:
+        with sqlite3.connect(self.database) as db:
+            db.execute(f"CREATE TABLE {TABLE} (id TEXT PRIMARY KEY, ssn TEXT)")
+
+    def values(self) -> dict[str, str]:
+        with sqlite3.connect(self.database) as db:
+            return dict(db.execute(f"SELECT id, ssn FROM {TABLE}"))  # noqa: S608
+
+    def put(self, rows: Mapping[str, str]) -> None:
+        with sqlite3.connect(self.database) as db:
+            db.executemany(f"INSERT INTO {TABLE} VALUES (?, ?)", rows.items())  # noqa: S608
+
+
+@contextmanager
+def drill_environment(
+    workdir: Path, environ: Mapping[str, str], *, with_legacy_key: bool = False
+) -> Iterator[DrillEnvironment]:
+    """Set up the drill's key, database and audit log; tear the key down afterwards.
+
+    Raises:
+        ConfigurationError: a provider other than vault or local is configured.
+        KMSError: the drill key could not be created.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    audit_log, database = workdir / "audit.log", workdir / "drill.db"
+    for path in (audit_log, database):
+        path.unlink(missing_ok=True)
+    settings = _settings(workdir, environ, audit_log, with_legacy_key)
+    kms, cleanup = _drill_key(settings, workdir)
+    crypto = Crypto(settings, kms=kms, audit=FileAuditSink(audit_log), default_actor="drill")
+    environment = DrillEnvironment(workdir, settings, kms, crypto, audit_log, database)
+    environment.create_table()
+    try:
+        yield environment
+    finally:
+        crypto.audit.close()
+        cleanup()
+        kms.close()
+
+
+def _settings(
+    workdir: Path, environ: Mapping[str, str], audit_log: Path, with_legacy_key: bool
+) -> Settings:
+    mode = EncryptionMode.HYBRID if with_legacy_key else EncryptionMode.KMS
+    legacy = {"default-key-v1": Secret(bytes(new_dek()))} if with_legacy_key else {}
+    if not environ.get("HMD_KMS_PROVIDER"):
+        return Settings(
+            mode=mode,
+            legacy_keys=legacy,
+            provider=ProviderName.LOCAL,
+            kms_key_id="heimdall-drill",
+            local_keyring=workdir / "keyring.json",
+            audit_log=str(audit_log),
+        )
+    overrides = {
+        "HMD_ENCRYPTION_MODE": "kms",
+        "HMD_PII_MASTER_KEY": "",
+        "HMD_PII_LEGACY_KEYS": "",
+        "HMD_HYBRID_WRITE_FORMAT": "",
+    }
+    configured = Settings.from_env({**environ, **overrides})
+    if configured.provider not in (ProviderName.VAULT, ProviderName.LOCAL):
+        raise ConfigurationError(
+            f"HMD_KMS_PROVIDER: drills run against vault or local, not {configured.provider}"
+        )
+    return replace(configured, mode=mode, legacy_keys=legacy, audit_log=str(audit_log))
+
+
+def _drill_key(
+    settings: Settings, workdir: Path
+) -> tuple[KeyManagementService, Callable[[], None]]:
+    if settings.provider is ProviderName.VAULT and settings.vault is not None:
+        from heimdall_kms.providers import vault  # noqa: PLC0415 - hvac only when configured
+
+        client = vault.build_client(settings.vault)
+        name = f"heimdall-drill-{secrets.token_hex(4)}"
+        mount = settings.vault.transit_mount
+        vault.create_throwaway_key(client, name, mount=mount)
+        provider = vault.VaultTransitProvider(client, name, mount=mount)
+        return provider, lambda: vault.delete_throwaway_key(client, name, mount=mount)
+    keyring = LocalKeyring(workdir / "keyring.json")
+    keyring.ensure_key("heimdall-drill")
+    return LocalDevProvider(keyring, "heimdall-drill"), lambda: None
