@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -61,7 +60,9 @@ crypto = Crypto(settings, kms=VaultTransitProvider(client, settings.kms_key_id),
                 audit=open_sink(settings.audit_log))
 engine = PolicyEngine(crypto, load_policy(Path(sys.argv[1])))
 process_ndjson(sys.stdin.buffer, sys.stdout, engine.protect_many, batch_size=int(sys.argv[2]))
+import resource
 print("HTTP_REQUESTS", Counting.sent, file=sys.stderr)
+print("PEAK_KIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
 """
 
 
@@ -94,7 +95,7 @@ def main() -> None:
     finally:
         server.stop()
     requests_sent = int(child.stderr.decode().split("HTTP_REQUESTS")[-1].split()[0])
-    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    peak_mib = int(child.stderr.decode().split("PEAK_KIB")[-1].split()[0]) / 1024
     print(
         f"\nprotect {args.records:,} records (2 encrypted + 1 HMAC field each) through OpenBao, "
         f"batch {args.batch_size}"
