@@ -18,4 +18,8 @@ fi
 ruff check src tests scripts
 ruff format --check src tests scripts
 mypy
+# The API reference (facade, provider interface, envelopes, policy, audit, config) is built from
+# the docstrings; any warning fails the build.
+python -W error -m pdoc heimdall_kms heimdall_kms.providers heimdall_kms.envelope \
+  heimdall_kms.policy heimdall_kms.audit heimdall_kms.config -o build/api
 python -m pytest "$@"

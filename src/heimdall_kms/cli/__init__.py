@@ -16,6 +16,7 @@ import click
 
 from heimdall_kms import __version__
 from heimdall_kms.cli.audit_cmds import audit
+from heimdall_kms.cli.compliance_cmd import compliance
 from heimdall_kms.cli.crypto_cmds import decrypt, encrypt
 from heimdall_kms.cli.data_cmds import migrate, reencrypt, status
 from heimdall_kms.cli.demo_cmd import demo
@@ -59,6 +60,7 @@ cli.add_command(audit)
 cli.add_command(serve)
 cli.add_command(demo)
 cli.add_command(drill)
+cli.add_command(compliance)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
