@@ -18,8 +18,6 @@ import dataclasses
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 from heimdall_kms import crypto
 from heimdall_kms.audit import AuditEvent, AuditSink, EventType, Result
@@ -32,38 +30,28 @@ from heimdall_kms.envelope import (
     LegacyEnvelope,
     check_context,
     kms_v1_aad,
-    parse,
 )
 from heimdall_kms.envelope.kms_v1 import utc_timestamp
 from heimdall_kms.errors import (
     ConfigurationError,
     HeimdallKMSError,
-    IntegrityError,
     InvalidInputError,
-    KeyNotFoundError,
     KMSError,
-    MalformedEnvelopeError,
     ModeViolationError,
 )
+from heimdall_kms.inputs import (
+    LEGACY_LABEL,
+    MAX_PLAINTEXT_BYTES,
+    checked_label,
+    metric_labels,
+    plaintext_bytes,
+)
 from heimdall_kms.metrics import Metrics, default_metrics
+from heimdall_kms.opening import EnvelopeInput, Opened, Opener
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.providers.base import KeyedHashing
 
 __all__ = ["MAX_PLAINTEXT_BYTES", "Crypto", "EnvelopeInput"]
-
-MAX_PLAINTEXT_BYTES = 1024 * 1024
-_LEGACY_LABEL = "legacy"
-_MAX_LABEL_CHARS = 512
-EnvelopeInput = Envelope | str | bytes | Mapping[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class _Opened:
-    """One decrypt outcome plus what its audit event needs to say."""
-
-    outcome: str | HeimdallKMSError
-    envelope: Envelope | None
-    context: Mapping[str, str]
 
 
 class Crypto:
@@ -87,6 +75,7 @@ class Crypto:
         self.audit = audit
         self._default_actor = default_actor
         self.metrics = metrics if metrics is not None else default_metrics()
+        self._opener = Opener(settings, kms)
 
     def __enter__(self) -> Crypto:
         return self
@@ -116,8 +105,8 @@ class Crypto:
         self, items: Iterable[tuple[str, Mapping[str, str]]], *, actor: str | None = None
     ) -> list[Envelope]:
         """Seal many values with one batched KMS call; see :meth:`encrypt`."""
-        who = _label("actor", actor or self._default_actor)
-        values = [(_plaintext_bytes(text), check_context(ctx)) for text, ctx in items]
+        who = checked_label("actor", actor or self._default_actor)
+        values = [(plaintext_bytes(text), check_context(ctx)) for text, ctx in items]
         request_id = str(uuid.uuid4())
         contexts = [ctx for _, ctx in values]
         provider = self._write_label
@@ -140,14 +129,14 @@ class Crypto:
             self.audit.emit(events([None] * len(values), exc))
             raise
         self.audit.emit(events(sealed))
-        for (label, version), count in Counter(map(_metric_labels, sealed)).items():
+        for (label, version), count in Counter(map(metric_labels, sealed)).items():
             self.metrics.encrypt_total.labels(label, version).inc(count)
         return sealed
 
     @property
     def _write_label(self) -> str:
         if self._writes_legacy or self.kms is None:
-            return _LEGACY_LABEL
+            return LEGACY_LABEL
         return self.kms.name.value
 
     @property
@@ -243,29 +232,29 @@ class Crypto:
         Raises:
             KMSError: a failure of the whole KMS call. AuditWriteError.
         """
-        who = _label("actor", actor)
-        why = _label("reason", reason)
+        who = checked_label("actor", actor)
+        why = checked_label("reason", reason)
         stated = list(contexts) if contexts is not None else [None] * len(envelopes)
         if len(stated) != len(envelopes):
             raise InvalidInputError("contexts must have one entry per envelope")
         request_id = str(uuid.uuid4())
         prepared = [
-            self._prepare(source, ctx) for source, ctx in zip(envelopes, stated, strict=True)
+            self._opener.prepare(source, ctx) for source, ctx in zip(envelopes, stated, strict=True)
         ]
-        provider = self.kms.name.value if self.kms is not None else _LEGACY_LABEL
+        provider = self.kms.name.value if self.kms is not None else LEGACY_LABEL
         try:
             with self.metrics.timed("decrypt", provider):
-                opened = self._open_all(prepared)
+                opened = self._opener.open_all(prepared)
         except HeimdallKMSError as exc:
             # The whole call failed (KMS unreachable, refused, ...): every item failed with it.
-            opened = [_Opened(exc, p.envelope, p.context) for p in prepared]
+            opened = [Opened(exc, p.envelope, p.context) for p in prepared]
             self._record_decrypts(opened, who, why, request_id, provider)
             raise
         self._record_decrypts(opened, who, why, request_id, provider)
         return [item.outcome for item in opened]
 
     def _record_decrypts(
-        self, opened: list[_Opened], actor: str, reason: str, request_id: str, provider: str
+        self, opened: list[Opened], actor: str, reason: str, request_id: str, provider: str
     ) -> None:
         """Audit every outcome (fail closed: raises AuditWriteError) and count it."""
         self.audit.emit(
@@ -288,100 +277,11 @@ class Crypto:
             if isinstance(item.outcome, HeimdallKMSError):
                 failed[item.outcome.error_type] += 1
             elif item.envelope is not None:
-                done[_metric_labels(item.envelope)] += 1
+                done[metric_labels(item.envelope)] += 1
         for (label, version), count in done.items():
             self.metrics.decrypt_total.labels(label, version).inc(count)
         for error_type, count in failed.items():
             self.metrics.errors_total.labels("decrypt", provider, error_type).inc(count)
-
-    def _prepare(self, source: EnvelopeInput, stated: Mapping[str, str] | None) -> _Opened:
-        """Parse and check one envelope against the mode and the stated context."""
-        claimed = check_context(stated) if stated is not None else {}
-        try:
-            envelope = source if isinstance(source, Envelope) else parse(source)
-        except MalformedEnvelopeError as exc:
-            return _Opened(exc, None, claimed)
-        mode = self.settings.mode
-        if isinstance(envelope, LegacyEnvelope) and mode is EncryptionMode.KMS:
-            error: HeimdallKMSError = ModeViolationError(
-                "legacy env-key envelope refused: HMD_ENCRYPTION_MODE=kms reads kms_v1 only"
-            )
-            return _Opened(error, envelope, claimed)
-        if isinstance(envelope, KmsV1Envelope):
-            if mode is EncryptionMode.LEGACY:
-                error = ModeViolationError(
-                    "kms_v1 envelope refused: HMD_ENCRYPTION_MODE=legacy reads env-key data only"
-                )
-                return _Opened(error, envelope, envelope.context)
-            if any(envelope.context.get(key) != value for key, value in claimed.items()):
-                # Deliberately unspecific: which key differs is no business of the reader.
-                error = IntegrityError("envelope failed authentication (wrong field/context)")
-                return _Opened(error, envelope, envelope.context)
-            return _Opened("", envelope, envelope.context)
-        return _Opened("", envelope, claimed)
-
-    def _open_all(self, prepared: list[_Opened]) -> list[_Opened]:
-        outcomes: list[str | HeimdallKMSError] = [p.outcome for p in prepared]
-        pending = [i for i, p in enumerate(prepared) if not isinstance(p.outcome, HeimdallKMSError)]
-        kms_items = [i for i in pending if isinstance(prepared[i].envelope, KmsV1Envelope)]
-        for i, result in zip(
-            kms_items, self._open_kms([prepared[i] for i in kms_items]), strict=True
-        ):
-            outcomes[i] = result
-        for i in pending:
-            envelope = prepared[i].envelope
-            if isinstance(envelope, LegacyEnvelope):
-                outcomes[i] = self._open_legacy(envelope)
-        return [
-            _Opened(outcome, p.envelope, p.context)
-            for outcome, p in zip(outcomes, prepared, strict=True)
-        ]
-
-    def _open_kms(self, items: list[_Opened]) -> list[str | HeimdallKMSError]:
-        if not items:
-            return []
-        kms = self.kms
-        assert kms is not None
-        envelopes = [item.envelope for item in items if isinstance(item.envelope, KmsV1Envelope)]
-        results: list[str | HeimdallKMSError] = []
-        ours = [self._owned(env) for env in envelopes]
-        sent = [env for env, error in zip(envelopes, ours, strict=True) if error is None]
-        answers = kms.unwrap_many([e.encrypted_dek for e in sent], [e.context for e in sent])
-        if len(answers) != len(sent):
-            for answer in answers:
-                if isinstance(answer, bytearray):
-                    crypto.wipe(answer)
-            raise KMSError("the KMS returned a different number of unwrapped keys")
-        unwrapped = iter(answers)
-        for envelope, error in zip(envelopes, ours, strict=True):
-            if error is not None:
-                results.append(error)
-                continue
-            dek = next(unwrapped)
-            if isinstance(dek, HeimdallKMSError):
-                results.append(dek)
-                continue
-            try:
-                results.append(
-                    _utf8(crypto.open_(dek, envelope.nonce, envelope.ciphertext, envelope.aad()))
-                )
-            except HeimdallKMSError as exc:
-                results.append(exc)
-            finally:
-                crypto.wipe(dek)
-        return results
-
-    def _open_legacy(self, envelope: LegacyEnvelope) -> str | HeimdallKMSError:
-        key = self.settings.legacy_keys.get(envelope.key_id)
-        if key is None:
-            return KeyNotFoundError(
-                f"legacy key id {envelope.key_id!r} is not configured "
-                "(HMD_PII_MASTER_KEY with HMD_PII_KEY_ID, or HMD_PII_LEGACY_KEYS)"
-            )
-        try:
-            return _utf8(crypto.open_(key.reveal(), envelope.nonce, envelope.ciphertext, b""))
-        except HeimdallKMSError as exc:
-            return exc
 
     # -- keyed hashing -------------------------------------------------------------------------
 
@@ -404,8 +304,8 @@ class Crypto:
         if kms is None or not isinstance(kms, KeyedHashing):
             name = kms.name.value if kms is not None else "none (legacy mode)"
             raise ConfigurationError(f"HMD_KMS_PROVIDER={name} has no keyed hashing (hmac)")
-        who = _label("actor", actor or self._default_actor)
-        data = [_plaintext_bytes(value) for value in values]
+        who = checked_label("actor", actor or self._default_actor)
+        data = [plaintext_bytes(value) for value in values]
         stated = [check_context(c) for c in contexts] if contexts else [{}] * len(data)
         request_id = str(uuid.uuid4())
         try:
@@ -441,7 +341,7 @@ class Crypto:
         if kms is None:
             raise ModeViolationError("rewrap needs a KMS; HMD_ENCRYPTION_MODE=legacy has none")
         results: list[KmsV1Envelope | HeimdallKMSError] = []
-        ours = [self._owned(env) for env in envelopes]
+        ours = [self._opener.owned(env) for env in envelopes]
         mine = [env for env, error in zip(envelopes, ours, strict=True) if error is None]
         with self.metrics.timed("rewrap", kms.name.value):
             rewrapped = kms.rewrap_many([e.encrypted_dek for e in mine], [e.context for e in mine])
@@ -460,16 +360,6 @@ class Crypto:
                     )
                 )
         return results
-
-    def _owned(self, envelope: KmsV1Envelope) -> HeimdallKMSError | None:
-        kms = self.kms
-        assert kms is not None
-        if envelope.provider == kms.name.value and envelope.key_identifier == kms.key_identifier:
-            return None
-        return KeyNotFoundError(
-            f"envelope was sealed by {envelope.provider} key {envelope.key_identifier!r}; "
-            f"this deployment uses {kms.name.value} key {kms.key_identifier!r}"
-        )
 
     # -- audit ----------------------------------------------------------------------------------
 
@@ -514,44 +404,3 @@ class Crypto:
             error_type=error.error_type if error is not None else None,
             context=dict(context) if context else None,
         )
-
-
-def _metric_labels(envelope: Envelope) -> tuple[str, str]:
-    # Legacy values are counted under provider "legacy" with their key id as the version:
-    # a handful of configured ids, so the label set stays small.
-    if isinstance(envelope, KmsV1Envelope):
-        return envelope.provider, str(envelope.key_version)
-    if isinstance(envelope, LegacyEnvelope):
-        return _LEGACY_LABEL, envelope.key_id
-    return _LEGACY_LABEL, "unknown"
-
-
-def _plaintext_bytes(text: object) -> bytes:
-    if not isinstance(text, str):
-        raise InvalidInputError("plaintext must be text (str)")
-    try:
-        data = text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInputError("plaintext is not encodable as UTF-8") from None
-    if len(data) > MAX_PLAINTEXT_BYTES:
-        raise InvalidInputError(f"plaintext is larger than {MAX_PLAINTEXT_BYTES} bytes")
-    return data
-
-
-def _label(name: str, value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidInputError(f"{name} is required (who is asking, and why, is audited)")
-    if len(value) > _MAX_LABEL_CHARS:
-        raise InvalidInputError(f"{name} is longer than {_MAX_LABEL_CHARS} characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInputError(f"{name} is not valid Unicode text") from None
-    return value
-
-
-def _utf8(data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise MalformedEnvelopeError("decrypted value is not UTF-8 text") from None

@@ -1,0 +1,60 @@
+"""Checks on what callers hand the facade, and the metric labels of an envelope."""
+
+from __future__ import annotations
+
+from heimdall_kms.envelope import Envelope, KmsV1Envelope, LegacyEnvelope
+from heimdall_kms.errors import InvalidInputError, MalformedEnvelopeError
+
+__all__ = [
+    "LEGACY_LABEL",
+    "MAX_PLAINTEXT_BYTES",
+    "checked_label",
+    "metric_labels",
+    "plaintext_bytes",
+    "utf8_text",
+]
+
+MAX_PLAINTEXT_BYTES = 1024 * 1024
+LEGACY_LABEL = "legacy"
+_MAX_LABEL_CHARS = 512
+
+
+def metric_labels(envelope: Envelope) -> tuple[str, str]:
+    # Legacy values are counted under provider "legacy" with their key id as the version:
+    # a handful of configured ids, so the label set stays small.
+    if isinstance(envelope, KmsV1Envelope):
+        return envelope.provider, str(envelope.key_version)
+    if isinstance(envelope, LegacyEnvelope):
+        return LEGACY_LABEL, envelope.key_id
+    return LEGACY_LABEL, "unknown"
+
+
+def plaintext_bytes(text: object) -> bytes:
+    if not isinstance(text, str):
+        raise InvalidInputError("plaintext must be text (str)")
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInputError("plaintext is not encodable as UTF-8") from None
+    if len(data) > MAX_PLAINTEXT_BYTES:
+        raise InvalidInputError(f"plaintext is larger than {MAX_PLAINTEXT_BYTES} bytes")
+    return data
+
+
+def checked_label(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInputError(f"{name} is required (who is asking, and why, is audited)")
+    if len(value) > _MAX_LABEL_CHARS:
+        raise InvalidInputError(f"{name} is longer than {_MAX_LABEL_CHARS} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInputError(f"{name} is not valid Unicode text") from None
+    return value
+
+
+def utf8_text(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedEnvelopeError("decrypted value is not UTF-8 text") from None
