@@ -137,6 +137,10 @@ class AzureSettings:
 
     ca_bundle: Path | None = None  # HMD_AZURE_CA_BUNDLE: a private CA (tests, proxies)
     verify_challenge_resource: bool = True  # HMD_AZURE_VERIFY_CHALLENGE_RESOURCE
+    max_concurrency: int = 8  # HMD_AZURE_MAX_CONCURRENCY: Key Vault has no batch call
+    # HMD_AZURE_DISABLE_INSTANCE_DISCOVERY: for an AZURE_AUTHORITY_HOST that
+    # login.microsoftonline.com does not know (Azure Stack Hub, a private cloud, the tests).
+    disable_instance_discovery: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,12 +421,20 @@ def _read_gcp(env: _Env) -> GCPSettings:
 
 
 def _read_azure(env: _Env) -> AzureSettings:
-    verify = (env.get("HMD_AZURE_VERIFY_CHALLENGE_RESOURCE") or "true").lower()
-    if verify not in ("true", "false"):
-        raise ConfigurationError("HMD_AZURE_VERIFY_CHALLENGE_RESOURCE: expected true | false")
+    flags: dict[str, bool] = {}
+    for name, default in (
+        ("HMD_AZURE_VERIFY_CHALLENGE_RESOURCE", "true"),
+        ("HMD_AZURE_DISABLE_INSTANCE_DISCOVERY", "false"),
+    ):
+        value = (env.get(name) or default).lower()
+        if value not in ("true", "false"):
+            raise ConfigurationError(f"{name}: expected true | false")
+        flags[name] = value == "true"
     return AzureSettings(
         ca_bundle=_existing_file("HMD_AZURE_CA_BUNDLE", env.get("HMD_AZURE_CA_BUNDLE")),
-        verify_challenge_resource=verify == "true",
+        verify_challenge_resource=flags["HMD_AZURE_VERIFY_CHALLENGE_RESOURCE"],
+        max_concurrency=env.integer("HMD_AZURE_MAX_CONCURRENCY", 8, minimum=1),
+        disable_instance_discovery=flags["HMD_AZURE_DISABLE_INSTANCE_DISCOVERY"],
     )
 
 

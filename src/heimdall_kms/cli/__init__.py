@@ -66,6 +66,10 @@ cli.add_command(compliance)
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns (and, as a console script, exits with) the exit code."""
     logging.basicConfig(level=logging.WARNING, format=f"{_PROG}: warning: %(message)s")
+    # SDK loggers (azure-identity's credential chain, for one) print multi-line diagnostics of
+    # their own; the error we raise from them is the one line the user needs.
+    for noisy in ("azure", "botocore", "google", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     code = _run(argv)
     if argv is None:
         sys.exit(code)

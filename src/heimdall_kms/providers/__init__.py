@@ -38,7 +38,7 @@ _PROVIDERS: dict[ProviderName, tuple[str, str, str]] = {
     ProviderName.AZURE: ("heimdall_kms.providers.azure", "AzureKeyVaultProvider", "azure"),
 }
 # The SDK modules each provider module needs; used only to name the missing extra.
-_SDK_RETRIES = frozenset({ProviderName.AWS, ProviderName.GCP})
+_SDK_RETRIES = frozenset({ProviderName.AWS, ProviderName.GCP, ProviderName.AZURE})
 _SDK_MODULES = frozenset({"hvac", "boto3", "botocore", "google", "azure"})
 
 
@@ -76,7 +76,7 @@ def load_provider(settings: Settings) -> KeyManagementService:
     if settings.provider is ProviderName.LOCAL:
         return provider  # a file on this host: nothing to retry, no network to break
     options = settings.resilience
-    # botocore and google-api-core already retry each request with jittered backoff; doing it
+    # botocore, google-api-core and azure-core already retry each request with backoff; doing it
     # again around the whole batch would multiply the attempts. They keep the breaker.
     attempts = 1 if settings.provider in _SDK_RETRIES else options.retry_attempts
     return ResilientProvider(

@@ -1,0 +1,470 @@
+"""``AzureKeyVaultProvider``: Azure Key Vault and Managed HSM keys through azure-keyvault-keys.
+
+``HMD_KMS_KEY_ID`` is the key's URL without a version, ``https://VAULT/keys/NAME``. Key Vault
+versions are opaque ids, so a version's *number* here is its ordinal by creation time (1 for
+the oldest); versions are never deleted by this tool, so the numbers are stable. The wrapped
+DEK names the exact Azure version, ``azure:v{n}:{version-id}:{alg}:{base64url}``, and is always
+unwrapped by that version, server-side: the private key never leaves Key Vault.
+
+RSA keys wrap with RSA-OAEP-256 *in this process*, with the public key read from Key Vault
+(the SDK's local provider, as the Key Vault SDKs do themselves); AES keys of a Managed HSM
+(``oct-HSM``) wrap with A256KW in the HSM. Symmetric keys are never handed to the SDK's
+``CryptographyClient``: for a key whose material it cannot see, it makes up a random local key
+and "wraps" with that, which would lose every DEK. Key Vault has no batch call and no
+associated data on wrap: calls run on a bounded thread pool, results in input order, and the
+field/record context is bound in the value's AES-GCM AAD only. There is no server-side rewrap
+either: a rewrap unwraps at the old version and wraps at the latest, in this process, and wipes
+the DEK afterwards (best effort, see ``crypto.wipe``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol, Self, TypeVar
+from urllib.parse import urlsplit
+
+import requests
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.core.pipeline.transport import RequestsTransport
+from azure.core.rest import HttpRequest
+from azure.identity import DefaultAzureCredential
+from azure.keyvault.keys import KeyClient, KeyProperties, KeyVaultKey
+from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
+from requests.adapters import HTTPAdapter
+
+from heimdall_kms import crypto
+from heimdall_kms.config import ProviderName, Settings
+from heimdall_kms.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    HeimdallKMSError,
+    IntegrityError,
+    InvalidInputError,
+    KeyNotFoundError,
+    KeyVersionRetiredError,
+    KMSError,
+    KMSUnavailableError,
+    PermissionDeniedError,
+    RateLimitedError,
+)
+from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey
+
+__all__ = ["AzureKeyVaultProvider", "parse_key_url"]
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+_NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
+_WRAPPED = re.compile(
+    r"azure:v([1-9][0-9]{0,8}):([0-9A-Za-z]{1,64}):(RSA-OAEP-256|A256KW):([A-Za-z0-9_-]{16,2048})"
+)
+_RSA, _AES = "RSA-OAEP-256", "A256KW"
+_KEY_TYPES = {"RSA": _RSA, "RSA-HSM": _RSA, "oct-HSM": _AES}
+_SAFE_CODE = re.compile(r"[A-Za-z0-9_.]{1,64}")
+# Ordinals follow creation seconds; a new version is never made within a second of the last.
+_TIE_GAP = timedelta(seconds=1.1)
+# Per-item outcomes of unwrap/rewrap; any other error fails the whole call.
+_PER_ITEM = (IntegrityError, KeyVersionRetiredError, KeyNotFoundError)
+
+
+class _Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+def parse_key_url(value: str) -> tuple[str, str]:
+    """``https://VAULT/keys/NAME`` -> (vault URL, key name).
+
+    Raises:
+        ConfigurationError: not such a URL, or it names a version.
+    """
+    parts = urlsplit(value.strip())
+    segments = [s for s in parts.path.split("/") if s]
+    form = "expected https://VAULT.vault.azure.net/keys/NAME"
+    if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigurationError(f"HMD_KMS_KEY_ID: {form}")
+    if len(segments) == 3 and segments[0] == "keys":
+        raise ConfigurationError(
+            "HMD_KMS_KEY_ID: give the key URL without a version (https://VAULT/keys/NAME); "
+            "the latest version wraps, and each value records the version that unwraps it"
+        )
+    if len(segments) != 2 or segments[0] != "keys" or not _NAME.fullmatch(segments[1]):
+        raise ConfigurationError(f"HMD_KMS_KEY_ID: {form}")
+    return f"https://{parts.netloc}", segments[1]
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """The latest version, ready to wrap with."""
+
+    version: str
+    ordinal: int
+    alg: str
+    local: CryptographyClient | None  # RSA public key: wraps in this process
+
+
+class AzureKeyVaultProvider:
+    """One Key Vault key. Construct with a ready ``KeyClient``, or :meth:`from_settings`."""
+
+    def __init__(
+        self,
+        key_client: KeyClient,
+        key_name: str,
+        *,
+        max_concurrency: int = 8,
+        credential: _Closeable | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._keys = key_client
+        self._name = key_name
+        self._workers = max(1, max_concurrency)
+        self._credential = credential
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._ordinals: dict[str, int] = {}
+        self._wrappers: dict[str, CryptographyClient] = {}
+        self._unwrappers: dict[str, CryptographyClient] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """A provider on ``DefaultAzureCredential`` (environment, workload identity, managed
+        identity, Azure CLI, ...).
+
+        Raises:
+            ConfigurationError: ``HMD_KMS_KEY_ID`` is not a key URL.
+        """
+        azure = settings.azure
+        if azure is None or settings.kms_key_id is None:
+            raise ConfigurationError("HMD_KMS_KEY_ID: required for HMD_KMS_PROVIDER=azure")
+        vault_url, key_name = parse_key_url(settings.kms_key_id)
+        try:
+            if azure.disable_instance_discovery:
+                credential = DefaultAzureCredential(disable_instance_discovery=True)
+            else:
+                credential = DefaultAzureCredential()
+        except ValueError:
+            # azure-identity checks its own variables when the chain is built.
+            raise ConfigurationError(
+                "AZURE_*: DefaultAzureCredential refused its settings (check AZURE_TENANT_ID, "
+                "AZURE_AUTHORITY_HOST, AZURE_TOKEN_CREDENTIALS)"
+            ) from None
+        verify: bool | str = str(azure.ca_bundle) if azure.ca_bundle else True
+        # One connection pool as large as the thread pool, so no connection is thrown away.
+        session = requests.Session()
+        session.mount("https://", HTTPAdapter(pool_maxsize=max(10, azure.max_concurrency)))
+        client = KeyClient(
+            vault_url,
+            credential,
+            verify_challenge_resource=azure.verify_challenge_resource,
+            transport=RequestsTransport(session=session, connection_verify=verify),
+        )
+        return cls(client, key_name, max_concurrency=azure.max_concurrency, credential=credential)
+
+    @property
+    def name(self) -> ProviderName:
+        return ProviderName.AZURE
+
+    @property
+    def key_identifier(self) -> str:
+        return f"{self._keys.vault_url}/keys/{self._name}"
+
+    def wrap_many(
+        self, deks: Sequence[bytearray], contexts: Sequence[KeyContext]
+    ) -> list[WrappedKey]:
+        target = self._latest("wrap")
+        results = self._map("wrap", list(deks), lambda dek: self._wrap(target, dek), ())
+        # With no per-item outcomes, any error was raised: every result is a WrappedKey.
+        return [r for r in results if isinstance(r, WrappedKey)]
+
+    def unwrap_many(
+        self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
+    ) -> list[bytearray | HeimdallKMSError]:
+        return self._map("unwrap", list(wrapped), self._unwrap, _PER_ITEM)
+
+    def rewrap_many(
+        self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
+    ) -> list[WrappedKey | HeimdallKMSError]:
+        # Key Vault cannot re-wrap server-side: the DEK passes through this process.
+        target = self._latest("rewrap")
+
+        def rewrap(item: str) -> WrappedKey | HeimdallKMSError:
+            dek = self._unwrap(item)
+            if isinstance(dek, HeimdallKMSError):
+                return dek
+            try:
+                return self._wrap(target, dek)
+            finally:
+                crypto.wipe(dek)
+
+        return self._map("rewrap", list(wrapped), rewrap, _PER_ITEM)
+
+    def rotate(self) -> KeyInfo:
+        versions = self._snapshot("rotate")
+        newest = versions[-1][1].created_on if versions else None
+        if newest is not None:
+            wait = (newest + _TIE_GAP - self._clock()).total_seconds()
+            if 0 < wait <= _TIE_GAP.total_seconds():
+                self._sleep(wait)
+        _call("rotate", lambda: self._keys.rotate_key(self._name))
+        return self.describe()
+
+    def retire(self, below_version: int) -> KeyInfo:
+        versions = self._snapshot("retire")
+        latest = len(versions)
+        if not 1 <= below_version <= latest:
+            raise InvalidInputError(
+                f"--below-version must be between 1 and the latest version {latest}"
+            )
+        for ordinal, props in versions:
+            if ordinal < below_version and props.enabled:
+                disable = functools.partial(
+                    self._keys.update_key_properties, self._name, str(props.version), enabled=False
+                )
+                _call("retire", disable)
+        return self.describe()
+
+    def describe(self) -> KeyInfo:
+        versions = self._snapshot("describe")
+        enabled = [(n, p) for n, p in versions if p.enabled]
+        minimum = enabled[0][0] if enabled else len(versions) + 1
+        return KeyInfo(
+            provider=self.name,
+            key_identifier=self.key_identifier,
+            latest_version=len(versions),
+            min_decryption_version=minimum,
+            versions=tuple(KeyVersion(n, p.created_on) for n, p in enabled),
+        )
+
+    def health(self) -> None:
+        dek = crypto.new_dek()
+        try:
+            (wrapped,) = self.wrap_many([dek], [{}])
+            (result,) = self.unwrap_many([wrapped.ciphertext], [{}])
+            if isinstance(result, HeimdallKMSError):
+                raise result
+            crypto.wipe(result)
+        finally:
+            crypto.wipe(dek)
+
+    def close(self) -> None:
+        self._keys.close()
+        if self._credential is not None:
+            self._credential.close()
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _snapshot(self, operation: str) -> list[tuple[int, KeyProperties]]:
+        """Every version with its ordinal, oldest first; refreshes the ordinal cache."""
+        listed = _call(
+            operation, lambda: list(self._keys.list_properties_of_key_versions(self._name))
+        )
+        if not listed:
+            raise KeyNotFoundError(f"Azure Key Vault {operation}: the key has no versions")
+        oldest = datetime.min.replace(tzinfo=UTC)
+        listed.sort(key=lambda p: (p.created_on or oldest, str(p.version)))
+        numbered = list(enumerate(listed, start=1))
+        with self._lock:
+            self._ordinals = {str(p.version): n for n, p in numbered}
+        return numbered
+
+    def _latest(self, operation: str) -> _Target:
+        key: KeyVaultKey = _call(operation, lambda: self._keys.get_key(self._name))
+        version = str(key.properties.version)
+        _check_usable(key, self._clock(), operation)
+        kty = _text(key.key_type)
+        alg = _KEY_TYPES.get(kty)
+        if alg is None:
+            raise ConfigurationError(
+                f"HMD_KMS_KEY_ID: key type {kty} cannot wrap keys (use RSA, RSA-HSM, or "
+                "oct-HSM on a Managed HSM)"
+            )
+        with self._lock:
+            ordinal = self._ordinals.get(version)
+        if ordinal is None:
+            self._snapshot(operation)
+            with self._lock:
+                ordinal = self._ordinals.get(version)
+            if ordinal is None:
+                raise KMSError(f"Azure Key Vault {operation}: the latest version is not listed")
+        local = None
+        if alg == _RSA:
+            with self._lock:
+                local = self._wrappers.get(version)
+                if local is None:
+                    local = self._wrappers[version] = CryptographyClient.from_jwk(key.key)
+        return _Target(version, ordinal, alg, local)
+
+    def _wrap(self, target: _Target, dek: bytearray) -> WrappedKey:
+        if target.local is not None:
+            wrapped = target.local.wrap_key(KeyWrapAlgorithm.rsa_oaep_256, bytes(dek)).encrypted_key
+        else:
+            wrapped = self._hsm(target.version, "wrapkey", bytes(dek))
+        blob = base64.urlsafe_b64encode(wrapped).rstrip(b"=").decode("ascii")
+        text = f"azure:v{target.ordinal}:{target.version}:{target.alg}:{blob}"
+        return WrappedKey(text, target.ordinal)
+
+    def _unwrap(self, item: str) -> bytearray | HeimdallKMSError:
+        match = _WRAPPED.fullmatch(item)
+        if match is None:
+            return IntegrityError("wrapped data key is not in the Azure provider's form")
+        _, version, alg, blob = match.groups()
+        try:
+            wrapped = base64.urlsafe_b64decode(blob + "=" * (-len(blob) % 4))
+        except (binascii.Error, ValueError):
+            return IntegrityError("wrapped data key is not valid base64url")
+        if alg == _AES:
+            plain = self._hsm(version, "unwrapkey", wrapped)
+        else:
+            client = self._unwrapper(version)
+            plain = client.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, wrapped).key
+        if len(plain) != crypto.DEK_BYTES:
+            return IntegrityError("unwrapped data key has the wrong length")
+        return bytearray(plain)
+
+    def _unwrapper(self, version: str) -> CryptographyClient:
+        # Shares the KeyClient's pipeline; it holds the public key only, so it unwraps remotely.
+        with self._lock:
+            client = self._unwrappers.get(version)
+            if client is None:
+                client = self._keys.get_cryptography_client(self._name, key_version=version)
+                self._unwrappers[version] = client
+            return client
+
+    def _hsm(self, version: str, operation: str, value: bytes) -> bytes:
+        """A256KW wrap/unwrap by the Managed HSM itself, through the KeyClient's pipeline."""
+        payload = {"alg": _AES, "value": base64.urlsafe_b64encode(value).rstrip(b"=").decode()}
+        request = HttpRequest("POST", f"/keys/{self._name}/{version}/{operation}", json=payload)
+        response = self._keys.send_request(request)
+        response.raise_for_status()
+        answer = response.json()
+        value_text = answer.get("value") if isinstance(answer, dict) else None
+        if not isinstance(value_text, str):
+            raise KMSError(f"Azure Key Vault {operation}: answer without a value")
+        return base64.urlsafe_b64decode(value_text + "=" * (-len(value_text) % 4))
+
+    def _map(
+        self,
+        operation: str,
+        items: list[_T],
+        call: Callable[[_T], _R | HeimdallKMSError],
+        per_item: tuple[type[HeimdallKMSError], ...],
+    ) -> list[_R | HeimdallKMSError]:
+        """``call`` on every item, at most ``max_concurrency`` at once, results in input order.
+
+        An error that is not a per-item outcome stops the remaining items and is raised.
+        """
+        fatal: list[HeimdallKMSError] = []
+
+        def task(item: _T) -> _R | HeimdallKMSError:
+            if fatal:
+                return fatal[0]
+            result = _attempt(operation, lambda: call(item))
+            if isinstance(result, HeimdallKMSError) and not isinstance(result, per_item):
+                with self._lock:
+                    fatal.append(result)
+            return result
+
+        if len(items) <= 1:
+            results = [task(item) for item in items]
+        else:
+            workers = min(self._workers, len(items))
+            with ThreadPoolExecutor(workers, thread_name_prefix="heimdall-azure") as pool:
+                results = list(pool.map(task, items))
+        if fatal:
+            for result in results:
+                if isinstance(result, bytearray):
+                    crypto.wipe(result)
+            raise fatal[0]
+        return results
+
+
+def _text(value: object) -> str:
+    # The SDK's enums are str enums whose str() is the member's name, not the wire value.
+    return str(getattr(value, "value", value))
+
+
+def _check_usable(key: KeyVaultKey, now: datetime, operation: str) -> None:
+    # A local wrap would ignore these attributes, and a value wrapped under a version that
+    # cannot unwrap is lost; so refuse here, as Key Vault would refuse the unwrap later.
+    props = key.properties
+    where = f"Azure Key Vault {operation}"
+    if props.enabled is False:
+        raise KeyVersionRetiredError(f"{where}: the latest key version is disabled; rotate first")
+    if props.expires_on is not None and now >= props.expires_on:
+        raise KeyVersionRetiredError(f"{where}: the latest key version has expired; rotate first")
+    if props.not_before is not None and now < props.not_before:
+        raise KMSError(f"{where}: the latest key version is not valid yet (not before)")
+    operations = key.key_operations
+    if operations is not None and not {"wrapKey", "unwrapKey"} <= {_text(o) for o in operations}:
+        raise PermissionDeniedError(f"{where}: the key's key_ops do not allow wrapKey/unwrapKey")
+
+
+def _attempt(operation: str, call: Callable[[], _T]) -> _T | HeimdallKMSError:
+    """Run ``call``; an Azure SDK error comes back translated instead of raised."""
+    try:
+        return call()
+    except AzureError as exc:
+        return _translate(operation, exc)
+    except ValueError as exc:
+        # The SDK's challenge policy refuses a challenge for another resource than the vault's
+        # host with a ValueError; anything else is a bug and propagates.
+        if "challenge" not in str(exc):
+            raise
+        return ConfigurationError(
+            "HMD_AZURE_VERIFY_CHALLENGE_RESOURCE: Key Vault's authentication challenge names a "
+            "resource other than the vault's host; set it to false only for a vault reached "
+            "under another name (a proxy, a test server)"
+        )
+
+
+def _call(operation: str, call: Callable[[], _T]) -> _T:
+    result = _attempt(operation, call)
+    if isinstance(result, HeimdallKMSError):
+        raise result
+    return result
+
+
+def _translate(operation: str, exc: AzureError) -> HeimdallKMSError:
+    """Our error for an Azure SDK error, its message built from the status and code only
+    (the service's message and the SDK's text can quote request details)."""
+    where = f"Azure Key Vault {operation}"
+    status = exc.status_code if isinstance(exc, HttpResponseError) else None
+    error = getattr(exc, "error", None)
+    raw_code = str(getattr(error, "code", "") or "")
+    code = raw_code if _SAFE_CODE.fullmatch(raw_code) else ""
+    detail = f"HTTP {status} {code}".strip() if status else type(exc).__name__
+    if isinstance(exc, ClientAuthenticationError) or status == 401:
+        return AuthenticationError(
+            f"{where}: authentication failed ({detail}); check the DefaultAzureCredential chain"
+        )
+    if status == 403:
+        inner = getattr(error, "innererror", None) or {}
+        if isinstance(inner, dict) and inner.get("code") == "KeyDisabled":
+            return KeyVersionRetiredError(f"{where}: the key version is disabled (retired)")
+        return PermissionDeniedError(
+            f"{where}: permission denied ({detail}): the identity's role does not allow it"
+        )
+    if status == 404:
+        return KeyNotFoundError(f"{where}: no such key or key version ({detail})")
+    if status == 429:
+        return RateLimitedError(f"{where}: throttled by Key Vault ({detail})")
+    if isinstance(exc, ServiceRequestError | ServiceResponseError) or (status or 0) >= 500:
+        return KMSUnavailableError(f"{where}: Key Vault is unreachable or unavailable ({detail})")
+    if status == 400 and operation in ("unwrap", "rewrap"):
+        return IntegrityError("Key Vault could not unwrap the data key (damaged or not ours)")
+    return KMSError(f"{where}: refused ({detail})")

@@ -1,0 +1,445 @@
+"""The Azure Key Vault provider against the wire-level fake (SPEC §10): disabled versions, the
+challenge flow, ordering under concurrency, settings from the environment, and the installed
+``heimdall-kms`` command end to end, as a user runs it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from azure.keyvault.keys.crypto import KeyWrapAlgorithm
+
+from heimdall_kms import crypto
+from heimdall_kms.audit import MemoryAuditSink
+from heimdall_kms.config import Settings
+from heimdall_kms.envelope import KmsV1Envelope, parse
+from heimdall_kms.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    IntegrityError,
+    KeyVersionRetiredError,
+    KMSUnavailableError,
+    PermissionDeniedError,
+    RateLimitedError,
+)
+from heimdall_kms.providers import load_provider
+from heimdall_kms.providers.azure import AzureKeyVaultProvider
+from heimdall_kms.service import Crypto
+from tests.contract.backends.azure import ADMIN, WORKER, key_client
+from tests.fakes.azure_kv_http import (
+    CRYPTO_OFFICER,
+    CRYPTO_SERVICE_ENCRYPTION_USER,
+    UNWRAP_ONLY,
+    FakeKeyVaultServer,
+    start_fake_key_vault,
+)
+from tests.legacy_data import legacy_envelope
+
+MASTER_HEX = "ab" * 32
+SSN = "123-45-6789"
+APP = ("heimdall-app", "app-secret-" + "9f" * 8)
+ROWS = 24
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeKeyVaultServer]:
+    fake = start_fake_key_vault()
+    fake.vault.add_principal(*ADMIN, CRYPTO_OFFICER)
+    fake.vault.add_principal(*APP, CRYPTO_SERVICE_ENCRYPTION_USER)
+    fake.vault.retry_after = "0"
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def key(server: FakeKeyVaultServer, request: pytest.FixtureRequest) -> str:
+    name = "k-" + request.node.name.replace("_", "-")[-40:].strip("-")
+    server.vault.create_key(name)
+    return name
+
+
+def provider(server: FakeKeyVaultServer, key: str, **kwargs: object) -> AzureKeyVaultProvider:
+    workers = kwargs.pop("max_concurrency", 8)
+    assert isinstance(workers, int)
+    return AzureKeyVaultProvider(key_client(server, **kwargs), key, max_concurrency=workers)
+
+
+def test_disabled_version_fails_in_place_and_describe_follows_key_vault(
+    server: FakeKeyVaultServer, key: str
+) -> None:
+    kms = provider(server, key)
+    old = [crypto.new_dek() for _ in range(3)]
+    wrapped_old = kms.wrap_many(old, [{}] * 3)
+    assert {w.ciphertext.split(":")[1] for w in wrapped_old} == {"v1"}
+    kms.rotate()
+    (new,) = kms.wrap_many([dek := crypto.new_dek()], [{}])
+    assert new.key_version == 2
+    info = kms.retire(2)
+    assert (info.latest_version, info.min_decryption_version) == (2, 2)
+    assert [v.version for v in info.versions] == [2]
+    assert [enabled for _, enabled in server.vault.versions(key)] == [False, True]
+    outcomes = kms.unwrap_many([wrapped_old[0].ciphertext, new.ciphertext], [{}, {}])
+    assert isinstance(outcomes[0], KeyVersionRetiredError)
+    assert outcomes[1] == dek
+    rewrapped = kms.rewrap_many([wrapped_old[1].ciphertext], [{}])
+    assert isinstance(rewrapped[0], KeyVersionRetiredError)
+    # Re-enabling in Key Vault (a break-glass step outside this tool) is reflected as is.
+    first = server.vault.versions(key)[0][0]
+    server.vault.set_enabled(key, first, True)
+    assert kms.describe().min_decryption_version == 1
+    assert kms.unwrap_many([wrapped_old[2].ciphertext], [{}]) == [old[2]]
+    # A disabled latest version is never used to wrap: the value could not be read back.
+    latest = server.vault.versions(key)[-1][0]
+    server.vault.set_enabled(key, latest, False)
+    with pytest.raises(KeyVersionRetiredError, match="rotate first"):
+        kms.wrap_many([crypto.new_dek()], [{}])
+    assert kms.describe().latest.created_at is None  # `rotate --if-due` treats it as due
+    kms.close()
+
+
+def test_ordinals_are_by_creation_time_across_pages(server: FakeKeyVaultServer, key: str) -> None:
+    server.vault.page_size = 2  # the version list comes in pages, in id order
+    try:
+        kms = provider(server, key)
+        for expected in (2, 3, 4):
+            assert kms.rotate().latest_version == expected
+        info = kms.describe()
+        assert [v.version for v in info.versions] == [1, 2, 3, 4]
+        created = [v.created_at for v in info.versions]
+        assert created == sorted(created)
+        (wrapped,) = kms.wrap_many([crypto.new_dek()], [{}])
+        ids = [version for version, _ in server.vault.versions(key)]
+        assert wrapped.ciphertext.startswith(f"azure:v4:{ids[-1]}:RSA-OAEP-256:")
+        # Another process's provider numbers the versions the same way.
+        assert provider(server, key).describe() == info
+    finally:
+        server.vault.page_size = 25
+
+
+def test_challenge_flow_and_token_reuse() -> None:
+    fresh = start_fake_key_vault()  # a new host: nothing is cached for it in this process
+    try:
+        fresh.vault.add_principal(*ADMIN, CRYPTO_OFFICER)
+        fresh.vault.create_key("k")
+        kms = provider(fresh, "k")
+        deks = [crypto.new_dek() for _ in range(4)]
+        wrapped = kms.wrap_many(deks, [{}] * 4)
+        assert kms.unwrap_many([w.ciphertext for w in wrapped], [{}] * 4) == deks
+        first, second = fresh.vault.requests[:2]
+        assert (first.authorized, first.status) == (False, 401)  # no token: the challenge
+        assert (second.authorized, second.path) == (True, first.path)  # the same request again
+        assert all(r.authorized for r in fresh.vault.requests[1:])
+        assert fresh.vault.token_requests == 1  # one token, reused
+        # A revoked token is challenged again; the credential's cached token fails again.
+        fresh.vault.revoke_tokens()
+        with pytest.raises(AuthenticationError) as caught:
+            kms.unwrap_many([wrapped[0].ciphertext], [{}])
+        assert caught.value.__cause__ is None
+        assert [r.status for r in fresh.vault.requests[-2:]] == [401, 401]
+        kms.close()
+    finally:
+        fresh.stop()
+
+
+def test_order_kept_under_concurrency(server: FakeKeyVaultServer, key: str) -> None:
+    kms = provider(server, key, max_concurrency=6)
+    deks = [crypto.new_dek() for _ in range(48)]
+    wrapped = [w.ciphertext for w in kms.wrap_many(deks, [{}] * 48)]
+    damaged = wrapped[17][:-8] + ("A" * 8 if not wrapped[17].endswith("A" * 8) else "B" * 8)
+    server.vault.latency = (0.0, 0.03)
+    server.vault.max_in_flight = 0
+    try:
+        outcomes = kms.unwrap_many([*wrapped[:17], damaged, *wrapped[18:]], [{}] * 48)
+        assert 1 < server.vault.max_in_flight <= 6
+        assert isinstance(outcomes[17], IntegrityError)
+        assert outcomes[:17] + outcomes[18:] == deks[:17] + deks[18:]
+        kms.rotate()
+        rewrapped = kms.rewrap_many(wrapped, [{}] * 48)
+        assert {getattr(r, "key_version", None) for r in rewrapped} == {2}
+        fresh = [r.ciphertext for r in rewrapped if not isinstance(r, Exception)]
+        assert kms.unwrap_many(fresh, [{}] * 48) == deks
+    finally:
+        server.vault.latency = None
+        kms.close()
+
+
+def test_whole_call_failures_stop_the_batch(server: FakeKeyVaultServer, key: str) -> None:
+    kms = provider(server, key, retry_total=0)
+    wrapped = [
+        w.ciphertext for w in kms.wrap_many([crypto.new_dek() for _ in range(30)], [{}] * 30)
+    ]
+    server.vault.inject(key, 429)
+    before = len(server.vault.requests)
+    try:
+        with pytest.raises(RateLimitedError):
+            kms.unwrap_many(wrapped, [{}] * 30)
+        sent = [r for r in server.vault.requests[before:] if r.path.endswith("/unwrapkey")]
+        assert len(sent) < 30  # the items not yet started were never sent
+        server.vault.inject(key, 503)
+        with pytest.raises(KMSUnavailableError, match="HTTP 503"):
+            kms.unwrap_many(wrapped[:2], [{}] * 2)
+    finally:
+        server.vault.clear(key)
+    # With the SDK's default retry policy, a short burst of throttling is ridden out.
+    patient = provider(server, key)
+    server.vault.inject(key, 429, times=2)
+    assert len(patient.unwrap_many(wrapped[:1], [{}])) == 1
+    kms.close()
+    patient.close()
+
+
+def test_managed_hsm_aes_key_wraps_in_the_hsm(server: FakeKeyVaultServer) -> None:
+    server.vault.create_key("hsm-aes", kty="oct-HSM", size=256)
+    kms = provider(server, "hsm-aes")
+    deks = [crypto.new_dek() for _ in range(5)]
+    wrapped = kms.wrap_many(deks, [{}] * 5)
+    assert all(":A256KW:" in w.ciphertext for w in wrapped)
+    assert kms.unwrap_many([w.ciphertext for w in wrapped], [{}] * 5) == deks
+    wraps = [r for r in server.vault.requests if r.path.endswith("/wrapkey")]
+    assert len(wraps) == 5  # symmetric keys never leave the HSM: every wrap is a call
+    kms.health()
+    kms.close()
+
+
+def test_worker_with_unwrap_only_can_read_but_not_write(
+    server: FakeKeyVaultServer, key: str
+) -> None:
+    app = provider(server, key)
+    deks = [crypto.new_dek() for _ in range(3)]
+    wrapped = [w.ciphertext for w in app.wrap_many(deks, [{}] * 3)]
+    server.vault.add_principal(*WORKER, UNWRAP_ONLY)
+    worker = AzureKeyVaultProvider(key_client(server, WORKER), key)
+    # The SDK's first look at the key version is refused (no keys/read); it unwraps remotely.
+    assert worker.unwrap_many(wrapped, [{}] * 3) == deks
+    with pytest.raises(PermissionDeniedError):
+        worker.wrap_many([crypto.new_dek()], [{}])
+    with pytest.raises(PermissionDeniedError):
+        worker.rotate()
+    app.close()
+    worker.close()
+
+
+def test_sdk_cryptography_client_would_lose_aes_wrapped_keys(server: FakeKeyVaultServer) -> None:
+    """Why oct-HSM keys are wrapped through ``send_request``: for a key whose material Key
+    Vault does not return, the SDK's CryptographyClient makes up a random local AES key and
+    wraps with it, so the result never unwraps. If this test fails, the SDK changed."""
+    version = server.vault.create_key("hsm-hazard", kty="oct-HSM", size=256)
+    client = key_client(server)
+    dek = crypto.new_dek()
+    local = client.get_cryptography_client("hsm-hazard", key_version=version)
+    blob = local.wrap_key(KeyWrapAlgorithm.aes_256, bytes(dek)).encrypted_key
+    assert not [r for r in server.vault.requests if "hsm-hazard" in r.path and "wrapkey" in r.path]
+    text = base64.urlsafe_b64encode(blob).rstrip(b"=").decode()
+    kms = provider(server, "hsm-hazard")
+    (outcome,) = kms.unwrap_many([f"azure:v1:{version}:A256KW:{text}"], [{}])
+    assert isinstance(outcome, IntegrityError)
+    client.close()
+    kms.close()
+
+
+def azure_env(server: FakeKeyVaultServer, key: str, tmp_path: Path) -> dict[str, str]:
+    return {
+        "HMD_ENCRYPTION_MODE": "kms",
+        "HMD_KMS_PROVIDER": "azure",
+        "HMD_KMS_KEY_ID": server.key_url(key),
+        "HMD_AZURE_CA_BUNDLE": str(server.ca_pem),
+        "HMD_AZURE_VERIFY_CHALLENGE_RESOURCE": "false",
+        "HMD_AZURE_DISABLE_INSTANCE_DISCOVERY": "true",
+        "HMD_AUDIT_LOG": str(tmp_path / "audit.log"),
+        # DefaultAzureCredential -> EnvironmentCredential -> the fake's Entra ID endpoint.
+        "AZURE_TENANT_ID": server.vault.tenant,
+        "AZURE_CLIENT_ID": APP[0],
+        "AZURE_CLIENT_SECRET": APP[1],
+        "AZURE_AUTHORITY_HOST": server.url,
+        # The credential's own HTTPS client trusts the standard variable, not HMD_AZURE_CA_BUNDLE.
+        "REQUESTS_CA_BUNDLE": str(server.ca_pem),
+    }
+
+
+def test_from_settings_with_env(
+    server: FakeKeyVaultServer, key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = azure_env(server, key, tmp_path) | {"HMD_AZURE_MAX_CONCURRENCY": "4"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings.from_env(env)
+    assert settings.azure is not None
+    assert settings.azure.max_concurrency == 4
+    assert settings.azure.verify_challenge_resource is False
+    kms = load_provider(settings)
+    assert kms.key_identifier == server.key_url(key)
+    kms.health()
+    assert kms.describe().latest_version == 1
+    kms.close()
+    for bad in (
+        server.key_url(key) + "/0123456789abcdef",
+        server.key_url(key).replace("https://", "http://"),
+        server.url + "/secrets/x",
+    ):
+        with pytest.raises(ConfigurationError, match=r"^HMD_KMS_KEY_ID: ") as caught:
+            load_provider(Settings.from_env({**env, "HMD_KMS_KEY_ID": bad}))
+        assert "\n" not in str(caught.value)
+    # Left on, the SDK refuses the loopback host: Key Vault's challenge names vault.azure.net.
+    strict = load_provider(
+        Settings.from_env({**env, "HMD_AZURE_VERIFY_CHALLENGE_RESOURCE": "true"})
+    )
+    with pytest.raises(ConfigurationError, match=r"^HMD_AZURE_VERIFY_CHALLENGE_RESOURCE: "):
+        strict.wrap_many([crypto.new_dek()], [{}])
+    strict.close()
+    with pytest.raises(ConfigurationError, match=r"^HMD_AZURE_MAX_CONCURRENCY"):
+        Settings.from_env({**env, "HMD_AZURE_MAX_CONCURRENCY": "0"})
+    with pytest.raises(ConfigurationError, match=r"^HMD_AZURE_DISABLE_INSTANCE_DISCOVERY"):
+        Settings.from_env({**env, "HMD_AZURE_DISABLE_INSTANCE_DISCOVERY": "maybe"})
+
+
+# -- the installed command, end to end --------------------------------------------------------
+
+
+def run(
+    args: list[str], env: dict[str, str], stdin: str | bytes = ""
+) -> subprocess.CompletedProcess[bytes]:
+    data = stdin.encode() if isinstance(stdin, str) else stdin
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("HMD_", "AZURE_"))}
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("heimdall-kms")), *args],
+        input=data,
+        capture_output=True,
+        env={**base, **env},
+        timeout=120,
+        check=False,
+    )
+
+
+def stored(db: Path) -> dict[int, KmsV1Envelope]:
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute("SELECT id, v FROM t ORDER BY id").fetchall()
+    result = {}
+    for row_id, value in rows:
+        envelope = parse(value)
+        assert isinstance(envelope, KmsV1Envelope), row_id
+        result[row_id] = envelope
+    return result
+
+
+def decrypt_all(server: FakeKeyVaultServer, key: str, env: dict[str, str], db: Path) -> list[str]:
+    settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("HMD_")})
+    envelopes = stored(db)
+    kms = AzureKeyVaultProvider(key_client(server), key)
+    with Crypto(settings, kms=kms, audit=MemoryAuditSink()) as facade:
+        return facade.decrypt_many(
+            [envelopes[i] for i in sorted(envelopes)], actor="t", reason="verify"
+        )
+
+
+def test_cli_end_to_end(server: FakeKeyVaultServer, key: str, tmp_path: Path) -> None:
+    env = azure_env(server, key, tmp_path)  # the app: Key Vault Crypto Service Encryption User
+    hybrid = env | {"HMD_ENCRYPTION_MODE": "hybrid", "HMD_PII_MASTER_KEY": MASTER_HEX}
+    admin = env | {"AZURE_CLIENT_ID": ADMIN[0], "AZURE_CLIENT_SECRET": ADMIN[1]}
+    expected = [f"{i:03d}-00-{i:04d}" for i in range(1, ROWS + 1)]
+
+    sealed = run(["encrypt", "--field", "ssn", "--context", "record=r1"], env, SSN)
+    assert sealed.returncode == 0, sealed.stderr
+    envelope = json.loads(sealed.stdout)
+    assert (envelope["provider"], envelope["key_version"]) == ("azure", 1)
+    assert envelope["key_identifier"] == server.key_url(key)
+    assert envelope["encrypted_dek"].startswith("azure:v1:")
+    opened = run(
+        ["decrypt", "--actor", "alice", "--reason", "t-1", "--field", "ssn"], env, sealed.stdout
+    )
+    assert (opened.returncode, opened.stdout.decode()) == (0, SSN), opened.stderr
+
+    db = tmp_path / "app.db"
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        connection.executemany(
+            "INSERT INTO t VALUES (?, ?)",
+            [(i, legacy_envelope(MASTER_HEX, text)) for i, text in enumerate(expected, 1)],
+        )
+    targets = ["--database", f"sqlite:///{db}", "--table", "t", "--column", "v"]
+    migrated = run(["migrate", *targets, "--batch-size", "10", "--json"], hybrid)
+    assert migrated.returncode == 0, migrated.stderr
+    assert json.loads(migrated.stdout)["completed"] == ROWS
+    assert {e.key_version for e in stored(db).values()} == {1}
+
+    denied = run(["rotate"], env)
+    assert denied.returncode == 77  # the app's role may wrap and unwrap, not rotate
+    assert "permission denied (HTTP 403 Forbidden)" in denied.stderr.decode()
+    rotated = run(["rotate", "--json"], admin)
+    assert rotated.returncode == 0, rotated.stderr
+    assert json.loads(rotated.stdout) | {"next_due": None} == {
+        "rotated": True,
+        "old_version": 1,
+        "new_version": 2,
+        "next_due": None,
+    }
+    refused = run(["retire", "--below-version", "2", *targets], admin)
+    assert refused.returncode == 4
+    assert f"{ROWS} stored values still need a version below 2" in refused.stderr.decode()
+    assert [enabled for _, enabled in server.vault.versions(key)] == [True, True]
+
+    before = stored(db)
+    rewrapped = run(["reencrypt", *targets, "--mode", "rewrap", "--json"], admin)
+    assert rewrapped.returncode == 0, rewrapped.stderr
+    assert json.loads(rewrapped.stdout)["completed"] == ROWS
+    after = stored(db)
+    for row_id, old in before.items():
+        assert (after[row_id].ciphertext, after[row_id].nonce) == (old.ciphertext, old.nonce)
+        assert (old.key_version, after[row_id].key_version) == (1, 2)
+        assert after[row_id].encrypted_dek.startswith("azure:v2:")
+
+    retired = run(["retire", "--below-version", "2", *targets, "--json"], admin)
+    assert retired.returncode == 0, retired.stderr
+    assert json.loads(retired.stdout)["min_decryption_version"] == 2
+    assert [enabled for _, enabled in server.vault.versions(key)] == [False, True]
+    stale = run(["decrypt", "--actor", "a", "--reason", "r"], env, sealed.stdout)
+    assert stale.returncode == 68  # the v1 value: Key Vault refuses the disabled version
+    assert "disabled" in stale.stderr.decode()
+
+    assert run(["rotate"], admin).returncode == 0
+    full = run(["reencrypt", *targets, "--mode", "full", "--json"], admin)
+    assert full.returncode == 0, full.stderr
+    assert json.loads(full.stdout)["completed"] == ROWS
+    for row_id, old in after.items():
+        new = stored(db)[row_id]
+        assert new.ciphertext != old.ciphertext
+        assert new.key_version == 3
+        assert new.context == {"table": "t", "field": "v", "record": str(row_id)}
+    assert decrypt_all(server, key, env, db) == expected
+
+    audit = (tmp_path / "audit.log").read_text()
+    events = [json.loads(line)["event_type"] for line in audit.splitlines()]
+    assert {"crypto.encrypt", "crypto.decrypt", "key.rotate", "key.retire"} <= set(events)
+    assert SSN not in audit and APP[1] not in audit and ADMIN[1] not in audit
+    assert all(text not in audit for text in expected)
+    assert verify_audit(tmp_path, env)
+
+
+def verify_audit(tmp_path: Path, env: dict[str, str]) -> bool:
+    checked = run(["audit", "verify", str(tmp_path / "audit.log")], env)
+    return checked.returncode == 0
+
+
+def test_cli_bad_secret_is_one_error_line(
+    server: FakeKeyVaultServer, key: str, tmp_path: Path
+) -> None:
+    env = azure_env(server, key, tmp_path) | {"AZURE_CLIENT_SECRET": "wrong-secret-value"}
+    result = run(["encrypt", "--field", "ssn"], env, SSN)
+    err = result.stderr.decode()
+    assert result.returncode == 77, err
+    assert "Traceback" not in err
+    assert "wrong-secret-value" not in err
+    assert result.stdout == b""
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("heimdall-kms: error:")]
+    assert errors == [lines[-1]]
+    assert errors[0].startswith("heimdall-kms: error: Azure Key Vault wrap: authentication failed")
+    # Before it, azure-identity's own diagnosis (which credential failed, the AADSTS code) is
+    # logged as a warning by the SDK; it carries no secret.
+    assert all(line.startswith("heimdall-kms: warning:") for line in lines[:-1][:1])
