@@ -210,3 +210,27 @@ def test_cli_arguments_never_crash(
         assert code != 70, err  # 70 is "internal error": a crash we did not type
         if code != 0:
             assert len([line for line in err.splitlines() if line.strip()]) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300))
+def test_policy_files_of_any_content(text: str) -> None:
+    from heimdall_kms.policy import load_policy
+
+    for suffix in (".json", ".yaml"):
+        path = Path(f"/tmp/heimdall-fuzz-policy-{id(text)}{suffix}")
+        path.write_text(text, encoding="utf-8")
+        try:
+            with contextlib.suppress(HeimdallKMSError):
+                load_policy(path)
+        finally:
+            path.unlink(missing_ok=True)
+
+
+@FAST
+@given(json_values)
+def test_policy_documents_of_any_shape(document: Any) -> None:
+    from heimdall_kms.policy import parse_policy
+
+    with contextlib.suppress(HeimdallKMSError):
+        parse_policy(document)
