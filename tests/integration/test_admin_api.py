@@ -433,20 +433,25 @@ def test_rotation_check_setting() -> None:
 
 @pytest.mark.vault
 def test_healthz_follows_the_kms(fresh_openbao: OpenBao, make_api: Callable[..., Api]) -> None:
-    api = make_api(fresh_openbao.env())
+    api = make_api(
+        fresh_openbao.env(HMD_KMS_BREAKER_THRESHOLD="2", HMD_KMS_BREAKER_COOLDOWN_SECONDS="1")
+    )
     healthy = api.call("GET", "/healthz")
     assert (healthy.status_code, healthy.json()) == (
         200,
-        {"status": "ok", "provider": "vault", "key": "heimdall-pii"},
+        {"status": "ok", "provider": "vault", "key": "heimdall-pii", "circuit": "closed"},
     )
     fresh_openbao.client().sys.seal()
     sealed = api.call("GET", "/healthz")
-    assert (sealed.status_code, sealed.json()) == (
-        503,
-        {"status": "unavailable", "error_type": "unavailable"},
-    )
+    assert sealed.status_code == 503
+    assert sealed.json()["error_type"] == "unavailable"
+    api.call("GET", "/healthz")  # a second failed round trip opens the circuit
+    opened = api.call("GET", "/healthz")
+    assert (opened.status_code, opened.json()["circuit"]) == (503, "open")
     fresh_openbao.client().sys.submit_unseal_key(fresh_openbao.unseal_key)
-    assert api.call("GET", "/healthz").status_code == 200
+    time.sleep(1.1)  # the cooldown; then /healthz is the probe that closes it
+    recovered = api.call("GET", "/healthz")
+    assert (recovered.status_code, recovered.json()["circuit"]) == (200, "closed")
 
 
 EXPECTED_METRICS = {

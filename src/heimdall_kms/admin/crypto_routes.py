@@ -75,10 +75,20 @@ def decrypt(
 def healthz(request: Request) -> JSONResponse:
     state = state_of(request)
     error = state.health.check()
+    # The circuit breaker's state (remote providers): "open" means calls are failing fast.
+    breaker = getattr(state.kms, "breaker", None)
+    circuit = {"circuit": breaker.state.value} if breaker is not None else {}
     if error is not None:
-        return JSONResponse({"status": "unavailable", "error_type": error}, status_code=503)
-    body = {"status": "ok", "provider": state.kms.name.value, "key": state.kms.key_identifier}
-    return JSONResponse(body)
+        body = {"status": "unavailable", "error_type": error, **circuit}
+        return JSONResponse(body, status_code=503)
+    return JSONResponse(
+        {
+            "status": "ok",
+            "provider": state.kms.name.value,
+            "key": state.kms.key_identifier,
+            **circuit,
+        }
+    )
 
 
 @router.get(

@@ -135,6 +135,7 @@ class Health(BaseModel):
     provider: str | None = None
     key: str | None = None
     error_type: str | None = None
+    circuit: Literal["closed", "open", "half_open"] | None = None
 
 
 def json_body(model: type[_M], *, optional: bool = False) -> Callable[[Request], Awaitable[_M]]:
