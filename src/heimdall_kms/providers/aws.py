@@ -56,7 +56,7 @@ from heimdall_kms.errors import (
     PermissionDeniedError,
     RateLimitedError,
 )
-from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey
+from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey, round_trip
 
 __all__ = ["AWSKMSProvider", "build_client", "create_key_for_alias", "kms_encryption_context"]
 
@@ -281,15 +281,7 @@ class AWSKMSProvider:
         )
 
     def health(self) -> None:
-        dek = crypto.new_dek()
-        try:
-            (wrapped,) = self.wrap_many([dek], [{}])
-            (result,) = self.unwrap_many([wrapped.ciphertext], [{}])
-            if isinstance(result, HeimdallKMSError):
-                raise result
-            crypto.wipe(result)
-        finally:
-            crypto.wipe(dek)
+        round_trip(self)
 
     def close(self) -> None:
         self._client.close()

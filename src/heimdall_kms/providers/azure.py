@@ -62,7 +62,7 @@ from heimdall_kms.errors import (
     PermissionDeniedError,
     RateLimitedError,
 )
-from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey
+from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey, round_trip
 
 __all__ = ["AzureKeyVaultProvider", "parse_key_url"]
 
@@ -251,15 +251,7 @@ class AzureKeyVaultProvider:
         )
 
     def health(self) -> None:
-        dek = crypto.new_dek()
-        try:
-            (wrapped,) = self.wrap_many([dek], [{}])
-            (result,) = self.unwrap_many([wrapped.ciphertext], [{}])
-            if isinstance(result, HeimdallKMSError):
-                raise result
-            crypto.wipe(result)
-        finally:
-            crypto.wipe(dek)
+        round_trip(self)
 
     def close(self) -> None:
         self._keys.close()

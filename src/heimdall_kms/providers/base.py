@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from heimdall_kms import crypto
 from heimdall_kms.config import ProviderName
-from heimdall_kms.errors import HeimdallKMSError
+from heimdall_kms.errors import HeimdallKMSError, IntegrityError
 
 __all__ = [
     "KeyContext",
@@ -24,6 +25,7 @@ __all__ = [
     "KeyVersion",
     "KeyedHashing",
     "WrappedKey",
+    "round_trip",
 ]
 
 KeyContext = Mapping[str, str]
@@ -162,3 +164,23 @@ class KeyedHashing(Protocol):
         Raises:
             ConfigurationError: the provider has no keyed hashing. KMSError: the call failed.
         """
+
+
+def round_trip(kms: KeyManagementService) -> None:
+    """The health check every provider shares: wrap a fresh random DEK and unwrap it again.
+
+    Raises:
+        HeimdallKMSError: either call failed, or the DEK did not come back intact.
+    """
+    dek = crypto.new_dek()
+    try:
+        (wrapped,) = kms.wrap_many([dek], [{}])
+        (result,) = kms.unwrap_many([wrapped.ciphertext], [{}])
+        if isinstance(result, HeimdallKMSError):
+            raise result
+        same = result == dek
+        crypto.wipe(result)
+        if not same:
+            raise IntegrityError("the KMS returned a different data key on the health check")
+    finally:
+        crypto.wipe(dek)

@@ -35,7 +35,7 @@ from heimdall_kms.errors import (
     KeyNotFoundError,
     KeyVersionRetiredError,
 )
-from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey
+from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey, round_trip
 
 __all__ = ["LocalDevProvider", "LocalKeyring"]
 
@@ -240,15 +240,7 @@ class LocalDevProvider:
         )
 
     def health(self) -> None:
-        dek = crypto.new_dek()
-        try:
-            (wrapped,) = self.wrap_many([dek], [{}])
-            (result,) = self.unwrap_many([wrapped.ciphertext], [{}])
-            if isinstance(result, HeimdallKMSError):
-                raise result
-            crypto.wipe(result)
-        finally:
-            crypto.wipe(dek)
+        round_trip(self)
 
     def close(self) -> None:
         return None

@@ -39,7 +39,7 @@ from heimdall_kms.errors import (
     PermissionDeniedError,
     RateLimitedError,
 )
-from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey
+from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey, round_trip
 from heimdall_kms.providers.vault_auth import Login, TokenKeeper, login_function, new_client
 
 __all__ = [
@@ -223,15 +223,7 @@ class VaultTransitProvider:
         )
 
     def health(self) -> None:
-        dek = crypto.new_dek()
-        try:
-            (wrapped,) = self.wrap_many([dek], [{}])
-            (result,) = self.unwrap_many([wrapped.ciphertext], [{}])
-            if isinstance(result, HeimdallKMSError):
-                raise result
-            crypto.wipe(result)
-        finally:
-            crypto.wipe(dek)
+        round_trip(self)
 
     def close(self) -> None:
         self._client.adapter.close()
