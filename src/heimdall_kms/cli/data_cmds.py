@@ -25,18 +25,15 @@ from heimdall_kms.service import Crypto
 
 __all__ = ["migrate", "reencrypt", "status"]
 
-
-@click.command()
-@target_options
-@click.option(
+# Options shared by the batch jobs (migrate, reencrypt).
+_BATCH_SIZE = click.option(
     "--batch-size",
     default=250,
     show_default=True,
     type=click.IntRange(1, 10_000),
     help="Rows per batch: one transaction and one batched KMS call each.",
 )
-@click.option("--dry-run", is_flag=True, help="Decrypt with the env key and count; write nothing.")
-@click.option(
+_RATE_LIMIT = click.option(
     "--rate-limit",
     default=0.0,
     show_default=True,
@@ -44,7 +41,15 @@ __all__ = ["migrate", "reencrypt", "status"]
     metavar="RPS",
     help="At most this many KMS calls per second (0: no limit).",
 )
-@click.option("--run-id", help="Name the run (default: generated); the journal keeps it.")
+_RUN_ID = click.option("--run-id", help="Name the run (default: generated); the journal keeps it.")
+
+
+@click.command()
+@target_options
+@_BATCH_SIZE
+@click.option("--dry-run", is_flag=True, help="Decrypt with the env key and count; write nothing.")
+@_RATE_LIMIT
+@_RUN_ID
 @click.option("--actor", default="migrate", show_default=True, help="Who runs it (audited).")
 @click.option(
     "--rollback",
@@ -107,23 +112,10 @@ def migrate(
     is_flag=True,
     help="With --mode full: re-encrypt every value, not only those below the latest key version.",
 )
-@click.option(
-    "--batch-size",
-    default=250,
-    show_default=True,
-    type=click.IntRange(1, 10_000),
-    help="Rows per batch: one transaction and one batched KMS call each.",
-)
+@_BATCH_SIZE
 @click.option("--dry-run", is_flag=True, help="Count what would change; write nothing.")
-@click.option(
-    "--rate-limit",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(0),
-    metavar="RPS",
-    help="At most this many KMS calls per second (0: no limit).",
-)
-@click.option("--run-id", help="Name the run (default: generated); the journal keeps it.")
+@_RATE_LIMIT
+@_RUN_ID
 @click.option("--actor", default="reencrypt", show_default=True, help="Who runs it (audited).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def reencrypt(
