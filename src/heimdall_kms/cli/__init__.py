@@ -20,11 +20,13 @@ from heimdall_kms.cli.compliance_cmd import compliance
 from heimdall_kms.cli.crypto_cmds import decrypt, encrypt
 from heimdall_kms.cli.data_cmds import migrate, reencrypt, status
 from heimdall_kms.cli.demo_cmd import demo
+from heimdall_kms.cli.doctor_cmd import doctor
 from heimdall_kms.cli.drill_cmds import drill
 from heimdall_kms.cli.journal_cmds import journal
 from heimdall_kms.cli.key_cmds import keys, retire_command, rotate_command
 from heimdall_kms.cli.policy_cmds import check, protect, reveal
 from heimdall_kms.cli.serve_cmd import serve
+from heimdall_kms.cli.vault_cmds import vault
 from heimdall_kms.errors import HeimdallKMSError
 
 __all__ = ["cli", "main"]
@@ -59,6 +61,8 @@ cli.add_command(journal)
 cli.add_command(audit)
 cli.add_command(serve)
 cli.add_command(demo)
+cli.add_command(vault)
+cli.add_command(doctor)
 cli.add_command(drill)
 cli.add_command(compliance)
 
