@@ -21,6 +21,7 @@ __all__ = [
     "AuditTamperedError",
     "AuditWriteError",
     "AuthenticationError",
+    "CircuitOpenError",
     "ConfigurationError",
     "HeimdallKMSError",
     "IncompleteError",
@@ -149,6 +150,16 @@ class KMSUnavailableError(KMSError):
     error_type = "unavailable"
     retryable = True
     exit_code = 69
+
+
+class CircuitOpenError(KMSUnavailableError):
+    """Failing fast: the circuit breaker is open after repeated unavailability.
+
+    Counted as ``error_type="circuit_open"`` in ``heimdall_crypto_errors_total``, which is how
+    the breaker's state shows in the metrics.
+    """
+
+    error_type = "circuit_open"
 
 
 class RateLimitedError(KMSError):

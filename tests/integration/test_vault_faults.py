@@ -204,3 +204,25 @@ def test_renewable_token_is_renewed_before_it_runs_out(fresh_openbao: OpenBao) -
     after = client.auth.token.lookup_self()["data"]["ttl"]
     assert before <= 1
     assert after >= 2
+
+
+def test_a_rate_limited_job_slows_its_own_budget(fresh_openbao: OpenBao) -> None:
+    from heimdall_kms.jobs.metered import MeteredProvider
+    from heimdall_kms.jobs.rate import TokenBucket
+
+    fresh_openbao.client().adapter.post(
+        "/v1/sys/quotas/rate-limit/slow",
+        json={"rate": 2, "interval": "1s", "path": f"transit/encrypt/{TRANSIT_KEY}"},
+    )
+    client = hvac.Client(url=fresh_openbao.addr, token=fresh_openbao.root_token)
+    bucket = TokenBucket(50)
+    kms = MeteredProvider(
+        ResilientProvider(
+            VaultTransitProvider(client, TRANSIT_KEY),
+            retry=RetryPolicy(attempts=20, max_seconds=30),
+        ),
+        bucket,
+    )
+    for _ in range(6):
+        kms.wrap_many([crypto.new_dek()], [{}])
+    assert bucket.rate < 50  # the 429s it met were turned into a slower budget

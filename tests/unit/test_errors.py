@@ -28,7 +28,7 @@ def test_permission_denied_is_an_authentication_error() -> None:
 
 def test_only_transient_failures_are_retryable() -> None:
     retryable = {n for n in errors.__all__ if getattr(errors, n).retryable}
-    assert retryable == {"KMSUnavailableError", "RateLimitedError"}
+    assert retryable == {"KMSUnavailableError", "CircuitOpenError", "RateLimitedError"}
 
 
 def test_exit_code_table_in_docs_matches_the_classes() -> None:

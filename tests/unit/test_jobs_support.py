@@ -174,3 +174,20 @@ def test_target_identifiers_are_checked() -> None:
         Target('x"; drop table y; --', "c")
     with pytest.raises(StoreError):
         Target("a.b.c", "c")
+
+
+def test_token_bucket_backs_off_under_throttling_and_recovers() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(40, clock=clock, sleep=clock.sleep)
+    for _ in range(3):
+        bucket.slow_down()
+    assert bucket.rate == 5
+    for _ in range(100):
+        bucket.slow_down()
+    assert bucket.rate == 1  # the floor: a job never stops entirely
+    for _ in range(100):
+        bucket.speed_up()
+    assert bucket.rate == 40  # never above what was configured
+    unlimited = TokenBucket(0)
+    unlimited.slow_down()
+    assert unlimited.rate == 0

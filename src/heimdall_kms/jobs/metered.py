@@ -32,6 +32,10 @@ class MeteredProvider:
         self.inner = inner
         self.calls: Counter[str] = Counter()
         self._bucket = bucket or TokenBucket(0)
+        # Throttling seen by the retry layer below slows this job's budget down.
+        register = getattr(inner, "on_throttle", None)
+        if callable(register):
+            register(self._bucket.slow_down)
 
     @property
     def name(self) -> ProviderName:
@@ -48,7 +52,9 @@ class MeteredProvider:
     def _call(self, operation: str, call: Callable[[], _T]) -> _T:
         self._bucket.acquire()
         self.calls[operation] += 1
-        return call()
+        result = call()
+        self._bucket.speed_up()
+        return result
 
     def wrap_many(
         self, deks: Sequence[bytearray], contexts: Sequence[KeyContext]

@@ -12,6 +12,11 @@ class TokenBucket:
     """``rate`` tokens per second, holding at most ``burst`` (default: one second's worth).
 
     Time is injected (``clock``, ``sleep``) so tests never wait. A rate of 0 means unlimited.
+
+    The rate adapts to the KMS (additive increase, multiplicative decrease): each throttled
+    call halves it, down to ``floor``; each call that goes through wins back a twentieth of
+    the configured rate, up to that rate. A background job thus slows down as soon as the KMS
+    pushes back, and leaves the capacity to live traffic.
     """
 
     def __init__(
@@ -25,11 +30,23 @@ class TokenBucket:
         if rate < 0:
             raise ValueError("rate must be >= 0")
         self.rate = rate
+        self.configured = rate
+        self.floor = min(rate, 1.0)
         self.burst = burst if burst is not None else max(rate, 1.0)
         self._clock = clock
         self._sleep = sleep
         self._tokens = self.burst
         self._last = clock()
+
+    def slow_down(self) -> None:
+        """The KMS throttled a call: halve the rate (never below the floor)."""
+        if self.configured:
+            self.rate = max(self.floor, self.rate / 2)
+
+    def speed_up(self) -> None:
+        """A call went through: win back a step of the configured rate."""
+        if self.configured:
+            self.rate = min(self.configured, self.rate + self.configured / 20)
 
     def acquire(self, tokens: float = 1.0) -> float:
         """Take ``tokens``, sleeping until they are available; returns the seconds slept."""

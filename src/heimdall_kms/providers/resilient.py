@@ -25,7 +25,13 @@ from typing import TypeVar
 import tenacity
 
 from heimdall_kms.config import ProviderName
-from heimdall_kms.errors import ConfigurationError, HeimdallKMSError, KMSUnavailableError
+from heimdall_kms.errors import (
+    CircuitOpenError,
+    ConfigurationError,
+    HeimdallKMSError,
+    KMSUnavailableError,
+    RateLimitedError,
+)
 from heimdall_kms.providers.base import (
     KeyContext,
     KeyedHashing,
@@ -83,7 +89,7 @@ class CircuitBreaker:
                 self._probing = True  # this call is the probe
                 return
             remaining = max(0.0, self.cooldown - waited)
-            raise KMSUnavailableError(
+            raise CircuitOpenError(
                 f"KMS unavailable: circuit open after {self.threshold} consecutive failures; "
                 f"next probe in {remaining:.0f}s"
             )
@@ -149,6 +155,11 @@ class ResilientProvider:
         self.inner = inner
         self.retry = retry or RetryPolicy()
         self.breaker = breaker or CircuitBreaker()
+        self._throttle_listeners: list[Callable[[], None]] = []
+
+    def on_throttle(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever the KMS throttles a call (before the back-off)."""
+        self._throttle_listeners.append(listener)
 
     @property
     def name(self) -> ProviderName:
@@ -160,8 +171,17 @@ class ResilientProvider:
 
     def _call(self, fn: Callable[[], _T], *, retry: bool = True) -> _T:
         self.breaker.before_call()
+
+        def attempt() -> _T:
+            try:
+                return fn()
+            except RateLimitedError:
+                for listener in self._throttle_listeners:
+                    listener()
+                raise
+
         try:
-            result = self.retry.call(fn) if retry else fn()
+            result = self.retry.call(attempt) if retry else attempt()
         except HeimdallKMSError as exc:
             self.breaker.record(exc)
             raise
