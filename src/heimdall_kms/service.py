@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from heimdall_kms import crypto
 from heimdall_kms.audit import AuditEvent, AuditSink, EventType, Result
+from heimdall_kms.audit.events import now_rfc3339
 from heimdall_kms.config import EncryptionMode, Settings, WriteFormat
 from heimdall_kms.envelope import (
     KMS_V1,
@@ -114,8 +115,10 @@ class Crypto:
         def events(
             envelopes: Sequence[Envelope | None], error: HeimdallKMSError | None = None
         ) -> list[AuditEvent]:
+            # One batch is recorded at one moment: one timestamp for all of its events.
+            stamp = now_rfc3339()
             return [
-                self._event(EventType.ENCRYPT, who, request_id, env, ctx, error=error)
+                self._event(EventType.ENCRYPT, who, request_id, env, ctx, error=error, at=stamp)
                 for env, ctx in zip(envelopes, contexts, strict=True)
             ]
 
@@ -257,6 +260,7 @@ class Crypto:
         self, opened: list[Opened], actor: str, reason: str, request_id: str, provider: str
     ) -> None:
         """Audit every outcome (fail closed: raises AuditWriteError) and count it."""
+        stamp = now_rfc3339()
         self.audit.emit(
             [
                 self._event(
@@ -267,6 +271,7 @@ class Crypto:
                     item.context,
                     reason=reason,
                     error=item.outcome if isinstance(item.outcome, HeimdallKMSError) else None,
+                    at=stamp,
                 )
                 for item in opened
             ]
@@ -373,6 +378,7 @@ class Crypto:
         *,
         error: HeimdallKMSError | None = None,
         reason: str | None = None,
+        at: str | None = None,
     ) -> AuditEvent:
         key_identifier: str | None = None
         key_version: int | None = None
@@ -385,6 +391,7 @@ class Crypto:
         elif self.kms is not None and not self._writes_legacy:
             key_identifier, provider = self.kms.key_identifier, self.kms.name.value
         return AuditEvent(
+            timestamp=at if at is not None else now_rfc3339(),
             event_type=event_type,
             actor=actor,
             request_id=request_id,

@@ -20,14 +20,18 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["GENESIS", "canonical", "chain_hash", "seal_line"]
+__all__ = ["GENESIS", "canonical", "chain_hash", "seal_line", "seal_split"]
 
 GENESIS = "0" * 64
 
 
+# One encoder for every line: json.dumps would build a new encoder per call.
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
 def canonical(document: Mapping[str, Any]) -> bytes:
     """Sorted-key compact UTF-8 JSON: the bytes the hash covers."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODE(document).encode()
 
 
 def chain_hash(prev_hash: str, body: Mapping[str, Any]) -> str:
@@ -36,6 +40,33 @@ def chain_hash(prev_hash: str, body: Mapping[str, Any]) -> str:
 
 def seal_line(event: Mapping[str, Any], seq: int, prev_hash: str) -> tuple[str, str]:
     """The line to write (with its newline) and its hash."""
-    body = {**event, "seq": seq, "prev_hash": prev_hash}
-    digest = chain_hash(prev_hash, body)
-    return canonical({**body, "hash": digest}).decode() + "\n", digest
+    if "hash" in event:
+        # A key the line itself defines: keep the literal definition for this odd case.
+        body = {**event, "seq": seq, "prev_hash": prev_hash}
+        digest = chain_hash(prev_hash, body)
+        return canonical({**body, "hash": digest}).decode() + "\n", digest
+    before = {key: value for key, value in event.items() if key < "hash"}
+    after = {key: value for key, value in event.items() if key > "hash"}
+    after["seq"] = seq
+    after["prev_hash"] = prev_hash
+    return seal_split(before, after, prev_hash)
+
+
+def seal_split(
+    before: Mapping[str, Any], after: Mapping[str, Any], prev_hash: str
+) -> tuple[str, str]:
+    """:func:`seal_line` for a body already split around where ``hash`` sorts.
+
+    ``before`` holds the top-level keys that sort before ``"hash"``, ``after`` those that sort
+    after it (including ``seq`` and ``prev_hash``). Both halves are encoded once; the hashed
+    body and the written line are the same bytes with and without the ``hash`` member, so the
+    result is byte-for-byte what sealing the whole document would give.
+    """
+    head = _ENCODE(before)[:-1]  # "{...": the closing brace dropped
+    tail = _ENCODE(after)[1:]  # "...}": the opening brace dropped
+    comma = "," if len(head) > 1 else ""
+    # ASCII only, as in chain_hash: a damaged tail must not be continued.
+    digest = hashlib.sha256(
+        prev_hash.encode("ascii") + b"\n" + (head + comma + tail).encode()
+    ).hexdigest()
+    return f'{head}{comma}"hash":"{digest}",{tail}\n', digest

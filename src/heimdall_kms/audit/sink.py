@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, TextIO
 
-from heimdall_kms.audit.chain import GENESIS, seal_line
+from heimdall_kms.audit.chain import GENESIS, seal_split
 from heimdall_kms.audit.events import AuditEvent
 from heimdall_kms.errors import AuditWriteError
 
@@ -55,7 +55,7 @@ def _chain(events: Sequence[AuditEvent], seq: int, prev: str) -> tuple[str, int,
     lines = []
     for event in events:
         seq += 1
-        line, prev = seal_line(event.to_dict(), seq, prev)
+        line, prev = seal_split(*event.chain_halves(seq, prev), prev)
         lines.append(line)
     return "".join(lines), seq, prev
 
