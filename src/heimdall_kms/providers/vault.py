@@ -17,6 +17,7 @@ import binascii
 import contextlib
 import re
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Self, TypeVar
 
@@ -53,6 +54,7 @@ _WRAPPED = re.compile(r"vault:v[1-9][0-9]{0,8}:[A-Za-z0-9+/=]+")
 _T = TypeVar("_T")
 # OpenBao refuses a JSON body with too many strings; a 500-item batch failed where 499 passed.
 _TOO_COMPLEX = "exceeded maximum number of strings"
+_CONCURRENT_BATCHES = 4
 
 
 def build_client(vault: VaultSettings) -> hvac.Client:
@@ -258,10 +260,17 @@ class VaultTransitProvider:
     def _batched(
         self, operation: str, call: Callable[..., Any], items: list[dict[str, str]]
     ) -> list[dict[str, Any] | HeimdallKMSError]:
-        results: list[dict[str, Any] | HeimdallKMSError] = []
-        for chunk in _chunks(items, self._batch_size):
-            results.extend(self._authorized(lambda: self._call_batch(operation, call, chunk)))  # noqa: B023 - called at once
-        return results
+        chunks = list(_chunks(items, self._batch_size))
+
+        def one(chunk: list[dict[str, str]]) -> list[dict[str, Any] | HeimdallKMSError]:
+            return self._authorized(lambda: self._call_batch(operation, call, chunk))
+
+        if len(chunks) <= 1:
+            return one(chunks[0]) if chunks else []
+        # Several batch requests in flight overlap Vault's work with the network and with each
+        # other; results come back in input order. A whole-call error is raised as before.
+        with ThreadPoolExecutor(max_workers=min(_CONCURRENT_BATCHES, len(chunks))) as pool:
+            return [result for part in pool.map(one, chunks) for result in part]
 
     def _vault(self, operation: str, fn: Callable[[], _T]) -> _T:
         """One Vault call: errors translated, the token kept fresh, one re-login if refused."""
