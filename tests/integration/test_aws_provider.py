@@ -14,7 +14,6 @@ import os
 import secrets
 import sqlite3
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC
@@ -46,6 +45,7 @@ from heimdall_kms.providers.aws import (
     kms_encryption_context,
 )
 from tests.legacy_data import legacy_envelope
+from tests.servers import run_cli
 from tests.servers_aws import MotoServer, start_moto
 
 CTX = {"table": "customers", "field": "ssn", "record": "r1"}
@@ -342,16 +342,7 @@ def test_a_missing_alias_is_not_created(moto: MotoServer) -> None:
 def cli(
     args: list[str], env: dict[str, str], stdin: str | bytes = ""
 ) -> subprocess.CompletedProcess[bytes]:
-    data = stdin.encode() if isinstance(stdin, str) else stdin
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("HMD_", "AWS_"))}
-    return subprocess.run(
-        [str(Path(sys.executable).with_name("heimdall-kms")), *args],
-        input=data,
-        capture_output=True,
-        env={**base, **env},
-        timeout=120,
-        check=False,
-    )
+    return run_cli(args, env, stdin, drop=("HMD_", "AWS_"))
 
 
 def stored(db: Path) -> dict[int, str | None]:

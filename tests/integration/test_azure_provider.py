@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +39,7 @@ from tests.fakes.azure_kv_http import (
     start_fake_key_vault,
 )
 from tests.legacy_data import legacy_envelope
+from tests.servers import run_cli
 
 MASTER_HEX = "ab" * 32
 SSN = "123-45-6789"
@@ -305,16 +304,7 @@ def test_from_settings_with_env(
 def run(
     args: list[str], env: dict[str, str], stdin: str | bytes = ""
 ) -> subprocess.CompletedProcess[bytes]:
-    data = stdin.encode() if isinstance(stdin, str) else stdin
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("HMD_", "AZURE_"))}
-    return subprocess.run(
-        [str(Path(sys.executable).with_name("heimdall-kms")), *args],
-        input=data,
-        capture_output=True,
-        env={**base, **env},
-        timeout=120,
-        check=False,
-    )
+    return run_cli(args, env, stdin, drop=("HMD_", "AZURE_"))
 
 
 def stored(db: Path) -> dict[int, KmsV1Envelope]:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.servers import OpenBao
+from tests.servers import OpenBao, run_cli
 
 pytestmark = pytest.mark.vault
 
@@ -21,16 +19,7 @@ LEGACY_KEY = "ab" * 32
 def run(
     args: list[str], env: dict[str, str], stdin: str | bytes = ""
 ) -> subprocess.CompletedProcess[bytes]:
-    data = stdin.encode() if isinstance(stdin, str) else stdin
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("HMD_", "VAULT_"))}
-    return subprocess.run(
-        [str(Path(sys.executable).with_name("heimdall-kms")), *args],
-        input=data,
-        capture_output=True,
-        env={**base, **env},
-        timeout=60,
-        check=False,
-    )
+    return run_cli(args, env, stdin, drop=("HMD_", "VAULT_"))
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[bytes]) -> str:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,7 +40,7 @@ from heimdall_kms.service import Crypto
 from tests.contract.backends.gcp import LOCATION, create_key, rest_client
 from tests.fakes.gcp_kms_http import FakeKMSServer, start_fake_kms
 from tests.legacy_data import legacy_envelope
-from tests.servers import free_port
+from tests.servers import free_port, run_cli
 
 SSN = "123-45-6789"
 MASTER_HEX = "ab" * 32
@@ -351,16 +349,7 @@ def test_retire_disables_the_versions_below(server: FakeKMSServer, key: str) -> 
 def run(
     args: list[str], env: dict[str, str], stdin: str | bytes = ""
 ) -> subprocess.CompletedProcess[bytes]:
-    data = stdin.encode() if isinstance(stdin, str) else stdin
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("HMD_", "GOOGLE_"))}
-    return subprocess.run(
-        [str(Path(sys.executable).with_name("heimdall-kms")), *args],
-        input=data,
-        capture_output=True,
-        env={**base, **env},
-        timeout=120,
-        check=False,
-    )
+    return run_cli(args, env, stdin, drop=("HMD_", "GOOGLE_"))
 
 
 def stored(db: Path) -> dict[int, str]:
