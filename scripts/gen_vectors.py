@@ -144,15 +144,7 @@ def _kms_vector(
     vector["context"] = stated
     if plaintext is not None and isinstance(source, dict):
         vector["aad"] = kms_v1_aad(source["context"]).decode("ascii")
-    if schema_valid is not None:
-        vector["schema_valid"] = schema_valid
-    if (plaintext is None) == (error is None):
-        raise ValueError(f"{comment}: give exactly one of plaintext and error")
-    if plaintext is not None:
-        vector["plaintext"] = plaintext
-    else:
-        vector["error"] = error
-    return vector
+    return _with_outcome(vector, comment, schema_valid, plaintext, error)
 
 
 def _edit(envelope: dict[str, Any], **changes: Any) -> dict[str, Any]:
@@ -437,15 +429,7 @@ def _legacy_vector(
     vector: Vector = {"comment": comment, "keys": {kid: key.hex() for kid, key in keys.items()}}
     vector["envelope" if isinstance(source, dict) else "text"] = source
     vector["context"] = stated
-    if schema_valid is not None:
-        vector["schema_valid"] = schema_valid
-    if (plaintext is None) == (error is None):
-        raise ValueError(f"{comment}: give exactly one of plaintext and error")
-    if plaintext is not None:
-        vector["plaintext"] = plaintext
-    else:
-        vector["error"] = error
-    return vector
+    return _with_outcome(vector, comment, schema_valid, plaintext, error)
 
 
 def legacy_good() -> list[Vector]:
@@ -642,6 +626,25 @@ def main(argv: list[str] | None = None) -> int:
     verb = "stale" if args.check else "written"
     print(f"{verb}: {', '.join(stale)}" if stale else "vectors up to date")
     return 1 if args.check and stale else 0
+
+
+def _with_outcome(
+    vector: dict[str, Any],
+    comment: str,
+    schema_valid: bool | None,
+    plaintext: str | None,
+    error: str | None,
+) -> dict[str, Any]:
+    """The fields every vector ends with: schema verdict, then the plaintext or the error."""
+    if schema_valid is not None:
+        vector["schema_valid"] = schema_valid
+    if (plaintext is None) == (error is None):
+        raise ValueError(f"{comment}: give exactly one of plaintext and error")
+    if plaintext is not None:
+        vector["plaintext"] = plaintext
+    else:
+        vector["error"] = error
+    return vector
 
 
 if __name__ == "__main__":
