@@ -23,11 +23,10 @@ from pathlib import Path
 
 import hvac
 import psycopg
-import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.servers import TRANSIT_KEY, OpenBao, start_openbao
+from tests.servers import TRANSIT_KEY, CountingSession, OpenBao, start_openbao
 
 from heimdall_kms.audit import open_sink
 from heimdall_kms.config import EncryptionMode, Secret, Settings
@@ -39,16 +38,6 @@ from heimdall_kms.service import Crypto
 from heimdall_kms.store import Target, open_store
 
 PG_URL = os.environ.get("HMD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-class CountingSession(requests.Session):
-    def __init__(self) -> None:
-        super().__init__()
-        self.requests = 0
-
-    def send(self, request: requests.PreparedRequest, **kwargs: object) -> requests.Response:  # type: ignore[override]
-        self.requests += 1
-        return super().send(request, **kwargs)
 
 
 def legacy_values(settings: Settings, rows: int, workdir: Path) -> list[str]:

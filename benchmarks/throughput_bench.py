@@ -39,7 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import botocore.session
-from benchmarks.migrate_bench import CountingSession, fill_sqlite, legacy_values
+from benchmarks.migrate_bench import fill_sqlite, legacy_values
 
 # The peers are the optional `bench` extra; a missing one leaves its rows out, said so.
 try:
@@ -54,7 +54,7 @@ try:
 except ImportError:
     aws_encryption_sdk = None
 
-from tests.servers import TRANSIT_KEY, OpenBao, start_openbao
+from tests.servers import TRANSIT_KEY, CountingSession, OpenBao, start_openbao
 from tests.servers_aws import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, start_moto
 
 from heimdall_kms import crypto

@@ -19,11 +19,47 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import hvac
 import requests
+import requests.adapters
 
 TRANSIT_KEY = "heimdall-pii"
+
+
+class CountingSession(requests.Session):
+    """A real requests session that records every HTTP request it sends and each status.
+
+    Counted at the transport adapter, which every request passes through: hvac's calls and
+    the Vault provider's batch requests (which skip ``Session.send``) alike.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[str] = []
+        self.statuses: list[int] = []
+        adapter = _CountingAdapter(self)
+        self.mount("http://", adapter)
+        self.mount("https://", adapter)
+
+    @property
+    def requests(self) -> int:
+        return len(self.sent)
+
+
+class _CountingAdapter(requests.adapters.HTTPAdapter):
+    def __init__(self, owner: CountingSession) -> None:
+        super().__init__()
+        self._owner = owner
+
+    def send(
+        self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        self._owner.sent.append(f"{request.method} {request.path_url}")
+        response = super().send(request, *args, **kwargs)
+        self._owner.statuses.append(response.status_code)
+        return response
 
 
 def free_port() -> int:

@@ -8,6 +8,8 @@ All ``kms_v1`` DEKs of a batch are unwrapped in one provider call and wiped afte
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +26,9 @@ from heimdall_kms.errors import (
     ModeViolationError,
 )
 from heimdall_kms.inputs import utf8_text
+from heimdall_kms.overlap import in_order
 from heimdall_kms.providers import KeyManagementService
+from heimdall_kms.providers.base import batching_of
 
 __all__ = ["EnvelopeInput", "Opened", "Opener"]
 
@@ -96,34 +100,36 @@ class Opener:
         kms = self.kms
         assert kms is not None
         envelopes = [item.envelope for item in items if isinstance(item.envelope, KmsV1Envelope)]
-        results: list[str | HeimdallKMSError] = []
         ours = [self.owned(env) for env in envelopes]
         sent = [env for env, error in zip(envelopes, ours, strict=True) if error is None]
-        answers = kms.unwrap_many([e.encrypted_dek for e in sent], [e.context for e in sent])
-        if len(answers) != len(sent):
-            for answer in answers:
-                if isinstance(answer, bytearray):
-                    crypto.wipe(answer)
-            raise KMSError("the KMS returned a different number of unwrapped keys")
-        unwrapped = iter(answers)
-        for envelope, error in zip(envelopes, ours, strict=True):
-            if error is not None:
-                results.append(error)
-                continue
-            dek = next(unwrapped)
-            if isinstance(dek, HeimdallKMSError):
-                results.append(dek)
-                continue
-            try:
-                results.append(
-                    utf8_text(
-                        crypto.open_(dek, envelope.nonce, envelope.ciphertext, envelope.aad())
-                    )
-                )
-            except HeimdallKMSError as exc:
-                results.append(exc)
-            finally:
-                crypto.wipe(dek)
+        opened = iter(self._unwrap_and_open(kms, sent))
+        return [error if error is not None else next(opened) for error in ours]
+
+    def _unwrap_and_open(
+        self, kms: KeyManagementService, sent: list[KmsV1Envelope]
+    ) -> list[str | HeimdallKMSError]:
+        """Unwrap in batches, several in flight; open each batch while the next is unwrapped."""
+        batching = batching_of(kms)
+        size = batching.size_for(len(sent))
+        chunks = [sent[start : start + size] for start in range(0, len(sent), size)]
+        jobs = (
+            functools.partial(
+                kms.unwrap_many, [e.encrypted_dek for e in chunk], [e.context for e in chunk]
+            )
+            for chunk in chunks
+        )
+        results: list[str | HeimdallKMSError] = []
+        with contextlib.closing(in_order(jobs, batching.in_flight, discard=_wipe_all)) as answers:
+            for chunk, deks in zip(chunks, answers, strict=False):
+                try:
+                    if len(deks) != len(chunk):
+                        raise KMSError("the KMS returned a different number of unwrapped keys")
+                    for envelope, dek in zip(chunk, deks, strict=True):
+                        results.append(
+                            dek if isinstance(dek, HeimdallKMSError) else _open(envelope, dek)
+                        )
+                finally:
+                    _wipe_all(deks)
         return results
 
     def _open_legacy(self, envelope: LegacyEnvelope) -> str | HeimdallKMSError:
@@ -147,3 +153,16 @@ class Opener:
             f"envelope was sealed by {envelope.provider} key {envelope.key_identifier!r}; "
             f"this deployment uses {kms.name.value} key {kms.key_identifier!r}"
         )
+
+
+def _open(envelope: KmsV1Envelope, dek: bytearray) -> str | HeimdallKMSError:
+    try:
+        return utf8_text(crypto.open_(dek, envelope.nonce, envelope.ciphertext, envelope.aad()))
+    except HeimdallKMSError as exc:
+        return exc
+
+
+def _wipe_all(deks: list[bytearray | HeimdallKMSError]) -> None:
+    for dek in deks:
+        if isinstance(dek, bytearray):
+            crypto.wipe(dek)

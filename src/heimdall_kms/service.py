@@ -14,10 +14,12 @@ provider call per batch, never one per value.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from heimdall_kms import crypto
 from heimdall_kms.audit import AuditEvent, AuditSink, EventType, Result
@@ -49,8 +51,9 @@ from heimdall_kms.inputs import (
 )
 from heimdall_kms.metrics import Metrics, default_metrics
 from heimdall_kms.opening import EnvelopeInput, Opened, Opener
+from heimdall_kms.overlap import in_order
 from heimdall_kms.providers import KeyManagementService
-from heimdall_kms.providers.base import KeyedHashing
+from heimdall_kms.providers.base import KeyedHashing, WrappedKey, batching_of
 
 __all__ = ["MAX_PLAINTEXT_BYTES", "Crypto", "EnvelopeInput"]
 
@@ -150,32 +153,53 @@ class Crypto:
         )
 
     def _seal_kms(self, values: list[tuple[bytes, dict[str, str]]]) -> list[Envelope]:
-        assert self.kms is not None
-        deks = [crypto.new_dek() for _ in values]
+        kms = self.kms
+        assert kms is not None
+        batching = batching_of(kms)
+        size = batching.size_for(len(values))
+        # DEKs are made per batch as its KMS call is queued, and wiped once the batch is
+        # sealed: no DEK outlives its batch, however long the input.
+        issued: list[list[bytearray]] = []
+
+        def wrap_jobs() -> Iterator[Callable[[], list[WrappedKey]]]:
+            for start in range(0, len(values), size):
+                deks = [crypto.new_dek() for _ in range(min(size, len(values) - start))]
+                issued.append(deks)
+                contexts = [ctx for _, ctx in values[start : start + size]]
+                yield functools.partial(kms.wrap_many, deks, contexts)
+
+        provider, key_identifier = kms.name.value, kms.key_identifier
+        timestamp = utc_timestamp()
+        envelopes: list[Envelope] = []
+        sealed = 0  # batches whose DEKs are wiped already
         try:
-            wrapped = self.kms.wrap_many(deks, [ctx for _, ctx in values])
-            if len(wrapped) != len(deks):
-                raise KMSError("the KMS returned a different number of wrapped keys")
-            timestamp = utc_timestamp()
-            envelopes: list[Envelope] = []
-            for (plaintext, ctx), dek, key in zip(values, deks, wrapped, strict=True):
-                ciphertext, nonce = crypto.seal(dek, plaintext, kms_v1_aad(ctx))
-                envelopes.append(
-                    KmsV1Envelope(
-                        provider=self.kms.name.value,
-                        key_identifier=self.kms.key_identifier,
-                        key_version=key.key_version,
-                        ciphertext=ciphertext,
-                        nonce=nonce,
-                        encrypted_dek=key.ciphertext,
-                        context=ctx,
-                        encryption_timestamp=timestamp,
-                    )
-                )
+            with contextlib.closing(in_order(wrap_jobs(), batching.in_flight)) as results:
+                for batch, wrapped in enumerate(results):
+                    deks = issued[batch]
+                    if len(wrapped) != len(deks):
+                        raise KMSError("the KMS returned a different number of wrapped keys")
+                    chunk = values[batch * size : batch * size + len(deks)]
+                    for (plaintext, ctx), dek, key in zip(chunk, deks, wrapped, strict=True):
+                        ciphertext, nonce = crypto.seal(dek, plaintext, kms_v1_aad(ctx))
+                        crypto.wipe(dek)
+                        envelopes.append(
+                            KmsV1Envelope(
+                                provider=provider,
+                                key_identifier=key_identifier,
+                                key_version=key.key_version,
+                                ciphertext=ciphertext,
+                                nonce=nonce,
+                                encrypted_dek=key.ciphertext,
+                                context=ctx,
+                                encryption_timestamp=timestamp,
+                            )
+                        )
+                    sealed = batch + 1
             return envelopes
         finally:
-            for dek in deks:
-                crypto.wipe(dek)
+            for deks in issued[sealed:]:
+                for dek in deks:
+                    crypto.wipe(dek)
 
     def _seal_legacy(self, values: list[tuple[bytes, dict[str, str]]]) -> list[Envelope]:
         # The legacy format binds no context; the audit event still records it.

@@ -10,8 +10,7 @@ from heimdall_kms.config import Settings
 from heimdall_kms.policy import PolicyEngine, parse_policy
 from heimdall_kms.providers.vault import VaultTransitProvider
 from heimdall_kms.service import Crypto
-from tests.integration.test_vault_provider import CountingSession
-from tests.servers import TRANSIT_KEY, OpenBao
+from tests.servers import TRANSIT_KEY, CountingSession, OpenBao
 
 pytestmark = pytest.mark.vault
 

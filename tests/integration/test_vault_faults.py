@@ -7,7 +7,6 @@ from pathlib import Path
 
 import hvac
 import pytest
-import requests
 
 from heimdall_kms import crypto
 from heimdall_kms.audit import MemoryAuditSink
@@ -24,20 +23,9 @@ from heimdall_kms.providers.vault import VaultTransitProvider
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import Target, open_store
 from tests.legacy_data import legacy_envelope
-from tests.servers import TRANSIT_KEY, OpenBao
+from tests.servers import TRANSIT_KEY, CountingSession, OpenBao
 
 pytestmark = pytest.mark.vault
-
-
-class CountingSession(requests.Session):
-    def __init__(self) -> None:
-        super().__init__()
-        self.statuses: list[int] = []
-
-    def send(self, request: requests.PreparedRequest, **kwargs: object) -> requests.Response:  # type: ignore[override]
-        response = super().send(request, **kwargs)
-        self.statuses.append(response.status_code)
-        return response
 
 
 class Clock:

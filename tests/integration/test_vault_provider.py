@@ -7,7 +7,6 @@ import json
 
 import hvac
 import pytest
-import requests
 
 import heimdall_kms
 from heimdall_kms import crypto
@@ -26,24 +25,12 @@ from heimdall_kms.errors import (
 )
 from heimdall_kms.providers.vault import VaultTransitProvider
 from heimdall_kms.service import Crypto
-from tests.servers import TRANSIT_KEY, OpenBao, free_port
+from tests.servers import TRANSIT_KEY, CountingSession, OpenBao, free_port
 
 pytestmark = pytest.mark.vault
 
 SSN = "123-45-6789"
 CTX = {"table": "customers", "field": "ssn", "record": "r1"}
-
-
-class CountingSession(requests.Session):
-    """A real requests session that counts the HTTP requests it sends."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: list[str] = []
-
-    def send(self, request: requests.PreparedRequest, **kwargs: object) -> requests.Response:  # type: ignore[override]
-        self.sent.append(f"{request.method} {request.path_url}")
-        return super().send(request, **kwargs)
 
 
 def counted_crypto(server: OpenBao, *, batch_size: int = 250) -> tuple[Crypto, CountingSession]:

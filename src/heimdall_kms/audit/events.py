@@ -37,7 +37,9 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one event is made per value encrypted or decrypted, and a frozen dataclass's
+# __init__ (object.__setattr__ per field) costs about five times as much. Treat it as immutable.
+@dataclass(slots=True)
 class AuditEvent:
     event_type: EventType
     actor: str
@@ -78,43 +80,3 @@ class AuditEvent:
         }
         document.update({key: value for key, value in optional.items() if value is not None})
         return document
-
-    def chain_halves(self, seq: int, prev_hash: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """:meth:`to_dict` plus ``seq`` and ``prev_hash``, split around where ``hash`` sorts.
-
-        The two halves are what :func:`heimdall_kms.audit.chain.seal_split` takes; built
-        directly, without the intermediate document, because the audit log writes one per
-        value. ``tests/unit/test_audit_chain_fast.py`` checks the result against the plain
-        ``seal_line(to_dict())``.
-        """
-        before: dict[str, Any] = {
-            "actor": self.actor,
-            "event_type": self.event_type.value,
-        }
-        if self.context is not None:
-            before["context"] = dict(self.context)
-        if self.details is not None:
-            before["details"] = dict(self.details)
-        if self.encryption_version is not None:
-            before["encryption_version"] = self.encryption_version
-        if self.error_type is not None:
-            before["error_type"] = self.error_type
-        if self.field_identifier is not None:
-            before["field_identifier"] = self.field_identifier
-        after: dict[str, Any] = {
-            "prev_hash": prev_hash,
-            "request_id": self.request_id,
-            "result": self.result.value,
-            "seq": seq,
-            "timestamp": self.timestamp,
-        }
-        for key, value in (
-            ("key_identifier", self.key_identifier),
-            ("key_version", self.key_version),
-            ("provider", self.provider),
-            ("reason", self.reason),
-            ("source_ip", self.source_ip),
-        ):
-            if value is not None:
-                after[key] = value
-        return before, after

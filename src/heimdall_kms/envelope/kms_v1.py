@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
+from heimdall_kms.context_json import context_json_ascii
 from heimdall_kms.envelope import _json
 from heimdall_kms.envelope._base import ALGORITHM, Envelope
 from heimdall_kms.errors import InvalidInputError, MalformedEnvelopeError
@@ -36,7 +37,6 @@ _KNOWN_KEYS = frozenset(
 )
 
 
-_ENCODE_CTX = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 _AAD_HEAD = '{"alg":' + json.dumps(ALGORITHM) + ',"ctx":'
 _AAD_TAIL = ',"v":' + json.dumps(KMS_V1) + "}"
 
@@ -49,12 +49,26 @@ def kms_v1_aad(context: Mapping[str, str]) -> bytes:
     """
     # Equal to json.dumps({"alg": ..., "ctx": ..., "v": ...}, sort_keys=True, compact): the
     # three keys are written in their sorted order, and only the context is encoded per value.
-    ctx = context if type(context) is dict else dict(context)
-    return (_AAD_HEAD + _ENCODE_CTX(ctx) + _AAD_TAIL).encode("ascii")
+    return (_AAD_HEAD + context_json_ascii(context) + _AAD_TAIL).encode("ascii")
 
 
 def check_context(context: object, *, error: type[Exception] = InvalidInputError) -> dict[str, str]:
     """Return the context as a plain ``dict[str, str]`` or raise ``error`` saying what is wrong."""
+    if type(context) is dict and len(context) <= _json.MAX_CONTEXT_ENTRIES:
+        # The common case, checked in one pass; anything unusual takes the path below, which
+        # says what is wrong. isascii() is O(1) and ASCII text is always valid UTF-8.
+        for key, value in context.items():
+            if not (
+                type(key) is str
+                and type(value) is str
+                and 0 < len(key) <= _json.MAX_CONTEXT_KEY_CHARS
+                and len(value) <= _json.MAX_CONTEXT_VALUE_CHARS
+                and key.isascii()
+                and value.isascii()
+            ):
+                break
+        else:
+            return context.copy()
     if not isinstance(context, Mapping):
         raise error("context must be a mapping of strings to strings")
     if len(context) > _json.MAX_CONTEXT_ENTRIES:

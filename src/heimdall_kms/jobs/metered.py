@@ -7,6 +7,7 @@ of the KMS's quota to live traffic.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -15,11 +16,13 @@ from heimdall_kms.config import ProviderName
 from heimdall_kms.errors import ConfigurationError, HeimdallKMSError
 from heimdall_kms.jobs.rate import TokenBucket
 from heimdall_kms.providers.base import (
+    Batching,
     KeyContext,
     KeyedHashing,
     KeyInfo,
     KeyManagementService,
     WrappedKey,
+    batching_of,
 )
 
 __all__ = ["MeteredProvider"]
@@ -32,6 +35,7 @@ class MeteredProvider:
         self.inner = inner
         self.calls: Counter[str] = Counter()
         self._bucket = bucket or TokenBucket(0)
+        self._lock = threading.Lock()
         # Throttling seen by the retry layer below slows this job's budget down.
         register = getattr(inner, "on_throttle", None)
         if callable(register):
@@ -46,14 +50,22 @@ class MeteredProvider:
         return self.inner.key_identifier
 
     @property
+    def batching(self) -> Batching:
+        return batching_of(self.inner)
+
+    @property
     def total_calls(self) -> int:
         return sum(self.calls.values())
 
     def _call(self, operation: str, call: Callable[[], _T]) -> _T:
-        self._bucket.acquire()
-        self.calls[operation] += 1
+        # Calls may overlap on worker threads (see Batching.in_flight): the bucket and the
+        # counter are shared, the KMS call itself runs outside the lock.
+        with self._lock:
+            self._bucket.acquire()
+            self.calls[operation] += 1
         result = call()
-        self._bucket.speed_up()
+        with self._lock:
+            self._bucket.speed_up()
         return result
 
     def wrap_many(

@@ -19,12 +19,15 @@ from heimdall_kms.config import ProviderName
 from heimdall_kms.errors import HeimdallKMSError, IntegrityError
 
 __all__ = [
+    "Batching",
+    "BatchingHint",
     "KeyContext",
     "KeyInfo",
     "KeyManagementService",
     "KeyVersion",
     "KeyedHashing",
     "WrappedKey",
+    "batching_of",
     "round_trip",
 ]
 
@@ -148,6 +151,51 @@ class KeyManagementService(Protocol):
 
     def close(self) -> None:
         """Release network resources."""
+
+
+@dataclass(frozen=True, slots=True)
+class Batching:
+    """How callers should feed a provider's ``*_many`` methods.
+
+    ``size`` values per call (for Vault, one Transit ``batch_input`` request), and up to
+    ``in_flight`` such calls at once. A batch provider gains from several calls in flight: the
+    KMS works on one batch while this process seals the previous one. Providers that send one
+    request per value already run their own bounded concurrency inside each call; they say
+    ``in_flight=1`` so that callers do not multiply it past the rate budget.
+    """
+
+    size: int
+    in_flight: int = 1
+
+    def size_for(self, count: int) -> int:
+        """Values per call for a request of ``count`` values.
+
+        Where several calls may be in flight, a request that would fit one batch is still
+        split (down to ``MIN_SPLIT_BATCH``) so that the KMS works on one part while the caller
+        seals or opens another.
+        """
+        size = max(1, self.size)
+        if self.in_flight > 1:
+            size = min(size, max(MIN_SPLIT_BATCH, -(-count // self.in_flight)))
+        return size
+
+
+# Below this many values, one more batch request costs more than overlapping it saves.
+MIN_SPLIT_BATCH = 64
+DEFAULT_BATCHING = Batching(size=1000, in_flight=1)
+
+
+@runtime_checkable
+class BatchingHint(Protocol):
+    """A provider that says how it is best fed (optional: see :func:`batching_of`)."""
+
+    @property
+    def batching(self) -> Batching: ...
+
+
+def batching_of(kms: KeyManagementService) -> Batching:
+    """The provider's :class:`Batching`, or one call of up to 1,000 values at a time."""
+    return kms.batching if isinstance(kms, BatchingHint) else DEFAULT_BATCHING
 
 
 @runtime_checkable

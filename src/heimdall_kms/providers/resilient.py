@@ -33,11 +33,13 @@ from heimdall_kms.errors import (
     RateLimitedError,
 )
 from heimdall_kms.providers.base import (
+    Batching,
     KeyContext,
     KeyedHashing,
     KeyInfo,
     KeyManagementService,
     WrappedKey,
+    batching_of,
 )
 
 __all__ = ["BreakerState", "CircuitBreaker", "ResilientProvider", "RetryPolicy"]
@@ -168,6 +170,10 @@ class ResilientProvider:
     @property
     def key_identifier(self) -> str:
         return self.inner.key_identifier
+
+    @property
+    def batching(self) -> Batching:
+        return batching_of(self.inner)
 
     def _call(self, fn: Callable[[], _T], *, retry: bool = True) -> _T:
         self.breaker.before_call()

@@ -40,8 +40,16 @@ from heimdall_kms.errors import (
     PermissionDeniedError,
     RateLimitedError,
 )
-from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey, round_trip
+from heimdall_kms.providers.base import (
+    Batching,
+    KeyContext,
+    KeyInfo,
+    KeyVersion,
+    WrappedKey,
+    round_trip,
+)
 from heimdall_kms.providers.vault_auth import Login, TokenKeeper, login_function, new_client
+from heimdall_kms.providers.vault_http import TransitHTTP
 
 __all__ = [
     "VaultTransitProvider",
@@ -108,8 +116,10 @@ class VaultTransitProvider:
         mount: str = "transit",
         batch_size: int = 250,
         login: Login | None = None,
+        timeout: float = 30.0,
     ) -> None:
         self._client = client
+        self._http = TransitHTTP(client, timeout=timeout)
         self._token = TokenKeeper(client, login)
         self._key = key_name
         self._mount = mount
@@ -126,6 +136,7 @@ class VaultTransitProvider:
             mount=settings.vault.transit_mount,
             batch_size=settings.vault.batch_size,
             login=login_function(settings.vault),
+            timeout=settings.vault.timeout_seconds,
         )
 
     @property
@@ -136,12 +147,18 @@ class VaultTransitProvider:
     def key_identifier(self) -> str:
         return self._key
 
+    @property
+    def batching(self) -> Batching:
+        # One batch_input request per call, several in flight: Vault works on one batch while
+        # the caller seals or opens the one before. The size shrinks if Vault refuses a body.
+        return Batching(self._batch_size, _CONCURRENT_BATCHES)
+
     def wrap_many(
         self, deks: Sequence[bytearray], contexts: Sequence[KeyContext]
     ) -> list[WrappedKey]:
         self._check_key_exists()
         items = [{"plaintext": base64.b64encode(dek).decode("ascii")} for dek in deks]
-        results = self._batched("encrypt", self._client.secrets.transit.encrypt_data, items)
+        results = self._batched("encrypt", items)
         wrapped: list[WrappedKey] = []
         for result in results:
             if isinstance(result, HeimdallKMSError):
@@ -162,7 +179,7 @@ class VaultTransitProvider:
                 return IntegrityError("unwrapped data key has the wrong length")
             return dek
 
-        return self._per_item("decrypt", self._client.secrets.transit.decrypt_data, wrapped, decode)
+        return self._per_item("decrypt", wrapped, decode)
 
     def rewrap_many(
         self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
@@ -171,16 +188,18 @@ class VaultTransitProvider:
         def decode(result: dict[str, Any]) -> WrappedKey | HeimdallKMSError:
             return WrappedKey(result["ciphertext"], int(result["key_version"]))
 
-        return self._per_item("rewrap", self._client.secrets.transit.rewrap_data, wrapped, decode)
+        return self._per_item("rewrap", wrapped, decode)
 
     def hmac_many(self, values: Sequence[bytes]) -> list[str]:
         """Transit HMAC (SHA-256) in batches; the HMAC key never leaves Vault."""
         results: list[str] = []
-        path = f"/v1/{self._mount}/hmac/{self._key}/sha2-256"
         for start in range(0, len(values), self._batch_size):
             chunk = values[start : start + self._batch_size]
             body = {"batch_input": [{"input": base64.b64encode(v).decode()} for v in chunk]}
-            answer = self._vault("hmac", lambda: self._client.adapter.post(path, json=body))  # noqa: B023 - called at once
+            answer = self._vault(
+                "hmac",
+                lambda: self._http.post(self._mount, "hmac", self._key, "sha2-256", body=body),  # noqa: B023 - called at once
+            )
             items = _batch_results(answer)
             if items is None or len(items) != len(chunk) or any(i.get("error") for i in items):
                 raise KMSError("Vault answered hmac without one result per item")
@@ -243,7 +262,6 @@ class VaultTransitProvider:
     def _per_item(
         self,
         operation: str,
-        call: Callable[..., Any],
         wrapped: Sequence[str],
         decode: Callable[[dict[str, Any]], _T | HeimdallKMSError],
     ) -> list[_T | HeimdallKMSError]:
@@ -253,17 +271,17 @@ class VaultTransitProvider:
         ] * len(wrapped)
         positions = [i for i, item in enumerate(wrapped) if _WRAPPED.fullmatch(item)]
         items = [{"ciphertext": wrapped[i]} for i in positions]
-        for position, result in zip(positions, self._batched(operation, call, items), strict=True):
+        for position, result in zip(positions, self._batched(operation, items), strict=True):
             results[position] = result if isinstance(result, HeimdallKMSError) else decode(result)
         return results
 
     def _batched(
-        self, operation: str, call: Callable[..., Any], items: list[dict[str, str]]
+        self, operation: str, items: list[dict[str, str]]
     ) -> list[dict[str, Any] | HeimdallKMSError]:
         chunks = list(_chunks(items, self._batch_size))
 
         def one(chunk: list[dict[str, str]]) -> list[dict[str, Any] | HeimdallKMSError]:
-            return self._authorized(lambda: self._call_batch(operation, call, chunk))
+            return self._authorized(lambda: self._call_batch(operation, chunk))
 
         if len(chunks) <= 1:
             return one(chunks[0]) if chunks else []
@@ -295,12 +313,14 @@ class VaultTransitProvider:
             return fn()
 
     def _call_batch(
-        self, operation: str, call: Callable[..., Any], chunk: list[dict[str, str]]
+        self, operation: str, chunk: list[dict[str, str]]
     ) -> list[dict[str, Any] | HeimdallKMSError]:
         try:
             with _Translated(operation):
                 try:
-                    response = call(self._key, None, batch_input=chunk, mount_point=self._mount)
+                    response = self._http.post(
+                        self._mount, operation, self._key, body={"batch_input": chunk}
+                    )
                 except hvac.exceptions.InvalidRequest as exc:
                     body = _batch_results(exc.json)
                     if body is not None:
@@ -314,8 +334,8 @@ class VaultTransitProvider:
             half = len(chunk) // 2
             self._batch_size = max(1, min(self._batch_size, half))
             return [
-                *self._call_batch(operation, call, chunk[:half]),
-                *self._call_batch(operation, call, chunk[half:]),
+                *self._call_batch(operation, chunk[:half]),
+                *self._call_batch(operation, chunk[half:]),
             ]
         body = _batch_results(response)
         if body is None or len(body) != len(chunk):

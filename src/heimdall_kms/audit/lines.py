@@ -1,0 +1,126 @@
+"""Audit events as chained JSON lines, with what consecutive events share encoded once.
+
+A batch of ``encrypt_many`` or ``decrypt_many`` writes one event per value, and those events
+differ only in a few fields (the context, the field, the outcome); actor, request id,
+timestamp, key and reason are the same for the whole batch. So each line is put together from
+pre-encoded pieces: the shared members are encoded once per distinct combination, the
+per-value members once per value, and only ``seq``, ``prev_hash`` and ``hash`` are filled in
+per line. The bytes are exactly those of :func:`heimdall_kms.audit.chain.seal_line` applied to
+``event.to_dict()`` (sorted keys, compact, UTF-8): ``tests/unit/test_audit_lines.py`` checks
+that against an independent writing of the definition, for generated events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from heimdall_kms.audit.chain import encode_json, seal_line
+from heimdall_kms.audit.events import AuditEvent
+from heimdall_kms.context_json import context_json
+
+__all__ = ["chain_events"]
+
+
+def chain_events(events: Sequence[AuditEvent], seq: int, prev: str) -> tuple[str, int, str]:
+    """The lines (joined, each with its newline) continuing the chain at ``seq``/``prev``.
+
+    Returns:
+        ``(lines, last_seq, last_hash)``.
+
+    Raises:
+        UnicodeEncodeError: ``prev`` is not ASCII (a damaged tail is not continued) or an
+            event holds text that is not valid Unicode.
+    """
+    shared: dict[tuple[object, ...], _Shared] = {}
+    fields: dict[str, str] = {}
+    lines: list[str] = []
+    sha256 = hashlib.sha256
+    for event in events:
+        seq += 1
+        if event.details is not None:
+            # Lifecycle events carry free-form details and come one at a time.
+            line, prev = seal_line(event.to_dict(), seq, prev)
+            lines.append(line)
+            continue
+        key = (
+            event.actor,
+            event.event_type,
+            event.encryption_version,
+            event.error_type,
+            event.key_identifier,
+            event.key_version,
+            event.provider,
+            event.reason,
+            event.request_id,
+            event.result,
+            event.source_ip,
+            event.timestamp,
+        )
+        parts = shared.get(key)
+        if parts is None:
+            parts = shared[key] = _Shared.of(event)
+        head = parts.actor
+        context = event.context
+        if context is not None:
+            head += ',"context":' + context_json(context)
+        head += parts.middle
+        field = event.field_identifier
+        if field is not None:
+            member = fields.get(field)
+            if member is None:
+                member = fields[field] = ',"field_identifier":' + encode_json(field)
+            head += member
+        tail = f'{parts.keys}"prev_hash":"{prev}",{parts.request}"seq":{seq}{parts.end}'
+        prev = sha256(prev.encode("ascii") + b"\n" + f"{head},{tail}".encode()).hexdigest()
+        lines.append(f'{head},"hash":"{prev}",{tail}\n')
+    return "".join(lines), seq, prev
+
+
+class _Shared(NamedTuple):
+    """The pre-encoded members of a line around its per-value ones, in sorted key order.
+
+    A line without ``hash`` reads ``actor [context] middle [field_identifier] , keys
+    prev_hash request seq end``; ``hash`` sorts between ``field_identifier`` and
+    ``key_identifier``.
+    """
+
+    actor: str  # '{"actor":...'
+    middle: str  # ',"encryption_version":...,"error_type":...,"event_type":...'
+    keys: str  # '"key_identifier":...,"key_version":...,' (each optional)
+    request: str  # '"provider":...,"reason":...,"request_id":...,"result":...,'
+    end: str  # ',"source_ip":...,"timestamp":...}'
+
+    @classmethod
+    def of(cls, event: AuditEvent) -> _Shared:
+        return cls(
+            actor='{"actor":' + encode_json(event.actor),
+            middle=_members(
+                ("encryption_version", event.encryption_version),
+                ("error_type", event.error_type),
+                ("event_type", event.event_type.value),
+                lead=",",
+            ),
+            keys=_members(
+                ("key_identifier", event.key_identifier),
+                ("key_version", event.key_version),
+                trail=",",
+            ),
+            request=_members(
+                ("provider", event.provider),
+                ("reason", event.reason),
+                ("request_id", event.request_id),
+                ("result", event.result.value),
+                trail=",",
+            ),
+            end=_members(("source_ip", event.source_ip), ("timestamp", event.timestamp), lead=",")
+            + "}",
+        )
+
+
+def _members(*pairs: tuple[str, object], lead: str = "", trail: str = "") -> str:
+    """``"name":value`` for each pair whose value is not None, each with ``lead``/``trail``."""
+    return "".join(
+        f'{lead}"{name}":{encode_json(value)}{trail}' for name, value in pairs if value is not None
+    )

@@ -1,0 +1,26 @@
+"""The context encoder gives exactly the general JSON encoder's bytes."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from heimdall_kms.context_json import context_json, context_json_ascii
+
+_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=10)
+
+
+@settings(max_examples=500)
+@given(st.dictionaries(_text, _text, max_size=6))
+def test_equals_sorted_compact_json(context: dict[str, str]) -> None:
+    compact = {"sort_keys": True, "separators": (",", ":")}
+    assert context_json_ascii(context) == json.dumps(context, **compact)  # type: ignore[arg-type]
+    assert context_json(context) == json.dumps(context, ensure_ascii=False, **compact)  # type: ignore[arg-type]
+
+
+def test_escapes_what_json_escapes() -> None:
+    context = {"é": '"\\\n\u2028\x00', "a": "☃"}
+    assert context_json_ascii(context) == json.dumps(context, sort_keys=True, separators=(",", ":"))
+    assert json.loads(context_json(context)) == context
