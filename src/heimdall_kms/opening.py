@@ -110,7 +110,7 @@ class Opener:
     ) -> list[str | HeimdallKMSError]:
         """Unwrap in batches, several in flight; open each batch while the next is unwrapped."""
         batching = batching_of(kms)
-        size = batching.size_for(len(sent))
+        size = max(1, batching.size)
         chunks = [sent[start : start + size] for start in range(0, len(sent), size)]
         jobs = (
             functools.partial(

@@ -156,7 +156,7 @@ class Crypto:
         kms = self.kms
         assert kms is not None
         batching = batching_of(kms)
-        size = batching.size_for(len(values))
+        size = max(1, batching.size)
         # DEKs are made per batch as its KMS call is queued, and wiped once the batch is
         # sealed: no DEK outlives its batch, however long the input.
         issued: list[list[bytearray]] = []

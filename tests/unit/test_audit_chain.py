@@ -114,6 +114,44 @@ def test_truncated_end_is_caught_by_the_checkpoint(log: Path) -> None:
     assert "3 line(s) truncated from the end" in str(error)
 
 
+def test_a_checkpoint_left_behind_is_named_and_the_next_batch_heals_it(log: Path) -> None:
+    # What a power loss can leave: the log on disk (it is synced), the checkpoint not yet.
+    eighth = json.loads(lines(log)[7])
+    head = log.with_name(log.name + ".head")
+    head.write_text(json.dumps({"seq": 8, "hash": eighth["hash"]}))
+    error = broken(log)
+    assert "4 line(s) before the log's end" in str(error)
+    assert error.line == 9
+    sink = FileAuditSink(log)
+    sink.emit([event(20)])
+    sink.close()
+    assert verify(log, require_checkpoint=True).lines == 13
+
+
+def test_the_checkpoint_is_one_fixed_size_record_overwritten_in_place(log: Path) -> None:
+    head = log.with_name(log.name + ".head")
+    before = head.stat().st_ino
+    sink = FileAuditSink(log)
+    sink.emit([event(20)])
+    sink.emit([event(21)])
+    sink.close()
+    assert head.stat().st_ino == before
+    assert head.stat().st_size == 128
+    assert json.loads(head.read_text())["seq"] == 14
+
+
+def test_a_replaced_checkpoint_file_is_followed(log: Path) -> None:
+    head = log.with_name(log.name + ".head")
+    sink = FileAuditSink(log)
+    sink.emit([event(20)])
+    replacement = head.with_name("other")
+    replacement.write_text(head.read_text())
+    replacement.replace(head)  # another writer's (or an operator's) rename
+    sink.emit([event(21)])
+    sink.close()
+    assert verify(log, require_checkpoint=True).lines == 14
+
+
 def test_cut_mid_line(log: Path) -> None:
     log.write_text("".join(lines(log))[:-20])
     error = broken(log)

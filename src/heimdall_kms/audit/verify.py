@@ -42,13 +42,22 @@ def verify(path: Path, *, require_checkpoint: bool = False) -> VerifiedChain:
         handle = path.open("rb")
     except OSError as exc:
         raise InvalidInputError(f"cannot read audit log {path}: {exc.strerror}") from None
+    checkpoint = _read_head(path)
     prev, seq = GENESIS, 0
+    at_checkpoint: str | None = None  # the hash of the line the checkpoint names
     with handle:
         for number, raw in enumerate(handle, start=1):
             event = _parse(raw, number)
             _check_link(event, number, seq, prev)
             seq, prev = int(event["seq"]), str(event["hash"])
-    return VerifiedChain(str(path), seq, prev, _check_head(path, seq, prev, require_checkpoint))
+            if checkpoint is not None and seq == checkpoint.get("seq"):
+                at_checkpoint = prev
+    if checkpoint is None:
+        if require_checkpoint:
+            raise AuditTamperedError(f"checkpoint {head_path(path)} is missing", line=seq)
+        return VerifiedChain(str(path), seq, prev, "absent")
+    _check_head(checkpoint, seq, prev, at_checkpoint)
+    return VerifiedChain(str(path), seq, prev, "matches")
 
 
 def _parse(raw: bytes, number: int) -> dict[str, Any]:
@@ -95,16 +104,20 @@ def _check_link(event: dict[str, Any], number: int, seq: int, prev: str) -> None
         )
 
 
-def _check_head(path: Path, seq: int, digest: str, required: bool) -> str:
+def _read_head(path: Path) -> dict[str, Any] | None:
     head = head_path(path)
     try:
         checkpoint = json.loads(head.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        if required:
-            raise AuditTamperedError(f"checkpoint {head} is missing", line=seq) from None
-        return "absent"
+        return None
     except (OSError, ValueError):
-        raise AuditTamperedError(f"checkpoint {head} is unreadable", line=seq) from None
+        raise AuditTamperedError(f"checkpoint {head} is unreadable", line=0) from None
+    if not isinstance(checkpoint, dict):
+        raise AuditTamperedError(f"checkpoint {head} is unreadable", line=0)
+    return checkpoint
+
+
+def _check_head(checkpoint: dict[str, Any], seq: int, digest: str, at_head: str | None) -> None:
     head_seq, head_hash = checkpoint.get("seq"), checkpoint.get("hash")
     if isinstance(head_seq, int) and head_seq > seq:
         raise AuditTamperedError(
@@ -112,9 +125,15 @@ def _check_head(path: Path, seq: int, digest: str, required: bool) -> str:
             f"{head_seq - seq} line(s) truncated from the end",
             line=seq + 1,
         )
+    if isinstance(head_seq, int) and head_seq < seq and head_hash == at_head:
+        raise AuditTamperedError(
+            f"the checkpoint records seq {head_seq}, {seq - head_seq} line(s) before the log's "
+            f"end: the lines after it are chained but not vouched for (a power loss before "
+            f"the checkpoint reached the disk, or lines appended by another writer)",
+            line=head_seq + 1,
+        )
     if head_seq != seq or head_hash != digest:
         raise AuditTamperedError(
             f"the last line (seq {seq}) does not match the checkpoint (replaced or forged)",
             line=seq,
         )
-    return "matches"

@@ -167,21 +167,7 @@ class Batching:
     size: int
     in_flight: int = 1
 
-    def size_for(self, count: int) -> int:
-        """Values per call for a request of ``count`` values.
 
-        Where several calls may be in flight, a request that would fit one batch is still
-        split (down to ``MIN_SPLIT_BATCH``) so that the KMS works on one part while the caller
-        seals or opens another.
-        """
-        size = max(1, self.size)
-        if self.in_flight > 1:
-            size = min(size, max(MIN_SPLIT_BATCH, -(-count // self.in_flight)))
-        return size
-
-
-# Below this many values, one more batch request costs more than overlapping it saves.
-MIN_SPLIT_BATCH = 64
 DEFAULT_BATCHING = Batching(size=1000, in_flight=1)
 
 
