@@ -30,6 +30,7 @@ __all__ = [
     "derive_key",
     "mac",
     "new_dek",
+    "new_deks",
     "open_",
     "seal",
     "wipe",
@@ -45,6 +46,44 @@ _INTEGRITY_MESSAGE = "envelope failed authentication (tampered, truncated, or wr
 def new_dek() -> bytearray:
     """Return a fresh 256-bit data key from the operating system's CSPRNG."""
     return bytearray(os.urandom(DEK_BYTES))
+
+
+def new_deks(count: int) -> list[bytearray]:
+    """``count`` fresh 256-bit data keys from the operating system's CSPRNG.
+
+    Where the system allows, one ``readv`` of ``/dev/urandom`` fills every buffer in place:
+    one system call per batch instead of one per key, and no intermediate ``bytes`` object
+    holding key material that :func:`wipe` could not reach. Elsewhere, one ``os.urandom``
+    per key.
+    """
+    deks = [bytearray(DEK_BYTES) for _ in range(count)]
+    source = _urandom_fd()
+    for start in range(0, count, _IOV_MAX):
+        part = deks[start : start + _IOV_MAX]
+        filled = os.readv(source, part) if source is not None else 0
+        if filled != DEK_BYTES * len(part):  # not available, or a short read: key by key
+            for dek in part:
+                dek[:] = os.urandom(DEK_BYTES)
+    return deks
+
+
+_IOV_MAX = 1024
+_urandom: list[int | None] = []  # the descriptor, opened once (None where it cannot be)
+
+
+def _urandom_fd() -> int | None:
+    if not _urandom:
+        fd: int | None = None
+        if hasattr(os, "readv"):
+            # os.urandom blocks until the kernel's pool is initialised; /dev/urandom may not
+            # on old kernels, so it is only read after that.
+            os.urandom(1)
+            try:
+                fd = os.open("/dev/urandom", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                fd = None
+        _urandom.append(fd)
+    return _urandom[0]
 
 
 def seal(key: bytes | bytearray, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:

@@ -16,7 +16,15 @@ from typing import Any
 
 from heimdall_kms import crypto
 from heimdall_kms.config import EncryptionMode, Settings
-from heimdall_kms.envelope import Envelope, KmsV1Envelope, LegacyEnvelope, check_context, parse
+from heimdall_kms.context_json import context_json_ascii
+from heimdall_kms.envelope import (
+    Envelope,
+    KmsV1Envelope,
+    LegacyEnvelope,
+    aad_of_encoded,
+    check_context,
+    parse,
+)
 from heimdall_kms.errors import (
     HeimdallKMSError,
     IntegrityError,
@@ -35,13 +43,14 @@ __all__ = ["EnvelopeInput", "Opened", "Opener"]
 EnvelopeInput = Envelope | str | bytes | Mapping[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Opened:
     """One decrypt outcome plus what its audit event needs to say."""
 
     outcome: str | HeimdallKMSError
     envelope: Envelope | None
     context: Mapping[str, str]
+    encoded_context: str | None = None  # the AAD's encoding of ``context``, when it was made
 
 
 class Opener:
@@ -78,59 +87,47 @@ class Opener:
         return Opened("", envelope, claimed)
 
     def open_all(self, prepared: list[Opened]) -> list[Opened]:
-        outcomes: list[str | HeimdallKMSError] = [p.outcome for p in prepared]
-        pending = [i for i, p in enumerate(prepared) if not isinstance(p.outcome, HeimdallKMSError)]
-        kms_items = [i for i in pending if isinstance(prepared[i].envelope, KmsV1Envelope)]
-        for i, result in zip(
-            kms_items, self._open_kms([prepared[i] for i in kms_items]), strict=True
-        ):
-            outcomes[i] = result
-        for i in pending:
-            envelope = prepared[i].envelope
-            if isinstance(envelope, LegacyEnvelope):
-                outcomes[i] = self._open_legacy(envelope)
-        return [
-            Opened(outcome, p.envelope, p.context)
-            for outcome, p in zip(outcomes, prepared, strict=True)
-        ]
+        """Fill in each prepared item's outcome (in place; the same list is returned)."""
+        pending = [p for p in prepared if not isinstance(p.outcome, HeimdallKMSError)]
+        self._open_kms([p for p in pending if isinstance(p.envelope, KmsV1Envelope)])
+        for item in pending:
+            if isinstance(item.envelope, LegacyEnvelope):
+                item.outcome = self._open_legacy(item.envelope)
+        return prepared
 
-    def _open_kms(self, items: list[Opened]) -> list[str | HeimdallKMSError]:
+    def _open_kms(self, items: list[Opened]) -> None:
         if not items:
-            return []
+            return
         kms = self.kms
         assert kms is not None
-        envelopes = [item.envelope for item in items if isinstance(item.envelope, KmsV1Envelope)]
-        ours = [self.owned(env) for env in envelopes]
-        sent = [env for env, error in zip(envelopes, ours, strict=True) if error is None]
-        opened = iter(self._unwrap_and_open(kms, sent))
-        return [error if error is not None else next(opened) for error in ours]
+        sent = []
+        for item in items:
+            assert isinstance(item.envelope, KmsV1Envelope)
+            error = self.owned(item.envelope)
+            if error is not None:
+                item.outcome = error
+            else:
+                sent.append(item)
+        self._unwrap_and_open(kms, sent)
 
-    def _unwrap_and_open(
-        self, kms: KeyManagementService, sent: list[KmsV1Envelope]
-    ) -> list[str | HeimdallKMSError]:
+    def _unwrap_and_open(self, kms: KeyManagementService, sent: list[Opened]) -> None:
         """Unwrap in batches, several in flight; open each batch while the next is unwrapped."""
         batching = batching_of(kms)
         size = max(1, batching.size)
         chunks = [sent[start : start + size] for start in range(0, len(sent), size)]
-        jobs = (
-            functools.partial(
-                kms.unwrap_many, [e.encrypted_dek for e in chunk], [e.context for e in chunk]
-            )
-            for chunk in chunks
-        )
-        results: list[str | HeimdallKMSError] = []
+        jobs = (functools.partial(_unwrap, kms, chunk) for chunk in chunks)
         with contextlib.closing(in_order(jobs, batching.in_flight, discard=_wipe_all)) as answers:
             for chunk, deks in zip(chunks, answers, strict=False):
                 try:
                     if len(deks) != len(chunk):
                         raise KMSError("the KMS returned a different number of unwrapped keys")
-                    for envelope, dek in zip(chunk, deks, strict=True):
-                        results.append(
-                            dek if isinstance(dek, HeimdallKMSError) else _open(envelope, dek)
-                        )
+                    for item, dek in zip(chunk, deks, strict=True):
+                        if isinstance(dek, HeimdallKMSError):
+                            item.outcome = dek
+                        else:
+                            _open(item, dek)
                 finally:
                     _wipe_all(deks)
-        return results
 
     def _open_legacy(self, envelope: LegacyEnvelope) -> str | HeimdallKMSError:
         key = self.settings.legacy_keys.get(envelope.key_id)
@@ -155,11 +152,20 @@ class Opener:
         )
 
 
-def _open(envelope: KmsV1Envelope, dek: bytearray) -> str | HeimdallKMSError:
+def _unwrap(kms: KeyManagementService, chunk: list[Opened]) -> list[bytearray | HeimdallKMSError]:
+    envelopes = [item.envelope for item in chunk if isinstance(item.envelope, KmsV1Envelope)]
+    return kms.unwrap_many([e.encrypted_dek for e in envelopes], [e.context for e in envelopes])
+
+
+def _open(item: Opened, dek: bytearray) -> None:
+    envelope = item.envelope
+    assert isinstance(envelope, KmsV1Envelope)
+    item.encoded_context = encoded = context_json_ascii(envelope.context)
     try:
-        return utf8_text(crypto.open_(dek, envelope.nonce, envelope.ciphertext, envelope.aad()))
+        aad = aad_of_encoded(encoded)
+        item.outcome = utf8_text(crypto.open_(dek, envelope.nonce, envelope.ciphertext, aad))
     except HeimdallKMSError as exc:
-        return exc
+        item.outcome = exc
 
 
 def _wipe_all(deks: list[bytearray | HeimdallKMSError]) -> None:

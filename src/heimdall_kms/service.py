@@ -22,17 +22,17 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from heimdall_kms import crypto
-from heimdall_kms.audit import AuditEvent, AuditSink, EventType, Result
+from heimdall_kms.audit import AuditEvent, AuditSink, EventType
 from heimdall_kms.audit.events import now_rfc3339
 from heimdall_kms.config import EncryptionMode, Settings, WriteFormat
+from heimdall_kms.context_json import context_json_ascii
+from heimdall_kms.crypto_events import event_for, sealed_events
 from heimdall_kms.envelope import (
-    KMS_V1,
-    LEGACY,
     Envelope,
     KmsV1Envelope,
     LegacyEnvelope,
+    aad_of_encoded,
     check_context,
-    kms_v1_aad,
 )
 from heimdall_kms.envelope.kms_v1 import utc_timestamp
 from heimdall_kms.errors import (
@@ -114,30 +114,54 @@ class Crypto:
         request_id = str(uuid.uuid4())
         contexts = [ctx for _, ctx in values]
         provider = self._write_label
-
-        def events(
-            envelopes: Sequence[Envelope | None], error: HeimdallKMSError | None = None
-        ) -> list[AuditEvent]:
-            # One batch is recorded at one moment: one timestamp for all of its events.
-            stamp = now_rfc3339()
-            return [
-                self._event(EventType.ENCRYPT, who, request_id, env, ctx, error=error, at=stamp)
-                for env, ctx in zip(envelopes, contexts, strict=True)
-            ]
-
+        encoded: list[str] = []  # each context as the AAD encodes it, reused by the audit line
         try:
             with self.metrics.timed("encrypt", provider):
                 sealed = (
-                    self._seal_legacy(values) if self._writes_legacy else self._seal_kms(values)
+                    self._seal_legacy(values)
+                    if self._writes_legacy
+                    else self._seal_kms(values, encoded)
                 )
         except HeimdallKMSError as exc:
             self.metrics.errors_total.labels("encrypt", provider, exc.error_type).inc(len(values))
-            self.audit.emit(events([None] * len(values), exc))
+            stamp = now_rfc3339()
+            self.audit.emit(
+                [
+                    event_for(
+                        EventType.ENCRYPT,
+                        who,
+                        request_id,
+                        None,
+                        ctx,
+                        at=stamp,
+                        writer=self._writer,
+                        error=exc,
+                    )
+                    for ctx in contexts
+                ]
+            )
             raise
-        self.audit.emit(events(sealed))
+        # One call is recorded at one moment: one timestamp for all of its events.
+        self.audit.emit(
+            sealed_events(
+                sealed,
+                contexts,
+                encoded or None,
+                actor=who,
+                request_id=request_id,
+                at=now_rfc3339(),
+            )
+        )
         for (label, version), count in Counter(map(metric_labels, sealed)).items():
             self.metrics.encrypt_total.labels(label, version).inc(count)
         return sealed
+
+    @property
+    def _writer(self) -> tuple[str | None, str | None]:
+        """The key and provider an event names when it has no envelope to take them from."""
+        if self.kms is not None and not self._writes_legacy:
+            return self.kms.key_identifier, self.kms.name.value
+        return None, None
 
     @property
     def _write_label(self) -> str:
@@ -152,7 +176,9 @@ class Crypto:
             mode is EncryptionMode.HYBRID and self.settings.hybrid_write is WriteFormat.LEGACY
         )
 
-    def _seal_kms(self, values: list[tuple[bytes, dict[str, str]]]) -> list[Envelope]:
+    def _seal_kms(
+        self, values: list[tuple[bytes, dict[str, str]]], encoded: list[str]
+    ) -> list[Envelope]:
         kms = self.kms
         assert kms is not None
         batching = batching_of(kms)
@@ -163,7 +189,7 @@ class Crypto:
 
         def wrap_jobs() -> Iterator[Callable[[], list[WrappedKey]]]:
             for start in range(0, len(values), size):
-                deks = [crypto.new_dek() for _ in range(min(size, len(values) - start))]
+                deks = crypto.new_deks(min(size, len(values) - start))
                 issued.append(deks)
                 contexts = [ctx for _, ctx in values[start : start + size]]
                 yield functools.partial(kms.wrap_many, deks, contexts)
@@ -180,7 +206,9 @@ class Crypto:
                         raise KMSError("the KMS returned a different number of wrapped keys")
                     chunk = values[batch * size : batch * size + len(deks)]
                     for (plaintext, ctx), dek, key in zip(chunk, deks, wrapped, strict=True):
-                        ciphertext, nonce = crypto.seal(dek, plaintext, kms_v1_aad(ctx))
+                        code = context_json_ascii(ctx)
+                        encoded.append(code)
+                        ciphertext, nonce = crypto.seal(dek, plaintext, aad_of_encoded(code))
                         crypto.wipe(dek)
                         envelopes.append(
                             KmsV1Envelope(
@@ -287,15 +315,17 @@ class Crypto:
         stamp = now_rfc3339()
         self.audit.emit(
             [
-                self._event(
+                event_for(
                     EventType.DECRYPT,
                     actor,
                     request_id,
                     item.envelope,
                     item.context,
+                    at=stamp,
+                    writer=self._writer,
                     reason=reason,
                     error=item.outcome if isinstance(item.outcome, HeimdallKMSError) else None,
-                    at=stamp,
+                    encoded_context=item.encoded_context,
                 )
                 for item in opened
             ]
@@ -337,19 +367,32 @@ class Crypto:
         data = [plaintext_bytes(value) for value in values]
         stated = [check_context(c) for c in contexts] if contexts else [{}] * len(data)
         request_id = str(uuid.uuid4())
+        writer = self._writer
+
+        def events(error: HeimdallKMSError | None = None) -> list[AuditEvent]:
+            stamp = now_rfc3339()
+            return [
+                event_for(
+                    EventType.HMAC,
+                    who,
+                    request_id,
+                    None,
+                    ctx,
+                    at=stamp,
+                    writer=writer,
+                    error=error,
+                )
+                for ctx in stated
+            ]
+
         try:
             with self.metrics.timed("hmac", kms.name.value):
                 tags = kms.hmac_many(data)
         except HeimdallKMSError as exc:
             self.metrics.errors_total.labels("hmac", kms.name.value, exc.error_type).inc(len(data))
-            self.audit.emit(
-                [
-                    self._event(EventType.HMAC, who, request_id, None, ctx, error=exc)
-                    for ctx in stated
-                ]
-            )
+            self.audit.emit(events(exc))
             raise
-        self.audit.emit([self._event(EventType.HMAC, who, request_id, None, ctx) for ctx in stated])
+        self.audit.emit(events())
         return ["hmac:" + tag for tag in tags]
 
     # -- rotation -----------------------------------------------------------------------------
@@ -389,49 +432,3 @@ class Crypto:
                     )
                 )
         return results
-
-    # -- audit ----------------------------------------------------------------------------------
-
-    def _event(
-        self,
-        event_type: EventType,
-        actor: str,
-        request_id: str,
-        envelope: Envelope | None,
-        context: Mapping[str, str],
-        *,
-        error: HeimdallKMSError | None = None,
-        reason: str | None = None,
-        at: str | None = None,
-    ) -> AuditEvent:
-        key_identifier: str | None = None
-        key_version: int | None = None
-        provider: str | None = None
-        if isinstance(envelope, KmsV1Envelope):
-            key_identifier, key_version = envelope.key_identifier, envelope.key_version
-            provider = envelope.provider
-        elif isinstance(envelope, LegacyEnvelope):
-            key_identifier = envelope.key_id
-        elif self.kms is not None and not self._writes_legacy:
-            key_identifier, provider = self.kms.key_identifier, self.kms.name.value
-        return AuditEvent(
-            timestamp=at if at is not None else now_rfc3339(),
-            event_type=event_type,
-            actor=actor,
-            request_id=request_id,
-            result=Result.FAILURE if error is not None else Result.SUCCESS,
-            field_identifier=context.get("field"),
-            key_identifier=key_identifier,
-            key_version=key_version,
-            provider=provider,
-            encryption_version=(
-                KMS_V1
-                if isinstance(envelope, KmsV1Envelope)
-                else LEGACY
-                if isinstance(envelope, LegacyEnvelope)
-                else None
-            ),
-            reason=reason,
-            error_type=error.error_type if error is not None else None,
-            context=dict(context) if context else None,
-        )

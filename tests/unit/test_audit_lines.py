@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from heimdall_kms.audit import AuditEvent, EventType, Result
 from heimdall_kms.audit.chain import GENESIS, seal_line
 from heimdall_kms.audit.lines import chain_events
+from heimdall_kms.context_json import context_json_ascii
 from heimdall_kms.envelope import kms_v1_aad
 
 
@@ -83,6 +84,9 @@ _optional_text = st.none() | st.sampled_from(["ssn", "vault", "x"]) | _text
 
 @st.composite
 def audit_events(draw: st.DrawFn) -> AuditEvent:
+    context = draw(st.none() | st.dictionaries(_text, _text, max_size=4))
+    # Producers that built the AAD hand over the context's ASCII-escaped JSON as well.
+    encoded = context_json_ascii(context) if context is not None and draw(st.booleans()) else None
     return AuditEvent(
         event_type=draw(st.sampled_from(list(EventType))),
         actor=draw(st.sampled_from(["etl", "ålice"]) | _text),
@@ -97,8 +101,9 @@ def audit_events(draw: st.DrawFn) -> AuditEvent:
         reason=draw(_optional_text),
         source_ip=draw(_optional_text),
         error_type=draw(_optional_text),
-        context=draw(st.none() | st.dictionaries(_text, _text, max_size=4)),
+        context=context,
         details=draw(st.none() | st.dictionaries(_text, st.integers() | _text, max_size=3)),
+        encoded_context=encoded,
     )
 
 

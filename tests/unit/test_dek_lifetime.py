@@ -3,7 +3,7 @@
 The provider here is a test double for the batching logic only (real servers are tested
 elsewhere): it keeps the very ``bytearray`` objects it is asked to wrap, "wraps" them by XOR
 with a fixed key so that ``decrypt_many`` can reverse it, and checks, during each call, how
-many DEKs are alive. ``crypto.new_dek`` is spied on as well, so DEKs that were made but never
+many DEKs are alive. ``crypto.new_deks`` is spied on as well, so DEKs that were made but never
 sent to the KMS (a failure half-way) are checked too.
 """
 
@@ -43,7 +43,7 @@ class RecordingProvider:
     """Wraps by XOR with a fixed key; records every DEK object and watches how many live."""
 
     def __init__(self, created: list[bytearray], *, fail_on_call: int | None = None) -> None:
-        self.created = created  # every DEK crypto.new_dek made, in order
+        self.created = created  # every DEK crypto.new_deks made, in order
         self.fail_on_call = fail_on_call
         self.lock = threading.Lock()
         self.batches: list[list[bytearray]] = []  # the lists passed to wrap_many, in call order
@@ -133,16 +133,16 @@ def wait_for(condition: Callable[[], bool], timeout: float = WAIT) -> None:
 
 @pytest.fixture
 def created(monkeypatch: pytest.MonkeyPatch) -> list[bytearray]:
-    """Every DEK made by ``crypto.new_dek`` during the test (the objects themselves)."""
+    """Every DEK made by ``crypto.new_deks`` during the test (the objects themselves)."""
     made: list[bytearray] = []
-    real = crypto.new_dek
+    real = crypto.new_deks
 
-    def spy() -> bytearray:
-        dek = real()
-        made.append(dek)
-        return dek
+    def spy(count: int) -> list[bytearray]:
+        deks = real(count)
+        made.extend(deks)
+        return deks
 
-    monkeypatch.setattr(crypto, "new_dek", spy)
+    monkeypatch.setattr(crypto, "new_deks", spy)
     return made
 
 
@@ -257,3 +257,17 @@ def test_the_envelopes_decrypt_again(local_env: dict[str, str], created: list[by
     )
     assert opened == [text for text, _ in plaintexts]
     assert [event.result for event in sink.events] == [Result.SUCCESS] * (2 * VALUES)
+
+
+def test_new_deks_are_distinct_full_length_keys() -> None:
+    deks = crypto.new_deks(1500)  # more than one readv (1024 buffers at most)
+    assert len(deks) == 1500
+    assert all(isinstance(d, bytearray) and len(d) == crypto.DEK_BYTES for d in deks)
+    assert len({bytes(d) for d in deks}) == 1500
+
+
+def test_new_deks_fall_back_to_urandom_on_a_short_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(crypto.os, "readv", lambda fd, buffers: 7)
+    deks = crypto.new_deks(3)
+    assert len({bytes(d) for d in deks}) == 3
+    assert not any(d == bytearray(crypto.DEK_BYTES) for d in deks)

@@ -56,6 +56,10 @@ class AuditEvent:
     error_type: str | None = None
     context: Mapping[str, str] | None = None
     details: Mapping[str, Any] | None = None
+    # ``context`` as heimdall_kms.context_json.context_json_ascii wrote it, when the producer
+    # has it already (it is the AAD's): the audit line reuses it instead of encoding again.
+    # Not part of the event's content.
+    encoded_context: str | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The event as a JSON object; absent optional fields are left out."""

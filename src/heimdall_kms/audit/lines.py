@@ -64,7 +64,12 @@ def chain_events(events: Sequence[AuditEvent], seq: int, prev: str) -> tuple[str
         head = parts.actor
         context = event.context
         if context is not None:
-            head += ',"context":' + context_json(context)
+            encoded = event.encoded_context
+            if encoded is None or "\\u" in encoded:
+                # The ASCII-escaped form equals the line's (non-ASCII kept) form exactly when
+                # nothing was escaped as \uXXXX.
+                encoded = context_json(context)
+            head += ',"context":' + encoded
         head += parts.middle
         field = event.field_identifier
         if field is not None:

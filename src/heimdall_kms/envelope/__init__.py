@@ -7,7 +7,13 @@ from typing import Any
 
 from heimdall_kms.envelope import _json
 from heimdall_kms.envelope._base import ALGORITHM, Envelope
-from heimdall_kms.envelope.kms_v1 import KMS_V1, KmsV1Envelope, check_context, kms_v1_aad
+from heimdall_kms.envelope.kms_v1 import (
+    KMS_V1,
+    KmsV1Envelope,
+    aad_of_encoded,
+    check_context,
+    kms_v1_aad,
+)
 from heimdall_kms.envelope.legacy import LEGACY, LEGACY_KEYS, LegacyEnvelope
 from heimdall_kms.errors import MalformedEnvelopeError
 
@@ -18,6 +24,7 @@ __all__ = [
     "Envelope",
     "KmsV1Envelope",
     "LegacyEnvelope",
+    "aad_of_encoded",
     "check_context",
     "kms_v1_aad",
     "parse",

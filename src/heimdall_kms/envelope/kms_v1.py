@@ -14,7 +14,7 @@ from heimdall_kms.envelope import _json
 from heimdall_kms.envelope._base import ALGORITHM, Envelope
 from heimdall_kms.errors import InvalidInputError, MalformedEnvelopeError
 
-__all__ = ["KMS_V1", "KmsV1Envelope", "check_context", "kms_v1_aad"]
+__all__ = ["KMS_V1", "KmsV1Envelope", "aad_of_encoded", "check_context", "kms_v1_aad"]
 
 KMS_V1 = "kms_v1"
 # RFC 3339 in UTC, as written by utc_timestamp(); fromisoformat alone also takes ISO week
@@ -47,9 +47,14 @@ def kms_v1_aad(context: Mapping[str, str]) -> bytes:
     Only fields that never change for a value are covered. ``key_version``, ``encrypted_dek``
     and ``encryption_timestamp`` are left out so that a rewrap leaves ``ciphertext`` untouched.
     """
+    return aad_of_encoded(context_json_ascii(context))
+
+
+def aad_of_encoded(encoded_context: str) -> bytes:
+    """:func:`kms_v1_aad` from ``context_json_ascii(context)``, for callers that need it too."""
     # Equal to json.dumps({"alg": ..., "ctx": ..., "v": ...}, sort_keys=True, compact): the
     # three keys are written in their sorted order, and only the context is encoded per value.
-    return (_AAD_HEAD + context_json_ascii(context) + _AAD_TAIL).encode("ascii")
+    return (_AAD_HEAD + encoded_context + _AAD_TAIL).encode("ascii")
 
 
 def check_context(context: object, *, error: type[Exception] = InvalidInputError) -> dict[str, str]:

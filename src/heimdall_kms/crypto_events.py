@@ -1,0 +1,96 @@
+"""The audit events of one encrypt, decrypt or hmac call: one event per value.
+
+A call's events share actor, request id, timestamp and (mostly) key; they differ in the
+field, the context and the outcome. Sealed values take a short path, since a bulk encrypt
+makes one event per value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from heimdall_kms.audit import AuditEvent, EventType, Result
+from heimdall_kms.envelope import KMS_V1, LEGACY, Envelope, KmsV1Envelope, LegacyEnvelope
+from heimdall_kms.errors import HeimdallKMSError
+
+__all__ = ["event_for", "sealed_events"]
+
+
+def event_for(
+    event_type: EventType,
+    actor: str,
+    request_id: str,
+    envelope: Envelope | None,
+    context: Mapping[str, str],
+    *,
+    at: str,
+    writer: tuple[str | None, str | None] = (None, None),
+    error: HeimdallKMSError | None = None,
+    reason: str | None = None,
+    encoded_context: str | None = None,
+) -> AuditEvent:
+    """The event for one value. ``writer`` is the ``(key_identifier, provider)`` named when
+    there is no envelope to take them from (a failed encrypt)."""
+    key_identifier, provider = writer
+    key_version: int | None = None
+    version: str | None = None
+    if isinstance(envelope, KmsV1Envelope):
+        key_identifier, key_version = envelope.key_identifier, envelope.key_version
+        provider, version = envelope.provider, KMS_V1
+    elif isinstance(envelope, LegacyEnvelope):
+        key_identifier, provider, version = envelope.key_id, None, LEGACY
+    return AuditEvent(
+        timestamp=at,
+        event_type=event_type,
+        actor=actor,
+        request_id=request_id,
+        result=Result.FAILURE if error is not None else Result.SUCCESS,
+        field_identifier=context.get("field"),
+        key_identifier=key_identifier,
+        key_version=key_version,
+        provider=provider,
+        encryption_version=version,
+        reason=reason,
+        error_type=error.error_type if error is not None else None,
+        context=dict(context) if context else None,
+        encoded_context=encoded_context if context else None,
+    )
+
+
+def sealed_events(
+    envelopes: Sequence[Envelope],
+    contexts: Sequence[dict[str, str]],
+    encoded: Sequence[str] | None,
+    *,
+    actor: str,
+    request_id: str,
+    at: str,
+) -> list[AuditEvent]:
+    """The success events of one encrypt call, in order.
+
+    ``contexts`` are the call's own checked copies (the envelopes hold them too), so they are
+    not copied again; ``encoded`` are their AAD encodings, when the call made them.
+    """
+    events = []
+    codes = encoded if encoded is not None else [None] * len(envelopes)
+    for envelope, context, code in zip(envelopes, contexts, codes, strict=True):
+        if type(envelope) is not KmsV1Envelope:
+            events.append(event_for(EventType.ENCRYPT, actor, request_id, envelope, context, at=at))
+            continue
+        events.append(
+            AuditEvent(
+                timestamp=at,
+                event_type=EventType.ENCRYPT,
+                actor=actor,
+                request_id=request_id,
+                result=Result.SUCCESS,
+                field_identifier=context.get("field"),
+                key_identifier=envelope.key_identifier,
+                key_version=envelope.key_version,
+                provider=envelope.provider,
+                encryption_version=KMS_V1,
+                context=context or None,
+                encoded_context=code if context else None,
+            )
+        )
+    return events
