@@ -14,6 +14,7 @@ reach. ``docs/design/KMS-Vault-Plan.md`` explains what this does and does not pr
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -33,6 +34,7 @@ __all__ = [
     "new_deks",
     "open_",
     "seal",
+    "seal_each",
     "wipe",
 ]
 
@@ -93,6 +95,22 @@ def seal(key: bytes | bytearray, plaintext: bytes, aad: bytes) -> tuple[bytes, b
         ``(ciphertext_with_tag, nonce)``.
     """
     return _seal_with_nonce(key, plaintext, aad, os.urandom(NONCE_BYTES))
+
+
+def seal_each(
+    keys: Sequence[bytearray], plaintexts: Sequence[bytes], aads: Sequence[bytes]
+) -> list[tuple[bytes, bytes]]:
+    """:func:`seal` for many values, each under its own key: the nonces come from one read of
+    the CSPRNG instead of one per value."""
+    if not len(keys) == len(plaintexts) == len(aads):
+        raise ValueError("seal_each needs one key, plaintext and AAD per value")
+    pool = os.urandom(NONCE_BYTES * len(keys))
+    sealed = []
+    for index, (key, plaintext, aad) in enumerate(zip(keys, plaintexts, aads, strict=True)):
+        _check_key(key)
+        nonce = pool[index * NONCE_BYTES : (index + 1) * NONCE_BYTES]
+        sealed.append((AESGCM(bytes(key)).encrypt(nonce, plaintext, aad), nonce))
+    return sealed
 
 
 def _seal_with_nonce(

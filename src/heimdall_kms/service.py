@@ -205,11 +205,18 @@ class Crypto:
                     if len(wrapped) != len(deks):
                         raise KMSError("the KMS returned a different number of wrapped keys")
                     chunk = values[batch * size : batch * size + len(deks)]
-                    for (plaintext, ctx), dek, key in zip(chunk, deks, wrapped, strict=True):
-                        code = context_json_ascii(ctx)
-                        encoded.append(code)
-                        ciphertext, nonce = crypto.seal(dek, plaintext, aad_of_encoded(code))
+                    codes = [context_json_ascii(ctx) for _, ctx in chunk]
+                    encoded.extend(codes)
+                    sealed_values = crypto.seal_each(
+                        deks,
+                        [plaintext for plaintext, _ in chunk],
+                        list(map(aad_of_encoded, codes)),
+                    )
+                    for dek in deks:
                         crypto.wipe(dek)
+                    for (_, ctx), key, (ciphertext, nonce) in zip(
+                        chunk, wrapped, sealed_values, strict=True
+                    ):
                         envelopes.append(
                             KmsV1Envelope(
                                 provider=provider,

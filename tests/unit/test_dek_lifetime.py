@@ -257,17 +257,3 @@ def test_the_envelopes_decrypt_again(local_env: dict[str, str], created: list[by
     )
     assert opened == [text for text, _ in plaintexts]
     assert [event.result for event in sink.events] == [Result.SUCCESS] * (2 * VALUES)
-
-
-def test_new_deks_are_distinct_full_length_keys() -> None:
-    deks = crypto.new_deks(1500)  # more than one readv (1024 buffers at most)
-    assert len(deks) == 1500
-    assert all(isinstance(d, bytearray) and len(d) == crypto.DEK_BYTES for d in deks)
-    assert len({bytes(d) for d in deks}) == 1500
-
-
-def test_new_deks_fall_back_to_urandom_on_a_short_read(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(crypto.os, "readv", lambda fd, buffers: 7)
-    deks = crypto.new_deks(3)
-    assert len({bytes(d) for d in deks}) == 3
-    assert not any(d == bytearray(crypto.DEK_BYTES) for d in deks)
