@@ -12,8 +12,9 @@ from collections.abc import Mapping, Sequence
 from heimdall_kms.audit import AuditEvent, EventType, Result
 from heimdall_kms.envelope import KMS_V1, LEGACY, Envelope, KmsV1Envelope, LegacyEnvelope
 from heimdall_kms.errors import HeimdallKMSError
+from heimdall_kms.opening import Opened
 
-__all__ = ["event_for", "sealed_events"]
+__all__ = ["event_for", "opened_events", "sealed_events"]
 
 
 def event_for(
@@ -91,6 +92,55 @@ def sealed_events(
                 encryption_version=KMS_V1,
                 context=context or None,
                 encoded_context=code if context else None,
+            )
+        )
+    return events
+
+
+def opened_events(
+    opened: Sequence[Opened],
+    *,
+    actor: str,
+    request_id: str,
+    reason: str,
+    at: str,
+    writer: tuple[str | None, str | None],
+) -> list[AuditEvent]:
+    """The events of one decrypt call, in order, failures included."""
+    events = []
+    for item in opened:
+        envelope, outcome, context = item.envelope, item.outcome, item.context
+        if type(envelope) is KmsV1Envelope and type(outcome) is str:
+            events.append(
+                AuditEvent(
+                    timestamp=at,
+                    event_type=EventType.DECRYPT,
+                    actor=actor,
+                    request_id=request_id,
+                    result=Result.SUCCESS,
+                    field_identifier=context.get("field"),
+                    key_identifier=envelope.key_identifier,
+                    key_version=envelope.key_version,
+                    provider=envelope.provider,
+                    encryption_version=KMS_V1,
+                    reason=reason,
+                    context=dict(context) if context else None,
+                    encoded_context=item.encoded_context if context else None,
+                )
+            )
+            continue
+        events.append(
+            event_for(
+                EventType.DECRYPT,
+                actor,
+                request_id,
+                envelope,
+                context,
+                at=at,
+                writer=writer,
+                reason=reason,
+                error=outcome if isinstance(outcome, HeimdallKMSError) else None,
+                encoded_context=item.encoded_context,
             )
         )
     return events

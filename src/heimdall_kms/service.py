@@ -26,7 +26,7 @@ from heimdall_kms.audit import AuditEvent, AuditSink, EventType
 from heimdall_kms.audit.events import now_rfc3339
 from heimdall_kms.config import EncryptionMode, Settings, WriteFormat
 from heimdall_kms.context_json import context_json_ascii
-from heimdall_kms.crypto_events import event_for, sealed_events
+from heimdall_kms.crypto_events import event_for, opened_events, sealed_events
 from heimdall_kms.envelope import (
     Envelope,
     KmsV1Envelope,
@@ -319,23 +319,15 @@ class Crypto:
         self, opened: list[Opened], actor: str, reason: str, request_id: str, provider: str
     ) -> None:
         """Audit every outcome (fail closed: raises AuditWriteError) and count it."""
-        stamp = now_rfc3339()
         self.audit.emit(
-            [
-                event_for(
-                    EventType.DECRYPT,
-                    actor,
-                    request_id,
-                    item.envelope,
-                    item.context,
-                    at=stamp,
-                    writer=self._writer,
-                    reason=reason,
-                    error=item.outcome if isinstance(item.outcome, HeimdallKMSError) else None,
-                    encoded_context=item.encoded_context,
-                )
-                for item in opened
-            ]
+            opened_events(
+                opened,
+                actor=actor,
+                request_id=request_id,
+                reason=reason,
+                at=now_rfc3339(),
+                writer=self._writer,
+            )
         )
         done: Counter[tuple[str, str]] = Counter()
         failed: Counter[str] = Counter()
