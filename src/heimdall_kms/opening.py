@@ -40,6 +40,8 @@ from heimdall_kms.providers.base import batching_of
 
 __all__ = ["EnvelopeInput", "Opened", "Opener"]
 
+_LEGACY = EncryptionMode.LEGACY
+
 EnvelopeInput = Envelope | str | bytes | Mapping[str, Any]
 
 
@@ -63,6 +65,8 @@ class Opener:
     def prepare(self, source: EnvelopeInput, stated: Mapping[str, str] | None) -> Opened:
         """Parse and check one envelope against the mode and the stated context."""
         claimed = check_context(stated) if stated is not None else {}
+        if type(source) is KmsV1Envelope and not claimed and self.settings.mode is not _LEGACY:
+            return Opened("", source, source.context)  # the common case, decided at once
         try:
             envelope = source if isinstance(source, Envelope) else parse(source)
         except MalformedEnvelopeError as exc:
@@ -100,14 +104,15 @@ class Opener:
             return
         kms = self.kms
         assert kms is not None
+        ours = (kms.name.value, kms.key_identifier)
         sent = []
         for item in items:
-            assert isinstance(item.envelope, KmsV1Envelope)
-            error = self.owned(item.envelope)
-            if error is not None:
-                item.outcome = error
-            else:
+            envelope = item.envelope
+            assert isinstance(envelope, KmsV1Envelope)
+            if (envelope.provider, envelope.key_identifier) == ours:
                 sent.append(item)
+            else:
+                item.outcome = self._not_ours(envelope)
         self._unwrap_and_open(kms, sent)
 
     def _unwrap_and_open(self, kms: KeyManagementService, sent: list[Opened]) -> None:
@@ -146,6 +151,11 @@ class Opener:
         assert kms is not None
         if envelope.provider == kms.name.value and envelope.key_identifier == kms.key_identifier:
             return None
+        return self._not_ours(envelope)
+
+    def _not_ours(self, envelope: KmsV1Envelope) -> HeimdallKMSError:
+        kms = self.kms
+        assert kms is not None
         return KeyNotFoundError(
             f"envelope was sealed by {envelope.provider} key {envelope.key_identifier!r}; "
             f"this deployment uses {kms.name.value} key {kms.key_identifier!r}"

@@ -67,6 +67,7 @@ class FileAuditSink:
         # buffer that a later flush (or close) would write after the fact.
         self._fd: int | None = fd
         self._head: int | None = None
+        self._end: tuple[int, int, str] | None = None  # (file size, seq, hash) after our write
 
     def emit(self, events: Sequence[AuditEvent]) -> None:
         if not events:
@@ -78,11 +79,15 @@ class FileAuditSink:
                 fd = self._fd
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 try:
-                    seq, prev = self._tail(fd)
+                    size = os.fstat(fd).st_size
+                    seq, prev = self._tail(fd, size)
                     data, seq, prev = chain_events(events, seq, prev)
-                    _write_all(fd, data.encode("utf-8"))
+                    encoded = data.encode("utf-8")
+                    self._end = None  # unknown until the write is complete
+                    _write_all(fd, encoded)
                     os.fdatasync(fd)  # appends: the new size is flushed too
                     self._checkpoint(seq, prev)
+                    self._end = (size + len(encoded), seq, prev)
                 finally:
                     fcntl.flock(fd, fcntl.LOCK_UN)
             except (OSError, ValueError) as exc:
@@ -95,9 +100,11 @@ class FileAuditSink:
                 )
                 raise AuditWriteError(f"cannot write audit log {self.path}: {reason}") from None
 
-    def _tail(self, fd: int) -> tuple[int, str]:
+    def _tail(self, fd: int, size: int) -> tuple[int, str]:
         """The chain's last ``seq`` and ``hash``, read from the end of the file."""
-        size = os.fstat(fd).st_size
+        if self._end is not None and self._end[0] == size:
+            # Nobody appended since this sink's last batch (the lock is held): its end stands.
+            return self._end[1], self._end[2]
         if size == 0:
             return 0, GENESIS
         start = max(0, size - _TAIL_CHUNK)
