@@ -79,19 +79,14 @@ def sealed_events(
             events.append(event_for(EventType.ENCRYPT, actor, request_id, envelope, context, at=at))
             continue
         events.append(
-            AuditEvent(
-                timestamp=at,
-                event_type=EventType.ENCRYPT,
+            _kms_success(
+                EventType.ENCRYPT,
+                envelope,
+                context,
+                code,
                 actor=actor,
                 request_id=request_id,
-                result=Result.SUCCESS,
-                field_identifier=context.get("field"),
-                key_identifier=envelope.key_identifier,
-                key_version=envelope.key_version,
-                provider=envelope.provider,
-                encryption_version=KMS_V1,
-                context=context or None,
-                encoded_context=code if context else None,
+                at=at,
             )
         )
     return events
@@ -111,21 +106,17 @@ def opened_events(
     for item in opened:
         envelope, outcome, context = item.envelope, item.outcome, item.context
         if type(envelope) is KmsV1Envelope and type(outcome) is str:
+            # The envelope's context may be the caller's own mapping: the event keeps a copy.
             events.append(
-                AuditEvent(
-                    timestamp=at,
-                    event_type=EventType.DECRYPT,
+                _kms_success(
+                    EventType.DECRYPT,
+                    envelope,
+                    dict(context),
+                    item.encoded_context,
                     actor=actor,
                     request_id=request_id,
-                    result=Result.SUCCESS,
-                    field_identifier=context.get("field"),
-                    key_identifier=envelope.key_identifier,
-                    key_version=envelope.key_version,
-                    provider=envelope.provider,
-                    encryption_version=KMS_V1,
+                    at=at,
                     reason=reason,
-                    context=dict(context) if context else None,
-                    encoded_context=item.encoded_context if context else None,
                 )
             )
             continue
@@ -144,3 +135,32 @@ def opened_events(
             )
         )
     return events
+
+
+def _kms_success(
+    event_type: EventType,
+    envelope: KmsV1Envelope,
+    context: dict[str, str],
+    encoded_context: str | None,
+    *,
+    actor: str,
+    request_id: str,
+    at: str,
+    reason: str | None = None,
+) -> AuditEvent:
+    """What :func:`event_for` gives for a ``kms_v1`` value that succeeded, made directly."""
+    return AuditEvent(
+        timestamp=at,
+        event_type=event_type,
+        actor=actor,
+        request_id=request_id,
+        result=Result.SUCCESS,
+        field_identifier=context.get("field"),
+        key_identifier=envelope.key_identifier,
+        key_version=envelope.key_version,
+        provider=envelope.provider,
+        encryption_version=KMS_V1,
+        reason=reason,
+        context=context or None,
+        encoded_context=encoded_context if context else None,
+    )
