@@ -35,7 +35,7 @@ def load_object(source: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
     if len(source) > MAX_ENVELOPE_CHARS:
         raise MalformedEnvelopeError(_too_large())
     try:
-        value = json.loads(source, object_pairs_hook=_no_duplicate_keys)
+        value = _DECODER.decode(source)
     except (ValueError, RecursionError):  # JSONDecodeError, and ints over 4300 digits.
         raise MalformedEnvelopeError("envelope is not valid JSON") from None
     if not isinstance(value, dict):
@@ -49,12 +49,18 @@ def _too_large() -> str:
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # Two parsers that disagree on which duplicate wins would read different envelopes.
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise MalformedEnvelopeError(f"envelope repeats the key {short(key)}")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise MalformedEnvelopeError(f"envelope repeats the key {short(key)}")
+            seen.add(key)
     return result
+
+
+# One decoder for every envelope: json.loads with a hook would build a new one per call.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
 
 
 def text(obj: Mapping[str, Any], key: str, *, max_chars: int = MAX_ENVELOPE_CHARS) -> str:

@@ -197,10 +197,12 @@ class SQLFieldStore:
             while cursor.nextset():
                 applied.append(cursor.fetchone() is not None)
         else:
-            applied = []
-            for row in params:
-                cursor.execute(self._cas_sql(), row)
-                applied.append(cursor.rowcount == 1)
+            # One prepared statement for the batch; its rowcount is the sum over all rows.
+            cursor.executemany(self._cas_sql(), params)
+            if cursor.rowcount == len(params):
+                applied = [True] * len(params)
+            else:
+                applied = self._holding_new_values(cursor, swaps)
         if run_id is not None:
             created = now_rfc3339()
             table, column = self.target.table, self.target.column
@@ -211,6 +213,21 @@ class SQLFieldStore:
             ]
             if journal:
                 cursor.executemany(self._journal_sql(), journal)
+        return applied
+
+    def _holding_new_values(self, cursor: Any, swaps: Sequence[Swap]) -> list[bool]:
+        """After a batch compare-and-swap that missed some rows (someone else wrote them
+        first): which rows hold this batch's new value now. New values are fresh ciphertext,
+        so no other writer can have written the same text."""
+        sql = (
+            f"SELECT {self.dialect.read(self._c)} FROM {self._t} "  # noqa: S608
+            f"WHERE {self._id} = {self.dialect.param}"
+        )
+        applied = []
+        for swap in swaps:
+            cursor.execute(sql, [swap.row.id])
+            found = cursor.fetchone()
+            applied.append(found is not None and _text(found[0]) == swap.new_value)
         return applied
 
     def ensure_journal(self) -> None:
