@@ -14,6 +14,7 @@ reach. ``docs/design/KMS-Vault-Plan.md`` explains what this does and does not pr
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
@@ -71,21 +72,23 @@ def new_deks(count: int) -> list[bytearray]:
 
 _IOV_MAX = 1024
 _urandom: list[int | None] = []  # the descriptor, opened once (None where it cannot be)
+_urandom_lock = threading.Lock()
 
 
 def _urandom_fd() -> int | None:
-    if not _urandom:
-        fd: int | None = None
-        if hasattr(os, "readv"):
-            # os.urandom blocks until the kernel's pool is initialised; /dev/urandom may not
-            # on old kernels, so it is only read after that.
-            os.urandom(1)
-            try:
-                fd = os.open("/dev/urandom", os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                fd = None
-        _urandom.append(fd)
-    return _urandom[0]
+    with _urandom_lock:
+        if not _urandom:
+            fd: int | None = None
+            if hasattr(os, "readv"):
+                # os.urandom blocks until the kernel's pool is initialised; /dev/urandom may
+                # not on old kernels, so it is only read after that.
+                os.urandom(1)
+                try:
+                    fd = os.open("/dev/urandom", os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    fd = None
+            _urandom.append(fd)
+        return _urandom[0]
 
 
 def seal(key: bytes | bytearray, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:

@@ -69,8 +69,7 @@ def sealed_events(
 ) -> list[AuditEvent]:
     """The success events of one encrypt call, in order.
 
-    ``contexts`` are the call's own checked copies (the envelopes hold them too), so they are
-    not copied again; ``encoded`` are their AAD encodings, when the call made them.
+    ``encoded`` are the contexts' AAD encodings, when the call made them.
     """
     events = []
     codes = encoded if encoded is not None else [None] * len(envelopes)
@@ -82,7 +81,7 @@ def sealed_events(
             _kms_success(
                 EventType.ENCRYPT,
                 envelope,
-                context,
+                dict(context),  # the envelope handed back holds the call's own copy
                 code,
                 actor=actor,
                 request_id=request_id,

@@ -124,7 +124,7 @@ class Crypto:
                 )
         except HeimdallKMSError as exc:
             self.metrics.errors_total.labels("encrypt", provider, exc.error_type).inc(len(values))
-            stamp = now_rfc3339()
+            stamp, writer = now_rfc3339(), self._writer
             self.audit.emit(
                 [
                     event_for(
@@ -134,7 +134,7 @@ class Crypto:
                         None,
                         ctx,
                         at=stamp,
-                        writer=self._writer,
+                        writer=writer,
                         error=exc,
                     )
                     for ctx in contexts

@@ -24,3 +24,11 @@ def test_escapes_what_json_escapes() -> None:
     context = {"é": '"\\\n\u2028\x00', "a": "☃"}
     assert context_json_ascii(context) == json.dumps(context, sort_keys=True, separators=(",", ":"))
     assert json.loads(context_json(context)) == context
+
+
+def test_anything_else_is_encoded_as_the_general_encoder_does() -> None:
+    # A context that never passed check_context (an envelope built by hand): no crash, the
+    # same bytes as before the fast path.
+    odd = {"n": 1, "ok": True, "s": "x"}
+    assert context_json_ascii(odd) == json.dumps(odd, sort_keys=True, separators=(",", ":"))
+    assert context_json(odd) == json.dumps(odd, sort_keys=True, separators=(",", ":"))
