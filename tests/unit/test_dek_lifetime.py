@@ -257,3 +257,47 @@ def test_the_envelopes_decrypt_again(local_env: dict[str, str], created: list[by
     )
     assert opened == [text for text, _ in plaintexts]
     assert [event.result for event in sink.events] == [Result.SUCCESS] * (2 * VALUES)
+
+
+class FailingUnwrap(RecordingProvider):
+    """Unwraps in batches like the double above, keeps every DEK it hands out, and fails the
+    ``fail_unwrap_on``-th unwrap call as a whole (the KMS went away mid-read)."""
+
+    def __init__(self, created: list[bytearray], fail_unwrap_on: int) -> None:
+        super().__init__(created)
+        self.fail_unwrap_on = fail_unwrap_on
+        self.unwrap_calls = 0
+        self.handed_out: list[bytearray] = []
+
+    def unwrap_many(
+        self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
+    ) -> list[bytearray | HeimdallKMSError]:
+        with self.lock:
+            self.unwrap_calls += 1
+            call = self.unwrap_calls
+        if call == self.fail_unwrap_on:
+            raise KMSError("the KMS is unavailable (test)")
+        results = super().unwrap_many(wrapped, contexts)
+        with self.lock:
+            self.handed_out.extend(r for r in results if isinstance(r, bytearray))
+        return results
+
+
+@pytest.mark.parametrize("fail_unwrap_on", [1, 3, 10])
+def test_a_kms_failure_while_decrypting_wipes_every_unwrapped_dek_and_is_audited(
+    local_env: dict[str, str], created: list[bytearray], fail_unwrap_on: int
+) -> None:
+    kms = FailingUnwrap(created, fail_unwrap_on)
+    sink = MemoryAuditSink()
+    service = Crypto(Settings.from_env(local_env), kms=kms, audit=sink)  # type: ignore[arg-type]
+    envelopes = service.encrypt_many(items())
+    sink.events.clear()
+
+    with pytest.raises(KMSError):
+        service.decrypt_many(envelopes, actor="alice", reason="t-2")
+
+    assert kms.unwrap_calls >= fail_unwrap_on
+    assert all(is_wiped(dek) for dek in kms.handed_out)  # batches opened before and after it
+    assert len(sink.events) == VALUES  # no plaintext handed back, every value recorded failed
+    assert {event.result for event in sink.events} == {Result.FAILURE}
+    assert {event.error_type for event in sink.events} == {"kms"}
