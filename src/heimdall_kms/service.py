@@ -14,27 +14,22 @@ provider call per batch, never one per value.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from heimdall_kms import crypto
 from heimdall_kms.audit import AuditEvent, AuditSink, EventType
 from heimdall_kms.audit.events import now_rfc3339
 from heimdall_kms.config import EncryptionMode, Settings, WriteFormat
-from heimdall_kms.context_json import context_json_ascii
 from heimdall_kms.crypto_events import event_for, opened_events, sealed_events
 from heimdall_kms.envelope import (
     Envelope,
     KmsV1Envelope,
     LegacyEnvelope,
-    aad_of_encoded,
     check_context,
 )
-from heimdall_kms.envelope.kms_v1 import utc_timestamp
 from heimdall_kms.errors import (
     ConfigurationError,
     HeimdallKMSError,
@@ -51,9 +46,9 @@ from heimdall_kms.inputs import (
 )
 from heimdall_kms.metrics import Metrics, default_metrics
 from heimdall_kms.opening import EnvelopeInput, Opened, Opener
-from heimdall_kms.overlap import in_order
 from heimdall_kms.providers import KeyManagementService
-from heimdall_kms.providers.base import KeyedHashing, WrappedKey, batching_of
+from heimdall_kms.providers.base import KeyedHashing
+from heimdall_kms.sealing import seal_batches
 
 __all__ = ["MAX_PLAINTEXT_BYTES", "Crypto", "EnvelopeInput"]
 
@@ -117,11 +112,10 @@ class Crypto:
         encoded: list[str] = []  # each context as the AAD encodes it, reused by the audit line
         try:
             with self.metrics.timed("encrypt", provider):
-                sealed = (
-                    self._seal_legacy(values)
-                    if self._writes_legacy
-                    else self._seal_kms(values, encoded)
-                )
+                if self._writes_legacy or self.kms is None:
+                    sealed = self._seal_legacy(values)
+                else:
+                    sealed = seal_batches(self.kms, values, encoded)
         except HeimdallKMSError as exc:
             self.metrics.errors_total.labels("encrypt", provider, exc.error_type).inc(len(values))
             stamp, writer = now_rfc3339(), self._writer
@@ -175,66 +169,6 @@ class Crypto:
         return mode is EncryptionMode.LEGACY or (
             mode is EncryptionMode.HYBRID and self.settings.hybrid_write is WriteFormat.LEGACY
         )
-
-    def _seal_kms(
-        self, values: list[tuple[bytes, dict[str, str]]], encoded: list[str]
-    ) -> list[Envelope]:
-        kms = self.kms
-        assert kms is not None
-        batching = batching_of(kms)
-        size = max(1, batching.size)
-        # DEKs are made per batch as its KMS call is queued, and wiped once the batch is
-        # sealed: no DEK outlives its batch, however long the input.
-        issued: list[list[bytearray]] = []
-
-        def wrap_jobs() -> Iterator[Callable[[], list[WrappedKey]]]:
-            for start in range(0, len(values), size):
-                deks = crypto.new_deks(min(size, len(values) - start))
-                issued.append(deks)
-                contexts = [ctx for _, ctx in values[start : start + size]]
-                yield functools.partial(kms.wrap_many, deks, contexts)
-
-        provider, key_identifier = kms.name.value, kms.key_identifier
-        timestamp = utc_timestamp()
-        envelopes: list[Envelope] = []
-        sealed = 0  # batches whose DEKs are wiped already
-        try:
-            with contextlib.closing(in_order(wrap_jobs(), batching.in_flight)) as results:
-                for batch, wrapped in enumerate(results):
-                    deks = issued[batch]
-                    if len(wrapped) != len(deks):
-                        raise KMSError("the KMS returned a different number of wrapped keys")
-                    chunk = values[batch * size : batch * size + len(deks)]
-                    codes = [context_json_ascii(ctx) for _, ctx in chunk]
-                    encoded.extend(codes)
-                    sealed_values = crypto.seal_each(
-                        deks,
-                        [plaintext for plaintext, _ in chunk],
-                        list(map(aad_of_encoded, codes)),
-                    )
-                    for dek in deks:
-                        crypto.wipe(dek)
-                    for (_, ctx), key, (ciphertext, nonce) in zip(
-                        chunk, wrapped, sealed_values, strict=True
-                    ):
-                        envelopes.append(
-                            KmsV1Envelope(
-                                provider=provider,
-                                key_identifier=key_identifier,
-                                key_version=key.key_version,
-                                ciphertext=ciphertext,
-                                nonce=nonce,
-                                encrypted_dek=key.ciphertext,
-                                context=ctx,
-                                encryption_timestamp=timestamp,
-                            )
-                        )
-                    sealed = batch + 1
-            return envelopes
-        finally:
-            for deks in issued[sealed:]:
-                for dek in deks:
-                    crypto.wipe(dek)
 
     def _seal_legacy(self, values: list[tuple[bytes, dict[str, str]]]) -> list[Envelope]:
         # The legacy format binds no context; the audit event still records it.

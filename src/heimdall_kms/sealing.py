@@ -1,0 +1,90 @@
+"""Sealing values under fresh DEKs that the KMS wraps, batch by batch.
+
+The values are split into the provider's batches (its ``Batching`` hint). Each batch's DEKs are
+made when its wrap call is queued; up to ``in_flight`` calls run while the batch before is
+sealed, and a batch's DEKs are wiped as soon as it is sealed, so no DEK outlives its batch,
+however long the input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+
+from heimdall_kms import crypto
+from heimdall_kms.context_json import context_json_ascii
+from heimdall_kms.envelope import Envelope, KmsV1Envelope, aad_of_encoded
+from heimdall_kms.envelope.kms_v1 import utc_timestamp
+from heimdall_kms.errors import KMSError
+from heimdall_kms.overlap import in_order
+from heimdall_kms.providers import KeyManagementService
+from heimdall_kms.providers.base import WrappedKey, batching_of
+
+__all__ = ["seal_batches"]
+
+
+def seal_batches(
+    kms: KeyManagementService,
+    values: list[tuple[bytes, dict[str, str]]],
+    encoded: list[str],
+) -> list[Envelope]:
+    """``kms_v1`` envelopes for ``(plaintext, checked context)`` pairs, in order.
+
+    ``encoded`` receives each context as the AAD encodes it, for the audit line to reuse.
+
+    Raises:
+        KMSError: a wrap call failed, or answered with the wrong number of keys.
+    """
+    batching = batching_of(kms)
+    size = max(1, batching.size)
+    issued: list[list[bytearray]] = []
+
+    def wrap_jobs() -> Iterator[Callable[[], list[WrappedKey]]]:
+        for start in range(0, len(values), size):
+            deks = crypto.new_deks(min(size, len(values) - start))
+            issued.append(deks)
+            contexts = [ctx for _, ctx in values[start : start + size]]
+            yield functools.partial(kms.wrap_many, deks, contexts)
+
+    provider, key_identifier = kms.name.value, kms.key_identifier
+    timestamp = utc_timestamp()
+    envelopes: list[Envelope] = []
+    sealed = 0  # batches whose DEKs are wiped already
+    try:
+        with contextlib.closing(in_order(wrap_jobs(), batching.in_flight)) as results:
+            for batch, wrapped in enumerate(results):
+                deks = issued[batch]
+                if len(wrapped) != len(deks):
+                    raise KMSError("the KMS returned a different number of wrapped keys")
+                chunk = values[batch * size : batch * size + len(deks)]
+                codes = [context_json_ascii(ctx) for _, ctx in chunk]
+                encoded.extend(codes)
+                sealed_values = crypto.seal_each(
+                    deks,
+                    [plaintext for plaintext, _ in chunk],
+                    list(map(aad_of_encoded, codes)),
+                )
+                for dek in deks:
+                    crypto.wipe(dek)
+                for (_, ctx), key, (ciphertext, nonce) in zip(
+                    chunk, wrapped, sealed_values, strict=True
+                ):
+                    envelopes.append(
+                        KmsV1Envelope(
+                            provider=provider,
+                            key_identifier=key_identifier,
+                            key_version=key.key_version,
+                            ciphertext=ciphertext,
+                            nonce=nonce,
+                            encrypted_dek=key.ciphertext,
+                            context=ctx,
+                            encryption_timestamp=timestamp,
+                        )
+                    )
+                sealed = batch + 1
+        return envelopes
+    finally:
+        for deks in issued[sealed:]:
+            for dek in deks:
+                crypto.wipe(dek)
