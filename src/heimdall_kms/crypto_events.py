@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from heimdall_kms.audit import AuditEvent, EventType, Result
+from heimdall_kms.audit.events import now_rfc3339
 from heimdall_kms.envelope import KMS_V1, LEGACY, Envelope, KmsV1Envelope, LegacyEnvelope
 from heimdall_kms.errors import HeimdallKMSError
 from heimdall_kms.opening import Opened
 
-__all__ = ["event_for", "opened_events", "sealed_events"]
+__all__ = ["envelopeless_events", "event_for", "opened_events", "sealed_events"]
 
 
 def event_for(
@@ -56,6 +57,23 @@ def event_for(
         context=dict(context) if context else None,
         encoded_context=encoded_context if context else None,
     )
+
+
+def envelopeless_events(
+    event_type: EventType,
+    contexts: Sequence[Mapping[str, str]],
+    *,
+    actor: str,
+    request_id: str,
+    writer: tuple[str | None, str | None],
+    error: HeimdallKMSError | None = None,
+) -> list[AuditEvent]:
+    """The events of values that have no envelope: a failed encrypt, keyed hashes."""
+    at = now_rfc3339()
+    return [
+        event_for(event_type, actor, request_id, None, ctx, at=at, writer=writer, error=error)
+        for ctx in contexts
+    ]
 
 
 def sealed_events(

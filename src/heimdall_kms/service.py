@@ -23,7 +23,7 @@ from heimdall_kms import crypto
 from heimdall_kms.audit import AuditEvent, AuditSink, EventType
 from heimdall_kms.audit.events import now_rfc3339
 from heimdall_kms.config import EncryptionMode, Settings, WriteFormat
-from heimdall_kms.crypto_events import event_for, opened_events, sealed_events
+from heimdall_kms.crypto_events import envelopeless_events, opened_events, sealed_events
 from heimdall_kms.envelope import (
     Envelope,
     KmsV1Envelope,
@@ -118,21 +118,15 @@ class Crypto:
                     sealed = seal_batches(self.kms, values, encoded)
         except HeimdallKMSError as exc:
             self.metrics.errors_total.labels("encrypt", provider, exc.error_type).inc(len(values))
-            stamp, writer = now_rfc3339(), self._writer
             self.audit.emit(
-                [
-                    event_for(
-                        EventType.ENCRYPT,
-                        who,
-                        request_id,
-                        None,
-                        ctx,
-                        at=stamp,
-                        writer=writer,
-                        error=exc,
-                    )
-                    for ctx in contexts
-                ]
+                envelopeless_events(
+                    EventType.ENCRYPT,
+                    contexts,
+                    actor=who,
+                    request_id=request_id,
+                    writer=self._writer,
+                    error=exc,
+                )
             )
             raise
         # One call is recorded at one moment: one timestamp for all of its events.
@@ -303,20 +297,9 @@ class Crypto:
         writer = self._writer
 
         def events(error: HeimdallKMSError | None = None) -> list[AuditEvent]:
-            stamp = now_rfc3339()
-            return [
-                event_for(
-                    EventType.HMAC,
-                    who,
-                    request_id,
-                    None,
-                    ctx,
-                    at=stamp,
-                    writer=writer,
-                    error=error,
-                )
-                for ctx in stated
-            ]
+            return envelopeless_events(
+                EventType.HMAC, stated, actor=who, request_id=request_id, writer=writer, error=error
+            )
 
         try:
             with self.metrics.timed("hmac", kms.name.value):
