@@ -14,7 +14,6 @@ reach. ``docs/design/KMS-Vault-Plan.md`` explains what this does and does not pr
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
@@ -60,35 +59,40 @@ def new_deks(count: int) -> list[bytearray]:
     per key.
     """
     deks = [bytearray(DEK_BYTES) for _ in range(count)]
-    source = _urandom_fd()
-    for start in range(0, count, _IOV_MAX):
-        part = deks[start : start + _IOV_MAX]
-        filled = os.readv(source, part) if source is not None else 0
-        if filled != DEK_BYTES * len(part):  # not available, or a short read: key by key
-            for dek in part:
-                dek[:] = os.urandom(DEK_BYTES)
+    if not deks:
+        return deks
+    source = _open_urandom()
+    try:
+        for start in range(0, count, _IOV_MAX):
+            part = deks[start : start + _IOV_MAX]
+            filled = os.readv(source, part) if source is not None else 0
+            if filled != DEK_BYTES * len(part):  # not available, or a short read: key by key
+                for dek in part:
+                    dek[:] = os.urandom(DEK_BYTES)
+    finally:
+        if source is not None:
+            os.close(source)
     return deks
 
 
 _IOV_MAX = 1024
-_urandom: list[int | None] = []  # the descriptor, opened once (None where it cannot be)
-_urandom_lock = threading.Lock()
+_pool_ready: list[bool] = []
 
 
-def _urandom_fd() -> int | None:
-    with _urandom_lock:
-        if not _urandom:
-            fd: int | None = None
-            if hasattr(os, "readv"):
-                # os.urandom blocks until the kernel's pool is initialised; /dev/urandom may
-                # not on old kernels, so it is only read after that.
-                os.urandom(1)
-                try:
-                    fd = os.open("/dev/urandom", os.O_RDONLY | os.O_CLOEXEC)
-                except OSError:
-                    fd = None
-            _urandom.append(fd)
-        return _urandom[0]
+def _open_urandom() -> int | None:
+    # Opened per batch, never cached: a cached descriptor can be closed behind our back (a
+    # daemon closing every descriptor) and its number reused for another file, whose bytes
+    # would then become keys. os.urandom blocks until the kernel's pool is initialised, and
+    # /dev/urandom may not on old kernels, so it is read only after that.
+    if not hasattr(os, "readv"):
+        return None
+    if not _pool_ready:
+        os.urandom(1)
+        _pool_ready.append(True)
+    try:
+        return os.open("/dev/urandom", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 def seal(key: bytes | bytearray, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:

@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,31 @@ def test_a_replaced_checkpoint_file_is_followed(log: Path) -> None:
     sink.emit([event(21)])
     sink.close()
     assert verify(log, require_checkpoint=True).lines == 14
+
+
+def test_verifying_a_log_in_use_sees_no_tampering(log: Path) -> None:
+    # A writer keeps appending batches while verify walks the log: every verify must see a
+    # consistent snapshot (no false "truncated" or "behind"), and the final one everything.
+    stop = threading.Event()
+
+    def writer() -> None:
+        sink = FileAuditSink(log)
+        n = 100
+        while not stop.is_set():
+            sink.emit([event(n % 60), event((n + 1) % 60)])
+            n += 2
+        sink.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        seen = [verify(log, require_checkpoint=True).lines for _ in range(30)]
+    finally:
+        stop.set()
+        thread.join()
+    assert seen == sorted(seen)
+    assert seen[-1] > 12  # the writer really wrote during the checks
+    assert verify(log, require_checkpoint=True).lines >= seen[-1]
 
 
 def test_cut_mid_line(log: Path) -> None:

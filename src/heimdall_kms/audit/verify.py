@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from heimdall_kms.audit.chain import GENESIS, chain_hash
 from heimdall_kms.audit.sink import head_path
@@ -42,22 +44,56 @@ def verify(path: Path, *, require_checkpoint: bool = False) -> VerifiedChain:
         handle = path.open("rb")
     except OSError as exc:
         raise InvalidInputError(f"cannot read audit log {path}: {exc.strerror}") from None
-    checkpoint = _read_head(path)
     prev, seq = GENESIS, 0
     at_checkpoint: str | None = None  # the hash of the line the checkpoint names
     with handle:
+        checkpoint, limit = _snapshot(handle, path)
+        consumed = 0
         for number, raw in enumerate(handle, start=1):
+            if consumed >= limit:
+                break  # appended after the snapshot: left for the next verify
+            consumed += len(raw)
             event = _parse(raw, number)
             _check_link(event, number, seq, prev)
             seq, prev = int(event["seq"]), str(event["hash"])
-            if checkpoint is not None and seq == checkpoint.get("seq"):
+            if isinstance(checkpoint, dict) and seq == checkpoint.get("seq"):
                 at_checkpoint = prev
-    if checkpoint is None:
+    head = head_path(path)
+    if checkpoint is _UNREADABLE:
+        raise AuditTamperedError(f"checkpoint {head} is unreadable", line=seq)
+    if not isinstance(checkpoint, dict):
         if require_checkpoint:
-            raise AuditTamperedError(f"checkpoint {head_path(path)} is missing", line=seq)
+            raise AuditTamperedError(f"checkpoint {head} is missing", line=seq)
         return VerifiedChain(str(path), seq, prev, "absent")
     _check_head(checkpoint, seq, prev, at_checkpoint)
     return VerifiedChain(str(path), seq, prev, "matches")
+
+
+_UNREADABLE = object()
+
+
+def _snapshot(handle: BinaryIO, path: Path) -> tuple[dict[str, Any] | object | None, int]:
+    """The checkpoint (a dict, None when absent, or ``_UNREADABLE``) and the log's size, taken
+    together under a shared lock.
+
+    Writers hold the lock exclusively for each batch, so the two agree: no batch is half
+    written, and the checkpoint names the log's last line. Verifying a log that is in use
+    then never mistakes a batch written meanwhile for truncation; lines appended while the
+    log is walked are left for the next verify.
+    """
+    fd = handle.fileno()
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            checkpoint = json.loads(head_path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None, size
+        except (OSError, ValueError):
+            return _UNREADABLE, size
+        return (checkpoint if isinstance(checkpoint, dict) else _UNREADABLE), size
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _parse(raw: bytes, number: int) -> dict[str, Any]:
@@ -102,19 +138,6 @@ def _check_link(event: dict[str, Any], number: int, seq: int, prev: str) -> None
             f"line {number}: does not link to the line before it (reordered or replaced)",
             line=number,
         )
-
-
-def _read_head(path: Path) -> dict[str, Any] | None:
-    head = head_path(path)
-    try:
-        checkpoint = json.loads(head.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        raise AuditTamperedError(f"checkpoint {head} is unreadable", line=0) from None
-    if not isinstance(checkpoint, dict):
-        raise AuditTamperedError(f"checkpoint {head} is unreadable", line=0)
-    return checkpoint
 
 
 def _check_head(checkpoint: dict[str, Any], seq: int, digest: str, at_head: str | None) -> None:
