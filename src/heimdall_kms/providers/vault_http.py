@@ -49,7 +49,8 @@ class TransitHTTP:
             headers["X-Vault-Token"] = adapter.token
         if adapter.namespace:
             headers["X-Vault-Namespace"] = adapter.namespace
-        request = requests.Request("POST", url, headers=headers, data=json.dumps(body)).prepare()
+        data = json.dumps(body).encode("ascii")  # json.dumps escapes all non-ASCII
+        request = requests.Request("POST", url, headers=headers, data=data).prepare()
         session = adapter.session
         response = session.get_adapter(url).send(
             request, timeout=self._timeout, **self._settings(session, url)
