@@ -12,17 +12,14 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from heimdall_kms.config import ProviderName
-from heimdall_kms.errors import ConfigurationError, HeimdallKMSError
+from heimdall_kms.errors import HeimdallKMSError
 from heimdall_kms.jobs.rate import TokenBucket
 from heimdall_kms.providers.base import (
-    Batching,
     KeyContext,
-    KeyedHashing,
     KeyInfo,
     KeyManagementService,
+    ProviderWrapper,
     WrappedKey,
-    batching_of,
 )
 
 __all__ = ["MeteredProvider"]
@@ -30,9 +27,9 @@ __all__ = ["MeteredProvider"]
 _T = TypeVar("_T")
 
 
-class MeteredProvider:
+class MeteredProvider(ProviderWrapper):
     def __init__(self, inner: KeyManagementService, bucket: TokenBucket | None = None) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.calls: Counter[str] = Counter()
         self._bucket = bucket or TokenBucket(0)
         self._lock = threading.Lock()
@@ -40,18 +37,6 @@ class MeteredProvider:
         register = getattr(inner, "on_throttle", None)
         if callable(register):
             register(self._bucket.slow_down)
-
-    @property
-    def name(self) -> ProviderName:
-        return self.inner.name
-
-    @property
-    def key_identifier(self) -> str:
-        return self.inner.key_identifier
-
-    @property
-    def batching(self) -> Batching:
-        return batching_of(self.inner)
 
     @property
     def total_calls(self) -> int:
@@ -90,11 +75,7 @@ class MeteredProvider:
         return self._call("rewrap", lambda: self.inner.rewrap_many(wrapped, contexts))
 
     def hmac_many(self, values: Sequence[bytes]) -> list[str]:
-        hasher = self.inner
-        if not isinstance(hasher, KeyedHashing):
-            raise ConfigurationError(
-                f"HMD_KMS_PROVIDER={self.name.value} has no keyed hashing (hmac) in this release"
-            )
+        hasher = self._keyed_hashing()
         return self._call("hmac", lambda: hasher.hmac_many(values))
 
     def rotate(self) -> KeyInfo:

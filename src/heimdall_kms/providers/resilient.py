@@ -24,22 +24,18 @@ from typing import TypeVar
 
 import tenacity
 
-from heimdall_kms.config import ProviderName
 from heimdall_kms.errors import (
     CircuitOpenError,
-    ConfigurationError,
     HeimdallKMSError,
     KMSUnavailableError,
     RateLimitedError,
 )
 from heimdall_kms.providers.base import (
-    Batching,
     KeyContext,
-    KeyedHashing,
     KeyInfo,
     KeyManagementService,
+    ProviderWrapper,
     WrappedKey,
-    batching_of,
 )
 
 __all__ = ["BreakerState", "CircuitBreaker", "ResilientProvider", "RetryPolicy"]
@@ -144,7 +140,7 @@ class RetryPolicy:
         return retrying(fn)
 
 
-class ResilientProvider:
+class ResilientProvider(ProviderWrapper):
     """Retries and a circuit breaker around any provider (see the module docstring)."""
 
     def __init__(
@@ -154,7 +150,7 @@ class ResilientProvider:
         retry: RetryPolicy | None = None,
         breaker: CircuitBreaker | None = None,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.retry = retry or RetryPolicy()
         self.breaker = breaker or CircuitBreaker()
         self._throttle_listeners: list[Callable[[], None]] = []
@@ -162,18 +158,6 @@ class ResilientProvider:
     def on_throttle(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` whenever the KMS throttles a call (before the back-off)."""
         self._throttle_listeners.append(listener)
-
-    @property
-    def name(self) -> ProviderName:
-        return self.inner.name
-
-    @property
-    def key_identifier(self) -> str:
-        return self.inner.key_identifier
-
-    @property
-    def batching(self) -> Batching:
-        return batching_of(self.inner)
 
     def _call(self, fn: Callable[[], _T], *, retry: bool = True) -> _T:
         self.breaker.before_call()
@@ -210,11 +194,7 @@ class ResilientProvider:
         return self._call(lambda: self.inner.rewrap_many(wrapped, contexts))
 
     def hmac_many(self, values: Sequence[bytes]) -> list[str]:
-        hasher = self.inner
-        if not isinstance(hasher, KeyedHashing):
-            raise ConfigurationError(
-                f"HMD_KMS_PROVIDER={self.name.value} has no keyed hashing (hmac) in this release"
-            )
+        hasher = self._keyed_hashing()
         return self._call(lambda: hasher.hmac_many(values))
 
     def rotate(self) -> KeyInfo:
