@@ -63,6 +63,7 @@ from heimdall_kms.audit.sink import FileAuditSink
 from heimdall_kms.config import Settings
 from heimdall_kms.jobs.migrate import MigrationOptions, run_migration
 from heimdall_kms.jobs.reencrypt import ReencryptOptions, run_reencrypt
+from heimdall_kms.jobs.report import JobReport
 from heimdall_kms.providers.aws import AWSKMSProvider, create_key_for_alias
 from heimdall_kms.providers.vault import VaultTransitProvider
 from heimdall_kms.service import Crypto
@@ -443,17 +444,22 @@ def migration_rows(rows: int, batch: int, vault: OpenBao, workdir: Path) -> dict
         settings, kms=kms, audit=FileAuditSink(workdir / "migrate-audit.log"), default_actor="bench"
     ) as c:
         store = open_store(url, Target("bench", "ssn"))
-        started = time.perf_counter()
-        report = run_migration(c, [store], MigrationOptions(batch_size=batch))
-        result["migrate"] = report.total("completed") / (time.perf_counter() - started)
-        if report.stop_error is not None or report.total("completed") != rows:
-            raise AssertionError(f"migration did not complete: {report.stop_error}")
+
+        def rows_per_second(job: str, run: Callable[[], JobReport]) -> float:
+            started = time.perf_counter()
+            report = run()
+            rate = report.total("completed") / (time.perf_counter() - started)
+            if report.stop_error is not None or report.total("completed") != rows:
+                raise AssertionError(f"{job} did not complete: {report.stop_error}")
+            return rate
+
+        result["migrate"] = rows_per_second(
+            "migration", lambda: run_migration(c, [store], MigrationOptions(batch_size=batch))
+        )
         kms.rotate()
-        started = time.perf_counter()
-        report = run_reencrypt(c, [store], ReencryptOptions(batch_size=batch))
-        result["rewrap"] = report.total("completed") / (time.perf_counter() - started)
-        if report.stop_error is not None or report.total("completed") != rows:
-            raise AssertionError(f"rewrap did not complete: {report.stop_error}")
+        result["rewrap"] = rows_per_second(
+            "rewrap", lambda: run_reencrypt(c, [store], ReencryptOptions(batch_size=batch))
+        )
         store.close()
     result["http_per_row"] = session.requests / (2 * rows)
     return result
