@@ -62,6 +62,17 @@ class _CountingAdapter(requests.adapters.HTTPAdapter):
         return response
 
 
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a server started for the tests, then SIGKILL it if it lingers."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -134,13 +145,7 @@ class OpenBao:
         return env
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def start_openbao(*, tls: bool = False, timeout: float = 30.0) -> OpenBao:

@@ -9,7 +9,6 @@ covered by a botocore ``Stubber`` in the tests that need it, never by mocking ou
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -24,7 +23,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from tests.servers import free_port, installed_binary
+from tests.servers import free_port, installed_binary, stop_process
 
 REGION = "us-east-1"
 ACCESS_KEY = "testing"  # moto accepts any credentials unless IAM checks are switched on
@@ -94,13 +93,7 @@ class MotoServer:
             response.read()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def start_moto(timeout: float = 30.0) -> MotoServer:
