@@ -9,15 +9,12 @@ offending value left out. Errors are reported once, here, at the edge (STYLE §4
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -38,6 +35,7 @@ from heimdall_kms.errors import (
     RefusedError,
     StoreError,
 )
+from heimdall_kms.metrics import ExposedMetrics
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -191,21 +189,3 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replay
-
-
-class ExposedMetrics(Collector):
-    """The registry as ``/metrics`` shows it: the five metrics of SPEC §7 and nothing else.
-
-    prometheus-client adds a ``<name>_created`` gauge next to every counter and histogram
-    (the time the series was created); it is left out so that the exposition carries exactly
-    the names SPEC §7 fixes.
-    """
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self._registry = registry
-
-    def collect(self) -> Iterator[Metric]:
-        for family in self._registry.collect():
-            # collect() builds fresh Metric objects, so filtering them changes nothing shared.
-            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
-            yield family

@@ -31,6 +31,7 @@ from heimdall_kms.admin import crypto_routes
 from heimdall_kms.admin._http import MAX_BODY_BYTES, BodyLimit, install_error_handlers
 from heimdall_kms.admin.auth import Guard, TokenTable, source_ip
 from heimdall_kms.admin.jobs import JobRunner, JobSpec, SharedSink
+from heimdall_kms.admin.observe import instrument
 from heimdall_kms.admin.scheduler import RotationScheduler
 from heimdall_kms.admin.schemas import (
     JobAccepted,
@@ -53,6 +54,7 @@ from heimdall_kms.audit import AuditSink, open_sink
 from heimdall_kms.config import EncryptionMode, Settings
 from heimdall_kms.errors import ConfigurationError
 from heimdall_kms.jobs.rotation import key_report, rotate
+from heimdall_kms.key_metrics import DEFAULT_REFRESH_SECONDS
 from heimdall_kms.metrics import Metrics
 from heimdall_kms.providers import KeyManagementService, load_provider
 from heimdall_kms.store import FieldStore, Target, open_store
@@ -138,6 +140,8 @@ def rotate_key(
         cadence=state.cadence,
         reason=body.reason,
     )
+    if result.rotated:
+        state.key_metrics.refresh()  # the new version's age and due date, without waiting
     return result.to_dict()
 
 
@@ -210,6 +214,7 @@ def create_app(
     registry: CollectorRegistry | None = None,
     provider_factory: Callable[[], KeyManagementService] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    key_metrics_seconds: float = DEFAULT_REFRESH_SECONDS,
 ) -> FastAPI:
     """Build the admin API. The provider (and, unless given, the audit sink) is opened now
     and closed when the app shuts down; background jobs are stopped between two batches.
@@ -231,6 +236,8 @@ def create_app(
         raise
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry)
+    observed = instrument(settings, kms, metrics, sink, key_metrics_seconds=key_metrics_seconds)
+    sink = observed.audit
     scheduler = None
     if settings.rotation_check_seconds is not None:
         scheduler = RotationScheduler(
@@ -249,10 +256,12 @@ def create_app(
         JobRunner(settings, sink, metrics, factory),
         HealthCheck(kms),
         scheduler,
+        observed.key_metrics,
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.key_metrics.start()
         if state.scheduler is not None:
             state.scheduler.start()
         try:
@@ -261,6 +270,7 @@ def create_app(
             if state.scheduler is not None:
                 state.scheduler.stop()
             state.jobs.shutdown()
+            state.key_metrics.stop()
             kms.close()
             if audit is None:
                 sink.close()

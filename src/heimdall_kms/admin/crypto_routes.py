@@ -9,7 +9,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from heimdall_kms.admin._http import ExposedMetrics
 from heimdall_kms.admin.schemas import (
     DecryptRequest,
     DecryptResponse,
@@ -19,6 +18,7 @@ from heimdall_kms.admin.schemas import (
     json_body,
 )
 from heimdall_kms.admin.state import DENIED, AppRole, Decrypter, state_of
+from heimdall_kms.metrics import ExposedMetrics
 
 __all__ = ["router"]
 
@@ -93,7 +93,7 @@ def healthz(request: Request) -> JSONResponse:
 
 @router.get(
     "/metrics",
-    summary="Prometheus metrics (the five of SPEC §7)",
+    summary="Prometheus metrics (SPEC §7 and §12; see docs/operations.md)",
     response_class=Response,
     tags=["ops"],
 )

@@ -19,6 +19,7 @@ from heimdall_kms.admin.scheduler import RotationScheduler
 from heimdall_kms.audit import AuditSink
 from heimdall_kms.config import Settings
 from heimdall_kms.errors import HeimdallKMSError
+from heimdall_kms.key_metrics import KeyMetricsRefresher
 from heimdall_kms.metrics import Metrics
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.service import Crypto
@@ -88,6 +89,7 @@ class AdminState:
     jobs: JobRunner
     health: HealthCheck
     scheduler: RotationScheduler | None
+    key_metrics: KeyMetricsRefresher
 
     @property
     def cadence(self) -> timedelta:

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, TextIO
 
@@ -26,6 +26,7 @@ from heimdall_kms.errors import AuditWriteError
 
 __all__ = [
     "AuditSink",
+    "FailureCountingSink",
     "FileAuditSink",
     "MemoryAuditSink",
     "StreamAuditSink",
@@ -192,6 +193,25 @@ class StreamAuditSink:
 
     def close(self) -> None:
         return None
+
+
+class FailureCountingSink:
+    """Forwards to ``inner`` and calls ``on_failure`` for every batch it could not record
+    (``heimdall_audit_write_failures_total``); the error still propagates, failing closed."""
+
+    def __init__(self, inner: AuditSink, on_failure: Callable[[], None]) -> None:
+        self.inner = inner
+        self._on_failure = on_failure
+
+    def emit(self, events: Sequence[AuditEvent]) -> None:
+        try:
+            self.inner.emit(events)
+        except AuditWriteError:
+            self._on_failure()
+            raise
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 class MemoryAuditSink:

@@ -18,6 +18,7 @@ import click
 
 from heimdall_kms.config import Settings
 from heimdall_kms.errors import ConfigurationError
+from heimdall_kms.telemetry.settings import TelemetrySettings
 
 if TYPE_CHECKING:
     import uvicorn
@@ -156,7 +157,8 @@ def serve(
         raise
     tokens = load_tokens(tokens_file)
     settings = Settings.from_env(os.environ)
-    app = create_app(settings, tokens)
+    telemetry = TelemetrySettings.from_env(os.environ)
+    app = create_app(settings, tokens, key_metrics_seconds=telemetry.key_metrics_seconds)
     server = build_server(
         app,
         host=host,

@@ -38,7 +38,13 @@ from heimdall_kms.providers.base import (
     WrappedKey,
 )
 
-__all__ = ["BreakerState", "CircuitBreaker", "ResilientProvider", "RetryPolicy"]
+__all__ = [
+    "BreakerState",
+    "CircuitBreaker",
+    "ResilientProvider",
+    "RetryPolicy",
+    "breaker_of",
+]
 
 _T = TypeVar("_T")
 
@@ -212,3 +218,16 @@ class ResilientProvider(ProviderWrapper):
 
     def close(self) -> None:
         self.inner.close()
+
+
+def breaker_of(kms: KeyManagementService) -> CircuitBreaker | None:
+    """The circuit breaker under ``kms`` and its wrappers (metering, ...), if there is one.
+
+    The local provider has none: a file on this host has no network to break.
+    """
+    current: object = kms
+    while isinstance(current, ProviderWrapper):
+        if isinstance(current, ResilientProvider):
+            return current.breaker
+        current = current.inner
+    return None

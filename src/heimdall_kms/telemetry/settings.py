@@ -1,0 +1,49 @@
+"""The telemetry settings (SPEC §12), read from the environment mapping the CLI passes in.
+
+They are apart from :class:`heimdall_kms.config.Settings` because logging must be set up
+before, and independently of, the KMS settings: a command whose KMS settings are wrong still
+reports that in the configured log format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from heimdall_kms.errors import ConfigurationError
+from heimdall_kms.key_metrics import DEFAULT_REFRESH_SECONDS
+
+__all__ = ["LogFormat", "TelemetrySettings"]
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetrySettings:
+    log_format: LogFormat = LogFormat.TEXT  # HMD_LOG_FORMAT
+    key_metrics_seconds: float = DEFAULT_REFRESH_SECONDS  # HMD_KEY_METRICS_SECONDS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> TelemetrySettings:
+        """Raises: ConfigurationError naming the variable."""
+        raw_format = environ.get("HMD_LOG_FORMAT", "").strip().lower() or LogFormat.TEXT.value
+        try:
+            log_format = LogFormat(raw_format)
+        except ValueError:
+            raise ConfigurationError("HMD_LOG_FORMAT: expected text | json") from None
+        raw_seconds = environ.get("HMD_KEY_METRICS_SECONDS", "").strip()
+        seconds = DEFAULT_REFRESH_SECONDS
+        if raw_seconds:
+            try:
+                seconds = float(raw_seconds)
+            except ValueError:
+                seconds = -1.0
+            if not 10 <= seconds <= 86400:
+                raise ConfigurationError(
+                    "HMD_KEY_METRICS_SECONDS: expected a number of seconds from 10 to 86400"
+                )
+        return cls(log_format, seconds)
