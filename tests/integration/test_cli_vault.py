@@ -95,14 +95,3 @@ def test_bad_token_is_one_line(openbao: OpenBao, tmp_path: Path) -> None:
     line = assert_one_line_error(result)
     assert "s.wrong-token" not in line
     assert result.returncode == 77
-
-
-def test_demo_against_openbao(fresh_openbao: OpenBao, tmp_path: Path) -> None:
-    result = run(["demo", "--workdir", str(tmp_path / "demo"), "--json"], fresh_openbao.env())
-    assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout)
-    assert summary["provider"] == "vault"
-    assert summary["after"] == {"kms_v1": 1980, "legacy": 0}
-    assert summary["lifecycle"]["readable_after_retire"] is True
-    info = fresh_openbao.client().secrets.transit.read_key("heimdall-pii")["data"]
-    assert info["min_decryption_version"] == 2

@@ -20,6 +20,7 @@ class EventType(StrEnum):
     DECRYPT = "crypto.decrypt"
     HMAC = "crypto.hmac"
     KEY_CREATE = "key.create"
+    KEY_DELETE = "key.delete"  # a throwaway key (demo, drills), never a configured one
     KEY_ROTATE = "key.rotate"
     KEY_RETIRE = "key.retire"
     REENCRYPT_BATCH = "reencrypt.batch"
