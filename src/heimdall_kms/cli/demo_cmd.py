@@ -35,9 +35,9 @@ def demo(workdir: Path | None, as_json: bool) -> None:
 
     With HMD_KMS_PROVIDER=vault it creates a throwaway Transit key (heimdall-demo-<random>),
     works only on it and deletes it at the end, also on failure; otherwise it uses the local
-    provider with a keyring in --workdir. The configured key and its versions, HMD_AUDIT_LOG,
-    HMD_DATABASE_URL and HMD_LOCAL_KEYRING are never touched: everything the demo writes is in
-    --workdir. SSNs are shown masked.
+    provider with a keyring in --workdir (aws, gcp and azure are refused). The configured key
+    and its versions, HMD_AUDIT_LOG, HMD_DATABASE_URL and HMD_LOCAL_KEYRING are never touched:
+    everything the demo writes is in --workdir. SSNs are shown masked.
     """
     where = workdir or Path(tempfile.mkdtemp(prefix="heimdall-demo-"))
 
