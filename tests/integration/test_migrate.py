@@ -170,7 +170,7 @@ def test_rerun_is_idempotent_and_status_proves_it(
     ]
     code, _, err = run_cli(["status", *target_args(table), "--fail-if-legacy"], capsys)
     assert code == 3
-    assert "3 legacy or unparseable values remain" in err
+    assert "2 legacy, 1 unparseable, 1 plaintext remain" in err
 
 
 def test_dry_run_writes_nothing(

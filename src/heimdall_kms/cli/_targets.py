@@ -30,10 +30,11 @@ class TargetSpec:
     column: str | None
     id_column: str
     targets_file: Path | None
+    json_path: str | None = None
 
 
 def target_options(command: _F) -> _F:
-    """``--database --table --id-column --column`` or ``--targets FILE``, passed as ``spec``."""
+    """``--database --table --id-column --column [--json-path]`` or ``--targets FILE``."""
 
     @functools.wraps(command)
     def collect(
@@ -42,10 +43,12 @@ def target_options(command: _F) -> _F:
         table: str | None,
         id_column: str,
         column: str | None,
+        json_path: str | None,
         targets_file: Path | None,
         **rest: Any,
     ) -> Any:
-        return command(spec=TargetSpec(database, table, column, id_column, targets_file), **rest)
+        spec = TargetSpec(database, table, column, id_column, targets_file, json_path)
+        return command(spec=spec, **rest)
 
     decorators = [
         click.option(
@@ -62,6 +65,12 @@ def target_options(command: _F) -> _F:
             help="Column that identifies a row (sealed into the context as 'record').",
         ),
         click.option("--column", metavar="C", help="Column holding the envelopes."),
+        click.option(
+            "--json-path",
+            metavar="PATH",
+            help="The column holds JSON documents; the envelope is at this dotted path in each "
+            "(an object or a JSON string). The rest of each document is kept as it was.",
+        ),
         click.option(
             "--targets",
             "targets_file",
@@ -85,15 +94,18 @@ def resolve(spec: TargetSpec) -> tuple[str, list[Target]]:
     database, table, column = spec.database, spec.table, spec.column
     file_database = None
     if spec.targets_file is not None:
-        if table or column:
-            raise click.UsageError("give --targets FILE or --table/--column, not both")
+        if table or column or spec.json_path:
+            raise click.UsageError(
+                "give --targets FILE or --table/--column/--json-path, not both "
+                "(a target's path goes in the file as json_path)"
+            )
         loaded = load_targets(spec.targets_file)
         targets, file_database = list(loaded.targets), loaded.database
     else:
         if not table or not column:
             raise click.UsageError("--table and --column are required (or --targets FILE)")
         try:
-            targets = [Target(table, column, spec.id_column)]
+            targets = [Target(table, column, spec.id_column, spec.json_path)]
         except StoreError as exc:
             raise click.UsageError(str(exc)) from None
     url = database or file_database or database_url(os.environ)

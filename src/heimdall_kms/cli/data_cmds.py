@@ -222,19 +222,29 @@ def _rollback(spec: TargetSpec, run_id: str, actor: str, as_json: bool) -> None:
 @click.option(
     "--fail-if-legacy",
     is_flag=True,
-    help="Exit 3 if any legacy or unparseable value remains (a CI/cut-over gate).",
+    help="Exit 3 if any legacy, unparseable or plaintext value remains, or an envelope inside "
+    "a document the census was not told to look into (a CI/cut-over gate).",
+)
+@click.option(
+    "--allow-plaintext",
+    is_flag=True,
+    help="With --fail-if-legacy: the column legitimately holds some plaintext values.",
 )
 def status(
     *,
     spec: TargetSpec,
     as_json: bool,
     fail_if_legacy: bool,
+    allow_plaintext: bool,
 ) -> None:
     """Count the stored values by encryption_version, key version and legacy key id.
 
     Reads every row; needs no key and makes no KMS call. Before switching to
-    HMD_ENCRYPTION_MODE=kms, this must show zero legacy and zero unparseable values.
+    HMD_ENCRYPTION_MODE=kms, this must show zero legacy, unparseable and nested values, and
+    no plaintext unless the column may hold some.
     """
+    if allow_plaintext and not fail_if_legacy:
+        raise click.UsageError("--allow-plaintext goes with --fail-if-legacy")
     with opened_stores(spec) as stores:
         for store in stores:
             store.check(writable=False)
@@ -247,9 +257,15 @@ def status(
     else:
         for census in censuses:
             _print_census(census.to_dict())
-    remaining = overall.legacy + overall.to_dict()["unparseable"]
+    remaining = overall.remaining(allow_plaintext=allow_plaintext)
     if fail_if_legacy and remaining:
-        raise IncompleteError(f"{remaining} legacy or unparseable values remain")
+        counts = ", ".join(f"{n:,} {kind.replace('_', ' ')}" for kind, n in remaining.items())
+        hint = ""
+        if "nested_envelope" in remaining:
+            hint = " (envelopes inside JSON documents: name where with --json-path)"
+        elif "plaintext" in remaining:
+            hint = " (--allow-plaintext if the column may hold plaintext)"
+        raise IncompleteError(f"not ready for cut-over: {counts} remain{hint}")
 
 
 def _print_census(census: dict[str, Any]) -> None:
@@ -271,3 +287,9 @@ def _print_census(census: dict[str, Any]) -> None:
         click.echo(f"  left alone: {others}")
     if census["unparseable_ids"]:
         click.echo(f"  unparseable ids: {', '.join(census['unparseable_ids'])}")
+    if census["nested_envelope"]:
+        where = "outside the JSON path" if census["json_path"] else "inside JSON documents"
+        click.echo(
+            f"  envelopes {where} (not counted above; name the path with --json-path): "
+            f"{census['nested_envelope']:,}, ids {', '.join(census['nested_envelope_ids'])}"
+        )

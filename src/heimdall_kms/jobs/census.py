@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from heimdall_kms.envelope import KmsV1Envelope, LegacyEnvelope
-from heimdall_kms.jobs.classify import NOT_ENVELOPE, ValueKind, classify
+from heimdall_kms.jobs.classify import NOT_ENVELOPE, ValueKind
+from heimdall_kms.jobs.reading import reader_for
 from heimdall_kms.store import FieldStore, Match
 
 __all__ = ["Census", "take_census"]
@@ -27,6 +28,10 @@ class Census:
     key_versions: Counter[tuple[str, str, int]] = field(default_factory=Counter)
     legacy_key_ids: Counter[str] = field(default_factory=Counter)
     unparseable_ids: list[str] = field(default_factory=list)
+    # Rows holding an envelope-shaped value where the census was not told to look.
+    nested: int = 0
+    nested_ids: list[str] = field(default_factory=list)
+    json_path: str | None = None
 
     @property
     def total(self) -> int:
@@ -36,12 +41,29 @@ class Census:
     def legacy(self) -> int:
         return self.kinds[ValueKind.LEGACY]
 
+    @property
+    def plaintext(self) -> int:
+        return self.kinds[ValueKind.PLAINTEXT]
+
+    def remaining(self, *, allow_plaintext: bool) -> dict[str, int]:
+        """What the cut-over gate refuses, by kind (only kinds with a count)."""
+        blocking = {
+            "legacy": self.legacy,
+            "unparseable": self.kinds[ValueKind.UNPARSEABLE],
+            "nested_envelope": self.nested,
+            "plaintext": 0 if allow_plaintext else self.plaintext,
+        }
+        return {kind: n for kind, n in blocking.items() if n}
+
     def add(self, other: Census) -> None:
         self.kinds.update(other.kinds)
         self.key_versions.update(other.key_versions)
         self.legacy_key_ids.update(other.legacy_key_ids)
         room = _MAX_LISTED_IDS - len(self.unparseable_ids)
         self.unparseable_ids.extend(other.unparseable_ids[: max(room, 0)])
+        self.nested += other.nested
+        room = _MAX_LISTED_IDS - len(self.nested_ids)
+        self.nested_ids.extend(other.nested_ids[: max(room, 0)])
 
     def to_dict(self) -> dict[str, Any]:
         versions: Counter[int] = Counter()
@@ -64,6 +86,10 @@ class Census:
             "skipped": sum(self.kinds[kind] for kind in NOT_ENVELOPE),
             "unparseable": self.kinds[ValueKind.UNPARSEABLE],
             "unparseable_ids": list(self.unparseable_ids),
+            "plaintext": self.plaintext,
+            "nested_envelope": self.nested,
+            "nested_envelope_ids": list(self.nested_ids),
+            "json_path": self.json_path,
         }
 
 
@@ -73,11 +99,16 @@ def take_census(store: FieldStore, *, batch_size: int = 5000) -> Census:
     Raises:
         StoreError: the database failed.
     """
-    census = Census(str(store.target))
+    census = Census(str(store.target), json_path=store.target.json_path)
+    classify = reader_for(store)
     for rows in store.scan(batch_size, Match.ALL):
         for row in rows:
             found = classify(row.value)
             census.kinds[found.kind] += 1
+            if found.nested:
+                census.nested += 1
+                if len(census.nested_ids) < _MAX_LISTED_IDS:
+                    census.nested_ids.append(row.key)
             if isinstance(found.envelope, KmsV1Envelope):
                 env = found.envelope
                 census.key_versions[(env.provider, env.key_identifier, env.key_version)] += 1

@@ -1,17 +1,31 @@
-"""What a stored value is: an envelope of some version, a companion legacy value, or neither."""
+"""What a stored value is: an envelope of some version, a companion legacy value, or neither.
+
+A value is read where the target says it sits: the whole column, or (``--json-path``) one key
+of a JSON document. On a json/jsonb column a JSON *string* is read as the text it holds, so an
+envelope stored with ``to_jsonb(text)`` is seen. Whatever else holds an envelope-shaped value
+where nobody asked to look is ``NESTED``: reported, never counted as harmless.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import re
+from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Any
 
 from heimdall_kms.envelope import Envelope, KmsV1Envelope, LegacyEnvelope, parse
 from heimdall_kms.errors import MalformedEnvelopeError
+from heimdall_kms.jobs.jsonpath import DocumentError, Span, holds_envelope, locate, without_path
 
-__all__ = ["Classified", "ValueKind", "classify"]
+__all__ = ["Classified", "Slot", "ValueKind", "classify", "is_companion"]
 
 REDACTED = "[REDACTED]"
 HASH_PREFIX = "sha256:"
+_HASH = re.compile(r"sha256:[0-9a-f]{64}")
+# hmac:<provider>:v<N>:<base64 of a 32-byte tag> (Vault Transit and the local provider's form).
+_HMAC = re.compile(r"hmac:[a-z][a-z0-9_-]{0,31}:v[1-9][0-9]{0,9}:[A-Za-z0-9+/]{43}=")
+_ENVELOPE_KEYS = ("ciphertext", "encryption_version")
 
 
 class ValueKind(StrEnum):
@@ -19,16 +33,40 @@ class ValueKind(StrEnum):
     LEGACY = "legacy"
     NULL = "null"
     HASH = "sha256_hash"
+    HMAC = "hmac"
     REDACTED = "redacted"
-    PLAINTEXT = "plaintext"  # anything else that is not an envelope: left alone
+    ABSENT = "absent"  # --json-path: the document has no value at the path
+    PLAINTEXT = "plaintext"  # anything else that is not an envelope: left alone, gated
     UNPARSEABLE = "unparseable"  # looks like an envelope but is damaged: reported
+    NESTED = "nested_envelope"  # an envelope-shaped value where nobody asked to look: reported
 
     @property
     def is_envelope(self) -> bool:
         return self in (ValueKind.KMS_V1, ValueKind.LEGACY)
 
 
-NOT_ENVELOPE = (ValueKind.NULL, ValueKind.HASH, ValueKind.REDACTED, ValueKind.PLAINTEXT)
+NOT_ENVELOPE = (
+    ValueKind.NULL,
+    ValueKind.HASH,
+    ValueKind.HMAC,
+    ValueKind.REDACTED,
+    ValueKind.ABSENT,
+    ValueKind.PLAINTEXT,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """Where an envelope sits in the stored text, and how to put its replacement there."""
+
+    document: str
+    span: Span
+    quoted: bool  # the envelope is a JSON string there (escaped), not an object
+
+    def put(self, envelope_json: str) -> str:
+        """The stored text with the envelope replaced; every other character kept."""
+        inner = json.dumps(envelope_json, ensure_ascii=False) if self.quoted else envelope_json
+        return self.document[: self.span.start] + inner + self.document[self.span.end :]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,26 +74,122 @@ class Classified:
     kind: ValueKind
     envelope: Envelope | None = None
     error: MalformedEnvelopeError | None = None
+    slot: Slot | None = None
+    # The document also holds an envelope-shaped value outside the path that was read.
+    nested_elsewhere: bool = False
+
+    @property
+    def nested(self) -> bool:
+        return self.kind is ValueKind.NESTED or self.nested_elsewhere
 
 
-def classify(value: str | None) -> Classified:
-    """Classify one stored value without touching any key."""
+def is_companion(value: str) -> bool:
+    """A legacy companion value: ``[REDACTED]``, a ``sha256:`` hash or an ``hmac:`` tag."""
+    return value == REDACTED or bool(_HASH.fullmatch(value) or _HMAC.fullmatch(value))
+
+
+def classify(
+    value: str | None, *, path: tuple[str, ...] | None = None, json_column: bool = False
+) -> Classified:
+    """Classify one stored value without touching any key.
+
+    ``path`` is the dotted ``--json-path`` split into keys; ``json_column`` says the text is
+    the rendering of a json/jsonb value.
+    """
     if value is None:
         return Classified(ValueKind.NULL)
-    if value == REDACTED:
-        return Classified(ValueKind.REDACTED)
-    if value.startswith(HASH_PREFIX):
-        return Classified(ValueKind.HASH)
-    if not value.lstrip().startswith("{"):
-        return Classified(ValueKind.PLAINTEXT)
+    if path is not None:
+        return _at_path(value, path, json_column)
+    whole = Span(0, len(value))
+    if json_column and value.startswith('"'):
+        try:
+            inner = json.loads(value)
+        except (ValueError, RecursionError):
+            inner = None
+        if isinstance(inner, str):
+            return _located(_text(inner), Slot(value, whole, quoted=True))
+    if json_column and value == "null":
+        return Classified(ValueKind.NULL)
+    return _located(_text(value), Slot(value, whole, quoted=False))
+
+
+def _at_path(value: str, path: tuple[str, ...], json_column: bool) -> Classified:
     try:
-        envelope = parse(value)
-    except MalformedEnvelopeError as exc:
-        # A JSON object naming envelope fields is a damaged envelope, not someone's document.
-        if '"ciphertext"' in value or '"encryption_version"' in value:
-            return Classified(ValueKind.UNPARSEABLE, error=exc)
+        span = locate(value, path)
+    except DocumentError as exc:
+        found = classify(value, json_column=json_column)
+        if found.kind.is_envelope or found.kind is ValueKind.UNPARSEABLE:
+            # An envelope, but not where the command was told to look.
+            return Classified(ValueKind.NESTED)
+        if "repeats the key" in str(exc):
+            return Classified(ValueKind.UNPARSEABLE, error=MalformedEnvelopeError(str(exc)))
+        return found
+    document = _parsed(value)
+    elsewhere = document is _TOO_DEEP or holds_envelope(without_path(document, path))
+    if span is None:
+        return Classified(ValueKind.NESTED if elsewhere else ValueKind.ABSENT)
+    raw = value[span.start : span.end]
+    if raw == "null":
+        found = Classified(ValueKind.NULL)
+    elif raw.startswith('"'):
+        found = _located(_text(json.loads(raw)), Slot(value, span, quoted=True))
+    else:
+        found = _located(_text(raw), Slot(value, span, quoted=False))
+    return replace(found, nested_elsewhere=elsewhere)
+
+
+def _located(found: Classified, slot: Slot) -> Classified:
+    return replace(found, slot=slot) if found.envelope is not None else found
+
+
+def _text(value: str) -> Classified:
+    if is_companion(value):
+        if value == REDACTED:
+            return Classified(ValueKind.REDACTED)
+        return Classified(ValueKind.HASH if value.startswith(HASH_PREFIX) else ValueKind.HMAC)
+    stripped = value.lstrip()
+    if not stripped.startswith(("{", "[", '"')):
         return Classified(ValueKind.PLAINTEXT)
-    if isinstance(envelope, KmsV1Envelope):
-        return Classified(ValueKind.KMS_V1, envelope)
-    assert isinstance(envelope, LegacyEnvelope)
-    return Classified(ValueKind.LEGACY, envelope)
+    if stripped.startswith("{"):
+        try:
+            envelope = parse(value)
+        except MalformedEnvelopeError as exc:
+            return _not_an_envelope(value, exc)
+        if isinstance(envelope, KmsV1Envelope):
+            return Classified(ValueKind.KMS_V1, envelope)
+        assert isinstance(envelope, LegacyEnvelope)
+        return Classified(ValueKind.LEGACY, envelope)
+    return _not_an_envelope(value, None)
+
+
+def _not_an_envelope(value: str, error: MalformedEnvelopeError | None) -> Classified:
+    document = _parsed(value)
+    if document is _INVALID:
+        # Not JSON at all: damaged if it names an envelope's key, otherwise someone's text.
+        if error is not None and any(f'"{key}"' in value for key in _ENVELOPE_KEYS):
+            return Classified(ValueKind.UNPARSEABLE, error=error)
+        return Classified(ValueKind.PLAINTEXT)
+    if isinstance(document, dict) and any(key in document for key in _ENVELOPE_KEYS):
+        # A JSON object naming envelope fields is a damaged envelope, not someone's document.
+        return Classified(ValueKind.UNPARSEABLE, error=error)
+    if _holds_envelope(document):
+        return Classified(ValueKind.NESTED)
+    return Classified(ValueKind.PLAINTEXT)
+
+
+_INVALID: Any = object()
+_TOO_DEEP: Any = object()
+
+
+def _parsed(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        return _TOO_DEEP
+    except ValueError:
+        return _INVALID
+
+
+def _holds_envelope(document: Any) -> bool:
+    # Too deep to walk is too deep to call harmless.
+    return document is _TOO_DEEP or holds_envelope(document)

@@ -14,7 +14,8 @@ from heimdall_kms.config import EncryptionMode, Settings, WriteFormat
 from heimdall_kms.envelope import Envelope
 from heimdall_kms.errors import ConfigurationError, HeimdallKMSError
 from heimdall_kms.jobs.batch_job import BatchJob, JobOptions, new_run_id
-from heimdall_kms.jobs.classify import ValueKind, classify
+from heimdall_kms.jobs.classify import Slot, ValueKind
+from heimdall_kms.jobs.reading import reader_for
 from heimdall_kms.jobs.report import JobReport, ProgressCallback, TargetReport
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import FieldStore, Match, Row, Swap
@@ -62,12 +63,13 @@ class MigrationJob(BatchJob):
     match = Match.LEGACY
 
     def convert(self, store: FieldStore, rows: list[Row], target: TargetReport) -> list[Swap]:
-        legacy: list[Row] = []
+        legacy: list[tuple[Row, Slot]] = []
         envelopes: list[Envelope] = []
+        classify = reader_for(store)
         for row in rows:
             found = classify(row.value)
-            if found.kind is ValueKind.LEGACY and found.envelope is not None:
-                legacy.append(row)
+            if found.kind is ValueKind.LEGACY and found.envelope and found.slot:
+                legacy.append((row, found.slot))
                 envelopes.append(found.envelope)  # parsed once, opened as is
             elif found.kind is ValueKind.UNPARSEABLE:
                 self.fail(target, row, "damaged envelope")
@@ -78,19 +80,22 @@ class MigrationJob(BatchJob):
         outcomes = self.crypto.decrypt_outcomes(
             envelopes, actor=self.options.actor, reason=f"migrate {self.report.run_id}"
         )
-        readable: list[tuple[Row, str]] = []
-        for row, outcome in zip(legacy, outcomes, strict=True):
+        readable: list[tuple[Row, Slot, str]] = []
+        for (row, slot), outcome in zip(legacy, outcomes, strict=True):
             if isinstance(outcome, HeimdallKMSError):
                 self.fail(target, row, outcome)
             else:
-                readable.append((row, outcome))
+                readable.append((row, slot, outcome))
         if self.options.dry_run:
             # A dry run proves each value decrypts with the env key, and makes no KMS call.
-            return [Swap(row, "") for row, _ in readable]
+            return [Swap(row, "") for row, _, _ in readable]
         if not readable:
             return []
         sealed = self.crypto.encrypt_many(
-            [(text, store.target.context(row.key)) for row, text in readable],
+            [(text, store.target.context(row.key)) for row, _, text in readable],
             actor=self.options.actor,
         )
-        return [Swap(row, env.to_json()) for (row, _), env in zip(readable, sealed, strict=True)]
+        return [
+            Swap(row, slot.put(env.to_json()))
+            for (row, slot, _), env in zip(readable, sealed, strict=True)
+        ]

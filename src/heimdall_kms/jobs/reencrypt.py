@@ -20,7 +20,8 @@ from enum import StrEnum
 from heimdall_kms.envelope import KmsV1Envelope
 from heimdall_kms.errors import HeimdallKMSError, ModeViolationError
 from heimdall_kms.jobs.batch_job import BatchJob, JobOptions
-from heimdall_kms.jobs.classify import ValueKind, classify
+from heimdall_kms.jobs.classify import Slot, ValueKind
+from heimdall_kms.jobs.reading import reader_for
 from heimdall_kms.jobs.report import JobReport, ProgressCallback, TargetReport
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import FieldStore, Match, Row, Swap
@@ -74,13 +75,18 @@ class ReencryptJob(BatchJob):
 
     def convert(self, store: FieldStore, rows: list[Row], target: TargetReport) -> list[Swap]:
         stale: list[tuple[Row, KmsV1Envelope]] = []
+        slots: dict[str, Slot] = {}  # where each value sits in its stored text
+        classify = reader_for(store)
         for row in rows:
             found = classify(row.value)
             envelope = found.envelope
-            if isinstance(envelope, KmsV1Envelope) and (
-                self.all_versions or envelope.key_version < self.latest
+            if (
+                isinstance(envelope, KmsV1Envelope)
+                and found.slot is not None
+                and (self.all_versions or envelope.key_version < self.latest)
             ):
                 stale.append((row, envelope))
+                slots[row.key] = found.slot
             elif found.kind is ValueKind.UNPARSEABLE:
                 self.fail(target, row, "damaged envelope")
             else:
@@ -88,8 +94,10 @@ class ReencryptJob(BatchJob):
         if not stale or self.options.dry_run:
             return [Swap(row, "") for row, _ in stale]
         if self.mode is ReencryptMode.REWRAP:
-            return self._rewrap(stale, target)
-        return self._full(stale, target)
+            swaps = self._rewrap(stale, target)
+        else:
+            swaps = self._full(stale, target)
+        return [Swap(swap.row, slots[swap.row.key].put(swap.new_value)) for swap in swaps]
 
     def _rewrap(self, stale: list[tuple[Row, KmsV1Envelope]], target: TargetReport) -> list[Swap]:
         swaps: list[Swap] = []

@@ -116,7 +116,11 @@ def rotate(
 def values_per_version(
     kms: KeyManagementService, stores: Sequence[FieldStore]
 ) -> dict[str, Counter[int]]:
-    """Per target, how many stored values each version of *this* key still protects."""
+    """Per target, how many stored values each version of *this* key still protects.
+
+    Envelopes the census saw only inside JSON documents it was not told to look into count
+    under version 0: their version is unknown, so they block every retirement.
+    """
     counts: dict[str, Counter[int]] = {}
     for store in stores:
         census = take_census(store)
@@ -127,7 +131,18 @@ def values_per_version(
                 if provider == kms.name.value and key_id == kms.key_identifier
             }
         )
+        if census.nested:
+            counts[census.target][UNSEEN_VERSION] = census.nested
     return counts
+
+
+UNSEEN_VERSION = 0
+
+
+def _version_count(version: int, count: int) -> str:
+    if version == UNSEEN_VERSION:
+        return f"{count:,} inside JSON documents (version unseen: name the path with --json-path)"
+    return f"v{version} {count:,}"
 
 
 @dataclass
@@ -181,7 +196,7 @@ def retire(
         refusal = "name the targets to check (--table/--column or --targets), or use --force"
     elif result.stranded_total and not force:
         where = "; ".join(
-            f"{t}: " + ", ".join(f"v{v} {n:,}" for v, n in c.items())
+            f"{t}: " + ", ".join(_version_count(v, n) for v, n in c.items())
             for t, c in result.stranded.items()
         )
         refusal = (

@@ -90,6 +90,10 @@ class SQLFieldStore:
         q = dialect.quote
         self._t, self._c, self._id = q(target.table), q(target.column), q(target.id_column)
 
+    @property
+    def json_column(self) -> bool:
+        return self.dialect.json_column
+
     # -- checks ---------------------------------------------------------------------------------
 
     def check(self, *, writable: bool) -> None:

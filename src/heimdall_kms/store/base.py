@@ -31,21 +31,25 @@ __all__ = [
 
 JOURNAL_TABLE = "heimdall_kms_journal"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
+# A dotted path of up to 16 keys into a JSON document (``raw``, ``pii.ssn``).
+_JSON_PATH = re.compile(r"[^.\s]{1,128}(\.[^.\s]{1,128}){0,15}")
 
 
 class Match(StrEnum):
     """A cheap SQL pre-filter on the stored text; Python still classifies every value."""
 
     ALL = "all"
-    LEGACY = "legacy"  # text that mentions "key_id": legacy envelopes
-    KMS_V1 = "kms_v1"  # text that mentions "encryption_version"
+    LEGACY = "legacy"  # text that mentions ciphertext: envelopes of either format
+    KMS_V1 = "kms_v1"  # text that mentions kms_v1
 
     @property
     def like(self) -> str | None:
+        # No quotes in the patterns: an envelope escaped inside a JSON string (a property
+        # bag's "raw", a jsonb string) has its quotes escaped too.
         return {
             Match.ALL: None,
-            Match.LEGACY: '%"key_id"%',
-            Match.KMS_V1: '%"encryption_version"%',
+            Match.LEGACY: "%ciphertext%",
+            Match.KMS_V1: "%kms_v1%",
         }[self]
 
 
@@ -56,8 +60,15 @@ class Target:
     table: str
     column: str
     id_column: str = "id"
+    # The envelope sits at this dotted path inside a JSON document stored in the column.
+    json_path: str | None = None
 
     def __post_init__(self) -> None:
+        if self.json_path is not None and not _JSON_PATH.fullmatch(self.json_path):
+            raise StoreError(
+                f"JSON path {self.json_path[:80]!r} must be up to 16 dot-separated keys "
+                "without whitespace"
+            )
         for what, name in (
             ("table", self.table),
             ("column", self.column),
@@ -68,11 +79,24 @@ class Target:
                 raise StoreError(f"{what} {name!r} is not a plain SQL identifier")
 
     def __str__(self) -> str:
-        return f"{self.table}.{self.column}"
+        if self.json_path is None:
+            return f"{self.table}.{self.column}"
+        return f"{self.table}.{self.column}:{self.json_path}"
+
+    @property
+    def path_keys(self) -> tuple[str, ...] | None:
+        return None if self.json_path is None else tuple(self.json_path.split("."))
 
     def context(self, row_key: str) -> dict[str, str]:
         """The encryption context a value of this target is sealed with (SPEC §3)."""
-        return {"table": self.table, "field": self.column, "record": row_key}
+        if self.json_path is None:
+            return {"table": self.table, "field": self.column, "record": row_key}
+        return {
+            "table": self.table,
+            "field": self.column,
+            "path": self.json_path,
+            "record": row_key,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +137,10 @@ class Batch(Protocol):
 
 class FieldStore(Protocol):
     target: Target
+
+    @property
+    def json_column(self) -> bool:
+        """The column is json/jsonb: its text is the rendering of a JSON value."""
 
     def check(self, *, writable: bool) -> None:
         """Verify table, columns and (if asked) write permission before any work.

@@ -7,6 +7,10 @@ TOML, for example::
     table = "customers"
     column = "ssn"
     id_column = "customer_id"                         # optional, default "id"
+    json_path = "raw"                                 # optional: envelope inside a document
+
+One run handles one path per column: a column listed twice (with two paths) is refused, since
+each path's rewrite changes the whole document and the journal keeps one entry per row.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from heimdall_kms.store.base import Target
 __all__ = ["TargetsFile", "load_targets"]
 
 _MAX_TARGETS = 1000
-_KEYS = frozenset({"table", "column", "id_column"})
+_KEYS = frozenset({"table", "column", "id_column", "json_path"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +58,9 @@ def load_targets(path: Path) -> TargetsFile:
     if len(entries) > _MAX_TARGETS:
         raise InvalidInputError(f"targets file {path}: more than {_MAX_TARGETS} targets")
     targets = tuple(_target(path, number, entry) for number, entry in enumerate(entries, 1))
-    if len(set(targets)) != len(targets):
-        raise InvalidInputError(f"targets file {path}: a target is listed twice")
+    columns = [(target.table, target.column) for target in targets]
+    if len(set(columns)) != len(columns):
+        raise InvalidInputError(f"targets file {path}: a table column is listed twice")
     return TargetsFile(database, targets)
 
 
@@ -72,7 +77,10 @@ def _target(path: Path, number: int, entry: object) -> Target:
     id_column = entry.get("id_column", "id")
     if not isinstance(id_column, str):
         raise InvalidInputError(f"{where}: 'id_column' must be a string")
+    json_path = entry.get("json_path")
+    if json_path is not None and not isinstance(json_path, str):
+        raise InvalidInputError(f"{where}: 'json_path' must be a string")
     try:
-        return Target(entry["table"], entry["column"], id_column)
+        return Target(entry["table"], entry["column"], id_column, json_path)
     except StoreError as exc:
         raise InvalidInputError(f"{where}: {exc}") from None

@@ -1,0 +1,291 @@
+"""The shapes Heimdall really stores, read by the census and the jobs (issue 17, SPEC §3).
+
+Property bags (``{"field_type": …, "raw": "<envelope>"}``) in text and jsonb columns, envelopes
+as jsonb strings, plaintext before the cut-over gate: on SQLite and PostgreSQL (text, jsonb).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import heimdall_kms
+from heimdall_kms.audit import MemoryAuditSink
+from heimdall_kms.cli import main
+from heimdall_kms.envelope import KmsV1Envelope, LegacyEnvelope, parse
+from tests.integration.dbtables import UserTable
+from tests.legacy_data import legacy_envelope
+
+MASTER_HEX = "ab" * 32
+BACKENDS = ["sqlite", "postgres-text", "postgres-jsonb"]
+SHA = "sha256:" + "0" * 64
+HMAC = "hmac:vault:v1:" + "A" * 43 + "="
+
+
+@pytest.fixture(params=BACKENDS)
+def table(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UserTable]:
+    url = None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    created = UserTable.create(request.param, tmp_path, url)
+    yield created
+    created.drop()
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    values = {
+        "HMD_ENCRYPTION_MODE": "hybrid",
+        "HMD_KMS_PROVIDER": "local",
+        "HMD_LOCAL_KEYRING": str(tmp_path / "keyring.json"),
+        "HMD_PII_MASTER_KEY": MASTER_HEX,
+        "HMD_AUDIT_LOG": str(tmp_path / "audit.log"),
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def target(table: UserTable, *extra: str) -> list[str]:
+    return ["--database", table.url, "--table", table.table, "--column", "ssn", *extra]
+
+
+def stored(table: UserTable, value: str) -> str:
+    """A plain text value as the column holds it (a jsonb column holds JSON: a string)."""
+    return json.dumps(value) if table.json_column else value
+
+
+def census(table: UserTable, capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, Any]:
+    code, out, err = run(["status", *target(table, *extra), "--json"], capsys)
+    assert code == 0, err
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def gate(table: UserTable, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str]:
+    code, _, err = run(["status", *target(table, *extra), "--fail-if-legacy"], capsys)
+    return code, err
+
+
+def bag(envelope: str, *, quoted: bool) -> str:
+    """A property bag as Heimdall's ingest writes it, with odd spacing and a bystander key."""
+    raw = json.dumps(envelope) if quoted else envelope
+    return '{"field_type":  "ssn", "raw": ' + raw + ' ,"seen": [1, 2.50, "x"]}'
+
+
+class TestCutOverGate:
+    """``status --fail-if-legacy`` fails on anything but protected values."""
+
+    def test_plaintext_fails_the_gate_unless_allowed(
+        self, table: UserTable, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        table.insert(
+            [
+                (1, None),
+                (2, stored(table, SHA)),
+                (3, stored(table, HMAC)),
+                (4, stored(table, "[REDACTED]")),
+                (5, legacy_envelope(MASTER_HEX, "123-45-6789")),
+            ]
+        )
+        code, _, err = run(["migrate", *target(table)], capsys)
+        assert code == 0, err
+        assert gate(table, capsys) == (0, "")
+        table.insert([(6, stored(table, "4111 1111 1111 1111"))])
+        code, err = gate(table, capsys)
+        assert code == 3
+        assert "1 plaintext remain" in err
+        assert "4111" not in err
+        code, _, err = run(
+            ["status", *target(table), "--fail-if-legacy", "--allow-plaintext"], capsys
+        )
+        assert code == 0, err
+        assert census(table, capsys)["plaintext"] == 1
+
+    @pytest.mark.parametrize(
+        "value",
+        ["sha256:4111111111111111", "sha256:" + "A" * 64, "hmac:x:y:4111111111111111"],
+    )
+    def test_a_companion_of_the_wrong_shape_is_plaintext(
+        self,
+        table: UserTable,
+        env: dict[str, str],
+        capsys: pytest.CaptureFixture[str],
+        value: str,
+    ) -> None:
+        table.insert([(1, stored(table, value))])
+        assert census(table, capsys)["plaintext"] == 1
+        assert gate(table, capsys)[0] == 3
+
+    @pytest.mark.parametrize("quoted", [True, False], ids=["escaped", "object"])
+    def test_an_envelope_inside_a_document_fails_the_gate_with_a_hint(
+        self,
+        table: UserTable,
+        env: dict[str, str],
+        capsys: pytest.CaptureFixture[str],
+        quoted: bool,
+    ) -> None:
+        envelope = legacy_envelope(MASTER_HEX, "123-45-6789")
+        deep = json.dumps({"a": [{"b": json.dumps({"c": json.loads(envelope)})}]})
+        table.insert([(1, bag(envelope, quoted=quoted)), (2, deep)])
+        found = census(table, capsys)
+        assert found["nested_envelope"] == 2
+        assert found["nested_envelope_ids"] == ["1", "2"]
+        assert found["encryption_version"] == {"kms_v1": 0, "legacy": 0}
+        code, err = gate(table, capsys)
+        assert code == 3
+        assert "2 nested envelope remain" in err
+        assert "--json-path" in err
+        code, _, err = run(
+            ["status", *target(table, "--fail-if-legacy", "--allow-plaintext")], capsys
+        )
+        assert code == 3, err  # a hidden envelope is not plaintext someone may allow
+
+    def test_an_envelope_stored_as_a_json_string(
+        self, table: UserTable, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        # to_jsonb(text): read without the option on jsonb; on a text column it is a quoted
+        # document the census cannot read as an envelope, so it is reported.
+        envelope = legacy_envelope(MASTER_HEX, "123-45-6789")
+        table.insert([(i, json.dumps(envelope)) for i in range(1, 4)])
+        found = census(table, capsys)
+        if not table.json_column:
+            assert found["nested_envelope"] == 3
+            assert gate(table, capsys)[0] == 3
+            return
+        assert found["encryption_version"]["legacy"] == 3
+        code, out, err = run(["migrate", *target(table), "--json"], capsys)
+        assert code == 0, err
+        assert json.loads(out)["completed"] == 3
+        for row_id, value in table.values().items():
+            inner = json.loads(value or "")
+            assert isinstance(inner, str)  # still a jsonb string, now of a kms_v1 envelope
+            assert parse(inner).context == {  # type: ignore[union-attr]
+                "table": table.table,
+                "field": "ssn",
+                "record": str(row_id),
+            }
+        assert gate(table, capsys) == (0, "")
+
+
+class TestJsonPath:
+    """``--json-path``: the envelope inside a document, the rest of the document kept."""
+
+    @pytest.mark.parametrize("quoted", [True, False], ids=["escaped", "object"])
+    def test_migrate_status_reencrypt_retire_at_a_path(
+        self,
+        table: UserTable,
+        env: dict[str, str],
+        capsys: pytest.CaptureFixture[str],
+        quoted: bool,
+    ) -> None:
+        texts = {i: f"{i:03d}-45-6789" for i in range(1, 31)}
+        table.insert(
+            [(i, bag(legacy_envelope(MASTER_HEX, t), quoted=quoted)) for i, t in texts.items()]
+        )
+        table.insert([(40, '{"field_type": "note"}'), (41, None)])
+        before = table.values()
+        path = ("--json-path", "raw")
+        assert census(table, capsys, *path)["encryption_version"]["legacy"] == 30
+        code, out, err = run(
+            ["migrate", *target(table, *path), "--batch-size", "7", "--json"], capsys
+        )
+        assert code == 0, err
+        summary = json.loads(out)
+        assert (summary["completed"], summary["failed"]) == (30, 0)
+        after = table.values()
+        assert after[40] == before[40]
+        assert after[41] is None
+        with heimdall_kms.from_env(env, audit=MemoryAuditSink()) as crypto:
+            for row_id, text in texts.items():
+                envelope = self._kept_document(
+                    table, before[row_id] or "", after[row_id] or "", quoted
+                )
+                assert isinstance(envelope, KmsV1Envelope)
+                assert envelope.context == {
+                    "table": table.table,
+                    "field": "ssn",
+                    "path": "raw",
+                    "record": str(row_id),
+                }
+                assert crypto.decrypt(envelope, actor="t", reason="verify") == text
+        found = census(table, capsys, *path)
+        assert found["encryption_version"] == {"kms_v1": 30, "legacy": 0}
+        assert found["not_envelope"]["absent"] == 1
+        assert gate(table, capsys, *path) == (0, "")
+        assert gate(table, capsys)[0] == 3  # without the path the envelopes are unseen
+        code, _, err = run(["rotate"], capsys)
+        assert code == 0, err
+        code, out, err = run(["retire", "--below-version", "2", *target(table)], capsys)
+        assert code == 4
+        assert "inside JSON documents" in err
+        code, out, err = run(["reencrypt", *target(table, *path), "--json"], capsys)
+        assert code == 0, err
+        assert json.loads(out)["completed"] == 30
+        rewrapped = table.values()
+        for row_id in texts:
+            envelope = self._kept_document(
+                table, before[row_id] or "", rewrapped[row_id] or "", quoted
+            )
+            assert isinstance(envelope, KmsV1Envelope)
+            assert envelope.key_version == 2
+        code, _, err = run(["retire", "--below-version", "2", *target(table, *path)], capsys)
+        assert code == 0, err
+
+    @staticmethod
+    def _kept_document(
+        table: UserTable, old: str, new: str, quoted: bool
+    ) -> KmsV1Envelope | LegacyEnvelope:
+        """The envelope at ``raw`` of ``new``, after checking the rest of ``old`` is kept."""
+        old_doc, new_doc = json.loads(old), json.loads(new)
+        raw = new_doc.pop("raw")
+        del old_doc["raw"]
+        assert new_doc == old_doc
+        assert isinstance(raw, str) is quoted
+        if not table.json_column:
+            # Text columns: byte for byte, apart from the value at the path.
+            assert new.startswith('{"field_type":  "ssn", "raw": ')
+            assert new.endswith(' ,"seen": [1, 2.50, "x"]}')
+        return parse(raw)
+
+    def test_targets_file_json_path(
+        self,
+        table: UserTable,
+        env: dict[str, str],
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        table.insert([(1, bag(legacy_envelope(MASTER_HEX, "x"), quoted=True))])
+        targets = tmp_path / "targets.toml"
+        targets.write_text(
+            f'database = "{table.url}"\n'
+            f'[[targets]]\ntable = "{table.table}"\ncolumn = "ssn"\njson_path = "raw"\n'
+        )
+        code, out, err = run(["migrate", "--targets", str(targets), "--json"], capsys)
+        assert code == 0, err
+        assert json.loads(out)["targets"][0]["target"] == f"{table.table}.ssn:raw"
+        code, _, err = run(["status", "--targets", str(targets), "--fail-if-legacy"], capsys)
+        assert code == 0, err
+
+    def test_a_row_whose_document_is_ambiguous_fails_by_id(
+        self, table: UserTable, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        envelope = legacy_envelope(MASTER_HEX, "x")
+        if table.json_column:
+            pytest.skip("jsonb keeps one of two equal keys: the ambiguity cannot be stored")
+        table.insert(
+            [(1, '{"raw": ' + envelope + ', "raw": "plain"}'), (2, bag(envelope, quoted=True))]
+        )
+        code, out, _ = run(["migrate", *target(table, "--json-path", "raw"), "--json"], capsys)
+        assert code == 3
+        summary = json.loads(out)
+        assert summary["completed"] == 1
+        assert [f["id"] for f in summary["failures"]] == ["1"]
