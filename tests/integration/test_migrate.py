@@ -202,7 +202,7 @@ def test_rollback_restores_all_but_values_changed_since(
     )
     assert code == 3, err
     counts = json.loads(out)["targets"][f"{table.table}.ssn"]
-    assert counts == {"journaled": 20, "restored": 19, "conflicts": 1}
+    assert counts == {"journaled": 20, "restored": 19, "conflicts": 1, "not_envelope": 0}
     after = table.values()
     assert {k: v for k, v in after.items() if k != 5} == {k: v for k, v in before.items() if k != 5}
     assert json.loads(after[5] or "") == json.loads(changed)

@@ -597,6 +597,7 @@ def test_demo(tmp_path: Path) -> None:
         "crypto.encrypt",
         "crypto.decrypt",
         "reencrypt.batch",
+        "job.run",
         "key.rotate",
         "key.retire",
     }  # no key.create: the local keyring is the demo's own, made in its folder

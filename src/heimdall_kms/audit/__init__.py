@@ -1,5 +1,6 @@
 """The audit trail: events and the sinks they are written to."""
 
+from heimdall_kms.audit.attempt import Attempt, audited
 from heimdall_kms.audit.events import AuditEvent, EventType, Result
 from heimdall_kms.audit.sink import (
     AuditSink,
@@ -10,6 +11,7 @@ from heimdall_kms.audit.sink import (
 )
 
 __all__ = [
+    "Attempt",
     "AuditEvent",
     "AuditSink",
     "EventType",
@@ -17,5 +19,6 @@ __all__ = [
     "MemoryAuditSink",
     "Result",
     "StreamAuditSink",
+    "audited",
     "open_sink",
 ]

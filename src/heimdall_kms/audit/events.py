@@ -24,6 +24,7 @@ class EventType(StrEnum):
     KEY_ROTATE = "key.rotate"
     KEY_RETIRE = "key.retire"
     REENCRYPT_BATCH = "reencrypt.batch"
+    JOB_RUN = "job.run"
     REENCRYPT_ROLLBACK = "reencrypt.rollback"
     JOURNAL_PURGE = "journal.purge"
     ACCESS_DENIED = "access.denied"
@@ -32,6 +33,9 @@ class EventType(StrEnum):
 class Result(StrEnum):
     SUCCESS = "success"
     FAILURE = "failure"
+    # Written before a change, and followed by the change's success or failure under the same
+    # event_type and request_id (heimdall_kms.audit.attempt).
+    INTENT = "intent"
 
 
 def now_rfc3339() -> str:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections import defaultdict, deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 from heimdall_kms.errors import InvalidInputError
 
-__all__ = ["AuditFilter", "query"]
+__all__ = ["AuditFilter", "dangling", "query"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,30 @@ def query(path: Path, selection: AuditFilter) -> Iterator[dict[str, Any]]:
     Raises:
         InvalidInputError: the file cannot be read.
     """
+    return (event for event in _events(path) if selection.matches(event))
+
+
+def dangling(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``intent`` events no outcome followed, in log order.
+
+    An outcome answers the oldest open intent of the same ``event_type`` and ``request_id``.
+    What is left was started and never recorded as finished: the process died in between (or
+    its outcome could not be written), and the change may or may not have happened.
+    """
+    open_intents: dict[tuple[object, object], deque[int]] = defaultdict(deque)
+    seen: list[dict[str, Any]] = []
+    answered: set[int] = set()
+    for event in events:
+        key = (event.get("event_type"), event.get("request_id"))
+        if event.get("result") == "intent":
+            open_intents[key].append(len(seen))
+            seen.append(event)
+        elif open_intents.get(key):
+            answered.add(open_intents[key].popleft())
+    return [event for index, event in enumerate(seen) if index not in answered]
+
+
+def _events(path: Path) -> Iterator[dict[str, Any]]:
     try:
         handle = path.open("rb")
     except OSError as exc:
@@ -63,5 +88,5 @@ def query(path: Path, selection: AuditFilter) -> Iterator[dict[str, Any]]:
                 event = json.loads(raw)
             except ValueError:
                 continue
-            if isinstance(event, dict) and selection.matches(event):
+            if isinstance(event, dict):
                 yield event

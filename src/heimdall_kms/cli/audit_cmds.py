@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from heimdall_kms.audit.query import AuditFilter, query
+from heimdall_kms.audit.query import AuditFilter, dangling, query
 from heimdall_kms.audit.verify import verify
 
 __all__ = ["audit"]
@@ -61,7 +61,13 @@ def _when(_: click.Context, __: click.Parameter, value: str | None) -> datetime 
 @click.option("--actor", help="Only this actor.")
 @click.option("--field", help="Only this field_identifier.")
 @click.option("--key-version", type=int, help="Only events on this key version.")
-@click.option("--result", type=click.Choice(["success", "failure"]))
+@click.option("--result", type=click.Choice(["success", "failure", "intent"]))
+@click.option(
+    "--dangling",
+    "only_dangling",
+    is_flag=True,
+    help="Only intents no outcome followed (a change started and never recorded as done).",
+)
 @click.option("--since", callback=_when, help="From this RFC 3339 time (inclusive).")
 @click.option("--until", callback=_when, help="Until this RFC 3339 time (inclusive).")
 @click.option("--count", is_flag=True, help="Print only the number of matching events.")
@@ -75,16 +81,24 @@ def query_command(
     result: str | None,
     since: datetime | None,
     until: datetime | None,
+    only_dangling: bool,
     count: bool,
 ) -> None:
     """Print the matching events as JSON lines, in log order.
 
     Who decrypted what between T1 and T2 (the compromise runbook's question):
     `heimdall-kms audit query audit.log --event-type crypto.decrypt --since T1 --until T2`
+
+    Changes that were started but never recorded as done (a crash between a change's intent
+    and its outcome): `heimdall-kms audit query audit.log --dangling`
     """
     selection = AuditFilter(event_types, actor, field, key_version, result, since, until)
+    found = query(path, selection)
+    if only_dangling:
+        # Outcomes are paired over the whole log; the filters then narrow what is shown.
+        found = iter([e for e in dangling(query(path, AuditFilter())) if selection.matches(e)])
     matched = 0
-    for event in query(path, selection):
+    for event in found:
         matched += 1
         if not count:
             click.echo(json.dumps(event, separators=(",", ":"), ensure_ascii=False))

@@ -3,9 +3,11 @@
 A job subclass says which rows are candidates (a SQL pre-filter) and how one batch of rows
 turns into swaps; this class does the rest, identically for ``migrate`` and ``reencrypt``.
 Per batch: read the next rows (keyset order; locked on PostgreSQL), convert, compare-and-swap
-the new values back and journal the old ones in the same transaction, then record a
-``reencrypt.batch`` audit event and publish progress. A failure of the KMS, the database or
-the audit sink stops the run with the batch in flight rolled back; rerunning finishes it.
+the new values back and journal the old ones, record the ``reencrypt.batch`` audit event, and
+only then commit the transaction and publish progress: a batch whose event cannot be written
+is rolled back. The run itself is one audited attempt (a ``job.run`` intent before anything is
+touched, its outcome at the end). A failure of the KMS, the database or the audit sink stops
+the run with the batch in flight rolled back; rerunning finishes it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from heimdall_kms.audit import AuditEvent, EventType, Result
+from heimdall_kms.audit import AuditEvent, EventType, Result, audited
 from heimdall_kms.errors import HeimdallKMSError
 from heimdall_kms.jobs.metered import MeteredProvider
 from heimdall_kms.jobs.report import JobReport, ProgressCallback, RowFailure, TargetReport
@@ -70,6 +72,16 @@ class BatchJob(ABC):
         """
         for store in stores:
             store.check(writable=not self.options.dry_run)
+        # The run's intent is recorded before the journal table, the KMS or any row is touched.
+        with audited(self.crypto.audit, self._run_event(stores)) as attempt:
+            self._run(stores)
+            attempt.details.update(
+                {key: self.report.total(key) for key in ("examined", "completed", "failed")}
+            )
+            attempt.error = self.report.stop_error
+        return self.report
+
+    def _run(self, stores: Sequence[FieldStore]) -> None:
         if not self.options.dry_run:
             for store in stores:
                 store.ensure_journal()
@@ -84,7 +96,19 @@ class BatchJob(ABC):
             self.report.finished = time.monotonic()
             if isinstance(self.crypto.kms, MeteredProvider):
                 self.report.kms_calls = self.crypto.kms.total_calls
-        return self.report
+
+    def _run_event(self, stores: Sequence[FieldStore]) -> AuditEvent:
+        return AuditEvent(
+            event_type=EventType.JOB_RUN,
+            actor=self.options.actor,
+            request_id=self.report.run_id,
+            result=Result.SUCCESS,
+            details={
+                "job": self.report.job,
+                "dry_run": self.report.dry_run,
+                "targets": [str(store.target) for store in stores],
+            },
+        )
 
     def fail(self, target: TargetReport, row: Row, error: HeimdallKMSError | str) -> None:
         target.failed += 1
@@ -117,7 +141,8 @@ class BatchJob(ABC):
                     target.completed += sum(applied)
                     target.conflicts += len(applied) - sum(applied)
                 target.batches += 1
-            self._audit_batch(target)
+                # Inside the transaction: a batch whose event cannot be written is rolled back.
+                self._audit_batch(target)
             self._publish(target)
 
     def _audit_batch(self, target: TargetReport) -> None:

@@ -4,7 +4,8 @@ A migration keeps each value it replaced, with its run id, in ``heimdall_kms_jou
 ``rollback`` puts those values back wherever the stored value is still the one the run wrote
 (compare-and-swap again: a value the application changed since is left alone and counted).
 ``purge`` deletes journal rows after the grace period, after which no env-key ciphertext
-remains anywhere.
+remains anywhere. Both record their intent before touching the store
+(:func:`heimdall_kms.audit.audited`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from heimdall_kms.audit import AuditEvent, AuditSink, EventType, Result
+from heimdall_kms.audit import AuditEvent, AuditSink, EventType, Result, audited
+from heimdall_kms.envelope import parse
+from heimdall_kms.errors import MalformedEnvelopeError
 from heimdall_kms.store import FieldStore
 
 __all__ = ["JournalResult", "purge", "rollback"]
@@ -40,24 +43,42 @@ def rollback(
 ) -> JournalResult:
     """Restore every value the run replaced, where it is unchanged since.
 
+    Per target, the intent is recorded before the journal is read, and the outcome after.
+    A journal row whose old value is not an envelope is never written back: it is counted as
+    ``not_envelope`` and left in the journal.
+
     Raises:
+        AuditWriteError: an intent could not be recorded (that target is not touched).
         StoreError: the database failed (the current chunk is rolled back).
     """
     result = JournalResult("rollback", run_id)
     for store in stores:
-        store.ensure_journal()
-        entries = store.journal(run_id)
-        restored = 0
-        for start in range(0, len(entries), _CHUNK):
-            restored += sum(store.restore(entries[start : start + _CHUNK]))
-        counts = {
-            "journaled": len(entries),
-            "restored": restored,
-            "conflicts": len(entries) - restored,
-        }
-        result.targets[str(store.target)] = counts
-        audit.emit([_event(EventType.REENCRYPT_ROLLBACK, actor, run_id, str(store.target), counts)])
+        event = _event(EventType.REENCRYPT_ROLLBACK, actor, run_id, str(store.target), {})
+        with audited(audit, event) as attempt:
+            store.ensure_journal()
+            entries = store.journal(run_id)
+            restorable = [entry for entry in entries if _is_envelope(entry.old_value)]
+            restored = 0
+            for start in range(0, len(restorable), _CHUNK):
+                restored += sum(store.restore(restorable[start : start + _CHUNK]))
+            counts = {
+                "journaled": len(entries),
+                "restored": restored,
+                "conflicts": len(restorable) - restored,
+                "not_envelope": len(entries) - len(restorable),
+            }
+            result.targets[str(store.target)] = counts
+            attempt.details = dict(counts)
     return result
+
+
+def _is_envelope(value: str) -> bool:
+    """Whether a journaled old value is an envelope that parses strictly as its format."""
+    try:
+        parse(value)
+    except MalformedEnvelopeError:
+        return False
+    return True
 
 
 def purge(
@@ -72,6 +93,7 @@ def purge(
     """Delete journal rows older than ``older_than_days`` (and/or of one run).
 
     Raises:
+        AuditWriteError: an intent could not be recorded (that target is not touched).
         StoreError: the database failed.
     """
     cutoff = None
@@ -80,14 +102,13 @@ def purge(
         cutoff = moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     result = JournalResult("purge", run_id)
     for store in stores:
-        store.ensure_journal()
-        deleted = store.purge_journal(older_than=cutoff, run_id=run_id)
-        counts = {"deleted": deleted}
-        result.targets[str(store.target)] = counts
-        details: dict[str, Any] = {**counts, "older_than": cutoff}
-        audit.emit(
-            [_event(EventType.JOURNAL_PURGE, actor, run_id or "", str(store.target), details)]
-        )
+        details: dict[str, Any] = {"older_than": cutoff}
+        event = _event(EventType.JOURNAL_PURGE, actor, run_id or "", str(store.target), details)
+        with audited(audit, event) as attempt:
+            store.ensure_journal()
+            deleted = store.purge_journal(older_than=cutoff, run_id=run_id)
+            result.targets[str(store.target)] = {"deleted": deleted}
+            attempt.details["deleted"] = deleted
     return result
 
 

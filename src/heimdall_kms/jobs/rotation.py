@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from heimdall_kms.audit import AuditEvent, AuditSink, EventType, Result
-from heimdall_kms.errors import HeimdallKMSError, InvalidInputError, RefusedError
+from heimdall_kms.audit import AuditEvent, AuditSink, EventType, Result, audited
+from heimdall_kms.errors import InvalidInputError, RefusedError
 from heimdall_kms.jobs.census import take_census
 from heimdall_kms.providers import KeyInfo, KeyManagementService
 from heimdall_kms.store import FieldStore
@@ -74,40 +74,29 @@ def rotate(
     """Create a new key version (with ``if_due``: only when the latest is ``cadence`` old).
 
     Raises:
-        KMSError: the KMS refused or failed (audited as a failed ``key.rotate``).
-        AuditWriteError: the event could not be recorded.
+        KMSError: the KMS refused or failed (a failure to rotate is audited as a failed
+            ``key.rotate``; a failure to read the key is not, nothing was attempted).
+        AuditWriteError: the intent could not be recorded (nothing was rotated), or the
+            outcome could not be (the key was rotated; the intent is in the log).
     """
     moment = now or datetime.now(UTC)
-    request_id = str(uuid.uuid4())
-    try:
-        before = kms.describe()
-        if if_due and not is_due(before, now=moment, cadence=cadence):
-            return RotationResult(
-                False, before.latest_version, before.latest_version, next_due(before, cadence)
-            )
-        after = kms.rotate()
-    except HeimdallKMSError as exc:
-        audit.emit(
-            [_key_event(EventType.KEY_ROTATE, kms, actor, request_id, error=exc, reason=reason)]
+    # Reading the key changes nothing, and a check that finds nothing due writes no event.
+    before = kms.describe()
+    if if_due and not is_due(before, now=moment, cadence=cadence):
+        return RotationResult(
+            False, before.latest_version, before.latest_version, next_due(before, cadence)
         )
-        raise
-    audit.emit(
-        [
-            _key_event(
-                EventType.KEY_ROTATE,
-                kms,
-                actor,
-                request_id,
-                version=after.latest_version,
-                reason=reason,
-                details={
-                    "old_version": before.latest_version,
-                    "if_due": if_due,
-                    "cadence_days": cadence.days,
-                },
-            )
-        ]
-    )
+    details = {
+        "old_version": before.latest_version,
+        "if_due": if_due,
+        "cadence_days": cadence.days,
+    }
+    intent = _key_event(EventType.KEY_ROTATE, kms, actor, reason=reason, details=details)
+    # The intent is recorded before the KMS is asked to change anything: with an unwritable
+    # audit log, nothing is rotated.
+    with audited(audit, intent) as attempt:
+        after = kms.rotate()
+        attempt.key_version = after.latest_version
     return RotationResult(
         True, before.latest_version, after.latest_version, next_due(after, cadence)
     )
@@ -183,74 +172,47 @@ def retire(
             targets were named to check (and not ``force``); audited as ``key.retire`` failure.
         InvalidInputError: N is outside 1..latest. KMSError: the KMS refused or failed.
     """
-    request_id = str(uuid.uuid4())
     if below_version < 1:
         raise InvalidInputError("--below-version must be at least 1")
-    stranded = {
-        target: {v: n for v, n in sorted(counts.items()) if v < below_version}
-        for target, counts in values_per_version(kms, stores).items()
-    }
-    result = RetireResult(below_version, force, {t: c for t, c in stranded.items() if c})
-    refusal = None
-    if not stores and not force:
-        refusal = "name the targets to check (--table/--column or --targets), or use --force"
-    elif result.stranded_total and not force:
-        where = "; ".join(
-            f"{t}: " + ", ".join(_version_count(v, n) for v, n in c.items())
-            for t, c in result.stranded.items()
-        )
-        refusal = (
-            f"{result.stranded_total:,} stored values still need a version below "
-            f"{below_version} ({where}); run `heimdall-kms reencrypt` first"
-        )
-    details = result.to_dict()
-    if refusal is not None:
-        error = RefusedError(f"refusing to retire: {refusal}")
-        audit.emit(
-            [
-                _key_event(
-                    EventType.KEY_RETIRE,
-                    kms,
-                    actor,
-                    request_id,
-                    error=error,
-                    reason=reason,
-                    details=details,
-                )
-            ]
-        )
-        raise error
-    try:
-        result.info = kms.retire(below_version)
-    except HeimdallKMSError as exc:
-        audit.emit(
-            [
-                _key_event(
-                    EventType.KEY_RETIRE,
-                    kms,
-                    actor,
-                    request_id,
-                    error=exc,
-                    reason=reason,
-                    details=details,
-                )
-            ]
-        )
-        raise
-    audit.emit(
-        [
-            _key_event(
-                EventType.KEY_RETIRE,
-                kms,
-                actor,
-                request_id,
-                version=below_version,
-                reason=reason,
-                details=result.to_dict(),
-            )
-        ]
+    intent = _key_event(
+        EventType.KEY_RETIRE,
+        kms,
+        actor,
+        version=below_version,
+        reason=reason,
+        details={"below_version": below_version, "forced": force},
     )
+    # Intent first: nothing is counted or retired while the audit log cannot be written.
+    with audited(audit, intent) as attempt:
+        stranded = {
+            target: {v: n for v, n in sorted(counts.items()) if v < below_version}
+            for target, counts in values_per_version(kms, stores).items()
+        }
+        result = RetireResult(below_version, force, {t: c for t, c in stranded.items() if c})
+        attempt.details = result.to_dict()
+        refusal = _retire_refusal(result, bool(stores))
+        if refusal is not None:
+            raise RefusedError(f"refusing to retire: {refusal}")
+        result.info = kms.retire(below_version)
+        attempt.details = result.to_dict()
     return result
+
+
+def _retire_refusal(result: RetireResult, targets_named: bool) -> str | None:
+    if result.forced:
+        return None
+    if not targets_named:
+        return "name the targets to check (--table/--column or --targets), or use --force"
+    if not result.stranded_total:
+        return None
+    where = "; ".join(
+        f"{t}: " + ", ".join(_version_count(v, n) for v, n in c.items())
+        for t, c in result.stranded.items()
+    )
+    return (
+        f"{result.stranded_total:,} stored values still need a version below "
+        f"{result.below_version} ({where}); run `heimdall-kms reencrypt` first"
+    )
 
 
 def key_report(
@@ -295,22 +257,19 @@ def _key_event(
     kind: EventType,
     kms: KeyManagementService,
     actor: str,
-    request_id: str,
     *,
     version: int | None = None,
-    error: HeimdallKMSError | None = None,
     reason: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> AuditEvent:
     return AuditEvent(
         event_type=kind,
         actor=actor,
-        request_id=request_id,
-        result=Result.FAILURE if error else Result.SUCCESS,
+        request_id=str(uuid.uuid4()),
+        result=Result.SUCCESS,
         key_identifier=kms.key_identifier,
         key_version=version,
         provider=kms.name.value,
         reason=reason,
-        error_type=error.error_type if error else None,
         details=details,
     )

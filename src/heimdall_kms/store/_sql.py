@@ -173,7 +173,7 @@ class SQLFieldStore:
                 with self._errors("roll back"):
                     cursor.execute("ROLLBACK")
             raise
-        if lock:
+        if lock or batch.open:
             with self._errors("commit"):
                 cursor.execute("COMMIT")
 
@@ -343,12 +343,10 @@ class _SQLBatch:
         with store._errors("write"):
             if store.dialect.lock_rows:
                 return store.apply_swaps(self._cursor, swaps, run_id)
+            # Committed when the batch ends, after its audit event is written.
             self._cursor.execute(store.dialect.begin_write)
             self.open = True
-            applied = store.apply_swaps(self._cursor, swaps, run_id)
-            self._cursor.execute("COMMIT")
-            self.open = False
-            return applied
+            return store.apply_swaps(self._cursor, swaps, run_id)
 
 
 def _text(value: object) -> str | None:

@@ -1,0 +1,83 @@
+"""Record the attempt, run it, record the outcome: the audit shape of every lifecycle operation.
+
+A change (a rotation, a retirement, a job run, a rollback, a purge) is preceded by an
+``intent`` event and followed by its outcome, ``success`` or ``failure`` with ``error_type``,
+under the same ``event_type`` and ``request_id``. The intent is written and synced before the
+body runs: when it cannot be written, :class:`AuditWriteError` is raised and nothing is done. A
+process killed between the two leaves an intent without an outcome, which
+``audit query --dangling`` lists (:func:`heimdall_kms.audit.query.dangling`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from heimdall_kms.audit.events import AuditEvent, Result, now_rfc3339
+from heimdall_kms.audit.sink import AuditSink
+from heimdall_kms.errors import AuditWriteError, HeimdallKMSError
+
+__all__ = ["Attempt", "audited"]
+
+
+@dataclass
+class Attempt:
+    """What the body adds to the outcome event (its version, details, or a failure it handled).
+
+    A body that reports a failure without raising (a job that stops and returns its report)
+    sets ``error``: the outcome is then a failure with that ``error_type``.
+    """
+
+    key_version: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    error: HeimdallKMSError | None = None
+
+
+@contextmanager
+def audited(sink: AuditSink, event: AuditEvent) -> Iterator[Attempt]:
+    """Write ``event`` as an intent, run the body, then write its outcome.
+
+    ``event`` is the outcome's template: its ``result`` is ignored.
+
+    Raises:
+        AuditWriteError: the intent could not be written (the body did not run), or the body
+            succeeded and its outcome could not be written (the intent stays without one).
+        HeimdallKMSError: whatever the body raised, after its failure was recorded (or, if
+            that write fails too, left as an intent without an outcome).
+    """
+    sink.emit([replace(event, result=Result.INTENT)])
+    attempt = Attempt(event.key_version, dict(event.details or {}))
+    try:
+        yield attempt
+    except HeimdallKMSError as exc:
+        _record_failure(sink, _outcome(event, attempt, exc))
+        raise
+    if attempt.error is not None:
+        _record_failure(sink, _outcome(event, attempt, attempt.error))
+        return
+    try:
+        sink.emit([_outcome(event, attempt, None)])
+    except AuditWriteError as exc:
+        raise AuditWriteError(
+            f"{exc}; the {event.event_type.value} was done and its intent is recorded, "
+            "but not its outcome"
+        ) from None
+
+
+def _record_failure(sink: AuditSink, failure: AuditEvent) -> None:
+    # The body's error says more; if this write fails too, the intent stays without an outcome.
+    with suppress(AuditWriteError):
+        sink.emit([failure])
+
+
+def _outcome(event: AuditEvent, attempt: Attempt, error: HeimdallKMSError | None) -> AuditEvent:
+    return replace(
+        event,
+        result=Result.FAILURE if error else Result.SUCCESS,
+        error_type=error.error_type if error else None,
+        key_version=attempt.key_version,
+        details=attempt.details or None,
+        timestamp=now_rfc3339(),
+    )
