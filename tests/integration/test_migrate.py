@@ -214,6 +214,36 @@ def test_rollback_restores_all_but_values_changed_since(
     assert table.journal() == []
 
 
+class TestRollbackRestoresOnlyEnvelopes:
+    def test_a_journal_row_holding_plaintext_is_reported_and_never_written(
+        self, table: UserTable, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Someone put an SSN in the journal: rollback restores the rest, never writes it."""
+        fill(table, good=10)
+        before = table.values()
+        assert run_cli(["migrate", *target_args(table), "--run-id", "r-p"], capsys)[0] == 3
+        migrated = table.values()
+        secret = "123-45-6789"
+        table._execute(
+            "UPDATE heimdall_kms_journal SET old_value = %s WHERE table_name = %s AND row_key = %s",
+            [secret, table.table, "4"],
+        )
+        code, out, err = run_cli(
+            ["migrate", *target_args(table), "--rollback", "r-p", "--json"], capsys
+        )
+        assert code == 3
+        counts = json.loads(out)["targets"][f"{table.table}.ssn"]
+        assert counts == {"journaled": 10, "restored": 9, "conflicts": 0, "not_envelope": 1}
+        assert "1 journal rows do not hold an envelope" in err
+        after = table.values()
+        assert after[4] == migrated[4]  # still the run's kms_v1 value, not the plaintext
+        assert {k: v for k, v in after.items() if k != 4} == {
+            k: v for k, v in before.items() if k != 4
+        }
+        assert secret not in out + err
+        assert table.journal() == [("r-p", "4")]  # kept for inspection
+
+
 def test_concurrent_application_writes_are_never_overwritten(
     table: UserTable, env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
