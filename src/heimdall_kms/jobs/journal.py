@@ -16,8 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from heimdall_kms.audit import AuditEvent, AuditSink, EventType, Result, audited
-from heimdall_kms.envelope import parse
-from heimdall_kms.errors import MalformedEnvelopeError
+from heimdall_kms.jobs.reading import reader_for
 from heimdall_kms.store import FieldStore
 
 __all__ = ["JournalResult", "purge", "rollback"]
@@ -44,7 +43,8 @@ def rollback(
     """Restore every value the run replaced, where it is unchanged since.
 
     Per target, the intent is recorded before the journal is read, and the outcome after.
-    A journal row whose old value is not an envelope is never written back: it is counted as
+    A journal row whose old value does not hold an envelope where the target says (the column,
+    or its JSON path), parsing strictly as its format, is never written back: it is counted as
     ``not_envelope`` and left in the journal.
 
     Raises:
@@ -57,7 +57,8 @@ def rollback(
         with audited(audit, event) as attempt:
             store.ensure_journal()
             entries = store.journal(run_id)
-            restorable = [entry for entry in entries if _is_envelope(entry.old_value)]
+            reader = reader_for(store)
+            restorable = [e for e in entries if reader(e.old_value).kind.is_envelope]
             restored = 0
             for start in range(0, len(restorable), _CHUNK):
                 restored += sum(store.restore(restorable[start : start + _CHUNK]))
@@ -70,15 +71,6 @@ def rollback(
             result.targets[str(store.target)] = counts
             attempt.details = dict(counts)
     return result
-
-
-def _is_envelope(value: str) -> bool:
-    """Whether a journaled old value is an envelope that parses strictly as its format."""
-    try:
-        parse(value)
-    except MalformedEnvelopeError:
-        return False
-    return True
 
 
 def purge(
