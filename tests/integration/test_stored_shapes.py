@@ -289,3 +289,33 @@ class TestJsonPath:
         summary = json.loads(out)
         assert summary["completed"] == 1
         assert [f["id"] for f in summary["failures"]] == ["1"]
+
+
+class TestLenientLegacy:
+    """Legacy envelopes the engine reads (SPEC §4.1) are counted and migrated here too."""
+
+    def test_lenient_variants_migrate(
+        self, table: UserTable, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        variants = [
+            {"created_at": "2023-01-01T00:00:00Z"},
+            {"encryption_version": None},
+            {"algorithm": "aes-256-gcm"},
+            {"ingest": {"source": "batch-7"}},
+        ]
+        rows = []
+        for i, extra in enumerate(variants, 1):
+            rows.append(
+                (i, json.dumps({**json.loads(legacy_envelope(MASTER_HEX, f"v{i}")), **extra}))
+            )
+        table.insert(rows)
+        assert census(table, capsys)["encryption_version"]["legacy"] == len(variants)
+        code, out, err = run(["migrate", *target(table), "--json"], capsys)
+        assert code == 0, err
+        assert json.loads(out)["completed"] == len(variants)
+        with heimdall_kms.from_env(env, audit=MemoryAuditSink()) as crypto:
+            for row_id, value in table.values().items():
+                envelope = parse(value or "")
+                assert isinstance(envelope, KmsV1Envelope)
+                assert crypto.decrypt(envelope, actor="t", reason="verify") == f"v{row_id}"
+        assert gate(table, capsys) == (0, "")

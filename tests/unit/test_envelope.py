@@ -232,15 +232,31 @@ def test_bad_kms_v1_fields(changes: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     "changes",
     [
-        pytest.param({"algorithm": "AES-256-CBC"}, id="algorithm"),
+        pytest.param({"algorithm": 256}, id="algorithm-not-a-string"),
+        pytest.param({"algorithm": _DROP}, id="no-algorithm"),
         pytest.param({"key_id": ""}, id="empty-key-id"),
         pytest.param({"key_id": 7}, id="key-id-number"),
         pytest.param({"nonce": "%%%"}, id="nonce-b64"),
-        pytest.param({"extra": "x"}, id="unknown-field"),
+        pytest.param({"encryption_version": "legacy"}, id="version-not-null"),
     ],
 )
 def test_bad_legacy_fields(changes: dict[str, Any]) -> None:
     malformed(json.dumps(legacy_obj(**changes)))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"algorithm": "AES-256-CBC"}, id="algorithm-label"),
+        pytest.param({"extra": "x", "ssn": "123-45-6789"}, id="unknown-fields"),
+        pytest.param({"encryption_version": None}, id="version-null"),
+    ],
+)
+def test_legacy_reading_is_as_lenient_as_the_engine(changes: dict[str, Any]) -> None:
+    envelope = parse(json.dumps(legacy_obj(**changes)))
+    assert isinstance(envelope, LegacyEnvelope)
+    assert set(envelope.to_dict()) == {"ciphertext", "nonce", "key_id", "algorithm"}
+    assert envelope.algorithm == "AES-256-GCM"
 
 
 def test_error_messages_do_not_echo_long_attacker_input() -> None:

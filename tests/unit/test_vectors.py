@@ -247,6 +247,11 @@ def test_legacy_vector_hybrid_mode(vector: Vector, local_provider: LocalDevProvi
 def test_legacy_good_vector_round_trips_losslessly(vector: Vector) -> None:
     envelope = parse(_source(vector))
     assert isinstance(envelope, LegacyEnvelope)
+    if vector["comment"].startswith("lenient:"):
+        # Read as the engine reads it; written back in the engine's own four fields.
+        four = {key: _document(vector)[key] for key in ("ciphertext", "nonce", "key_id")}
+        assert envelope.to_dict() == {**four, "algorithm": "AES-256-GCM"}
+        return
     assert envelope.to_dict() == _document(vector)
 
 

@@ -38,11 +38,14 @@ def parse(source: str | bytes | Mapping[str, Any]) -> KmsV1Envelope | LegacyEnve
         MalformedEnvelopeError: see :meth:`Envelope.from_json`.
     """
     obj = _json.load_object(source)
-    if "encryption_version" in obj:
-        version = obj["encryption_version"]
+    version = obj.get("encryption_version")
+    if version is not None:
+        # Checked before the legacy fields: a kms_v1 envelope carries a key_id too, and a
+        # later version is never read as legacy.
         if version == KMS_V1:
             return KmsV1Envelope.from_object(obj)
         raise MalformedEnvelopeError(f"unsupported encryption_version {_json.short(version)}")
+    # The engine's own values have no encryption_version; null is read as absent (SPEC §4.1).
     if obj.keys() >= LEGACY_KEYS:
         return LegacyEnvelope.from_object(obj)
     raise MalformedEnvelopeError(

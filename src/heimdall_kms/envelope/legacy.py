@@ -5,6 +5,10 @@ under the hex-decoded ``HMD_PII_MASTER_KEY`` (or an older key selected by ``key_
 12-byte random nonce, the 16-byte tag appended to the ciphertext, empty associated data,
 standard base64 with padding, UTF-8 plaintext. It binds no context, so a legacy value moved to
 another field still decrypts; that is one reason to migrate.
+
+It is read as the engine reads it: extra fields ignored, ``encryption_version`` absent or
+``null``, any ``algorithm`` string (the label is not used: the cipher is always AES-256-GCM).
+Writing always gives exactly the four fields with ``AES-256-GCM``.
 """
 
 from __future__ import annotations
@@ -46,19 +50,17 @@ class LegacyEnvelope(Envelope):
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> LegacyEnvelope:
-        """Build from a parsed legacy JSON object.
+        """Build from a parsed legacy JSON object, exactly as leniently as the engine reads it.
+
+        The engine deserialises into four required strings (``serde_json``): unknown extra
+        fields are ignored (and dropped here), and the ``algorithm`` label is never looked at
+        (it always used AES-256-GCM), so neither is refused (SPEC §4.1).
 
         Raises:
-            MalformedEnvelopeError: a field is missing, of the wrong type, or unknown.
+            MalformedEnvelopeError: one of the four fields is missing or not a string, base64
+                is not canonical, or ``key_id`` is empty (no key can be selected by it).
         """
-        unknown = sorted(set(obj) - LEGACY_KEYS)
-        if unknown:
-            raise MalformedEnvelopeError(
-                f"legacy envelope has unexpected field {_json.short(unknown[0])}"
-            )
-        algorithm = _json.text(obj, "algorithm", max_chars=64)
-        if algorithm != ALGORITHM:
-            raise MalformedEnvelopeError(f"unsupported algorithm {_json.short(algorithm)}")
+        _json.text(obj, "algorithm")  # required as a string; its value is not used
         key_id = _json.text(obj, "key_id", max_chars=256)
         if not key_id:
             raise MalformedEnvelopeError("envelope field 'key_id' is empty")
@@ -66,5 +68,4 @@ class LegacyEnvelope(Envelope):
             ciphertext=_json.b64(obj, "ciphertext"),
             nonce=_json.b64(obj, "nonce"),
             key_id=key_id,
-            algorithm=algorithm,
         )
