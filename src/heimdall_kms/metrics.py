@@ -93,6 +93,11 @@ class Metrics:
             ["status"],
             registry=registry,
         )
+        self.jobs_running = Gauge(
+            "heimdall_reencryption_jobs_running",
+            "Migration and re-encryption jobs running in this process (for the stall alert).",
+            registry=registry,
+        )
         self._init_spec12(registry)
 
     def _init_spec12(self, registry: CollectorRegistry) -> None:
@@ -207,7 +212,7 @@ class JobMetrics:
         self.census = Gauge(
             "heimdall_stored_values",
             "Values of a target by kind, as the last status census counted them "
-            "(kind: kms_v1, legacy, unparseable, plaintext, null, sha256_hash, redacted, ...).",
+            "(kind: kms_v1, legacy, unparseable, nested_envelope, plaintext, null, ...).",
             ["target", "kind"],
             registry=registry,
         )

@@ -460,6 +460,7 @@ EXPECTED_METRICS = {
     "heimdall_crypto_operation_duration_seconds": {"operation", "provider"},
     "heimdall_crypto_errors": {"operation", "provider", "error_type"},
     "heimdall_reencryption_progress": {"status"},
+    "heimdall_reencryption_jobs_running": set(),  # docs/operations.md: for the stall alert
     # SPEC §12
     "heimdall_build_info": {"version"},
     "heimdall_kms_circuit_state": {"provider"},

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from heimdall_kms.audit import open_sink
+from heimdall_kms.cli._job_metrics import JobTelemetry, job_telemetry, metrics_options
 from heimdall_kms.cli._targets import TargetSpec, opened_stores, target_options
 from heimdall_kms.cli.progress import ProgressView
 from heimdall_kms.config import Settings, audit_destination
@@ -20,8 +21,9 @@ from heimdall_kms.jobs.migrate import MigrationOptions, check_settings, run_migr
 from heimdall_kms.jobs.rate import TokenBucket
 from heimdall_kms.jobs.reencrypt import ReencryptMode, ReencryptOptions, run_reencrypt
 from heimdall_kms.jobs.report import JobReport
-from heimdall_kms.providers import load_provider
+from heimdall_kms.providers import KeyManagementService, load_provider
 from heimdall_kms.service import Crypto
+from heimdall_kms.telemetry.export import MetricsExport
 
 __all__ = ["migrate", "reencrypt", "status"]
 
@@ -58,9 +60,11 @@ _RUN_ID = click.option("--run-id", help="Name the run (default: generated); the 
     help="Instead of migrating, restore the values a run replaced (from its journal).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@metrics_options("migrate")
 def migrate(
     *,
     spec: TargetSpec,
+    export: MetricsExport,
     batch_size: int,
     dry_run: bool,
     rate_limit: float,
@@ -82,19 +86,18 @@ def migrate(
         return
     settings = Settings.from_env(os.environ)
     check_settings(settings)
-    with opened_stores(spec) as stores:
+    with job_telemetry("migrate", export) as telemetry, opened_stores(spec) as stores:
         for store in stores:
             store.check(writable=not dry_run)
         kms = MeteredProvider(load_provider(settings), TokenBucket(rate_limit))
+        telemetry.watch(kms, settings)
         options = MigrationOptions(batch_size, dry_run, run_id or "", actor)
         with (
-            Crypto(
-                settings, kms=kms, audit=open_sink(settings.audit_log), default_actor=actor
-            ) as crypto,
+            _crypto(settings, kms, telemetry, actor) as crypto,
             ProgressView("migrate") as view,
         ):
             report = run_migration(crypto, stores, options, view)
-    _finish(report, as_json)
+        _finish(report, as_json)
 
 
 @click.command()
@@ -118,9 +121,11 @@ def migrate(
 @_RUN_ID
 @click.option("--actor", default="reencrypt", show_default=True, help="Who runs it (audited).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@metrics_options("reencrypt")
 def reencrypt(
     *,
     spec: TargetSpec,
+    export: MetricsExport,
     mode: str,
     all_versions: bool,
     batch_size: int,
@@ -138,10 +143,11 @@ def reencrypt(
     compare-and-swap, journal (--rollback with migrate), progress and resumability as migrate.
     """
     settings = Settings.from_env(os.environ)
-    with opened_stores(spec) as stores:
+    with job_telemetry("reencrypt", export) as telemetry, opened_stores(spec) as stores:
         for store in stores:
             store.check(writable=not dry_run)
         kms = MeteredProvider(load_provider(settings), TokenBucket(rate_limit))
+        telemetry.watch(kms, settings)
         options = ReencryptOptions(
             batch_size,
             dry_run,
@@ -151,13 +157,18 @@ def reencrypt(
             all_versions=all_versions,
         )
         with (
-            Crypto(
-                settings, kms=kms, audit=open_sink(settings.audit_log), default_actor=actor
-            ) as crypto,
+            _crypto(settings, kms, telemetry, actor) as crypto,
             ProgressView(f"reencrypt {mode}") as view,
         ):
             report = run_reencrypt(crypto, stores, options, view)
-    _finish(report, as_json)
+        _finish(report, as_json)
+
+
+def _crypto(
+    settings: Settings, kms: KeyManagementService, telemetry: JobTelemetry, actor: str
+) -> Crypto:
+    audit = telemetry.audit(open_sink(settings.audit_log))
+    return Crypto(settings, kms=kms, audit=audit, default_actor=actor, metrics=telemetry.metrics)
 
 
 def _finish(report: JobReport, as_json: bool) -> None:
@@ -236,9 +247,11 @@ def _rollback(spec: TargetSpec, run_id: str, actor: str, as_json: bool) -> None:
     is_flag=True,
     help="With --fail-if-legacy: the column legitimately holds some plaintext values.",
 )
+@metrics_options("status")
 def status(
     *,
     spec: TargetSpec,
+    export: MetricsExport,
     as_json: bool,
     fail_if_legacy: bool,
     allow_plaintext: bool,
@@ -251,10 +264,19 @@ def status(
     """
     if allow_plaintext and not fail_if_legacy:
         raise click.UsageError("--allow-plaintext goes with --fail-if-legacy")
-    with opened_stores(spec) as stores:
-        for store in stores:
-            store.check(writable=False)
-        censuses = [take_census(store) for store in stores]
+    with job_telemetry("status", export) as telemetry:
+        with opened_stores(spec) as stores:
+            for store in stores:
+                store.check(writable=False)
+            censuses = [take_census(store) for store in stores]
+        for census in censuses:
+            telemetry.census(census)
+        _report_census(censuses, as_json, fail_if_legacy, allow_plaintext)
+
+
+def _report_census(
+    censuses: list[Census], as_json: bool, fail_if_legacy: bool, allow_plaintext: bool
+) -> None:
     overall = Census("all targets")
     for census in censuses:
         overall.add(census)

@@ -10,10 +10,12 @@ from typing import Any
 import click
 
 from heimdall_kms.audit import open_sink
+from heimdall_kms.cli._job_metrics import job_telemetry, metrics_options
 from heimdall_kms.cli._targets import TargetSpec, opened_stores, target_options
 from heimdall_kms.config import Settings
 from heimdall_kms.jobs.rotation import key_report, retire, rotate
 from heimdall_kms.providers import KeyManagementService, load_provider
+from heimdall_kms.telemetry.export import MetricsExport
 
 __all__ = ["keys", "retire_command", "rotate_command"]
 
@@ -32,7 +34,10 @@ def _kms(settings: Settings) -> KeyManagementService:
 @click.option("--actor", default="cli", show_default=True, help="Who rotates (audited).")
 @click.option("--reason", help="Why, e.g. a change ticket or incident id (audited).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def rotate_command(if_due: bool, actor: str, reason: str | None, as_json: bool) -> None:
+@metrics_options("rotate")
+def rotate_command(
+    *, if_due: bool, actor: str, reason: str | None, as_json: bool, export: MetricsExport
+) -> None:
     """Create a new master key version; new values use it, old ones still decrypt.
 
     Run `heimdall-kms reencrypt --mode rewrap` afterwards to move stored values to the new
@@ -40,13 +45,16 @@ def rotate_command(if_due: bool, actor: str, reason: str | None, as_json: bool) 
     """
     settings = Settings.from_env(os.environ)
     cadence = timedelta(days=settings.key_rotation_days)
-    kms = _kms(settings)
-    sink = open_sink(settings.audit_log)
-    try:
-        result = rotate(kms, sink, actor=actor, if_due=if_due, cadence=cadence, reason=reason)
-    finally:
-        kms.close()
-        sink.close()
+    with job_telemetry("rotate", export) as telemetry:
+        kms = _kms(settings)
+        telemetry.watch(kms, settings)
+        sink = telemetry.audit(open_sink(settings.audit_log))
+        try:
+            result = rotate(kms, sink, actor=actor, if_due=if_due, cadence=cadence, reason=reason)
+            telemetry.publish_key(kms, cadence)
+        finally:
+            kms.close()
+            sink.close()
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     elif result.rotated:
@@ -79,8 +87,10 @@ def rotate_command(if_due: bool, actor: str, reason: str | None, as_json: bool) 
 @click.option("--actor", default="cli", show_default=True, help="Who retires (audited).")
 @click.option("--reason", help="Why (audited).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@metrics_options("retire")
 def retire_command(
     *,
+    export: MetricsExport,
     below_version: int,
     spec: TargetSpec,
     force: bool,
@@ -95,24 +105,26 @@ def retire_command(
     unless --force.
     """
     settings = Settings.from_env(os.environ)
-    kms = _kms(settings)
-    sink = open_sink(settings.audit_log)
-    try:
-        with opened_stores(spec, required=False) as stores:
-            for store in stores:
-                store.check(writable=False)
-            result = retire(
-                kms,
-                stores,
-                sink,
-                below_version=below_version,
-                actor=actor,
-                force=force,
-                reason=reason,
-            )
-    finally:
-        kms.close()
-        sink.close()
+    with job_telemetry("retire", export) as telemetry:
+        kms = _kms(settings)
+        telemetry.watch(kms, settings)
+        sink = telemetry.audit(open_sink(settings.audit_log))
+        try:
+            with opened_stores(spec, required=False) as stores:
+                for store in stores:
+                    store.check(writable=False)
+                result = retire(
+                    kms,
+                    stores,
+                    sink,
+                    below_version=below_version,
+                    actor=actor,
+                    force=force,
+                    reason=reason,
+                )
+        finally:
+            kms.close()
+            sink.close()
     if force:
         click.echo(
             f"heimdall-kms: WARNING: --force: versions below {below_version} retired; "
@@ -133,18 +145,21 @@ def retire_command(
 @click.command()
 @target_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def keys(*, spec: TargetSpec, as_json: bool) -> None:
+@metrics_options("keys")
+def keys(*, spec: TargetSpec, as_json: bool, export: MetricsExport) -> None:
     """The master key's versions: creation time, age, next due date, minimum decryption
     version, and with targets named, how many stored values each version still protects."""
     settings = Settings.from_env(os.environ)
-    kms = _kms(settings)
-    try:
-        with opened_stores(spec, required=False) as stores:
-            report = key_report(
-                kms, cadence=timedelta(days=settings.key_rotation_days), stores=stores
-            )
-    finally:
-        kms.close()
+    cadence = timedelta(days=settings.key_rotation_days)
+    with job_telemetry("keys", export) as telemetry:
+        kms = _kms(settings)
+        telemetry.watch(kms, settings)
+        try:
+            with opened_stores(spec, required=False) as stores:
+                report = key_report(kms, cadence=cadence, stores=stores)
+            telemetry.publish_key(kms, cadence)
+        finally:
+            kms.close()
     if as_json:
         click.echo(json.dumps(report))
         return

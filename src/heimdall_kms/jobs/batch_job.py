@@ -85,6 +85,8 @@ class BatchJob(ABC):
         if not self.options.dry_run:
             for store in stores:
                 store.ensure_journal()
+        running = self.crypto.metrics.jobs_running
+        running.inc()
         try:
             self.prepare()
             for store in stores:
@@ -93,6 +95,7 @@ class BatchJob(ABC):
             self.report.stopped_by = f"{exc.error_type}: {exc}"
             self.report.stop_error = exc
         finally:
+            running.dec()
             self.report.finished = time.monotonic()
             if isinstance(self.crypto.kms, MeteredProvider):
                 self.report.kms_calls = self.crypto.kms.total_calls
