@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import heimdall_kms
 from heimdall_kms.admin import create_app, load_tokens
+from heimdall_kms.admin.targets import ServerTargets
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.cli.serve_cmd import build_server, serve
 from heimdall_kms.config import Settings
@@ -116,10 +117,11 @@ def local_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 @pytest.fixture(params=["local", "vault"])
 def api(request: pytest.FixtureRequest, tmp_path: Path, make_api: Callable[..., Api]) -> Api:
+    database = f"sqlite:///{tmp_path / 'app.db'}"  # the service's own; kms_table fills it
     if request.param == "local":
-        return make_api(local_env(tmp_path))
+        return make_api(local_env(tmp_path, HMD_DATABASE_URL=database))
     server: OpenBao = request.getfixturevalue("openbao")
-    return make_api(server.env())
+    return make_api(server.env(HMD_DATABASE_URL=database))
 
 
 def kms_table(env: dict[str, str], path: Path, rows: int = ROWS) -> str:
@@ -168,12 +170,12 @@ SUCCESS = {"POST /admin/crypto/reencrypt": 202}
 
 
 def test_role_matrix_on_every_endpoint(api: Api, tmp_path: Path) -> None:
-    url = kms_table(api.env, tmp_path / "app.db")
+    kms_table(api.env, tmp_path / "app.db")
     envelope = api.call(
         "POST", "/crypto/encrypt", "app", json={"plaintext": "123-45-6789", "context": {"f": "x"}}
     ).json()
     bodies: dict[str, Any] = {
-        "/admin/crypto/reencrypt": {"database": url, "table": "t", "column": "v", "mode": "rewrap"},
+        "/admin/crypto/reencrypt": {"table": "t", "column": "v", "mode": "rewrap"},
         "/admin/crypto/rotate": {"if_due": True},  # a fresh key is not due: nothing changes
         "/crypto/encrypt": {"plaintext": "x", "context": {"field": "ssn"}},
         "/crypto/decrypt": {"envelope": envelope, "reason": "matrix"},
@@ -279,8 +281,15 @@ def test_encrypt_decrypt_audit_the_token_and_address(
 
 
 def test_migrate_job_runs_to_completion(tmp_path: Path, make_api: Callable[..., Api]) -> None:
-    api = make_api(local_env(tmp_path, HMD_ENCRYPTION_MODE="hybrid", HMD_PII_MASTER_KEY=MASTER_HEX))
     path = tmp_path / "legacy.db"
+    api = make_api(
+        local_env(
+            tmp_path,
+            HMD_ENCRYPTION_MODE="hybrid",
+            HMD_PII_MASTER_KEY=MASTER_HEX,
+            HMD_DATABASE_URL=f"sqlite:///{path}",
+        )
+    )
     with sqlite3.connect(path) as db:
         db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
         db.executemany(
@@ -293,7 +302,7 @@ def test_migrate_job_runs_to_completion(tmp_path: Path, make_api: Callable[..., 
         "POST",
         "/admin/crypto/reencrypt",
         "admin",
-        json={"database": f"sqlite:///{path}", "table": "t", "column": "v", "batch_size": 7},
+        json={"table": "t", "column": "v", "batch_size": 7},
     )
     assert started.status_code == 202
     job = started.json()["job_id"]
@@ -318,12 +327,9 @@ def test_migrate_job_runs_to_completion(tmp_path: Path, make_api: Callable[..., 
 
 
 def test_migrate_needs_hybrid_mode(api: Api, tmp_path: Path) -> None:
-    url = kms_table(api.env, tmp_path / "app.db")
+    kms_table(api.env, tmp_path / "app.db")
     refused = api.call(
-        "POST",
-        "/admin/crypto/reencrypt",
-        "admin",
-        json={"database": url, "table": "t", "column": "v"},
+        "POST", "/admin/crypto/reencrypt", "admin", json={"table": "t", "column": "v"}
     )
     assert refused.status_code == 409
     assert refused.json()["error_type"] == "configuration"
@@ -333,13 +339,12 @@ def test_migrate_needs_hybrid_mode(api: Api, tmp_path: Path) -> None:
 def test_rewrap_job_after_rotation_with_pauses_and_conflicts(
     tmp_path: Path, make_api: Callable[..., Api]
 ) -> None:
-    api = make_api(local_env(tmp_path))
+    api = make_api(local_env(tmp_path, HMD_DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}"))
     url = kms_table(api.env, tmp_path / "app.db")
     before = {i: parse(v or "") for i, v in stored(url).items()}
     rotated = api.call("POST", "/admin/crypto/rotate", "admin", json={"reason": "CHG-1"})
     assert rotated.json()["new_version"] == 2
     body = {
-        "database": url,
         "table": "t",
         "column": "v",
         "mode": "rewrap",
@@ -361,7 +366,7 @@ def test_rewrap_job_after_rotation_with_pauses_and_conflicts(
         assert isinstance(new, KmsV1Envelope) and isinstance(old, KmsV1Envelope)
         assert (new.key_version, new.ciphertext) == (2, old.ciphertext)
     assert api.call("GET", "/admin/crypto/reencrypt/status?job=nope", "admin").status_code == 404
-    keys = api.call("GET", f"/admin/crypto/keys?database={url}&table=t&column=v", "audit").json()
+    keys = api.call("GET", "/admin/crypto/keys?table=t&column=v", "audit").json()
     assert keys["values_by_target"] == {"t.v": {"2": ROWS}}
     rotations = [e for e in api.audit() if e["event_type"] == "key.rotate"]
     assert rotations[-1]["reason"] == "CHG-1" and rotations[-1]["actor"].startswith("token:admin")
@@ -370,21 +375,17 @@ def test_rewrap_job_after_rotation_with_pauses_and_conflicts(
 def test_job_requests_are_checked_before_acceptance(
     tmp_path: Path, make_api: Callable[..., Api]
 ) -> None:
-    api = make_api(local_env(tmp_path))
-    password = "S3cretPW" + secrets.token_hex(4)
+    unconfigured = make_api(local_env(tmp_path))  # no HMD_DATABASE_URL, no targets file
+    body = {"table": "t", "column": "v", "mode": "rewrap"}
+    no_database = unconfigured.call("POST", "/admin/crypto/reencrypt", "admin", json=body)
+    assert no_database.status_code == 409
+    assert "HMD_DATABASE_URL" in no_database.json()["detail"]
+    api = make_api(local_env(tmp_path, HMD_DATABASE_URL=f"sqlite:///{tmp_path / 'none.db'}"))
 
-    def start(**body: Any) -> httpx.Response:
-        return api.call(
-            "POST",
-            "/admin/crypto/reencrypt",
-            "admin",
-            json={"table": "t", "column": "v", "mode": "rewrap", **body},
-        )
+    def start(**fields: Any) -> httpx.Response:
+        return api.call("POST", "/admin/crypto/reencrypt", "admin", json={**body, **fields})
 
-    no_database = start()  # no HMD_DATABASE_URL either
-    assert no_database.status_code == 422
-    assert no_database.json()["detail"][0]["loc"] == ["body", "database"]
-    bad_type = start(database=f"postgresql://u:{password}@127.0.0.1:1/db", batch_size="5")
+    bad_type = start(batch_size="5")
     assert bad_type.status_code == 422
     assert bad_type.json()["detail"] == [
         {
@@ -393,15 +394,142 @@ def test_job_requests_are_checked_before_acceptance(
             "type": "int_type",
         }
     ]
-    unreachable = start(database=f"postgresql://u:{password}@127.0.0.1:1/db")
-    assert unreachable.status_code == 422
-    assert unreachable.json()["error_type"] == "store"
-    for response in (bad_type, unreachable, start(database=f"mysql://u:{password}@h/db")):
-        assert password not in response.text
-    assert start(database="sqlite:///nowhere.db").status_code == 422
-    assert start(database="sqlite:///x.db", table="t; DROP TABLE t").status_code == 422
-    assert start(database="sqlite:///x.db", unknown=1).status_code == 422
+    missing_table = start()  # the service's database has no table t
+    assert missing_table.status_code == 422 and missing_table.json()["error_type"] == "store"
+    assert start(table="t; DROP TABLE t").status_code == 422
+    assert start(unknown=1).status_code == 422
     assert api.call("GET", "/admin/crypto/reencrypt/status", "admin").json()["state"] == "idle"
+
+
+class Listener:
+    """A TCP port on loopback that counts the connections made to it (and drops them)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    server = Listener()
+    yield server
+    server.close()
+
+
+class TestRequestsNeverNameADatabase:
+    """Issue 15 item 2 (SPEC §7): the service works only on its own database and targets."""
+
+    @pytest.fixture
+    def served(self, tmp_path: Path, make_api: Callable[..., Api]) -> Api:
+        api = make_api(local_env(tmp_path, HMD_DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}"))
+        kms_table(api.env, tmp_path / "app.db", rows=3)
+        return api
+
+    def test_a_database_in_a_job_body_is_refused_and_nothing_is_opened(
+        self, served: Api, listener: Listener, tmp_path: Path
+    ) -> None:
+        for database in (
+            f"postgresql://u@127.0.0.1:{listener.port}/db",
+            f"postgresql://u@h/db?hostaddr=127.0.0.1&port={listener.port}",
+            f"postgresql://u@127.0.0.1:{listener.port}/db?sslkeylogfile={served.audit_path}",
+            f"sqlite:///{tmp_path / 'elsewhere.db'}",
+        ):
+            body = {"database": database, "table": "t", "column": "v", "mode": "rewrap"}
+            refused = served.call("POST", "/admin/crypto/reencrypt", "admin", json=body)
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["detail"][0]["loc"] == ["body", "database"]
+            assert database not in refused.text
+        assert listener.accepted == 0
+        assert not (tmp_path / "elsewhere.db").exists()
+        assert served.call("GET", "/admin/crypto/reencrypt/status", "admin").json()["state"] == (
+            "idle"
+        )
+
+    @pytest.mark.parametrize("role", ["audit", "admin"])
+    def test_a_database_in_the_key_report_query_is_refused_and_nothing_is_opened(
+        self, served: Api, listener: Listener, role: str
+    ) -> None:
+        database = f"postgresql://u@h/db?hostaddr=127.0.0.1&port={listener.port}"
+        refused = served.call(
+            "GET",
+            "/admin/crypto/keys",
+            role,
+            params={"database": database, "table": "t", "column": "v"},
+        )
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"] == [
+            {"loc": ["query", "database"], "msg": "unknown parameter", "type": "extra_forbidden"}
+        ]
+        assert listener.accepted == 0
+        counted = served.call("GET", "/admin/crypto/keys?table=t&column=v", role)
+        assert counted.status_code == 200 and counted.json()["values_by_target"] == {
+            "t.v": {"1": 3}
+        }
+
+    @pytest.mark.parametrize(
+        ("method", "path", "role"),
+        [
+            ("GET", "/admin/crypto/reencrypt/status", "audit"),
+            ("POST", "/admin/crypto/rotate", "admin"),
+            ("POST", "/crypto/encrypt", "app"),
+        ],
+    )
+    def test_any_unknown_query_parameter_is_refused_after_the_token_check(
+        self, served: Api, method: str, path: str, role: str
+    ) -> None:
+        body = {"json": {"plaintext": "x"}} if path == "/crypto/encrypt" else {}
+        query = {"params": {"sslkeylogfile": "/tmp/x"}}
+        assert served.call(method, path, None, **query, **body).status_code == 401
+        refused = served.call(method, path, role, **query, **body)
+        assert refused.status_code == 422
+        assert refused.json()["detail"][0]["loc"] == ["query", "sslkeylogfile"]
+
+    def test_a_targets_file_names_the_database_and_the_only_allowed_columns(
+        self, tmp_path: Path, make_api: Callable[..., Api]
+    ) -> None:
+        db = tmp_path / "served.db"
+        kms_table(local_env(tmp_path), db, rows=4)
+        with sqlite3.connect(db) as connection:
+            connection.execute("CREATE TABLE other (id INTEGER PRIMARY KEY, v TEXT)")
+        targets = tmp_path / "targets.toml"
+        targets.write_text(f'database = "sqlite:///{db}"\n[[targets]]\ntable = "t"\ncolumn = "v"\n')
+        api = make_api(local_env(tmp_path), targets=ServerTargets.load(None, targets))
+        counted = api.call("GET", "/admin/crypto/keys?table=t&column=v", "audit")
+        assert counted.json()["values_by_target"] == {"t.v": {"1": 4}}
+        job = api.call(
+            "POST",
+            "/admin/crypto/reencrypt",
+            "admin",
+            json={"table": "t", "column": "v", "mode": "rewrap"},
+        )
+        assert job.status_code == 202
+        for call in (
+            api.call("GET", "/admin/crypto/keys?table=other&column=v", "audit"),
+            api.call(
+                "POST", "/admin/crypto/reencrypt", "admin", json={"table": "other", "column": "v"}
+            ),
+        ):
+            assert call.status_code == 422
+            assert "targets file" in call.json()["detail"][0]["msg"]
 
 
 # -- rotation scheduler ------------------------------------------------------------------------
@@ -473,18 +601,18 @@ EXPECTED_METRICS = {
 def test_metrics_are_exactly_those_of_the_spec(
     tmp_path: Path, make_api: Callable[..., Api]
 ) -> None:
-    api = make_api(local_env(tmp_path))
+    api = make_api(local_env(tmp_path, HMD_DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}"))
     other = make_api(local_env(tmp_path))  # a second app in the same process has its own registry
     sealed = api.call("POST", "/crypto/encrypt", "app", json={"plaintext": "p"}).json()
     api.call("POST", "/crypto/decrypt", "app", json={"envelope": sealed, "reason": "m"})
     sealed["context"] = {"field": "moved"}  # authenticated data changed: an integrity failure
     api.call("POST", "/crypto/decrypt", "app", json={"envelope": sealed, "reason": "m"})
-    url = kms_table(api.env, tmp_path / "app.db", rows=3)
+    kms_table(api.env, tmp_path / "app.db", rows=3)
     job = api.call(
         "POST",
         "/admin/crypto/reencrypt",
         "admin",
-        json={"database": url, "table": "t", "column": "v", "mode": "full"},
+        json={"table": "t", "column": "v", "mode": "full"},
     )
     api.wait_for_job(job.json()["job_id"])
     response = api.call("GET", "/metrics")
@@ -546,7 +674,7 @@ IDENT = st.from_regex(r"\A[A-Za-z_][A-Za-z0-9_]{0,8}\Z") | st.text(max_size=8)
 TEXT = st.text(max_size=40)
 # Plausible values per field (and anything at all), so that bodies reach past validation.
 FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
-    # sqlite paths that do not exist, never a server: the service must not connect anywhere.
+    # Not a field any more: always refused as unknown, whatever it holds.
     "database": st.sampled_from(["sqlite:///nowhere.db", "sqlite:///", "mysql://u:p@h/d"]),
     "table": IDENT,
     "column": IDENT,
@@ -607,8 +735,6 @@ def bodies(draw: st.DrawFn) -> tuple[str, bytes]:
                 optional={name: FIELD_VALUES[name] for name in FIELDS[path] if name not in need},
             )
         )
-    if path == "/admin/crypto/reencrypt" and "postgres" in json.dumps(body.get("database")):
-        body.pop("database")  # a generated URL must never make the service connect anywhere
     return path, json.dumps(body).encode()
 
 

@@ -11,7 +11,9 @@ Role map (``auth.Role``)::
     GET  /healthz, /metrics, /openapi.json   no token
 
 ``admin`` manages keys and data but cannot read a value: separation of duties. Every route
-that needs a token checks it before it reads the body.
+that needs a token checks it before it reads the body, then refuses undeclared query
+parameters. Jobs and value counts work only on the service's own database and targets
+(:mod:`heimdall_kms.admin.targets`): a request never names a database URL.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from heimdall_kms.admin.state import (
     Reader,
     state_of,
 )
+from heimdall_kms.admin.targets import ServerTargets
 from heimdall_kms.audit import AuditSink, open_sink
 from heimdall_kms.config import EncryptionMode, Settings
 from heimdall_kms.errors import ConfigurationError
@@ -57,7 +60,7 @@ from heimdall_kms.jobs.rotation import key_report, rotate
 from heimdall_kms.key_metrics import DEFAULT_REFRESH_SECONDS
 from heimdall_kms.metrics import Metrics
 from heimdall_kms.providers import KeyManagementService, load_provider
-from heimdall_kms.store import FieldStore, Target, open_store
+from heimdall_kms.store import FieldStore, open_store
 
 __all__ = ["create_app"]
 
@@ -79,24 +82,8 @@ def start_job(
     body: Annotated[ReencryptRequest, Depends(json_body(ReencryptRequest))],
 ) -> JobAccepted:
     state = state_of(request)
-    database = body.database or state.settings.database_url
-    if database is None:
-        raise RequestValidationError(
-            [
-                {
-                    "loc": ("body", "database"),
-                    "msg": "required (or HMD_DATABASE_URL)",
-                    "type": "missing",
-                }
-            ]
-        )
-    spec = JobSpec(
-        database,
-        Target(body.table, body.column, body.id_column),
-        body.mode,
-        body.batch_size,
-        body.interval_seconds,
-    )
+    database, target = state.targets.resolve("body", body.table, body.column, body.id_column)
+    spec = JobSpec(database, target, body.mode, body.batch_size, body.interval_seconds)
     return JobAccepted(job_id=state.jobs.start(spec, principal.actor).job_id)
 
 
@@ -158,14 +145,11 @@ def keys(
     table: Annotated[str | None, Query(pattern=IDENTIFIER)] = None,
     column: Annotated[str | None, Query(pattern=IDENTIFIER)] = None,
     id_column: Annotated[str, Query(pattern=IDENTIFIER)] = "id",
-    database: Annotated[
-        str | None, Query(max_length=4096, description="Default HMD_DATABASE_URL.")
-    ] = None,
 ) -> dict[str, Any]:
     state = state_of(request)
     stores: list[FieldStore] = []
     if table or column:
-        stores.append(_open_for_reading(state, database, table, column, id_column))
+        stores.append(_open_for_reading(state, table, column, id_column))
     try:
         return key_report(state.kms, cadence=state.cadence, stores=stores)
     finally:
@@ -174,30 +158,22 @@ def keys(
 
 
 def _open_for_reading(
-    state: AdminState, database: str | None, table: str | None, column: str | None, id_column: str
+    state: AdminState, table: str | None, column: str | None, id_column: str
 ) -> FieldStore:
-    url = database or state.settings.database_url
     problems = [
         {"loc": ("query", name), "msg": msg, "type": "value_error"}
         for name, msg, bad in (
             ("table", "required with column", not table),
             ("column", "required with table", not column),
-            ("database", "required (or HMD_DATABASE_URL)", url is None),
-            (
-                "database",
-                "expected sqlite:///PATH or postgresql://USER@HOST/DB",
-                url is not None
-                and not url.startswith(("sqlite:///", "postgresql://", "postgres://")),
-            ),
         )
         if bad
     ]
     if problems:
         raise RequestValidationError(problems)
-    assert url is not None
     assert table is not None
     assert column is not None
-    store = open_store(url, Target(table, column, id_column))
+    url, target = state.targets.resolve("query", table, column, id_column)
+    store = open_store(url, target)
     try:
         store.check(writable=False)
     except BaseException:
@@ -213,11 +189,13 @@ def create_app(
     audit: AuditSink | None = None,
     registry: CollectorRegistry | None = None,
     provider_factory: Callable[[], KeyManagementService] | None = None,
+    targets: ServerTargets | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     key_metrics_seconds: float = DEFAULT_REFRESH_SECONDS,
 ) -> FastAPI:
     """Build the admin API. The provider (and, unless given, the audit sink) is opened now
     and closed when the app shuts down; background jobs are stopped between two batches.
+    Requests work only on ``targets`` (default: any column of ``HMD_DATABASE_URL``).
 
     Raises:
         ConfigurationError: legacy mode (no KMS), or the provider cannot be built.
@@ -257,6 +235,7 @@ def create_app(
         HealthCheck(kms),
         scheduler,
         observed.key_metrics,
+        targets or ServerTargets(settings.database_url),
     )
 
     @asynccontextmanager

@@ -1,9 +1,9 @@
 """Request and response bodies of the admin API, and the one place request JSON is parsed.
 
-Bodies are strict (no type coercion) and closed (unknown keys are refused). Validation
-errors name the field and the rule, never the value: a database URL can carry a password and
-a plaintext is PII. Bodies are parsed by :func:`json_body`, a dependency that runs *after* the
-bearer-token check, so an unauthenticated request is answered 401 whatever its body holds.
+Bodies are strict (no type coercion) and closed (unknown keys are refused: a ``database``
+field, for one). Validation errors name the field and the rule, never the value: a plaintext
+is PII. Bodies are parsed by :func:`json_body`, a dependency that runs *after* the bearer-token
+check, so an unauthenticated request is answered 401 whatever its body holds.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
-    field_validator,
 )
 
 __all__ = [
@@ -47,14 +46,10 @@ class _Body(BaseModel):
 
 
 class ReencryptRequest(_Body):
-    """Start a background job over one column (``heimdall-kms migrate`` / ``reencrypt``)."""
+    """Start a background job over one column (``heimdall-kms migrate`` / ``reencrypt``) of
+    the service's own database. There is no database field: a request never names a URL or a
+    connection parameter (it is refused as an unknown field)."""
 
-    database: str | None = Field(
-        None,
-        max_length=4096,
-        description="sqlite:///PATH or postgresql://...; default HMD_DATABASE_URL. "
-        "Never echoed back (it may carry a password).",
-    )
     table: Identifier
     id_column: Identifier = "id"
     column: Identifier
@@ -72,15 +67,6 @@ class ReencryptRequest(_Body):
         description="Pause between two batches, in seconds, to leave KMS and database "
         "capacity to live traffic; 0 runs the batches back to back.",
     )
-
-    @field_validator("database")
-    @classmethod
-    def _database_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(
-            ("sqlite:///", "postgresql://", "postgres://")
-        ):
-            raise ValueError("expected sqlite:///PATH or postgresql://USER@HOST/DB")
-        return value
 
 
 class RotateRequest(_Body):

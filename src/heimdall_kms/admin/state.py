@@ -16,6 +16,7 @@ from heimdall_kms.admin._http import MAX_BODY_BYTES
 from heimdall_kms.admin.auth import Guard, Principal, Role, source_ip
 from heimdall_kms.admin.jobs import JobRunner, SharedSink
 from heimdall_kms.admin.scheduler import RotationScheduler
+from heimdall_kms.admin.targets import ServerTargets, refuse_unknown_query
 from heimdall_kms.audit import AuditSink
 from heimdall_kms.config import Settings
 from heimdall_kms.errors import HeimdallKMSError
@@ -90,6 +91,7 @@ class AdminState:
     health: HealthCheck
     scheduler: RotationScheduler | None
     key_metrics: KeyMetricsRefresher
+    targets: ServerTargets  # the only database and columns requests may name
 
     @property
     def cadence(self) -> timedelta:
@@ -117,7 +119,9 @@ def require(*roles: Role) -> Callable[..., Principal]:
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     ) -> Principal:
-        return state_of(request).guard.check(request, credentials, allowed)
+        principal = state_of(request).guard.check(request, credentials, allowed)
+        refuse_unknown_query(request)  # after the token check: a stranger gets 401 first
+        return principal
 
     return dependency
 

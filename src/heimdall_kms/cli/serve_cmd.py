@@ -115,6 +115,14 @@ def build_server(
     help="'ROLE SHA256HEX' lines (default: HMD_ADMIN_TOKENS_FILE).",
 )
 @click.option(
+    "--targets",
+    "targets_file",
+    envvar="HMD_ADMIN_TARGETS_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML targets file: the only columns jobs and counts may work on, and the database "
+    "(default: any column of HMD_DATABASE_URL). Requests never name a database.",
+)
+@click.option(
     "--forwarded-allow-ips",
     metavar="IPS",
     help="Trust X-Forwarded-For from these proxy addresses (comma-separated), so the "
@@ -128,6 +136,7 @@ def serve(
     tls_key: Path | None,
     insecure_http: bool,
     tokens_file: Path | None,
+    targets_file: Path | None,
     forwarded_allow_ips: str | None,
 ) -> None:
     """Run the admin HTTP API: re-encryption jobs, rotation, key report, encrypt/decrypt,
@@ -151,6 +160,7 @@ def serve(
         import uvicorn  # noqa: F401, PLC0415 - fail early, before the KMS is contacted.
 
         from heimdall_kms.admin import create_app, load_tokens  # noqa: PLC0415
+        from heimdall_kms.admin.targets import ServerTargets  # noqa: PLC0415
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] in ("fastapi", "starlette", "uvicorn"):
             raise ConfigurationError("serve needs: pip install 'heimdall-kms[server]'") from None
@@ -158,7 +168,10 @@ def serve(
     tokens = load_tokens(tokens_file)
     settings = Settings.from_env(os.environ)
     telemetry = TelemetrySettings.from_env(os.environ)
-    app = create_app(settings, tokens, key_metrics_seconds=telemetry.key_metrics_seconds)
+    targets = ServerTargets.load(settings.database_url, targets_file)
+    app = create_app(
+        settings, tokens, targets=targets, key_metrics_seconds=telemetry.key_metrics_seconds
+    )
     server = build_server(
         app,
         host=host,
