@@ -99,10 +99,8 @@ class TestDemoReadsWell:
     def test_the_rewrap_progress_is_not_called_migrate(
         self, run: subprocess.CompletedProcess[str]
     ) -> None:
-        progress = run.stderr.splitlines()
-        assert any(line.startswith("   migrate customers.ssn: 1,979/1,979") for line in progress)
-        rewrap = [line for line in progress if "1,980/1,980" in line]
-        assert rewrap and all("reencrypt --mode rewrap" in line for line in rewrap), progress
+        labels = {line.split(" customers.ssn:")[0].strip() for line in run.stderr.splitlines()}
+        assert labels == {"migrate", "reencrypt --mode rewrap"}, run.stderr
 
     def test_left_alone_is_explained(self, run: subprocess.CompletedProcess[str]) -> None:
         line = next(line for line in run.stdout.splitlines() if line.startswith("1. "))

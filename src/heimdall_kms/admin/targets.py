@@ -59,8 +59,13 @@ class ServerTargets:
             target = Target(table, column, id_column)
         except StoreError as exc:
             raise _invalid(where, "table", str(exc)) from None
-        if self.allowed is not None and target not in self.allowed:
-            raise _invalid(where, "table", "not a target listed in the server's targets file")
+        if self.allowed is not None:
+            # The file's entry, with what only the file says (its json_path).
+            named = (target.table, target.column, target.id_column)
+            listed = [t for t in self.allowed if (t.table, t.column, t.id_column) == named]
+            if not listed:
+                raise _invalid(where, "table", "not a target listed in the server's targets file")
+            target = listed[0]
         if self.database is None:
             raise ConfigurationError(
                 "HMD_DATABASE_URL: the service has no database (set it, or give serve a "
