@@ -8,13 +8,18 @@ from heimdall_kms.errors import InvalidInputError, MalformedEnvelopeError
 __all__ = [
     "LEGACY_LABEL",
     "MAX_PLAINTEXT_BYTES",
+    "MAX_STORED_PLAINTEXT_BYTES",
     "checked_label",
     "metric_labels",
     "plaintext_bytes",
     "utf8_text",
 ]
 
+# New values handed to encrypt (API, CLI, protect).
 MAX_PLAINTEXT_BYTES = 1024 * 1024
+# Stored values a job re-encrypts (migrate, reencrypt): the largest plaintext whose kms_v1
+# envelope (base64 is 4/3 of it, plus the wrapped DEK and context) still fits the envelope bound.
+MAX_STORED_PLAINTEXT_BYTES = 46 * 1024 * 1024
 LEGACY_LABEL = "legacy"
 _MAX_LABEL_CHARS = 512
 
@@ -29,15 +34,15 @@ def metric_labels(envelope: Envelope) -> tuple[str, str]:
     return LEGACY_LABEL, "unknown"
 
 
-def plaintext_bytes(text: object) -> bytes:
+def plaintext_bytes(text: object, limit: int = MAX_PLAINTEXT_BYTES) -> bytes:
     if not isinstance(text, str):
         raise InvalidInputError("plaintext must be text (str)")
     try:
         data = text.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidInputError("plaintext is not encodable as UTF-8") from None
-    if len(data) > MAX_PLAINTEXT_BYTES:
-        raise InvalidInputError(f"plaintext is larger than {MAX_PLAINTEXT_BYTES} bytes")
+    if len(data) > limit:
+        raise InvalidInputError(f"plaintext is larger than {limit} bytes")
     return data
 
 

@@ -101,11 +101,19 @@ class Crypto:
         return self.encrypt_many([(plaintext, context or {})], actor=actor)[0]
 
     def encrypt_many(
-        self, items: Iterable[tuple[str, Mapping[str, str]]], *, actor: str | None = None
+        self,
+        items: Iterable[tuple[str, Mapping[str, str]]],
+        *,
+        actor: str | None = None,
+        limit: int = MAX_PLAINTEXT_BYTES,
     ) -> list[Envelope]:
-        """Seal many values with one batched KMS call; see :meth:`encrypt`."""
+        """Seal many values with one batched KMS call; see :meth:`encrypt`.
+
+        ``limit`` bounds each plaintext; jobs re-encrypting stored values pass
+        ``MAX_STORED_PLAINTEXT_BYTES`` (whatever the engine stored must stay migratable).
+        """
         who = checked_label("actor", actor or self._default_actor)
-        values = [(plaintext_bytes(text), check_context(ctx)) for text, ctx in items]
+        values = [(plaintext_bytes(text, limit), check_context(ctx)) for text, ctx in items]
         request_id = str(uuid.uuid4())
         contexts = [ctx for _, ctx in values]
         provider = self._write_label

@@ -7,6 +7,7 @@ as jsonb strings, plaintext before the cut-over gate: on SQLite and PostgreSQL (
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -319,3 +320,49 @@ class TestLenientLegacy:
                 assert isinstance(envelope, KmsV1Envelope)
                 assert crypto.decrypt(envelope, actor="t", reason="verify") == f"v{row_id}"
         assert gate(table, capsys) == (0, "")
+
+
+class TestSize:
+    """Whatever the engine wrote is migrated; what cannot be handled fails its row only."""
+
+    def test_a_large_value_in_the_middle_of_a_table(
+        self, table: UserTable, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        big = "x" * 1_200_000 + "-end"
+        texts = {i: big if i == 10 else f"v{i}" for i in range(1, 21)}
+        table.insert([(i, legacy_envelope(MASTER_HEX, t)) for i, t in texts.items()])
+        assert census(table, capsys)["encryption_version"]["legacy"] == 20
+        code, out, err = run(["migrate", *target(table), "--batch-size", "4", "--json"], capsys)
+        assert code == 0, err
+        assert json.loads(out)["completed"] == 20
+        with heimdall_kms.from_env(env, audit=MemoryAuditSink()) as crypto:
+            value = table.values()[10] or ""
+            assert crypto.decrypt(value, actor="t", reason="verify") == big
+        code, _, err = run(["rotate"], capsys)
+        assert code == 0, err
+        code, out, err = run(["reencrypt", *target(table), "--mode", "full", "--json"], capsys)
+        assert code == 0, err
+        assert json.loads(out)["completed"] == 20
+        assert gate(table, capsys) == (0, "")
+
+    def test_a_row_that_cannot_be_sealed_fails_by_id_and_the_run_goes_on(
+        self, tmp_path: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        # A record id longer than a context value may be: that row fails, the others migrate.
+        path = tmp_path / "keys.db"
+        long_id = "k" * 2000
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE t (id TEXT PRIMARY KEY, ssn TEXT)")
+            db.executemany(
+                "INSERT INTO t VALUES (?, ?)",
+                [(k, legacy_envelope(MASTER_HEX, k[:5])) for k in ("a", long_id, "z")],
+            )
+        args = ["--database", f"sqlite:///{path}", "--table", "t", "--column", "ssn"]
+        code, out, _ = run(["migrate", *args, "--json"], capsys)
+        assert code == 3
+        summary = json.loads(out)
+        assert summary["completed"] == 2
+        assert summary["stopped_by"] is None
+        assert [(f["id"], f["error_type"]) for f in summary["failures"]] == [
+            (long_id, "invalid_input")
+        ]

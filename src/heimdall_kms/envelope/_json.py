@@ -11,8 +11,10 @@ from typing import Any
 from heimdall_kms.errors import MalformedEnvelopeError
 
 # An envelope holds one field value. Bounding the text before it is decoded keeps a hostile
-# 100 MB "envelope" from costing 100 MB of JSON parsing (tink bounds its encrypted DEK alike).
-MAX_ENVELOPE_CHARS = 2 * 1024 * 1024
+# 1 GB "envelope" from costing 1 GB of JSON parsing (tink bounds its encrypted DEK alike). The
+# bound is generous because the existing engine wrote values of any size and every one of them
+# must stay readable and migratable (SPEC §4.1); a larger value fails its own row, never a run.
+MAX_ENVELOPE_CHARS = 64 * 1024 * 1024
 MAX_ENCRYPTED_DEK_CHARS = 8192
 MAX_CONTEXT_ENTRIES = 32
 MAX_CONTEXT_KEY_CHARS = 128

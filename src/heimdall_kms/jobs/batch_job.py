@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from heimdall_kms.audit import AuditEvent, EventType, Result, audited
-from heimdall_kms.errors import HeimdallKMSError
+from heimdall_kms.envelope import check_context
+from heimdall_kms.errors import HeimdallKMSError, InvalidInputError
+from heimdall_kms.inputs import MAX_STORED_PLAINTEXT_BYTES, plaintext_bytes
 from heimdall_kms.jobs.metered import MeteredProvider
 from heimdall_kms.jobs.report import JobReport, ProgressCallback, RowFailure, TargetReport
 from heimdall_kms.service import Crypto
@@ -120,6 +122,23 @@ class BatchJob(ABC):
         else:
             failure = RowFailure(target.target, row.key, "malformed_envelope", error)
         self.report.fail(failure)
+
+    def sealable(
+        self, target: TargetReport, row: Row, text: str, context: dict[str, str]
+    ) -> bool:
+        """Whether a stored value can be sealed again; one that cannot fails its own row.
+
+        Checked per value before the batched call, so that one oversized value or one
+        unusable record id never fails (or stops) the rest of the batch.
+        """
+        try:
+            if len(text) > MAX_STORED_PLAINTEXT_BYTES // 4:  # UTF-8 is at most 4 bytes a char
+                plaintext_bytes(text, MAX_STORED_PLAINTEXT_BYTES)
+            check_context(context)
+        except InvalidInputError as exc:
+            self.fail(target, row, exc)
+            return False
+        return True
 
     def _target(self, store: FieldStore) -> None:
         candidates = store.count(self.match)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from heimdall_kms.config import EncryptionMode, Settings, WriteFormat
 from heimdall_kms.envelope import Envelope
 from heimdall_kms.errors import ConfigurationError, HeimdallKMSError
+from heimdall_kms.inputs import MAX_STORED_PLAINTEXT_BYTES
 from heimdall_kms.jobs.batch_job import BatchJob, JobOptions, new_run_id
 from heimdall_kms.jobs.classify import Slot, ValueKind
 from heimdall_kms.jobs.reading import reader_for
@@ -72,7 +73,7 @@ class MigrationJob(BatchJob):
                 legacy.append((row, found.slot))
                 envelopes.append(found.envelope)  # parsed once, opened as is
             elif found.kind is ValueKind.UNPARSEABLE:
-                self.fail(target, row, "damaged envelope")
+                self.fail(target, row, found.error or "damaged envelope")
             else:
                 target.skipped += 1
         if not legacy:
@@ -84,7 +85,7 @@ class MigrationJob(BatchJob):
         for (row, slot), outcome in zip(legacy, outcomes, strict=True):
             if isinstance(outcome, HeimdallKMSError):
                 self.fail(target, row, outcome)
-            else:
+            elif self.sealable(target, row, outcome, store.target.context(row.key)):
                 readable.append((row, slot, outcome))
         if self.options.dry_run:
             # A dry run proves each value decrypts with the env key, and makes no KMS call.
@@ -94,6 +95,7 @@ class MigrationJob(BatchJob):
         sealed = self.crypto.encrypt_many(
             [(text, store.target.context(row.key)) for row, _, text in readable],
             actor=self.options.actor,
+            limit=MAX_STORED_PLAINTEXT_BYTES,
         )
         return [
             Swap(row, slot.put(env.to_json()))

@@ -19,6 +19,7 @@ from enum import StrEnum
 
 from heimdall_kms.envelope import KmsV1Envelope
 from heimdall_kms.errors import HeimdallKMSError, ModeViolationError
+from heimdall_kms.inputs import MAX_STORED_PLAINTEXT_BYTES
 from heimdall_kms.jobs.batch_job import BatchJob, JobOptions
 from heimdall_kms.jobs.classify import Slot, ValueKind
 from heimdall_kms.jobs.reading import reader_for
@@ -88,7 +89,7 @@ class ReencryptJob(BatchJob):
                 stale.append((row, envelope))
                 slots[row.key] = found.slot
             elif found.kind is ValueKind.UNPARSEABLE:
-                self.fail(target, row, "damaged envelope")
+                self.fail(target, row, found.error or "damaged envelope")
             else:
                 target.skipped += 1
         if not stale or self.options.dry_run:
@@ -119,12 +120,14 @@ class ReencryptJob(BatchJob):
         for (row, envelope), outcome in zip(stale, outcomes, strict=True):
             if isinstance(outcome, HeimdallKMSError):
                 self.fail(target, row, outcome)
-            else:
+            elif self.sealable(target, row, outcome, dict(envelope.context)):
                 readable.append((row, envelope, outcome))
         if not readable:
             return []
         # The value keeps the context it was sealed with, so moving it stays detectable.
         sealed = self.crypto.encrypt_many(
-            [(text, envelope.context) for _, envelope, text in readable], actor=self.options.actor
+            [(text, envelope.context) for _, envelope, text in readable],
+            actor=self.options.actor,
+            limit=MAX_STORED_PLAINTEXT_BYTES,
         )
         return [Swap(row, env.to_json()) for (row, _, _), env in zip(readable, sealed, strict=True)]
