@@ -123,9 +123,7 @@ class BatchJob(ABC):
             failure = RowFailure(target.target, row.key, "malformed_envelope", error)
         self.report.fail(failure)
 
-    def sealable(
-        self, target: TargetReport, row: Row, text: str, context: dict[str, str]
-    ) -> bool:
+    def sealable(self, target: TargetReport, row: Row, text: str, context: dict[str, str]) -> bool:
         """Whether a stored value can be sealed again; one that cannot fails its own row.
 
         Checked per value before the batched call, so that one oversized value or one
