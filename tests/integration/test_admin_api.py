@@ -30,12 +30,14 @@ import heimdall_kms
 from heimdall_kms.admin import create_app, load_tokens
 from heimdall_kms.admin.targets import ServerTargets
 from heimdall_kms.audit import MemoryAuditSink
+from heimdall_kms.audit.verify import verify
 from heimdall_kms.cli.serve_cmd import build_server, serve
 from heimdall_kms.config import Settings
 from heimdall_kms.envelope import KmsV1Envelope, parse
 from heimdall_kms.errors import ConfigurationError
 from tests.legacy_data import legacy_envelope
 from tests.servers import OpenBao, free_port
+from tests.unit.test_audit_line_bounds import LARGEST, OVERSIZED, append_from_another_process
 
 MASTER_HEX = "ab" * 32
 ROLES = ("admin", "app", "worker", "audit")
@@ -530,6 +532,42 @@ class TestRequestsNeverNameADatabase:
         ):
             assert call.status_code == 422
             assert "targets file" in call.json()["detail"][0]["msg"]
+
+
+class TestOversizedAuditLines:
+    """Issue 15 item 3: a request cannot make an audit line that wedges the log."""
+
+    def test_a_huge_context_is_refused_before_anything_runs_and_the_log_stays_writable(
+        self, tmp_path: Path, make_api: Callable[..., Api]
+    ) -> None:
+        api = make_api(local_env(tmp_path))
+        largest = {"plaintext": "123-45-6789", "context": LARGEST}
+        sealed = api.call("POST", "/crypto/encrypt", "app", json=largest)
+        assert sealed.status_code == 200
+        opened = api.call(
+            "POST",
+            "/crypto/decrypt",
+            "app",
+            json={"envelope": sealed.json(), "reason": "r", "context": LARGEST},
+        )
+        assert opened.status_code == 200
+        before = api.audit_path.read_bytes()
+        too_big = api.call(
+            "POST", "/crypto/encrypt", "app", json={"plaintext": "x", "context": OVERSIZED}
+        )
+        assert too_big.status_code == 422 and too_big.json()["error_type"] == "invalid_input"
+        assert api.audit_path.read_bytes() == before  # nothing done, nothing audited
+        forged = {**sealed.json(), "context": OVERSIZED}
+        refused = api.call(
+            "POST", "/crypto/decrypt", "app", json={"envelope": forged, "reason": "r"}
+        )
+        assert refused.status_code == 422
+        assert refused.json()["error_type"] == "malformed_envelope"
+        added = api.audit_path.read_bytes()[len(before) :].splitlines()
+        assert len(added) == 1 and len(added[0]) < 1024  # the refusal, without the context
+        appended = append_from_another_process({**api.env, "HMD_AUDIT_LOG": str(api.audit_path)})
+        assert appended.returncode == 0, appended.stderr
+        assert verify(api.audit_path).lines == len(api.audit())
 
 
 # -- rotation scheduler ------------------------------------------------------------------------

@@ -35,6 +35,9 @@ __all__ = [
 ]
 
 _TAIL_CHUNK = 65536
+# Far above any line this sink writes (contexts, reasons and actors are bounded before an
+# operation runs); only a file that is not an audit log has a last line this long.
+_MAX_LINE_BYTES = 64 * 1024 * 1024
 _HEAD_BYTES = 128  # the checkpoint record, padded: {"seq": N, "hash": "<64 hex>"} and spaces
 
 
@@ -108,14 +111,10 @@ class FileAuditSink:
             return self._end[1], self._end[2]
         if size == 0:
             return 0, GENESIS
-        start = max(0, size - _TAIL_CHUNK)
-        tail = os.pread(fd, size - start, start)
-        if not tail.endswith(b"\n"):
-            raise _ChainError("it ends with a partial line; run `heimdall-kms audit verify`")
-        lines = tail.rstrip(b"\n").rsplit(b"\n", 1)
+        last = _last_line(fd, size)
         try:
-            last = json.loads(lines[-1])
-            return int(last["seq"]), str(last["hash"])
+            event = json.loads(last)
+            return int(event["seq"]), str(event["hash"])
         except (ValueError, KeyError, TypeError):
             raise _ChainError("its last line is not a chained audit event") from None
 
@@ -156,6 +155,32 @@ class FileAuditSink:
             if self._head is not None:
                 os.close(self._head)
                 self._head = None
+
+
+def _last_line(fd: int, size: int) -> bytes:
+    """The file's last newline-terminated line, however long: read back chunk by chunk until
+    the newline before it (or the start of the file) is found.
+
+    Raises:
+        _ChainError: the file ends with a partial line, or its last line is over the bound.
+    """
+    if os.pread(fd, 1, size - 1) != b"\n":
+        raise _ChainError("it ends with a partial line; run `heimdall-kms audit verify`")
+    end = size - 1  # the last line is [start, end), its newline at end
+    pieces: list[bytes] = []
+    position = end
+    while position > 0:
+        if end - position > _MAX_LINE_BYTES:
+            raise _ChainError("its last line is longer than any audit event")
+        start = max(0, position - _TAIL_CHUNK)
+        chunk = os.pread(fd, position - start, start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            pieces.append(chunk[newline + 1 :])
+            break
+        pieces.append(chunk)
+        position = start
+    return b"".join(reversed(pieces))
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -19,6 +19,9 @@ MAX_ENCRYPTED_DEK_CHARS = 8192
 MAX_CONTEXT_ENTRIES = 32
 MAX_CONTEXT_KEY_CHARS = 128
 MAX_CONTEXT_VALUE_CHARS = 1024
+# The whole context as JSON (non-ASCII escaped: its largest form). It goes into the value's
+# audit line, which must stay well inside what the audit log's chain reader reads back.
+MAX_CONTEXT_JSON_CHARS = 16 * 1024
 
 
 def load_object(source: str | bytes | Mapping[str, Any]) -> dict[str, Any]:

@@ -73,7 +73,7 @@ def check_context(context: object, *, error: type[Exception] = InvalidInputError
             ):
                 break
         else:
-            return context.copy()
+            return _bounded(context.copy(), error)
     if not isinstance(context, Mapping):
         raise error("context must be a mapping of strings to strings")
     if len(context) > _json.MAX_CONTEXT_ENTRIES:
@@ -93,7 +93,18 @@ def check_context(context: object, *, error: type[Exception] = InvalidInputError
         if not (_utf8_encodable(key) and _utf8_encodable(value)):
             raise error(f"context entry {_json.short(key)} is not valid Unicode text")
         checked[key] = value
-    return checked
+    return _bounded(checked, error)
+
+
+def _bounded(context: dict[str, str], error: type[Exception]) -> dict[str, str]:
+    """``context``, unless its JSON is over the total bound. A character is at most 12 in
+    that JSON (an escaped surrogate pair), each entry adds 6 (quotes, colon, comma)."""
+    chars = sum(len(key) + len(value) for key, value in context.items())
+    if 12 * chars + 6 * len(context) + 2 <= _json.MAX_CONTEXT_JSON_CHARS:
+        return context
+    if len(context_json_ascii(context)) > _json.MAX_CONTEXT_JSON_CHARS:
+        raise error(f"context is larger than {_json.MAX_CONTEXT_JSON_CHARS} characters as JSON")
+    return context
 
 
 def _utf8_encodable(text: str) -> bool:
