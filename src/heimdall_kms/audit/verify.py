@@ -102,8 +102,13 @@ def _parse(raw: bytes, number: int) -> dict[str, Any]:
             f"line {number}: incomplete (the log was cut off mid-line)", line=number
         )
     try:
-        event = json.loads(raw)
-    except ValueError:
+        event = json.loads(raw, object_pairs_hook=_no_duplicates)
+    except _DuplicateKeyError as exc:
+        raise AuditTamperedError(
+            f"line {number}: the key {exc.key!r} appears twice (damaged or forged)", line=number
+        ) from None
+    except (ValueError, RecursionError):
+        # RecursionError: nesting deeper than the parser goes, which no event has.
         raise AuditTamperedError(
             f"line {number}: not a JSON object (damaged)", line=number
         ) from None
@@ -112,12 +117,41 @@ def _parse(raw: bytes, number: int) -> dict[str, Any]:
     return event
 
 
+class _DuplicateKeyError(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key[:64]
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a repeated key (``json`` would keep the last one silently,
+    while another reader may take the first: ``"actor":"mallory","actor":"cli"``)."""
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKeyError(key)
+            seen.add(key)
+    return document
+
+
 def _check_link(event: dict[str, Any], number: int, seq: int, prev: str) -> None:
     claimed = event.pop("hash")
     line_seq = event.get("seq")
     if not isinstance(line_seq, int) or isinstance(line_seq, bool):
         raise AuditTamperedError(f"line {number}: seq is not an integer", line=number)
-    if chain_hash(str(event.get("prev_hash")), event) != claimed:
+    try:
+        digest = chain_hash(str(event.get("prev_hash")), event)
+    except (UnicodeEncodeError, RecursionError, ValueError):
+        # A lone surrogate (or a non-ASCII prev_hash) cannot be encoded; nesting too deep to
+        # encode: no line the sink writes is either.
+        raise AuditTamperedError(
+            f"line {number}: holds text that is not valid Unicode, or nests too deeply "
+            f"(damaged or forged)",
+            line=number,
+        ) from None
+    if digest != claimed:
         raise AuditTamperedError(
             f"line {number}: content does not match its hash (edited)", line=number
         )

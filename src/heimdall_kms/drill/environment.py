@@ -19,7 +19,7 @@ from pathlib import Path
 from heimdall_kms.audit import FileAuditSink
 from heimdall_kms.config import EncryptionMode, ProviderName, Secret, Settings
 from heimdall_kms.crypto import new_dek
-from heimdall_kms.errors import ConfigurationError
+from heimdall_kms.errors import ConfigurationError, InvalidInputError
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.providers.local import LocalDevProvider, LocalKeyring
 from heimdall_kms.service import Crypto
@@ -66,13 +66,13 @@ def drill_environment(
     """Set up the drill's key, database and audit log; tear the key down afterwards.
 
     Raises:
+        InvalidInputError: ``workdir`` exists and is not an empty directory (nothing in it is
+            ever deleted or overwritten: it could hold someone's audit log).
         ConfigurationError: a provider other than vault or local is configured.
         KMSError: the drill key could not be created.
     """
-    workdir.mkdir(parents=True, exist_ok=True)
+    _empty_workdir(workdir)
     audit_log, database = workdir / "audit.log", workdir / "drill.db"
-    for path in (audit_log, database):
-        path.unlink(missing_ok=True)
     settings = _settings(workdir, environ, audit_log, with_legacy_key)
     kms, cleanup = _drill_key(settings, workdir)
     crypto = Crypto(settings, kms=kms, audit=FileAuditSink(audit_log), default_actor="drill")
@@ -84,6 +84,17 @@ def drill_environment(
         crypto.audit.close()
         cleanup()
         kms.close()
+
+
+def _empty_workdir(workdir: Path) -> None:
+    try:
+        if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
+            raise InvalidInputError(
+                f"drill work directory {workdir} is not empty: give a new or empty directory"
+            )
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInputError(f"drill work directory {workdir}: {exc.strerror}") from None
 
 
 def _settings(
