@@ -203,7 +203,7 @@ class Settings:
         if uses_kms and provider is ProviderName.LOCAL and local_keyring is None:
             raise ConfigurationError(
                 "HMD_LOCAL_KEYRING: the local provider needs its keyring file named on purpose "
-                "(a path; it is created with mode 0600 if absent). NOT FOR PRODUCTION."
+                "(create one with heimdall-kms local init). NOT FOR PRODUCTION."
             )
         audit_log = _audit_destination(env.get("HMD_AUDIT_LOG"))
         return cls(

@@ -116,6 +116,13 @@ class AuditTamperedError(HeimdallKMSError):
         self.line = line
 
 
+class ListenError(HeimdallKMSError):
+    """``serve`` could not listen on its address: the port is in use, or not allowed."""
+
+    error_type = "listen"
+    exit_code = 71
+
+
 class AuditWriteError(HeimdallKMSError):
     """The audit event of an operation could not be recorded, so the operation did not happen."""
 

@@ -35,6 +35,7 @@ from heimdall_kms.cli.serve_cmd import build_server, serve
 from heimdall_kms.config import Settings
 from heimdall_kms.envelope import KmsV1Envelope, parse
 from heimdall_kms.errors import ConfigurationError
+from heimdall_kms.providers.local import LocalKeyring
 from tests.legacy_data import legacy_envelope
 from tests.servers import OpenBao, free_port
 from tests.unit.test_audit_line_bounds import LARGEST, OVERSIZED, append_from_another_process
@@ -109,6 +110,7 @@ def make_api(tmp_path: Path) -> Iterator[Callable[..., Api]]:
 
 
 def local_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    LocalKeyring(tmp_path / "keyring.json").ensure_key("heimdall-pii")
     return {
         "HMD_ENCRYPTION_MODE": "kms",
         "HMD_KMS_PROVIDER": "local",

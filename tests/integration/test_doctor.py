@@ -16,6 +16,7 @@ import trustme
 
 from heimdall_kms.audit.verify import verify
 from heimdall_kms.doctor import DoctorReport, Status, run_doctor
+from heimdall_kms.providers.local import LocalKeyring
 from tests.servers import OpenBao, start_openbao
 from tests.servers_aws import MotoServer, start_moto
 
@@ -281,6 +282,7 @@ def test_database_checks_and_the_password_is_never_shown(tmp_path: Path) -> None
 
 
 def test_the_local_provider(tmp_path: Path) -> None:
+    LocalKeyring(tmp_path / "keyring.json").ensure_key("heimdall-pii")
     env = {
         "HMD_KMS_PROVIDER": "local",
         "HMD_LOCAL_KEYRING": str(tmp_path / "keyring.json"),

@@ -19,6 +19,7 @@ from heimdall_kms.audit.sink import FileAuditSink
 from heimdall_kms.config import Settings
 from heimdall_kms.envelope import KmsV1Envelope, parse
 from heimdall_kms.jobs.migrate import MigrationOptions, run_migration
+from heimdall_kms.providers.local import LocalKeyring
 from heimdall_kms.store import Target, open_store
 from tests.legacy_data import legacy_envelope
 
@@ -44,6 +45,7 @@ class Run:
 
 
 def settings_for(workdir: Path) -> Settings:
+    LocalKeyring(workdir / "keyring.json").ensure_key("heimdall-pii")
     return Settings.from_env(
         {
             "HMD_ENCRYPTION_MODE": "hybrid",

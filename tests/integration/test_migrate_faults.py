@@ -20,6 +20,7 @@ from heimdall_kms.envelope import parse
 from heimdall_kms.errors import KMSUnavailableError
 from heimdall_kms.jobs.migrate import MigrationOptions, run_migration
 from heimdall_kms.providers.base import KeyContext, WrappedKey
+from heimdall_kms.providers.local import LocalKeyring
 from heimdall_kms.providers.vault import VaultTransitProvider
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import Target, open_store
@@ -43,6 +44,7 @@ def cli(args: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 def local_env(tmp_path: Path) -> dict[str, str]:
+    LocalKeyring(tmp_path / "keyring.json").ensure_key("heimdall-pii")
     return {
         "HMD_ENCRYPTION_MODE": "hybrid",
         "HMD_KMS_PROVIDER": "local",

@@ -20,6 +20,7 @@ from heimdall_kms.jobs.metered import MeteredProvider
 from heimdall_kms.jobs.reencrypt import ReencryptMode, ReencryptOptions, run_reencrypt
 from heimdall_kms.jobs.rotation import is_due, rotate
 from heimdall_kms.providers import load_provider
+from heimdall_kms.providers.local import LocalKeyring
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import Target, open_store
 from tests.servers import start_openbao
@@ -35,6 +36,7 @@ def env(
     server = None
     if request.param == "local":
         values |= {"HMD_KMS_PROVIDER": "local", "HMD_LOCAL_KEYRING": str(tmp_path / "kr.json")}
+        LocalKeyring(tmp_path / "kr.json").ensure_key("heimdall-pii")
     else:
         server = start_openbao()
         values |= server.env(HMD_AUDIT_LOG=values["HMD_AUDIT_LOG"])

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from heimdall_kms.providers.local import LocalKeyring
+
 # Recognisable secrets: any of them showing up in a message, repr or audit event is a leak.
 MASTER_HEX = "ab" * 32
 OLD_LEGACY_HEX = "cd" * 32
@@ -48,7 +50,8 @@ def keyring_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def local_env(keyring_path: Path) -> dict[str, str]:
-    """kms mode on the local provider, keyring in tmp_path."""
+    """kms mode on the local provider, keyring (created, as `local init` does) in tmp_path."""
+    LocalKeyring(keyring_path).ensure_key(KEY_NAME)
     return {
         "HMD_ENCRYPTION_MODE": "kms",
         "HMD_KMS_PROVIDER": "local",

@@ -29,9 +29,11 @@ from heimdall_kms.errors import (
     ConfigurationError,
     IntegrityError,
     InvalidInputError,
+    KeyNotFoundError,
     MalformedEnvelopeError,
     ModeViolationError,
 )
+from heimdall_kms.providers.local import LocalKeyring
 from heimdall_kms.service import MAX_PLAINTEXT_BYTES
 from tests.legacy_data import legacy_envelope
 from tests.unit.conftest import MASTER_HEX, keyring_master_hexes
@@ -77,6 +79,7 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    LocalKeyring(tmp_path / "keyring.json").ensure_key("heimdall-pii")  # as `local init` does
     return env
 
 
@@ -446,22 +449,62 @@ def test_unwritable_audit_log_fails_closed(
     assert_failed(cli(*DECRYPT, stdin=b"{}"), AuditWriteError.exit_code)
 
 
-def test_keyring_is_created_0600(cli: Runner, cli_env: dict[str, str]) -> None:
-    _sealed(cli)
-    assert stat.S_IMODE(Path(cli_env["HMD_LOCAL_KEYRING"]).stat().st_mode) == 0o600
+class TestLocalInit:
+    """Only `local init` creates a keyring; every other command refuses a missing one."""
+
+    def test_creates_it_0600_in_a_new_directory(
+        self, cli: Runner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "new-dir" / "keyring.json"
+        monkeypatch.setenv("HMD_LOCAL_KEYRING", str(path))
+        run = cli("local", "init")
+        assert run.code == 0, run.err
+        assert str(path) in run.out and "heimdall-pii v1" in run.out
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert cli("encrypt", "--field", "f", stdin=b"x").code == 0
+
+    def test_is_idempotent(self, cli: Runner, cli_env: dict[str, str]) -> None:
+        path = Path(cli_env["HMD_LOCAL_KEYRING"])
+        before = path.read_bytes()
+        run = cli("local", "init")
+        assert run.code == 0 and "unchanged" in run.out
+        assert path.read_bytes() == before
+
+    def test_adds_the_configured_key(
+        self, cli: Runner, monkeypatch: pytest.MonkeyPatch, cli_env: dict[str, str]
+    ) -> None:
+        monkeypatch.setenv("HMD_KMS_KEY_ID", "second")
+        assert "added key" in cli("local", "init").out
+        assert set(json.loads(Path(cli_env["HMD_LOCAL_KEYRING"]).read_text())["keys"]) == {
+            "heimdall-pii",
+            "second",
+        }
+
+    @pytest.mark.parametrize("argv", [["encrypt", "--field", "f"], ["rotate"], ["keys"]])
+    def test_a_mistyped_keyring_is_refused_not_created(
+        self, cli: Runner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, argv: list[str]
+    ) -> None:
+        typo = tmp_path / "keyrnig.json"
+        monkeypatch.setenv("HMD_LOCAL_KEYRING", str(typo))
+        line = assert_failed(cli(*argv, stdin=b"x"), ConfigurationError.exit_code)
+        assert line.startswith(f"{PREFIX} HMD_LOCAL_KEYRING: {typo} does not exist")
+        assert "local init" in line
+        assert not typo.exists()
+        assert not typo.with_name(typo.name + ".lock").exists()
+
+    def test_a_key_missing_from_the_keyring_is_not_created_by_rotate(
+        self, cli: Runner, monkeypatch: pytest.MonkeyPatch, cli_env: dict[str, str]
+    ) -> None:
+        path = Path(cli_env["HMD_LOCAL_KEYRING"])
+        before = path.read_bytes()
+        monkeypatch.setenv("HMD_KMS_KEY_ID", "no-such-key")
+        assert_failed(cli("rotate"), KeyNotFoundError.exit_code)
+        assert path.read_bytes() == before
 
 
 def test_decrypt_huge_integer_is_a_malformed_envelope(cli: Runner) -> None:
     stdin = b'{"key_version": ' + b"1" * 5000 + b"}"
     assert_failed(cli(*DECRYPT, stdin=stdin), MalformedEnvelopeError.exit_code)
-
-
-def test_keyring_in_a_directory_that_does_not_exist_yet(
-    cli: Runner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv("HMD_LOCAL_KEYRING", str(tmp_path / "new-dir" / "keyring.json"))
-    run = cli("encrypt", "--field", "f", stdin=b"x")
-    assert run.code == 0, run.err
 
 
 # -- help ------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from heimdall_kms.cli import main
 from heimdall_kms.envelope import parse
 from heimdall_kms.envelope._json import MAX_ENVELOPE_CHARS
 from heimdall_kms.errors import HeimdallKMSError, MalformedEnvelopeError
+from heimdall_kms.providers.local import LocalKeyring
 from heimdall_kms.store import load_targets
 from tests.legacy_data import legacy_envelope
 
@@ -76,6 +77,7 @@ def test_parse_of_envelope_shaped_objects(document: dict[str, Any]) -> None:
 @pytest.fixture(scope="module")
 def hybrid(tmp_path_factory: pytest.TempPathFactory) -> heimdall_kms.Crypto:
     keyring = tmp_path_factory.mktemp("kr") / "k.json"
+    LocalKeyring(keyring).ensure_key("heimdall-pii")
     return heimdall_kms.from_env(
         {
             "HMD_ENCRYPTION_MODE": "hybrid",

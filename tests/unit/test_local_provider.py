@@ -160,7 +160,7 @@ def test_unknown_key_name(keyring_path: Path) -> None:
 # -- from_settings ---------------------------------------------------------------------------------
 
 
-def test_from_settings_creates_the_key_and_warns(
+def test_from_settings_warns(
     keyring_path: Path, local_env: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING):
@@ -168,15 +168,24 @@ def test_from_settings_creates_the_key_and_warns(
     assert isinstance(provider, LocalDevProvider)
     assert provider.name is ProviderName.LOCAL
     assert provider.key_identifier == KEY_NAME
-    assert keyring_path.exists()
     assert "NOT FOR PRODUCTION" in caplog.text
     for master in keyring_master_hexes(keyring_path):
         assert master not in caplog.text
 
 
+def test_from_settings_never_creates_the_keyring(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir" / "keyring.json"
+    env = {"HMD_KMS_PROVIDER": "local", "HMD_LOCAL_KEYRING": str(missing)}
+    with pytest.raises(ConfigurationError) as info:
+        LocalDevProvider.from_settings(Settings.from_env(env))
+    assert str(info.value).startswith(f"HMD_LOCAL_KEYRING: {missing} does not exist")
+    assert not missing.parent.exists()
+
+
 def test_from_settings_uses_the_configured_key_name(
     keyring_path: Path, local_env: dict[str, str]
 ) -> None:
+    LocalKeyring(keyring_path).ensure_key("dev-key")
     provider = LocalDevProvider.from_settings(
         Settings.from_env({**local_env, "HMD_KMS_KEY_ID": "dev-key"})
     )

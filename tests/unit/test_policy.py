@@ -227,6 +227,7 @@ def test_cli_protect_reveal_check(tmp_path: Path) -> None:
         "HMD_LOCAL_KEYRING": str(tmp_path / "kr.json"),
         "HMD_AUDIT_LOG": str(tmp_path / "audit.log"),
     }
+    LocalKeyring(tmp_path / "kr.json").ensure_key("heimdall-pii")
     exe = str(Path(sys.executable).with_name("heimdall-kms"))
     data = (json.dumps(RECORD) + "\n{broken\n" + json.dumps(dict(RECORD, id=8)) + "\n").encode()
     protected = subprocess.run(

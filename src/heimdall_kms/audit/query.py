@@ -14,6 +14,8 @@ from heimdall_kms.errors import InvalidInputError
 
 __all__ = ["AuditFilter", "dangling", "query"]
 
+_CHAINED = frozenset({"seq", "prev_hash", "hash", "event_type"})
+
 
 @dataclass(frozen=True, slots=True)
 class AuditFilter:
@@ -48,13 +50,20 @@ class AuditFilter:
 
 
 def query(path: Path, selection: AuditFilter) -> Iterator[dict[str, Any]]:
-    """The events of the log that match, in log order (lines that do not parse are skipped;
-    run ``audit verify`` to prove the log is intact).
+    """The events of the log that match, in log order.
+
+    A file with a line that is not a chained audit event is refused before anything is
+    yielded: a query over the wrong file (or a damaged one) must not answer "nobody did it".
+    ``audit verify`` proves the chain itself is intact.
 
     Raises:
-        InvalidInputError: the file cannot be read.
+        InvalidInputError: the file cannot be read, or is not an audit log.
     """
-    return (event for event in _events(path) if selection.matches(event))
+    for _ in _events(path):
+        pass  # the whole file is checked first, so a refusal comes before any output
+    for event in _events(path):
+        if selection.matches(event):
+            yield event
 
 
 def dangling(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -83,10 +92,14 @@ def _events(path: Path) -> Iterator[dict[str, Any]]:
     except OSError as exc:
         raise InvalidInputError(f"cannot read audit log {path}: {exc.strerror}") from None
     with handle:
-        for raw in handle:
+        for number, raw in enumerate(handle, start=1):
             try:
                 event = json.loads(raw)
             except ValueError:
-                continue
-            if isinstance(event, dict):
-                yield event
+                event = None
+            if not isinstance(event, dict) or not event.keys() >= _CHAINED:
+                raise InvalidInputError(
+                    f"{path} is not an audit log: line {number} is not a chained audit event "
+                    "(if it is one, run heimdall-kms audit verify on it)"
+                )
+            yield event

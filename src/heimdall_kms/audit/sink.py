@@ -62,8 +62,13 @@ class FileAuditSink:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        # The file is created, its directory never: a mistyped directory is an error, not a
+        # new audit log nobody reads.
+        if not path.parent.is_dir():
+            raise AuditWriteError(
+                f"HMD_AUDIT_LOG: cannot open {path}: directory {path.parent} does not exist"
+            )
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as exc:
             raise AuditWriteError(f"HMD_AUDIT_LOG: cannot open {path}: {exc.strerror}") from None

@@ -24,6 +24,7 @@ from heimdall_kms.cli.doctor_cmd import doctor
 from heimdall_kms.cli.drill_cmds import drill
 from heimdall_kms.cli.journal_cmds import journal
 from heimdall_kms.cli.key_cmds import keys, retire_command, rotate_command
+from heimdall_kms.cli.local_cmds import local
 from heimdall_kms.cli.policy_cmds import check, protect, reveal
 from heimdall_kms.cli.serve_cmd import serve
 from heimdall_kms.cli.vault_cmds import vault
@@ -62,6 +63,7 @@ cli.add_command(audit)
 cli.add_command(serve)
 cli.add_command(demo)
 cli.add_command(vault)
+cli.add_command(local)
 cli.add_command(doctor)
 cli.add_command(drill)
 cli.add_command(compliance)

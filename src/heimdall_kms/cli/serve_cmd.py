@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from heimdall_kms.config import Settings
-from heimdall_kms.errors import ConfigurationError
+from heimdall_kms.errors import ConfigurationError, ListenError
 from heimdall_kms.telemetry.settings import TelemetrySettings
 
 if TYPE_CHECKING:
     import uvicorn
 
-__all__ = ["build_server", "harden_tls", "is_loopback", "serve"]
+__all__ = ["build_server", "harden_tls", "is_loopback", "listen", "serve"]
 
 # TLS 1.2 suites: forward secrecy and authenticated encryption only. (TLS 1.3 suites are all
 # AEAD and are configured separately by OpenSSL.)
@@ -45,6 +46,28 @@ def harden_tls(context: ssl.SSLContext) -> ssl.SSLContext:
     context.set_ciphers(TLS12_CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     return context
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, for uvicorn to serve on.
+
+    Bound here rather than by uvicorn, whose own failure is several log lines and an exit code
+    that means something else in this tool's table.
+
+    Raises:
+        ListenError: the address is in use, not allowed, or not this host's.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or type(exc).__name__
+        raise ListenError(f"cannot listen on {host}:{port}: {reason}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def build_server(
@@ -92,7 +115,13 @@ def build_server(
 
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8443, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--port",
+    default=8443,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="TCP port to listen on (in use: exit 71).",
+)
 @click.option(
     "--tls-cert",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -169,6 +198,7 @@ def serve(
     settings = Settings.from_env(os.environ)
     telemetry = TelemetrySettings.from_env(os.environ)
     targets = ServerTargets.load(settings.database_url, targets_file)
+    sock = listen(host, port)
     app = create_app(
         settings, tokens, targets=targets, key_metrics_seconds=telemetry.key_metrics_seconds
     )
@@ -180,4 +210,5 @@ def serve(
         tls_key=tls_key,
         forwarded_allow_ips=forwarded_allow_ips,
     )
-    server.run()
+    with sock:
+        server.run(sockets=[sock])

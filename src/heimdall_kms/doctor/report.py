@@ -87,7 +87,10 @@ _FIXES: tuple[tuple[type[HeimdallKMSError], str], ...] = (
     (KeyNotFoundError, "check HMD_KMS_KEY_ID ({doc})"),
     (RateLimitedError, "the KMS is throttling this identity: retry later, or raise its quota"),
     (KMSUnavailableError, "check the KMS endpoint and the network path to it ({doc})"),
-    (AuditWriteError, "make HMD_AUDIT_LOG writable for this user, or point it elsewhere"),
+    (
+        AuditWriteError,
+        "create HMD_AUDIT_LOG's directory or make it writable, or point it elsewhere",
+    ),
     (StoreError, "check HMD_DATABASE_URL: the SQLite file must exist, the server must be up"),
     (IntegrityError, "the KMS did not give back the data key it wrapped: report it"),
 )

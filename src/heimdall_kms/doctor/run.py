@@ -23,7 +23,7 @@ from heimdall_kms.doctor.report import Check, DoctorReport, Status, fix_for
 from heimdall_kms.envelope import KmsV1Envelope
 from heimdall_kms.errors import ConfigurationError, HeimdallKMSError, PermissionDeniedError
 from heimdall_kms.jobs.rotation import is_due, next_due
-from heimdall_kms.providers import KeyManagementService, load_provider
+from heimdall_kms.providers import KeyManagementService, load_provider, needs_extra
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import JOURNAL_TABLE, Target, open_store
 
@@ -182,10 +182,19 @@ def _safe_url(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
 
 
+_VAULT_EXTRA = "pip install 'heimdall-kms[vault]'"
+
+
 def _provider(report: DoctorReport, settings: Settings) -> KeyManagementService | None:
     if settings.provider is ProviderName.VAULT:
-        from heimdall_kms.doctor.vault import vault_checks  # noqa: PLC0415 - loads hvac
-
+        try:
+            with needs_extra("vault", "HMD_KMS_PROVIDER=vault"):
+                from heimdall_kms.doctor.vault import vault_checks  # noqa: PLC0415 - loads hvac
+        except ConfigurationError:
+            detail, fix = "the vault extra (hvac) is not installed", _VAULT_EXTRA
+            report.add(Check("provider", Status.FAIL, detail, fix))
+            report.add(Check("key", Status.SKIP, "needs the provider"))
+            return None
         if not vault_checks(report, settings):
             for name in ("provider", "key"):
                 report.add(

@@ -8,6 +8,8 @@ A provider whose SDK extra is missing fails with a :class:`ConfigurationError` t
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Protocol, cast
 
 from heimdall_kms.config import ProviderName, Settings
@@ -28,6 +30,7 @@ __all__ = [
     "KeyVersion",
     "WrappedKey",
     "load_provider",
+    "needs_extra",
 ]
 
 _PROVIDERS: dict[ProviderName, tuple[str, str, str]] = {
@@ -40,6 +43,21 @@ _PROVIDERS: dict[ProviderName, tuple[str, str, str]] = {
 # The SDK modules each provider module needs; used only to name the missing extra.
 _SDK_RETRIES = frozenset({ProviderName.AWS, ProviderName.GCP, ProviderName.AZURE})
 _SDK_MODULES = frozenset({"hvac", "boto3", "botocore", "google", "azure"})
+
+
+@contextmanager
+def needs_extra(extra: str, who: str) -> Iterator[None]:
+    """Turn the import of a missing KMS SDK into the error that names the extra to install.
+
+    Raises:
+        ConfigurationError: a module of ``hvac``, ``boto3``, ``google`` or ``azure`` is missing.
+    """
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in _SDK_MODULES:
+            raise ConfigurationError(f"{who} needs: pip install 'heimdall-kms[{extra}]'") from None
+        raise
 
 
 class _ProviderFactory(Protocol):
@@ -59,16 +77,12 @@ def load_provider(settings: Settings) -> KeyManagementService:
         raise ConfigurationError("HMD_KMS_PROVIDER: not set")
     module_name, class_name, extra = _PROVIDERS[settings.provider]
     try:
-        module = importlib.import_module(module_name)
+        with needs_extra(extra, f"HMD_KMS_PROVIDER={settings.provider.value}"):
+            module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name == module_name:
             raise ConfigurationError(
                 f"HMD_KMS_PROVIDER: {settings.provider.value} is not available in this release"
-            ) from None
-        if exc.name and exc.name.split(".")[0] in _SDK_MODULES:
-            raise ConfigurationError(
-                f"HMD_KMS_PROVIDER={settings.provider.value} needs: "
-                f"pip install 'heimdall-kms[{extra}]'"
             ) from None
         raise
     factory = cast(type[_ProviderFactory], getattr(module, class_name))

@@ -55,8 +55,11 @@ class LocalKeyring:
         self._clock = clock
 
     def ensure_key(self, name: str) -> bool:
-        """Create the file and the key's version 1 if absent; True when something was created."""
-        with self._locked() as document:
+        """Create the file and the key's version 1 if absent; True when something was created.
+
+        The one way a keyring comes into being: every other operation needs the file to exist.
+        """
+        with self._locked(create=True) as document:
             keys = document["keys"]
             if name in keys:
                 return False
@@ -69,14 +72,14 @@ class LocalKeyring:
         with self._locked() as document:
             key = document["keys"].get(name)
         if key is None:
-            raise KeyNotFoundError(f"local keyring has no key named {name!r}")
+            raise KeyNotFoundError(f"local keyring {self.path} has no key named {name!r}")
         return dict(key)
 
     def update_key(self, name: str, change: Callable[[dict[str, Any]], None]) -> None:
         with self._locked() as document:
             key = document["keys"].get(name)
             if key is None:
-                raise KeyNotFoundError(f"local keyring has no key named {name!r}")
+                raise KeyNotFoundError(f"local keyring {self.path} has no key named {name!r}")
             change(key)
             self._write(document)
 
@@ -90,10 +93,30 @@ class LocalKeyring:
             "created_at": self._clock().astimezone(UTC).isoformat(),
         }
 
+    def require(self) -> None:
+        """Check that the file exists and is a keyring only its owner can read.
+
+        Raises:
+            ConfigurationError: it does not exist (it is never created implicitly), or is
+                not a keyring, or group or others can read it.
+        """
+        with self._locked():
+            pass
+
+    def _exists(self) -> None:
+        if not self.path.exists():
+            raise ConfigurationError(
+                f"HMD_LOCAL_KEYRING: {self.path} does not exist; a keyring is only created on "
+                "purpose (heimdall-kms local init). NOT FOR PRODUCTION."
+            )
+
     @contextmanager
-    def _locked(self) -> Iterator[dict[str, Any]]:
+    def _locked(self, *, create: bool = False) -> Iterator[dict[str, Any]]:
         lock_path = self.path.with_name(self.path.name + ".lock")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            self._exists()
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -152,7 +175,7 @@ class LocalDevProvider:
             "local KMS provider in use, keyring %s: NOT FOR PRODUCTION", settings.local_keyring
         )
         keyring = LocalKeyring(settings.local_keyring)
-        keyring.ensure_key(settings.kms_key_id)
+        keyring.require()
         return cls(keyring, settings.kms_key_id)
 
     @property

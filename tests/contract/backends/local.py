@@ -27,7 +27,8 @@ class Backend:
 
     def failing(self, how: str) -> Callable[[], object] | None:
         if how == "not_found":
-            keyring = LocalKeyring(self._dir / "empty.json")
+            keyring = LocalKeyring(self._dir / "other.json")
+            keyring.ensure_key("other")  # the file exists; the key asked for does not
             provider = LocalDevProvider(keyring, "missing")
             return lambda: provider.wrap_many([crypto.new_dek()], [{}])
         return None  # no network, no credentials, no quotas
