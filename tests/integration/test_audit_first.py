@@ -26,6 +26,7 @@ from heimdall_kms.config import Settings
 from heimdall_kms.errors import AuditWriteError
 from heimdall_kms.jobs.reencrypt import ReencryptOptions, run_reencrypt
 from heimdall_kms.providers import load_provider
+from heimdall_kms.providers.local import LocalKeyring
 from heimdall_kms.store import Target, open_store
 from tests.servers import start_openbao
 
@@ -74,6 +75,7 @@ def world(
     server = None
     if request.param == "local":
         env |= {"HMD_KMS_PROVIDER": "local", "HMD_LOCAL_KEYRING": str(tmp_path / "kr.json")}
+        LocalKeyring(tmp_path / "kr.json").ensure_key("heimdall-pii")
     else:
         server = start_openbao()
         env |= server.env(HMD_AUDIT_LOG=str(log))

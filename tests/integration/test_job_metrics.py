@@ -20,6 +20,7 @@ import heimdall_kms
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.cli import main
 from heimdall_kms.metrics import ERROR_TYPES
+from heimdall_kms.providers.local import LocalKeyring
 from tests.legacy_data import legacy_envelope
 from tests.servers import free_port
 
@@ -49,6 +50,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
+    LocalKeyring(tmp_path / "keyring.json").ensure_key("heimdall-pii")
     return values
 
 

@@ -34,6 +34,7 @@ from heimdall_kms.config import Settings
 from heimdall_kms.errors import KMSUnavailableError
 from heimdall_kms.metrics import ERROR_TYPES, OPERATIONS, ExposedMetrics, Metrics
 from heimdall_kms.providers import load_provider
+from heimdall_kms.providers.local import LocalKeyring
 from heimdall_kms.providers.resilient import CircuitBreaker, ResilientProvider, RetryPolicy
 from tests.servers import OpenBao, free_port, stop_process
 
@@ -123,6 +124,7 @@ def start_serve(tmp_path: Path, env: dict[str, str], provider: str) -> Iterator[
 
 
 def local_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    LocalKeyring(tmp_path / "keyring.json").ensure_key("heimdall-pii")
     return {
         "HMD_ENCRYPTION_MODE": "kms",
         "HMD_KMS_PROVIDER": "local",

@@ -18,6 +18,7 @@ import heimdall_kms
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.cli import main
 from heimdall_kms.envelope import KmsV1Envelope, LegacyEnvelope, parse
+from heimdall_kms.providers.local import LocalKeyring
 from tests.integration.dbtables import UserTable
 from tests.legacy_data import legacy_envelope
 
@@ -46,6 +47,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
+    LocalKeyring(tmp_path / "keyring.json").ensure_key("heimdall-pii")
     return values
 
 
