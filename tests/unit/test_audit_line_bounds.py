@@ -17,6 +17,7 @@ from heimdall_kms.audit.verify import verify
 from heimdall_kms.envelope import check_context
 from heimdall_kms.envelope._json import MAX_CONTEXT_JSON_CHARS
 from heimdall_kms.errors import InvalidInputError, MalformedEnvelopeError
+from heimdall_kms.providers.local import LocalKeyring
 
 # Within every per-entry limit (32 entries, 128-char keys, 1,024-char values), but each value
 # escapes to six characters per character in JSON: a line of about 200 KB before the bound.
@@ -111,6 +112,7 @@ class TestContextBound:
             "HMD_LOCAL_KEYRING": str(tmp_path / "keyring.json"),
             "HMD_AUDIT_LOG": str(tmp_path / "audit.log"),
         }
+        LocalKeyring(tmp_path / "keyring.json").ensure_key("heimdall-pii")
         log = Path(env["HMD_AUDIT_LOG"])
         with heimdall_kms.from_env(env) as crypto:
             sealed = crypto.encrypt("123-45-6789", context=LARGEST)
