@@ -169,7 +169,8 @@ class Settings:
     gcp: GCPSettings | None = None
     azure: AzureSettings | None = None
     local_keyring: Path | None = None
-    database_url: str | None = None
+    # Left out of repr: a postgresql:// URL may carry the password (user:password@host).
+    database_url: str | None = field(default=None, repr=False)
     audit_log: str = "stderr"
     key_rotation_days: int = 90
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)

@@ -54,6 +54,7 @@ def write_tokens(path: Path) -> dict[str, str]:
     lines = ["# heimdall-kms admin tokens", ""]
     lines += [f"{role} {hashlib.sha256(t.encode()).hexdigest()}" for role, t in tokens.items()]
     path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)  # the service refuses a tokens file group or others may write
     return tokens
 
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from heimdall_kms.admin import load_tokens
 from heimdall_kms.audit import AuditEvent, EventType, FileAuditSink, Result
 from heimdall_kms.cli import main
+from heimdall_kms.config import Settings
+from heimdall_kms.errors import ConfigurationError, InvalidInputError
+from heimdall_kms.providers.local import LocalKeyring
+from heimdall_kms.store import load_targets
 
 TAMPERED = 5
 
@@ -65,3 +71,55 @@ class TestAuditVerifyRefusesOddLines:
         assert code == TAMPERED, err
         assert "line 2" in err and says in err
         assert "Traceback" not in err
+
+
+class TestTokensFile:
+    @pytest.mark.parametrize("mode", [0o666, 0o620, 0o602])
+    def test_a_file_group_or_others_may_write_is_refused(self, tmp_path: Path, mode: int) -> None:
+        path = tmp_path / "tokens"
+        path.write_text(f"admin {hashlib.sha256(b't').hexdigest()}\n")
+        path.chmod(mode)
+        with pytest.raises(ConfigurationError, match="writable by group or others"):
+            load_tokens(path)
+        path.chmod(0o644)
+        assert len(load_tokens(path)) == 1
+
+
+class TestSettingsRepr:
+    def test_the_database_password_is_not_shown(self) -> None:
+        password = "S3cret-" + "pw"
+        settings = Settings.from_env(
+            {
+                "HMD_ENCRYPTION_MODE": "legacy",
+                "HMD_PII_MASTER_KEY": "ab" * 32,
+                "HMD_DATABASE_URL": f"postgresql://app:{password}@db.internal/heimdall",
+            }
+        )
+        assert settings.database_url is not None and password in settings.database_url
+        assert password not in repr(settings) and password not in str(settings)
+        assert "ab" * 32 not in repr(settings)
+
+
+class TestLocalKeyringLock:
+    def test_a_symlinked_lock_file_is_refused_and_its_target_left_alone(
+        self, tmp_path: Path
+    ) -> None:
+        target = tmp_path / "elsewhere"
+        keyring = tmp_path / "keyring.json"
+        (tmp_path / "keyring.json.lock").symlink_to(target)
+        with pytest.raises(ConfigurationError, match="symbolic link"):
+            LocalKeyring(keyring).ensure_key("k")
+        assert not target.exists() and not keyring.exists()
+
+
+class TestTargetsFileNesting:
+    @pytest.mark.parametrize(
+        "text",
+        ["a = " + "[" * 100_000 + "]" * 100_000, "a = " + "{b=" * 50_000 + "1" + "}" * 50_000],
+    )
+    def test_deep_nesting_is_a_one_line_error(self, tmp_path: Path, text: str) -> None:
+        path = tmp_path / "targets.toml"
+        path.write_text(text)
+        with pytest.raises(InvalidInputError, match="nested too deeply") as caught:
+            load_targets(path)
+        assert "\n" not in str(caught.value)

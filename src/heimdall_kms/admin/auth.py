@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
+import stat
 import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -82,6 +84,23 @@ def fingerprint(token: str) -> str:
     return digest[:_FINGERPRINT_CHARS]
 
 
+def _read_tokens_file(path: Path) -> str:
+    """The file's text, refusing a file group or others may write: whoever can write it can
+    grant themselves any role. The mode is checked on the descriptor that is read."""
+    try:
+        with path.open("rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if mode & (stat.S_IWGRP | stat.S_IWOTH):
+                raise ConfigurationError(
+                    f"{_VARIABLE}: {path} is writable by group or others (anyone who can "
+                    f"write it can grant themselves a role); run chmod go-w on it"
+                )
+            return handle.read().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise ConfigurationError(f"{_VARIABLE}: cannot read {path}: {reason}") from None
+
+
 def load_tokens(path: Path) -> TokenTable:
     """Read the tokens file: ``ROLE SHA256HEX`` lines, blank lines and ``#`` comments.
 
@@ -89,14 +108,10 @@ def load_tokens(path: Path) -> TokenTable:
     by mistake must not end up in a log.
 
     Raises:
-        ConfigurationError: the file cannot be read, a line is malformed, a hash is given
-            twice, or the file names no token at all.
+        ConfigurationError: the file cannot be read or is writable by group or others, a line
+            is malformed, a hash is given twice, or the file names no token at all.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-        raise ConfigurationError(f"{_VARIABLE}: cannot read {path}: {reason}") from None
+    text = _read_tokens_file(path)
     roles: dict[str, Role] = {}
     first_seen: dict[str, int] = {}
     for number, raw in enumerate(text.splitlines(), start=1):

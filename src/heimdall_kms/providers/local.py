@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import fcntl
 import json
 import logging
@@ -117,7 +118,15 @@ class LocalKeyring:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         else:
             self._exists()
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            # O_NOFOLLOW: a symlink planted at the lock's name must not make us create or
+            # open (and lock) a file elsewhere.
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            reason = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+            raise ConfigurationError(
+                f"HMD_LOCAL_KEYRING: cannot open the lock file {lock_path}: {reason}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield self._read()

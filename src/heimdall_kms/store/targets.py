@@ -46,6 +46,10 @@ def load_targets(path: Path) -> TargetsFile:
         raise InvalidInputError(f"targets file {path}: {exc.strerror}") from None
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise InvalidInputError(f"targets file {path}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise InvalidInputError(
+            f"targets file {path}: nested too deeply to be a targets file"
+        ) from None
     unknown = sorted(set(document) - {"database", "targets"})
     if unknown:
         raise InvalidInputError(f"targets file {path}: unknown key {unknown[0]!r}")
