@@ -120,6 +120,7 @@ def kms_envelope(
         "provider": "local",
         "key_identifier": LOCAL_KEY_NAME,
         "key_version": key_version,
+        "key_id": f"local:{LOCAL_KEY_NAME}:v{key_version}",
         "algorithm": "AES-256-GCM",
         "ciphertext": _b64(sealed),
         "nonce": _b64(nonce),
@@ -213,8 +214,19 @@ def kms_v1_good() -> list[Vector]:
         ),
         _kms_vector(
             "good: rewrapped to key_version 2 (new encrypted_dek, ciphertext and nonce untouched)",
-            _edit(base, key_version=2, encrypted_dek=local_wrap(KMS_DEK, 2)),
+            _edit(
+                base,
+                key_version=2,
+                key_id=f"local:{LOCAL_KEY_NAME}:v2",
+                encrypted_dek=local_wrap(KMS_DEK, 2),
+            ),
             stated=SSN_CONTEXT,
+            plaintext=SSN,
+            schema_valid=True,
+        ),
+        _kms_vector(
+            "compat: key_id absent (written before key_id existed); read, and written with it",
+            _drop(base, "key_id"),
             plaintext=SSN,
             schema_valid=True,
         ),
@@ -341,6 +353,15 @@ def kms_v1_malformed() -> list[Vector]:
         bad("wrong algorithm ChaCha20-Poly1305", _edit(base, algorithm="ChaCha20-Poly1305"), False),
         bad("algorithm missing", _drop(base, "algorithm"), False),
         bad("unknown provider", _edit(base, provider="hsm"), False),
+        # key_id is not authenticated; the reader checks it against the fields it names (the
+        # schema cannot compare fields, so it has no verdict here).
+        bad(
+            "key_id naming another key_version",
+            _edit(base, key_id=f"local:{LOCAL_KEY_NAME}:v2"),
+            None,
+        ),
+        bad("key_id naming another key", _edit(base, key_id="vault:other:v1"), None),
+        bad("key_id not a string", _edit(base, key_id=1), False),
         bad("key_version 0", _edit(base, key_version=0), False),
         bad("key_version -1", _edit(base, key_version=-1), False),
         bad("key_version a string", _edit(base, key_version="1"), False),

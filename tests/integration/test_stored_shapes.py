@@ -253,6 +253,10 @@ class TestJsonPath:
         del old_doc["raw"]
         assert new_doc == old_doc
         assert isinstance(raw, str) is quoted
+        written = json.loads(raw) if quoted else raw
+        if written.get("encryption_version") == "kms_v1":
+            # Every kms_v1 value names its key for the legacy engine's is_encrypted.
+            assert written["key_id"] == f"local:heimdall-pii:v{written['key_version']}"
         if not table.json_column:
             # Text columns: byte for byte, apart from the value at the path.
             assert new.startswith('{"field_type":  "ssn", "raw": ')

@@ -35,6 +35,7 @@ def kms_obj(**changes: Any) -> dict[str, Any]:
         "provider": "local",
         "key_identifier": "heimdall-pii",
         "key_version": 3,
+        "key_id": "local:heimdall-pii:v3",
         "algorithm": "AES-256-GCM",
         "ciphertext": base64.b64encode(CIPHERTEXT).decode("ascii"),
         "nonce": base64.b64encode(NONCE).decode("ascii"),
@@ -242,6 +243,31 @@ def test_bad_kms_v1_fields(changes: dict[str, Any]) -> None:
 )
 def test_bad_legacy_fields(changes: dict[str, Any]) -> None:
     malformed(json.dumps(legacy_obj(**changes)))
+
+
+def test_kms_v1_carries_a_key_id_the_legacy_engine_recognises() -> None:
+    # The engine's is_encrypted wants ciphertext, nonce, key_id and algorithm as strings.
+    envelope = parse(json.dumps(kms_obj(key_id=_DROP)))
+    assert isinstance(envelope, KmsV1Envelope)
+    written = json.loads(envelope.to_json())
+    assert written["key_id"] == "local:heimdall-pii:v3"
+    assert all(isinstance(written[k], str) for k in ("ciphertext", "nonce", "key_id", "algorithm"))
+    rewrapped = dataclasses.replace(envelope, key_version=4)
+    assert json.loads(rewrapped.to_json())["key_id"] == "local:heimdall-pii:v4"
+    assert rewrapped.aad() == envelope.aad()  # key_id is not authenticated
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"key_id": "local:heimdall-pii:v2"}, id="other-version"),
+        pytest.param({"key_id": "vault:heimdall-pii:v3"}, id="other-provider"),
+        pytest.param({"key_id": None}, id="null"),
+        pytest.param({"encryption_version": _DROP}, id="version-stripped"),
+    ],
+)
+def test_kms_v1_key_id_must_say_what_the_envelope_says(changes: dict[str, Any]) -> None:
+    malformed(json.dumps(kms_obj(**changes)))
 
 
 @pytest.mark.parametrize(

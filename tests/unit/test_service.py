@@ -292,10 +292,16 @@ def test_envelope_from_another_key_is_not_unwrapped(local_env: dict[str, str]) -
     crypto, kms, _ = build_counting(local_env)
     text = crypto.encrypt(SSN, context=CTX).to_json()
     with pytest.raises(KeyNotFoundError) as info:
-        crypto.decrypt(edit(text, key_identifier="other-key"), actor="a", reason="r")
+        crypto.decrypt(
+            edit(text, key_identifier="other-key", key_id="local:other-key:v1"),
+            actor="a",
+            reason="r",
+        )
     assert "other-key" in str(info.value)
     with pytest.raises(KeyNotFoundError):
-        crypto.decrypt(edit(text, provider="vault"), actor="a", reason="r")
+        crypto.decrypt(
+            edit(text, provider="vault", key_id="vault:heimdall-pii:v1"), actor="a", reason="r"
+        )
     assert kms.wrapped_in == []  # a foreign wrapped key is never sent to our KMS
 
 

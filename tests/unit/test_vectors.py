@@ -222,6 +222,11 @@ def test_kms_v1_good_vector_independent_aes_gcm(vector: Vector) -> None:
 @pytest.mark.parametrize("vector", _params(KMS_V1, good=True))
 def test_kms_v1_good_vector_round_trips_losslessly(vector: Vector) -> None:
     envelope = parse(_source(vector))
+    if vector["comment"].startswith("compat:"):
+        # Written before key_id existed: read as is, written back with the derived key_id.
+        document = _document(vector)
+        assert envelope.to_dict() == {**document, "key_id": envelope.key_id}  # type: ignore[union-attr]
+        return
     assert envelope.to_dict() == _document(vector)
     assert json.loads(envelope.to_json()) == _document(vector)
 

@@ -46,6 +46,10 @@ def parse(source: str | bytes | Mapping[str, Any]) -> KmsV1Envelope | LegacyEnve
             return KmsV1Envelope.from_object(obj)
         raise MalformedEnvelopeError(f"unsupported encryption_version {_json.short(version)}")
     # The engine's own values have no encryption_version; null is read as absent (SPEC §4.1).
+    if "encrypted_dek" in obj:
+        # A kms_v1 envelope carries the four legacy strings too (key_id among them): with its
+        # version stripped it must not fall back to the legacy reader.
+        raise MalformedEnvelopeError("kms_v1 fields without an encryption_version")
     if obj.keys() >= LEGACY_KEYS:
         return LegacyEnvelope.from_object(obj)
     raise MalformedEnvelopeError(

@@ -33,6 +33,7 @@ _KNOWN_KEYS = frozenset(
         "encrypted_dek",
         "context",
         "encryption_timestamp",
+        "key_id",
     }
 )
 
@@ -116,6 +117,11 @@ def _utf8_encodable(text: str) -> bool:
     return True
 
 
+def key_id_of(provider: str, key_identifier: str, key_version: int) -> str:
+    """The ``key_id`` a ``kms_v1`` envelope carries (SPEC §4.2)."""
+    return f"{provider}:{key_identifier}:v{key_version}"
+
+
 def utc_timestamp(now: datetime | None = None) -> str:
     """RFC 3339 UTC with a ``Z`` suffix and microseconds."""
     moment = (now or datetime.now(UTC)).astimezone(UTC)
@@ -143,6 +149,17 @@ class KmsV1Envelope(Envelope):
     def aad(self) -> bytes:
         return kms_v1_aad(self.context)
 
+    @property
+    def key_id(self) -> str:
+        """``<provider>:<key_identifier>:v<key_version>``, e.g. ``vault:heimdall-pii:v3``.
+
+        Written so that the legacy engine's ``is_encrypted`` (which wants ``ciphertext``,
+        ``nonce``, ``key_id`` and ``algorithm`` strings) recognises a ``kms_v1`` value as
+        encrypted during the hybrid period. It is derived, never stored apart, so a rewrap
+        (new ``key_version``) updates it; like ``key_version`` it is not in the AAD.
+        """
+        return key_id_of(self.provider, self.key_identifier, self.key_version)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.extra,
@@ -150,6 +167,7 @@ class KmsV1Envelope(Envelope):
             "provider": self.provider,
             "key_identifier": self.key_identifier,
             "key_version": self.key_version,
+            "key_id": self.key_id,
             "algorithm": self.algorithm,
             "ciphertext": _json.b64_text(self.ciphertext),
             "nonce": _json.b64_text(self.nonce),
@@ -174,6 +192,16 @@ class KmsV1Envelope(Envelope):
         key_version = obj.get("key_version")
         if isinstance(key_version, bool) or not isinstance(key_version, int) or key_version < 1:
             raise MalformedEnvelopeError("envelope field 'key_version' must be an integer >= 1")
+        key_identifier = _json.text(obj, "key_identifier", max_chars=2048)
+        if "key_id" in obj:
+            # Absent in values written before it existed; where present it must say what the
+            # envelope says, or two readers would name different keys for one value.
+            stated = _json.text(obj, "key_id", max_chars=2200)
+            if stated != key_id_of(provider, key_identifier, key_version):
+                raise MalformedEnvelopeError(
+                    "envelope field 'key_id' does not match provider, key_identifier and "
+                    "key_version"
+                )
         timestamp = _json.text(obj, "encryption_timestamp", max_chars=64)
         try:
             if not _RFC3339_UTC.fullmatch(timestamp):
@@ -185,7 +213,7 @@ class KmsV1Envelope(Envelope):
             ) from None
         return cls(
             provider=provider,
-            key_identifier=_json.text(obj, "key_identifier", max_chars=2048),
+            key_identifier=key_identifier,
             key_version=key_version,
             ciphertext=_json.b64(obj, "ciphertext"),
             nonce=_json.b64(obj, "nonce"),
