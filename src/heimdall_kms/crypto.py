@@ -14,6 +14,8 @@ reach. ``docs/design/KMS-Vault-Plan.md`` explains what this does and does not pr
 from __future__ import annotations
 
 import os
+import stat
+import sys
 from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
@@ -55,8 +57,10 @@ def new_deks(count: int) -> list[bytearray]:
 
     Where the system allows, one ``readv`` of ``/dev/urandom`` fills every buffer in place:
     one system call per batch instead of one per key, and no intermediate ``bytes`` object
-    holding key material that :func:`wipe` could not reach. Elsewhere, one ``os.urandom``
-    per key.
+    holding key material that :func:`wipe` could not reach. The file is used only when it is
+    the kernel's random character device (checked on the open descriptor; symlinks are not
+    followed). Elsewhere, one ``os.urandom`` (``getrandom(2)``) per key, whose ``bytes``
+    result is a copy Python cannot wipe.
     """
     deks = [bytearray(DEK_BYTES) for _ in range(count)]
     if not deks:
@@ -76,6 +80,7 @@ def new_deks(count: int) -> list[bytearray]:
 
 
 _IOV_MAX = 1024
+_URANDOM = "/dev/urandom"
 _pool_ready: list[bool] = []
 
 
@@ -90,9 +95,26 @@ def _open_urandom() -> int | None:
         os.urandom(1)
         _pool_ready.append(True)
     try:
-        return os.open("/dev/urandom", os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(_URANDOM, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return None
+    try:
+        if _is_urandom(os.fstat(fd)):
+            return fd
+    except OSError:
+        pass
+    # A regular file, a pipe or another device in its place (a container or chroot with a
+    # planted /dev): its bytes are not keys. os.urandom (getrandom(2)) takes over.
+    os.close(fd)
+    return None
+
+
+def _is_urandom(info: os.stat_result) -> bool:
+    """The kernel's random device: a character device, on Linux ``1:9`` (``1:8`` is
+    /dev/random, as good since Linux 5.6)."""
+    device = (os.major(info.st_rdev), os.minor(info.st_rdev))
+    on_linux = sys.platform.startswith("linux")
+    return stat.S_ISCHR(info.st_mode) and (not on_linux or device in ((1, 9), (1, 8)))
 
 
 def seal(key: bytes | bytearray, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from heimdall_kms import crypto
 from heimdall_kms.admin import load_tokens
 from heimdall_kms.audit import AuditEvent, EventType, FileAuditSink, Result
 from heimdall_kms.cli import main
@@ -123,3 +124,29 @@ class TestTargetsFileNesting:
         with pytest.raises(InvalidInputError, match="nested too deeply") as caught:
             load_targets(path)
         assert "\n" not in str(caught.value)
+
+
+class TestDekSource:
+    def test_a_regular_file_in_place_of_dev_urandom_is_never_used_for_keys(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        planted = tmp_path / "urandom"
+        planted.write_bytes(bytes(32 * 64))  # all zeros: predictable keys if it were read
+        real_open = os.open
+
+        def planted_open(path: object, flags: int, *args: int) -> int:
+            if str(path) == "/dev/urandom":
+                return real_open(planted, flags, *args)
+            return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(os, "open", planted_open)
+        deks = crypto.new_deks(64)
+        assert len(deks) == 64 and all(len(dek) == crypto.DEK_BYTES for dek in deks)
+        assert all(any(dek) for dek in deks)
+        assert len({bytes(dek) for dek in deks}) == 64
+
+    def test_the_real_device_is_accepted(self) -> None:
+        fd = crypto._open_urandom()
+        assert fd is not None or not hasattr(os, "readv")
+        if fd is not None:
+            os.close(fd)
