@@ -6,6 +6,7 @@ as jsonb strings, plaintext before the cut-over gate: on SQLite and PostgreSQL (
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from Crypto.Cipher import AES
 
 import heimdall_kms
 from heimdall_kms.audit import MemoryAuditSink
@@ -372,3 +374,67 @@ class TestSize:
         assert [(f["id"], f["error_type"]) for f in summary["failures"]] == [
             (long_id, "invalid_input")
         ]
+
+
+def open_legacy(key_hex: str, stored_value: str) -> str:
+    """Decrypt a legacy envelope with the env key alone, as the old engine does (pycryptodome)."""
+    obj = json.loads(stored_value)
+    sealed = base64.b64decode(obj["ciphertext"])
+    cipher = AES.new(bytes.fromhex(key_hex), AES.MODE_GCM, nonce=base64.b64decode(obj["nonce"]))
+    return cipher.decrypt_and_verify(sealed[:-16], sealed[-16:]).decode("utf-8")
+
+
+class TestLegacyMode:
+    """``reencrypt --mode legacy``: every kms_v1 value back in the format the old engine reads."""
+
+    def test_rollback_to_the_old_engine(
+        self, table: UserTable, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        texts = {i: f"{i:03d}-00-1111" for i in range(1, 13)}
+        table.insert([(i, legacy_envelope(MASTER_HEX, t)) for i, t in texts.items()])
+        table.insert([(50, stored(table, "[REDACTED]")), (51, None)])
+        code, _, err = run(["migrate", *target(table)], capsys)
+        assert code == 0, err
+        migrated = table.values()
+        code, out, err = run(
+            ["reencrypt", *target(table), "--mode", "legacy", "--batch-size", "5", "--json"],
+            capsys,
+        )
+        assert code == 0, err
+        summary = json.loads(out)
+        assert (summary["job"], summary["completed"], summary["skipped"]) == (
+            "reencrypt-legacy",
+            12,
+            2,
+        )
+        rolled_back = table.values()
+        for row_id, text in texts.items():
+            value = rolled_back[row_id] or ""
+            assert isinstance(parse(value), LegacyEnvelope)
+            assert open_legacy(MASTER_HEX, value) == text  # the env key alone reads it
+        assert rolled_back[50] == migrated[50]
+        # Resumable and idempotent: a rerun finds nothing left to do.
+        code, out, err = run(["reencrypt", *target(table), "--mode", "legacy", "--json"], capsys)
+        assert code == 0, err
+        assert json.loads(out)["completed"] == 0
+        # Journaled: the run can be undone, back to the kms_v1 values.
+        code, _, err = run(
+            ["migrate", *target(table), "--rollback", summary["run_id"], "--json"], capsys
+        )
+        assert code == 0, err
+        assert table.values() == migrated
+        audit = Path(env["HMD_AUDIT_LOG"]).read_text()
+        assert all(text not in audit for text in texts.values())
+
+    def test_refused_outside_hybrid_mode(
+        self,
+        table: UserTable,
+        env: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        monkeypatch.setenv("HMD_ENCRYPTION_MODE", "kms")
+        monkeypatch.delenv("HMD_PII_MASTER_KEY")
+        code, _, err = run(["reencrypt", *target(table), "--mode", "legacy"], capsys)
+        assert code == 78
+        assert "HMD_ENCRYPTION_MODE: reencrypt --mode legacy needs hybrid" in err

@@ -104,11 +104,12 @@ def migrate(
 @target_options
 @click.option(
     "--mode",
-    type=click.Choice(["rewrap", "full"]),
+    type=click.Choice(["rewrap", "full", "legacy"]),
     default="rewrap",
     show_default=True,
     help="rewrap: re-wrap only the DEK (ciphertext untouched, no plaintext here); "
-    "full: decrypt and re-encrypt with fresh DEKs (after a compromise).",
+    "full: decrypt and re-encrypt with fresh DEKs (after a compromise); "
+    "legacy: back to the env-key format the old engine reads (hybrid mode, env key set).",
 )
 @click.option(
     "--all-versions",
@@ -139,8 +140,10 @@ def reencrypt(
 
     After a routine rotation use rewrap: Vault re-wraps each DEK server-side, in batches, and
     the ciphertext stays byte-identical. After a key compromise use full: whoever could
-    unwrap the old DEKs knows them, so every value gets a fresh DEK. Same batching,
-    compare-and-swap, journal (--rollback with migrate), progress and resumability as migrate.
+    unwrap the old DEKs knows them, so every value gets a fresh DEK. To go back to the old
+    engine use legacy (hybrid mode, env key set): every kms_v1 value is re-encrypted in the
+    env-key format. Same batching, compare-and-swap, journal (--rollback with migrate),
+    progress and resumability as migrate.
     """
     settings = Settings.from_env(os.environ)
     with job_telemetry("reencrypt", export) as telemetry, opened_stores(spec) as stores:

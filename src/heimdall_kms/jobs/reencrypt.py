@@ -23,6 +23,7 @@ from heimdall_kms.inputs import MAX_STORED_PLAINTEXT_BYTES
 from heimdall_kms.jobs.batch_job import BatchJob, JobOptions
 from heimdall_kms.jobs.classify import Slot, ValueKind
 from heimdall_kms.jobs.reading import reader_for
+from heimdall_kms.jobs.to_legacy import LegacyRollbackJob, check_legacy_settings
 from heimdall_kms.jobs.report import JobReport, ProgressCallback, TargetReport
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import FieldStore, Match, Row, Swap
@@ -33,6 +34,7 @@ __all__ = ["ReencryptMode", "ReencryptOptions", "run_reencrypt"]
 class ReencryptMode(StrEnum):
     REWRAP = "rewrap"
     FULL = "full"
+    LEGACY = "legacy"  # back to the env-key format (heimdall_kms.jobs.to_legacy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +52,14 @@ def run_reencrypt(
     """Re-encrypt every target; returns the report (``stop_error`` set if it had to stop).
 
     Raises:
-        ModeViolationError: legacy mode has no KMS. StoreError: a target is wrong.
+        ModeViolationError: legacy mode has no KMS. ConfigurationError: ``legacy`` without
+            hybrid mode and the env key. StoreError: a target is wrong.
     """
     if crypto.kms is None:
         raise ModeViolationError("reencrypt needs a KMS; HMD_ENCRYPTION_MODE=legacy has none")
+    if options.mode is ReencryptMode.LEGACY:
+        check_legacy_settings(crypto.settings)
+        return LegacyRollbackJob(crypto, options, progress).run(stores)
     return ReencryptJob(crypto, options, progress).run(stores)
 
 
