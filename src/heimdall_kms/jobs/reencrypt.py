@@ -23,8 +23,8 @@ from heimdall_kms.inputs import MAX_STORED_PLAINTEXT_BYTES
 from heimdall_kms.jobs.batch_job import BatchJob, JobOptions
 from heimdall_kms.jobs.classify import Slot, ValueKind
 from heimdall_kms.jobs.reading import reader_for
-from heimdall_kms.jobs.to_legacy import LegacyRollbackJob, check_legacy_settings
 from heimdall_kms.jobs.report import JobReport, ProgressCallback, TargetReport
+from heimdall_kms.jobs.to_legacy import LegacyRollbackJob, check_legacy_settings
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import FieldStore, Match, Row, Swap
 
