@@ -122,6 +122,21 @@ def test_ordinals_are_by_creation_time_across_pages(server: FakeKeyVaultServer, 
         server.vault.page_size = 25
 
 
+class TestWrappedVersionIsVerified:
+    def test_an_ordinal_that_is_not_the_azure_versions_is_refused(
+        self, server: FakeKeyVaultServer, key: str
+    ) -> None:
+        """The version id unwraps; an edited ``azure:v<n>`` in front of it is refused."""
+        kms = provider(server, key)
+        (v1,) = kms.wrap_many([dek := crypto.new_dek()], [{}])
+        kms.rotate()
+        forged = "azure:v2:" + v1.ciphertext.split(":", 2)[2]
+        assert kms.unwrap_many([v1.ciphertext], [{}]) == [dek]
+        (outcome,) = kms.unwrap_many([forged], [{}])
+        assert isinstance(outcome, IntegrityError)
+        kms.close()
+
+
 def test_challenge_flow_and_token_reuse() -> None:
     fresh = start_fake_key_vault()  # a new host: nothing is cached for it in this process
     try:

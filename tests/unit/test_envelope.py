@@ -26,7 +26,7 @@ from heimdall_kms.errors import HeimdallKMSError, MalformedEnvelopeError
 
 CIPHERTEXT = bytes(range(40))
 NONCE = bytes(range(100, 112))
-WRAPPED = "local:v1:" + base64.b64encode(b"w" * 60).decode("ascii")
+WRAPPED = "local:v3:" + base64.b64encode(b"w" * 60).decode("ascii")
 
 
 def kms_obj(**changes: Any) -> dict[str, Any]:

@@ -298,9 +298,12 @@ def test_envelope_from_another_key_is_not_unwrapped(local_env: dict[str, str]) -
             reason="r",
         )
     assert "other-key" in str(info.value)
+    vault_dek = "vault:" + json.loads(text)["encrypted_dek"].split(":", 1)[1]
     with pytest.raises(KeyNotFoundError):
         crypto.decrypt(
-            edit(text, provider="vault", key_id="vault:heimdall-pii:v1"), actor="a", reason="r"
+            edit(text, provider="vault", key_id="vault:heimdall-pii:v1", encrypted_dek=vault_dek),
+            actor="a",
+            reason="r",
         )
     assert kms.wrapped_in == []  # a foreign wrapped key is never sent to our KMS
 

@@ -13,8 +13,16 @@ from heimdall_kms.context_json import context_json_ascii
 from heimdall_kms.envelope import _json
 from heimdall_kms.envelope._base import ALGORITHM, Envelope
 from heimdall_kms.errors import InvalidInputError, MalformedEnvelopeError
+from heimdall_kms.wrapped_key import parse_wrapped
 
-__all__ = ["KMS_V1", "KmsV1Envelope", "aad_of_encoded", "check_context", "kms_v1_aad"]
+__all__ = [
+    "KMS_V1",
+    "KmsV1Envelope",
+    "aad_of_encoded",
+    "check_context",
+    "check_key_version",
+    "kms_v1_aad",
+]
 
 KMS_V1 = "kms_v1"
 # RFC 3339 in UTC, as written by utc_timestamp(); fromisoformat alone also takes ISO week
@@ -106,6 +114,27 @@ def _bounded(context: dict[str, str], error: type[Exception]) -> dict[str, str]:
     if len(context_json_ascii(context)) > _json.MAX_CONTEXT_JSON_CHARS:
         raise error(f"context is larger than {_json.MAX_CONTEXT_JSON_CHARS} characters as JSON")
     return context
+
+
+def check_key_version(provider: str, key_version: int, encrypted_dek: str) -> None:
+    """``key_version`` must be the version the wrapped DEK itself carries (SPEC §4.2).
+
+    ``key_version`` is outside the AAD (a rewrap changes it), so an edited one would otherwise
+    be believed by the census, the retire guard, the audit and the metrics.
+
+    Raises:
+        MalformedEnvelopeError: the wrapped DEK is not ``<provider>:v<N>:…`` of this provider,
+            or N is not ``key_version``.
+    """
+    form = parse_wrapped(encrypted_dek)
+    if form is None or form.provider != provider:
+        raise MalformedEnvelopeError(
+            f"envelope field 'encrypted_dek' is not a {provider} wrapped key (<provider>:v<N>:...)"
+        )
+    if form.version != key_version:
+        raise MalformedEnvelopeError(
+            "envelope field 'key_version' does not match the version of its wrapped key"
+        )
 
 
 def _utf8_encodable(text: str) -> bool:
@@ -211,13 +240,15 @@ class KmsV1Envelope(Envelope):
             raise MalformedEnvelopeError(
                 "envelope field 'encryption_timestamp' is not an RFC 3339 time"
             ) from None
+        encrypted_dek = _json.text(obj, "encrypted_dek", max_chars=_json.MAX_ENCRYPTED_DEK_CHARS)
+        check_key_version(provider, key_version, encrypted_dek)
         return cls(
             provider=provider,
             key_identifier=key_identifier,
             key_version=key_version,
             ciphertext=_json.b64(obj, "ciphertext"),
             nonce=_json.b64(obj, "nonce"),
-            encrypted_dek=_json.text(obj, "encrypted_dek", max_chars=_json.MAX_ENCRYPTED_DEK_CHARS),
+            encrypted_dek=encrypted_dek,
             context=check_context(obj.get("context"), error=MalformedEnvelopeError),
             encryption_timestamp=timestamp,
             algorithm=algorithm,

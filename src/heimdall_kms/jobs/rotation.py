@@ -18,6 +18,7 @@ from typing import Any
 from heimdall_kms.audit import AuditEvent, AuditSink, EventType, Result, audited
 from heimdall_kms.errors import InvalidInputError, RefusedError
 from heimdall_kms.jobs.census import take_census
+from heimdall_kms.jobs.classify import ValueKind
 from heimdall_kms.providers import KeyInfo, KeyManagementService
 from heimdall_kms.store import FieldStore
 
@@ -108,7 +109,9 @@ def values_per_version(
     """Per target, how many stored values each version of *this* key still protects.
 
     Envelopes the census saw only inside JSON documents it was not told to look into count
-    under version 0: their version is unknown, so they block every retirement.
+    under version 0, and damaged envelopes (whose ``key_version`` cannot be verified against
+    their wrapped key) under version -1: their version is unknown, so they block every
+    retirement.
     """
     counts: dict[str, Counter[int]] = {}
     for store in stores:
@@ -122,15 +125,23 @@ def values_per_version(
         )
         if census.nested:
             counts[census.target][UNSEEN_VERSION] = census.nested
+        damaged = census.kinds[ValueKind.UNPARSEABLE]
+        if damaged:
+            # A damaged envelope (an edited key_version among them) may need any version:
+            # it blocks every retirement until it is repaired or removed.
+            counts[census.target][DAMAGED_VERSION] = damaged
     return counts
 
 
 UNSEEN_VERSION = 0
+DAMAGED_VERSION = -1
 
 
 def _version_count(version: int, count: int) -> str:
     if version == UNSEEN_VERSION:
         return f"{count:,} inside JSON documents (version unseen: name the path with --json-path)"
+    if version == DAMAGED_VERSION:
+        return f"{count:,} damaged envelopes (version unverifiable; see `heimdall-kms status`)"
     return f"v{version} {count:,}"
 
 

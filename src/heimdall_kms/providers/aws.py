@@ -57,6 +57,7 @@ from heimdall_kms.errors import (
     RateLimitedError,
 )
 from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey, round_trip
+from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
 __all__ = ["AWSKMSProvider", "build_client", "create_key_for_alias", "kms_encryption_context"]
 
@@ -65,7 +66,7 @@ KMSClient = Any
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
-_WRAPPED = re.compile(r"aws:v([1-9][0-9]{0,8}):([A-Za-z0-9+/=]{1,8192})")
+_BODY = re.compile(r"[A-Za-z0-9+/=]{1,8192}")  # after ``aws:v<n>:`` (heimdall_kms.wrapped_key)
 _ALIAS = re.compile(r"alias/(?!aws/)[A-Za-z0-9/_-]{1,200}")
 _SAFE_CODE = re.compile(r"[A-Za-z0-9._]{1,64}")
 # Every DEK is wrapped under this entry too, so that IAM can require it
@@ -332,7 +333,8 @@ class AWSKMSProvider:
 
     def _wrapped(self, blob: bytes, arn: str) -> WrappedKey:
         version = self._version_of(arn)
-        return WrappedKey(f"aws:v{version}:{base64.b64encode(blob).decode('ascii')}", version)
+        body = base64.b64encode(blob).decode("ascii")
+        return WrappedKey(format_wrapped("aws", version, body), version)
 
     # -- per-item calls ---------------------------------------------------------------------------
 
@@ -400,11 +402,13 @@ def _wipe(result: object) -> None:
 
 
 def _parse(item: str) -> tuple[int, bytes] | HeimdallKMSError:
-    match = _WRAPPED.fullmatch(item)
-    if match is None:
+    form = parse_wrapped(item)
+    if form is None or form.provider != "aws" or not _BODY.fullmatch(form.body):
         return IntegrityError("wrapped data key is not in the aws provider's form")
     try:
-        return int(match.group(1)), base64.b64decode(match.group(2), validate=True)
+        # The version picks the KMS key that decrypts (alias/<name>/v<n>): a blob of another
+        # version's key is refused by AWS itself, so the version is verified on unwrap.
+        return form.version, base64.b64decode(form.body, validate=True)
     except binascii.Error:
         return IntegrityError("wrapped data key is not valid base64")
 

@@ -63,15 +63,15 @@ from heimdall_kms.errors import (
     RateLimitedError,
 )
 from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey, round_trip
+from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
 __all__ = ["AzureKeyVaultProvider", "parse_key_url"]
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 _NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
-_WRAPPED = re.compile(
-    r"azure:v([1-9][0-9]{0,8}):([0-9A-Za-z]{1,64}):(RSA-OAEP-256|A256KW):([A-Za-z0-9_-]{16,2048})"
-)
+# The body after ``azure:v<n>:`` (heimdall_kms.wrapped_key): version id, algorithm, base64url.
+_BODY = re.compile(r"([0-9A-Za-z]{1,64}):(RSA-OAEP-256|A256KW):([A-Za-z0-9_-]{16,2048})")
 _RSA, _AES = "RSA-OAEP-256", "A256KW"
 _KEY_TYPES = {"RSA": _RSA, "RSA-HSM": _RSA, "oct-HSM": _AES}
 _SAFE_CODE = re.compile(r"[A-Za-z0-9_.]{1,64}")
@@ -137,6 +137,7 @@ class AzureKeyVaultProvider:
         self._sleep = sleep
         self._lock = threading.Lock()
         self._ordinals: dict[str, int] = {}
+        self._may_list = True  # False once Key Vault refused this identity a version listing
         self._wrappers: dict[str, CryptographyClient] = {}
         self._unwrappers: dict[str, CryptographyClient] = {}
 
@@ -307,14 +308,20 @@ class AzureKeyVaultProvider:
         else:
             wrapped = self._hsm(target.version, "wrapkey", bytes(dek))
         blob = base64.urlsafe_b64encode(wrapped).rstrip(b"=").decode("ascii")
-        text = f"azure:v{target.ordinal}:{target.version}:{target.alg}:{blob}"
+        text = format_wrapped("azure", target.ordinal, f"{target.version}:{target.alg}:{blob}")
         return WrappedKey(text, target.ordinal)
 
     def _unwrap(self, item: str) -> bytearray | HeimdallKMSError:
-        match = _WRAPPED.fullmatch(item)
-        if match is None:
+        form = parse_wrapped(item)
+        match = _BODY.fullmatch(form.body) if form and form.provider == "azure" else None
+        if form is None or match is None:
             return IntegrityError("wrapped data key is not in the Azure provider's form")
-        _, version, alg, blob = match.groups()
+        version, alg, blob = match.groups()
+        known = self._ordinal_of(version)
+        if known is not None and known != form.version:
+            # The version id decides what unwraps; the ordinal in front is what envelopes,
+            # the census and the retire guard read, so the two must agree (SPEC §4.2).
+            return IntegrityError("wrapped data key's version number is not its Azure version's")
         try:
             wrapped = base64.urlsafe_b64decode(blob + "=" * (-len(blob) % 4))
         except (binascii.Error, ValueError):
@@ -327,6 +334,23 @@ class AzureKeyVaultProvider:
         if len(plain) != crypto.DEK_BYTES:
             return IntegrityError("unwrapped data key has the wrong length")
         return bytearray(plain)
+
+    def _ordinal_of(self, version: str) -> int | None:
+        """The ordinal Key Vault's own listing gives a version id (listed again once if new).
+
+        None when this identity may not list versions (an unwrap-only worker role): the
+        ordinal is then not checked here (docs/envelope-format.md says so).
+        """
+        with self._lock:
+            ordinal = self._ordinals.get(version)
+        if ordinal is None and self._may_list:
+            try:
+                self._snapshot("unwrap")
+            except PermissionDeniedError:
+                self._may_list = False
+            with self._lock:
+                ordinal = self._ordinals.get(version)
+        return ordinal
 
     def _unwrapper(self, version: str) -> CryptographyClient:
         # Shares the KeyClient's pipeline; it holds the public key only, so it unwraps remotely.

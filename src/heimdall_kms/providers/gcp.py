@@ -60,11 +60,12 @@ from heimdall_kms.errors import (
     RateLimitedError,
 )
 from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey, round_trip
+from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
 __all__ = ["GCPKMSProvider", "build_client", "check_key_name"]
 
 _KEY_NAME = re.compile(r"projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+")
-_WRAPPED = re.compile(r"gcp:v([1-9][0-9]{0,8}):([A-Za-z0-9+/]+={0,2})")
+_BODY = re.compile(r"[A-Za-z0-9+/]+={0,2}")  # after ``gcp:v<n>:`` (heimdall_kms.wrapped_key)
 _SCOPE = "https://www.googleapis.com/auth/cloudkms"
 _AAD_PURPOSE = "heimdall-kms/dek"
 _CRC_ATTEMPTS = 3  # Google's guidance: retry a checksum failure a limited number of times.
@@ -240,16 +241,16 @@ class GCPKMSProvider:
             if response.ciphertext_crc32c == _crc(response.ciphertext):
                 version = self._version_number(response.name)
                 text = base64.b64encode(response.ciphertext).decode("ascii")
-                return WrappedKey(f"gcp:v{version}:{text}", version)
+                return WrappedKey(format_wrapped("gcp", version, text), version)
         raise KMSError(_CORRUPTED.format(operation="encrypt", attempts=_CRC_ATTEMPTS))
 
     def _unwrap_one(self, item: tuple[str, KeyContext]) -> bytearray | HeimdallKMSError:
         text, context = item
-        match = _WRAPPED.fullmatch(text)
-        if match is None:
+        form = parse_wrapped(text)
+        if form is None or form.provider != "gcp" or not _BODY.fullmatch(form.body):
             return IntegrityError("wrapped data key is not a GCP KMS ciphertext")
         try:
-            ciphertext = base64.b64decode(match.group(2), validate=True)
+            ciphertext = base64.b64decode(form.body, validate=True)
         except binascii.Error:
             return IntegrityError("wrapped data key is not valid base64")
         aad = _kms_aad(context)

@@ -37,13 +37,14 @@ from heimdall_kms.errors import (
     KeyVersionRetiredError,
 )
 from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey, round_trip
+from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
 __all__ = ["LocalDevProvider", "LocalKeyring"]
 
 _LOG = logging.getLogger(__name__)
 _FORMAT = "heimdall-local-keyring/1"
 _WARNING = "NOT FOR PRODUCTION: master keys in this file are stored in the clear."
-_WRAPPED = re.compile(r"local:v([1-9][0-9]{0,8}):([A-Za-z0-9+/=]+)")
+_BODY = re.compile(r"[A-Za-z0-9+/=]+")  # after ``local:v<n>:`` (heimdall_kms.wrapped_key)
 
 Clock = Callable[[], datetime]
 
@@ -235,7 +236,7 @@ class LocalDevProvider:
         master = bytes.fromhex(key["versions"][str(version)]["key"])
         subkey = crypto.derive_key(master, b"heimdall-local-hmac|" + self._key_name.encode())
         return [
-            f"local:v{version}:" + base64.b64encode(crypto.mac(subkey, value)).decode("ascii")
+            format_wrapped("local", version, base64.b64encode(crypto.mac(subkey, value)).decode())
             for value in values
         ]
 
@@ -283,20 +284,21 @@ class LocalDevProvider:
     def _wrap(self, master: bytes, version: int, dek: bytearray) -> WrappedKey:
         ciphertext, nonce = crypto.seal(master, bytes(dek), self._aad(version))
         blob = base64.b64encode(nonce + ciphertext).decode("ascii")
-        return WrappedKey(f"local:v{version}:{blob}", version)
+        return WrappedKey(format_wrapped("local", version, blob), version)
 
     def _unwrap(self, key: dict[str, Any], item: str) -> bytearray | HeimdallKMSError:
-        match = _WRAPPED.fullmatch(item)
-        if match is None:
+        form = parse_wrapped(item)
+        if form is None or form.provider != "local" or not _BODY.fullmatch(form.body):
             return IntegrityError("wrapped data key is not in the local provider's form")
-        version = int(match.group(1))
+        # The version picks the key and is in the wrap's AAD: another version's DEK fails.
+        version = form.version
         if version < int(key["min_decryption_version"]):
             return KeyVersionRetiredError(f"key version {version} is retired (below the minimum)")
         entry = key["versions"].get(str(version))
         if entry is None:
             return KeyNotFoundError(f"key version {version} does not exist")
         try:
-            blob = base64.b64decode(match.group(2), validate=True)
+            blob = base64.b64decode(form.body, validate=True)
         except binascii.Error:
             return IntegrityError("wrapped data key is not valid base64")
         nonce, ciphertext = blob[: crypto.NONCE_BYTES], blob[crypto.NONCE_BYTES :]

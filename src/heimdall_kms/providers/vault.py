@@ -50,6 +50,7 @@ from heimdall_kms.providers.base import (
 )
 from heimdall_kms.providers.vault_auth import Login, TokenKeeper, login_function, new_client
 from heimdall_kms.providers.vault_http import TransitHTTP
+from heimdall_kms.wrapped_key import parse_wrapped
 
 __all__ = [
     "VaultTransitProvider",
@@ -58,7 +59,7 @@ __all__ = [
     "delete_throwaway_key",
 ]
 
-_WRAPPED = re.compile(r"vault:v[1-9][0-9]{0,8}:[A-Za-z0-9+/=]+")
+_BODY = re.compile(r"[A-Za-z0-9+/=]+")  # after ``vault:v<n>:`` (heimdall_kms.wrapped_key)
 _T = TypeVar("_T")
 # OpenBao refuses a JSON body with too many strings; a 500-item batch failed where 499 passed.
 _TOO_COMPLEX = "exceeded maximum number of strings"
@@ -269,7 +270,7 @@ class VaultTransitProvider:
         results: list[_T | HeimdallKMSError] = [
             IntegrityError("wrapped data key is not a Vault ciphertext")
         ] * len(wrapped)
-        positions = [i for i, item in enumerate(wrapped) if _WRAPPED.fullmatch(item)]
+        positions = [i for i, item in enumerate(wrapped) if _is_transit_ciphertext(item)]
         items = [{"ciphertext": wrapped[i]} for i in positions]
         for position, result in zip(positions, self._batched(operation, items), strict=True):
             results[position] = result if isinstance(result, HeimdallKMSError) else decode(result)
@@ -455,3 +456,10 @@ def _creation_time(value: object) -> datetime | None:
         except ValueError:
             return None
     return None
+
+
+def _is_transit_ciphertext(item: str) -> bool:
+    # Transit reads the version from this prefix and decrypts with that version's key, so a
+    # prefix naming another version fails authentication in Vault: verified on unwrap.
+    form = parse_wrapped(item)
+    return form is not None and form.provider == "vault" and bool(_BODY.fullmatch(form.body))

@@ -1,0 +1,42 @@
+"""The one codec of a wrapped DEK's text form, ``<provider>:v<N>:<body>`` (dependency-free).
+
+Every provider stores its wrapped DEK behind the same prefix: the provider's name and the
+version of the master key that wrapped it (Vault Transit writes ``vault:v3:…`` itself; the
+other providers add the prefix to their own ciphertext). The body is the provider's own and
+only the provider checks it. An envelope's ``key_version`` is checked against this version
+(SPEC §4.2), so parsing it lives here, once, and imports nothing from the package.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["WrappedForm", "format_wrapped", "parse_wrapped"]
+
+_FORM = re.compile(r"([a-z]{1,16}):v([1-9][0-9]{0,8}):(\S+)")
+
+
+@dataclass(frozen=True, slots=True)
+class WrappedForm:
+    """A wrapped DEK's text, split: who wrapped it, under which version, and the rest."""
+
+    provider: str
+    version: int
+    body: str  # the provider's own ciphertext form (base64, or Azure's id:alg:base64url)
+
+    def __repr__(self) -> str:
+        return f"WrappedForm(provider={self.provider!r}, version={self.version})"
+
+
+def parse_wrapped(text: str) -> WrappedForm | None:
+    """Split ``<provider>:v<N>:<body>``; None when the text is not of that form."""
+    match = _FORM.fullmatch(text)
+    if match is None:
+        return None
+    return WrappedForm(match.group(1), int(match.group(2)), match.group(3))
+
+
+def format_wrapped(provider: str, version: int, body: str) -> str:
+    """The stored text of a wrapped DEK (the inverse of :func:`parse_wrapped`)."""
+    return f"{provider}:v{version}:{body}"

@@ -1,0 +1,170 @@
+"""An envelope's ``key_version`` is checked against its wrapped DEK (issue 15 item 4, SPEC §4.2).
+
+A row edited to say ``key_version: 2`` over a v1 DEK is refused on decrypt, blocks the retire
+guard, and cannot pass as a v2 read in the audit log. Local provider and a live OpenBao.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import heimdall_kms
+from heimdall_kms.audit import MemoryAuditSink
+from heimdall_kms.cli import main
+from heimdall_kms.envelope import parse
+from heimdall_kms.errors import MalformedEnvelopeError
+from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
+from tests.servers import run_cli, start_openbao
+
+ROWS = 12
+FORGED = 7
+
+
+@dataclass
+class Forged:
+    env: dict[str, str]
+    url: str
+    db: Path
+    log: Path
+    text: str  # the edited row's stored value
+
+    def targets(self) -> list[str]:
+        return ["--database", self.url, "--table", "t", "--column", "v"]
+
+
+@pytest.fixture(params=["local", "vault"])
+def forged(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Forged]:
+    """Every value rewrapped to v2, except row 7: its v1 envelope, edited to say v2."""
+    log = tmp_path / "audit.log"
+    env = {"HMD_ENCRYPTION_MODE": "kms", "HMD_AUDIT_LOG": str(log)}
+    server = None
+    if request.param == "local":
+        env |= {"HMD_KMS_PROVIDER": "local", "HMD_LOCAL_KEYRING": str(tmp_path / "kr.json")}
+    else:
+        server = start_openbao()
+        env |= server.env(HMD_AUDIT_LOG=str(log))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    db = tmp_path / "app.db"
+    with heimdall_kms.from_env(env, audit=MemoryAuditSink()) as crypto, sqlite3.connect(db) as c:
+        c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        sealed = crypto.encrypt_many(
+            [(f"ssn-{i}", {"table": "t", "field": "v", "record": str(i)}) for i in range(ROWS)]
+        )
+        c.executemany(
+            "INSERT INTO t VALUES (?, ?)", [(i, e.to_json()) for i, e in enumerate(sealed)]
+        )
+    url = f"sqlite:///{db}"
+    assert main(["rotate"]) == 0
+    assert main(["reencrypt", "--database", url, "--table", "t", "--column", "v"]) == 0
+    old = json.loads(sealed[FORGED].to_json())
+    assert old["key_version"] == 1
+    text = json.dumps({**old, "key_version": 2})
+    with sqlite3.connect(db) as c:
+        c.execute("UPDATE t SET v = ? WHERE id = ?", (text, FORGED))
+    yield Forged(env, url, db, log, text)
+    if server is not None:
+        server.stop()
+
+
+class TestForgedKeyVersion:
+    def test_decrypt_refuses_it(self, forged: Forged) -> None:
+        """Exit 65 (malformed), no plaintext."""
+        done = run_cli(["decrypt", "--actor", "a", "--reason", "r"], forged.env, forged.text)
+        out, err = done.stdout.decode(), done.stderr.decode()
+        assert done.returncode == 65
+        assert "ssn-" not in out + err
+        assert "key_version" in err
+
+    def test_retire_guard_refuses_while_it_is_stored(
+        self, forged: Forged, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The census cannot believe v2, so retiring v1 is refused, and the KMS keeps v1."""
+        capsys.readouterr()
+        assert main(["retire", "--below-version", "2", *forged.targets()]) == 4
+        assert "1 damaged envelopes" in capsys.readouterr().err
+        assert main(["status", *forged.targets(), "--json"]) == 0
+        census = json.loads(capsys.readouterr().out)
+        assert census["unparseable"] == 1 and census["unparseable_ids"] == [str(FORGED)]
+        assert census["key_version"] == {"2": ROWS - 1}
+        with heimdall_kms.from_env(forged.env, audit=MemoryAuditSink()) as crypto:
+            assert crypto.kms is not None
+            assert crypto.kms.describe().min_decryption_version == 1
+
+    def test_audit_never_records_it_as_a_v2_read(
+        self, forged: Forged, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A read of the row is a failure, so `--key-version 2` shows no successful read of it."""
+        with heimdall_kms.from_env(forged.env) as crypto:
+            (outcome,) = crypto.decrypt_outcomes([forged.text], actor="reader", reason="r")
+        assert isinstance(outcome, MalformedEnvelopeError)
+        capsys.readouterr()
+        main(
+            [
+                "audit",
+                "query",
+                str(forged.log),
+                "--event-type",
+                "crypto.decrypt",
+                "--actor",
+                "reader",
+            ]
+        )
+        (event,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert (event["result"], event["error_type"]) == ("failure", "malformed_envelope")
+        assert event.get("key_version") != 2
+
+
+class TestWrappedKeyCodec:
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "vault:v3:AAAA",
+            "local:v1:d3JhcA==",
+            "aws:v12:Zm9v",
+            "gcp:v2:YmFy",
+            "azure:v4:id:A256KW:x",
+        ],
+    )
+    def test_round_trip(self, text: str) -> None:
+        form = parse_wrapped(text)
+        assert form is not None
+        assert format_wrapped(form.provider, form.version, form.body) == text
+
+    @pytest.mark.parametrize(
+        "text", ["vault:v0:AAAA", "vault:3:AAAA", "vault:v3:", "Vault:v3:AA", "vault:v3:a b", ""]
+    )
+    def test_not_the_form(self, text: str) -> None:
+        assert parse_wrapped(text) is None
+
+    def test_repr_names_no_ciphertext(self) -> None:
+        form = parse_wrapped("vault:v3:c2VjcmV0LWtleQ==")
+        assert "c2VjcmV0" not in repr(form)
+
+    @pytest.mark.parametrize(
+        ("dek", "error"),
+        [("local:v2:d3JhcA==", "key_version"), ("vault:v1:d3JhcA==", "encrypted_dek")],
+    )
+    def test_envelope_parse_checks_the_version_and_provider(self, dek: str, error: str) -> None:
+        envelope = {
+            "encryption_version": "kms_v1",
+            "provider": "local",
+            "key_identifier": "k",
+            "key_version": 1,
+            "algorithm": "AES-256-GCM",
+            "ciphertext": "AAAAAAAAAAAAAAAAAAAAAA==",
+            "nonce": "AAAAAAAAAAAAAAAA",
+            "encrypted_dek": dek,
+            "context": {},
+            "encryption_timestamp": "2026-01-01T00:00:00.000000Z",
+        }
+        with pytest.raises(MalformedEnvelopeError, match=error):
+            parse(envelope)
