@@ -19,6 +19,7 @@ from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.cli import main
 from heimdall_kms.envelope import parse
 from heimdall_kms.errors import MalformedEnvelopeError
+from heimdall_kms.providers.local import LocalKeyring
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 from tests.servers import run_cli, start_openbao
 
@@ -48,6 +49,7 @@ def forged(
     server = None
     if request.param == "local":
         env |= {"HMD_KMS_PROVIDER": "local", "HMD_LOCAL_KEYRING": str(tmp_path / "kr.json")}
+        LocalKeyring(tmp_path / "kr.json").ensure_key("heimdall-pii")
     else:
         server = start_openbao()
         env |= server.env(HMD_AUDIT_LOG=str(log))
@@ -67,7 +69,8 @@ def forged(
     assert main(["reencrypt", "--database", url, "--table", "t", "--column", "v"]) == 0
     old = json.loads(sealed[FORGED].to_json())
     assert old["key_version"] == 1
-    text = json.dumps({**old, "key_version": 2})
+    # A careful forger keeps key_id (which names the version too) consistent with the edit.
+    text = json.dumps({**old, "key_version": 2, "key_id": old["key_id"][: -len("v1")] + "v2"})
     with sqlite3.connect(db) as c:
         c.execute("UPDATE t SET v = ? WHERE id = ?", (text, FORGED))
     yield Forged(env, url, db, log, text)
