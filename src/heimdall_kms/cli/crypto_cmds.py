@@ -7,6 +7,7 @@ import sys
 import click
 
 import heimdall_kms
+from heimdall_kms.cli._actor import actor_option
 from heimdall_kms.cli._io import context_from_options, read_stdin_text
 from heimdall_kms.envelope._json import MAX_ENVELOPE_CHARS
 from heimdall_kms.service import MAX_PLAINTEXT_BYTES
@@ -20,7 +21,7 @@ _CONTEXT_HELP = "Context entry the value is bound to (repeatable), e.g. --contex
 @click.command()
 @click.option("--field", metavar="NAME", help=_FIELD_HELP)
 @click.option("--context", "pairs", multiple=True, metavar="KEY=VALUE", help=_CONTEXT_HELP)
-@click.option("--actor", default="cli", show_default=True, help="Who encrypts (audited).")
+@actor_option("encrypts")
 def encrypt(field: str | None, pairs: tuple[str, ...], actor: str) -> None:
     """Encrypt the UTF-8 text on stdin; print one envelope JSON object.
 

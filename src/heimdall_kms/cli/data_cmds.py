@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from heimdall_kms.audit import open_sink
+from heimdall_kms.cli._actor import actor_option
 from heimdall_kms.cli._job_metrics import JobTelemetry, job_telemetry, metrics_options
 from heimdall_kms.cli._targets import TargetSpec, opened_stores, target_options
 from heimdall_kms.cli.progress import ProgressView
@@ -52,7 +53,7 @@ _RUN_ID = click.option("--run-id", help="Name the run (default: generated); the 
 @click.option("--dry-run", is_flag=True, help="Decrypt with the env key and count; write nothing.")
 @_RATE_LIMIT
 @_RUN_ID
-@click.option("--actor", default="migrate", show_default=True, help="Who runs it (audited).")
+@actor_option("runs it")
 @click.option(
     "--rollback",
     "rollback_run",
@@ -120,7 +121,7 @@ def migrate(
 @click.option("--dry-run", is_flag=True, help="Count what would change; write nothing.")
 @_RATE_LIMIT
 @_RUN_ID
-@click.option("--actor", default="reencrypt", show_default=True, help="Who runs it (audited).")
+@actor_option("runs it")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @metrics_options("reencrypt")
 def reencrypt(

@@ -8,6 +8,7 @@ import os
 import click
 
 from heimdall_kms.audit import open_sink
+from heimdall_kms.cli._actor import actor_option
 from heimdall_kms.cli._targets import TargetSpec, opened_stores, target_options
 from heimdall_kms.config import audit_destination
 from heimdall_kms.jobs.journal import purge as purge_journal
@@ -64,7 +65,7 @@ def list_runs(
     help="Delete journal rows older than this many days.",
 )
 @click.option("--run", "run_id", help="Only this run's rows.")
-@click.option("--actor", default="cli", show_default=True, help="Who purges (audited).")
+@actor_option("purges")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def purge(
     *,

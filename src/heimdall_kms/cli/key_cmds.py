@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from heimdall_kms.audit import open_sink
+from heimdall_kms.cli._actor import actor_option
 from heimdall_kms.cli._job_metrics import job_telemetry, metrics_options
 from heimdall_kms.cli._targets import TargetSpec, opened_stores, target_options
 from heimdall_kms.config import Settings
@@ -31,7 +32,7 @@ def _kms(settings: Settings) -> KeyManagementService:
     help="Only if the latest version is HMD_KEY_ROTATION_DAYS (default 90) old, "
     "judged from the KMS's own creation time. For cron/CronJob/systemd timers.",
 )
-@click.option("--actor", default="cli", show_default=True, help="Who rotates (audited).")
+@actor_option("rotates")
 @click.option("--reason", help="Why, e.g. a change ticket or incident id (audited).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @metrics_options("rotate")
@@ -84,7 +85,7 @@ def rotate_command(
     help="Retire even though stored values still need the versions (they become "
     "unreadable). Loud, and audited.",
 )
-@click.option("--actor", default="cli", show_default=True, help="Who retires (audited).")
+@actor_option("retires")
 @click.option("--reason", help="Why (audited).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @metrics_options("retire")

@@ -10,6 +10,7 @@ from typing import BinaryIO
 import click
 
 import heimdall_kms
+from heimdall_kms.cli._actor import actor_option
 from heimdall_kms.errors import IncompleteError
 from heimdall_kms.policy import PolicyEngine, load_policy, validate_no_plaintext
 from heimdall_kms.policy.stream import MAX_LINE_BYTES, StreamReport, process_ndjson
@@ -53,7 +54,7 @@ def _finish(report: StreamReport, verb: str) -> None:
 @_POLICY
 @_BATCH
 @_STRICT
-@click.option("--actor", default="cli", show_default=True, help="Who protects (audited).")
+@actor_option("protects")
 def protect(policy_path: Path, batch_size: int, strict: bool, actor: str) -> None:
     """Apply the policy to NDJSON records on stdin; write them to stdout in the same order.
 
