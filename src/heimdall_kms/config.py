@@ -10,6 +10,7 @@ mode rules below are cross-field checks that read more plainly as code.)
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -361,6 +362,16 @@ def _read_vault(env: _Env) -> VaultSettings:
     parts = urlsplit(addr)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError("HMD_VAULT_ADDR: expected an http:// or https:// URL with a host")
+    insecure = env.get("HMD_VAULT_ALLOW_INSECURE_HTTP") or "false"
+    if insecure not in ("true", "false"):
+        raise ConfigurationError("HMD_VAULT_ALLOW_INSECURE_HTTP: expected true | false")
+    if parts.scheme == "http" and not _loopback(parts.hostname) and insecure != "true":
+        raise ConfigurationError(
+            "HMD_VAULT_ADDR: plain http:// to a host other than loopback would send the token "
+            "and every data key unencrypted; use https:// (or set "
+            "HMD_VAULT_ALLOW_INSECURE_HTTP=true behind a TLS-terminating proxy on a trusted "
+            "network)"
+        )
     method = env.enum("HMD_VAULT_AUTH_METHOD", VaultAuthMethod, VaultAuthMethod.TOKEN)
     token = env.get("HMD_VAULT_TOKEN", "VAULT_TOKEN")
     secret_id = env.get("HMD_VAULT_SECRET_ID")
@@ -384,6 +395,15 @@ def _read_vault(env: _Env) -> VaultSettings:
     )
     _check_vault_auth(settings)
     return settings
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _read_aws(env: _Env) -> AWSSettings:

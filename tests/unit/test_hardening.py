@@ -150,3 +150,28 @@ class TestDekSource:
         assert fd is not None or not hasattr(os, "readv")
         if fd is not None:
             os.close(fd)
+
+
+VAULT_BASE = {"HMD_KMS_PROVIDER": "vault", "HMD_KMS_KEY_ID": "k", "HMD_VAULT_TOKEN": "s.x"}
+
+
+class TestVaultPlainHttp:
+    @pytest.mark.parametrize("addr", ["http://vault.internal:8200", "http://10.0.0.5:8200"])
+    def test_plain_http_to_another_host_is_refused(self, addr: str) -> None:
+        with pytest.raises(ConfigurationError, match="HMD_VAULT_ALLOW_INSECURE_HTTP") as caught:
+            Settings.from_env({**VAULT_BASE, "HMD_VAULT_ADDR": addr})
+        assert str(caught.value).startswith("HMD_VAULT_ADDR:")
+
+    def test_unless_explicitly_allowed(self) -> None:
+        env = {**VAULT_BASE, "HMD_VAULT_ADDR": "http://vault.internal:8200"}
+        settings = Settings.from_env({**env, "HMD_VAULT_ALLOW_INSECURE_HTTP": "true"})
+        assert settings.vault is not None and settings.vault.addr.startswith("http://")
+        with pytest.raises(ConfigurationError, match=r"expected true \| false"):
+            Settings.from_env({**env, "HMD_VAULT_ALLOW_INSECURE_HTTP": "yes"})
+
+    @pytest.mark.parametrize(
+        "addr",
+        ["http://127.0.0.1:8200", "http://localhost:8200", "http://[::1]:8200", "https://v:1"],
+    )
+    def test_loopback_and_https_are_accepted(self, addr: str) -> None:
+        assert Settings.from_env({**VAULT_BASE, "HMD_VAULT_ADDR": addr}).vault is not None
