@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -14,7 +18,7 @@ from heimdall_kms.admin import load_tokens
 from heimdall_kms.audit import AuditEvent, EventType, FileAuditSink, Result
 from heimdall_kms.cli import main
 from heimdall_kms.config import Settings
-from heimdall_kms.errors import ConfigurationError, InvalidInputError
+from heimdall_kms.errors import ConfigurationError, InvalidInputError, KMSError
 from heimdall_kms.providers.local import LocalKeyring
 from heimdall_kms.store import load_targets
 
@@ -175,3 +179,94 @@ class TestVaultPlainHttp:
     )
     def test_loopback_and_https_are_accepted(self, addr: str) -> None:
         assert Settings.from_env({**VAULT_BASE, "HMD_VAULT_ADDR": addr}).vault is not None
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Answers 200 {} to anything and records the headers it was sent."""
+
+    seen: ClassVar[list[dict[str, str]]] = []
+
+    def _answer(self) -> None:
+        type(self).seen.append(dict(self.headers))
+        body = b'{"data": {}}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self._answer()
+
+    def log_message(self, *_: object) -> None:
+        return None
+
+
+def _redirector(target: str) -> type[http.server.BaseHTTPRequestHandler]:
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            self.send_response(307)
+            self.send_header("Location", target + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            self._answer()
+
+        def do_POST(self) -> None:
+            self._answer()
+
+        def log_message(self, *_: object) -> None:
+            return None
+
+    return Redirect
+
+
+@contextmanager
+def _serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class TestVaultRedirect:
+    TOKEN = "s.never-leaves-" + "this-host"
+
+    @pytest.mark.parametrize("call", ["describe", "wrap", "hmac"])
+    def test_a_redirect_is_not_followed_and_the_token_goes_nowhere(self, call: str) -> None:
+        from heimdall_kms.providers.vault import VaultTransitProvider
+
+        _Recorder.seen.clear()
+        with _serving(_Recorder) as elsewhere, _serving(_redirector(elsewhere)) as vault:
+            settings = Settings.from_env(
+                {
+                    **VAULT_BASE,
+                    "HMD_VAULT_ADDR": vault,
+                    "HMD_VAULT_TOKEN": self.TOKEN,
+                    "HMD_KMS_RETRY_ATTEMPTS": "1",
+                }
+            )
+            provider = VaultTransitProvider.from_settings(settings)
+            calls: dict[str, Callable[[], object]] = {
+                "describe": provider.describe,
+                "wrap": lambda: provider.wrap_many([bytearray(32)], [{}]),
+                "hmac": lambda: provider.hmac_many([b"x"]),
+            }
+            try:
+                with pytest.raises(KMSError, match="redirect") as caught:
+                    calls[call]()
+            finally:
+                provider.close()
+        assert self.TOKEN not in str(caught.value)
+        assert _Recorder.seen == []  # nothing at all reached the other address

@@ -20,6 +20,7 @@ import requests
 
 from heimdall_kms.config import VaultAuthMethod, VaultSettings
 from heimdall_kms.errors import ConfigurationError
+from heimdall_kms.providers.vault_http import refuse_redirect
 
 __all__ = ["TokenKeeper", "login_function", "new_client"]
 
@@ -27,10 +28,17 @@ Login = Callable[[hvac.Client], None]
 
 
 def new_client(vault: VaultSettings) -> hvac.Client:
+    """An hvac client that follows no redirect (see :func:`vault_http.refuse_redirect`)."""
     verify: bool | str = str(vault.cacert) if vault.cacert else True
-    return hvac.Client(
-        url=vault.addr, namespace=vault.namespace, verify=verify, timeout=vault.timeout_seconds
+    client = hvac.Client(
+        url=vault.addr,
+        namespace=vault.namespace,
+        verify=verify,
+        timeout=vault.timeout_seconds,
+        allow_redirects=False,
     )
+    client.adapter.session.hooks["response"].append(refuse_redirect)
+    return client
 
 
 def login_function(vault: VaultSettings) -> Login | None:

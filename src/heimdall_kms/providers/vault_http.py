@@ -9,8 +9,10 @@ pool, TLS settings (``verify``, ``cert``), proxies and keep-alive as every other
 environment is merged once, the first time a URL is used, exactly as ``requests`` merges it.
 
 Errors are raised as hvac raises them (``hvac.utils.raise_for_error``), so the provider
-translates them in one place. A redirect (a Vault standby that does not forward) is followed
-by handing the call to hvac, which follows it.
+translates them in one place. A redirect (a Vault standby that does not forward, or anything
+answering in Vault's place) is never followed, here or in hvac (:func:`refuse_redirect` is a
+hook on the session): ``requests`` would send the ``X-Vault-Token`` header along to whatever
+address the ``Location`` names.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import hvac
 import hvac.utils
 import requests
 
-__all__ = ["TransitHTTP"]
+from heimdall_kms.errors import KMSError
+
+__all__ = ["TransitHTTP", "refuse_redirect"]
 
 
 class TransitHTTP:
@@ -55,9 +59,7 @@ class TransitHTTP:
         response = session.get_adapter(url).send(
             request, timeout=self._timeout, **self._settings(session, url)
         )
-        if response.is_redirect:
-            answer = adapter.post(api_path, json=body)
-            return answer if isinstance(answer, dict) else {}
+        refuse_redirect(response)
         if not response.ok:
             _raise_for_error(url, response)
         document = response.json()
@@ -73,6 +75,21 @@ class TransitHTTP:
                 key: merged[key] for key in ("proxies", "verify", "cert")
             }
         return settings
+
+
+def refuse_redirect(response: requests.Response, *_: Any, **__: Any) -> requests.Response:
+    """A ``requests`` response hook: a redirect from Vault is an error, never followed.
+
+    Raises:
+        KMSError: the answer is a redirect (HTTP 301/302/303/307/308 with a Location).
+    """
+    if response.is_redirect:
+        raise KMSError(
+            f"Vault answered with a redirect (HTTP {response.status_code}); it is not followed, "
+            "so the token is never sent to another address: point HMD_VAULT_ADDR at the active "
+            "node (or let standbys forward requests)"
+        )
+    return response
 
 
 def _raise_for_error(url: str, response: requests.Response) -> None:
