@@ -573,6 +573,43 @@ class TestOversizedAuditLines:
         assert verify(api.audit_path).lines == len(api.audit())
 
 
+class TestDecryptEnvelopeObject:
+    """Issue 15 low: the object form of an envelope gets the checks its JSON text gets."""
+
+    def test_duplicated_keys_and_unknown_fields_are_refused(
+        self, tmp_path: Path, make_api: Callable[..., Api]
+    ) -> None:
+        api = make_api(local_env(tmp_path))
+        sealed = api.call(
+            "POST", "/crypto/encrypt", "app", json={"plaintext": "p", "context": {"field": "a"}}
+        ).json()
+        genuine = json.dumps(sealed)
+        # {"context": {"field": "b"}, ...the real envelope, whose "context" comes last}
+        doubled = '{"envelope": {"context": {"field": "b"}, ' + genuine[1:] + ', "reason": "r"}'
+        refused = api.call(
+            "POST",
+            "/crypto/decrypt",
+            "app",
+            content=doubled.encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"][0]["msg"] == "a key appears twice in one object"
+        smuggled = {**sealed, "ssn": "123-45-6789"}
+        extra = api.call(
+            "POST", "/crypto/decrypt", "app", json={"envelope": smuggled, "reason": "r"}
+        )
+        assert extra.status_code == 422 and "123-45-6789" not in extra.text
+        assert "unknown envelope field 'ssn'" in extra.json()["detail"][0]["msg"]
+        as_text = api.call(
+            "POST", "/crypto/decrypt", "app", json={"envelope": genuine, "reason": "r"}
+        )
+        as_object = api.call(
+            "POST", "/crypto/decrypt", "app", json={"envelope": sealed, "reason": "r"}
+        )
+        assert as_text.json() == as_object.json() == {"plaintext": "p"}
+
+
 # -- rotation scheduler ------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ check, so an unauthenticated request is answered 401 whatever its body holds.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -19,7 +20,11 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
 )
+
+from heimdall_kms.envelope.kms_v1 import KMS_V1, KMS_V1_KEYS
+from heimdall_kms.envelope.legacy import LEGACY_KEYS
 
 __all__ = [
     "DecryptRequest",
@@ -39,6 +44,7 @@ _IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_$]{0,62}(\.[A-Za-z_][A-Za-z0-9_$]{0,62})?$"
 Identifier = Annotated[str, StringConstraints(pattern=_IDENTIFIER)]
 _LABEL_CHARS = 512
 _M = TypeVar("_M", bound=BaseModel)
+_LEGACY_FIELDS = LEGACY_KEYS | {"encryption_version"}
 
 
 class _Body(BaseModel):
@@ -83,11 +89,24 @@ class EncryptRequest(_Body):
 
 
 class DecryptRequest(_Body):
-    envelope: str | dict[str, Any] = Field(description="A kms_v1 (or legacy) envelope.")
+    envelope: str | dict[str, Any] = Field(
+        description="A kms_v1 (or legacy) envelope: the object, or its JSON text. The object "
+        "form may hold only the fields of its format."
+    )
     context: dict[str, str] | None = Field(
         None, description="Where the value was read from; must match the envelope's context."
     )
     reason: str = Field(min_length=1, max_length=_LABEL_CHARS, description="Audited.")
+
+    @field_validator("envelope")
+    @classmethod
+    def _known_fields(cls, value: str | dict[str, Any]) -> str | dict[str, Any]:
+        if isinstance(value, dict):
+            known = KMS_V1_KEYS if value.get("encryption_version") == KMS_V1 else _LEGACY_FIELDS
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise ValueError(f"unknown envelope field {unknown[0][:64]!r}")
+        return value
 
 
 class DecryptResponse(BaseModel):
@@ -136,6 +155,7 @@ def json_body(model: type[_M], *, optional: bool = False) -> Callable[[Request],
         raw = await request.body()
         if optional and not raw.strip():
             raw = b"{}"
+        _refuse_duplicate_keys(raw)
         try:
             return model.model_validate_json(raw)
         except ValidationError as exc:
@@ -145,6 +165,34 @@ def json_body(model: type[_M], *, optional: bool = False) -> Callable[[Request],
             ) from None
 
     return parse
+
+
+def _refuse_duplicate_keys(raw: bytes) -> None:
+    """A key repeated anywhere in the body (an envelope object's included) is refused: the
+    JSON parser would keep one of the two silently, and another reader may take the other.
+
+    Raises:
+        RequestValidationError: a key appears twice.
+    """
+    try:
+        json.loads(raw, object_pairs_hook=_no_duplicates)
+    except _DuplicateKeyError:
+        raise RequestValidationError(
+            [{"loc": ("body",), "msg": "a key appears twice in one object", "type": "value_error"}]
+        ) from None
+    except (ValueError, RecursionError):
+        return  # not JSON (or not UTF-8): the model's parser says so, as before
+
+
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        raise _DuplicateKeyError
+    return document
 
 
 def body_doc(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:

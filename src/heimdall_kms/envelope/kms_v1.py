@@ -44,6 +44,7 @@ _KNOWN_KEYS = frozenset(
         "key_id",
     }
 )
+KMS_V1_KEYS = _KNOWN_KEYS  # the fields this version defines
 
 
 _AAD_HEAD = '{"alg":' + json.dumps(ALGORITHM) + ',"ctx":'
