@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Self, TypeVar
+from urllib.parse import urlsplit
 
 import hvac
 import hvac.exceptions
@@ -75,7 +76,7 @@ def build_client(vault: VaultSettings) -> hvac.Client:
     """
     client = new_client(vault)
     login = login_function(vault)
-    with _Translated("login", login=True):
+    with _Translated("login", login=True, address=vault.addr):
         if login is not None:
             login(client)
         elif vault.token is not None:
@@ -89,7 +90,7 @@ def create_throwaway_key(client: hvac.Client, name: str, *, mount: str = "transi
     Raises:
         KMSError: Vault refused (the token needs create on transit/keys/NAME).
     """
-    with _Translated("create key"):
+    with _Translated("create key", address=client.url, key=name, mount=mount):
         client.secrets.transit.create_key(name, key_type="aes256-gcm96", mount_point=mount)
         client.secrets.transit.update_key_configuration(
             name, deletion_allowed=True, mount_point=mount
@@ -102,7 +103,7 @@ def delete_throwaway_key(client: hvac.Client, name: str, *, mount: str = "transi
     Raises:
         KMSError: Vault refused.
     """
-    with _Translated("delete key"):
+    with _Translated("delete key", address=client.url, key=name, mount=mount):
         client.secrets.transit.delete_key(name, mount_point=mount)
 
 
@@ -295,10 +296,13 @@ class VaultTransitProvider:
         """One Vault call: errors translated, the token kept fresh, one re-login if refused."""
 
         def attempt() -> _T:
-            with _Translated(operation):
+            with self._translated(operation):
                 return fn()
 
         return self._authorized(attempt)
+
+    def _translated(self, operation: str) -> _Translated:
+        return _Translated(operation, address=self._client.url, key=self._key, mount=self._mount)
 
     def _authorized(self, fn: Callable[[], _T]) -> _T:
         self._token.keep_fresh()
@@ -309,7 +313,7 @@ class VaultTransitProvider:
             # the same call, so the batch is not lost. A static token's refusal is final.
             if self._token.login is None:
                 raise
-            with _Translated("login", login=True):
+            with _Translated("login", login=True, address=self._client.url):
                 self._token.login(self._client)
             return fn()
 
@@ -317,7 +321,7 @@ class VaultTransitProvider:
         self, operation: str, chunk: list[dict[str, str]]
     ) -> list[dict[str, Any] | HeimdallKMSError]:
         try:
-            with _Translated(operation):
+            with self._translated(operation):
                 try:
                     response = self._http.post(
                         self._mount, operation, self._key, body={"batch_input": chunk}
@@ -384,11 +388,25 @@ def _error_from_message(operation: str, message: str) -> HeimdallKMSError:
 
 
 class _Translated:
-    """Turns hvac and requests exceptions into our typed errors, with safe messages."""
+    """Turns hvac and requests exceptions into our typed errors, with safe messages.
 
-    def __init__(self, operation: str, *, login: bool = False) -> None:
+    The message names what failed: the operation, the Vault address (scheme, host and port
+    only: never credentials or a path) and, for Transit calls, the key and the mount.
+    """
+
+    def __init__(
+        self,
+        operation: str,
+        *,
+        login: bool = False,
+        address: str | None = None,
+        key: str | None = None,
+        mount: str | None = None,
+    ) -> None:
         self._operation = operation
         self._login = login
+        self._address = safe_address(address) if address else None
+        self._target = f"key {key!r} on mount {mount!r}" if key and mount else None
 
     def __enter__(self) -> None:
         return None
@@ -399,20 +417,35 @@ class _Translated:
         if exc is None or isinstance(exc, KMSError | _TooComplexError):
             return
         if isinstance(exc, hvac.exceptions.VaultError):
-            raise _translate_vault(self._operation, exc, login=self._login) from None
+            raise _translate_vault(self._where(), exc, login=self._login) from None
         if isinstance(exc, requests.exceptions.RequestException):
             reason = type(exc).__name__
+            at = f" at {self._address}" if self._address else ""
+            target = f" ({self._target})" if self._target else ""
             raise KMSUnavailableError(
-                f"cannot reach Vault for {self._operation}: {reason}"
+                f"cannot reach Vault{at} for {self._operation}{target}: {reason}"
             ) from None
+
+    def _where(self) -> str:
+        parts = [part for part in (self._target, self._address) if part]
+        return f"Vault {self._operation}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def safe_address(url: str) -> str:
+    """``scheme://host:port`` of a Vault URL: no user, password, path or query."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "the configured address"
+    return f"{parts.scheme}://{parts.hostname or ''}{port}" if parts.scheme else url
 
 
 def _translate_vault(
-    operation: str, exc: hvac.exceptions.VaultError, *, login: bool
+    where: str, exc: hvac.exceptions.VaultError, *, login: bool
 ) -> KMSError | _TooComplexError:
     errors = [str(e) for e in (exc.errors or []) if isinstance(e, str)] if exc.errors else []
     first = errors[0][:200] if errors else ""
-    where = f"Vault {operation}"
     if isinstance(exc, hvac.exceptions.InvalidRequest) and _TOO_COMPLEX in first:
         return _TooComplexError()
     if isinstance(exc, hvac.exceptions.Unauthorized) or (

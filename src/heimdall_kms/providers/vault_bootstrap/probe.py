@@ -65,7 +65,7 @@ def token_status(vault: VaultSettings) -> TokenStatus:
     """
     client = build_client(vault)
     try:
-        with _Translated("token lookup"):
+        with _Translated("token lookup", address=client.url):
             data = _data(client.auth.token.lookup_self())
     finally:
         client.adapter.close()

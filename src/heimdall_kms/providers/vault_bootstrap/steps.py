@@ -112,7 +112,7 @@ def apply(client: hvac.Client, steps: Sequence[Step]) -> None:
     """
     for step in steps:
         for call in step.calls:
-            with _Translated(f"bootstrap ({step.name})"):
+            with _Translated(f"bootstrap ({step.name})", address=client.url):
                 client.adapter.request(call.method, call.path, json=call.body)
 
 
@@ -134,13 +134,13 @@ def new_secret_ids(client: hvac.Client, options: BootstrapOptions) -> dict[str, 
     made: dict[str, Secret[str]] = {}
     for role in ROLES:
         path = f"/v1/auth/{options.approle_mount}/role/{options.name(role)}/secret-id"
-        with _Translated("bootstrap (new secret id)"):
+        with _Translated("bootstrap (new secret id)", address=client.url):
             made[role] = Secret(str(client.adapter.post(path)["data"]["secret_id"]))
     return made
 
 
 def _get(client: hvac.Client, path: str) -> dict[str, Any] | None:
-    with _Translated("bootstrap (read)"):
+    with _Translated("bootstrap (read)", address=client.url):
         try:
             answer = client.adapter.get(path)
         except hvac.exceptions.InvalidPath:
