@@ -326,3 +326,34 @@ def test_the_documented_policies_are_the_ones_written() -> None:
     text = doc.read_text(encoding="utf-8")
     for role in ROLES:
         assert f"```hcl\n{policy_hcl(role, BootstrapOptions(key=TRANSIT_KEY))}```" in text, role
+
+
+class TestBootstrapAuditsTheKey:
+    """Issue 15 low: creating the master key writes key.create (its intent first)."""
+
+    def test_creating_the_key_is_audited_once(self, fresh_openbao: OpenBao, tmp_path: Path) -> None:
+        log = tmp_path / "audit.log"
+        env = {"HMD_KMS_KEY_ID": "customer-pii", "HMD_AUDIT_LOG": str(log)}
+        result = run(["vault", "bootstrap", "--actor", "ops-alice"], fresh_openbao.env(**env))
+        assert result.returncode == 0, result.stderr
+        events = [json.loads(line) for line in log.read_text().splitlines()]
+        assert [(e["event_type"], e["result"]) for e in events] == [
+            ("key.create", "intent"),
+            ("key.create", "success"),
+        ]
+        assert {e["key_identifier"] for e in events} == {"customer-pii"}
+        assert events[1]["actor"] == "ops-alice" and events[1]["key_version"] == 1
+        assert fresh_openbao.root_token not in log.read_text()
+        again = run(["vault", "bootstrap"], fresh_openbao.env(**env))
+        assert again.returncode == 0, again.stderr
+        assert len(log.read_text().splitlines()) == 2  # nothing created, nothing to audit
+
+    def test_with_an_unwritable_audit_log_nothing_is_created(
+        self, fresh_openbao: OpenBao, tmp_path: Path
+    ) -> None:
+        (tmp_path / "audit.log").mkdir()  # a directory: the log cannot be opened
+        env = {"HMD_KMS_KEY_ID": "customer-pii", "HMD_AUDIT_LOG": str(tmp_path / "audit.log")}
+        result = run(["vault", "bootstrap"], fresh_openbao.env(**env))
+        assert result.returncode == 74, result.stderr
+        keys = fresh_openbao.client().secrets.transit.list_keys()["data"]["keys"]
+        assert "customer-pii" not in keys

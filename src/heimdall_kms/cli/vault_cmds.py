@@ -8,15 +8,22 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from secrets import token_hex
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from heimdall_kms.config import Settings
+from heimdall_kms.audit import AuditEvent, EventType, Result, open_sink
+from heimdall_kms.audit.attempt import audited
+from heimdall_kms.cli._actor import actor_option
+from heimdall_kms.config import ProviderName, Settings
 from heimdall_kms.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    import hvac
+
     from heimdall_kms.providers.vault_bootstrap import BootstrapOptions, KubernetesBinding, Step
 
 __all__ = ["parse_period", "vault"]
@@ -65,8 +72,10 @@ def vault() -> None:
 @click.option("--print-secret-ids", is_flag=True, help="Print new AppRole secret ids (SENSITIVE).")
 @click.option("--dry-run", is_flag=True, help="Print the HCL and API calls; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@actor_option("bootstraps Vault (audited as key.create when the key is created)")
 def bootstrap(
     *,
+    actor: str,
     prefix: str,
     key_name: str | None,
     auto_rotate_period: str | None,
@@ -113,7 +122,7 @@ def bootstrap(
     try:
         steps = vb.plan(client, options)
         if not dry_run:
-            vb.apply(client, steps)
+            _apply(client, steps, options, settings.audit_log, actor)
         ids = vb.role_ids(client, options)
         made = vb.new_secret_ids(client, options) if print_secret_ids and not dry_run else {}
     finally:
@@ -129,6 +138,35 @@ def bootstrap(
         _print(steps, options, ids, dry_run=dry_run)
     if secrets:
         _print_secret_ids(secrets, options, as_json=as_json)
+
+
+def _apply(
+    client: hvac.Client, steps: Sequence[Step], options: BootstrapOptions, log: str, actor: str
+) -> None:
+    """Apply the steps; when one creates the master key, as an audited ``key.create``
+    (its intent written before anything is applied: with an unwritable log nothing is)."""
+    from heimdall_kms.providers import vault_bootstrap as vb  # noqa: PLC0415 - loads hvac
+
+    key_step = f"key {options.key} "
+    if not any(s.name.startswith(key_step) and s.change is vb.Change.CREATED for s in steps):
+        vb.apply(client, steps)
+        return
+    event = AuditEvent(
+        EventType.KEY_CREATE,
+        actor,
+        f"bootstrap-{token_hex(6)}",
+        Result.SUCCESS,
+        key_identifier=options.key,
+        provider=ProviderName.VAULT.value,
+        details={"transit_mount": options.transit_mount, "key_type": vb.KEY_TYPE},
+    )
+    sink = open_sink(log)
+    try:
+        with audited(sink, event) as attempt:
+            vb.apply(client, steps)
+            attempt.key_version = 1
+    finally:
+        sink.close()
 
 
 def _binding(  # noqa: PLR0917 - the --k8s-* options, in their order.
