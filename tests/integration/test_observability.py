@@ -94,9 +94,9 @@ def start_serve(tmp_path: Path, env: dict[str, str], provider: str) -> Iterator[
     audit = tmp_path / "audit.log"
     stderr = tmp_path / "serve.stderr"
     full_env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("HMD_")},
-        **env,
+        **{k: v for k, v in os.environ.items() if not k.startswith(("HMD_", "OTEL_"))},
         "HMD_AUDIT_LOG": str(audit),
+        **env,
         "HMD_ADMIN_TOKENS_FILE": str(tokens_file),
     }
     with stderr.open("wb") as err:
@@ -275,3 +275,185 @@ class TestCircuitState:
         assert level() == 1
         kms.health()  # the probe succeeds against the real local provider
         assert level() == 0
+
+
+# -- request correlation -----------------------------------------------------------------------
+
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"
+
+
+def audit_lines(tmp_path: Path) -> list[dict[str, object]]:
+    import json
+
+    return [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+
+
+class TestRequestCorrelation:
+    def test_the_callers_ids_reach_the_audit_events_and_come_back(
+        self, tmp_path: Path, app_factory: Callable[..., tuple[TestClient, dict[str, str]]]
+    ) -> None:
+        client, tokens = app_factory(local_env(tmp_path))
+        headers = {
+            "Authorization": f"Bearer {tokens['app']}",
+            "X-Request-ID": "checkout-7f3a:42",
+            "traceparent": TRACEPARENT,
+        }
+        answer = client.post("/crypto/encrypt", json={"plaintext": "x"}, headers=headers)
+        assert answer.status_code == 200
+        assert answer.headers["x-request-id"] == "checkout-7f3a:42"
+        client.get("/admin/crypto/keys", headers={"X-Request-ID": "denied-1"})  # no token
+        events = {e["event_type"]: e for e in audit_lines(tmp_path)}
+        assert events["crypto.encrypt"]["correlation_id"] == "checkout-7f3a:42"
+        # The event's own request_id stays unique per call, whatever the caller sends.
+        assert events["crypto.encrypt"]["request_id"] != "checkout-7f3a:42"
+        assert events["crypto.encrypt"]["trace_id"] == CALLER_TRACE
+        assert events["access.denied"]["correlation_id"] == "denied-1"
+        assert "trace_id" not in events["access.denied"]
+
+    @pytest.mark.parametrize(
+        ("request_id", "traceparent"),
+        [
+            ("x" * 129, "00-" + "0" * 32 + "-00f067aa0ba902b7-01"),  # too long; zero trace id
+            ("has space", TRACEPARENT.upper()),  # bad character; upper-case hex
+            ("line\nbreak", "01-" + TRACEPARENT[3:]),  # control character; unknown version
+            ("", TRACEPARENT + "-extra"),
+        ],
+    )
+    def test_invalid_values_are_ignored_and_a_fresh_id_used(
+        self,
+        tmp_path: Path,
+        app_factory: Callable[..., tuple[TestClient, dict[str, str]]],
+        request_id: str,
+        traceparent: str,
+    ) -> None:
+        client, tokens = app_factory(local_env(tmp_path))
+        headers = {
+            "Authorization": f"Bearer {tokens['app']}",
+            "X-Request-ID": request_id,
+            "traceparent": traceparent,
+        }
+        answer = client.post("/crypto/encrypt", json={"plaintext": "x"}, headers=headers)
+        assert answer.status_code == 200
+        used = answer.headers["x-request-id"]
+        assert used != request_id and len(used) == 36  # a fresh UUID
+        [event] = [e for e in audit_lines(tmp_path) if e["event_type"] == "crypto.encrypt"]
+        assert event["correlation_id"] == used
+        assert "trace_id" not in event
+
+    def test_without_headers_each_request_gets_its_own_id(
+        self, tmp_path: Path, app_factory: Callable[..., tuple[TestClient, dict[str, str]]]
+    ) -> None:
+        client, tokens = app_factory(local_env(tmp_path))
+        bearer = {"Authorization": f"Bearer {tokens['app']}"}
+        ids = [
+            client.post("/crypto/encrypt", json={"plaintext": "x"}, headers=bearer).headers[
+                "x-request-id"
+            ]
+            for _ in range(2)
+        ]
+        events = [e for e in audit_lines(tmp_path) if e["event_type"] == "crypto.encrypt"]
+        assert [e["correlation_id"] for e in events] == ids and ids[0] != ids[1]
+
+
+# -- operational logs --------------------------------------------------------------------------
+
+CANARY = "canary-PII-5f1e9d"  # a plaintext that must never appear in any output
+
+
+def json_lines(text: str) -> list[dict[str, object]]:
+    import json
+
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+class TestJSONLogs:
+    def test_serve_logs_json_apart_from_the_audit_lines_and_never_the_plaintext(
+        self, tmp_path: Path
+    ) -> None:
+        """Audit on stderr too (the Kubernetes default): every line is JSON, an audit line has
+        a hash and no level, a log line a level and no hash; the request log names the route
+        and the request id; the plaintext is nowhere."""
+        env = local_env(tmp_path, HMD_LOG_FORMAT="json", HMD_AUDIT_LOG="stderr")
+        live = start_serve(tmp_path, env, "local")
+        server = next(live)
+        try:
+            headers = {"X-Request-ID": "req-canary-1"}
+            sealed = server.call(
+                "POST", "/crypto/encrypt", "app", json={"plaintext": CANARY}, headers=headers
+            ).json()
+            opened = server.call(
+                "POST", "/crypto/decrypt", "app", json={"envelope": sealed, "reason": "t"}
+            )
+            assert opened.json()["plaintext"] == CANARY
+            server.call("GET", "/crypto/encrypt", "app")  # 405: logged, route unmatched
+        finally:
+            next(live, None)
+        text = server.stderr.read_text()
+        assert CANARY not in text
+        lines = json_lines(text)  # raises if any line is not JSON
+        audit = [line for line in lines if "hash" in line]
+        logs = [line for line in lines if "level" in line]
+        assert len(audit) + len(logs) == len(lines) and audit and logs
+        assert not any("level" in line for line in audit)
+        for line in logs:
+            assert {"time", "level", "logger", "event", "message"} <= set(line)
+        requests = [line for line in logs if line["event"] == "http.request"]
+        first = next(r for r in requests if r["request_id"] == "req-canary-1")
+        assert (first["route"], first["status"], first["level"]) == ("/crypto/encrypt", 200, "info")
+        assert any(r["route"] == "/crypto/decrypt" for r in requests)
+        encrypt = next(a for a in audit if a["event_type"] == "crypto.encrypt")
+        assert encrypt["correlation_id"] == "req-canary-1"
+
+    def test_job_logs_are_json_with_the_run_id_and_no_plaintext(self, tmp_path: Path) -> None:
+        import sqlite3
+
+        from tests.legacy_data import legacy_envelope
+
+        master = "ab" * 32
+        db = tmp_path / "app.db"
+        with sqlite3.connect(db) as connection:
+            connection.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+            connection.execute("INSERT INTO t VALUES (1, ?)", (legacy_envelope(master, CANARY),))
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("HMD_", "OTEL_"))},
+            **local_env(tmp_path, HMD_ENCRYPTION_MODE="hybrid", HMD_PII_MASTER_KEY=master),
+            "HMD_AUDIT_LOG": str(tmp_path / "audit.log"),
+            "HMD_LOG_FORMAT": "json",
+        }
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "heimdall_kms", "migrate", "--database", f"sqlite:///{db}"),
+                *("--table", "t", "--column", "v", "--run-id", "run-canary"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert CANARY not in done.stderr + done.stdout
+        assert CANARY not in (tmp_path / "audit.log").read_text()
+        lines = json_lines(done.stderr)
+        assert all(line["level"] in {"info", "warning"} for line in lines)
+        [report] = [line for line in lines if line["event"] == "job.report"]
+        assert (report["request_id"], report["state"], report["completed"]) == (
+            "run-canary",
+            "completed",
+            1,
+        )
+        assert any(line["event"] == "job.finished" for line in lines)
+
+    def test_a_bad_log_format_is_one_line(self, tmp_path: Path) -> None:
+        env = {**os.environ, "HMD_LOG_FORMAT": "yaml"}
+        done = subprocess.run(
+            [sys.executable, "-m", "heimdall_kms", "keys"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 78
+        assert done.stderr == "heimdall-kms: error: HMD_LOG_FORMAT: expected text | json\n"

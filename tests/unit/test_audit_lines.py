@@ -46,10 +46,15 @@ EVENTS = [
         reason='ticket "42" \\ \u2028',
         source_ip="10.0.0.1",
         error_type="integrity",
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+        correlation_id="checkout-42",
         context={"field": "ssn", "record": "r1", "hash": "x", "zz": "\u00e9\x00"},
         details={"hash": {"a": [1, 2]}, "job": "migrate", "n": 1.5, "ok": True, "none": None},
     ),
     AuditEvent(EventType.KEY_ROTATE, "ops", "r-3", Result.SUCCESS, details={}, context={}),
+    AuditEvent(
+        EventType.ACCESS_DENIED, "anonymous", "caller-1", Result.FAILURE, trace_id="ab" * 16
+    ),
 ]
 
 
@@ -101,6 +106,8 @@ def audit_events(draw: st.DrawFn) -> AuditEvent:
         reason=draw(_optional_text),
         source_ip=draw(_optional_text),
         error_type=draw(_optional_text),
+        trace_id=draw(st.none() | st.sampled_from(["4bf92f3577b34da6a3ce929d0e0e4736", "t"])),
+        correlation_id=draw(st.none() | st.sampled_from(["checkout-42", "r-1"]) | _text),
         context=context,
         details=draw(st.none() | st.dictionaries(_text, st.integers() | _text, max_size=3)),
         encoded_context=encoded,

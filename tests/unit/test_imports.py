@@ -1,4 +1,5 @@
-"""Importing the package loads no provider SDK, and only crypto.py imports `cryptography`."""
+"""Importing the package loads no provider SDK (nor OpenTelemetry), and only crypto.py imports
+`cryptography`."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "heimdall_kms"
 def test_import_loads_no_provider_sdk() -> None:
     code = (
         "import sys, heimdall_kms, heimdall_kms.cli\n"
-        "heavy = [m for m in ('hvac', 'boto3', 'botocore', 'google.cloud.kms', 'azure')"
+        "heavy = [m for m in ('hvac', 'boto3', 'botocore', 'google.cloud.kms', 'azure',"
+        " 'opentelemetry')"
         " if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )

@@ -33,7 +33,7 @@ from heimdall_kms.admin import crypto_routes
 from heimdall_kms.admin._http import MAX_BODY_BYTES, BodyLimit, install_error_handlers
 from heimdall_kms.admin.auth import Guard, TokenTable, source_ip
 from heimdall_kms.admin.jobs import JobRunner, JobSpec, SharedSink
-from heimdall_kms.admin.observe import instrument
+from heimdall_kms.admin.observe import NATIVE_TELEMETRY_OFF, RequestContext, instrument
 from heimdall_kms.admin.scheduler import RotationScheduler
 from heimdall_kms.admin.schemas import (
     JobAccepted,
@@ -262,9 +262,11 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        **NATIVE_TELEMETRY_OFF,
     )
     app.state.admin = state
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(RequestContext)  # added last: outermost, so 413s are logged too
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(crypto_routes.router)

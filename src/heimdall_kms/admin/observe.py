@@ -1,10 +1,17 @@
-"""What the admin service adds for its operators: the SPEC §12 metrics wired to the provider,
-the breaker, the key and the audit sink."""
+"""What the admin service adds for its operators (SPEC §12): the metrics wired to the
+provider, the breaker, the key and the audit sink; request correlation, spans and logs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+import logging
+import time
+from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from heimdall_kms.audit import AuditSink
 from heimdall_kms.audit.sink import FailureCountingSink
@@ -13,8 +20,30 @@ from heimdall_kms.key_metrics import KeyMetricsRefresher
 from heimdall_kms.metrics import Metrics
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.providers.resilient import breaker_of
+from heimdall_kms.telemetry.correlation import CorrelatingSink, from_headers, reset, use
+from heimdall_kms.telemetry.tracing import server_span, trace_id_of
 
-__all__ = ["Instrumented", "instrument"]
+__all__ = ["NATIVE_TELEMETRY_OFF", "Instrumented", "RequestContext", "instrument"]
+
+_log = logging.getLogger("heimdall_kms.admin.requests")
+_MAX_HEADER = 256
+# FastAPI releases with native OpenTelemetry would add their own request spans next to
+# RequestContext's and, with a logger provider, export validation failures "including
+# exception messages" (a rejected body's values: plaintext). It is all turned off; the spans
+# come from RequestContext, under this package's attribute rules, on every FastAPI release.
+NATIVE_TELEMETRY_OFF: dict[str, Any] = (
+    {
+        "telemetry": {
+            "tracing": False,
+            "metrics": False,
+            "logs": False,
+            "operation_spans": False,
+            "auto_configure": False,
+        }
+    }
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,4 +72,91 @@ def instrument(
         cadence=timedelta(days=settings.key_rotation_days),
         interval_seconds=key_metrics_seconds,
     )
-    return Instrumented(FailureCountingSink(audit, metrics.audit_write_failures.inc), refresher)
+    counted = FailureCountingSink(audit, metrics.audit_write_failures.inc)
+    return Instrumented(CorrelatingSink(counted), refresher)
+
+
+class RequestContext:
+    """Outermost ASGI middleware: the request's correlation (``X-Request-ID``, echoed back,
+    and ``traceparent``), its server span, and one request log line at info.
+
+    The log line names the matched route's template (``/crypto/decrypt``), never the raw path
+    or query string: a client could put a value there, and a query may carry a database URL.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", ()))
+        correlation = from_headers(_header(headers, b"x-request-id"), _traceparent(headers))
+        method = str(scope.get("method", ""))
+        status = 500  # what the client gets if the app fails before answering
+        started = time.perf_counter()
+
+        async def answer(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                message = {
+                    **message,
+                    "headers": [
+                        *message.get("headers", ()),
+                        (b"x-request-id", correlation.request_id.encode("ascii")),
+                    ],
+                }
+            await send(message)
+
+        token = use(correlation)
+        try:
+            with server_span(
+                f"HTTP {method}", correlation.traceparent, {"http.method": method}
+            ) as current:
+                own = trace_id_of(current)
+                if correlation.trace_id is None and own is not None:
+                    # No caller trace: the audit events name the trace this service started.
+                    use(replace(correlation, trace_id=own))
+                await self.app(scope, receive, answer)
+                route = _route(scope)
+                if current is not None:
+                    current.update_name(f"{method} {route}")
+                    current.set_attribute("http.route", route)
+                    current.set_attribute("http.status_code", status)
+        finally:
+            _log.info(
+                "%s %s %d",
+                method,
+                _route(scope),
+                status,
+                extra={
+                    "event": "http.request",
+                    "fields": {
+                        "method": method,
+                        "route": _route(scope),
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                    },
+                },
+            )
+            reset(token)
+
+
+def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
+    raw = headers.get(name)
+    # Longer than any valid value: not even decoded.
+    if raw is None or len(raw) > _MAX_HEADER:
+        return None
+    return raw.decode("latin-1")
+
+
+def _traceparent(headers: dict[bytes, bytes]) -> str | None:
+    return _header(headers, b"traceparent")
+
+
+def _route(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"

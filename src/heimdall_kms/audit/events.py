@@ -61,6 +61,11 @@ class AuditEvent:
     error_type: str | None = None
     context: Mapping[str, str] | None = None
     details: Mapping[str, Any] | None = None
+    # Inside an admin API request: its X-Request-ID (the caller's, or the one generated and
+    # echoed back) and its W3C trace id. ``request_id`` stays this package's own, unique per
+    # call, so a caller reusing an id cannot pair one call's outcome with another's intent.
+    correlation_id: str | None = None
+    trace_id: str | None = None
     # ``context`` as heimdall_kms.context_json.context_json_ascii wrote it, when the producer
     # has it already (it is the AAD's): the audit line reuses it instead of encoding again.
     # Not part of the event's content.
@@ -86,6 +91,8 @@ class AuditEvent:
             "error_type": self.error_type,
             "context": dict(self.context) if self.context is not None else None,
             "details": dict(self.details) if self.details is not None else None,
+            "correlation_id": self.correlation_id,
+            "trace_id": self.trace_id,
         }
         document.update({key: value for key, value in optional.items() if value is not None})
         return document

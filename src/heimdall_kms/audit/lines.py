@@ -57,6 +57,8 @@ def chain_events(events: Sequence[AuditEvent], seq: int, prev: str) -> tuple[str
             event.result,
             event.source_ip,
             event.timestamp,
+            event.trace_id,
+            event.correlation_id,
         )
         parts = shared.get(key)
         if parts is None:
@@ -92,16 +94,17 @@ class _Shared(NamedTuple):
     """
 
     actor: str  # '{"actor":...'
-    middle: str  # ',"encryption_version":...,"error_type":...,"event_type":...'
+    middle: str  # ',"correlation_id":...,"encryption_version":...,"event_type":...'
     keys: str  # '"key_identifier":...,"key_version":...,' (each optional)
     request: str  # '"provider":...,"reason":...,"request_id":...,"result":...,'
-    end: str  # ',"source_ip":...,"timestamp":...}'
+    end: str  # ',"source_ip":...,"timestamp":...,"trace_id":...}'
 
     @classmethod
     def of(cls, event: AuditEvent) -> _Shared:
         return cls(
             actor='{"actor":' + encode_json(event.actor),
             middle=_members(
+                ("correlation_id", event.correlation_id),
                 ("encryption_version", event.encryption_version),
                 ("error_type", event.error_type),
                 ("event_type", event.event_type.value),
@@ -119,7 +122,12 @@ class _Shared(NamedTuple):
                 ("result", event.result.value),
                 trail=",",
             ),
-            end=_members(("source_ip", event.source_ip), ("timestamp", event.timestamp), lead=",")
+            end=_members(
+                ("source_ip", event.source_ip),
+                ("timestamp", event.timestamp),
+                ("trace_id", event.trace_id),
+                lead=",",
+            )
             + "}",
         )
 

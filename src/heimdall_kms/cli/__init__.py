@@ -9,8 +9,9 @@ unexpected one line naming only the exception's type (its message could hold dat
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import click
 
@@ -28,7 +29,10 @@ from heimdall_kms.cli.local_cmds import local
 from heimdall_kms.cli.policy_cmds import check, protect, reveal
 from heimdall_kms.cli.serve_cmd import serve
 from heimdall_kms.cli.vault_cmds import vault
-from heimdall_kms.errors import HeimdallKMSError
+from heimdall_kms.errors import ConfigurationError, HeimdallKMSError
+from heimdall_kms.telemetry import tracing
+from heimdall_kms.telemetry.logs import configure_logging
+from heimdall_kms.telemetry.settings import LogFormat, TelemetrySettings
 
 __all__ = ["cli", "main"]
 
@@ -71,19 +75,23 @@ cli.add_command(compliance)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns (and, as a console script, exits with) the exit code."""
-    logging.basicConfig(level=logging.WARNING, format=f"{_PROG}: warning: %(message)s")
-    # SDK loggers (azure-identity's credential chain, for one) print multi-line diagnostics of
-    # their own; the error we raise from them is the one line the user needs.
-    for noisy in ("azure", "botocore", "google", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    code = _run(argv)
+    try:
+        telemetry = TelemetrySettings.from_env(os.environ)
+    except ConfigurationError as exc:
+        configure_logging(LogFormat.TEXT, logging.WARNING)
+        _fail(str(exc))
+        code = exc.exit_code
+    else:
+        configure_logging(telemetry.log_format, telemetry.level(logging.WARNING))
+        code = _run(argv, os.environ)
     if argv is None:
         sys.exit(code)
     return code
 
 
-def _run(argv: Sequence[str] | None) -> int:
+def _run(argv: Sequence[str] | None, environ: Mapping[str, str]) -> int:
     try:
+        tracing.configure(environ)
         result = cli.main(
             args=list(argv) if argv is not None else None, prog_name=_PROG, standalone_mode=False
         )

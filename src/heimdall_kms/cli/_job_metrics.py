@@ -27,6 +27,7 @@ from heimdall_kms.key_metrics import publish_key_info
 from heimdall_kms.metrics import JobMetrics, Metrics
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.providers.resilient import breaker_of
+from heimdall_kms.telemetry import tracing
 from heimdall_kms.telemetry.export import MetricsExport
 
 __all__ = ["JobTelemetry", "job_telemetry", "metrics_options"]
@@ -129,10 +130,25 @@ def job_telemetry(command: str, export: MetricsExport) -> Iterator[JobTelemetry]
     started = time.monotonic()
     succeeded = False
     try:
-        yield telemetry
+        with tracing.span(f"job.{command}", {"heimdall.job": command}):
+            yield telemetry
         succeeded = True
     finally:
-        telemetry.job.finished(command, seconds=time.monotonic() - started, succeeded=succeeded)
+        seconds = time.monotonic() - started
+        telemetry.job.finished(command, seconds=seconds, succeeded=succeeded)
+        _log.info(
+            "%s %s",
+            command,
+            "succeeded" if succeeded else "failed",
+            extra={
+                "event": "job.finished",
+                "fields": {
+                    "command": command,
+                    "succeeded": succeeded,
+                    "duration_seconds": round(seconds, 3),
+                },
+            },
+        )
         _export(telemetry)
 
 

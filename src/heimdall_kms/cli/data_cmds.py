@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -27,6 +28,10 @@ from heimdall_kms.service import Crypto
 from heimdall_kms.telemetry.export import MetricsExport
 
 __all__ = ["migrate", "reencrypt", "status"]
+
+_log = logging.getLogger("heimdall_kms.jobs")
+# The counts of a run's summary that its log line carries (ids and messages stay out).
+_LOGGED = ("job", "state", "dry_run", "total", "completed", "skipped", "conflicts", "failed")
 
 # Options shared by the batch jobs (migrate, reencrypt).
 _BATCH_SIZE = click.option(
@@ -177,6 +182,19 @@ def _crypto(
 
 def _finish(report: JobReport, as_json: bool) -> None:
     summary = report.to_dict()
+    _log.info(
+        "%s %s: %s",
+        report.job,
+        report.run_id,
+        report.state,
+        extra={
+            "event": "job.report",
+            "fields": {
+                "request_id": report.run_id,  # the run id names the audit events of the run
+                **{k: summary[k] for k in _LOGGED},
+            },
+        },
+    )
     if as_json:
         click.echo(json.dumps(summary))
     else:

@@ -5,6 +5,7 @@ Progress goes to stderr; stdout stays free for the summary (``--json`` or text).
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -25,8 +26,11 @@ from rich.progress import (
 from rich.text import Text
 
 from heimdall_kms.jobs.report import TargetReport
+from heimdall_kms.telemetry.logs import json_enabled
 
 __all__ = ["ProgressView"]
+
+_log = logging.getLogger("heimdall_kms.jobs")
 
 
 class _RateColumn(ProgressColumn):
@@ -54,7 +58,9 @@ class ProgressView:
         self._tasks: dict[str, TaskID] = {}
         self._started: dict[str, float] = {}
         self._last_line = float("-inf")
-        if self._stream.isatty():
+        # With HMD_LOG_FORMAT=json, stderr carries only JSON lines: progress becomes log events.
+        self._json = json_enabled()
+        if self._stream.isatty() and not self._json:
             self._bar = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -94,6 +100,26 @@ class ProgressView:
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = (target.total - done) / rate if rate > 0 else None
         eta_text = f", ETA {eta:,.0f}s" if eta is not None and done < target.total else ""
+        if self._json:
+            _log.info(
+                "%s %s: %d/%d",
+                self._job,
+                target.target,
+                done,
+                target.total,
+                extra={
+                    "event": "job.progress",
+                    "fields": {
+                        "job": self._job,
+                        "target": target.target,
+                        "done": done,
+                        "total": target.total,
+                        "failed": target.failed,
+                        "values_per_second": round(rate, 1),
+                    },
+                },
+            )
+            return
         print(
             f"{self._job} {target.target}: {done:,}/{target.total:,} "
             f"({rate:,.0f} values/s{eta_text}; failed {target.failed})",

@@ -9,6 +9,7 @@ does), and for TLS 1.2 only ECDHE key exchange with AEAD ciphers.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import socket
 import ssl
@@ -19,6 +20,7 @@ import click
 
 from heimdall_kms.config import Settings
 from heimdall_kms.errors import ConfigurationError, ListenError
+from heimdall_kms.telemetry.logs import configure_logging
 from heimdall_kms.telemetry.settings import TelemetrySettings
 
 if TYPE_CHECKING:
@@ -100,6 +102,8 @@ def build_server(
         proxy_headers=forwarded_allow_ips is not None,
         forwarded_allow_ips=forwarded_allow_ips,
         server_header=False,
+        # uvicorn's loggers propagate to the root handler, so its lines take HMD_LOG_FORMAT too.
+        log_config=None,
         log_level=log_level,
         lifespan="on",
     )
@@ -197,6 +201,8 @@ def serve(
     tokens = load_tokens(tokens_file)
     settings = Settings.from_env(os.environ)
     telemetry = TelemetrySettings.from_env(os.environ)
+    # The request log is at info: serve logs at info unless HMD_LOG_LEVEL says otherwise.
+    configure_logging(telemetry.log_format, telemetry.level(logging.INFO))
     targets = ServerTargets.load(settings.database_url, targets_file)
     sock = listen(host, port)
     app = create_app(

@@ -22,6 +22,7 @@ from heimdall_kms.providers.base import (
     WrappedKey,
 )
 from heimdall_kms.providers.resilient import CircuitBreaker, ResilientProvider, RetryPolicy
+from heimdall_kms.telemetry.tracing import traced
 
 __all__ = [
     "KeyContext",
@@ -86,7 +87,8 @@ def load_provider(settings: Settings) -> KeyManagementService:
             ) from None
         raise
     factory = cast(type[_ProviderFactory], getattr(module, class_name))
-    provider = factory.from_settings(settings)
+    # Inside the retry layer: each attempt is one KMS call and one span (when tracing is on).
+    provider = traced(factory.from_settings(settings))
     if settings.provider is ProviderName.LOCAL:
         return provider  # a file on this host: nothing to retry, no network to break
     options = settings.resilience

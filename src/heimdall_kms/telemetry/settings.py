@@ -7,6 +7,7 @@ reports that in the configured log format.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,10 +23,25 @@ class LogFormat(StrEnum):
     JSON = "json"
 
 
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class TelemetrySettings:
     log_format: LogFormat = LogFormat.TEXT  # HMD_LOG_FORMAT
     key_metrics_seconds: float = DEFAULT_REFRESH_SECONDS  # HMD_KEY_METRICS_SECONDS
+    # HMD_LOG_LEVEL; unset: the command's default (warning; info for serve and for json logs)
+    log_level: int | None = None
+
+    def level(self, default: int) -> int:
+        if self.log_level is not None:
+            return self.log_level
+        return min(default, logging.INFO) if self.log_format is LogFormat.JSON else default
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> TelemetrySettings:
@@ -46,4 +62,7 @@ class TelemetrySettings:
                 raise ConfigurationError(
                     "HMD_KEY_METRICS_SECONDS: expected a number of seconds from 10 to 86400"
                 )
-        return cls(log_format, seconds)
+        raw_level = environ.get("HMD_LOG_LEVEL", "").strip().lower()
+        if raw_level and raw_level not in _LEVELS:
+            raise ConfigurationError("HMD_LOG_LEVEL: expected debug | info | warning | error")
+        return cls(log_format, seconds, _LEVELS.get(raw_level))
