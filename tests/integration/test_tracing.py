@@ -28,6 +28,7 @@ from opentelemetry.util._once import Once
 from heimdall_kms.admin import create_app, load_tokens
 from heimdall_kms.cli import main
 from heimdall_kms.config import Settings
+from heimdall_kms.providers.local import LocalKeyring
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_PARENT = "00f067aa0ba902b7"
@@ -66,6 +67,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
+    LocalKeyring(tmp_path / "keyring.json").ensure_key("heimdall-pii")
     return values
 
 
