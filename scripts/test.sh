@@ -15,6 +15,13 @@ if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; the
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start || true
   fi
 fi
+# promtool (Debian's prometheus package) checks deploy/observability/'s alert rules; under CI=true
+# those tests fail without it. The package index is refreshed only if the install fails.
+if ! command -v promtool >/dev/null && command -v apt-get >/dev/null; then
+  apt-get install -y -q prometheus >/dev/null || {
+    apt-get update -q >/dev/null && apt-get install -y -q prometheus >/dev/null
+  } || echo "test.sh: could not install promtool (package prometheus)" >&2
+fi
 ruff check src tests scripts
 ruff format --check src tests scripts
 mypy
