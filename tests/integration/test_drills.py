@@ -41,7 +41,13 @@ def test_compromise_drill_against_openbao(openbao: OpenBao, tmp_path: Path) -> N
     assert report["key"].startswith("heimdall-drill-")
     steps = {s["name"]: s for s in report["steps"]}
     assert steps["rotate"]["details"] == {"old_version": 1, "new_version": 2}
-    assert steps["re-encrypt (full)"]["details"] == {"re_encrypted": 300, "failed": 0}
+    full = steps["re-encrypt (full)"]["details"]
+    assert (full["re_encrypted"], full["failed"]) == (300, 0)
+    # The replaced, compromised envelopes are kept nowhere a rollback could restore them from.
+    assert steps["prove nothing restorable"]["details"] == {
+        "journaled_by_the_run": 0,
+        "journaled_compromised": 0,
+    }
     assert steps["prove old DEKs refused"]["details"] == {
         "old_wrapped_deks": 300,
         "refused_by_kms": 300,

@@ -133,6 +133,15 @@ def retire_command(
             "decrypted (audited as a forced key.retire)",
             err=True,
         )
+    if result.journal_total:
+        runs = sorted({run for per_run in result.journal.values() for run in per_run})
+        click.echo(
+            f"heimdall-kms: WARNING: the journal still holds {result.journal_total:,} replaced "
+            f"values under versions below {below_version} (runs {', '.join(runs)}); they no "
+            "longer decrypt, so rolling those runs back would restore unreadable values. "
+            "Purge them: heimdall-kms journal purge --run RUN_ID --older-than-days 0",
+            err=True,
+        )
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:

@@ -2,10 +2,11 @@
 
 Seeds a table, has two services read from it (the compromise window), declares the current
 key version compromised, rotates, fully re-encrypts every affected value with fresh DEKs,
-retires the compromised version, proves its wrapped DEKs no longer unwrap in the KMS and that
-every value still decrypts, and lists the decrypts of the window from the audit log — the
-blast radius. Each step is timed against the P1 SLA: rotation within 4 hours of the
-declaration, re-encryption within 24 hours.
+proves no replaced envelope was kept where a rollback could restore it, retires the
+compromised version, proves its wrapped DEKs no longer unwrap in the KMS and that every value
+still decrypts, and lists the decrypts of the window from the audit log — the blast radius.
+Each step is timed against the P1 SLA: rotation within 4 hours of the declaration,
+re-encryption within 24 hours.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from heimdall_kms.drill.report import DrillReport
 from heimdall_kms.envelope import KmsV1Envelope, parse
 from heimdall_kms.errors import IntegrityError, KeyVersionRetiredError
 from heimdall_kms.jobs.census import take_census
+from heimdall_kms.jobs.journal import journaled_below
 from heimdall_kms.jobs.reencrypt import ReencryptMode, ReencryptOptions, run_reencrypt
 from heimdall_kms.jobs.rotation import retire, rotate
 from heimdall_kms.store import FieldStore
@@ -71,6 +73,7 @@ class _CompromiseDrill:
         self.window_end = self.window_start
         self.compromised = 0
         self.new_version = 0
+        self.run_id = ""
 
     def run(self) -> DrillReport:
         store = self.env.store()
@@ -81,6 +84,7 @@ class _CompromiseDrill:
                     ("declare", self.declare),
                     ("rotate", self.rotate),
                     ("re-encrypt (full)", lambda: self.reencrypt(store)),
+                    ("prove nothing restorable", lambda: self.nothing_restorable(store)),
                     ("census", lambda: self.census(store)),
                     ("retire", lambda: self.retire(store)),
                     ("prove old DEKs refused", self.old_deks_refused),
@@ -134,7 +138,21 @@ class _CompromiseDrill:
         )
         if job.stop_error is not None:
             raise job.stop_error
-        return {"re_encrypted": job.total("completed"), "failed": job.failure_count}
+        self.run_id = job.run_id
+        return {
+            "re_encrypted": job.total("completed"),
+            "failed": job.failure_count,
+            "run_id": job.run_id,
+        }
+
+    def nothing_restorable(self, store: FieldStore) -> dict[str, object]:
+        """No journal row keeps a replaced (compromised) envelope for a rollback to restore."""
+        journaled = store.journal(self.run_id) if store.has_journal() else []
+        kms = self.env.kms
+        below = journaled_below([store], kms.name.value, kms.key_identifier, self.compromised + 1)
+        if journaled or below:
+            raise IntegrityError("compromised envelopes are still kept in the journal")
+        return {"journaled_by_the_run": len(journaled), "journaled_compromised": 0}
 
     def census(self, store: FieldStore) -> dict[str, object]:
         census = take_census(store)

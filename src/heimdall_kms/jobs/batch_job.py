@@ -46,6 +46,9 @@ def new_run_id() -> str:
 class BatchJob(ABC):
     job: str
     match: Match
+    # Whether replaced values are kept in the journal for a rollback. A job whose old values
+    # must not survive it (a full re-encryption after a compromise) says False.
+    journaled: bool = True
 
     def __init__(
         self, crypto: Crypto, options: JobOptions, progress: ProgressCallback | None = None
@@ -157,7 +160,8 @@ class BatchJob(ABC):
                 if self.options.dry_run:
                     target.completed += len(swaps)
                 elif swaps:
-                    applied = batch.swap(swaps, self.report.run_id)
+                    run_id = self.report.run_id if self.journaled else None
+                    applied = batch.swap(swaps, run_id)
                     target.completed += sum(applied)
                     target.conflicts += len(applied) - sum(applied)
                 target.batches += 1

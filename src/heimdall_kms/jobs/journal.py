@@ -16,10 +16,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from heimdall_kms.audit import AuditEvent, AuditSink, EventType, Result, audited
+from heimdall_kms.envelope import KmsV1Envelope
 from heimdall_kms.jobs.reading import reader_for
 from heimdall_kms.store import FieldStore
 
-__all__ = ["JournalResult", "purge", "rollback"]
+__all__ = ["JournalResult", "journaled_below", "purge", "rollback"]
 
 _CHUNK = 1000
 
@@ -115,3 +116,37 @@ def _event(
         field_identifier=target,
         details=details,
     )
+
+
+def journaled_below(
+    stores: Sequence[FieldStore], provider: str, key_identifier: str, below_version: int
+) -> dict[str, dict[str, int]]:
+    """Per target and run, how many journaled old values need a key version below N.
+
+    These are what a rollback of that run would put back; once the versions are retired they
+    would no longer decrypt. Read-only: a target without a journal table has none.
+
+    Raises:
+        StoreError: the database failed.
+    """
+    found: dict[str, dict[str, int]] = {}
+    for store in stores:
+        if not store.has_journal():
+            continue
+        reader = reader_for(store)
+        per_run: dict[str, int] = {}
+        for run_id, _, _ in store.runs():
+            needing = 0
+            for entry in store.journal(run_id):
+                old = reader(entry.old_value).envelope
+                if (
+                    isinstance(old, KmsV1Envelope)
+                    and (old.provider, old.key_identifier) == (provider, key_identifier)
+                    and old.key_version < below_version
+                ):
+                    needing += 1
+            if needing:
+                per_run[run_id] = needing
+        if per_run:
+            found[str(store.target)] = per_run
+    return found

@@ -8,7 +8,8 @@
 
 Candidates are values below the latest version (``full --all-versions``: every value). Legacy
 values are skipped (that is ``migrate``'s job). Batching, compare-and-swap, journal, progress
-and resumability are the shared loop's (:mod:`heimdall_kms.jobs.batch_job`).
+and resumability are the shared loop's (:mod:`heimdall_kms.jobs.batch_job`); ``full`` keeps
+no journal (SPEC §3: the replaced envelopes are not kept anywhere they could be restored from).
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ class ReencryptJob(BatchJob):
         self.all_versions = options.all_versions and options.mode is ReencryptMode.FULL
         self.latest = 0
         self.report.job = f"reencrypt-{options.mode.value}"
+        # The envelopes a full re-encryption replaces are the compromised ones (their DEKs are
+        # assumed known): they are not journaled, so no rollback can put them back.
+        self.journaled = options.mode is not ReencryptMode.FULL
 
     def prepare(self) -> None:
         assert self.crypto.kms is not None

@@ -19,6 +19,7 @@ from heimdall_kms.audit import AuditEvent, AuditSink, EventType, Result, audited
 from heimdall_kms.errors import InvalidInputError, RefusedError
 from heimdall_kms.jobs.census import take_census
 from heimdall_kms.jobs.classify import ValueKind
+from heimdall_kms.jobs.journal import journaled_below
 from heimdall_kms.providers import KeyInfo, KeyManagementService
 from heimdall_kms.store import FieldStore
 
@@ -151,6 +152,12 @@ class RetireResult:
     forced: bool
     stranded: dict[str, dict[int, int]] = field(default_factory=dict)
     info: KeyInfo | None = None
+    # Journaled old values (per target, per run) a rollback would restore unreadable.
+    journal: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def journal_total(self) -> int:
+        return sum(sum(runs.values()) for runs in self.journal.values())
 
     @property
     def stranded_total(self) -> int:
@@ -163,6 +170,8 @@ class RetireResult:
             "min_decryption_version": self.info.min_decryption_version if self.info else None,
             "stranded_values": self.stranded_total,
             "stranded": {t: {str(v): n for v, n in c.items()} for t, c in self.stranded.items()},
+            "journal_values_below": self.journal_total,
+            "journal": self.journal,
         }
 
 
@@ -200,6 +209,9 @@ def retire(
             for target, counts in values_per_version(kms, stores).items()
         }
         result = RetireResult(below_version, force, {t: c for t, c in stranded.items() if c})
+        # Not a refusal: those runs' rollbacks become impossible, which retiring means. The
+        # caller warns, and the event records them.
+        result.journal = journaled_below(stores, kms.name.value, kms.key_identifier, below_version)
         attempt.details = result.to_dict()
         refusal = _retire_refusal(result, bool(stores))
         if refusal is not None:

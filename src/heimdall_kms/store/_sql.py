@@ -45,6 +45,8 @@ class Dialect:
     # psycopg can pipeline a batch of statements and keep each one's RETURNING rows; with it
     # a batch costs a few round trips instead of two per row.
     pipelined: bool = False
+    # One row when the table named by the parameter exists (the journal, read before use).
+    table_exists: str = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
     errors: tuple[type[BaseException], ...] = field(default=())
 
     def quote(self, identifier: str) -> str:
@@ -288,6 +290,12 @@ class SQLFieldStore:
         with self._errors("purge the journal"), self._transaction() as cursor:
             cursor.execute(f"DELETE FROM {JOURNAL_TABLE} WHERE {' AND '.join(where)}", params)  # noqa: S608
             return int(cursor.rowcount)
+
+    def has_journal(self) -> bool:
+        with self._errors("look for the journal"):
+            cursor = self.connection.cursor()
+            cursor.execute(self.dialect.table_exists, [JOURNAL_TABLE])
+            return cursor.fetchone() is not None
 
     def runs(self) -> list[tuple[str, int, str]]:
         p = self.dialect.param

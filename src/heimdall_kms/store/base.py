@@ -176,6 +176,9 @@ class FieldStore(Protocol):
     def purge_journal(self, *, older_than: str | None, run_id: str | None) -> int:
         """Delete journal rows (of one run, or created before an RFC 3339 time)."""
 
+    def has_journal(self) -> bool:
+        """Whether the journal table exists (read-only: nothing is created)."""
+
     def runs(self) -> list[tuple[str, int, str]]:
         """Journaled runs of this target: (run id, rows, first created_at)."""
 
