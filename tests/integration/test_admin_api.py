@@ -203,8 +203,9 @@ def test_role_matrix_on_every_endpoint(api: Api, tmp_path: Path) -> None:
     for method, path in OPEN:
         for who in (*ROLES, None):
             assert api.call(method, path, who).status_code == 200, (path, who)
+    api.client.app.state.admin.guard.close()  # write the refusals still counted
     events = [e for e in api.audit() if e["event_type"] == "access.denied"]
-    assert len(events) == denied
+    assert sum(e["details"].get("count", 1) for e in events) == denied
     status = api.call("GET", "/admin/crypto/reencrypt/status", "audit").json()
     assert api.wait_for_job(status["job_id"])["state"] == "completed"
 
@@ -225,6 +226,7 @@ def test_denials_are_audited_without_the_token(
         content=b"{not json",
     )
     assert bad_body.status_code == 401
+    api.client.app.state.admin.guard.close()  # the second anonymous refusal was counted
     events = [e for e in api.audit() if e["event_type"] == "access.denied"]
     worker_fp = hashlib.sha256(api.tokens["worker"].encode()).hexdigest()[:8]
     wrong_fp = hashlib.sha256(wrong.encode()).hexdigest()[:8]
@@ -236,6 +238,8 @@ def test_denials_are_audited_without_the_token(
     ]
     assert [e["details"]["status"] for e in events] == [401, 401, 403, 401]
     assert events[2]["details"] == {"path": "/admin/crypto/rotate", "method": "POST", "status": 403}
+    assert events[3]["details"]["count"] == 1
+    assert events[3]["details"]["paths"] == {"/crypto/decrypt": 1}
     assert all(e["result"] == "failure" and e["source_ip"] == "testclient" for e in events)
     log = api.audit_path.read_text()
     assert wrong not in log
@@ -608,6 +612,50 @@ class TestDecryptEnvelopeObject:
             "POST", "/crypto/decrypt", "app", json={"envelope": sealed, "reason": "r"}
         )
         assert as_text.json() == as_object.json() == {"plaintext": "p"}
+
+
+class TestDeniedRequestFlood:
+    """Issue 15 low: a flood of refused requests writes no synced line each, loses none."""
+
+    def test_a_burst_is_counted_into_few_lines_and_every_refusal_is_in_the_log(
+        self, tmp_path: Path, make_api: Callable[..., Api]
+    ) -> None:
+        api = make_api(local_env(tmp_path))
+        burst = 300
+        started = time.monotonic()
+        for n in range(burst):
+            who = None if n % 2 else "not-a-known-token"
+            assert api.call("GET", "/admin/crypto/keys", who).status_code == 401
+        elapsed = time.monotonic() - started
+        written = [e for e in api.audit() if e["event_type"] == "access.denied"]
+        # At most two lines per second per source and actor (the first, then the count).
+        assert len(written) <= 4 * (int(elapsed) + 2), len(written)
+        api.client.app.state.admin.guard.close()
+        events = [e for e in api.audit() if e["event_type"] == "access.denied"]
+        assert sum(e["details"].get("count", 1) for e in events) == burst
+        counted = [e for e in events if e["details"].get("aggregated")]
+        assert counted and all(e["source_ip"] == "testclient" for e in counted)
+        unknown = "token:unknown:" + hashlib.sha256(b"not-a-known-token").hexdigest()[:8]
+        assert {e["actor"] for e in events} == {"anonymous", unknown}
+        assert verify(api.audit_path).lines == len(api.audit())
+
+    def test_the_counts_are_written_when_the_second_is_over(
+        self, tmp_path: Path, make_api: Callable[..., Api]
+    ) -> None:
+        api = make_api(local_env(tmp_path))
+        for _ in range(5):
+            api.call("POST", "/admin/crypto/rotate")
+        deadline = time.monotonic() + 5
+        while (
+            sum(
+                e["details"].get("count", 1)
+                for e in api.audit()
+                if e["event_type"] == "access.denied"
+            )
+            < 5
+        ):
+            assert time.monotonic() < deadline, "the counted refusals were never written"
+            time.sleep(0.1)
 
 
 # -- rotation scheduler ------------------------------------------------------------------------

@@ -250,6 +250,7 @@ def create_app(
                 state.scheduler.stop()
             state.jobs.shutdown()
             state.key_metrics.stop()
+            state.guard.close()  # the refusals still counted, before the sink closes
             kms.close()
             if audit is None:
                 sink.close()

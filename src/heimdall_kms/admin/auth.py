@@ -5,7 +5,9 @@ SHA-256 of the token, never the token, so the file is not a secret to read (but 
 write: whoever can edit it can grant themselves a role). A presented token is hashed and
 compared with every known hash through :func:`hmac.compare_digest`. A missing or unknown
 token is answered 401, a known token without the role 403; both are recorded as
-``access.denied`` before the answer goes out (fail closed, like every other audit event).
+``access.denied``: the first refusal of a second per source before the answer goes out (fail
+closed, like every other audit event), the rest of that second counted into one event
+(:mod:`heimdall_kms.admin.denials`), so a flood costs no synced line per request.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import NoReturn
 from fastapi import HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials
 
+from heimdall_kms.admin.denials import DeniedRequests
 from heimdall_kms.audit import AuditEvent, AuditSink, EventType, Result
 from heimdall_kms.errors import ConfigurationError
 
@@ -153,6 +156,11 @@ class Guard:
     def __init__(self, tokens: TokenTable, audit: AuditSink) -> None:
         self.tokens = tokens
         self.audit = audit
+        self.denials = DeniedRequests(audit)  # one synced line per source and second at most
+
+    def close(self) -> None:
+        """Write the refusals still counted (at shutdown)."""
+        self.denials.close()
 
     def check(
         self,
@@ -176,19 +184,16 @@ class Guard:
         return principal
 
     def _deny(self, request: Request, actor: str, status: int) -> NoReturn:
-        self.audit.emit(
-            [
-                AuditEvent(
-                    event_type=EventType.ACCESS_DENIED,
-                    actor=actor,
-                    request_id=str(uuid.uuid4()),
-                    result=Result.FAILURE,
-                    source_ip=source_ip(request),
-                    error_type="unauthenticated" if status == 401 else "forbidden",
-                    details={"path": request.url.path, "method": request.method, "status": status},
-                )
-            ]
+        event = AuditEvent(
+            event_type=EventType.ACCESS_DENIED,
+            actor=actor,
+            request_id=str(uuid.uuid4()),
+            result=Result.FAILURE,
+            source_ip=source_ip(request),
+            error_type="unauthenticated" if status == 401 else "forbidden",
+            details={"path": request.url.path, "method": request.method, "status": status},
         )
+        self.denials.record(event, request.url.path)
         if status == 401:
             raise HTTPException(
                 401,
