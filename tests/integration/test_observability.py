@@ -402,6 +402,8 @@ class TestJSONLogs:
         first = next(r for r in requests if r["request_id"] == "req-canary-1")
         assert (first["route"], first["status"], first["level"]) == ("/crypto/encrypt", 200, "info")
         assert any(r["route"] == "/crypto/decrypt" for r in requests)
+        # The readiness polls of /metrics above are scrapes: logged at debug, not at info.
+        assert not any(r["route"] == "/metrics" for r in requests)
         encrypt = next(a for a in audit if a["event_type"] == "crypto.encrypt")
         assert encrypt["correlation_id"] == "req-canary-1"
 

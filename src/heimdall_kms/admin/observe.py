@@ -20,13 +20,20 @@ from heimdall_kms.key_metrics import KeyMetricsRefresher
 from heimdall_kms.metrics import Metrics
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.providers.resilient import breaker_of
-from heimdall_kms.telemetry.correlation import CorrelatingSink, from_headers, reset, use
+from heimdall_kms.telemetry.correlation import (
+    CorrelatingSink,
+    Correlation,
+    from_headers,
+    reset,
+    use,
+)
 from heimdall_kms.telemetry.tracing import server_span, trace_id_of
 
 __all__ = ["NATIVE_TELEMETRY_OFF", "Instrumented", "RequestContext", "instrument"]
 
 _log = logging.getLogger("heimdall_kms.admin.requests")
 _MAX_HEADER = 256
+_SCRAPED = frozenset({"/metrics", "/healthz"})  # polled every few seconds: logged at debug
 # FastAPI releases with native OpenTelemetry would add their own request spans next to
 # RequestContext's and, with a logger provider, export validation failures "including
 # exception messages" (a rejected body's values: plaintext). It is all turned off; the spans
@@ -78,7 +85,8 @@ def instrument(
 
 class RequestContext:
     """Outermost ASGI middleware: the request's correlation (``X-Request-ID``, echoed back,
-    and ``traceparent``), its server span, and one request log line at info.
+    and ``traceparent``), its server span, and one request log line (info; debug for the
+    scrapes of ``/metrics`` and ``/healthz``).
 
     The log line names the matched route's template (``/crypto/decrypt``), never the raw path
     or query string: a client could put a value there, and a query may carry a database URL.
@@ -92,56 +100,62 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers", ()))
-        correlation = from_headers(_header(headers, b"x-request-id"), _traceparent(headers))
-        method = str(scope.get("method", ""))
-        status = 500  # what the client gets if the app fails before answering
-        started = time.perf_counter()
-
-        async def answer(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                message = {
-                    **message,
-                    "headers": [
-                        *message.get("headers", ()),
-                        (b"x-request-id", correlation.request_id.encode("ascii")),
-                    ],
-                }
-            await send(message)
-
+        correlation = from_headers(
+            _header(headers, b"x-request-id"), _header(headers, b"traceparent")
+        )
+        exchange = _Exchange(str(scope.get("method", "")), correlation, send)
         token = use(correlation)
         try:
             with server_span(
-                f"HTTP {method}", correlation.traceparent, {"http.method": method}
+                f"HTTP {exchange.method}", correlation.traceparent, {"http.method": exchange.method}
             ) as current:
                 own = trace_id_of(current)
                 if correlation.trace_id is None and own is not None:
                     # No caller trace: the audit events name the trace this service started.
                     use(replace(correlation, trace_id=own))
-                await self.app(scope, receive, answer)
-                route = _route(scope)
+                await self.app(scope, receive, exchange.send)
                 if current is not None:
-                    current.update_name(f"{method} {route}")
+                    route = _route(scope)
+                    current.update_name(f"{exchange.method} {route}")
                     current.set_attribute("http.route", route)
-                    current.set_attribute("http.status_code", status)
+                    current.set_attribute("http.status_code", exchange.status)
         finally:
-            _log.info(
-                "%s %s %d",
-                method,
-                _route(scope),
-                status,
-                extra={
-                    "event": "http.request",
-                    "fields": {
-                        "method": method,
-                        "route": _route(scope),
-                        "status": status,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-                    },
-                },
-            )
+            exchange.log(_route(scope))
             reset(token)
+
+
+class _Exchange:
+    """One request's answer: its status, and the ``X-Request-ID`` added to its headers."""
+
+    def __init__(self, method: str, correlation: Correlation, send: Send) -> None:
+        self.method = method
+        self.status = 500  # what the client gets if the app fails before answering
+        self._header = (b"x-request-id", correlation.request_id.encode("ascii"))
+        self._send = send
+        self._started = time.perf_counter()
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+            message = {**message, "headers": [*message.get("headers", ()), self._header]}
+        await self._send(message)
+
+    def log(self, route: str) -> None:
+        level = logging.DEBUG if route in _SCRAPED else logging.INFO
+        fields = {
+            "method": self.method,
+            "route": route,
+            "status": self.status,
+            "duration_ms": round((time.perf_counter() - self._started) * 1000, 1),
+        }
+        _log.log(
+            level,
+            "%s %s %d",
+            self.method,
+            route,
+            self.status,
+            extra={"event": "http.request", "fields": fields},
+        )
 
 
 def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
@@ -150,10 +164,6 @@ def _header(headers: dict[bytes, bytes], name: bytes) -> str | None:
     if raw is None or len(raw) > _MAX_HEADER:
         return None
     return raw.decode("latin-1")
-
-
-def _traceparent(headers: dict[bytes, bytes]) -> str | None:
-    return _header(headers, b"traceparent")
 
 
 def _route(scope: Scope) -> str:
