@@ -12,9 +12,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["WrappedForm", "format_wrapped", "parse_wrapped"]
+__all__ = ["HMAC_PREFIX", "WrappedForm", "format_wrapped", "is_hmac_tag", "parse_wrapped"]
 
 _FORM = re.compile(r"([a-z]{1,16}):v([1-9][0-9]{0,8}):(\S+)")
+HMAC_PREFIX = "hmac:"
+# A keyed hash is ``hmac:`` and the same form, whose body is the base64 of a 32-byte
+# HMAC-SHA256 tag (Vault Transit ``sha2-256`` and the local provider).
+_TAG = re.compile(r"[A-Za-z0-9+/]{43}=")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +44,14 @@ def parse_wrapped(text: str) -> WrappedForm | None:
 def format_wrapped(provider: str, version: int, body: str) -> str:
     """The stored text of a wrapped DEK (the inverse of :func:`parse_wrapped`)."""
     return f"{provider}:v{version}:{body}"
+
+
+def is_hmac_tag(value: object) -> bool:
+    """Whether ``value`` is exactly a keyed-hash tag: ``hmac:<provider>:v<N>:<32 bytes b64>``.
+
+    Anything more or less (``hmac:x:y:<plaintext>``) is not a tag.
+    """
+    if not isinstance(value, str) or not value.startswith(HMAC_PREFIX):
+        return False
+    form = parse_wrapped(value[len(HMAC_PREFIX) :])
+    return form is not None and bool(_TAG.fullmatch(form.body))

@@ -26,6 +26,7 @@ from heimdall_kms.policy import (
 from heimdall_kms.policy.stream import process_ndjson
 from heimdall_kms.providers.local import LocalDevProvider, LocalKeyring
 from heimdall_kms.service import Crypto
+from tests.legacy_data import legacy_envelope
 
 POLICY = {
     "rules": {
@@ -156,6 +157,57 @@ def test_validate_no_plaintext_names_fields_never_values(engine: PolicyEngine) -
     assert [(v.record, v.field) for v in found] == [(1, "ssn"), (1, "email")]
     assert "unkeyed" in found[1].reason
     assert all("123-45-6789" not in v.reason for v in found)
+
+
+class TestGatesValidateWhatTheyAccept:
+    """`check` and `protect` accept as protected only what is protected (issue 15 item 7)."""
+
+    SSN = "123-45-6789"
+
+    def forged(self, engine: PolicyEngine) -> dict[str, Any]:
+        """A protected record with the SSN hidden in an envelope's extra field, a fake tag."""
+        protected = engine.protect(RECORD)
+        envelope = {**json.loads(protected["ssn"]), "note": self.SSN}
+        return dict(protected, ssn=json.dumps(envelope), email="hmac:x:y:ada@example.com")
+
+    def test_check_flags_an_envelope_with_an_extra_field_and_a_fake_tag(
+        self, engine: PolicyEngine
+    ) -> None:
+        found = validate_no_plaintext([self.forged(engine)], engine.policy)
+        assert [(v.record, v.field) for v in found] == [(0, "ssn"), (0, "email")]
+        assert all(self.SSN not in v.reason for v in found)
+
+    def test_a_legacy_envelope_with_an_extra_field_is_not_protected(
+        self, engine: PolicyEngine
+    ) -> None:
+        legacy = legacy_envelope("ab" * 32, "x", "default-key-v1")
+        record = dict(engine.protect(RECORD), ssn=legacy)
+        assert validate_no_plaintext([record], engine.policy) == []
+        record["ssn"] = json.dumps({**json.loads(legacy), "raw": self.SSN})
+        assert [v.field for v in validate_no_plaintext([record], engine.policy)] == ["ssn"]
+
+    @pytest.mark.parametrize(
+        "tag",
+        [
+            "hmac:local:v1:" + "A" * 42 + "=",  # 31 bytes
+            "hmac:local:v1:" + "A" * 44,  # no padding: not a 32-byte tag
+            "hmac:local:v0:" + "A" * 43 + "=",
+            "hmac:local:v1:" + "A" * 43 + "=:ada@example.com",
+            "hmac:" + "A" * 43 + "=",
+        ],
+    )
+    def test_a_tag_of_the_wrong_shape_is_not_protected(
+        self, engine: PolicyEngine, tag: str
+    ) -> None:
+        record = dict(engine.protect(RECORD), email=tag)
+        assert [v.field for v in validate_no_plaintext([record], engine.policy)] == ["email"]
+
+    def test_protect_protects_what_only_looked_protected(self, engine: PolicyEngine) -> None:
+        """The forged values are sealed or hashed again, and then pass the check."""
+        again = engine.protect(self.forged(engine))
+        assert validate_no_plaintext([again], engine.policy) == []
+        assert self.SSN not in json.dumps(again)
+        assert "ada@example.com" not in json.dumps(again)
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ __all__ = [
     "check_context",
     "kms_v1_aad",
     "parse",
+    "parse_strict",
 ]
 
 
@@ -56,3 +57,26 @@ def parse(source: str | bytes | Mapping[str, Any]) -> KmsV1Envelope | LegacyEnve
         "not an envelope: no encryption_version and not the legacy "
         "{ciphertext, nonce, key_id, algorithm} form"
     )
+
+
+def parse_strict(source: str | bytes | Mapping[str, Any]) -> KmsV1Envelope | LegacyEnvelope:
+    """:func:`parse`, refusing any field the format does not define.
+
+    Reading is lenient (unknown fields are kept or ignored); a gate that must tell protected
+    values from plaintext is not: an unknown field can carry anything, an SSN included.
+
+    Raises:
+        MalformedEnvelopeError: see :func:`parse`, or a field the format does not define.
+    """
+    obj = _json.load_object(source)
+    envelope = parse(obj)
+    if isinstance(envelope, KmsV1Envelope):
+        unknown = set(envelope.extra)
+    else:
+        allowed = LEGACY_KEYS | ({"encryption_version"} if "encryption_version" in obj else set())
+        unknown = set(obj) - allowed
+    if unknown:
+        raise MalformedEnvelopeError(
+            f"envelope has {len(unknown)} field(s) its format does not define"
+        )
+    return envelope

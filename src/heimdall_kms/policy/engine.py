@@ -14,11 +14,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from heimdall_kms.envelope import KmsV1Envelope, parse
+from heimdall_kms.envelope import KmsV1Envelope, parse, parse_strict
 from heimdall_kms.errors import HeimdallKMSError, MalformedEnvelopeError
 from heimdall_kms.policy.rules import Action, Policy
 from heimdall_kms.policy.walk import Leaf, leaves, put
 from heimdall_kms.service import Crypto
+from heimdall_kms.wrapped_key import is_hmac_tag
 
 __all__ = ["REDACTED", "PolicyEngine", "Violation", "validate_no_plaintext"]
 
@@ -191,14 +192,15 @@ def _is_hash(value: Any) -> bool:
 
 
 def _is_hmac(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith("hmac:") and value.count(":") >= 3
+    return is_hmac_tag(value)
 
 
 def _is_envelope(value: Any) -> bool:
+    """Protected only if it parses strictly as its format: an unknown field carries data."""
     if not isinstance(value, str) or not value.startswith("{"):
         return False
     try:
-        parse(value)
+        parse_strict(value)
     except MalformedEnvelopeError:
         return False
     return True
