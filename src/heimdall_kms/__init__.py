@@ -12,8 +12,10 @@ from collections.abc import Mapping
 
 from heimdall_kms import errors
 from heimdall_kms.audit import AuditSink, open_sink
+from heimdall_kms.audit.sink import FailureCountingSink
 from heimdall_kms.config import EncryptionMode, Settings
 from heimdall_kms.envelope import Envelope, KmsV1Envelope, LegacyEnvelope
+from heimdall_kms.metrics import default_metrics
 from heimdall_kms.providers import load_provider
 from heimdall_kms.service import Crypto
 
@@ -41,13 +43,20 @@ def from_settings(
         AuditWriteError: the audit log cannot be opened.
     """
     kms = load_provider(settings) if settings.mode is not EncryptionMode.LEGACY else None
+    metrics = default_metrics()
     try:
         sink = audit if audit is not None else open_sink(settings.audit_log)
     except BaseException:
         if kms is not None:
             kms.close()
         raise
-    return Crypto(settings, kms=kms, audit=sink, default_actor=default_actor)
+    if audit is None:
+        sink = FailureCountingSink(sink, metrics.audit_write_failures.inc)
+    # An application exposing prometheus-client's registry sees the first error (SPEC §12).
+    metrics.preinitialise(
+        kms.name.value if kms is not None else "legacy", legacy_key_ids=settings.legacy_keys
+    )
+    return Crypto(settings, kms=kms, audit=sink, default_actor=default_actor, metrics=metrics)
 
 
 def from_env(

@@ -130,3 +130,34 @@ def test_logs_are_not_written_through_a_foreign_root_handler() -> None:
         assert root.handlers == before
     finally:
         root.removeHandler(foreign)
+
+
+class TestLibraryMetrics:
+    def test_from_env_exports_zero_error_series_and_counts_lost_audit_events(
+        self, tmp_path: Path
+    ) -> None:
+        """An application embedding the library and exposing prometheus-client's registry
+        gets the zero series and the audit failure count too."""
+        from prometheus_client import REGISTRY
+
+        import heimdall_kms
+        from heimdall_kms.errors import AuditWriteError
+        from heimdall_kms.providers.local import LocalKeyring
+
+        LocalKeyring(tmp_path / "keyring.json").ensure_key("heimdall-pii")
+        env = {
+            "HMD_ENCRYPTION_MODE": "kms",
+            "HMD_KMS_PROVIDER": "local",
+            "HMD_LOCAL_KEYRING": str(tmp_path / "keyring.json"),
+            "HMD_AUDIT_LOG": str(tmp_path / "audit.log"),
+        }
+        failures = "heimdall_audit_write_failures_total"
+        before = REGISTRY.get_sample_value(failures) or 0.0
+        crypto = heimdall_kms.from_env(env)
+        labels = {"operation": "decrypt", "provider": "local", "error_type": "mode_violation"}
+        assert REGISTRY.get_sample_value("heimdall_crypto_errors_total", labels) is not None
+        crypto.audit.inner.close()  # type: ignore[attr-defined]  # writes now fail
+        with pytest.raises(AuditWriteError):
+            crypto.encrypt("x")
+        assert REGISTRY.get_sample_value(failures) == before + 1
+        crypto.close()
