@@ -156,3 +156,53 @@ class TestJobSpans:
         for span in failed:
             assert span.attributes is not None and "heimdall.error_type" in span.attributes
             assert not span.events  # no recorded exception (its message or traceback)
+
+
+class TestConfiguredFromEnvironment:
+    def test_otel_variables_turn_tracing_on_in_a_real_process(self, tmp_path: Path) -> None:
+        """OTEL_TRACES_EXPORTER=console: the spans go to stderr, stdout keeps only the
+        command's JSON; OTEL_SERVICE_NAME names the resource."""
+        import subprocess
+        import sys
+
+        LocalKeyring(tmp_path / "keyring.json").ensure_key("heimdall-pii")
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("HMD_", "OTEL_"))},
+            "HMD_ENCRYPTION_MODE": "kms",
+            "HMD_KMS_PROVIDER": "local",
+            "HMD_LOCAL_KEYRING": str(tmp_path / "keyring.json"),
+            "HMD_AUDIT_LOG": str(tmp_path / "audit.log"),
+            "OTEL_TRACES_EXPORTER": "console",
+            "OTEL_SERVICE_NAME": "heimdall-kms-test",
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "heimdall_kms", "rotate", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["rotated"] is True  # stdout: the summary only
+        assert '"name": "job.rotate"' in done.stderr
+        assert '"name": "kms.rotate"' in done.stderr
+        assert "heimdall-kms-test" in done.stderr
+
+    def test_asking_for_an_unknown_exporter_is_one_line(self, tmp_path: Path) -> None:
+        import subprocess
+        import sys
+
+        env = {**os.environ, "OTEL_TRACES_EXPORTER": "zipkin-ish"}
+        done = subprocess.run(
+            [sys.executable, "-m", "heimdall_kms", "keys"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 78
+        assert done.stderr == (
+            "heimdall-kms: error: OTEL_TRACES_EXPORTER: expected otlp, console or none\n"
+        )

@@ -78,7 +78,8 @@ def _exporter(name: str) -> Any:
     if name == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter  # noqa: PLC0415
 
-        return ConsoleSpanExporter()
+        # stderr: stdout carries the command's output (an envelope, a JSON summary).
+        return ConsoleSpanExporter(out=sys.stderr)
     if name != "otlp":
         raise ConfigurationError("OTEL_TRACES_EXPORTER: expected otlp, console or none")
     try:
