@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from heimdall_kms.audit import AuditEvent, EventType, FileAuditSink, Result
+from heimdall_kms.audit.attempt import audited
 from heimdall_kms.config import ProviderName, Settings
 from heimdall_kms.errors import ConfigurationError, HeimdallKMSError
 from heimdall_kms.providers import KeyManagementService, load_provider
@@ -96,8 +97,8 @@ def _vault_key(base: Settings, say: Callable[[str], None]) -> Iterator[DemoKey]:
     name = f"heimdall-demo-{secrets.token_hex(4)}"
     client = vault.build_client(base.vault)
     try:
-        vault.create_throwaway_key(client, name, mount=mount)
-        _record(base, EventType.KEY_CREATE, name)
+        with _recorded(base, EventType.KEY_CREATE, name):  # intent first, outcome after
+            vault.create_throwaway_key(client, name, mount=mount)
         say(
             f"   working on a throwaway Transit key {mount}/{name}, created for this demo and "
             f"deleted at its end; the configured key {base.kms_key_id!r} is never used"
@@ -120,30 +121,30 @@ def _delete(client: hvac.Client, base: Settings, name: str, say: Callable[[str],
     assert base.vault is not None
     mount = base.vault.transit_mount
     try:
-        vault.delete_throwaway_key(client, name, mount=mount)
+        with _recorded(base, EventType.KEY_DELETE, name):
+            vault.delete_throwaway_key(client, name, mount=mount)
     except HeimdallKMSError:
         say(f"   could not delete the throwaway key {mount}/{name}: delete it by hand")
         raise
-    _record(base, EventType.KEY_DELETE, name)
     say(f"   deleted the throwaway Transit key {mount}/{name}")
 
 
-def _record(base: Settings, event_type: EventType, name: str) -> None:
+@contextmanager
+def _recorded(base: Settings, event_type: EventType, name: str) -> Iterator[None]:
+    """The key's creation or deletion as an audited change in the demo's own audit log."""
+    event = AuditEvent(
+        event_type=event_type,
+        actor="demo",
+        request_id=secrets.token_hex(8),
+        result=Result.SUCCESS,
+        key_identifier=name,
+        provider=ProviderName.VAULT.value,
+        details=_THROWAWAY,
+    )
     sink = FileAuditSink(Path(base.audit_log))
     try:
-        sink.emit(
-            [
-                AuditEvent(
-                    event_type=event_type,
-                    actor="demo",
-                    request_id=secrets.token_hex(8),
-                    result=Result.SUCCESS,
-                    key_identifier=name,
-                    provider=ProviderName.VAULT.value,
-                    details=_THROWAWAY,
-                )
-            ]
-        )
+        with audited(sink, event):
+            yield
     finally:
         sink.close()
 

@@ -75,7 +75,12 @@ class TestDemoOnVault:
         assert summary["files"] == ["demo.db", "audit.log"]
         events = [json.loads(line) for line in (workdir / "audit.log").read_text().splitlines()]
         lifecycle = [e for e in events if e["event_type"] in ("key.create", "key.delete")]
-        assert [e["event_type"] for e in lifecycle] == ["key.create", "key.delete"]
+        assert [(e["event_type"], e["result"]) for e in lifecycle] == [
+            ("key.create", "intent"),
+            ("key.create", "success"),
+            ("key.delete", "intent"),
+            ("key.delete", "success"),
+        ]
         assert {e["key_identifier"] for e in lifecycle} == {summary["key_identifier"]}
         assert all(e["key_identifier"] != "heimdall-pii" for e in events if "key_identifier" in e)
         assert _key_state(fresh_openbao) == (1, 1)

@@ -96,16 +96,21 @@ def _versions(counts: Mapping[str, int]) -> str:
 
 
 def _events(counts: Mapping[str, int]) -> str:
+    """``crypto.decrypt 5,942 (2 failed), ...``: outcomes per event type; the intent lines
+    written before each change are counted once at the end."""
     by_type: dict[str, dict[str, int]] = {}
     for name, count in counts.items():
         event_type, _, result = name.partition(":")
         by_type.setdefault(event_type, {})[result] = count
-    parts = []
+    parts, intents = [], 0
     for event_type, results in by_type.items():
+        intents += results.pop("intent", 0)
         failed = results.get("failure", 0)
-        total = sum(results.values())
-        parts.append(f"{event_type} {total:,}" + (f" ({failed:,} failed)" if failed else ""))
-    return ", ".join(parts)
+        parts.append(
+            f"{event_type} {sum(results.values()):,}" + (f" ({failed:,} failed)" if failed else "")
+        )
+    tail = f"; plus {intents:,} intent lines, each written before its change" if intents else ""
+    return ", ".join(parts) + tail
 
 
 def _yes(flag: bool) -> str:
