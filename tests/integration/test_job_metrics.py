@@ -247,3 +247,24 @@ class TestPushgateway:
         monkeypatch.setenv("HMD_PUSHGATEWAY_URL", f"http://127.0.0.1:{free_port()}")
         assert run("migrate", "--database", url, "--table", "t", "--column", "v") == 0
         assert "metrics export failed (URLError)" in caplog.messages
+
+
+class TestKeyMetricsAfterTheWork:
+    def test_a_failed_lookup_after_the_rotation_only_loses_the_metric(
+        self, env: dict[str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The rotation is done when the key lookup for its metrics fails: a warning, no error."""
+        from datetime import timedelta
+
+        from heimdall_kms.cli._job_metrics import JobTelemetry
+        from heimdall_kms.config import Settings
+        from heimdall_kms.providers import load_provider
+        from heimdall_kms.telemetry.export import MetricsExport
+
+        telemetry = JobTelemetry("rotate", MetricsExport("r", tmp_path / "r.prom"))
+        kms = load_provider(Settings.from_env(env))
+        Path(env["HMD_LOCAL_KEYRING"]).write_text('{"keys": {}}')  # the key is gone now
+        telemetry.publish_key(kms, timedelta(days=90))
+        assert any(m.startswith("key metrics: describe failed") for m in caplog.messages)
+        telemetry.export.write(telemetry.registry)
+        assert "heimdall_key_age_seconds{" not in (tmp_path / "r.prom").read_text()  # no sample

@@ -110,8 +110,15 @@ class JobTelemetry:
 
     def publish_key(self, kms: KeyManagementService, cadence: timedelta) -> None:
         """Key age and due date, with one ``describe()`` only when the metrics are exported."""
-        if self.export.enabled:
-            publish_key_info(self.metrics, kms.describe(), cadence)
+        if not self.export.enabled:
+            return
+        try:
+            info = kms.describe()
+        except HeimdallKMSError as exc:
+            # The command's own work is done (a rotation happened); only its metric is missing.
+            _log.warning("key metrics: describe failed (%s)", exc.error_type)
+            return
+        publish_key_info(self.metrics, info, cadence)
 
     def census(self, census: Census) -> None:
         for kind in ValueKind:
@@ -157,7 +164,7 @@ def _export(telemetry: JobTelemetry) -> None:
         return
     try:
         telemetry.export.write(telemetry.registry)
-    except (OSError, HeimdallKMSError) as exc:
+    except (OSError, ValueError, HeimdallKMSError) as exc:  # http.client.InvalidURL: ValueError
         # The run itself is over and reported; a monitoring gap shows as a stale
         # heimdall_job_last_run_timestamp_seconds (see docs/operations.md).
         _log.warning("metrics export failed (%s)", type(exc).__name__)
