@@ -10,10 +10,21 @@ import click
 
 from heimdall_kms.audit.query import AuditFilter, dangling, query
 from heimdall_kms.audit.verify import verify
+from heimdall_kms.errors import InvalidInputError
 
 __all__ = ["audit"]
 
 _PATH = click.Path(dir_okay=False, path_type=Path)
+
+
+def _log_path(_: click.Context, __: click.Parameter, path: Path) -> Path:
+    # `audit verify "$HMD_AUDIT_LOG"` with the default: say why there is nothing to read.
+    if str(path) == "stderr" and not path.exists():
+        raise InvalidInputError(
+            "HMD_AUDIT_LOG is stderr: the events went to each process's standard error, so "
+            "there is no log file here; give the path of the file the events were written to"
+        )
+    return path
 
 
 @click.group()
@@ -22,7 +33,7 @@ def audit() -> None:
 
 
 @audit.command("verify")
-@click.argument("path", type=_PATH)
+@click.argument("path", type=_PATH, callback=_log_path)
 @click.option(
     "--require-checkpoint",
     is_flag=True,
@@ -54,14 +65,18 @@ def _when(_: click.Context, __: click.Parameter, value: str | None) -> datetime 
 
 
 @audit.command("query")
-@click.argument("path", type=_PATH)
+@click.argument("path", type=_PATH, callback=_log_path)
 @click.option(
     "--event-type", "event_types", multiple=True, help="e.g. crypto.decrypt (repeatable)."
 )
 @click.option("--actor", help="Only this actor.")
 @click.option("--field", help="Only this field_identifier.")
 @click.option("--key-version", type=int, help="Only events on this key version.")
-@click.option("--result", type=click.Choice(["success", "failure", "intent"]))
+@click.option(
+    "--result",
+    type=click.Choice(["success", "failure", "intent"]),
+    help="Only events with this outcome (intent: recorded before a change).",
+)
 @click.option(
     "--dangling",
     "only_dangling",

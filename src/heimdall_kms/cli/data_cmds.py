@@ -144,9 +144,11 @@ def reencrypt(
 ) -> None:
     """Bring every kms_v1 value to the latest master key version.
 
-    After a routine rotation use rewrap: Vault re-wraps each DEK server-side, in batches, and
-    the ciphertext stays byte-identical. After a key compromise use full: whoever could
-    unwrap the old DEKs knows them, so every value gets a fresh DEK. To go back to the old
+    After a routine rotation use rewrap: each DEK is re-wrapped under the latest version, in
+    batches, and the ciphertext stays byte-identical (Vault and AWS KMS re-wrap inside the
+    KMS; GCP, Azure and local unwrap and wrap the DEK again in this process). After a key
+    compromise use full: whoever could unwrap the old DEKs knows them, so every value gets a
+    fresh DEK. To go back to the old
     engine use legacy (hybrid mode, env key set): every kms_v1 value is re-encrypted in the
     env-key format. Same batching, compare-and-swap, journal (--rollback with migrate),
     progress and resumability as migrate.

@@ -56,7 +56,12 @@ def vault() -> None:
 @click.option("--prefix", default="heimdall-kms", show_default=True, help="Policy/role names.")
 @click.option("--key", "key_name", help="Transit key [default: HMD_KMS_KEY_ID]")
 @click.option("--auto-rotate-period", metavar="DURATION", help="Let Vault rotate, e.g. 90d.")
-@click.option("--approle-mount", default="approle", show_default=True)
+@click.option(
+    "--approle-mount",
+    default="approle",
+    show_default=True,
+    help="Path of the AppRole auth method (enabled there if absent).",
+)
 @click.option("--kubernetes", is_flag=True, help="Also create Kubernetes auth roles.")
 @click.option("--k8s-namespace", metavar="NS", help="Namespace the service accounts live in.")
 @click.option(
@@ -66,7 +71,12 @@ def vault() -> None:
     metavar="ROLE=NAME",
     help="Service account of a role [default: PREFIX-ROLE].",
 )
-@click.option("--k8s-mount", default="kubernetes", show_default=True)
+@click.option(
+    "--k8s-mount",
+    default="kubernetes",
+    show_default=True,
+    help="Path of the Kubernetes auth method (with --kubernetes).",
+)
 @click.option("--k8s-host", metavar="URL", help="Cluster API URL for auth/<mount>/config.")
 @click.option("--k8s-ca-cert", type=click.Path(dir_okay=False, path_type=Path), help="Its CA.")
 @click.option("--print-secret-ids", is_flag=True, help="Print new AppRole secret ids (SENSITIVE).")
@@ -93,7 +103,9 @@ def bootstrap(
     """Create the Transit mount and key, the app/worker/admin/audit policies and their
     AppRole (and Kubernetes) login roles. Idempotent: a second run changes nothing.
 
-    Uses HMD_VAULT_ADDR and an admin (or root) token in HMD_VAULT_TOKEN. Prints role ids;
+    Uses HMD_VAULT_ADDR and an operator token in HMD_VAULT_TOKEN: root, or one with the
+    operator policy of docs/vault-bootstrap.md (the `admin` role created here manages the key
+    only and cannot run this). Prints role ids;
     never secret ids unless --print-secret-ids.
     """
     from heimdall_kms.providers import needs_extra  # noqa: PLC0415
@@ -108,7 +120,7 @@ def bootstrap(
     if settings.vault is None or settings.kms_key_id is None:
         raise ConfigurationError(
             "HMD_KMS_PROVIDER: `vault bootstrap` needs HMD_KMS_PROVIDER=vault, HMD_VAULT_ADDR "
-            "and an admin token in HMD_VAULT_TOKEN"
+            "and an operator token in HMD_VAULT_TOKEN"
         )
     options = vb.BootstrapOptions(
         key=key_name or settings.kms_key_id,
