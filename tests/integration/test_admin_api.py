@@ -34,7 +34,7 @@ from heimdall_kms.audit.verify import verify
 from heimdall_kms.cli.serve_cmd import build_server, serve
 from heimdall_kms.config import Settings
 from heimdall_kms.envelope import KmsV1Envelope, parse
-from heimdall_kms.errors import ConfigurationError
+from heimdall_kms.errors import ConfigurationError, InvalidInputError
 from heimdall_kms.providers.local import LocalKeyring
 from tests.legacy_data import legacy_envelope
 from tests.servers import OpenBao, free_port
@@ -539,6 +539,24 @@ class TestRequestsNeverNameADatabase:
         ):
             assert call.status_code == 422
             assert "targets file" in call.json()["detail"][0]["msg"]
+
+
+class TestServeTargetsOption:
+    def test_a_bad_targets_file_stops_serve_before_it_starts(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        for name, value in local_env(tmp_path, HMD_AUDIT_LOG=str(tmp_path / "a.log")).items():
+            monkeypatch.setenv(name, value)
+        tokens = tmp_path / "tokens.txt"
+        write_tokens(tokens)
+        missing = ["--tokens-file", str(tokens), "--targets", str(tmp_path / "none.toml")]
+        with pytest.raises(InvalidInputError, match="targets file"):
+            serve.main(missing, standalone_mode=False)
+        bad = tmp_path / "bad.toml"
+        bad.write_text('database = "mysql://u@h/db"\n[[targets]]\ntable = "t"\ncolumn = "v"\n')
+        monkeypatch.setenv("HMD_ADMIN_TARGETS_FILE", str(bad))
+        with pytest.raises(ConfigurationError, match="expected sqlite"):
+            serve.main(["--tokens-file", str(tokens)], standalone_mode=False)
 
 
 class TestOversizedAuditLines:
