@@ -195,4 +195,6 @@ def start_openbao(*, tls: bool = False, timeout: float = 30.0) -> OpenBao:
     root = server.client()
     root.sys.enable_secrets_engine("transit", path="transit")
     root.secrets.transit.create_key(TRANSIT_KEY, mount_point="transit")
+    # The keyed-hashing key of its own (HMD_HMAC_KEY_ID's default), as vault bootstrap makes it.
+    root.secrets.transit.create_key(f"{TRANSIT_KEY}-hmac", mount_point="transit")
     return server

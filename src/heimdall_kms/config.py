@@ -177,6 +177,12 @@ class Settings:
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
     # HMD_ROTATION_CHECK_SECONDS: when set, `heimdall-kms serve` runs `rotate --if-due` this often.
     rotation_check_seconds: int | None = None
+    # Keyed hashing (hmac) has its own key at a pinned version, so that a tag, a search index,
+    # survives every rotation of the encryption key (docs/configuration.md, "Keyed hashing").
+    hmac_key_id: str | None = None  # HMD_HMAC_KEY_ID, default "<HMD_KMS_KEY_ID>-hmac"
+    hmac_key_version: int = 1  # HMD_HMAC_KEY_VERSION: the version new tags are made with
+    # HMD_HMAC_PREVIOUS_VERSION: during a re-index, lookups match tags of this version too.
+    hmac_previous_version: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -208,6 +214,7 @@ class Settings:
                 "(create one with heimdall-kms local init). NOT FOR PRODUCTION."
             )
         audit_log = _audit_destination(env.get("HMD_AUDIT_LOG"))
+        hmac_key_id, hmac_version, hmac_previous = _read_hmac(env, kms_key_id)
         return cls(
             mode=mode,
             hybrid_write=hybrid_write,
@@ -235,7 +242,28 @@ class Settings:
                 if env.get("HMD_ROTATION_CHECK_SECONDS") is not None
                 else None
             ),
+            hmac_key_id=hmac_key_id,
+            hmac_key_version=hmac_version,
+            hmac_previous_version=hmac_previous,
         )
+
+
+def _read_hmac(env: _Env, kms_key_id: str | None) -> tuple[str | None, int, int | None]:
+    key_id = env.get("HMD_HMAC_KEY_ID") or (f"{kms_key_id}-hmac" if kms_key_id else None)
+    if key_id is not None and key_id == kms_key_id:
+        raise ConfigurationError(
+            "HMD_HMAC_KEY_ID: must name a key of its own, not HMD_KMS_KEY_ID (a keyed hash "
+            "must survive rotations and retirement of the encryption key)"
+        )
+    version = env.integer("HMD_HMAC_KEY_VERSION", 1, minimum=1)
+    previous = None
+    if env.get("HMD_HMAC_PREVIOUS_VERSION") is not None:
+        previous = env.integer("HMD_HMAC_PREVIOUS_VERSION", 1, minimum=1)
+        if previous == version:
+            raise ConfigurationError(
+                "HMD_HMAC_PREVIOUS_VERSION: equals HMD_HMAC_KEY_VERSION; unset it after a re-index"
+            )
+    return key_id, version, previous
 
 
 class _Env:

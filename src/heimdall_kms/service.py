@@ -47,7 +47,7 @@ from heimdall_kms.inputs import (
 from heimdall_kms.metrics import Metrics, default_metrics
 from heimdall_kms.opening import EnvelopeInput, Opened, Opener
 from heimdall_kms.providers import KeyManagementService
-from heimdall_kms.providers.base import KeyedHashing
+from heimdall_kms.providers.base import HashKey, KeyedHashing
 from heimdall_kms.sealing import seal_batches
 
 __all__ = ["MAX_PLAINTEXT_BYTES", "Crypto", "EnvelopeInput"]
@@ -285,24 +285,30 @@ class Crypto:
         *,
         actor: str | None = None,
         contexts: Sequence[Mapping[str, str]] | None = None,
+        version: int | None = None,
     ) -> list[str]:
         """Keyed hashes (``hmac:<provider form>``) whose key stays in the KMS, one batched call.
 
-        Equal values give equal hashes under one key version, so they can be searched and
-        joined; unlike ``sha256:``, they cannot be reversed by hashing every candidate.
+        Made with the hashing key's own pinned version (``HMD_HMAC_KEY_ID`` at
+        ``HMD_HMAC_KEY_VERSION``, or ``version``), never the encryption key: equal values give
+        equal tags across every rotation and retirement of the encryption key, so the tags can
+        be searched and joined; unlike ``sha256:``, they cannot be reversed by hashing every
+        candidate.
 
         Raises:
             ConfigurationError: the provider has no keyed hashing. KMSError, AuditWriteError.
         """
         kms = self.kms
-        if kms is None or not isinstance(kms, KeyedHashing):
+        key_id = self.settings.hmac_key_id
+        if kms is None or not isinstance(kms, KeyedHashing) or key_id is None:
             name = kms.name.value if kms is not None else "none (legacy mode)"
             raise ConfigurationError(f"HMD_KMS_PROVIDER={name} has no keyed hashing (hmac)")
+        key = HashKey(key_id, version or self.settings.hmac_key_version)
         who = checked_label("actor", actor or self._default_actor)
         data = [plaintext_bytes(value) for value in values]
         stated = [check_context(c) for c in contexts] if contexts else [{}] * len(data)
         request_id = str(uuid.uuid4())
-        writer = self._writer
+        writer = (key.name, kms.name.value)
 
         def events(error: HeimdallKMSError | None = None) -> list[AuditEvent]:
             return envelopeless_events(
@@ -311,13 +317,32 @@ class Crypto:
 
         try:
             with self.metrics.timed("hmac", kms.name.value):
-                tags = kms.hmac_many(data)
+                tags = kms.hmac_many(data, key)
         except HeimdallKMSError as exc:
             self.metrics.errors_total.labels("hmac", kms.name.value, exc.error_type).inc(len(data))
             self.audit.emit(events(exc))
             raise
         self.audit.emit(events())
         return ["hmac:" + tag for tag in tags]
+
+    def hmac_lookup(
+        self, values: Sequence[str], *, actor: str | None = None
+    ) -> list[tuple[str, ...]]:
+        """Per value, every tag a stored copy of it may carry: search with ``IN (...)``.
+
+        The current tag, and during a re-index of the hashing key
+        (``HMD_HMAC_PREVIOUS_VERSION`` set) the previous version's tag too, so that lookups
+        match old and new rows alike until the re-index is done.
+
+        Raises:
+            As :meth:`hmac_many`.
+        """
+        current = self.hmac_many(values, actor=actor)
+        previous = self.settings.hmac_previous_version
+        if previous is None:
+            return [(tag,) for tag in current]
+        older = self.hmac_many(values, actor=actor, version=previous)
+        return list(zip(current, older, strict=True))
 
     # -- rotation -----------------------------------------------------------------------------
 

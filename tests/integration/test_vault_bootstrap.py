@@ -91,19 +91,25 @@ def test_bootstrap_creates_the_design_then_changes_nothing(fresh_openbao: OpenBa
     env = {"HMD_VAULT_TRANSIT_MOUNT": "kms", "HMD_KMS_KEY_ID": "customer-pii"}
     first = bootstrap(fresh_openbao, "--auto-rotate-period", "90d", **env)
     assert set(changes(first).values()) == {"created"}
-    assert len(first["steps"]) == 2 + 4 + 1 + 4  # mount, key, policies, approle, roles
+    assert len(first["steps"]) == 3 + 4 + 1 + 4  # mount, keys, policies, approle, roles
     key = fresh_openbao.client().secrets.transit.read_key("customer-pii", mount_point="kms")["data"]
     assert key["type"] == "aes256-gcm96"
     assert key["exportable"] is False and key["allow_plaintext_backup"] is False
     assert key["deletion_allowed"] is False
     assert key["auto_rotate_period"] == 90 * 86400
+    hashing = fresh_openbao.client().secrets.transit.read_key(
+        "customer-pii-hmac", mount_point="kms"
+    )["data"]
+    # The keyed-hashing key of its own: same protections, never auto-rotated (tags are pinned).
+    assert (hashing["type"], hashing["exportable"]) == ("aes256-gcm96", False)
+    assert hashing["auto_rotate_period"] == 0
     second = bootstrap(fresh_openbao, "--auto-rotate-period", "90d", **env)
     assert set(changes(second).values()) == {"unchanged"}
     assert second["role_ids"] == first["role_ids"]
     assert all(re.fullmatch(r"[0-9a-f-]{36}", rid) for rid in first["role_ids"].values())
     text = run(["vault", "bootstrap"], fresh_openbao.env(**env))
     assert text.returncode == 0, text.stderr
-    assert "0 created, 0 updated, 11 unchanged" in text.stdout
+    assert "0 created, 0 updated, 12 unchanged" in text.stdout
     assert "Secret ids are credentials and are not printed" in text.stdout
 
 
@@ -202,7 +208,9 @@ OPERATIONS: dict[str, Operation] = {
     "decrypt": lambda c, d: c.adapter.post(
         f"/v1/transit/decrypt/{K}", json={"ciphertext": d["ciphertext"]}
     ),
-    "hmac": lambda c, d: c.adapter.post(f"/v1/transit/hmac/{K}/sha2-256", json={"input": "QUJD"}),
+    "hmac": lambda c, d: c.adapter.post(
+        f"/v1/transit/hmac/{K}-hmac/sha2-256", json={"input": "QUJD"}
+    ),
     "read key metadata": lambda c, d: c.adapter.get(f"/v1/transit/keys/{K}"),
     "rotate": lambda c, d: c.adapter.post(f"/v1/transit/keys/{K}/rotate"),
     "set min_decryption_version": lambda c, d: c.adapter.post(

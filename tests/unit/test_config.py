@@ -622,3 +622,31 @@ def test_audit_log_never_stdout(value: str) -> None:
 def test_legacy_mode_needs_the_master_key_itself() -> None:
     env = {"HMD_ENCRYPTION_MODE": "legacy", "HMD_PII_LEGACY_KEYS": f"default-key-v1:{MASTER_HEX}"}
     expect_error(env, "HMD_PII_MASTER_KEY")
+
+
+class TestKeyedHashingKey:
+    """The keyed hash has its own key at a pinned version (a search index survives rotation)."""
+
+    def test_defaults(self) -> None:
+        settings = Settings.from_env(HYBRID)
+        assert settings.hmac_key_id == f"{settings.kms_key_id}-hmac"
+        assert (settings.hmac_key_version, settings.hmac_previous_version) == (1, None)
+
+    def test_a_reindex_window(self) -> None:
+        env = {**HYBRID, "HMD_HMAC_KEY_VERSION": "3", "HMD_HMAC_PREVIOUS_VERSION": "2"}
+        settings = Settings.from_env(env)
+        assert (settings.hmac_key_version, settings.hmac_previous_version) == (3, 2)
+
+    @pytest.mark.parametrize(
+        ("changes", "variable"),
+        [
+            (
+                {"HMD_HMAC_KEY_ID": "heimdall-pii", "HMD_KMS_KEY_ID": "heimdall-pii"},
+                "HMD_HMAC_KEY_ID",
+            ),
+            ({"HMD_HMAC_KEY_VERSION": "0"}, "HMD_HMAC_KEY_VERSION"),
+            ({"HMD_HMAC_PREVIOUS_VERSION": "1"}, "HMD_HMAC_PREVIOUS_VERSION"),
+        ],
+    )
+    def test_refused(self, changes: dict[str, str], variable: str) -> None:
+        expect_error({**HYBRID, **changes}, variable)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -24,6 +25,7 @@ from heimdall_kms.policy import (
     validate_no_plaintext,
 )
 from heimdall_kms.policy.stream import process_ndjson
+from heimdall_kms.providers.base import HashKey
 from heimdall_kms.providers.local import LocalDevProvider, LocalKeyring
 from heimdall_kms.service import Crypto
 from tests.legacy_data import legacy_envelope
@@ -63,9 +65,9 @@ class CountingLocal(LocalDevProvider):
         self.calls.append("wrap")
         return super().wrap_many(deks, contexts)
 
-    def hmac_many(self, values: Sequence[bytes]) -> list[str]:
+    def hmac_many(self, values: Sequence[bytes], key: HashKey) -> list[str]:
         self.calls.append("hmac")
-        return super().hmac_many(values)
+        return super().hmac_many(values, key)
 
 
 @pytest.fixture
@@ -112,19 +114,36 @@ def test_protection_is_idempotent_and_batched(engine: PolicyEngine) -> None:
     out = engine.protect_many(records)
     assert engine.crypto.kms.calls == ["wrap", "hmac"]  # type: ignore[union-attr]
     again = engine.protect_many(out)
-    assert again == out
+    # Everything but `hash` is left as it is; `hash` hashes again, as the engine does.
+    assert [{k: v for k, v in r.items() if k != "phone"} for r in again] == [
+        {k: v for k, v in r.items() if k != "phone"} for r in out
+    ]
+    assert [r["phone"] for r in again] == [
+        "sha256:" + hashlib.sha256(r["phone"].encode()).hexdigest() for r in out
+    ]
     assert engine.crypto.kms.calls == ["wrap", "hmac"]  # type: ignore[union-attr]
 
 
-def test_hmac_is_deterministic_per_version_and_versioned(engine: PolicyEngine) -> None:
+@pytest.mark.parametrize(
+    "value",
+    ["a@b.c", "", "Zoë 山田", "sha256:" + "ab" * 32, "sha256:", "[REDACTED]", "hmac:x:y:z"],
+)
+def test_hash_is_the_engines_value_for_every_input(engine: PolicyEngine, value: str) -> None:
+    # The engine: "sha256:" + lowercase hex SHA-256 of the UTF-8 value, whatever the value.
+    expected = "sha256:" + hashlib.sha256(value.encode("utf-8")).hexdigest()
+    assert engine.protect({"phone": value})["phone"] == expected
+
+
+def test_hmac_is_stable_across_rotations_of_the_encryption_key(engine: PolicyEngine) -> None:
     first = engine.protect({"email": "a@b.c"})["email"]
+    assert first.startswith("hmac:local:v1:")
     assert engine.protect({"email": "a@b.c"})["email"] == first
     assert engine.protect({"email": "other@b.c"})["email"] != first
     assert engine.crypto.kms is not None
     engine.crypto.kms.rotate()
-    rotated = engine.protect({"email": "a@b.c"})["email"]
-    assert rotated.startswith("hmac:local:v2:")
-    assert rotated != first
+    engine.crypto.kms.retire(2)
+    # A search index: the encryption key's rotation and retirement never change it.
+    assert engine.protect({"email": "a@b.c"})["email"] == first
 
 
 def test_reveal_is_audited_per_field_and_refuses_moved_values(engine: PolicyEngine) -> None:

@@ -15,6 +15,7 @@ from typing import TypeVar
 from heimdall_kms.errors import HeimdallKMSError
 from heimdall_kms.jobs.rate import TokenBucket
 from heimdall_kms.providers.base import (
+    HashKey,
     KeyContext,
     KeyInfo,
     KeyManagementService,
@@ -74,9 +75,9 @@ class MeteredProvider(ProviderWrapper):
             return []
         return self._call("rewrap", lambda: self.inner.rewrap_many(wrapped, contexts))
 
-    def hmac_many(self, values: Sequence[bytes]) -> list[str]:
+    def hmac_many(self, values: Sequence[bytes], key: HashKey) -> list[str]:
         hasher = self._keyed_hashing()
-        return self._call("hmac", lambda: hasher.hmac_many(values))
+        return self._call("hmac", lambda: hasher.hmac_many(values, key))
 
     def rotate(self) -> KeyInfo:
         return self._call("rotate", self.inner.rotate)

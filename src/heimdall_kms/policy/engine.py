@@ -1,8 +1,10 @@
 """Protect and reveal records by policy, in batches that share KMS calls.
 
 A batch of records costs one ``encrypt_many`` and one ``hmac_many`` call (reveal: one
-``decrypt_many``), however many fields and records it holds. Protection is idempotent: a
-value already in the protected form of its action is left as it is.
+``decrypt_many``), however many fields and records it holds. Protection is idempotent for
+``encrypt``, ``hmac`` and ``scrub``: a value already in the protected form of its action is left
+as it is. ``hash`` is not, on purpose: it gives the legacy engine's value for every input, and
+the engine hashes a value that already looks like ``sha256:<hex>`` again.
 """
 
 from __future__ import annotations
@@ -63,7 +65,9 @@ class PolicyEngine:
                     put(record, leaf.location, REDACTED)
                     continue
                 text = leaf.value if isinstance(leaf.value, str) else json.dumps(leaf.value)
-                if action is Action.HASH and not _is_hash(leaf.value):
+                if action is Action.HASH:
+                    # Byte for byte the engine's value for every input: it hashes a value
+                    # that already looks like a sha256: hash again, and so does this.
                     put(record, leaf.location, _sha256(text))
                 elif action is Action.HMAC and not _is_hmac(leaf.value):
                     to_hmac.append((index, leaf, text))

@@ -21,6 +21,7 @@ from heimdall_kms.errors import ConfigurationError, HeimdallKMSError, IntegrityE
 __all__ = [
     "Batching",
     "BatchingHint",
+    "HashKey",
     "KeyContext",
     "KeyInfo",
     "KeyManagementService",
@@ -185,6 +186,18 @@ def batching_of(kms: KeyManagementService) -> Batching:
     return kms.batching if isinstance(kms, BatchingHint) else DEFAULT_BATCHING
 
 
+@dataclass(frozen=True, slots=True)
+class HashKey:
+    """The KMS key (and its pinned version) that keyed hashes are made with.
+
+    A keyed hash is a search index: it must not change when the encryption key rotates, so it
+    has its own key, and a pinned version of it, changed only by a deliberate re-index.
+    """
+
+    name: str
+    version: int
+
+
 @runtime_checkable
 class KeyedHashing(Protocol):
     """Keyed hashing (HMAC) whose key stays in the KMS: searchable, not enumerable.
@@ -193,11 +206,13 @@ class KeyedHashing(Protocol):
     HMAC is not, as long as its key stays in the KMS. Not every provider has it.
     """
 
-    def hmac_many(self, values: Sequence[bytes]) -> list[str]:
-        """HMAC-SHA256 of each value, in the provider's versioned form (``vault:v1:...``).
+    def hmac_many(self, values: Sequence[bytes], key: HashKey) -> list[str]:
+        """HMAC-SHA256 of each value under ``key``, in the provider's versioned form
+        (``vault:v1:...``).
 
         Raises:
-            ConfigurationError: the provider has no keyed hashing. KMSError: the call failed.
+            ConfigurationError: the provider has no keyed hashing. KeyNotFoundError: no such
+                key or version. KMSError: the call failed.
         """
 
 

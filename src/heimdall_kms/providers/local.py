@@ -36,7 +36,14 @@ from heimdall_kms.errors import (
     KeyNotFoundError,
     KeyVersionRetiredError,
 )
-from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey, round_trip
+from heimdall_kms.providers.base import (
+    HashKey,
+    KeyContext,
+    KeyInfo,
+    KeyVersion,
+    WrappedKey,
+    round_trip,
+)
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
 __all__ = ["LocalDevProvider", "LocalKeyring"]
@@ -229,12 +236,16 @@ class LocalDevProvider:
                 crypto.wipe(dek)
         return results
 
-    def hmac_many(self, values: Sequence[bytes]) -> list[str]:
-        """HMAC-SHA256 under a subkey derived from the latest version (never the wrap key)."""
-        key = self._keyring.read_key(self._key_name)
-        version = max(int(v) for v in key["versions"])
-        master = bytes.fromhex(key["versions"][str(version)]["key"])
-        subkey = crypto.derive_key(master, b"heimdall-local-hmac|" + self._key_name.encode())
+    def hmac_many(self, values: Sequence[bytes], key: HashKey) -> list[str]:
+        """HMAC-SHA256 under a subkey derived from the pinned version of the hashing key
+        (its own key in the keyring, created on first use; never the wrap key)."""
+        self._keyring.ensure_key(key.name)
+        versions = self._keyring.read_key(key.name)["versions"]
+        version = key.version
+        if str(version) not in versions:
+            raise KeyNotFoundError(f"local key {key.name!r} has no version {version}")
+        master = bytes.fromhex(versions[str(version)]["key"])
+        subkey = crypto.derive_key(master, b"heimdall-local-hmac|" + key.name.encode())
         return [
             format_wrapped("local", version, base64.b64encode(crypto.mac(subkey, value)).decode())
             for value in values

@@ -31,6 +31,7 @@ from heimdall_kms.errors import (
     RateLimitedError,
 )
 from heimdall_kms.providers.base import (
+    HashKey,
     KeyContext,
     KeyInfo,
     KeyManagementService,
@@ -199,9 +200,9 @@ class ResilientProvider(ProviderWrapper):
     ) -> list[WrappedKey | HeimdallKMSError]:
         return self._call(lambda: self.inner.rewrap_many(wrapped, contexts))
 
-    def hmac_many(self, values: Sequence[bytes]) -> list[str]:
+    def hmac_many(self, values: Sequence[bytes], key: HashKey) -> list[str]:
         hasher = self._keyed_hashing()
-        return self._call(lambda: hasher.hmac_many(values))
+        return self._call(lambda: hasher.hmac_many(values, key))
 
     def rotate(self) -> KeyInfo:
         return self._call(self.inner.rotate, retry=False)

@@ -43,6 +43,7 @@ from heimdall_kms.errors import (
 )
 from heimdall_kms.providers.base import (
     Batching,
+    HashKey,
     KeyContext,
     KeyInfo,
     KeyVersion,
@@ -192,15 +193,19 @@ class VaultTransitProvider:
 
         return self._per_item("rewrap", wrapped, decode)
 
-    def hmac_many(self, values: Sequence[bytes]) -> list[str]:
-        """Transit HMAC (SHA-256) in batches; the HMAC key never leaves Vault."""
+    def hmac_many(self, values: Sequence[bytes], key: HashKey) -> list[str]:
+        """Transit HMAC (SHA-256) in batches under the pinned version of the hashing key; the
+        HMAC key never leaves Vault."""
         results: list[str] = []
         for start in range(0, len(values), self._batch_size):
             chunk = values[start : start + self._batch_size]
-            body = {"batch_input": [{"input": base64.b64encode(v).decode()} for v in chunk]}
+            body: dict[str, Any] = {
+                "batch_input": [{"input": base64.b64encode(v).decode()} for v in chunk],
+                "key_version": key.version,
+            }
             answer = self._vault(
                 "hmac",
-                lambda: self._http.post(self._mount, "hmac", self._key, "sha2-256", body=body),  # noqa: B023 - called at once
+                lambda: self._http.post(self._mount, "hmac", key.name, "sha2-256", body=body),  # noqa: B023 - called at once
             )
             items = _batch_results(answer)
             if items is None or len(items) != len(chunk) or any(i.get("error") for i in items):

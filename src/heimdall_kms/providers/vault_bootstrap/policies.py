@@ -35,8 +35,8 @@ _GRANTS: dict[str, tuple[tuple[str, str], ...]] = {
     "app": (
         ("encrypt/{k}", "update"),
         ("decrypt/{k}", "update"),
-        ("hmac/{k}", "update"),
-        ("hmac/{k}/sha2-256", "update"),
+        ("hmac/{k}-hmac", "update"),
+        ("hmac/{k}-hmac/sha2-256", "update"),
     ),
     "worker": (("decrypt/{k}", "update"),),
     "admin": (("keys/{k}/rotate", "update"), ("rewrap/{k}", "update")),

@@ -79,7 +79,10 @@ def plan(client: hvac.Client, options: BootstrapOptions) -> list[Step]:
     transit, approle = options.transit_mount, options.approle_mount
     steps = [
         _mount(client, "sys/mounts", transit, "transit", f"Transit mount {transit}/"),
-        _key(client, options),
+        _key(client, options, options.key, options.auto_rotate_seconds),
+        # The keyed-hashing key of its own (HMD_HMAC_KEY_ID's default): tags are made with a
+        # pinned version of it, so rotating it never changes them; it is not auto-rotated.
+        _key(client, options, f"{options.key}-hmac", None),
     ]
     for role in ROLES:
         name, hcl = options.name(role), policy_hcl(role, options)
@@ -172,11 +175,10 @@ def _mount(client: hvac.Client, table: str, path: str, kind: str, name: str) -> 
     return Step(name, Change.UNCHANGED)
 
 
-def _key(client: hvac.Client, options: BootstrapOptions) -> Step:
-    path = f"/v1/{options.transit_mount}/keys/{options.key}"
+def _key(client: hvac.Client, options: BootstrapOptions, key: str, period: int | None) -> Step:
+    path = f"/v1/{options.transit_mount}/keys/{key}"
     current = _data(_get(client, path))
-    period = options.auto_rotate_seconds
-    name = f"key {options.key} ({KEY_TYPE}, exportable=false, deletion_allowed=false)"
+    name = f"key {key} ({KEY_TYPE}, exportable=false, deletion_allowed=false)"
     if not current:
         body: dict[str, Any] = {"type": KEY_TYPE, "exportable": False}
         body["allow_plaintext_backup"] = False
@@ -184,12 +186,12 @@ def _key(client: hvac.Client, options: BootstrapOptions) -> Step:
             body["auto_rotate_period"] = period
         return Step(name, Change.CREATED, (ApiCall("POST", path, body),))
     if current.get("type") != KEY_TYPE:
-        raise RefusedError(f"key {options.key} is {current.get('type')!r}, not {KEY_TYPE}")
+        raise RefusedError(f"key {key} is {current.get('type')!r}, not {KEY_TYPE}")
     for flag in ("exportable", "allow_plaintext_backup"):
         if current.get(flag):
             # Transit cannot turn these off again: the material may already have left.
             raise RefusedError(
-                f"key {options.key} has {flag}=true, which Transit cannot undo; create a new "
+                f"key {key} has {flag}=true, which Transit cannot undo; create a new "
                 "key (HMD_KMS_KEY_ID) and migrate to it"
             )
     config: dict[str, Any] = {}
