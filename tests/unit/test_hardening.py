@@ -245,6 +245,7 @@ class TestVaultRedirect:
 
     @pytest.mark.parametrize("call", ["describe", "wrap", "hmac"])
     def test_a_redirect_is_not_followed_and_the_token_goes_nowhere(self, call: str) -> None:
+        from heimdall_kms.providers.base import HashKey
         from heimdall_kms.providers.vault import VaultTransitProvider
 
         _Recorder.seen.clear()
@@ -261,7 +262,7 @@ class TestVaultRedirect:
             calls: dict[str, Callable[[], object]] = {
                 "describe": provider.describe,
                 "wrap": lambda: provider.wrap_many([bytearray(32)], [{}]),
-                "hmac": lambda: provider.hmac_many([b"x"]),
+                "hmac": lambda: provider.hmac_many([b"x"], HashKey("heimdall-pii-hmac", 1)),
             }
             try:
                 with pytest.raises(KMSError, match="redirect") as caught:

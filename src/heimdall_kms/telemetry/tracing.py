@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from heimdall_kms.errors import ConfigurationError, HeimdallKMSError
 from heimdall_kms.providers.base import (
+    HashKey,
     KeyContext,
     KeyInfo,
     KeyManagementService,
@@ -212,9 +213,9 @@ class TracedProvider(ProviderWrapper):
     ) -> list[WrappedKey | HeimdallKMSError]:
         return self._span("rewrap", lambda: self.inner.rewrap_many(wrapped, contexts), len(wrapped))
 
-    def hmac_many(self, values: Sequence[bytes]) -> list[str]:
+    def hmac_many(self, values: Sequence[bytes], key: HashKey) -> list[str]:
         hasher = self._keyed_hashing()
-        return self._span("hmac", lambda: hasher.hmac_many(values), len(values))
+        return self._span("hmac", lambda: hasher.hmac_many(values, key), len(values))
 
     def rotate(self) -> KeyInfo:
         return self._span("rotate", self.inner.rotate)
