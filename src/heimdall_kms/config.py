@@ -152,6 +152,9 @@ class ResilienceSettings:
     retry_max_seconds: float = 30.0  # HMD_KMS_RETRY_MAX_SECONDS: total time spent retrying
     breaker_threshold: int = 5  # HMD_KMS_BREAKER_THRESHOLD: consecutive unavailable calls
     breaker_cooldown_seconds: float = 30.0  # HMD_KMS_BREAKER_COOLDOWN_SECONDS
+    # HMD_JOB_STALL_SECONDS: a background job (migrate, reencrypt) keeps trying through
+    # throttling and outages, and stops after this long without progress.
+    job_stall_seconds: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +239,7 @@ class Settings:
                 retry_max_seconds=env.number("HMD_KMS_RETRY_MAX_SECONDS", 30.0),
                 breaker_threshold=env.integer("HMD_KMS_BREAKER_THRESHOLD", 5, minimum=1),
                 breaker_cooldown_seconds=env.number("HMD_KMS_BREAKER_COOLDOWN_SECONDS", 30.0),
+                job_stall_seconds=env.number("HMD_JOB_STALL_SECONDS", 300.0),
             ),
             rotation_check_seconds=(
                 env.integer("HMD_ROTATION_CHECK_SECONDS", 0, minimum=1)

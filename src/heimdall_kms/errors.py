@@ -131,10 +131,18 @@ class AuditWriteError(HeimdallKMSError):
 
 
 class KMSError(HeimdallKMSError):
-    """A failure reported by, or on the way to, the key management service."""
+    """A failure reported by, or on the way to, the key management service.
+
+    ``retry_after`` is the wait in seconds the KMS asked for (a ``Retry-After`` header, gRPC
+    retry info), when it said; callers that try again wait at least that long.
+    """
 
     error_type = "kms"
     exit_code = 69
+
+    def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class KeyNotFoundError(KMSError):

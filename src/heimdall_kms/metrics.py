@@ -143,10 +143,16 @@ class Metrics:
         finally:
             self.operation_duration.labels(operation, provider).observe(perf_counter() - start)
 
-    def set_progress(self, *, total: int, completed: int, failed: int) -> None:
+    def set_progress(
+        self, *, total: int, completed: int, failed: int, throttled: int = 0, kms_rate: float = 0
+    ) -> None:
+        """The job's values; ``throttled``: KMS answers "slow down" so far; ``kms_rate``: the
+        KMS requests per second the job is paced at (0: not paced)."""
         self.reencryption_progress.labels("total").set(total)
         self.reencryption_progress.labels("completed").set(completed)
         self.reencryption_progress.labels("failed").set(failed)
+        self.reencryption_progress.labels("throttled").set(throttled)
+        self.reencryption_progress.labels("kms_rate").set(kms_rate)
 
     def preinitialise(self, provider: str, *, legacy_key_ids: Iterable[str] = ()) -> None:
         """Export 0 for every error series of ``provider`` and every legacy decrypt series."""

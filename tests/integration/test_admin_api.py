@@ -325,7 +325,13 @@ def test_migrate_job_runs_to_completion(tmp_path: Path, make_api: Callable[..., 
     }
     assert status["mode"] == "migrate" and status["target"] == "t.v"
     assert api.call("GET", "/admin/crypto/reencrypt/status", "audit").json() == status
-    assert gauge(api) == {"total": ROWS, "completed": ROWS, "failed": 0}
+    assert gauge(api) == {
+        "total": ROWS,
+        "completed": ROWS,
+        "failed": 0,
+        "throttled": 0,
+        "kms_rate": 0,
+    }
     values = stored(f"sqlite:///{path}")
     with heimdall_kms.from_env(api.env, audit=MemoryAuditSink()) as crypto:
         for i in range(1, ROWS + 1):
@@ -369,7 +375,13 @@ def test_rewrap_job_after_rotation_with_pauses_and_conflicts(
     # 30 rows in batches of 10: two pauses, between batches only.
     assert 0.8 <= time.monotonic() - clock < 5
     assert (status["state"], status["completed"], status["failed"]) == ("completed", ROWS, 0)
-    assert gauge(api) == {"total": ROWS, "completed": ROWS, "failed": 0}
+    assert gauge(api) == {
+        "total": ROWS,
+        "completed": ROWS,
+        "failed": 0,
+        "throttled": 0,
+        "kms_rate": 0,
+    }
     for i, value in stored(url).items():
         new, old = parse(value or ""), before[i]
         assert isinstance(new, KmsV1Envelope) and isinstance(old, KmsV1Envelope)

@@ -91,6 +91,7 @@ def test_vault_sealed_midway_then_rerun_finishes(fresh_openbao: OpenBao, tmp_pat
         HMD_ENCRYPTION_MODE="hybrid",
         HMD_PII_MASTER_KEY=MASTER_HEX,
         HMD_AUDIT_LOG=str(tmp_path / "audit.log"),
+        HMD_JOB_STALL_SECONDS="2",  # the seal outlasts it: the job stops
     )
     settings = Settings.from_env(env)
     assert settings.vault is not None
@@ -123,14 +124,18 @@ def test_cli_stops_with_one_line_when_vault_is_down(fresh_openbao: OpenBao, tmp_
         HMD_ENCRYPTION_MODE="hybrid",
         HMD_PII_MASTER_KEY=MASTER_HEX,
         HMD_AUDIT_LOG=str(tmp_path / "audit.log"),
+        HMD_JOB_STALL_SECONDS="3",  # a job waits out a seal this long, then stops
     )
     fresh_openbao.client().sys.seal()
+    started = time.monotonic()
     run = cli(["migrate", "--database", table.url, "--table", table.table, "--column", "ssn"], env)
     out, err = run.communicate(timeout=120)
     assert run.returncode == 69
+    assert 3 <= time.monotonic() - started < 60
     errors = [line for line in err.decode().splitlines() if line.startswith("heimdall-kms:")]
     assert errors == [errors[0]]
     assert "sealed or unavailable" in errors[0]
+    assert "no progress for 3s (HMD_JOB_STALL_SECONDS=3)" in errors[0]
     assert b"rerun to finish" in out
     assert table.values() == before
 

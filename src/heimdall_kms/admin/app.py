@@ -231,7 +231,13 @@ def create_app(
         registry,
         metrics,
         Guard(tokens, sink),
-        JobRunner(settings, sink, metrics, factory),
+        # Background jobs pace and retry their own calls (one attempt per call below them).
+        JobRunner(
+            settings,
+            sink,
+            metrics,
+            provider_factory or partial(load_provider, settings, background=True),
+        ),
         HealthCheck(kms),
         scheduler,
         observed.key_metrics,

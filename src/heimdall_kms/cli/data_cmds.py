@@ -18,12 +18,11 @@ from heimdall_kms.config import Settings, audit_destination
 from heimdall_kms.errors import IncompleteError
 from heimdall_kms.jobs.census import Census, take_census
 from heimdall_kms.jobs.journal import rollback
-from heimdall_kms.jobs.metered import MeteredProvider
+from heimdall_kms.jobs.metered import job_provider
 from heimdall_kms.jobs.migrate import MigrationOptions, check_settings, run_migration
-from heimdall_kms.jobs.rate import TokenBucket
 from heimdall_kms.jobs.reencrypt import ReencryptMode, ReencryptOptions, run_reencrypt
 from heimdall_kms.jobs.report import JobReport
-from heimdall_kms.providers import KeyManagementService, load_provider
+from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.service import Crypto
 from heimdall_kms.telemetry.export import MetricsExport
 
@@ -47,7 +46,8 @@ _RATE_LIMIT = click.option(
     show_default=True,
     type=click.FloatRange(0),
     metavar="RPS",
-    help="At most this many KMS calls per second (0: no limit).",
+    help="A ceiling: at most this many KMS requests per second (0: none). Either way the job "
+    "slows down when the KMS throttles it and finds the rate the KMS allows.",
 )
 _RUN_ID = click.option("--run-id", help="Name the run (default: generated); the journal keeps it.")
 
@@ -95,7 +95,7 @@ def migrate(
     with job_telemetry("migrate", export) as telemetry, opened_stores(spec) as stores:
         for store in stores:
             store.check(writable=not dry_run)
-        kms = MeteredProvider(load_provider(settings), TokenBucket(rate_limit))
+        kms = job_provider(settings, rate_limit)
         telemetry.watch(kms, settings)
         options = MigrationOptions(batch_size, dry_run, run_id or "", actor)
         with (
@@ -157,7 +157,7 @@ def reencrypt(
     with job_telemetry("reencrypt", export) as telemetry, opened_stores(spec) as stores:
         for store in stores:
             store.check(writable=not dry_run)
-        kms = MeteredProvider(load_provider(settings), TokenBucket(rate_limit))
+        kms = job_provider(settings, rate_limit)
         telemetry.watch(kms, settings)
         options = ReencryptOptions(
             batch_size,

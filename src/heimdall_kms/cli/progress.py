@@ -85,11 +85,12 @@ class ProgressView:
     def __call__(self, target: TargetReport) -> None:
         done = target.completed + target.failed + target.conflicts
         if self._bar is not None:
+            description = f"{self._job} {target.target}{_pacing(target)}"
             if target.target not in self._tasks:
                 self._tasks[target.target] = self._bar.add_task(
-                    f"{self._job} {target.target}", total=max(target.total, 1)
+                    description, total=max(target.total, 1)
                 )
-            self._bar.update(self._tasks[target.target], completed=done)
+            self._bar.update(self._tasks[target.target], completed=done, description=description)
             return
         now = self._clock()
         started = self._started.setdefault(target.target, now)
@@ -122,7 +123,15 @@ class ProgressView:
             return
         print(
             f"{self._job} {target.target}: {done:,}/{target.total:,} "
-            f"({rate:,.0f} values/s{eta_text}; failed {target.failed})",
+            f"({rate:,.0f} values/s{eta_text}; failed {target.failed}){_pacing(target)}",
             file=self._stream,
             flush=True,
         )
+
+
+def _pacing(target: TargetReport) -> str:
+    """`` — KMS throttled 12 times, paced at 2.4 requests/s`` once the KMS pushed back."""
+    if not target.throttled:
+        return ""
+    rate = f", paced at {target.kms_rate:,.2g} requests/s" if target.kms_rate else ""
+    return f" — KMS throttled {target.throttled:,} times{rate}"

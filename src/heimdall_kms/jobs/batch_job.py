@@ -6,29 +6,39 @@ Per batch: read the next rows (keyset order; locked on PostgreSQL), convert, com
 the new values back and journal the old ones, record the ``reencrypt.batch`` audit event, and
 only then commit the transaction and publish progress: a batch whose event cannot be written
 is rolled back. The run itself is one audited attempt (a ``job.run`` intent before anything is
-touched, its outcome at the end). A failure of the KMS, the database or the audit sink stops
-the run with the batch in flight rolled back; rerunning finishes it.
+touched, its outcome at the end).
+
+A transient KMS failure (throttled, unavailable, sealed, no answer in time) rolls the batch
+back, so no row stays locked while the job waits, and the batch is tried again after a
+back-off (:class:`Patience`); the job stops only after the stall time without progress. Any
+other failure of the KMS, the database or the audit sink stops the run at once with the batch
+in flight rolled back. Either way rerunning finishes it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from heimdall_kms.audit import AuditEvent, EventType, Result, audited
 from heimdall_kms.envelope import check_context
 from heimdall_kms.errors import HeimdallKMSError, InvalidInputError
 from heimdall_kms.inputs import MAX_STORED_PLAINTEXT_BYTES, plaintext_bytes
 from heimdall_kms.jobs.metered import MeteredProvider
+from heimdall_kms.jobs.patience import Patience
 from heimdall_kms.jobs.report import JobReport, ProgressCallback, RowFailure, TargetReport
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import FieldStore, Match, Row, Swap
 
 __all__ = ["BatchJob", "JobOptions", "new_run_id"]
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +67,7 @@ class BatchJob(ABC):
         self.options = options
         self.progress = progress
         self.report = JobReport(self.job, options.run_id or new_run_id(), options.dry_run)
+        self.patience = Patience(crypto.settings.resilience.job_stall_seconds)
 
     @abstractmethod
     def convert(self, store: FieldStore, rows: list[Row], target: TargetReport) -> list[Swap]:
@@ -93,7 +104,7 @@ class BatchJob(ABC):
         running = self.crypto.metrics.jobs_running
         running.inc()
         try:
-            self.prepare()
+            self._patiently(self.prepare)
             for store in stores:
                 self._target(store)
         except HeimdallKMSError as exc:
@@ -104,6 +115,7 @@ class BatchJob(ABC):
             self.report.finished = time.monotonic()
             if isinstance(self.crypto.kms, MeteredProvider):
                 self.report.kms_calls = self.crypto.kms.total_calls
+                self.report.throttled = self.crypto.kms.throttled
 
     def _run_event(self, stores: Sequence[FieldStore]) -> AuditEvent:
         return AuditEvent(
@@ -117,6 +129,20 @@ class BatchJob(ABC):
                 "targets": [str(store.target) for store in stores],
             },
         )
+
+    def _patiently(self, step: Callable[[], _T]) -> _T:
+        """Run ``step``; on a transient KMS failure wait and run it again, until it passes or
+        the job has stalled (then the failure is raised, saying so)."""
+        while True:
+            try:
+                result = step()
+            except HeimdallKMSError as exc:
+                if not exc.retryable:
+                    raise
+                self.patience.wait(exc)
+                continue
+            self.patience.progressed()
+            return result
 
     def fail(self, target: TargetReport, row: Row, error: HeimdallKMSError | str) -> None:
         target.failed += 1
@@ -151,10 +177,21 @@ class BatchJob(ABC):
         self._publish(target)
         after: object | None = None
         while True:
+            after = self._patiently(lambda: self._batch(store, target, after))  # noqa: B023
+            if after is None:
+                return
+            self._publish(target)
+
+    def _batch(self, store: FieldStore, target: TargetReport, after: object | None) -> object:
+        """One batch after ``after``; returns the cursor for the next one, None at the end.
+
+        A failure leaves the counts as they were (the batch is rolled back, tried again).
+        """
+        counts, failures = dataclasses.replace(target), self.report.failure_count
+        try:
             with store.batch(after, self.options.batch_size, self.match) as batch:
                 if not batch.rows:
-                    return
-                after = batch.rows[-1].id
+                    return None
                 target.examined += len(batch.rows)
                 swaps = self.convert(store, batch.rows, target)
                 if self.options.dry_run:
@@ -167,7 +204,16 @@ class BatchJob(ABC):
                 target.batches += 1
                 # Inside the transaction: a batch whose event cannot be written is rolled back.
                 self._audit_batch(target)
-            self._publish(target)
+                return batch.rows[-1].id
+        except HeimdallKMSError:
+            self._undo(target, counts, failures)
+            self._publish(target)  # shows the throttling while the job waits
+            raise
+
+    def _undo(self, target: TargetReport, counts: TargetReport, failures: int) -> None:
+        for name in ("examined", "completed", "skipped", "conflicts", "failed", "batches"):
+            setattr(target, name, getattr(counts, name))
+        self.report.truncate_failures(failures)
 
     def _audit_batch(self, target: TargetReport) -> None:
         self.crypto.audit.emit(
@@ -184,10 +230,15 @@ class BatchJob(ABC):
         )
 
     def _publish(self, target: TargetReport) -> None:
+        if isinstance(self.crypto.kms, MeteredProvider):
+            pacing = self.crypto.kms.pacing
+            target.throttled, target.kms_rate = pacing.throttled, pacing.rate
         self.crypto.metrics.set_progress(
             total=self.report.total("total"),
             completed=self.report.total("completed"),
             failed=self.report.failure_count,
+            throttled=target.throttled,
+            kms_rate=target.kms_rate,
         )
         if self.progress is not None:
             self.progress(target)

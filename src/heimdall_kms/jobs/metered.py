@@ -1,8 +1,16 @@
-"""A provider wrapper that counts KMS calls and paces them with a shared token bucket.
+"""A provider wrapper that counts a background job's KMS calls and paces them.
 
-Background jobs (migration, re-encryption) run through it so that they report how many KMS
-calls they made and never take more than ``--rate-limit`` calls per second, leaving the rest
-of the KMS's quota to live traffic.
+Background jobs (migration, re-encryption) run through it. Every call waits for its requests'
+tokens in a shared :class:`TokenBucket` and for a slot among the calls in flight
+(:class:`InFlightLimit`); both adapt to the KMS: a throttled call (429, ThrottlingException,
+RESOURCE_EXHAUSTED) halves the rate and the calls in flight and holds every call for the
+KMS's Retry-After, an overloaded KMS (503, unavailable) halves the calls in flight, and each
+call that goes through wins a step back. The error is then raised: the job's batch loop
+waits and tries the batch again (see :mod:`heimdall_kms.jobs.patience`), so no retry here
+sends a request the bucket has not paced.
+
+A batch provider (Vault) costs one token per request of ``batching.size`` values; a provider
+without batch calls sends one request per value and costs one token per value.
 """
 
 from __future__ import annotations
@@ -10,20 +18,42 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
-from heimdall_kms.errors import HeimdallKMSError
-from heimdall_kms.jobs.rate import TokenBucket
+from heimdall_kms.config import ProviderName, Settings
+from heimdall_kms.errors import (
+    CircuitOpenError,
+    HeimdallKMSError,
+    KMSUnavailableError,
+    RateLimitedError,
+)
+from heimdall_kms.jobs.rate import InFlightLimit, TokenBucket
+from heimdall_kms.providers import load_provider
 from heimdall_kms.providers.base import (
+    DEFAULT_BATCHING,
     HashKey,
     KeyContext,
     KeyInfo,
     KeyManagementService,
     ProviderWrapper,
     WrappedKey,
+    batching_of,
 )
 
-__all__ = ["MeteredProvider"]
+__all__ = ["MeteredProvider", "Pacing", "job_provider"]
+
+LOCAL = ProviderName.LOCAL
+
+
+@dataclass(frozen=True, slots=True)
+class Pacing:
+    """How a job is paced right now, for its progress output and metrics."""
+
+    throttled: int  # answers "slow down" (rate limit, quota) so far
+    rate: float  # KMS requests per second it is paced at; 0: not paced
+    in_flight: int  # calls it may have in flight at once
+
 
 _T = TypeVar("_T")
 
@@ -32,26 +62,50 @@ class MeteredProvider(ProviderWrapper):
     def __init__(self, inner: KeyManagementService, bucket: TokenBucket | None = None) -> None:
         super().__init__(inner)
         self.calls: Counter[str] = Counter()
+        self.throttled = 0
         self._bucket = bucket or TokenBucket(0)
+        self._in_flight = InFlightLimit(batching_of(inner).in_flight)
+        # Vault says how many values one request carries; AWS, GCP and Azure send one
+        # request per value; the local provider sends none (one token per call).
+        self._per_value = batching_of(inner) is DEFAULT_BATCHING and inner.name is not LOCAL
         self._lock = threading.Lock()
-        # Throttling seen by the retry layer below slows this job's budget down.
-        register = getattr(inner, "on_throttle", None)
-        if callable(register):
-            register(self._bucket.slow_down)
 
     @property
     def total_calls(self) -> int:
         return sum(self.calls.values())
 
-    def _call(self, operation: str, call: Callable[[], _T]) -> _T:
-        # Calls may overlap on worker threads (see Batching.in_flight): the bucket and the
-        # counter are shared, the KMS call itself runs outside the lock.
-        with self._lock:
-            self._bucket.acquire()
-            self.calls[operation] += 1
-        result = call()
-        with self._lock:
-            self._bucket.speed_up()
+    @property
+    def pacing(self) -> Pacing:
+        return Pacing(self.throttled, self._bucket.rate, self._in_flight.limit)
+
+    def _cost(self, items: int) -> int:
+        if self._per_value:
+            return max(1, items)
+        size = max(1, batching_of(self.inner).size)
+        return max(1, -(-items // size))
+
+    def _call(self, operation: str, call: Callable[[], _T], items: int = 1) -> _T:
+        # Calls may overlap on worker threads (see Batching.in_flight): the bucket, the limit
+        # and the counters are shared; each waits for its turn outside any lock.
+        with self._in_flight:
+            self._bucket.acquire(self._cost(items))
+            with self._lock:
+                self.calls[operation] += 1
+            try:
+                result = call()
+            except RateLimitedError as exc:
+                with self._lock:
+                    self.throttled += 1
+                self._bucket.slow_down(exc.retry_after)
+                self._in_flight.slow_down()
+                raise
+            except CircuitOpenError:
+                raise  # no request was sent
+            except KMSUnavailableError:
+                self._in_flight.slow_down()
+                raise
+        self._bucket.speed_up()
+        self._in_flight.speed_up()
         return result
 
     def wrap_many(
@@ -59,25 +113,25 @@ class MeteredProvider(ProviderWrapper):
     ) -> list[WrappedKey]:
         if not deks:
             return []
-        return self._call("wrap", lambda: self.inner.wrap_many(deks, contexts))
+        return self._call("wrap", lambda: self.inner.wrap_many(deks, contexts), len(deks))
 
     def unwrap_many(
         self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
     ) -> list[bytearray | HeimdallKMSError]:
         if not wrapped:
             return []
-        return self._call("unwrap", lambda: self.inner.unwrap_many(wrapped, contexts))
+        return self._call("unwrap", lambda: self.inner.unwrap_many(wrapped, contexts), len(wrapped))
 
     def rewrap_many(
         self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
     ) -> list[WrappedKey | HeimdallKMSError]:
         if not wrapped:
             return []
-        return self._call("rewrap", lambda: self.inner.rewrap_many(wrapped, contexts))
+        return self._call("rewrap", lambda: self.inner.rewrap_many(wrapped, contexts), len(wrapped))
 
     def hmac_many(self, values: Sequence[bytes], key: HashKey) -> list[str]:
         hasher = self._keyed_hashing()
-        return self._call("hmac", lambda: hasher.hmac_many(values, key))
+        return self._call("hmac", lambda: hasher.hmac_many(values, key), len(values))
 
     def rotate(self) -> KeyInfo:
         return self._call("rotate", self.inner.rotate)
@@ -93,3 +147,13 @@ class MeteredProvider(ProviderWrapper):
 
     def close(self) -> None:
         self.inner.close()
+
+
+def job_provider(settings: Settings, rate_limit: float = 0.0) -> MeteredProvider:
+    """The configured provider as a background job uses it: paced, at most ``rate_limit``
+    requests per second (0: as many as the KMS allows), retried by the job itself.
+
+    Raises:
+        ConfigurationError, KMSError: as :func:`heimdall_kms.providers.load_provider`.
+    """
+    return MeteredProvider(load_provider(settings, background=True), TokenBucket(rate_limit))

@@ -1,22 +1,35 @@
-"""A token bucket that paces background jobs so live traffic keeps its share of the KMS."""
+"""Pacing for background jobs: a request rate and a number of calls in flight, both adaptive.
+
+Both follow AIMD (additive increase, multiplicative decrease), the rule TCP uses to share a
+link: each time the KMS answers "slow down" the job halves its rate and its calls in flight;
+each call that goes through wins a little back. The job so finds, with no configuration, the
+rate the KMS's quota leaves it, and gives capacity back to live traffic as soon as the KMS
+pushes back. A configured rate (``--rate-limit``) is a ceiling the rate never passes.
+
+Time is injected (``clock``, ``sleep``) so tests never wait.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
-__all__ = ["TokenBucket"]
+__all__ = ["InFlightLimit", "TokenBucket"]
+
+# The lowest rate a throttled job falls to: one request every 20 s. Lower would hold a batch's
+# rows (and its PostgreSQL locks) longer than a KMS request may take.
+FLOOR = 0.05
+_WINDOW = 5.0  # seconds of successful calls the measured rate is taken over
 
 
 class TokenBucket:
-    """``rate`` tokens per second, holding at most ``burst`` (default: one second's worth).
+    """Paces calls at ``rate`` per second, with at most ``burst`` at once after a pause.
 
-    Time is injected (``clock``, ``sleep``) so tests never wait. A rate of 0 means unlimited.
-
-    The rate adapts to the KMS (additive increase, multiplicative decrease): each throttled
-    call halves it, down to ``floor``; each call that goes through wins back a twentieth of
-    the configured rate, up to that rate. A background job thus slows down as soon as the KMS
-    pushes back, and leaves the capacity to live traffic.
+    ``ceiling`` (0: none) is the configured rate. Unconfigured, the bucket lets every call
+    through until the KMS first throttles one; it then starts from half the rate it measured
+    (successful calls over the last few seconds) and adapts from there.
     """
 
     def __init__(
@@ -29,39 +42,99 @@ class TokenBucket:
     ) -> None:
         if rate < 0:
             raise ValueError("rate must be >= 0")
-        self.rate = rate
-        self.configured = rate
-        self.floor = min(rate, 1.0)
-        self.burst = burst if burst is not None else max(rate, 1.0)
+        self.ceiling = rate
+        self.rate = rate  # 0: not paced (yet)
+        self._burst = burst
         self._clock = clock
         self._sleep = sleep
-        self._tokens = self.burst
-        self._last = clock()
+        self._lock = threading.Lock()
+        self._next = clock()  # when the next call may start at the current rate
+        self._blocked_until = 0.0  # a Retry-After holds every call back until then
+        self._done: deque[float] = deque(maxlen=1000)
+        self._step = rate / 20
 
-    def slow_down(self) -> None:
-        """The KMS throttled a call: halve the rate (never below the floor)."""
-        if self.configured:
-            self.rate = max(self.floor, self.rate / 2)
+    @property
+    def burst(self) -> float:
+        return self._burst if self._burst is not None else max(self.rate, 1.0)
+
+    def slow_down(self, retry_after: float | None = None) -> None:
+        """The KMS throttled a call: halve the rate; hold every call for ``retry_after`` s."""
+        with self._lock:
+            now = self._clock()
+            base = self.rate or self._measured(now)
+            self.rate = max(FLOOR, base / 2)
+            if not self.ceiling:
+                # Win back 1/20 of the level where the KMS pushed back, per call that passes.
+                self._step = max(FLOOR, base / 20)
+            if retry_after:
+                self._blocked_until = max(self._blocked_until, now + retry_after)
 
     def speed_up(self) -> None:
-        """A call went through: win back a step of the configured rate."""
-        if self.configured:
-            self.rate = min(self.configured, self.rate + self.configured / 20)
+        """A call went through: win back a step, up to the ceiling (if one is configured)."""
+        with self._lock:
+            self._done.append(self._clock())
+            if self.rate:
+                raised = self.rate + self._step
+                self.rate = min(self.ceiling, raised) if self.ceiling else raised
 
     def acquire(self, tokens: float = 1.0) -> float:
-        """Take ``tokens``, sleeping until they are available; returns the seconds slept."""
-        if self.rate == 0:
+        """Take ``tokens``, sleeping until they are due; returns the seconds slept.
+
+        A request larger than the burst runs the balance into debt, paid by the next callers'
+        waits, so the long-run rate still holds. Safe from several threads at once: each
+        reserves its slot under the lock and sleeps outside it.
+        """
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._blocked_until)
+            if self.rate:
+                # GCRA: calls are spaced 1/rate apart, `burst` of them may come at once.
+                tolerance = max(0.0, self.burst - 1) / self.rate
+                start = max(start, self._next - tolerance)
+                self._next = max(self._next, start) + tokens / self.rate
+        wait = start - now
+        if wait <= 0:
             return 0.0
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        self._tokens -= tokens
-        if self._tokens >= 0:
-            return 0.0
-        # A request larger than the bucket is allowed to run the balance negative; the debt
-        # is paid by waiting, so the long-run rate still holds.
-        wait = -self._tokens / self.rate
         self._sleep(wait)
-        self._last = self._clock()
-        self._tokens = 0.0
         return wait
+
+    def _measured(self, now: float) -> float:
+        recent = [t for t in self._done if now - t <= _WINDOW]
+        if not recent:
+            return FLOOR * 2
+        return len(recent) / max(1.0, now - recent[0])
+
+
+class InFlightLimit:
+    """At most ``limit`` calls at once; halved when the KMS throttles, +1 per ``limit`` calls
+    that go through, never above ``maximum`` (what the provider says it can overlap)."""
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = max(1, maximum)
+        self.limit = self.maximum
+        self._active = 0
+        self._passed = 0
+        self._free = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._free:
+            self._free.wait_for(lambda: self._active < self.limit)
+            self._active += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._free:
+            self._active -= 1
+            self._free.notify_all()
+
+    def slow_down(self) -> None:
+        with self._free:
+            self.limit = max(1, self.limit // 2)
+            self._passed = 0
+
+    def speed_up(self) -> None:
+        with self._free:
+            self._passed += 1
+            if self._passed >= self.limit and self.limit < self.maximum:
+                self.limit += 1
+                self._passed = 0
+                self._free.notify_all()

@@ -32,6 +32,8 @@ class TargetReport:
     conflicts: int = 0
     failed: int = 0
     batches: int = 0
+    throttled: int = 0  # KMS answers "slow down" so far (the job's, across its targets)
+    kms_rate: float = 0.0  # KMS requests per second the job is paced at; 0: not paced
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -43,6 +45,7 @@ class TargetReport:
             "conflicts": self.conflicts,
             "failed": self.failed,
             "batches": self.batches,
+            "throttled": self.throttled,
         }
 
 
@@ -58,6 +61,7 @@ class JobReport:
     failures: list[RowFailure] = field(default_factory=list)
     failure_count: int = 0
     kms_calls: int = 0
+    throttled: int = 0
     stopped_by: str | None = None
     stop_error: HeimdallKMSError | None = field(default=None, repr=False)
     started: float = field(default_factory=time.monotonic)
@@ -67,6 +71,11 @@ class JobReport:
         self.failure_count += 1
         if len(self.failures) < MAX_LISTED_FAILURES:
             self.failures.append(failure)
+
+    def truncate_failures(self, count: int) -> None:
+        """Forget the failures recorded after the first ``count`` (a batch tried again)."""
+        del self.failures[min(count, MAX_LISTED_FAILURES) :]
+        self.failure_count = count
 
     def total(self, name: str) -> int:
         return sum(int(getattr(target, name)) for target in self.targets)
@@ -92,6 +101,7 @@ class JobReport:
             "conflicts": self.total("conflicts"),
             "failed": self.failure_count,
             "kms_calls": self.kms_calls,
+            "throttled": self.throttled,
             "kms_calls_per_value": round(self.kms_calls / completed, 4) if completed else None,
             "duration_seconds": round(duration, 3),
             "values_per_second": round(completed / duration, 1) if duration > 0 else None,

@@ -66,8 +66,12 @@ class _ProviderFactory(Protocol):
     def from_settings(cls, settings: Settings) -> KeyManagementService: ...
 
 
-def load_provider(settings: Settings) -> KeyManagementService:
+def load_provider(settings: Settings, *, background: bool = False) -> KeyManagementService:
     """Build the configured provider.
+
+    ``background``: for a background job, which paces and retries its own calls (see
+    :mod:`heimdall_kms.jobs.metered`): one attempt per call here, so that no retry sends a
+    request the job has not paced. The circuit breaker stays.
 
     Raises:
         ConfigurationError: no provider configured, not available in this release, or its
@@ -94,7 +98,7 @@ def load_provider(settings: Settings) -> KeyManagementService:
     options = settings.resilience
     # botocore, google-api-core and azure-core already retry each request with backoff; doing it
     # again around the whole batch would multiply the attempts. They keep the breaker.
-    attempts = 1 if settings.provider in _SDK_RETRIES else options.retry_attempts
+    attempts = 1 if background or settings.provider in _SDK_RETRIES else options.retry_attempts
     return ResilientProvider(
         provider,
         retry=RetryPolicy(attempts, options.retry_max_seconds),

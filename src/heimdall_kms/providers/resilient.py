@@ -27,8 +27,8 @@ import tenacity
 from heimdall_kms.errors import (
     CircuitOpenError,
     HeimdallKMSError,
+    KMSError,
     KMSUnavailableError,
-    RateLimitedError,
 )
 from heimdall_kms.providers.base import (
     HashKey,
@@ -130,13 +130,16 @@ class RetryPolicy:
         wait = float(self._jitter(state))
         outcome = state.outcome
         error = outcome.exception() if outcome is not None else None
-        retry_after = getattr(error, "retry_after", None)
-        return max(wait, float(retry_after)) if isinstance(retry_after, int | float) else wait
+        retry_after = error.retry_after if isinstance(error, KMSError) else None
+        return max(wait, retry_after) if retry_after is not None else wait
 
     def call(self, fn: Callable[[], _T]) -> _T:
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.attempts)
-            | tenacity.stop_after_delay(self.max_seconds),
+            stop=tenacity.stop_any(
+                tenacity.stop_after_attempt(self.attempts),
+                tenacity.stop_after_delay(self.max_seconds),
+                _AsksTooLong(self.max_seconds),
+            ),
             wait=self._wait,
             retry=tenacity.retry_if_exception(
                 lambda exc: isinstance(exc, HeimdallKMSError) and exc.retryable
@@ -145,6 +148,20 @@ class RetryPolicy:
             reraise=True,
         )
         return retrying(fn)
+
+
+class _AsksTooLong(tenacity.stop.stop_base):
+    """The KMS asks for a longer wait than the budget has left: fail now, not later."""
+
+    def __init__(self, budget: float) -> None:
+        self._budget = budget
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        retry_after = error.retry_after if isinstance(error, KMSError) else None
+        elapsed = retry_state.seconds_since_start or 0.0
+        return retry_after is not None and elapsed + retry_after > self._budget
 
 
 class ResilientProvider(ProviderWrapper):
@@ -160,25 +177,11 @@ class ResilientProvider(ProviderWrapper):
         super().__init__(inner)
         self.retry = retry or RetryPolicy()
         self.breaker = breaker or CircuitBreaker()
-        self._throttle_listeners: list[Callable[[], None]] = []
-
-    def on_throttle(self, listener: Callable[[], None]) -> None:
-        """Call ``listener`` whenever the KMS throttles a call (before the back-off)."""
-        self._throttle_listeners.append(listener)
 
     def _call(self, fn: Callable[[], _T], *, retry: bool = True) -> _T:
         self.breaker.before_call()
-
-        def attempt() -> _T:
-            try:
-                return fn()
-            except RateLimitedError:
-                for listener in self._throttle_listeners:
-                    listener()
-                raise
-
         try:
-            result = self.retry.call(attempt) if retry else attempt()
+            result = self.retry.call(fn) if retry else fn()
         except HeimdallKMSError as exc:
             self.breaker.record(exc)
             raise

@@ -464,10 +464,13 @@ def _translate_vault(
         )
     if isinstance(exc, hvac.exceptions.InvalidPath):
         return KeyNotFoundError(f"{where}: no such transit key or mount (HTTP 404)")
+    retry_after = getattr(exc, "retry_after", None)  # set by vault_http from the header
     if isinstance(exc, hvac.exceptions.RateLimitExceeded):
-        return RateLimitedError(f"{where}: rate limited (HTTP 429)")
+        return RateLimitedError(f"{where}: rate limited (HTTP 429)", retry_after=retry_after)
     if isinstance(exc, hvac.exceptions.VaultDown):
-        return KMSUnavailableError(f"{where}: Vault is sealed or unavailable (HTTP 503)")
+        return KMSUnavailableError(
+            f"{where}: Vault is sealed or unavailable (HTTP 503)", retry_after=retry_after
+        )
     if isinstance(
         exc,
         hvac.exceptions.InternalServerError

@@ -17,17 +17,21 @@ address the ``Location`` names.
 
 from __future__ import annotations
 
+import email.utils
 import json
+import math
 import urllib.parse
+from datetime import UTC, datetime
 from typing import Any
 
 import hvac
+import hvac.exceptions
 import hvac.utils
 import requests
 
 from heimdall_kms.errors import KMSError
 
-__all__ = ["TransitHTTP", "refuse_redirect"]
+__all__ = ["TransitHTTP", "refuse_redirect", "retry_after_seconds"]
 
 
 class TransitHTTP:
@@ -104,12 +108,38 @@ def _raise_for_error(url: str, response: requests.Response) -> None:
             document = None
         else:
             errors = document.get("errors") if isinstance(document, dict) else None
-    hvac.utils.raise_for_error(
-        "post",
-        url,
-        response.status_code,
-        text if errors is None else None,
-        errors=errors,
-        text=text,
-        json=document,
-    )
+    try:
+        hvac.utils.raise_for_error(
+            "post",
+            url,
+            response.status_code,
+            text if errors is None else None,
+            errors=errors,
+            text=text,
+            json=document,
+        )
+    except hvac.exceptions.VaultError as exc:
+        # Vault/OpenBao send Retry-After on a quota's 429 when the quota config enables
+        # response headers (sys/quotas/config enable_rate_limit_response_headers).
+        exc.retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+        raise
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header as seconds: delta-seconds or an HTTP date; None if absent/bad."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), 3600.0)
