@@ -20,6 +20,7 @@ from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
 from heimdall_kms.errors import ConfigurationError
+from heimdall_kms.legacy_context import LegacyContext, LegacyContextRule
 
 __all__ = [
     "DEFAULT_LEGACY_KEY_ID",
@@ -186,6 +187,9 @@ class Settings:
     hmac_key_version: int = 1  # HMD_HMAC_KEY_VERSION: the version new tags are made with
     # HMD_HMAC_PREVIOUS_VERSION: during a re-index, lookups match tags of this version too.
     hmac_previous_version: int | None = None
+    # HMD_MIGRATED_TARGETS / HMD_LEGACY_CONTEXT: a stated record context on a legacy value of
+    # a migrated target is refused or flagged (heimdall_kms.legacy_context).
+    legacy_context: LegacyContextRule = field(default_factory=LegacyContextRule)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -249,6 +253,10 @@ class Settings:
             hmac_key_id=hmac_key_id,
             hmac_key_version=hmac_version,
             hmac_previous_version=hmac_previous,
+            legacy_context=LegacyContextRule.parse(
+                env.get("HMD_MIGRATED_TARGETS"),
+                env.enum("HMD_LEGACY_CONTEXT", LegacyContext, LegacyContext.REFUSE),
+            ),
         )
 
 

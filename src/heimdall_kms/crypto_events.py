@@ -121,6 +121,11 @@ def opened_events(
     """The events of one decrypt call, in order, failures included."""
     events = []
     for item in opened:
+        if item.unverified_context:
+            events.append(
+                _unverified(item, actor=actor, request_id=request_id, reason=reason, at=at)
+            )
+            continue
         envelope, outcome, context = item.envelope, item.outcome, item.context
         if type(envelope) is KmsV1Envelope and type(outcome) is str:
             # The envelope's context may be the caller's own mapping: the event keeps a copy.
@@ -152,6 +157,22 @@ def opened_events(
             )
         )
     return events
+
+
+def _unverified(item: Opened, actor: str, request_id: str, reason: str, at: str) -> AuditEvent:
+    """A legacy value read under a stated record context it cannot prove (flag mode)."""
+    event = event_for(
+        EventType.DECRYPT,
+        actor,
+        request_id,
+        item.envelope,
+        item.context,
+        at=at,
+        reason=reason,
+        error=item.outcome if isinstance(item.outcome, HeimdallKMSError) else None,
+    )
+    event.details = {"legacy_context": "unverified"}
+    return event
 
 
 def _kms_success(

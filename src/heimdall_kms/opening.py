@@ -34,6 +34,7 @@ from heimdall_kms.errors import (
     ModeViolationError,
 )
 from heimdall_kms.inputs import utf8_text
+from heimdall_kms.legacy_context import LegacyContext
 from heimdall_kms.overlap import in_order
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.providers.base import batching_of
@@ -53,6 +54,9 @@ class Opened:
     envelope: Envelope | None
     context: Mapping[str, str]
     encoded_context: str | None = None  # the AAD's encoding of ``context``, when it was made
+    # A legacy value read with a stated record context it cannot prove, where that is flagged
+    # (HMD_LEGACY_CONTEXT=flag): its audit event says so.
+    unverified_context: bool = False
 
 
 class Opener:
@@ -88,7 +92,21 @@ class Opener:
                 error = IntegrityError("envelope failed authentication (wrong field/context)")
                 return Opened(error, envelope, envelope.context)
             return Opened("", envelope, envelope.context)
-        return Opened("", envelope, claimed)
+        return self._legacy(envelope, claimed)
+
+    def _legacy(self, envelope: Envelope, claimed: dict[str, str]) -> Opened:
+        """A legacy value binds no context: on a migrated target a stated record context on
+        one is refused or flagged (heimdall_kms.legacy_context)."""
+        rule = self.settings.legacy_context
+        if not rule.applies(claimed):
+            return Opened("", envelope, claimed)
+        if rule.action is LegacyContext.FLAG:
+            return Opened("", envelope, claimed, unverified_context=True)
+        error = ModeViolationError(
+            "legacy envelope refused: it cannot prove the stated record context, and its "
+            "target is declared migrated (HMD_MIGRATED_TARGETS)"
+        )
+        return Opened(error, envelope, claimed)
 
     def open_all(self, prepared: list[Opened]) -> list[Opened]:
         """Fill in each prepared item's outcome (in place; the same list is returned)."""

@@ -78,8 +78,14 @@ class MigrationJob(BatchJob):
                 target.skipped += 1
         if not legacy:
             return []
+        # The row's context is stated so that each decrypt event names the record it read
+        # (SPEC §8); a legacy value binds none, so it is not checked against it, except on a
+        # target declared migrated (heimdall_kms.legacy_context).
         outcomes = self.crypto.decrypt_outcomes(
-            envelopes, actor=self.options.actor, reason=f"migrate {self.report.run_id}"
+            envelopes,
+            actor=self.options.actor,
+            reason=f"migrate {self.report.run_id}",
+            contexts=[store.target.context(row.key) for row, _ in legacy],
         )
         readable: list[tuple[Row, Slot, str]] = []
         for (row, slot), outcome in zip(legacy, outcomes, strict=True):
