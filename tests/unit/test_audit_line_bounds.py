@@ -33,17 +33,23 @@ def _heimdall() -> list[str]:
     return [sys.executable, "-c", "from heimdall_kms.cli import main; main()"]
 
 
-def append_from_another_process(env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
-    """A separate ``heimdall-kms encrypt`` appending to the same audit log."""
+def run_cli(
+    args: list[str], env: dict[str, str], stdin: bytes = b""
+) -> subprocess.CompletedProcess[bytes]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("HMD_", "VAULT_"))}
     return subprocess.run(
-        [*_heimdall(), "encrypt", "--field", "ssn"],
-        input=b"123-45-6789",
+        [*_heimdall(), *args],
+        input=stdin,
         env={**base, **env},
         capture_output=True,
         timeout=60,
         check=False,
     )
+
+
+def append_from_another_process(env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    """A separate ``heimdall-kms encrypt`` appending to the same audit log."""
+    return run_cli(["encrypt", "--field", "ssn"], env, b"123-45-6789")
 
 
 def lifecycle_event(size: int) -> AuditEvent:
@@ -126,3 +132,25 @@ class TestContextBound:
         appended = append_from_another_process(env)
         assert appended.returncode == 0, appended.stderr
         assert verify(log, require_checkpoint=True).lines == 3
+
+
+class TestOperatorLabels:
+    def test_an_oversized_actor_or_reason_stops_a_rotation_before_anything_is_done(
+        self, tmp_path: Path
+    ) -> None:
+        keyring = tmp_path / "keyring.json"
+        LocalKeyring(keyring).ensure_key("heimdall-pii")
+        env = {
+            "HMD_ENCRYPTION_MODE": "kms",
+            "HMD_KMS_PROVIDER": "local",
+            "HMD_LOCAL_KEYRING": str(keyring),
+            "HMD_AUDIT_LOG": str(tmp_path / "audit.log"),
+        }
+        before = digest(keyring)
+        for extra in (["--actor", "x" * 100_000], ["--reason", "\x01" * 100_000]):
+            result = run_cli(["rotate", *extra], env)
+            assert result.returncode == InvalidInputError.exit_code, result.stderr
+            errors = [line for line in result.stderr.splitlines() if b"error:" in line]
+            assert len(errors) == 1 and b"than 512 characters" in errors[0]
+        assert digest(keyring) == before
+        assert not (tmp_path / "audit.log").exists() or not (tmp_path / "audit.log").read_text()

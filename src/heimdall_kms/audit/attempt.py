@@ -18,6 +18,7 @@ from typing import Any
 from heimdall_kms.audit.events import AuditEvent, Result, now_rfc3339
 from heimdall_kms.audit.sink import AuditSink
 from heimdall_kms.errors import AuditWriteError, HeimdallKMSError
+from heimdall_kms.inputs import checked_label
 
 __all__ = ["Attempt", "audited"]
 
@@ -42,11 +43,18 @@ def audited(sink: AuditSink, event: AuditEvent) -> Iterator[Attempt]:
     ``event`` is the outcome's template: its ``result`` is ignored.
 
     Raises:
+        InvalidInputError: the actor or the reason is empty, over 512 characters or not
+            valid Unicode (nothing written, the body did not run).
         AuditWriteError: the intent could not be written (the body did not run), or the body
             succeeded and its outcome could not be written (the intent stays without one).
         HeimdallKMSError: whatever the body raised, after its failure was recorded (or, if
             that write fails too, left as an intent without an outcome).
     """
+    # Bounded before anything is written or done: one audit line must stay readable by the
+    # log's writers (docs/audit.md), whatever an operator passes as --actor or --reason.
+    checked_label("actor", event.actor)
+    if event.reason is not None:
+        checked_label("reason", event.reason)
     sink.emit([replace(event, result=Result.INTENT)])
     attempt = Attempt(event.key_version, dict(event.details or {}))
     try:
