@@ -104,7 +104,9 @@ def _vault_key(base: Settings, say: Callable[[str], None]) -> Iterator[DemoKey]:
             f"deleted at its end; the configured key {base.kms_key_id!r} is never used"
         )
         try:
-            yield DemoKey(dataclasses.replace(base, kms_key_id=name), throwaway=True)
+            # No hashing key either: the configured one (HMD_HMAC_KEY_ID) is never used.
+            demo = dataclasses.replace(base, kms_key_id=name, hmac_key_id=None)
+            yield DemoKey(demo, throwaway=True)
         except BaseException:
             # The story failed: delete the key all the same, and report the story's error.
             with contextlib.suppress(HeimdallKMSError):

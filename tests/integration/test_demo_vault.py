@@ -44,6 +44,7 @@ class TestDemoOnVault:
         audit = Path(production["HMD_AUDIT_LOG"])
         audit_before = hashlib.sha256(audit.read_bytes()).hexdigest()
         key_before = _key_state(fresh_openbao)
+        keys_before = _transit_keys(fresh_openbao)
         workdir = tmp_path / "demo"
 
         result = run_cli(["demo", "--workdir", str(workdir)], production)
@@ -52,7 +53,7 @@ class TestDemoOnVault:
         assert _key_state(fresh_openbao) == key_before
         assert hashlib.sha256(audit.read_bytes()).hexdigest() == audit_before
         assert not (tmp_path / "prod.db").exists()
-        assert _transit_keys(fresh_openbao) == ["heimdall-pii"]
+        assert _transit_keys(fresh_openbao) == keys_before  # the throwaway key is gone
         out = result.stdout.decode()
         assert "throwaway Transit key transit/heimdall-demo-" in out
         assert "deleted the throwaway Transit key transit/heimdall-demo-" in out
@@ -91,6 +92,7 @@ class TestDemoOnVault:
         class StoppedError(Exception):
             pass
 
+        keys_before = _transit_keys(fresh_openbao)
         lines: list[str] = []
 
         def say(line: str) -> None:
@@ -100,6 +102,6 @@ class TestDemoOnVault:
 
         with pytest.raises(StoppedError):
             run_demo(tmp_path / "demo", production, say)
-        assert _transit_keys(fresh_openbao) == ["heimdall-pii"]
+        assert _transit_keys(fresh_openbao) == keys_before
         assert _key_state(fresh_openbao) == (1, 1)
         assert any(line.startswith("   deleted the throwaway Transit key") for line in lines)
