@@ -28,13 +28,13 @@ from typing import TypeVar
 
 from heimdall_kms.audit import AuditEvent, EventType, Result, audited
 from heimdall_kms.envelope import check_context
-from heimdall_kms.errors import HeimdallKMSError, InvalidInputError
+from heimdall_kms.errors import HeimdallKMSError, IncompleteError, InvalidInputError
 from heimdall_kms.inputs import MAX_STORED_PLAINTEXT_BYTES, plaintext_bytes
 from heimdall_kms.jobs.metered import MeteredProvider
 from heimdall_kms.jobs.patience import Patience
 from heimdall_kms.jobs.report import JobReport, ProgressCallback, RowFailure, TargetReport
 from heimdall_kms.service import Crypto
-from heimdall_kms.store import FieldStore, Match, Row, Swap
+from heimdall_kms.store import Batch, FieldStore, Match, Row, Swap
 
 __all__ = ["BatchJob", "JobOptions", "new_run_id"]
 
@@ -47,6 +47,19 @@ class JobOptions:
     dry_run: bool = False
     run_id: str = ""
     actor: str = "heimdall-kms"
+
+
+@dataclass(frozen=True, slots=True)
+class _Gap:
+    """Rows in (after, end] that a locked read skipped; ``seen``: the range's rows done."""
+
+    after: object | None
+    end: object | None
+    seen: frozenset[object]
+    missed: int
+
+
+_END = object()  # the cursor after the last batch of a range
 
 
 def new_run_id() -> str:
@@ -135,14 +148,11 @@ class BatchJob(ABC):
         the job has stalled (then the failure is raised, saying so)."""
         while True:
             try:
-                result = step()
+                return step()
             except HeimdallKMSError as exc:
                 if not exc.retryable:
                     raise
                 self.patience.wait(exc)
-                continue
-            self.patience.progressed()
-            return result
 
     def fail(self, target: TargetReport, row: Row, error: HeimdallKMSError | str) -> None:
         target.failed += 1
@@ -175,40 +185,73 @@ class BatchJob(ABC):
         )
         self.report.targets.append(target)
         self._publish(target)
-        after: object | None = None
-        while True:
-            after = self._patiently(lambda: self._batch(store, target, after))  # noqa: B023
-            if after is None:
-                return
-            self._publish(target)
+        # PostgreSQL skips rows another transaction holds locked (SKIP LOCKED): the job comes
+        # back for them until they are examined, and never reports completed without them.
+        gaps = self._sweep(store, target, _Gap(None, None, frozenset(), 0))
+        while gaps:
+            locked = sum(gap.missed for gap in gaps)
+            self.patience.wait(
+                IncompleteError(
+                    f"{locked} rows of {target.target} are locked by another transaction and "
+                    "were not examined"
+                )
+            )
+            gaps = [left for gap in gaps for left in self._sweep(store, target, gap)]
 
-    def _batch(self, store: FieldStore, target: TargetReport, after: object | None) -> object:
-        """One batch after ``after``; returns the cursor for the next one, None at the end.
+    def _sweep(self, store: FieldStore, target: TargetReport, gap: _Gap) -> list[_Gap]:
+        """Examine every candidate row of the gap's range not seen yet, batch by batch;
+        returns the parts of the range where rows were locked by someone else."""
+        left: list[_Gap] = []
+        after = gap.after
+        while after is not _END:
+            after, locked = self._patiently(lambda: self._batch(store, target, after, gap))  # noqa: B023
+            if locked is not None:
+                left.append(locked)
+            self._publish(target)
+        return left
+
+    def _batch(
+        self, store: FieldStore, target: TargetReport, after: object | None, gap: _Gap
+    ) -> tuple[object | None, _Gap | None]:
+        """One batch after ``after`` in the gap's range: the cursor for the next one (``_END``
+        at the end) and the part of this batch's range whose rows were locked, if any.
 
         A failure leaves the counts as they were (the batch is rolled back, tried again).
         """
         counts, failures = dataclasses.replace(target), self.report.failure_count
         try:
-            with store.batch(after, self.options.batch_size, self.match) as batch:
+            with store.batch(after, self.options.batch_size, self.match, gap.end) as batch:
+                locked = None
+                if batch.missed:
+                    seen = gap.seen | {row.id for row in batch.rows}
+                    locked = _Gap(after, batch.end, seen, batch.missed)
                 if not batch.rows:
-                    return None
-                target.examined += len(batch.rows)
-                swaps = self.convert(store, batch.rows, target)
-                if self.options.dry_run:
-                    target.completed += len(swaps)
-                elif swaps:
-                    run_id = self.report.run_id if self.journaled else None
-                    applied = batch.swap(swaps, run_id)
-                    target.completed += sum(applied)
-                    target.conflicts += len(applied) - sum(applied)
-                target.batches += 1
-                # Inside the transaction: a batch whose event cannot be written is rolled back.
-                self._audit_batch(target)
-                return batch.rows[-1].id
+                    return _END, locked
+                rows = [row for row in batch.rows if row.id not in gap.seen]
+                if rows:
+                    self._convert_and_swap(store, target, batch, rows)
+                    self.patience.progressed()
+                return batch.rows[-1].id, locked
         except HeimdallKMSError:
             self._undo(target, counts, failures)
             self._publish(target)  # shows the throttling while the job waits
             raise
+
+    def _convert_and_swap(
+        self, store: FieldStore, target: TargetReport, batch: Batch, rows: list[Row]
+    ) -> None:
+        target.examined += len(rows)
+        swaps = self.convert(store, rows, target)
+        if self.options.dry_run:
+            target.completed += len(swaps)
+        elif swaps:
+            run_id = self.report.run_id if self.journaled else None
+            applied = batch.swap(swaps, run_id)
+            target.completed += sum(applied)
+            target.conflicts += len(applied) - sum(applied)
+        target.batches += 1
+        # Inside the transaction: a batch whose event cannot be written is rolled back.
+        self._audit_batch(target)
 
     def _undo(self, target: TargetReport, counts: TargetReport, failures: int) -> None:
         for name in ("examined", "completed", "skipped", "conflicts", "failed", "batches"):

@@ -110,29 +110,49 @@ class SQLFieldStore:
 
     # -- reading ------------------------------------------------------------------------------
 
-    def _select(self, match: Match, *, after: bool, lock: bool) -> str:
+    def _where(
+        self, match: Match, after: object | None, upto: object | None = None
+    ) -> tuple[str, list[object]]:
+        """The WHERE clause of rows in (after, upto] the pre-filter admits, and its params."""
         p = self.dialect.param
-        where = []
-        if after:
+        where, params = [], []
+        if after is not None:
             where.append(f"{self._id} > {p}")
+            params.append(after)
+        if upto is not None:
+            where.append(f"{self._id} <= {p}")
+            params.append(upto)
         if match.like is not None:
             where.append(f"{self.dialect.read(self._c)} LIKE {p}")
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        locking = " FOR UPDATE SKIP LOCKED" if lock else ""
-        return (
-            f"SELECT {self._id}, {self.dialect.read(self._c)} FROM {self._t}{clause} "  # noqa: S608
-            f"ORDER BY {self._id} LIMIT {p}{locking}"
-        )
+            params.append(match.like)
+        return (f" WHERE {' AND '.join(where)}" if where else ""), params
 
     def _fetch(
-        self, cursor: Any, match: Match, after: object | None, limit: int, lock: bool
+        self,
+        cursor: Any,
+        match: Match,
+        after: object | None,
+        limit: int,
+        lock: bool,
+        *,
+        upto: object | None = None,
     ) -> list[Row]:
-        params: list[object] = [] if after is None else [after]
-        if match.like is not None:
-            params.append(match.like)
-        params.append(limit)
-        cursor.execute(self._select(match, after=after is not None, lock=lock), params)
+        clause, params = self._where(match, after, upto)
+        locking = " FOR UPDATE SKIP LOCKED" if lock else ""
+        cursor.execute(
+            f"SELECT {self._id}, {self.dialect.read(self._c)} FROM {self._t}{clause} "  # noqa: S608
+            f"ORDER BY {self._id} LIMIT {self.dialect.param}{locking}",
+            [*params, limit],
+        )
         return [Row(row_id, str(row_id), _text(value)) for row_id, value in cursor.fetchall()]
+
+    def _missed(
+        self, cursor: Any, match: Match, after: object | None, upto: object | None, read: int
+    ) -> int:
+        """Rows in (after, upto] a locked read skipped: locked by another transaction."""
+        clause, params = self._where(match, after, upto)
+        cursor.execute(f"SELECT count(*) FROM {self._t}{clause}", params)  # noqa: S608
+        return max(0, int(cursor.fetchone()[0]) - read)
 
     def count(self, match: Match = Match.ALL) -> int:
         with self._errors("count"):
@@ -155,19 +175,23 @@ class SQLFieldStore:
             after = rows[-1].id
 
     @contextmanager
-    def batch(self, after: object | None, limit: int, match: Match) -> Iterator[_SQLBatch]:
+    def batch(
+        self, after: object | None, limit: int, match: Match, upto: object | None = None
+    ) -> Iterator[_SQLBatch]:
         cursor = self.connection.cursor()
         lock = self.dialect.lock_rows
         with self._errors("read"):
             if lock:
                 cursor.execute("BEGIN")
             try:
-                rows = self._fetch(cursor, match, after, limit, lock)
+                rows = self._fetch(cursor, match, after, limit, lock, upto=upto)
+                end = rows[-1].id if len(rows) == limit else upto
+                missed = self._missed(cursor, match, after, end, len(rows)) if lock else 0
             except BaseException:
                 if lock:
                     cursor.execute("ROLLBACK")
                 raise
-        batch = _SQLBatch(self, cursor, rows)
+        batch = _SQLBatch(self, cursor, rows, end, missed)
         try:
             yield batch
         except BaseException:
@@ -338,8 +362,12 @@ class SQLFieldStore:
 
 
 class _SQLBatch:
-    def __init__(self, store: SQLFieldStore, cursor: Any, rows: list[Row]) -> None:
+    def __init__(
+        self, store: SQLFieldStore, cursor: Any, rows: list[Row], end: object | None, missed: int
+    ) -> None:
         self.rows = rows
+        self.end = end
+        self.missed = missed
         self.open = False
         self._store = store
         self._cursor = cursor

@@ -123,6 +123,12 @@ class JournalEntry:
 
 class Batch(Protocol):
     rows: list[Row]
+    # The range the read covered ends here (the last row's id, or the range's own end when
+    # the read came short of the limit; None: the end of the table).
+    end: object | None
+    # Rows of that range the read skipped because another transaction holds their lock
+    # (PostgreSQL ``SKIP LOCKED``; always 0 where rows are not locked).
+    missed: int
 
     def swap(self, swaps: Sequence[Swap], run_id: str | None) -> list[bool]:
         """Compare-and-swap each value; journal the applied ones under ``run_id``.
@@ -156,12 +162,14 @@ class FieldStore(Protocol):
         """Read-only keyset scan of every row the pre-filter admits, batch by batch."""
 
     def batch(
-        self, after: object | None, limit: int, match: Match
+        self, after: object | None, limit: int, match: Match, upto: object | None = None
     ) -> AbstractContextManager[Batch]:
-        """The next rows after ``after`` for processing; commits on clean exit.
+        """The next rows after ``after`` (and at most ``upto``) for processing; commits on
+        clean exit.
 
         On PostgreSQL the rows are locked (``FOR UPDATE SKIP LOCKED``) until the batch ends,
-        so several workers split a table between them without a coordinator.
+        so several workers split a table between them without a coordinator; rows locked by
+        someone else are counted in ``missed`` so the job comes back for them.
         """
 
     def ensure_journal(self) -> None:
