@@ -524,6 +524,17 @@ class TestRequestsNeverNameADatabase:
         assert refused.status_code == 422
         assert refused.json()["detail"][0]["loc"] == ["query", "sslkeylogfile"]
 
+    def test_the_openapi_document_offers_no_database_parameter(self, served: Api) -> None:
+        document = served.call("GET", "/openapi.json").json()
+        body = document["paths"]["/admin/crypto/reencrypt"]["post"]["requestBody"]
+        schema = body["content"]["application/json"]["schema"]
+        assert "database" not in schema["properties"]
+        assert schema.get("additionalProperties") is False
+        for path, operations in document["paths"].items():
+            for operation in operations.values():
+                names = {p["name"] for p in operation.get("parameters", [])}
+                assert "database" not in names, path
+
     def test_a_targets_file_names_the_database_and_the_only_allowed_columns(
         self, tmp_path: Path, make_api: Callable[..., Api]
     ) -> None:
