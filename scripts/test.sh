@@ -22,6 +22,16 @@ if ! command -v promtool >/dev/null && command -v apt-get >/dev/null; then
     apt-get update -q >/dev/null && apt-get install -y -q prometheus >/dev/null
   } || echo "test.sh: could not install promtool (package prometheus)" >&2
 fi
+# The interop suite (tests/interop) builds a small Rust program with cargo, offline, against
+# Debian's packaged crates; under CI=true it fails without them.
+if command -v apt-get >/dev/null && ! ls -d /usr/share/cargo/registry/ring-0.16* >/dev/null 2>&1; then
+  pkgs="librust-ring-dev librust-serde-json-dev librust-base64-dev librust-serde-derive-dev"
+  command -v cargo >/dev/null || pkgs="$pkgs cargo"
+  # shellcheck disable=SC2086
+  apt-get install -y -q $pkgs >/dev/null || {
+    apt-get update -q >/dev/null && apt-get install -y -q $pkgs >/dev/null
+  } || echo "test.sh: could not install the interop engine's crates ($pkgs)" >&2
+fi
 ruff check src tests scripts
 ruff format --check src tests scripts
 mypy
