@@ -162,6 +162,15 @@ class BatchJob(ABC):
             failure = RowFailure(target.target, row.key, "malformed_envelope", error)
         self.report.fail(failure)
 
+    def usable_context(self, target: TargetReport, row: Row, context: dict[str, str]) -> bool:
+        """Whether the row's context can be stated and sealed; one that cannot fails its row."""
+        try:
+            check_context(context)
+        except InvalidInputError as exc:
+            self.fail(target, row, exc)
+            return False
+        return True
+
     def sealable(self, target: TargetReport, row: Row, text: str, context: dict[str, str]) -> bool:
         """Whether a stored value can be sealed again; one that cannot fails its own row.
 

@@ -70,6 +70,8 @@ class MigrationJob(BatchJob):
         for row in rows:
             found = classify(row.value)
             if found.kind is ValueKind.LEGACY and found.envelope and found.slot:
+                if not self.usable_context(target, row, store.target.context(row.key)):
+                    continue  # failed by id before it is decrypted, never the batch
                 legacy.append((row, found.slot))
                 envelopes.append(found.envelope)  # parsed once, opened as is
             elif found.kind is ValueKind.UNPARSEABLE:
