@@ -142,10 +142,13 @@ def gather(
     summary = census.to_dict()
     evidence.add(
         "no_env_key_values",
-        bool(stores) and census.legacy == 0 and summary["unparseable"] == 0,
+        # Envelopes inside documents the census was not told to look into may be legacy:
+        # unseen is not counted as none.
+        bool(stores) and census.legacy == 0 and summary["unparseable"] == 0 and not census.nested,
         targets=[str(s.target) for s in stores],
         legacy=census.legacy,
         unparseable=summary["unparseable"],
+        nested_envelope=census.nested,
         kms_v1=summary["encryption_version"]["kms_v1"],
     )
     _audit_evidence(evidence, audit_log)

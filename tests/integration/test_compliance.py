@@ -56,6 +56,7 @@ def test_every_control_is_supported_after_a_drill(
     evidence = doc["evidence"]
     assert isinstance(evidence, dict)
     assert evidence["no_env_key_values"]["legacy"] == 0
+    assert evidence["no_env_key_values"]["nested_envelope"] == 0
     assert evidence["rotation_history"]["count"] == 1
     assert evidence["audit_chain"]["result"] == "intact"
     assert "PCI DSS v4.0 3.7.4" in (drilled / "evidence.md").read_text()

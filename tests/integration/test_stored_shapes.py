@@ -438,3 +438,20 @@ class TestLegacyMode:
         code, _, err = run(["reencrypt", *target(table), "--mode", "legacy"], capsys)
         assert code == 78
         assert "HMD_ENCRYPTION_MODE: reencrypt --mode legacy needs hybrid" in err
+
+
+class TestComplianceEvidence:
+    """The compliance report's census does not call unseen envelopes "no env-key values"."""
+
+    def test_nested_envelopes_are_not_evidence_of_none(
+        self, table: UserTable, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        table.insert([(1, bag(legacy_envelope(MASTER_HEX, "x"), quoted=True))])
+        _, out, err = run(["compliance", "report", *target(table), "--json"], capsys)
+        found = json.loads(out)["evidence"]["no_env_key_values"]
+        assert (found["holds"], found["legacy"], found["nested_envelope"]) == (False, 0, 1), err
+        _, out, _ = run(
+            ["compliance", "report", *target(table, "--json-path", "raw"), "--json"], capsys
+        )
+        found = json.loads(out)["evidence"]["no_env_key_values"]
+        assert (found["holds"], found["legacy"], found["nested_envelope"]) == (False, 1, 0)
