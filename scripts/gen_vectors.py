@@ -362,6 +362,13 @@ def kms_v1_malformed() -> list[Vector]:
         ),
         bad("key_id naming another key", _edit(base, key_id="vault:other:v1"), None),
         bad("key_id not a string", _edit(base, key_id=1), False),
+        # key_version is not authenticated either; the reader checks it against the version
+        # the wrapped DEK carries (<provider>:v<N>:), which the schema cannot compare.
+        bad(
+            "key_version 2 over a v1 wrapped DEK (key_id edited to match)",
+            _edit(base, key_version=2, key_id=f"local:{LOCAL_KEY_NAME}:v2"),
+            None,
+        ),
         bad("key_version 0", _edit(base, key_version=0), False),
         bad("key_version -1", _edit(base, key_version=-1), False),
         bad("key_version a string", _edit(base, key_version="1"), False),

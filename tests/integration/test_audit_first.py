@@ -4,11 +4,18 @@ lifecycle command exits 74 and NOTHING changed in the KMS, the table or the jour
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 import heimdall_kms
@@ -28,9 +35,11 @@ from heimdall_kms.jobs.reencrypt import ReencryptOptions, run_reencrypt
 from heimdall_kms.providers import load_provider
 from heimdall_kms.providers.local import LocalKeyring
 from heimdall_kms.store import Target, open_store
+from tests.integration.dbtables import UserTable
 from tests.servers import start_openbao
 
 ROWS = 30
+EXE = str(Path(sys.executable).with_name("heimdall-kms"))
 RUN = "run-prepared"
 
 
@@ -194,6 +203,11 @@ class TestBatchEventBeforeCommit:
         assert runs[-1].error_type == "audit_write"
 
 
+def _events(log: Path) -> list[dict[str, Any]]:
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [json.loads(line) for line in lines if line.endswith("}")]
+
+
 class TestDanglingIntents:
     def test_a_kill_between_intent_and_outcome_is_listed(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -217,9 +231,89 @@ class TestDanglingIntents:
         assert main(["audit", "query", str(log), "--result", "intent", "--count"]) == 0
         assert capsys.readouterr().out.strip() == "2"
 
-    def test_outcomes_pair_with_the_oldest_open_intent(self) -> None:
-        """Two attempts under one request id (a rollback run twice): one outcome, one left."""
-        intent = {"event_type": "reencrypt.rollback", "request_id": "run-1", "result": "intent"}
-        outcome = {**intent, "result": "success"}
-        assert dangling([intent, outcome, intent]) == [intent]
-        assert dangling([intent, intent, outcome, outcome]) == []
+    def test_a_sigkilled_rollback_leaves_its_intent_and_no_change(
+        self,
+        tmp_path: Path,
+        postgres_url: str,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """SIGKILL while the rollback waits for its rows: the intent is there, nothing moved,
+        and a rerun's outcome does not hide the killed attempt (PostgreSQL row locks)."""
+        log = tmp_path / "audit.log"
+        env = {
+            "HMD_ENCRYPTION_MODE": "kms",
+            "HMD_KMS_PROVIDER": "local",
+            "HMD_LOCAL_KEYRING": str(tmp_path / "kr.json"),
+            "HMD_AUDIT_LOG": str(log),
+        }
+        LocalKeyring(tmp_path / "kr.json").ensure_key("heimdall-pii")
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        table = UserTable.create("postgres-text", tmp_path, postgres_url)
+        try:
+            with heimdall_kms.from_env(env, audit=MemoryAuditSink()) as crypto:
+                sealed = crypto.encrypt_many(
+                    [
+                        (f"v{i}", {"table": table.table, "field": "ssn", "record": str(i)})
+                        for i in range(ROWS)
+                    ]
+                )
+            table.insert((i, e.to_json()) for i, e in enumerate(sealed))
+            targets = ["--database", table.url, "--table", table.table, "--column", "ssn"]
+            assert main(["rotate"]) == 0
+            assert main(["reencrypt", *targets, "--run-id", RUN]) == 0
+            before = table.values()
+            self._kill_while_blocked(table, env, [*targets, "--rollback", RUN], log)
+            assert table.values() == before
+            capsys.readouterr()
+            assert main(["audit", "query", str(log), "--dangling"]) == 0
+            (killed,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+            assert (killed["event_type"], killed["request_id"]) == ("reencrypt.rollback", RUN)
+            assert main(["migrate", *targets, "--rollback", RUN]) == 0
+            assert table.values() != before  # the rerun restored the v1 values
+            capsys.readouterr()
+            assert main(["audit", "query", str(log), "--dangling"]) == 0
+            shown = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+            assert shown == [killed]
+        finally:
+            table.drop()
+
+    @staticmethod
+    def _kill_while_blocked(
+        table: UserTable, env: dict[str, str], args: list[str], log: Path
+    ) -> None:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("HMD_", "VAULT_"))}
+        with psycopg.connect(table.url) as blocker:
+            # The rows are locked: the rollback records its intent, then waits to write.
+            blocker.execute(f"SELECT id FROM {table.table} FOR UPDATE").fetchall()
+            process = subprocess.Popen(
+                [EXE, "migrate", *args],
+                env={**base, **env},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + 30
+            while not any(
+                e["event_type"] == "reencrypt.rollback" and e["result"] == "intent"
+                for e in _events(log)
+            ):
+                assert process.poll() is None, "the rollback ended before its intent was seen"
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            time.sleep(0.3)  # let it reach the locked rows
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+            blocker.rollback()
+
+    def test_outcomes_pair_by_attempt_id(self) -> None:
+        """Two attempts under one request id (a rollback run twice): the killed one is left."""
+        base = {"event_type": "reencrypt.rollback", "request_id": "run-1"}
+        killed = {**base, "result": "intent", "details": {"attempt": "a1"}}
+        rerun = {**base, "result": "intent", "details": {"attempt": "a2"}}
+        done = {**base, "result": "success", "details": {"attempt": "a2"}}
+        assert dangling([killed, rerun, done]) == [killed]
+        assert dangling([rerun, done, killed]) == [killed]
+        # Events without attempt ids: an outcome answers the latest open intent.
+        old = {**base, "result": "intent"}
+        assert dangling([old, old, {**base, "result": "success"}]) == [old]

@@ -10,7 +10,8 @@ process killed between the two leaves an intent without an outcome, which
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import secrets
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -20,7 +21,9 @@ from heimdall_kms.audit.sink import AuditSink
 from heimdall_kms.errors import AuditWriteError, HeimdallKMSError
 from heimdall_kms.inputs import checked_label
 
-__all__ = ["Attempt", "audited"]
+__all__ = ["ATTEMPT_KEY", "Attempt", "audited"]
+
+ATTEMPT_KEY = "attempt"  # in ``details``: the id an intent and its outcome share
 
 
 @dataclass
@@ -55,18 +58,21 @@ def audited(sink: AuditSink, event: AuditEvent) -> Iterator[Attempt]:
     checked_label("actor", event.actor)
     if event.reason is not None:
         checked_label("reason", event.reason)
-    sink.emit([replace(event, result=Result.INTENT)])
+    # One id per attempt, in the intent and its outcome: a rerun under the same request id (a
+    # rollback of the same run) is told apart from the attempt a crash left open.
+    attempt_id = secrets.token_hex(8)
+    sink.emit([replace(event, result=Result.INTENT, details=_with(event.details, attempt_id))])
     attempt = Attempt(event.key_version, dict(event.details or {}))
     try:
         yield attempt
     except HeimdallKMSError as exc:
-        _record_failure(sink, _outcome(event, attempt, exc))
+        _record_failure(sink, _outcome(event, attempt, exc, attempt_id))
         raise
     if attempt.error is not None:
-        _record_failure(sink, _outcome(event, attempt, attempt.error))
+        _record_failure(sink, _outcome(event, attempt, attempt.error, attempt_id))
         return
     try:
-        sink.emit([_outcome(event, attempt, None)])
+        sink.emit([_outcome(event, attempt, None, attempt_id)])
     except AuditWriteError as exc:
         raise AuditWriteError(
             f"{exc}; the {event.event_type.value} was done and its intent is recorded, "
@@ -80,12 +86,18 @@ def _record_failure(sink: AuditSink, failure: AuditEvent) -> None:
         sink.emit([failure])
 
 
-def _outcome(event: AuditEvent, attempt: Attempt, error: HeimdallKMSError | None) -> AuditEvent:
+def _with(details: Mapping[str, Any] | None, attempt_id: str) -> dict[str, Any]:
+    return {**(details or {}), ATTEMPT_KEY: attempt_id}
+
+
+def _outcome(
+    event: AuditEvent, attempt: Attempt, error: HeimdallKMSError | None, attempt_id: str
+) -> AuditEvent:
     return replace(
         event,
         result=Result.FAILURE if error else Result.SUCCESS,
         error_type=error.error_type if error else None,
         key_version=attempt.key_version,
-        details=attempt.details or None,
+        details=_with(attempt.details, attempt_id),
         timestamp=now_rfc3339(),
     )

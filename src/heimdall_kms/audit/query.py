@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -69,20 +69,23 @@ def query(path: Path, selection: AuditFilter) -> Iterator[dict[str, Any]]:
 def dangling(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The ``intent`` events no outcome followed, in log order.
 
-    An outcome answers the oldest open intent of the same ``event_type`` and ``request_id``.
-    What is left was started and never recorded as finished: the process died in between (or
-    its outcome could not be written), and the change may or may not have happened.
+    An outcome answers the intent with the same ``details.attempt`` id; an event without one
+    answers the latest open intent of the same ``event_type`` and ``request_id``. What is left
+    was started and never recorded as finished: the process died in between (or its outcome
+    could not be written), and the change may or may not have happened.
     """
-    open_intents: dict[tuple[object, object], deque[int]] = defaultdict(deque)
+    open_intents: dict[tuple[object, object, object], list[int]] = defaultdict(list)
     seen: list[dict[str, Any]] = []
     answered: set[int] = set()
     for event in events:
-        key = (event.get("event_type"), event.get("request_id"))
+        details = event.get("details")
+        attempt = details.get("attempt") if isinstance(details, dict) else None
+        key = (event.get("event_type"), event.get("request_id"), attempt)
         if event.get("result") == "intent":
             open_intents[key].append(len(seen))
             seen.append(event)
         elif open_intents.get(key):
-            answered.add(open_intents[key].popleft())
+            answered.add(open_intents[key].pop())
     return [event for index, event in enumerate(seen) if index not in answered]
 
 
