@@ -17,14 +17,13 @@ from typing import Any
 from heimdall_kms.envelope import Envelope, KmsV1Envelope, LegacyEnvelope, parse
 from heimdall_kms.errors import MalformedEnvelopeError
 from heimdall_kms.jobs.jsonpath import DocumentError, Span, holds_envelope, locate, without_path
+from heimdall_kms.wrapped_key import is_hmac_tag
 
 __all__ = ["Classified", "Slot", "ValueKind", "classify", "is_companion"]
 
 REDACTED = "[REDACTED]"
 HASH_PREFIX = "sha256:"
 _HASH = re.compile(r"sha256:[0-9a-f]{64}")
-# hmac:<provider>:v<N>:<base64 of a 32-byte tag> (Vault Transit and the local provider's form).
-_HMAC = re.compile(r"hmac:[a-z][a-z0-9_-]{0,31}:v[1-9][0-9]{0,9}:[A-Za-z0-9+/]{43}=")
 _ENVELOPE_KEYS = ("ciphertext", "encryption_version")
 
 
@@ -85,7 +84,8 @@ class Classified:
 
 def is_companion(value: str) -> bool:
     """A legacy companion value: ``[REDACTED]``, a ``sha256:`` hash or an ``hmac:`` tag."""
-    return value == REDACTED or bool(_HASH.fullmatch(value) or _HMAC.fullmatch(value))
+    # hmac:<provider>:v<N>:<base64 of a 32-byte tag>, the form the policy gates accept too.
+    return value == REDACTED or bool(_HASH.fullmatch(value)) or is_hmac_tag(value)
 
 
 def classify(
