@@ -7,17 +7,17 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from heimdall_kms import errors
-from heimdall_kms.audit import AuditSink, open_sink
-from heimdall_kms.audit.sink import FailureCountingSink
-from heimdall_kms.config import EncryptionMode, Settings
-from heimdall_kms.envelope import Envelope, KmsV1Envelope, LegacyEnvelope
-from heimdall_kms.metrics import default_metrics
-from heimdall_kms.providers import load_provider
-from heimdall_kms.service import Crypto
+if TYPE_CHECKING:
+    from heimdall_kms import errors
+    from heimdall_kms.audit import AuditSink
+    from heimdall_kms.config import Settings
+    from heimdall_kms.envelope import Envelope, KmsV1Envelope, LegacyEnvelope
+    from heimdall_kms.service import Crypto
 
 __all__ = [
     "Crypto",
@@ -31,6 +31,27 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
+# The facade's classes are imported on first use (PEP 562), and so are the modules the two
+# functions below need: `import heimdall_kms` (which every `heimdall-kms --help` does) loads
+# neither the KMS clients nor prometheus_client nor rich.
+_LAZY = {
+    "Crypto": "heimdall_kms.service",
+    "Envelope": "heimdall_kms.envelope",
+    "KmsV1Envelope": "heimdall_kms.envelope",
+    "LegacyEnvelope": "heimdall_kms.envelope",
+    "Settings": "heimdall_kms.config",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "errors":
+        return importlib.import_module("heimdall_kms.errors")
+    if name not in _LAZY:
+        raise AttributeError(f"module 'heimdall_kms' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
 
 def from_settings(
     settings: Settings, *, audit: AuditSink | None = None, default_actor: str = "application"
@@ -42,6 +63,13 @@ def from_settings(
         KMSError: logging in to the KMS failed.
         AuditWriteError: the audit log cannot be opened.
     """
+    from heimdall_kms.audit import open_sink  # noqa: PLC0415 - see _LAZY
+    from heimdall_kms.audit.sink import FailureCountingSink  # noqa: PLC0415
+    from heimdall_kms.config import EncryptionMode  # noqa: PLC0415
+    from heimdall_kms.metrics import default_metrics  # noqa: PLC0415
+    from heimdall_kms.providers import load_provider  # noqa: PLC0415
+    from heimdall_kms.service import Crypto  # noqa: PLC0415
+
     kms = load_provider(settings) if settings.mode is not EncryptionMode.LEGACY else None
     metrics = default_metrics()
     try:
@@ -72,5 +100,7 @@ def from_env(
         KMSError: logging in to the KMS failed.
         AuditWriteError: the audit log cannot be opened.
     """
+    from heimdall_kms.config import Settings  # noqa: PLC0415 - see _LAZY
+
     settings = Settings.from_env(os.environ if environ is None else environ)
     return from_settings(settings, audit=audit, default_actor=default_actor)

@@ -17,10 +17,10 @@ from heimdall_kms.errors import HeimdallKMSError
 from heimdall_kms.jobs.rotation import next_due
 from heimdall_kms.metrics import Metrics
 from heimdall_kms.providers import KeyInfo, KeyManagementService
+from heimdall_kms.telemetry.settings import DEFAULT_REFRESH_SECONDS
 
 __all__ = ["DEFAULT_REFRESH_SECONDS", "KeyMetricsRefresher", "publish_key_info"]
 
-DEFAULT_REFRESH_SECONDS = 300.0
 _log = logging.getLogger(__name__)
 
 

@@ -13,13 +13,16 @@ from pathlib import Path
 import click
 import pytest
 
-from heimdall_kms.cli import cli
+from heimdall_kms.cli import COMMANDS, cli
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text(encoding="utf-8")
 
 
 def commands(group: click.Group = cli, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
-    for name, command in sorted(group.commands.items()):
+    context = click.Context(group)
+    for name in group.list_commands(context):
+        command = group.get_command(context, name)
+        assert command is not None, name
         if isinstance(command, click.Group):
             yield from commands(command, (*path, name))
         else:
@@ -30,7 +33,9 @@ def command(path: tuple[str, ...]) -> click.Command:
     found: click.Command = cli
     for name in path:
         assert isinstance(found, click.Group)
-        found = found.commands[name]
+        loaded = found.get_command(click.Context(found), name)
+        assert loaded is not None, name
+        found = loaded
     return found
 
 
@@ -99,6 +104,39 @@ class TestDocsCli:
         }
         table = {int(code) for code in re.findall(r"^\| (\d+) \|", DOC, flags=re.M)}
         assert codes <= table
+
+
+class TestLazyCommands:
+    """`heimdall-kms --help` lists the commands from their summaries, importing none of them."""
+
+    @pytest.mark.parametrize("name", sorted(COMMANDS))
+    def test_the_summary_is_the_commands_own(self, name: str) -> None:
+        loaded = command((name,))
+        assert loaded.name == name
+        for limit in (30, 45, 60, 94, 400):
+            stand_in = click.Command(name, help=COMMANDS[name].summary)
+            assert stand_in.get_short_help_str(limit) == loaded.get_short_help_str(limit)
+
+    def test_every_command_is_in_the_table(self) -> None:
+        assert len(ALL) >= len(COMMANDS) and set(cli.list_commands(click.Context(cli))) == set(
+            COMMANDS
+        )
+
+    @pytest.mark.parametrize("argv", [["--help"], ["--version"]])
+    def test_help_and_version_import_no_command_rich_or_prometheus(self, argv: list[str]) -> None:
+        probe = (
+            "import sys\n"
+            "from heimdall_kms.cli import main\n"
+            f"code = main({argv!r})\n"
+            "loaded = [m for m in sys.modules if m.split('.')[0] in ('rich', 'prometheus_client')"
+            " or m.endswith(('_cmds', '_cmd'))]\n"
+            "print(code, sorted(loaded), file=sys.stderr)\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert result.stderr.strip().splitlines()[-1] == "0 []", result.stderr
+        assert result.stdout
 
 
 class TestShellCompletion:

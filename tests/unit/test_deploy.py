@@ -258,7 +258,7 @@ def resolve(tokens: list[str]) -> tuple[list[str], click.Command, list[str]]:
     rest = list(tokens)
     while isinstance(command, click.Group) and rest and not rest[0].startswith("-"):
         name = rest.pop(0)
-        found = command.commands.get(name)
+        found = command.get_command(click.Context(command), name)  # loads a lazy command
         assert found is not None, f"no command {' '.join([*path, name])!r}"
         command, path = found, [*path, name]
     return path, command, rest

@@ -16,30 +16,127 @@ from collections.abc import Mapping, Sequence
 import click
 
 from heimdall_kms import __version__
-from heimdall_kms.cli.audit_cmds import audit
-from heimdall_kms.cli.compliance_cmd import compliance
-from heimdall_kms.cli.crypto_cmds import decrypt, encrypt
-from heimdall_kms.cli.data_cmds import migrate, reencrypt, status
-from heimdall_kms.cli.demo_cmd import demo
-from heimdall_kms.cli.doctor_cmd import doctor
-from heimdall_kms.cli.drill_cmds import drill
-from heimdall_kms.cli.journal_cmds import journal
-from heimdall_kms.cli.key_cmds import keys, retire_command, rotate_command
-from heimdall_kms.cli.local_cmds import local
-from heimdall_kms.cli.policy_cmds import check, protect, reveal
-from heimdall_kms.cli.serve_cmd import serve
-from heimdall_kms.cli.vault_cmds import vault
+from heimdall_kms.cli._lazy import LazyCommand, LazyGroup
 from heimdall_kms.errors import ConfigurationError, HeimdallKMSError
 from heimdall_kms.telemetry import tracing
 from heimdall_kms.telemetry.logs import configure_logging
 from heimdall_kms.telemetry.settings import LogFormat, TelemetrySettings
 
-__all__ = ["cli", "main"]
+__all__ = ["COMMANDS", "cli", "main"]
 
 _PROG = "heimdall-kms"
 
 
+_C = LazyCommand
+# Each command's module is imported when the command runs (or its own --help is asked for);
+# the summary is the first paragraph of its help (tests/unit/test_cli_docs.py checks that).
+COMMANDS: dict[str, LazyCommand] = {
+    "audit": _C(
+        "heimdall_kms.cli.audit_cmds", "audit", "Check the audit log's hash chain, and query it."
+    ),
+    "check": _C(
+        "heimdall_kms.cli.policy_cmds",
+        "check",
+        "Check NDJSON records (a file, or stdin) for plaintext where the policy forbids it.",
+    ),
+    "compliance": _C(
+        "heimdall_kms.cli.compliance_cmd",
+        "compliance",
+        "Evidence for auditors (see docs/compliance.md).",
+    ),
+    "decrypt": _C(
+        "heimdall_kms.cli.crypto_cmds",
+        "decrypt",
+        "Decrypt the envelope JSON on stdin; print the plaintext.",
+    ),
+    "demo": _C(
+        "heimdall_kms.cli.demo_cmd",
+        "demo",
+        "Show the whole migration story on the demo's own key, database and audit log.",
+    ),
+    "doctor": _C(
+        "heimdall_kms.cli.doctor_cmd",
+        "doctor",
+        "Check the whole configuration, one line per check: settings, mode, audit log, "
+        "database, the KMS (for Vault: TLS, seal state, token), the key, and a canary round "
+        "trip.",
+    ),
+    "drill": _C(
+        "heimdall_kms.cli.drill_cmds",
+        "drill",
+        "Run a runbook end to end against a throwaway key, and write a timed report.",
+    ),
+    "encrypt": _C(
+        "heimdall_kms.cli.crypto_cmds",
+        "encrypt",
+        "Encrypt the UTF-8 text on stdin; print one envelope JSON object.",
+    ),
+    "journal": _C(
+        "heimdall_kms.cli.journal_cmds",
+        "journal",
+        "The values migrations replaced, kept per run for `migrate --rollback`.",
+    ),
+    "keys": _C(
+        "heimdall_kms.cli.key_cmds",
+        "keys",
+        "The master key's versions: creation time, age, next due date, minimum decryption "
+        "version, and with targets named, how many stored values each version still protects.",
+    ),
+    "local": _C(
+        "heimdall_kms.cli.local_cmds",
+        "local",
+        "The local development provider's keyring file (NOT FOR PRODUCTION).",
+    ),
+    "migrate": _C(
+        "heimdall_kms.cli.data_cmds",
+        "migrate",
+        "Re-encrypt every legacy env-key envelope of a column as kms_v1.",
+    ),
+    "protect": _C(
+        "heimdall_kms.cli.policy_cmds",
+        "protect",
+        "Apply the policy to NDJSON records on stdin; write them to stdout in the same order.",
+    ),
+    "reencrypt": _C(
+        "heimdall_kms.cli.data_cmds",
+        "reencrypt",
+        "Bring every kms_v1 value to the latest master key version.",
+    ),
+    "retire": _C(
+        "heimdall_kms.cli.key_cmds",
+        "retire_command",
+        "Make key versions below N unusable for decryption, in the KMS.",
+    ),
+    "reveal": _C(
+        "heimdall_kms.cli.policy_cmds",
+        "reveal",
+        "Decrypt the encrypted fields of NDJSON records on stdin (hashes stay hashes).",
+    ),
+    "rotate": _C(
+        "heimdall_kms.cli.key_cmds",
+        "rotate_command",
+        "Create a new master key version; new values use it, old ones still decrypt.",
+    ),
+    "serve": _C(
+        "heimdall_kms.cli.serve_cmd",
+        "serve",
+        "Run the admin HTTP API: re-encryption jobs, rotation, key report, encrypt/decrypt, "
+        "/healthz (a real KMS round trip) and /metrics. See docs/admin-api.md.",
+    ),
+    "status": _C(
+        "heimdall_kms.cli.data_cmds",
+        "status",
+        "Count the stored values by encryption_version, key version and legacy key id.",
+    ),
+    "vault": _C(
+        "heimdall_kms.cli.vault_cmds", "vault", "Vault (and OpenBao) setup for heimdall-kms."
+    ),
+}
+
+
 @click.group(
+    cls=LazyGroup,
+    lazy=COMMANDS,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.version_option(__version__, prog_name=_PROG)
@@ -49,28 +146,6 @@ def cli() -> None:
     Settings come from HMD_* environment variables (see docs/configuration.md). Audit
     events go to HMD_AUDIT_LOG (default stderr); command output goes to stdout.
     """
-
-
-cli.add_command(encrypt)
-cli.add_command(decrypt)
-cli.add_command(protect)
-cli.add_command(reveal)
-cli.add_command(check)
-cli.add_command(migrate)
-cli.add_command(status)
-cli.add_command(reencrypt)
-cli.add_command(rotate_command)
-cli.add_command(retire_command)
-cli.add_command(keys)
-cli.add_command(journal)
-cli.add_command(audit)
-cli.add_command(serve)
-cli.add_command(demo)
-cli.add_command(vault)
-cli.add_command(local)
-cli.add_command(doctor)
-cli.add_command(drill)
-cli.add_command(compliance)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

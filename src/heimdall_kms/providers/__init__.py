@@ -22,7 +22,6 @@ from heimdall_kms.providers.base import (
     WrappedKey,
 )
 from heimdall_kms.providers.resilient import CircuitBreaker, ResilientProvider, RetryPolicy
-from heimdall_kms.telemetry.tracing import traced
 
 __all__ = [
     "KeyContext",
@@ -92,6 +91,10 @@ def load_provider(settings: Settings, *, background: bool = False) -> KeyManagem
         raise
     factory = cast(type[_ProviderFactory], getattr(module, class_name))
     # Inside the retry layer: each attempt is one KMS call and one span (when tracing is on).
+    # Imported here: telemetry.tracing builds on providers.base, so importing it at the top
+    # would make `import heimdall_kms.telemetry.tracing` (done first) a circular import.
+    from heimdall_kms.telemetry.tracing import traced  # noqa: PLC0415
+
     provider = traced(factory.from_settings(settings))
     if settings.provider is ProviderName.LOCAL:
         return provider  # a file on this host: nothing to retry, no network to break

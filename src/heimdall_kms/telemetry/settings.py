@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from heimdall_kms.errors import ConfigurationError
-from heimdall_kms.key_metrics import DEFAULT_REFRESH_SECONDS
 
-__all__ = ["LogFormat", "TelemetrySettings"]
+# How often the key gauges are refreshed by default (heimdall_kms.key_metrics). Defined here, not
+# there, so that reading the settings (every command does) loads no metrics library.
+DEFAULT_REFRESH_SECONDS = 300.0
+
+__all__ = ["DEFAULT_REFRESH_SECONDS", "LogFormat", "TelemetrySettings"]
 
 
 class LogFormat(StrEnum):
