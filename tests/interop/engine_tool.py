@@ -60,6 +60,7 @@ def _unavailable(reason: str) -> None:
 
 def build_engine(target_dir: Path = SOURCE / "target") -> Engine:
     """Build the engine (cargo caches it in ``target_dir``, git-ignored) or skip/fail."""
+    target_dir.mkdir(parents=True, exist_ok=True)
     cargo = shutil.which("cargo")
     if cargo is None:
         _unavailable("cargo is not installed")
@@ -70,9 +71,14 @@ def build_engine(target_dir: Path = SOURCE / "target") -> Engine:
             "librust-ring-dev librust-serde-json-dev librust-base64-dev librust-serde-derive-dev)"
         )
     assert cargo is not None
+    # Built from a copy, so that cargo writes its lock file there, never into the repository
+    # (a lock file of a newer cargo would stop an older one).
+    work = target_dir / "source"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(SOURCE, work, ignore=shutil.ignore_patterns("target", "Cargo.lock"))
     result = subprocess.run(
         [cargo, "build", "--release", "--offline", "--quiet", "--target-dir", str(target_dir)],
-        cwd=SOURCE,
+        cwd=work,
         capture_output=True,
         text=True,
         timeout=900,
