@@ -24,6 +24,7 @@ from heimdall_kms.legacy_context import LegacyContext, LegacyContextRule
 
 __all__ = [
     "DEFAULT_LEGACY_KEY_ID",
+    "AWSKeyVersioning",
     "AWSSettings",
     "AzureSettings",
     "EncryptionMode",
@@ -64,6 +65,13 @@ class ProviderName(StrEnum):
     GCP = "gcp"
     AZURE = "azure"
     LOCAL = "local"
+
+
+class AWSKeyVersioning(StrEnum):
+    """What a key version is on AWS (``HMD_AWS_KEY_VERSIONING``, docs/providers/aws.md)."""
+
+    NATIVE = "native"  # one KMS key; versions are AWS's own rotations of its material
+    ALIASES = "aliases"  # one KMS key per version behind alias/<name>/v<n> (retire works)
 
 
 class VaultAuthMethod(StrEnum):
@@ -120,6 +128,7 @@ class AWSSettings:
     endpoint_url: str | None = None  # AWS_ENDPOINT_URL_KMS (else AWS_ENDPOINT_URL)
     max_concurrency: int = 16  # HMD_AWS_MAX_CONCURRENCY: KMS has no batch call
     timeout_seconds: float = 10.0  # HMD_AWS_TIMEOUT: connect and read timeout per request
+    key_versioning: AWSKeyVersioning = AWSKeyVersioning.NATIVE  # HMD_AWS_KEY_VERSIONING
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,7 +464,17 @@ def _read_aws(env: _Env) -> AWSSettings:
         endpoint_url=endpoint,
         max_concurrency=env.integer("HMD_AWS_MAX_CONCURRENCY", 16, minimum=1),
         timeout_seconds=env.number("HMD_AWS_TIMEOUT", 10.0),
+        key_versioning=_key_versioning(env.get("HMD_AWS_KEY_VERSIONING")),
     )
+
+
+def _key_versioning(raw: str | None) -> AWSKeyVersioning:
+    try:
+        return AWSKeyVersioning((raw or "native").lower())
+    except ValueError:
+        raise ConfigurationError(
+            f"HMD_AWS_KEY_VERSIONING: expected native | aliases, got {raw!r}"
+        ) from None
 
 
 def _read_gcp(env: _Env) -> GCPSettings:

@@ -17,6 +17,7 @@ from heimdall_kms.errors import (
     KMSUnavailableError,
     PermissionDeniedError,
     RateLimitedError,
+    RefusedError,
 )
 from heimdall_kms.providers import KeyManagementService, WrappedKey
 from tests.contract.backends import Backend
@@ -81,6 +82,12 @@ def test_rotate_describe_rewrap_retire(backend: Backend) -> None:
     fresh = [r for r in rewrapped if isinstance(r, WrappedKey)]
     assert {r.key_version for r in fresh} == {rotated.latest_version}
     assert kms.unwrap_many([r.ciphertext for r in fresh], contexts(5)) == deks
+    if not getattr(backend, "retires", True):
+        with pytest.raises(RefusedError, match="cannot"):
+            kms.retire(rotated.latest_version)
+        assert kms.unwrap_many([old[0].ciphertext], [contexts(1)[0]]) == [deks[0]]
+        kms.health()
+        return
     retired = kms.retire(rotated.latest_version)
     assert retired.min_decryption_version == rotated.latest_version
     assert all(v.version >= rotated.latest_version for v in retired.versions)

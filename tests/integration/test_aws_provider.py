@@ -27,7 +27,7 @@ from botocore.stub import Stubber
 import heimdall_kms
 from heimdall_kms import crypto
 from heimdall_kms.audit import MemoryAuditSink
-from heimdall_kms.config import Settings
+from heimdall_kms.config import AWSKeyVersioning, Settings
 from heimdall_kms.envelope import KmsV1Envelope, parse
 from heimdall_kms.errors import (
     ConfigurationError,
@@ -59,6 +59,11 @@ def moto() -> Iterator[MotoServer]:
     server.stop()
 
 
+def aliased(client: Any, alias: str, **options: Any) -> AWSKMSProvider:
+    """The opt-in alias-per-version scheme (HMD_AWS_KEY_VERSIONING=aliases)."""
+    return AWSKMSProvider(client, alias, versioning=AWSKeyVersioning.ALIASES, **options)
+
+
 def new_alias(server: MotoServer) -> str:
     alias = f"alias/it-{secrets.token_hex(4)}"
     create_key_for_alias(server.client(), alias)
@@ -78,7 +83,7 @@ def key_state(server: MotoServer, name: str) -> str:
 
 def test_a_version_is_a_key_behind_the_alias(moto: MotoServer) -> None:
     alias = new_alias(moto)
-    kms = AWSKMSProvider(moto.client(), alias)
+    kms = aliased(moto.client(), alias)
     assert kms.describe().latest_version == 1
     info = kms.rotate()
     assert (info.latest_version, info.min_decryption_version) == (2, 1)
@@ -99,17 +104,17 @@ def test_bootstrap_adopts_an_existing_alias_as_version_1(moto: MotoServer) -> No
     key_id = admin.create_key()["KeyMetadata"]["KeyId"]
     admin.create_alias(AliasName=alias, TargetKeyId=key_id)
     with pytest.raises(KMSError, match="bootstrap"):
-        AWSKMSProvider(admin, alias).describe()
+        aliased(admin, alias).describe()
     assert create_key_for_alias(admin, alias) == key_id
     assert admin.describe_key(KeyId=f"{alias}/v1")["KeyMetadata"]["KeyId"] == key_id
-    assert AWSKMSProvider(admin, alias).describe().latest_version == 1
+    assert aliased(admin, alias).describe().latest_version == 1
 
 
 def test_a_rotation_by_another_process_is_picked_up(moto: MotoServer) -> None:
     alias = new_alias(moto)
-    app = AWSKMSProvider(moto.client(), alias)
+    app = aliased(moto.client(), alias)
     (before,) = app.wrap_many([crypto.new_dek()], [CTX])
-    AWSKMSProvider(moto.client(), alias).rotate()
+    aliased(moto.client(), alias).rotate()
     (after,) = app.wrap_many([crypto.new_dek()], [CTX])
     assert (before.key_version, after.key_version) == (1, 2)
     assert after.ciphertext.startswith("aws:v2:")
@@ -121,7 +126,7 @@ def test_an_unfinished_rotation_is_completed_not_repeated(moto: MotoServer) -> N
     # A rotation that created key 2 and its version alias, then stopped before the switch.
     orphan = admin.create_key()["KeyMetadata"]["KeyId"]
     admin.create_alias(AliasName=f"{alias}/v2", TargetKeyId=orphan)
-    kms = AWSKMSProvider(admin, alias)
+    kms = aliased(admin, alias)
     assert [v.version for v in kms.describe().versions] == [1]
     assert kms.rotate().latest_version == 2
     assert admin.describe_key(KeyId=alias)["KeyMetadata"]["KeyId"] == orphan
@@ -129,7 +134,7 @@ def test_an_unfinished_rotation_is_completed_not_repeated(moto: MotoServer) -> N
 
 def test_retire_disables_older_keys_and_never_deletes(moto: MotoServer) -> None:
     alias = new_alias(moto)
-    kms = AWSKMSProvider(moto.client(), alias)
+    kms = aliased(moto.client(), alias)
     deks = [crypto.new_dek()]
     (old,) = kms.wrap_many(deks, [CTX])
     kms.rotate()
@@ -147,7 +152,7 @@ def test_retire_disables_older_keys_and_never_deletes(moto: MotoServer) -> None:
     client = moto.client()
     decrypts: list[str] = []
     client.meta.events.register("before-call.kms.Decrypt", lambda **_: decrypts.append("x"))
-    (outcome,) = AWSKMSProvider(client, alias).unwrap_many([old.ciphertext], [CTX])
+    (outcome,) = aliased(client, alias).unwrap_many([old.ciphertext], [CTX])
     assert isinstance(outcome, KeyVersionRetiredError)
     assert decrypts == []
     assert kms.retire(3).min_decryption_version == 3  # idempotent
@@ -155,7 +160,7 @@ def test_retire_disables_older_keys_and_never_deletes(moto: MotoServer) -> None:
 
 def test_pending_deletion_and_deleted_versions(moto: MotoServer) -> None:
     alias = new_alias(moto)
-    kms = AWSKMSProvider(moto.client(), alias)
+    kms = aliased(moto.client(), alias)
     (old,) = kms.wrap_many([crypto.new_dek()], [CTX])
     kms.rotate()
     admin = moto.client()
@@ -180,7 +185,7 @@ def stubbed(moto: MotoServer) -> tuple[Any, Stubber]:
 def test_disabled_and_invalid_state_answers_are_per_item(moto: MotoServer) -> None:
     alias = new_alias(moto)
     deks = [crypto.new_dek() for _ in range(4)]
-    wrapped = AWSKMSProvider(moto.client(), alias).wrap_many(deks, [CTX] * 4)
+    wrapped = aliased(moto.client(), alias).wrap_many(deks, [CTX] * 4)
     meta = moto.client().describe_key(KeyId=f"{alias}/v1")["KeyMetadata"]
     client, stubber = stubbed(moto)
     # Between our DescribeKey (Enabled) and each Decrypt, the key changed state in AWS.
@@ -202,7 +207,7 @@ def test_disabled_and_invalid_state_answers_are_per_item(moto: MotoServer) -> No
         {"KeyId": meta["Arn"], "Plaintext": bytes(deks[3])},
         {**expected, "CiphertextBlob": blob_of(wrapped[3].ciphertext)},
     )
-    kms = AWSKMSProvider(client, alias, max_concurrency=1)
+    kms = aliased(client, alias, max_concurrency=1)
     with stubber:
         outcomes = kms.unwrap_many([wrapped[0].ciphertext] * 3 + [wrapped[3].ciphertext], [CTX] * 4)
         stubber.assert_no_pending_responses()
@@ -219,7 +224,7 @@ def test_whole_call_failures_raise(moto: MotoServer) -> None:
     client, stubber = stubbed(moto)
     stubber.add_client_error("encrypt", service_error_code="DisabledException")
     stubber.add_client_error("encrypt", service_error_code="AccessDeniedException")
-    kms = AWSKMSProvider(client, alias)
+    kms = aliased(client, alias)
     with stubber:
         with pytest.raises(KeyVersionRetiredError) as disabled:
             kms.wrap_many([crypto.new_dek()], [CTX])
@@ -235,7 +240,7 @@ def test_whole_call_failures_raise(moto: MotoServer) -> None:
 
 def test_the_context_is_bound_at_kms(moto: MotoServer) -> None:
     alias = new_alias(moto)
-    kms = AWSKMSProvider(moto.client(), alias)
+    kms = aliased(moto.client(), alias)
     dek = crypto.new_dek()
     (wrapped,) = kms.wrap_many([dek], [CTX])
     raw = moto.client()
@@ -278,7 +283,7 @@ def test_concurrency_is_bounded_and_keeps_order(moto: MotoServer) -> None:
 
     client.meta.events.register("before-send.kms.Encrypt", sent)
     client.meta.events.register("after-call.kms.Encrypt", done)
-    kms = AWSKMSProvider(client, alias, max_concurrency=6)
+    kms = aliased(client, alias, max_concurrency=6)
     contexts = [{**CTX, "record": str(i)} for i in range(120)]
     deks = [crypto.new_dek() for _ in range(120)]
     wrapped = kms.wrap_many(deks, contexts)
@@ -321,13 +326,20 @@ def test_from_settings_uses_the_standard_chain_and_aws_endpoint_url_kms(
     no_region = {k: v for k, v in env.items() if k != "AWS_DEFAULT_REGION"}
     with pytest.raises(ConfigurationError, match="AWS_REGION"):
         AWSKMSProvider.from_settings(Settings.from_env(no_region))
+    aliases = {**env, "HMD_AWS_KEY_VERSIONING": "aliases"}
     for key_id in ("1234abcd-12ab-34cd-56ef-1234567890ab", f"{alias}/v1", "alias/aws/ebs"):
         with pytest.raises(ConfigurationError, match="HMD_KMS_KEY_ID"):
+            AWSKMSProvider.from_settings(Settings.from_env({**aliases, "HMD_KMS_KEY_ID": key_id}))
+    # Native versioning takes every form AWS users name a key by, and nothing else.
+    for key_id in (f"{alias}/v1", "alias/aws/ebs", "key/1234", "arn:aws:kms:us-east-1:1:key/x"):
+        with pytest.raises(ConfigurationError, match="HMD_KMS_KEY_ID"):
             AWSKMSProvider.from_settings(Settings.from_env({**env, "HMD_KMS_KEY_ID": key_id}))
+    with pytest.raises(ConfigurationError, match="HMD_AWS_KEY_VERSIONING"):
+        Settings.from_env({**env, "HMD_AWS_KEY_VERSIONING": "per-alias"})
 
 
 def test_a_missing_alias_is_not_created(moto: MotoServer) -> None:
-    kms = AWSKMSProvider(moto.client(), "alias/it-never-created")
+    kms = aliased(moto.client(), "alias/it-never-created")
     with pytest.raises(KeyNotFoundError):
         kms.describe()
     with pytest.raises(KeyNotFoundError):
@@ -370,7 +382,7 @@ def test_cli_end_to_end_on_moto(
 ) -> None:
     alias = new_alias(moto)
     audit = tmp_path / "audit.log"
-    env = moto.env(alias, HMD_AUDIT_LOG=str(audit))
+    env = moto.env(alias, HMD_AUDIT_LOG=str(audit), HMD_AWS_KEY_VERSIONING="aliases")
     hybrid = {**env, "HMD_ENCRYPTION_MODE": "hybrid", "HMD_PII_MASTER_KEY": MASTER_HEX}
 
     sealed = ok(cli(["encrypt", "--field", "ssn", "--context", "record=r1"], env, "123-45-6789"))
@@ -460,4 +472,4 @@ def test_cli_bad_credentials_are_one_line(moto: MotoServer, tmp_path: Path) -> N
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert env["AWS_SECRET_ACCESS_KEY"] not in err
     # The server accepts any credentials again afterwards.
-    assert AWSKMSProvider(moto.client(), alias).describe().latest_version == 1
+    assert aliased(moto.client(), alias).describe().latest_version == 1

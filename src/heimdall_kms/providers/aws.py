@@ -1,7 +1,12 @@
 """``AWSKMSProvider``: AWS KMS through boto3 (extra ``aws``).
 
-AWS hides the versions of a key's backing material, so heimdall-kms keeps its own: **version
-n is the n-th KMS key created for the alias** ``HMD_KMS_KEY_ID`` (``alias/heimdall-pii``).
+Two ways to version a key (``HMD_AWS_KEY_VERSIONING``). **native** (the default): one KMS key,
+named by key id, key ARN, alias or alias ARN, rotated by AWS itself; its versions are AWS's
+rotations of the key material (:mod:`heimdall_kms.providers.aws_native`), and ``retire`` is
+refused because AWS cannot disable one of them.
+
+**aliases** (opt-in, for those who need ``retire``): **version n is the n-th KMS key created
+for the alias** ``HMD_KMS_KEY_ID`` (``alias/heimdall-pii``).
 Version n's key also carries the alias ``alias/heimdall-pii/v<n>`` and the tags
 ``heimdall:alias`` and ``heimdall:version``; the main alias targets the latest version.
 ``rotate`` creates key n+1 and switches the main alias; ``retire(N)`` disables every key below
@@ -27,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any, Self, TypeVar
 
 import boto3
+from botocore import xform_name
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -42,7 +48,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from heimdall_kms import crypto
-from heimdall_kms.config import AWSSettings, ProviderName, Settings
+from heimdall_kms.config import AWSKeyVersioning, AWSSettings, ProviderName, Settings
 from heimdall_kms.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -56,10 +62,18 @@ from heimdall_kms.errors import (
     PermissionDeniedError,
     RateLimitedError,
 )
+from heimdall_kms.providers.aws_keys import BoundedCache, parse_key_reference
+from heimdall_kms.providers.aws_native import Call, NativeKey
 from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey, round_trip
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
-__all__ = ["AWSKMSProvider", "build_client", "create_key_for_alias", "kms_encryption_context"]
+__all__ = [
+    "AWSKMSProvider",
+    "build_client",
+    "caller",
+    "create_key_for_alias",
+    "kms_encryption_context",
+]
 
 # A boto3 KMS client. boto3 ships no type information (mypy_boto3_kms is not a dependency).
 KMSClient = Any
@@ -153,23 +167,51 @@ class _Job:
 
 
 class AWSKMSProvider:
-    """The versioned key behind one alias. Construct with a ready boto3 KMS client."""
+    """One versioned AWS KMS key. Construct with a ready boto3 KMS client.
 
-    def __init__(self, client: KMSClient, alias: str, *, max_concurrency: int = 16) -> None:
-        _check_alias(alias)
+    ``key_id`` is ``HMD_KMS_KEY_ID``: for ``native`` versioning a key id, key ARN, alias name
+    or alias ARN; for ``aliases`` an alias name.
+    """
+
+    def __init__(
+        self,
+        client: KMSClient,
+        key_id: str,
+        *,
+        versioning: AWSKeyVersioning = AWSKeyVersioning.NATIVE,
+        max_concurrency: int = 16,
+    ) -> None:
         self._client = client
-        self._alias = alias
+        self._alias = key_id
+        self._native: NativeKey | None = None
+        if versioning is AWSKeyVersioning.ALIASES:
+            _check_alias(key_id)
+        else:
+            self._native = NativeKey(caller(client), parse_key_reference(key_id))
         self._max_concurrency = max(1, max_concurrency)
         # key id -> version: fixed when the key is created, so it is safe to remember.
-        self._versions: dict[str, int] = {}
+        self._versions: BoundedCache[str, int] = BoundedCache()
+        # version -> key id of an Enabled version, resolved once per process rather than with
+        # a DescribeKey per unwrap (its quota is far below the cryptographic one). A version
+        # disabled later is refused by AWS itself (DisabledException).
+        self._resolved: BoundedCache[int, str] = BoundedCache()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
         if settings.aws is None or settings.kms_key_id is None:
             raise ConfigurationError("HMD_KMS_KEY_ID: required for HMD_KMS_PROVIDER=aws")
-        _check_alias(settings.kms_key_id)
+        versioning = settings.aws.key_versioning
+        if versioning is AWSKeyVersioning.ALIASES:
+            _check_alias(settings.kms_key_id)
+        else:
+            parse_key_reference(settings.kms_key_id)  # fail at start, before any client
         client = build_client(settings.aws)
-        return cls(client, settings.kms_key_id, max_concurrency=settings.aws.max_concurrency)
+        return cls(
+            client,
+            settings.kms_key_id,
+            versioning=versioning,
+            max_concurrency=settings.aws.max_concurrency,
+        )
 
     @property
     def name(self) -> ProviderName:
@@ -183,18 +225,21 @@ class AWSKMSProvider:
         self, deks: Sequence[bytearray], contexts: Sequence[KeyContext]
     ) -> list[WrappedKey]:
         # Encrypt names the alias, so a concurrent rotation never mislabels a value: each answer
-        # says which key wrapped it, and that key's version is the one recorded.
+        # says which key wrapped it, and that key's version is the one recorded. A native key's
+        # version is read before the wrap, so it is never newer than the material used.
+        target, version = self._destination()
+
         def encrypt(item: tuple[bytearray, KeyContext]) -> tuple[bytes, str]:
             with _translated("Encrypt"):
                 answer = self._client.encrypt(
-                    KeyId=self._alias,
+                    KeyId=target,
                     Plaintext=bytes(item[0]),
                     EncryptionContext=kms_encryption_context(item[1]),
                 )
             return answer["CiphertextBlob"], answer["KeyId"]
 
         sealed = self._map(encrypt, list(zip(deks, contexts, strict=True)))
-        return [self._wrapped(blob, arn) for blob, arn in sealed]
+        return [self._wrapped(blob, arn, version) for blob, arn in sealed]
 
     def unwrap_many(
         self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
@@ -218,7 +263,10 @@ class AWSKMSProvider:
     def rewrap_many(
         self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
     ) -> list[WrappedKey | HeimdallKMSError]:
-        # ReEncrypt decrypts and re-encrypts inside KMS: the DEK never reaches this process.
+        # ReEncrypt decrypts and re-encrypts inside KMS: the DEK never reaches this process. A
+        # native key re-encrypts to itself: AWS uses its current material.
+        target, version = self._destination()
+
         def reencrypt(job: _Job) -> tuple[bytes, str] | HeimdallKMSError:
             try:
                 with _translated("ReEncrypt"):
@@ -226,7 +274,7 @@ class AWSKMSProvider:
                         CiphertextBlob=job.blob,
                         SourceKeyId=job.key_id,
                         SourceEncryptionContext=job.context,
-                        DestinationKeyId=self._alias,
+                        DestinationKeyId=target,
                         DestinationEncryptionContext=job.context,
                     )
             except _PER_ITEM as exc:
@@ -234,9 +282,13 @@ class AWSKMSProvider:
             return answer["CiphertextBlob"], answer["KeyId"]
 
         results = self._per_item(wrapped, contexts, reencrypt)
-        return [r if isinstance(r, HeimdallKMSError) else self._wrapped(*r) for r in results]
+        return [
+            r if isinstance(r, HeimdallKMSError) else self._wrapped(*r, version) for r in results
+        ]
 
     def rotate(self) -> KeyInfo:
+        if self._native is not None:
+            return self._native.rotate()
         target = self._latest_version() + 1
         existing = self._key_state(target)
         if existing is None:
@@ -253,6 +305,8 @@ class AWSKMSProvider:
         return self.describe()
 
     def retire(self, below_version: int) -> KeyInfo:
+        if self._native is not None:
+            self._native.refuse_retire(below_version)
         states = self._all_states()
         latest = states[-1].version
         if not 1 <= below_version <= latest:
@@ -265,9 +319,12 @@ class AWSKMSProvider:
             if key.version < below_version and key.state == "Enabled":
                 with _translated("DisableKey"):
                     self._client.disable_key(KeyId=key.key_id)
+        self._resolved.clear()  # this process refuses them again without asking AWS
         return self.describe()
 
     def describe(self) -> KeyInfo:
+        if self._native is not None:
+            return self._native.describe()
         states = self._all_states()
         latest = states[-1].version
         minimum = min((k.version for k in states if k.state == "Enabled"), default=latest)
@@ -310,7 +367,7 @@ class AWSKMSProvider:
                 meta = self._client.describe_key(KeyId=f"{self._alias}/v{version}")["KeyMetadata"]
         except KeyNotFoundError:
             return None
-        self._versions[str(meta["KeyId"])] = version  # the version alias is authoritative
+        self._versions.put(str(meta["KeyId"]), version)  # the version alias is authoritative
         created = meta.get("CreationDate")
         return _KeyState(
             version,
@@ -321,18 +378,27 @@ class AWSKMSProvider:
 
     def _version_of(self, key: str) -> int:
         key_id = key.rsplit("key/", 1)[-1]  # Encrypt and ReEncrypt answer with the key's ARN
-        if key_id not in self._versions:
-            version = _version_alias_of(self._client, self._alias, key_id)
-            if version is None:
+        known = self._versions.get(key_id)
+        if known is None:
+            known = _version_alias_of(self._client, self._alias, key_id)
+            if known is None:
                 raise KMSError(
-                    f"{self._alias} targets a key without a {self._alias}/v<n> alias; "
-                    "see docs/providers/aws.md (bootstrap)"
+                    f"{self._alias} targets a key without a {self._alias}/v<n> alias; adopt "
+                    "it with the aws bootstrap, or use HMD_AWS_KEY_VERSIONING=native "
+                    "(docs/providers/aws.md)"
                 )
-            self._versions[key_id] = version
-        return self._versions[key_id]
+            self._versions.put(key_id, known)
+        return known
 
-    def _wrapped(self, blob: bytes, arn: str) -> WrappedKey:
-        version = self._version_of(arn)
+    def _destination(self) -> tuple[str, int | None]:
+        """The KeyId to wrap under and, for a native key, the version to record."""
+        if self._native is None:
+            return self._alias, None  # the version comes from the key AWS answers with
+        return self._native.key_id, self._native.wrap_version()
+
+    def _wrapped(self, blob: bytes, arn: str, version: int | None) -> WrappedKey:
+        if version is None:
+            version = self._version_of(arn)
         body = base64.b64encode(blob).decode("ascii")
         return WrappedKey(format_wrapped("aws", version, body), version)
 
@@ -344,25 +410,47 @@ class AWSKMSProvider:
         contexts: Sequence[KeyContext],
         call: Callable[[_Job], _R | HeimdallKMSError],
     ) -> list[_R | HeimdallKMSError]:
-        """Answer what the version prefix and key state already decide without a crypto call
-        (one DescribeKey per distinct version), then ``call`` the rest, in input order."""
+        """Answer what the version prefix and key state already decide without a crypto call,
+        then ``call`` the rest, in input order."""
         parsed = [_parse(item) for item in wrapped]
         versions = sorted({p[0] for p in parsed if not isinstance(p, HeimdallKMSError)})
-        states = dict(zip(versions, self._map(self._key_state, versions), strict=True))
+        keys = self._keys_of(versions)
         early: list[HeimdallKMSError | None] = []
         jobs: list[_Job] = []
         for item, context in zip(parsed, contexts, strict=True):
             if isinstance(item, HeimdallKMSError):
                 early.append(item)
                 continue
-            state = states[item[0]]
-            if state is None or state.state != "Enabled":
-                early.append(_unusable(item[0], state))
+            key = keys[item[0]]
+            if not isinstance(key, str):
+                early.append(_unusable(item[0], key))
                 continue
             early.append(None)
-            jobs.append(_Job(item[1], state.key_id, kms_encryption_context(context)))
+            jobs.append(_Job(item[1], key, kms_encryption_context(context)))
         answers = iter(self._map(call, jobs))
         return [next(answers) if error is None else error for error in early]
+
+    def _keys_of(self, versions: Sequence[int]) -> dict[int, str | _KeyState | None]:
+        """Each version's KMS key id, or the state that makes it unusable (None: no key).
+
+        A native key decrypts every version with the one key. Alias versions are resolved
+        with one DescribeKey each the first time this process meets them, then remembered.
+        """
+        if self._native is not None:
+            return dict.fromkeys(versions, self._native.key_id)
+        keys: dict[int, str | _KeyState | None] = {}
+        for version in versions:
+            cached = self._resolved.get(version)
+            if cached is not None:
+                keys[version] = cached
+        missing = [v for v in versions if v not in keys]
+        for version, state in zip(missing, self._map(self._key_state, missing), strict=True):
+            if state is not None and state.state == "Enabled":
+                self._resolved.put(version, state.key_id)
+                keys[version] = state.key_id
+            else:
+                keys[version] = state
+        return keys
 
     def _map(self, call: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
         """``call`` over ``items`` on at most ``max_concurrency`` threads, in input order. The
@@ -441,6 +529,16 @@ def _create_version(client: KMSClient, alias: str, version: int) -> str:
             client.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
         raise
     return key_id
+
+
+def caller(client: KMSClient) -> Call:
+    """``call(operation, **params)``: one AWS request with this module's error translation."""
+
+    def call(operation: str, **params: Any) -> dict[str, Any]:
+        with _translated(operation):
+            return dict(getattr(client, xform_name(operation))(**params))
+
+    return call
 
 
 def _version_alias_of(client: KMSClient, alias: str, key_id: str) -> int | None:

@@ -13,12 +13,14 @@ from typing import Protocol
 
 from heimdall_kms.providers import KeyManagementService
 
-PROVIDER_MODULES = ["local", "vault", "aws", "gcp", "azure"]
+PROVIDER_MODULES = ["local", "vault", "aws", "aws_aliases", "gcp", "azure"]
 
 
 class Backend(Protocol):
     name: str
     binds_context: bool  # does the KMS itself refuse an unwrap under another context?
+    # A backend may say ``retires = False``: its KMS cannot make one version unusable (AWS's
+    # own rotation), so ``retire`` must be refused instead (read with getattr, default True).
 
     def make(self) -> KeyManagementService: ...
 

@@ -1,4 +1,6 @@
-"""AWS KMS on moto_server: one server for the suite, a fresh alias (version 1 key) per test.
+"""AWS KMS on moto_server, native versioning (AWS's own rotation): a fresh key and alias per test.
+
+``aws_aliases`` runs the same suite with one KMS key per version behind ``alias/<name>/v<n>``.
 
 Failures are real where moto can produce them: a missing alias, a closed port, and bad
 credentials under moto's opt-in IAM mode. moto has no per-operation policies a boto3 client can
@@ -15,6 +17,7 @@ from typing import Any
 from botocore.stub import Stubber
 
 from heimdall_kms import crypto
+from heimdall_kms.config import AWSKeyVersioning
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.providers.aws import AWSKMSProvider, create_key_for_alias
 from tests.servers_aws import MotoServer, free_port, kms_client, start_moto
@@ -23,6 +26,8 @@ from tests.servers_aws import MotoServer, free_port, kms_client, start_moto
 class Backend:
     name = "aws"
     binds_context = True  # the context is the KMS EncryptionContext, enforced by moto
+    retires = False  # AWS cannot disable one backing version of a key: retire is refused
+    versioning = AWSKeyVersioning.NATIVE
 
     def __init__(self) -> None:
         self.server: MotoServer = start_moto()
@@ -35,13 +40,16 @@ class Backend:
         return alias
 
     def make(self) -> KeyManagementService:
-        return AWSKMSProvider(self.server.client(), self._new_alias(), max_concurrency=8)
+        return self._provider(self.server.client(), self._new_alias(), max_concurrency=8)
+
+    def _provider(self, client: Any, alias: str, **options: Any) -> AWSKMSProvider:
+        return AWSKMSProvider(client, alias, versioning=self.versioning, **options)
 
     def failing(self, how: str) -> Callable[[], object] | None:
         dek = crypto.new_dek()
         if how == "authentication":
             client = self.server.client(access_key="AKIAHEIMDALLBOGUS000", secret_key="wrong")
-            provider = AWSKMSProvider(client, self._new_alias())
+            provider = self._provider(client, self._new_alias())
 
             def refused() -> object:
                 with self.server.enforcing_credentials():
@@ -51,12 +59,12 @@ class Backend:
         if how == "permission":
             provider = self._stubbed("AccessDeniedException")
         elif how == "not_found":
-            provider = AWSKMSProvider(self.server.client(), "alias/contract-no-such-alias")
+            provider = self._provider(self.server.client(), "alias/contract-no-such-alias")
         elif how == "unavailable":
             closed = kms_client(
                 f"http://127.0.0.1:{free_port()}", connect_timeout=1, read_timeout=1
             )
-            provider = AWSKMSProvider(closed, "alias/contract-unreachable")
+            provider = self._provider(closed, "alias/contract-unreachable")
         elif how == "throttled":
             provider = self._stubbed("ThrottlingException")
         else:
@@ -66,10 +74,18 @@ class Backend:
     def _stubbed(self, code: str) -> AWSKMSProvider:
         client: Any = self.server.client()
         stubber = Stubber(client)
+        alias = self._new_alias()
+        if self.versioning is AWSKeyVersioning.NATIVE:
+            # The one DescribeKey a native key costs, before the stubbed Encrypt.
+            stubber.add_response(
+                "describe_key",
+                {"KeyMetadata": self._admin.describe_key(KeyId=alias)["KeyMetadata"]},
+            )
+            stubber.add_response("list_key_rotations", {"Rotations": [], "Truncated": False})
         stubber.add_client_error("encrypt", service_error_code=code, http_status_code=400)
         stubber.activate()
         self._stubbers.append(stubber)
-        return AWSKMSProvider(client, self._new_alias())
+        return self._provider(client, alias)
 
     def close(self) -> None:
         for stubber in self._stubbers:
