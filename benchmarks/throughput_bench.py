@@ -64,7 +64,7 @@ from heimdall_kms.config import Settings
 from heimdall_kms.jobs.migrate import MigrationOptions, run_migration
 from heimdall_kms.jobs.reencrypt import ReencryptOptions, run_reencrypt
 from heimdall_kms.jobs.report import JobReport
-from heimdall_kms.providers.aws import AWSKMSProvider, create_key_for_alias
+from heimdall_kms.providers.aws import AWSKMSProvider
 from heimdall_kms.providers.vault import VaultTransitProvider
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import Target, open_store
@@ -553,7 +553,9 @@ def main() -> None:
     moto = start_moto()
     try:
         with ExitStack() as stack:
-            key_id = create_key_for_alias(moto.client(), ALIAS)
+            # A key as AWS users have one (native versioning, the default).
+            key_id = moto.client().create_key()["KeyMetadata"]["KeyId"]
+            moto.client().create_alias(AliasName=ALIAS, TargetKeyId=key_id)
             key_arn = moto.client().describe_key(KeyId=key_id)["KeyMetadata"]["Arn"]
             specs = heimdall_rows(
                 items,

@@ -131,6 +131,19 @@ class TestNativeKey:
         with pytest.raises(KMSError, match="now names another KMS key"):
             kms.describe()
 
+    @pytest.mark.parametrize("form", ["alias", "alias_arn"])
+    def test_an_alias_of_the_per_version_scheme_is_refused(
+        self, moto: MotoServer, form: str
+    ) -> None:
+        alias = f"alias/versioned-{secrets.token_hex(4)}"
+        key_id = create_key_for_alias(moto.client(), alias)
+        arn = moto.client().describe_key(KeyId=key_id)["KeyMetadata"]["Arn"]
+        name = alias if form == "alias" else arn.replace(f"key/{key_id}", alias)
+        client, counts = counting(moto, "Encrypt")
+        with pytest.raises(ConfigurationError, match="HMD_AWS_KEY_VERSIONING=aliases"):
+            AWSKMSProvider(client, name).wrap_many([crypto.new_dek()], [CTX])
+        assert counts == {"Encrypt": 0}
+
     def test_not_a_symmetric_encryption_key(self, moto: MotoServer) -> None:
         meta = moto.client().create_key(KeySpec="RSA_2048", KeyUsage="ENCRYPT_DECRYPT")
         kms = AWSKMSProvider(moto.client(), meta["KeyMetadata"]["KeyId"])
@@ -188,8 +201,11 @@ class TestOneResolutionPerProcess:
     def test_single_value_decrypts_resolve_the_key_once(
         self, moto: MotoServer, versioning: AWSKeyVersioning
     ) -> None:
-        alias = f"alias/once-{secrets.token_hex(4)}"
-        create_key_for_alias(moto.client(), alias)
+        if versioning is AWSKeyVersioning.NATIVE:
+            alias = user_key(moto)["alias"]
+        else:
+            alias = f"alias/once-{secrets.token_hex(4)}"
+            create_key_for_alias(moto.client(), alias)
         writer = AWSKMSProvider(moto.client(), alias, versioning=versioning)
         wrapped = writer.wrap_many([crypto.new_dek() for _ in range(20)], [CTX] * 20)
         client, counts = counting(moto, "DescribeKey", "Decrypt")

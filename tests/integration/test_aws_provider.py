@@ -311,7 +311,7 @@ def test_from_settings_uses_the_standard_chain_and_aws_endpoint_url_kms(
             monkeypatch.delenv(name)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    env = moto.env(alias)
+    env = moto.env(alias, HMD_AWS_KEY_VERSIONING="aliases")
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(name, env[name])  # boto3 reads credentials itself: the chain
     settings = Settings.from_env(env)
@@ -326,14 +326,14 @@ def test_from_settings_uses_the_standard_chain_and_aws_endpoint_url_kms(
     no_region = {k: v for k, v in env.items() if k != "AWS_DEFAULT_REGION"}
     with pytest.raises(ConfigurationError, match="AWS_REGION"):
         AWSKMSProvider.from_settings(Settings.from_env(no_region))
-    aliases = {**env, "HMD_AWS_KEY_VERSIONING": "aliases"}
     for key_id in ("1234abcd-12ab-34cd-56ef-1234567890ab", f"{alias}/v1", "alias/aws/ebs"):
         with pytest.raises(ConfigurationError, match="HMD_KMS_KEY_ID"):
-            AWSKMSProvider.from_settings(Settings.from_env({**aliases, "HMD_KMS_KEY_ID": key_id}))
+            AWSKMSProvider.from_settings(Settings.from_env({**env, "HMD_KMS_KEY_ID": key_id}))
+    native = {**env, "HMD_AWS_KEY_VERSIONING": "native"}
     # Native versioning takes every form AWS users name a key by, and nothing else.
     for key_id in (f"{alias}/v1", "alias/aws/ebs", "key/1234", "arn:aws:kms:us-east-1:1:key/x"):
         with pytest.raises(ConfigurationError, match="HMD_KMS_KEY_ID"):
-            AWSKMSProvider.from_settings(Settings.from_env({**env, "HMD_KMS_KEY_ID": key_id}))
+            AWSKMSProvider.from_settings(Settings.from_env({**native, "HMD_KMS_KEY_ID": key_id}))
     with pytest.raises(ConfigurationError, match="HMD_AWS_KEY_VERSIONING"):
         Settings.from_env({**env, "HMD_AWS_KEY_VERSIONING": "per-alias"})
 

@@ -313,7 +313,8 @@ def test_aws_kms_on_moto(moto: MotoServer, tmp_path: Path) -> None:
 
     create_key_for_alias(moto.client(), "alias/doctor")
     # A process of its own: boto3 reads the AWS credentials from the real environment.
-    result = run(["--json"], moto.env("alias/doctor", HMD_AUDIT_LOG=str(tmp_path / "a.log")))
+    env = moto.env("alias/doctor", HMD_AUDIT_LOG=str(tmp_path / "a.log"))
+    result = run(["--json"], {**env, "HMD_AWS_KEY_VERSIONING": "aliases"})
     assert result.returncode == 0, result.stdout
     checks = {c["check"]: c for c in json.loads(result.stdout)["checks"]}
     assert "aws key alias/doctor" in checks["canary"]["detail"]

@@ -19,6 +19,7 @@ request with the provider's error translation.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -37,10 +38,11 @@ Call = Callable[..., dict[str, Any]]
 class NativeKey:
     """The versions of one KMS key rotated by AWS.
 
-    The key the reference names is resolved once (one ``DescribeKey`` per process, not per
-    value); the latest version is read again after ``version_ttl`` seconds, so a rotation by
-    another process is picked up within that time (values wrapped meanwhile carry the older
-    number, which a rewrap later moves forward).
+    The key the reference names is resolved once per process, not per value (one
+    ``DescribeKey``, and for an alias one ``ListAliases`` to refuse an alias of the
+    per-version scheme). The latest version is read again after ``version_ttl`` seconds, so a
+    rotation by another process is picked up within that time (values wrapped meanwhile carry
+    the older number, which a rewrap later moves forward).
     """
 
     def __init__(
@@ -148,7 +150,22 @@ class NativeKey:
                 f"HMD_KMS_KEY_ID: {self._reference.text} is a {spec} key; heimdall-kms needs a "
                 "symmetric encryption key (SYMMETRIC_DEFAULT, ENCRYPT_DECRYPT)"
             )
-        return str(meta["KeyId"])
+        key_id = str(meta["KeyId"])
+        if self._reference.is_alias:
+            self._refuse_versioned_alias(key_id)
+        return key_id
+
+    def _refuse_versioned_alias(self, key_id: str) -> None:
+        """An alias of the alias-per-version scheme read natively would decrypt every older
+        version's values with the latest key, and fail: refuse it at first use instead."""
+        name = "alias/" + self._reference.text.split(":alias/", 1)[-1].removeprefix("alias/")
+        pattern = re.compile(re.escape(name) + r"/v[1-9][0-9]{0,8}")
+        for entry in self._call("ListAliases", KeyId=key_id).get("Aliases", []):
+            if pattern.fullmatch(str(entry.get("AliasName", ""))):
+                raise ConfigurationError(
+                    f"HMD_AWS_KEY_VERSIONING: {name} has per-version aliases ({name}/v<n>): "
+                    "set HMD_AWS_KEY_VERSIONING=aliases to keep using that scheme"
+                )
 
     def _metadata(self) -> dict[str, Any]:
         return dict(self._call("DescribeKey", KeyId=self._reference.text)["KeyMetadata"])

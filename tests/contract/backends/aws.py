@@ -36,7 +36,11 @@ class Backend:
 
     def _new_alias(self) -> str:
         alias = f"alias/contract-{secrets.token_hex(4)}"
-        create_key_for_alias(self._admin, alias)
+        if self.versioning is AWSKeyVersioning.ALIASES:
+            create_key_for_alias(self._admin, alias)
+        else:  # a key as AWS users have one: CreateKey, then an alias
+            key_id = self._admin.create_key()["KeyMetadata"]["KeyId"]
+            self._admin.create_alias(AliasName=alias, TargetKeyId=key_id)
         return alias
 
     def make(self) -> KeyManagementService:
@@ -81,6 +85,7 @@ class Backend:
                 "describe_key",
                 {"KeyMetadata": self._admin.describe_key(KeyId=alias)["KeyMetadata"]},
             )
+            stubber.add_response("list_aliases", {"Aliases": [{"AliasName": alias}]})
             stubber.add_response("list_key_rotations", {"Rotations": [], "Truncated": False})
         stubber.add_client_error("encrypt", service_error_code=code, http_status_code=400)
         stubber.activate()
