@@ -305,8 +305,9 @@ class TestRequestCorrelation:
         client.get("/admin/crypto/keys", headers={"X-Request-ID": "denied-1"})  # no token
         events = {e["event_type"]: e for e in audit_lines(tmp_path)}
         assert events["crypto.encrypt"]["correlation_id"] == "checkout-7f3a:42"
-        # The event's own request_id stays unique per call, whatever the caller sends.
-        assert events["crypto.encrypt"]["request_id"] != "checkout-7f3a:42"
+        # SPEC §12: the caller's id is the request_id of the request's audit events.
+        assert events["crypto.encrypt"]["request_id"] == "checkout-7f3a:42"
+        assert events["access.denied"]["request_id"] == "denied-1"
         assert events["crypto.encrypt"]["trace_id"] == CALLER_TRACE
         assert events["access.denied"]["correlation_id"] == "denied-1"
         assert "trace_id" not in events["access.denied"]

@@ -74,10 +74,13 @@ def reset(token: Token[Correlation | None]) -> None:
 
 
 class CorrelatingSink:
-    """Stamps the current request's id (``correlation_id``) and trace id on the events it
-    forwards; each event's own ``request_id`` is kept.
+    """Stamps the current request's id and trace id on the events it forwards.
 
-    Outside a request (background jobs, the schedulers) events keep their own ids.
+    Inside an admin API request every event's ``request_id`` becomes the request's id (the
+    caller's ``X-Request-ID``, or the one generated for the request), as SPEC §8/§12 ask, and
+    ``correlation_id`` says the same. Lifecycle intents and outcomes pair by their own
+    ``details.attempt`` id, so a caller reusing an id cannot make one outcome answer another's
+    intent. Outside a request (background jobs, the schedulers) events keep their own ids.
     """
 
     def __init__(self, inner: AuditSink) -> None:
@@ -88,7 +91,10 @@ class CorrelatingSink:
         if correlation is not None:
             events = [
                 dataclasses.replace(
-                    e, correlation_id=correlation.request_id, trace_id=correlation.trace_id
+                    e,
+                    request_id=correlation.request_id,
+                    correlation_id=correlation.request_id,
+                    trace_id=correlation.trace_id,
                 )
                 for e in events
             ]
