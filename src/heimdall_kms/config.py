@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from heimdall_kms.errors import ConfigurationError
 from heimdall_kms.legacy_context import LegacyContext, LegacyContextRule
+from heimdall_kms.secret_file import read_secret_file
 
 __all__ = [
     "DEFAULT_LEGACY_KEY_ID",
@@ -108,6 +109,8 @@ class VaultSettings:
     addr: str
     auth_method: VaultAuthMethod = VaultAuthMethod.TOKEN
     token: Secret[str] | None = None
+    # HMD_VAULT_TOKEN_FILE (a Vault Agent sink): read again whenever it changes (vault_auth).
+    token_file: Path | None = None
     role_id: str | None = None
     secret_id: Secret[str] | None = None
     k8s_role: str | None = None
@@ -243,7 +246,7 @@ class Settings:
             gcp=_read_gcp(env) if uses_kms and provider is ProviderName.GCP else None,
             azure=_read_azure(env) if uses_kms and provider is ProviderName.AZURE else None,
             local_keyring=Path(local_keyring) if local_keyring else None,
-            database_url=_database_url(env.get("HMD_DATABASE_URL")),
+            database_url=_database_url(env.secret("HMD_DATABASE_URL")),
             audit_log=audit_log,
             # 0 is allowed: every `rotate --if-due` then rotates (drills and tests).
             key_rotation_days=env.integer("HMD_KEY_ROTATION_DAYS", 90, minimum=0),
@@ -292,6 +295,26 @@ class _Env:
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._environ = environ
+        self._secrets: dict[str, str | None] = {}
+
+    def secret(self, name: str, *fallbacks: str) -> str | None:
+        """``name`` or the file ``name_FILE`` names (never both), else the fallbacks.
+
+        A file is read once (heimdall_kms.secret_file); its errors name ``name_FILE``.
+        """
+        if name not in self._secrets:
+            path = self.get(f"{name}_FILE")
+            value = self.get(name)
+            if path is not None and value is not None:
+                raise ConfigurationError(f"{name}, {name}_FILE: set one of them, not both")
+            if path is not None:
+                value = read_secret_file(f"{name}_FILE", Path(path))[0]
+            self._secrets[name] = value if value is not None else self.get(name, *fallbacks)
+        return self._secrets[name]
+
+    def given(self, name: str) -> bool:
+        """Whether ``name`` or ``name_FILE`` is set (without reading the file)."""
+        return self.get(name) is not None or self.get(f"{name}_FILE") is not None
 
     def get(self, name: str, *fallbacks: str) -> str | None:
         for key in (name, *fallbacks):
@@ -352,10 +375,10 @@ def _hex_key(name: str, raw: str) -> Secret[bytes]:
 
 def _read_legacy_keys(env: _Env, primary_id: str) -> dict[str, Secret[bytes]]:
     keys: dict[str, Secret[bytes]] = {}
-    master = env.get("HMD_PII_MASTER_KEY")
+    master = env.secret("HMD_PII_MASTER_KEY")
     if master is not None:
         keys[primary_id] = _hex_key("HMD_PII_MASTER_KEY", master)
-    older = env.get("HMD_PII_LEGACY_KEYS")
+    older = env.secret("HMD_PII_LEGACY_KEYS")
     if older is None:
         return keys
     for position, item in enumerate(older.split(","), start=1):
@@ -385,7 +408,7 @@ def _check_mode(  # noqa: PLR0917 - private, called once, every argument is a di
             "HMD_ENCRYPTION_MODE=hybrid"
         )
     if mode is EncryptionMode.LEGACY:
-        if env.get("HMD_PII_MASTER_KEY") is None:
+        if not env.given("HMD_PII_MASTER_KEY"):
             raise ConfigurationError("HMD_PII_MASTER_KEY: required when HMD_ENCRYPTION_MODE=legacy")
         return
     if provider is None:
@@ -395,7 +418,7 @@ def _check_mode(  # noqa: PLR0917 - private, called once, every argument is a di
         )
     if mode is EncryptionMode.KMS:
         for name in ("HMD_PII_MASTER_KEY", "HMD_PII_LEGACY_KEYS"):
-            if env.get(name) is not None:
+            if env.given(name):
                 raise ConfigurationError(
                     f"{name}: must not be set when HMD_ENCRYPTION_MODE=kms (the default); remove "
                     "the env key, or use HMD_ENCRYPTION_MODE=hybrid while legacy data remains"
@@ -422,12 +445,14 @@ def _read_vault(env: _Env) -> VaultSettings:
             "network)"
         )
     method = env.enum("HMD_VAULT_AUTH_METHOD", VaultAuthMethod, VaultAuthMethod.TOKEN)
-    token = env.get("HMD_VAULT_TOKEN", "VAULT_TOKEN")
-    secret_id = env.get("HMD_VAULT_SECRET_ID")
+    token = env.secret("HMD_VAULT_TOKEN", "VAULT_TOKEN")
+    token_file = env.get("HMD_VAULT_TOKEN_FILE")
+    secret_id = env.secret("HMD_VAULT_SECRET_ID")
     settings = VaultSettings(
         addr=addr.rstrip("/"),
         auth_method=method,
         token=Secret(token) if token else None,
+        token_file=Path(token_file) if token_file else None,
         role_id=env.get("HMD_VAULT_ROLE_ID"),
         secret_id=Secret(secret_id) if secret_id else None,
         k8s_role=env.get("HMD_VAULT_K8S_ROLE"),
@@ -546,12 +571,12 @@ def audit_destination(environ: Mapping[str, str]) -> str:
 
 
 def database_url(environ: Mapping[str, str]) -> str | None:
-    """``HMD_DATABASE_URL`` alone, checked.
+    """``HMD_DATABASE_URL`` (or ``HMD_DATABASE_URL_FILE``) alone, checked.
 
     Raises:
         ConfigurationError: not a sqlite:/// or postgresql:// URL.
     """
-    return _database_url(_Env(environ).get("HMD_DATABASE_URL"))
+    return _database_url(_Env(environ).secret("HMD_DATABASE_URL"))
 
 
 def _audit_destination(value: str | None) -> str:

@@ -152,6 +152,8 @@ def _demo_settings(workdir: Path, environ: Mapping[str, str]) -> Settings:
             "HMD_ENCRYPTION_MODE": "hybrid",
             "HMD_PII_MASTER_KEY": "",
             "HMD_PII_LEGACY_KEYS": "",
+            "HMD_PII_MASTER_KEY_FILE": "",
+            "HMD_PII_LEGACY_KEYS_FILE": "",
             "HMD_HYBRID_WRITE_FORMAT": "",
         }
         configured = Settings.from_env({**environ, **overrides})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+from pathlib import Path
 
 import hvac
 import pytest
@@ -269,3 +271,80 @@ def test_namespace(openbao: OpenBao) -> None:
         pytest.raises(KeyNotFoundError),
     ):
         c.decrypt(envelope, actor="a", reason="r")
+
+
+class TestTokenFile:
+    """HMD_VAULT_TOKEN_FILE as a Vault Agent sink keeps it: a rewritten token is picked up."""
+
+    @staticmethod
+    def _token(server: OpenBao) -> str:
+        created = server.client().auth.token.create(policies=["root"], ttl="10m")
+        return str(created["auth"]["client_token"])
+
+    @staticmethod
+    def _sink(path: Path, token: str) -> None:
+        # What Vault Agent's file sink does: write a temporary file, then rename it over.
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(token, encoding="utf-8")
+        temporary.chmod(0o600)
+        os.replace(temporary, path)
+
+    def test_a_rewritten_token_is_used_after_the_old_one_is_revoked(
+        self, openbao: OpenBao, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "agent-token"
+        old = self._token(openbao)
+        self._sink(path, old + "\n")
+        env = openbao.env(HMD_VAULT_TOKEN="", HMD_VAULT_TOKEN_FILE=str(path))
+        with heimdall_kms.from_env(env, audit=MemoryAuditSink()) as c:
+            envelope = c.encrypt(SSN, context=CTX)
+            openbao.client().auth.token.revoke(old)
+            new = self._token(openbao)
+            self._sink(path, new + "\n")
+            assert c.decrypt(envelope, actor="a", reason="r") == SSN
+            assert c.decrypt(c.encrypt(SSN, context=CTX), actor="a", reason="r") == SSN
+
+    def test_a_refused_token_makes_it_read_the_file_again(
+        self, openbao: OpenBao, tmp_path: Path
+    ) -> None:
+        # Rewritten in place with the same size and mtime: only Vault's refusal can tell.
+        path = tmp_path / "agent-token"
+        old = self._token(openbao)
+        self._sink(path, old)
+        before = path.stat()
+        env = openbao.env(HMD_VAULT_TOKEN="", HMD_VAULT_TOKEN_FILE=str(path))
+        with heimdall_kms.from_env(env, audit=MemoryAuditSink()) as c:
+            envelope = c.encrypt(SSN, context=CTX)
+            openbao.client().auth.token.revoke(old)
+            new = self._token(openbao)
+            assert len(new) == len(old)
+            path.write_text(new, encoding="utf-8")
+            os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+            assert c.decrypt(envelope, actor="a", reason="r") == SSN
+
+    def test_a_revoked_token_not_replaced_is_refused(
+        self, openbao: OpenBao, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "agent-token"
+        old = self._token(openbao)
+        self._sink(path, old)
+        env = openbao.env(HMD_VAULT_TOKEN="", HMD_VAULT_TOKEN_FILE=str(path))
+        with heimdall_kms.from_env(env, audit=MemoryAuditSink()) as c:
+            envelope = c.encrypt(SSN, context=CTX)
+            openbao.client().auth.token.revoke(old)
+            with pytest.raises(AuthenticationError) as caught:
+                c.decrypt(envelope, actor="a", reason="r")
+        assert old not in str(caught.value)
+
+    def test_a_token_file_opened_to_others_later_is_refused(
+        self, openbao: OpenBao, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "agent-token"
+        self._sink(path, self._token(openbao))
+        env = openbao.env(HMD_VAULT_TOKEN="", HMD_VAULT_TOKEN_FILE=str(path))
+        with heimdall_kms.from_env(env, audit=MemoryAuditSink()) as c:
+            c.encrypt(SSN, context=CTX)
+            self._sink(path, self._token(openbao))
+            path.chmod(0o644)
+            with pytest.raises(ConfigurationError, match=r"^HMD_VAULT_TOKEN_FILE: "):
+                c.encrypt(SSN, context=CTX)

@@ -8,6 +8,7 @@ environment.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -650,3 +651,143 @@ class TestKeyedHashingKey:
     )
     def test_refused(self, changes: dict[str, str], variable: str) -> None:
         expect_error({**HYBRID, **changes}, variable)
+
+
+# -- secrets in files (*_FILE) ---------------------------------------------------------------------
+
+
+def _secret_file(tmp_path: Path, content: str, *, mode: int = 0o600) -> Path:
+    path = tmp_path / f"secret-{len(list(tmp_path.iterdir()))}"
+    path.write_text(content, encoding="utf-8")
+    path.chmod(mode)
+    return path
+
+
+# (variable, its value, the base environment without it, how to read it back)
+_FILE_CASES = [
+    pytest.param(
+        "HMD_VAULT_TOKEN",
+        VAULT_TOKEN,
+        {k: v for k, v in VAULT.items() if k != "HMD_VAULT_TOKEN"},
+        lambda s: s.vault.token.reveal(),
+        id="vault-token",
+    ),
+    pytest.param(
+        "HMD_VAULT_SECRET_ID",
+        SECRET_ID,
+        {
+            **{k: v for k, v in VAULT.items() if k != "HMD_VAULT_TOKEN"},
+            "HMD_VAULT_AUTH_METHOD": "approle",
+            "HMD_VAULT_ROLE_ID": "role-1",
+        },
+        lambda s: s.vault.secret_id.reveal(),
+        id="secret-id",
+    ),
+    pytest.param(
+        "HMD_PII_MASTER_KEY",
+        MASTER_HEX,
+        {"HMD_ENCRYPTION_MODE": "legacy"},
+        lambda s: s.legacy_keys[DEFAULT_LEGACY_KEY_ID].reveal().hex(),
+        id="master-key",
+    ),
+    pytest.param(
+        "HMD_PII_LEGACY_KEYS",
+        f"old-1:{OLD_LEGACY_HEX}",
+        {"HMD_ENCRYPTION_MODE": "legacy", "HMD_PII_MASTER_KEY": MASTER_HEX},
+        lambda s: "old-1:" + s.legacy_keys["old-1"].reveal().hex(),
+        id="legacy-keys",
+    ),
+    pytest.param(
+        "HMD_DATABASE_URL",
+        "postgresql://app:PASSWORD-1@db/test",
+        dict(LOCAL),
+        lambda s: s.database_url,
+        id="database-url",
+    ),
+]
+
+
+class TestSecretFiles:
+    """Every secret setting may come from ``VAR_FILE`` instead of ``VAR``, never from both."""
+
+    @pytest.mark.parametrize(("variable", "value", "base", "read"), _FILE_CASES)
+    @pytest.mark.parametrize("ending", ["", "\n", "\r\n"])
+    def test_the_file_gives_the_value(
+        self,
+        tmp_path: Path,
+        variable: str,
+        value: str,
+        base: dict[str, str],
+        read: Any,
+        ending: str,
+    ) -> None:
+        path = _secret_file(tmp_path, value + ending)
+        settings = Settings.from_env({**base, f"{variable}_FILE": str(path)})
+        assert read(settings) == value
+        assert value not in repr(settings)
+
+    @pytest.mark.parametrize(("variable", "value", "base", "read"), _FILE_CASES)
+    def test_both_is_an_error_naming_both(
+        self, tmp_path: Path, variable: str, value: str, base: dict[str, str], read: Any
+    ) -> None:
+        path = _secret_file(tmp_path, value)
+        env = {**base, variable: value, f"{variable}_FILE": str(path)}
+        message = expect_error(env, f"{variable}, {variable}_FILE")
+        assert value not in message
+
+    @pytest.mark.parametrize(("variable", "value", "base", "read"), _FILE_CASES)
+    @pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660])
+    def test_a_file_others_may_read_is_refused(
+        self,
+        tmp_path: Path,
+        variable: str,
+        value: str,
+        base: dict[str, str],
+        read: Any,
+        mode: int,
+    ) -> None:
+        path = _secret_file(tmp_path, value, mode=mode)
+        message = expect_error({**base, f"{variable}_FILE": str(path)}, f"{variable}_FILE")
+        assert f"{mode:04o}" in message and value not in message
+
+    @pytest.mark.parametrize(("variable", "value", "base", "read"), _FILE_CASES)
+    def test_a_missing_or_empty_file_is_refused(
+        self, tmp_path: Path, variable: str, value: str, base: dict[str, str], read: Any
+    ) -> None:
+        missing = tmp_path / "missing"
+        message = expect_error({**base, f"{variable}_FILE": str(missing)}, f"{variable}_FILE")
+        assert "no such file" in message
+        empty = _secret_file(tmp_path, "\n")
+        assert "empty" in expect_error({**base, f"{variable}_FILE": str(empty)}, f"{variable}_FILE")
+
+    def test_an_unreadable_file_or_a_directory_is_refused(self, tmp_path: Path) -> None:
+        base = {k: v for k, v in VAULT.items() if k != "HMD_VAULT_TOKEN"}
+        env = {**base, "HMD_VAULT_TOKEN_FILE": str(tmp_path)}
+        assert "directory" in expect_error(env, "HMD_VAULT_TOKEN_FILE")
+        binary = tmp_path / "binary"
+        binary.write_bytes(b"\xff\xfe token")
+        binary.chmod(0o600)
+        env = {**base, "HMD_VAULT_TOKEN_FILE": str(binary)}
+        assert "UTF-8" in expect_error(env, "HMD_VAULT_TOKEN_FILE")
+
+    def test_a_bad_key_in_a_file_is_reported_by_its_length(self, tmp_path: Path) -> None:
+        path = _secret_file(tmp_path, SHORT_KEY + "\n")
+        env = {"HMD_ENCRYPTION_MODE": "legacy", "HMD_PII_MASTER_KEY_FILE": str(path)}
+        message = expect_error(env, "HMD_PII_MASTER_KEY")
+        assert "got 63" in message and SHORT_KEY[:16] not in message
+
+    def test_kms_mode_refuses_an_env_key_given_as_a_file(self, tmp_path: Path) -> None:
+        path = _secret_file(tmp_path, MASTER_HEX)
+        expect_error({**LOCAL, "HMD_PII_MASTER_KEY_FILE": str(path)}, "HMD_PII_MASTER_KEY")
+
+    def test_the_token_file_wins_over_the_vault_token_fallback(self, tmp_path: Path) -> None:
+        path = _secret_file(tmp_path, VAULT_TOKEN)
+        env = {
+            "HMD_KMS_PROVIDER": "vault",
+            "HMD_VAULT_ADDR": "http://127.0.0.1:8200",
+            "VAULT_TOKEN": "s.FROM-THE-SHELL",
+            "HMD_VAULT_TOKEN_FILE": str(path),
+        }
+        vault = Settings.from_env(env).vault
+        assert vault is not None and vault.token == Secret(VAULT_TOKEN)
+        assert vault.token_file == path

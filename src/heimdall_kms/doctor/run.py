@@ -29,7 +29,12 @@ from heimdall_kms.store import JOURNAL_TABLE, Target, open_store
 
 __all__ = ["run_doctor"]
 
-_ENV_KEYS = ("HMD_PII_MASTER_KEY", "HMD_PII_LEGACY_KEYS")
+_ENV_KEYS = (
+    "HMD_PII_MASTER_KEY",
+    "HMD_PII_MASTER_KEY_FILE",
+    "HMD_PII_LEGACY_KEYS",
+    "HMD_PII_LEGACY_KEYS_FILE",
+)
 _FAST_VAULT_TIMEOUT = 10.0
 
 

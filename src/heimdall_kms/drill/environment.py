@@ -115,6 +115,8 @@ def _settings(
         "HMD_ENCRYPTION_MODE": "kms",
         "HMD_PII_MASTER_KEY": "",
         "HMD_PII_LEGACY_KEYS": "",
+        "HMD_PII_MASTER_KEY_FILE": "",
+        "HMD_PII_LEGACY_KEYS_FILE": "",
         "HMD_HYBRID_WRITE_FORMAT": "",
     }
     configured = Settings.from_env({**environ, **overrides})

@@ -7,12 +7,19 @@
 * Re-login: when Vault refuses the token (expired or revoked) and the method can log in again
   (AppRole, Kubernetes), the provider logs in once more and repeats the call, so a batch is not
   dropped. A static token cannot log in again: its refusal is final and raised at once.
+* A token file (``HMD_VAULT_TOKEN_FILE``, what a Vault Agent sink writes): before each call the
+  file's inode, mtime and size are compared with the last read (one ``stat``), and a changed
+  file is read again, so the Agent's new token is used from the next call on. When Vault
+  refuses the token, the file is read again whatever its stamp says (a rewrite within the
+  file system's mtime granularity) and the call repeated once.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import hvac
 import hvac.exceptions
@@ -21,8 +28,11 @@ import requests
 from heimdall_kms.config import VaultAuthMethod, VaultSettings
 from heimdall_kms.errors import ConfigurationError
 from heimdall_kms.providers.vault_http import refuse_redirect
+from heimdall_kms.secret_file import FileStamp, read_secret_file
 
-__all__ = ["TokenKeeper", "login_function", "new_client"]
+__all__ = ["TokenFile", "TokenKeeper", "login_function", "new_client"]
+
+_TOKEN_FILE = "HMD_VAULT_TOKEN_FILE"  # noqa: S105 - a variable's name, not a token.
 
 Login = Callable[[hvac.Client], None]
 
@@ -44,6 +54,8 @@ def new_client(vault: VaultSettings) -> hvac.Client:
 def login_function(vault: VaultSettings) -> Login | None:
     """How to (re-)authenticate, or None for a static token (which cannot log in again)."""
     method = vault.auth_method
+    if method is VaultAuthMethod.TOKEN and vault.token_file is not None:
+        return TokenFile(vault.token_file)
     if method is VaultAuthMethod.APPROLE and vault.role_id and vault.secret_id:
         role_id, secret = vault.role_id, vault.secret_id
 
@@ -67,6 +79,36 @@ def login_function(vault: VaultSettings) -> Login | None:
     return None
 
 
+class TokenFile:
+    """``HMD_VAULT_TOKEN_FILE``: the token in it, read again when the file changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: FileStamp | None = None
+
+    def __call__(self, client: hvac.Client) -> None:
+        """Read the file now and use its token (the re-login of a token file).
+
+        Raises:
+            ConfigurationError: the file is gone, unreadable, open to others or empty.
+        """
+        token, self._stamp = read_secret_file(_TOKEN_FILE, self.path)
+        client.token = token
+
+    def refresh(self, client: hvac.Client) -> None:
+        """Read the file again if it changed since the last read (one ``stat`` otherwise).
+
+        Raises:
+            ConfigurationError: the file is gone, unreadable, open to others or empty.
+        """
+        try:
+            stamp = FileStamp.of(os.stat(self.path))
+        except OSError:
+            stamp = None  # reported by the read below, with the reason
+        if stamp is None or stamp != self._stamp:
+            self(client)
+
+
 class TokenKeeper:
     """Renews a renewable token before it runs out; logs in again when it is refused."""
 
@@ -80,12 +122,17 @@ class TokenKeeper:
     ) -> None:
         self.client = client
         self.login = login
+        # A token file is looked at on every call, not once a minute: one stat is cheap.
+        self._file = login if isinstance(login, TokenFile) else None
         self._check_every = check_every
         self._clock = clock
         self._checked = float("-inf")
 
     def keep_fresh(self) -> None:
-        """Renew the token when a third of its TTL is left (at most one check per minute)."""
+        """Pick up a rewritten token file; renew the token when a third of its TTL is left
+        (at most one check per minute)."""
+        if self._file is not None:
+            self._file.refresh(self.client)
         now = self._clock()
         if now - self._checked < self._check_every:
             return
