@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from heimdall_kms.audit import AuditSink
     from heimdall_kms.config import Settings
     from heimdall_kms.envelope import Envelope, KmsV1Envelope, LegacyEnvelope
+    from heimdall_kms.scoping import Scope, scope
     from heimdall_kms.service import Crypto
 
 __all__ = [
@@ -24,10 +25,12 @@ __all__ = [
     "Envelope",
     "KmsV1Envelope",
     "LegacyEnvelope",
+    "Scope",
     "Settings",
     "errors",
     "from_env",
     "from_settings",
+    "scope",
 ]
 __version__ = "0.1.0"
 
@@ -39,7 +42,9 @@ _LAZY = {
     "Envelope": "heimdall_kms.envelope",
     "KmsV1Envelope": "heimdall_kms.envelope",
     "LegacyEnvelope": "heimdall_kms.envelope",
+    "Scope": "heimdall_kms.scoping",
     "Settings": "heimdall_kms.config",
+    "scope": "heimdall_kms.scoping",
 }
 
 

@@ -67,11 +67,22 @@ def envelopeless_events(
     request_id: str,
     writer: tuple[str | None, str | None],
     error: HeimdallKMSError | None = None,
+    reason: str | None = None,
 ) -> list[AuditEvent]:
     """The events of values that have no envelope: a failed encrypt, keyed hashes."""
     at = now_rfc3339()
     return [
-        event_for(event_type, actor, request_id, None, ctx, at=at, writer=writer, error=error)
+        event_for(
+            event_type,
+            actor,
+            request_id,
+            None,
+            ctx,
+            at=at,
+            writer=writer,
+            error=error,
+            reason=reason,
+        )
         for ctx in contexts
     ]
 
@@ -84,16 +95,22 @@ def sealed_events(
     actor: str,
     request_id: str,
     at: str,
+    reason: str | None = None,
 ) -> list[AuditEvent]:
     """The success events of one encrypt call, in order.
 
-    ``encoded`` are the contexts' AAD encodings, when the call made them.
+    ``encoded`` are the contexts' AAD encodings, when the call made them; ``reason`` is the
+    scope's, when one is in force.
     """
     events = []
     codes = encoded if encoded is not None else [None] * len(envelopes)
     for envelope, context, code in zip(envelopes, contexts, codes, strict=True):
         if type(envelope) is not KmsV1Envelope:
-            events.append(event_for(EventType.ENCRYPT, actor, request_id, envelope, context, at=at))
+            events.append(
+                event_for(
+                    EventType.ENCRYPT, actor, request_id, envelope, context, at=at, reason=reason
+                )
+            )
             continue
         events.append(
             _kms_success(
@@ -104,6 +121,7 @@ def sealed_events(
                 actor=actor,
                 request_id=request_id,
                 at=at,
+                reason=reason,
             )
         )
     return events

@@ -48,6 +48,7 @@ from heimdall_kms.metrics import Metrics, default_metrics
 from heimdall_kms.opening import EnvelopeInput, Opened, Opener
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.providers.base import HashKey, KeyedHashing
+from heimdall_kms.scoping import current_scope
 from heimdall_kms.sealing import seal_batches
 
 __all__ = ["MAX_PLAINTEXT_BYTES", "Crypto", "EnvelopeInput"]
@@ -112,9 +113,8 @@ class Crypto:
         ``limit`` bounds each plaintext; jobs re-encrypting stored values pass
         ``MAX_STORED_PLAINTEXT_BYTES`` (whatever the engine stored must stay migratable).
         """
-        who = checked_label("actor", actor or self._default_actor)
+        who, reason, request_id = self._writing_as(actor)
         values = [(plaintext_bytes(text, limit), check_context(ctx)) for text, ctx in items]
-        request_id = str(uuid.uuid4())
         contexts = [ctx for _, ctx in values]
         provider = self._write_label
         encoded: list[str] = []  # each context as the AAD encodes it, reused by the audit line
@@ -134,6 +134,7 @@ class Crypto:
                     request_id=request_id,
                     writer=self._writer,
                     error=exc,
+                    reason=reason,
                 )
             )
             raise
@@ -146,11 +147,19 @@ class Crypto:
                 actor=who,
                 request_id=request_id,
                 at=now_rfc3339(),
+                reason=reason,
             )
         )
         for (label, version), count in Counter(map(metric_labels, sealed)).items():
             self.metrics.encrypt_total.labels(label, version).inc(count)
         return sealed
+
+    def _writing_as(self, actor: str | None) -> tuple[str, str | None, str]:
+        """Actor, reason and request id of a call that writes (encrypt, hmac): the call's
+        actor, else the scope's, else the default actor; the scope's reason and request id."""
+        in_scope = current_scope()
+        who = checked_label("actor", actor or in_scope.actor or self._default_actor)
+        return who, in_scope.reason, in_scope.request_id or str(uuid.uuid4())
 
     @property
     def _writer(self) -> tuple[str | None, str | None]:
@@ -188,15 +197,16 @@ class Crypto:
         self,
         envelope: EnvelopeInput,
         *,
-        actor: str,
-        reason: str,
+        actor: str | None = None,
+        reason: str | None = None,
         context: Mapping[str, str] | None = None,
     ) -> str:
         """Open one envelope. ``context``, if given, states where the value was read from:
         every key it names must equal the envelope's own context.
 
         Raises:
-            InvalidInputError: actor or reason missing. MalformedEnvelopeError: not an envelope.
+            InvalidInputError: actor or reason missing (neither passed nor set by
+            :func:`heimdall_kms.scope`). MalformedEnvelopeError: not an envelope.
             IntegrityError: tampered, or sealed for another context. ModeViolationError: the
             format is not readable in this mode. KMSError, AuditWriteError.
         """
@@ -206,8 +216,8 @@ class Crypto:
         self,
         envelopes: Sequence[EnvelopeInput],
         *,
-        actor: str,
-        reason: str,
+        actor: str | None = None,
+        reason: str | None = None,
         contexts: Sequence[Mapping[str, str] | None] | None = None,
     ) -> list[str]:
         """Open many envelopes with one batched KMS call; raises the first item's error."""
@@ -221,8 +231,8 @@ class Crypto:
         self,
         envelopes: Sequence[EnvelopeInput],
         *,
-        actor: str,
-        reason: str,
+        actor: str | None = None,
+        reason: str | None = None,
         contexts: Sequence[Mapping[str, str] | None] | None = None,
     ) -> list[str | HeimdallKMSError]:
         """Like :meth:`decrypt_many`, but each item's error is returned in its place.
@@ -230,12 +240,13 @@ class Crypto:
         Raises:
             KMSError: a failure of the whole KMS call. AuditWriteError.
         """
-        who = checked_label("actor", actor)
-        why = checked_label("reason", reason)
+        in_scope = current_scope()
+        who = checked_label("actor", actor if actor is not None else in_scope.actor)
+        why = checked_label("reason", reason if reason is not None else in_scope.reason)
         stated = list(contexts) if contexts is not None else [None] * len(envelopes)
         if len(stated) != len(envelopes):
             raise InvalidInputError("contexts must have one entry per envelope")
-        request_id = str(uuid.uuid4())
+        request_id = in_scope.request_id or str(uuid.uuid4())
         prepared = [
             self._opener.prepare(source, ctx) for source, ctx in zip(envelopes, stated, strict=True)
         ]
@@ -304,15 +315,20 @@ class Crypto:
             name = kms.name.value if kms is not None else "none (legacy mode)"
             raise ConfigurationError(f"HMD_KMS_PROVIDER={name} has no keyed hashing (hmac)")
         key = HashKey(key_id, version or self.settings.hmac_key_version)
-        who = checked_label("actor", actor or self._default_actor)
+        who, reason, request_id = self._writing_as(actor)
         data = [plaintext_bytes(value) for value in values]
         stated = [check_context(c) for c in contexts] if contexts else [{}] * len(data)
-        request_id = str(uuid.uuid4())
         writer = (key.name, kms.name.value)
 
         def events(error: HeimdallKMSError | None = None) -> list[AuditEvent]:
             return envelopeless_events(
-                EventType.HMAC, stated, actor=who, request_id=request_id, writer=writer, error=error
+                EventType.HMAC,
+                stated,
+                actor=who,
+                request_id=request_id,
+                writer=writer,
+                error=error,
+                reason=reason,
             )
 
         try:
