@@ -34,6 +34,7 @@ COMMANDS: dict[str, LazyCommand] = {
     "audit": _C(
         "heimdall_kms.cli.audit_cmds", "audit", "Check the audit log's hash chain, and query it."
     ),
+    "aws": _C("heimdall_kms.cli.aws_cmds", "aws", "AWS KMS setup for heimdall-kms."),
     "check": _C(
         "heimdall_kms.cli.policy_cmds",
         "check",

@@ -1,0 +1,180 @@
+"""``heimdall-kms aws bootstrap``: the AWS side of a deployment (docs/providers/aws.md).
+
+boto3 is imported when the command runs, never when the CLI loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from secrets import token_hex
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from heimdall_kms.audit import AuditEvent, EventType, Result, open_sink
+from heimdall_kms.audit.attempt import audited
+from heimdall_kms.cli._actor import actor_option
+from heimdall_kms.config import AWSKeyVersioning, ProviderName, Settings
+from heimdall_kms.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from heimdall_kms.providers.aws_bootstrap import Plan, PolicyTarget
+    from heimdall_kms.providers.aws_keys import KeyReference
+    from heimdall_kms.providers.aws_native import Call
+
+__all__ = ["aws"]
+
+_WIDTH = 14
+_ROTATION_DAYS = (90, 2560)  # what EnableKeyRotation accepts
+
+
+@click.group()
+def aws() -> None:
+    """AWS KMS setup for heimdall-kms."""
+
+
+@aws.command()
+@click.option("--dry-run", is_flag=True, help="Print the API calls and policies; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@actor_option("bootstraps AWS KMS (audited as key.create when the key is created)")
+def bootstrap(*, actor: str, dry_run: bool, as_json: bool) -> None:
+    """Create or adopt the master key (HMD_KMS_KEY_ID) and print the least-privilege IAM
+    policies of the app, worker, admin and audit roles. Idempotent: a second run changes
+    nothing.
+
+    A key that exists (Terraform, the console) is adopted, never replaced. With
+    HMD_AWS_KEY_VERSIONING=native (the default) AWS's automatic rotation is turned on, every
+    HMD_KEY_ROTATION_DAYS; with aliases the key becomes version 1 of the alias scheme. Uses
+    the standard AWS credential chain, as an administrator.
+    """
+    from heimdall_kms.providers import needs_extra  # noqa: PLC0415
+
+    with needs_extra("aws", "aws bootstrap"):
+        from heimdall_kms.providers import aws_bootstrap as ab  # noqa: PLC0415 - loads boto3
+        from heimdall_kms.providers.aws import build_client, caller  # noqa: PLC0415
+
+    settings = Settings.from_env(os.environ)
+    if settings.aws is None or settings.kms_key_id is None:
+        raise ConfigurationError(
+            "HMD_KMS_PROVIDER: `aws bootstrap` needs HMD_KMS_PROVIDER=aws and HMD_KMS_KEY_ID"
+        )
+    versioning = settings.aws.key_versioning
+    reference = _reference(settings.kms_key_id, versioning)
+    days = _rotation_days(settings.key_rotation_days, versioning)
+    client = build_client(settings.aws)
+    try:
+        call = caller(client)
+        steps = ab.plan(call, reference, versioning, days)
+        if not dry_run:
+            _apply(call, steps, reference, versioning, settings.audit_log, actor)
+        target = _target(call, steps, reference, versioning, str(client.meta.region_name))
+    finally:
+        client.close()
+    policies = {role: ab.policy_document(role, target) for role in ab.ROLES}
+    if as_json:
+        document: dict[str, Any] = {
+            "dry_run": dry_run,
+            "key_id": reference.text,
+            "key_versioning": versioning.value,
+            "key_arn": target.key_arn,
+            "steps": [step.to_dict() for step in steps.steps],
+            "policies": policies,
+        }
+        click.echo(json.dumps(document))
+    else:
+        _print(steps, policies, dry_run=dry_run)
+
+
+def _reference(text: str, versioning: AWSKeyVersioning) -> KeyReference:
+    from heimdall_kms.providers.aws_keys import ReferenceKind, parse_key_reference  # noqa: PLC0415
+
+    reference = parse_key_reference(text)
+    if versioning is AWSKeyVersioning.ALIASES and reference.kind is not ReferenceKind.ALIAS:
+        raise ConfigurationError(
+            "HMD_KMS_KEY_ID: HMD_AWS_KEY_VERSIONING=aliases needs an alias name, alias/NAME"
+        )
+    return reference
+
+
+def _rotation_days(days: int, versioning: AWSKeyVersioning) -> int:
+    low, high = _ROTATION_DAYS
+    if versioning is AWSKeyVersioning.NATIVE and not low <= days <= high:
+        raise ConfigurationError(
+            f"HMD_KEY_ROTATION_DAYS: AWS automatic rotation takes {low} to {high} days, got {days}"
+        )
+    return days
+
+
+def _apply(  # noqa: PLR0917 - the run's facts, in order.
+    call: Call,
+    steps: Plan,
+    reference: KeyReference,
+    versioning: AWSKeyVersioning,
+    log: str,
+    actor: str,
+) -> None:
+    """Apply the steps; when one creates the master key, as an audited ``key.create`` (its
+    intent written before anything is applied: with an unwritable log nothing is)."""
+    from heimdall_kms.providers import aws_bootstrap as ab  # noqa: PLC0415 - loads boto3
+
+    if not steps.creates_key:
+        ab.apply(call, steps.steps)
+        return
+    event = AuditEvent(
+        EventType.KEY_CREATE,
+        actor,
+        f"bootstrap-{token_hex(6)}",
+        Result.SUCCESS,
+        key_identifier=reference.text,
+        provider=ProviderName.AWS.value,
+        details={"key_versioning": versioning.value, "key_spec": "SYMMETRIC_DEFAULT"},
+    )
+    sink = open_sink(log)
+    try:
+        with audited(sink, event) as attempt:
+            ab.apply(call, steps.steps)
+            attempt.key_version = 1
+    finally:
+        sink.close()
+
+
+def _target(
+    call: Call, steps: Plan, reference: KeyReference, versioning: AWSKeyVersioning, region: str
+) -> PolicyTarget:
+    """What the policies name; before the key exists (a dry run), placeholders."""
+    from heimdall_kms.errors import KeyNotFoundError  # noqa: PLC0415
+    from heimdall_kms.providers.aws_bootstrap import PolicyTarget  # noqa: PLC0415
+
+    arn = steps.key_arn
+    if arn is None:
+        try:
+            arn = str(call("DescribeKey", KeyId=reference.text)["KeyMetadata"]["Arn"])
+        except KeyNotFoundError:
+            arn = f"arn:aws:kms:{region}:ACCOUNT:key/KEY-CREATED-ON-APPLY"
+    prefix = arn.split(":key/", 1)[0]
+    alias = reference.text if reference.is_alias else None
+    if alias is not None and alias.startswith("arn:"):
+        alias = "alias/" + alias.split(":alias/", 1)[1]
+    return PolicyTarget(versioning, alias, arn, prefix)
+
+
+def _print(steps: Plan, policies: dict[str, dict[str, Any]], *, dry_run: bool) -> None:
+    from heimdall_kms.providers.aws_bootstrap import PURPOSES  # noqa: PLC0415
+
+    if dry_run:
+        click.echo("dry run: nothing was written; this is what bootstrap would do")
+    for step in steps.steps:
+        change = step.change.value
+        label = change if not dry_run or change == "unchanged" else f"would {change[:-1]}"
+        click.echo(f"{label:<{_WIDTH}} {step.name}")
+        for item in step.calls if dry_run else ():
+            click.echo(f"{'':<{_WIDTH + 2}}{item}")
+    counts = {
+        c: sum(s.change.value == c for s in steps.steps)
+        for c in ("created", "updated", "unchanged")
+    }
+    click.echo(", ".join(f"{n} {c}" for c, n in counts.items()) + (" (dry run)" if dry_run else ""))
+    for role, document in policies.items():
+        click.echo(f"IAM policy of the {role} role ({PURPOSES[role]}):")
+        click.echo(json.dumps(document, indent=2))
