@@ -79,6 +79,8 @@ class VaultAuthMethod(StrEnum):
     TOKEN = "token"  # noqa: S105 - an auth method's name, not a password.
     APPROLE = "approle"
     KUBERNETES = "kubernetes"
+    JWT = "jwt"  # JWT/OIDC auth with a signed JWT from a file (CI, a workload identity)
+    CERT = "cert"  # TLS certificate auth: the client certificate is the credential
 
 
 class Secret(Generic[_T]):
@@ -115,6 +117,13 @@ class VaultSettings:
     secret_id: Secret[str] | None = None
     k8s_role: str | None = None
     k8s_token_path: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    jwt_role: str | None = None  # HMD_VAULT_JWT_ROLE
+    jwt_file: Path | None = None  # HMD_VAULT_JWT_FILE: read at each login (it may rotate)
+    # HMD_VAULT_CLIENT_CERT / HMD_VAULT_CLIENT_KEY: presented in every TLS handshake with Vault
+    # (cert auth, or a listener that requires client certificates).
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    cert_role: str | None = None  # HMD_VAULT_CERT_ROLE: else Vault tries every cert role
     auth_mount: str | None = None
     transit_mount: str = "transit"
     namespace: str | None = None
@@ -460,6 +469,11 @@ def _read_vault(env: _Env) -> VaultSettings:
             env.get("HMD_VAULT_K8S_TOKEN_PATH")
             or "/var/run/secrets/kubernetes.io/serviceaccount/token"
         ),
+        jwt_role=env.get("HMD_VAULT_JWT_ROLE"),
+        jwt_file=_secret_path("HMD_VAULT_JWT_FILE", env.get("HMD_VAULT_JWT_FILE")),
+        client_cert=_existing_file("HMD_VAULT_CLIENT_CERT", env.get("HMD_VAULT_CLIENT_CERT")),
+        client_key=_secret_path("HMD_VAULT_CLIENT_KEY", env.get("HMD_VAULT_CLIENT_KEY")),
+        cert_role=env.get("HMD_VAULT_CERT_ROLE"),
         auth_mount=env.get("HMD_VAULT_AUTH_MOUNT"),
         transit_mount=env.get("HMD_VAULT_TRANSIT_MOUNT") or "transit",
         namespace=env.get("HMD_VAULT_NAMESPACE", "VAULT_NAMESPACE"),
@@ -559,6 +573,28 @@ def _check_vault_auth(vault: VaultSettings) -> None:
         raise ConfigurationError(
             "HMD_VAULT_K8S_ROLE: required for HMD_VAULT_AUTH_METHOD=kubernetes"
         )
+    if vault.auth_method is VaultAuthMethod.JWT:
+        for name, value in (
+            ("HMD_VAULT_JWT_ROLE", vault.jwt_role),
+            ("HMD_VAULT_JWT_FILE", vault.jwt_file),
+        ):
+            if value is None:
+                raise ConfigurationError(f"{name}: required for HMD_VAULT_AUTH_METHOD=jwt")
+    if (vault.client_cert is None) != (vault.client_key is None):
+        raise ConfigurationError(
+            "HMD_VAULT_CLIENT_CERT, HMD_VAULT_CLIENT_KEY: set both (the certificate and its key)"
+        )
+    if vault.auth_method is VaultAuthMethod.CERT:
+        if vault.client_cert is None:
+            raise ConfigurationError(
+                "HMD_VAULT_CLIENT_CERT: required for HMD_VAULT_AUTH_METHOD=cert "
+                "(with HMD_VAULT_CLIENT_KEY)"
+            )
+        if not vault.addr.startswith("https://"):
+            raise ConfigurationError(
+                "HMD_VAULT_ADDR: HMD_VAULT_AUTH_METHOD=cert needs an https:// address "
+                "(the certificate is presented in the TLS handshake)"
+            )
 
 
 def audit_destination(environ: Mapping[str, str]) -> str:
@@ -594,6 +630,15 @@ def _database_url(value: str | None) -> str | None:
             "HMD_DATABASE_URL: expected sqlite:///PATH or postgresql://USER@HOST/DB"
         )
     return value
+
+
+def _secret_path(name: str, value: str | None) -> Path | None:
+    """A file holding a credential (a JWT, a private key): checked like every ``*_FILE``."""
+    if value is None:
+        return None
+    path = Path(value)
+    read_secret_file(name, path)
+    return path
 
 
 def _existing_file(name: str, value: str | None) -> Path | None:

@@ -791,3 +791,63 @@ class TestSecretFiles:
         vault = Settings.from_env(env).vault
         assert vault is not None and vault.token == Secret(VAULT_TOKEN)
         assert vault.token_file == path
+
+
+_NO_TOKEN = {k: v for k, v in VAULT.items() if k != "HMD_VAULT_TOKEN"}
+
+
+class TestVaultAuthMethods:
+    """JWT/OIDC and TLS-certificate auth: what each needs (live: test_vault_auth_methods.py)."""
+
+    def test_jwt_settings(self, tmp_path: Path) -> None:
+        jwt = _secret_file(tmp_path, "eyJhbGciOi.x.y")
+        env = {
+            **_NO_TOKEN,
+            "HMD_VAULT_AUTH_METHOD": "jwt",
+            "HMD_VAULT_JWT_ROLE": "ci",
+            "HMD_VAULT_JWT_FILE": str(jwt),
+        }
+        vault = Settings.from_env(env).vault
+        assert vault is not None and vault.auth_method is VaultAuthMethod.JWT
+        assert (vault.jwt_role, vault.jwt_file, vault.auth_mount) == ("ci", jwt, None)
+
+    @pytest.mark.parametrize("missing", ["HMD_VAULT_JWT_ROLE", "HMD_VAULT_JWT_FILE"])
+    def test_jwt_needs_a_role_and_a_file(self, tmp_path: Path, missing: str) -> None:
+        env = {
+            **_NO_TOKEN,
+            "HMD_VAULT_AUTH_METHOD": "jwt",
+            "HMD_VAULT_JWT_ROLE": "ci",
+            "HMD_VAULT_JWT_FILE": str(_secret_file(tmp_path, "a.b.c")),
+        }
+        del env[missing]
+        assert "required for HMD_VAULT_AUTH_METHOD=jwt" in expect_error(env, missing)
+
+    def test_cert_settings(self, tmp_path: Path) -> None:
+        cert = _secret_file(tmp_path, "-----BEGIN CERTIFICATE-----", mode=0o644)
+        key = _secret_file(tmp_path, "-----BEGIN PRIVATE KEY-----")
+        env = {
+            **_NO_TOKEN,
+            "HMD_VAULT_AUTH_METHOD": "cert",
+            "HMD_VAULT_CLIENT_CERT": str(cert),
+            "HMD_VAULT_CLIENT_KEY": str(key),
+        }
+        vault = Settings.from_env(env).vault
+        assert vault is not None and vault.auth_method is VaultAuthMethod.CERT
+        assert (vault.client_cert, vault.client_key, vault.cert_role) == (cert, key, None)
+        readable_key = _secret_file(tmp_path, "-----BEGIN PRIVATE KEY-----", mode=0o644)
+        expect_error({**env, "HMD_VAULT_CLIENT_KEY": str(readable_key)}, "HMD_VAULT_CLIENT_KEY")
+        expect_error({**env, "HMD_VAULT_ADDR": "http://127.0.0.1:8200"}, "HMD_VAULT_ADDR")
+        no_key = {k: v for k, v in env.items() if k != "HMD_VAULT_CLIENT_KEY"}
+        expect_error(no_key, "HMD_VAULT_CLIENT_CERT, HMD_VAULT_CLIENT_KEY")
+        nothing = {k: v for k, v in no_key.items() if k != "HMD_VAULT_CLIENT_CERT"}
+        expect_error(nothing, "HMD_VAULT_CLIENT_CERT")
+
+    @pytest.mark.parametrize("method", list(VaultAuthMethod))
+    def test_the_doctor_has_a_fix_for_every_refused_login(self, method: VaultAuthMethod) -> None:
+        from heimdall_kms.config import VaultSettings
+        from heimdall_kms.doctor.report import fix_for
+        from heimdall_kms.errors import AuthenticationError
+
+        vault = VaultSettings(addr="https://vault.example:8200", auth_method=method)
+        fix = fix_for(AuthenticationError("refused"), Settings(vault=vault))
+        assert fix.startswith(("check ", "HMD_VAULT_TOKEN"))

@@ -120,6 +120,14 @@ _VAULT_LOGIN_FIXES = {
         "check HMD_VAULT_K8S_ROLE, and that the Vault role is bound to this pod's service "
         "account and namespace (docs/vault-bootstrap.md)"
     ),
+    VaultAuthMethod.JWT: (
+        "check HMD_VAULT_JWT_ROLE and the JWT in HMD_VAULT_JWT_FILE (expired, or its issuer, "
+        "audience or subject not the role's bound ones; docs/vault-bootstrap.md)"
+    ),
+    VaultAuthMethod.CERT: (
+        "check HMD_VAULT_CLIENT_CERT (expired, or not issued by the CA of the cert role) and "
+        "HMD_VAULT_CERT_ROLE (docs/vault-bootstrap.md)"
+    ),
 }
 
 

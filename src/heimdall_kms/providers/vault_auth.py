@@ -1,7 +1,9 @@
 """Vault authentication and the token's lifecycle, for the Transit provider.
 
-* Login: a static token, AppRole (role id + secret id) or Kubernetes (the pod's service
-  account JWT), each at its configurable mount.
+* Login: a static token, AppRole (role id + secret id), Kubernetes (the pod's service
+  account JWT), JWT/OIDC (a signed JWT read from ``HMD_VAULT_JWT_FILE`` at each login) or a
+  TLS client certificate (``cert``), each at its configurable mount, through hvac's own
+  auth-method classes.
 * Renewal: a renewable token whose remaining TTL drops below a third of its period is renewed
   (``auth/token/renew-self``), checked at most once a minute.
 * Re-login: when Vault refuses the token (expired or revoked) and the method can log in again
@@ -40,10 +42,16 @@ Login = Callable[[hvac.Client], None]
 def new_client(vault: VaultSettings) -> hvac.Client:
     """An hvac client that follows no redirect (see :func:`vault_http.refuse_redirect`)."""
     verify: bool | str = str(vault.cacert) if vault.cacert else True
+    cert = (
+        (str(vault.client_cert), str(vault.client_key))
+        if vault.client_cert is not None and vault.client_key is not None
+        else None
+    )
     client = hvac.Client(
         url=vault.addr,
         namespace=vault.namespace,
         verify=verify,
+        cert=cert,
         timeout=vault.timeout_seconds,
         allow_redirects=False,
     )
@@ -76,6 +84,26 @@ def login_function(vault: VaultSettings) -> Login | None:
             )
 
         return kubernetes
+    if method is VaultAuthMethod.JWT and vault.jwt_role and vault.jwt_file:
+        jwt_role, jwt_file = vault.jwt_role, vault.jwt_file
+
+        def jwt(client: hvac.Client) -> None:
+            token = read_secret_file("HMD_VAULT_JWT_FILE", jwt_file)[0]
+            client.auth.jwt.jwt_login(role=jwt_role, jwt=token, path=vault.auth_mount or "jwt")
+
+        return jwt
+    if method is VaultAuthMethod.CERT and vault.client_cert and vault.client_key:
+        cert, key = str(vault.client_cert), str(vault.client_key)
+
+        def certificate(client: hvac.Client) -> None:
+            client.auth.cert.login(
+                name=vault.cert_role or "",
+                cert_pem=cert,
+                key_pem=key,
+                mount_point=vault.auth_mount or "cert",
+            )
+
+        return certificate
     return None
 
 
