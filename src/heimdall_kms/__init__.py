@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from heimdall_kms import errors
+    from heimdall_kms.async_crypto import AsyncCrypto
     from heimdall_kms.audit import AuditSink
     from heimdall_kms.config import Settings
     from heimdall_kms.envelope import Envelope, KmsV1Envelope, LegacyEnvelope
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from heimdall_kms.service import Crypto
 
 __all__ = [
+    "AsyncCrypto",
     "Crypto",
     "Envelope",
     "KmsV1Envelope",
@@ -29,6 +31,7 @@ __all__ = [
     "Settings",
     "errors",
     "from_env",
+    "from_env_async",
     "from_settings",
     "scope",
 ]
@@ -38,6 +41,7 @@ __version__ = "0.1.0"
 # functions below need: `import heimdall_kms` (which every `heimdall-kms --help` does) loads
 # neither the KMS clients nor prometheus_client nor rich.
 _LAZY = {
+    "AsyncCrypto": "heimdall_kms.async_crypto",
     "Crypto": "heimdall_kms.service",
     "Envelope": "heimdall_kms.envelope",
     "KmsV1Envelope": "heimdall_kms.envelope",
@@ -109,3 +113,36 @@ def from_env(
 
     settings = Settings.from_env(os.environ if environ is None else environ)
     return from_settings(settings, audit=audit, default_actor=default_actor)
+
+
+def from_env_async(
+    environ: Mapping[str, str] | None = None,
+    *,
+    audit: AuditSink | None = None,
+    default_actor: str = "application",
+    window_seconds: float = 0.002,
+    max_batch: int = 250,
+    in_flight: int = 4,
+) -> AsyncCrypto:
+    """:func:`from_env` for asyncio code (SPEC §11): concurrent single-value calls share
+    batched KMS calls (see :class:`AsyncCrypto` for the three knobs). The provider is built
+    here, before any event loop work: call it at start-up. ``await from_env_async()`` works
+    too and gives the same object. Close it with ``await crypto.aclose()``.
+
+    Raises:
+        As :func:`from_env`; ConfigurationError for a knob out of range.
+    """
+    from heimdall_kms.async_crypto import AsyncCrypto  # noqa: PLC0415 - see _LAZY
+
+    crypto = from_env(environ, audit=audit, default_actor=default_actor)
+    try:
+        return AsyncCrypto(
+            crypto,
+            default_actor=default_actor,
+            window_seconds=window_seconds,
+            max_batch=max_batch,
+            in_flight=in_flight,
+        )
+    except BaseException:
+        crypto.close()
+        raise
