@@ -201,7 +201,8 @@ class Lane(Generic[_T, _R]):
             )
             if len(outcomes) != len(calls):
                 raise KMSError("a batch answered with the wrong number of results")
-        except Exception as exc:  # the whole batch failed: every caller gets the error
+        # Whatever failed the whole batch, each of its callers gets it: none may hang.
+        except Exception as exc:  # noqa: BLE001
             for _, _, future in calls:
                 if not future.done():
                     future.set_exception(exc)

@@ -155,7 +155,9 @@ class TestClose:
         made = counted(openbao, window_seconds=1.0)  # the window alone would hold them 1 s
 
         async def main() -> list[Envelope]:
-            calls = [asyncio.create_task(made.crypto.encrypt("v", context=ctx(i))) for i in range(30)]
+            calls = [
+                asyncio.create_task(made.crypto.encrypt("v", context=ctx(i))) for i in range(30)
+            ]
             await asyncio.sleep(0)  # every call is queued, none has run
             assert made.requests("encrypt") == 0
             await made.crypto.aclose()
