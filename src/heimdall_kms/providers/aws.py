@@ -62,6 +62,7 @@ from heimdall_kms.errors import (
     PermissionDeniedError,
     RateLimitedError,
 )
+from heimdall_kms.providers import aws_aliases as aliases
 from heimdall_kms.providers.aws_keys import BoundedCache, parse_key_reference
 from heimdall_kms.providers.aws_native import Call, NativeKey
 from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey, round_trip
@@ -81,7 +82,6 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 _BODY = re.compile(r"[A-Za-z0-9+/=]{1,8192}")  # after ``aws:v<n>:`` (heimdall_kms.wrapped_key)
-_ALIAS = re.compile(r"alias/(?!aws/)[A-Za-z0-9/_-]{1,200}")
 _SAFE_CODE = re.compile(r"[A-Za-z0-9._]{1,64}")
 # Every DEK is wrapped under this entry too, so that IAM can require it
 # (kms:EncryptionContext:heimdall-purpose) and the app role is no general decryption oracle.
@@ -123,28 +123,13 @@ def build_client(aws: AWSSettings) -> KMSClient:
 
 
 def create_key_for_alias(client: KMSClient, alias: str) -> str:
-    """Bootstrap: make ``alias`` a versioned heimdall key and return the latest key's id.
-
-    Creates version 1 and the alias when the alias does not exist; adopts an existing alias's
-    key as version 1 when it has no version yet; otherwise changes nothing.
+    """Make ``alias`` a versioned key of the alias scheme; the latest key's id (see
+    :func:`heimdall_kms.providers.aws_aliases.create_key_for_alias`).
 
     Raises:
         ConfigurationError: ``alias`` is not an ``alias/NAME``. KMSError: AWS refused.
     """
-    _check_alias(alias)
-    try:
-        with _translated("DescribeKey"):
-            key_id: str = client.describe_key(KeyId=alias)["KeyMetadata"]["KeyId"]
-    except KeyNotFoundError:
-        key_id = _create_version(client, alias, 1)
-        with _translated("CreateAlias"):
-            client.create_alias(AliasName=alias, TargetKeyId=key_id)
-        return key_id
-    if _version_alias_of(client, alias, key_id) is None:
-        with _translated("CreateAlias"):
-            client.create_alias(AliasName=f"{alias}/v1", TargetKeyId=key_id)
-            client.tag_resource(KeyId=key_id, Tags=_tags(alias, 1))
-    return key_id
+    return aliases.create_key_for_alias(caller(client), alias)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,12 +167,13 @@ class AWSKMSProvider:
         max_concurrency: int = 16,
     ) -> None:
         self._client = client
+        self._call = caller(client)
         self._alias = key_id
         self._native: NativeKey | None = None
         if versioning is AWSKeyVersioning.ALIASES:
-            _check_alias(key_id)
+            aliases.check_alias(key_id)
         else:
-            self._native = NativeKey(caller(client), parse_key_reference(key_id))
+            self._native = NativeKey(self._call, parse_key_reference(key_id))
         self._max_concurrency = max(1, max_concurrency)
         # key id -> version: fixed when the key is created, so it is safe to remember.
         self._versions: BoundedCache[str, int] = BoundedCache()
@@ -202,7 +188,7 @@ class AWSKMSProvider:
             raise ConfigurationError("HMD_KMS_KEY_ID: required for HMD_KMS_PROVIDER=aws")
         versioning = settings.aws.key_versioning
         if versioning is AWSKeyVersioning.ALIASES:
-            _check_alias(settings.kms_key_id)
+            aliases.check_alias(settings.kms_key_id)
         else:
             parse_key_reference(settings.kms_key_id)  # fail at start, before any client
         client = build_client(settings.aws)
@@ -292,7 +278,7 @@ class AWSKMSProvider:
         target = self._latest_version() + 1
         existing = self._key_state(target)
         if existing is None:
-            key_id = _create_version(self._client, self._alias, target)
+            key_id = aliases.create_version(self._call, self._alias, target)
         elif existing.state == "Enabled":
             key_id = existing.key_id  # an earlier rotation stopped before the switch: finish it
         else:
@@ -380,7 +366,7 @@ class AWSKMSProvider:
         key_id = key.rsplit("key/", 1)[-1]  # Encrypt and ReEncrypt answer with the key's ARN
         known = self._versions.get(key_id)
         if known is None:
-            known = _version_alias_of(self._client, self._alias, key_id)
+            known = aliases.version_alias_of(self._call, self._alias, key_id)
             if known is None:
                 raise KMSError(
                     f"{self._alias} targets a key without a {self._alias}/v<n> alias; adopt "
@@ -511,26 +497,6 @@ def _unusable(version: int, state: _KeyState | None) -> HeimdallKMSError:
     return KMSError(f"key version {version} is not usable now (its key is {state.state})")
 
 
-def _create_version(client: KMSClient, alias: str, version: int) -> str:
-    with _translated("CreateKey"):
-        key_id: str = client.create_key(
-            Description=f"heimdall-kms {alias} version {version}",
-            KeyUsage="ENCRYPT_DECRYPT",
-            KeySpec="SYMMETRIC_DEFAULT",
-            Tags=_tags(alias, version),
-        )["KeyMetadata"]["KeyId"]
-    try:
-        with _translated("CreateAlias"):
-            client.create_alias(AliasName=f"{alias}/v{version}", TargetKeyId=key_id)
-    except KMSError:
-        # The key made here never wrapped anything (another rotation took this version, or the
-        # identity may not create aliases): do not leave an orphan behind.
-        with _translated("ScheduleKeyDeletion"):
-            client.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
-        raise
-    return key_id
-
-
 def caller(client: KMSClient) -> Call:
     """``call(operation, **params)``: one AWS request with this module's error translation."""
 
@@ -539,32 +505,6 @@ def caller(client: KMSClient) -> Call:
             return dict(getattr(client, xform_name(operation))(**params))
 
     return call
-
-
-def _version_alias_of(client: KMSClient, alias: str, key_id: str) -> int | None:
-    pattern = re.compile(re.escape(alias) + r"/v([1-9][0-9]{0,8})")
-    with _translated("ListAliases"):
-        for page in client.get_paginator("list_aliases").paginate(KeyId=key_id):
-            for entry in page.get("Aliases", []):
-                match = pattern.fullmatch(str(entry.get("AliasName", "")))
-                if match is not None:
-                    return int(match.group(1))
-    return None
-
-
-def _tags(alias: str, version: int) -> list[dict[str, str]]:
-    return [
-        {"TagKey": "heimdall:alias", "TagValue": alias},
-        {"TagKey": "heimdall:version", "TagValue": str(version)},
-    ]
-
-
-def _check_alias(alias: str) -> None:
-    if not _ALIAS.fullmatch(alias) or re.search(r"/v[0-9]+$", alias):
-        raise ConfigurationError(
-            "HMD_KMS_KEY_ID: the aws provider needs an alias name, alias/NAME (its versions are "
-            "keys behind it; a bare key id or ARN cannot rotate); see docs/providers/aws.md"
-        )
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from typing import Any
 
 from heimdall_kms.config import AWSKeyVersioning
 from heimdall_kms.errors import KeyNotFoundError, RefusedError
+from heimdall_kms.providers.aws_aliases import tags as version_tags
 from heimdall_kms.providers.aws_keys import KeyReference, ReferenceKind
 from heimdall_kms.providers.aws_native import Call, NativeKey
 
@@ -157,7 +158,7 @@ def _rotation_step(call: Call, key_id: str, days: int) -> Step:
 
 def _aliases_plan(call: Call, alias: str, meta: dict[str, Any] | None) -> Plan:
     reference = KeyReference(alias, ReferenceKind.ALIAS)
-    tags = _tags(alias)
+    tags = version_tags(alias, 1)
     if meta is None:
         calls = [
             _create_key(f"heimdall-kms {alias} version 1", tags),
@@ -174,10 +175,3 @@ def _aliases_plan(call: Call, alias: str, meta: dict[str, Any] | None) -> Plan:
     )
     step = Step(f"key {alias} ({key_id}) adopted as version 1", Change.UPDATED, adopt)
     return Plan((step,), str(meta["Arn"]))
-
-
-def _tags(alias: str) -> list[dict[str, str]]:
-    return [
-        {"TagKey": "heimdall:alias", "TagValue": alias},
-        {"TagKey": "heimdall:version", "TagValue": "1"},
-    ]
