@@ -227,3 +227,9 @@ class TestOneResolutionPerProcess:
         (outcome,) = kms.unwrap_many([old.ciphertext], [CTX])
         assert isinstance(outcome, KeyVersionRetiredError)
         assert counts == {"Decrypt": 1}  # moto would still decrypt: the refusal is ours
+
+    def test_describing_a_native_key_reads_it_once(self, moto: MotoServer) -> None:
+        names = user_key(moto)
+        client, counts = counting(moto, "DescribeKey", "ListAliases", "ListKeyRotations")
+        AWSKMSProvider(client, names["alias"]).describe()
+        assert counts == {"DescribeKey": 1, "ListAliases": 1, "ListKeyRotations": 1}

@@ -72,7 +72,7 @@ class NativeKey:
             ConfigurationError: the key is not a symmetric encryption key. KMSError.
         """
         if self._key_id is None:
-            self._key_id = self._resolve()
+            self._key_id = str(self._resolve()["KeyId"])
         return self._key_id
 
     def wrap_version(self) -> int:
@@ -89,12 +89,15 @@ class NativeKey:
             KMSError: AWS failed, or the reference now names another key than this process
                 has been using (an alias moved).
         """
-        if self._resolve() != self.key_id:
+        meta = self._resolve()
+        if self._key_id is None:
+            self._key_id = str(meta["KeyId"])
+        if meta["KeyId"] != self._key_id:
             raise KMSError(
                 f"{self._reference.text} now names another KMS key than the one this process "
                 "wraps with; native versioning follows one key (docs/providers/aws.md)"
             )
-        created = self._metadata().get("CreationDate")
+        created = meta.get("CreationDate")
         dates = [_utc(created), *(_utc(r.get("RotationDate")) for r in self._rotations())]
         self._latest = (len(dates), self._clock())
         return KeyInfo(
@@ -140,7 +143,8 @@ class NativeKey:
             "then disable the old key (docs/providers/aws.md)"
         )
 
-    def _resolve(self) -> str:
+    def _resolve(self) -> dict[str, Any]:
+        """``DescribeKey`` of the reference, checked to be usable natively."""
         meta = self._metadata()
         spec = meta.get("KeySpec", "SYMMETRIC_DEFAULT")
         if spec != "SYMMETRIC_DEFAULT" or meta.get("KeyUsage", "ENCRYPT_DECRYPT") != (
@@ -150,10 +154,9 @@ class NativeKey:
                 f"HMD_KMS_KEY_ID: {self._reference.text} is a {spec} key; heimdall-kms needs a "
                 "symmetric encryption key (SYMMETRIC_DEFAULT, ENCRYPT_DECRYPT)"
             )
-        key_id = str(meta["KeyId"])
         if self._reference.is_alias:
-            self._refuse_versioned_alias(key_id)
-        return key_id
+            self._refuse_versioned_alias(str(meta["KeyId"]))
+        return meta
 
     def _refuse_versioned_alias(self, key_id: str) -> None:
         """An alias of the alias-per-version scheme read natively would decrypt every older
