@@ -35,6 +35,11 @@ COMMANDS: dict[str, LazyCommand] = {
         "heimdall_kms.cli.audit_cmds", "audit", "Check the audit log's hash chain, and query it."
     ),
     "aws": _C("heimdall_kms.cli.aws_cmds", "aws", "AWS KMS setup for heimdall-kms."),
+    "azure": _C(
+        "heimdall_kms.cli.cloud_cmds",
+        "azure",
+        "Azure Key Vault / Managed HSM setup for heimdall-kms.",
+    ),
     "check": _C(
         "heimdall_kms.cli.policy_cmds",
         "check",
@@ -55,6 +60,7 @@ COMMANDS: dict[str, LazyCommand] = {
         "demo",
         "Show the whole migration story on the demo's own key, database and audit log.",
     ),
+    "gcp": _C("heimdall_kms.cli.cloud_cmds", "gcp", "GCP Cloud KMS setup for heimdall-kms."),
     "doctor": _C(
         "heimdall_kms.cli.doctor_cmd",
         "doctor",

@@ -48,7 +48,7 @@ from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
 from requests.adapters import HTTPAdapter
 
 from heimdall_kms import crypto
-from heimdall_kms.config import ProviderName, Settings
+from heimdall_kms.config import AzureSettings, ProviderName, Settings
 from heimdall_kms.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -65,7 +65,7 @@ from heimdall_kms.errors import (
 from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey, round_trip
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
-__all__ = ["AzureKeyVaultProvider", "parse_key_url"]
+__all__ = ["AzureKeyVaultProvider", "build_key_client", "parse_key_url"]
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -104,6 +104,38 @@ def parse_key_url(value: str) -> tuple[str, str]:
     if len(segments) != 2 or segments[0] != "keys" or not _NAME.fullmatch(segments[1]):
         raise ConfigurationError(f"HMD_KMS_KEY_ID: {form}")
     return f"https://{parts.netloc}", segments[1]
+
+
+def build_key_client(key_url: str, azure: AzureSettings) -> tuple[KeyClient, _Closeable]:
+    """A ``KeyClient`` for the key's vault on ``DefaultAzureCredential``, and that credential
+    (close both when done).
+
+    Raises:
+        ConfigurationError: ``key_url`` is not a key URL, or the credential refused its settings.
+    """
+    vault_url, _key_name = parse_key_url(key_url)
+    try:
+        if azure.disable_instance_discovery:
+            credential = DefaultAzureCredential(disable_instance_discovery=True)
+        else:
+            credential = DefaultAzureCredential()
+    except ValueError:
+        # azure-identity checks its own variables when the chain is built.
+        raise ConfigurationError(
+            "AZURE_*: DefaultAzureCredential refused its settings (check AZURE_TENANT_ID, "
+            "AZURE_AUTHORITY_HOST, AZURE_TOKEN_CREDENTIALS)"
+        ) from None
+    verify: bool | str = str(azure.ca_bundle) if azure.ca_bundle else True
+    # One connection pool as large as the thread pool, so no connection is thrown away.
+    session = requests.Session()
+    session.mount("https://", HTTPAdapter(pool_maxsize=max(10, azure.max_concurrency)))
+    client = KeyClient(
+        vault_url,
+        credential,
+        verify_challenge_resource=azure.verify_challenge_resource,
+        transport=RequestsTransport(session=session, connection_verify=verify),
+    )
+    return client, credential
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,28 +184,8 @@ class AzureKeyVaultProvider:
         azure = settings.azure
         if azure is None or settings.kms_key_id is None:
             raise ConfigurationError("HMD_KMS_KEY_ID: required for HMD_KMS_PROVIDER=azure")
-        vault_url, key_name = parse_key_url(settings.kms_key_id)
-        try:
-            if azure.disable_instance_discovery:
-                credential = DefaultAzureCredential(disable_instance_discovery=True)
-            else:
-                credential = DefaultAzureCredential()
-        except ValueError:
-            # azure-identity checks its own variables when the chain is built.
-            raise ConfigurationError(
-                "AZURE_*: DefaultAzureCredential refused its settings (check AZURE_TENANT_ID, "
-                "AZURE_AUTHORITY_HOST, AZURE_TOKEN_CREDENTIALS)"
-            ) from None
-        verify: bool | str = str(azure.ca_bundle) if azure.ca_bundle else True
-        # One connection pool as large as the thread pool, so no connection is thrown away.
-        session = requests.Session()
-        session.mount("https://", HTTPAdapter(pool_maxsize=max(10, azure.max_concurrency)))
-        client = KeyClient(
-            vault_url,
-            credential,
-            verify_challenge_resource=azure.verify_challenge_resource,
-            transport=RequestsTransport(session=session, connection_verify=verify),
-        )
+        client, credential = build_key_client(settings.kms_key_id, azure)
+        _vault_url, key_name = parse_key_url(settings.kms_key_id)
         return cls(client, key_name, max_concurrency=azure.max_concurrency, credential=credential)
 
     @property

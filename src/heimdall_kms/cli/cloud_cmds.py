@@ -1,0 +1,233 @@
+"""``heimdall-kms gcp bootstrap`` and ``heimdall-kms azure bootstrap`` (SPEC §3).
+
+Create or adopt the master key named by ``HMD_KMS_KEY_ID``, idempotently, and print the
+least-privilege access of the app, worker, admin and audit roles. A created key is an audited
+``key.create``, its intent written before anything is sent. The SDKs are imported when a
+command runs, never when the CLI loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from secrets import token_hex
+from typing import TYPE_CHECKING
+
+import click
+
+from heimdall_kms.audit import AuditEvent, EventType, Result, open_sink
+from heimdall_kms.audit.attempt import audited
+from heimdall_kms.cli._actor import actor_option
+from heimdall_kms.config import Settings
+from heimdall_kms.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from heimdall_kms.providers.cloud_bootstrap import Plan
+
+__all__ = ["azure", "gcp"]
+
+_WIDTH = 14
+_ROLES = ("app", "worker", "admin", "audit")
+
+
+def _members(items: tuple[str, ...]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for item in items:
+        role, sep, member = item.partition("=")
+        if not sep or role not in _ROLES or not member:
+            raise click.BadParameter(
+                f"expected ROLE=PRINCIPAL with ROLE one of {', '.join(_ROLES)}, got {item!r}",
+                param_hint="--member",
+            )
+        found[role] = member
+    return found
+
+
+def _settings(provider: str) -> Settings:
+    settings = Settings.from_env(os.environ)
+    if settings.provider is None or settings.provider.value != provider or not settings.kms_key_id:
+        raise ConfigurationError(
+            f"HMD_KMS_PROVIDER: `{provider} bootstrap` needs HMD_KMS_PROVIDER={provider} and the "
+            "key in HMD_KMS_KEY_ID"
+        )
+    return settings
+
+
+def _run(
+    plan: Plan, apply: Callable[[], None], *, dry_run: bool, as_json: bool, log: str, actor: str
+) -> None:
+    if not dry_run and any(step.calls for step in plan.steps):
+        if plan.creates_key:
+            event = AuditEvent(
+                EventType.KEY_CREATE,
+                actor,
+                f"bootstrap-{token_hex(6)}",
+                Result.SUCCESS,
+                key_identifier=plan.key,
+                provider=plan.provider,
+                details=dict(plan.key_details),
+            )
+            sink = open_sink(log)
+            try:
+                with audited(sink, event) as attempt:
+                    apply()
+                    attempt.key_version = 1
+            finally:
+                sink.close()
+        else:
+            apply()
+    if as_json:
+        click.echo(json.dumps(plan.to_dict(dry_run=dry_run)))
+        return
+    if dry_run:
+        click.echo("dry run: nothing was written; this is what bootstrap would do")
+    for step in plan.steps:
+        change = step.change.value
+        label = change if not dry_run or change == "unchanged" else f"would {change[:-1]}"
+        click.echo(f"{label:<{_WIDTH}} {step.name}")
+        for call in step.calls if dry_run else ():
+            click.echo(f"{'':<{_WIDTH + 2}}{call}")
+        for note in step.notes:
+            click.echo(f"{'':<{_WIDTH + 2}}{note}")
+    click.echo("Access (printed, not applied; grant it with these commands):")
+    for grant in plan.access:
+        click.echo(f"  {grant.role:<7} {grant.grants}: {grant.purpose}")
+        click.echo(f"          permissions: {', '.join(grant.permissions)}")
+        for name, document in grant.documents.items():
+            click.echo(f"          {name}: {json.dumps(document, sort_keys=True)}")
+        for command in grant.commands:
+            click.echo(f"          $ {command}")
+
+
+def _common(function: Callable[..., None]) -> Callable[..., None]:
+    for decorator in reversed(
+        (
+            click.option(
+                "--member",
+                "members",
+                multiple=True,
+                metavar="ROLE=PRINCIPAL",
+                help="Who gets a role's access [default: a name derived from --prefix].",
+            ),
+            click.option("--prefix", default="heimdall-kms", show_default=True, help="Names."),
+            click.option(
+                "--dry-run", is_flag=True, help="Print what would be created; write nothing."
+            ),
+            click.option("--json", "as_json", is_flag=True, help="Print JSON."),
+            actor_option("bootstraps the key (audited as key.create when it is created)"),
+        )
+    ):
+        function = decorator(function)
+    return function
+
+
+@click.group()
+def gcp() -> None:
+    """GCP Cloud KMS setup for heimdall-kms."""
+
+
+@gcp.command("bootstrap")
+@_common
+def gcp_bootstrap(
+    *, actor: str, members: tuple[str, ...], prefix: str, dry_run: bool, as_json: bool
+) -> None:
+    """Create (or adopt) the key ring and the ENCRYPT_DECRYPT CryptoKey of HMD_KMS_KEY_ID,
+    rotating every HMD_KEY_ROTATION_DAYS, and print the IAM roles of the app, worker, admin
+    and audit identities on it. Idempotent: a second run changes nothing.
+
+    Uses Application Default Credentials with permission to create key rings and keys.
+    """
+    from heimdall_kms.providers import needs_extra  # noqa: PLC0415
+
+    with needs_extra("gcp", "gcp bootstrap"):
+        from heimdall_kms.providers import gcp_bootstrap as gb  # noqa: PLC0415 - loads the SDK
+        from heimdall_kms.providers.gcp import build_client  # noqa: PLC0415
+
+    who = _members(members)
+    settings = _settings("gcp")
+    assert settings.gcp is not None
+    assert settings.kms_key_id is not None
+    timeout = settings.gcp.timeout_seconds
+    client = build_client(settings.gcp)
+    try:
+        plan = gb.plan(
+            client,
+            settings.kms_key_id,
+            rotation_days=settings.key_rotation_days,
+            timeout=timeout,
+            members=who,
+            prefix=prefix,
+        )
+        _run(
+            plan,
+            lambda: gb.apply(client, plan.steps, timeout),
+            dry_run=dry_run,
+            as_json=as_json,
+            log=settings.audit_log,
+            actor=actor,
+        )
+    finally:
+        client.transport.close()  # type: ignore[no-untyped-call]
+
+
+@click.group()
+def azure() -> None:
+    """Azure Key Vault / Managed HSM setup for heimdall-kms."""
+
+
+@azure.command("bootstrap")
+@click.option(
+    "--key-type",
+    type=click.Choice(["RSA-HSM", "RSA", "oct-HSM"]),
+    default="RSA-HSM",
+    show_default=True,
+    help="Type of a key created here (RSA-HSM needs a Premium vault; oct-HSM a Managed HSM).",
+)
+@_common
+def azure_bootstrap(
+    *,
+    actor: str,
+    key_type: str,
+    members: tuple[str, ...],
+    prefix: str,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Create (or adopt) the wrapKey/unwrapKey key of HMD_KMS_KEY_ID and print the Azure RBAC
+    role assignments of the app, worker, admin and audit identities on it. Idempotent: a
+    second run changes nothing.
+
+    Uses DefaultAzureCredential with permission to create keys (e.g. Key Vault Crypto Officer).
+    """
+    from heimdall_kms.providers import needs_extra  # noqa: PLC0415
+
+    with needs_extra("azure", "azure bootstrap"):
+        from heimdall_kms.providers import azure_bootstrap as ab  # noqa: PLC0415 - loads the SDK
+        from heimdall_kms.providers.azure import build_key_client  # noqa: PLC0415
+
+    who = _members(members)
+    settings = _settings("azure")
+    assert settings.azure is not None
+    assert settings.kms_key_id is not None
+    client, credential = build_key_client(settings.kms_key_id, settings.azure)
+    try:
+        plan = ab.plan(
+            client,
+            settings.kms_key_id,
+            key_type=key_type,
+            rotation_days=settings.key_rotation_days,
+            members=who,
+            prefix=prefix,
+        )
+        _run(
+            plan,
+            lambda: ab.apply(client, plan.steps),
+            dry_run=dry_run,
+            as_json=as_json,
+            log=settings.audit_log,
+            actor=actor,
+        )
+    finally:
+        client.close()
+        credential.close()

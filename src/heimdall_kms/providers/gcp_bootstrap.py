@@ -1,0 +1,201 @@
+"""``heimdall-kms gcp bootstrap``: the key ring and CryptoKey, and the roles on the key.
+
+:func:`plan` reads Cloud KMS and returns a :class:`~heimdall_kms.providers.cloud_bootstrap.Plan`
+whose steps carry the exact requests (the REST JSON mapping); :func:`apply` sends those same
+requests. An existing CryptoKey is adopted as it is: its purpose must be ENCRYPT_DECRYPT, and a
+rotation period other than ``HMD_KEY_ROTATION_DAYS`` is reported, not changed. IAM bindings
+are printed (one per role, on the CryptoKey), never applied: granting access is the
+operator's act, with the printed ``gcloud`` commands. See ``docs/providers/gcp.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.cloud import kms_v1
+
+from heimdall_kms.errors import KeyNotFoundError, RefusedError
+from heimdall_kms.providers.cloud_bootstrap import ROLES, ApiCall, Change, Grant, Plan, Step
+from heimdall_kms.providers.gcp import _translated, check_key_name
+
+__all__ = ["ADMIN_PERMISSIONS", "PREDEFINED", "apply", "plan"]
+
+_PURPOSE = kms_v1.CryptoKey.CryptoKeyPurpose.ENCRYPT_DECRYPT
+# The permissions heimdall-kms's admin uses: rotate (create a version, move the primary),
+# retire (disable versions), describe. No useToEncrypt/useToDecrypt, no destroy, no IAM.
+ADMIN_PERMISSIONS = (
+    "cloudkms.cryptoKeys.get",
+    "cloudkms.cryptoKeys.update",
+    "cloudkms.cryptoKeyVersions.create",
+    "cloudkms.cryptoKeyVersions.get",
+    "cloudkms.cryptoKeyVersions.list",
+    "cloudkms.cryptoKeyVersions.update",
+)
+# heimdall role -> (predefined role, the key-level permissions it carries, what it is for).
+PREDEFINED: Mapping[str, tuple[str, tuple[str, ...], str]] = {
+    "app": (
+        "roles/cloudkms.cryptoKeyEncrypterDecrypter",
+        ("cloudkms.cryptoKeyVersions.useToEncrypt", "cloudkms.cryptoKeyVersions.useToDecrypt"),
+        "encrypt and decrypt data keys (also runs migrate and reencrypt, with the audit role)",
+    ),
+    "worker": (
+        "roles/cloudkms.cryptoKeyDecrypter",
+        ("cloudkms.cryptoKeyVersions.useToDecrypt",),
+        "decrypt data keys only",
+    ),
+    "audit": (
+        "roles/cloudkms.viewer",
+        (
+            "cloudkms.cryptoKeys.get",
+            "cloudkms.cryptoKeys.list",
+            "cloudkms.cryptoKeyVersions.get",
+            "cloudkms.cryptoKeyVersions.list",
+        ),
+        "read the key's metadata and versions only",
+    ),
+}
+
+
+def plan(
+    client: kms_v1.KeyManagementServiceClient,
+    key_name: str,
+    *,
+    rotation_days: int,
+    timeout: float,
+    members: Mapping[str, str] | None = None,
+    prefix: str = "heimdall-kms",
+    now: datetime | None = None,
+) -> Plan:
+    """Read Cloud KMS and list what bootstrapping ``key_name`` would do; writes nothing.
+
+    Raises:
+        ConfigurationError: not a CryptoKey resource name.
+        RefusedError: the CryptoKey exists with another purpose (nothing was written).
+        KMSError: Cloud KMS refused a read or failed.
+    """
+    key = check_key_name(key_name)
+    ring, key_id = key.split("/cryptoKeys/")
+    location, ring_id = ring.split("/keyRings/")
+    steps: list[Step] = []
+    found = _get(client.get_key_ring, ring, timeout) is not None
+    if found:
+        steps.append(Step(f"key ring {ring}", Change.UNCHANGED))
+    else:
+        call = ApiCall("CreateKeyRing", {"parent": location, "keyRingId": ring_id, "keyRing": {}})
+        steps.append(Step(f"key ring {ring}", Change.CREATED, (call,)))
+    current = _get(client.get_crypto_key, key, timeout) if found else None
+    period = timedelta(days=rotation_days)
+    label = f"key {key} (ENCRYPT_DECRYPT, {_period_text(period)})"
+    if current is None:
+        body: dict[str, Any] = {"purpose": "ENCRYPT_DECRYPT"}
+        if rotation_days:
+            start = (now or datetime.now(UTC)) + period
+            body["rotationPeriod"] = f"{int(period.total_seconds())}s"
+            body["nextRotationTime"] = start.strftime("%Y-%m-%dT%H:%M:%SZ")
+        call = ApiCall(
+            "CreateCryptoKey", {"parent": ring, "cryptoKeyId": key_id, "cryptoKey": body}
+        )
+        steps.append(Step(label, Change.CREATED, (call,), creates_key=True))
+    else:
+        steps.append(Step(label, Change.UNCHANGED, notes=_adopted(current, period)))
+    details = {"purpose": "ENCRYPT_DECRYPT", "rotation_days": rotation_days}
+    return Plan("gcp", key, tuple(steps), _access(key, members or {}, prefix), details)
+
+
+def apply(client: kms_v1.KeyManagementServiceClient, steps: Sequence[Step], timeout: float) -> None:
+    """Send every call of every step, in order.
+
+    Raises:
+        KMSError: Cloud KMS refused or failed a call (the steps before it are done; rerun).
+    """
+    for step in steps:
+        for call in step.calls:
+            arguments = call.arguments
+            with _translated(f"bootstrap ({step.name})"):
+                if call.method == "CreateKeyRing":
+                    request: dict[str, Any] = {
+                        "parent": arguments["parent"],
+                        "key_ring_id": arguments["keyRingId"],
+                        "key_ring": {},
+                    }
+                    client.create_key_ring(request=request, timeout=timeout)
+                else:
+                    crypto_key = kms_v1.CryptoKey.from_json(json.dumps(arguments["cryptoKey"]))
+                    request = {
+                        "parent": arguments["parent"],
+                        "crypto_key_id": arguments["cryptoKeyId"],
+                        "crypto_key": crypto_key,
+                    }
+                    client.create_crypto_key(request=request, timeout=timeout)
+
+
+def _get(method: Any, name: str, timeout: float) -> Any | None:
+    try:
+        with _translated("bootstrap (read)"):
+            return method(request={"name": name}, timeout=timeout)
+    except KeyNotFoundError:
+        return None
+
+
+def _adopted(current: kms_v1.CryptoKey, period: timedelta) -> tuple[str, ...]:
+    if current.purpose != _PURPOSE:
+        raise RefusedError(
+            f"CryptoKey {current.name} has purpose {current.purpose.name}, not ENCRYPT_DECRYPT; "
+            "name another key in HMD_KMS_KEY_ID"
+        )
+    have = current.rotation_period
+    have_period = timedelta(seconds=have.total_seconds()) if have else timedelta(0)
+    notes = ["existing CryptoKey adopted"]
+    if have_period != period:
+        notes.append(
+            f"its rotation period is {_period_text(have_period)}, HMD_KEY_ROTATION_DAYS asks "
+            f"{_period_text(period)}: left as it is (change it with gcloud kms keys update "
+            "--rotation-period)"
+        )
+    return tuple(notes)
+
+
+def _period_text(period: timedelta) -> str:
+    if not period:
+        return "no automatic rotation"
+    days = period.total_seconds() / 86400
+    return f"rotation every {days:g} days"
+
+
+def _access(key: str, members: Mapping[str, str], prefix: str) -> tuple[Grant, ...]:
+    project = key.split("/")[1]
+    grants = []
+    for role in ROLES:
+        member = members.get(role) or (
+            f"serviceAccount:{prefix}-{role}@{project}.iam.gserviceaccount.com"
+        )
+        documents: dict[str, Any] = {}
+        commands: list[str] = []
+        if role == "admin":
+            role_id = f"{prefix}-admin".replace("-", "_")
+            granted = f"projects/{project}/roles/{role_id}"
+            permissions: tuple[str, ...] = ADMIN_PERMISSIONS
+            purpose = "rotate, retire and describe the key; no encrypt or decrypt"
+            documents["custom_role"] = {
+                "title": f"{prefix} key administrator",
+                "description": "Rotate and disable versions of the heimdall-kms CryptoKey.",
+                "stage": "GA",
+                "includedPermissions": list(ADMIN_PERMISSIONS),
+            }
+            commands.append(
+                f"gcloud iam roles create {role_id} --project {project} "
+                f"--file {prefix}-admin-role.json   # the custom_role document"
+            )
+        else:
+            granted, permissions, purpose = PREDEFINED[role]
+        documents["binding"] = {"role": granted, "members": [member]}
+        commands.append(
+            f"gcloud kms keys add-iam-policy-binding {key} --member {member} --role {granted}"
+        )
+        grants.append(
+            Grant(role, purpose, granted, key, member, permissions, documents, tuple(commands))
+        )
+    return tuple(grants)
