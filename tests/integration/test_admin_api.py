@@ -15,10 +15,12 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
+import hvac
 import pytest
 import trustme
 from fastapi.testclient import TestClient
@@ -32,12 +34,14 @@ from heimdall_kms.admin.targets import ServerTargets
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.audit.verify import verify
 from heimdall_kms.cli.serve_cmd import build_server, serve
+from heimdall_kms.coalescing import LaneLimits
 from heimdall_kms.config import Settings
 from heimdall_kms.envelope import KmsV1Envelope, parse
 from heimdall_kms.errors import ConfigurationError, InvalidInputError
 from heimdall_kms.providers.local import LocalKeyring
+from heimdall_kms.providers.vault import VaultTransitProvider
 from tests.legacy_data import legacy_envelope
-from tests.servers import OpenBao, free_port
+from tests.servers import TRANSIT_KEY, CountingSession, OpenBao, free_port
 from tests.unit.test_audit_line_bounds import LARGEST, OVERSIZED, append_from_another_process
 
 MASTER_HEX = "ab" * 32
@@ -169,6 +173,8 @@ ALLOWED = {
     ("GET", "/admin/crypto/keys"): {"admin", "audit"},
     ("POST", "/crypto/encrypt"): {"app"},
     ("POST", "/crypto/decrypt"): {"app", "worker"},
+    ("POST", "/crypto/encrypt-batch"): {"app"},
+    ("POST", "/crypto/decrypt-batch"): {"app", "worker"},
 }
 OPEN = [("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/openapi.json")]
 SUCCESS = {"POST /admin/crypto/reencrypt": 202}
@@ -184,6 +190,8 @@ def test_role_matrix_on_every_endpoint(api: Api, tmp_path: Path) -> None:
         "/admin/crypto/rotate": {"if_due": True},  # a fresh key is not due: nothing changes
         "/crypto/encrypt": {"plaintext": "x", "context": {"field": "ssn"}},
         "/crypto/decrypt": {"envelope": envelope, "reason": "matrix"},
+        "/crypto/encrypt-batch": {"items": [{"plaintext": "x"}]},
+        "/crypto/decrypt-batch": {"items": [{"envelope": envelope}], "reason": "matrix"},
     }
     denied = 0
     for (method, path), allowed in ALLOWED.items():
@@ -655,6 +663,183 @@ class TestDecryptEnvelopeObject:
         assert as_text.json() == as_object.json() == {"plaintext": "p"}
 
 
+# -- value coalescing and the batch endpoints (issue 21) --------------------------------------
+
+
+def counted_vault_api(
+    server: OpenBao, make_api: Callable[..., Api], **kwargs: Any
+) -> tuple[Api, CountingSession]:
+    """An app on ``server`` whose provider's HTTP requests are counted."""
+    session = CountingSession()
+
+    def provider() -> VaultTransitProvider:
+        client = hvac.Client(url=server.addr, token=server.root_token, session=session)
+        return VaultTransitProvider(client, TRANSIT_KEY)
+
+    return make_api(server.env(), provider_factory=provider, **kwargs), session
+
+
+def transit(session: CountingSession, operation: str) -> int:
+    return len([s for s in session.sent if f"/transit/{operation}/" in s])
+
+
+def person(i: int) -> dict[str, str]:
+    return {"table": "people", "field": "ssn", "record": str(i)}
+
+
+def token_actor(api: Api, role: str) -> str:
+    return f"token:{role}:" + hashlib.sha256(api.tokens[role].encode()).hexdigest()[:8]
+
+
+@pytest.mark.vault
+class TestBatchEndpoints:
+    def test_per_item_results_errors_audit_and_request_count(
+        self, openbao: OpenBao, make_api: Callable[..., Api]
+    ) -> None:
+        api, session = counted_vault_api(openbao, make_api)
+        items: list[dict[str, Any]] = [
+            {"plaintext": f"pii-{i}-x", "context": person(i)} for i in range(300)
+        ]
+        items[7] = {"plaintext": "pii-7-x", "context": {"": "x"}}  # its own input error
+        sealed = api.call(
+            "POST",
+            "/crypto/encrypt-batch",
+            "app",
+            json={"items": items},
+            headers={"X-Request-ID": "enc-batch-1"},
+        )
+        assert sealed.status_code == 200, sealed.text
+        assert sealed.headers["Cache-Control"] == "no-store"
+        results = sealed.json()["results"]
+        assert sealed.json()["failed"] == 1
+        assert set(results[7]) == {"error"}
+        assert results[7]["error"]["error_type"] == "invalid_input"
+        assert results[7]["error"]["retryable"] is False
+        envelopes = [r.get("envelope") for r in results]
+        assert all(isinstance(parse(e), KmsV1Envelope) for i, e in enumerate(envelopes) if i != 7)
+        assert transit(session, "encrypt") <= 2  # 299 values, 250 per Transit batch
+        encrypts = [e for e in api.audit() if e["event_type"] == "crypto.encrypt"]
+        assert len(encrypts) == 299
+        assert {(e["actor"], e["request_id"], e["source_ip"]) for e in encrypts} == {
+            (token_actor(api, "app"), "enc-batch-1", "testclient")
+        }
+
+        session.sent.clear()
+        wanted = [
+            {"envelope": e, "context": {"record": str(i)}}
+            for i, e in enumerate(envelopes)
+            if i != 7
+        ]
+        wanted[10]["context"] = {"record": "999"}  # item 10 (record 11) claims another record
+        wanted.append({"envelope": "not an envelope"})
+        opened = api.call(
+            "POST", "/crypto/decrypt-batch", "worker", json={"items": wanted, "reason": "t-9"}
+        )
+        assert opened.status_code == 200, opened.text
+        answers = opened.json()["results"]
+        assert opened.json()["failed"] == 2
+        assert answers[10]["error"]["error_type"] == "integrity"
+        assert answers[-1]["error"]["error_type"] == "malformed_envelope"
+        texts = [a.get("plaintext") for a in answers[:-1]]
+        assert texts == [None if i == 11 else f"pii-{i}-x" for i in range(300) if i != 7]
+        assert transit(session, "decrypt") <= 2
+        decrypts = [e for e in api.audit() if e["event_type"] == "crypto.decrypt"]
+        assert len(decrypts) == 300  # every item, the two failures included
+        assert {(e["actor"], e["reason"]) for e in decrypts} == {
+            (token_actor(api, "worker"), "t-9")
+        }
+        assert sorted(e["result"] for e in decrypts).count("failure") == 2
+        assert "pii-" not in api.audit_path.read_text()
+
+    def test_bodies_are_checked_as_the_single_value_ones(
+        self, openbao: OpenBao, make_api: Callable[..., Api]
+    ) -> None:
+        api, session = counted_vault_api(openbao, make_api)
+        refused = [
+            {"items": []},
+            {"items": [{"plaintext": "x"}] * 1001},
+            {"items": [{"plaintext": "x", "database": "postgresql://x"}]},
+            {"items": [{"plaintext": "x"}], "extra": 1},
+        ]
+        for body in refused:
+            answer = api.call("POST", "/crypto/encrypt-batch", "app", json=body)
+            assert answer.status_code == 422, body
+        doubled = b'{"items": [{"plaintext": "a", "plaintext": "b"}]}'
+        answer = api.call(
+            "POST",
+            "/crypto/encrypt-batch",
+            "app",
+            content=doubled,
+            headers={"Content-Type": "application/json"},
+        )
+        assert answer.status_code == 422
+        assert answer.json()["detail"][0]["msg"] == "a key appears twice in one object"
+        no_reason = api.call(
+            "POST", "/crypto/decrypt-batch", "app", json={"items": [{"envelope": "x"}]}
+        )
+        assert no_reason.status_code == 422
+        assert (
+            api.call(
+                "POST", "/crypto/encrypt-batch", "worker", json={"items": [{"plaintext": "x"}]}
+            ).status_code
+            == 403
+        )
+        assert transit(session, "encrypt") == 0  # nothing refused reached the KMS
+        schema = api.call("GET", "/openapi.json").json()["paths"]["/crypto/decrypt-batch"]["post"]
+        body = schema["requestBody"]["content"]["application/json"]["schema"]
+        assert body["properties"]["items"]["maxItems"] == 1000
+        assert "200" in schema["responses"]
+
+
+@pytest.mark.vault
+class TestCoalescedValueRoutes:
+    """Concurrent /crypto/encrypt and /crypto/decrypt requests share batched Transit calls."""
+
+    def test_concurrent_requests_share_calls_each_audited_as_its_own(
+        self, openbao: OpenBao, make_api: Callable[..., Api]
+    ) -> None:
+        # A wide window, so that 40 requests through one TestClient meet on a busy machine.
+        api, session = counted_vault_api(
+            openbao, make_api, coalescing=LaneLimits(window_seconds=0.25)
+        )
+
+        def encrypt(i: int) -> httpx.Response:
+            body = {"plaintext": f"pii-{i}-x", "context": person(i)}
+            headers = {"X-Request-ID": f"enc-{i}"}
+            return api.call("POST", "/crypto/encrypt", "app", json=body, headers=headers)
+
+        with ThreadPoolExecutor(40) as pool:
+            sealed = list(pool.map(encrypt, range(40)))
+        assert [r.status_code for r in sealed] == [200] * 40
+        assert transit(session, "encrypt") <= 10
+        events = [e for e in api.audit() if e["event_type"] == "crypto.encrypt"]
+        assert sorted((e["request_id"], e["context"]["record"]) for e in events) == sorted(
+            (f"enc-{i}", str(i)) for i in range(40)
+        )
+
+        session.sent.clear()
+
+        def decrypt(i: int) -> httpx.Response:
+            stated = {"record": "999" if i == 3 else str(i)}
+            body = {"envelope": sealed[i].json(), "reason": f"why-{i}", "context": stated}
+            return api.call("POST", "/crypto/decrypt", "worker", json=body)
+
+        with ThreadPoolExecutor(40) as pool:
+            opened = list(pool.map(decrypt, range(40)))
+        assert opened[3].status_code == 422
+        assert opened[3].json()["error_type"] == "integrity"
+        assert [r.json()["plaintext"] for i, r in enumerate(opened) if i != 3] == [
+            f"pii-{i}-x" for i in range(40) if i != 3
+        ]
+        assert transit(session, "decrypt") <= 10
+        reasons = {
+            e["context"]["record"]: e["reason"]
+            for e in api.audit()
+            if e["event_type"] == "crypto.decrypt"
+        }
+        assert reasons == {str(i): f"why-{i}" for i in range(40)}
+
+
 class TestDeniedRequestFlood:
     """Issue 15 low: a flood of refused requests writes no synced line each, loses none."""
 
@@ -854,6 +1039,12 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "plaintext": TEXT,
     "context": st.dictionaries(TEXT, TEXT, max_size=3),
     "envelope": TEXT,
+    "items": st.lists(
+        st.fixed_dictionaries(
+            {}, optional={"plaintext": TEXT, "envelope": TEXT, "context": st.just({"f": "x"})}
+        ),
+        max_size=3,
+    ),
 }
 FIELDS = {
     "/admin/crypto/reencrypt": (
@@ -868,18 +1059,24 @@ FIELDS = {
     "/admin/crypto/rotate": ("if_due", "reason"),
     "/crypto/encrypt": ("plaintext", "context"),
     "/crypto/decrypt": ("envelope", "context", "reason"),
+    "/crypto/encrypt-batch": ("items",),
+    "/crypto/decrypt-batch": ("items", "reason"),
 }
 REQUIRED = {
     "/admin/crypto/reencrypt": ("table", "column"),
     "/admin/crypto/rotate": (),
     "/crypto/encrypt": ("plaintext",),
     "/crypto/decrypt": ("envelope", "reason"),
+    "/crypto/encrypt-batch": ("items",),
+    "/crypto/decrypt-batch": ("items", "reason"),
 }
 ROLE_FOR = {
     "/admin/crypto/reencrypt": "admin",
     "/admin/crypto/rotate": "admin",
     "/crypto/encrypt": "app",
     "/crypto/decrypt": "worker",
+    "/crypto/encrypt-batch": "app",
+    "/crypto/decrypt-batch": "worker",
 }
 
 

@@ -8,6 +8,8 @@ Role map (``auth.Role``)::
     GET  /admin/crypto/keys               admin, audit
     POST /crypto/encrypt                  app
     POST /crypto/decrypt                  app, worker
+    POST /crypto/encrypt-batch            app
+    POST /crypto/decrypt-batch            app, worker
     GET  /healthz, /metrics, /openapi.json   no token
 
 ``admin`` manages keys and data but cannot read a value: separation of duties. Every route
@@ -29,7 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import CollectorRegistry
 
 from heimdall_kms import __version__
-from heimdall_kms.admin import crypto_routes
+from heimdall_kms.admin import batch_routes, crypto_routes
 from heimdall_kms.admin._http import MAX_BODY_BYTES, BodyLimit, install_error_handlers
 from heimdall_kms.admin.auth import Guard, TokenTable, source_ip
 from heimdall_kms.admin.jobs import JobRunner, JobSpec, SharedSink
@@ -53,18 +55,22 @@ from heimdall_kms.admin.state import (
     state_of,
 )
 from heimdall_kms.admin.targets import ServerTargets
+from heimdall_kms.async_crypto import AsyncCrypto
 from heimdall_kms.audit import AuditSink, open_sink
+from heimdall_kms.coalescing import LaneLimits
 from heimdall_kms.config import EncryptionMode, Settings
 from heimdall_kms.errors import ConfigurationError
 from heimdall_kms.jobs.rotation import key_report, rotate
 from heimdall_kms.key_metrics import DEFAULT_REFRESH_SECONDS
 from heimdall_kms.metrics import Metrics
 from heimdall_kms.providers import KeyManagementService, load_provider
+from heimdall_kms.service import Crypto
 from heimdall_kms.store import FieldStore, open_store
 
 __all__ = ["create_app"]
 
 router = APIRouter()
+_COALESCING = LaneLimits()  # 2 ms window, 250 per batch, 4 batches in flight
 
 
 @router.post(
@@ -192,10 +198,12 @@ def create_app(
     targets: ServerTargets | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     key_metrics_seconds: float = DEFAULT_REFRESH_SECONDS,
+    coalescing: LaneLimits = _COALESCING,
 ) -> FastAPI:
     """Build the admin API. The provider (and, unless given, the audit sink) is opened now
     and closed when the app shuts down; background jobs are stopped between two batches.
     Requests work only on ``targets`` (default: any column of ``HMD_DATABASE_URL``).
+    ``coalescing``: how the value routes batch concurrent requests (docs/admin-api.md).
 
     Raises:
         ConfigurationError: legacy mode (no KMS), or the provider cannot be built.
@@ -242,6 +250,13 @@ def create_app(
         scheduler,
         observed.key_metrics,
         targets or ServerTargets(settings.database_url),
+        AsyncCrypto(
+            Crypto(settings, kms=kms, audit=SharedSink(sink), metrics=metrics),
+            window_seconds=coalescing.window_seconds,
+            max_batch=coalescing.max_batch,
+            in_flight=coalescing.in_flight,
+            owns_crypto=False,  # the provider and the sink are closed below, after the jobs
+        ),
     )
 
     @asynccontextmanager
@@ -254,6 +269,7 @@ def create_app(
         finally:
             if state.scheduler is not None:
                 state.scheduler.stop()
+            await state.values.aclose()  # pending value calls run before the provider closes
             state.jobs.shutdown()
             state.key_metrics.stop()
             state.guard.close()  # the refusals still counted, before the sink closes
@@ -277,4 +293,5 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(crypto_routes.router)
+    app.include_router(batch_routes.router)
     return app

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from heimdall_kms.admin.auth import source_ip
 from heimdall_kms.admin.schemas import (
     DecryptRequest,
     DecryptResponse,
@@ -18,12 +19,13 @@ from heimdall_kms.admin.schemas import (
     json_body,
 )
 from heimdall_kms.admin.state import DENIED, AppRole, Decrypter, state_of
+from heimdall_kms.coalescing import Origin
 from heimdall_kms.metrics import ExposedMetrics
 
-__all__ = ["router"]
+__all__ = ["NO_STORE", "router"]
 
 # Plaintext and envelopes must not linger in a proxy's or a client's cache.
-_NO_STORE = {"Cache-Control": "no-store"}
+NO_STORE = {"Cache-Control": "no-store"}
 router = APIRouter()
 
 
@@ -34,14 +36,15 @@ router = APIRouter()
     openapi_extra=body_doc(EncryptRequest),
     tags=["crypto"],
 )
-def encrypt(
+async def encrypt(
     request: Request,
     principal: AppRole,
     body: Annotated[EncryptRequest, Depends(json_body(EncryptRequest))],
 ) -> JSONResponse:
-    crypto = state_of(request).crypto(request)
-    envelope = crypto.encrypt(body.plaintext, context=body.context, actor=principal.actor)
-    return JSONResponse(envelope.to_dict(), headers=_NO_STORE)
+    # Concurrent requests share batched KMS calls; the event names this request's caller.
+    origin = Origin.capture(principal.actor, None, source_ip(request))
+    envelope = await state_of(request).values.encrypt_for(origin, body.plaintext, body.context)
+    return JSONResponse(envelope.to_dict(), headers=NO_STORE)
 
 
 @router.post(
@@ -52,16 +55,14 @@ def encrypt(
     openapi_extra=body_doc(DecryptRequest),
     tags=["crypto"],
 )
-def decrypt(
+async def decrypt(
     request: Request,
     principal: Decrypter,
     body: Annotated[DecryptRequest, Depends(json_body(DecryptRequest))],
 ) -> JSONResponse:
-    crypto = state_of(request).crypto(request)
-    text = crypto.decrypt(
-        body.envelope, actor=principal.actor, reason=body.reason, context=body.context
-    )
-    return JSONResponse({"plaintext": text}, headers=_NO_STORE)
+    origin = Origin.capture(principal.actor, body.reason, source_ip(request))
+    text = await state_of(request).values.decrypt_for(origin, body.envelope, body.context)
+    return JSONResponse({"plaintext": text}, headers=NO_STORE)
 
 
 @router.get(

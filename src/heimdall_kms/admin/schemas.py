@@ -27,10 +27,19 @@ from heimdall_kms.envelope.kms_v1 import KMS_V1, KMS_V1_KEYS
 from heimdall_kms.envelope.legacy import LEGACY_KEYS
 
 __all__ = [
+    "MAX_BATCH_ITEMS",
+    "DecryptBatchRequest",
+    "DecryptBatchResponse",
     "DecryptRequest",
     "DecryptResponse",
+    "DecryptResult",
+    "EncryptBatchRequest",
+    "EncryptBatchResponse",
     "EncryptRequest",
+    "EncryptResult",
+    "EnvelopeItem",
     "Health",
+    "ItemError",
     "JobAccepted",
     "JobStatus",
     "ReencryptRequest",
@@ -43,6 +52,7 @@ __all__ = [
 _IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_$]{0,62}(\.[A-Za-z_][A-Za-z0-9_$]{0,62})?$"
 Identifier = Annotated[str, StringConstraints(pattern=_IDENTIFIER)]
 _LABEL_CHARS = 512
+MAX_BATCH_ITEMS = 1000  # per batch request (docs/admin-api.md); the body limit applies too
 _M = TypeVar("_M", bound=BaseModel)
 _LEGACY_FIELDS = LEGACY_KEYS | {"encryption_version"}
 
@@ -88,7 +98,7 @@ class EncryptRequest(_Body):
     )
 
 
-class DecryptRequest(_Body):
+class EnvelopeItem(_Body):
     envelope: str | dict[str, Any] = Field(
         description="A kms_v1 (or legacy) envelope: the object, or its JSON text. The object "
         "form may hold only the fields of its format."
@@ -96,7 +106,6 @@ class DecryptRequest(_Body):
     context: dict[str, str] | None = Field(
         None, description="Where the value was read from; must match the envelope's context."
     )
-    reason: str = Field(min_length=1, max_length=_LABEL_CHARS, description="Audited.")
 
     @field_validator("envelope")
     @classmethod
@@ -107,6 +116,51 @@ class DecryptRequest(_Body):
             if unknown:
                 raise ValueError(f"unknown envelope field {unknown[0][:64]!r}")
         return value
+
+
+class DecryptRequest(EnvelopeItem):
+    reason: str = Field(min_length=1, max_length=_LABEL_CHARS, description="Audited.")
+
+
+class EncryptBatchRequest(_Body):
+    items: list[EncryptRequest] = Field(
+        min_length=1, max_length=MAX_BATCH_ITEMS, description="Values to encrypt, in order."
+    )
+
+
+class DecryptBatchRequest(_Body):
+    items: list[EnvelopeItem] = Field(
+        min_length=1, max_length=MAX_BATCH_ITEMS, description="Envelopes to open, in order."
+    )
+    reason: str = Field(
+        min_length=1, max_length=_LABEL_CHARS, description="Audited on every item's event."
+    )
+
+
+class ItemError(BaseModel):
+    error_type: str
+    detail: str
+    retryable: bool = Field(description="True when the same item may succeed if sent again.")
+
+
+class EncryptResult(BaseModel):
+    envelope: dict[str, Any] | None = None
+    error: ItemError | None = None
+
+
+class DecryptResult(BaseModel):
+    plaintext: str | None = None
+    error: ItemError | None = None
+
+
+class EncryptBatchResponse(BaseModel):
+    results: list[EncryptResult] = Field(description="One per item, in order: envelope or error.")
+    failed: int
+
+
+class DecryptBatchResponse(BaseModel):
+    results: list[DecryptResult] = Field(description="One per item, in order: plaintext or error.")
+    failed: int
 
 
 class DecryptResponse(BaseModel):

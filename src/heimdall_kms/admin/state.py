@@ -13,17 +13,17 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 
 from heimdall_kms.admin._http import MAX_BODY_BYTES
-from heimdall_kms.admin.auth import Guard, Principal, Role, source_ip
-from heimdall_kms.admin.jobs import JobRunner, SharedSink
+from heimdall_kms.admin.auth import Guard, Principal, Role
+from heimdall_kms.admin.jobs import JobRunner
 from heimdall_kms.admin.scheduler import RotationScheduler
 from heimdall_kms.admin.targets import ServerTargets, refuse_unknown_query
+from heimdall_kms.async_crypto import AsyncCrypto
 from heimdall_kms.audit import AuditSink
 from heimdall_kms.config import Settings
 from heimdall_kms.errors import HeimdallKMSError
 from heimdall_kms.key_metrics import KeyMetricsRefresher
 from heimdall_kms.metrics import Metrics
 from heimdall_kms.providers import KeyManagementService
-from heimdall_kms.service import Crypto
 
 __all__ = [
     "DENIED",
@@ -92,19 +92,12 @@ class AdminState:
     scheduler: RotationScheduler | None
     key_metrics: KeyMetricsRefresher
     targets: ServerTargets  # the only database and columns requests may name
+    # The value routes' shared coalescer: concurrent requests share batched KMS calls.
+    values: AsyncCrypto
 
     @property
     def cadence(self) -> timedelta:
         return timedelta(days=self.settings.key_rotation_days)
-
-    def crypto(self, request: Request) -> Crypto:
-        # One shared provider; the sink stamps the client's address on the value's event.
-        return Crypto(
-            self.settings,
-            kms=self.kms,
-            audit=SharedSink(self.audit, source_ip=source_ip(request)),
-            metrics=self.metrics,
-        )
 
 
 def state_of(request: Request) -> AdminState:
