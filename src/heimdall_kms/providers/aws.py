@@ -380,7 +380,7 @@ class AWSKMSProvider:
         """The KeyId to wrap under and, for a native key, the version to record."""
         if self._native is None:
             return self._alias, None  # the version comes from the key AWS answers with
-        return self._native.key_id, self._native.wrap_version()
+        return self._native.key_arn, self._native.wrap_version()
 
     def _wrapped(self, blob: bytes, arn: str, version: int | None) -> WrappedKey:
         if version is None:
@@ -423,7 +423,7 @@ class AWSKMSProvider:
         with one DescribeKey each the first time this process meets them, then remembered.
         """
         if self._native is not None:
-            return dict.fromkeys(versions, self._native.key_id)
+            return dict.fromkeys(versions, self._native.key_arn)
         keys: dict[int, str | _KeyState | None] = {}
         for version in versions:
             cached = self._resolved.get(version)

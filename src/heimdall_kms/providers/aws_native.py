@@ -61,19 +61,20 @@ class NativeKey:
         self._rotate_wait = rotate_wait
         self._clock = clock
         self._sleep = sleep
-        self._key_id: str | None = None
+        self._key_arn: str | None = None
         self._latest: tuple[int, float] | None = None  # (version, when it was read)
 
     @property
-    def key_id(self) -> str:
-        """The KMS key id the reference resolved to (resolved on first use, then kept).
+    def key_arn(self) -> str:
+        """The ARN of the KMS key the reference resolved to (on first use, then kept). An ARN,
+        not the bare key id: a key of another account is found only by its ARN.
 
         Raises:
             ConfigurationError: the key is not a symmetric encryption key. KMSError.
         """
-        if self._key_id is None:
-            self._key_id = str(self._resolve()["KeyId"])
-        return self._key_id
+        if self._key_arn is None:
+            self._key_arn = str(self._resolve()["Arn"])
+        return self._key_arn
 
     def wrap_version(self) -> int:
         """The version to record for a value wrapped now (read before the wrap: see above)."""
@@ -90,9 +91,9 @@ class NativeKey:
                 has been using (an alias moved).
         """
         meta = self._resolve()
-        if self._key_id is None:
-            self._key_id = str(meta["KeyId"])
-        if meta["KeyId"] != self._key_id:
+        if self._key_arn is None:
+            self._key_arn = str(meta["Arn"])
+        if meta["Arn"] != self._key_arn:
             raise KMSError(
                 f"{self._reference.text} now names another KMS key than the one this process "
                 "wraps with; native versioning follows one key (docs/providers/aws.md)"
@@ -116,7 +117,7 @@ class NativeKey:
                 the rotation was not visible within the wait.
         """
         before = len(self._rotations())
-        self._call("RotateKeyOnDemand", KeyId=self.key_id)
+        self._call("RotateKeyOnDemand", KeyId=self.key_arn)
         deadline = self._clock() + self._rotate_wait
         pause = 0.5
         while len(self._rotations()) <= before:
@@ -176,7 +177,7 @@ class NativeKey:
     def _rotations(self) -> list[dict[str, Any]]:
         """Every rotation of the key, oldest first (ListKeyRotations takes no alias)."""
         found: list[dict[str, Any]] = []
-        params: dict[str, Any] = {"KeyId": self.key_id}
+        params: dict[str, Any] = {"KeyId": self.key_arn}
         while True:
             page = self._call("ListKeyRotations", **params)
             found += page.get("Rotations", [])

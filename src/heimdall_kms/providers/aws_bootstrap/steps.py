@@ -92,9 +92,9 @@ def plan(
             "EnableKeyRotation", {"KeyId": NewKey.ID, "RotationPeriodInDays": rotation_days}
         )
         return Plan((step, Step(_schedule(rotation_days), Change.CREATED, (rotation,))), None)
-    key_id = NativeKey(call, reference).key_id  # the provider's own checks, nothing else
-    key = Step(f"key {reference.text} ({key_id}, adopted)", Change.UNCHANGED)
-    return Plan((key, _rotation_step(call, key_id, rotation_days)), str(meta["Arn"]))
+    key_arn = NativeKey(call, reference).key_arn  # the provider's own checks, nothing else
+    key = Step(f"key {reference.text} ({meta['KeyId']}, adopted)", Change.UNCHANGED)
+    return Plan((key, _rotation_step(call, key_arn, rotation_days)), key_arn)
 
 
 def apply(call: Call, steps: Sequence[Step]) -> str | None:
