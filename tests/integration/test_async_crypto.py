@@ -14,10 +14,15 @@ from heimdall_kms.async_crypto import AsyncCrypto
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.config import Settings
 from heimdall_kms.envelope import Envelope, KmsV1Envelope
-from heimdall_kms.errors import ConfigurationError, IntegrityError, InvalidInputError
+from heimdall_kms.errors import (
+    ConfigurationError,
+    IntegrityError,
+    InvalidInputError,
+    KMSUnavailableError,
+)
 from heimdall_kms.providers.vault import VaultTransitProvider
 from heimdall_kms.service import Crypto
-from tests.servers import TRANSIT_KEY, CountingSession, OpenBao
+from tests.servers import TRANSIT_KEY, CountingSession, OpenBao, free_port
 
 pytestmark = pytest.mark.vault
 
@@ -148,6 +153,44 @@ class TestBatchCalls:
         assert {(e.actor, e.request_id) for e in bao.sink.events} == {("etl", "job-1")}
         assert bao.requests("encrypt") == 1
         assert bao.requests("decrypt") == 1
+
+
+class TestFailures:
+    def test_a_failed_kms_call_fails_each_caller_of_its_batch_audited_as_its_own(
+        self, openbao: OpenBao
+    ) -> None:
+        # Nothing listens on this port: the whole Transit call fails.
+        client = hvac.Client(url=f"http://127.0.0.1:{free_port()}", token="t")
+        sink = MemoryAuditSink()
+        settings = Settings.from_env(openbao.env())
+        crypto = AsyncCrypto(
+            Crypto(settings, kms=VaultTransitProvider(client, TRANSIT_KEY), audit=sink)
+        )
+
+        async def main() -> list[Envelope | BaseException]:
+            calls = (encrypt_as(crypto, i) for i in range(10))
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            await crypto.aclose()
+            return results
+
+        results = asyncio.run(main())
+        assert all(isinstance(r, KMSUnavailableError) for r in results)
+        assert sorted((e.actor, e.result.value) for e in sink.events) == sorted(
+            (f"user-{i}", "failure") for i in range(10)
+        )
+
+    def test_a_caller_cancelled_before_its_batch_is_left_out(self, openbao: OpenBao) -> None:
+        made = counted(openbao, window_seconds=1.0)
+
+        async def main() -> list[Envelope]:
+            calls = [asyncio.create_task(encrypt_as(made.crypto, i)) for i in range(3)]
+            await asyncio.sleep(0)
+            calls[1].cancel()
+            await made.crypto.aclose()
+            return [calls[0].result(), calls[2].result()]
+
+        assert len(asyncio.run(main())) == 2
+        assert sorted(e.actor for e in made.sink.events) == ["user-0", "user-2"]
 
 
 class TestClose:
