@@ -25,6 +25,7 @@ from typing import Generic, TypeVar
 from heimdall_kms.audit import AuditEvent, AuditSink
 from heimdall_kms.errors import AuditWriteError, ConfigurationError, KMSError
 from heimdall_kms.scoping import current_scope
+from heimdall_kms.telemetry.correlation import clear as clear_correlation
 from heimdall_kms.telemetry.correlation import current as current_correlation
 
 __all__ = [
@@ -121,7 +122,8 @@ class LaneLimits:
 
 # One batch: the items and their origins in; one result or error per item out (in order).
 BatchRunner = Callable[[list[_T], list[Origin]], Sequence[_R | Exception]]
-_Call = tuple[_T, Origin, "asyncio.Future[_R]"]
+# An item, its origin, its caller's future, and a copy of its caller's context (for the spans).
+_Call = tuple[_T, Origin, "asyncio.Future[_R]", contextvars.Context]
 
 
 class Lane(Generic[_T, _R]):
@@ -147,7 +149,7 @@ class Lane(Generic[_T, _R]):
             raise ConfigurationError("AsyncCrypto is closed")
         loop = self._bind()
         future: asyncio.Future[_R] = loop.create_future()
-        self._pending.append((item, origin, future))
+        self._pending.append((item, origin, future, contextvars.copy_context()))
         if len(self._pending) >= self._limits.max_batch:
             self._flush()
         elif self._timer is None:
@@ -180,7 +182,6 @@ class Lane(Generic[_T, _R]):
             calls, self._pending = self._pending[:size], self._pending[size:]
             calls = [call for call in calls if not call[2].done()]  # a caller gave up waiting
             if calls:
-                # A clean context: no caller's request correlation may stamp the others' events.
                 task = loop.create_task(self._batch(calls), context=contextvars.Context())
                 self._running.add(task)
                 task.add_done_callback(self._finished)
@@ -193,24 +194,35 @@ class Lane(Generic[_T, _R]):
 
     async def _batch(self, calls: list[_Call[_T, _R]]) -> None:
         assert self._loop is not None
-        items = [item for item, _, _ in calls]
-        origins = [origin for _, origin, _ in calls]
+        items = [item for item, _, _, _ in calls]
+        origins = [origin for _, origin, _, _ in calls]
+        # The batch runs in its first caller's context, so that its KMS spans continue that
+        # caller's trace; the request correlation is cleared there, so that no caller's id is
+        # stamped on the others' events (each event gets its own origin instead).
+        context = calls[0][3]
         try:
             outcomes = await self._loop.run_in_executor(
-                self._executor, contextvars.Context().run, self._run, items, origins
+                self._executor, context.run, _uncorrelated, self._run, items, origins
             )
             if len(outcomes) != len(calls):
                 raise KMSError("a batch answered with the wrong number of results")
         # Whatever failed the whole batch, each of its callers gets it: none may hang.
         except Exception as exc:  # noqa: BLE001
-            for _, _, future in calls:
+            for _, _, future, _ in calls:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for (_, _, future), outcome in zip(calls, outcomes, strict=True):
+        for (_, _, future, _), outcome in zip(calls, outcomes, strict=True):
             if future.done():
                 continue
             if isinstance(outcome, Exception):
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
+
+
+def _uncorrelated(
+    run: BatchRunner[_T, _R], items: list[_T], origins: list[Origin]
+) -> Sequence[_R | Exception]:
+    clear_correlation()  # in the batch's own copy of the context only
+    return run(items, origins)

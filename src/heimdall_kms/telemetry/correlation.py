@@ -23,6 +23,7 @@ from heimdall_kms.audit import AuditEvent, AuditSink
 __all__ = [
     "CorrelatingSink",
     "Correlation",
+    "clear",
     "current",
     "from_headers",
     "reset",
@@ -67,6 +68,11 @@ def current() -> Correlation | None:
 
 def use(correlation: Correlation) -> Token[Correlation | None]:
     return _current.set(correlation)
+
+
+def clear() -> None:
+    """No correlation in this context from now on (a batch serving several requests)."""
+    _current.set(None)
 
 
 def reset(token: Token[Correlation | None]) -> None:
