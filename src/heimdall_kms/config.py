@@ -164,6 +164,9 @@ class AzureSettings:
     # HMD_AZURE_DISABLE_INSTANCE_DISCOVERY: for an AZURE_AUTHORITY_HOST that
     # login.microsoftonline.com does not know (Azure Stack Hub, a private cloud, the tests).
     disable_instance_discovery: bool = False
+    # HMD_AZURE_TIMEOUT: connect timeout and read timeout of one HTTP attempt (azure-core's
+    # own default is 300 s each; docs/providers/azure.md gives the bound with the SDK's retries).
+    timeout_seconds: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,6 +557,7 @@ def _read_azure(env: _Env) -> AzureSettings:
         verify_challenge_resource=flags["HMD_AZURE_VERIFY_CHALLENGE_RESOURCE"],
         max_concurrency=env.integer("HMD_AZURE_MAX_CONCURRENCY", 8, minimum=1),
         disable_instance_discovery=flags["HMD_AZURE_DISABLE_INSTANCE_DISCOVERY"],
+        timeout_seconds=env.number("HMD_AZURE_TIMEOUT", 10.0),
     )
 
 

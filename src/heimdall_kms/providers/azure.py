@@ -133,7 +133,12 @@ def build_key_client(key_url: str, azure: AzureSettings) -> tuple[KeyClient, _Cl
         vault_url,
         credential,
         verify_challenge_resource=azure.verify_challenge_resource,
-        transport=RequestsTransport(session=session, connection_verify=verify),
+        transport=RequestsTransport(
+            session=session,
+            connection_verify=verify,
+            connection_timeout=azure.timeout_seconds,
+            read_timeout=azure.timeout_seconds,
+        ),
     )
     return client, credential
 
