@@ -751,6 +751,20 @@ class TestBatchEndpoints:
         assert sorted(e["result"] for e in decrypts).count("failure") == 2
         assert "pii-" not in api.audit_path.read_text()
 
+    def test_a_sealed_vault_fails_every_item_retryable_and_audited(
+        self, fresh_openbao: OpenBao, make_api: Callable[..., Api]
+    ) -> None:
+        api, _ = counted_vault_api(fresh_openbao, make_api)
+        fresh_openbao.client().sys.seal()
+        items = [{"plaintext": f"pii-{i}-x", "context": person(i)} for i in range(5)]
+        answer = api.call("POST", "/crypto/encrypt-batch", "app", json={"items": items})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["failed"] == 5
+        errors = [r["error"] for r in answer.json()["results"]]
+        assert {(e["error_type"], e["retryable"]) for e in errors} == {("unavailable", True)}
+        failed = [e for e in api.audit() if e["event_type"] == "crypto.encrypt"]
+        assert [e["result"] for e in failed] == ["failure"] * 5
+
     def test_bodies_are_checked_as_the_single_value_ones(
         self, openbao: OpenBao, make_api: Callable[..., Api]
     ) -> None:
