@@ -23,7 +23,12 @@ import heimdall_kms
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.config import Settings
 from heimdall_kms.envelope import KmsV1Envelope, parse
-from heimdall_kms.errors import HeimdallKMSError, IntegrityError, InvalidInputError
+from heimdall_kms.errors import (
+    HeimdallKMSError,
+    IntegrityError,
+    InvalidInputError,
+    MalformedEnvelopeError,
+)
 from heimdall_kms.providers.vault import VaultTransitProvider
 from heimdall_kms.service import Crypto
 from heimdall_kms.sqlalchemy import Encrypted, attach
@@ -74,6 +79,7 @@ def make_model(table: str) -> Any:
         id: Mapped[int] = mapped_column(primary_key=True)  # autoincrement
         name: Mapped[str]
         ssn: Mapped[str | None] = mapped_column(Encrypted())
+        email: Mapped[str | None] = mapped_column(Encrypted())
 
     return Person
 
@@ -294,3 +300,54 @@ class TestEncryptedColumnFailures:
         envelope = parse(database.raw()[9] or "")
         assert isinstance(envelope, KmsV1Envelope)
         assert envelope.context["record"] == "9"
+
+
+class TestEncryptedColumnReads:
+    def test_each_column_fails_on_its_own(self, database: Database, counted: Counted) -> None:
+        person = database.model
+        with heimdall_kms.scope(**SCOPE), sessions(database, counted)() as session:
+            session.add_all(
+                [person(id=i, name="n", ssn=ssn(i), email=f"{i}@x.test") for i in (1, 2)]
+            )
+            session.commit()
+        stored = database.raw()
+        database.set_raw({1: stored[2] or "", 2: stored[1] or ""})  # ssn only
+        with heimdall_kms.scope(**SCOPE), sessions(database, counted)() as session:
+            first = session.get(person, 1)
+            assert first.email == "1@x.test"  # opens the batch; its ssn fails in it
+            with pytest.raises(IntegrityError):
+                _ = first.ssn
+            assert first.email == "1@x.test"
+
+    def test_the_default_expire_on_commit_reads_back(
+        self, database: Database, counted: Counted
+    ) -> None:
+        factory = attach(sessionmaker(database.engine), counted.crypto)  # expire_on_commit=True
+        with factory() as session:
+            with heimdall_kms.scope(**SCOPE):
+                person = database.model(name="n", ssn=ssn(1))
+                session.add(person)
+                session.commit()
+            with pytest.raises(InvalidInputError):
+                _ = person.ssn  # refreshed outside a scope
+            with heimdall_kms.scope(**SCOPE):
+                assert person.ssn == ssn(1)
+
+    def test_legacy_values_read_in_hybrid_and_plaintext_fails_typed(
+        self, database: Database, openbao: OpenBao
+    ) -> None:
+        with database.engine.begin() as connection:
+            for i, value in ((1, legacy_envelope(MASTER_HEX, ssn(1))), (2, ssn(2))):
+                connection.execute(
+                    text(f"INSERT INTO {database.table} (id, name, ssn) VALUES (:i, 'n', :v)"),
+                    {"i": i, "v": value},
+                )
+        settings = openbao.env(HMD_ENCRYPTION_MODE="hybrid", HMD_PII_MASTER_KEY=MASTER_HEX)
+        with heimdall_kms.from_env(settings, audit=MemoryAuditSink()) as crypto:
+            factory = attach(sessionmaker(database.engine), crypto)
+            with heimdall_kms.scope(**SCOPE), factory() as session:
+                legacy, plain = session.get(database.model, 1), session.get(database.model, 2)
+                assert legacy.ssn == ssn(1)
+                with pytest.raises(MalformedEnvelopeError) as caught:
+                    _ = plain.ssn
+                assert ssn(2) not in str(caught.value)
