@@ -351,3 +351,16 @@ class TestEncryptedColumnReads:
                 with pytest.raises(MalformedEnvelopeError) as caught:
                     _ = plain.ssn
                 assert ssn(2) not in str(caught.value)
+
+    def test_expired_rows_queried_again_open_in_one_batch(
+        self, database: Database, counted: Counted
+    ) -> None:
+        factory = attach(sessionmaker(database.engine), counted.crypto)  # expire_on_commit=True
+        with heimdall_kms.scope(**SCOPE), factory() as session:
+            session.add_all(database.model(name="n", ssn=ssn(i)) for i in range(1, ROWS + 1))
+            session.commit()  # every instance is expired now
+            counted.http.sent.clear()
+            people = session.scalars(select(database.model)).all()  # refreshes them all
+            assert counted.transit("decrypt") == 0
+            assert {p.id: p.ssn for p in people} == {i: ssn(i) for i in range(1, ROWS + 1)}
+            assert 1 <= counted.transit("decrypt") <= 3

@@ -103,4 +103,5 @@ def _on_refresh(target: Any, context: Any, attrs: Any) -> None:
     state: InstanceState[Any] = inspect(target)
     hooks = _hooks_of(state)
     if hooks is not None:
-        hooks.reader.refreshed(state)
+        # QueryContext.refresh_state: the one instance a refresh of a single row is for.
+        hooks.reader.refreshed(state, getattr(context, "refresh_state", None) is state)

@@ -8,8 +8,9 @@ batch), each stated with its row's context, so a value moved to another row fail
 call that fails as a whole (no actor/reason, KMS unavailable) leaves every value pending, to
 be tried again on the next access.
 
-A row *refreshed* (an expired attribute, ``Session.refresh``) is opened at once, with the
-values still pending: SQLAlchemy reads the attribute right after the refresh.
+Rows refreshed by a query (expired instances loaded again) are handled as loaded ones. A row
+refreshed on its own (an expired attribute being read, ``Session.refresh``) is opened at once,
+with the values still pending: SQLAlchemy reads the attribute right after the refresh.
 """
 
 from __future__ import annotations
@@ -82,14 +83,19 @@ class Reader:
             if record is None:  # pragma: no cover - a loaded row always has its key
                 continue
             del state.dict[column.attribute]
+            state.expired_attributes.discard(column.attribute)  # loaded: ours to open now
             if "callables" not in state.__dict__:
                 state.callables = {}  # the shared empty default must not be written to
             state.callables[column.attribute] = _Pending(self, column.attribute)
             self.pending.append(_Item(state, column.attribute, stored, column.context(record)))
 
-    def refreshed(self, state: InstanceState[Any]) -> None:
+    def refreshed(self, state: InstanceState[Any], only_this: bool) -> None:
+        """``state`` was loaded again: by a query of many rows (opened on access, as
+        :meth:`loaded`), or on its own (``only_this``: an expired attribute being read, or
+        ``Session.refresh``), where SQLAlchemy reads the attribute right after."""
         self.loaded(state)
-        self.open_pending()
+        if only_this:
+            self.open_pending()
 
     def _ours(self, item: _Item) -> bool:
         state = item.state
