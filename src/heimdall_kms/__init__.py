@@ -82,7 +82,7 @@ def from_settings(
     kms = load_provider(settings) if settings.mode is not EncryptionMode.LEGACY else None
     metrics = default_metrics()
     try:
-        sink = audit if audit is not None else open_sink(settings.audit_log)
+        sink = audit if audit is not None else open_sink(settings.audit_log, settings)
     except BaseException:
         if kms is not None:
             kms.close()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
+from heimdall_kms.audit_settings import AuditAnchoring, read_anchoring
 from heimdall_kms.errors import ConfigurationError
 from heimdall_kms.legacy_context import LegacyContext, LegacyContextRule
 from heimdall_kms.secret_file import read_secret_file
@@ -201,6 +202,8 @@ class Settings:
     # Left out of repr: a postgresql:// URL may carry the password (user:password@host).
     database_url: str | None = field(default=None, repr=False)
     audit_log: str = "stderr"
+    # HMD_AUDIT_SIGNING_KEY and the anchor: the log's head is signed and anchored (SPEC §8).
+    audit_anchoring: AuditAnchoring | None = None
     key_rotation_days: int = 90
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
     # HMD_ROTATION_CHECK_SECONDS: when set, `heimdall-kms serve` runs `rotate --if-due` this often.
@@ -260,6 +263,7 @@ class Settings:
             local_keyring=Path(local_keyring) if local_keyring else None,
             database_url=_database_url(env.secret("HMD_DATABASE_URL")),
             audit_log=audit_log,
+            audit_anchoring=read_anchoring(environ),
             # 0 is allowed: every `rotate --if-due` then rotates (drills and tests).
             key_rotation_days=env.integer("HMD_KEY_ROTATION_DAYS", 90, minimum=0),
             resilience=ResilienceSettings(

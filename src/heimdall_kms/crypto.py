@@ -18,9 +18,10 @@ import stat
 import sys
 from collections.abc import Sequence
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as _hmac
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -37,6 +38,8 @@ __all__ = [
     "open_",
     "seal",
     "seal_each",
+    "sign_ed25519",
+    "verify_ed25519",
     "wipe",
 ]
 
@@ -192,3 +195,25 @@ def mac(key: bytes | bytearray, data: bytes) -> bytes:
 def _check_key(key: bytes | bytearray) -> None:
     if len(key) != DEK_BYTES:
         raise ValueError("AES-256-GCM key must be 32 bytes")
+
+
+def sign_ed25519(seed: bytes | bytearray, message: bytes) -> bytes:
+    """An Ed25519 signature (64 bytes) of ``message`` by the key made from a 32-byte seed."""
+    _check_seed(seed)
+    return Ed25519PrivateKey.from_private_bytes(bytes(seed)).sign(message)
+
+
+def verify_ed25519(seed: bytes | bytearray, message: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is the Ed25519 signature of ``message`` by the seed's key."""
+    _check_seed(seed)
+    public = Ed25519PrivateKey.from_private_bytes(bytes(seed)).public_key()
+    try:
+        public.verify(signature, message)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _check_seed(seed: bytes | bytearray) -> None:
+    if len(seed) != DEK_BYTES:
+        raise ValueError("an Ed25519 seed must be 32 bytes")

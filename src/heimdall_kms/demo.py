@@ -223,7 +223,7 @@ def _lifecycle(  # noqa: PLR0917 - private, called once
     settings = dataclasses.replace(hybrid, mode=EncryptionMode.KMS, legacy_keys={})
     store = open_store(f"sqlite:///{db_path}", Target(_TABLE, "ssn"))
     try:
-        sink = open_sink(settings.audit_log)
+        sink = open_sink(settings.audit_log, settings)
         done = run_lifecycle(settings, provider, store, sink, originals, say, progress)
     finally:
         store.close()

@@ -134,6 +134,17 @@ class Metrics:
             "Audit events that could not be written (the operation was refused).",
             registry=registry,
         )
+        self.audit_checkpoint_failures = Counter(
+            "heimdall_audit_checkpoint_failures_total",
+            "Signed audit checkpoints that failed: stage sign (the KMS) or anchor (the insert).",
+            ["stage"],
+            registry=registry,
+        )
+        self.audit_anchor_lag = Gauge(
+            "heimdall_audit_anchor_lag_seconds",
+            "Age of the oldest signed checkpoint not yet in the off-host anchor (0: caught up).",
+            registry=registry,
+        )
 
     @contextmanager
     def timed(self, operation: str, provider: str) -> Iterator[None]:
@@ -161,6 +172,8 @@ class Metrics:
                 self.errors_total.labels(operation, provider, error_type)
         for key_id in legacy_key_ids:
             self.decrypt_total.labels("legacy", key_id)
+        for stage in ("sign", "anchor"):
+            self.audit_checkpoint_failures.labels(stage)
 
     def watch_circuit(self, provider: str, state: Callable[[], str] | None) -> None:
         """Read the breaker's state at every scrape; without a breaker the circuit is closed."""

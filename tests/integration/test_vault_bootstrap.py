@@ -91,7 +91,7 @@ def test_bootstrap_creates_the_design_then_changes_nothing(fresh_openbao: OpenBa
     env = {"HMD_VAULT_TRANSIT_MOUNT": "kms", "HMD_KMS_KEY_ID": "customer-pii"}
     first = bootstrap(fresh_openbao, "--auto-rotate-period", "90d", **env)
     assert set(changes(first).values()) == {"created"}
-    assert len(first["steps"]) == 3 + 4 + 1 + 4  # mount, keys, policies, approle, roles
+    assert len(first["steps"]) == 4 + 4 + 1 + 4  # mount, keys, policies, approle, roles
     key = fresh_openbao.client().secrets.transit.read_key("customer-pii", mount_point="kms")["data"]
     assert key["type"] == "aes256-gcm96"
     assert key["exportable"] is False and key["allow_plaintext_backup"] is False
@@ -103,13 +103,19 @@ def test_bootstrap_creates_the_design_then_changes_nothing(fresh_openbao: OpenBa
     # The keyed-hashing key of its own: same protections, never auto-rotated (tags are pinned).
     assert (hashing["type"], hashing["exportable"]) == ("aes256-gcm96", False)
     assert hashing["auto_rotate_period"] == 0
+    signing = fresh_openbao.client().secrets.transit.read_key(
+        "customer-pii-audit", mount_point="kms"
+    )["data"]
+    # The audit checkpoints' signing key: ed25519, not exportable, not deletable.
+    assert (signing["type"], signing["exportable"]) == ("ed25519", False)
+    assert signing["deletion_allowed"] is False
     second = bootstrap(fresh_openbao, "--auto-rotate-period", "90d", **env)
     assert set(changes(second).values()) == {"unchanged"}
     assert second["role_ids"] == first["role_ids"]
     assert all(re.fullmatch(r"[0-9a-f-]{36}", rid) for rid in first["role_ids"].values())
     text = run(["vault", "bootstrap"], fresh_openbao.env(**env))
     assert text.returncode == 0, text.stderr
-    assert "0 created, 0 updated, 12 unchanged" in text.stdout
+    assert "0 created, 0 updated, 13 unchanged" in text.stdout
     assert "Secret ids are credentials and are not printed" in text.stdout
 
 
@@ -212,6 +218,12 @@ OPERATIONS: dict[str, Operation] = {
         f"/v1/transit/hmac/{K}-hmac/sha2-256", json={"input": "QUJD"}
     ),
     "read key metadata": lambda c, d: c.adapter.get(f"/v1/transit/keys/{K}"),
+    "sign an audit checkpoint": lambda c, d: c.adapter.post(
+        f"/v1/transit/sign/{K}-audit", json={"input": "QUJD"}
+    ),
+    "verify an audit checkpoint": lambda c, d: c.adapter.post(
+        f"/v1/transit/verify/{K}-audit", json={"input": "QUJD", "signature": d["signature"]}
+    ),
     "rotate": lambda c, d: c.adapter.post(f"/v1/transit/keys/{K}/rotate"),
     "set min_decryption_version": lambda c, d: c.adapter.post(
         f"/v1/transit/keys/{K}/config", json={"min_decryption_version": 1}
@@ -241,11 +253,12 @@ OPERATIONS: dict[str, Operation] = {
         "/v1/sys/policies/acl/mine", json={"policy": 'path "*" { capabilities = ["sudo"] }'}
     ),
 }
+SIGN = "sign an audit checkpoint"
 ALLOWED = {
-    "app": {"encrypt", "decrypt", "hmac", "read key metadata"},
-    "worker": {"decrypt", "read key metadata"},
-    "admin": {"rotate", "set min_decryption_version", "rewrap", "read key metadata"},
-    "audit": {"read key metadata"},
+    "app": {"encrypt", "decrypt", "hmac", "read key metadata", SIGN},
+    "worker": {"decrypt", "read key metadata", SIGN},
+    "admin": {"rotate", "set min_decryption_version", "rewrap", "read key metadata", SIGN},
+    "audit": {"read key metadata", "verify an audit checkpoint"},
 }
 MATRIX = [
     pytest.param(role, op, op in ALLOWED[role], id=f"{role}-{op.replace(' ', '_')}")
@@ -259,10 +272,10 @@ def bootstrapped() -> Iterator[tuple[OpenBao, dict[str, str]]]:
     server = start_openbao()
     try:
         bootstrap(server)
+        transit = server.client().secrets.transit
         data = {
-            "ciphertext": server.client().secrets.transit.encrypt_data(K, "QUJD")["data"][
-                "ciphertext"
-            ]
+            "ciphertext": transit.encrypt_data(K, "QUJD")["data"]["ciphertext"],
+            "signature": transit.sign_data(f"{K}-audit", "QUJD")["data"]["signature"],
         }
         yield server, data
     finally:

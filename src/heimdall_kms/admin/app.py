@@ -216,7 +216,7 @@ def create_app(
     factory = provider_factory or partial(load_provider, settings)
     kms = factory()
     try:
-        sink = audit if audit is not None else open_sink(settings.audit_log)
+        sink = audit if audit is not None else open_sink(settings.audit_log, settings)
     except BaseException:
         kms.close()
         raise

@@ -8,9 +8,10 @@ valid shorter chain, so the writer also keeps a checkpoint file next to the log
 (``<log>.head``: the last ``seq`` and ``hash``), overwritten after every batch;
 ``audit verify`` compares the log's end with it.
 
-What this does not stop: someone who can rewrite the whole log *and* its checkpoint can
-forge a consistent chain. Ship the log (or stderr) to an append-only store as well; see
-``docs/audit.md``.
+What this alone does not stop: someone who can rewrite the whole log *and* its checkpoint
+can forge a consistent chain. Signed checkpoints sent off the host (HMD_AUDIT_SIGNING_KEY,
+HMD_AUDIT_ANCHOR: :mod:`heimdall_kms.audit.checkpointer`, :mod:`heimdall_kms.audit.anchored`)
+close that gap; see ``docs/audit.md``.
 """
 
 from __future__ import annotations

@@ -17,12 +17,16 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from heimdall_kms.audit.chain import GENESIS
 from heimdall_kms.audit.events import AuditEvent
 from heimdall_kms.audit.lines import chain_events
 from heimdall_kms.errors import AuditWriteError
+
+if TYPE_CHECKING:
+    from heimdall_kms.audit.checkpointer import Checkpointer
+    from heimdall_kms.config import Settings
 
 __all__ = [
     "AuditSink",
@@ -59,8 +63,10 @@ def head_path(log: Path) -> Path:
 class FileAuditSink:
     """Appends chained JSON lines to a file (mode 0600), fsyncs, and updates the checkpoint."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, checkpointer: Checkpointer | None = None) -> None:
         self.path = path
+        # Signs the chain head periodically (HMD_AUDIT_SIGNING_KEY), off this hot path.
+        self._checkpointer = checkpointer
         self._lock = threading.Lock()
         # The file is created, its directory never: a mistyped directory is an error, not a
         # new audit log nobody reads.
@@ -99,6 +105,8 @@ class FileAuditSink:
                     self._end = (size + len(encoded), seq, prev)
                 finally:
                     fcntl.flock(fd, fcntl.LOCK_UN)
+                if self._checkpointer is not None:
+                    self._checkpointer.note(seq, prev, len(events))
             except (OSError, ValueError) as exc:
                 reason = getattr(exc, "strerror", None) or (
                     "an event is not valid Unicode"
@@ -153,6 +161,10 @@ class FileAuditSink:
         return self._head
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            # The last head is signed and anchored (bounded wait) before the log is closed.
+            self._checkpointer.close()
+            self._checkpointer = None
         with self._lock:
             if self._fd is not None:
                 os.close(self._fd)
@@ -257,12 +269,25 @@ class MemoryAuditSink:
         return None
 
 
-def open_sink(destination: str) -> AuditSink:
-    """The sink for ``HMD_AUDIT_LOG``: ``stderr`` or a file path.
+def open_sink(destination: str, settings: Settings | None = None) -> AuditSink:
+    """The sink for ``HMD_AUDIT_LOG``: ``stderr`` or a file path; a file's head is signed and
+    anchored when the ``settings`` name a signing key (HMD_AUDIT_SIGNING_KEY).
 
     Raises:
         AuditWriteError: the file cannot be opened for appending.
+        ConfigurationError: the checkpoint settings are wrong.
     """
     if destination == "stderr":
         return StreamAuditSink()
-    return FileAuditSink(Path(destination))
+    path = Path(destination)
+    sink = FileAuditSink(path)
+    if settings is None or settings.audit_anchoring is None:
+        return sink
+    from heimdall_kms.audit.anchoring import checkpointer_for  # noqa: PLC0415
+
+    try:
+        sink._checkpointer = checkpointer_for(path, settings)
+    except BaseException:
+        sink.close()
+        raise
+    return sink

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 
 import click
 
+from heimdall_kms.audit.anchor import read_anchor
+from heimdall_kms.audit.anchored import AnchoredVerdict, raise_if_tampered, verify_anchored
+from heimdall_kms.audit.anchoring import log_id as configured_log_id
 from heimdall_kms.audit.query import AuditFilter, dangling, query
+from heimdall_kms.audit.signers import signer_from_settings
 from heimdall_kms.audit.verify import verify
-from heimdall_kms.errors import InvalidInputError
+from heimdall_kms.config import Settings
+from heimdall_kms.errors import ConfigurationError, IncompleteError, InvalidInputError
 
 __all__ = ["audit"]
 
@@ -39,17 +45,60 @@ def audit() -> None:
     is_flag=True,
     help="Fail when the <log>.head checkpoint is missing (it detects truncation).",
 )
+@click.option(
+    "--anchor",
+    metavar="URL",
+    help="Also check every signed checkpoint and the log against this postgresql:// anchor.",
+)
+@click.option(
+    "--log-id",
+    help="The log's name in the anchor (default HMD_AUDIT_LOG_ID, else <host>:<absolute path>).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def verify_command(path: Path, require_checkpoint: bool, as_json: bool) -> None:
+def verify_command(
+    path: Path, require_checkpoint: bool, anchor: str | None, log_id: str | None, as_json: bool
+) -> None:
     """Verify every line's hash and link, and the end against the checkpoint.
 
     Exit 0 when intact; exit 5 naming the first edited, removed, reordered or truncated line.
+    With --anchor: exit 5 when the log is shorter than, behind or different from the signed
+    checkpoints; exit 3 when lines after the last signed checkpoint chain but are unsigned
+    (a crash, or a writer still running).
     """
+    if anchor is not None:
+        _verify_anchored(path, anchor, log_id, as_json=as_json)
+        return
     result = verify(path, require_checkpoint=require_checkpoint)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:
         click.echo(f"{path}: intact, {result.lines:,} lines, checkpoint {result.checkpoint}")
+
+
+def _verify_anchored(path: Path, url: str, log_id: str | None, *, as_json: bool) -> None:
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise InvalidInputError("the anchor must be a postgresql:// URL")
+    settings = Settings.from_env(os.environ)
+    signer = signer_from_settings(settings)
+    if signer is None or settings.audit_anchoring is None:
+        raise ConfigurationError(
+            "HMD_AUDIT_SIGNING_KEY: names the key whose signatures the checkpoints carry"
+        )
+    name = log_id or configured_log_id(path, settings)
+    rows = read_anchor(url, settings.audit_anchoring.anchor_table, name)
+    result = verify_anchored(path, signer=signer, log_id=name, anchor_rows=rows)
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+    raise_if_tampered(result)
+    if result.verdict is AnchoredVerdict.UNSIGNED_TAIL:
+        raise IncompleteError(result.message())
+    if not as_json:
+        signed = result.last_signed or {}
+        click.echo(
+            f"{path}: intact, {result.lines:,} lines, {result.checkpoints} signed checkpoint(s), "
+            f"{result.anchored} anchored, last signed at seq {signed.get('seq')} "
+            f"({signed.get('time')})"
+        )
 
 
 def _when(_: click.Context, __: click.Parameter, value: str | None) -> datetime | None:

@@ -178,7 +178,7 @@ def reencrypt(
 def _crypto(
     settings: Settings, kms: KeyManagementService, telemetry: JobTelemetry, actor: str
 ) -> Crypto:
-    audit = telemetry.audit(open_sink(settings.audit_log))
+    audit = telemetry.audit(open_sink(settings.audit_log, settings))
     return Crypto(settings, kms=kms, audit=audit, default_actor=actor, metrics=telemetry.metrics)
 
 

@@ -49,7 +49,7 @@ def rotate_command(
     with job_telemetry("rotate", export) as telemetry:
         kms = _kms(settings)
         telemetry.watch(kms, settings)
-        sink = telemetry.audit(open_sink(settings.audit_log))
+        sink = telemetry.audit(open_sink(settings.audit_log, settings))
         try:
             result = rotate(kms, sink, actor=actor, if_due=if_due, cadence=cadence, reason=reason)
             telemetry.publish_key(kms, cadence)
@@ -109,7 +109,7 @@ def retire_command(
     with job_telemetry("retire", export) as telemetry:
         kms = _kms(settings)
         telemetry.watch(kms, settings)
-        sink = telemetry.audit(open_sink(settings.audit_log))
+        sink = telemetry.audit(open_sink(settings.audit_log, settings))
         try:
             with opened_stores(spec, required=False) as stores:
                 for store in stores:

@@ -4,8 +4,10 @@ No hvac here; :mod:`.steps` compares this design with a server and writes it.
 
 The four roles: ``app`` encrypts, decrypts and hashes; ``worker`` only decrypts; ``admin``
 rotates, re-wraps and retires, but reads no value (separation of duties); ``audit`` reads key
-metadata only. Every policy explicitly denies key export, backup, restore and import: a
-``deny`` wins over whatever other policy the same token may also carry.
+metadata only. The three that write audit events may also sign audit checkpoints with the
+signing key ``<key>-audit`` (ed25519, HMD_AUDIT_SIGNING_KEY); only ``audit`` may verify
+them. Every policy explicitly denies key export, backup, restore and import: a ``deny`` wins
+over whatever other policy the same token may also carry.
 """
 
 from __future__ import annotations
@@ -16,10 +18,18 @@ from dataclasses import dataclass, field
 
 from heimdall_kms.errors import InvalidInputError
 
-__all__ = ["KEY_TYPE", "ROLES", "BootstrapOptions", "KubernetesBinding", "policy_hcl"]
+__all__ = [
+    "KEY_TYPE",
+    "ROLES",
+    "SIGNING_KEY_TYPE",
+    "BootstrapOptions",
+    "KubernetesBinding",
+    "policy_hcl",
+]
 
 ROLES = ("app", "worker", "admin", "audit")
 KEY_TYPE = "aes256-gcm96"
+SIGNING_KEY_TYPE = "ed25519"  # the audit checkpoints' key, <key>-audit
 # Names end up inside HCL strings and URL paths: a strict alphabet keeps both well-formed.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _MOUNT = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
@@ -28,8 +38,9 @@ _PURPOSE = {
     "app": "encrypt, decrypt and keyed-hash (HMAC) with the key; read its metadata",
     "worker": "decrypt only; read the key's metadata",
     "admin": "rotate, re-wrap, set min_decryption_version (retire); read metadata; no decrypt",
-    "audit": "read the key's metadata only",
+    "audit": "read the key's metadata only; verify audit checkpoints",
 }
+_SIGN = ("sign/{k}-audit", "update")
 # (path under the Transit mount, capability); "{k}" is the key name.
 _GRANTS: dict[str, tuple[tuple[str, str], ...]] = {
     "app": (
@@ -37,10 +48,11 @@ _GRANTS: dict[str, tuple[tuple[str, str], ...]] = {
         ("decrypt/{k}", "update"),
         ("hmac/{k}-hmac", "update"),
         ("hmac/{k}-hmac/sha2-256", "update"),
+        _SIGN,
     ),
-    "worker": (("decrypt/{k}", "update"),),
-    "admin": (("keys/{k}/rotate", "update"), ("rewrap/{k}", "update")),
-    "audit": (),
+    "worker": (("decrypt/{k}", "update"), _SIGN),
+    "admin": (("keys/{k}/rotate", "update"), ("rewrap/{k}", "update"), _SIGN),
+    "audit": (("verify/{k}-audit", "update"),),
 }
 # Key material must never leave Transit, and no one may plant a key whose material they know.
 _DENIED = (

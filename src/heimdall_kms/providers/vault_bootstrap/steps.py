@@ -25,6 +25,7 @@ from heimdall_kms.providers.vault import _Translated
 from heimdall_kms.providers.vault_bootstrap.policies import (
     KEY_TYPE,
     ROLES,
+    SIGNING_KEY_TYPE,
     BootstrapOptions,
     KubernetesBinding,
     policy_hcl,
@@ -83,6 +84,8 @@ def plan(client: hvac.Client, options: BootstrapOptions) -> list[Step]:
         # The keyed-hashing key of its own (HMD_HMAC_KEY_ID's default): tags are made with a
         # pinned version of it, so rotating it never changes them; it is not auto-rotated.
         _key(client, options, f"{options.key}-hmac", None),
+        # The audit checkpoints' signing key (HMD_AUDIT_SIGNING_KEY): writers sign, audit verifies.
+        _key(client, options, f"{options.key}-audit", None, SIGNING_KEY_TYPE),
     ]
     for role in ROLES:
         name, hcl = options.name(role), policy_hcl(role, options)
@@ -175,18 +178,24 @@ def _mount(client: hvac.Client, table: str, path: str, kind: str, name: str) -> 
     return Step(name, Change.UNCHANGED)
 
 
-def _key(client: hvac.Client, options: BootstrapOptions, key: str, period: int | None) -> Step:
+def _key(
+    client: hvac.Client,
+    options: BootstrapOptions,
+    key: str,
+    period: int | None,
+    key_type: str = KEY_TYPE,
+) -> Step:
     path = f"/v1/{options.transit_mount}/keys/{key}"
     current = _data(_get(client, path))
-    name = f"key {key} ({KEY_TYPE}, exportable=false, deletion_allowed=false)"
+    name = f"key {key} ({key_type}, exportable=false, deletion_allowed=false)"
     if not current:
-        body: dict[str, Any] = {"type": KEY_TYPE, "exportable": False}
+        body: dict[str, Any] = {"type": key_type, "exportable": False}
         body["allow_plaintext_backup"] = False
         if period is not None:
             body["auto_rotate_period"] = period
         return Step(name, Change.CREATED, (ApiCall("POST", path, body),))
-    if current.get("type") != KEY_TYPE:
-        raise RefusedError(f"key {key} is {current.get('type')!r}, not {KEY_TYPE}")
+    if current.get("type") != key_type:
+        raise RefusedError(f"key {key} is {current.get('type')!r}, not {key_type}")
     for flag in ("exportable", "allow_plaintext_backup"):
         if current.get(flag):
             # Transit cannot turn these off again: the material may already have left.

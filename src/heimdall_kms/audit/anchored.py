@@ -1,0 +1,215 @@
+"""``audit verify --anchor``: the chain, every checkpoint's signature, and the log against
+the off-host anchor.
+
+Every checkpoint (from ``<log>.checkpoints`` and from the anchor) must carry a valid signature
+of the configured signing key and name a line the log holds with that very hash. A checkpoint
+beyond the log's end (a truncated tail, a deleted log) or at a line with another hash (a
+rewritten chain, a deleted and restarted log) is tampering, reported by seq range and the
+times the checkpoints were signed. Lines after the last signed checkpoint that still chain are
+not tampering: a writer stopped without closing (a crash) or is still running.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from heimdall_kms.audit.checkpoint import Checkpoint, Signer, checkpoints_path, parse_checkpoint
+from heimdall_kms.audit.verify import verify
+from heimdall_kms.errors import AuditTamperedError
+
+__all__ = ["AnchoredResult", "AnchoredVerdict", "verify_anchored"]
+
+
+class AnchoredVerdict(StrEnum):
+    INTACT = "intact"  # every line up to the end is vouched for by a signed checkpoint
+    UNSIGNED_TAIL = "unsigned_tail"  # chained lines after the last checkpoint: crash/running
+    TAMPERED = "tampered"
+
+
+@dataclass(slots=True)
+class AnchoredResult:
+    path: str
+    log_id: str
+    signing_key: str
+    lines: int = 0
+    last_hash: str = ""
+    verdict: AnchoredVerdict = AnchoredVerdict.INTACT
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    checkpoints: int = 0
+    anchored: int = 0
+    not_anchored: int = 0
+    last_signed: dict[str, Any] | None = None
+    unsigned_tail: dict[str, int] | None = None
+    anchor_last_recorded_at: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "log_id": self.log_id,
+            "signing_key": self.signing_key,
+            "lines": self.lines,
+            "last_hash": self.last_hash,
+            "checkpoints": self.checkpoints,
+            "anchored_checkpoints": self.anchored,
+            "checkpoints_not_anchored": self.not_anchored,
+            "last_signed_checkpoint": self.last_signed,
+            "unsigned_tail": self.unsigned_tail,
+            "anchor_last_recorded_at": self.anchor_last_recorded_at,
+            "problems": self.problems,
+            "notes": self.notes,
+            "result": self.verdict.value,
+        }
+
+    def message(self) -> str:
+        if self.problems:
+            return "; ".join(self.problems)
+        return "; ".join(self.notes)
+
+
+def verify_anchored(
+    path: Path, *, signer: Signer, log_id: str, anchor_rows: list[tuple[str, str]]
+) -> AnchoredResult:
+    """Check ``path`` against its signed checkpoints and the anchor's rows.
+
+    Raises:
+        AuditTamperedError: the chain itself is broken (as plain ``verify``).
+        InvalidInputError: the log cannot be read (and the anchor holds nothing for it).
+        KMSError: a signature could not be checked (neither valid nor invalid).
+    """
+    result = AnchoredResult(str(path), log_id, signer.key_identifier)
+    if path.exists() or not anchor_rows:
+        chain = verify(path)
+        result.lines, result.last_hash = chain.lines, chain.last_hash
+    else:
+        result.notes.append(f"the log {path} does not exist")
+    found = _collect(path, anchor_rows, result)
+    _check_signatures(found, signer, log_id, result)
+    hashes = _hashes_at(path, {c.seq for c in found if c.seq <= result.lines})
+    _compare(found, hashes, result)
+    return result
+
+
+def _collect(
+    path: Path, anchor_rows: list[tuple[str, str]], result: AnchoredResult
+) -> list[Checkpoint]:
+    unique: dict[str, Checkpoint] = {}
+    anchored: set[str] = set()
+    for number, (text, recorded_at) in enumerate(anchor_rows, start=1):
+        try:
+            checkpoint = parse_checkpoint(text)
+        except ValueError:
+            result.problems.append(f"anchor row {number} is not a checkpoint (forged)")
+            continue
+        key = checkpoint.to_json()
+        unique[key] = checkpoint
+        anchored.add(key)
+        result.anchor_last_recorded_at = max(result.anchor_last_recorded_at or "", recorded_at)
+    sidecar = checkpoints_path(path)
+    try:
+        raw_lines = sidecar.read_bytes().splitlines(keepends=True)
+    except FileNotFoundError:
+        raw_lines = []
+        if anchor_rows:
+            result.notes.append(f"{sidecar} does not exist; the anchor's checkpoints are used")
+    for number, raw in enumerate(raw_lines, start=1):
+        if not raw.endswith(b"\n") and number == len(raw_lines):
+            result.notes.append(f"{sidecar}: the last line is incomplete (a crash while writing)")
+            continue
+        try:
+            checkpoint = parse_checkpoint(raw)
+        except ValueError:
+            result.problems.append(f"{sidecar} line {number}: not a checkpoint (damaged or forged)")
+            continue
+        unique.setdefault(checkpoint.to_json(), checkpoint)
+    result.checkpoints = len(unique)
+    result.anchored = len(anchored)
+    result.not_anchored = len(unique.keys() - anchored)
+    if anchor_rows == [] and unique:
+        result.notes.append("the anchor holds no checkpoint for this log")
+    return sorted(unique.values(), key=lambda c: (c.seq, c.time))
+
+
+def _check_signatures(
+    found: list[Checkpoint], signer: Signer, log_id: str, result: AnchoredResult
+) -> None:
+    for checkpoint in list(found):
+        where = f"the checkpoint of seq {checkpoint.seq} signed at {checkpoint.time}"
+        if checkpoint.log_id != log_id:
+            result.problems.append(f"{where} is for another log ({checkpoint.log_id!r})")
+        elif checkpoint.key != signer.key_identifier:
+            result.problems.append(f"{where} names another key ({checkpoint.key!r}): forged")
+        elif not signer.verify(checkpoint.message(), checkpoint.signature):
+            result.problems.append(f"{where} has a signature that does not verify: forged")
+        else:
+            continue
+        found.remove(checkpoint)
+
+
+def _hashes_at(path: Path, wanted: set[int]) -> dict[int, str]:
+    """The hash of each wanted seq in the (already verified) log."""
+    hashes: dict[int, str] = {}
+    if not wanted or not path.exists():
+        return hashes
+    with path.open("rb") as handle:
+        for raw in handle:
+            event = json.loads(raw)
+            if event["seq"] in wanted:
+                hashes[int(event["seq"])] = str(event["hash"])
+    return hashes
+
+
+def _compare(found: list[Checkpoint], hashes: dict[int, str], result: AnchoredResult) -> None:
+    end = result.lines
+    good = [c for c in found if hashes.get(c.seq) == c.hash]
+    bad = [c for c in found if hashes.get(c.seq) != c.hash]
+    if bad:
+        result.problems.append(_describe(good, bad, end))
+    if result.problems:
+        result.verdict = AnchoredVerdict.TAMPERED
+        return
+    last_good = max(good, key=lambda c: c.seq, default=None)
+    signed_to = last_good.seq if last_good else 0
+    if last_good is not None:
+        result.last_signed = {"seq": last_good.seq, "time": last_good.time}
+    if end > signed_to:
+        result.verdict = AnchoredVerdict.UNSIGNED_TAIL
+        result.unsigned_tail = {"from_seq": signed_to + 1, "to_seq": end}
+        result.notes.append(
+            f"seq {signed_to + 1}..{end} ({end - signed_to} line(s)) after the last signed "
+            f"checkpoint chain correctly but are not signed: a writer stopped without closing "
+            f"(a crash) or is still running"
+        )
+
+
+def _describe(good: list[Checkpoint], bad: list[Checkpoint], end: int) -> str:
+    """Which seq range the anchored checkpoints vouch for and this log does not hold."""
+    last = max(c.seq for c in bad)
+    when = f"signed between {min(c.time for c in bad)} and {max(c.time for c in bad)}"
+    earliest = min(c.moment for c in bad)
+    # Lines vouched for by a checkpoint signed before the first broken one are the original
+    # chain; a matching checkpoint signed later belongs to a chain that replaced it.
+    original = [c.seq for c in good if c.moment <= earliest]
+    restarted = any(c.moment > earliest for c in good)
+    replaced = [c.seq for c in bad if c.seq <= end]
+    if not replaced and not restarted:
+        return (
+            f"seq {end + 1}..{last} ({when}) is missing: the log ends at seq {end} but its "
+            f"signed checkpoints reach seq {last} (truncated, or deleted)"
+        )
+    first = min(replaced or [c.seq for c in bad])
+    start = max((seq for seq in original if seq < first), default=0) + 1
+    how = "deleted and restarted" if restarted else "rewritten"
+    return (
+        f"seq {start}..{last} ({when}) is not in this log: the log holds another chain there "
+        f"(ends at seq {end}; {how}, or rewritten and re-signed)"
+    )
+
+
+def raise_if_tampered(result: AnchoredResult) -> None:
+    if result.verdict is AnchoredVerdict.TAMPERED:
+        raise AuditTamperedError(result.message(), line=result.lines)

@@ -1,0 +1,54 @@
+"""Building the checkpointer (and its anchor writer) the settings ask for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from heimdall_kms.audit.anchor import AnchorWriter
+from heimdall_kms.audit.checkpoint import default_log_id
+from heimdall_kms.audit.checkpointer import Checkpointer, CheckpointPolicy
+from heimdall_kms.audit.signers import signer_from_settings
+from heimdall_kms.config import Settings
+
+__all__ = ["checkpointer_for", "log_id"]
+
+
+def log_id(log: Path, settings: Settings) -> str:
+    anchoring = settings.audit_anchoring
+    return (anchoring.log_id if anchoring else None) or default_log_id(log)
+
+
+def checkpointer_for(log: Path, settings: Settings) -> Checkpointer | None:
+    """The checkpointer for the file ``log``, or None when no signing key is configured.
+
+    Raises:
+        ConfigurationError: the signing key cannot be used with the settings.
+        KMSError: the login to the KMS failed.
+    """
+    anchoring = settings.audit_anchoring
+    signer = signer_from_settings(settings)
+    if anchoring is None or signer is None:
+        return None
+    from heimdall_kms.metrics import default_metrics  # noqa: PLC0415
+
+    metrics = default_metrics()
+    anchor = None
+    if anchoring.anchor_url is not None:
+        anchor = AnchorWriter(
+            anchoring.anchor_url,
+            anchoring.anchor_table,
+            on_failure=metrics.audit_checkpoint_failures.labels("anchor").inc,
+            on_lag=metrics.audit_anchor_lag.set,
+        )
+    policy = CheckpointPolicy(
+        log_id=log_id(log, settings),
+        seconds=anchoring.checkpoint_seconds,
+        lines=anchoring.checkpoint_lines,
+    )
+    return Checkpointer(
+        log,
+        signer,
+        policy,
+        anchor=anchor,
+        on_failure=metrics.audit_checkpoint_failures.labels("sign").inc,
+    )

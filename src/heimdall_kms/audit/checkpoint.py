@@ -1,0 +1,128 @@
+"""Signed checkpoints: the chain head (seq, hash, time, host, process) signed by a KMS key.
+
+A checkpoint is one JSON object. What is signed is the canonical JSON (sorted keys, compact,
+UTF-8) of every member except ``signature``, so the log's identity and the key are covered
+too (the key's version is in the signature): a checkpoint cannot be moved to another log or
+re-labelled with another key.
+Checkpoints are written to ``<log>.checkpoints`` (one per line) and to the off-host anchor
+(:mod:`heimdall_kms.audit.anchor`); ``docs/audit.md`` explains the design.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+from heimdall_kms.audit.chain import canonical
+
+__all__ = [
+    "Checkpoint",
+    "Signer",
+    "checkpoints_path",
+    "default_log_id",
+    "new_checkpoint",
+    "parse_checkpoint",
+]
+
+_FORMAT = "heimdall-audit-checkpoint/1"
+
+
+class Signer(Protocol):
+    """A KMS signing key: signs new checkpoints, verifies any version's signature."""
+
+    @property
+    def key_identifier(self) -> str: ...
+
+    def sign(self, message: bytes) -> str:
+        """The signature of ``message`` by the key's current version (the version is in it).
+
+        Raises:
+            KMSError: the KMS refused or is unreachable.
+        """
+
+    def verify(self, message: bytes, signature: str) -> bool:
+        """Whether ``signature`` is this key's signature of ``message`` (at any version that
+        can still verify: rotating the key keeps old checkpoints verifiable).
+
+        Raises:
+            KMSError: the KMS refused or is unreachable (not an answer either way).
+        """
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    log_id: str
+    seq: int
+    hash: str
+    time: str  # RFC 3339 UTC, when the head was signed
+    host: str
+    pid: int
+    key: str
+    signature: str  # names the key version: vault:v2:..., local:v1:...
+
+    def message(self) -> bytes:
+        """The bytes the signature covers."""
+        body = asdict(self)
+        del body["signature"]
+        return canonical({"format": _FORMAT, **body})
+
+    def to_json(self) -> str:
+        return json.dumps({"format": _FORMAT, **asdict(self)}, sort_keys=True)
+
+    @property
+    def moment(self) -> datetime:
+        return datetime.fromisoformat(self.time)
+
+
+def new_checkpoint(log_id: str, seq: int, digest: str, signer: Signer) -> Checkpoint:
+    """Sign the head ``seq``/``digest`` of ``log_id`` now, as this host and process.
+
+    Raises:
+        KMSError: the signing key could not be used.
+    """
+    unsigned = Checkpoint(
+        log_id=log_id,
+        seq=seq,
+        hash=digest,
+        time=datetime.now(UTC).isoformat(timespec="microseconds"),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        key=signer.key_identifier,
+        signature="",
+    )
+    return replace(unsigned, signature=signer.sign(unsigned.message()))
+
+
+def parse_checkpoint(text: str | bytes) -> Checkpoint:
+    """A checkpoint from its JSON.
+
+    Raises:
+        ValueError: not a checkpoint of this format.
+    """
+    document = json.loads(text)
+    if not isinstance(document, dict) or document.pop("format", None) != _FORMAT:
+        raise ValueError("not a heimdall audit checkpoint")
+    try:
+        checkpoint = Checkpoint(**document)
+    except TypeError:
+        raise ValueError("not a heimdall audit checkpoint") from None
+    types = (str, int, str, str, str, int, str, str)
+    for value, kind in zip(asdict(checkpoint).values(), types, strict=True):
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError("not a heimdall audit checkpoint")
+    checkpoint.moment  # noqa: B018 - raises ValueError on a malformed time
+    return checkpoint
+
+
+def checkpoints_path(log: Path) -> Path:
+    return log.with_name(log.name + ".checkpoints")
+
+
+def default_log_id(log: Path) -> str:
+    """``<host>:<absolute path>``: which log the anchor's rows are about (HMD_AUDIT_LOG_ID)."""
+    return f"{socket.gethostname()}:{os.path.abspath(log)}"

@@ -1,0 +1,146 @@
+"""The keys that sign audit checkpoints: Vault/OpenBao Transit, or the local dev keyring.
+
+``HMD_AUDIT_SIGNING_KEY`` names the key, on the configured provider: a Transit key of type
+``ed25519`` (``vault bootstrap`` creates ``<key>-audit`` with its own policy: the writing roles
+may ``sign``, the audit role may only ``verify``), or a key in the local keyring whose
+32-byte version material is an Ed25519 seed (NOT FOR PRODUCTION). The other providers' signing
+(AWS ``Sign``, GCP ``asymmetricSign``, Azure ``sign``) is not implemented yet.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import TYPE_CHECKING
+
+from heimdall_kms import crypto
+from heimdall_kms.audit.checkpoint import Signer
+from heimdall_kms.config import ProviderName, Settings
+from heimdall_kms.errors import ConfigurationError, KeyNotFoundError
+
+if TYPE_CHECKING:
+    import hvac
+
+    from heimdall_kms.providers.local import LocalKeyring
+
+__all__ = ["LocalSigner", "VaultSigner", "signer_from_settings"]
+
+_LOCAL = re.compile(r"local:v([1-9][0-9]{0,8}):([A-Za-z0-9+/=]+)")
+
+
+class LocalSigner:
+    """Ed25519 with a key of the local keyring; its versions' material are the seeds."""
+
+    def __init__(self, keyring: LocalKeyring, name: str) -> None:
+        self._keyring = keyring
+        self._name = name
+
+    @property
+    def key_identifier(self) -> str:
+        return f"local:{self._name}"
+
+    def sign(self, message: bytes) -> str:
+        self._keyring.ensure_key(self._name)
+        versions = self._keyring.read_key(self._name)["versions"]
+        version = max(int(v) for v in versions)
+        seed = bytearray.fromhex(versions[str(version)]["key"])
+        try:
+            signature = crypto.sign_ed25519(seed, message)
+        finally:
+            crypto.wipe(seed)
+        return f"local:v{version}:{base64.b64encode(signature).decode()}"
+
+    def verify(self, message: bytes, signature: str) -> bool:
+        match = _LOCAL.fullmatch(signature)
+        if match is None:
+            return False
+        try:
+            versions = self._keyring.read_key(self._name)["versions"]
+            raw = base64.b64decode(match.group(2), validate=True)
+        except (KeyNotFoundError, binascii.Error):
+            return False
+        version = versions.get(match.group(1))
+        if version is None or len(raw) != 64:
+            return False
+        seed = bytearray.fromhex(version["key"])
+        try:
+            return crypto.verify_ed25519(seed, message, raw)
+        finally:
+            crypto.wipe(seed)
+
+
+class VaultSigner:
+    """Transit ``sign``/``verify`` with an ``ed25519`` (or ECDSA) key apart from the
+    encryption key."""
+
+    def __init__(self, client: hvac.Client, name: str, *, mount: str = "transit") -> None:
+        self._client = client
+        self._name = name
+        self._mount = mount
+
+    @property
+    def key_identifier(self) -> str:
+        return f"vault:{self._mount}/{self._name}"
+
+    def sign(self, message: bytes) -> str:
+        from heimdall_kms.providers.vault import _Translated  # noqa: PLC0415 - optional extra
+
+        with _Translated(
+            "audit checkpoint sign", address=self._client.url, key=self._name, mount=self._mount
+        ):
+            answer = self._client.secrets.transit.sign_data(
+                self._name,
+                hash_input=base64.b64encode(message).decode(),
+                mount_point=self._mount,
+            )
+        return str(answer["data"]["signature"])
+
+    def verify(self, message: bytes, signature: str) -> bool:
+        from heimdall_kms.providers.vault import _Translated  # noqa: PLC0415 - optional extra
+
+        if not signature.startswith("vault:v"):
+            return False
+        with _Translated(
+            "audit checkpoint verify", address=self._client.url, key=self._name, mount=self._mount
+        ):
+            answer = self._client.secrets.transit.verify_signed_data(
+                self._name,
+                hash_input=base64.b64encode(message).decode(),
+                signature=signature,
+                mount_point=self._mount,
+            )
+        return answer["data"].get("valid") is True
+
+
+def signer_from_settings(settings: Settings) -> Signer | None:
+    """The signer ``HMD_AUDIT_SIGNING_KEY`` names on the configured provider, or None.
+
+    Raises:
+        ConfigurationError: the key is the encryption key, or the provider cannot sign
+            checkpoints yet.
+        KMSError: the login to the KMS failed.
+    """
+    if settings.audit_anchoring is None:
+        return None
+    name = settings.audit_anchoring.signing_key
+    if name in (settings.kms_key_id, settings.hmac_key_id):
+        raise ConfigurationError(
+            "HMD_AUDIT_SIGNING_KEY: must name a key of its own, not the encryption or "
+            "keyed-hashing key"
+        )
+    if settings.provider is ProviderName.VAULT and settings.vault is not None:
+        from heimdall_kms.providers.vault import build_client  # noqa: PLC0415 - optional extra
+
+        return VaultSigner(build_client(settings.vault), name, mount=settings.vault.transit_mount)
+    if settings.provider is ProviderName.LOCAL and settings.local_keyring is not None:
+        from heimdall_kms.providers.local import LocalKeyring  # noqa: PLC0415
+
+        keyring = LocalKeyring(settings.local_keyring)
+        keyring.require()
+        return LocalSigner(keyring, name)
+    provider = settings.provider.value if settings.provider else "none"
+    raise ConfigurationError(
+        f"HMD_AUDIT_SIGNING_KEY: signing checkpoints with HMD_KMS_PROVIDER={provider} is not "
+        "supported yet (vault and local are)"
+    )

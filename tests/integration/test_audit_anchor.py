@@ -1,0 +1,371 @@
+"""Signed checkpoints and the off-host anchor (issue 24): real OpenBao Transit signing, the local
+dev keyring, and PostgreSQL anchors created with the documented SQL.
+
+Every scenario writes events with anchoring on through the facade (as an application would),
+damages what a host root could damage (the log, its checkpoint files) and runs the installed
+``heimdall-kms audit verify --anchor``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import psycopg
+import pytest
+
+import heimdall_kms
+from heimdall_kms.audit.anchor import anchor_sql
+from heimdall_kms.audit.chain import GENESIS, seal_line
+from heimdall_kms.audit.checkpoint import Signer, checkpoints_path, parse_checkpoint
+from heimdall_kms.audit.signers import LocalSigner, VaultSigner
+from heimdall_kms.metrics import default_metrics
+from heimdall_kms.providers.local import LocalKeyring
+from tests.servers import TRANSIT_KEY, OpenBao, run_cli
+
+SIGNING_KEY = f"{TRANSIT_KEY}-audit"
+
+
+@dataclass
+class Anchor:
+    table: str
+    writer_url: str
+    reader_url: str
+    admin_url: str
+
+    def rows(self) -> int:
+        with psycopg.connect(self.admin_url) as connection:
+            found = connection.execute(f"SELECT count(*) FROM {self.table}").fetchone()
+        return int(found[0]) if found else 0
+
+
+@pytest.fixture
+def anchor(postgres_url: str) -> Iterator[Anchor]:
+    """A table and its two roles, made by exactly the SQL docs/audit.md gives."""
+    name = f"anchor_{secrets.token_hex(4)}"
+    writer, reader = f"{name}_writer", f"{name}_reader"
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(anchor_sql(name, writer, reader).encode())
+    base = postgres_url.split("://", 1)[1].split("@", 1)[1]
+    yield Anchor(
+        name, f"postgresql://{writer}@{base}", f"postgresql://{reader}@{base}", postgres_url
+    )
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(f"DROP TABLE {name}")
+        connection.execute(f"DROP ROLE {writer}")
+        connection.execute(f"DROP ROLE {reader}")
+
+
+@dataclass
+class Backend:
+    """Where the signing key lives: the writer's and the verifier's settings, and a signer
+    with another key (a forger's)."""
+
+    name: str
+    writer: dict[str, str]
+    verifier: dict[str, str]
+    other: Signer
+
+
+def _local(tmp: Path) -> Backend:
+    keyring = tmp / "keyring.json"
+    LocalKeyring(keyring).ensure_key(TRANSIT_KEY)
+    env = {
+        "HMD_ENCRYPTION_MODE": "kms",
+        "HMD_KMS_PROVIDER": "local",
+        "HMD_LOCAL_KEYRING": str(keyring),
+        "HMD_AUDIT_SIGNING_KEY": SIGNING_KEY,
+    }
+    forger = LocalKeyring(tmp / "forger.json")
+    return Backend("local", env, dict(env), LocalSigner(forger, SIGNING_KEY))
+
+
+def _vault(server: OpenBao) -> Backend:
+    root = server.client()
+    keys = root.secrets.transit.list_keys()["data"]["keys"]
+    for name in (SIGNING_KEY, "forger-audit"):
+        if name not in keys:
+            root.secrets.transit.create_key(name, key_type="ed25519")
+    # The verifier holds only what the bootstrap's audit role has for this key: verify.
+    root.sys.create_or_update_policy(
+        "anchor-verify-only", f'path "transit/verify/{SIGNING_KEY}" {{ capabilities = ["update"] }}'
+    )
+    token = root.auth.token.create(policies=["anchor-verify-only"], ttl="1h")["auth"]
+    writer = server.env(HMD_AUDIT_SIGNING_KEY=SIGNING_KEY)
+    verifier = server.env(HMD_AUDIT_SIGNING_KEY=SIGNING_KEY, HMD_VAULT_TOKEN=token["client_token"])
+    return Backend("vault", writer, verifier, VaultSigner(root, "forger-audit"))
+
+
+@pytest.fixture(params=["local", "vault"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "local":
+        return _local(tmp_path)
+    return _vault(request.getfixturevalue("openbao"))
+
+
+@dataclass
+class World:
+    backend: Backend
+    anchor: Anchor
+    log: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            **self.backend.writer,
+            "HMD_AUDIT_LOG": str(self.log),
+            "HMD_AUDIT_ANCHOR": self.anchor.writer_url,
+            "HMD_AUDIT_ANCHOR_TABLE": self.anchor.table,
+            "HMD_AUDIT_CHECKPOINT_LINES": "1000",
+            **extra,
+        }
+
+    def write(self, count: int, **extra: str) -> None:
+        """One application run: ``count`` encrypts, then close (the closing checkpoint)."""
+        with heimdall_kms.from_env(self.env(**extra)) as crypto:
+            for number in range(count):
+                crypto.encrypt(f"value {number}", context={"field": "ssn"}, actor="app")
+
+    def verify(self) -> subprocess.CompletedProcess[bytes]:
+        env = {
+            **self.backend.verifier,
+            "HMD_AUDIT_ANCHOR_TABLE": self.anchor.table,
+            "HMD_AUDIT_LOG_ID": self.env()["HMD_AUDIT_LOG_ID"],
+        }
+        args = ["audit", "verify", str(self.log), "--anchor", self.anchor.reader_url, "--json"]
+        return run_cli(args, env)
+
+    def report(self) -> tuple[int, dict[str, object], str]:
+        done = self.verify()
+        stdout = done.stdout.decode()
+        return done.returncode, json.loads(stdout) if stdout else {}, done.stderr.decode()
+
+    def remove_log(self) -> None:
+        for path in (self.log, self.log.with_name(self.log.name + ".head"), self.sidecar):
+            path.unlink()
+
+    @property
+    def sidecar(self) -> Path:
+        return checkpoints_path(self.log)
+
+
+@pytest.fixture
+def world(backend: Backend, anchor: Anchor, tmp_path: Path) -> World:
+    log = tmp_path / "audit.log"
+    made = World(backend, anchor, log)
+    # One log id for writer and verifier (both default to <host>:<path>; fixed for the test).
+    made.backend.writer["HMD_AUDIT_LOG_ID"] = f"test:{secrets.token_hex(4)}"
+    return made
+
+
+class TestAnchoredVerify:
+    def test_the_untouched_log_of_two_runs_verifies(self, world: World) -> None:
+        world.write(4)
+        world.write(3)
+        code, report, stderr = world.report()
+        assert code == 0, stderr
+        assert report["result"] == "intact" and report["lines"] == 7
+        assert report["checkpoints"] == report["anchored_checkpoints"] == 2
+        assert report["last_signed_checkpoint"]["seq"] == 7  # type: ignore[index]
+        assert world.anchor.rows() == 2
+
+    def test_a_deleted_and_restarted_log_fails_naming_the_missing_range(self, world: World) -> None:
+        world.write(7)
+        world.remove_log()
+        world.write(3)  # the tool starts a fresh, perfectly valid chain
+        plain = run_cli(["audit", "verify", str(world.log)], {})
+        assert plain.returncode == 0, plain.stderr  # the chain alone cannot tell
+        code, report, stderr = world.report()
+        assert code == 5 and report["result"] == "tampered"
+        assert "seq 1..7" in stderr and "deleted and restarted" in stderr
+
+    def test_a_deleted_log_fails(self, world: World) -> None:
+        world.write(5)
+        world.remove_log()
+        code, _, stderr = world.report()
+        assert code == 5 and "seq 1..5 " in stderr and "missing" in stderr and "deleted" in stderr
+
+    def test_a_consistently_rewritten_chain_fails(self, world: World) -> None:
+        world.write(6)
+        lines = [json.loads(line) for line in world.log.read_text().splitlines()]
+        prev, rewritten = GENESIS, []
+        for seq, event in enumerate(lines, start=1):
+            body = {k: v for k, v in event.items() if k not in ("seq", "prev_hash", "hash")}
+            body["actor"] = "someone-else"
+            line, prev = seal_line(body, seq, prev)
+            rewritten.append(line)
+        world.log.write_text("".join(rewritten))
+        head = world.log.with_name(world.log.name + ".head")
+        head.write_text(json.dumps({"seq": len(lines), "hash": prev}).ljust(127) + "\n")
+        world.sidecar.unlink()
+        assert run_cli(["audit", "verify", str(world.log)], {}).returncode == 0
+        code, _, stderr = world.report()
+        assert code == 5 and "seq 1..6" in stderr and "rewritten" in stderr
+
+    def test_a_truncated_tail_fails(self, world: World) -> None:
+        world.write(6)
+        kept = world.log.read_text().splitlines(keepends=True)[:4]
+        world.log.write_text("".join(kept))
+        last = json.loads(kept[-1])
+        head = world.log.with_name(world.log.name + ".head")
+        head.write_text(json.dumps({"seq": 4, "hash": last["hash"]}).ljust(127) + "\n")
+        world.sidecar.unlink()
+        assert run_cli(["audit", "verify", str(world.log)], {}).returncode == 0
+        code, _, stderr = world.report()
+        assert code == 5 and "seq 5..6" in stderr and "the log ends at seq 4" in stderr
+
+    def test_a_signature_by_another_key_fails(self, world: World) -> None:
+        world.write(3)
+        genuine = parse_checkpoint(world.sidecar.read_text().splitlines()[-1])
+        forged = replace(genuine, signature=world.backend.other.sign(genuine.message()))
+        with world.sidecar.open("a") as handle:
+            handle.write(forged.to_json() + "\n")
+        code, report, stderr = world.report()
+        assert code == 5 and "does not verify" in stderr
+        assert report["result"] == "tampered"
+
+    def test_a_killed_writer_is_a_crash_not_tampering(self, world: World) -> None:
+        script = (
+            "import heimdall_kms, os, sys, time\n"
+            "c = heimdall_kms.from_env(os.environ)\n"
+            "c.encrypt_many([(f'v{i}', {'field': 'ssn'}) for i in range(5)], actor='app')\n"
+            "side = sys.argv[1]\n"
+            "while not os.path.exists(side) or not open(side).read().endswith('\\n'):\n"
+            "    time.sleep(0.02)\n"
+            "c.encrypt('v5', context={'field': 'ssn'}, actor='app')\n"
+            "c.encrypt('v6', context={'field': 'ssn'}, actor='app')\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(60)\n"
+        )
+        env = {**_inherited(), **world.env(HMD_AUDIT_CHECKPOINT_LINES="5")}
+        child = subprocess.Popen(
+            [sys.executable, "-c", script, str(world.sidecar)], env=env, stdout=subprocess.PIPE
+        )
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+        time.sleep(0.3)  # the anchor thread inserts the checkpoint it has
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        code, report, stderr = world.report()
+        assert code == 3, stderr  # not 5: nothing the anchor recorded is missing
+        assert report["result"] == "unsigned_tail"
+        assert report["unsigned_tail"] == {"from_seq": 6, "to_seq": 7}
+        assert "a crash" in stderr and "tamper" not in stderr
+
+
+def _inherited() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("HMD_", "VAULT_"))}
+
+
+class TestAnchorRoles:
+    """The docs' SQL makes a writer role that may only INSERT and a reader that may only read."""
+
+    @pytest.mark.parametrize(
+        "statement",
+        [
+            "UPDATE {t} SET seq = 0",
+            "DELETE FROM {t}",
+            "TRUNCATE {t}",
+            "SELECT * FROM {t}",
+            "ALTER TABLE {t} ADD COLUMN x int",
+            "DROP TABLE {t}",
+        ],
+    )
+    def test_the_writer_may_only_insert(self, anchor: Anchor, statement: str) -> None:
+        with psycopg.connect(anchor.writer_url, autocommit=True) as connection:
+            connection.execute(
+                f"INSERT INTO {anchor.table} (log_id, seq, hash, signed_at, checkpoint) "
+                "VALUES ('l', 1, 'h', now(), '{{}}')"
+            )
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                connection.execute(statement.format(t=anchor.table).encode())
+
+    @pytest.mark.parametrize(
+        "statement",
+        [
+            "INSERT INTO {t} (log_id, seq, hash, signed_at, checkpoint) "
+            "VALUES ('l', 1, 'h', now(), 'x')",
+            "UPDATE {t} SET seq = 0",
+            "DELETE FROM {t}",
+        ],
+    )
+    def test_the_reader_may_only_read(self, anchor: Anchor, statement: str) -> None:
+        with psycopg.connect(anchor.reader_url, autocommit=True) as connection:
+            connection.execute(f"SELECT count(*) FROM {anchor.table}")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                connection.execute(statement.format(t=anchor.table).encode())
+
+    def test_the_documented_sql_is_the_one_tested(self) -> None:
+        doc = Path(__file__).resolve().parents[2] / "docs" / "audit.md"
+        assert f"```sql\n{anchor_sql()}```" in doc.read_text(encoding="utf-8")
+
+
+class TestAnchorNeverBlocks:
+    def test_an_unanswering_anchor_costs_no_operation_time(self, tmp_path: Path) -> None:
+        backend = _local(tmp_path)  # the anchor's path is the same whatever signs
+        listener, stop = _silent_server()
+        log = tmp_path / "audit.log"
+        env = {
+            **backend.writer,
+            "HMD_AUDIT_LOG": str(log),
+            "HMD_AUDIT_ANCHOR": f"postgresql://w@127.0.0.1:{listener}/test",
+            "HMD_AUDIT_CHECKPOINT_LINES": "2",
+        }
+        failures = default_metrics().audit_checkpoint_failures.labels("anchor")
+        before = failures._value.get()
+        try:
+            started = time.monotonic()
+            with heimdall_kms.from_env(env) as crypto:
+                slowest = max(
+                    _timed(lambda: crypto.encrypt("v", context={"field": "f"})) for _ in range(6)
+                )
+            total = time.monotonic() - started
+        finally:
+            stop()
+        assert slowest < 0.5  # no operation waits for the anchor
+        assert total < 15  # close waits a bounded time for it
+        assert checkpoints_path(log).read_text().count("\n") >= 1  # kept on the host
+        assert failures._value.get() > before  # and counted
+
+
+def _timed(call: Callable[[], object]) -> float:
+    start = time.monotonic()
+    call()
+    return time.monotonic() - start
+
+
+def _silent_server() -> tuple[int, Callable[[], None]]:
+    """A TCP port that accepts connections and never answers (a hung anchor)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not done.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        done.set()
+        thread.join()
+        for connection in held:
+            connection.close()
+        server.close()
+
+    return server.getsockname()[1], stop
