@@ -16,7 +16,7 @@ from typing import Any
 import hvac
 import pytest
 from sqlalchemy import Engine, create_engine, select, text
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import SQLAlchemyError, StatementError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 import heimdall_kms
@@ -31,7 +31,7 @@ from heimdall_kms.errors import (
 )
 from heimdall_kms.providers.vault import VaultTransitProvider
 from heimdall_kms.service import Crypto
-from heimdall_kms.sqlalchemy import Encrypted, attach
+from heimdall_kms.sqlalchemy import Encrypted, Stored, attach
 from tests.legacy_data import legacy_envelope
 from tests.servers import TRANSIT_KEY, CountingSession, OpenBao, run_cli
 
@@ -41,6 +41,7 @@ MASTER_HEX = "ab" * 32
 ROWS = 300
 BATCH = 250  # the Vault provider's default batch size
 SCOPE = {"actor": "alice", "reason": "support-ticket-7", "request_id": "req-orm-1"}
+SCOPE_ARGS = {"actor": "alice", "reason": "support-ticket-7"}
 
 
 def ssn(i: int) -> str:
@@ -364,3 +365,27 @@ class TestEncryptedColumnReads:
             assert counted.transit("decrypt") == 0
             assert {p.id: p.ssn for p in people} == {i: ssn(i) for i in range(1, ROWS + 1)}
             assert 1 <= counted.transit("decrypt") <= 3
+
+    def test_a_failed_insert_keeps_the_plaintext_for_a_retry(
+        self, database: Database, counted: Counted
+    ) -> None:
+        write_rows(database, counted, explicit_ids=True)
+        factory = sessions(database, counted)
+        clash = database.model(id=1, name="dup", ssn="000-00-0000")  # id 1 exists
+        with heimdall_kms.scope(**SCOPE), factory() as session:
+            session.add(clash)
+            with pytest.raises(SQLAlchemyError):
+                session.commit()  # sealed in before_flush, then the INSERT fails
+        assert clash.ssn == "000-00-0000"  # the envelope put in its place is gone again
+        with heimdall_kms.scope(**SCOPE), factory() as session:
+            assert session.get(database.model, 1).ssn == ssn(1)  # the row is untouched
+
+    def test_a_session_not_attached_reads_unopened_values(
+        self, database: Database, counted: Counted
+    ) -> None:
+        write_rows(database, counted, explicit_ids=True)
+        with Session(database.engine) as session:
+            value = session.get(database.model, 1).ssn
+        assert isinstance(value, Stored)
+        assert ssn(1) not in repr(value)
+        assert counted.crypto.decrypt(value.text, **SCOPE_ARGS) == ssn(1)
