@@ -75,6 +75,7 @@ class Backend:
     writer: dict[str, str]
     verifier: dict[str, str]
     other: Signer
+    rotate: Callable[[], None]
 
 
 def _local(tmp: Path) -> Backend:
@@ -87,7 +88,12 @@ def _local(tmp: Path) -> Backend:
         "HMD_AUDIT_SIGNING_KEY": SIGNING_KEY,
     }
     forger = LocalKeyring(tmp / "forger.json")
-    return Backend("local", env, dict(env), LocalSigner(forger, SIGNING_KEY))
+    ring = LocalKeyring(keyring)
+
+    def rotate() -> None:
+        ring.update_key(SIGNING_KEY, ring.add_version)
+
+    return Backend("local", env, dict(env), LocalSigner(forger, SIGNING_KEY), rotate)
 
 
 def _vault(server: OpenBao) -> Backend:
@@ -103,7 +109,11 @@ def _vault(server: OpenBao) -> Backend:
     token = root.auth.token.create(policies=["anchor-verify-only"], ttl="1h")["auth"]
     writer = server.env(HMD_AUDIT_SIGNING_KEY=SIGNING_KEY)
     verifier = server.env(HMD_AUDIT_SIGNING_KEY=SIGNING_KEY, HMD_VAULT_TOKEN=token["client_token"])
-    return Backend("vault", writer, verifier, VaultSigner(root, "forger-audit"))
+
+    def rotate() -> None:
+        root.secrets.transit.rotate_key(SIGNING_KEY)
+
+    return Backend("vault", writer, verifier, VaultSigner(root, "forger-audit"), rotate)
 
 
 @pytest.fixture(params=["local", "vault"])
@@ -177,6 +187,19 @@ class TestAnchoredVerify:
         assert report["checkpoints"] == report["anchored_checkpoints"] == 2
         assert report["last_signed_checkpoint"]["seq"] == 7  # type: ignore[index]
         assert world.anchor.rows() == 2
+
+    def test_rotating_the_signing_key_keeps_old_checkpoints_verifiable(self, world: World) -> None:
+        world.write(2)
+        world.backend.rotate()
+        world.write(2)
+        versions = [
+            parse_checkpoint(line).signature.split(":")[1]
+            for line in world.sidecar.read_text().splitlines()
+        ]
+        assert versions[0] != versions[-1]  # signed by two versions of the key
+        code, report, stderr = world.report()
+        assert code == 0, stderr
+        assert report["checkpoints"] == 2 and report["result"] == "intact"
 
     def test_a_deleted_and_restarted_log_fails_naming_the_missing_range(self, world: World) -> None:
         world.write(7)

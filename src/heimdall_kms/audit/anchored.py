@@ -17,11 +17,21 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from heimdall_kms.audit.anchor import read_anchor
+from heimdall_kms.audit.anchoring import log_id as configured_log_id
 from heimdall_kms.audit.checkpoint import Checkpoint, Signer, checkpoints_path, parse_checkpoint
+from heimdall_kms.audit.signers import signer_from_settings
 from heimdall_kms.audit.verify import verify
-from heimdall_kms.errors import AuditTamperedError
+from heimdall_kms.config import Settings
+from heimdall_kms.errors import AuditTamperedError, ConfigurationError, InvalidInputError
 
-__all__ = ["AnchoredResult", "AnchoredVerdict", "verify_anchored"]
+__all__ = [
+    "AnchoredResult",
+    "AnchoredVerdict",
+    "anchored_report",
+    "raise_if_tampered",
+    "verify_anchored",
+]
 
 
 class AnchoredVerdict(StrEnum):
@@ -208,6 +218,31 @@ def _describe(good: list[Checkpoint], bad: list[Checkpoint], end: int) -> str:
         f"seq {start}..{last} ({when}) is not in this log: the log holds another chain there "
         f"(ends at seq {end}; {how}, or rewritten and re-signed)"
     )
+
+
+def anchored_report(
+    path: Path, url: str, settings: Settings, *, log_id: str | None = None
+) -> AnchoredResult:
+    """:func:`verify_anchored` with the signer and anchor table of ``settings`` and the rows
+    the anchor at ``url`` (a reading role) holds for the log.
+
+    Raises:
+        ConfigurationError: no signing key is configured, or it cannot be used.
+        InvalidInputError: the URL is not a postgresql:// URL.
+        StoreError: the anchor cannot be read.
+        AuditTamperedError: the chain itself is broken.
+        KMSError: a signature could not be checked.
+    """
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise InvalidInputError("the anchor must be a postgresql:// URL")
+    signer = signer_from_settings(settings)
+    if signer is None or settings.audit_anchoring is None:
+        raise ConfigurationError(
+            "HMD_AUDIT_SIGNING_KEY: names the key whose signatures the checkpoints carry"
+        )
+    name = log_id or configured_log_id(path, settings)
+    rows = read_anchor(url, settings.audit_anchoring.anchor_table, name)
+    return verify_anchored(path, signer=signer, log_id=name, anchor_rows=rows)
 
 
 def raise_if_tampered(result: AnchoredResult) -> None:

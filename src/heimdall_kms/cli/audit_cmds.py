@@ -9,14 +9,11 @@ from pathlib import Path
 
 import click
 
-from heimdall_kms.audit.anchor import read_anchor
-from heimdall_kms.audit.anchored import AnchoredVerdict, raise_if_tampered, verify_anchored
-from heimdall_kms.audit.anchoring import log_id as configured_log_id
+from heimdall_kms.audit.anchored import AnchoredVerdict, anchored_report, raise_if_tampered
 from heimdall_kms.audit.query import AuditFilter, dangling, query
-from heimdall_kms.audit.signers import signer_from_settings
 from heimdall_kms.audit.verify import verify
 from heimdall_kms.config import Settings
-from heimdall_kms.errors import ConfigurationError, IncompleteError, InvalidInputError
+from heimdall_kms.errors import IncompleteError, InvalidInputError
 
 __all__ = ["audit"]
 
@@ -76,17 +73,7 @@ def verify_command(
 
 
 def _verify_anchored(path: Path, url: str, log_id: str | None, *, as_json: bool) -> None:
-    if not url.startswith(("postgresql://", "postgres://")):
-        raise InvalidInputError("the anchor must be a postgresql:// URL")
-    settings = Settings.from_env(os.environ)
-    signer = signer_from_settings(settings)
-    if signer is None or settings.audit_anchoring is None:
-        raise ConfigurationError(
-            "HMD_AUDIT_SIGNING_KEY: names the key whose signatures the checkpoints carry"
-        )
-    name = log_id or configured_log_id(path, settings)
-    rows = read_anchor(url, settings.audit_anchoring.anchor_table, name)
-    result = verify_anchored(path, signer=signer, log_id=name, anchor_rows=rows)
+    result = anchored_report(path, url, Settings.from_env(os.environ), log_id=log_id)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     raise_if_tampered(result)
