@@ -2,20 +2,22 @@
 
 It gathers what this tool can prove — key versions and their ages against the cadence, the
 rotation and retirement history from the audit log, a census showing no env-key values, the
-audit chain verified, the latest drill report — and lays it next to the controls it supports
-(PCI DSS v4.0 3.6/3.7 (3.5/3.6 in v3.2.1), GDPR Article 32, SOC 2 CC6.1/CC6.7). Each piece of
+audit chain verified (and, given an anchor, verified against its signed checkpoints), the
+latest drill report — and lays it next to the controls it supports (PCI DSS v4.0 3.6/3.7
+(3.5/3.6 in v3.2.1) and 10.3, GDPR Article 32, SOC 2 CC6.1/CC6.7). Each piece of
 evidence says whether it holds; the report never claims a control the evidence does not show.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from heimdall_kms.audit.anchored import AnchoredResult, AnchoredVerdict
 from heimdall_kms.audit.query import AuditFilter, query
 from heimdall_kms.audit.verify import verify
 from heimdall_kms.errors import HeimdallKMSError
@@ -44,6 +46,11 @@ CONTROLS: dict[str, tuple[str, tuple[str, ...]]] = {
     "GDPR Article 32(1)(a), 32(1)(d)": (
         "Encryption of personal data; regularly testing and evaluating the measures",
         ("no_env_key_values", "drill"),
+    ),
+    "PCI DSS v4.0 10.3.2, 10.3.4 (v3.2.1 10.5)": (
+        "Audit logs are protected from modification; changes to them are detected, also when "
+        "the host is compromised",
+        ("audit_chain", "audit_anchor"),
     ),
     "SOC 2 CC6.1": (
         "Logical access to information assets, including encryption keys, is restricted and "
@@ -117,8 +124,13 @@ def gather(
     cadence: timedelta,
     audit_log: Path | None,
     drill_reports: Path | None,
+    audit_anchor: Callable[[Path], AnchoredResult] | None = None,
 ) -> Evidence:
-    """Collect the evidence; a source that cannot be read is recorded as not holding."""
+    """Collect the evidence; a source that cannot be read is recorded as not holding.
+
+    ``audit_anchor`` checks the log against its signed checkpoints and the off-host anchor
+    (:func:`heimdall_kms.audit.anchored.anchored_report`); without it that evidence is absent.
+    """
     evidence = Evidence()
     keys = key_report(kms, cadence=cadence)
     evidence.add(
@@ -152,6 +164,7 @@ def gather(
         kms_v1=summary["encryption_version"]["kms_v1"],
     )
     _audit_evidence(evidence, audit_log)
+    _anchor_evidence(evidence, audit_log, audit_anchor)
     _drill_evidence(evidence, drill_reports)
     return evidence
 
@@ -181,6 +194,21 @@ def _audit_evidence(evidence: Evidence, audit_log: Path | None) -> None:
                 for e in events[-10:]
             ],
         )
+
+
+def _anchor_evidence(
+    evidence: Evidence, audit_log: Path | None, check: Callable[[Path], AnchoredResult] | None
+) -> None:
+    if audit_log is None or check is None:
+        reason = "no audit log file" if audit_log is None else "no anchor given to check against"
+        evidence.add("audit_anchor", False, reason=reason)
+        return
+    try:
+        result = check(audit_log)
+    except HeimdallKMSError as exc:
+        evidence.add("audit_anchor", False, error=str(exc))
+        return
+    evidence.add("audit_anchor", result.verdict is AnchoredVerdict.INTACT, **result.to_dict())
 
 
 def _drill_evidence(evidence: Evidence, directory: Path | None) -> None:

@@ -102,9 +102,11 @@ def _vault(server: OpenBao) -> Backend:
     for name in (SIGNING_KEY, "forger-audit"):
         if name not in keys:
             root.secrets.transit.create_key(name, key_type="ed25519")
-    # The verifier holds only what the bootstrap's audit role has for this key: verify.
+    # The verifier holds what the bootstrap's audit role has: verify, and read key metadata.
     root.sys.create_or_update_policy(
-        "anchor-verify-only", f'path "transit/verify/{SIGNING_KEY}" {{ capabilities = ["update"] }}'
+        "anchor-verify-only",
+        f'path "transit/verify/{SIGNING_KEY}" {{ capabilities = ["update"] }}\n'
+        f'path "transit/keys/{TRANSIT_KEY}" {{ capabilities = ["read"] }}',
     )
     token = root.auth.token.create(policies=["anchor-verify-only"], ttl="1h")["auth"]
     writer = server.env(HMD_AUDIT_SIGNING_KEY=SIGNING_KEY)
@@ -145,14 +147,28 @@ class World:
             for number in range(count):
                 crypto.encrypt(f"value {number}", context={"field": "ssn"}, actor="app")
 
-    def verify(self) -> subprocess.CompletedProcess[bytes]:
-        env = {
+    def verifier_env(self) -> dict[str, str]:
+        return {
             **self.backend.verifier,
+            "HMD_AUDIT_LOG": str(self.log),
             "HMD_AUDIT_ANCHOR_TABLE": self.anchor.table,
             "HMD_AUDIT_LOG_ID": self.env()["HMD_AUDIT_LOG_ID"],
         }
+
+    def verify(self) -> subprocess.CompletedProcess[bytes]:
         args = ["audit", "verify", str(self.log), "--anchor", self.anchor.reader_url, "--json"]
-        return run_cli(args, env)
+        return run_cli(args, self.verifier_env())
+
+    def compliance(self) -> dict[str, dict[str, object]]:
+        """The compliance report's anchor evidence and its log-protection control."""
+        args = ["compliance", "report", "--anchor", self.anchor.reader_url, "--json"]
+        done = run_cli(args, self.verifier_env())
+        assert done.returncode == 0, done.stderr
+        document = json.loads(done.stdout)
+        (control,) = [
+            r for r in document["controls"] if r["control"].startswith("PCI DSS v4.0 10.3")
+        ]
+        return {"evidence": document["evidence"]["audit_anchor"], "control": control}
 
     def report(self) -> tuple[int, dict[str, object], str]:
         done = self.verify()
@@ -286,6 +302,22 @@ class TestAnchoredVerify:
 
 def _inherited() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("HMD_", "VAULT_"))}
+
+
+class TestComplianceEvidence:
+    def test_the_report_claims_log_protection_only_when_the_anchor_vouches(
+        self, world: World
+    ) -> None:
+        world.write(4)
+        intact = world.compliance()
+        assert intact["evidence"]["holds"] is True and intact["control"]["supported"] is True
+        assert intact["evidence"]["result"] == "intact"
+        kept = world.log.read_text().splitlines(keepends=True)[:2]
+        world.log.write_text("".join(kept))
+        world.log.with_name(world.log.name + ".head").unlink()
+        cut = world.compliance()
+        assert cut["evidence"]["holds"] is False and cut["control"]["supported"] is False
+        assert cut["evidence"]["result"] == "tampered"
 
 
 class TestAnchorRoles:

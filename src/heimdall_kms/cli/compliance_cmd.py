@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 import click
 
+from heimdall_kms.audit.anchored import AnchoredResult, anchored_report
 from heimdall_kms.cli._targets import TargetSpec, opened_stores, target_options
 from heimdall_kms.compliance import gather
 from heimdall_kms.config import Settings
 from heimdall_kms.providers import load_provider
 
 __all__ = ["compliance"]
+
+
+def _anchor_check(url: str | None, settings: Settings) -> Callable[[Path], AnchoredResult] | None:
+    if url is None:
+        return None
+    return lambda log: anchored_report(log, url, settings)
 
 
 @click.group()
@@ -34,9 +42,19 @@ def compliance() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the Markdown report here too.",
 )
+@click.option(
+    "--anchor",
+    metavar="URL",
+    help="Check the audit log against its signed checkpoints in this postgresql:// anchor.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of Markdown.")
 def report(
-    *, spec: TargetSpec, drill_reports: Path | None, output: Path | None, as_json: bool
+    *,
+    spec: TargetSpec,
+    drill_reports: Path | None,
+    output: Path | None,
+    anchor: str | None,
+    as_json: bool,
 ) -> None:
     """Key versions and ages, rotation and retirement history, a census of the named targets,
     the audit chain verified, the latest drill — mapped to the controls they support.
@@ -52,6 +70,7 @@ def report(
                 cadence=timedelta(days=settings.key_rotation_days),
                 audit_log=audit_log,
                 drill_reports=drill_reports,
+                audit_anchor=_anchor_check(anchor, settings),
             )
     finally:
         kms.close()
