@@ -9,6 +9,7 @@ from pathlib import Path
 
 import hvac
 import pytest
+import requests
 
 import heimdall_kms
 from heimdall_kms import crypto
@@ -24,8 +25,11 @@ from heimdall_kms.errors import (
     KeyVersionRetiredError,
     KMSUnavailableError,
     PermissionDeniedError,
+    RateLimitedError,
 )
+from heimdall_kms.providers.base import HashKey
 from heimdall_kms.providers.vault import VaultTransitProvider
+from heimdall_kms.providers.vault_http import VaultAdapter
 from heimdall_kms.service import Crypto
 from tests.servers import TRANSIT_KEY, CountingSession, OpenBao, free_port
 
@@ -348,3 +352,49 @@ class TestTokenFile:
             path.chmod(0o644)
             with pytest.raises(ConfigurationError, match=r"^HMD_VAULT_TOKEN_FILE: "):
                 c.encrypt(SSN, context=CTX)
+
+
+class _NoSessionRequest(CountingSession):
+    """Counts what reaches the transport; fails any use of ``Session.request``."""
+
+    def request(self, *args: object, **kwargs: object) -> requests.Response:  # type: ignore[override]
+        raise AssertionError("a Vault call went around VaultAdapter, through Session.request")
+
+
+class TestOneHTTPPath:
+    """hvac's calls and the batch requests alike go through VaultAdapter (vault_http)."""
+
+    def test_every_call_goes_through_the_adapter(self, fresh_openbao: OpenBao) -> None:
+        session = _NoSessionRequest()
+        client = hvac.Client(
+            url=fresh_openbao.addr, token=fresh_openbao.root_token, session=session
+        )
+        provider = VaultTransitProvider(client, TRANSIT_KEY, batch_size=2)
+        assert isinstance(provider._client.adapter, VaultAdapter)
+        dek = crypto.new_dek()
+        wrapped = provider.wrap_many([dek] * 3, [CTX] * 3)  # key check (hvac) + 2 batches
+        assert provider.unwrap_many([w.ciphertext for w in wrapped], [CTX] * 3) == [dek] * 3
+        provider.hmac_many([b"x"], HashKey(f"{TRANSIT_KEY}-hmac", 1))
+        assert provider.rotate().latest_version == 2  # hvac's rotate_key and read_key
+        provider.health()
+        paths = [sent.split("?")[0] for sent in session.sent]
+        assert f"GET /v1/transit/keys/{TRANSIT_KEY}" in paths
+        assert f"POST /v1/transit/keys/{TRANSIT_KEY}/rotate" in paths
+        assert paths.count(f"POST /v1/transit/encrypt/{TRANSIT_KEY}") >= 2
+        assert session.statuses and all(status < 300 for status in session.statuses)
+
+    def test_hvac_errors_carry_retry_after_on_the_hvac_path_too(
+        self, fresh_openbao: OpenBao
+    ) -> None:
+        root = fresh_openbao.client()
+        root.write_data("sys/quotas/config", data={"enable_rate_limit_response_headers": True})
+        root.write_data(
+            "sys/quotas/rate-limit/tight",
+            data={"path": "transit/", "rate": 1, "interval": "10s"},
+        )
+        client = hvac.Client(url=fresh_openbao.addr, token=fresh_openbao.root_token)
+        provider = VaultTransitProvider(client, TRANSIT_KEY)
+        provider.describe()  # hvac's read_key, not the batch path: the quota's one call
+        with pytest.raises(RateLimitedError) as caught:
+            provider.describe()
+        assert caught.value.retry_after is not None and 0 < caught.value.retry_after <= 10

@@ -77,7 +77,7 @@ class TestDependencies:
         assert not missing, f"imported but not declared (only transitive): {missing}"
 
     def test_hvac_is_capped_below_the_next_major(self) -> None:
-        # providers/vault_http.py uses the hvac adapter's attributes, not a public API.
+        # providers/vault_http.py subclasses hvac's JSONAdapter and reads its attributes.
         (spec,) = [r.specifier for name, r in declared().items() if name == "hvac"]
         assert any(s.operator == "<" for s in spec), spec
         assert "3.0" not in spec and metadata.version("hvac") in spec

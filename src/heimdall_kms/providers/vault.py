@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,7 +52,7 @@ from heimdall_kms.providers.base import (
     round_trip,
 )
 from heimdall_kms.providers.vault_auth import Login, TokenKeeper, login_function, new_client
-from heimdall_kms.providers.vault_http import TransitHTTP
+from heimdall_kms.providers.vault_http import on_vault_adapter, post_json
 from heimdall_kms.wrapped_key import parse_wrapped
 
 __all__ = [
@@ -119,10 +120,9 @@ class VaultTransitProvider:
         mount: str = "transit",
         batch_size: int = 250,
         login: Login | None = None,
-        timeout: float = 30.0,
     ) -> None:
-        self._client = client
-        self._http = TransitHTTP(client, timeout=timeout)
+        # Every call, hvac's and the batches, on the one HTTP path (vault_http.VaultAdapter).
+        self._client = client = on_vault_adapter(client)
         self._token = TokenKeeper(client, login)
         self._key = key_name
         self._mount = mount
@@ -139,7 +139,6 @@ class VaultTransitProvider:
             mount=settings.vault.transit_mount,
             batch_size=settings.vault.batch_size,
             login=login_function(settings.vault),
-            timeout=settings.vault.timeout_seconds,
         )
 
     @property
@@ -203,15 +202,15 @@ class VaultTransitProvider:
                 "batch_input": [{"input": base64.b64encode(v).decode()} for v in chunk],
                 "key_version": key.version,
             }
-            answer = self._vault(
-                "hmac",
-                lambda: self._http.post(self._mount, "hmac", key.name, "sha2-256", body=body),  # noqa: B023 - called at once
-            )
+            answer = self._vault("hmac", functools.partial(self._hmac_call, key.name, body))
             items = _batch_results(answer)
             if items is None or len(items) != len(chunk) or any(i.get("error") for i in items):
                 raise KMSError("Vault answered hmac without one result per item")
             results.extend(str(item["hmac"]) for item in items)
         return results
+
+    def _hmac_call(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return post_json(self._client, self._mount, "hmac", name, "sha2-256", body=body)
 
     def rotate(self) -> KeyInfo:
         transit = self._client.secrets.transit
@@ -328,8 +327,8 @@ class VaultTransitProvider:
         try:
             with self._translated(operation):
                 try:
-                    response = self._http.post(
-                        self._mount, operation, self._key, body={"batch_input": chunk}
+                    response = post_json(
+                        self._client, self._mount, operation, self._key, body={"batch_input": chunk}
                     )
                 except hvac.exceptions.InvalidRequest as exc:
                     body = _batch_results(exc.json)
@@ -464,7 +463,7 @@ def _translate_vault(
         )
     if isinstance(exc, hvac.exceptions.InvalidPath):
         return KeyNotFoundError(f"{where}: no such transit key or mount (HTTP 404)")
-    retry_after = getattr(exc, "retry_after", None)  # set by vault_http from the header
+    retry_after = getattr(exc, "retry_after", None)  # set by VaultAdapter from the header
     if isinstance(exc, hvac.exceptions.RateLimitExceeded):
         return RateLimitedError(f"{where}: rate limited (HTTP 429)", retry_after=retry_after)
     if isinstance(exc, hvac.exceptions.VaultDown):

@@ -29,7 +29,7 @@ import requests
 
 from heimdall_kms.config import VaultAuthMethod, VaultSettings
 from heimdall_kms.errors import ConfigurationError
-from heimdall_kms.providers.vault_http import refuse_redirect
+from heimdall_kms.providers.vault_http import VaultAdapter, refuse_redirect
 from heimdall_kms.secret_file import FileStamp, read_secret_file
 
 __all__ = ["TokenFile", "TokenKeeper", "login_function", "new_client"]
@@ -40,7 +40,7 @@ Login = Callable[[hvac.Client], None]
 
 
 def new_client(vault: VaultSettings) -> hvac.Client:
-    """An hvac client that follows no redirect (see :func:`vault_http.refuse_redirect`)."""
+    """An hvac client sending through :class:`vault_http.VaultAdapter`, following no redirect."""
     verify: bool | str = str(vault.cacert) if vault.cacert else True
     cert = (
         (str(vault.client_cert), str(vault.client_key))
@@ -54,6 +54,7 @@ def new_client(vault: VaultSettings) -> hvac.Client:
         cert=cert,
         timeout=vault.timeout_seconds,
         allow_redirects=False,
+        adapter=VaultAdapter,
     )
     client.adapter.session.hooks["response"].append(refuse_redirect)
     return client
