@@ -184,6 +184,20 @@ def test_a_short_lived_static_token_is_a_warning(openbao: OpenBao) -> None:
     assert status is Status.WARN and "cannot log in again" in detail
 
 
+def test_a_short_lived_token_in_a_vault_agent_file_is_not_a_warning(
+    openbao: OpenBao, tmp_path: Path
+) -> None:
+    # A Vault Agent replaces the token in its sink; heimdall-kms reads the file again.
+    root = openbao.client()
+    token = root.auth.token.create(policies=["default"], ttl="10m", renewable=False)
+    sink = tmp_path / "agent-token"
+    sink.write_text(token["auth"]["client_token"] + "\n", encoding="utf-8")
+    sink.chmod(0o600)
+    env = openbao.env(HMD_VAULT_TOKEN="", HMD_VAULT_TOKEN_FILE=str(sink))
+    status, detail, _ = check(run_doctor(env, canary=False), "vault token")
+    assert status is Status.OK and "cannot log in again" not in detail, detail
+
+
 # -- the key and the server ----------------------------------------------------------------------
 
 

@@ -157,6 +157,7 @@ def _token(vault: VaultSettings, token: TokenStatus) -> Check:
         return Check("vault token", Status.WARN, detail, _BOOTSTRAP_HINT)
     if (
         vault.auth_method is VaultAuthMethod.TOKEN
+        and vault.token_file is None  # a Vault Agent replaces the token in its sink
         and token.ttl_seconds < _SHORT_TTL
         and not token.renewable
     ):
@@ -164,6 +165,7 @@ def _token(vault: VaultSettings, token: TokenStatus) -> Check:
             "vault token",
             Status.WARN,
             detail + "; a static token cannot log in again when it expires",
-            "use AppRole or Kubernetes auth, or a renewable (periodic) token",
+            "use AppRole, Kubernetes, JWT or cert auth, a Vault Agent token file "
+            "(HMD_VAULT_TOKEN_FILE), or a renewable (periodic) token",
         )
     return Check("vault token", Status.OK, detail)

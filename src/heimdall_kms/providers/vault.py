@@ -70,7 +70,8 @@ _CONCURRENT_BATCHES = 4
 
 
 def build_client(vault: VaultSettings) -> hvac.Client:
-    """An authenticated hvac client for the settings (token, AppRole or Kubernetes login).
+    """An authenticated hvac client for the settings (token or token file, AppRole,
+    Kubernetes, JWT or certificate login).
 
     Raises:
         ConfigurationError: the Kubernetes service-account token file cannot be read.
@@ -313,8 +314,9 @@ class VaultTransitProvider:
         try:
             return fn()
         except AuthenticationError:
-            # An expired or revoked token: log in again once (AppRole, Kubernetes) and repeat
-            # the same call, so the batch is not lost. A static token's refusal is final.
+            # An expired or revoked token: log in again once (AppRole, Kubernetes, JWT, cert;
+            # a token file is read again) and repeat the same call, so the batch is not lost.
+            # A static token's refusal is final.
             if self._token.login is None:
                 raise
             with _Translated("login", login=True, address=self._client.url):

@@ -7,8 +7,8 @@
 * Renewal: a renewable token whose remaining TTL drops below a third of its period is renewed
   (``auth/token/renew-self``), checked at most once a minute.
 * Re-login: when Vault refuses the token (expired or revoked) and the method can log in again
-  (AppRole, Kubernetes), the provider logs in once more and repeats the call, so a batch is not
-  dropped. A static token cannot log in again: its refusal is final and raised at once.
+  (AppRole, Kubernetes, JWT, cert), the provider logs in once more and repeats the call, so a
+  batch is not dropped. A static token cannot log in again: its refusal is final and raised at once.
 * A token file (``HMD_VAULT_TOKEN_FILE``, what a Vault Agent sink writes): before each call the
   file's inode, mtime and size are compared with the last read (one ``stat``), and a changed
   file is read again, so the Agent's new token is used from the next call on. When Vault
