@@ -178,6 +178,13 @@ def wipe(buffer: bytearray) -> None:
     buffer[:] = bytes(len(buffer))
 
 
+def wipe_if_dek(result: object) -> None:
+    """Wipe ``result`` if it is a DEK (a ``bytearray``): the ``discard`` of a fan-out whose
+    per-item results are DEKs, per-item errors or wrapped keys."""
+    if isinstance(result, bytearray):
+        wipe(result)
+
+
 def derive_key(key: bytes | bytearray, purpose: bytes) -> bytes:
     """A 32-byte subkey for one purpose (HKDF-SHA256), so one master key never does two jobs."""
     return HKDF(algorithm=hashes.SHA256(), length=DEK_BYTES, salt=None, info=purpose).derive(

@@ -1,21 +1,138 @@
-"""Run KMS calls a few at a time on worker threads while the caller works on earlier results.
+"""The one fan-out of KMS calls onto worker threads, carrying the DEK-lifetime rule once.
 
-A batch KMS call spends most of its time waiting for the server, with the GIL released. With
-several calls in flight, the KMS works on the next batches while this process seals or opens
-the current one, so the two costs overlap instead of adding up.
+A KMS call spends most of its time waiting for the server, with the GIL released, so several
+in flight overlap. Two shapes, one rule (results in input order, at most ``limit`` running, the
+first failure stops what has not started and is raised unchanged, every result already produced
+and never handed out goes to ``discard`` to wipe the DEKs it holds, no thread outlives the call):
+
+- :func:`fan_out` runs one call per item and returns the list: the providers' per-item and
+  per-batch requests (Vault batches, AWS/GCP/Azure items).
+- :func:`in_order` streams results while later jobs run, so the caller seals or opens one batch
+  while the KMS works on the next, and whatever a job holds lives for a bounded window.
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 from collections import deque
-from collections.abc import Callable, Generator, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from collections.abc import Callable, Generator, Iterable, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from typing import Generic, TypeVar
 
-__all__ = ["in_order"]
+__all__ = ["fan_out", "in_order"]
 
 _R = TypeVar("_R")
+_T = TypeVar("_T")
+
+
+def fan_out(
+    call: Callable[[_T], _R],
+    items: Sequence[_T],
+    limit: int,
+    *,
+    discard: Callable[[_R], None] | None = None,
+    executor: Executor | None = None,
+    thread_name_prefix: str = "heimdall-kms-fanout",
+) -> list[_R]:
+    """``call`` on every item, at most ``limit`` at once, results in input order.
+
+    With ``limit`` 1 or a single item, every call runs in the caller's thread. Otherwise
+    ``min(limit, len(items))`` workers each take the next item not yet started, so a slow item
+    never holds the others back. The first exception stops every worker before its next item
+    and is raised unchanged once the running calls have returned; each result produced by then
+    is passed to ``discard``. ``executor`` is a long-lived pool to run the workers on (its owner
+    shuts it down); without one, a pool is made for this call and shut down before returning.
+    """
+    if limit <= 1 or len(items) <= 1:
+        return _sequential(call, items, discard)
+    run = _Run(call, items)
+    workers = min(limit, len(items))
+    pool = executor or ThreadPoolExecutor(workers, thread_name_prefix=thread_name_prefix)
+    futures: list[Future[None]] = []
+    try:
+        for _ in range(workers):
+            futures.append(pool.submit(run.work))
+        wait(futures)
+    except BaseException:
+        run.stop()  # interrupted while waiting, or the pool refused work
+        raise
+    finally:
+        for future in futures:
+            future.cancel()
+        wait(futures)
+        if executor is None:
+            pool.shutdown(wait=True)
+        if run.failed():
+            run.discard_produced(discard)
+    return run.collected()
+
+
+def _sequential(
+    call: Callable[[_T], _R], items: Sequence[_T], discard: Callable[[_R], None] | None
+) -> list[_R]:
+    results: list[_R] = []
+    try:
+        for item in items:
+            results.append(call(item))
+    except BaseException:
+        if discard is not None:
+            for result in results:
+                discard(result)
+        raise
+    return results
+
+
+class _Run(Generic[_T, _R]):
+    """The state one :func:`fan_out` shares between its workers."""
+
+    def __init__(self, call: Callable[[_T], _R], items: Sequence[_T]) -> None:
+        self._call = call
+        self._items = items
+        self._results: list[tuple[_R] | None] = [None] * len(items)
+        self._lock = threading.Lock()
+        self._next = 0
+        self._stopped = False
+        self._error: BaseException | None = None
+
+    def work(self) -> None:
+        while (index := self._take()) is not None:
+            try:
+                result = self._call(self._items[index])
+            except BaseException as error:  # noqa: BLE001 (raised in the caller's thread)
+                with self._lock:
+                    self._stopped = True
+                    if self._error is None:
+                        self._error = error
+                return
+            self._results[index] = (result,)
+
+    def _take(self) -> int | None:
+        with self._lock:
+            if self._stopped or self._next >= len(self._items):
+                return None
+            self._next += 1
+            return self._next - 1
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+
+    def failed(self) -> bool:
+        with self._lock:
+            return self._stopped
+
+    def discard_produced(self, discard: Callable[[_R], None] | None) -> None:
+        if discard is None:
+            return
+        for slot in self._results:
+            if slot is not None:
+                discard(slot[0])
+
+    def collected(self) -> list[_R]:
+        if self._error is not None:
+            raise self._error
+        return [slot[0] for slot in self._results if slot is not None]
 
 
 def in_order(

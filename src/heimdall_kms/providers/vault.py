@@ -18,7 +18,6 @@ import contextlib
 import functools
 import re
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
@@ -42,6 +41,7 @@ from heimdall_kms.errors import (
     PermissionDeniedError,
     RateLimitedError,
 )
+from heimdall_kms.overlap import fan_out
 from heimdall_kms.providers.base import (
     Batching,
     HashKey,
@@ -290,12 +290,10 @@ class VaultTransitProvider:
         def one(chunk: list[dict[str, str]]) -> list[dict[str, Any] | HeimdallKMSError]:
             return self._authorized(lambda: self._call_batch(operation, chunk))
 
-        if len(chunks) <= 1:
-            return one(chunks[0]) if chunks else []
         # Several batch requests in flight overlap Vault's work with the network and with each
         # other; results come back in input order. A whole-call error is raised as before.
-        with ThreadPoolExecutor(max_workers=min(_CONCURRENT_BATCHES, len(chunks))) as pool:
-            return [result for part in pool.map(one, chunks) for result in part]
+        parts = fan_out(one, chunks, _CONCURRENT_BATCHES, thread_name_prefix="heimdall-vault")
+        return [result for part in parts for result in part]
 
     def _vault(self, operation: str, fn: Callable[[], _T]) -> _T:
         """One Vault call: errors translated, the token kept fresh, one re-login if refused."""
