@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from heimdall_kms.errors import ConfigurationError
+from heimdall_kms.secret_file import secret_setting
 
 __all__ = ["DEFAULT_ANCHOR_TABLE", "AuditAnchoring", "check_table", "read_anchoring"]
 
@@ -64,7 +65,7 @@ def read_anchoring(environ: Mapping[str, str]) -> AuditAnchoring | None:
     Raises:
         ConfigurationError: a value is malformed, or an anchor is set without a signing key.
     """
-    url = _get(environ, "HMD_AUDIT_ANCHOR")
+    url = secret_setting(environ, "HMD_AUDIT_ANCHOR")  # the URL may carry a password
     if url is not None and not url.startswith(("postgresql://", "postgres://")):
         raise ConfigurationError("HMD_AUDIT_ANCHOR: expected a postgresql:// URL")
     key = _get(environ, "HMD_AUDIT_SIGNING_KEY")

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from heimdall_kms.audit_settings import AuditAnchoring, read_anchoring
 from heimdall_kms.errors import ConfigurationError
 from heimdall_kms.legacy_context import LegacyContext, LegacyContextRule
-from heimdall_kms.secret_file import read_secret_file
+from heimdall_kms.secret_file import read_secret_file, secret_setting
 
 __all__ = [
     "DEFAULT_LEGACY_KEY_ID",
@@ -319,12 +319,7 @@ class _Env:
         A file is read once (heimdall_kms.secret_file); its errors name ``name_FILE``.
         """
         if name not in self._secrets:
-            path = self.get(f"{name}_FILE")
-            value = self.get(name)
-            if path is not None and value is not None:
-                raise ConfigurationError(f"{name}, {name}_FILE: set one of them, not both")
-            if path is not None:
-                value = read_secret_file(f"{name}_FILE", Path(path))[0]
+            value = secret_setting(self._environ, name)
             self._secrets[name] = value if value is not None else self.get(name, *fallbacks)
         return self._secrets[name]
 

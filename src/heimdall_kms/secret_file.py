@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from heimdall_kms.errors import ConfigurationError
 
-__all__ = ["FileStamp", "read_secret_file"]
+__all__ = ["FileStamp", "read_secret_file", "secret_setting"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,21 @@ class FileStamp:
     @classmethod
     def of(cls, info: os.stat_result) -> FileStamp:
         return cls(info.st_ino, info.st_mtime_ns, info.st_size)
+
+
+def secret_setting(environ: Mapping[str, str], name: str) -> str | None:
+    """``name``, or the content of the file ``name_FILE`` names; None if neither is set.
+
+    Raises:
+        ConfigurationError: both are set, or the file is refused (:func:`read_secret_file`).
+    """
+    value = environ.get(name, "").strip() or None
+    path = environ.get(f"{name}_FILE", "").strip() or None
+    if path is None:
+        return value
+    if value is not None:
+        raise ConfigurationError(f"{name}, {name}_FILE: set one of them, not both")
+    return read_secret_file(f"{name}_FILE", Path(path))[0]
 
 
 def read_secret_file(variable: str, path: Path) -> tuple[str, FileStamp]:

@@ -704,6 +704,13 @@ _FILE_CASES = [
         lambda s: s.database_url,
         id="database-url",
     ),
+    pytest.param(
+        "HMD_AUDIT_ANCHOR",
+        "postgresql://anchor:PASSWORD-2@db/audit",
+        {**LOCAL, "HMD_AUDIT_SIGNING_KEY": "heimdall-pii-audit"},
+        lambda s: s.audit_anchoring.anchor_url,
+        id="audit-anchor",
+    ),
 ]
 
 
