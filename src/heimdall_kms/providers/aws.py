@@ -66,6 +66,7 @@ from heimdall_kms.providers import aws_aliases as aliases
 from heimdall_kms.providers.aws_keys import BoundedCache, parse_key_reference
 from heimdall_kms.providers.aws_native import Call, NativeKey
 from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey, round_trip
+from heimdall_kms.providers.credential_outage import caused_by
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
 __all__ = [
@@ -119,6 +120,11 @@ def build_client(aws: AWSSettings) -> KMSClient:
             "AWS_REGION: not set (also read: HMD_AWS_REGION, AWS_DEFAULT_REGION, the profile)"
         ) from None
     except BotoCoreError as exc:
+        if isinstance(exc, _NO_CREDENTIALS) and caused_by(exc, _TRANSPORT):
+            # The credential endpoint (IMDS, the container endpoint) did not answer: transient.
+            raise KMSUnavailableError(
+                f"AWS credentials: the credential endpoint is unreachable ({type(exc).__name__})"
+            ) from None
         raise ConfigurationError(f"AWS configuration: {type(exc).__name__}") from None
 
 
@@ -543,6 +549,8 @@ _UNAVAILABLE = frozenset(
         "InternalFailure",
     }
 )
+# A credential fetch that failed on the wire (IMDS, the ECS/EKS container endpoint).
+_TRANSPORT = (BotoConnectionError, HTTPClientError)
 _NO_CREDENTIALS = (
     NoCredentialsError,
     PartialCredentialsError,
@@ -560,6 +568,8 @@ def _translate(exc: ClientError | BotoCoreError, operation: str) -> HeimdallKMSE
         kind = type(exc).__name__
         if isinstance(exc, BotoConnectionError | HTTPClientError):
             return KMSUnavailableError(f"{where}: cannot reach AWS KMS ({kind})")
+        if isinstance(exc, _NO_CREDENTIALS) and caused_by(exc, _TRANSPORT):
+            return KMSUnavailableError(f"{where}: the credential endpoint is unreachable ({kind})")
         if isinstance(exc, _NO_CREDENTIALS):
             return AuthenticationError(f"{where}: no usable credentials in the AWS chain ({kind})")
         return KMSError(f"{where} failed ({kind})")

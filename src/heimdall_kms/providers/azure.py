@@ -63,6 +63,7 @@ from heimdall_kms.errors import (
     RateLimitedError,
 )
 from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey, round_trip
+from heimdall_kms.providers.credential_outage import caused_by
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
 __all__ = ["AzureKeyVaultProvider", "build_key_client", "parse_key_url"]
@@ -74,6 +75,7 @@ _NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
 _BODY = re.compile(r"([0-9A-Za-z]{1,64}):(RSA-OAEP-256|A256KW):([A-Za-z0-9_-]{16,2048})")
 _RSA, _AES = "RSA-OAEP-256", "A256KW"
 _KEY_TYPES = {"RSA": _RSA, "RSA-HSM": _RSA, "oct-HSM": _AES}
+_TRANSPORT = (ServiceRequestError, ServiceResponseError)
 _SAFE_CODE = re.compile(r"[A-Za-z0-9_.]{1,64}")
 # Ordinals follow creation seconds; a new version is never made within a second of the last.
 _TIE_GAP = timedelta(seconds=1.1)
@@ -481,6 +483,9 @@ def _translate(operation: str, exc: AzureError) -> HeimdallKMSError:
     raw_code = str(getattr(error, "code", "") or "")
     code = raw_code if _SAFE_CODE.fullmatch(raw_code) else ""
     detail = f"HTTP {status} {code}".strip() if status else type(exc).__name__
+    if isinstance(exc, ClientAuthenticationError) and caused_by(exc, _TRANSPORT):
+        # A managed identity's token endpoint (IMDS) did not answer: an outage, not a refusal.
+        return KMSUnavailableError(f"{where}: cannot fetch a token (token source unreachable)")
     if isinstance(exc, ClientAuthenticationError) or status == 401:
         return AuthenticationError(
             f"{where}: authentication failed ({detail}); check the DefaultAzureCredential chain"

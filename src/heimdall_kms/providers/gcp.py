@@ -60,6 +60,7 @@ from heimdall_kms.errors import (
     RateLimitedError,
 )
 from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey, round_trip
+from heimdall_kms.providers.credential_outage import caused_by
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
 __all__ = ["GCPKMSProvider", "build_client", "check_key_name"]
@@ -75,6 +76,7 @@ _I = TypeVar("_I")
 # Errors of the client library and of its transports: google-api-core's for answers, and
 # google-auth's and requests' for credentials and connections (the REST transport lets a
 # refused connection through as requests' own exception).
+_TRANSPORT = (auth_exceptions.TransportError, requests.exceptions.ConnectionError)
 _SDK_ERRORS = (
     api_exceptions.GoogleAPIError,
     auth_exceptions.GoogleAuthError,
@@ -478,12 +480,15 @@ def _translated(operation: str) -> Iterator[None]:
 def _translate(operation: str, exc: BaseException) -> HeimdallKMSError:
     """The one place Cloud KMS errors become ours; messages come from the status code only."""
     where = f"GCP KMS {operation}"
+    if isinstance(exc, auth_exceptions.TransportError | requests.exceptions.RequestException) or (
+        # The metadata server (or token endpoint) did not answer: an outage, not a refusal.
+        isinstance(exc, auth_exceptions.RefreshError) and caused_by(exc, _TRANSPORT)
+    ):
+        return KMSUnavailableError(f"{where}: cannot reach Cloud KMS ({type(exc).__name__})")
     if isinstance(exc, auth_exceptions.RefreshError | auth_exceptions.InvalidOperation):
         # On HTTP 401 the REST transport refreshes the credentials and tries again; the
         # refresh itself failing (or anonymous credentials, which cannot) is the answer.
         return AuthenticationError(f"{where}: authentication failed (credentials refused)")
-    if isinstance(exc, auth_exceptions.TransportError | requests.exceptions.RequestException):
-        return KMSUnavailableError(f"{where}: cannot reach Cloud KMS ({type(exc).__name__})")
     if isinstance(exc, api_exceptions.RetryError):
         if isinstance(exc.cause, _SDK_ERRORS) and not isinstance(
             exc.cause, api_exceptions.RetryError
