@@ -25,7 +25,6 @@ import base64
 import binascii
 import re
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -62,6 +61,7 @@ from heimdall_kms.errors import (
     PermissionDeniedError,
     RateLimitedError,
 )
+from heimdall_kms.overlap import fan_out
 from heimdall_kms.providers import aws_aliases as aliases
 from heimdall_kms.providers.aws_keys import BoundedCache, parse_key_reference
 from heimdall_kms.providers.aws_native import Call, NativeKey
@@ -445,40 +445,15 @@ class AWSKMSProvider:
         return keys
 
     def _map(self, call: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
-        """``call`` over ``items`` on at most ``max_concurrency`` threads, in input order. The
-        first whole-call failure cancels what has not started and is raised; DEKs already
-        unwrapped by then are wiped."""
-        if len(items) <= 1 or self._max_concurrency == 1:
-            return _sequential(call, items)
-        pool = ThreadPoolExecutor(min(self._max_concurrency, len(items)), "heimdall-aws")
-        futures = [pool.submit(call, item) for item in items]
-        try:
-            return [future.result() for future in futures]
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            for future in futures:
-                if not future.cancelled() and future.exception() is None:
-                    _wipe(future.result())
-            raise
-        finally:
-            pool.shutdown(wait=True)
-
-
-def _sequential(call: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
-    results: list[_R] = []
-    try:
-        for item in items:
-            results.append(call(item))
-    except BaseException:
-        for result in results:
-            _wipe(result)
-        raise
-    return results
-
-
-def _wipe(result: object) -> None:
-    if isinstance(result, bytearray):
-        crypto.wipe(result)
+        # The one fan-out: input order, at most max_concurrency at once, the first whole-call
+        # failure stops the rest and is raised, DEKs already unwrapped by then are wiped.
+        return fan_out(
+            call,
+            items,
+            self._max_concurrency,
+            discard=crypto.wipe_if_dek,
+            thread_name_prefix="heimdall-aws",
+        )
 
 
 def _parse(item: str) -> tuple[int, bytes] | HeimdallKMSError:
