@@ -184,13 +184,16 @@ class World:
         return checkpoints_path(self.log)
 
 
-@pytest.fixture
-def world(backend: Backend, anchor: Anchor, tmp_path: Path) -> World:
-    log = tmp_path / "audit.log"
-    made = World(backend, anchor, log)
+def _world(backend: Backend, anchor: Anchor, tmp_path: Path) -> World:
+    made = World(backend, anchor, tmp_path / "audit.log")
     # One log id for writer and verifier (both default to <host>:<path>; fixed for the test).
     made.backend.writer["HMD_AUDIT_LOG_ID"] = f"test:{secrets.token_hex(4)}"
     return made
+
+
+@pytest.fixture
+def world(backend: Backend, anchor: Anchor, tmp_path: Path) -> World:
+    return _world(backend, anchor, tmp_path)
 
 
 class TestAnchoredVerify:
@@ -298,6 +301,29 @@ class TestAnchoredVerify:
         assert report["result"] == "unsigned_tail"
         assert report["unsigned_tail"] == {"from_seq": 6, "to_seq": 7}
         assert "a crash" in stderr and "tamper" not in stderr
+
+
+class TestVerifyingALogInUse:
+    def test_a_busy_writer_is_never_reported_as_tampering(
+        self, anchor: Anchor, tmp_path: Path
+    ) -> None:
+        world = _world(_local(tmp_path), anchor, tmp_path)  # a race on this host: any signer
+        script = (
+            "import heimdall_kms, os\n"
+            "c = heimdall_kms.from_env(os.environ)\n"
+            "while True:\n"
+            "    c.encrypt('v', context={'field': 'ssn'}, actor='app')\n"
+        )
+        env = {**_inherited(), **world.env(HMD_AUDIT_CHECKPOINT_LINES="1")}
+        child = subprocess.Popen([sys.executable, "-c", script], env=env)
+        try:
+            while not world.sidecar.exists():
+                time.sleep(0.05)
+            codes = [world.report()[0] for _ in range(4)]
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+        assert set(codes) <= {0, 3}, codes  # intact, or an unsigned tail: never 5
 
 
 def _inherited() -> dict[str, str]:

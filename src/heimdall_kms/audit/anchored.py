@@ -92,14 +92,16 @@ def verify_anchored(
         KMSError: a signature could not be checked (neither valid nor invalid).
     """
     result = AnchoredResult(str(path), log_id, signer.key_identifier)
-    if path.exists() or not anchor_rows:
+    # The checkpoints first, the log after: a checkpoint is written only once its lines are on
+    # disk, so a log in use is never mistaken for a truncated one.
+    found = _collect(path, anchor_rows, result)
+    if path.exists() or not found:
         chain = verify(path)
         result.lines, result.last_hash = chain.lines, chain.last_hash
     else:
         result.notes.append(f"the log {path} does not exist")
-    found = _collect(path, anchor_rows, result)
     _check_signatures(found, signer, log_id, result)
-    hashes = _hashes_at(path, {c.seq for c in found if c.seq <= result.lines})
+    hashes = _hashes_at(path, {c.seq for c in found if c.seq <= result.lines}, result.lines)
     _compare(found, hashes, result)
     return result
 
@@ -147,26 +149,30 @@ def _collect(
 def _check_signatures(
     found: list[Checkpoint], signer: Signer, log_id: str, result: AnchoredResult
 ) -> None:
+    ours = [c for c in found if c.log_id == log_id and c.key == signer.key_identifier]
+    valid = signer.verify_many([(c.message(), c.signature) for c in ours])
+    verified = {id(c) for c, ok in zip(ours, valid, strict=True) if ok}
     for checkpoint in list(found):
         where = f"the checkpoint of seq {checkpoint.seq} signed at {checkpoint.time}"
         if checkpoint.log_id != log_id:
             result.problems.append(f"{where} is for another log ({checkpoint.log_id!r})")
         elif checkpoint.key != signer.key_identifier:
             result.problems.append(f"{where} names another key ({checkpoint.key!r}): forged")
-        elif not signer.verify(checkpoint.message(), checkpoint.signature):
+        elif id(checkpoint) not in verified:
             result.problems.append(f"{where} has a signature that does not verify: forged")
         else:
             continue
         found.remove(checkpoint)
 
 
-def _hashes_at(path: Path, wanted: set[int]) -> dict[int, str]:
-    """The hash of each wanted seq in the (already verified) log."""
+def _hashes_at(path: Path, wanted: set[int], lines: int) -> dict[int, str]:
+    """The hash of each wanted seq among the first ``lines`` lines of the (verified) log;
+    lines appended since are not read."""
     hashes: dict[int, str] = {}
     if not wanted or not path.exists():
         return hashes
     with path.open("rb") as handle:
-        for raw in handle:
+        for _, raw in zip(range(lines), handle, strict=False):
             event = json.loads(raw)
             if event["seq"] in wanted:
                 hashes[int(event["seq"])] = str(event["hash"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,9 +46,10 @@ class Signer(Protocol):
             KMSError: the KMS refused or is unreachable.
         """
 
-    def verify(self, message: bytes, signature: str) -> bool:
-        """Whether ``signature`` is this key's signature of ``message`` (at any version that
-        can still verify: rotating the key keeps old checkpoints verifiable).
+    def verify_many(self, items: Sequence[tuple[bytes, str]]) -> list[bool]:
+        """For each ``(message, signature)``: whether it is this key's signature of the
+        message (at any version that can still verify: rotating the key keeps old
+        checkpoints verifiable). Batched where the KMS allows.
 
         Raises:
             KMSError: the KMS refused or is unreachable (not an answer either way).
