@@ -29,7 +29,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Self, TypeVar
@@ -59,6 +59,7 @@ from heimdall_kms.errors import (
     PermissionDeniedError,
     RateLimitedError,
 )
+from heimdall_kms.overlap import fan_out
 from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey, round_trip
 from heimdall_kms.providers.credential_outage import caused_by
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
@@ -388,24 +389,16 @@ class GCPKMSProvider:
             return method(request=request, retry=retry, timeout=self._timeout)
 
     def _map(self, call: Callable[[_I], _T], items: list[_I]) -> list[_T]:
-        # Requests run concurrently but results keep the input order. A failure of the whole
-        # call cancels what has not started, waits for what has, wipes any DEK already
-        # unwrapped, and raises the first failure in input order.
-        if len(items) <= 1:
-            return [call(item) for item in items]
-        pool = self._executor()
-        tasks = [pool.submit(call, item) for item in items]
-        wait(tasks, return_when=FIRST_EXCEPTION)
-        if any(t.done() and not t.cancelled() and t.exception() for t in tasks):
-            for task in tasks:
-                task.cancel()
-            wait(tasks)
-            _wipe_results(tasks)
-            for task in tasks:
-                error = None if task.cancelled() else task.exception()
-                if error is not None:
-                    raise error
-        return [task.result() for task in tasks]
+        # The one fan-out, on this provider's long-lived pool (no thread start per call):
+        # input order, the first whole-call failure stops the rest and is raised, DEKs
+        # already unwrapped by then are wiped.
+        return fan_out(
+            call,
+            items,
+            self._max_concurrency,
+            discard=crypto.wipe_if_dek,
+            executor=self._executor(),
+        )
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -458,15 +451,6 @@ def _created(moment: datetime | None) -> datetime | None:
     if moment is None or moment.timestamp() == 0:
         return None
     return datetime.fromtimestamp(moment.timestamp(), UTC)
-
-
-def _wipe_results(tasks: list[Future[Any]]) -> None:
-    for task in tasks:
-        if task.cancelled() or task.exception() is not None:
-            continue
-        result = task.result()
-        if isinstance(result, bytearray):
-            crypto.wipe(result)
 
 
 @contextmanager
