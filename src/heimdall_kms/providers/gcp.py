@@ -70,6 +70,9 @@ _KEY_NAME = re.compile(r"projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKey
 _BODY = re.compile(r"[A-Za-z0-9+/]+={0,2}")  # after ``gcp:v<n>:`` (heimdall_kms.wrapped_key)
 _SCOPE = "https://www.googleapis.com/auth/cloudkms"
 _AAD_PURPOSE = "heimdall-kms/dek"
+# Cloud KMS HSM keys accept at most 8 KiB of plaintext and additional_authenticated_data
+# together (software keys 64 KiB each); contexts within heimdall's own limits can exceed it.
+_HSM_INPUT_BYTES = 8192
 _CRC_ATTEMPTS = 3  # Google's guidance: retry a checksum failure a limited number of times.
 _STATE = kms_v1.CryptoKeyVersion.CryptoKeyVersionState
 _T = TypeVar("_T")
@@ -223,8 +226,15 @@ class GCPKMSProvider:
 
     def _wrap_one(self, item: tuple[bytearray, KeyContext]) -> WrappedKey:
         dek, context = item
-        plaintext = bytes(dek)
         aad = _kms_aad(context)
+        if crypto.DEK_BYTES + len(aad) > _HSM_INPUT_BYTES:
+            # Refused here, for software keys too: the same key may get HSM versions later.
+            raise InvalidInputError(
+                f"context too large for Cloud KMS: {len(aad)} bytes of additional "
+                f"authenticated data with the data key exceed the {_HSM_INPUT_BYTES} bytes "
+                "of plaintext and AAD that HSM keys accept; shorten the context"
+            )
+        plaintext = bytes(dek)
         request = {
             "name": self._key,
             "plaintext": plaintext,
