@@ -26,7 +26,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, Self, TypeVar
@@ -62,6 +61,7 @@ from heimdall_kms.errors import (
     PermissionDeniedError,
     RateLimitedError,
 )
+from heimdall_kms.overlap import fan_out
 from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey, round_trip
 from heimdall_kms.providers.credential_outage import caused_by
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
@@ -401,31 +401,23 @@ class AzureKeyVaultProvider:
     ) -> list[_R | HeimdallKMSError]:
         """``call`` on every item, at most ``max_concurrency`` at once, results in input order.
 
-        An error that is not a per-item outcome stops the remaining items and is raised.
+        An error that is not a per-item outcome stops the remaining items and is raised; DEKs
+        already unwrapped by then are wiped (the one fan-out, ``overlap.fan_out``).
         """
-        fatal: list[HeimdallKMSError] = []
 
         def task(item: _T) -> _R | HeimdallKMSError:
-            if fatal:
-                return fatal[0]
             result = _attempt(operation, lambda: call(item))
             if isinstance(result, HeimdallKMSError) and not isinstance(result, per_item):
-                with self._lock:
-                    fatal.append(result)
+                raise result
             return result
 
-        if len(items) <= 1:
-            results = [task(item) for item in items]
-        else:
-            workers = min(self._workers, len(items))
-            with ThreadPoolExecutor(workers, thread_name_prefix="heimdall-azure") as pool:
-                results = list(pool.map(task, items))
-        if fatal:
-            for result in results:
-                if isinstance(result, bytearray):
-                    crypto.wipe(result)
-            raise fatal[0]
-        return results
+        return fan_out(
+            task,
+            items,
+            self._workers,
+            discard=crypto.wipe_if_dek,
+            thread_name_prefix="heimdall-azure",
+        )
 
 
 def _text(value: object) -> str:
