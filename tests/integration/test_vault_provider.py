@@ -398,3 +398,32 @@ class TestOneHTTPPath:
         with pytest.raises(RateLimitedError) as caught:
             provider.describe()
         assert caught.value.retry_after is not None and 0 < caught.value.retry_after <= 10
+
+
+class TestSignerToken:
+    """The audit checkpoint signer (it lives as long as `serve`) follows a token file too."""
+
+    def test_the_signer_uses_the_rewritten_token_after_the_old_one_is_revoked(
+        self, openbao: OpenBao, tmp_path: Path
+    ) -> None:
+        from heimdall_kms.audit.signers import signer_from_settings
+
+        name = "signer-token-audit"
+        root = openbao.client()
+        root.secrets.transit.create_key(name, key_type="ed25519")
+        path = tmp_path / "agent-token"
+        old = TestTokenFile._token(openbao)
+        TestTokenFile._sink(path, old)
+        env = openbao.env(
+            HMD_VAULT_TOKEN="", HMD_VAULT_TOKEN_FILE=str(path), HMD_AUDIT_SIGNING_KEY=name
+        )
+        signer = signer_from_settings(Settings.from_env(env))
+        assert signer is not None
+        first = signer.sign(b"checkpoint 1")
+        root.auth.token.revoke(old)
+        TestTokenFile._sink(path, TestTokenFile._token(openbao))
+        second = signer.sign(b"checkpoint 2")
+        assert signer.verify_many([(b"checkpoint 1", first), (b"checkpoint 2", second)]) == [
+            True,
+            True,
+        ]

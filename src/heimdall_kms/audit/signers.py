@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from heimdall_kms import crypto
 from heimdall_kms.audit.checkpoint import Signer
 from heimdall_kms.config import ProviderName, Settings
-from heimdall_kms.errors import ConfigurationError, KeyNotFoundError, KMSError
+from heimdall_kms.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    KeyNotFoundError,
+    KMSError,
+)
 
 if TYPE_CHECKING:
     import hvac
@@ -79,32 +85,59 @@ class VaultSigner:
     """Transit ``sign``/``verify`` with an ``ed25519`` (or ECDSA) key apart from the
     encryption key."""
 
-    def __init__(self, client: hvac.Client, name: str, *, mount: str = "transit") -> None:
+    def __init__(
+        self,
+        client: hvac.Client,
+        name: str,
+        *,
+        mount: str = "transit",
+        login: Callable[[hvac.Client], None] | None = None,
+    ) -> None:
+        from heimdall_kms.providers.vault_auth import TokenKeeper  # noqa: PLC0415
+
         self._client = client
         self._name = name
         self._mount = mount
+        # A signer lives as long as `serve`: its token is renewed, re-read from a token file,
+        # or replaced by a new login when refused, as the provider's is.
+        self._token = TokenKeeper(client, login)
+
+    def _call(self, operation: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        from heimdall_kms.providers.vault import _Translated  # noqa: PLC0415 - optional extra
+
+        def attempt() -> dict[str, Any]:
+            with _Translated(
+                operation, address=self._client.url, key=self._name, mount=self._mount
+            ):
+                return fn()
+
+        self._token.keep_fresh()
+        try:
+            return attempt()
+        except AuthenticationError:
+            if self._token.login is None:
+                raise
+            with _Translated("login", login=True, address=self._client.url):
+                self._token.login(self._client)
+            return attempt()
 
     @property
     def key_identifier(self) -> str:
         return f"vault:{self._mount}/{self._name}"
 
     def sign(self, message: bytes) -> str:
-        from heimdall_kms.providers.vault import _Translated  # noqa: PLC0415 - optional extra
-
-        with _Translated(
-            "audit checkpoint sign", address=self._client.url, key=self._name, mount=self._mount
-        ):
-            answer = self._client.secrets.transit.sign_data(
+        answer = self._call(
+            "audit checkpoint sign",
+            lambda: self._client.secrets.transit.sign_data(
                 self._name,
                 hash_input=base64.b64encode(message).decode(),
                 mount_point=self._mount,
-            )
+            ),
+        )
         return str(answer["data"]["signature"])
 
     def verify_many(self, items: Sequence[tuple[bytes, str]]) -> list[bool]:
         """Transit ``verify`` with ``batch_input``: one request per 250 checkpoints."""
-        from heimdall_kms.providers.vault import _Translated  # noqa: PLC0415 - optional extra
-
         found: list[bool] = []
         path = f"/v1/{self._mount}/verify/{self._name}"
         for start in range(0, len(items), _VERIFY_BATCH):
@@ -113,13 +146,10 @@ class VaultSigner:
                 {"input": base64.b64encode(message).decode(), "signature": signature}
                 for message, signature in chunk
             ]
-            with _Translated(
+            answer = self._call(
                 "audit checkpoint verify",
-                address=self._client.url,
-                key=self._name,
-                mount=self._mount,
-            ):
-                answer = self._client.adapter.post(path, json={"batch_input": batch})
+                functools.partial(self._client.adapter.post, path, json={"batch_input": batch}),
+            )
             results = answer["data"]["batch_results"]
             if len(results) != len(chunk):
                 raise KMSError("Transit verify answered another number of results than asked")
@@ -146,8 +176,14 @@ def signer_from_settings(settings: Settings) -> Signer | None:
         )
     if settings.provider is ProviderName.VAULT and settings.vault is not None:
         from heimdall_kms.providers.vault import build_client  # noqa: PLC0415 - optional extra
+        from heimdall_kms.providers.vault_auth import login_function  # noqa: PLC0415
 
-        return VaultSigner(build_client(settings.vault), name, mount=settings.vault.transit_mount)
+        return VaultSigner(
+            build_client(settings.vault),
+            name,
+            mount=settings.vault.transit_mount,
+            login=login_function(settings.vault),
+        )
     if settings.provider is ProviderName.LOCAL and settings.local_keyring is not None:
         from heimdall_kms.providers.local import LocalKeyring  # noqa: PLC0415
 
