@@ -6,17 +6,22 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+import pytest
 
+from tests.fault_proxy import FaultProxy, Mode
 from tests.integration.dbtables import UserTable
 from tests.integration.test_migrate_faults import (
+    MASTER_HEX,
     assert_all_migrated_once,
     cli,
     legacy_rows,
     local_env,
 )
+from tests.servers import OpenBao
 
 
 def hold_row_lock(url: str, table: str, row_id: int, seconds: float) -> threading.Event:
@@ -78,3 +83,96 @@ class TestRowsLockedByTheApplication:
         assert rerun.returncode == 0, err.decode()
         assert json.loads(out)["completed"] == 1
         assert_all_migrated_once(table, 500, env)
+
+
+@pytest.fixture
+def proxy(fresh_openbao: OpenBao) -> Iterator[FaultProxy]:
+    port = int(fresh_openbao.addr.rsplit(":", 1)[1])
+    faults = FaultProxy(port, trickle_seconds=2.0)
+    yield faults
+    faults.close()
+
+
+def vault_env(server: OpenBao, proxy: FaultProxy, tmp_path: Path, **extra: str) -> dict[str, str]:
+    return server.env(
+        HMD_VAULT_ADDR=proxy.addr,
+        HMD_ENCRYPTION_MODE="hybrid",
+        HMD_PII_MASTER_KEY=MASTER_HEX,
+        HMD_AUDIT_LOG=str(tmp_path / "audit.log"),
+        **extra,
+    )
+
+
+class TestAKMSThatTrickles:
+    def test_a_trickling_answer_is_cut_at_the_deadline_and_no_row_stays_locked(
+        self, fresh_openbao: OpenBao, proxy: FaultProxy, postgres_url: str, tmp_path: Path
+    ) -> None:
+        table = UserTable.create("postgres-text", tmp_path, postgres_url)
+        table.insert(legacy_rows(200))
+        env = vault_env(
+            fresh_openbao, proxy, tmp_path, HMD_VAULT_TIMEOUT="3", HMD_JOB_STALL_SECONDS="12"
+        )
+        proxy.mode = Mode.TRICKLE  # one byte every 2 s: no single read ever times out
+        started = time.monotonic()
+        run = cli([*migrate_args(table), "--batch-size", "50"], env)
+        time.sleep(2)  # the first batch is locked and waiting on Vault
+        before = time.monotonic()
+        with psycopg.connect(postgres_url, autocommit=True) as app:
+            # Waits while the batch holds the row: at most one deadline, never for ever.
+            app.execute("SET lock_timeout = '8s'")
+            app.execute(f"UPDATE {table.table} SET ssn = 'changed by the application' WHERE id = 1")
+        assert time.monotonic() - before < 3 + 2
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 69, err.decode()
+        assert 12 <= time.monotonic() - started < 60
+        assert b"no complete answer within 3s" in err
+        assert b"rerun to finish" in out
+        proxy.mode = Mode.PASS
+        rerun = cli([*migrate_args(table), "--json"], env)
+        out, err = rerun.communicate(timeout=120)
+        assert rerun.returncode == 0, err.decode()
+        assert json.loads(out)["completed"] == 199
+        assert table.values()[1] == "changed by the application"
+
+
+class TestAKMSThatGoesAway:
+    def test_a_job_rides_out_a_restart(
+        self, fresh_openbao: OpenBao, proxy: FaultProxy, tmp_path: Path
+    ) -> None:
+        table = UserTable.create("sqlite", tmp_path, None)
+        table.insert(legacy_rows(600))
+        env = vault_env(fresh_openbao, proxy, tmp_path)
+        run = cli([*migrate_args(table), "--batch-size", "20", "--rate-limit", "4", "--json"], env)
+        wait_for_journal(table, 100)
+        proxy.down()  # connections refused, open ones cut, for longer than the retry budget
+        time.sleep(8)
+        proxy.up()
+        out, err = run.communicate(timeout=180)
+        assert run.returncode == 0, err.decode()
+        assert json.loads(out)["completed"] == 600
+        assert_all_migrated_once(table, 600, env)
+
+    def test_a_job_rides_out_a_seal(self, fresh_openbao: OpenBao, tmp_path: Path) -> None:
+        table = UserTable.create("sqlite", tmp_path, None)
+        table.insert(legacy_rows(600))
+        env = fresh_openbao.env(
+            HMD_ENCRYPTION_MODE="hybrid",
+            HMD_PII_MASTER_KEY=MASTER_HEX,
+            HMD_AUDIT_LOG=str(tmp_path / "audit.log"),
+        )
+        run = cli([*migrate_args(table), "--batch-size", "20", "--rate-limit", "4", "--json"], env)
+        wait_for_journal(table, 100)
+        fresh_openbao.client().sys.seal()
+        time.sleep(8)
+        fresh_openbao.client().sys.submit_unseal_key(fresh_openbao.unseal_key)
+        out, err = run.communicate(timeout=180)
+        assert run.returncode == 0, err.decode()
+        assert json.loads(out)["completed"] == 600
+        assert_all_migrated_once(table, 600, env)
+
+
+def wait_for_journal(table: UserTable, rows: int) -> None:
+    deadline = time.monotonic() + 60
+    while len(table.journal()) < rows:
+        assert time.monotonic() < deadline, "the job made no progress"
+        time.sleep(0.1)

@@ -51,6 +51,7 @@ from heimdall_kms.providers.base import (
     WrappedKey,
     round_trip,
 )
+from heimdall_kms.providers.deadline import watch
 from heimdall_kms.providers.vault_auth import Login, TokenKeeper, login_function, new_client
 from heimdall_kms.providers.vault_http import on_vault_adapter, post_json
 from heimdall_kms.wrapped_key import parse_wrapped
@@ -124,6 +125,8 @@ class VaultTransitProvider:
     ) -> None:
         # Every call, hvac's and the batches, on the one HTTP path (vault_http.VaultAdapter).
         self._client = client = on_vault_adapter(client)
+        # HMD_VAULT_TIMEOUT bounds each request in total, not only each read (deadline.py).
+        watch(client.adapter.session)
         self._token = TokenKeeper(client, login)
         self._key = key_name
         self._mount = mount
@@ -308,6 +311,8 @@ class VaultTransitProvider:
         return _Translated(operation, address=self._client.url, key=self._key, mount=self._mount)
 
     def _authorized(self, fn: Callable[[], _T]) -> _T:
+        # A renewal that fails is left to the call that follows; one that hangs past the
+        # deadline fails this call as unavailable (vault_http.VaultAdapter._send).
         self._token.keep_fresh()
         try:
             return fn()

@@ -36,6 +36,7 @@ import requests.structures
 from requests.sessions import merge_setting
 
 from heimdall_kms.errors import KMSError
+from heimdall_kms.providers.deadline import deadline
 
 __all__ = [
     "VaultAdapter",
@@ -124,10 +125,11 @@ class VaultAdapter(hvac.adapters.JSONAdapter):  # type: ignore[misc] # hvac has 
             data=options.pop("data", None),
         ).prepare()
         settings = self._settings(session, url, options)
-        response = session.get_adapter(url).send(
-            prepared, timeout=options.get("timeout"), **settings
-        )
-        response.content  # noqa: B018 - read it now, so the connection goes back to the pool
+        timeout = options.get("timeout")
+        # The timeout bounds every read; the deadline bounds the whole exchange (deadline.py).
+        with deadline(float(timeout) if isinstance(timeout, int | float) else 30.0, "Vault"):
+            response = session.get_adapter(url).send(prepared, timeout=timeout, **settings)
+            response.content  # noqa: B018 - read it now, so the connection goes back to the pool
         return refuse_redirect(response)
 
     def _settings(
