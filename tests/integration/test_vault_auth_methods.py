@@ -116,6 +116,25 @@ class TestJWTAuth:
             envelope = c.encrypt(SSN, context=CTX)
             assert c.decrypt(envelope, actor="a", reason="r") == SSN
 
+    def test_a_revoked_token_is_replaced_by_a_login_with_the_files_current_jwt(
+        self, jwt_server: tuple[OpenBao, Signer], tmp_path: Path
+    ) -> None:
+        server, signer = jwt_server
+        jwt_file = _write_private(tmp_path / "jwt", signer.jwt())
+        with heimdall_kms.from_env(self._env(server, jwt_file), audit=MemoryAuditSink()) as c:
+            envelope = c.encrypt(SSN, context=CTX)
+            # The workload's token rotates: a new JWT in the file, the old one no longer valid.
+            _write_private(jwt_file, signer.jwt(jti="second"))
+            root = server.client()
+            revoked = 0
+            for accessor in root.list("auth/token/accessors")["data"]["keys"]:
+                data = root.auth.token.lookup_accessor(accessor)["data"]
+                if data["path"] == "auth/ci-jwt/login":
+                    root.auth.token.revoke_accessor(accessor)
+                    revoked += 1
+            assert revoked >= 1
+            assert c.decrypt(envelope, actor="a", reason="r") == SSN
+
     @pytest.mark.parametrize(
         "claims", [{"sub": "someone-else"}, {"aud": "another-app"}, {"exp": 1_000_000_000}]
     )
