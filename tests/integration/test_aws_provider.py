@@ -202,6 +202,13 @@ def test_disabled_and_invalid_state_answers_are_per_item(moto: MotoServer) -> No
             service_message=f"secret-looking detail {deks[0].hex()}",
             expected_params={**expected, "CiphertextBlob": blob_of(wrapped[0].ciphertext)},
         )
+        if code == "KMSInvalidStateException":
+            # Which state forbids it decides: pending deletion is a retired version.
+            stubber.add_response(
+                "describe_key",
+                {"KeyMetadata": {"KeyId": meta["KeyId"], "KeyState": "PendingDeletion"}},
+                {"KeyId": meta["KeyId"]},
+            )
     stubber.add_response(
         "decrypt",
         {"KeyId": meta["Arn"], "Plaintext": bytes(deks[3])},
@@ -217,6 +224,33 @@ def test_disabled_and_invalid_state_answers_are_per_item(moto: MotoServer) -> No
     assert outcomes[3] == deks[3]
     for outcome in outcomes[:3]:
         assert deks[0].hex() not in str(outcome)  # built from the code, not AWS's message
+
+
+def test_an_invalid_state_that_is_not_retirement_is_not_reported_as_retired(
+    moto: MotoServer,
+) -> None:
+    alias = new_alias(moto)
+    (wrapped,) = aliased(moto.client(), alias).wrap_many([crypto.new_dek()], [CTX])
+    meta = moto.client().describe_key(KeyId=f"{alias}/v1")["KeyMetadata"]
+    client, stubber = stubbed(moto)
+    stubber.add_response(
+        "describe_key",
+        {"KeyMetadata": {"KeyId": meta["KeyId"], "KeyState": "Enabled"}},
+        {"KeyId": f"{alias}/v1"},
+    )
+    stubber.add_client_error("decrypt", service_error_code="KMSInvalidStateException")
+    # The key's state says why: material never imported is no retirement.
+    stubber.add_response(
+        "describe_key",
+        {"KeyMetadata": {"KeyId": meta["KeyId"], "KeyState": "PendingImport"}},
+        {"KeyId": meta["KeyId"]},
+    )
+    kms = aliased(client, alias, max_concurrency=1)
+    with stubber, pytest.raises(KMSError) as caught:
+        kms.unwrap_many([wrapped.ciphertext], [CTX])
+    assert not isinstance(caught.value, KeyVersionRetiredError)
+    assert "PendingImport" in str(caught.value)
+    assert "not retired" in str(caught.value)
 
 
 def test_whole_call_failures_raise(moto: MotoServer) -> None:

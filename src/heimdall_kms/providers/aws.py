@@ -222,12 +222,15 @@ class AWSKMSProvider:
         target, version = self._destination()
 
         def encrypt(item: tuple[bytearray, KeyContext]) -> tuple[bytes, str]:
-            with _translated("Encrypt"):
-                answer = self._client.encrypt(
-                    KeyId=target,
-                    Plaintext=bytes(item[0]),
-                    EncryptionContext=kms_encryption_context(item[1]),
-                )
+            try:
+                with _translated("Encrypt"):
+                    answer = self._client.encrypt(
+                        KeyId=target,
+                        Plaintext=bytes(item[0]),
+                        EncryptionContext=kms_encryption_context(item[1]),
+                    )
+            except _InvalidStateError:
+                raise self._state_error(target, "Encrypt") from None
             return answer["CiphertextBlob"], answer["KeyId"]
 
         sealed = self._map(encrypt, list(zip(deks, contexts, strict=True)))
@@ -242,6 +245,8 @@ class AWSKMSProvider:
                     answer = self._client.decrypt(
                         CiphertextBlob=job.blob, KeyId=job.key_id, EncryptionContext=job.context
                     )
+            except _InvalidStateError:
+                return self._state_error(job.key_id, "Decrypt", per_item=True)
             except _PER_ITEM as exc:
                 return exc
             dek = bytearray(answer.pop("Plaintext"))
@@ -269,6 +274,8 @@ class AWSKMSProvider:
                         DestinationKeyId=target,
                         DestinationEncryptionContext=job.context,
                     )
+            except _InvalidStateError:
+                return self._state_error(job.key_id, "ReEncrypt", per_item=True)
             except _PER_ITEM as exc:
                 return exc
             return answer["CiphertextBlob"], answer["KeyId"]
@@ -367,6 +374,31 @@ class AWSKMSProvider:
             str(meta["KeyState"]),
             created.astimezone(UTC) if isinstance(created, datetime) else None,
         )
+
+    def _state_error(
+        self, key_id: str, operation: str, *, per_item: bool = False
+    ) -> HeimdallKMSError:
+        """KMSInvalidStateException says only that the key's state forbids the call: which
+        state decides. Disabled or pending deletion is a retired version (per item where the
+        call allows it); any other state (pending import, creating, unavailable) is no
+        retirement, and is raised as what it is."""
+        where = f"AWS KMS {operation}"
+        try:
+            with _translated("DescribeKey"):
+                state = str(self._client.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"])
+        except KeyNotFoundError:
+            error: HeimdallKMSError = KeyNotFoundError(f"{where}: the key no longer exists")
+        else:
+            if state in _RETIRED_STATES:
+                error = KeyVersionRetiredError(f"{where}: the key is {state} (retired)")
+            else:
+                error = KMSError(
+                    f"{where}: the key is {state}, a state that cannot do this "
+                    "(KMSInvalidStateException); it is not retired: check the key in AWS"
+                )
+        if per_item and isinstance(error, _PER_ITEM):
+            return error
+        raise error
 
     def _version_of(self, key: str) -> int:
         key_id = key.rsplit("key/", 1)[-1]  # Encrypt and ReEncrypt answer with the key's ARN
@@ -497,7 +529,14 @@ def _translated(operation: str) -> Iterator[None]:
 
 
 _INTEGRITY = frozenset({"InvalidCiphertextException", "IncorrectKeyException"})
-_RETIRED = frozenset({"DisabledException", "KMSInvalidStateException"})
+_RETIRED = frozenset({"DisabledException"})
+
+
+class _InvalidStateError(KMSError):
+    """KMSInvalidStateException: the key's state forbids the call; the provider, knowing the
+    key, asks which state (``AWSKMSProvider._state_error``)."""
+
+
 _AUTHENTICATION = frozenset(
     {
         "UnrecognizedClientException",
@@ -555,7 +594,9 @@ def _translate(exc: ClientError | BotoCoreError, operation: str) -> HeimdallKMSE
     if code in _INTEGRITY:
         return IntegrityError("AWS KMS could not unwrap the data key (damaged, or not ours)")
     if code in _RETIRED:
-        return KeyVersionRetiredError(f"{where}: the key is disabled or pending deletion ({code})")
+        return KeyVersionRetiredError(f"{where}: the key is disabled ({code})")
+    if code == "KMSInvalidStateException":
+        return _InvalidStateError(f"{where}: the key's state does not allow this ({code})")
     if code == "NotFoundException":
         return KeyNotFoundError(f"{where}: no such key or alias ({code})")
     if code == "AccessDeniedException":
