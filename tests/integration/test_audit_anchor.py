@@ -28,10 +28,11 @@ import heimdall_kms
 from heimdall_kms.audit.anchor import anchor_sql
 from heimdall_kms.audit.chain import GENESIS, seal_line
 from heimdall_kms.audit.checkpoint import Signer, checkpoints_path, parse_checkpoint
-from heimdall_kms.audit.signers import LocalSigner, VaultSigner
+from heimdall_kms.audit.signers import AWSSigner, LocalSigner, VaultSigner
 from heimdall_kms.metrics import default_metrics
 from heimdall_kms.providers.local import LocalKeyring
 from tests.servers import TRANSIT_KEY, OpenBao, run_cli
+from tests.servers_aws import MotoServer, start_moto
 
 SIGNING_KEY = f"{TRANSIT_KEY}-audit"
 
@@ -75,7 +76,7 @@ class Backend:
     writer: dict[str, str]
     verifier: dict[str, str]
     other: Signer
-    rotate: Callable[[], None]
+    rotate: Callable[[], None] | None  # None: the KMS does not rotate such keys
 
 
 def _local(tmp: Path) -> Backend:
@@ -118,10 +119,38 @@ def _vault(server: OpenBao) -> Backend:
     return Backend("vault", writer, verifier, VaultSigner(root, "forger-audit"), rotate)
 
 
-@pytest.fixture(params=["local", "vault"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+def _aws(server: MotoServer) -> Backend:
+    client = server.client()
+    encryption = client.create_key()["KeyMetadata"]["KeyId"]
+
+    def signing_key() -> str:
+        made = client.create_key(KeyUsage="SIGN_VERIFY", KeySpec="ECC_NIST_P256")
+        return str(made["KeyMetadata"]["KeyId"])
+
+    env = server.env(encryption, HMD_AUDIT_SIGNING_KEY=signing_key())
+    # AWS asymmetric keys do not rotate: a new key is a new HMD_AUDIT_SIGNING_KEY.
+    return Backend("aws", env, dict(env), AWSSigner(client, signing_key()), None)
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    server = start_moto()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["local", "vault", "aws"])
+def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Backend:
     if request.param == "local":
         return _local(tmp_path)
+    if request.param == "aws":
+        made = _aws(request.getfixturevalue("moto"))
+        for name, value in made.writer.items():
+            if name.startswith("AWS_"):  # boto3 reads its credential chain from the process
+                monkeypatch.setenv(name, value)
+        return made
     return _vault(request.getfixturevalue("openbao"))
 
 
@@ -208,6 +237,8 @@ class TestAnchoredVerify:
         assert world.anchor.rows() == 2
 
     def test_rotating_the_signing_key_keeps_old_checkpoints_verifiable(self, world: World) -> None:
+        if world.backend.rotate is None:
+            pytest.skip(f"{world.backend.name} signing keys do not rotate")
         world.write(2)
         world.backend.rotate()
         world.write(2)

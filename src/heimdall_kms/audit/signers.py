@@ -3,8 +3,9 @@
 ``HMD_AUDIT_SIGNING_KEY`` names the key, on the configured provider: a Transit key of type
 ``ed25519`` (``vault bootstrap`` creates ``<key>-audit`` with its own policy: the writing roles
 may ``sign``, the audit role may only ``verify``), or a key in the local keyring whose
-32-byte version material is an Ed25519 seed (NOT FOR PRODUCTION). The other providers' signing
-(AWS ``Sign``, GCP ``asymmetricSign``, Azure ``sign``) is not implemented yet.
+32-byte version material is an Ed25519 seed (NOT FOR PRODUCTION), or an AWS KMS
+``ECC_NIST_P256`` key with ``SIGN_VERIFY`` usage (``Sign``/``Verify``, ECDSA_SHA_256). GCP
+``asymmetricSign`` and Azure ``sign`` are not implemented yet.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
     from heimdall_kms.providers.local import LocalKeyring
 
-__all__ = ["LocalSigner", "VaultSigner", "signer_from_settings"]
+__all__ = ["AWSSigner", "LocalSigner", "VaultSigner", "signer_from_settings"]
 
 _VERIFY_BATCH = 250
 _LOCAL = re.compile(r"local:v([1-9][0-9]{0,8}):([A-Za-z0-9+/=]+)")
@@ -158,6 +159,64 @@ class VaultSigner:
         return found
 
 
+class AWSSigner:
+    """AWS KMS ``Sign``/``Verify`` (ECDSA_SHA_256) with an ``ECC_NIST_P256`` ``SIGN_VERIFY`` key
+    apart from the encryption key."""
+
+    algorithm = "ECDSA_SHA_256"
+
+    def __init__(self, client: Any, key_id: str) -> None:
+        self._client = client
+        self._key_id = key_id
+
+    @property
+    def key_identifier(self) -> str:
+        return f"aws:{self._key_id}"
+
+    def sign(self, message: bytes) -> str:
+        from heimdall_kms.providers.aws import _translated  # noqa: PLC0415 - optional extra
+
+        with _translated("audit checkpoint sign"):
+            answer = self._client.sign(
+                KeyId=self._key_id,
+                Message=message,
+                MessageType="RAW",
+                SigningAlgorithm=self.algorithm,
+            )
+        return f"aws:{self.algorithm}:{base64.b64encode(answer['Signature']).decode()}"
+
+    def verify_many(self, items: Sequence[tuple[bytes, str]]) -> list[bool]:
+        return [self._verify(message, signature) for message, signature in items]
+
+    def _verify(self, message: bytes, signature: str) -> bool:
+        from botocore.exceptions import ClientError  # noqa: PLC0415 - optional extra
+
+        from heimdall_kms.providers.aws import _translated  # noqa: PLC0415
+
+        prefix = f"aws:{self.algorithm}:"
+        if not signature.startswith(prefix):
+            return False
+        try:
+            raw = base64.b64decode(signature[len(prefix) :], validate=True)
+        except binascii.Error:
+            return False
+        with _translated("audit checkpoint verify"):
+            try:
+                answer = self._client.verify(
+                    KeyId=self._key_id,
+                    Message=message,
+                    MessageType="RAW",
+                    Signature=raw,
+                    SigningAlgorithm=self.algorithm,
+                )
+            except ClientError as exc:
+                # AWS answers a signature that does not verify with this error.
+                if exc.response.get("Error", {}).get("Code") == "KMSInvalidSignatureException":
+                    return False
+                raise
+        return answer.get("SignatureValid") is True
+
+
 def signer_from_settings(settings: Settings) -> Signer | None:
     """The signer ``HMD_AUDIT_SIGNING_KEY`` names on the configured provider, or None.
 
@@ -184,6 +243,10 @@ def signer_from_settings(settings: Settings) -> Signer | None:
             mount=settings.vault.transit_mount,
             login=login_function(settings.vault),
         )
+    if settings.provider is ProviderName.AWS and settings.aws is not None:
+        from heimdall_kms.providers.aws import build_client as aws_client  # noqa: PLC0415
+
+        return AWSSigner(aws_client(settings.aws), name)
     if settings.provider is ProviderName.LOCAL and settings.local_keyring is not None:
         from heimdall_kms.providers.local import LocalKeyring  # noqa: PLC0415
 
@@ -193,5 +256,5 @@ def signer_from_settings(settings: Settings) -> Signer | None:
     provider = settings.provider.value if settings.provider else "none"
     raise ConfigurationError(
         f"HMD_AUDIT_SIGNING_KEY: signing checkpoints with HMD_KMS_PROVIDER={provider} is not "
-        "supported yet (vault and local are)"
+        "supported yet (vault, aws and local are)"
     )
