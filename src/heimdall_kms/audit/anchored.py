@@ -128,6 +128,9 @@ def _collect(
         raw_lines = []
         if anchor_rows:
             result.notes.append(f"{sidecar} does not exist; the anchor's checkpoints are used")
+    except OSError as exc:
+        raw_lines = []
+        result.problems.append(f"{sidecar} cannot be read: {exc.strerror}")
     for number, raw in enumerate(raw_lines, start=1):
         if not raw.endswith(b"\n") and number == len(raw_lines):
             result.notes.append(f"{sidecar}: the last line is incomplete (a crash while writing)")

@@ -106,7 +106,10 @@ def parse_checkpoint(text: str | bytes) -> Checkpoint:
     Raises:
         ValueError: not a checkpoint of this format.
     """
-    document = json.loads(text)
+    try:
+        document = json.loads(text)
+    except RecursionError:  # nested deeper than the parser goes: no checkpoint is
+        raise ValueError("not a heimdall audit checkpoint") from None
     if not isinstance(document, dict) or document.pop("format", None) != _FORMAT:
         raise ValueError("not a heimdall audit checkpoint")
     try:
@@ -117,7 +120,8 @@ def parse_checkpoint(text: str | bytes) -> Checkpoint:
     for value, kind in zip(asdict(checkpoint).values(), types, strict=True):
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ValueError("not a heimdall audit checkpoint")
-    checkpoint.moment  # noqa: B018 - raises ValueError on a malformed time
+    if checkpoint.moment.tzinfo is None:  # fromisoformat raises ValueError on a malformed time
+        raise ValueError("not a heimdall audit checkpoint (a time without a time zone)")
     return checkpoint
 
 
