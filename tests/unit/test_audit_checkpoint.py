@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from heimdall_kms.audit.checkpoint import (
     new_checkpoint,
     parse_checkpoint,
 )
+from heimdall_kms.audit.checkpointer import Checkpointer, CheckpointPolicy
 from heimdall_kms.audit.events import AuditEvent, EventType, Result
 from heimdall_kms.audit.signers import LocalSigner
 from heimdall_kms.providers.local import LocalKeyring
@@ -84,3 +87,80 @@ class TestHostileSidecar:
         result = verify_anchored(log, signer=signer, log_id="l", anchor_rows=[])
         assert result.verdict is AnchoredVerdict.TAMPERED
         assert any("line 2: not a checkpoint" in problem for problem in result.problems)
+
+
+class _Counting:
+    """A real local signer that counts its signatures."""
+
+    def __init__(self, inner: LocalSigner) -> None:
+        self.inner = inner
+        self.signed = 0
+
+    @property
+    def key_identifier(self) -> str:
+        return self.inner.key_identifier
+
+    def sign(self, message: bytes) -> str:
+        self.signed += 1
+        return self.inner.sign(message)
+
+    def verify_many(self, items: Sequence[tuple[bytes, str]]) -> list[bool]:
+        return self.inner.verify_many(items)
+
+
+def _event() -> AuditEvent:
+    return AuditEvent(EventType.KEY_ROTATE, "ops", "r1", Result.SUCCESS)
+
+
+def _sidecar_seqs(log: Path) -> list[int]:
+    path = checkpoints_path(log)
+    return (
+        [parse_checkpoint(line).seq for line in path.read_text().splitlines()]
+        if path.exists()
+        else []
+    )
+
+
+class TestCheckpointCadence:
+    def _sink(self, tmp: Path, signer: _Counting, **policy: float) -> FileAuditSink:
+        log = tmp / "audit.log"
+        checkpointer = Checkpointer(log, signer, CheckpointPolicy(log_id="l", **policy))  # type: ignore[arg-type]
+        return FileAuditSink(log, checkpointer=checkpointer)
+
+    def test_batches_cost_no_signature_until_the_interval_or_close(
+        self, tmp_path: Path, signer: LocalSigner
+    ) -> None:
+        counting = _Counting(signer)
+        sink = self._sink(tmp_path, counting, seconds=60, lines=1000)
+        for _ in range(200):
+            sink.emit([_event()])
+        time.sleep(0.2)
+        assert counting.signed == 0  # periodic, never per batch
+        sink.close()
+        assert counting.signed == 1 and _sidecar_seqs(sink.path) == [200]  # at close
+
+    def test_every_n_lines(self, tmp_path: Path, signer: LocalSigner) -> None:
+        counting = _Counting(signer)
+        sink = self._sink(tmp_path, counting, seconds=60, lines=5)
+        sink.emit([_event() for _ in range(5)])
+        _wait_for(lambda: _sidecar_seqs(sink.path) == [5])
+        sink.close()
+
+    def test_every_interval_when_lines_were_written(
+        self, tmp_path: Path, signer: LocalSigner
+    ) -> None:
+        counting = _Counting(signer)
+        sink = self._sink(tmp_path, counting, seconds=0.3, lines=1000)
+        sink.emit([_event()])
+        _wait_for(lambda: _sidecar_seqs(sink.path) == [1])
+        time.sleep(0.7)
+        assert counting.signed == 1  # nothing new written: no new checkpoint
+        sink.close()
+        assert _sidecar_seqs(sink.path) == [1]
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
