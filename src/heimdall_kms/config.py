@@ -205,6 +205,9 @@ class Settings:
     # HMD_AUDIT_SIGNING_KEY and the anchor: the log's head is signed and anchored (SPEC §8).
     audit_anchoring: AuditAnchoring | None = None
     key_rotation_days: int = 90
+    # HMD_KMS_PROPAGATION_SECONDS: how long rotate/retire wait for the KMS to put a new primary
+    # version or a disabled version into effect (eventually consistent KMSs; docs/rotation.md).
+    kms_propagation_seconds: float = 300.0
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
     # HMD_ROTATION_CHECK_SECONDS: when set, `heimdall-kms serve` runs `rotate --if-due` this often.
     rotation_check_seconds: int | None = None
@@ -266,6 +269,7 @@ class Settings:
             audit_anchoring=read_anchoring(environ),
             # 0 is allowed: every `rotate --if-due` then rotates (drills and tests).
             key_rotation_days=env.integer("HMD_KEY_ROTATION_DAYS", 90, minimum=0),
+            kms_propagation_seconds=env.number("HMD_KMS_PROPAGATION_SECONDS", 300.0),
             resilience=ResilienceSettings(
                 retry_attempts=env.integer("HMD_KMS_RETRY_ATTEMPTS", 5, minimum=1),
                 retry_max_seconds=env.number("HMD_KMS_RETRY_MAX_SECONDS", 30.0),

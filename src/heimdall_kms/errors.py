@@ -33,6 +33,7 @@ __all__ = [
     "KeyVersionRetiredError",
     "MalformedEnvelopeError",
     "ModeViolationError",
+    "NotInEffectError",
     "PermissionDeniedError",
     "RateLimitedError",
     "RefusedError",
@@ -143,6 +144,19 @@ class KMSError(HeimdallKMSError):
     def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class NotInEffectError(KMSError):
+    """The KMS accepted a key change (a rotation, a retirement) but does not apply it yet.
+
+    Eventually consistent KMSs (GCP, AWS) put a new primary version or a disabled version into
+    effect after a while; the change is made and stays made, it is only not in effect within
+    the wait (``HMD_KMS_PROPAGATION_SECONDS``).
+    """
+
+    error_type = "not_in_effect"
+    # Not retryable: calling rotate again would make yet another version.
+    exit_code = 75
 
 
 class KeyNotFoundError(KMSError):

@@ -26,9 +26,13 @@ UNAUTHENTICATED, 403 PERMISSION_DENIED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE,
 requests on a resource; :meth:`~FakeKMS.corrupt` flips a byte of a response's ciphertext or
 plaintext while keeping the checksum of the original; :meth:`~FakeKMS.unverified` answers
 ``verified*Crc32c: false``; ``pending_generation`` makes new versions start in
-PENDING_GENERATION; :meth:`~FakeKMS.scheduled_rotation` does what Cloud KMS's rotation
-schedule does; ``latency`` delays each request by a random time, and ``max_in_flight`` counts
-the most requests served at once; :meth:`~FakeKMS.add_service_account` turns on authentication
+PENDING_GENERATION; ``propagation_delay`` (seconds) makes a new primary version and a
+version state change (disable, enable) take effect for encrypt/decrypt only that long after
+the change, while reads show it at once, as Cloud KMS documents ("eventually consistent"),
+and with ``mixed_propagation = n`` one encrypt in n still uses the old primary meanwhile;
+:meth:`~FakeKMS.scheduled_rotation` does what Cloud KMS's rotation schedule does;
+``latency`` delays each request by a random time, and ``max_in_flight`` counts the most
+requests served at once; :meth:`~FakeKMS.add_service_account` turns on authentication
 (self-signed service-account JWTs, verified) and IAM (predefined Cloud KMS roles).
 ``docs/providers/gcp.md`` lists what is not modelled.
 """
@@ -172,7 +176,14 @@ class _Version:
     number: int
     secret: bytes = field(repr=False)
     created: datetime
-    state: str = "ENABLED"
+    state: str = "ENABLED"  # what reads (get, list) show at once
+    # What encrypt/decrypt obey until ``state_at`` + the propagation delay (Cloud KMS: "a
+    # disabled version takes effect eventually").
+    served_state: str = "ENABLED"
+    state_at: float = 0.0
+
+    def effective(self, now: float, delay: float) -> str:
+        return self.state if now >= self.state_at + delay else self.served_state
 
 
 @dataclass
@@ -182,6 +193,19 @@ class _Key:
     versions: dict[int, _Version] = field(default_factory=dict)
     primary: int | None = None
     rotation_period: str | None = None
+    # The primary encrypt uses until ``primary_at`` + the propagation delay.
+    served_primary: int | None = None
+    primary_at: float = 0.0
+
+    encrypts: int = 0  # within the delay, for ``mixed_propagation``
+
+    def effective_primary(self, now: float, delay: float, mixed: int = 0) -> int | None:
+        if now >= self.primary_at + delay:
+            return self.primary
+        if mixed:  # most requests reach replicas that have seen the change, one in ``mixed`` not
+            self.encrypts += 1
+            return self.served_primary if self.encrypts % mixed == 0 else self.primary
+        return self.served_primary
 
 
 @dataclass
@@ -253,6 +277,11 @@ class FakeKMS:
         self._corrupt: dict[str, int] = {}
         self._unverified: set[str] = set()
         self.pending_generation = False
+        # Seconds before a primary-version change or a version state change is applied by
+        # encrypt/decrypt (reads show it at once), as Cloud KMS documents for both.
+        self.propagation_delay = 0.0
+        # When n > 0: within the delay, encrypt uses the new primary except one request in n.
+        self.mixed_propagation = 0
         self.latency = 0.0  # seconds: each request waits a random time up to this
         self.calls: Counter[str] = Counter()
         self.max_in_flight = 0
@@ -308,7 +337,7 @@ class FakeKMS:
         with self._lock:
             key = self._key(key_name)
             version = self._add_version(key, "ENABLED")
-            key.primary = version.number
+            self._set_primary(key, version.number)
             return version.number
 
     def version_state(self, key_name: str, number: int) -> str:
@@ -401,6 +430,19 @@ class FakeKMS:
             return None
         return email if scopes & _SCOPES or audience_ok else None
 
+    def _seconds(self) -> float:
+        return self._clock().timestamp()
+
+    def _set_primary(self, key: _Key, number: int) -> None:
+        now = self._seconds()
+        key.served_primary = key.effective_primary(now, self.propagation_delay)
+        key.primary, key.primary_at = number, now
+
+    def _set_state(self, version: _Version, state: str) -> None:
+        now = self._seconds()
+        version.served_state = version.effective(now, self.propagation_delay)
+        version.state, version.state_at = state, now
+
     def _matching(self, switches: dict[str, int] | set[str], resource: str) -> str | None:
         for prefix in switches:
             if resource == prefix or resource.startswith(prefix + "/"):
@@ -425,7 +467,7 @@ class FakeKMS:
 
     def _add_version(self, key: _Key, state: str) -> _Version:
         number = max(key.versions, default=0) + 1
-        version = _Version(number, os.urandom(32), self._clock(), state)
+        version = _Version(number, os.urandom(32), self._clock(), state, served_state=state)
         key.versions[number] = version
         return version
 
@@ -489,7 +531,7 @@ class FakeKMS:
             raise StatusError("ALREADY_EXISTS", f"{name} already exists.")
         key = _Key(name, self._clock(), rotation_period=body.get("rotationPeriod"))
         if str(query.get("skipInitialVersionCreation", "false")).lower() != "true":
-            key.primary = self._add_version(key, "ENABLED").number
+            key.primary = key.served_primary = self._add_version(key, "ENABLED").number
         self._keys[name] = key
         return self._key_json(key)
 
@@ -505,7 +547,8 @@ class FakeKMS:
         key, version = self._version(name)
         document = self._version_json(key, version)
         if version.state == "PENDING_GENERATION":
-            version.state = "ENABLED"  # generation finishes after the first look
+            # Generation finishes after the first look (no propagation: nothing used it yet).
+            version.state = version.served_state = "ENABLED"
         return document
 
     def _list_crypto_key_versions(self, parent: str, query: JSON, body: JSON) -> JSON:
@@ -534,7 +577,7 @@ class FakeKMS:
                 "FAILED_PRECONDITION",
                 f"{name} is in state {version.state} and cannot be changed to {wanted}.",
             )
-        version.state = wanted
+        self._set_state(version, wanted)
         return self._version_json(key, version)
 
     def _update_crypto_key_primary_version(self, name: str, query: JSON, body: JSON) -> JSON:
@@ -549,7 +592,7 @@ class FakeKMS:
                 f"{name}/cryptoKeyVersions/{number} is not enabled, current state is: "
                 f"{version.state}.",
             )
-        key.primary = version.number
+        self._set_primary(key, version.number)
         return self._key_json(key)
 
     # -- cryptography -------------------------------------------------------------------------
@@ -564,9 +607,12 @@ class FakeKMS:
             key, version = self._version(name)
         else:
             key = self._key(name)
-            if key.primary is None:
+            primary = key.effective_primary(
+                self._seconds(), self.propagation_delay, self.mixed_propagation
+            )
+            if primary is None:
                 raise StatusError("FAILED_PRECONDITION", f"{name} has no primary version.")
-            version = key.versions[key.primary]
+            version = key.versions[primary]
         plaintext = _unb64(body, "plaintext")
         aad = _unb64(body, "additionalAuthenticatedData")
         if len(plaintext) > MAX_PLAINTEXT or len(aad) > MAX_PLAINTEXT:
@@ -576,10 +622,11 @@ class FakeKMS:
             body, aad, "additional_authenticated_data", "additionalAuthenticatedDataCrc32c"
         )
         version_name = f"{key.name}/cryptoKeyVersions/{version.number}"
-        if version.state != "ENABLED":
+        state = version.effective(self._seconds(), self.propagation_delay)
+        if state != "ENABLED":
             raise StatusError(
                 "FAILED_PRECONDITION",
-                f"{version_name} is not enabled, current state is: {version.state}.",
+                f"{version_name} is not enabled, current state is: {state}.",
             )
         nonce = os.urandom(12)
         cipher = AES.new(version.secret, AES.MODE_GCM, nonce=nonce)
@@ -611,11 +658,11 @@ class FakeKMS:
         version = key.versions.get(number)
         if version is None:
             raise invalid
-        if version.state != "ENABLED":
+        state = version.effective(self._seconds(), self.propagation_delay)
+        if state != "ENABLED":
             raise StatusError(
                 "FAILED_PRECONDITION",
-                f"{name}/cryptoKeyVersions/{number} is not enabled, current state is: "
-                f"{version.state}.",
+                f"{name}/cryptoKeyVersions/{number} is not enabled, current state is: {state}.",
             )
         nonce = ciphertext[len(MAGIC) + 4 : HEADER]
         cipher = AES.new(version.secret, AES.MODE_GCM, nonce=nonce)
@@ -627,7 +674,7 @@ class FakeKMS:
         return {
             "plaintext": _b64(self._maybe_corrupt(key.name, plaintext)),
             "plaintextCrc32c": str(crc32c(plaintext)),
-            "usedPrimary": number == key.primary,
+            "usedPrimary": number == key.effective_primary(self._seconds(), self.propagation_delay),
             "protectionLevel": "SOFTWARE",
         }
 

@@ -13,6 +13,7 @@ from heimdall_kms.audit import open_sink
 from heimdall_kms.cli._actor import actor_option
 from heimdall_kms.cli._job_metrics import JobTelemetry, job_telemetry, metrics_options
 from heimdall_kms.cli._targets import TargetSpec, opened_stores, target_options
+from heimdall_kms.cli._waiting import propagation
 from heimdall_kms.cli.progress import ProgressView
 from heimdall_kms.config import Settings, audit_destination
 from heimdall_kms.errors import IncompleteError
@@ -166,6 +167,7 @@ def reencrypt(
             actor,
             mode=ReencryptMode(mode),
             all_versions=all_versions,
+            propagation=propagation(settings),
         )
         with (
             _crypto(settings, kms, telemetry, actor) as crypto,

@@ -13,7 +13,9 @@ from heimdall_kms.audit import open_sink
 from heimdall_kms.cli._actor import actor_option
 from heimdall_kms.cli._job_metrics import job_telemetry, metrics_options
 from heimdall_kms.cli._targets import TargetSpec, opened_stores, target_options
+from heimdall_kms.cli._waiting import propagation
 from heimdall_kms.config import Settings
+from heimdall_kms.jobs.propagation import Effect
 from heimdall_kms.jobs.rotation import key_report, retire, rotate
 from heimdall_kms.providers import KeyManagementService, load_provider
 from heimdall_kms.telemetry.export import MetricsExport
@@ -51,7 +53,15 @@ def rotate_command(
         telemetry.watch(kms, settings)
         sink = telemetry.audit(open_sink(settings.audit_log, settings))
         try:
-            result = rotate(kms, sink, actor=actor, if_due=if_due, cadence=cadence, reason=reason)
+            result = rotate(
+                kms,
+                sink,
+                actor=actor,
+                if_due=if_due,
+                cadence=cadence,
+                reason=reason,
+                propagation=propagation(settings),
+            )
             telemetry.publish_key(kms, cadence)
         finally:
             kms.close()
@@ -122,6 +132,7 @@ def retire_command(
                     actor=actor,
                     force=force,
                     reason=reason,
+                    propagation=propagation(settings),
                 )
         finally:
             kms.close()
@@ -140,6 +151,13 @@ def retire_command(
             f"values under versions below {below_version} (runs {', '.join(runs)}); they no "
             "longer decrypt, so rolling those runs back would restore unreadable values. "
             "Purge them: heimdall-kms journal purge --run RUN_ID --older-than-days 0",
+            err=True,
+        )
+    if result.effect is Effect.UNCONFIRMED:
+        click.echo(
+            f"heimdall-kms: WARNING: {kms.name.value} cannot wrap under a named version, so "
+            f"the refusal of versions below {below_version} was not confirmed; the KMS may "
+            "take a while to apply it (docs/rotation.md)",
             err=True,
         )
     if as_json:

@@ -10,6 +10,11 @@ Candidates are values below the latest version (``full --all-versions``: every v
 values are skipped (that is ``migrate``'s job). Batching, compare-and-swap, journal, progress
 and resumability are the shared loop's (:mod:`heimdall_kms.jobs.batch_job`); ``full`` keeps
 no journal (SPEC §3: the replaced envelopes are not kept anywhere they could be restored from).
+
+On an eventually consistent KMS the latest version may not wrap yet right after a rotation:
+the job first waits (bounded) until a canary wrap lands on it, and a result that still lands
+on an older version is not written and not counted completed; it fails its row, stays a
+candidate, and a rerun picks it up (:mod:`heimdall_kms.jobs.propagation`).
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from heimdall_kms.envelope import KmsV1Envelope
-from heimdall_kms.errors import HeimdallKMSError, ModeViolationError
+from heimdall_kms.errors import HeimdallKMSError, ModeViolationError, NotInEffectError
 from heimdall_kms.inputs import MAX_STORED_PLAINTEXT_BYTES
 from heimdall_kms.jobs.batch_job import BatchJob, JobOptions
 from heimdall_kms.jobs.classify import Slot, ValueKind
+from heimdall_kms.jobs.propagation import Propagation, confirm_primary
 from heimdall_kms.jobs.reading import reader_for
 from heimdall_kms.jobs.report import JobReport, ProgressCallback, TargetReport
 from heimdall_kms.jobs.to_legacy import LegacyRollbackJob, check_legacy_settings
@@ -42,6 +48,8 @@ class ReencryptMode(StrEnum):
 class ReencryptOptions(JobOptions):
     mode: ReencryptMode = ReencryptMode.REWRAP
     all_versions: bool = False
+    # The wait for the latest version to wrap (default: HMD_KMS_PROPAGATION_SECONDS, silent).
+    propagation: Propagation | None = None
 
 
 def run_reencrypt(
@@ -74,6 +82,9 @@ class ReencryptJob(BatchJob):
         super().__init__(crypto, options, progress)
         self.mode = options.mode
         self.all_versions = options.all_versions and options.mode is ReencryptMode.FULL
+        self.propagation = options.propagation or Propagation(
+            bound_seconds=crypto.settings.kms_propagation_seconds
+        )
         self.latest = 0
         self.report.job = f"reencrypt-{options.mode.value}"
         # The envelopes a full re-encryption replaces are the compromised ones (their DEKs are
@@ -83,6 +94,8 @@ class ReencryptJob(BatchJob):
     def prepare(self) -> None:
         assert self.crypto.kms is not None
         self.latest = self.crypto.kms.describe().latest_version
+        if not self.options.dry_run:
+            confirm_primary(self.crypto.kms, self.latest, self.propagation)
 
     def convert(self, store: FieldStore, rows: list[Row], target: TargetReport) -> list[Swap]:
         stale: list[tuple[Row, KmsV1Envelope]] = []
@@ -116,9 +129,24 @@ class ReencryptJob(BatchJob):
         for (row, _), outcome in zip(stale, outcomes, strict=True):
             if isinstance(outcome, HeimdallKMSError):
                 self.fail(target, row, outcome)
-            else:
+            elif self._landed(target, row, outcome.key_version):
                 swaps.append(Swap(row, outcome.to_json()))
         return swaps
+
+    def _landed(self, target: TargetReport, row: Row, version: int) -> bool:
+        """Whether a result is on the latest version; one that is not fails its row (left as
+        it was: still a candidate for the next run)."""
+        if version >= self.latest:
+            return True
+        self.fail(
+            target,
+            row,
+            NotInEffectError(
+                f"the KMS wrapped it under v{version}, not v{self.latest}: v{self.latest} is "
+                "not yet in effect; the value is left as it was for the next run"
+            ),
+        )
+        return False
 
     def _full(self, stale: list[tuple[Row, KmsV1Envelope]], target: TargetReport) -> list[Swap]:
         outcomes = self.crypto.decrypt_outcomes(
@@ -140,4 +168,9 @@ class ReencryptJob(BatchJob):
             actor=self.options.actor,
             limit=MAX_STORED_PLAINTEXT_BYTES,
         )
-        return [Swap(row, env.to_json()) for (row, _, _), env in zip(readable, sealed, strict=True)]
+        return [
+            Swap(row, env.to_json())
+            for (row, _, _), env in zip(readable, sealed, strict=True)
+            # Only kms_v1 envelopes have a key version to verify.
+            if not isinstance(env, KmsV1Envelope) or self._landed(target, row, env.key_version)
+        ]

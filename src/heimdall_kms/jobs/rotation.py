@@ -20,6 +20,13 @@ from heimdall_kms.errors import InvalidInputError, RefusedError
 from heimdall_kms.jobs.census import take_census
 from heimdall_kms.jobs.classify import ValueKind
 from heimdall_kms.jobs.journal import journaled_below
+from heimdall_kms.jobs.propagation import (
+    Effect,
+    Propagation,
+    confirm_primary,
+    confirm_refused,
+    retire_canaries,
+)
 from heimdall_kms.providers import KeyInfo, KeyManagementService
 from heimdall_kms.store import FieldStore
 
@@ -72,14 +79,20 @@ def rotate(
     cadence: timedelta,
     now: datetime | None = None,
     reason: str | None = None,
+    propagation: Propagation | None = None,
 ) -> RotationResult:
     """Create a new key version (with ``if_due``: only when the latest is ``cadence`` old).
+
+    The new version is reported only once a canary wrap lands on it (``propagation`` bounds
+    the wait; :mod:`heimdall_kms.jobs.propagation`).
 
     Raises:
         KMSError: the KMS refused or failed (a failure to rotate is audited as a failed
             ``key.rotate``; a failure to read the key is not, nothing was attempted).
         AuditWriteError: the intent could not be recorded (nothing was rotated), or the
             outcome could not be (the key was rotated; the intent is in the log).
+        NotInEffectError: rotated, but new DEKs still wrap with an older version after the
+            wait (audited as a failed ``key.rotate`` with ``in_effect: false``).
     """
     moment = now or datetime.now(UTC)
     # Reading the key changes nothing, and a check that finds nothing due writes no event.
@@ -99,6 +112,9 @@ def rotate(
     with audited(audit, intent) as attempt:
         after = kms.rotate()
         attempt.key_version = after.latest_version
+        attempt.details["in_effect"] = False
+        confirm_primary(kms, after.latest_version, propagation or Propagation())
+        attempt.details["in_effect"] = True
     return RotationResult(
         True, before.latest_version, after.latest_version, next_due(after, cadence)
     )
@@ -154,6 +170,8 @@ class RetireResult:
     info: KeyInfo | None = None
     # Journaled old values (per target, per run) a rollback would restore unreadable.
     journal: dict[str, dict[str, int]] = field(default_factory=dict)
+    # How the KMS was seen to refuse the retired versions (heimdall_kms.jobs.propagation).
+    effect: Effect = Effect.UNCONFIRMED
 
     @property
     def journal_total(self) -> int:
@@ -172,6 +190,7 @@ class RetireResult:
             "stranded": {t: {str(v): n for v, n in c.items()} for t, c in self.stranded.items()},
             "journal_values_below": self.journal_total,
             "journal": self.journal,
+            "effect": self.effect.value,
         }
 
 
@@ -184,13 +203,19 @@ def retire(
     actor: str,
     force: bool = False,
     reason: str | None = None,
+    propagation: Propagation | None = None,
 ) -> RetireResult:
     """Raise the KMS's minimum decryption version to ``below_version``, if nothing needs older.
+
+    Success is reported only once a canary wrapped under each retired version just before is
+    refused by unwrap (``propagation`` bounds the wait), where the provider can wrap under a
+    named version; ``RetireResult.effect`` says how the effect was established.
 
     Raises:
         RefusedError: stored values still need a version below N (and not ``force``), or no
             targets were named to check (and not ``force``); audited as ``key.retire`` failure.
         InvalidInputError: N is outside 1..latest. KMSError: the KMS refused or failed.
+        NotInEffectError: disabled, but a retired version still decrypts after the wait.
     """
     if below_version < 1:
         raise InvalidInputError("--below-version must be at least 1")
@@ -216,7 +241,11 @@ def retire(
         refusal = _retire_refusal(result, bool(stores))
         if refusal is not None:
             raise RefusedError(f"refusing to retire: {refusal}")
+        # Wrapped before, while the versions still encrypt: what the wait below must see refused.
+        result.effect, canaries = retire_canaries(kms, kms.describe(), below_version)
         result.info = kms.retire(below_version)
+        attempt.details = {**result.to_dict(), "in_effect": False}
+        confirm_refused(kms, canaries, propagation or Propagation())
         attempt.details = result.to_dict()
     return result
 

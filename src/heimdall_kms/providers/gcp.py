@@ -224,7 +224,16 @@ class GCPKMSProvider:
 
         return self._map(rewrap_one, list(zip(wrapped, contexts, strict=True)))
 
-    def _wrap_one(self, item: tuple[bytearray, KeyContext]) -> WrappedKey:
+    def wrap_at_version(
+        self, deks: Sequence[bytearray], contexts: Sequence[KeyContext], version: int
+    ) -> list[WrappedKey]:
+        """Wrap with one named enabled version instead of the primary (Cloud KMS encrypts
+        with a CryptoKeyVersion named in the request): the canaries of a retirement."""
+        _same_length(deks, contexts)
+        name = self._versions + str(version)
+        return [self._wrap_one(item, name) for item in zip(deks, contexts, strict=True)]
+
+    def _wrap_one(self, item: tuple[bytearray, KeyContext], name: str | None = None) -> WrappedKey:
         dek, context = item
         aad = _kms_aad(context)
         if crypto.DEK_BYTES + len(aad) > _HSM_INPUT_BYTES:
@@ -236,7 +245,7 @@ class GCPKMSProvider:
             )
         plaintext = bytes(dek)
         request = {
-            "name": self._key,
+            "name": name or self._key,
             "plaintext": plaintext,
             "additional_authenticated_data": aad,
             "plaintext_crc32c": _crc(plaintext),

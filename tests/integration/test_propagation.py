@@ -1,0 +1,226 @@
+"""Eventual consistency: rotate, reencrypt and retire confirm the effect at the KMS.
+
+Against the GCP wire fake with a propagation delay (a new primary and a disabled version
+take effect for encrypt/decrypt only after it, reads show them at once), as Cloud KMS
+documents. The commands run installed, as a user runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from google.api_core import exceptions as api_exceptions
+from google.cloud import kms_v1
+
+from heimdall_kms import crypto
+from heimdall_kms.audit import MemoryAuditSink
+from heimdall_kms.config import Settings
+from heimdall_kms.envelope import KmsV1Envelope, parse
+from heimdall_kms.errors import KeyVersionRetiredError
+from heimdall_kms.jobs.reencrypt import ReencryptMode, ReencryptOptions, run_reencrypt
+from heimdall_kms.providers.gcp import GCPKMSProvider
+from heimdall_kms.service import Crypto
+from heimdall_kms.store import Target, open_store
+from tests.contract.backends.gcp import LOCATION, create_key, rest_client
+from tests.fakes.gcp_kms_http import FakeKMS, FakeKMSServer, start_fake_kms
+from tests.servers import run_cli
+
+DELAY = 3.0
+COUNT = 20
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeKMSServer]:
+    fake = start_fake_kms()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def key_ring(server: FakeKMSServer) -> str:
+    ring = rest_client(server.url).create_key_ring(
+        request={"parent": LOCATION, "key_ring_id": "propagation", "key_ring": {}}
+    )
+    return str(ring.name)
+
+
+@pytest.fixture
+def key(server: FakeKMSServer, key_ring: str) -> Iterator[str]:
+    yield create_key(rest_client(server.url), key_ring)
+    server.kms.propagation_delay = 0.0
+    server.kms.mixed_propagation = 0
+
+
+def env_for(server: FakeKMSServer, key: str, tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
+        "HMD_ENCRYPTION_MODE": "kms",
+        "HMD_KMS_PROVIDER": "gcp",
+        "HMD_KMS_KEY_ID": key,
+        "HMD_GCP_KMS_ENDPOINT": server.url,
+        "HMD_GCP_TRANSPORT": "rest",
+        "HMD_GCP_CREDENTIALS": "anonymous",
+        "HMD_AUDIT_LOG": str(tmp_path / "audit.log"),
+        **extra,
+    }
+
+
+def run(args: list[str], env: dict[str, str]) -> tuple[int, str, str, float]:
+    started = time.monotonic()
+    done = run_cli(args, env, drop=("HMD_", "GOOGLE_"))
+    elapsed = time.monotonic() - started
+    return done.returncode, done.stdout.decode(), done.stderr.decode(), elapsed
+
+
+def seeded(env: dict[str, str], tmp_path: Path) -> tuple[Path, list[str]]:
+    """COUNT values sealed under v1 in a SQLite table; returns it and the target options."""
+    db = tmp_path / "app.db"
+    settings = Settings.from_env(env)
+    kms = GCPKMSProvider.from_settings(settings)
+    sealer = Crypto(settings, kms=kms, audit=MemoryAuditSink())
+    items = [
+        (f"{i:03d}-00-0000", {"table": "c", "field": "ssn", "record": str(i)}) for i in range(COUNT)
+    ]
+    envelopes = sealer.encrypt_many(items)
+    kms.close()
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE c (id INTEGER PRIMARY KEY, ssn TEXT)")
+        connection.executemany(
+            "INSERT INTO c VALUES (?, ?)", [(i, e.to_json()) for i, e in enumerate(envelopes)]
+        )
+    return db, ["--database", f"sqlite:///{db}", "--table", "c", "--column", "ssn"]
+
+
+def versions(db: Path) -> list[int]:
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute("SELECT ssn FROM c ORDER BY id").fetchall()
+    found = []
+    for (text,) in rows:
+        envelope = parse(text)
+        assert isinstance(envelope, KmsV1Envelope)
+        # The version the KMS really used, as its ciphertext names it (gcp:v<n>:...).
+        found.append(int(envelope.encrypted_dek.split(":")[1].removeprefix("v")))
+    return found
+
+
+class TestFakePropagation:
+    """The fake itself: reads show a change at once, encrypt/decrypt obey it after the delay."""
+
+    def test_new_primary_and_disable_take_effect_after_the_delay(self) -> None:
+        moment = [datetime(2026, 1, 1, tzinfo=UTC)]
+        fake = start_fake_kms(kms=FakeKMS(clock=lambda: moment[0]))
+        try:
+            fake.kms.propagation_delay = 60.0
+            client = rest_client(fake.url)
+            ring = client.create_key_ring(request={"parent": LOCATION, "key_ring_id": "r"})
+            name = create_key(client, str(ring.name))
+            old = client.encrypt(request={"name": name, "plaintext": b"k"}).ciphertext
+            client.create_crypto_key_version(request={"parent": name, "crypto_key_version": {}})
+            key = client.update_crypto_key_primary_version(
+                request={"name": name, "crypto_key_version_id": "2"}
+            )
+            assert key.primary.name.endswith("/2")  # the read shows it at once
+            used = client.encrypt(request={"name": name, "plaintext": b"k"}).name
+            assert used.endswith("/1")  # encrypt does not, yet
+            client.update_crypto_key_version(
+                request={
+                    "crypto_key_version": {
+                        "name": f"{name}/cryptoKeyVersions/1",
+                        "state": kms_v1.CryptoKeyVersion.CryptoKeyVersionState.DISABLED,
+                    },
+                    "update_mask": {"paths": ["state"]},
+                }
+            )
+            assert fake.kms.version_state(name, 1) == "DISABLED"
+            assert client.decrypt(request={"name": name, "ciphertext": old}).plaintext == b"k"
+            moment[0] += timedelta(seconds=61)
+            assert client.encrypt(request={"name": name, "plaintext": b"k"}).name.endswith("/2")
+            with pytest.raises(api_exceptions.BadRequest, match="not enabled"):
+                client.decrypt(request={"name": name, "ciphertext": old})
+        finally:
+            fake.stop()
+
+
+class TestCommandsWaitForTheEffect:
+    def test_rotate_reencrypt_full_retire(
+        self, server: FakeKMSServer, key: str, tmp_path: Path
+    ) -> None:
+        env = env_for(server, key, tmp_path)
+        db, target = seeded(env, tmp_path)
+        kms = GCPKMSProvider(rest_client(server.url), key)
+        old_dek = crypto.new_dek()
+        (old,) = kms.wrap_many([old_dek], [{}])
+        server.kms.propagation_delay = DELAY
+
+        code, out, err, elapsed = run(["rotate", "--json"], env)
+        assert code == 0, err
+        assert json.loads(out)["new_version"] == 2
+        assert "waiting for v2 to become primary" in err
+        assert elapsed >= DELAY - 0.5  # not reported before the KMS wraps with v2
+
+        code, out, err, _ = run(["reencrypt", *target, "--mode", "full", "--json"], env)
+        assert code == 0, err
+        report = json.loads(out)
+        assert (report["completed"], report["failed"]) == (COUNT, 0)
+        assert versions(db) == [2] * COUNT
+
+        code, out, err, elapsed = run(["retire", "--below-version", "2", *target, "--json"], env)
+        assert code == 0, err
+        assert json.loads(out)["effect"] == "confirmed"
+        assert "waiting for v1 to stop decrypting" in err
+        assert elapsed >= DELAY - 0.5
+        # Right after retire reports success, an old DEK is refused.
+        (outcome,) = kms.unwrap_many([old.ciphertext], [{}])
+        assert isinstance(outcome, KeyVersionRetiredError)
+        crypto.wipe(old_dek)
+        kms.close()
+
+    def test_past_the_bound_rotate_fails_saying_it_happened(
+        self, server: FakeKMSServer, key: str, tmp_path: Path
+    ) -> None:
+        server.kms.propagation_delay = 30.0
+        env = env_for(server, key, tmp_path, HMD_KMS_PROPAGATION_SECONDS="1")
+        code, _, err, _ = run(["rotate"], env)
+        assert code == 75
+        assert "the rotation happened and is not yet in effect" in err
+        assert "Traceback" not in err
+        outcome = json.loads((tmp_path / "audit.log").read_text().splitlines()[-1])
+        assert outcome["result"] == "failure"
+        assert outcome["error_type"] == "not_in_effect"
+        assert outcome["details"]["in_effect"] is False
+        assert outcome["key_version"] == 2
+
+
+class TestJobVerifiesEachResult:
+    def test_results_on_the_old_version_are_not_completed(
+        self, server: FakeKMSServer, key: str, tmp_path: Path
+    ) -> None:
+        env = env_for(server, key, tmp_path)
+        db, _ = seeded(env, tmp_path)
+        settings = Settings.from_env(env)
+        kms = GCPKMSProvider.from_settings(settings)
+        server.kms.propagation_delay = DELAY
+        # Within the delay one encrypt in five still reaches a replica with the old primary:
+        # the canaries see v2 three times in a row, some of the job's wraps land on v1.
+        server.kms.mixed_propagation = 5
+        kms.rotate()
+        store = open_store(f"sqlite:///{db}", Target("c", "ssn"))
+        facade = Crypto(settings, kms=kms, audit=MemoryAuditSink())
+        options = ReencryptOptions(mode=ReencryptMode.FULL)
+        first = run_reencrypt(facade, [store], options).to_dict()
+        on_new = versions(db).count(2)
+        assert 0 < first["failed"] < COUNT
+        assert first["completed"] == on_new  # never counts a value still under v1
+        assert first["completed"] + first["failed"] == COUNT
+        assert {f["error_type"] for f in first["failures"]} == {"not_in_effect"}
+        time.sleep(DELAY)
+        second = run_reencrypt(facade, [store], options).to_dict()
+        assert (second["completed"], second["failed"]) == (COUNT - on_new, 0)
+        assert versions(db) == [2] * COUNT
+        store.close()
+        kms.close()
