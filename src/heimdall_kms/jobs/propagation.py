@@ -12,7 +12,8 @@ itself is checked, by the operation it is about:
 * after a retirement, **canaries wrapped under each retired version before it** must be
   refused by unwrap (:func:`retire_canaries`, :func:`confirm_refused`).
 
-Each check is retried with backoff for at most ``Propagation.bound_seconds``
+Vault Transit and the local keyring apply a change at once: they are not checked
+(:func:`applies_at_once`). Each check is retried with backoff for at most ``Propagation.bound_seconds``
 (``HMD_KMS_PROPAGATION_SECONDS``), reporting progress; past the bound it raises
 :class:`NotInEffectError`: the change was made, it is only not in effect yet.
 """
@@ -41,6 +42,7 @@ __all__ = [
     "Effect",
     "Propagation",
     "VersionPinnedWrap",
+    "applies_at_once",
     "confirm_primary",
     "confirm_refused",
     "retire_canaries",
@@ -93,12 +95,20 @@ class Canary:
         return f"Canary(version={self.version})"
 
 
+def applies_at_once(kms: KeyManagementService) -> bool:
+    """Whether the provider puts a key change into effect as it accepts it (Vault, local)."""
+    return kms.name in _IMMEDIATE
+
+
 def confirm_primary(kms: KeyManagementService, version: int, wait: Propagation) -> None:
-    """Return once a fresh DEK wraps under ``version`` (or newer).
+    """Return once fresh DEKs wrap under ``version`` (or newer); at once where the provider
+    :func:`applies_at_once`.
 
     Raises:
         NotInEffectError: still another version after the bound. KMSError: a wrap failed.
     """
+    if applies_at_once(kms):
+        return
     start = wait.clock()
     pause = wait.first_pause
     while True:
@@ -131,9 +141,11 @@ def retire_canaries(
     Raises:
         KMSError: a pinned wrap failed.
     """
+    if applies_at_once(kms):
+        return Effect.IMMEDIATE, []
     pinned = _pinned(kms)
     if pinned is None:
-        return (Effect.IMMEDIATE if kms.name in _IMMEDIATE else Effect.UNCONFIRMED), []
+        return Effect.UNCONFIRMED, []
     canaries = []
     for version in sorted(v.version for v in info.versions if v.version < below_version):
         dek = crypto.new_dek()
