@@ -19,10 +19,19 @@ from heimdall_kms.errors import (
     RateLimitedError,
     RefusedError,
 )
+from heimdall_kms.jobs.propagation import (
+    Propagation,
+    confirm_primary,
+    confirm_refused,
+    retire_canaries,
+)
 from heimdall_kms.providers import KeyManagementService, WrappedKey
 from tests.contract.backends import Backend
 
 CTX = {"table": "t", "field": "ssn", "record": "1"}
+# GCP, AWS and Azure put a new primary or a disabled version into effect eventually: the
+# contract waits for the effect (as the lifecycle jobs do), it never assumes it is instant.
+WAIT = Propagation(bound_seconds=30.0, first_pause=0.2)
 
 
 def wrap(kms: KeyManagementService, count: int = 1) -> tuple[list[bytearray], list[WrappedKey]]:
@@ -73,6 +82,7 @@ def test_rotate_describe_rewrap_retire(backend: Backend) -> None:
     deks, old = wrap(kms, 5)
     rotated = kms.rotate()
     assert rotated.latest_version > first.latest_version
+    confirm_primary(kms, rotated.latest_version, WAIT)
     assert [v.version for v in rotated.versions][-1] == rotated.latest_version
     _, new = wrap(kms, 1)
     assert new[0].key_version == rotated.latest_version
@@ -88,8 +98,10 @@ def test_rotate_describe_rewrap_retire(backend: Backend) -> None:
         assert kms.unwrap_many([old[0].ciphertext], [contexts(1)[0]]) == [deks[0]]
         kms.health()
         return
+    _, canaries = retire_canaries(kms, kms.describe(), rotated.latest_version)
     retired = kms.retire(rotated.latest_version)
     assert retired.min_decryption_version == rotated.latest_version
+    confirm_refused(kms, canaries, WAIT)
     assert all(v.version >= rotated.latest_version for v in retired.versions)
     # Both were wrapped under record 0's context; a context-binding KMS needs the same one.
     outcomes = kms.unwrap_many([old[0].ciphertext, fresh[0].ciphertext], [contexts(1)[0]] * 2)

@@ -37,8 +37,11 @@ BadParameter``, as the service's "Error occurred while decoding OAEP padding." d
 
 Test switches on :class:`FakeKeyVault`: :meth:`~FakeKeyVault.inject` answers a status for every
 request on a key (``429`` comes with ``Retry-After``); :meth:`~FakeKeyVault.revoke_tokens`
-makes every issued token invalid; ``latency`` delays wrap/unwrap by a random time and
-``max_in_flight`` counts the most of them served at once; ``requests`` records what was asked.
+makes every issued token invalid; ``propagation_delay`` (seconds) makes a new version the one
+``GET /keys/{name}`` answers, and an enable/disable apply to ``unwrapkey``, only that long after
+the change (listings and ``GET`` of a version show it at once); ``latency`` delays
+wrap/unwrap by a random time and ``max_in_flight`` counts the most of them served at once;
+``requests`` records what was asked.
 ``docs/providers/azure.md`` lists what is not modelled.
 """
 
@@ -131,6 +134,14 @@ class _Version:
     secret: bytes | None = None
     enabled: bool = True
     tags: dict[str, str] = field(default_factory=dict)
+    # For ``propagation_delay``: when the version was added, and the ``enabled`` unwrap obeys
+    # until ``enabled_at`` + the delay.
+    added_at: float = 0.0
+    served_enabled: bool = True
+    enabled_at: float = 0.0
+
+    def unwrap_enabled(self, now: float, delay: float) -> bool:
+        return self.enabled if now >= self.enabled_at + delay else self.served_enabled
 
 
 @dataclass(frozen=True)
@@ -183,6 +194,7 @@ class FakeKeyVault:
         self._fault_budget: dict[str, int] = {}
         self._in_flight = 0
         self._lock = threading.RLock()
+        self.propagation_delay = 0.0
 
     # -- switches and direct set-up -------------------------------------------------------------
 
@@ -347,7 +359,7 @@ class FakeKeyVault:
             version = self._add_version(
                 name, kty, int(size or default), [str(o) for o in ops], body.get("tags") or {}
             )
-            version.enabled = bool(attributes.get("enabled", True))
+            version.enabled = version.served_enabled = bool(attributes.get("enabled", True))
             return self._bundle(name, version)
         if handler == "rotate":
             current = self._version(name, "")
@@ -357,11 +369,15 @@ class FakeKeyVault:
             )
         if handler == "versions":
             return self._list_versions(name, query)
+        if handler == "get" and not rest:
+            return self._bundle(name, self._served_latest(name))
         version = self._version(name, rest[0] if rest else "")
         if handler == "update":
             attributes = body.get("attributes") or {}
             if "enabled" in attributes:
-                version.enabled = bool(attributes["enabled"])
+                now = time.monotonic()
+                version.served_enabled = version.unwrap_enabled(now, self.propagation_delay)
+                version.enabled, version.enabled_at = bool(attributes["enabled"]), now
             if body.get("key_ops") is not None:
                 version.key_ops = [str(o) for o in body["key_ops"]]
             if body.get("tags") is not None:
@@ -399,7 +415,8 @@ class FakeKeyVault:
             raise _FaultError(
                 403, "Forbidden", f"Operation {operation} is not permitted on this key."
             )
-        if operation == "unwrapKey" and not version.enabled:
+        enabled = version.unwrap_enabled(time.monotonic(), self.propagation_delay)
+        if operation == "unwrapKey" and not enabled:
             raise _FaultError(
                 403,
                 "Forbidden",
@@ -451,7 +468,9 @@ class FakeKeyVault:
         self, name: str, kty: str, size: int, ops: list[str], tags: dict[str, str]
     ) -> _Version:
         now = int(time.time())
-        version = _Version(secrets.token_hex(16), kty, now, now, ops, tags=dict(tags))
+        version = _Version(
+            secrets.token_hex(16), kty, now, now, ops, tags=dict(tags), added_at=time.monotonic()
+        )
         if kty in ("RSA", "RSA-HSM") and size in (2048, 3072, 4096):
             version.rsa = RSA.generate(size)
         elif kty == "oct-HSM" and size in (128, 192, 256):
@@ -462,6 +481,14 @@ class FakeKeyVault:
             )
         self._keys.setdefault(name, []).append(version)
         return version
+
+    def _served_latest(self, name: str) -> _Version:
+        """The latest version as ``GET /keys/{name}`` answers it within the delay."""
+        self._version(name, "")  # 404 for a key that does not exist
+        versions = self._keys[name]
+        now = time.monotonic()
+        settled = [v for v in versions if now >= v.added_at + self.propagation_delay]
+        return settled[-1] if settled else versions[0]
 
     def _version(self, name: str, version: str) -> _Version:
         versions = self._keys.get(name)

@@ -1,6 +1,6 @@
 """Eventual consistency: rotate, reencrypt and retire confirm the effect at the KMS.
 
-Against the GCP wire fake with a propagation delay (a new primary and a disabled version
+Against the GCP (and Azure) wire fake with a propagation delay (a new primary and a disabled version
 take effect for encrypt/decrypt only after it, reads show them at once), as Cloud KMS
 documents. The commands run installed, as a user runs them.
 """
@@ -8,6 +8,7 @@ documents. The commands run installed, as a user runs them.
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from azure.core.exceptions import HttpResponseError
+from azure.keyvault.keys.crypto import KeyWrapAlgorithm
 from google.api_core import exceptions as api_exceptions
 from google.cloud import kms_v1
 
@@ -23,11 +26,16 @@ from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.config import Settings
 from heimdall_kms.envelope import KmsV1Envelope, parse
 from heimdall_kms.errors import KeyVersionRetiredError
+from heimdall_kms.jobs.propagation import Effect, Propagation
 from heimdall_kms.jobs.reencrypt import ReencryptMode, ReencryptOptions, run_reencrypt
+from heimdall_kms.jobs.rotation import retire, rotate
+from heimdall_kms.providers.azure import AzureKeyVaultProvider
 from heimdall_kms.providers.gcp import GCPKMSProvider
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import Target, open_store
+from tests.contract.backends.azure import ADMIN, key_client
 from tests.contract.backends.gcp import LOCATION, create_key, rest_client
+from tests.fakes.azure_kv_http import CRYPTO_OFFICER, FakeKeyVaultServer, start_fake_key_vault
 from tests.fakes.gcp_kms_http import FakeKMS, FakeKMSServer, start_fake_kms
 from tests.servers import run_cli
 
@@ -224,3 +232,77 @@ class TestJobVerifiesEachResult:
         assert versions(db) == [2] * COUNT
         store.close()
         kms.close()
+
+
+# -- Azure Key Vault ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vault() -> Iterator[FakeKeyVaultServer]:
+    fake = start_fake_key_vault()
+    fake.vault.add_principal(*ADMIN, CRYPTO_OFFICER)
+    yield fake
+    fake.stop()
+
+
+class TestAzureFakePropagation:
+    def test_new_version_and_disable_take_effect_after_the_delay(
+        self, vault: FakeKeyVaultServer
+    ) -> None:
+        vault.vault.propagation_delay = 1.5
+        name = f"p-{secrets.token_hex(4)}"
+        first = vault.vault.create_key(name)
+        try:
+            client = key_client(vault)
+            second = str(client.rotate_key(name).properties.version)
+            assert len(list(client.list_properties_of_key_versions(name))) == 2  # at once
+            assert client.get_key(name).properties.version == first  # not yet
+            crypto_client = client.get_cryptography_client(name, key_version=first)
+            wrapped = crypto_client.wrap_key(KeyWrapAlgorithm.rsa_oaep_256, b"k" * 32)
+            client.update_key_properties(name, first, enabled=False)
+            unwrapped = crypto_client.unwrap_key(
+                KeyWrapAlgorithm.rsa_oaep_256, wrapped.encrypted_key
+            )
+            assert unwrapped.key == b"k" * 32  # the disable is not in effect yet
+            time.sleep(1.6)
+            assert client.get_key(name).properties.version == second
+            with pytest.raises(HttpResponseError, match="disabled"):
+                crypto_client.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, wrapped.encrypted_key)
+        finally:
+            vault.vault.propagation_delay = 0.0
+
+
+class TestAzureRotateRetireWait:
+    def test_rotate_and_retire_report_only_the_effect(self, vault: FakeKeyVaultServer) -> None:
+        name = f"p-{secrets.token_hex(4)}"
+        vault.vault.create_key(name)
+        kms = AzureKeyVaultProvider(key_client(vault), name)
+        old_dek = crypto.new_dek()
+        (old,) = kms.wrap_many([old_dek], [{}])
+        vault.vault.propagation_delay = DELAY
+        lines: list[str] = []
+        wait = Propagation(progress=lines.append)
+        sink = MemoryAuditSink()
+        try:
+            started = time.monotonic()
+            result = rotate(
+                kms, sink, actor="t", if_due=False, cadence=timedelta(days=1), propagation=wait
+            )
+            assert result.new_version == 2
+            assert any("waiting for v2 to become primary" in line for line in lines)
+            assert time.monotonic() - started >= DELAY - 0.5
+            (fresh,) = kms.wrap_many([crypto.new_dek()], [{}])
+            assert fresh.key_version == 2
+            retired = retire(
+                kms, [], sink, below_version=2, actor="t", force=True, propagation=wait
+            )
+            assert retired.effect is Effect.CONFIRMED
+            assert any("waiting for v1 to stop decrypting" in line for line in lines)
+            (outcome,) = kms.unwrap_many([old.ciphertext], [{}])
+            assert isinstance(outcome, KeyVersionRetiredError)
+            assert sink.events[-1].details is not None
+            assert sink.events[-1].details["effect"] == "confirmed"
+        finally:
+            vault.vault.propagation_delay = 0.0
+            crypto.wipe(old_dek)
+            kms.close()

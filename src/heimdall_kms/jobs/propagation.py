@@ -13,9 +13,10 @@ itself is checked, by the operation it is about:
   refused by unwrap (:func:`retire_canaries`, :func:`confirm_refused`).
 
 Vault Transit and the local keyring apply a change at once: they are not checked
-(:func:`applies_at_once`). Each check is retried with backoff for at most ``Propagation.bound_seconds``
-(``HMD_KMS_PROPAGATION_SECONDS``), reporting progress; past the bound it raises
-:class:`NotInEffectError`: the change was made, it is only not in effect yet.
+(:func:`applies_at_once`). Each check is retried with backoff for at most
+``Propagation.bound_seconds`` (``HMD_KMS_PROPAGATION_SECONDS``), reporting progress; past
+the bound it raises :class:`NotInEffectError`: the change was made, it is only not in effect
+yet.
 """
 
 from __future__ import annotations

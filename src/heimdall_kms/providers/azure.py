@@ -294,8 +294,32 @@ class AzureKeyVaultProvider:
             self._ordinals = {str(p.version): n for n, p in numbered}
         return numbered
 
+    def wrap_at_version(
+        self, deks: Sequence[bytearray], contexts: Sequence[KeyContext], version: int
+    ) -> list[WrappedKey]:
+        """Wrap with the version of ordinal ``version`` instead of the latest: the canaries of
+        a retirement (heimdall_kms.jobs.propagation).
+
+        Raises:
+            KeyNotFoundError: no such version. KeyVersionRetiredError: it is disabled.
+        """
+        if len(deks) != len(contexts):
+            raise InvalidInputError("contexts must have one entry per data key")
+        listed = dict(self._snapshot("wrap"))
+        if version not in listed:
+            raise KeyNotFoundError(f"Azure Key Vault wrap: the key has no version {version}")
+        key_version = str(listed[version].version)
+        key: KeyVaultKey = _call(
+            "wrap", lambda: self._keys.get_key(self._name, version=key_version)
+        )
+        target = self._target(key, "wrap")
+        return [self._wrap(target, dek) for dek in deks]
+
     def _latest(self, operation: str) -> _Target:
         key: KeyVaultKey = _call(operation, lambda: self._keys.get_key(self._name))
+        return self._target(key, operation)
+
+    def _target(self, key: KeyVaultKey, operation: str) -> _Target:
         version = str(key.properties.version)
         _check_usable(key, self._clock(), operation)
         kty = _text(key.key_type)

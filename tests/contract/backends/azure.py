@@ -59,6 +59,8 @@ class Backend:
 
     def __init__(self) -> None:
         self.server = start_fake_key_vault()
+        # A new latest version and a disable apply after a delay here, as on GCP and AWS.
+        self.server.vault.propagation_delay = 1.0
         self.server.vault.add_principal(*ADMIN, CRYPTO_OFFICER)
         self.server.vault.add_principal(*WORKER, UNWRAP_ONLY)
         self._admin = key_client(self.server)

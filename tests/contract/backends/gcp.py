@@ -47,6 +47,8 @@ class Backend:
 
     def __init__(self) -> None:
         self.server: FakeKMSServer = start_fake_kms()
+        # Cloud KMS applies a new primary and a disabled version eventually: so does the fake.
+        self.server.kms.propagation_delay = 1.0
         self._admin = rest_client(self.server.url)
         ring = self._admin.create_key_ring(
             request={"parent": LOCATION, "key_ring_id": "contract", "key_ring": {}}
