@@ -377,6 +377,37 @@ class TestComplianceEvidence:
         assert cut["evidence"]["result"] == "tampered"
 
 
+class TestDrills:
+    def test_a_compromise_drill_signs_and_checks_its_own_log(
+        self, openbao: OpenBao, anchor: Anchor, tmp_path: Path
+    ) -> None:
+        backend = _vault(openbao)
+        env = {
+            **backend.writer,
+            "HMD_AUDIT_ANCHOR": anchor.writer_url,
+            "HMD_AUDIT_ANCHOR_TABLE": anchor.table,
+        }
+        workdir = tmp_path / "drill"
+        args = ["drill", "compromise", "--workdir", str(workdir), "--records", "20", "--json"]
+        done = run_cli(args, env, timeout=300)
+        assert done.returncode == 0, done.stderr
+        steps = {s["name"]: s for s in json.loads(done.stdout)["steps"]}
+        checked = steps["verify audit chain"]
+        assert checked["ok"] is True and checked["details"]["signed_checkpoints"] >= 1
+        log = workdir / "audit.log"
+        last = parse_checkpoint(checkpoints_path(log).read_text().splitlines()[-1])
+        assert last.signature.startswith("vault:v") and anchor.rows() >= 1
+        # The drill's log is anchored too: removing it afterwards shows.
+        verifier = {
+            **backend.verifier,
+            "HMD_AUDIT_ANCHOR_TABLE": anchor.table,
+            "HMD_AUDIT_LOG_ID": last.log_id,
+        }
+        log.unlink()
+        verify = ["audit", "verify", str(log), "--anchor", anchor.reader_url]
+        assert run_cli(verify, verifier).returncode == 5
+
+
 class TestAnchorRoles:
     """The docs' SQL makes a writer role that may only INSERT and a reader that may only read."""
 

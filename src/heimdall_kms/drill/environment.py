@@ -16,10 +16,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from heimdall_kms.audit import FileAuditSink
+from heimdall_kms.audit import FileAuditSink, open_sink
+from heimdall_kms.audit.anchored import AnchoredVerdict, raise_if_tampered, verify_anchored
+from heimdall_kms.audit.anchoring import log_id
+from heimdall_kms.audit.signers import signer_from_settings
+from heimdall_kms.audit.verify import verify
 from heimdall_kms.config import EncryptionMode, ProviderName, Secret, Settings
 from heimdall_kms.crypto import new_dek
-from heimdall_kms.errors import ConfigurationError, InvalidInputError
+from heimdall_kms.errors import ConfigurationError, IncompleteError, InvalidInputError
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.providers.local import LocalDevProvider, LocalKeyring
 from heimdall_kms.service import Crypto
@@ -50,6 +54,32 @@ class DrillEnvironment:
         with sqlite3.connect(self.database) as db:
             db.execute(f"CREATE TABLE {TABLE} (id TEXT PRIMARY KEY, ssn TEXT)")
 
+    def verify_audit(self) -> dict[str, object]:
+        """The drill's audit chain verified and, when checkpoints are signed, its last head
+        signed now and every checkpoint's signature checked through the KMS.
+
+        Raises:
+            AuditTamperedError: the chain or a checkpoint is broken.
+            IncompleteError: lines after the last checkpoint are unsigned (signing failed).
+        """
+        chain: dict[str, object] = verify(self.audit_log).to_dict()
+        if self.settings.audit_anchoring is None or not isinstance(
+            self.crypto.audit, FileAuditSink
+        ):
+            return chain
+        self.crypto.audit.checkpoint_now()
+        signer = signer_from_settings(self.settings)
+        if signer is None:
+            return chain
+        name = log_id(self.audit_log, self.settings)
+        result = verify_anchored(self.audit_log, signer=signer, log_id=name, anchor_rows=[])
+        raise_if_tampered(result)
+        if result.verdict is AnchoredVerdict.UNSIGNED_TAIL:
+            raise IncompleteError(result.message())
+        chain["signed_checkpoints"] = result.checkpoints
+        chain["last_signed_checkpoint"] = result.last_signed
+        return chain
+
     def values(self) -> dict[str, str]:
         with sqlite3.connect(self.database) as db:
             return dict(db.execute(f"SELECT id, ssn FROM {TABLE}"))  # noqa: S608
@@ -75,7 +105,9 @@ def drill_environment(
     audit_log, database = workdir / "audit.log", workdir / "drill.db"
     settings = _settings(workdir, environ, audit_log, with_legacy_key)
     kms, cleanup = _drill_key(settings, workdir)
-    crypto = Crypto(settings, kms=kms, audit=FileAuditSink(audit_log), default_actor="drill")
+    # With HMD_AUDIT_SIGNING_KEY the drill's own log is signed (and anchored) like any other.
+    sink = open_sink(str(audit_log), settings)
+    crypto = Crypto(settings, kms=kms, audit=sink, default_actor="drill")
     environment = DrillEnvironment(workdir, settings, kms, crypto, audit_log, database)
     environment.create_table()
     try:
