@@ -60,6 +60,7 @@ from heimdall_kms.audit import AuditSink, open_sink
 from heimdall_kms.coalescing import LaneLimits
 from heimdall_kms.config import EncryptionMode, Settings
 from heimdall_kms.errors import ConfigurationError
+from heimdall_kms.jobs.propagation import Propagation
 from heimdall_kms.jobs.rotation import key_report, rotate
 from heimdall_kms.key_metrics import DEFAULT_REFRESH_SECONDS
 from heimdall_kms.metrics import Metrics
@@ -132,6 +133,8 @@ def rotate_key(
         if_due=body.if_due,
         cadence=state.cadence,
         reason=body.reason,
+        # Answered once the KMS wraps with the new version (docs/rotation.md).
+        propagation=Propagation(bound_seconds=state.settings.kms_propagation_seconds),
     )
     if result.rotated:
         state.key_metrics.refresh()  # the new version's age and due date, without waiting
@@ -231,6 +234,7 @@ def create_app(
             sink,
             cadence=timedelta(days=settings.key_rotation_days),
             interval_seconds=settings.rotation_check_seconds,
+            propagation=Propagation(bound_seconds=settings.kms_propagation_seconds),
         )
     state = AdminState(
         settings,

@@ -16,6 +16,7 @@ from datetime import timedelta
 
 from heimdall_kms.audit import AuditSink
 from heimdall_kms.errors import HeimdallKMSError
+from heimdall_kms.jobs.propagation import Propagation
 from heimdall_kms.jobs.rotation import RotationResult, rotate
 from heimdall_kms.providers import KeyManagementService
 
@@ -35,7 +36,9 @@ class RotationScheduler:
         *,
         cadence: timedelta,
         interval_seconds: float,
+        propagation: Propagation | None = None,
     ) -> None:
+        self._propagation = propagation
         self._kms = kms
         self._audit = audit
         self._cadence = cadence
@@ -59,7 +62,12 @@ class RotationScheduler:
         """One ``rotate --if-due``; a failure is logged (its audit event is ``rotate``'s)."""
         try:
             result = rotate(
-                self._kms, self._audit, actor=SCHEDULER_ACTOR, if_due=True, cadence=self._cadence
+                self._kms,
+                self._audit,
+                actor=SCHEDULER_ACTOR,
+                if_due=True,
+                cadence=self._cadence,
+                propagation=self._propagation,
             )
         except HeimdallKMSError as exc:
             self.last_error = exc.error_type
