@@ -1276,3 +1276,23 @@ def _tls11_control(ca: trustme.CA) -> str:
         version = handshake(port, ca, ssl.TLSVersion.TLSv1_1, legacy=True)
         thread.join(5)
     return version
+
+
+@pytest.mark.vault
+def test_a_throttled_online_call_is_answered_429_with_the_kms_retry_after(
+    fresh_openbao: OpenBao, make_api: Callable[..., Api]
+) -> None:
+    root = fresh_openbao.client()
+    root.write_data("sys/quotas/config", data={"enable_rate_limit_response_headers": True})
+    api = make_api(fresh_openbao.env())
+    assert api.call("POST", "/crypto/encrypt", "app", json={"plaintext": "p"}).status_code == 200
+    root.write_data(
+        "sys/quotas/rate-limit/transit", data={"path": "transit/", "rate": 1, "interval": "1m"}
+    )
+    api.call("POST", "/crypto/encrypt", "app", json={"plaintext": "p"})  # uses the one request
+    started = time.monotonic()
+    throttled = api.call("POST", "/crypto/encrypt", "app", json={"plaintext": "p"})
+    assert time.monotonic() - started < 10  # online: fails fast
+    assert throttled.status_code == 429
+    assert throttled.json()["error_type"] == "rate_limited"
+    assert 30 <= int(throttled.headers["Retry-After"]) <= 60  # the quota's own, not a guess

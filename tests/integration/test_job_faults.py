@@ -176,3 +176,34 @@ def wait_for_journal(table: UserTable, rows: int) -> None:
     while len(table.journal()) < rows:
         assert time.monotonic() < deadline, "the job made no progress"
         time.sleep(0.1)
+
+
+class TestADatabaseThatGoesAway:
+    def test_a_lost_connection_is_reported_with_its_cause(
+        self, postgres_url: str, tmp_path: Path
+    ) -> None:
+        table = UserTable.create("postgres-text", tmp_path, postgres_url)
+        table.insert(legacy_rows(400))
+        env = local_env(tmp_path)
+        # Slow on purpose: each batch waits for its token with its rows locked.
+        run = cli([*migrate_args(table), "--batch-size", "10", "--rate-limit", "2"], env)
+        wait_for_journal(table, 20)
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE pid <> pg_backend_pid() AND query LIKE %s",
+                [f"%{table.table}%"],
+            ).fetchall()
+        assert killed
+        _, err = run.communicate(timeout=120)
+        assert run.returncode == 73, err.decode()
+        lines = [
+            line for line in err.decode().splitlines() if line.startswith("heimdall-kms: error")
+        ]
+        assert len(lines) == 1
+        assert "roll back" not in lines[0]  # the cause, not the failed rollback after it
+        assert "terminat" in lines[0] or "closed" in lines[0] or "lost" in lines[0]
+        rerun = cli([*migrate_args(table), "--json"], env)
+        _, err = rerun.communicate(timeout=120)
+        assert rerun.returncode == 0, err.decode()
+        assert_all_migrated_once(table, 400, env)

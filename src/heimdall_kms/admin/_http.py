@@ -9,6 +9,7 @@ offending value left out. Errors are reported once, here, at the edge (STYLE §4
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -94,11 +95,17 @@ def status_of(exc: HeimdallKMSError) -> int:
     return 503 if exc.retryable else 500
 
 
+def retry_after_header(exc: HeimdallKMSError) -> str:
+    """The KMS's own Retry-After (whole seconds, at least 1) when it gave one; else 5."""
+    retry_after = exc.retry_after if isinstance(exc, KMSError) else None
+    return str(max(1, math.ceil(retry_after))) if retry_after is not None else "5"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HeimdallKMSError)
     async def _known(request: Request, exc: HeimdallKMSError) -> JSONResponse:
         status = status_of(exc)
-        headers = {"Retry-After": "5"} if exc.retryable else None
+        headers = {"Retry-After": retry_after_header(exc)} if exc.retryable else None
         return error_response(status, exc.error_type, " ".join(str(exc).split()), headers)
 
     @app.exception_handler(RequestValidationError)

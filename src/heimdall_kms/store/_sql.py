@@ -8,7 +8,7 @@ explicitly so the same code drives SQLite and PostgreSQL. Identifiers are checke
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -189,15 +189,14 @@ class SQLFieldStore:
                 missed = self._missed(cursor, match, after, end, len(rows)) if lock else 0
             except BaseException:
                 if lock:
-                    cursor.execute("ROLLBACK")
+                    self._roll_back(cursor)
                 raise
         batch = _SQLBatch(self, cursor, rows, end, missed)
         try:
             yield batch
         except BaseException:
             if lock or batch.open:
-                with self._errors("roll back"):
-                    cursor.execute("ROLLBACK")
+                self._roll_back(cursor)
             raise
         if lock or batch.open:
             with self._errors("commit"):
@@ -344,9 +343,15 @@ class SQLFieldStore:
         try:
             yield cursor
         except BaseException:
-            cursor.execute("ROLLBACK")
+            self._roll_back(cursor)
             raise
         cursor.execute("COMMIT")
+
+    def _roll_back(self, cursor: Any) -> None:
+        """Roll back after a failure; the failure is what is reported. A rollback that fails
+        too (a lost connection: the server has rolled back already) must not hide it."""
+        with suppress(*self.dialect.errors):
+            cursor.execute("ROLLBACK")
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:
