@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from heimdall_kms import crypto
+from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.errors import (
     AuthenticationError,
     HeimdallKMSError,
@@ -20,11 +21,13 @@ from heimdall_kms.errors import (
     RefusedError,
 )
 from heimdall_kms.jobs.propagation import (
+    Effect,
     Propagation,
     confirm_primary,
     confirm_refused,
     retire_canaries,
 )
+from heimdall_kms.jobs.rotation import retire
 from heimdall_kms.providers import KeyManagementService, WrappedKey
 from tests.contract.backends import Backend
 
@@ -110,6 +113,28 @@ def test_rotate_describe_rewrap_retire(backend: Backend) -> None:
     with pytest.raises(InvalidInputError):
         kms.retire(rotated.latest_version + 5)
     kms.health()
+
+
+def test_retirement_effect_is_confirmed_or_immediate(backend: Backend) -> None:
+    """Every provider that can retire either applies it at once (Vault, local) or lets a
+    canary be wrapped under the old version first, so that the refusal is seen, not assumed."""
+    if not getattr(backend, "retires", True):
+        pytest.skip(f"{backend.name}: this KMS cannot retire a version")
+    kms = backend.make()
+    rotated = kms.rotate()
+    confirm_primary(kms, rotated.latest_version, WAIT)
+    result = retire(
+        kms,
+        [],
+        MemoryAuditSink(),
+        below_version=rotated.latest_version,
+        actor="contract",
+        force=True,
+        propagation=WAIT,
+    )
+    assert result.effect in (Effect.CONFIRMED, Effect.IMMEDIATE)
+    assert result.info is not None
+    assert result.info.min_decryption_version == rotated.latest_version
 
 
 @pytest.mark.parametrize(

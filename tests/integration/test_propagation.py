@@ -306,3 +306,22 @@ class TestAzureRotateRetireWait:
             vault.vault.propagation_delay = 0.0
             crypto.wipe(old_dek)
             kms.close()
+
+
+class TestRetirePastTheBound:
+    def test_retire_fails_saying_it_happened(
+        self, server: FakeKMSServer, key: str, tmp_path: Path
+    ) -> None:
+        env = env_for(server, key, tmp_path, HMD_KMS_PROPAGATION_SECONDS="1")
+        kms = GCPKMSProvider(rest_client(server.url), key)
+        kms.rotate()
+        kms.close()
+        server.kms.propagation_delay = 30.0
+        code, _, err, _ = run(["retire", "--below-version", "2", "--force"], env)
+        assert code == 75
+        assert "the retirement happened and is not yet in effect" in err
+        assert "waiting for v1 to stop decrypting" in err
+        assert server.kms.version_state(key, 1) == "DISABLED"  # made, only not in effect
+        outcome = json.loads((tmp_path / "audit.log").read_text().splitlines()[-1])
+        assert (outcome["result"], outcome["error_type"]) == ("failure", "not_in_effect")
+        assert outcome["details"]["in_effect"] is False

@@ -67,6 +67,10 @@ class Effect(StrEnum):
 class VersionPinnedWrap(Protocol):
     """A provider that can wrap with one named (enabled) version, not only the primary."""
 
+    @property
+    def pins_versions(self) -> bool:
+        """False where this provider's configuration cannot (an AWS native key)."""
+
     def wrap_at_version(
         self, deks: Sequence[bytearray], contexts: Sequence[KeyContext], version: int
     ) -> list[WrappedKey]: ...
@@ -210,7 +214,9 @@ def _pinned(kms: KeyManagementService) -> VersionPinnedWrap | None:
     current: object = kms
     while isinstance(current, ProviderWrapper):
         current = current.inner
-    return current if isinstance(current, VersionPinnedWrap) else None
+    if isinstance(current, VersionPinnedWrap) and current.pins_versions:
+        return current
+    return None
 
 
 def _report(wait: Propagation, line: str) -> None:

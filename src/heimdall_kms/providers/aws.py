@@ -220,7 +220,33 @@ class AWSKMSProvider:
         # says which key wrapped it, and that key's version is the one recorded. A native key's
         # version is read before the wrap, so it is never newer than the material used.
         target, version = self._destination()
+        return self._encrypt_many(deks, contexts, target, version)
 
+    @property
+    def pins_versions(self) -> bool:
+        """Whether :meth:`wrap_at_version` works: with one KMS key per version, not natively."""
+        return self._native is None
+
+    def wrap_at_version(
+        self, deks: Sequence[bytearray], contexts: Sequence[KeyContext], version: int
+    ) -> list[WrappedKey]:
+        """Wrap under ``alias/<name>/v<n>`` instead of the latest (alias scheme only): the
+        canaries of a retirement (heimdall_kms.jobs.propagation).
+
+        Raises:
+            ConfigurationError: a native key (AWS cannot wrap with an older material).
+        """
+        if self._native is not None:
+            raise ConfigurationError("a native AWS key cannot wrap under an older version")
+        return self._encrypt_many(deks, contexts, f"{self._alias}/v{version}", None)
+
+    def _encrypt_many(
+        self,
+        deks: Sequence[bytearray],
+        contexts: Sequence[KeyContext],
+        target: str,
+        version: int | None,
+    ) -> list[WrappedKey]:
         def encrypt(item: tuple[bytearray, KeyContext]) -> tuple[bytes, str]:
             try:
                 with _translated("Encrypt"):

@@ -294,6 +294,10 @@ class AzureKeyVaultProvider:
             self._ordinals = {str(p.version): n for n, p in numbered}
         return numbered
 
+    @property
+    def pins_versions(self) -> bool:
+        return True
+
     def wrap_at_version(
         self, deks: Sequence[bytearray], contexts: Sequence[KeyContext], version: int
     ) -> list[WrappedKey]:

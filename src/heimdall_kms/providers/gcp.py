@@ -224,6 +224,10 @@ class GCPKMSProvider:
 
         return self._map(rewrap_one, list(zip(wrapped, contexts, strict=True)))
 
+    @property
+    def pins_versions(self) -> bool:
+        return True
+
     def wrap_at_version(
         self, deks: Sequence[bytearray], contexts: Sequence[KeyContext], version: int
     ) -> list[WrappedKey]:
