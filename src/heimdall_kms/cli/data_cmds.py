@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -23,7 +24,7 @@ from heimdall_kms.jobs.metered import job_provider
 from heimdall_kms.jobs.migrate import MigrationOptions, check_settings, run_migration
 from heimdall_kms.jobs.reencrypt import ReencryptMode, ReencryptOptions, run_reencrypt
 from heimdall_kms.jobs.report import JobReport
-from heimdall_kms.providers import KeyManagementService
+from heimdall_kms.providers import KeyInfo, KeyManagementService, load_provider
 from heimdall_kms.service import Crypto
 from heimdall_kms.telemetry.export import MetricsExport
 
@@ -232,12 +233,27 @@ def _print_report(summary: dict[str, Any]) -> None:
         click.echo(f"  stopped: {summary['stopped_by']} — rerun to finish")
 
 
+def _describe_if_configured() -> Callable[[], KeyInfo] | None:
+    """How the rollback asks the KMS about the key, when a KMS is configured."""
+    if not os.environ.get("HMD_KMS_PROVIDER", "").strip():
+        return None
+
+    def describe() -> KeyInfo:
+        kms = load_provider(Settings.from_env(os.environ))
+        try:
+            return kms.describe()
+        finally:
+            kms.close()
+
+    return describe
+
+
 def _rollback(spec: TargetSpec, run_id: str, actor: str, as_json: bool) -> None:
     sink = open_sink(audit_destination(os.environ))
     with opened_stores(spec) as stores:
         for store in stores:
             store.check(writable=True)
-        result = rollback(stores, run_id, sink, actor)
+        result = rollback(stores, run_id, sink, actor, describe=_describe_if_configured())
     sink.close()
     if as_json:
         click.echo(json.dumps(result.to_dict()))

@@ -10,14 +10,16 @@ remains anywhere. Both record their intent before touching the store
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from heimdall_kms.audit import AuditEvent, AuditSink, EventType, Result, audited
 from heimdall_kms.envelope import KmsV1Envelope
+from heimdall_kms.errors import RefusedError
 from heimdall_kms.jobs.reading import reader_for
+from heimdall_kms.providers.base import KeyInfo
 from heimdall_kms.store import FieldStore
 
 __all__ = ["JournalResult", "journaled_below", "purge", "rollback"]
@@ -39,9 +41,19 @@ class JournalResult:
 
 
 def rollback(
-    stores: Sequence[FieldStore], run_id: str, audit: AuditSink, actor: str
+    stores: Sequence[FieldStore],
+    run_id: str,
+    audit: AuditSink,
+    actor: str,
+    *,
+    describe: Callable[[], KeyInfo] | None = None,
 ) -> JournalResult:
     """Restore every value the run replaced, where it is unchanged since.
+
+    A run whose old values are ``kms_v1`` (a rewrap, say) is restored only if the KMS can still
+    decrypt every one of them: ``describe`` (asked once, only then) gives the key's minimum
+    decryption version; old values of this key below it are retired versions, and restoring
+    them would make them unreadable, so the target is refused as a whole (nothing restored).
 
     Per target, the intent is recorded before the journal is read, and the outcome after.
     A journal row whose old value does not hold an envelope where the target says (the column,
@@ -50,9 +62,11 @@ def rollback(
 
     Raises:
         AuditWriteError: an intent could not be recorded (that target is not touched).
+        RefusedError: old values need retired key versions, or no KMS to tell (audited).
         StoreError: the database failed (the current chunk is rolled back).
     """
     result = JournalResult("rollback", run_id)
+    key: list[KeyInfo] = []  # described at most once, when a kms_v1 old value needs it
     for store in stores:
         event = _event(EventType.REENCRYPT_ROLLBACK, actor, run_id, str(store.target), {})
         with audited(audit, event) as attempt:
@@ -60,6 +74,9 @@ def rollback(
             entries = store.journal(run_id)
             reader = reader_for(store)
             restorable = [e for e in entries if reader(e.old_value).kind.is_envelope]
+            _refuse_retired(
+                store, [reader(e.old_value).envelope for e in restorable], describe, key
+            )
             restored = 0
             for start in range(0, len(restorable), _CHUNK):
                 restored += sum(store.restore(restorable[start : start + _CHUNK]))
@@ -72,6 +89,42 @@ def rollback(
             result.targets[str(store.target)] = counts
             attempt.details = dict(counts)
     return result
+
+
+def _refuse_retired(
+    store: FieldStore,
+    old: Sequence[object],
+    describe: Callable[[], KeyInfo] | None,
+    key: list[KeyInfo],
+) -> None:
+    kms_v1 = [envelope for envelope in old if isinstance(envelope, KmsV1Envelope)]
+    if not kms_v1:
+        return
+    if describe is None:
+        raise RefusedError(
+            f"{store.target}: the journal holds kms_v1 values and no KMS is configured to tell "
+            "whether their key versions are still usable (HMD_KMS_PROVIDER); nothing restored"
+        )
+    if not key:
+        key.append(describe())
+    info = key[0]
+    minimum = info.min_decryption_version
+    retired = [
+        envelope
+        for envelope in kms_v1
+        if (envelope.provider, envelope.key_identifier)
+        == (info.provider.value, info.key_identifier)
+        and envelope.key_version < minimum
+    ]
+    if retired:
+        lowest = min(envelope.key_version for envelope in retired)
+        raise RefusedError(
+            f"{store.target}: {len(retired)} journaled values need key versions below "
+            f"{minimum}, retired in the KMS; restoring them would make them unreadable, so "
+            "nothing was restored. The current values are readable. To roll back anyway, make "
+            f"version {lowest} usable again first where the KMS still has it (Vault: set the "
+            f"key's min_decryption_version to {lowest}), then roll back and re-wrap"
+        )
 
 
 def purge(
