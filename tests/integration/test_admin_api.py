@@ -961,6 +961,9 @@ EXPECTED_METRICS = {
     "heimdall_key_age_seconds": {"provider", "key"},
     "heimdall_key_rotation_due_timestamp_seconds": {"provider", "key"},
     "heimdall_audit_write_failures": set(),
+    # docs/audit.md: signed checkpoints and their off-host anchor
+    "heimdall_audit_checkpoint_failures": {"stage"},
+    "heimdall_audit_anchor_lag_seconds": set(),
 }
 
 
