@@ -18,8 +18,10 @@ official ``azure-keyvault-keys`` and ``azure-identity`` clients talk to it unmod
   ``login.microsoftonline.com`` about an unknown authority host).
 * Keys: ``GET /keys/{name}[/{version}]``, ``GET /keys/{name}/versions`` (paged with
   ``nextLink``, in no particular order, as the service documents none), ``POST
-  /keys/{name}/create``, ``POST /keys/{name}/rotate``, ``PATCH /keys/{name}/{version}``
-  (attributes, ``key_ops``, tags), ``POST /keys/{name}/{version}/wrapkey`` and ``/unwrapkey``.
+  /keys/{name}/create``, ``POST /keys/{name}/rotate``, ``GET``/``PUT
+  /keys/{name}/rotationpolicy`` (kept and answered; the fake never rotates by it), ``PATCH
+  /keys/{name}/{version}`` (attributes, ``key_ops``, tags), ``POST
+  /keys/{name}/{version}/wrapkey`` and ``/unwrapkey``.
   JSON fields as the service names them: ``kid``, ``kty``, ``key_ops``, ``n``/``e`` and
   ``value`` as unpadded base64url, ``attributes.created``/``updated`` as Unix seconds, errors as
   ``{"error": {"code": "KeyNotFound", "message": "...", "innererror": {...}}}``.
@@ -96,8 +98,12 @@ READ, CREATE, ROTATE, UPDATE, WRAP, UNWRAP = (
     f"{_PREFIX}wrap/action",
     f"{_PREFIX}unwrap/action",
 )
+POLICY_READ, POLICY_WRITE = (
+    "Microsoft.KeyVault/vaults/keyrotationpolicies/read",
+    "Microsoft.KeyVault/vaults/keyrotationpolicies/write",
+)
 # The data actions of Azure's built-in roles, as far as key operations go.
-CRYPTO_OFFICER = frozenset({READ, CREATE, ROTATE, UPDATE, WRAP, UNWRAP})
+CRYPTO_OFFICER = frozenset({READ, CREATE, ROTATE, UPDATE, WRAP, UNWRAP, POLICY_READ, POLICY_WRITE})
 CRYPTO_USER = frozenset({READ, UPDATE, WRAP, UNWRAP})
 CRYPTO_SERVICE_ENCRYPTION_USER = frozenset({READ, WRAP, UNWRAP})
 UNWRAP_ONLY = frozenset({UNWRAP})
@@ -192,6 +198,7 @@ class FakeKeyVault:
         self._tokens: dict[str, str] = {}
         self._faults: dict[str, tuple[int, str]] = {}
         self._fault_budget: dict[str, int] = {}
+        self._policies: dict[str, JSON] = {}
         self._in_flight = 0
         self._lock = threading.RLock()
         self.propagation_delay = 0.0
@@ -338,6 +345,8 @@ class FakeKeyVault:
             ("POST", 1, "rotate"): (ROTATE, "rotate"),
             ("POST", 2, "wrapkey"): (WRAP, "wrapkey"),
             ("POST", 2, "unwrapkey"): (UNWRAP, "unwrapkey"),
+            ("GET", 1, "rotationpolicy"): (POLICY_READ, "policy_get"),
+            ("PUT", 1, "rotationpolicy"): (POLICY_WRITE, "policy_put"),
         }
         last = rest[-1].lower() if rest else ""
         found = routes.get((method, len(rest), last))
@@ -369,6 +378,8 @@ class FakeKeyVault:
             )
         if handler == "versions":
             return self._list_versions(name, query)
+        if handler in ("policy_get", "policy_put"):
+            return self._rotation_policy(name, body if handler == "policy_put" else None)
         if handler == "get" and not rest:
             return self._bundle(name, self._served_latest(name))
         version = self._version(name, rest[0] if rest else "")
@@ -384,6 +395,26 @@ class FakeKeyVault:
                 version.tags = dict(body["tags"])
             version.updated = int(time.time())
         return self._bundle(name, version)
+
+    def _rotation_policy(self, name: str, update: JSON | None) -> JSON:
+        """GET or PUT ``/keys/{name}/rotationpolicy``. A key that never had one answers the
+        service's default: notify 30 days before expiry, no automatic rotation."""
+        self._version(name, "")  # 404 for a key that does not exist
+        if update is not None:
+            actions = update.get("lifetimeActions")
+            if not isinstance(actions, list):
+                raise _FaultError(400, "BadParameter", "lifetimeActions is required.")
+            self._policies[name] = {
+                "lifetimeActions": actions,
+                "attributes": dict(update.get("attributes") or {}),
+            }
+        stored = self._policies.get(name) or {
+            "lifetimeActions": [
+                {"trigger": {"timeBeforeExpiry": "P30D"}, "action": {"type": "Notify"}}
+            ],
+            "attributes": {},
+        }
+        return {"id": f"{self.base_url}/keys/{name}/rotationpolicy", **stored}
 
     def _list_versions(self, name: str, query: dict[str, str]) -> JSON:
         if name not in self._keys:
@@ -581,6 +612,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PATCH(self) -> None:
         self._serve("PATCH")
+
+    def do_PUT(self) -> None:
+        self._serve("PUT")
 
     def do_DELETE(self) -> None:
         self._serve("DELETE")

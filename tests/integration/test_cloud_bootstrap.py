@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from azure.keyvault.keys import KeyRotationPolicyAction
 from google.api_core import exceptions as api_exceptions
 from google.cloud import kms_v1
 
@@ -256,6 +257,20 @@ class TestGCPDesign:
 
 
 class TestAzureDesign:
+    def test_an_adopted_keys_rotation_policy_is_reported_not_changed(self, tmp_path: Path) -> None:
+        azure = Azure()
+        try:
+            azure.precreate()
+            plan = document(bootstrap(azure, tmp_path, "--json"))
+            (policy,) = [s for s in plan["steps"] if s["step"].startswith("rotation policy")]
+            assert policy["change"] == "unchanged"
+            assert "no automatic rotation" in policy["notes"][0]
+            actions = azure.admin.get_key_rotation_policy(azure.key).lifetime_actions
+            # Key Vault's default policy, kept as it was.
+            assert [a.action for a in actions] == [KeyRotationPolicyAction.notify]
+        finally:
+            azure.stop()
+
     def test_a_key_that_cannot_wrap_is_refused(self, tmp_path: Path) -> None:
         azure = Azure()
         try:
@@ -275,6 +290,10 @@ class TestAzureDesign:
             document(bootstrap(azure, tmp_path, "--json", "--key-type", "RSA"))
             key = azure.admin.get_key(azure.key)
             assert sorted(str(o) for o in key.key_operations or []) == ["unwrapKey", "wrapKey"]
+            policy = azure.admin.get_key_rotation_policy(azure.key)
+            assert [(a.action, a.time_after_create) for a in policy.lifetime_actions] == [
+                (KeyRotationPolicyAction.rotate, "P30D")
+            ]
             plan = document(bootstrap(azure, tmp_path, "--json", "--dry-run"))
             grants = {g["role"]: g for g in plan["access"]}
             assert grants["app"]["grants"] == "Key Vault Crypto Service Encryption User"

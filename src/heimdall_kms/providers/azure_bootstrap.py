@@ -3,20 +3,28 @@
 :func:`plan` reads Key Vault and returns a :class:`~heimdall_kms.providers.cloud_bootstrap.Plan`
 whose create step carries the exact REST body; :func:`apply` sends it with the SDK. An existing
 key is adopted when the provider can use it (RSA, RSA-HSM or oct-HSM with wrapKey and
-unwrapKey). No rotation policy is written: the command prints one to apply, and the test
-server does not model rotation policies. Role assignments are printed, never applied: granting
-access is the operator's act. Roles follow Microsoft's built-in role tables, with custom roles
-where no built-in one is narrow enough. See ``docs/providers/azure.md``.
+unwrapKey). A created key gets a rotation policy that rotates it every
+``HMD_KEY_ROTATION_DAYS``; an adopted key's policy is reported, not changed. Role assignments
+are printed, never applied: granting access is the operator's act. Roles follow Microsoft's
+built-in role tables, with custom roles where no built-in one is narrow enough.
+See ``docs/providers/azure.md``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from azure.keyvault.keys import KeyClient, KeyVaultKey
+from azure.keyvault.keys import (
+    KeyClient,
+    KeyRotationLifetimeAction,
+    KeyRotationPolicy,
+    KeyRotationPolicyAction,
+    KeyVaultKey,
+)
 
 from heimdall_kms.errors import InvalidInputError, KeyNotFoundError, RefusedError
 from heimdall_kms.providers.azure import _KEY_TYPES, _call, _text, parse_key_url
@@ -98,7 +106,7 @@ def plan(
     else:
         kty = _text(current.key_type)
         step = Step(f"key {key} ({kty})", Change.UNCHANGED, notes=_adopted(current, kty))
-    policy = _rotation_policy(rotation_days, name, host, hsm=hsm)
+    policy = _rotation_policy(client, rotation_days, name, created=current is None)
     steps = (step, policy)
     details = {"key_type": key_type, "rotation_days": rotation_days}
     return Plan("azure", key, steps, _access(key, host, members or {}, prefix, hsm=hsm), details)
@@ -112,15 +120,25 @@ def apply(client: KeyClient, steps: Sequence[Step]) -> None:
     """
     for step in steps:
         for call in step.calls:
-            body = call.arguments
-            name = call.method.split("/")[2]
+            _call(f"bootstrap ({step.name})", functools.partial(_send, client, call))
 
-            def create(body: Mapping[str, Any] = body, name: str = name) -> Any:
-                return client.create_key(
-                    name, body["kty"], size=body["key_size"], key_operations=body["key_ops"]
-                )
 
-            _call(f"bootstrap ({step.name})", create)
+def _send(client: KeyClient, call: ApiCall) -> Any:
+    body, name = call.arguments, call.method.split("/")[2]
+    if call.method.endswith("/rotationpolicy"):
+        actions = [
+            KeyRotationLifetimeAction(
+                KeyRotationPolicyAction.rotate,
+                time_after_create=a["trigger"]["timeAfterCreate"],
+            )
+            for a in body["lifetimeActions"]
+        ]
+        return client.update_key_rotation_policy(
+            name, KeyRotationPolicy(), lifetime_actions=actions
+        )
+    return client.create_key(
+        name, body["kty"], size=body["key_size"], key_operations=body["key_ops"]
+    )
 
 
 def _adopted(current: KeyVaultKey, kty: str) -> tuple[str, ...]:
@@ -138,26 +156,37 @@ def _adopted(current: KeyVaultKey, kty: str) -> tuple[str, ...]:
     return ("existing key adopted",)
 
 
-def _rotation_policy(days: int, name: str, host: str, *, hsm: bool) -> Step:
-    short = host.split(".", maxsplit=1)[0]
-    where = f"--hsm-name {short}" if hsm else f"--vault-name {short}"
+def _rotation_policy(client: KeyClient, days: int, name: str, *, created: bool) -> Step:
+    """A created key gets a policy that rotates it every ``days``; an adopted key's policy is
+    read and reported, never changed (as on GCP)."""
+    label = f"rotation policy (Rotate after P{days}D)" if days else "rotation policy"
     if not days:
-        return Step("rotation policy", Change.UNCHANGED, notes=("HMD_KEY_ROTATION_DAYS=0: none",))
-    policy = {
-        "lifetimeActions": [
-            {"trigger": {"timeAfterCreate": f"P{days}D"}, "action": {"type": "Rotate"}}
-        ]
-    }
+        return Step(label, Change.UNCHANGED, notes=("HMD_KEY_ROTATION_DAYS=0: none set",))
+    body = {"lifetimeActions": [_rotate_after(days)]}
+    if created:
+        return Step(label, Change.CREATED, (ApiCall(f"PUT /keys/{name}/rotationpolicy", body),))
+    current = _call("bootstrap (read)", lambda: client.get_key_rotation_policy(name))
+    rotates = [
+        str(a.time_after_create)
+        for a in current.lifetime_actions or []
+        if _text(a.action).lower() == "rotate" and a.time_after_create
+    ]
+    if rotates == [f"P{days}D"]:
+        return Step(label, Change.UNCHANGED, notes=("the key's rotation policy matches",))
+    found = ", ".join(rotates) if rotates else "no automatic rotation"
     return Step(
-        "rotation policy",
+        label,
         Change.UNCHANGED,
         notes=(
-            "not written by this command (rotate with `heimdall-kms rotate --if-due` on a "
-            "schedule, or let Key Vault rotate with this policy):",
-            f"az keyvault key rotation-policy update {where} -n {name} --value "
-            f"'{json.dumps(policy)}'",
+            f"the key's rotation policy has {found}; left as it is (change it with az keyvault "
+            f"key rotation-policy update --value '{json.dumps(body)}', or schedule "
+            "`heimdall-kms rotate --if-due`)",
         ),
     )
+
+
+def _rotate_after(days: int) -> dict[str, Any]:
+    return {"trigger": {"timeAfterCreate": f"P{days}D"}, "action": {"type": "Rotate"}}
 
 
 def _access(
