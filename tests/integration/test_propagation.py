@@ -25,8 +25,8 @@ from heimdall_kms import crypto
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.config import Settings
 from heimdall_kms.envelope import KmsV1Envelope, parse
-from heimdall_kms.errors import KeyVersionRetiredError
-from heimdall_kms.jobs.propagation import Effect, Propagation
+from heimdall_kms.errors import KeyVersionRetiredError, NotInEffectError
+from heimdall_kms.jobs.propagation import Effect, Propagation, confirm_primary
 from heimdall_kms.jobs.reencrypt import ReencryptMode, ReencryptOptions, run_reencrypt
 from heimdall_kms.jobs.rotation import retire, rotate
 from heimdall_kms.providers.azure import AzureKeyVaultProvider
@@ -205,8 +205,9 @@ class TestCommandsWaitForTheEffect:
 
 
 class TestJobVerifiesEachResult:
+    @pytest.mark.parametrize("mode", [ReencryptMode.FULL, ReencryptMode.REWRAP])
     def test_results_on_the_old_version_are_not_completed(
-        self, server: FakeKMSServer, key: str, tmp_path: Path
+        self, server: FakeKMSServer, key: str, tmp_path: Path, mode: ReencryptMode
     ) -> None:
         env = env_for(server, key, tmp_path)
         db, _ = seeded(env, tmp_path)
@@ -219,7 +220,7 @@ class TestJobVerifiesEachResult:
         kms.rotate()
         store = open_store(f"sqlite:///{db}", Target("c", "ssn"))
         facade = Crypto(settings, kms=kms, audit=MemoryAuditSink())
-        options = ReencryptOptions(mode=ReencryptMode.FULL)
+        options = ReencryptOptions(mode=mode)
         first = run_reencrypt(facade, [store], options).to_dict()
         on_new = versions(db).count(2)
         assert 0 < first["failed"] < COUNT
@@ -325,3 +326,47 @@ class TestRetirePastTheBound:
         outcome = json.loads((tmp_path / "audit.log").read_text().splitlines()[-1])
         assert (outcome["result"], outcome["error_type"]) == ("failure", "not_in_effect")
         assert outcome["details"]["in_effect"] is False
+
+
+class TestBoundedBackoff:
+    """The wait on a virtual clock shared with the fake: backoff, its cap, and the bound."""
+
+    @pytest.mark.parametrize(("delay", "in_effect"), [(40.0, True), (400.0, False)])
+    def test_waits_with_backoff_up_to_the_bound(self, delay: float, in_effect: bool) -> None:
+        moment = [datetime(2026, 1, 1, tzinfo=UTC)]
+        fake = start_fake_kms(kms=FakeKMS(clock=lambda: moment[0]))
+        pauses: list[float] = []
+        lines: list[str] = []
+
+        def sleep(seconds: float) -> None:
+            pauses.append(seconds)
+            moment[0] += timedelta(seconds=seconds)
+
+        def clock() -> float:
+            return moment[0].timestamp()
+
+        wait = Propagation(
+            bound_seconds=300.0,
+            progress=lines.append,
+            clock=clock,
+            sleep=sleep,
+        )
+        try:
+            client = rest_client(fake.url)
+            ring = client.create_key_ring(request={"parent": LOCATION, "key_ring_id": "b"})
+            kms = GCPKMSProvider(client, create_key(client, str(ring.name)))
+            fake.kms.propagation_delay = delay
+            version = kms.rotate().latest_version
+            if in_effect:
+                confirm_primary(kms, version, wait)
+                assert sum(pauses) >= delay
+            else:
+                with pytest.raises(NotInEffectError, match="still wraps with v1 after 300 s"):
+                    confirm_primary(kms, version, wait)
+                assert sum(pauses) == pytest.approx(300.0)
+            assert pauses[:4] == [0.5, 1.0, 2.0, 4.0]
+            assert max(pauses) <= 10.0
+            assert lines[0] == "waiting for v2 to become primary (0 s)"
+            assert len(lines) == len(pauses)
+        finally:
+            fake.stop()
