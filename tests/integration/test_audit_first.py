@@ -36,7 +36,7 @@ from heimdall_kms.providers import load_provider
 from heimdall_kms.providers.local import LocalKeyring
 from heimdall_kms.store import Target, open_store
 from tests.integration.dbtables import UserTable
-from tests.servers import start_openbao
+from tests.integration.sealed_table import sealed_table
 
 ROWS = 30
 EXE = str(Path(sys.executable).with_name("heimdall-kms"))
@@ -79,29 +79,8 @@ class World:
 def world(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[World]:
-    log = tmp_path / "audit.log"
-    env = {"HMD_ENCRYPTION_MODE": "kms", "HMD_AUDIT_LOG": str(log)}
-    server = None
-    if request.param == "local":
-        env |= {"HMD_KMS_PROVIDER": "local", "HMD_LOCAL_KEYRING": str(tmp_path / "kr.json")}
-        LocalKeyring(tmp_path / "kr.json").ensure_key("heimdall-pii")
-    else:
-        server = start_openbao()
-        env |= server.env(HMD_AUDIT_LOG=str(log))
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    db = tmp_path / "app.db"
-    with heimdall_kms.from_env(env, audit=MemoryAuditSink()) as crypto, sqlite3.connect(db) as c:
-        c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
-        sealed = crypto.encrypt_many(
-            [(f"value-{i}", {"table": "t", "field": "v", "record": str(i)}) for i in range(ROWS)]
-        )
-        c.executemany(
-            "INSERT INTO t VALUES (?, ?)", [(i, e.to_json()) for i, e in enumerate(sealed)]
-        )
-    yield World(env, f"sqlite:///{db}", db, log)
-    if server is not None:
-        server.stop()
+    with sealed_table(request.param, tmp_path, monkeypatch, rows=ROWS, prefix="value-") as t:
+        yield World(t.env, t.url, t.db, t.log)
 
 
 def _rewrapped_with_journal(world: World) -> None:

@@ -19,9 +19,9 @@ from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.cli import main
 from heimdall_kms.envelope import parse
 from heimdall_kms.errors import MalformedEnvelopeError
-from heimdall_kms.providers.local import LocalKeyring
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
-from tests.servers import run_cli, start_openbao
+from tests.integration.sealed_table import SealedTable, sealed_table
+from tests.servers import run_cli
 
 ROWS = 12
 FORGED = 7
@@ -44,27 +44,12 @@ def forged(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Forged]:
     """Every value rewrapped to v2, except row 7: its v1 envelope, edited to say v2."""
-    log = tmp_path / "audit.log"
-    env = {"HMD_ENCRYPTION_MODE": "kms", "HMD_AUDIT_LOG": str(log)}
-    server = None
-    if request.param == "local":
-        env |= {"HMD_KMS_PROVIDER": "local", "HMD_LOCAL_KEYRING": str(tmp_path / "kr.json")}
-        LocalKeyring(tmp_path / "kr.json").ensure_key("heimdall-pii")
-    else:
-        server = start_openbao()
-        env |= server.env(HMD_AUDIT_LOG=str(log))
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    db = tmp_path / "app.db"
-    with heimdall_kms.from_env(env, audit=MemoryAuditSink()) as crypto, sqlite3.connect(db) as c:
-        c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
-        sealed = crypto.encrypt_many(
-            [(f"ssn-{i}", {"table": "t", "field": "v", "record": str(i)}) for i in range(ROWS)]
-        )
-        c.executemany(
-            "INSERT INTO t VALUES (?, ?)", [(i, e.to_json()) for i, e in enumerate(sealed)]
-        )
-    url = f"sqlite:///{db}"
+    with sealed_table(request.param, tmp_path, monkeypatch, rows=ROWS, prefix="ssn-") as t:
+        yield _forge(t)
+
+
+def _forge(t: SealedTable) -> Forged:
+    env, db, log, sealed, url = t.env, t.db, t.log, t.sealed, t.url
     assert main(["rotate"]) == 0
     assert main(["reencrypt", "--database", url, "--table", "t", "--column", "v"]) == 0
     old = json.loads(sealed[FORGED].to_json())
@@ -73,9 +58,7 @@ def forged(
     text = json.dumps({**old, "key_version": 2, "key_id": old["key_id"][: -len("v1")] + "v2"})
     with sqlite3.connect(db) as c:
         c.execute("UPDATE t SET v = ? WHERE id = ?", (text, FORGED))
-    yield Forged(env, url, db, log, text)
-    if server is not None:
-        server.stop()
+    return Forged(env, url, db, log, text)
 
 
 class TestForgedKeyVersion:
