@@ -28,7 +28,12 @@ from heimdall_kms.providers.vault import VaultTransitProvider
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import Target, open_store
 from tests.integration.dbtables import UserTable
-from tests.integration.test_migrate_faults import MASTER_HEX, assert_all_migrated_once, legacy_rows
+from tests.integration.test_migrate_faults import (
+    MASTER_HEX,
+    assert_all_migrated_once,
+    cli,
+    legacy_rows,
+)
 from tests.servers import TRANSIT_KEY, OpenBao, run_cli
 
 
@@ -199,3 +204,27 @@ class TestCallersUnderAQuota:
         assert done.returncode == AuthenticationError.exit_code, done.stderr.decode()
         assert b"Traceback" not in done.stderr
         assert table.values() == before  # nothing written
+
+
+class TestSeveralWorkersUnderOneQuota:
+    def test_four_postgres_workers_finish_and_migrate_each_row_once(
+        self, fresh_openbao: OpenBao, postgres_url: str, tmp_path: Path
+    ) -> None:
+        table = UserTable.create("postgres-text", tmp_path, postgres_url)
+        try:
+            table.insert(legacy_rows(1200))
+            set_quota(fresh_openbao, rate=3, headers=False)
+            env = hybrid_env(fresh_openbao, tmp_path)
+            args = ["migrate", "--database", table.url, "--table", table.table, "--column", "ssn"]
+            workers = [cli([*args, "--batch-size", "50", "--json"], env) for _ in range(4)]
+            results = [worker.communicate(timeout=300) for worker in workers]
+            assert [w.returncode for w in workers] == [0] * 4, [e.decode() for _, e in results]
+            summaries = [json.loads(out) for out, _ in results]
+            assert all(s["state"] == "completed" for s in summaries)
+            assert sum(s["completed"] for s in summaries) == 1200
+            assert sum(1 for s in summaries if s["completed"]) >= 2  # the work was shared
+            print("workers:", [(s["completed"], s["throttled"]) for s in summaries])
+            clear_quota(fresh_openbao)
+            assert_all_migrated_once(table, 1200, env)
+        finally:
+            table.drop()
