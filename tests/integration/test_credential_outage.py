@@ -11,7 +11,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from azure.identity import ManagedIdentityCredential
@@ -20,7 +23,7 @@ from azure.keyvault.keys import KeyClient
 from heimdall_kms import crypto
 from heimdall_kms.config import AWSSettings
 from heimdall_kms.errors import AuthenticationError, KMSUnavailableError
-from heimdall_kms.providers.aws import build_client
+from heimdall_kms.providers.aws import build_client, caller
 from heimdall_kms.providers.azure import AzureKeyVaultProvider
 from tests.fakes.azure_kv_http import FakeKeyVaultServer, start_fake_key_vault
 from tests.servers import free_port
@@ -112,3 +115,49 @@ class TestAWSCredentialEndpoint:
         with pytest.raises(KMSUnavailableError) as caught:
             build_client(settings)
         assert caught.value.retryable
+
+    def test_a_refresh_that_cannot_reach_the_endpoint_is_transient(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Credentials served once by a real container endpoint, about to expire; the endpoint
+        then goes away, so the next call's mandatory refresh fails on the wire."""
+
+        class Credentials(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                expires = datetime.now(UTC) + timedelta(minutes=5)  # inside botocore's 10 min
+                body = json.dumps(
+                    {
+                        "AccessKeyId": "ASIAEXAMPLE",
+                        "SecretAccessKey": "not-a-secret",
+                        "Token": "not-a-token",
+                        "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return None
+
+        endpoint = ThreadingHTTPServer(("127.0.0.1", 0), Credentials)
+        thread = threading.Thread(target=endpoint.serve_forever, daemon=True)
+        thread.start()
+        for name in list(os.environ):
+            if name.startswith("AWS_"):
+                monkeypatch.delenv(name)
+        port = endpoint.server_address[1]
+        monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", f"http://127.0.0.1:{port}/c")
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+        client = build_client(
+            AWSSettings(region="eu-west-1", endpoint_url=f"http://127.0.0.1:{free_port()}")
+        )
+        endpoint.shutdown()
+        endpoint.server_close()
+        with pytest.raises(KMSUnavailableError) as caught:
+            caller(client)("ListKeys")
+        assert "credential endpoint" in str(caught.value)
