@@ -93,3 +93,24 @@ class UserTable:
     def _journal_exists(self) -> bool:
         rows = self._execute("SELECT to_regclass('heimdall_kms_journal') IS NOT NULL")
         return bool(rows[0][0])
+
+
+def hybrid_local_env(
+    tmp_path: Path, monkeypatch: Any, master_hex: str, **extra: str
+) -> dict[str, str]:
+    """Hybrid mode on a local keyring made for the test (key ``heimdall-pii``), the env key
+    ``master_hex`` and an audit log under ``tmp_path``; also set in ``os.environ``."""
+    from heimdall_kms.providers.local import LocalKeyring
+
+    values = {
+        "HMD_ENCRYPTION_MODE": "hybrid",
+        "HMD_KMS_PROVIDER": "local",
+        "HMD_LOCAL_KEYRING": str(tmp_path / "keyring.json"),
+        "HMD_PII_MASTER_KEY": master_hex,
+        "HMD_AUDIT_LOG": str(tmp_path / "audit.log"),
+        **extra,
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    LocalKeyring(tmp_path / "keyring.json").ensure_key("heimdall-pii")
+    return values

@@ -20,7 +20,7 @@ import heimdall_kms
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.cli import main
 from heimdall_kms.metrics import ERROR_TYPES
-from heimdall_kms.providers.local import LocalKeyring
+from tests.integration.dbtables import hybrid_local_env
 from tests.legacy_data import legacy_envelope
 from tests.servers import free_port
 
@@ -41,17 +41,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for name in list(os.environ):
         if name.startswith(("HMD_", "VAULT_")):
             monkeypatch.delenv(name)
-    values = {
-        "HMD_ENCRYPTION_MODE": "hybrid",
-        "HMD_KMS_PROVIDER": "local",
-        "HMD_LOCAL_KEYRING": str(tmp_path / "keyring.json"),
-        "HMD_PII_MASTER_KEY": MASTER_HEX,
-        "HMD_AUDIT_LOG": str(tmp_path / "audit.log"),
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    LocalKeyring(tmp_path / "keyring.json").ensure_key("heimdall-pii")
-    return values
+    return hybrid_local_env(tmp_path, monkeypatch, MASTER_HEX)
 
 
 def legacy_table(path: Path, legacy: int, kms: int, env: dict[str, str]) -> str:

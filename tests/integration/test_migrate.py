@@ -20,8 +20,7 @@ import heimdall_kms
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.cli import main
 from heimdall_kms.envelope import KmsV1Envelope, parse
-from heimdall_kms.providers.local import LocalKeyring
-from tests.integration.dbtables import UserTable
+from tests.integration.dbtables import UserTable, hybrid_local_env
 from tests.legacy_data import legacy_envelope
 
 MASTER_HEX = "ab" * 32
@@ -43,18 +42,9 @@ def table(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UserTable]
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    values = {
-        "HMD_ENCRYPTION_MODE": "hybrid",
-        "HMD_KMS_PROVIDER": "local",
-        "HMD_LOCAL_KEYRING": str(tmp_path / "keyring.json"),
-        "HMD_PII_MASTER_KEY": MASTER_HEX,
-        "HMD_PII_LEGACY_KEYS": f"key-2023:{OLD_HEX}",
-        "HMD_AUDIT_LOG": str(tmp_path / "audit.log"),
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    LocalKeyring(tmp_path / "keyring.json").ensure_key("heimdall-pii")
-    return values
+    return hybrid_local_env(
+        tmp_path, monkeypatch, MASTER_HEX, HMD_PII_LEGACY_KEYS=f"key-2023:{OLD_HEX}"
+    )
 
 
 def text_value(table: UserTable, value: str) -> str:

@@ -19,8 +19,7 @@ from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.cli import main
 from heimdall_kms.envelope import KmsV1Envelope, parse
 from heimdall_kms.policy import PolicyEngine, parse_policy
-from heimdall_kms.providers.local import LocalKeyring
-from tests.integration.dbtables import UserTable
+from tests.integration.dbtables import UserTable, hybrid_local_env
 from tests.interop.engine_tool import Engine, build_engine
 
 MASTER_HEX = "ab" * 32
@@ -43,17 +42,7 @@ def table(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UserTable]
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    LocalKeyring(tmp_path / "keyring.json").ensure_key("heimdall-pii")
-    values = {
-        "HMD_ENCRYPTION_MODE": "hybrid",
-        "HMD_KMS_PROVIDER": "local",
-        "HMD_LOCAL_KEYRING": str(tmp_path / "keyring.json"),
-        "HMD_PII_MASTER_KEY": MASTER_HEX,
-        "HMD_AUDIT_LOG": str(tmp_path / "audit.log"),
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    return values
+    return hybrid_local_env(tmp_path, monkeypatch, MASTER_HEX)
 
 
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
