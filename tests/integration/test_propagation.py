@@ -370,3 +370,16 @@ class TestBoundedBackoff:
             assert len(lines) == len(pauses)
         finally:
             fake.stop()
+
+    def test_a_rerun_with_nothing_left_to_disable_is_not_called_confirmed(
+        self, server: FakeKMSServer, key: str, tmp_path: Path
+    ) -> None:
+        env = env_for(server, key, tmp_path)
+        kms = GCPKMSProvider(rest_client(server.url), key)
+        kms.rotate()
+        kms.retire(2)  # disabled earlier (say by a retire that timed out)
+        kms.close()
+        code, out, err, _ = run(["retire", "--below-version", "2", "--force", "--json"], env)
+        assert code == 0, err
+        assert json.loads(out)["effect"] == "unconfirmed"
+        assert "was not confirmed" in err

@@ -155,9 +155,10 @@ def retire_command(
         )
     if result.effect is Effect.UNCONFIRMED:
         click.echo(
-            f"heimdall-kms: WARNING: {kms.name.value} cannot wrap under a named version, so "
-            f"the refusal of versions below {below_version} was not confirmed; the KMS may "
-            "take a while to apply it (docs/rotation.md)",
+            f"heimdall-kms: WARNING: the refusal of versions below {below_version} was not "
+            "confirmed (no canary could be wrapped under them: the provider cannot wrap under "
+            "a named version, or they were already disabled); the KMS may take a while to "
+            "apply it (docs/rotation.md)",
             err=True,
         )
     if as_json:

@@ -60,7 +60,9 @@ class Effect(StrEnum):
 
     CONFIRMED = "confirmed"  # a canary under a retired version was refused
     IMMEDIATE = "immediate"  # the KMS applies the change at once (Vault, local)
-    UNCONFIRMED = "unconfirmed"  # the provider cannot wrap under an old version to check
+    # No canary could be wrapped: the provider cannot wrap under a named version, or every
+    # version below N was already disabled (a canary needs an enabled version).
+    UNCONFIRMED = "unconfirmed"
 
 
 @runtime_checkable
@@ -141,7 +143,7 @@ def retire_canaries(
     """Before a retirement: one canary wrapped under each enabled version below N.
 
     Returns ``Effect.IMMEDIATE`` or ``Effect.UNCONFIRMED`` (and no canaries) when the provider
-    needs no check or cannot be checked this way.
+    needs no check, or no canary can be wrapped (see :class:`Effect`).
 
     Raises:
         KMSError: a pinned wrap failed.
@@ -159,7 +161,7 @@ def retire_canaries(
         finally:
             crypto.wipe(dek)
         canaries.append(Canary(version, wrapped.ciphertext))
-    return Effect.CONFIRMED, canaries
+    return (Effect.CONFIRMED if canaries else Effect.UNCONFIRMED), canaries
 
 
 def confirm_refused(
