@@ -12,6 +12,7 @@ import click
 
 from heimdall_kms.audit import open_sink
 from heimdall_kms.cli._actor import actor_option
+from heimdall_kms.cli._estimate import estimate_migration
 from heimdall_kms.cli._job_metrics import JobTelemetry, job_telemetry, metrics_options
 from heimdall_kms.cli._targets import TargetSpec, opened_stores, target_options
 from heimdall_kms.cli._waiting import propagation
@@ -58,6 +59,12 @@ _RUN_ID = click.option("--run-id", help="Name the run (default: generated); the 
 @target_options
 @_BATCH_SIZE
 @click.option("--dry-run", is_flag=True, help="Decrypt with the env key and count; write nothing.")
+@click.option(
+    "--estimate",
+    is_flag=True,
+    help="Project the run's duration against the 24 h SLA (census counts and a timed sample "
+    "of synthetic values through the KMS); write nothing.",
+)
 @_RATE_LIMIT
 @_RUN_ID
 @actor_option("runs it")
@@ -75,6 +82,7 @@ def migrate(
     export: MetricsExport,
     batch_size: int,
     dry_run: bool,
+    estimate: bool,
     rate_limit: float,
     run_id: str | None,
     actor: str,
@@ -90,7 +98,12 @@ def migrate(
     id for --rollback. Safe to rerun: already migrated values are skipped.
     """
     if rollback_run is not None:
+        if estimate:
+            raise click.UsageError("give --estimate or --rollback, not both")
         _rollback(spec, rollback_run, actor, as_json)
+        return
+    if estimate:
+        estimate_migration(spec, batch_size, rate_limit, as_json)
         return
     settings = Settings.from_env(os.environ)
     check_settings(settings)

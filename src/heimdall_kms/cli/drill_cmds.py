@@ -10,11 +10,14 @@ from pathlib import Path
 
 import click
 
+from heimdall_kms.cli._estimate import count_targets
+from heimdall_kms.cli._targets import TargetSpec, target_options
 from heimdall_kms.drill.compromise import run_compromise_drill
 from heimdall_kms.drill.environment import DrillEnvironment, drill_environment
 from heimdall_kms.drill.report import DrillReport
 from heimdall_kms.drill.routine import run_migration_drill, run_rotation_drill
 from heimdall_kms.errors import IncompleteError
+from heimdall_kms.jobs.classify import ValueKind
 
 __all__ = ["drill"]
 
@@ -76,11 +79,20 @@ def _run(
 
 @drill.command("compromise")
 @_options
-def compromise(workdir: Path | None, report_dir: Path | None, records: int, as_json: bool) -> None:
-    """The P1 key-compromise runbook: rotate, fully re-encrypt, retire, prove, blast radius."""
+@target_options
+def compromise(
+    *, spec: TargetSpec, workdir: Path | None, report_dir: Path | None, records: int, as_json: bool
+) -> None:
+    """The P1 key-compromise runbook: rotate, fully re-encrypt, retire, prove, blast radius.
+
+    With target options (--table/--column or --targets), it also projects the full
+    re-encryption of those targets' kms_v1 values (counted read-only by their census) at the
+    rate the drill measured, against the 24 h SLA; the targets are never written.
+    """
+    targets = count_targets(spec, lambda census: census.kinds[ValueKind.KMS_V1], required=False)
     _run(
         "compromise",
-        lambda env: run_compromise_drill(env, records=records),
+        lambda env: run_compromise_drill(env, records=records, targets=targets),
         workdir=workdir,
         report_dir=report_dir,
         as_json=as_json,

@@ -12,6 +12,7 @@ re-encryption within 24 hours.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from heimdall_kms.audit.query import AuditFilter, query
@@ -20,6 +21,7 @@ from heimdall_kms.drill.report import DrillReport
 from heimdall_kms.envelope import KmsV1Envelope, parse
 from heimdall_kms.errors import IntegrityError, KeyVersionRetiredError
 from heimdall_kms.jobs.census import take_census
+from heimdall_kms.jobs.estimate import Projection, TargetCount
 from heimdall_kms.jobs.journal import journaled_below
 from heimdall_kms.jobs.reencrypt import ReencryptMode, ReencryptOptions, run_reencrypt
 from heimdall_kms.jobs.rotation import retire, rotate
@@ -46,13 +48,34 @@ def seed(env: DrillEnvironment, records: int) -> dict[str, str]:
     return plain
 
 
-def run_compromise_drill(env: DrillEnvironment, *, records: int = 500) -> DrillReport:
+def run_compromise_drill(
+    env: DrillEnvironment, *, records: int = 500, targets: Sequence[TargetCount] = ()
+) -> DrillReport:
     """Run every step; a failed step raises, and the report so far says which one.
+
+    With ``targets`` (the configured targets and their kms_v1 counts, from their census), the
+    report projects their full re-encryption at the rate the drill's own step measured.
 
     Raises:
         HeimdallKMSError: a step failed.
     """
-    return _CompromiseDrill(env, records).run()
+    report = _CompromiseDrill(env, records).run()
+    if targets:
+        report.projection = project(report, targets)
+    return report
+
+
+def project(report: DrillReport, targets: Sequence[TargetCount]) -> Projection:
+    """The targets at the values/s of the drill's ``re-encrypt (full)`` step (0 if it failed)."""
+    step = next((s for s in report.steps if s.name == "re-encrypt (full)"), None)
+    done = int(step.details.get("re_encrypted", 0)) if step is not None and step.ok else 0
+    seconds = step.seconds if step is not None else 0.0
+    rate = done / seconds if done and seconds > 0 else 0.0
+    source = (
+        f"the drill's full re-encryption: {done:,} values in {seconds:g}s, one process, "
+        f"{report.provider}"
+    )
+    return Projection(tuple(targets), rate, source)
 
 
 class _CompromiseDrill:

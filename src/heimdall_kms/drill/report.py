@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from heimdall_kms.errors import HeimdallKMSError
+from heimdall_kms.jobs.estimate import Projection
 
 __all__ = ["DrillReport", "Step"]
 
@@ -34,6 +35,8 @@ class DrillReport:
     slas: dict[str, float] = field(default_factory=dict)
     steps: list[Step] = field(default_factory=list)
     findings: dict[str, Any] = field(default_factory=dict)
+    # The re-encryption of the configured targets, projected from the drill's measured rate.
+    projection: Projection | None = None
 
     @contextmanager
     def step(self, name: str) -> Iterator[Step]:
@@ -73,8 +76,11 @@ class DrillReport:
 
     @property
     def passed(self) -> bool:
-        return all(s.ok for s in self.steps) and all(
-            self.elapsed_until(name) <= limit for name, limit in self.slas.items()
+        within = self.projection is None or self.projection.within_sla
+        return (
+            within
+            and all(s.ok for s in self.steps)
+            and all(self.elapsed_until(name) <= limit for name, limit in self.slas.items())
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,6 +108,7 @@ class DrillReport:
                 }
                 for name, limit in self.slas.items()
             ],
+            "projection": None if self.projection is None else self.projection.to_dict(),
             "findings": self.findings,
         }
 
@@ -132,6 +139,8 @@ class DrillReport:
                     f"| {sla['until']} | {_hours(sla['limit_seconds'])} | "
                     f"{sla['elapsed_seconds']} s | {'yes' if sla['met'] else 'NO'} |"
                 )
+        if self.projection is not None:
+            lines += ["", "## Projection for the configured targets", "", *self.projection.lines()]
         if self.findings:
             lines += [
                 "",

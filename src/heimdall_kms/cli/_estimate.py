@@ -1,0 +1,56 @@
+"""``migrate --estimate`` and the drill's projection: census counts, a measured rate, the SLA."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+
+import click
+
+from heimdall_kms.cli._targets import TargetSpec, opened_stores
+from heimdall_kms.config import Settings
+from heimdall_kms.jobs.census import Census, take_census
+from heimdall_kms.jobs.estimate import Projection, TargetCount, measure_encrypt_rate
+from heimdall_kms.jobs.migrate import check_settings
+from heimdall_kms.providers import load_provider
+
+__all__ = ["SAMPLE_VALUES", "count_targets", "estimate_migration"]
+
+SAMPLE_VALUES = 1000
+
+
+def count_targets(
+    spec: TargetSpec, count: Callable[[Census], int], *, required: bool = True
+) -> list[TargetCount]:
+    """``count`` of each target's census (read-only: no write, no KMS call)."""
+    with opened_stores(spec, required=required) as stores:
+        for store in stores:
+            store.check(writable=False)
+        return [TargetCount(str(store.target), count(take_census(store))) for store in stores]
+
+
+def estimate_migration(spec: TargetSpec, batch_size: int, rate_limit: float, as_json: bool) -> None:
+    """Project the migration of the legacy values of every target; change nothing."""
+    settings = Settings.from_env(os.environ)
+    check_settings(settings)
+    counts = count_targets(spec, lambda census: census.legacy)
+    kms = load_provider(settings, background=True)
+    try:
+        rate = measure_encrypt_rate(settings, kms, sample=SAMPLE_VALUES, batch_size=batch_size)
+        source = (
+            f"{SAMPLE_VALUES:,} synthetic values sealed through {kms.name.value} in batches of "
+            f"{batch_size}, one process (database reads and writes not included)"
+        )
+    finally:
+        kms.close()
+    if rate_limit and rate_limit * batch_size < rate:
+        rate = rate_limit * batch_size
+        source += f"; capped at {rate_limit:g} requests/s x {batch_size} values by --rate-limit"
+    projection = Projection(tuple(counts), rate, source)
+    if as_json:
+        click.echo(json.dumps({"job": "migrate", "estimate": True, **projection.to_dict()}))
+    else:
+        click.echo("migrate estimate (nothing was changed): legacy values to migrate")
+        for line in projection.lines():
+            click.echo(line)

@@ -1,0 +1,41 @@
+"""The projection of a re-encryption against the 24-hour SLA (arithmetic and wording)."""
+
+from __future__ import annotations
+
+import pytest
+
+from heimdall_kms.jobs.estimate import SLA_SECONDS, Projection, TargetCount
+
+
+def projection(*counts: int, rate: float) -> Projection:
+    targets = tuple(TargetCount(f"t{i}.ssn", n) for i, n in enumerate(counts))
+    return Projection(targets, rate, "measured")
+
+
+class TestProjection:
+    def test_the_example_of_the_issue(self) -> None:
+        found = projection(8_000_000, 4_000_000, rate=1000)
+        assert found.values == 12_000_000
+        assert found.summary() == (
+            "projected 3h 20m for 12,000,000 values at 1,000/s: within the 24 h SLA"
+        )
+        assert found.to_dict()["targets"] == [
+            {"target": "t0.ssn", "values": 8_000_000},
+            {"target": "t1.ssn", "values": 4_000_000},
+        ]
+
+    @pytest.mark.parametrize(
+        ("values", "rate", "within"),
+        [(86_400_000, 1000, True), (86_400_001, 1000, False), (1, 0.0, False), (0, 0.0, True)],
+    )
+    def test_the_sla_boundary(self, values: int, rate: float, within: bool) -> None:
+        found = projection(values, rate=rate)
+        assert found.within_sla is within
+        assert found.to_dict()["within_sla"] is within
+        assert ("OVER the 24 h SLA: add workers" in found.summary()) is not within
+
+    def test_no_measured_rate_is_never_within_the_sla(self) -> None:
+        found = projection(5, rate=0.0)
+        assert found.to_dict()["projected_seconds"] is None
+        assert "forever" in found.summary()
+        assert found.sla_seconds == SLA_SECONDS
