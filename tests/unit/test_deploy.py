@@ -34,8 +34,11 @@ KINDS = {
     "Deployment",
     "Service",
     "CronJob",
+    "Job",
     "Kustomization",
 }
+# Applied on purpose, never by `kubectl apply -k`: example Secrets, the one-off migration Job.
+ON_DEMAND = {"secret.example.yaml", "job-migrate.yaml"}
 # A command starts a line (after an optional "$ "), or follows a path's /bin/, "; ", "&& ",
 # "-- " or "(": so that prose such as "Description=Daily heimdall-kms rotation check" is not one.
 _COMMAND = re.compile(
@@ -69,6 +72,8 @@ def pod_specs() -> Iterator[tuple[str, dict[str, Any]]]:
         yield doc["metadata"]["name"], doc["spec"]["template"]["spec"]
     for doc in by_kind("CronJob"):
         yield doc["metadata"]["name"], doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    for doc in by_kind("Job"):
+        yield doc["metadata"]["name"], doc["spec"]["template"]["spec"]
 
 
 # -- manifests -------------------------------------------------------------------------------------
@@ -91,10 +96,8 @@ def test_the_kustomization_lists_existing_files_and_leaves_out_the_example_secre
     (kustomization,) = by_kind("Kustomization")
     resources = kustomization["resources"]
     assert all((DEPLOY / "kubernetes" / name).is_file() for name in resources)
-    assert "secret.example.yaml" not in resources
-    assert set(resources) | {"secret.example.yaml", "kustomization.yaml"} == {
-        p.name for p in MANIFESTS
-    }
+    assert not ON_DEMAND & set(resources)
+    assert set(resources) | ON_DEMAND | {"kustomization.yaml"} == {p.name for p in MANIFESTS}
 
 
 def test_pods_reference_what_exists_and_run_locked_down() -> None:
@@ -163,6 +166,51 @@ def test_cronjobs_are_daily_and_never_overlap() -> None:
         "containers"
     ]
     assert rotate["args"][:2] == ["rotate", "--if-due"]
+
+
+class TestMigrationWorkers:
+    """N workers on one target: an Indexed Job and a systemd template unit (docs/performance.md)."""
+
+    def test_the_job_is_indexed_and_runs_n_migrate_workers(self) -> None:
+        (job,) = by_kind("Job")
+        spec = job["spec"]
+        assert spec["completionMode"] == "Indexed"
+        assert spec["parallelism"] == spec["completions"] >= 2
+        pod = spec["template"]["spec"]
+        assert pod["restartPolicy"] == "Never"
+        assert pod["serviceAccountName"] == "heimdall-kms-app"  # migration encrypts
+        (container,) = pod["containers"]
+        args = container["args"]
+        path, command, _ = resolve(args)
+        assert path == ["migrate"] and command.name == "migrate"
+        # Each worker journals under its own run id, from the index Kubernetes sets.
+        assert args[args.index("--run-id") + 1] == "migrate-w$(JOB_COMPLETION_INDEX)"
+        assert "--dry-run" not in args and "--estimate" not in args
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["HMD_ENCRYPTION_MODE"] == "hybrid"  # reads the env key, writes kms_v1
+        sources = {next(iter(s.values()))["name"] for s in container["envFrom"]}
+        assert sources == {
+            "heimdall-kms-settings",
+            "heimdall-kms-database",
+            "heimdall-kms-legacy-key",
+        }
+        (legacy,) = [
+            d for d in by_kind("Secret") if d["metadata"]["name"] == "heimdall-kms-legacy-key"
+        ]
+        assert set(legacy["stringData"]) == {"HMD_PII_MASTER_KEY"}
+
+    def test_the_systemd_template_runs_one_worker_per_instance(self) -> None:
+        unit = DEPLOY / "systemd" / "heimdall-kms-migrate@.service"
+        lines = unit.read_text(encoding="utf-8").splitlines()
+        (start,) = [line.split("=", 1)[1] for line in lines if line.startswith("ExecStart=")]
+        tokens = shlex.split(start)
+        assert tokens[0].endswith("/bin/heimdall-kms")
+        path, command, rest = resolve(tokens[1:])
+        assert path == ["migrate"]
+        check_options(command, rest)
+        assert rest[rest.index("--run-id") + 1] == "migrate-w%i"
+        assert "Type=exec" in lines and "Restart=on-failure" in lines
+        assert any(line.startswith("EnvironmentFile=") for line in lines)
 
 
 def test_the_dockerfile_runs_as_non_root_with_the_cli_as_entrypoint() -> None:
@@ -302,6 +350,8 @@ def test_commands_were_found_in_every_kind_of_file() -> None:
         "deploy/kubernetes/deployment.yaml",
         "deploy/systemd/heimdall-kms-serve.service",
         "deploy/systemd/heimdall-kms-rotate.service",
+        "deploy/kubernetes/job-migrate.yaml",
+        "deploy/systemd/heimdall-kms-migrate@.service",
         "deploy/docker/Dockerfile",
     ):
         assert expected in sources, expected
