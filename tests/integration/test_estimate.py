@@ -78,19 +78,21 @@ class TestMigrateEstimate:
         capsys: pytest.CaptureFixture[str],
     ) -> None:
         table.insert([(i, legacy_envelope(MASTER_HEX, f"{i:03d}-12-0000")) for i in range(1, 41)])
-        table.insert([(41, None), (42, "[REDACTED]")])
+        table.insert([(41, None), (42, "[REDACTED]"), (43, '{"ciphertext": "!!", "nonce": 1}')])
         before = snapshot(table, tmp_path / "audit.log")
         code = main(["migrate", *target_args(table), "--estimate", "--json"])
         found = json.loads(capsys.readouterr().out)
         assert code == 0
-        assert found["targets"] == [{"target": f"{table.table}.ssn", "values": 40}]
+        assert found["targets"] == [
+            {"target": f"{table.table}.ssn", "values": 40, "unclassified": 1}
+        ]
         assert found["values"] == 40 and found["rate_per_second"] > 0
         assert found["within_sla"] is True
         assert snapshot(table, tmp_path / "audit.log") == before
         assert journaled_runs(table) == []  # a migration journals every run
         assert main(["migrate", *target_args(table), "--estimate"]) == 0
         text = capsys.readouterr().out
-        assert f"{table.table}.ssn: 40 values" in text
+        assert f"{table.table}.ssn: 40 values (and 1 unparseable" in text
         assert "within the 24 h SLA" in text
 
     def test_a_target_set_the_sla_cannot_hold_is_reported_over(
@@ -132,7 +134,9 @@ class TestDrillProjection:
         assert main([*args, *target_args(table)]) == 0
         report = json.loads(capsys.readouterr().out)
         projection = report["projection"]
-        assert projection["targets"] == [{"target": f"{table.table}.ssn", "values": 30}]
+        assert projection["targets"] == [
+            {"target": f"{table.table}.ssn", "values": 30, "unclassified": 0}
+        ]
         assert projection["within_sla"] is True and report["passed"] is True
         steps = {s["name"]: s for s in report["steps"]}
         full = steps["re-encrypt (full)"]

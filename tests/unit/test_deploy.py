@@ -186,8 +186,10 @@ class TestMigrationWorkers:
         # Each worker journals under its own run id, from the index Kubernetes sets.
         assert args[args.index("--run-id") + 1] == "migrate-w$(JOB_COMPLETION_INDEX)"
         assert "--dry-run" not in args and "--estimate" not in args
-        env = {e["name"]: e["value"] for e in container["env"]}
-        assert env["HMD_ENCRYPTION_MODE"] == "hybrid"  # reads the env key, writes kms_v1
+        env = {e["name"]: e for e in container["env"]}
+        assert env["HMD_ENCRYPTION_MODE"]["value"] == "hybrid"  # reads the env key, writes kms_v1
+        index = env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+        assert index == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
         sources = {next(iter(s.values()))["name"] for s in container["envFrom"]}
         assert sources == {
             "heimdall-kms-settings",

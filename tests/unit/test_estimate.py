@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from heimdall_kms.drill.report import DrillReport
 from heimdall_kms.jobs.estimate import SLA_SECONDS, Projection, TargetCount
 
 
@@ -20,8 +21,8 @@ class TestProjection:
             "projected 3h 20m for 12,000,000 values at 1,000/s: within the 24 h SLA"
         )
         assert found.to_dict()["targets"] == [
-            {"target": "t0.ssn", "values": 8_000_000},
-            {"target": "t1.ssn", "values": 4_000_000},
+            {"target": "t0.ssn", "values": 8_000_000, "unclassified": 0},
+            {"target": "t1.ssn", "values": 4_000_000, "unclassified": 0},
         ]
 
     @pytest.mark.parametrize(
@@ -39,3 +40,15 @@ class TestProjection:
         assert found.to_dict()["projected_seconds"] is None
         assert "forever" in found.summary()
         assert found.sla_seconds == SLA_SECONDS
+
+
+class TestDrillReportProjection:
+    @pytest.mark.parametrize(("values", "passed"), [(1000, True), (10**12, False)])
+    def test_a_projection_over_the_sla_fails_the_drill(self, values: int, passed: bool) -> None:
+        report = DrillReport("compromise", "local", "k")
+        with report.step("declare"):
+            pass
+        report.projection = projection(values, rate=1000)
+        assert report.passed is passed
+        assert report.to_dict()["projection"]["within_sla"] is passed
+        assert ("OVER the 24 h SLA" in report.markdown()) is not passed

@@ -11,6 +11,7 @@ import click
 from heimdall_kms.cli._targets import TargetSpec, opened_stores
 from heimdall_kms.config import Settings
 from heimdall_kms.jobs.census import Census, take_census
+from heimdall_kms.jobs.classify import ValueKind
 from heimdall_kms.jobs.estimate import Projection, TargetCount, measure_encrypt_rate
 from heimdall_kms.jobs.migrate import check_settings
 from heimdall_kms.providers import load_provider
@@ -27,7 +28,12 @@ def count_targets(
     with opened_stores(spec, required=required) as stores:
         for store in stores:
             store.check(writable=False)
-        return [TargetCount(str(store.target), count(take_census(store))) for store in stores]
+        return [_count(census, count) for census in map(take_census, stores)]
+
+
+def _count(census: Census, count: Callable[[Census], int]) -> TargetCount:
+    unclassified = census.kinds[ValueKind.UNPARSEABLE] + census.nested
+    return TargetCount(census.target, count(census), unclassified)
 
 
 def estimate_migration(spec: TargetSpec, batch_size: int, rate_limit: float, as_json: bool) -> None:

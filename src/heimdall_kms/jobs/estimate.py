@@ -29,8 +29,12 @@ _SAMPLE_FIELD = "heimdall-estimate-sample"
 
 @dataclass(frozen=True, slots=True)
 class TargetCount:
+    """``values`` to re-encrypt; ``unclassified``: unparseable or nested envelopes the census
+    saw but could not count as either (never in the projection, always reported)."""
+
     target: str
     values: int
+    unclassified: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +63,10 @@ class Projection:
     def to_dict(self) -> dict[str, Any]:
         finite = self.seconds != float("inf")
         return {
-            "targets": [{"target": t.target, "values": t.values} for t in self.targets],
+            "targets": [
+                {"target": t.target, "values": t.values, "unclassified": t.unclassified}
+                for t in self.targets
+            ],
             "values": self.values,
             "rate_per_second": round(self.rate, 1),
             "rate_source": self.rate_source,
@@ -83,7 +90,7 @@ class Projection:
 
     def lines(self) -> list[str]:
         return [
-            *(f"  {t.target}: {t.values:,} values" for t in self.targets),
+            *(f"  {t.target}: {t.values:,} values{_unclassified(t)}" for t in self.targets),
             f"  rate: {self.rate_source}",
             f"  {self.summary()}",
         ]
@@ -108,6 +115,15 @@ def measure_encrypt_rate(
         crypto.encrypt_many(items[start : start + batch_size], actor="heimdall-estimate")
     elapsed = time.perf_counter() - started
     return sample / elapsed if elapsed > 0 else float("inf")
+
+
+def _unclassified(target: TargetCount) -> str:
+    if not target.unclassified:
+        return ""
+    return (
+        f" (and {target.unclassified:,} unparseable or nested values the census could not "
+        "classify: not in the projection)"
+    )
 
 
 def _duration(seconds: float) -> str:
