@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from heimdall_kms.config import ProviderName
 from heimdall_kms.drill.report import DrillReport
-from heimdall_kms.jobs.estimate import SLA_SECONDS, Projection, TargetCount
+from heimdall_kms.jobs.estimate import SLA_SECONDS, Projection, TargetCount, values_per_request
+from heimdall_kms.providers.base import Batching
 
 
 def projection(*counts: int, rate: float) -> Projection:
@@ -52,3 +54,25 @@ class TestDrillReportProjection:
         assert report.passed is passed
         assert report.to_dict()["projection"]["within_sla"] is passed
         assert ("OVER the 24 h SLA" in report.markdown()) is not passed
+
+
+class _Named:
+    """Only what values_per_request reads: a provider's name and, for Vault, its batching."""
+
+    def __init__(self, name: ProviderName, batching: Batching | None = None) -> None:
+        self.name = name
+        if batching is not None:
+            self.batching = batching
+
+
+class TestValuesPerRequest:
+    @pytest.mark.parametrize("name", [ProviderName.AWS, ProviderName.GCP, ProviderName.AZURE])
+    def test_providers_without_batch_calls_send_one_value_per_request(
+        self, name: ProviderName
+    ) -> None:
+        assert values_per_request(_Named(name), 250) == 1  # type: ignore[arg-type]
+
+    def test_vault_carries_a_batch_up_to_its_own_size(self) -> None:
+        vault = _Named(ProviderName.VAULT, Batching(size=250, in_flight=4))
+        assert values_per_request(vault, 100) == 100  # type: ignore[arg-type]
+        assert values_per_request(vault, 1000) == 250  # type: ignore[arg-type]

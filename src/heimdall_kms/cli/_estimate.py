@@ -12,7 +12,12 @@ from heimdall_kms.cli._targets import TargetSpec, opened_stores
 from heimdall_kms.config import Settings
 from heimdall_kms.jobs.census import Census, take_census
 from heimdall_kms.jobs.classify import ValueKind
-from heimdall_kms.jobs.estimate import Projection, TargetCount, measure_encrypt_rate
+from heimdall_kms.jobs.estimate import (
+    Projection,
+    TargetCount,
+    measure_encrypt_rate,
+    values_per_request,
+)
 from heimdall_kms.jobs.migrate import check_settings
 from heimdall_kms.providers import load_provider
 
@@ -48,11 +53,15 @@ def estimate_migration(spec: TargetSpec, batch_size: int, rate_limit: float, as_
             f"{SAMPLE_VALUES:,} synthetic values sealed through {kms.name.value} in batches of "
             f"{batch_size}, one process (database reads and writes not included)"
         )
+        per_request = values_per_request(kms, batch_size)
     finally:
         kms.close()
-    if rate_limit and rate_limit * batch_size < rate:
-        rate = rate_limit * batch_size
-        source += f"; capped at {rate_limit:g} requests/s x {batch_size} values by --rate-limit"
+    if rate_limit and rate_limit * per_request < rate:
+        rate = rate_limit * per_request
+        source += (
+            f"; capped by --rate-limit at {rate_limit:g} requests/s x {per_request} values "
+            "per request"
+        )
     projection = Projection(tuple(counts), rate, source)
     if as_json:
         click.echo(json.dumps({"job": "migrate", "estimate": True, **projection.to_dict()}))

@@ -16,12 +16,19 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from heimdall_kms.audit import MemoryAuditSink
-from heimdall_kms.config import Settings
+from heimdall_kms.config import ProviderName, Settings
 from heimdall_kms.metrics import Metrics
 from heimdall_kms.providers import KeyManagementService
+from heimdall_kms.providers.base import DEFAULT_BATCHING, batching_of
 from heimdall_kms.service import Crypto
 
-__all__ = ["SLA_SECONDS", "Projection", "TargetCount", "measure_encrypt_rate"]
+__all__ = [
+    "SLA_SECONDS",
+    "Projection",
+    "TargetCount",
+    "measure_encrypt_rate",
+    "values_per_request",
+]
 
 SLA_SECONDS = 24 * 3600.0
 _SAMPLE_FIELD = "heimdall-estimate-sample"
@@ -115,6 +122,15 @@ def measure_encrypt_rate(
         crypto.encrypt_many(items[start : start + batch_size], actor="heimdall-estimate")
     elapsed = time.perf_counter() - started
     return sample / elapsed if elapsed > 0 else float("inf")
+
+
+def values_per_request(kms: KeyManagementService, batch_size: int) -> int:
+    """How many values one paced KMS request carries (as the job's pacing counts them):
+    Vault a whole Transit batch, the local provider a call; AWS, GCP and Azure one value."""
+    batching = batching_of(kms)
+    if batching is DEFAULT_BATCHING and kms.name is not ProviderName.LOCAL:
+        return 1
+    return max(1, min(batch_size, batching.size))
 
 
 def _unclassified(target: TargetCount) -> str:
