@@ -211,6 +211,9 @@ class Settings:
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
     # HMD_ROTATION_CHECK_SECONDS: when set, `heimdall-kms serve` runs `rotate --if-due` this often.
     rotation_check_seconds: int | None = None
+    # HMD_ADMIN_JOB_LEASE_SECONDS: a serve replica running an admin job renews its lease every
+    # third of this; a job whose lease ran out is taken over by another replica.
+    admin_job_lease_seconds: float = 30.0
     # Keyed hashing (hmac) has its own key at a pinned version, so that a tag, a search index,
     # survives every rotation of the encryption key (docs/configuration.md, "Keyed hashing").
     hmac_key_id: str | None = None  # HMD_HMAC_KEY_ID, default "<HMD_KMS_KEY_ID>-hmac"
@@ -282,6 +285,7 @@ class Settings:
                 if env.get("HMD_ROTATION_CHECK_SECONDS") is not None
                 else None
             ),
+            admin_job_lease_seconds=_positive(env, "HMD_ADMIN_JOB_LEASE_SECONDS", 30.0),
             hmac_key_id=hmac_key_id,
             hmac_key_version=hmac_version,
             hmac_previous_version=hmac_previous,
@@ -290,6 +294,13 @@ class Settings:
                 env.enum("HMD_LEGACY_CONTEXT", LegacyContext, LegacyContext.REFUSE),
             ),
         )
+
+
+def _positive(env: _Env, name: str, default: float) -> float:
+    value = env.number(name, default)
+    if not value > 0:
+        raise ConfigurationError(f"{name}: must be a number of seconds above 0")
+    return value
 
 
 def _read_hmac(env: _Env, kms_key_id: str | None) -> tuple[str | None, int, int | None]:

@@ -91,7 +91,7 @@ def start_job(
     state = state_of(request)
     database, target = state.targets.resolve("body", body.table, body.column, body.id_column)
     spec = JobSpec(database, target, body.mode, body.batch_size, body.interval_seconds)
-    return JobAccepted(job_id=state.jobs.start(spec, principal.actor).job_id)
+    return JobAccepted(job_id=state.jobs.start(spec, principal.actor))
 
 
 @router.get(
@@ -236,6 +236,7 @@ def create_app(
             interval_seconds=settings.rotation_check_seconds,
             propagation=Propagation(bound_seconds=settings.kms_propagation_seconds),
         )
+    targets = targets or ServerTargets(settings.database_url)
     state = AdminState(
         settings,
         kms,
@@ -249,11 +250,13 @@ def create_app(
             sink,
             metrics,
             provider_factory or partial(load_provider, settings, background=True),
+            database=targets.database,  # the records live next to the data (docs/admin-api.md)
+            lease_seconds=settings.admin_job_lease_seconds,
         ),
         HealthCheck(kms),
         scheduler,
         observed.key_metrics,
-        targets or ServerTargets(settings.database_url),
+        targets,
         AsyncCrypto(
             Crypto(settings, kms=kms, audit=SharedSink(sink), metrics=metrics),
             window_seconds=coalescing.window_seconds,
@@ -266,6 +269,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.key_metrics.start()
+        state.jobs.start_supervisor()  # resumes jobs whose replica died or stopped
         if state.scheduler is not None:
             state.scheduler.start()
         try:

@@ -5,6 +5,10 @@ A job is one thread running the same code as ``heimdall-kms migrate`` / ``reencr
 run_reencrypt`): same batches, compare-and-swap, journal, ``reencrypt.batch`` audit events
 and ``heimdall_reencryption_progress`` gauge. The job id is the run id, so the journal
 (``migrate --rollback RUN_ID``), the audit events and the status endpoint name the same run.
+Records live in the service's database (:mod:`heimdall_kms.store.job_records`): every replica
+reports every job, one replica (the owner, renewing a lease) runs it, and a job whose owner
+died or stopped is resumed by the next replica that looks (migrate and re-encrypt are
+idempotent: what was done no longer matches, what was not is done by the resumed run).
 Everything that can be checked before the first write (mode, target, table and columns,
 write access) is checked before the job is accepted, so a typo is a 4xx, not a failed job.
 """
@@ -12,10 +16,12 @@ write access) is checked before the job is accepted, so a typo is a 4xx, not a f
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
-from collections import OrderedDict
+import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,11 +37,11 @@ from heimdall_kms.metrics import Metrics
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import FieldStore, Target, open_store
+from heimdall_kms.store.job_records import JobCounts, JobRow, JobTable, wall_clock
 
-__all__ = ["JobCancelledError", "JobRecord", "JobRunner", "JobSpec", "SharedSink"]
+__all__ = ["JobCancelledError", "JobRunner", "JobSpec", "SharedSink"]
 
 _log = logging.getLogger(__name__)
-_HISTORY = 100
 _LISTED = 100  # failed row ids shown per job
 
 
@@ -43,6 +49,12 @@ class JobCancelledError(HeimdallKMSError):
     """The server is shutting down; the job stopped between two batches (rerun to finish)."""
 
     error_type = "cancelled"
+
+
+class _LostJobError(HeimdallKMSError):
+    """Another replica took the job over (this one missed its lease): stop, write nothing."""
+
+    error_type = "lost"
 
 
 class SharedSink:
@@ -75,46 +87,46 @@ class JobSpec:
     interval_seconds: float
 
 
-@dataclass
-class JobRecord:
-    job_id: str
-    mode: str
-    target: str
-    key: tuple[str, str, str]  # (database, table, column): the conflict key, never shown
-    state: str = "running"
-    total: int = 0
-    completed: int = 0
-    failed: int = 0
-    skipped: int = 0
-    conflicts: int = 0
-    started_at: str = ""
-    finished_at: str | None = None
-    error: str | None = None
-    failures: list[dict[str, str]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "total": self.total,
-            "completed": self.completed,
-            "failed": self.failed,
-            "skipped": self.skipped,
-            "conflicts": self.conflicts,
-            "job_id": self.job_id,
-            "mode": self.mode,
-            "target": self.target,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "error": self.error,
-            "failures": list(self.failures),
-        }
-
-
 IDLE: dict[str, Any] = {"state": "idle", "total": 0, "completed": 0, "failed": 0, "skipped": 0}
 
 
+def to_dict(row: JobRow) -> dict[str, Any]:
+    """The status JSON of SPEC §7 (and the details beyond it) for one record."""
+    c = row.counts
+    return {
+        "state": row.state,
+        "total": c.total,
+        "completed": c.completed,
+        "failed": c.failed,
+        "skipped": c.skipped,
+        "conflicts": c.conflicts,
+        "job_id": row.job_id,
+        "mode": row.mode,
+        "target": row.target,
+        "started_at": _seconds(row.created_at),
+        "finished_at": _seconds(row.finished_at) if row.finished_at else None,
+        "error": row.error,
+        "failures": list(row.failures),
+    }
+
+
+@dataclass
+class _Run:
+    """One replica's run of a job: the record's id, and how it stops."""
+
+    job_id: str
+    spec: JobSpec
+    actor: str
+    lost: threading.Event
+    before: JobCounts | None = None  # the counts of the runs before this one (a takeover)
+
+    def counts(self, run: JobCounts) -> JobCounts:
+        return run if self.before is None else self.before.resumed(run)
+
+
 class JobRunner:
-    """Starts jobs, one at a time per column, and keeps the last 100 records."""
+    """Starts jobs (one at a time per column, across replicas), records them in the
+    database, heartbeats the ones it runs, and resumes orphaned ones."""
 
     def __init__(
         self,
@@ -122,18 +134,25 @@ class JobRunner:
         audit: AuditSink,
         metrics: Metrics,
         provider_factory: Callable[[], KeyManagementService],
+        *,
+        database: str | None,
+        lease_seconds: float,
     ) -> None:
         self.settings = settings
         self._audit = audit
         self._metrics = metrics
         self._provider_factory = provider_factory
+        self._table = JobTable(database) if database is not None else None
+        self._database = database
+        self.lease = lease_seconds
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._records: OrderedDict[str, JobRecord] = OrderedDict()
         self._threads: list[threading.Thread] = []
+        self._supervisor: threading.Thread | None = None
 
-    def start(self, spec: JobSpec, actor: str) -> JobRecord:
-        """Check the job can run, then start it in a thread.
+    def start(self, spec: JobSpec, actor: str) -> str:
+        """Check the job can run, record it, then start it in a thread; its id.
 
         Raises:
             ConfigurationError: migrate outside hybrid mode. RefusedError: a job on the same
@@ -141,129 +160,262 @@ class JobRunner:
         """
         if spec.mode == "migrate":
             check_settings(self.settings)
-        key = (spec.database, spec.target.table, spec.target.column)
-        record = JobRecord(new_run_id(), spec.mode, str(spec.target), key, started_at=_now())
-        with self._lock:
-            if self._stop.is_set():
-                raise RefusedError("the server is shutting down")
-            for other in self._records.values():
-                if other.key == key and other.state == "running":
-                    raise RefusedError(
-                        f"job {other.job_id} ({other.mode}) is already running on {other.target}"
-                    )
-            self._records[record.job_id] = record  # reserves the column while the store opens
-        try:
-            store = open_store(spec.database, spec.target)
-            try:
-                store.check(writable=True)
-            except BaseException:
-                store.close()
-                raise
-        except BaseException:
-            with self._lock:
-                del self._records[record.job_id]
-            raise
-        thread = threading.Thread(
-            target=self._run, args=(record, spec, store, actor), name=f"hmd-{record.job_id}"
+        if self._stop.is_set():
+            raise RefusedError("the server is shutting down")
+        table = self._table_for(spec.database)
+        job_id = new_run_id()
+        row = JobRow(
+            job_id,
+            spec.mode,
+            str(spec.target),
+            _params(spec, actor),
+            "running",
+            JobCounts(0, 0, 0, 0, 0),
+            self.owner,
+            _now(),
+            None,
+            None,
+            [],
         )
-        with self._lock:
-            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-            self._trim()
-        thread.start()
-        return record
+        # Reserves the column (on every replica) while the store opens.
+        table.create(row, f"{spec.target.table}.{spec.target.column}", wall_clock())
+        try:
+            store = self._open(spec)
+        except BaseException:
+            table.delete(job_id)
+            raise
+        self._launch(_Run(job_id, spec, actor, threading.Event()), store)
+        return job_id
 
     def status(self, job_id: str | None = None) -> dict[str, Any] | None:
         """The record of ``job_id`` (default: the latest job), ``IDLE`` if there was none yet,
-        None if ``job_id`` is unknown."""
-        with self._lock:
-            if job_id is None:
-                latest = next(reversed(self._records.values()), None)
-                return latest.to_dict() if latest is not None else dict(IDLE)
-            record = self._records.get(job_id)
-            return record.to_dict() if record is not None else None
+        None if ``job_id`` is unknown.
+
+        Raises:
+            StoreError: the job records cannot be read.
+        """
+        if self._table is None or not self._table.exists():
+            return dict(IDLE) if job_id is None else None
+        row = self._table.get(job_id)
+        if row is None:
+            return dict(IDLE) if job_id is None else None
+        return to_dict(row)
+
+    def start_supervisor(self) -> None:
+        """Look for orphaned jobs now and every half lease, and resume them."""
+        if self._table is None:
+            return
+        self._supervisor = threading.Thread(target=self._supervise, name="hmd-jobs", daemon=True)
+        self._supervisor.start()
 
     def shutdown(self, timeout: float = 30.0) -> None:
-        """Ask running jobs to stop after their current batch, and wait for them."""
+        """Ask running jobs to stop after their current batch, wait for them, and release
+        them so that another replica (or this one, restarted) resumes them."""
         self._stop.set()
         with self._lock:
             threads = list(self._threads)
+        if self._supervisor is not None:
+            threads.append(self._supervisor)
         for thread in threads:
             thread.join(timeout)
 
-    def _run(self, record: JobRecord, spec: JobSpec, store: FieldStore, actor: str) -> None:
+    def _supervise(self) -> None:
+        table = self._table
+        if table is None:  # started only with a database
+            return
+        while not self._stop.is_set():
+            try:
+                if table.exists():
+                    for job_id in table.orphans(wall_clock(), self.lease):
+                        if self._stop.is_set():
+                            break
+                        self._resume(table, job_id)
+            except HeimdallKMSError as exc:
+                _log.warning("job records: %s", exc)
+            self._stop.wait(self.lease / 2)
+
+    def _resume(self, table: JobTable, job_id: str) -> None:
+        if not table.claim(job_id, self.owner, wall_clock(), self.lease):
+            return  # another replica was first
+        row = table.get(job_id)
+        if row is None or self._database is None:  # just claimed: cannot be
+            return
+        p = row.params
+        try:
+            target = Target(p["table"], p["column"], p["id_column"], p.get("json_path"))
+            spec = JobSpec(
+                self._database,
+                target,
+                str(p["mode"]),
+                int(p["batch_size"]),
+                float(p["interval_seconds"]),
+            )
+            store = self._open(spec)
+        except (HeimdallKMSError, KeyError, ValueError, TypeError) as exc:
+            message = (
+                f"{exc.error_type}: {exc}"
+                if isinstance(exc, HeimdallKMSError)
+                else (f"unreadable job record ({type(exc).__name__})")
+            )
+            table.finish(job_id, self.owner, ("failed", message, _now()), None, [])
+            return
+        _log.info("job %s: resumed by %s", job_id, self.owner)
+        actor = str(p.get("actor", "admin"))
+        self._launch(_Run(job_id, spec, actor, threading.Event(), row.counts), store)
+
+    def _open(self, spec: JobSpec) -> FieldStore:
+        store = open_store(spec.database, spec.target)
+        try:
+            store.check(writable=True)
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _launch(self, run: _Run, store: FieldStore) -> None:
+        thread = threading.Thread(target=self._run, args=(run, store), name=f"hmd-{run.job_id}")
+        beat = threading.Thread(target=self._heartbeat, args=(run, thread), daemon=True)
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+        beat.start()
+
+    def _heartbeat(self, run: _Run, job: threading.Thread) -> None:
+        table = self._table_for(run.spec.database)
+        while True:
+            job.join(self.lease / 3)
+            if not job.is_alive():
+                return
+            try:
+                if not table.heartbeat(run.job_id, self.owner, wall_clock()):
+                    run.lost.set()
+                    return
+            except HeimdallKMSError as exc:
+                _log.warning("job %s: heartbeat failed (%s)", run.job_id, exc.error_type)
+
+    def _run(self, run: _Run, store: FieldStore) -> None:
+        table = self._table_for(run.spec.database)
         try:
             kms = MeteredProvider(self._provider_factory())
             with Crypto(
                 self.settings,
                 kms=kms,
                 audit=SharedSink(self._audit),
-                default_actor=actor,
+                default_actor=run.actor,
                 metrics=self._metrics,
             ) as crypto:
-                report = self._execute(crypto, record, spec, store, actor)
-            self._finish(record, report)
+                report = self._execute(crypto, run, store)
+            self._finish(table, run, report)
+        except _LostJobError:
+            _log.warning("job %s: taken over by another replica; stopped here", run.job_id)
+        except JobCancelledError:
+            self._release(table, run)
         except HeimdallKMSError as exc:
-            self._end(record, "failed", f"{exc.error_type}: {exc}")
+            self._end(table, run, ("failed", f"{exc.error_type}: {exc}"), None, [])
         except Exception as exc:  # noqa: BLE001 - a job thread must always end with a state.
-            _log.error("job %s: internal error (%s)", record.job_id, type(exc).__name__)
-            self._end(record, "failed", f"internal error ({type(exc).__name__})")
+            _log.error("job %s: internal error (%s)", run.job_id, type(exc).__name__)
+            self._end(table, run, ("failed", f"internal error ({type(exc).__name__})"), None, [])
         finally:
             store.close()
 
-    def _execute(
-        self, crypto: Crypto, record: JobRecord, spec: JobSpec, store: FieldStore, actor: str
-    ) -> JobReport:
+    def _execute(self, crypto: Crypto, run: _Run, store: FieldStore) -> JobReport:
+        spec, table = run.spec, self._table_for(run.spec.database)
+
         def progress(target: TargetReport) -> None:
-            with self._lock:
-                record.total, record.completed = target.total, target.completed
-                record.failed, record.skipped = target.failed, target.skipped
-                record.conflicts = target.conflicts
+            counts = JobCounts(
+                target.total, target.completed, target.failed, target.skipped, target.conflicts
+            )
+            if not table.progress(run.job_id, self.owner, run.counts(counts), wall_clock()):
+                run.lost.set()
+            if run.lost.is_set():
+                raise _LostJobError("another replica runs this job now")
             # Pause only between two batches: not before the first, not after the last.
             between = 0 < target.examined < target.total
             if between and spec.interval_seconds > 0:
                 self._stop.wait(spec.interval_seconds)
             if self._stop.is_set():
-                raise JobCancelledError("the server is shutting down; rerun the job to finish")
+                raise JobCancelledError("the server is shutting down; another replica resumes")
 
         if spec.mode == "migrate":
-            options = JobOptions(spec.batch_size, False, record.job_id, actor)
+            options = JobOptions(spec.batch_size, False, run.job_id, run.actor)
             return run_migration(crypto, [store], options, progress)
         reencrypt = ReencryptOptions(
-            spec.batch_size, False, record.job_id, actor, mode=ReencryptMode(spec.mode)
+            spec.batch_size, False, run.job_id, run.actor, mode=ReencryptMode(spec.mode)
         )
         return run_reencrypt(crypto, [store], reencrypt, progress)
 
-    def _finish(self, record: JobRecord, report: JobReport) -> None:
-        with self._lock:
-            record.total, record.completed = report.total("total"), report.total("completed")
-            record.skipped, record.conflicts = report.total("skipped"), report.total("conflicts")
-            record.failed = report.failure_count
-            record.failures = [
-                {"id": f.id, "error_type": f.error_type} for f in report.failures[:_LISTED]
-            ]
+    def _finish(self, table: JobTable, run: _Run, report: JobReport) -> None:
+        # The batch loop turns a stop raised by the progress callback into ``stop_error``.
+        if isinstance(report.stop_error, _LostJobError):
+            _log.warning("job %s: taken over by another replica; stopped here", run.job_id)
+            return
+        if isinstance(report.stop_error, JobCancelledError):
+            self._release(table, run)
+            return
+        counts = JobCounts(
+            report.total("total"),
+            report.total("completed"),
+            report.failure_count,
+            report.total("skipped"),
+            report.total("conflicts"),
+        )
+        failures = [{"id": f.id, "error_type": f.error_type} for f in report.failures[:_LISTED]]
+        end: tuple[str, str | None]
         if report.stopped_by is not None:
-            self._end(record, "failed", f"stopped: {report.stopped_by}")
+            end = ("failed", f"stopped: {report.stopped_by}")
         elif report.failure_count:
-            self._end(
-                record,
+            end = (
                 "failed",
                 f"{report.failure_count} values failed and were left as they were "
                 "(ids under 'failures'); fix them and rerun",
             )
         else:
-            self._end(record, "completed", None)
+            end = ("completed", None)
+        self._end(table, run, end, run.counts(counts), failures)
 
-    def _end(self, record: JobRecord, state: str, error: str | None) -> None:
-        with self._lock:
-            record.state, record.error, record.finished_at = state, error, _now()
+    def _end(
+        self,
+        table: JobTable,
+        run: _Run,
+        end: tuple[str, str | None],
+        counts: JobCounts | None,
+        failures: list[dict[str, str]],
+    ) -> None:
+        try:
+            if not table.finish(run.job_id, self.owner, (*end, _now()), counts, failures):
+                _log.warning("job %s: ended here, but another replica owns it", run.job_id)
+        except HeimdallKMSError as exc:
+            _log.error("job %s: cannot record its end (%s)", run.job_id, exc.error_type)
 
-    def _trim(self) -> None:
-        while len(self._records) > _HISTORY:
-            oldest = next((k for k, r in self._records.items() if r.state != "running"), None)
-            if oldest is None:
-                return
-            del self._records[oldest]
+    def _release(self, table: JobTable, run: _Run) -> None:
+        try:
+            table.release(run.job_id, self.owner)
+        except HeimdallKMSError as exc:
+            _log.warning("job %s: cannot release it (%s)", run.job_id, exc.error_type)
+
+    def _table_for(self, database: str) -> JobTable:
+        if self._table is not None and self._table.url == database:
+            return self._table
+        return JobTable(database)
+
+
+def _params(spec: JobSpec, actor: str) -> dict[str, Any]:
+    t = spec.target
+    return {
+        "table": t.table,
+        "column": t.column,
+        "id_column": t.id_column,
+        "json_path": t.json_path,
+        "mode": spec.mode,
+        "batch_size": spec.batch_size,
+        "interval_seconds": spec.interval_seconds,
+        "actor": actor,
+    }
+
+
+def _seconds(stamp: str) -> str:
+    return stamp[:19] + "Z"
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
