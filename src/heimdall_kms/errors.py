@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "AuditCrashError",
     "AuditTamperedError",
     "AuditWriteError",
     "AuthenticationError",
@@ -96,6 +97,18 @@ class IncompleteError(HeimdallKMSError):
 
     error_type = "incomplete"
     exit_code = 3
+
+
+class AuditCrashError(IncompleteError):
+    """``audit verify``: the lines after the ``.head`` checkpoint chain correctly from the line
+    it names, but it does not vouch for them: a writer stopped between writing a batch and
+    its checkpoint (a crash), not tampering. ``lines``/``last_hash`` are the log's end."""
+
+    def __init__(self, message: str, *, lines: int, last_hash: str, checkpoint_seq: int) -> None:
+        super().__init__(message)
+        self.lines = lines
+        self.last_hash = last_hash
+        self.checkpoint_seq = checkpoint_seq
 
 
 class RefusedError(HeimdallKMSError):

@@ -25,6 +25,7 @@ import psycopg
 import pytest
 
 import heimdall_kms
+from heimdall_kms.audit import AuditEvent, EventType, FileAuditSink, Result
 from heimdall_kms.audit.anchor import anchor_sql
 from heimdall_kms.audit.chain import GENESIS, seal_line
 from heimdall_kms.audit.checkpoint import Signer, checkpoints_path, parse_checkpoint
@@ -332,6 +333,21 @@ class TestAnchoredVerify:
         assert report["result"] == "unsigned_tail"
         assert report["unsigned_tail"] == {"from_seq": 6, "to_seq": 7}
         assert "a crash" in stderr and "tamper" not in stderr
+
+    def test_a_head_checkpoint_left_behind_by_a_kill_is_still_a_crash(self, world: World) -> None:
+        world.write(4)  # signed and anchored up to seq 4 (the closing checkpoint)
+        sink = FileAuditSink(world.log)  # two unsigned lines, as from a writer later killed
+        sink.emit([AuditEvent(EventType.DECRYPT, "app", f"r{n}", Result.SUCCESS) for n in (5, 6)])
+        sink.close()
+        fifth = json.loads(world.log.read_text().splitlines()[4])["hash"]
+        head = world.log.with_name(world.log.name + ".head")
+        head.write_text(json.dumps({"seq": 5, "hash": fifth}).ljust(127) + "\n")  # the kill
+        assert run_cli(["audit", "verify", str(world.log)], {}).returncode == 3
+        code, report, stderr = world.report()
+        assert code == 3, stderr
+        assert report["result"] == "unsigned_tail"
+        assert report["unsigned_tail"] == {"from_seq": 5, "to_seq": 6}
+        assert any("after the checkpoint at seq 5" in note for note in report["notes"])
 
 
 class TestVerifyingALogInUse:

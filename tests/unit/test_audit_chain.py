@@ -16,7 +16,7 @@ from heimdall_kms.audit import AuditEvent, EventType, FileAuditSink, Result, Str
 from heimdall_kms.audit.query import AuditFilter, query
 from heimdall_kms.audit.verify import verify
 from heimdall_kms.cli import main
-from heimdall_kms.errors import AuditTamperedError, AuditWriteError
+from heimdall_kms.errors import AuditCrashError, AuditTamperedError, AuditWriteError
 
 
 def event(n: int, kind: EventType = EventType.DECRYPT, actor: str = "alice") -> AuditEvent:
@@ -120,9 +120,9 @@ def test_a_checkpoint_left_behind_is_named_and_the_next_batch_heals_it(log: Path
     eighth = json.loads(lines(log)[7])
     head = log.with_name(log.name + ".head")
     head.write_text(json.dumps({"seq": 8, "hash": eighth["hash"]}))
-    error = broken(log)
-    assert "4 line(s) before the log's end" in str(error)
-    assert error.line == 9
+    with pytest.raises(AuditCrashError) as caught:
+        verify(log)
+    assert "4 line(s) after the checkpoint at seq 8" in str(caught.value)
     sink = FileAuditSink(log)
     sink.emit([event(20)])
     sink.close()

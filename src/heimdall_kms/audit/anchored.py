@@ -23,7 +23,12 @@ from heimdall_kms.audit.checkpoint import Checkpoint, Signer, checkpoints_path, 
 from heimdall_kms.audit.signers import signer_from_settings
 from heimdall_kms.audit.verify import verify
 from heimdall_kms.config import Settings
-from heimdall_kms.errors import AuditTamperedError, ConfigurationError, InvalidInputError
+from heimdall_kms.errors import (
+    AuditCrashError,
+    AuditTamperedError,
+    ConfigurationError,
+    InvalidInputError,
+)
 
 __all__ = [
     "AnchoredResult",
@@ -96,8 +101,14 @@ def verify_anchored(
     # disk, so a log in use is never mistaken for a truncated one.
     found = _collect(path, anchor_rows, result)
     if path.exists() or not found:
-        chain = verify(path)
-        result.lines, result.last_hash = chain.lines, chain.last_hash
+        try:
+            chain = verify(path)
+            result.lines, result.last_hash = chain.lines, chain.last_hash
+        except AuditCrashError as crash:
+            # The .head checkpoint is behind a tail that still chains: the signed checkpoints
+            # below decide between tampering and an unsigned (crashed) tail.
+            result.lines, result.last_hash = crash.lines, crash.last_hash
+            result.notes.append(str(crash))
     else:
         result.notes.append(f"the log {path} does not exist")
     _check_signatures(found, signer, log_id, result)

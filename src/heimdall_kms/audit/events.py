@@ -28,6 +28,7 @@ class EventType(StrEnum):
     REENCRYPT_ROLLBACK = "reencrypt.rollback"
     JOURNAL_PURGE = "journal.purge"
     ACCESS_DENIED = "access.denied"
+    AUDIT_REPAIR = "audit.repair"  # a damaged (partial) tail moved aside, the chain continued
 
 
 class Result(StrEnum):

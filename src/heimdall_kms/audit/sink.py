@@ -36,6 +36,7 @@ __all__ = [
     "StreamAuditSink",
     "head_path",
     "open_sink",
+    "write_head",
 ]
 
 _TAIL_CHUNK = 65536
@@ -135,14 +136,11 @@ class FileAuditSink:
         # One fixed-size record overwritten in place at offset 0 (a record this small sits in
         # one disk sector), after the log itself is on disk: the checkpoint can never run
         # ahead of the lines it vouches for. It is not synced on its own: every reader on this
-        # machine sees it at once, a killed process loses nothing, and only a power loss can
-        # leave it behind the log's end, which `audit verify` then reports as such. That
+        # machine sees it at once; a process killed between the two writes, or a power loss,
+        # leaves it behind the log's end, which `audit verify` reports as a crash (exit 3)
+        # and this sink's next batch brings up to date. That
         # saves a second disk sync per batch, which is most of a single value's audit cost.
-        fd = self._head_fd()
-        record = json.dumps({"seq": seq, "hash": digest}).ljust(_HEAD_BYTES - 1) + "\n"
-        os.pwrite(fd, record.encode("ascii"), 0)
-        if os.fstat(fd).st_size != _HEAD_BYTES:
-            os.ftruncate(fd, _HEAD_BYTES)
+        write_head(self._head_fd(), seq, digest)
 
     def _head_fd(self) -> int:
         head = head_path(self.path)
@@ -179,6 +177,14 @@ class FileAuditSink:
                 self._head = None
 
 
+def write_head(fd: int, seq: int, digest: str) -> None:
+    """Overwrite the ``.head`` checkpoint open at ``fd`` with ``seq``/``digest``."""
+    record = json.dumps({"seq": seq, "hash": digest}).ljust(_HEAD_BYTES - 1) + "\n"
+    os.pwrite(fd, record.encode("ascii"), 0)
+    if os.fstat(fd).st_size != _HEAD_BYTES:
+        os.ftruncate(fd, _HEAD_BYTES)
+
+
 def _last_line(fd: int, size: int) -> bytes:
     """The file's last newline-terminated line, however long: read back chunk by chunk until
     the newline before it (or the start of the file) is found.
@@ -187,7 +193,10 @@ def _last_line(fd: int, size: int) -> bytes:
         _ChainError: the file ends with a partial line, or its last line is over the bound.
     """
     if os.pread(fd, 1, size - 1) != b"\n":
-        raise _ChainError("it ends with a partial line; run `heimdall-kms audit verify`")
+        raise _ChainError(
+            "it ends with a partial line (a crash or a full disk mid-write); "
+            "run `heimdall-kms audit repair`"
+        )
     end = size - 1  # the last line is [start, end), its newline at end
     pieces: list[bytes] = []
     position = end

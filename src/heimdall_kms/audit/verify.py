@@ -11,7 +11,7 @@ from typing import Any, BinaryIO
 
 from heimdall_kms.audit.chain import GENESIS, chain_hash
 from heimdall_kms.audit.sink import head_path
-from heimdall_kms.errors import AuditTamperedError, InvalidInputError
+from heimdall_kms.errors import AuditCrashError, AuditTamperedError, InvalidInputError
 
 __all__ = ["VerifiedChain", "verify"]
 
@@ -38,26 +38,17 @@ def verify(path: Path, *, require_checkpoint: bool = False) -> VerifiedChain:
 
     Raises:
         AuditTamperedError: the first broken line, and how it is broken.
+        AuditCrashError: the log chains to its end but the checkpoint is behind it, naming
+            a line whose hash it holds (a crash between a batch and its checkpoint).
         InvalidInputError: the file cannot be read.
     """
     try:
         handle = path.open("rb")
     except OSError as exc:
         raise InvalidInputError(f"cannot read audit log {path}: {exc.strerror}") from None
-    prev, seq = GENESIS, 0
-    at_checkpoint: str | None = None  # the hash of the line the checkpoint names
     with handle:
         checkpoint, limit = _snapshot(handle, path)
-        consumed = 0
-        for number, raw in enumerate(handle, start=1):
-            if consumed >= limit:
-                break  # appended after the snapshot: left for the next verify
-            consumed += len(raw)
-            event = _parse(raw, number)
-            _check_link(event, number, seq, prev)
-            seq, prev = int(event["seq"]), str(event["hash"])
-            if isinstance(checkpoint, dict) and seq == checkpoint.get("seq"):
-                at_checkpoint = prev
+        seq, prev, at_checkpoint = walk(handle, limit, checkpoint)
     head = head_path(path)
     if checkpoint is _UNREADABLE:
         raise AuditTamperedError(f"checkpoint {head} is unreadable", line=seq)
@@ -65,11 +56,33 @@ def verify(path: Path, *, require_checkpoint: bool = False) -> VerifiedChain:
         if require_checkpoint:
             raise AuditTamperedError(f"checkpoint {head} is missing", line=seq)
         return VerifiedChain(str(path), seq, prev, "absent")
-    _check_head(checkpoint, seq, prev, at_checkpoint)
+    check_head(checkpoint, seq, prev, at_checkpoint)
     return VerifiedChain(str(path), seq, prev, "matches")
 
 
 _UNREADABLE = object()
+
+
+def walk(handle: BinaryIO, limit: int, checkpoint: object) -> tuple[int, str, str | None]:
+    """Check every line in the first ``limit`` bytes: the last ``seq`` and ``hash``, and the
+    hash of the line at the checkpoint's seq (None when no line has it).
+
+    Raises:
+        AuditTamperedError: the first broken line.
+    """
+    prev, seq = GENESIS, 0
+    at_checkpoint: str | None = None
+    consumed = 0
+    for number, raw in enumerate(handle, start=1):
+        if consumed >= limit:
+            break  # appended after the snapshot: left for the next verify
+        consumed += len(raw)
+        event = _parse(raw, number)
+        _check_link(event, number, seq, prev)
+        seq, prev = int(event["seq"]), str(event["hash"])
+        if isinstance(checkpoint, dict) and seq == checkpoint.get("seq"):
+            at_checkpoint = prev
+    return seq, prev, at_checkpoint
 
 
 def _snapshot(handle: BinaryIO, path: Path) -> tuple[dict[str, Any] | object | None, int]:
@@ -174,7 +187,7 @@ def _check_link(event: dict[str, Any], number: int, seq: int, prev: str) -> None
         )
 
 
-def _check_head(checkpoint: dict[str, Any], seq: int, digest: str, at_head: str | None) -> None:
+def check_head(checkpoint: dict[str, Any], seq: int, digest: str, at_head: str | None) -> None:
     head_seq, head_hash = checkpoint.get("seq"), checkpoint.get("hash")
     if isinstance(head_seq, int) and head_seq > seq:
         raise AuditTamperedError(
@@ -183,11 +196,14 @@ def _check_head(checkpoint: dict[str, Any], seq: int, digest: str, at_head: str 
             line=seq + 1,
         )
     if isinstance(head_seq, int) and head_seq < seq and head_hash == at_head:
-        raise AuditTamperedError(
-            f"the checkpoint records seq {head_seq}, {seq - head_seq} line(s) before the log's "
-            f"end: the lines after it are chained but not vouched for (a power loss before "
-            f"the checkpoint reached the disk, or lines appended by another writer)",
-            line=head_seq + 1,
+        # Every line after the one it names chains from it (the walk checked that): what a
+        # writer killed between its batch's fdatasync and its checkpoint write leaves.
+        raise AuditCrashError(
+            f"{seq - head_seq} line(s) after the checkpoint at seq {head_seq} are chained but "
+            f"not vouched for: a writer stopped before its checkpoint (crash), not tampering",
+            lines=seq,
+            last_hash=digest,
+            checkpoint_seq=head_seq,
         )
     if head_seq != seq or head_hash != digest:
         raise AuditTamperedError(

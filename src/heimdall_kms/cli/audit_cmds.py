@@ -1,4 +1,4 @@
-"""``heimdall-kms audit verify|query``: what a security reviewer needs from the audit log."""
+"""``heimdall-kms audit verify|repair|query``: what a security reviewer needs from the audit log."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import click
 
 from heimdall_kms.audit.anchored import AnchoredVerdict, anchored_report, raise_if_tampered
 from heimdall_kms.audit.query import AuditFilter, dangling, query
+from heimdall_kms.audit.repair import repair
 from heimdall_kms.audit.verify import verify
+from heimdall_kms.cli._actor import actor_option
 from heimdall_kms.config import Settings
-from heimdall_kms.errors import IncompleteError, InvalidInputError
+from heimdall_kms.errors import AuditCrashError, IncompleteError, InvalidInputError
+from heimdall_kms.inputs import checked_label
 
 __all__ = ["audit"]
 
@@ -57,7 +60,9 @@ def verify_command(
 ) -> None:
     """Verify every line's hash and link, and the end against the checkpoint.
 
-    Exit 0 when intact; exit 5 naming the first edited, removed, reordered or truncated line.
+    Exit 0 when intact; exit 5 naming the first edited, removed, reordered or truncated line;
+    exit 3 when the <log>.head checkpoint is behind the end but every line after it still
+    chains from the line it names (a writer killed before its checkpoint: a crash).
     With --anchor: exit 5 when the log is shorter than, behind or different from the signed
     checkpoints; exit 3 when lines after the last signed checkpoint chain but are unsigned
     (a crash, or a writer still running).
@@ -65,11 +70,29 @@ def verify_command(
     if anchor is not None:
         _verify_anchored(path, anchor, log_id, as_json=as_json)
         return
-    result = verify(path, require_checkpoint=require_checkpoint)
+    try:
+        result = verify(path, require_checkpoint=require_checkpoint)
+    except AuditCrashError as crash:
+        if as_json:
+            click.echo(json.dumps(_crash_report(path, crash)))
+        raise
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:
         click.echo(f"{path}: intact, {result.lines:,} lines, checkpoint {result.checkpoint}")
+
+
+def _crash_report(path: Path, crash: AuditCrashError) -> dict[str, object]:
+    return {
+        "path": str(path),
+        "lines": crash.lines,
+        "last_hash": crash.last_hash,
+        "checkpoint": "behind",
+        "checkpoint_seq": crash.checkpoint_seq,
+        "unvouched_lines": crash.lines - crash.checkpoint_seq,
+        "result": "crash",
+        "message": str(crash),
+    }
 
 
 def _verify_anchored(path: Path, url: str, log_id: str | None, *, as_json: bool) -> None:
@@ -85,6 +108,35 @@ def _verify_anchored(path: Path, url: str, log_id: str | None, *, as_json: bool)
             f"{path}: intact, {result.lines:,} lines, {result.checkpoints} signed checkpoint(s), "
             f"{result.anchored} anchored, last signed at seq {signed.get('seq')} "
             f"({signed.get('time')})"
+        )
+
+
+@audit.command("repair")
+@click.argument("path", type=_PATH, callback=_log_path)
+@actor_option("repairs the log")
+@click.option("--reason", help="Why, e.g. an incident id (audited).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def repair_command(path: Path, actor: str, reason: str | None, as_json: bool) -> None:
+    """Move a partial last line aside and continue the chain (audited as audit.repair).
+
+    Under the writers' lock: verifies the chain up to the last complete line (exit 5, changing
+    nothing, when it does not verify), moves the partial bytes into <log>.damaged-<UTC time>
+    (mode 0600, kept), truncates the log to its last complete line, updates the checkpoint and
+    appends an audit.repair event. A log that ends with a complete line: nothing to repair,
+    exit 0, nothing written.
+    """
+    who = checked_label("actor", actor)
+    why = checked_label("reason", reason) if reason is not None else None
+    done = repair(path, actor=who, reason=why)
+    if as_json:
+        click.echo(json.dumps(done.to_dict() if done else {"path": str(path), "result": "none"}))
+    elif done is None:
+        click.echo(f"{path}: nothing to repair (it ends with a complete line)")
+    else:
+        click.echo(
+            f"{path}: moved {done.bytes_moved:,} byte(s) of a partial line to {done.sidecar}; "
+            f"the chain continues from seq {done.continues_from_seq} "
+            f"(audit.repair at seq {done.event_seq})"
         )
 
 
