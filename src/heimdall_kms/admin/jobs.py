@@ -22,9 +22,9 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any
 
+from heimdall_kms.admin.job_status import IDLE, JobSpec, now, params_of, to_dict
 from heimdall_kms.audit import AuditEvent, AuditSink
 from heimdall_kms.config import Settings
 from heimdall_kms.errors import HeimdallKMSError, RefusedError
@@ -76,38 +76,6 @@ class SharedSink:
 
     def close(self) -> None:
         return None
-
-
-@dataclass(frozen=True, slots=True)
-class JobSpec:
-    database: str
-    target: Target
-    mode: str  # migrate | rewrap | full
-    batch_size: int
-    interval_seconds: float
-
-
-IDLE: dict[str, Any] = {"state": "idle", "total": 0, "completed": 0, "failed": 0, "skipped": 0}
-
-
-def to_dict(row: JobRow) -> dict[str, Any]:
-    """The status JSON of SPEC §7 (and the details beyond it) for one record."""
-    c = row.counts
-    return {
-        "state": row.state,
-        "total": c.total,
-        "completed": c.completed,
-        "failed": c.failed,
-        "skipped": c.skipped,
-        "conflicts": c.conflicts,
-        "job_id": row.job_id,
-        "mode": row.mode,
-        "target": row.target,
-        "started_at": _seconds(row.created_at),
-        "finished_at": _seconds(row.finished_at) if row.finished_at else None,
-        "error": row.error,
-        "failures": list(row.failures),
-    }
 
 
 @dataclass
@@ -168,11 +136,11 @@ class JobRunner:
             job_id,
             spec.mode,
             str(spec.target),
-            _params(spec, actor),
+            params_of(spec, actor),
             "running",
             JobCounts(0, 0, 0, 0, 0),
             self.owner,
-            _now(),
+            now(),
             None,
             None,
             [],
@@ -257,7 +225,7 @@ class JobRunner:
                 if isinstance(exc, HeimdallKMSError)
                 else (f"unreadable job record ({type(exc).__name__})")
             )
-            table.finish(job_id, self.owner, ("failed", message, _now()), None, [])
+            table.finish(job_id, self.owner, ("failed", message, now()), None, [])
             return
         _log.info("job %s: resumed by %s", job_id, self.owner)
         actor = str(p.get("actor", "admin"))
@@ -382,7 +350,7 @@ class JobRunner:
         failures: list[dict[str, str]],
     ) -> None:
         try:
-            if not table.finish(run.job_id, self.owner, (*end, _now()), counts, failures):
+            if not table.finish(run.job_id, self.owner, (*end, now()), counts, failures):
                 _log.warning("job %s: ended here, but another replica owns it", run.job_id)
         except HeimdallKMSError as exc:
             _log.error("job %s: cannot record its end (%s)", run.job_id, exc.error_type)
@@ -397,25 +365,3 @@ class JobRunner:
         if self._table is not None and self._table.url == database:
             return self._table
         return JobTable(database)
-
-
-def _params(spec: JobSpec, actor: str) -> dict[str, Any]:
-    t = spec.target
-    return {
-        "table": t.table,
-        "column": t.column,
-        "id_column": t.id_column,
-        "json_path": t.json_path,
-        "mode": spec.mode,
-        "batch_size": spec.batch_size,
-        "interval_seconds": spec.interval_seconds,
-        "actor": actor,
-    }
-
-
-def _seconds(stamp: str) -> str:
-    return stamp[:19] + "Z"
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
