@@ -383,6 +383,7 @@ def test_cli_end_to_end(server: FakeKeyVaultServer, key: str, tmp_path: Path) ->
         "old_version": 1,
         "new_version": 2,
         "next_due": None,
+        "clock": "local",  # the provider reports no server time
     }
     refused = run(["retire", "--below-version", "2", *targets], admin)
     assert refused.returncode == 4

@@ -18,7 +18,7 @@ from heimdall_kms.envelope import KmsV1Envelope, parse
 from heimdall_kms.errors import KeyVersionRetiredError
 from heimdall_kms.jobs.metered import MeteredProvider
 from heimdall_kms.jobs.reencrypt import ReencryptMode, ReencryptOptions, run_reencrypt
-from heimdall_kms.jobs.rotation import is_due, rotate
+from heimdall_kms.jobs.rotation import ClockSource, is_due, rotate
 from heimdall_kms.providers import load_provider
 from heimdall_kms.providers.local import LocalKeyring
 from heimdall_kms.service import Crypto
@@ -106,11 +106,14 @@ def test_rotate_keeps_old_values_readable_and_new_values_use_the_new_version(
 ) -> None:
     code, out, _ = run(["rotate", "--json"], capsys)
     assert code == 0
+    # Vault tells its own time (the Date header); the local provider has only this host's.
+    clock = "kms" if env["HMD_KMS_PROVIDER"] == "vault" else "local"
     assert json.loads(out) | {"next_due": None} == {
         "rotated": True,
         "old_version": 1,
         "new_version": 2,
         "next_due": None,
+        "clock": clock,
     }
     assert decrypt_all(env, table) == EXPECTED
     with heimdall_kms.from_env(env, audit=MemoryAuditSink()) as crypto:
@@ -151,6 +154,12 @@ def test_rotate_if_due(
         cadence=cadence,
         now=created + timedelta(days=90, seconds=1),
     )
+    if env["HMD_KMS_PROVIDER"] == "vault":
+        # Vault tells its own time: by its clock the key is seconds old, whatever `now` says.
+        assert (old.rotated, old.clock) == (False, ClockSource.KMS)
+        assert sink.events == []
+        cadence = timedelta(0)  # due at once by any clock
+        old = rotate(kms, sink, actor="cron", if_due=True, cadence=cadence)
     assert old.rotated
     assert (old.old_version, old.new_version) == (1, 2)
     # The new version's age is counted from its own creation time in the KMS.

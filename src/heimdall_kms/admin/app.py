@@ -62,6 +62,7 @@ from heimdall_kms.config import EncryptionMode, Settings
 from heimdall_kms.errors import ConfigurationError
 from heimdall_kms.jobs.propagation import Propagation
 from heimdall_kms.jobs.rotation import key_report, rotate
+from heimdall_kms.jobs.rotation_lock import rotation_lock
 from heimdall_kms.key_metrics import DEFAULT_REFRESH_SECONDS
 from heimdall_kms.metrics import Metrics
 from heimdall_kms.providers import KeyManagementService, load_provider
@@ -235,6 +236,7 @@ def create_app(
             cadence=timedelta(days=settings.key_rotation_days),
             interval_seconds=settings.rotation_check_seconds,
             propagation=Propagation(bound_seconds=settings.kms_propagation_seconds),
+            lock=rotation_lock(settings, f"{kms.name.value}:{kms.key_identifier}"),
         )
     targets = targets or ServerTargets(settings.database_url)
     state = AdminState(

@@ -3,9 +3,11 @@
 This is not a second rotation logic: every check is one call of
 :func:`heimdall_kms.jobs.rotation.rotate` with ``if_due=True``, exactly what
 ``heimdall-kms rotate --if-due`` runs from cron. Whether a rotation is due is judged from the
-KMS's own creation time of the latest version, so a restart of the service, or a cron job
-running as well, does not rotate twice in one period. A rotation (and a failed one) is
-audited by ``rotate`` itself as ``key.rotate`` with the actor ``scheduler``.
+KMS's own clock and creation time of the latest version, decided again under the rotation
+lock (:mod:`heimdall_kms.jobs.rotation_lock`, the one ``rotate --if-due`` takes), so a
+restart of the service, or a cron job running as well, does not rotate twice in one period.
+A rotation (and a failed one) is audited by ``rotate`` itself as ``key.rotate`` with the
+actor ``scheduler``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from heimdall_kms.audit import AuditSink
 from heimdall_kms.errors import HeimdallKMSError
 from heimdall_kms.jobs.propagation import Propagation
 from heimdall_kms.jobs.rotation import RotationResult, rotate
+from heimdall_kms.jobs.rotation_lock import RotationLock
 from heimdall_kms.providers import KeyManagementService
 
 __all__ = ["SCHEDULER_ACTOR", "RotationScheduler"]
@@ -37,8 +40,10 @@ class RotationScheduler:
         cadence: timedelta,
         interval_seconds: float,
         propagation: Propagation | None = None,
+        lock: RotationLock | None = None,
     ) -> None:
         self._propagation = propagation
+        self._lock = lock
         self._kms = kms
         self._audit = audit
         self._cadence = cadence
@@ -68,6 +73,7 @@ class RotationScheduler:
                 if_due=True,
                 cadence=self._cadence,
                 propagation=self._propagation,
+                lock=self._lock,
             )
         except HeimdallKMSError as exc:
             self.last_error = exc.error_type

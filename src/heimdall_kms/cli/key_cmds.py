@@ -17,6 +17,7 @@ from heimdall_kms.cli._waiting import propagation
 from heimdall_kms.config import Settings
 from heimdall_kms.jobs.propagation import Effect
 from heimdall_kms.jobs.rotation import key_report, retire, rotate
+from heimdall_kms.jobs.rotation_lock import rotation_lock
 from heimdall_kms.providers import KeyManagementService, load_provider
 from heimdall_kms.telemetry.export import MetricsExport
 
@@ -32,7 +33,8 @@ def _kms(settings: Settings) -> KeyManagementService:
     "--if-due",
     is_flag=True,
     help="Only if the latest version is HMD_KEY_ROTATION_DAYS (default 90) old, "
-    "judged from the KMS's own creation time. For cron/CronJob/systemd timers.",
+    "judged by the KMS's own clock and creation time, decided under a lock (at most one "
+    "rotation per period). For cron/CronJob/systemd timers.",
 )
 @actor_option("rotates")
 @click.option("--reason", help="Why, e.g. a change ticket or incident id (audited).")
@@ -61,6 +63,7 @@ def rotate_command(
                 cadence=cadence,
                 reason=reason,
                 propagation=propagation(settings),
+                lock=rotation_lock(settings, f"{kms.name.value}:{kms.key_identifier}"),
             )
             telemetry.publish_key(kms, cadence)
         finally:

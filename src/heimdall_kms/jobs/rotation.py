@@ -2,8 +2,12 @@
 
 There is one rotation logic, :func:`rotate`, used by ``heimdall-kms rotate [--if-due]`` (run
 by cron, a systemd timer or a Kubernetes CronJob) and by the admin service. Whether a
-rotation is due is judged from the KMS's own creation time of the latest version, never from
-local state, so several schedulers cannot rotate twice in one period. Time is injected.
+rotation is due is judged from the KMS's own times: the age of the latest version is the
+KMS's current time (the ``Date`` of its describe answer, :attr:`KeyInfo.server_time`) minus
+that version's creation time as the KMS reports it. Only where a provider gives no server
+time is the local clock used (``RotationResult.clock``). A due decision is taken again under
+a lock (:mod:`heimdall_kms.jobs.rotation_lock`) after reading the key again, so N schedulers
+rotate at most once per period. Time is injected.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from heimdall_kms.audit import AuditEvent, AuditSink, EventType, Result, audited
@@ -27,13 +33,16 @@ from heimdall_kms.jobs.propagation import (
     confirm_refused,
     retire_canaries,
 )
+from heimdall_kms.jobs.rotation_lock import RotationLock
 from heimdall_kms.providers import KeyInfo, KeyManagementService
 from heimdall_kms.store import FieldStore
 
 __all__ = [
+    "ClockSource",
     "RetireResult",
     "RotationResult",
     "is_due",
+    "key_now",
     "key_report",
     "next_due",
     "retire",
@@ -48,8 +57,25 @@ def next_due(info: KeyInfo, cadence: timedelta) -> datetime | None:
     return created + cadence if created is not None else None
 
 
+class ClockSource(StrEnum):
+    """Whose clock measured the latest version's age."""
+
+    KMS = "kms"  # the KMS's own current time (its answer's Date header)
+    LOCAL = "local"  # the provider gives no server time: this host's clock
+
+
+def key_now(info: KeyInfo, local_now: datetime) -> tuple[datetime, ClockSource]:
+    """The time to age the key by: the KMS's, where it told it, else ``local_now``."""
+    if info.server_time is not None:
+        return info.server_time, ClockSource.KMS
+    return local_now, ClockSource.LOCAL
+
+
 def is_due(info: KeyInfo, *, now: datetime, cadence: timedelta) -> bool:
-    """True when the latest version is at least ``cadence`` old (or its age is unknown)."""
+    """True when the latest version is at least ``cadence`` old (or its age is unknown).
+
+    ``now`` is the time to judge by: pass the KMS's (:func:`key_now`).
+    """
     due = next_due(info, cadence)
     return due is None or now >= due
 
@@ -60,6 +86,7 @@ class RotationResult:
     old_version: int
     new_version: int
     due_at: datetime | None
+    clock: ClockSource = ClockSource.LOCAL
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +94,7 @@ class RotationResult:
             "old_version": self.old_version,
             "new_version": self.new_version,
             "next_due": self.due_at.isoformat() if self.due_at else None,
+            "clock": self.clock.value,
         }
 
 
@@ -80,8 +108,13 @@ def rotate(
     now: datetime | None = None,
     reason: str | None = None,
     propagation: Propagation | None = None,
+    lock: RotationLock | None = None,
 ) -> RotationResult:
     """Create a new key version (with ``if_due``: only when the latest is ``cadence`` old).
+
+    The age is measured by the KMS's clock where the provider reports it; ``now`` (the local
+    clock, injectable) is used only where it does not. The decision is taken again inside
+    ``lock`` after a fresh read of the key.
 
     The new version is reported only once a canary wrap lands on it (``propagation`` bounds
     the wait; :mod:`heimdall_kms.jobs.propagation`).
@@ -94,13 +127,51 @@ def rotate(
         NotInEffectError: rotated, but new DEKs still wrap with an older version after the
             wait (audited as a failed ``key.rotate`` with ``in_effect: false``).
     """
-    moment = now or datetime.now(UTC)
     # Reading the key changes nothing, and a check that finds nothing due writes no event.
-    before = kms.describe()
-    if if_due and not is_due(before, now=moment, cadence=cadence):
-        return RotationResult(
-            False, before.latest_version, before.latest_version, next_due(before, cadence)
+    if if_due:
+        before = kms.describe()
+        if not _due(before, now, cadence):
+            return _not_due(before, now, cadence)
+    # Due (or asked): decide again under the lock, from a fresh read, so that a scheduler
+    # that waited while another rotated sees the new version and does nothing.
+    with (lock or nullcontext)():
+        before = kms.describe()
+        if if_due and not _due(before, now, cadence):
+            return _not_due(before, now, cadence)
+        return _rotate_now(
+            kms,
+            audit,
+            before,
+            actor=actor,
+            if_due=if_due,
+            cadence=cadence,
+            reason=reason,
+            propagation=propagation,
         )
+
+
+def _due(info: KeyInfo, now: datetime | None, cadence: timedelta) -> bool:
+    moment, _ = key_now(info, now or datetime.now(UTC))
+    return is_due(info, now=moment, cadence=cadence)
+
+
+def _not_due(info: KeyInfo, now: datetime | None, cadence: timedelta) -> RotationResult:
+    _, clock = key_now(info, now or datetime.now(UTC))
+    version = info.latest_version
+    return RotationResult(False, version, version, next_due(info, cadence), clock)
+
+
+def _rotate_now(
+    kms: KeyManagementService,
+    audit: AuditSink,
+    before: KeyInfo,
+    *,
+    actor: str,
+    if_due: bool,
+    cadence: timedelta,
+    reason: str | None,
+    propagation: Propagation | None,
+) -> RotationResult:
     details = {
         "old_version": before.latest_version,
         "if_due": if_due,
@@ -115,8 +186,9 @@ def rotate(
         attempt.details["in_effect"] = False
         confirm_primary(kms, after.latest_version, propagation or Propagation())
         attempt.details["in_effect"] = True
+    _, clock = key_now(before, datetime.now(UTC))
     return RotationResult(
-        True, before.latest_version, after.latest_version, next_due(after, cadence)
+        True, before.latest_version, after.latest_version, next_due(after, cadence), clock
     )
 
 
@@ -275,8 +347,8 @@ def key_report(
     stores: Sequence[FieldStore] = (),
 ) -> dict[str, Any]:
     """What ``heimdall-kms keys`` shows: versions, ages, next due date, values per version."""
-    moment = now or datetime.now(UTC)
     info = kms.describe()
+    moment, clock = key_now(info, now or datetime.now(UTC))
     due = next_due(info, cadence)
     counts = values_per_version(kms, stores) if stores else {}
     totals: Counter[int] = Counter()
@@ -290,6 +362,7 @@ def key_report(
         "rotation_days": cadence.days,
         "next_due": due.isoformat() if due else None,
         "due": is_due(info, now=moment, cadence=cadence),
+        "clock": clock.value,
         "versions": [
             {
                 "version": v.version,

@@ -60,7 +60,8 @@ class KeyInfo:
     """What the KMS says about the master key.
 
     ``versions`` lists the versions that can still decrypt (at or above
-    ``min_decryption_version``), oldest first.
+    ``min_decryption_version``), oldest first. ``server_time`` is the KMS's own current time
+    when it answered (its HTTP ``Date``), or None where the provider cannot tell it.
     """
 
     provider: ProviderName
@@ -68,6 +69,7 @@ class KeyInfo:
     latest_version: int
     min_decryption_version: int
     versions: tuple[KeyVersion, ...]
+    server_time: datetime | None = None
 
     @property
     def latest(self) -> KeyVersion:

@@ -251,6 +251,8 @@ class VaultTransitProvider:
             latest_version=int(data["latest_version"]),
             min_decryption_version=int(data["min_decryption_version"]),
             versions=versions,
+            # Vault's clock, from the same answer: due-ness never depends on the client's.
+            server_time=self._client.adapter.server_time(),
         )
 
     def health(self) -> None:

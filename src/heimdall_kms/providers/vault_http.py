@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import threading
 import urllib.parse
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +41,7 @@ from heimdall_kms.providers.deadline import deadline
 
 __all__ = [
     "VaultAdapter",
+    "http_date",
     "on_vault_adapter",
     "post_json",
     "refuse_redirect",
@@ -55,6 +57,12 @@ class VaultAdapter(hvac.adapters.JSONAdapter):  # type: ignore[misc] # hvac has 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._environment: dict[_EnvironmentKey, dict[str, Any]] = {}
+        self._answered = threading.local()
+
+    def server_time(self) -> datetime | None:
+        """The ``Date`` of the last response this thread received (Vault's clock), if any."""
+        value: datetime | None = getattr(self._answered, "date", None)
+        return value
 
     def request(
         self,
@@ -90,6 +98,7 @@ class VaultAdapter(hvac.adapters.JSONAdapter):  # type: ignore[misc] # hvac has 
         if self.strict_http and method.lower() == "list":
             method, params["list"] = "get", "true"
         response = self._send(method, url, headers, params, options)
+        self._answered.date = http_date(response.headers.get("Date"))
         if not response.ok and raise_exception and not self.ignore_exceptions:
             try:
                 self._raise_for_error(method, url, response)
@@ -201,6 +210,17 @@ def refuse_redirect(response: requests.Response, *_: Any, **__: Any) -> requests
             "node (or let standbys forward requests)"
         )
     return response
+
+
+def http_date(value: str | None) -> datetime | None:
+    """An HTTP ``Date`` header as an aware UTC time; None if absent or unparseable."""
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError):
+        return None
+    return when.astimezone(UTC) if when.tzinfo is not None else None
 
 
 def retry_after_seconds(value: str | None) -> float | None:
