@@ -166,7 +166,7 @@ def test_rotate_if_due(
     newest = kms.describe().latest.created_at
     assert newest is not None
     assert old.due_at == newest + cadence
-    assert not is_due(kms.describe(), now=newest + timedelta(days=89), cadence=cadence)
+    assert not is_due(kms.describe(), now=newest + timedelta(days=89), cadence=timedelta(days=90))
     kms.close()
     monkeypatch.setenv("HMD_KEY_ROTATION_DAYS", "0")
     code, out, _ = run(["rotate", "--if-due", "--json"], capsys)
