@@ -3,7 +3,8 @@
 Real processes (``heimdall-kms rotate --if-due``) at the same instant, on the local provider
 (whose keyring can be made to hold a 2-day-old version) with both locks (an flock file, and a
 PostgreSQL advisory lock), and on a live OpenBao under a client clock 2 days ahead
-(``faketime``): the age comes from the KMS's own ``Date``.
+(``faketime``) and on moto_server (AWS) with an injected client clock: the age comes from the
+KMS's own ``Date``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import time
@@ -21,8 +23,13 @@ from pathlib import Path
 
 import pytest
 
+from heimdall_kms.audit import MemoryAuditSink
+from heimdall_kms.config import AWSKeyVersioning
+from heimdall_kms.jobs.rotation import ClockSource, rotate
+from heimdall_kms.providers.aws import AWSKMSProvider, create_key_for_alias
 from heimdall_kms.providers.local import LocalKeyring
 from tests.servers import start_openbao
+from tests.servers_aws import MotoServer, start_moto
 
 KEY = "heimdall-pii"
 
@@ -138,3 +145,38 @@ class TestSkewedClientClock:
         assert [r["rotated"] for r in results] == [False] * 5
         assert {(r["old_version"], r["clock"]) for r in results} == {(1, "kms")}
         assert audit_rotations(Path(vault_env["HMD_AUDIT_LOG"])) == []
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    server = start_moto()
+    yield server
+    server.stop()
+
+
+def aws_key(server: MotoServer, versioning: AWSKeyVersioning) -> AWSKMSProvider:
+    client = server.client()
+    alias = f"alias/rot-{secrets.token_hex(4)}"
+    if versioning is AWSKeyVersioning.ALIASES:
+        create_key_for_alias(client, alias)
+    else:
+        key = client.create_key(Description="rotation clock")["KeyMetadata"]["KeyId"]
+        client.create_alias(AliasName=alias, TargetKeyId=key)
+    return AWSKMSProvider(client, alias, versioning=versioning)
+
+
+class TestAwsClock:
+    @pytest.mark.parametrize("versioning", list(AWSKeyVersioning))
+    def test_the_age_is_measured_by_the_date_aws_answered_with(
+        self, moto: MotoServer, versioning: AWSKeyVersioning
+    ) -> None:
+        kms = aws_key(moto, versioning)
+        info = kms.describe()
+        assert info.server_time is not None  # the response's Date header
+        assert abs(info.server_time - datetime.now(UTC)) < timedelta(minutes=1)
+        sink = MemoryAuditSink()
+        skewed = datetime.now(UTC) + timedelta(days=2)  # this host's clock, 2 days ahead
+        result = rotate(kms, sink, actor="cron", if_due=True, cadence=timedelta(days=1), now=skewed)
+        assert (result.rotated, result.clock) == (False, ClockSource.KMS)
+        assert kms.describe().latest_version == 1
+        assert sink.events == []

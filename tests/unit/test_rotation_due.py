@@ -13,8 +13,8 @@ from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.config import ProviderName
 from heimdall_kms.jobs.rotation import ClockSource, is_due, key_now, rotate
 from heimdall_kms.providers import KeyInfo, KeyVersion
+from heimdall_kms.providers.base import http_date
 from heimdall_kms.providers.local import LocalDevProvider, LocalKeyring
-from heimdall_kms.providers.vault_http import http_date
 
 KMS_NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 CADENCE = timedelta(days=90)

@@ -65,7 +65,14 @@ from heimdall_kms.overlap import fan_out
 from heimdall_kms.providers import aws_aliases as aliases
 from heimdall_kms.providers.aws_keys import BoundedCache, parse_key_reference
 from heimdall_kms.providers.aws_native import Call, NativeKey
-from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey, round_trip
+from heimdall_kms.providers.base import (
+    KeyContext,
+    KeyInfo,
+    KeyVersion,
+    WrappedKey,
+    response_date,
+    round_trip,
+)
 from heimdall_kms.providers.credential_outage import caused_by
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
@@ -180,6 +187,7 @@ class AWSKMSProvider:
             aliases.check_alias(key_id)
         else:
             self._native = NativeKey(self._call, parse_key_reference(key_id))
+        self._described_at: datetime | None = None
         self._max_concurrency = max(1, max_concurrency)
         # key id -> version: fixed when the key is created, so it is safe to remember.
         self._versions: BoundedCache[str, int] = BoundedCache()
@@ -361,6 +369,7 @@ class AWSKMSProvider:
             versions=tuple(
                 KeyVersion(k.version, k.created_at) for k in states if k.version >= minimum
             ),
+            server_time=self._described_at,
         )
 
     def health(self) -> None:
@@ -373,8 +382,10 @@ class AWSKMSProvider:
 
     def _latest_version(self) -> int:
         with _translated("DescribeKey"):
-            meta = self._client.describe_key(KeyId=self._alias)["KeyMetadata"]
-        return self._version_of(str(meta["KeyId"]))
+            response = self._client.describe_key(KeyId=self._alias)
+        # AWS's clock (the answer's Date): what describe() ages the key by.
+        self._described_at = response_date(response)
+        return self._version_of(str(response["KeyMetadata"]["KeyId"]))
 
     def _all_states(self) -> list[_KeyState]:
         """Versions 1..latest whose key still exists, oldest first. A key left by a rotation

@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 from heimdall_kms.config import ProviderName
 from heimdall_kms.errors import ConfigurationError, KMSError, RefusedError
 from heimdall_kms.providers.aws_keys import KeyReference
-from heimdall_kms.providers.base import KeyInfo, KeyVersion
+from heimdall_kms.providers.base import KeyInfo, KeyVersion, response_date
 
 __all__ = ["Call", "NativeKey"]
 
@@ -62,6 +62,7 @@ class NativeKey:
         self._clock = clock
         self._sleep = sleep
         self._key_arn: str | None = None
+        self._described_at: datetime | None = None
         self._latest: tuple[int, float] | None = None  # (version, when it was read)
 
     @property
@@ -107,6 +108,7 @@ class NativeKey:
             latest_version=len(dates),
             min_decryption_version=1,
             versions=tuple(KeyVersion(n, date) for n, date in enumerate(dates, start=1)),
+            server_time=self._described_at,
         )
 
     def rotate(self) -> KeyInfo:
@@ -172,7 +174,9 @@ class NativeKey:
                 )
 
     def _metadata(self) -> dict[str, Any]:
-        return dict(self._call("DescribeKey", KeyId=self._reference.text)["KeyMetadata"])
+        response = self._call("DescribeKey", KeyId=self._reference.text)
+        self._described_at = response_date(response)  # AWS's clock, for describe()
+        return dict(response["KeyMetadata"])
 
     def _rotations(self) -> list[dict[str, Any]]:
         """Every rotation of the key, oldest first (ListKeyRotations takes no alias)."""

@@ -9,9 +9,10 @@ authentication, rate limits) are raised.
 
 from __future__ import annotations
 
+import email.utils
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 from heimdall_kms import crypto
@@ -30,6 +31,8 @@ __all__ = [
     "ProviderWrapper",
     "WrappedKey",
     "batching_of",
+    "http_date",
+    "response_date",
     "round_trip",
 ]
 
@@ -181,6 +184,24 @@ class BatchingHint(Protocol):
 
     @property
     def batching(self) -> Batching: ...
+
+
+def http_date(value: object) -> datetime | None:
+    """An HTTP ``Date`` header (a KMS's clock) as an aware UTC time; None if absent or bad."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError):
+        return None
+    return when.astimezone(UTC) if when.tzinfo is not None else None
+
+
+def response_date(response: Mapping[str, object]) -> datetime | None:
+    """The ``Date`` a botocore response was sent with (``ResponseMetadata.HTTPHeaders``)."""
+    metadata = response.get("ResponseMetadata")
+    headers = metadata.get("HTTPHeaders") if isinstance(metadata, Mapping) else None
+    return http_date(headers.get("date")) if isinstance(headers, Mapping) else None
 
 
 def batching_of(kms: KeyManagementService) -> Batching:

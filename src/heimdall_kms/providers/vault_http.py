@@ -37,11 +37,11 @@ import requests.structures
 from requests.sessions import merge_setting
 
 from heimdall_kms.errors import KMSError
+from heimdall_kms.providers.base import http_date
 from heimdall_kms.providers.deadline import deadline
 
 __all__ = [
     "VaultAdapter",
-    "http_date",
     "on_vault_adapter",
     "post_json",
     "refuse_redirect",
@@ -210,17 +210,6 @@ def refuse_redirect(response: requests.Response, *_: Any, **__: Any) -> requests
             "node (or let standbys forward requests)"
         )
     return response
-
-
-def http_date(value: str | None) -> datetime | None:
-    """An HTTP ``Date`` header as an aware UTC time; None if absent or unparseable."""
-    if not value:
-        return None
-    try:
-        when = email.utils.parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError):
-        return None
-    return when.astimezone(UTC) if when.tzinfo is not None else None
 
 
 def retry_after_seconds(value: str | None) -> float | None:
