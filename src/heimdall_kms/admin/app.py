@@ -136,6 +136,8 @@ def rotate_key(
         reason=body.reason,
         # Answered once the KMS wraps with the new version (docs/rotation.md).
         propagation=Propagation(bound_seconds=state.settings.kms_propagation_seconds),
+        # The lock `rotate --if-due` and the scheduler take: one rotation per period.
+        lock=rotation_lock(state.settings, state.kms),
     )
     if result.rotated:
         state.key_metrics.refresh()  # the new version's age and due date, without waiting
@@ -236,7 +238,7 @@ def create_app(
             cadence=timedelta(days=settings.key_rotation_days),
             interval_seconds=settings.rotation_check_seconds,
             propagation=Propagation(bound_seconds=settings.kms_propagation_seconds),
-            lock=rotation_lock(settings, f"{kms.name.value}:{kms.key_identifier}"),
+            lock=rotation_lock(settings, kms),
         )
     targets = targets or ServerTargets(settings.database_url)
     state = AdminState(

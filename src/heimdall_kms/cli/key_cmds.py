@@ -63,7 +63,7 @@ def rotate_command(
                 cadence=cadence,
                 reason=reason,
                 propagation=propagation(settings),
-                lock=rotation_lock(settings, f"{kms.name.value}:{kms.key_identifier}"),
+                lock=rotation_lock(settings, kms),
             )
             telemetry.publish_key(kms, cadence)
         finally:

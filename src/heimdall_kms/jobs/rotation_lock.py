@@ -24,14 +24,16 @@ from pathlib import Path
 
 from heimdall_kms.config import Settings
 from heimdall_kms.errors import ConfigurationError, StoreError
+from heimdall_kms.providers.base import KeyManagementService
 
 __all__ = ["RotationLock", "lock_file_path", "rotation_lock"]
 
 RotationLock = Callable[[], AbstractContextManager[None]]
 
 
-def rotation_lock(settings: Settings, key: str) -> RotationLock:
-    """The lock for ``key`` chosen from the settings (see the module docstring)."""
+def rotation_lock(settings: Settings, kms: KeyManagementService) -> RotationLock:
+    """The lock for this provider's key, chosen from the settings (module docstring)."""
+    key = f"{kms.name.value}:{kms.key_identifier}"
     url = settings.database_url
     if url is not None and url.startswith(("postgresql://", "postgres://")):
         return lambda: _advisory(url, key)
