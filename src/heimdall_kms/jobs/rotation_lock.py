@@ -69,7 +69,12 @@ def _flocked(path: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _advisory(url: str, key: str) -> Iterator[None]:
-    import psycopg  # noqa: PLC0415 - the postgres extra, for a PostgreSQL HMD_DATABASE_URL
+    try:
+        import psycopg  # noqa: PLC0415 - the postgres extra, for a PostgreSQL HMD_DATABASE_URL
+    except ImportError:
+        raise ConfigurationError(
+            "the rotation lock on PostgreSQL needs: pip install 'heimdall-kms[postgres]'"
+        ) from None
 
     try:
         connection = psycopg.connect(url, autocommit=True, connect_timeout=10)
