@@ -104,6 +104,8 @@ class AuditCrashError(IncompleteError):
     it names, but it does not vouch for them: a writer stopped between writing a batch and
     its checkpoint (a crash), not tampering. ``lines``/``last_hash`` are the log's end."""
 
+    error_type = "audit_crash"
+
     def __init__(self, message: str, *, lines: int, last_hash: str, checkpoint_seq: int) -> None:
         super().__init__(message)
         self.lines = lines
