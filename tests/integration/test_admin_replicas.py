@@ -222,13 +222,14 @@ class TestReplicasShareJobs:
         done = fleet.wait(b, job, lambda s: s["state"] != "running", timeout=90)
         assert done.get("error") is None, done
         assert time.monotonic() - killed_at >= LEASE * 0.9  # not before the lease ran out
-        assert {k: done[k] for k in ("state", "total", "completed", "failed", "skipped")} == {
+        assert {k: done[k] for k in ("state", "total", "failed")} == {
             "state": "completed",
             "total": ROWS,
-            "completed": ROWS,
             "failed": 0,
-            "skipped": 0,
         }
+        # A batch A committed after its last recorded progress counts as skipped on B's rerun
+        # (docs/admin-api.md): at most one batch of 40, and every row is still migrated once.
+        assert done["completed"] + done["skipped"] == ROWS and done["skipped"] <= 40, done
         assert batches_of(b, job) > 0  # B ran the rest
         assert_migrated_once(fleet, database, job)
         # A replica started later reports the same record.
