@@ -36,3 +36,19 @@ def test_only_crypto_module_imports_cryptography() -> None:
             if any(n == "cryptography" or n.startswith("cryptography.") for n in names):
                 offenders.append(path.name)
     assert sorted(set(offenders)) == ["crypto.py"]
+
+
+def test_sqlalchemy_integration_without_the_extra_names_the_extra() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['sqlalchemy'] = None  # as if the extra were not installed\n"
+        "try:\n"
+        "    import heimdall_kms.sqlalchemy\n"
+        "except ImportError as error:\n"
+        "    print(type(error).__name__, error)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == (
+        "ImportError heimdall_kms.sqlalchemy needs SQLAlchemy 2:"
+        " pip install 'heimdall-kms[sqlalchemy]'"
+    )

@@ -18,8 +18,13 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from sqlalchemy import event, inspect
-from sqlalchemy.orm import InstanceState, Mapper, Session, sessionmaker
+try:
+    from sqlalchemy import event, inspect
+    from sqlalchemy.orm import InstanceState, Mapper, Session, sessionmaker
+except ModuleNotFoundError as missing:  # name the extra, not a bare module path
+    raise ImportError(
+        "heimdall_kms.sqlalchemy needs SQLAlchemy 2: pip install 'heimdall-kms[sqlalchemy]'"
+    ) from missing
 
 from heimdall_kms.service import Crypto
 from heimdall_kms.sqlalchemy._column import PLACEHOLDER, Encrypted, Stored
