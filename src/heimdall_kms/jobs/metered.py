@@ -17,29 +17,16 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from heimdall_kms.config import ProviderName, Settings
-from heimdall_kms.errors import (
-    CircuitOpenError,
-    HeimdallKMSError,
-    KMSUnavailableError,
-    RateLimitedError,
-)
+from heimdall_kms.errors import CircuitOpenError, KMSUnavailableError, RateLimitedError
 from heimdall_kms.jobs.rate import InFlightLimit, TokenBucket
 from heimdall_kms.providers import load_provider
-from heimdall_kms.providers.base import (
-    DEFAULT_BATCHING,
-    HashKey,
-    KeyContext,
-    KeyInfo,
-    KeyManagementService,
-    ProviderWrapper,
-    WrappedKey,
-    batching_of,
-)
+from heimdall_kms.providers.base import DEFAULT_BATCHING, KeyManagementService, batching_of
+from heimdall_kms.providers.wrapper import KMSOperation, ProviderWrapper
 
 __all__ = ["MeteredProvider", "Pacing", "job_provider"]
 
@@ -84,13 +71,13 @@ class MeteredProvider(ProviderWrapper):
         size = max(1, batching_of(self.inner).size)
         return max(1, -(-items // size))
 
-    def _call(self, operation: str, call: Callable[[], _T], items: int = 1) -> _T:
+    def _around(self, operation: KMSOperation, call: Callable[[], _T], items: int | None) -> _T:
         # Calls may overlap on worker threads (see Batching.in_flight): the bucket, the limit
         # and the counters are shared; each waits for its turn outside any lock.
         with self._in_flight:
-            self._bucket.acquire(self._cost(items))
+            self._bucket.acquire(self._cost(items or 1))
             with self._lock:
-                self.calls[operation] += 1
+                self.calls[operation.value] += 1
             try:
                 result = call()
             except RateLimitedError as exc:
@@ -107,46 +94,6 @@ class MeteredProvider(ProviderWrapper):
         self._bucket.speed_up()
         self._in_flight.speed_up()
         return result
-
-    def wrap_many(
-        self, deks: Sequence[bytearray], contexts: Sequence[KeyContext]
-    ) -> list[WrappedKey]:
-        if not deks:
-            return []
-        return self._call("wrap", lambda: self.inner.wrap_many(deks, contexts), len(deks))
-
-    def unwrap_many(
-        self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
-    ) -> list[bytearray | HeimdallKMSError]:
-        if not wrapped:
-            return []
-        return self._call("unwrap", lambda: self.inner.unwrap_many(wrapped, contexts), len(wrapped))
-
-    def rewrap_many(
-        self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
-    ) -> list[WrappedKey | HeimdallKMSError]:
-        if not wrapped:
-            return []
-        return self._call("rewrap", lambda: self.inner.rewrap_many(wrapped, contexts), len(wrapped))
-
-    def hmac_many(self, values: Sequence[bytes], key: HashKey) -> list[str]:
-        hasher = self._keyed_hashing()
-        return self._call("hmac", lambda: hasher.hmac_many(values, key), len(values))
-
-    def rotate(self) -> KeyInfo:
-        return self._call("rotate", self.inner.rotate)
-
-    def retire(self, below_version: int) -> KeyInfo:
-        return self._call("retire", lambda: self.inner.retire(below_version))
-
-    def describe(self) -> KeyInfo:
-        return self._call("describe", self.inner.describe)
-
-    def health(self) -> None:
-        self._call("health", self.inner.health)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def job_provider(settings: Settings, rate_limit: float = 0.0) -> MeteredProvider:

@@ -34,9 +34,9 @@ from heimdall_kms.providers.base import (
     KeyContext,
     KeyInfo,
     KeyManagementService,
-    ProviderWrapper,
     WrappedKey,
 )
+from heimdall_kms.providers.wrapper import innermost
 
 __all__ = [
     "Canary",
@@ -213,9 +213,7 @@ def _canary_wrap(kms: KeyManagementService) -> int:
 
 def _pinned(kms: KeyManagementService) -> VersionPinnedWrap | None:
     # Wrappers (retries, metering) do not pass this through: the provider underneath does it.
-    current: object = kms
-    while isinstance(current, ProviderWrapper):
-        current = current.inner
+    current = innermost(kms)
     if isinstance(current, VersionPinnedWrap) and current.pins_versions:
         return current
     return None

@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 
 from heimdall_kms import crypto
 from heimdall_kms.config import ProviderName
-from heimdall_kms.errors import ConfigurationError, HeimdallKMSError, IntegrityError
+from heimdall_kms.errors import HeimdallKMSError, IntegrityError
 
 __all__ = [
     "Batching",
@@ -28,7 +28,6 @@ __all__ = [
     "KeyManagementService",
     "KeyVersion",
     "KeyedHashing",
-    "ProviderWrapper",
     "WrappedKey",
     "batching_of",
     "http_date",
@@ -257,35 +256,3 @@ def round_trip(kms: KeyManagementService) -> None:
             raise IntegrityError("the KMS returned a different data key on the health check")
     finally:
         crypto.wipe(dek)
-
-
-class ProviderWrapper:
-    """The part of a provider that wraps another (retries, metering) which passes straight
-    through: its name, key, batching and keyed hashing are the wrapped provider's."""
-
-    def __init__(self, inner: KeyManagementService) -> None:
-        self.inner = inner
-
-    @property
-    def name(self) -> ProviderName:
-        return self.inner.name
-
-    @property
-    def key_identifier(self) -> str:
-        return self.inner.key_identifier
-
-    @property
-    def batching(self) -> Batching:
-        return batching_of(self.inner)
-
-    def _keyed_hashing(self) -> KeyedHashing:
-        """The wrapped provider, if it has keyed hashing.
-
-        Raises:
-            ConfigurationError: it has not.
-        """
-        if not isinstance(self.inner, KeyedHashing):
-            raise ConfigurationError(
-                f"HMD_KMS_PROVIDER={self.name.value} has no keyed hashing (hmac) in this release"
-            )
-        return self.inner

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from enum import StrEnum
 from typing import TypeVar
 
@@ -30,14 +30,8 @@ from heimdall_kms.errors import (
     KMSError,
     KMSUnavailableError,
 )
-from heimdall_kms.providers.base import (
-    HashKey,
-    KeyContext,
-    KeyInfo,
-    KeyManagementService,
-    ProviderWrapper,
-    WrappedKey,
-)
+from heimdall_kms.providers.base import KeyManagementService
+from heimdall_kms.providers.wrapper import KMSOperation, ProviderWrapper
 
 __all__ = [
     "BreakerState",
@@ -48,6 +42,9 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+# A timed-out rotation may have happened (a second one would skip a version); the health check
+# is the breaker's probe and answers fast. Each is tried once.
+_ONE_ATTEMPT = frozenset({KMSOperation.ROTATE, KMSOperation.HEALTH})
 
 
 class BreakerState(StrEnum):
@@ -178,50 +175,16 @@ class ResilientProvider(ProviderWrapper):
         self.retry = retry or RetryPolicy()
         self.breaker = breaker or CircuitBreaker()
 
-    def _call(self, fn: Callable[[], _T], *, retry: bool = True) -> _T:
+    def _around(self, operation: KMSOperation, call: Callable[[], _T], items: int | None) -> _T:
+        del items
         self.breaker.before_call()
         try:
-            result = self.retry.call(fn) if retry else fn()
+            result = self.retry.call(call) if operation not in _ONE_ATTEMPT else call()
         except HeimdallKMSError as exc:
             self.breaker.record(exc)
             raise
         self.breaker.record(None)
         return result
-
-    def wrap_many(
-        self, deks: Sequence[bytearray], contexts: Sequence[KeyContext]
-    ) -> list[WrappedKey]:
-        return self._call(lambda: self.inner.wrap_many(deks, contexts))
-
-    def unwrap_many(
-        self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
-    ) -> list[bytearray | HeimdallKMSError]:
-        return self._call(lambda: self.inner.unwrap_many(wrapped, contexts))
-
-    def rewrap_many(
-        self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
-    ) -> list[WrappedKey | HeimdallKMSError]:
-        return self._call(lambda: self.inner.rewrap_many(wrapped, contexts))
-
-    def hmac_many(self, values: Sequence[bytes], key: HashKey) -> list[str]:
-        hasher = self._keyed_hashing()
-        return self._call(lambda: hasher.hmac_many(values, key))
-
-    def rotate(self) -> KeyInfo:
-        return self._call(self.inner.rotate, retry=False)
-
-    def retire(self, below_version: int) -> KeyInfo:
-        return self._call(lambda: self.inner.retire(below_version))
-
-    def describe(self) -> KeyInfo:
-        return self._call(self.inner.describe)
-
-    def health(self) -> None:
-        # The health check is the probe: one attempt, no retries, so /healthz answers fast.
-        self._call(self.inner.health, retry=False)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def breaker_of(kms: KeyManagementService) -> CircuitBreaker | None:

@@ -16,18 +16,12 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from heimdall_kms.errors import ConfigurationError, HeimdallKMSError
-from heimdall_kms.providers.base import (
-    HashKey,
-    KeyContext,
-    KeyInfo,
-    KeyManagementService,
-    ProviderWrapper,
-    WrappedKey,
-)
+from heimdall_kms.providers.base import KeyManagementService
+from heimdall_kms.providers.wrapper import KMSOperation, ProviderWrapper
 
 __all__ = [
     "TracedProvider",
@@ -184,50 +178,16 @@ def traced(kms: KeyManagementService) -> KeyManagementService:
 class TracedProvider(ProviderWrapper):
     """A span per KMS call (each retry attempt is its own call, and its own span)."""
 
-    def _span(self, operation: str, call: Callable[[], _T], items: int | None = None) -> _T:
+    def _around(self, operation: KMSOperation, call: Callable[[], _T], items: int | None) -> _T:
         attributes: dict[str, Any] = {
             "heimdall.provider": self.name.value,
             "heimdall.key": self.key_identifier,
         }
         if items is not None:
             attributes["heimdall.batch_size"] = items
-        with span(f"kms.{operation}", attributes) as current:
+        with span(f"kms.{operation.value}", attributes) as current:
             result = call()
             if current is not None and isinstance(result, list):
                 failed = sum(isinstance(r, HeimdallKMSError) for r in result)
                 current.set_attribute("heimdall.failed_items", failed)
             return result
-
-    def wrap_many(
-        self, deks: Sequence[bytearray], contexts: Sequence[KeyContext]
-    ) -> list[WrappedKey]:
-        return self._span("wrap", lambda: self.inner.wrap_many(deks, contexts), len(deks))
-
-    def unwrap_many(
-        self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
-    ) -> list[bytearray | HeimdallKMSError]:
-        return self._span("unwrap", lambda: self.inner.unwrap_many(wrapped, contexts), len(wrapped))
-
-    def rewrap_many(
-        self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
-    ) -> list[WrappedKey | HeimdallKMSError]:
-        return self._span("rewrap", lambda: self.inner.rewrap_many(wrapped, contexts), len(wrapped))
-
-    def hmac_many(self, values: Sequence[bytes], key: HashKey) -> list[str]:
-        hasher = self._keyed_hashing()
-        return self._span("hmac", lambda: hasher.hmac_many(values, key), len(values))
-
-    def rotate(self) -> KeyInfo:
-        return self._span("rotate", self.inner.rotate)
-
-    def retire(self, below_version: int) -> KeyInfo:
-        return self._span("retire", lambda: self.inner.retire(below_version))
-
-    def describe(self) -> KeyInfo:
-        return self._span("describe", self.inner.describe)
-
-    def health(self) -> None:
-        self._span("health", self.inner.health)
-
-    def close(self) -> None:
-        self.inner.close()
