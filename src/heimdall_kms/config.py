@@ -21,6 +21,13 @@ from urllib.parse import urlsplit
 
 from heimdall_kms.audit_settings import AuditAnchoring, read_anchoring
 from heimdall_kms.errors import ConfigurationError
+from heimdall_kms.kinds import (
+    AWSKeyVersioning,
+    EncryptionMode,
+    ProviderName,
+    VaultAuthMethod,
+    WriteFormat,
+)
 from heimdall_kms.legacy_context import LegacyContext, LegacyContextRule
 from heimdall_kms.secret_file import read_secret_file, secret_setting
 
@@ -46,42 +53,6 @@ DEFAULT_LEGACY_KEY_ID = "default-key-v1"
 DEFAULT_KMS_KEY_ID = "heimdall-pii"
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
 _T = TypeVar("_T")
-
-
-class EncryptionMode(StrEnum):
-    LEGACY = "legacy"
-    HYBRID = "hybrid"
-    KMS = "kms"
-
-
-class WriteFormat(StrEnum):
-    """What hybrid mode writes. ``legacy`` is the documented rollback switch."""
-
-    KMS_V1 = "kms_v1"
-    LEGACY = "legacy"
-
-
-class ProviderName(StrEnum):
-    VAULT = "vault"
-    AWS = "aws"
-    GCP = "gcp"
-    AZURE = "azure"
-    LOCAL = "local"
-
-
-class AWSKeyVersioning(StrEnum):
-    """What a key version is on AWS (``HMD_AWS_KEY_VERSIONING``, docs/providers/aws.md)."""
-
-    NATIVE = "native"  # one KMS key; versions are AWS's own rotations of its material
-    ALIASES = "aliases"  # one KMS key per version behind alias/<name>/v<n> (retire works)
-
-
-class VaultAuthMethod(StrEnum):
-    TOKEN = "token"  # noqa: S105 - an auth method's name, not a password.
-    APPROLE = "approle"
-    KUBERNETES = "kubernetes"
-    JWT = "jwt"  # JWT/OIDC auth with a signed JWT from a file (CI, a workload identity)
-    CERT = "cert"  # TLS certificate auth: the client certificate is the credential
 
 
 class Secret(Generic[_T]):

@@ -13,6 +13,7 @@ from heimdall_kms.context_json import context_json_ascii
 from heimdall_kms.envelope import _json
 from heimdall_kms.envelope._base import ALGORITHM, Envelope
 from heimdall_kms.errors import InvalidInputError, MalformedEnvelopeError
+from heimdall_kms.kinds import ProviderName
 from heimdall_kms.wrapped_key import parse_wrapped
 
 __all__ = [
@@ -28,7 +29,7 @@ KMS_V1 = "kms_v1"
 # RFC 3339 in UTC, as written by utc_timestamp(); fromisoformat alone also takes ISO week
 # dates, dates without a time and local offsets.
 _RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|\+00:00)")
-_PROVIDERS = frozenset({"vault", "aws", "gcp", "azure", "local"})
+_PROVIDERS = frozenset(ProviderName)
 _KNOWN_KEYS = frozenset(
     {
         "encryption_version",

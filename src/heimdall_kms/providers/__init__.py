@@ -10,10 +10,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
-from heimdall_kms.config import ProviderName, Settings
 from heimdall_kms.errors import ConfigurationError
+from heimdall_kms.kinds import ProviderName
 from heimdall_kms.providers.base import (
     KeyContext,
     KeyInfo,
@@ -22,6 +22,9 @@ from heimdall_kms.providers.base import (
     WrappedKey,
 )
 from heimdall_kms.providers.resilient import CircuitBreaker, ResilientProvider, RetryPolicy
+
+if TYPE_CHECKING:
+    from heimdall_kms.config import Settings
 
 __all__ = [
     "KeyContext",

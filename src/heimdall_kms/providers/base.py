@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 from heimdall_kms import crypto
-from heimdall_kms.config import ProviderName
 from heimdall_kms.errors import HeimdallKMSError, IntegrityError
+from heimdall_kms.kinds import ProviderName
 
 __all__ = [
     "Batching",

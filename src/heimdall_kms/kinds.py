@@ -1,0 +1,55 @@
+"""The package's shared enums, in a module that imports nothing of the package.
+
+The envelope formats, the primitives and the provider contract name providers, modes and
+formats without reading settings; they take these enums from here, so none of them imports
+:mod:`heimdall_kms.config` (``tests/unit/test_layers.py`` keeps it so). ``config`` re-exports
+every name, which stays the public place to import them from.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = [
+    "AWSKeyVersioning",
+    "EncryptionMode",
+    "ProviderName",
+    "VaultAuthMethod",
+    "WriteFormat",
+]
+
+
+class EncryptionMode(StrEnum):
+    LEGACY = "legacy"
+    HYBRID = "hybrid"
+    KMS = "kms"
+
+
+class WriteFormat(StrEnum):
+    """What hybrid mode writes. ``legacy`` is the documented rollback switch."""
+
+    KMS_V1 = "kms_v1"
+    LEGACY = "legacy"
+
+
+class ProviderName(StrEnum):
+    VAULT = "vault"
+    AWS = "aws"
+    GCP = "gcp"
+    AZURE = "azure"
+    LOCAL = "local"
+
+
+class AWSKeyVersioning(StrEnum):
+    """What a key version is on AWS (``HMD_AWS_KEY_VERSIONING``, docs/providers/aws.md)."""
+
+    NATIVE = "native"  # one KMS key; versions are AWS's own rotations of its material
+    ALIASES = "aliases"  # one KMS key per version behind alias/<name>/v<n> (retire works)
+
+
+class VaultAuthMethod(StrEnum):
+    TOKEN = "token"  # noqa: S105 - an auth method's name, not a password.
+    APPROLE = "approle"
+    KUBERNETES = "kubernetes"
+    JWT = "jwt"  # JWT/OIDC auth with a signed JWT from a file (CI, a workload identity)
+    CERT = "cert"  # TLS certificate auth: the client certificate is the credential
