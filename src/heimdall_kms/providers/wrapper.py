@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import TypeVar
 
-from heimdall_kms.config import ProviderName
 from heimdall_kms.errors import ConfigurationError, HeimdallKMSError
+from heimdall_kms.kinds import ProviderName
 from heimdall_kms.providers.base import (
     Batching,
     HashKey,
