@@ -18,7 +18,8 @@ Then migration and rewrap rows/s on a SQLite table of ``--migration-rows`` rows.
 generates or unwraps each DEK in the KMS; no row caches data keys. The peers are the optional
 ``bench`` extra: ``pip install -e '.[bench]'``. Run from the repository root:
 
-    python benchmarks/throughput_bench.py [--values 2000] [--batch 250] [--migration-rows 100000]
+    python benchmarks/throughput_bench.py [--values 2000] [--batch 250] [--migration-rows 50000]
+        [--rss-rows 10000,1000000] [--postgres-url URL] [--async-tasks 200]
 
 Numbers depend on the machine; compare rows of one run, never across machines.
 """
@@ -40,7 +41,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import botocore.session
-from benchmarks.migrate_bench import fill_sqlite, legacy_values
+from benchmarks.async_bench import rows as async_rows
+from benchmarks.job_rows import JobRates, fill_postgres, fill_sqlite, measure_jobs
 
 # The peers are the optional `bench` extra; a missing one leaves its rows out, said so.
 try:
@@ -55,19 +57,15 @@ try:
 except ImportError:
     aws_encryption_sdk = None
 
-from tests.servers import TRANSIT_KEY, CountingSession, OpenBao, start_openbao
+from tests.servers import TRANSIT_KEY, OpenBao, start_openbao
 from tests.servers_aws import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, start_moto
 
 from heimdall_kms import crypto
 from heimdall_kms.audit.sink import FileAuditSink
 from heimdall_kms.config import Settings
-from heimdall_kms.jobs.migrate import MigrationOptions, run_migration
-from heimdall_kms.jobs.reencrypt import ReencryptOptions, run_reencrypt
-from heimdall_kms.jobs.report import JobReport
 from heimdall_kms.providers.aws import AWSKMSProvider
 from heimdall_kms.providers.vault import VaultTransitProvider
 from heimdall_kms.service import Crypto
-from heimdall_kms.store import Target, open_store
 
 ALIAS = "alias/heimdall-bench"
 Item = tuple[str, dict[str, str]]
@@ -427,42 +425,24 @@ def esdk_row(items: list[Item], key_arn: str, moto: MotoServer, per_value: int) 
 # -- migration and rewrap ----------------------------------------------------------------------
 
 
-def migration_rows(rows: int, batch: int, vault: OpenBao, workdir: Path) -> dict[str, float]:
-    settings = Settings.from_env(
-        vault.env(
-            HMD_ENCRYPTION_MODE="hybrid",
-            HMD_PII_MASTER_KEY=bytes(crypto.new_dek()).hex(),
-            HMD_AUDIT_LOG=str(workdir / "migrate-audit.log"),
-        )
-    )
-    url = fill_sqlite(workdir / "bench.db", legacy_values(settings, rows, workdir))
-    session = CountingSession()
-    client = vault.client(session=session)
-    kms = VaultTransitProvider(client, TRANSIT_KEY, batch_size=batch)
-    result: dict[str, float] = {}
-    with Crypto(
-        settings, kms=kms, audit=FileAuditSink(workdir / "migrate-audit.log"), default_actor="bench"
-    ) as c:
-        store = open_store(url, Target("bench", "ssn"))
-
-        def rows_per_second(job: str, run: Callable[[], JobReport]) -> float:
-            started = time.perf_counter()
-            report = run()
-            rate = report.total("completed") / (time.perf_counter() - started)
-            if report.stop_error is not None or report.total("completed") != rows:
-                raise AssertionError(f"{job} did not complete: {report.stop_error}")
-            return rate
-
-        result["migrate"] = rows_per_second(
-            "migration", lambda: run_migration(c, [store], MigrationOptions(batch_size=batch))
-        )
-        kms.rotate()
-        result["rewrap"] = rows_per_second(
-            "rewrap", lambda: run_reencrypt(c, [store], ReencryptOptions(batch_size=batch))
-        )
-        store.close()
-    result["http_per_row"] = session.requests / (2 * rows)
-    return result
+def job_rows(
+    vault: OpenBao, workdir: Path, *, rows: int, rss_rows: Sequence[int], batch: int, pg_url: str
+) -> list[JobRates]:
+    """Migrate and rewrap on SQLite and PostgreSQL at ``rows``; SQLite again at each
+    ``rss_rows`` size for the peak RSS. Every measurement is a fresh process."""
+    env = vault.env(HMD_ENCRYPTION_MODE="hybrid", HMD_PII_MASTER_KEY=bytes(crypto.new_dek()).hex())
+    settings = Settings.from_env({**env, "HMD_AUDIT_LOG": str(workdir / "fill-audit.log")})
+    found = []
+    for size in sorted({rows, *rss_rows}):
+        path = workdir / f"jobs-{size}.db"
+        url = fill_sqlite(path, settings, size, workdir)
+        found.append(measure_jobs("SQLite", env, url, size, batch))
+        path.unlink()
+        print(f"  SQLite jobs at {size:,} rows done", file=sys.stderr)
+    pg = fill_postgres(pg_url, settings, rows, workdir)
+    if pg is not None:
+        found.append(measure_jobs("PostgreSQL", env, pg, rows, batch))
+    return found
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -492,18 +472,37 @@ def print_table(rows: list[Row], batch: int) -> None:
     )
 
 
-def print_targets(rows: list[Row], batch: int, migration: dict[str, float] | None) -> None:
+def print_jobs(jobs: list[JobRates], batch: int) -> None:
+    print(f"\nmigrate (legacy -> kms_v1) then rewrap, batch {batch}, one process each")
+    print(
+        f"{'store':<12}{'rows':>11}{'migrate/s':>11}{'rewrap/s':>10}{'HTTP/row':>10}"
+        f"{'peak RSS MiB':>14}"
+    )
+    for j in jobs:
+        print(
+            f"{j.store:<12}{j.rows:>11,}{j.migrate:>11,.0f}{j.rewrap:>10,.0f}"
+            f"{j.http_per_row:>10.4f}{j.peak_rss_mib:>14.1f}"
+        )
+
+
+def print_async(found: list[Any], tasks: int) -> None:
+    print(f"\n{tasks} concurrent single-value encrypts (asyncio), median of the rounds")
+    print("| way | values/s | p50 ms | p99 ms | Transit encrypt requests |")
+    for row in found:
+        print(row.line(tasks))
+
+
+def print_targets(rows: list[Row], batch: int, jobs: list[JobRates], job_rows: int) -> None:
     by = {r.name: r for r in rows}
     per_value = by["Transit encrypt per value"]
     raw = by[f"raw batched wrap, {batch}/request"]
     single = by["heimdall encrypt() one value (Vault)"]
+    per_call = by[f"heimdall encrypt_many (Vault), {batch}/call"]
     print("\ntargets (ratios within this run)")
-    for ours in (
-        by[f"heimdall encrypt_many (Vault), {batch}/call"],
-        by["heimdall encrypt_many (Vault), 1 call"],
-    ):
+    checks: list[tuple[str, float, float]] = []
+    for ours, goal in ((per_call, 0.8), (by["heimdall encrypt_many (Vault), 1 call"], 0.9)):
         how = ours.name.removeprefix("heimdall encrypt_many (Vault), ")
-        checks = [
+        checks += [
             (
                 f"encrypt_many ({how}) ≥ 40x Transit per value",
                 ours.enc_rate / per_value.enc_rate,
@@ -514,16 +513,37 @@ def print_targets(rows: list[Row], batch: int, migration: dict[str, float] | Non
                 ours.dec_rate / per_value.dec_rate,
                 40,
             ),
-            (f"encrypt_many ({how}) ≥ 0.5x raw batched wrap", ours.enc_rate / raw.enc_rate, 0.5),
-            (f"decrypt_many ({how}) ≥ 0.5x raw batched unwrap", ours.dec_rate / raw.dec_rate, 0.5),
+            (
+                f"encrypt_many ({how}) ≥ {goal}x raw batched wrap",
+                ours.enc_rate / raw.enc_rate,
+                goal,
+            ),
+            (
+                f"decrypt_many ({how}) ≥ {goal}x raw batched unwrap",
+                ours.dec_rate / raw.dec_rate,
+                goal,
+            ),
         ]
-        if migration is not None and how.endswith("/call"):
-            checks += [
-                ("migrate ≥ 1/3 encrypt_many", migration["migrate"] / ours.enc_rate, 1 / 3),
-                ("rewrap ≥ 1/3 encrypt_many", migration["rewrap"] / ours.enc_rate, 1 / 3),
-            ]
-        for label, ratio, goal in checks:
-            print(f"  {label:<50}{ratio:>8.2f}   {'met' if ratio >= goal else 'NOT met'}")
+    for j in (j for j in jobs if j.rows == job_rows):
+        checks += [
+            (
+                f"migrate ({j.store}) ≥ 0.5x encrypt_many ({batch}/call)",
+                j.migrate / per_call.enc_rate,
+                0.5,
+            ),
+            (
+                f"rewrap ({j.store}) ≥ 0.5x encrypt_many ({batch}/call)",
+                j.rewrap / per_call.enc_rate,
+                0.5,
+            ),
+        ]
+    for label, ratio, goal in checks:
+        print(f"  {label:<58}{ratio:>8.2f}   {'met' if ratio >= goal else 'NOT met'}")
+    sqlite = sorted((j for j in jobs if j.store == "SQLite"), key=lambda j: j.rows)
+    if len(sqlite) > 1:
+        growth = sqlite[-1].peak_rss_mib / sqlite[0].peak_rss_mib
+        label = f"peak RSS at {sqlite[-1].rows:,} rows / at {sqlite[0].rows:,} ≤ 1.1"
+        print(f"  {label:<58}{growth:>8.2f}   {'met' if growth <= 1.1 else 'NOT met'}")
     print(
         f"  single value: encrypt() p50 {pct(single.enc_calls, 0.5):.2f} ms vs one Transit "
         f"encrypt p50 {pct(per_value.enc_calls, 0.5):.2f} ms; decrypt() p50 "
@@ -538,7 +558,19 @@ def main() -> None:
     parser.add_argument(
         "--per-value", type=int, default=None, help="values for the one-call-per-value rows"
     )
-    parser.add_argument("--migration-rows", type=int, default=100_000, help="0 to skip")
+    parser.add_argument(
+        "--migration-rows", type=int, default=50_000, help="SQLite and PostgreSQL rows; 0 skips"
+    )
+    parser.add_argument(
+        "--rss-rows",
+        type=lambda text: [int(n) for n in text.split(",") if n],
+        default=[10_000],
+        help="more SQLite sizes for the peak-RSS rows, comma-separated (e.g. 10000,1000000)",
+    )
+    parser.add_argument(
+        "--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test", help="or ''"
+    )
+    parser.add_argument("--async-tasks", type=int, default=200, help="0 skips the async row")
     parser.add_argument(
         "--rounds", type=int, default=3, help="passes per row, interleaved; the median is shown"
     )
@@ -551,6 +583,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="heimdall-throughput-"))
     vault = start_openbao()
     moto = start_moto()
+    jobs: list[JobRates] = []
+    coalesced: list[Any] = []
     try:
         with ExitStack() as stack:
             # A key as AWS users have one (native versioning, the default).
@@ -571,9 +605,17 @@ def main() -> None:
             specs += esdk_row(items, key_arn, moto, per_value)
             specs.append(local_row(items, args.batch))
             rows = run_rounds(specs, args.rounds)
-        migration = None
+        if args.async_tasks:
+            coalesced = async_rows(vault, workdir, args.async_tasks, args.rounds)
         if args.migration_rows:
-            migration = migration_rows(args.migration_rows, args.batch, vault, workdir)
+            jobs = job_rows(
+                vault,
+                workdir,
+                rows=args.migration_rows,
+                rss_rows=args.rss_rows,
+                batch=args.batch,
+                pg_url=args.postgres_url,
+            )
     finally:
         moto.stop()
         vault.stop()
@@ -582,13 +624,11 @@ def main() -> None:
         f"median of {args.rounds} interleaved rounds"
     )
     print_table(rows, args.batch)
-    if migration is not None:
-        print(
-            f"\nSQLite, {args.migration_rows:,} rows, batch {args.batch}: migrate "
-            f"{migration['migrate']:,.0f} rows/s, rewrap {migration['rewrap']:,.0f} rows/s, "
-            f"{migration['http_per_row']:.4f} Vault HTTP requests per row"
-        )
-    print_targets(rows, args.batch, migration)
+    if jobs:
+        print_jobs(jobs, args.batch)
+    if coalesced:
+        print_async(coalesced, args.async_tasks)
+    print_targets(rows, args.batch, jobs, args.migration_rows)
 
 
 if __name__ == "__main__":
