@@ -60,7 +60,7 @@ except ImportError:
 from tests.servers import TRANSIT_KEY, OpenBao, start_openbao
 from tests.servers_aws import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, start_moto
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.audit.sink import FileAuditSink
 from heimdall_kms.config import Settings
 from heimdall_kms.providers.aws import AWSKMSProvider
@@ -267,9 +267,9 @@ def vault_rows(items: list[Item], batch: int, vault: OpenBao, per_value: int) ->
         answer = transit.generate_data_key(TRANSIT_KEY, key_type="plaintext", bits=256)
         dek = bytearray(base64.b64decode(answer["data"]["plaintext"]))
         try:
-            ct, nonce = crypto.seal(dek, one[0][0].encode(), b"")
+            ct, nonce = primitives.seal(dek, one[0][0].encode(), b"")
         finally:
-            crypto.wipe(dek)
+            primitives.wipe(dek)
         return [(answer["data"]["ciphertext"], ct, nonce)]
 
     def datakey_decrypt(one: list[tuple[str, bytes, bytes]]) -> list[str]:
@@ -278,24 +278,24 @@ def vault_rows(items: list[Item], batch: int, vault: OpenBao, per_value: int) ->
             base64.b64decode(transit.decrypt_data(TRANSIT_KEY, wrapped)["data"]["plaintext"])
         )
         try:
-            return [crypto.open_(dek, nonce, ct, b"").decode()]
+            return [primitives.open_(dek, nonce, ct, b"").decode()]
         finally:
-            crypto.wipe(dek)
+            primitives.wipe(dek)
 
     def raw_encrypt(chunk: Sequence[Item]) -> list[tuple[str, bytes, bytes]]:
-        deks = [crypto.new_dek() for _ in chunk]
+        deks = [primitives.new_dek() for _ in chunk]
         try:
             answer = transit.encrypt_data(
                 TRANSIT_KEY, None, batch_input=[{"plaintext": b64(d)} for d in deks]
             )
             wrapped = [r["ciphertext"] for r in answer["data"]["batch_results"]]
             return [
-                (w, *crypto.seal(dek, text.encode(), b""))
+                (w, *primitives.seal(dek, text.encode(), b""))
                 for w, dek, (text, _) in zip(wrapped, deks, chunk, strict=True)
             ]
         finally:
             for dek in deks:
-                crypto.wipe(dek)
+                primitives.wipe(dek)
 
     def raw_decrypt(sealed: list[tuple[str, bytes, bytes]]) -> list[str]:
         answer = transit.decrypt_data(
@@ -304,8 +304,8 @@ def vault_rows(items: list[Item], batch: int, vault: OpenBao, per_value: int) ->
         out = []
         for result, (_, ct, nonce) in zip(answer["data"]["batch_results"], sealed, strict=True):
             dek = bytearray(base64.b64decode(result["plaintext"]))
-            out.append(crypto.open_(dek, nonce, ct, b"").decode())
-            crypto.wipe(dek)
+            out.append(primitives.open_(dek, nonce, ct, b"").decode())
+            primitives.wipe(dek)
         return out
 
     return [
@@ -337,14 +337,14 @@ def vault_rows(items: list[Item], batch: int, vault: OpenBao, per_value: int) ->
 
 
 def local_row(items: list[Item], batch: int) -> Spec:
-    key = crypto.new_dek()
+    key = primitives.new_dek()
     texts = [text for text, _ in items]
     return Spec(
         "local AES-GCM, no KMS",
         "none",
         chunked(items, batch),
-        lambda chunk: [crypto.seal(key, t.encode(), b"") for t, _ in chunk],
-        lambda sealed: [crypto.open_(key, n, ct, b"").decode() for ct, n in sealed],
+        lambda chunk: [primitives.seal(key, t.encode(), b"") for t, _ in chunk],
+        lambda sealed: [primitives.open_(key, n, ct, b"").decode() for ct, n in sealed],
         texts,
     )
 
@@ -430,7 +430,9 @@ def job_rows(
 ) -> list[JobRates]:
     """Migrate and rewrap on SQLite and PostgreSQL at ``rows``; SQLite again at each
     ``rss_rows`` size for the peak RSS. Every measurement is a fresh process."""
-    env = vault.env(HMD_ENCRYPTION_MODE="hybrid", HMD_PII_MASTER_KEY=bytes(crypto.new_dek()).hex())
+    env = vault.env(
+        HMD_ENCRYPTION_MODE="hybrid", HMD_PII_MASTER_KEY=bytes(primitives.new_dek()).hex()
+    )
     settings = Settings.from_env({**env, "HMD_AUDIT_LOG": str(workdir / "fill-audit.log")})
     found = []
     for size in sorted({rows, *rss_rows}):

@@ -2,7 +2,7 @@
 """Regenerate the envelope test vectors in ``tests/vectors/`` (see its README.md).
 
 * ``kms_v1.json`` is sealed with the package's own AES-GCM core through the underscore hook
-  for fixed nonces (``heimdall_kms.crypto._seal_with_nonce``) and the canonical associated
+  for fixed nonces (``heimdall_kms.primitives._seal_with_nonce``) and the canonical associated
   data (``heimdall_kms.envelope.kms_v1_aad``). The test re-opens every good vector with
   pycryptodome as well.
 * ``legacy.json`` is sealed with pycryptodome only, an AES-GCM implementation independent of
@@ -31,8 +31,8 @@ from typing import Any
 
 from Crypto.Cipher import AES
 
-from heimdall_kms.crypto import _seal_with_nonce
 from heimdall_kms.envelope import kms_v1_aad
+from heimdall_kms.primitives import _seal_with_nonce
 
 ROOT = Path(__file__).resolve().parents[1]
 VECTOR_DIR = ROOT / "tests" / "vectors"

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from heimdall_kms import crypto as primitives
+from heimdall_kms import primitives
 from heimdall_kms.audit import open_sink
 from heimdall_kms.audit.verify import verify
 from heimdall_kms.config import EncryptionMode, ProviderName, Secret, Settings

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.config import EncryptionMode, Settings
 from heimdall_kms.context_json import context_json_ascii
 from heimdall_kms.envelope import (
@@ -160,7 +160,9 @@ class Opener:
                 "(HMD_PII_MASTER_KEY with HMD_PII_KEY_ID, or HMD_PII_LEGACY_KEYS)"
             )
         try:
-            return utf8_text(crypto.open_(key.reveal(), envelope.nonce, envelope.ciphertext, b""))
+            return utf8_text(
+                primitives.open_(key.reveal(), envelope.nonce, envelope.ciphertext, b"")
+            )
         except HeimdallKMSError as exc:
             return exc
 
@@ -191,7 +193,7 @@ def _open(item: Opened, dek: bytearray) -> None:
     item.encoded_context = encoded = context_json_ascii(envelope.context)
     try:
         aad = aad_of_encoded(encoded)
-        item.outcome = utf8_text(crypto.open_(dek, envelope.nonce, envelope.ciphertext, aad))
+        item.outcome = utf8_text(primitives.open_(dek, envelope.nonce, envelope.ciphertext, aad))
     except HeimdallKMSError as exc:
         item.outcome = exc
 
@@ -199,4 +201,4 @@ def _open(item: Opened, dek: bytearray) -> None:
 def _wipe_all(deks: list[bytearray | HeimdallKMSError]) -> None:
     for dek in deks:
         if isinstance(dek, bytearray):
-            crypto.wipe(dek)
+            primitives.wipe(dek)

@@ -12,7 +12,7 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterator
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.context_json import context_json_ascii
 from heimdall_kms.envelope import Envelope, KmsV1Envelope, aad_of_encoded
 from heimdall_kms.envelope.kms_v1 import utc_timestamp
@@ -42,7 +42,7 @@ def seal_batches(
 
     def wrap_jobs() -> Iterator[Callable[[], list[WrappedKey]]]:
         for start in range(0, len(values), size):
-            deks = crypto.new_deks(min(size, len(values) - start))
+            deks = primitives.new_deks(min(size, len(values) - start))
             issued.append(deks)
             contexts = [ctx for _, ctx in values[start : start + size]]
             yield functools.partial(kms.wrap_many, deks, contexts)
@@ -60,13 +60,13 @@ def seal_batches(
                 chunk = values[batch * size : batch * size + len(deks)]
                 codes = [context_json_ascii(ctx) for _, ctx in chunk]
                 encoded.extend(codes)
-                sealed_values = crypto.seal_each(
+                sealed_values = primitives.seal_each(
                     deks,
                     [plaintext for plaintext, _ in chunk],
                     list(map(aad_of_encoded, codes)),
                 )
                 for dek in deks:
-                    crypto.wipe(dek)
+                    primitives.wipe(dek)
                 for (_, ctx), key, (ciphertext, nonce) in zip(
                     chunk, wrapped, sealed_values, strict=True
                 ):
@@ -87,4 +87,4 @@ def seal_batches(
     finally:
         for deks in issued[sealed:]:
             for dek in deks:
-                crypto.wipe(dek)
+                primitives.wipe(dek)

@@ -19,7 +19,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.audit import AuditEvent, AuditSink, EventType
 from heimdall_kms.audit.events import now_rfc3339
 from heimdall_kms.config import EncryptionMode, Settings, WriteFormat
@@ -187,7 +187,7 @@ class Crypto:
         key = self.settings.legacy_keys[key_id].reveal()
         envelopes: list[Envelope] = []
         for plaintext, _ in values:
-            ciphertext, nonce = crypto.seal(key, plaintext, b"")
+            ciphertext, nonce = primitives.seal(key, plaintext, b"")
             envelopes.append(LegacyEnvelope(ciphertext=ciphertext, nonce=nonce, key_id=key_id))
         return envelopes
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.errors import (
     AuthenticationError,
@@ -38,7 +38,7 @@ WAIT = Propagation(bound_seconds=30.0, first_pause=0.2)
 
 
 def wrap(kms: KeyManagementService, count: int = 1) -> tuple[list[bytearray], list[WrappedKey]]:
-    deks = [crypto.new_dek() for _ in range(count)]
+    deks = [primitives.new_dek() for _ in range(count)]
     return deks, kms.wrap_many(deks, [{**CTX, "record": str(i)} for i in range(count)])
 
 

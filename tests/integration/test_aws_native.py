@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from botocore.stub import Stubber
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.config import AWSKeyVersioning
 from heimdall_kms.errors import (
     ConfigurationError,
@@ -94,14 +94,14 @@ class TestNativeKey:
         first = kms.describe()
         assert (first.latest_version, first.min_decryption_version) == (1, 1)
         assert first.key_identifier == names[form]
-        dek = crypto.new_dek()
+        dek = primitives.new_dek()
         (old,) = kms.wrap_many([dek], [CTX])
         assert old.key_version == 1 and old.ciphertext.startswith("aws:v1:")
         rotated = kms.rotate()
         assert [v.version for v in rotated.versions] == [1, 2]
         assert all(v.created_at is not None for v in rotated.versions)
         assert len(moto.client().list_key_rotations(KeyId=names["key_id"])["Rotations"]) == 1
-        (new,) = kms.wrap_many([crypto.new_dek()], [CTX])
+        (new,) = kms.wrap_many([primitives.new_dek()], [CTX])
         assert new.key_version == 2
         (rewrapped,) = kms.rewrap_many([old.ciphertext], [CTX])
         assert not isinstance(rewrapped, Exception) and rewrapped.key_version == 2
@@ -125,7 +125,7 @@ class TestNativeKey:
     def test_an_alias_moved_to_another_key_is_reported(self, moto: MotoServer) -> None:
         names = user_key(moto)
         kms = AWSKMSProvider(moto.client(), names["alias"])
-        kms.wrap_many([crypto.new_dek()], [CTX])
+        kms.wrap_many([primitives.new_dek()], [CTX])
         other = moto.client().create_key()["KeyMetadata"]["KeyId"]
         moto.client().update_alias(AliasName=names["alias"], TargetKeyId=other)
         with pytest.raises(KMSError, match="now names another KMS key"):
@@ -141,14 +141,14 @@ class TestNativeKey:
         name = alias if form == "alias" else arn.replace(f"key/{key_id}", alias)
         client, counts = counting(moto, "Encrypt")
         with pytest.raises(ConfigurationError, match="HMD_AWS_KEY_VERSIONING=aliases"):
-            AWSKMSProvider(client, name).wrap_many([crypto.new_dek()], [CTX])
+            AWSKMSProvider(client, name).wrap_many([primitives.new_dek()], [CTX])
         assert counts == {"Encrypt": 0}
 
     def test_not_a_symmetric_encryption_key(self, moto: MotoServer) -> None:
         meta = moto.client().create_key(KeySpec="RSA_2048", KeyUsage="ENCRYPT_DECRYPT")
         kms = AWSKMSProvider(moto.client(), meta["KeyMetadata"]["KeyId"])
         with pytest.raises(ConfigurationError, match="symmetric"):
-            kms.wrap_many([crypto.new_dek()], [CTX])
+            kms.wrap_many([primitives.new_dek()], [CTX])
 
     def test_the_wrap_version_is_reread_after_its_ttl(self, moto: MotoServer) -> None:
         names = user_key(moto)
@@ -207,7 +207,7 @@ class TestOneResolutionPerProcess:
             alias = f"alias/once-{secrets.token_hex(4)}"
             create_key_for_alias(moto.client(), alias)
         writer = AWSKMSProvider(moto.client(), alias, versioning=versioning)
-        wrapped = writer.wrap_many([crypto.new_dek() for _ in range(20)], [CTX] * 20)
+        wrapped = writer.wrap_many([primitives.new_dek() for _ in range(20)], [CTX] * 20)
         client, counts = counting(moto, "DescribeKey", "Decrypt")
         reader = AWSKMSProvider(client, alias, versioning=versioning)
         for item in wrapped:  # the facade's decrypt of one value is one unwrap_many call
@@ -220,7 +220,7 @@ class TestOneResolutionPerProcess:
         create_key_for_alias(moto.client(), alias)
         client, counts = counting(moto, "Decrypt")
         kms = AWSKMSProvider(client, alias, versioning=AWSKeyVersioning.ALIASES)
-        (old,) = kms.wrap_many([crypto.new_dek()], [CTX])
+        (old,) = kms.wrap_many([primitives.new_dek()], [CTX])
         assert isinstance(kms.unwrap_many([old.ciphertext], [CTX])[0], bytearray)  # cached
         kms.rotate()
         kms.retire(2)

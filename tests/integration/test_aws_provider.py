@@ -25,7 +25,7 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 import heimdall_kms
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.config import AWSKeyVersioning, Settings
 from heimdall_kms.envelope import KmsV1Envelope, parse
@@ -113,9 +113,9 @@ def test_bootstrap_adopts_an_existing_alias_as_version_1(moto: MotoServer) -> No
 def test_a_rotation_by_another_process_is_picked_up(moto: MotoServer) -> None:
     alias = new_alias(moto)
     app = aliased(moto.client(), alias)
-    (before,) = app.wrap_many([crypto.new_dek()], [CTX])
+    (before,) = app.wrap_many([primitives.new_dek()], [CTX])
     aliased(moto.client(), alias).rotate()
-    (after,) = app.wrap_many([crypto.new_dek()], [CTX])
+    (after,) = app.wrap_many([primitives.new_dek()], [CTX])
     assert (before.key_version, after.key_version) == (1, 2)
     assert after.ciphertext.startswith("aws:v2:")
 
@@ -135,7 +135,7 @@ def test_an_unfinished_rotation_is_completed_not_repeated(moto: MotoServer) -> N
 def test_retire_disables_older_keys_and_never_deletes(moto: MotoServer) -> None:
     alias = new_alias(moto)
     kms = aliased(moto.client(), alias)
-    deks = [crypto.new_dek()]
+    deks = [primitives.new_dek()]
     (old,) = kms.wrap_many(deks, [CTX])
     kms.rotate()
     kms.rotate()
@@ -161,7 +161,7 @@ def test_retire_disables_older_keys_and_never_deletes(moto: MotoServer) -> None:
 def test_pending_deletion_and_deleted_versions(moto: MotoServer) -> None:
     alias = new_alias(moto)
     kms = aliased(moto.client(), alias)
-    (old,) = kms.wrap_many([crypto.new_dek()], [CTX])
+    (old,) = kms.wrap_many([primitives.new_dek()], [CTX])
     kms.rotate()
     admin = moto.client()
     v1 = admin.describe_key(KeyId=f"{alias}/v1")["KeyMetadata"]["KeyId"]
@@ -184,7 +184,7 @@ def stubbed(moto: MotoServer) -> tuple[Any, Stubber]:
 
 def test_disabled_and_invalid_state_answers_are_per_item(moto: MotoServer) -> None:
     alias = new_alias(moto)
-    deks = [crypto.new_dek() for _ in range(4)]
+    deks = [primitives.new_dek() for _ in range(4)]
     wrapped = aliased(moto.client(), alias).wrap_many(deks, [CTX] * 4)
     meta = moto.client().describe_key(KeyId=f"{alias}/v1")["KeyMetadata"]
     client, stubber = stubbed(moto)
@@ -230,7 +230,7 @@ def test_an_invalid_state_that_is_not_retirement_is_not_reported_as_retired(
     moto: MotoServer,
 ) -> None:
     alias = new_alias(moto)
-    (wrapped,) = aliased(moto.client(), alias).wrap_many([crypto.new_dek()], [CTX])
+    (wrapped,) = aliased(moto.client(), alias).wrap_many([primitives.new_dek()], [CTX])
     meta = moto.client().describe_key(KeyId=f"{alias}/v1")["KeyMetadata"]
     client, stubber = stubbed(moto)
     stubber.add_response(
@@ -261,9 +261,9 @@ def test_whole_call_failures_raise(moto: MotoServer) -> None:
     kms = aliased(client, alias)
     with stubber:
         with pytest.raises(KeyVersionRetiredError) as disabled:
-            kms.wrap_many([crypto.new_dek()], [CTX])
+            kms.wrap_many([primitives.new_dek()], [CTX])
         with pytest.raises(PermissionDeniedError) as denied:
-            kms.wrap_many([crypto.new_dek()], [CTX])
+            kms.wrap_many([primitives.new_dek()], [CTX])
     for caught in (disabled, denied):
         assert caught.value.__cause__ is None
         assert "AWS KMS Encrypt" in str(caught.value)
@@ -275,7 +275,7 @@ def test_whole_call_failures_raise(moto: MotoServer) -> None:
 def test_the_context_is_bound_at_kms(moto: MotoServer) -> None:
     alias = new_alias(moto)
     kms = aliased(moto.client(), alias)
-    dek = crypto.new_dek()
+    dek = primitives.new_dek()
     (wrapped,) = kms.wrap_many([dek], [CTX])
     raw = moto.client()
     answer = raw.decrypt(
@@ -319,7 +319,7 @@ def test_concurrency_is_bounded_and_keeps_order(moto: MotoServer) -> None:
     client.meta.events.register("after-call.kms.Encrypt", done)
     kms = aliased(client, alias, max_concurrency=6)
     contexts = [{**CTX, "record": str(i)} for i in range(120)]
-    deks = [crypto.new_dek() for _ in range(120)]
+    deks = [primitives.new_dek() for _ in range(120)]
     wrapped = kms.wrap_many(deks, contexts)
     assert 1 < active["max"] <= 6
     assert len(threads) > 1 and all(name.startswith("heimdall-aws") for name in threads)
@@ -377,7 +377,7 @@ def test_a_missing_alias_is_not_created(moto: MotoServer) -> None:
     with pytest.raises(KeyNotFoundError):
         kms.describe()
     with pytest.raises(KeyNotFoundError):
-        kms.wrap_many([crypto.new_dek()], [CTX])
+        kms.wrap_many([primitives.new_dek()], [CTX])
     with pytest.raises(ClientError):
         moto.client().describe_key(KeyId="alias/it-never-created")
 

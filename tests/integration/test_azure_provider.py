@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from azure.keyvault.keys.crypto import KeyWrapAlgorithm
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.config import Settings
 from heimdall_kms.envelope import KmsV1Envelope, parse
@@ -74,11 +74,11 @@ def test_disabled_version_fails_in_place_and_describe_follows_key_vault(
     server: FakeKeyVaultServer, key: str
 ) -> None:
     kms = provider(server, key)
-    old = [crypto.new_dek() for _ in range(3)]
+    old = [primitives.new_dek() for _ in range(3)]
     wrapped_old = kms.wrap_many(old, [{}] * 3)
     assert {w.ciphertext.split(":")[1] for w in wrapped_old} == {"v1"}
     kms.rotate()
-    (new,) = kms.wrap_many([dek := crypto.new_dek()], [{}])
+    (new,) = kms.wrap_many([dek := primitives.new_dek()], [{}])
     assert new.key_version == 2
     info = kms.retire(2)
     assert (info.latest_version, info.min_decryption_version) == (2, 2)
@@ -98,7 +98,7 @@ def test_disabled_version_fails_in_place_and_describe_follows_key_vault(
     latest = server.vault.versions(key)[-1][0]
     server.vault.set_enabled(key, latest, False)
     with pytest.raises(KeyVersionRetiredError, match="rotate first"):
-        kms.wrap_many([crypto.new_dek()], [{}])
+        kms.wrap_many([primitives.new_dek()], [{}])
     assert kms.describe().latest.created_at is None  # `rotate --if-due` treats it as due
     kms.close()
 
@@ -113,7 +113,7 @@ def test_ordinals_are_by_creation_time_across_pages(server: FakeKeyVaultServer, 
         assert [v.version for v in info.versions] == [1, 2, 3, 4]
         created = [v.created_at for v in info.versions]
         assert created == sorted(created)
-        (wrapped,) = kms.wrap_many([crypto.new_dek()], [{}])
+        (wrapped,) = kms.wrap_many([primitives.new_dek()], [{}])
         ids = [version for version, _ in server.vault.versions(key)]
         assert wrapped.ciphertext.startswith(f"azure:v4:{ids[-1]}:RSA-OAEP-256:")
         # Another process's provider numbers the versions the same way.
@@ -128,7 +128,7 @@ class TestWrappedVersionIsVerified:
     ) -> None:
         """The version id unwraps; an edited ``azure:v<n>`` in front of it is refused."""
         kms = provider(server, key)
-        (v1,) = kms.wrap_many([dek := crypto.new_dek()], [{}])
+        (v1,) = kms.wrap_many([dek := primitives.new_dek()], [{}])
         kms.rotate()
         forged = "azure:v2:" + v1.ciphertext.split(":", 2)[2]
         assert kms.unwrap_many([v1.ciphertext], [{}]) == [dek]
@@ -143,7 +143,7 @@ def test_challenge_flow_and_token_reuse() -> None:
         fresh.vault.add_principal(*ADMIN, CRYPTO_OFFICER)
         fresh.vault.create_key("k")
         kms = provider(fresh, "k")
-        deks = [crypto.new_dek() for _ in range(4)]
+        deks = [primitives.new_dek() for _ in range(4)]
         wrapped = kms.wrap_many(deks, [{}] * 4)
         assert kms.unwrap_many([w.ciphertext for w in wrapped], [{}] * 4) == deks
         first, second = fresh.vault.requests[:2]
@@ -164,7 +164,7 @@ def test_challenge_flow_and_token_reuse() -> None:
 
 def test_order_kept_under_concurrency(server: FakeKeyVaultServer, key: str) -> None:
     kms = provider(server, key, max_concurrency=6)
-    deks = [crypto.new_dek() for _ in range(48)]
+    deks = [primitives.new_dek() for _ in range(48)]
     wrapped = [w.ciphertext for w in kms.wrap_many(deks, [{}] * 48)]
     damaged = wrapped[17][:-8] + ("A" * 8 if not wrapped[17].endswith("A" * 8) else "B" * 8)
     server.vault.latency = (0.0, 0.03)
@@ -187,7 +187,7 @@ def test_order_kept_under_concurrency(server: FakeKeyVaultServer, key: str) -> N
 def test_whole_call_failures_stop_the_batch(server: FakeKeyVaultServer, key: str) -> None:
     kms = provider(server, key, retry_total=0)
     wrapped = [
-        w.ciphertext for w in kms.wrap_many([crypto.new_dek() for _ in range(30)], [{}] * 30)
+        w.ciphertext for w in kms.wrap_many([primitives.new_dek() for _ in range(30)], [{}] * 30)
     ]
     server.vault.inject(key, 429)
     before = len(server.vault.requests)
@@ -212,7 +212,7 @@ def test_whole_call_failures_stop_the_batch(server: FakeKeyVaultServer, key: str
 def test_managed_hsm_aes_key_wraps_in_the_hsm(server: FakeKeyVaultServer) -> None:
     server.vault.create_key("hsm-aes", kty="oct-HSM", size=256)
     kms = provider(server, "hsm-aes")
-    deks = [crypto.new_dek() for _ in range(5)]
+    deks = [primitives.new_dek() for _ in range(5)]
     wrapped = kms.wrap_many(deks, [{}] * 5)
     assert all(":A256KW:" in w.ciphertext for w in wrapped)
     assert kms.unwrap_many([w.ciphertext for w in wrapped], [{}] * 5) == deks
@@ -226,14 +226,14 @@ def test_worker_with_unwrap_only_can_read_but_not_write(
     server: FakeKeyVaultServer, key: str
 ) -> None:
     app = provider(server, key)
-    deks = [crypto.new_dek() for _ in range(3)]
+    deks = [primitives.new_dek() for _ in range(3)]
     wrapped = [w.ciphertext for w in app.wrap_many(deks, [{}] * 3)]
     server.vault.add_principal(*WORKER, UNWRAP_ONLY)
     worker = AzureKeyVaultProvider(key_client(server, WORKER), key)
     # The SDK's first look at the key version is refused (no keys/read); it unwraps remotely.
     assert worker.unwrap_many(wrapped, [{}] * 3) == deks
     with pytest.raises(PermissionDeniedError):
-        worker.wrap_many([crypto.new_dek()], [{}])
+        worker.wrap_many([primitives.new_dek()], [{}])
     with pytest.raises(PermissionDeniedError):
         worker.rotate()
     app.close()
@@ -246,7 +246,7 @@ def test_sdk_cryptography_client_would_lose_aes_wrapped_keys(server: FakeKeyVaul
     wraps with it, so the result never unwraps. If this test fails, the SDK changed."""
     version = server.vault.create_key("hsm-hazard", kty="oct-HSM", size=256)
     client = key_client(server)
-    dek = crypto.new_dek()
+    dek = primitives.new_dek()
     local = client.get_cryptography_client("hsm-hazard", key_version=version)
     blob = local.wrap_key(KeyWrapAlgorithm.aes_256, bytes(dek)).encrypted_key
     assert not [r for r in server.vault.requests if "hsm-hazard" in r.path and "wrapkey" in r.path]
@@ -305,7 +305,7 @@ def test_from_settings_with_env(
         Settings.from_env({**env, "HMD_AZURE_VERIFY_CHALLENGE_RESOURCE": "true"})
     )
     with pytest.raises(ConfigurationError, match=r"^HMD_AZURE_VERIFY_CHALLENGE_RESOURCE: "):
-        strict.wrap_many([crypto.new_dek()], [{}])
+        strict.wrap_many([primitives.new_dek()], [{}])
     strict.close()
     with pytest.raises(ConfigurationError, match=r"^HMD_AZURE_MAX_CONCURRENCY"):
         Settings.from_env({**env, "HMD_AZURE_MAX_CONCURRENCY": "0"})

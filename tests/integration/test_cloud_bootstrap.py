@@ -21,7 +21,7 @@ from azure.keyvault.keys import KeyRotationPolicyAction
 from google.api_core import exceptions as api_exceptions
 from google.cloud import kms_v1
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.errors import PermissionDeniedError
 from heimdall_kms.providers.azure import AzureKeyVaultProvider
 from tests.contract.backends.azure import ADMIN, key_client
@@ -317,7 +317,7 @@ class TestAzureDesign:
                 client = key_client(azure.server, principal)
                 providers[role] = AzureKeyVaultProvider(client, azure.key)
             app, admin = providers["app"], providers["admin"]
-            (wrapped,) = app.wrap_many([dek := crypto.new_dek()], [{}])
+            (wrapped,) = app.wrap_many([dek := primitives.new_dek()], [{}])
             assert app.unwrap_many([wrapped.ciphertext], [{}]) == [dek]
             assert providers["worker"].unwrap_many([wrapped.ciphertext], [{}]) == [dek]
             with pytest.raises(PermissionDeniedError):

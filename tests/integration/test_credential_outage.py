@@ -20,7 +20,7 @@ import pytest
 from azure.identity import ManagedIdentityCredential
 from azure.keyvault.keys import KeyClient
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.config import AWSSettings
 from heimdall_kms.errors import AuthenticationError, KMSUnavailableError
 from heimdall_kms.providers.aws import build_client, caller
@@ -34,7 +34,7 @@ import json, sys
 from google.api_core.client_options import ClientOptions
 from google.auth import compute_engine
 from google.cloud import kms_v1
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.errors import HeimdallKMSError
 from heimdall_kms.providers.gcp import GCPKMSProvider
 
@@ -45,7 +45,7 @@ client = kms_v1.KeyManagementServiceClient(
 )
 kms = GCPKMSProvider(client, "projects/p/locations/l/keyRings/r/cryptoKeys/k", timeout=5)
 try:
-    kms.wrap_many([crypto.new_dek()], [{}])
+    kms.wrap_many([primitives.new_dek()], [{}])
 except HeimdallKMSError as exc:
     print(json.dumps({"type": type(exc).__name__, "retryable": exc.retryable}))
 """
@@ -93,7 +93,7 @@ class TestAzureManagedIdentity:
         )
         kms = AzureKeyVaultProvider(client, "pii", credential=credential)
         with pytest.raises(KMSUnavailableError) as caught:
-            kms.wrap_many([crypto.new_dek()], [{}])
+            kms.wrap_many([primitives.new_dek()], [{}])
         assert not isinstance(caught.value, AuthenticationError)
         assert caught.value.retryable
         kms.close()

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.errors import InvalidInputError
 from heimdall_kms.providers.gcp import GCPKMSProvider
 from tests.contract.backends.gcp import LOCATION, create_key, rest_client
@@ -45,13 +45,13 @@ class TestHSMInputLimit:
         self, server: FakeKMSServer, kms: GCPKMSProvider
     ) -> None:
         before = server.kms.calls["encrypt"]
-        dek = crypto.new_dek()
+        dek = primitives.new_dek()
         with pytest.raises(InvalidInputError, match=r"8192 bytes of plaintext and AAD"):
             kms.wrap_many([dek], [context_of(9)])
         assert server.kms.calls["encrypt"] == before
 
     def test_a_context_under_8_kib_wraps_and_unwraps(self, kms: GCPKMSProvider) -> None:
         context = context_of(7)
-        dek = crypto.new_dek()
+        dek = primitives.new_dek()
         (wrapped,) = kms.wrap_many([dek], [context])
         assert kms.unwrap_many([wrapped.ciphertext], [context]) == [dek]

@@ -20,7 +20,7 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud import kms_v1
 
 import heimdall_kms
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.config import GCPSettings, Settings
 from heimdall_kms.envelope import KmsV1Envelope, parse
@@ -91,7 +91,7 @@ def provider(server: FakeKMSServer, key: str, **options: object) -> GCPKMSProvid
 
 
 def wrap(kms: GCPKMSProvider, count: int) -> tuple[list[bytearray], list[WrappedKey]]:
-    deks = [crypto.new_dek() for _ in range(count)]
+    deks = [primitives.new_dek() for _ in range(count)]
     return deks, kms.wrap_many(deks, [{**CTX, "record": str(i)} for i in range(count)])
 
 
@@ -256,7 +256,7 @@ def test_order_is_kept_under_concurrency_with_failures_in_place(
     server.kms.latency = 0.004
     server.kms.max_in_flight = 0
     try:
-        deks = [crypto.new_dek() for _ in range(count)]
+        deks = [primitives.new_dek() for _ in range(count)]
         wrapped = kms.wrap_many(deks, contexts)
         texts = [w.ciphertext for w in wrapped]
         bad = {7: "gcp:v1:AAAA", 50: "not-a-gcp-ciphertext", 99: texts[98]}
@@ -528,14 +528,14 @@ def test_service_accounts_and_roles_through_adc(
         (dek,) = worker.unwrap_many([envelope.encrypted_dek], [envelope.context])
         assert isinstance(dek, bytearray)
         with pytest.raises(PermissionDeniedError):
-            worker.wrap_many([crypto.new_dek()], [{}])  # a worker only decrypts
+            worker.wrap_many([primitives.new_dek()], [{}])  # a worker only decrypts
         with pytest.raises(PermissionDeniedError):
             app.rotate()  # rotation is an admin's job
         with pytest.raises(PermissionDeniedError):
             app.describe()  # the data path needs no key metadata, so the app role has none
         assert admin.rotate().latest_version == 2
         with pytest.raises(PermissionDeniedError):
-            admin.wrap_many([crypto.new_dek()], [{}])  # Cloud KMS Admin cannot use keys
+            admin.wrap_many([primitives.new_dek()], [{}])  # Cloud KMS Admin cannot use keys
         # The re-encryption job reads the versions and re-wraps (decrypt + encrypt).
         job = as_account("job")
         assert job.describe().latest_version == 2
@@ -543,7 +543,7 @@ def test_service_accounts_and_roles_through_adc(
         assert isinstance(fresh, WrappedKey) and fresh.key_version == 2
         assert admin.retire(2).min_decryption_version == 2
         with pytest.raises(AuthenticationError):
-            as_account("intruder").wrap_many([crypto.new_dek()], [{}])
+            as_account("intruder").wrap_many([primitives.new_dek()], [{}])
         with pytest.raises(AuthenticationError):
             GCPKMSProvider(rest_client(fake.url), key, retry=False).describe()  # anonymous
     finally:

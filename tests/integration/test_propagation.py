@@ -21,7 +21,7 @@ from azure.keyvault.keys.crypto import KeyWrapAlgorithm
 from google.api_core import exceptions as api_exceptions
 from google.cloud import kms_v1
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.config import Settings
 from heimdall_kms.envelope import KmsV1Envelope, parse
@@ -161,7 +161,7 @@ class TestCommandsWaitForTheEffect:
         env = env_for(server, key, tmp_path)
         db, target = seeded(env, tmp_path)
         kms = GCPKMSProvider(rest_client(server.url), key)
-        old_dek = crypto.new_dek()
+        old_dek = primitives.new_dek()
         (old,) = kms.wrap_many([old_dek], [{}])
         server.kms.propagation_delay = DELAY
 
@@ -185,7 +185,7 @@ class TestCommandsWaitForTheEffect:
         # Right after retire reports success, an old DEK is refused.
         (outcome,) = kms.unwrap_many([old.ciphertext], [{}])
         assert isinstance(outcome, KeyVersionRetiredError)
-        crypto.wipe(old_dek)
+        primitives.wipe(old_dek)
         kms.close()
 
     def test_past_the_bound_rotate_fails_saying_it_happened(
@@ -278,7 +278,7 @@ class TestAzureRotateRetireWait:
         name = f"p-{secrets.token_hex(4)}"
         vault.vault.create_key(name)
         kms = AzureKeyVaultProvider(key_client(vault), name)
-        old_dek = crypto.new_dek()
+        old_dek = primitives.new_dek()
         (old,) = kms.wrap_many([old_dek], [{}])
         vault.vault.propagation_delay = DELAY
         lines: list[str] = []
@@ -292,7 +292,7 @@ class TestAzureRotateRetireWait:
             assert result.new_version == 2
             assert any("waiting for v2 to become primary" in line for line in lines)
             assert time.monotonic() - started >= DELAY - 0.5
-            (fresh,) = kms.wrap_many([crypto.new_dek()], [{}])
+            (fresh,) = kms.wrap_many([primitives.new_dek()], [{}])
             assert fresh.key_version == 2
             retired = retire(
                 kms, [], sink, below_version=2, actor="t", force=True, propagation=wait
@@ -305,7 +305,7 @@ class TestAzureRotateRetireWait:
             assert sink.events[-1].details["effect"] == "confirmed"
         finally:
             vault.vault.propagation_delay = 0.0
-            crypto.wipe(old_dek)
+            primitives.wipe(old_dek)
             kms.close()
 
 

@@ -9,7 +9,7 @@ import hvac
 import pytest
 from google.cloud import kms_v1
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.errors import PermissionDeniedError
 from heimdall_kms.providers.gcp import GCPKMSProvider
 from heimdall_kms.providers.vault import _CONCURRENT_BATCHES, VaultTransitProvider
@@ -36,7 +36,7 @@ class TestVaultFanOut:
             "client_token"
         ]
         writer = VaultTransitProvider(openbao.client(), TRANSIT_KEY, batch_size=2)
-        wrapped = [w.ciphertext for w in writer.wrap_many([crypto.new_dek()] * 24, [CTX] * 24)]
+        wrapped = [w.ciphertext for w in writer.wrap_many([primitives.new_dek()] * 24, [CTX] * 24)]
         session = CountingSession()
         client = hvac.Client(url=openbao.addr, token=token, session=session)
         reader = VaultTransitProvider(client, TRANSIT_KEY, batch_size=2)
@@ -76,7 +76,7 @@ class TestGCPFanOut:
     ) -> None:
         kms = GCPKMSProvider(rest_client(gcp_server.url), gcp_key, max_concurrency=3)
         contexts = [{**CTX, "record": str(i)} for i in range(12)]
-        deks = [crypto.new_dek() for _ in contexts]
+        deks = [primitives.new_dek() for _ in contexts]
 
         wrapped = kms.wrap_many(deks, contexts)
         first = _gcp_threads()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.config import Settings
 from heimdall_kms.errors import HeimdallKMSError, KMSUnavailableError
 from heimdall_kms.providers import KeyManagementService
@@ -135,7 +135,7 @@ class TestTimeouts:
         def attempt() -> None:
             try:
                 kms = _build(Settings.from_env(variables))
-                kms.wrap_many([crypto.new_dek()], [{}])
+                kms.wrap_many([primitives.new_dek()], [{}])
             except HeimdallKMSError as exc:
                 outcome.append(exc)
             else:

@@ -9,7 +9,7 @@ from pathlib import Path
 import hvac
 import pytest
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.config import Settings
 from heimdall_kms.errors import AuthenticationError, KMSUnavailableError
@@ -58,7 +58,7 @@ def test_sealed_vault_retries_then_the_breaker_opens_then_a_probe_closes_it(
 ) -> None:
     clock = Clock()
     provider, session = resilient(fresh_openbao, clock)
-    dek = crypto.new_dek()
+    dek = primitives.new_dek()
     provider.wrap_many([dek], [{}])
     fresh_openbao.client().sys.seal()
     session.statuses.clear()
@@ -216,6 +216,6 @@ def test_a_rate_limited_job_slows_its_own_budget(fresh_openbao: OpenBao) -> None
     )
     for _ in range(6):
         with contextlib.suppress(RateLimitedError):
-            kms.wrap_many([crypto.new_dek()], [{}])
+            kms.wrap_many([primitives.new_dek()], [{}])
     assert kms.throttled >= 1
     assert bucket.rate < 50  # the 429s it met were turned into a slower budget

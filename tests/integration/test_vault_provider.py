@@ -12,7 +12,7 @@ import pytest
 import requests
 
 import heimdall_kms
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.config import Settings
 from heimdall_kms.envelope import KmsV1Envelope, parse
@@ -202,7 +202,7 @@ def test_sealed_vault_is_unavailable(fresh_openbao: OpenBao) -> None:
 
 def test_rotate_rewrap_retire_on_vault(fresh_openbao: OpenBao) -> None:
     provider = VaultTransitProvider.from_settings(Settings.from_env(fresh_openbao.env()))
-    dek = crypto.new_dek()
+    dek = primitives.new_dek()
     (old,) = provider.wrap_many([dek], [CTX])
     assert old.key_version == 1
     info = provider.rotate()
@@ -371,7 +371,7 @@ class TestOneHTTPPath:
         )
         provider = VaultTransitProvider(client, TRANSIT_KEY, batch_size=2)
         assert isinstance(provider._client.adapter, VaultAdapter)
-        dek = crypto.new_dek()
+        dek = primitives.new_dek()
         wrapped = provider.wrap_many([dek] * 3, [CTX] * 3)  # key check (hvac) + 2 batches
         assert provider.unwrap_many([w.ciphertext for w in wrapped], [CTX] * 3) == [dek] * 3
         provider.hmac_many([b"x"], HashKey(f"{TRANSIT_KEY}-hmac", 1))

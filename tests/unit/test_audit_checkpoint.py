@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.audit import FileAuditSink
 from heimdall_kms.audit.anchored import AnchoredVerdict, verify_anchored
 from heimdall_kms.audit.checkpoint import (
@@ -32,10 +32,10 @@ def signer(tmp_path: Path) -> LocalSigner:
 class TestEd25519:
     def test_a_signature_verifies_only_for_its_message_and_key(self) -> None:
         seed, other = bytes(range(32)), bytes(32)
-        signature = crypto.sign_ed25519(seed, b"head")
-        assert crypto.verify_ed25519(seed, b"head", signature)
-        assert not crypto.verify_ed25519(seed, b"heae", signature)
-        assert not crypto.verify_ed25519(other, b"head", signature)
+        signature = primitives.sign_ed25519(seed, b"head")
+        assert primitives.verify_ed25519(seed, b"head", signature)
+        assert not primitives.verify_ed25519(seed, b"heae", signature)
+        assert not primitives.verify_ed25519(other, b"head", signature)
 
 
 class TestCheckpoint:

@@ -4,43 +4,43 @@ from __future__ import annotations
 
 import pytest
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.errors import IntegrityError
 
 
 def test_new_deks_are_distinct_full_length_keys() -> None:
-    deks = crypto.new_deks(1500)  # more than one readv (1024 buffers at most)
+    deks = primitives.new_deks(1500)  # more than one readv (1024 buffers at most)
     assert len(deks) == 1500
-    assert all(isinstance(d, bytearray) and len(d) == crypto.DEK_BYTES for d in deks)
+    assert all(isinstance(d, bytearray) and len(d) == primitives.DEK_BYTES for d in deks)
     assert len({bytes(d) for d in deks}) == 1500
 
 
 def test_new_deks_fall_back_to_urandom_on_a_short_read(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(crypto.os, "readv", lambda fd, buffers: 7)
-    deks = crypto.new_deks(3)
+    monkeypatch.setattr(primitives.os, "readv", lambda fd, buffers: 7)
+    deks = primitives.new_deks(3)
     assert len({bytes(d) for d in deks}) == 3
-    assert not any(d == bytearray(crypto.DEK_BYTES) for d in deks)
+    assert not any(d == bytearray(primitives.DEK_BYTES) for d in deks)
 
 
 def test_seal_each_seals_every_value_under_its_own_key_and_a_fresh_nonce() -> None:
-    keys = crypto.new_deks(50)
+    keys = primitives.new_deks(50)
     plaintexts = [f"value-{i}".encode() for i in range(50)]
     aads = [f"ctx-{i}".encode() for i in range(50)]
-    sealed = crypto.seal_each(keys, plaintexts, aads)
+    sealed = primitives.seal_each(keys, plaintexts, aads)
     assert len({nonce for _, nonce in sealed}) == 50
     for key, plaintext, aad, (ciphertext, nonce) in zip(
         keys, plaintexts, aads, sealed, strict=True
     ):
-        assert len(nonce) == crypto.NONCE_BYTES
-        assert crypto.open_(key, nonce, ciphertext, aad) == plaintext
+        assert len(nonce) == primitives.NONCE_BYTES
+        assert primitives.open_(key, nonce, ciphertext, aad) == plaintext
     with pytest.raises(IntegrityError):
-        crypto.open_(keys[1], sealed[0][1], sealed[0][0], aads[0])  # another value's key
+        primitives.open_(keys[1], sealed[0][1], sealed[0][0], aads[0])  # another value's key
     with pytest.raises(IntegrityError):
-        crypto.open_(keys[0], sealed[0][1], sealed[0][0], aads[1])  # another value's AAD
+        primitives.open_(keys[0], sealed[0][1], sealed[0][0], aads[1])  # another value's AAD
 
 
 def test_seal_each_refuses_mismatched_inputs_and_short_keys() -> None:
     with pytest.raises(ValueError, match="one key, plaintext and AAD"):
-        crypto.seal_each(crypto.new_deks(2), [b"a"], [b"", b""])
+        primitives.seal_each(primitives.new_deks(2), [b"a"], [b"", b""])
     with pytest.raises(ValueError, match="32 bytes"):
-        crypto.seal_each([bytearray(16)], [b"a"], [b""])
+        primitives.seal_each([bytearray(16)], [b"a"], [b""])

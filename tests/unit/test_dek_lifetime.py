@@ -3,7 +3,7 @@
 The provider here is a test double for the batching logic only (real servers are tested
 elsewhere): it keeps the very ``bytearray`` objects it is asked to wrap, "wraps" them by XOR
 with a fixed key so that ``decrypt_many`` can reverse it, and checks, during each call, how
-many DEKs are alive. ``crypto.new_deks`` is spied on as well, so DEKs that were made but never
+many DEKs are alive. ``primitives.new_deks`` is spied on as well, so DEKs that were made but never
 sent to the KMS (a failure half-way) are checked too.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.audit import MemoryAuditSink, Result
 from heimdall_kms.config import ProviderName, Settings
 from heimdall_kms.envelope import KmsV1Envelope
@@ -31,7 +31,7 @@ MAX_ALIVE = (IN_FLIGHT + 1) * SIZE  # the batches in flight plus the one being s
 VALUES = 95  # nine full batches and a short one
 WAIT = 5.0  # seconds: only reached when something is broken
 
-_XOR_KEY = bytes(range(1, crypto.DEK_BYTES + 1))
+_XOR_KEY = bytes(range(1, primitives.DEK_BYTES + 1))
 _PREFIX = "fake:v7:"
 
 
@@ -43,7 +43,7 @@ class RecordingProvider:
     """Wraps by XOR with a fixed key; records every DEK object and watches how many live."""
 
     def __init__(self, created: list[bytearray], *, fail_on_call: int | None = None) -> None:
-        self.created = created  # every DEK crypto.new_deks made, in order
+        self.created = created  # every DEK primitives.new_deks made, in order
         self.fail_on_call = fail_on_call
         self.lock = threading.Lock()
         self.batches: list[list[bytearray]] = []  # the lists passed to wrap_many, in call order
@@ -133,16 +133,16 @@ def wait_for(condition: Callable[[], bool], timeout: float = WAIT) -> None:
 
 @pytest.fixture
 def created(monkeypatch: pytest.MonkeyPatch) -> list[bytearray]:
-    """Every DEK made by ``crypto.new_deks`` during the test (the objects themselves)."""
+    """Every DEK made by ``primitives.new_deks`` during the test (the objects themselves)."""
     made: list[bytearray] = []
-    real = crypto.new_deks
+    real = primitives.new_deks
 
     def spy(count: int) -> list[bytearray]:
         deks = real(count)
         made.extend(deks)
         return deks
 
-    monkeypatch.setattr(crypto, "new_deks", spy)
+    monkeypatch.setattr(primitives, "new_deks", spy)
     return made
 
 

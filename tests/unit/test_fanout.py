@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.overlap import fan_out
 
 WAIT = 5.0  # seconds: only ever reached when something is broken
@@ -115,14 +115,14 @@ class TestFanOut:
             return dek
 
         with pytest.raises(InjectedError):
-            fan_out(call, list(range(50)), limit, discard=crypto.wipe_if_dek)
+            fan_out(call, list(range(50)), limit, discard=primitives.wipe_if_dek)
 
         assert len(produced) >= 5
         assert all(dek == bytearray(32) for dek in produced)
 
     def test_results_are_not_wiped_when_every_call_succeeds(self) -> None:
         results = fan_out(
-            lambda i: bytearray([i + 1] * 4), list(range(10)), 4, discard=crypto.wipe_if_dek
+            lambda i: bytearray([i + 1] * 4), list(range(10)), 4, discard=primitives.wipe_if_dek
         )
 
         assert results == [bytearray([i + 1] * 4) for i in range(10)]

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import pytest
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.admin import load_tokens
 from heimdall_kms.audit import AuditEvent, EventType, FileAuditSink, Result
 from heimdall_kms.cli import main
@@ -144,13 +144,13 @@ class TestDekSource:
             return real_open(path, flags, *args)  # type: ignore[arg-type]
 
         monkeypatch.setattr(os, "open", planted_open)
-        deks = crypto.new_deks(64)
-        assert len(deks) == 64 and all(len(dek) == crypto.DEK_BYTES for dek in deks)
+        deks = primitives.new_deks(64)
+        assert len(deks) == 64 and all(len(dek) == primitives.DEK_BYTES for dek in deks)
         assert all(any(dek) for dek in deks)
         assert len({bytes(dek) for dek in deks}) == 64
 
     def test_the_real_device_is_accepted(self) -> None:
-        fd = crypto._open_urandom()
+        fd = primitives._open_urandom()
         assert fd is not None or not hasattr(os, "readv")
         if fd is not None:
             os.close(fd)

@@ -1,4 +1,4 @@
-"""Importing the package loads no provider SDK (nor OpenTelemetry), and only crypto.py imports
+"""Importing the package loads no provider SDK (nor OpenTelemetry), and only primitives.py imports
 `cryptography`."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def test_import_loads_no_provider_sdk() -> None:
     assert out.stdout.strip() == ""
 
 
-def test_only_crypto_module_imports_cryptography() -> None:
+def test_only_the_primitives_module_imports_cryptography() -> None:
     offenders = []
     for path in SRC.rglob("*.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -35,7 +35,7 @@ def test_only_crypto_module_imports_cryptography() -> None:
                 names = [node.module]
             if any(n == "cryptography" or n.startswith("cryptography.") for n in names):
                 offenders.append(path.name)
-    assert sorted(set(offenders)) == ["crypto.py"]
+    assert sorted(set(offenders)) == ["primitives.py"]
 
 
 def test_sqlalchemy_integration_without_the_extra_names_the_extra() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.cli.progress import ProgressView
 from heimdall_kms.errors import InvalidInputError, StoreError
 from heimdall_kms.jobs.classify import ValueKind, classify
@@ -61,7 +61,7 @@ def test_metered_provider_counts_and_paces(tmp_path: Path) -> None:
     metered = MeteredProvider(
         LocalDevProvider(keyring, "k"), TokenBucket(2, clock=clock, sleep=clock.sleep)
     )
-    deks = [crypto.new_dek() for _ in range(100)]
+    deks = [primitives.new_dek() for _ in range(100)]
     for _ in range(4):
         wrapped = metered.wrap_many(deks, [{}] * 100)
     metered.unwrap_many([w.ciphertext for w in wrapped], [{}] * 100)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.config import ProviderName, Settings
 from heimdall_kms.errors import (
     ConfigurationError,
@@ -53,7 +53,7 @@ def provider(keyring_path: Path) -> LocalDevProvider:
 
 
 def wrap(provider: LocalDevProvider, count: int = 1) -> tuple[list[bytearray], list[WrappedKey]]:
-    deks = [crypto.new_dek() for _ in range(count)]
+    deks = [primitives.new_dek() for _ in range(count)]
     originals = [bytearray(dek) for dek in deks]
     wrapped = provider.wrap_many(deks, [CTX] * count)
     return originals, wrapped
@@ -222,7 +222,7 @@ def test_wrap_unwrap_round_trip(provider: LocalDevProvider) -> None:
 
 
 def test_wrapping_twice_gives_different_wrapped_keys(provider: LocalDevProvider) -> None:
-    dek = crypto.new_dek()
+    dek = primitives.new_dek()
     first, second = provider.wrap_many([dek, dek], [CTX, CTX])
     assert first.ciphertext != second.ciphertext
 

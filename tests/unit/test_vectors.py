@@ -1,7 +1,7 @@
 """Runs the envelope test vectors in tests/vectors/ (provenance in tests/vectors/README.md).
 
 kms_v1 vectors are checked three ways: at the format level (``envelope.parse`` then
-``crypto.open_`` with the vector's DEK), through the real ``Crypto`` facade backed by the real
+``primitives.open_`` with the vector's DEK), through the real ``Crypto`` facade backed by the real
 ``LocalDevProvider`` (its keyring holds the generator's fixed test master keys, so each
 vector's ``encrypted_dek`` unwraps to ``dek_hex``; no test double), and, for good vectors,
 with pycryptodome as an independent AES-GCM implementation. Legacy vectors, which pycryptodome
@@ -26,7 +26,7 @@ import pytest
 from Crypto.Cipher import AES
 from jsonschema import Draft202012Validator
 
-from heimdall_kms import crypto, errors
+from heimdall_kms import errors, primitives
 from heimdall_kms.audit import EventType, MemoryAuditSink, Result
 from heimdall_kms.config import EncryptionMode, ProviderName, Secret, Settings
 from heimdall_kms.envelope import KmsV1Envelope, LegacyEnvelope, parse
@@ -159,7 +159,7 @@ def _open_kms_v1(vector: Vector) -> str:
         if envelope.context.get(key) != value:
             raise errors.IntegrityError("stated context differs")
     dek = bytes.fromhex(vector["dek_hex"])
-    plaintext = crypto.open_(dek, envelope.nonce, envelope.ciphertext, envelope.aad())
+    plaintext = primitives.open_(dek, envelope.nonce, envelope.ciphertext, envelope.aad())
     try:
         return plaintext.decode("utf-8")
     except UnicodeDecodeError:

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.audit.checkpoint import Signer
 from heimdall_kms.config import ProviderName, Settings
 from heimdall_kms.errors import (
@@ -55,9 +55,9 @@ class LocalSigner:
         version = max(int(v) for v in versions)
         seed = bytearray.fromhex(versions[str(version)]["key"])
         try:
-            signature = crypto.sign_ed25519(seed, message)
+            signature = primitives.sign_ed25519(seed, message)
         finally:
-            crypto.wipe(seed)
+            primitives.wipe(seed)
         return f"local:v{version}:{base64.b64encode(signature).decode()}"
 
     def verify_many(self, items: Sequence[tuple[bytes, str]]) -> list[bool]:
@@ -77,9 +77,9 @@ class LocalSigner:
             return False
         seed = bytearray.fromhex(version["key"])
         try:
-            return crypto.verify_ed25519(seed, message, raw)
+            return primitives.verify_ed25519(seed, message, raw)
         finally:
-            crypto.wipe(seed)
+            primitives.wipe(seed)
 
 
 class VaultSigner:

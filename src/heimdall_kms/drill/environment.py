@@ -22,8 +22,8 @@ from heimdall_kms.audit.anchoring import log_id
 from heimdall_kms.audit.signers import signer_from_settings
 from heimdall_kms.audit.verify import verify
 from heimdall_kms.config import EncryptionMode, ProviderName, Secret, Settings
-from heimdall_kms.crypto import new_dek
 from heimdall_kms.errors import ConfigurationError, IncompleteError, InvalidInputError
+from heimdall_kms.primitives import new_dek
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.providers.local import LocalDevProvider, LocalKeyring
 from heimdall_kms.service import Crypto

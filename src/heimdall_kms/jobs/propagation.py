@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.config import ProviderName
 from heimdall_kms.errors import KeyVersionRetiredError, NotInEffectError
 from heimdall_kms.providers.base import (
@@ -155,11 +155,11 @@ def retire_canaries(
         return Effect.UNCONFIRMED, []
     canaries = []
     for version in sorted(v.version for v in info.versions if v.version < below_version):
-        dek = crypto.new_dek()
+        dek = primitives.new_dek()
         try:
             (wrapped,) = pinned.wrap_at_version([dek], [_CANARY_CONTEXT], version)
         finally:
-            crypto.wipe(dek)
+            primitives.wipe(dek)
         canaries.append(Canary(version, wrapped.ciphertext))
     return (Effect.CONFIRMED if canaries else Effect.UNCONFIRMED), canaries
 
@@ -183,7 +183,7 @@ def confirm_refused(
         still = []
         for canary, outcome in zip(pending, outcomes, strict=True):
             if isinstance(outcome, bytearray):
-                crypto.wipe(outcome)
+                primitives.wipe(outcome)
                 still.append(canary)
             elif not isinstance(outcome, KeyVersionRetiredError):
                 raise outcome
@@ -203,11 +203,11 @@ def confirm_refused(
 
 
 def _canary_wrap(kms: KeyManagementService) -> int:
-    dek = crypto.new_dek()
+    dek = primitives.new_dek()
     try:
         (wrapped,) = kms.wrap_many([dek], [_CANARY_CONTEXT])
     finally:
-        crypto.wipe(dek)
+        primitives.wipe(dek)
     return wrapped.key_version
 
 

@@ -46,7 +46,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.config import AWSKeyVersioning, AWSSettings, ProviderName, Settings
 from heimdall_kms.errors import (
     AuthenticationError,
@@ -284,8 +284,8 @@ class AWSKMSProvider:
             except _PER_ITEM as exc:
                 return exc
             dek = bytearray(answer.pop("Plaintext"))
-            if len(dek) != crypto.DEK_BYTES:
-                crypto.wipe(dek)
+            if len(dek) != primitives.DEK_BYTES:
+                primitives.wipe(dek)
                 return IntegrityError("unwrapped data key has the wrong length")
             return dek
 
@@ -520,7 +520,7 @@ class AWSKMSProvider:
             call,
             items,
             self._max_concurrency,
-            discard=crypto.wipe_if_dek,
+            discard=primitives.wipe_if_dek,
             thread_name_prefix="heimdall-aws",
         )
 

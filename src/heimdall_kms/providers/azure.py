@@ -14,7 +14,7 @@ and "wraps" with that, which would lose every DEK. Key Vault has no batch call a
 associated data on wrap: calls run on a bounded thread pool, results in input order, and the
 field/record context is bound in the value's AES-GCM AAD only. There is no server-side rewrap
 either: a rewrap unwraps at the old version and wraps at the latest, in this process, and wipes
-the DEK afterwards (best effort, see ``crypto.wipe``).
+the DEK afterwards (best effort, see ``primitives.wipe``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from azure.keyvault.keys import KeyClient, KeyProperties, KeyVaultKey
 from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
 from requests.adapters import HTTPAdapter
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.config import AzureSettings, ProviderName, Settings
 from heimdall_kms.errors import (
     AuthenticationError,
@@ -229,7 +229,7 @@ class AzureKeyVaultProvider:
             try:
                 return self._wrap(target, dek)
             finally:
-                crypto.wipe(dek)
+                primitives.wipe(dek)
 
         return self._map("rewrap", list(wrapped), rewrap, _PER_ITEM)
 
@@ -378,7 +378,7 @@ class AzureKeyVaultProvider:
         else:
             client = self._unwrapper(version)
             plain = client.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, wrapped).key
-        if len(plain) != crypto.DEK_BYTES:
+        if len(plain) != primitives.DEK_BYTES:
             return IntegrityError("unwrapped data key has the wrong length")
         return bytearray(plain)
 
@@ -443,7 +443,7 @@ class AzureKeyVaultProvider:
             task,
             items,
             self._workers,
-            discard=crypto.wipe_if_dek,
+            discard=primitives.wipe_if_dek,
             thread_name_prefix="heimdall-azure",
         )
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.errors import HeimdallKMSError, IntegrityError
 from heimdall_kms.kinds import ProviderName
 
@@ -244,15 +244,15 @@ def round_trip(kms: KeyManagementService) -> None:
     Raises:
         HeimdallKMSError: either call failed, or the DEK did not come back intact.
     """
-    dek = crypto.new_dek()
+    dek = primitives.new_dek()
     try:
         (wrapped,) = kms.wrap_many([dek], [{}])
         (result,) = kms.unwrap_many([wrapped.ciphertext], [{}])
         if isinstance(result, HeimdallKMSError):
             raise result
         same = result == dek
-        crypto.wipe(result)
+        primitives.wipe(result)
         if not same:
             raise IntegrityError("the KMS returned a different data key on the health check")
     finally:
-        crypto.wipe(dek)
+        primitives.wipe(dek)

@@ -44,7 +44,7 @@ from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import kms_v1
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.config import GCPSettings, ProviderName, Settings
 from heimdall_kms.errors import (
     AuthenticationError,
@@ -220,7 +220,7 @@ class GCPKMSProvider:
             try:
                 return self._wrap_one((dek, item[1]))
             finally:
-                crypto.wipe(dek)
+                primitives.wipe(dek)
 
         return self._map(rewrap_one, list(zip(wrapped, contexts, strict=True)))
 
@@ -240,7 +240,7 @@ class GCPKMSProvider:
     def _wrap_one(self, item: tuple[bytearray, KeyContext], name: str | None = None) -> WrappedKey:
         dek, context = item
         aad = _kms_aad(context)
-        if crypto.DEK_BYTES + len(aad) > _HSM_INPUT_BYTES:
+        if primitives.DEK_BYTES + len(aad) > _HSM_INPUT_BYTES:
             # Refused here, for software keys too: the same key may get HSM versions later.
             raise InvalidInputError(
                 f"context too large for Cloud KMS: {len(aad)} bytes of additional "
@@ -294,11 +294,11 @@ class GCPKMSProvider:
                 return error  # this item only: damaged, other context, or version disabled
             dek = bytearray(response.plaintext)
             if response.plaintext_crc32c == _crc(bytes(dek)):
-                if len(dek) != crypto.DEK_BYTES:
-                    crypto.wipe(dek)
+                if len(dek) != primitives.DEK_BYTES:
+                    primitives.wipe(dek)
                     return IntegrityError("unwrapped data key has the wrong length")
                 return dek
-            crypto.wipe(dek)
+            primitives.wipe(dek)
         return KMSError(_CORRUPTED.format(operation="decrypt", attempts=_CRC_ATTEMPTS))
 
     # -- key lifecycle ------------------------------------------------------------------------
@@ -419,7 +419,7 @@ class GCPKMSProvider:
             call,
             items,
             self._max_concurrency,
-            discard=crypto.wipe_if_dek,
+            discard=primitives.wipe_if_dek,
             executor=self._executor(),
         )
 

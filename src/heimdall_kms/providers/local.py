@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.config import ProviderName, Settings
 from heimdall_kms.errors import (
     ConfigurationError,
@@ -98,7 +98,7 @@ class LocalKeyring:
     def _add_version(self, key: dict[str, Any]) -> None:
         number = max((int(v) for v in key["versions"]), default=0) + 1
         key["versions"][str(number)] = {
-            "key": os.urandom(crypto.DEK_BYTES).hex(),
+            "key": os.urandom(primitives.DEK_BYTES).hex(),
             "created_at": self._clock().astimezone(UTC).isoformat(),
         }
 
@@ -233,7 +233,7 @@ class LocalDevProvider:
             try:
                 results.append(self._wrap(master, version, dek))
             finally:
-                crypto.wipe(dek)
+                primitives.wipe(dek)
         return results
 
     def hmac_many(self, values: Sequence[bytes], key: HashKey) -> list[str]:
@@ -245,9 +245,11 @@ class LocalDevProvider:
         if str(version) not in versions:
             raise KeyNotFoundError(f"local key {key.name!r} has no version {version}")
         master = bytes.fromhex(versions[str(version)]["key"])
-        subkey = crypto.derive_key(master, b"heimdall-local-hmac|" + key.name.encode())
+        subkey = primitives.derive_key(master, b"heimdall-local-hmac|" + key.name.encode())
         return [
-            format_wrapped("local", version, base64.b64encode(crypto.mac(subkey, value)).decode())
+            format_wrapped(
+                "local", version, base64.b64encode(primitives.mac(subkey, value)).decode()
+            )
             for value in values
         ]
 
@@ -293,7 +295,7 @@ class LocalDevProvider:
         return f"heimdall-local-dek|{self._key_name}|v{version}".encode()
 
     def _wrap(self, master: bytes, version: int, dek: bytearray) -> WrappedKey:
-        ciphertext, nonce = crypto.seal(master, bytes(dek), self._aad(version))
+        ciphertext, nonce = primitives.seal(master, bytes(dek), self._aad(version))
         blob = base64.b64encode(nonce + ciphertext).decode("ascii")
         return WrappedKey(format_wrapped("local", version, blob), version)
 
@@ -312,11 +314,13 @@ class LocalDevProvider:
             blob = base64.b64decode(form.body, validate=True)
         except binascii.Error:
             return IntegrityError("wrapped data key is not valid base64")
-        nonce, ciphertext = blob[: crypto.NONCE_BYTES], blob[crypto.NONCE_BYTES :]
+        nonce, ciphertext = blob[: primitives.NONCE_BYTES], blob[primitives.NONCE_BYTES :]
         try:
-            plain = crypto.open_(bytes.fromhex(entry["key"]), nonce, ciphertext, self._aad(version))
+            plain = primitives.open_(
+                bytes.fromhex(entry["key"]), nonce, ciphertext, self._aad(version)
+            )
         except IntegrityError as exc:
             return exc
-        if len(plain) != crypto.DEK_BYTES:
+        if len(plain) != primitives.DEK_BYTES:
             return IntegrityError("unwrapped data key has the wrong length")
         return bytearray(plain)

@@ -26,7 +26,7 @@ import hvac
 import hvac.exceptions
 import requests
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.config import ProviderName, Settings, VaultSettings
 from heimdall_kms.errors import (
     AuthenticationError,
@@ -180,8 +180,8 @@ class VaultTransitProvider:
                 dek = bytearray(base64.b64decode(result["plaintext"], validate=True))
             except (KeyError, binascii.Error):
                 return IntegrityError("Vault returned a data key that is not base64")
-            if len(dek) != crypto.DEK_BYTES:
-                crypto.wipe(dek)
+            if len(dek) != primitives.DEK_BYTES:
+                primitives.wipe(dek)
                 return IntegrityError("unwrapped data key has the wrong length")
             return dek
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from botocore.stub import Stubber
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.config import AWSKeyVersioning
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.providers.aws import AWSKMSProvider, create_key_for_alias
@@ -50,7 +50,7 @@ class Backend:
         return AWSKMSProvider(client, alias, versioning=self.versioning, **options)
 
     def failing(self, how: str) -> Callable[[], object] | None:
-        dek = crypto.new_dek()
+        dek = primitives.new_dek()
         if how == "authentication":
             client = self.server.client(access_key="AKIAHEIMDALLBOGUS000", secret_key="wrong")
             provider = self._provider(client, self._new_alias())

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from azure.identity import ClientSecretCredential
 from azure.keyvault.keys import KeyClient
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.providers.azure import AzureKeyVaultProvider
 from tests.fakes.azure_kv_http import (
@@ -74,7 +74,7 @@ class Backend:
         return AzureKeyVaultProvider(key_client(self.server), self._new_key())
 
     def failing(self, how: str) -> Callable[[], object] | None:
-        dek = crypto.new_dek()
+        dek = primitives.new_dek()
         # No retries, so that a throttled or unavailable call fails at once.
         fast = {"retry_total": 0}
         if how == "authentication":

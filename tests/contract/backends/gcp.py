@@ -13,7 +13,7 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import kms_v1
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.providers.gcp import GCPKMSProvider
 from tests.fakes.gcp_kms_http import FakeKMSServer, start_fake_kms
@@ -59,7 +59,7 @@ class Backend:
         return GCPKMSProvider(rest_client(self.server.url), create_key(self._admin, self.key_ring))
 
     def failing(self, how: str) -> Callable[[], object] | None:
-        dek = crypto.new_dek()
+        dek = primitives.new_dek()
         key = create_key(self._admin, self.key_ring)
         # No retries, so that a throttled or unavailable call fails at once.
         provider = GCPKMSProvider(rest_client(self.server.url), key, retry=False)

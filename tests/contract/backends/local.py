@@ -6,7 +6,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.providers.local import LocalDevProvider, LocalKeyring
 
@@ -30,7 +30,7 @@ class Backend:
             keyring = LocalKeyring(self._dir / "other.json")
             keyring.ensure_key("other")  # the file exists; the key asked for does not
             provider = LocalDevProvider(keyring, "missing")
-            return lambda: provider.wrap_many([crypto.new_dek()], [{}])
+            return lambda: provider.wrap_many([primitives.new_dek()], [{}])
         return None  # no network, no credentials, no quotas
 
     def close(self) -> None:

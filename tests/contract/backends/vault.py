@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import hvac
 
-from heimdall_kms import crypto
+from heimdall_kms import primitives
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.providers.vault import VaultTransitProvider
 from tests.servers import OpenBao, free_port, start_openbao
@@ -30,7 +30,7 @@ class Backend:
         return VaultTransitProvider(self.server.client(), self._new_key())
 
     def failing(self, how: str) -> Callable[[], object] | None:
-        dek = crypto.new_dek()
+        dek = primitives.new_dek()
         if how == "authentication":
             provider = VaultTransitProvider(self.server.client(token="s.invalid"), self._new_key())
         elif how == "permission":
