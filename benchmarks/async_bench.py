@@ -22,23 +22,20 @@ import argparse
 import asyncio
 import base64
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import hvac
-from tests.servers import TRANSIT_KEY, CountingSession, OpenBao, start_openbao
 
 from heimdall_kms.async_crypto import AsyncCrypto
 from heimdall_kms.audit.sink import FileAuditSink
 from heimdall_kms.config import Settings
 from heimdall_kms.providers.vault import VaultTransitProvider
 from heimdall_kms.service import Crypto
+from heimdall_kms.testing import TRANSIT_KEY, CountingSession, OpenBao, start_openbao
 
 OneCall = Callable[[int], Awaitable[object]]
 

@@ -17,8 +17,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.servers import TRANSIT_KEY, CountingSession
-
 from heimdall_kms.audit import open_sink
 from heimdall_kms.audit.sink import FileAuditSink
 from heimdall_kms.config import EncryptionMode, Settings
@@ -28,6 +26,7 @@ from heimdall_kms.jobs.report import JobReport
 from heimdall_kms.providers.vault import VaultTransitProvider
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import Target, open_store
+from heimdall_kms.testing import TRANSIT_KEY, CountingSession
 
 __all__ = ["JobRates", "fill_postgres", "fill_sqlite", "measure_jobs"]
 

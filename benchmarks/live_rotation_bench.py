@@ -36,10 +36,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.servers import TRANSIT_KEY, OpenBao, start_openbao
-
 import heimdall_kms
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.config import Settings
@@ -50,6 +46,7 @@ from heimdall_kms.providers import load_provider
 from heimdall_kms.providers.vault_bootstrap import BootstrapOptions, apply, plan
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import Target, open_store
+from heimdall_kms.testing import TRANSIT_KEY, OpenBao, start_openbao
 
 TABLE, COLUMN = "customers", "ssn"
 PHASES = ("before", "during", "after")

@@ -16,17 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import sqlite3
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import hvac
 import psycopg
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.servers import TRANSIT_KEY, CountingSession, OpenBao, start_openbao
 
 from heimdall_kms.audit import open_sink
 from heimdall_kms.config import EncryptionMode, Secret, Settings
@@ -36,6 +31,7 @@ from heimdall_kms.primitives import new_dek
 from heimdall_kms.providers.vault import VaultTransitProvider
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import Target, open_store
+from heimdall_kms.testing import TRANSIT_KEY, CountingSession, OpenBao, start_openbao
 
 PG_URL = os.environ.get("HMD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 

@@ -20,9 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.servers import start_openbao
+from heimdall_kms.testing import start_openbao
 
 POLICY = {
     "rules": {"ssn": "encrypt", "card": "encrypt", "email": "hmac", "password": "scrub"},

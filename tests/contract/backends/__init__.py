@@ -13,7 +13,7 @@ from typing import Protocol
 
 from heimdall_kms.providers import KeyManagementService
 
-PROVIDER_MODULES = ["local", "vault", "aws", "aws_aliases", "gcp", "azure"]
+PROVIDER_MODULES = ["local", "fake", "vault", "aws", "aws_aliases", "gcp", "azure"]
 
 
 class Backend(Protocol):
