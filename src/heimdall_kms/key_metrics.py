@@ -16,7 +16,7 @@ from datetime import timedelta
 from heimdall_kms.errors import HeimdallKMSError
 from heimdall_kms.jobs.rotation import next_due
 from heimdall_kms.metrics import Metrics
-from heimdall_kms.providers import KeyInfo, KeyManagementService
+from heimdall_kms.providers import KeyAdmin, KeyInfo
 from heimdall_kms.telemetry.settings import DEFAULT_REFRESH_SECONDS
 
 __all__ = ["DEFAULT_REFRESH_SECONDS", "KeyMetricsRefresher", "publish_key_info"]
@@ -40,7 +40,7 @@ class KeyMetricsRefresher:
 
     def __init__(
         self,
-        kms: KeyManagementService,
+        kms: KeyAdmin,
         metrics: Metrics,
         *,
         cadence: timedelta,

@@ -36,7 +36,7 @@ from heimdall_kms.errors import (
 from heimdall_kms.inputs import utf8_text
 from heimdall_kms.legacy_context import LegacyContext
 from heimdall_kms.overlap import in_order
-from heimdall_kms.providers import KeyManagementService
+from heimdall_kms.providers import KeyWrapper
 from heimdall_kms.providers.base import batching_of
 
 __all__ = ["EnvelopeInput", "Opened", "Opener"]
@@ -62,7 +62,7 @@ class Opened:
 class Opener:
     """Opens envelopes for one configuration (settings and, outside legacy mode, a KMS)."""
 
-    def __init__(self, settings: Settings, kms: KeyManagementService | None) -> None:
+    def __init__(self, settings: Settings, kms: KeyWrapper | None) -> None:
         self.settings = settings
         self.kms = kms
 
@@ -133,7 +133,7 @@ class Opener:
                 item.outcome = self._not_ours(envelope)
         self._unwrap_and_open(kms, sent)
 
-    def _unwrap_and_open(self, kms: KeyManagementService, sent: list[Opened]) -> None:
+    def _unwrap_and_open(self, kms: KeyWrapper, sent: list[Opened]) -> None:
         """Unwrap in batches, several in flight; open each batch while the next is unwrapped."""
         batching = batching_of(kms)
         size = max(1, batching.size)
@@ -182,7 +182,7 @@ class Opener:
         )
 
 
-def _unwrap(kms: KeyManagementService, chunk: list[Opened]) -> list[bytearray | HeimdallKMSError]:
+def _unwrap(kms: KeyWrapper, chunk: list[Opened]) -> list[bytearray | HeimdallKMSError]:
     envelopes = [item.envelope for item in chunk if isinstance(item.envelope, KmsV1Envelope)]
     return kms.unwrap_many([e.encrypted_dek for e in envelopes], [e.context for e in envelopes])
 

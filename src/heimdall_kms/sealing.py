@@ -18,14 +18,14 @@ from heimdall_kms.envelope import Envelope, KmsV1Envelope, aad_of_encoded
 from heimdall_kms.envelope.kms_v1 import utc_timestamp
 from heimdall_kms.errors import KMSError
 from heimdall_kms.overlap import in_order
-from heimdall_kms.providers import KeyManagementService
+from heimdall_kms.providers import KeyWrapper
 from heimdall_kms.providers.base import WrappedKey, batching_of
 
 __all__ = ["seal_batches"]
 
 
 def seal_batches(
-    kms: KeyManagementService,
+    kms: KeyWrapper,
     values: list[tuple[bytes, dict[str, str]]],
     encoded: list[str],
 ) -> list[Envelope]:

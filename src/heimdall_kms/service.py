@@ -46,7 +46,7 @@ from heimdall_kms.inputs import (
 )
 from heimdall_kms.metrics import Metrics, default_metrics
 from heimdall_kms.opening import EnvelopeInput, Opened, Opener
-from heimdall_kms.providers import KeyManagementService
+from heimdall_kms.providers import KeyWrapper
 from heimdall_kms.providers.base import HashKey, KeyedHashing
 from heimdall_kms.scoping import current_scope
 from heimdall_kms.sealing import seal_batches
@@ -61,7 +61,7 @@ class Crypto:
         self,
         settings: Settings,
         *,
-        kms: KeyManagementService | None,
+        kms: KeyWrapper | None,
         audit: AuditSink,
         default_actor: str = "application",
         metrics: Metrics | None = None,

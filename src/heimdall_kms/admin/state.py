@@ -23,7 +23,7 @@ from heimdall_kms.config import Settings
 from heimdall_kms.errors import HeimdallKMSError
 from heimdall_kms.key_metrics import KeyMetricsRefresher
 from heimdall_kms.metrics import Metrics
-from heimdall_kms.providers import KeyManagementService
+from heimdall_kms.providers import KeyAdmin, KeyManagementService
 
 __all__ = [
     "DENIED",
@@ -57,7 +57,7 @@ class HealthCheck:
     the latest completed result instead of waiting: a flood of unauthenticated ``/healthz``
     calls costs the KMS at most one round trip at a time and ties up no worker threads."""
 
-    def __init__(self, kms: KeyManagementService) -> None:
+    def __init__(self, kms: KeyAdmin) -> None:
         self._kms = kms
         self._lock = threading.Lock()
         self._checked = False

@@ -86,7 +86,7 @@ def rotate_command(
 @click.command("retire")
 @click.option(
     "--below-version",
-    type=int,
+    type=click.IntRange(min=1),
     required=True,
     metavar="N",
     help="Versions below N stop decrypting (the KMS's minimum decryption version).",

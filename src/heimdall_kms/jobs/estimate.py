@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.config import ProviderName, Settings
 from heimdall_kms.metrics import Metrics
-from heimdall_kms.providers import KeyManagementService
+from heimdall_kms.providers import KeyWrapper
 from heimdall_kms.providers.base import DEFAULT_BATCHING, batching_of
 from heimdall_kms.service import Crypto
 
@@ -104,7 +104,7 @@ class Projection:
 
 
 def measure_encrypt_rate(
-    settings: Settings, kms: KeyManagementService, *, sample: int, batch_size: int
+    settings: Settings, kms: KeyWrapper, *, sample: int, batch_size: int
 ) -> float:
     """Values per second sealed through ``kms`` in batches, over ``sample`` synthetic values.
 
@@ -124,7 +124,7 @@ def measure_encrypt_rate(
     return sample / elapsed if elapsed > 0 else float("inf")
 
 
-def values_per_request(kms: KeyManagementService, batch_size: int) -> int:
+def values_per_request(kms: KeyWrapper, batch_size: int) -> int:
     """How many values one paced KMS request carries (as the job's pacing counts them):
     Vault a whole Transit batch, the local provider a call; AWS, GCP and Azure one value."""
     batching = batching_of(kms)

@@ -33,7 +33,7 @@ from heimdall_kms.errors import KeyVersionRetiredError, NotInEffectError
 from heimdall_kms.providers.base import (
     KeyContext,
     KeyInfo,
-    KeyManagementService,
+    KeyWrapper,
     WrappedKey,
 )
 from heimdall_kms.providers.wrapper import innermost
@@ -102,12 +102,12 @@ class Canary:
         return f"Canary(version={self.version})"
 
 
-def applies_at_once(kms: KeyManagementService) -> bool:
+def applies_at_once(kms: KeyWrapper) -> bool:
     """Whether the provider puts a key change into effect as it accepts it (Vault, local)."""
     return kms.name in _IMMEDIATE
 
 
-def confirm_primary(kms: KeyManagementService, version: int, wait: Propagation) -> None:
+def confirm_primary(kms: KeyWrapper, version: int, wait: Propagation) -> None:
     """Return once fresh DEKs wrap under ``version`` (or newer); at once where the provider
     :func:`applies_at_once`.
 
@@ -138,7 +138,7 @@ def confirm_primary(kms: KeyManagementService, version: int, wait: Propagation) 
 
 
 def retire_canaries(
-    kms: KeyManagementService, info: KeyInfo, below_version: int
+    kms: KeyWrapper, info: KeyInfo, below_version: int
 ) -> tuple[Effect, list[Canary]]:
     """Before a retirement: one canary wrapped under each enabled version below N.
 
@@ -164,9 +164,7 @@ def retire_canaries(
     return (Effect.CONFIRMED if canaries else Effect.UNCONFIRMED), canaries
 
 
-def confirm_refused(
-    kms: KeyManagementService, canaries: Sequence[Canary], wait: Propagation
-) -> None:
+def confirm_refused(kms: KeyWrapper, canaries: Sequence[Canary], wait: Propagation) -> None:
     """Return once every canary is refused by unwrap as retired.
 
     Raises:
@@ -202,7 +200,7 @@ def confirm_refused(
         pause = _pause(wait, pause, start)
 
 
-def _canary_wrap(kms: KeyManagementService) -> int:
+def _canary_wrap(kms: KeyWrapper) -> int:
     dek = primitives.new_dek()
     try:
         (wrapped,) = kms.wrap_many([dek], [_CANARY_CONTEXT])
@@ -211,7 +209,7 @@ def _canary_wrap(kms: KeyManagementService) -> int:
     return wrapped.key_version
 
 
-def _pinned(kms: KeyManagementService) -> VersionPinnedWrap | None:
+def _pinned(kms: KeyWrapper) -> VersionPinnedWrap | None:
     # Wrappers (retries, metering) do not pass this through: the provider underneath does it.
     current = innermost(kms)
     if isinstance(current, VersionPinnedWrap) and current.pins_versions:

@@ -32,6 +32,7 @@ from heimdall_kms.jobs.propagation import Propagation, confirm_primary
 from heimdall_kms.jobs.reading import reader_for
 from heimdall_kms.jobs.report import JobReport, ProgressCallback, TargetReport
 from heimdall_kms.jobs.to_legacy import LegacyRollbackJob, check_legacy_settings
+from heimdall_kms.providers.base import key_admin
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import FieldStore, Match, Row, Swap
 
@@ -93,7 +94,8 @@ class ReencryptJob(BatchJob):
 
     def prepare(self) -> None:
         assert self.crypto.kms is not None
-        self.latest = self.crypto.kms.describe().latest_version
+        # Crypto holds the data plane only; the latest version comes from the admin side.
+        self.latest = key_admin(self.crypto.kms).describe().latest_version
         if not self.options.dry_run:
             confirm_primary(self.crypto.kms, self.latest, self.propagation)
 

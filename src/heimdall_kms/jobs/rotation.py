@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from heimdall_kms.audit import AuditEvent, AuditSink, EventType, Result, audited
-from heimdall_kms.errors import InvalidInputError, RefusedError
+from heimdall_kms.errors import RefusedError
 from heimdall_kms.jobs.census import take_census
 from heimdall_kms.jobs.classify import ValueKind
 from heimdall_kms.jobs.journal import journaled_below
@@ -34,7 +34,7 @@ from heimdall_kms.jobs.propagation import (
     retire_canaries,
 )
 from heimdall_kms.jobs.rotation_lock import RotationLock
-from heimdall_kms.providers import KeyInfo, KeyManagementService
+from heimdall_kms.providers import KeyAdmin, KeyInfo, KeyManagementService
 from heimdall_kms.store import FieldStore
 
 __all__ = [
@@ -192,9 +192,7 @@ def _rotate_now(
     )
 
 
-def values_per_version(
-    kms: KeyManagementService, stores: Sequence[FieldStore]
-) -> dict[str, Counter[int]]:
+def values_per_version(kms: KeyAdmin, stores: Sequence[FieldStore]) -> dict[str, Counter[int]]:
     """Per target, how many stored values each version of *this* key still protects.
 
     Envelopes the census saw only inside JSON documents it was not told to look into count
@@ -289,8 +287,6 @@ def retire(
         InvalidInputError: N is outside 1..latest. KMSError: the KMS refused or failed.
         NotInEffectError: disabled, but a retired version still decrypts after the wait.
     """
-    if below_version < 1:
-        raise InvalidInputError("--below-version must be at least 1")
     intent = _key_event(
         EventType.KEY_RETIRE,
         kms,
@@ -340,7 +336,7 @@ def _retire_refusal(result: RetireResult, targets_named: bool) -> str | None:
 
 
 def key_report(
-    kms: KeyManagementService,
+    kms: KeyAdmin,
     *,
     cadence: timedelta,
     now: datetime | None = None,
@@ -380,7 +376,7 @@ def key_report(
 
 def _key_event(
     kind: EventType,
-    kms: KeyManagementService,
+    kms: KeyAdmin,
     actor: str,
     *,
     version: int | None = None,

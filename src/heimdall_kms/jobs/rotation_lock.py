@@ -24,14 +24,14 @@ from pathlib import Path
 
 from heimdall_kms.config import Settings
 from heimdall_kms.errors import ConfigurationError, StoreError
-from heimdall_kms.providers.base import KeyManagementService
+from heimdall_kms.providers.base import KeyAdmin
 
 __all__ = ["RotationLock", "lock_file_path", "rotation_lock"]
 
 RotationLock = Callable[[], AbstractContextManager[None]]
 
 
-def rotation_lock(settings: Settings, kms: KeyManagementService) -> RotationLock:
+def rotation_lock(settings: Settings, kms: KeyAdmin) -> RotationLock:
     """The lock for this provider's key, chosen from the settings (module docstring)."""
     key = f"{kms.name.value}:{kms.key_identifier}"
     url = settings.database_url

@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING, Protocol, cast
 from heimdall_kms.errors import ConfigurationError
 from heimdall_kms.kinds import ProviderName
 from heimdall_kms.providers.base import (
+    KeyAdmin,
     KeyContext,
     KeyInfo,
     KeyManagementService,
     KeyVersion,
+    KeyWrapper,
     WrappedKey,
 )
 from heimdall_kms.providers.resilient import CircuitBreaker, ResilientProvider, RetryPolicy
@@ -27,10 +29,12 @@ if TYPE_CHECKING:
     from heimdall_kms.config import Settings
 
 __all__ = [
+    "KeyAdmin",
     "KeyContext",
     "KeyInfo",
     "KeyManagementService",
     "KeyVersion",
+    "KeyWrapper",
     "WrappedKey",
     "load_provider",
     "needs_extra",

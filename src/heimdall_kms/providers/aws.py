@@ -53,7 +53,6 @@ from heimdall_kms.errors import (
     ConfigurationError,
     HeimdallKMSError,
     IntegrityError,
-    InvalidInputError,
     KeyNotFoundError,
     KeyVersionRetiredError,
     KMSError,
@@ -70,6 +69,7 @@ from heimdall_kms.providers.base import (
     KeyInfo,
     KeyVersion,
     WrappedKey,
+    check_retire_bound,
     response_date,
     round_trip,
 )
@@ -341,11 +341,7 @@ class AWSKMSProvider:
         if self._native is not None:
             self._native.refuse_retire(below_version)
         states = self._all_states()
-        latest = states[-1].version
-        if not 1 <= below_version <= latest:
-            raise InvalidInputError(
-                f"--below-version must be between 1 and the latest version {latest}"
-            )
+        check_retire_bound(below_version, states[-1].version)
         # Disable, never delete: disabling takes effect at once and can be undone (EnableKey);
         # deletion destroys every copy a backup still holds, so it stays a deliberate step.
         for key in states:

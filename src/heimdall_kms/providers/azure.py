@@ -62,7 +62,14 @@ from heimdall_kms.errors import (
     RateLimitedError,
 )
 from heimdall_kms.overlap import fan_out
-from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey, round_trip
+from heimdall_kms.providers.base import (
+    KeyContext,
+    KeyInfo,
+    KeyVersion,
+    WrappedKey,
+    check_retire_bound,
+    round_trip,
+)
 from heimdall_kms.providers.credential_outage import caused_by
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
@@ -245,11 +252,7 @@ class AzureKeyVaultProvider:
 
     def retire(self, below_version: int) -> KeyInfo:
         versions = self._snapshot("retire")
-        latest = len(versions)
-        if not 1 <= below_version <= latest:
-            raise InvalidInputError(
-                f"--below-version must be between 1 and the latest version {latest}"
-            )
+        check_retire_bound(below_version, len(versions))
         for ordinal, props in versions:
             if ordinal < below_version and props.enabled:
                 disable = functools.partial(

@@ -1,4 +1,10 @@
-"""The provider contract (``KeyManagementService``) and the value types it speaks in.
+"""The provider contracts and the value types they speak in.
+
+Two contracts, apart: :class:`KeyWrapper`, the data plane (wrap, unwrap, rewrap, optional
+batching and keyed hashing), all that sealing, opening and ``Crypto`` see; and
+:class:`KeyAdmin` (describe, rotate, retire, health), used by the lifecycle jobs, the CLI key
+commands and the admin API. :class:`KeyManagementService` is both, what a provider class
+implements and ``load_provider`` returns.
 
 A provider wraps and unwraps data keys with a master key that never leaves the KMS. Batch
 calls are part of the contract because speed comes from batching, never from caching DEKs
@@ -16,21 +22,30 @@ from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 from heimdall_kms import primitives
-from heimdall_kms.errors import HeimdallKMSError, IntegrityError
+from heimdall_kms.errors import (
+    ConfigurationError,
+    HeimdallKMSError,
+    IntegrityError,
+    InvalidInputError,
+)
 from heimdall_kms.kinds import ProviderName
 
 __all__ = [
     "Batching",
     "BatchingHint",
     "HashKey",
+    "KeyAdmin",
     "KeyContext",
     "KeyInfo",
     "KeyManagementService",
     "KeyVersion",
+    "KeyWrapper",
     "KeyedHashing",
     "WrappedKey",
     "batching_of",
+    "check_retire_bound",
     "http_date",
+    "key_admin",
     "response_date",
     "round_trip",
 ]
@@ -81,8 +96,14 @@ class KeyInfo:
         return KeyVersion(self.latest_version, None)
 
 
-class KeyManagementService(Protocol):
-    """One master key in one KMS. Implementations are thin adapters over an SDK client."""
+class KeyWrapper(Protocol):
+    """The data plane of one master key: all that sealing, opening and ``Crypto`` see.
+
+    A thin adapter over a ready SDK client (tink's ``awskms``/``hcvault`` AEADs are the shape):
+    it wraps, unwraps and re-wraps data keys and says how it is best fed
+    (:class:`BatchingHint`, optional); keyed hashing (:class:`KeyedHashing`) is optional too.
+    Key administration is the other contract, :class:`KeyAdmin`.
+    """
 
     @property
     def name(self) -> ProviderName:
@@ -126,6 +147,30 @@ class KeyManagementService(Protocol):
             KMSError: a failure of the whole call.
         """
 
+    def close(self) -> None:
+        """Release network resources."""
+
+
+@runtime_checkable
+class KeyAdmin(Protocol):
+    """The administration of one master key: what the lifecycle jobs (rotation, retirement,
+    propagation checks), the CLI key commands and the admin API use. Never on the data path."""
+
+    @property
+    def name(self) -> ProviderName:
+        """The provider's name as written into envelopes."""
+
+    @property
+    def key_identifier(self) -> str:
+        """The master key's id as configured (``HMD_KMS_KEY_ID``)."""
+
+    def describe(self) -> KeyInfo:
+        """Versions with creation times, the latest version and the minimum decryption version.
+
+        Raises:
+            KMSError: the KMS refused or failed.
+        """
+
     def rotate(self) -> KeyInfo:
         """Create a new key version and make it the one that wraps new DEKs.
 
@@ -137,14 +182,8 @@ class KeyManagementService(Protocol):
         """Make every version below ``below_version`` unusable for decryption.
 
         Raises:
-            InvalidInputError: ``below_version`` is not between 1 and the latest version.
-            KMSError: the KMS refused or failed.
-        """
-
-    def describe(self) -> KeyInfo:
-        """Versions with creation times, the latest version and the minimum decryption version.
-
-        Raises:
+            InvalidInputError: ``below_version`` is not between 1 and the latest version
+                (:func:`check_retire_bound`).
             KMSError: the KMS refused or failed.
         """
 
@@ -157,6 +196,40 @@ class KeyManagementService(Protocol):
 
     def close(self) -> None:
         """Release network resources."""
+
+
+class KeyManagementService(KeyWrapper, KeyAdmin, Protocol):
+    """Both sides of one master key, as :func:`heimdall_kms.providers.load_provider` returns
+    it: every provider class implements both. Code that needs only one side takes
+    :class:`KeyWrapper` or :class:`KeyAdmin`; this name is for the few that need both (the
+    lifecycle jobs' canaries wrap and unwrap; the composition that builds ``Crypto``)."""
+
+
+def key_admin(kms: KeyWrapper) -> KeyAdmin:
+    """The admin side of a data-plane key that a lifecycle job was handed through ``Crypto``.
+
+    Raises:
+        ConfigurationError: the object has no admin side (a bare data-plane wrapper).
+    """
+    if not isinstance(kms, KeyAdmin):
+        raise ConfigurationError(
+            f"{kms.name.value} key {kms.key_identifier!r}: this job needs the key's admin side "
+            "(describe, rotate, retire), which this provider object does not have"
+        )
+    return kms
+
+
+def check_retire_bound(below_version: int, latest: int) -> None:
+    """The one range check of :meth:`KeyAdmin.retire`, shared by every provider.
+
+    Raises:
+        InvalidInputError: ``below_version`` is not between 1 and ``latest``.
+    """
+    if not 1 <= below_version <= latest:
+        raise InvalidInputError(
+            f"cannot retire below version {below_version}: it must be between 1 and the "
+            f"latest version {latest}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +276,7 @@ def response_date(response: Mapping[str, object]) -> datetime | None:
     return http_date(headers.get("date")) if isinstance(headers, Mapping) else None
 
 
-def batching_of(kms: KeyManagementService) -> Batching:
+def batching_of(kms: KeyWrapper) -> Batching:
     """The provider's :class:`Batching`, or one call of up to 1,000 values at a time."""
     return kms.batching if isinstance(kms, BatchingHint) else DEFAULT_BATCHING
 
@@ -238,7 +311,7 @@ class KeyedHashing(Protocol):
         """
 
 
-def round_trip(kms: KeyManagementService) -> None:
+def round_trip(kms: KeyWrapper) -> None:
     """The health check every provider shares: wrap a fresh random DEK and unwrap it again.
 
     Raises:

@@ -60,7 +60,14 @@ from heimdall_kms.errors import (
     RateLimitedError,
 )
 from heimdall_kms.overlap import fan_out
-from heimdall_kms.providers.base import KeyContext, KeyInfo, KeyVersion, WrappedKey, round_trip
+from heimdall_kms.providers.base import (
+    KeyContext,
+    KeyInfo,
+    KeyVersion,
+    WrappedKey,
+    check_retire_bound,
+    round_trip,
+)
 from heimdall_kms.providers.credential_outage import caused_by
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
@@ -322,10 +329,7 @@ class GCPKMSProvider:
 
     def retire(self, below_version: int) -> KeyInfo:
         info = self.describe()
-        if not 1 <= below_version <= info.latest_version:
-            raise InvalidInputError(
-                f"--below-version must be between 1 and the latest version {info.latest_version}"
-            )
+        check_retire_bound(below_version, info.latest_version)
         for version in self._list_versions():
             number = self._version_number(version.name)
             if number < below_version and version.state == _STATE.ENABLED:

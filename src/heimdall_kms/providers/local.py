@@ -32,7 +32,6 @@ from heimdall_kms.errors import (
     ConfigurationError,
     HeimdallKMSError,
     IntegrityError,
-    InvalidInputError,
     KeyNotFoundError,
     KeyVersionRetiredError,
 )
@@ -42,6 +41,7 @@ from heimdall_kms.providers.base import (
     KeyInfo,
     KeyVersion,
     WrappedKey,
+    check_retire_bound,
     round_trip,
 )
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
@@ -259,11 +259,7 @@ class LocalDevProvider:
 
     def retire(self, below_version: int) -> KeyInfo:
         def change(key: dict[str, Any]) -> None:
-            latest = max(int(v) for v in key["versions"])
-            if not 1 <= below_version <= latest:
-                raise InvalidInputError(
-                    f"--below-version must be between 1 and the latest version {latest}"
-                )
+            check_retire_bound(below_version, max(int(v) for v in key["versions"]))
             key["min_decryption_version"] = max(below_version, key["min_decryption_version"])
 
         self._keyring.update_key(self._key_name, change)

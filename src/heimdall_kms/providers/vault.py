@@ -33,7 +33,6 @@ from heimdall_kms.errors import (
     ConfigurationError,
     HeimdallKMSError,
     IntegrityError,
-    InvalidInputError,
     KeyNotFoundError,
     KeyVersionRetiredError,
     KMSError,
@@ -49,6 +48,7 @@ from heimdall_kms.providers.base import (
     KeyInfo,
     KeyVersion,
     WrappedKey,
+    check_retire_bound,
     round_trip,
 )
 from heimdall_kms.providers.deadline import watch
@@ -222,11 +222,7 @@ class VaultTransitProvider:
         return self.describe()
 
     def retire(self, below_version: int) -> KeyInfo:
-        latest = self.describe().latest_version
-        if not 1 <= below_version <= latest:
-            raise InvalidInputError(
-                f"--below-version must be between 1 and the latest version {latest}"
-            )
+        check_retire_bound(below_version, self.describe().latest_version)
         transit = self._client.secrets.transit
         self._vault(
             "retire",

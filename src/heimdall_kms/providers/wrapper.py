@@ -21,6 +21,7 @@ from heimdall_kms.providers.base import (
     KeyedHashing,
     KeyInfo,
     KeyManagementService,
+    KeyWrapper,
     WrappedKey,
     batching_of,
 )
@@ -121,9 +122,9 @@ class ProviderWrapper:
         self.inner.close()
 
 
-def innermost(kms: KeyManagementService) -> KeyManagementService:
+def innermost(kms: KeyWrapper) -> KeyWrapper:
     """The provider under every wrapper of ``kms``."""
-    current = kms
+    current: KeyWrapper = kms
     while isinstance(current, ProviderWrapper):
         current = current.inner
     return current
