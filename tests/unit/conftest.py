@@ -10,17 +10,28 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.providers.local import LocalKeyring
+from heimdall_kms.service import Crypto
 
 # Recognisable secrets: any of them showing up in a message, repr or audit event is a leak.
 MASTER_HEX = "ab" * 32
 OLD_LEGACY_HEX = "cd" * 32
 VAULT_TOKEN = "s.SECRETTOKEN"
 KEY_NAME = "heimdall-pii"
+
+
+@dataclass(frozen=True)
+class Facade:
+    """A ``Crypto`` as a test uses it, with the in-memory audit sink it writes to."""
+
+    crypto: Crypto
+    audit: MemoryAuditSink
 
 
 def keyring_master_hexes(path: Path) -> list[str]:

@@ -13,17 +13,17 @@ import heimdall_kms
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.errors import InvalidInputError
 from heimdall_kms.scoping import Scope, current_scope
-from heimdall_kms.service import Crypto
+from tests.unit.conftest import Facade
 
 SSN = "123-45-6789"
 CTX = {"table": "people", "field": "ssn", "record": "7"}
 
 
 @pytest.fixture
-def crypto(local_env: dict[str, str]) -> Iterator[tuple[Crypto, MemoryAuditSink]]:
+def facade(local_env: dict[str, str]) -> Iterator[Facade]:
     sink = MemoryAuditSink()
     with heimdall_kms.from_env(local_env, audit=sink) as built:
-        yield built, sink
+        yield Facade(built, sink)
 
 
 def who(sink: MemoryAuditSink) -> list[tuple[str, str | None, str]]:
@@ -35,64 +35,59 @@ class TestScope:
         assert "scope" in heimdall_kms.__all__
         assert heimdall_kms.scope is heimdall_kms.scoping.scope
 
-    def test_decrypt_takes_actor_reason_and_request_id_from_the_scope(
-        self, crypto: tuple[Crypto, MemoryAuditSink]
-    ) -> None:
-        facade, sink = crypto
-        envelope = facade.encrypt(SSN, context=CTX)
+    def test_decrypt_takes_actor_reason_and_request_id_from_the_scope(self, facade: Facade) -> None:
+        crypto = facade.crypto
+        sink = facade.audit
+        envelope = crypto.encrypt(SSN, context=CTX)
         sink.events.clear()
         with heimdall_kms.scope(actor="alice", reason="ticket-42", request_id="req-1"):
-            assert facade.decrypt(envelope) == SSN
-            assert facade.decrypt_many([envelope, envelope]) == [SSN, SSN]
-            assert facade.decrypt_outcomes([envelope]) == [SSN]
+            assert crypto.decrypt(envelope) == SSN
+            assert crypto.decrypt_many([envelope, envelope]) == [SSN, SSN]
+            assert crypto.decrypt_outcomes([envelope]) == [SSN]
         assert who(sink) == [("alice", "ticket-42", "req-1")] * 4
 
-    def test_encrypt_and_hmac_events_carry_the_scope(
-        self, crypto: tuple[Crypto, MemoryAuditSink]
-    ) -> None:
-        facade, sink = crypto
+    def test_encrypt_and_hmac_events_carry_the_scope(self, facade: Facade) -> None:
+        crypto = facade.crypto
+        sink = facade.audit
         with heimdall_kms.scope(actor="svc", reason="signup", request_id="req-2"):
-            facade.encrypt(SSN, context=CTX)
-            facade.encrypt_many([(SSN, CTX), (SSN, CTX)])
-            facade.hmac_many([SSN])
+            crypto.encrypt(SSN, context=CTX)
+            crypto.encrypt_many([(SSN, CTX), (SSN, CTX)])
+            crypto.hmac_many([SSN])
         assert who(sink) == [("svc", "signup", "req-2")] * 4
 
-    def test_without_a_scope_decrypt_still_fails_typed(
-        self, crypto: tuple[Crypto, MemoryAuditSink]
-    ) -> None:
-        facade, sink = crypto
-        envelope = facade.encrypt(SSN, context=CTX)
+    def test_without_a_scope_decrypt_still_fails_typed(self, facade: Facade) -> None:
+        crypto = facade.crypto
+        sink = facade.audit
+        envelope = crypto.encrypt(SSN, context=CTX)
         count = len(sink.events)
         for call in (
-            lambda: facade.decrypt(envelope),
-            lambda: facade.decrypt(envelope, actor="alice"),
-            lambda: facade.decrypt_many([envelope], reason="r"),
-            lambda: facade.decrypt_outcomes([envelope]),
+            lambda: crypto.decrypt(envelope),
+            lambda: crypto.decrypt(envelope, actor="alice"),
+            lambda: crypto.decrypt_many([envelope], reason="r"),
+            lambda: crypto.decrypt_outcomes([envelope]),
         ):
             with pytest.raises(InvalidInputError, match="required"):
                 call()
         # A scope with an actor only still leaves the reason missing.
         with heimdall_kms.scope(actor="alice"), pytest.raises(InvalidInputError, match="reason"):
-            facade.decrypt(envelope)
+            crypto.decrypt(envelope)
         assert len(sink.events) == count  # nothing was opened, nothing audited
 
-    def test_explicit_arguments_win_over_the_scope(
-        self, crypto: tuple[Crypto, MemoryAuditSink]
-    ) -> None:
-        facade, sink = crypto
+    def test_explicit_arguments_win_over_the_scope(self, facade: Facade) -> None:
+        crypto = facade.crypto
+        sink = facade.audit
         with heimdall_kms.scope(actor="scoped", reason="scoped-why", request_id="req-3"):
-            envelope = facade.encrypt(SSN, context=CTX, actor="writer")
-            assert facade.decrypt(envelope, actor="bob", reason="own") == SSN
+            envelope = crypto.encrypt(SSN, context=CTX, actor="writer")
+            assert crypto.decrypt(envelope, actor="bob", reason="own") == SSN
             with pytest.raises(InvalidInputError, match="actor"):
-                facade.decrypt(envelope, actor="")  # an explicit empty actor is not replaced
+                crypto.decrypt(envelope, actor="")  # an explicit empty actor is not replaced
         assert who(sink) == [("writer", "scoped-why", "req-3"), ("bob", "own", "req-3")]
 
-    def test_outside_a_scope_the_old_defaults_hold(
-        self, crypto: tuple[Crypto, MemoryAuditSink]
-    ) -> None:
-        facade, sink = crypto
-        envelope = facade.encrypt(SSN, context=CTX)
-        facade.decrypt(envelope, actor="a", reason="r")
+    def test_outside_a_scope_the_old_defaults_hold(self, facade: Facade) -> None:
+        crypto = facade.crypto
+        sink = facade.audit
+        envelope = crypto.encrypt(SSN, context=CTX)
+        crypto.decrypt(envelope, actor="a", reason="r")
         first, second = sink.events
         assert (first.actor, first.reason) == ("application", None)
         assert (second.actor, second.reason) == ("a", "r")
@@ -119,17 +114,16 @@ class TestScope:
         with pytest.raises(InvalidInputError, match=field), heimdall_kms.scope(**{field: value}):
             pass
 
-    def test_follows_threads_started_with_copy_context(
-        self, crypto: tuple[Crypto, MemoryAuditSink]
-    ) -> None:
-        facade, sink = crypto
-        envelope = facade.encrypt(SSN, context=CTX)
+    def test_follows_threads_started_with_copy_context(self, facade: Facade) -> None:
+        crypto = facade.crypto
+        sink = facade.audit
+        envelope = crypto.encrypt(SSN, context=CTX)
         sink.events.clear()
         seen: list[object] = []
 
         def work() -> None:
             try:
-                seen.append(facade.decrypt(envelope))
+                seen.append(crypto.decrypt(envelope))
             except InvalidInputError as exc:
                 seen.append(exc)
 
@@ -143,17 +137,16 @@ class TestScope:
         assert isinstance(seen[1], InvalidInputError)
         assert who(sink) == [("t", "thread", "req-t")]
 
-    def test_follows_asyncio_tasks_each_its_own(
-        self, crypto: tuple[Crypto, MemoryAuditSink]
-    ) -> None:
-        facade, sink = crypto
-        envelope = facade.encrypt(SSN, context=CTX)
+    def test_follows_asyncio_tasks_each_its_own(self, facade: Facade) -> None:
+        crypto = facade.crypto
+        sink = facade.audit
+        envelope = crypto.encrypt(SSN, context=CTX)
         sink.events.clear()
 
         async def request(n: int) -> str:
             with heimdall_kms.scope(actor=f"user-{n}", reason="view", request_id=f"req-{n}"):
                 await asyncio.sleep(0)  # the other tasks run in between
-                inner = asyncio.create_task(asyncio.to_thread(facade.decrypt, envelope))
+                inner = asyncio.create_task(asyncio.to_thread(crypto.decrypt, envelope))
                 await asyncio.sleep(0)
                 return await inner
 
