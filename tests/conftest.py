@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 
+from tests.integration.dbtables import BACKENDS, UserTable
 from tests.servers import OpenBao, start_openbao
 
 
@@ -40,3 +42,12 @@ def postgres_url() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return url
+
+
+@pytest.fixture(params=BACKENDS)
+def table(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UserTable]:
+    """A fresh user table (``id``, ``ssn``) on SQLite, PostgreSQL text and PostgreSQL jsonb."""
+    url = None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    created = UserTable.create(request.param, tmp_path, url)
+    yield created
+    created.drop()

@@ -1,7 +1,12 @@
-"""A user table on SQLite or PostgreSQL, filled with the kinds of value Heimdall stores."""
+"""A user table on SQLite or PostgreSQL, filled with the kinds of value Heimdall stores.
+
+The ``table`` fixture (tests/conftest.py) makes one for each of :data:`BACKENDS`; a test that
+wants fewer says so with ``@pytest.mark.parametrize("table", [...], indirect=True)``.
+"""
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 from collections.abc import Iterable
@@ -10,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+
+BACKENDS = ("sqlite", "postgres-text", "postgres-jsonb")
 
 
 @dataclass
@@ -114,3 +121,22 @@ def hybrid_local_env(
         monkeypatch.setenv(name, value)
     LocalKeyring(tmp_path / "keyring.json").ensure_key("heimdall-pii")
     return values
+
+
+def target_args(table: UserTable, *extra: str) -> list[str]:
+    """The CLI arguments that name ``table``'s ``ssn`` column as the target."""
+    return ["--database", table.url, "--table", table.table, "--column", "ssn", *extra]
+
+
+def stored_text(table: UserTable, value: str) -> str:
+    """A plain text value as the column holds it (a jsonb column holds JSON: a string)."""
+    return json.dumps(value) if table.json_column else value
+
+
+def run_main(args: list[str], capsys: Any) -> tuple[int, str, str]:
+    """The CLI in this process: exit code, stdout, stderr."""
+    from heimdall_kms.cli import main
+
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,19 +13,15 @@ from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.cli import main
 from heimdall_kms.providers.local import LocalKeyring
 from heimdall_kms.store import Target, open_store
-from tests.integration.dbtables import UserTable
+from tests.integration.dbtables import UserTable, target_args
 from tests.legacy_data import legacy_envelope
 from tests.servers import OpenBao
 
 MASTER_HEX = "ab" * 32
 
 
-@pytest.fixture(params=["sqlite", "postgres-text"])
-def table(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UserTable]:
-    url = None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    created = UserTable.create(request.param, tmp_path, url)
-    yield created
-    created.drop()
+# The estimate reads what the census reads: SQLite and PostgreSQL text (the shared table fixture).
+TABLES = pytest.mark.parametrize("table", ["sqlite", "postgres-text"], indirect=True)
 
 
 @pytest.fixture(params=["local", pytest.param("vault", marks=pytest.mark.vault)])
@@ -52,10 +47,6 @@ def kms_env(
     return values
 
 
-def target_args(table: UserTable) -> list[str]:
-    return ["--database", table.url, "--table", table.table, "--column", "ssn"]
-
-
 def journaled_runs(table: UserTable) -> list[tuple[str, int, str]]:
     store = open_store(table.url, Target(table.table, "ssn", "id"))
     try:
@@ -70,6 +61,7 @@ def snapshot(table: UserTable, audit_log: Path) -> tuple[dict[int, str | None], 
 
 
 class TestMigrateEstimate:
+    @TABLES
     def test_names_every_target_with_its_count_and_changes_nothing(
         self,
         table: UserTable,
@@ -95,6 +87,7 @@ class TestMigrateEstimate:
         assert f"{table.table}.ssn: 40 values (and 1 unparseable" in text
         assert "within the 24 h SLA" in text
 
+    @TABLES
     def test_a_target_set_the_sla_cannot_hold_is_reported_over(
         self,
         table: UserTable,
@@ -114,6 +107,7 @@ class TestMigrateEstimate:
 
 
 class TestDrillProjection:
+    @TABLES
     def test_projects_the_configured_targets_at_the_drills_rate(
         self,
         table: UserTable,

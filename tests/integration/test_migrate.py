@@ -10,7 +10,6 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -18,26 +17,22 @@ import pytest
 
 import heimdall_kms
 from heimdall_kms.audit import MemoryAuditSink
-from heimdall_kms.cli import main
 from heimdall_kms.envelope import KmsV1Envelope, parse
-from tests.integration.dbtables import UserTable, hybrid_local_env
+from tests.integration.dbtables import (
+    UserTable,
+    hybrid_local_env,
+    run_main,
+    stored_text,
+    target_args,
+)
 from tests.legacy_data import legacy_envelope
 
 MASTER_HEX = "ab" * 32
 OLD_HEX = "cd" * 32
-BACKENDS = ["sqlite", "postgres-text", "postgres-jsonb"]
 
 
 def plaintext(i: int) -> str:
     return f"{i:03d}-12-{i % 10000:04d}"
-
-
-@pytest.fixture(params=BACKENDS)
-def table(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UserTable]:
-    url = None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    created = UserTable.create(request.param, tmp_path, url)
-    yield created
-    created.drop()
 
 
 @pytest.fixture
@@ -45,11 +40,6 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return hybrid_local_env(
         tmp_path, monkeypatch, MASTER_HEX, HMD_PII_LEGACY_KEYS=f"key-2023:{OLD_HEX}"
     )
-
-
-def text_value(table: UserTable, value: str) -> str:
-    # A jsonb column can only hold JSON: companion values are stored as JSON strings there.
-    return json.dumps(value) if table.json_column else value
 
 
 def fill(table: UserTable, good: int = 60) -> dict[int, str]:
@@ -66,25 +56,15 @@ def fill(table: UserTable, good: int = 60) -> dict[int, str]:
     tampered["ciphertext"] = base64.b64encode(bytes(raw)).decode()
     rows += [
         (1001, None),
-        (1002, text_value(table, "sha256:" + hashlib.sha256(b"a@b.c").hexdigest())),
-        (1003, text_value(table, "[REDACTED]")),
-        (1004, text_value(table, "just text")),
+        (1002, stored_text(table, "sha256:" + hashlib.sha256(b"a@b.c").hexdigest())),
+        (1003, stored_text(table, "[REDACTED]")),
+        (1004, stored_text(table, "just text")),
         (1005, legacy_envelope(MASTER_HEX, "000-00-0000", "unknown-key")),
         (1006, json.dumps(tampered)),
         (1007, '{"ciphertext": "!!", "nonce": "x", "key_id": "a", "algorithm": "AES-256-GCM"}'),
     ]
     table.insert(rows)
     return expected
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def target_args(table: UserTable) -> list[str]:
-    return ["--database", table.url, "--table", table.table, "--column", "ssn"]
 
 
 def kms_crypto(env: dict[str, str]) -> heimdall_kms.Crypto:
@@ -114,7 +94,7 @@ def test_migrate_end_to_end(
 ) -> None:
     expected = fill(table)
     before = table.values()
-    code, out, err = run_cli(
+    code, out, err = run_main(
         ["migrate", *target_args(table), "--batch-size", "25", "--json"], capsys
     )
     assert code == 3, err
@@ -143,14 +123,14 @@ def test_rerun_is_idempotent_and_status_proves_it(
     table: UserTable, env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     expected = fill(table, good=30)
-    run_cli(["migrate", *target_args(table)], capsys)
+    run_main(["migrate", *target_args(table)], capsys)
     first = table.values()
-    code, out, _ = run_cli(["migrate", *target_args(table), "--json"], capsys)
+    code, out, _ = run_main(["migrate", *target_args(table), "--json"], capsys)
     assert code == 3  # the three bad rows are still reported
     assert json.loads(out)["completed"] == 0
     assert table.values() == first
     assert len(table.journal()) == len(expected)
-    code, out, _ = run_cli(["status", *target_args(table), "--json"], capsys)
+    code, out, _ = run_main(["status", *target_args(table), "--json"], capsys)
     assert code == 0
     census = json.loads(out)
     assert census["encryption_version"] == {"kms_v1": 30, "legacy": 2}
@@ -160,7 +140,7 @@ def test_rerun_is_idempotent_and_status_proves_it(
     assert census["keys"] == [
         {"provider": "local", "key_identifier": "heimdall-pii", "key_version": 1, "count": 30}
     ]
-    code, _, err = run_cli(["status", *target_args(table), "--fail-if-legacy"], capsys)
+    code, _, err = run_main(["status", *target_args(table), "--fail-if-legacy"], capsys)
     assert code == 3
     assert "2 legacy, 1 unparseable, 1 plaintext remain" in err
 
@@ -170,7 +150,7 @@ def test_dry_run_writes_nothing(
 ) -> None:
     expected = fill(table, good=20)
     before = table.values()
-    code, out, _ = run_cli(["migrate", *target_args(table), "--dry-run", "--json"], capsys)
+    code, out, _ = run_main(["migrate", *target_args(table), "--dry-run", "--json"], capsys)
     assert code == 3
     summary = json.loads(out)
     assert summary["dry_run"] is True
@@ -185,11 +165,11 @@ def test_rollback_restores_all_but_values_changed_since(
 ) -> None:
     fill(table, good=20)
     before = table.values()
-    code, out, _ = run_cli(["migrate", *target_args(table), "--json", "--run-id", "r-1"], capsys)
+    code, out, _ = run_main(["migrate", *target_args(table), "--json", "--run-id", "r-1"], capsys)
     assert json.loads(out)["run_id"] == "r-1"
     changed = legacy_envelope(MASTER_HEX, "app-wrote-this")
     table.set(5, changed)
-    code, out, err = run_cli(
+    code, out, err = run_main(
         ["migrate", *target_args(table), "--rollback", "r-1", "--json"], capsys
     )
     assert code == 3, err
@@ -198,7 +178,7 @@ def test_rollback_restores_all_but_values_changed_since(
     after = table.values()
     assert {k: v for k, v in after.items() if k != 5} == {k: v for k, v in before.items() if k != 5}
     assert json.loads(after[5] or "") == json.loads(changed)
-    code, out, _ = run_cli(
+    code, out, _ = run_main(
         ["journal", "purge", *target_args(table), "--older-than-days", "0", "--json"], capsys
     )
     assert code == 0
@@ -213,14 +193,14 @@ class TestRollbackRestoresOnlyEnvelopes:
         """Someone put an SSN in the journal: rollback restores the rest, never writes it."""
         fill(table, good=10)
         before = table.values()
-        assert run_cli(["migrate", *target_args(table), "--run-id", "r-p"], capsys)[0] == 3
+        assert run_main(["migrate", *target_args(table), "--run-id", "r-p"], capsys)[0] == 3
         migrated = table.values()
         secret = "123-45-6789"
         table._execute(
             "UPDATE heimdall_kms_journal SET old_value = %s WHERE table_name = %s AND row_key = %s",
             [secret, table.table, "4"],
         )
-        code, out, err = run_cli(
+        code, out, err = run_main(
             ["migrate", *target_args(table), "--rollback", "r-p", "--json"], capsys
         )
         assert code == 3
@@ -258,7 +238,7 @@ def test_concurrent_application_writes_are_never_overwritten(
     writer = threading.Thread(target=application)
     writer.start()
     try:
-        code, _out, err = run_cli(
+        code, _out, err = run_main(
             ["migrate", *target_args(table), "--batch-size", "10", "--json"], capsys
         )
     finally:
@@ -291,7 +271,7 @@ def test_two_targets_from_a_targets_file(
         f'[[targets]]\ntable = "{first.table}"\ncolumn = "ssn"\n'
         '[[targets]]\ntable = "payments"\ncolumn = "card"\nid_column = "pid"\n'
     )
-    code, out, _ = run_cli(["migrate", "--targets", str(targets), "--json"], capsys)
+    code, out, _ = run_main(["migrate", "--targets", str(targets), "--json"], capsys)
     assert code == 3  # the first table's three bad rows
     summary = json.loads(out)
     assert [t["completed"] for t in summary["targets"]] == [len(expected), 1]
@@ -300,7 +280,7 @@ def test_two_targets_from_a_targets_file(
     envelope = parse(card)
     assert isinstance(envelope, KmsV1Envelope)
     assert envelope.context == {"table": "payments", "field": "card", "record": "p-1"}
-    _code, out, _ = run_cli(["status", "--targets", str(targets), "--json"], capsys)
+    _code, out, _ = run_main(["status", "--targets", str(targets), "--json"], capsys)
     census = json.loads(out)
     assert census["encryption_version"]["kms_v1"] == len(expected) + 1
     assert len(census["targets"]) == 2
@@ -325,7 +305,7 @@ def test_wrong_targets_fail_before_any_write(
     fill(table, good=3)
     before = table.values()
     base = ["--database", table.url] + (["--table", table.table] if "--table" not in args else [])
-    code, out, err = run_cli(["migrate", *base, *args], capsys)
+    code, out, err = run_main(["migrate", *base, *args], capsys)
     assert code != 0
     assert out == ""
     lines = [line for line in err.splitlines() if line.startswith("heimdall-kms: error:")]
@@ -339,14 +319,14 @@ def test_wrong_targets_fail_before_any_write(
 def test_missing_sqlite_file_and_bad_url(
     env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run_cli(
+    code, _, err = run_main(
         ["status", "--database", f"sqlite:///{tmp_path}/none.db", "--table", "t", "--column", "c"],
         capsys,
     )
     assert code == 73
     assert "no SQLite database" in err
     assert not (tmp_path / "none.db").exists()
-    code, _, err = run_cli(
+    code, _, err = run_main(
         ["status", "--database", "mysql://x", "--table", "t", "--column", "c"], capsys
     )
     assert code == 78
@@ -361,7 +341,7 @@ def test_migrate_refuses_kms_mode(
     monkeypatch.setenv("HMD_ENCRYPTION_MODE", "kms")
     monkeypatch.delenv("HMD_PII_MASTER_KEY")
     monkeypatch.delenv("HMD_PII_LEGACY_KEYS")
-    code, _, err = run_cli(["migrate", *target_args(table)], capsys)
+    code, _, err = run_main(["migrate", *target_args(table)], capsys)
     assert code == 78
     assert "HMD_ENCRYPTION_MODE: migrate needs hybrid" in err
 
@@ -378,14 +358,14 @@ def test_read_only_postgres_user_fails_before_any_write(
             db.execute(f"CREATE ROLE {role} LOGIN")
             db.execute(f"GRANT SELECT ON {table.table} TO {role}")
         reader_url = postgres_url.replace("postgres@", f"{role}@", 1)
-        code, out, err = run_cli(
+        code, out, err = run_main(
             ["migrate", "--database", reader_url, "--table", table.table, "--column", "ssn"], capsys
         )
         assert code == 73
         assert out == ""
         assert f"may not SELECT and UPDATE '{table.table}'" in err
         assert table.values() == before
-        code, out, _ = run_cli(
+        code, out, _ = run_main(
             [
                 "status",
                 "--database",
@@ -415,7 +395,7 @@ def test_status_needs_no_kms_configuration(
     table = UserTable.create("sqlite", tmp_path, None)
     fill(table, good=5)
     monkeypatch.setenv("HMD_DATABASE_URL", table.url)
-    code, out, err = run_cli(["status", "--table", table.table, "--column", "ssn"], capsys)
+    code, out, err = run_main(["status", "--table", table.table, "--column", "ssn"], capsys)
     assert code == 0, err
     assert "legacy 7" in out  # 5 good, one under an unknown key id, one tampered
     assert "unparseable 1" in out

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +17,19 @@ from Crypto.Cipher import AES
 
 import heimdall_kms
 from heimdall_kms.audit import MemoryAuditSink
-from heimdall_kms.cli import main
 from heimdall_kms.envelope import KmsV1Envelope, LegacyEnvelope, parse
-from tests.integration.dbtables import UserTable, hybrid_local_env
+from tests.integration.dbtables import (
+    UserTable,
+    hybrid_local_env,
+    run_main,
+    stored_text,
+    target_args,
+)
 from tests.legacy_data import legacy_envelope
 
 MASTER_HEX = "ab" * 32
-BACKENDS = ["sqlite", "postgres-text", "postgres-jsonb"]
 SHA = "sha256:" + "0" * 64
 HMAC = "hmac:vault:v1:" + "A" * 43 + "="
-
-
-@pytest.fixture(params=BACKENDS)
-def table(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UserTable]:
-    url = None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    created = UserTable.create(request.param, tmp_path, url)
-    yield created
-    created.drop()
 
 
 @pytest.fixture
@@ -42,30 +37,15 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return hybrid_local_env(tmp_path, monkeypatch, MASTER_HEX)
 
 
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def target(table: UserTable, *extra: str) -> list[str]:
-    return ["--database", table.url, "--table", table.table, "--column", "ssn", *extra]
-
-
-def stored(table: UserTable, value: str) -> str:
-    """A plain text value as the column holds it (a jsonb column holds JSON: a string)."""
-    return json.dumps(value) if table.json_column else value
-
-
 def census(table: UserTable, capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, Any]:
-    code, out, err = run(["status", *target(table, *extra), "--json"], capsys)
+    code, out, err = run_main(["status", *target_args(table, *extra), "--json"], capsys)
     assert code == 0, err
     result: dict[str, Any] = json.loads(out)
     return result
 
 
 def gate(table: UserTable, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str]:
-    code, _, err = run(["status", *target(table, *extra), "--fail-if-legacy"], capsys)
+    code, _, err = run_main(["status", *target_args(table, *extra), "--fail-if-legacy"], capsys)
     return code, err
 
 
@@ -84,22 +64,22 @@ class TestCutOverGate:
         table.insert(
             [
                 (1, None),
-                (2, stored(table, SHA)),
-                (3, stored(table, HMAC)),
-                (4, stored(table, "[REDACTED]")),
+                (2, stored_text(table, SHA)),
+                (3, stored_text(table, HMAC)),
+                (4, stored_text(table, "[REDACTED]")),
                 (5, legacy_envelope(MASTER_HEX, "123-45-6789")),
             ]
         )
-        code, _, err = run(["migrate", *target(table)], capsys)
+        code, _, err = run_main(["migrate", *target_args(table)], capsys)
         assert code == 0, err
         assert gate(table, capsys) == (0, "")
-        table.insert([(6, stored(table, "4111 1111 1111 1111"))])
+        table.insert([(6, stored_text(table, "4111 1111 1111 1111"))])
         code, err = gate(table, capsys)
         assert code == 3
         assert "1 plaintext remain" in err
         assert "4111" not in err
-        code, _, err = run(
-            ["status", *target(table), "--fail-if-legacy", "--allow-plaintext"], capsys
+        code, _, err = run_main(
+            ["status", *target_args(table), "--fail-if-legacy", "--allow-plaintext"], capsys
         )
         assert code == 0, err
         assert census(table, capsys)["plaintext"] == 1
@@ -115,7 +95,7 @@ class TestCutOverGate:
         capsys: pytest.CaptureFixture[str],
         value: str,
     ) -> None:
-        table.insert([(1, stored(table, value))])
+        table.insert([(1, stored_text(table, value))])
         assert census(table, capsys)["plaintext"] == 1
         assert gate(table, capsys)[0] == 3
 
@@ -138,8 +118,8 @@ class TestCutOverGate:
         assert code == 3
         assert "2 nested envelope remain" in err
         assert "--json-path" in err
-        code, _, err = run(
-            ["status", *target(table, "--fail-if-legacy", "--allow-plaintext")], capsys
+        code, _, err = run_main(
+            ["status", *target_args(table, "--fail-if-legacy", "--allow-plaintext")], capsys
         )
         assert code == 3, err  # a hidden envelope is not plaintext someone may allow
 
@@ -156,7 +136,7 @@ class TestCutOverGate:
             assert gate(table, capsys)[0] == 3
             return
         assert found["encryption_version"]["legacy"] == 3
-        code, out, err = run(["migrate", *target(table), "--json"], capsys)
+        code, out, err = run_main(["migrate", *target_args(table), "--json"], capsys)
         assert code == 0, err
         assert json.loads(out)["completed"] == 3
         for row_id, value in table.values().items():
@@ -189,8 +169,8 @@ class TestJsonPath:
         before = table.values()
         path = ("--json-path", "raw")
         assert census(table, capsys, *path)["encryption_version"]["legacy"] == 30
-        code, out, err = run(
-            ["migrate", *target(table, *path), "--batch-size", "7", "--json"], capsys
+        code, out, err = run_main(
+            ["migrate", *target_args(table, *path), "--batch-size", "7", "--json"], capsys
         )
         assert code == 0, err
         summary = json.loads(out)
@@ -216,12 +196,12 @@ class TestJsonPath:
         assert found["not_envelope"]["absent"] == 1
         assert gate(table, capsys, *path) == (0, "")
         assert gate(table, capsys)[0] == 3  # without the path the envelopes are unseen
-        code, _, err = run(["rotate"], capsys)
+        code, _, err = run_main(["rotate"], capsys)
         assert code == 0, err
-        code, out, err = run(["retire", "--below-version", "2", *target(table)], capsys)
+        code, out, err = run_main(["retire", "--below-version", "2", *target_args(table)], capsys)
         assert code == 4
         assert "inside JSON documents" in err
-        code, out, err = run(["reencrypt", *target(table, *path), "--json"], capsys)
+        code, out, err = run_main(["reencrypt", *target_args(table, *path), "--json"], capsys)
         assert code == 0, err
         assert json.loads(out)["completed"] == 30
         rewrapped = table.values()
@@ -231,7 +211,9 @@ class TestJsonPath:
             )
             assert isinstance(envelope, KmsV1Envelope)
             assert envelope.key_version == 2
-        code, _, err = run(["retire", "--below-version", "2", *target(table, *path)], capsys)
+        code, _, err = run_main(
+            ["retire", "--below-version", "2", *target_args(table, *path)], capsys
+        )
         assert code == 0, err
 
     @staticmethod
@@ -267,10 +249,10 @@ class TestJsonPath:
             f'database = "{table.url}"\n'
             f'[[targets]]\ntable = "{table.table}"\ncolumn = "ssn"\njson_path = "raw"\n'
         )
-        code, out, err = run(["migrate", "--targets", str(targets), "--json"], capsys)
+        code, out, err = run_main(["migrate", "--targets", str(targets), "--json"], capsys)
         assert code == 0, err
         assert json.loads(out)["targets"][0]["target"] == f"{table.table}.ssn:raw"
-        code, _, err = run(["status", "--targets", str(targets), "--fail-if-legacy"], capsys)
+        code, _, err = run_main(["status", "--targets", str(targets), "--fail-if-legacy"], capsys)
         assert code == 0, err
 
     def test_a_row_whose_document_is_ambiguous_fails_by_id(
@@ -282,7 +264,9 @@ class TestJsonPath:
         table.insert(
             [(1, '{"raw": ' + envelope + ', "raw": "plain"}'), (2, bag(envelope, quoted=True))]
         )
-        code, out, _ = run(["migrate", *target(table, "--json-path", "raw"), "--json"], capsys)
+        code, out, _ = run_main(
+            ["migrate", *target_args(table, "--json-path", "raw"), "--json"], capsys
+        )
         assert code == 3
         summary = json.loads(out)
         assert summary["completed"] == 1
@@ -308,7 +292,7 @@ class TestLenientLegacy:
             )
         table.insert(rows)
         assert census(table, capsys)["encryption_version"]["legacy"] == len(variants)
-        code, out, err = run(["migrate", *target(table), "--json"], capsys)
+        code, out, err = run_main(["migrate", *target_args(table), "--json"], capsys)
         assert code == 0, err
         assert json.loads(out)["completed"] == len(variants)
         with heimdall_kms.from_env(env, audit=MemoryAuditSink()) as crypto:
@@ -329,15 +313,19 @@ class TestSize:
         texts = {i: big if i == 10 else f"v{i}" for i in range(1, 21)}
         table.insert([(i, legacy_envelope(MASTER_HEX, t)) for i, t in texts.items()])
         assert census(table, capsys)["encryption_version"]["legacy"] == 20
-        code, out, err = run(["migrate", *target(table), "--batch-size", "4", "--json"], capsys)
+        code, out, err = run_main(
+            ["migrate", *target_args(table), "--batch-size", "4", "--json"], capsys
+        )
         assert code == 0, err
         assert json.loads(out)["completed"] == 20
         with heimdall_kms.from_env(env, audit=MemoryAuditSink()) as crypto:
             value = table.values()[10] or ""
             assert crypto.decrypt(value, actor="t", reason="verify") == big
-        code, _, err = run(["rotate"], capsys)
+        code, _, err = run_main(["rotate"], capsys)
         assert code == 0, err
-        code, out, err = run(["reencrypt", *target(table), "--mode", "full", "--json"], capsys)
+        code, out, err = run_main(
+            ["reencrypt", *target_args(table), "--mode", "full", "--json"], capsys
+        )
         assert code == 0, err
         assert json.loads(out)["completed"] == 20
         assert gate(table, capsys) == (0, "")
@@ -355,7 +343,7 @@ class TestSize:
                 [(k, legacy_envelope(MASTER_HEX, k[:5])) for k in ("a", long_id, "z")],
             )
         args = ["--database", f"sqlite:///{path}", "--table", "t", "--column", "ssn"]
-        code, out, _ = run(["migrate", *args, "--json"], capsys)
+        code, out, _ = run_main(["migrate", *args, "--json"], capsys)
         assert code == 3
         summary = json.loads(out)
         assert summary["completed"] == 2
@@ -381,12 +369,12 @@ class TestLegacyMode:
     ) -> None:
         texts = {i: f"{i:03d}-00-1111" for i in range(1, 13)}
         table.insert([(i, legacy_envelope(MASTER_HEX, t)) for i, t in texts.items()])
-        table.insert([(50, stored(table, "[REDACTED]")), (51, None)])
-        code, _, err = run(["migrate", *target(table)], capsys)
+        table.insert([(50, stored_text(table, "[REDACTED]")), (51, None)])
+        code, _, err = run_main(["migrate", *target_args(table)], capsys)
         assert code == 0, err
         migrated = table.values()
-        code, out, err = run(
-            ["reencrypt", *target(table), "--mode", "legacy", "--batch-size", "5", "--json"],
+        code, out, err = run_main(
+            ["reencrypt", *target_args(table), "--mode", "legacy", "--batch-size", "5", "--json"],
             capsys,
         )
         assert code == 0, err
@@ -403,12 +391,14 @@ class TestLegacyMode:
             assert open_legacy(MASTER_HEX, value) == text  # the env key alone reads it
         assert rolled_back[50] == migrated[50]
         # Resumable and idempotent: a rerun finds nothing left to do.
-        code, out, err = run(["reencrypt", *target(table), "--mode", "legacy", "--json"], capsys)
+        code, out, err = run_main(
+            ["reencrypt", *target_args(table), "--mode", "legacy", "--json"], capsys
+        )
         assert code == 0, err
         assert json.loads(out)["completed"] == 0
         # Journaled: the run can be undone, back to the kms_v1 values.
-        code, _, err = run(
-            ["migrate", *target(table), "--rollback", summary["run_id"], "--json"], capsys
+        code, _, err = run_main(
+            ["migrate", *target_args(table), "--rollback", summary["run_id"], "--json"], capsys
         )
         assert code == 0, err
         assert table.values() == migrated
@@ -424,7 +414,7 @@ class TestLegacyMode:
     ) -> None:
         monkeypatch.setenv("HMD_ENCRYPTION_MODE", "kms")
         monkeypatch.delenv("HMD_PII_MASTER_KEY")
-        code, _, err = run(["reencrypt", *target(table), "--mode", "legacy"], capsys)
+        code, _, err = run_main(["reencrypt", *target_args(table), "--mode", "legacy"], capsys)
         assert code == 78
         assert "HMD_ENCRYPTION_MODE: reencrypt --mode legacy needs hybrid" in err
 
@@ -436,11 +426,11 @@ class TestComplianceEvidence:
         self, table: UserTable, env: dict[str, str], capsys: pytest.CaptureFixture[str]
     ) -> None:
         table.insert([(1, bag(legacy_envelope(MASTER_HEX, "x"), quoted=True))])
-        _, out, err = run(["compliance", "report", *target(table), "--json"], capsys)
+        _, out, err = run_main(["compliance", "report", *target_args(table), "--json"], capsys)
         found = json.loads(out)["evidence"]["no_env_key_values"]
         assert (found["holds"], found["legacy"], found["nested_envelope"]) == (False, 0, 1), err
-        _, out, _ = run(
-            ["compliance", "report", *target(table, "--json-path", "raw"), "--json"], capsys
+        _, out, _ = run_main(
+            ["compliance", "report", *target_args(table, "--json-path", "raw"), "--json"], capsys
         )
         found = json.loads(out)["evidence"]["no_env_key_values"]
         assert (found["holds"], found["legacy"], found["nested_envelope"]) == (False, 1, 0)

@@ -9,21 +9,23 @@ this tool must read and migrate, reads back what this tool writes in the legacy 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import heimdall_kms
 from heimdall_kms.audit import MemoryAuditSink
-from heimdall_kms.cli import main
 from heimdall_kms.envelope import KmsV1Envelope, parse
 from heimdall_kms.policy import PolicyEngine, parse_policy
-from tests.integration.dbtables import UserTable, hybrid_local_env
+from tests.integration.dbtables import (
+    UserTable,
+    hybrid_local_env,
+    run_main,
+    target_args,
+)
 from tests.interop.engine_tool import Engine, build_engine
 
 MASTER_HEX = "ab" * 32
-BACKENDS = ["sqlite", "postgres-text", "postgres-jsonb"]
 TEXTS = ["123-45-6789", "", "Zoë Ångström, 山田太郎, 🚀", "x" * 1_200_000, 'quote " and \\ and \n']
 
 
@@ -32,27 +34,9 @@ def engine() -> Engine:
     return build_engine()
 
 
-@pytest.fixture(params=BACKENDS)
-def table(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UserTable]:
-    url = None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    created = UserTable.create(request.param, tmp_path, url)
-    yield created
-    created.drop()
-
-
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return hybrid_local_env(tmp_path, monkeypatch, MASTER_HEX)
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def target(table: UserTable, *extra: str) -> list[str]:
-    return ["--database", table.url, "--table", table.table, "--column", "ssn", *extra]
 
 
 class TestEngineWritesThisToolReads:
@@ -73,10 +57,12 @@ class TestEngineWritesThisToolReads:
         assert [r.get("plaintext") for r in engine.decrypt(MASTER_HEX, lenient)] == [TEXTS[0]] * 2
         rows = list(enumerate([*written, *lenient], 1))
         table.insert(rows)
-        code, out, err = run(["status", *target(table), "--json"], capsys)
+        code, out, err = run_main(["status", *target_args(table), "--json"], capsys)
         assert code == 0, err
         assert json.loads(out)["encryption_version"]["legacy"] == len(rows)
-        code, out, err = run(["migrate", *target(table), "--batch-size", "3", "--json"], capsys)
+        code, out, err = run_main(
+            ["migrate", *target_args(table), "--batch-size", "3", "--json"], capsys
+        )
         assert code == 0, err
         assert json.loads(out)["completed"] == len(rows)
         expected = {1 + i: text for i, text in enumerate(TEXTS)} | {6: TEXTS[0], 7: TEXTS[0]}
@@ -86,7 +72,7 @@ class TestEngineWritesThisToolReads:
                 assert crypto.decrypt(stored[row_id] or "", actor="t", reason="verify") == text
         # The old engine's is_encrypted recognises every migrated kms_v1 value.
         assert engine.is_encrypted([v or "" for v in stored.values()]) == [True] * len(rows)
-        code, _, err = run(["status", *target(table), "--fail-if-legacy"], capsys)
+        code, _, err = run_main(["status", *target_args(table), "--fail-if-legacy"], capsys)
         assert code == 0, err
 
     def test_engine_values_in_property_bags_migrate(
@@ -100,9 +86,11 @@ class TestEngineWritesThisToolReads:
         table.insert(
             [(i, json.dumps({"field_type": "ssn", "raw": v})) for i, v in enumerate(written, 1)]
         )
-        code, _, _ = run(["status", *target(table), "--fail-if-legacy"], capsys)
+        code, _, _ = run_main(["status", *target_args(table), "--fail-if-legacy"], capsys)
         assert code == 3  # unseen without the path
-        code, out, err = run(["migrate", *target(table, "--json-path", "raw"), "--json"], capsys)
+        code, out, err = run_main(
+            ["migrate", *target_args(table, "--json-path", "raw"), "--json"], capsys
+        )
         assert code == 0, err
         assert json.loads(out)["completed"] == 3
         with heimdall_kms.from_env(env, audit=MemoryAuditSink()) as crypto:
@@ -132,7 +120,7 @@ class TestThisToolWritesEngineReads:
                 ]
             )
         table.insert([(i, env_.to_json()) for i, env_ in enumerate(sealed, 1)])
-        code, _, err = run(["reencrypt", *target(table), "--mode", "legacy"], capsys)
+        code, _, err = run_main(["reencrypt", *target_args(table), "--mode", "legacy"], capsys)
         assert code == 0, err
         read = engine.decrypt(MASTER_HEX, [v or "" for v in table.values().values()])
         assert [r.get("plaintext") for r in read] == TEXTS[:3]
