@@ -33,7 +33,7 @@ import hvac
 from heimdall_kms.async_crypto import AsyncCrypto
 from heimdall_kms.audit.sink import FileAuditSink
 from heimdall_kms.config import Settings
-from heimdall_kms.providers.vault import VaultTransitProvider
+from heimdall_kms.providers.vault.transit import VaultTransitProvider
 from heimdall_kms.service import Crypto
 from heimdall_kms.testing import TRANSIT_KEY, CountingSession, OpenBao, start_openbao
 

@@ -23,7 +23,7 @@ from heimdall_kms.config import EncryptionMode, Settings
 from heimdall_kms.jobs.migrate import MigrationOptions, run_migration
 from heimdall_kms.jobs.reencrypt import ReencryptOptions, run_reencrypt
 from heimdall_kms.jobs.report import JobReport
-from heimdall_kms.providers.vault import VaultTransitProvider
+from heimdall_kms.providers.vault.transit import VaultTransitProvider
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import Target, open_store
 from heimdall_kms.testing import TRANSIT_KEY, CountingSession

@@ -28,7 +28,7 @@ from heimdall_kms.config import EncryptionMode, Secret, Settings
 from heimdall_kms.jobs.metered import MeteredProvider
 from heimdall_kms.jobs.migrate import MigrationOptions, run_migration
 from heimdall_kms.primitives import new_dek
-from heimdall_kms.providers.vault import VaultTransitProvider
+from heimdall_kms.providers.vault.transit import VaultTransitProvider
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import Target, open_store
 from heimdall_kms.testing import TRANSIT_KEY, CountingSession, OpenBao, start_openbao

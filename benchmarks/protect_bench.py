@@ -42,7 +42,7 @@ from heimdall_kms.audit import open_sink
 from heimdall_kms.config import Settings
 from heimdall_kms.policy import PolicyEngine, load_policy
 from heimdall_kms.policy.stream import process_ndjson
-from heimdall_kms.providers.vault import VaultTransitProvider
+from heimdall_kms.providers.vault.transit import VaultTransitProvider
 from heimdall_kms.service import Crypto
 
 class Counting(requests.Session):

@@ -61,7 +61,7 @@ from heimdall_kms import primitives
 from heimdall_kms.audit.sink import FileAuditSink
 from heimdall_kms.config import Settings
 from heimdall_kms.providers.aws import AWSKMSProvider
-from heimdall_kms.providers.vault import VaultTransitProvider
+from heimdall_kms.providers.vault.transit import VaultTransitProvider
 from heimdall_kms.service import Crypto
 from heimdall_kms.testing import TRANSIT_KEY, OpenBao, start_openbao
 from heimdall_kms.testing.moto_server import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, start_moto

@@ -10,14 +10,10 @@ mode rules below are cross-field checks that read more plainly as code.)
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import Generic, TypeVar
-from urllib.parse import urlsplit
 
 from heimdall_kms.audit_settings import AuditAnchoring, read_anchoring
 from heimdall_kms.errors import ConfigurationError
@@ -29,7 +25,10 @@ from heimdall_kms.kinds import (
     WriteFormat,
 )
 from heimdall_kms.legacy_context import LegacyContext, LegacyContextRule
-from heimdall_kms.secret_file import read_secret_file, secret_setting
+from heimdall_kms.providers.local.settings import read_keyring
+from heimdall_kms.providers.vault.settings import VaultSettings
+from heimdall_kms.providers.vault.settings import read_settings as read_vault
+from heimdall_kms.settings_env import Env, Secret, existing_file
 
 __all__ = [
     "DEFAULT_LEGACY_KEY_ID",
@@ -52,56 +51,6 @@ __all__ = [
 DEFAULT_LEGACY_KEY_ID = "default-key-v1"
 DEFAULT_KMS_KEY_ID = "heimdall-pii"
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
-_T = TypeVar("_T")
-
-
-class Secret(Generic[_T]):
-    """Holds a secret value whose repr and str never show it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: _T) -> None:
-        self._value = value
-
-    def reveal(self) -> _T:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(Secret)
-
-
-@dataclass(frozen=True, slots=True)
-class VaultSettings:
-    addr: str
-    auth_method: VaultAuthMethod = VaultAuthMethod.TOKEN
-    token: Secret[str] | None = None
-    # HMD_VAULT_TOKEN_FILE (a Vault Agent sink): read again whenever it changes (vault_auth).
-    token_file: Path | None = None
-    role_id: str | None = None
-    secret_id: Secret[str] | None = None
-    k8s_role: str | None = None
-    k8s_token_path: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-    jwt_role: str | None = None  # HMD_VAULT_JWT_ROLE
-    jwt_file: Path | None = None  # HMD_VAULT_JWT_FILE: read at each login (it may rotate)
-    # HMD_VAULT_CLIENT_CERT / HMD_VAULT_CLIENT_KEY: presented in every TLS handshake with Vault
-    # (cert auth, or a listener that requires client certificates).
-    client_cert: Path | None = None
-    client_key: Path | None = None
-    cert_role: str | None = None  # HMD_VAULT_CERT_ROLE: else Vault tries every cert role
-    auth_mount: str | None = None
-    transit_mount: str = "transit"
-    namespace: str | None = None
-    cacert: Path | None = None
-    timeout_seconds: float = 30.0
-    batch_size: int = 250
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,28 +151,16 @@ class Settings:
         Raises:
             ConfigurationError: a value is missing, malformed or inconsistent with the mode.
         """
-        env = _Env(environ)
+        env = Env(environ)
         mode = env.enum("HMD_ENCRYPTION_MODE", EncryptionMode, EncryptionMode.KMS)
         hybrid_write = env.enum("HMD_HYBRID_WRITE_FORMAT", WriteFormat, WriteFormat.KMS_V1)
         legacy_key_id = env.get("HMD_PII_KEY_ID") or DEFAULT_LEGACY_KEY_ID
         legacy_keys = _read_legacy_keys(env, legacy_key_id)
         provider = env.optional_enum("HMD_KMS_PROVIDER", ProviderName)
         _check_mode(mode, hybrid_write, provider, env, legacy_keys, legacy_key_id)
-        kms_key_id = env.get("HMD_KMS_KEY_ID")
-        if provider is not None and kms_key_id is None:
-            if provider in (ProviderName.VAULT, ProviderName.LOCAL):
-                kms_key_id = DEFAULT_KMS_KEY_ID
-            else:
-                raise ConfigurationError(
-                    f"HMD_KMS_KEY_ID: required for HMD_KMS_PROVIDER={provider.value}"
-                )
-        uses_kms = mode is not EncryptionMode.LEGACY
-        local_keyring = env.get("HMD_LOCAL_KEYRING")
-        if uses_kms and provider is ProviderName.LOCAL and local_keyring is None:
-            raise ConfigurationError(
-                "HMD_LOCAL_KEYRING: the local provider needs its keyring file named on purpose "
-                "(create one with heimdall-kms local init). NOT FOR PRODUCTION."
-            )
+        kms_key_id = _kms_key_id(env, provider)
+        chosen = provider if mode is not EncryptionMode.LEGACY else None
+        part = _ProviderPart.read(env, chosen)
         audit_log = _audit_destination(env.get("HMD_AUDIT_LOG"))
         hmac_key_id, hmac_version, hmac_previous = _read_hmac(env, kms_key_id)
         return cls(
@@ -233,11 +170,11 @@ class Settings:
             legacy_keys=legacy_keys,
             provider=provider,
             kms_key_id=kms_key_id,
-            vault=_read_vault(env) if uses_kms and provider is ProviderName.VAULT else None,
-            aws=_read_aws(env) if uses_kms and provider is ProviderName.AWS else None,
-            gcp=_read_gcp(env) if uses_kms and provider is ProviderName.GCP else None,
-            azure=_read_azure(env) if uses_kms and provider is ProviderName.AZURE else None,
-            local_keyring=Path(local_keyring) if local_keyring else None,
+            vault=part.vault,
+            aws=part.aws,
+            gcp=part.gcp,
+            azure=part.azure,
+            local_keyring=part.local_keyring,
             database_url=_database_url(env.secret("HMD_DATABASE_URL")),
             audit_log=audit_log,
             audit_anchoring=read_anchoring(environ),
@@ -267,14 +204,46 @@ class Settings:
         )
 
 
-def _positive(env: _Env, name: str, default: float) -> float:
+def _kms_key_id(env: Env, provider: ProviderName | None) -> str | None:
+    kms_key_id = env.get("HMD_KMS_KEY_ID")
+    if provider is None or kms_key_id is not None:
+        return kms_key_id
+    if provider in (ProviderName.VAULT, ProviderName.LOCAL):
+        return DEFAULT_KMS_KEY_ID
+    raise ConfigurationError(f"HMD_KMS_KEY_ID: required for HMD_KMS_PROVIDER={provider.value}")
+
+
+@dataclass(frozen=True, slots=True)
+class _ProviderPart:
+    """The provider's own settings: only the chosen one's are read and checked, each by the
+    reader of its provider package."""
+
+    vault: VaultSettings | None = None
+    aws: AWSSettings | None = None
+    gcp: GCPSettings | None = None
+    azure: AzureSettings | None = None
+    local_keyring: Path | None = None
+
+    @classmethod
+    def read(cls, env: Env, chosen: ProviderName | None) -> _ProviderPart:
+        # The keyring path is read whatever the provider (the demo and audit signer use it).
+        return cls(
+            vault=read_vault(env) if chosen is ProviderName.VAULT else None,
+            aws=_read_aws(env) if chosen is ProviderName.AWS else None,
+            gcp=_read_gcp(env) if chosen is ProviderName.GCP else None,
+            azure=_read_azure(env) if chosen is ProviderName.AZURE else None,
+            local_keyring=read_keyring(env, required=chosen is ProviderName.LOCAL),
+        )
+
+
+def _positive(env: Env, name: str, default: float) -> float:
     value = env.number(name, default)
     if not value > 0:
         raise ConfigurationError(f"{name}: must be a number of seconds above 0")
     return value
 
 
-def _read_hmac(env: _Env, kms_key_id: str | None) -> tuple[str | None, int, int | None]:
+def _read_hmac(env: Env, kms_key_id: str | None) -> tuple[str | None, int, int | None]:
     key_id = env.get("HMD_HMAC_KEY_ID") or (f"{kms_key_id}-hmac" if kms_key_id else None)
     if key_id is not None and key_id == kms_key_id:
         raise ConfigurationError(
@@ -292,75 +261,6 @@ def _read_hmac(env: _Env, kms_key_id: str | None) -> tuple[str | None, int, int 
     return key_id, version, previous
 
 
-class _Env:
-    """Small typed accessors; an empty string counts as unset."""
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
-        self._secrets: dict[str, str | None] = {}
-
-    def secret(self, name: str, *fallbacks: str) -> str | None:
-        """``name`` or the file ``name_FILE`` names (never both), else the fallbacks.
-
-        A file is read once (heimdall_kms.secret_file); its errors name ``name_FILE``.
-        """
-        if name not in self._secrets:
-            value = secret_setting(self._environ, name)
-            self._secrets[name] = value if value is not None else self.get(name, *fallbacks)
-        return self._secrets[name]
-
-    def given(self, name: str) -> bool:
-        """Whether ``name`` or ``name_FILE`` is set (without reading the file)."""
-        return self.get(name) is not None or self.get(f"{name}_FILE") is not None
-
-    def get(self, name: str, *fallbacks: str) -> str | None:
-        for key in (name, *fallbacks):
-            value = self._environ.get(key, "").strip()
-            if value:
-                return value
-        return None
-
-    def enum(self, name: str, kind: type[StrEnumT], default: StrEnumT) -> StrEnumT:
-        return self.optional_enum(name, kind) or default
-
-    def optional_enum(self, name: str, kind: type[StrEnumT]) -> StrEnumT | None:
-        raw = self.get(name)
-        if raw is None:
-            return None
-        try:
-            return kind(raw.lower())
-        except ValueError:
-            choices = " | ".join(member.value for member in kind)
-            raise ConfigurationError(f"{name}: expected one of {choices}, got {raw!r}") from None
-
-    def integer(self, name: str, default: int, *, minimum: int) -> int:
-        raw = self.get(name)
-        if raw is None:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ConfigurationError(f"{name}: expected an integer, got {raw!r}") from None
-        if value < minimum:
-            raise ConfigurationError(f"{name}: must be at least {minimum}, got {value}")
-        return value
-
-    def number(self, name: str, default: float) -> float:
-        raw = self.get(name)
-        if raw is None:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigurationError(f"{name}: expected a number, got {raw!r}") from None
-        if not value > 0:
-            raise ConfigurationError(f"{name}: must be greater than 0")
-        return value
-
-
-StrEnumT = TypeVar("StrEnumT", bound=StrEnum)
-
-
 def _hex_key(name: str, raw: str) -> Secret[bytes]:
     # The message gives the length, never the characters: this is key material.
     if len(raw) != 64:
@@ -370,7 +270,7 @@ def _hex_key(name: str, raw: str) -> Secret[bytes]:
     return Secret(bytes.fromhex(raw))
 
 
-def _read_legacy_keys(env: _Env, primary_id: str) -> dict[str, Secret[bytes]]:
+def _read_legacy_keys(env: Env, primary_id: str) -> dict[str, Secret[bytes]]:
     keys: dict[str, Secret[bytes]] = {}
     master = env.secret("HMD_PII_MASTER_KEY")
     if master is not None:
@@ -395,7 +295,7 @@ def _check_mode(  # noqa: PLR0917 - private, called once, every argument is a di
     mode: EncryptionMode,
     hybrid_write: WriteFormat,
     provider: ProviderName | None,
-    env: _Env,
+    env: Env,
     legacy_keys: Mapping[str, Secret[bytes]],
     legacy_key_id: str,
 ) -> None:
@@ -424,65 +324,7 @@ def _check_mode(  # noqa: PLR0917 - private, called once, every argument is a di
         raise ConfigurationError("HMD_PII_MASTER_KEY: required when HMD_HYBRID_WRITE_FORMAT=legacy")
 
 
-def _read_vault(env: _Env) -> VaultSettings:
-    addr = env.get("HMD_VAULT_ADDR", "VAULT_ADDR")
-    if addr is None:
-        raise ConfigurationError("HMD_VAULT_ADDR: required for HMD_KMS_PROVIDER=vault")
-    parts = urlsplit(addr)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError("HMD_VAULT_ADDR: expected an http:// or https:// URL with a host")
-    insecure = env.get("HMD_VAULT_ALLOW_INSECURE_HTTP") or "false"
-    if insecure not in ("true", "false"):
-        raise ConfigurationError("HMD_VAULT_ALLOW_INSECURE_HTTP: expected true | false")
-    if parts.scheme == "http" and not _loopback(parts.hostname) and insecure != "true":
-        raise ConfigurationError(
-            "HMD_VAULT_ADDR: plain http:// to a host other than loopback would send the token "
-            "and every data key unencrypted; use https:// (or set "
-            "HMD_VAULT_ALLOW_INSECURE_HTTP=true behind a TLS-terminating proxy on a trusted "
-            "network)"
-        )
-    method = env.enum("HMD_VAULT_AUTH_METHOD", VaultAuthMethod, VaultAuthMethod.TOKEN)
-    token = env.secret("HMD_VAULT_TOKEN", "VAULT_TOKEN")
-    token_file = env.get("HMD_VAULT_TOKEN_FILE")
-    secret_id = env.secret("HMD_VAULT_SECRET_ID")
-    settings = VaultSettings(
-        addr=addr.rstrip("/"),
-        auth_method=method,
-        token=Secret(token) if token else None,
-        token_file=Path(token_file) if token_file else None,
-        role_id=env.get("HMD_VAULT_ROLE_ID"),
-        secret_id=Secret(secret_id) if secret_id else None,
-        k8s_role=env.get("HMD_VAULT_K8S_ROLE"),
-        k8s_token_path=Path(
-            env.get("HMD_VAULT_K8S_TOKEN_PATH")
-            or "/var/run/secrets/kubernetes.io/serviceaccount/token"
-        ),
-        jwt_role=env.get("HMD_VAULT_JWT_ROLE"),
-        jwt_file=_secret_path("HMD_VAULT_JWT_FILE", env.get("HMD_VAULT_JWT_FILE")),
-        client_cert=_existing_file("HMD_VAULT_CLIENT_CERT", env.get("HMD_VAULT_CLIENT_CERT")),
-        client_key=_secret_path("HMD_VAULT_CLIENT_KEY", env.get("HMD_VAULT_CLIENT_KEY")),
-        cert_role=env.get("HMD_VAULT_CERT_ROLE"),
-        auth_mount=env.get("HMD_VAULT_AUTH_MOUNT"),
-        transit_mount=env.get("HMD_VAULT_TRANSIT_MOUNT") or "transit",
-        namespace=env.get("HMD_VAULT_NAMESPACE", "VAULT_NAMESPACE"),
-        cacert=_existing_file("HMD_VAULT_CACERT", env.get("HMD_VAULT_CACERT", "VAULT_CACERT")),
-        timeout_seconds=env.number("HMD_VAULT_TIMEOUT", 30.0),
-        batch_size=env.integer("HMD_VAULT_BATCH_SIZE", 250, minimum=1),
-    )
-    _check_vault_auth(settings)
-    return settings
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _read_aws(env: _Env) -> AWSSettings:
+def _read_aws(env: Env) -> AWSSettings:
     endpoint = env.get("AWS_ENDPOINT_URL_KMS", "AWS_ENDPOINT_URL")
     if endpoint is not None and not endpoint.startswith(("http://", "https://")):
         raise ConfigurationError("AWS_ENDPOINT_URL_KMS: expected an http:// or https:// URL")
@@ -504,7 +346,7 @@ def _key_versioning(raw: str | None) -> AWSKeyVersioning:
         ) from None
 
 
-def _read_gcp(env: _Env) -> GCPSettings:
+def _read_gcp(env: Env) -> GCPSettings:
     transport = (env.get("HMD_GCP_TRANSPORT") or "grpc").lower()
     if transport not in ("grpc", "rest"):
         raise ConfigurationError(f"HMD_GCP_TRANSPORT: expected grpc | rest, got {transport!r}")
@@ -527,7 +369,7 @@ def _read_gcp(env: _Env) -> GCPSettings:
     )
 
 
-def _read_azure(env: _Env) -> AzureSettings:
+def _read_azure(env: Env) -> AzureSettings:
     flags: dict[str, bool] = {}
     for name, default in (
         ("HMD_AZURE_VERIFY_CHALLENGE_RESOURCE", "true"),
@@ -538,52 +380,12 @@ def _read_azure(env: _Env) -> AzureSettings:
             raise ConfigurationError(f"{name}: expected true | false")
         flags[name] = value == "true"
     return AzureSettings(
-        ca_bundle=_existing_file("HMD_AZURE_CA_BUNDLE", env.get("HMD_AZURE_CA_BUNDLE")),
+        ca_bundle=existing_file("HMD_AZURE_CA_BUNDLE", env.get("HMD_AZURE_CA_BUNDLE")),
         verify_challenge_resource=flags["HMD_AZURE_VERIFY_CHALLENGE_RESOURCE"],
         max_concurrency=env.integer("HMD_AZURE_MAX_CONCURRENCY", 8, minimum=1),
         disable_instance_discovery=flags["HMD_AZURE_DISABLE_INSTANCE_DISCOVERY"],
         timeout_seconds=env.number("HMD_AZURE_TIMEOUT", 10.0),
     )
-
-
-def _check_vault_auth(vault: VaultSettings) -> None:
-    if vault.auth_method is VaultAuthMethod.TOKEN and vault.token is None:
-        raise ConfigurationError("HMD_VAULT_TOKEN: required for HMD_VAULT_AUTH_METHOD=token")
-    if vault.auth_method is VaultAuthMethod.APPROLE:
-        if vault.role_id is None:
-            raise ConfigurationError(
-                "HMD_VAULT_ROLE_ID: required for HMD_VAULT_AUTH_METHOD=approle"
-            )
-        if vault.secret_id is None:
-            raise ConfigurationError(
-                "HMD_VAULT_SECRET_ID: required for HMD_VAULT_AUTH_METHOD=approle"
-            )
-    if vault.auth_method is VaultAuthMethod.KUBERNETES and vault.k8s_role is None:
-        raise ConfigurationError(
-            "HMD_VAULT_K8S_ROLE: required for HMD_VAULT_AUTH_METHOD=kubernetes"
-        )
-    if vault.auth_method is VaultAuthMethod.JWT:
-        for name, value in (
-            ("HMD_VAULT_JWT_ROLE", vault.jwt_role),
-            ("HMD_VAULT_JWT_FILE", vault.jwt_file),
-        ):
-            if value is None:
-                raise ConfigurationError(f"{name}: required for HMD_VAULT_AUTH_METHOD=jwt")
-    if (vault.client_cert is None) != (vault.client_key is None):
-        raise ConfigurationError(
-            "HMD_VAULT_CLIENT_CERT, HMD_VAULT_CLIENT_KEY: set both (the certificate and its key)"
-        )
-    if vault.auth_method is VaultAuthMethod.CERT:
-        if vault.client_cert is None:
-            raise ConfigurationError(
-                "HMD_VAULT_CLIENT_CERT: required for HMD_VAULT_AUTH_METHOD=cert "
-                "(with HMD_VAULT_CLIENT_KEY)"
-            )
-        if not vault.addr.startswith("https://"):
-            raise ConfigurationError(
-                "HMD_VAULT_ADDR: HMD_VAULT_AUTH_METHOD=cert needs an https:// address "
-                "(the certificate is presented in the TLS handshake)"
-            )
 
 
 def audit_destination(environ: Mapping[str, str]) -> str:
@@ -592,7 +394,7 @@ def audit_destination(environ: Mapping[str, str]) -> str:
     Raises:
         ConfigurationError: it names stdout.
     """
-    return _audit_destination(_Env(environ).get("HMD_AUDIT_LOG"))
+    return _audit_destination(Env(environ).get("HMD_AUDIT_LOG"))
 
 
 def database_url(environ: Mapping[str, str]) -> str | None:
@@ -601,7 +403,7 @@ def database_url(environ: Mapping[str, str]) -> str | None:
     Raises:
         ConfigurationError: not a sqlite:/// or postgresql:// URL.
     """
-    return _database_url(_Env(environ).secret("HMD_DATABASE_URL"))
+    return _database_url(Env(environ).secret("HMD_DATABASE_URL"))
 
 
 def _audit_destination(value: str | None) -> str:
@@ -619,21 +421,3 @@ def _database_url(value: str | None) -> str | None:
             "HMD_DATABASE_URL: expected sqlite:///PATH or postgresql://USER@HOST/DB"
         )
     return value
-
-
-def _secret_path(name: str, value: str | None) -> Path | None:
-    """A file holding a credential (a JWT, a private key): checked like every ``*_FILE``."""
-    if value is None:
-        return None
-    path = Path(value)
-    read_secret_file(name, path)
-    return path
-
-
-def _existing_file(name: str, value: str | None) -> Path | None:
-    if value is None:
-        return None
-    path = Path(value)
-    if not path.is_file():
-        raise ConfigurationError(f"{name}: no such file: {value}")
-    return path

@@ -90,7 +90,7 @@ def demo_key(base: Settings, workdir: Path, say: Callable[[str], None]) -> Itera
 
 @contextmanager
 def _vault_key(base: Settings, say: Callable[[str], None]) -> Iterator[DemoKey]:
-    from heimdall_kms.providers import vault  # noqa: PLC0415 - hvac only when configured
+    from heimdall_kms.providers.vault import transit as vault  # noqa: PLC0415 - hvac only when configured
 
     assert base.vault is not None
     mount = base.vault.transit_mount
@@ -118,7 +118,7 @@ def _vault_key(base: Settings, say: Callable[[str], None]) -> Iterator[DemoKey]:
 
 
 def _delete(client: hvac.Client, base: Settings, name: str, say: Callable[[str], None]) -> None:
-    from heimdall_kms.providers import vault  # noqa: PLC0415
+    from heimdall_kms.providers.vault import transit as vault  # noqa: PLC0415
 
     assert base.vault is not None
     mount = base.vault.transit_mount

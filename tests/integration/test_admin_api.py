@@ -39,7 +39,7 @@ from heimdall_kms.config import Settings
 from heimdall_kms.envelope import KmsV1Envelope, parse
 from heimdall_kms.errors import ConfigurationError, InvalidInputError
 from heimdall_kms.providers.local import LocalKeyring
-from heimdall_kms.providers.vault import VaultTransitProvider
+from heimdall_kms.providers.vault.transit import VaultTransitProvider
 from tests.legacy_data import legacy_envelope
 from tests.servers import TRANSIT_KEY, CountingSession, OpenBao, free_port
 from tests.unit.test_audit_line_bounds import LARGEST, OVERSIZED, append_from_another_process

@@ -20,7 +20,7 @@ from heimdall_kms.errors import (
     InvalidInputError,
     KMSUnavailableError,
 )
-from heimdall_kms.providers.vault import VaultTransitProvider
+from heimdall_kms.providers.vault.transit import VaultTransitProvider
 from heimdall_kms.service import Crypto
 from tests.servers import TRANSIT_KEY, CountingSession, OpenBao, free_port
 

@@ -21,7 +21,7 @@ from heimdall_kms.errors import KMSUnavailableError
 from heimdall_kms.jobs.migrate import MigrationOptions, run_migration
 from heimdall_kms.providers.base import KeyContext, WrappedKey
 from heimdall_kms.providers.local import LocalKeyring
-from heimdall_kms.providers.vault import VaultTransitProvider
+from heimdall_kms.providers.vault.transit import VaultTransitProvider
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import Target, open_store
 from tests.integration.dbtables import UserTable

@@ -9,7 +9,7 @@ import heimdall_kms
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.config import Settings
 from heimdall_kms.policy import PolicyEngine, parse_policy
-from heimdall_kms.providers.vault import VaultTransitProvider
+from heimdall_kms.providers.vault.transit import VaultTransitProvider
 from heimdall_kms.service import Crypto
 from tests.servers import TRANSIT_KEY, CountingSession, OpenBao
 

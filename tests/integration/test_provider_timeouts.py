@@ -111,7 +111,7 @@ def _build(settings: Settings) -> KeyManagementService:
         from heimdall_kms.providers.aws import AWSKMSProvider
 
         return AWSKMSProvider.from_settings(settings)
-    from heimdall_kms.providers.vault import VaultTransitProvider
+    from heimdall_kms.providers.vault.transit import VaultTransitProvider
 
     return VaultTransitProvider.from_settings(settings)
 

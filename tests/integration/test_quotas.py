@@ -24,7 +24,7 @@ from heimdall_kms.jobs.metered import MeteredProvider
 from heimdall_kms.jobs.migrate import MigrationOptions, run_migration
 from heimdall_kms.jobs.rate import TokenBucket
 from heimdall_kms.providers.resilient import CircuitBreaker, ResilientProvider, RetryPolicy
-from heimdall_kms.providers.vault import VaultTransitProvider
+from heimdall_kms.providers.vault.transit import VaultTransitProvider
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import Target, open_store
 from tests.integration.dbtables import UserTable

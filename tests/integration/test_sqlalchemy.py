@@ -29,7 +29,7 @@ from heimdall_kms.errors import (
     InvalidInputError,
     MalformedEnvelopeError,
 )
-from heimdall_kms.providers.vault import VaultTransitProvider
+from heimdall_kms.providers.vault.transit import VaultTransitProvider
 from heimdall_kms.service import Crypto
 from heimdall_kms.sqlalchemy import Encrypted, Stored, attach
 from tests.legacy_data import legacy_envelope

@@ -20,7 +20,7 @@ from heimdall_kms.providers.resilient import (
     ResilientProvider,
     RetryPolicy,
 )
-from heimdall_kms.providers.vault import VaultTransitProvider
+from heimdall_kms.providers.vault.transit import VaultTransitProvider
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import Target, open_store
 from tests.legacy_data import legacy_envelope
@@ -183,7 +183,7 @@ def test_revoked_static_token_fails_at_once(fresh_openbao: OpenBao) -> None:
 def test_renewable_token_is_renewed_before_it_runs_out(fresh_openbao: OpenBao) -> None:
     import time
 
-    from heimdall_kms.providers.vault_auth import TokenKeeper
+    from heimdall_kms.providers.vault.auth import TokenKeeper
 
     root = fresh_openbao.client()
     token = root.auth.token.create(policies=["root"], ttl="3s", renewable=True)

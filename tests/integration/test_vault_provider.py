@@ -28,8 +28,8 @@ from heimdall_kms.errors import (
     RateLimitedError,
 )
 from heimdall_kms.providers.base import HashKey
-from heimdall_kms.providers.vault import VaultTransitProvider
-from heimdall_kms.providers.vault_http import VaultAdapter
+from heimdall_kms.providers.vault.http import VaultAdapter
+from heimdall_kms.providers.vault.transit import VaultTransitProvider
 from heimdall_kms.service import Crypto
 from tests.servers import TRANSIT_KEY, CountingSession, OpenBao, free_port
 

@@ -246,7 +246,7 @@ class TestVaultRedirect:
     @pytest.mark.parametrize("call", ["describe", "wrap", "hmac"])
     def test_a_redirect_is_not_followed_and_the_token_goes_nowhere(self, call: str) -> None:
         from heimdall_kms.providers.base import HashKey
-        from heimdall_kms.providers.vault import VaultTransitProvider
+        from heimdall_kms.providers.vault.transit import VaultTransitProvider
 
         _Recorder.seen.clear()
         with _serving(_Recorder) as elsewhere, _serving(_redirector(elsewhere)) as vault:

@@ -13,7 +13,7 @@ from heimdall_kms.errors import (
 )
 from heimdall_kms.jobs.patience import Patience
 from heimdall_kms.jobs.rate import FLOOR, InFlightLimit, TokenBucket
-from heimdall_kms.providers.vault_http import retry_after_seconds
+from heimdall_kms.providers.vault.http import retry_after_seconds
 
 
 class FakeClock:

@@ -41,8 +41,10 @@ class TestRetireBound:
         """The wording lives in base.py alone; CLI vocabulary stays in cli/."""
         offenders = [
             str(path.relative_to(SRC))
-            for path in (SRC / "providers").rglob("*.py")
-            if "--below-version" in path.read_text(encoding="utf-8")
+            for folder in ("providers", "testing")
+            for path in (SRC / folder).rglob("*.py")
+            if "below-version must" in path.read_text(encoding="utf-8")
+            or "below_version must" in path.read_text(encoding="utf-8")
         ]
         assert offenders == []
 

@@ -94,7 +94,7 @@ class VaultSigner:
         mount: str = "transit",
         login: Callable[[hvac.Client], None] | None = None,
     ) -> None:
-        from heimdall_kms.providers.vault_auth import TokenKeeper  # noqa: PLC0415
+        from heimdall_kms.providers.vault.auth import TokenKeeper  # noqa: PLC0415
 
         self._client = client
         self._name = name
@@ -104,12 +104,10 @@ class VaultSigner:
         self._token = TokenKeeper(client, login)
 
     def _call(self, operation: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        from heimdall_kms.providers.vault import _Translated  # noqa: PLC0415 - optional extra
+        from heimdall_kms.providers.vault.errors import Translated  # noqa: PLC0415 - optional extra
 
         def attempt() -> dict[str, Any]:
-            with _Translated(
-                operation, address=self._client.url, key=self._name, mount=self._mount
-            ):
+            with Translated(operation, address=self._client.url, key=self._name, mount=self._mount):
                 return fn()
 
         self._token.keep_fresh()
@@ -118,7 +116,7 @@ class VaultSigner:
         except AuthenticationError:
             if self._token.login is None:
                 raise
-            with _Translated("login", login=True, address=self._client.url):
+            with Translated("login", login=True, address=self._client.url):
                 self._token.login(self._client)
             return attempt()
 
@@ -234,8 +232,8 @@ def signer_from_settings(settings: Settings) -> Signer | None:
             "keyed-hashing key"
         )
     if settings.provider is ProviderName.VAULT and settings.vault is not None:
-        from heimdall_kms.providers.vault import build_client  # noqa: PLC0415 - optional extra
-        from heimdall_kms.providers.vault_auth import login_function  # noqa: PLC0415
+        from heimdall_kms.providers.vault.auth import login_function  # noqa: PLC0415
+        from heimdall_kms.providers.vault.transit import build_client  # noqa: PLC0415 - optional extra
 
         return VaultSigner(
             build_client(settings.vault),

@@ -8,7 +8,6 @@ does), and for TLS 1.2 only ECDHE key exchange with AEAD ciphers.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import socket
@@ -20,6 +19,7 @@ import click
 
 from heimdall_kms.config import Settings
 from heimdall_kms.errors import ConfigurationError, ListenError
+from heimdall_kms.settings_env import is_loopback
 from heimdall_kms.telemetry.logs import configure_logging
 from heimdall_kms.telemetry.settings import TelemetrySettings
 
@@ -31,15 +31,6 @@ __all__ = ["build_server", "harden_tls", "is_loopback", "listen", "serve"]
 # TLS 1.2 suites: forward secrecy and authenticated encryption only. (TLS 1.3 suites are all
 # AEAD and are configured separately by OpenSSL.)
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def harden_tls(context: ssl.SSLContext) -> ssl.SSLContext:

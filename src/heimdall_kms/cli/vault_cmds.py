@@ -112,7 +112,7 @@ def bootstrap(
 
     with needs_extra("vault", "vault bootstrap"):
         from heimdall_kms.providers import vault_bootstrap as vb  # noqa: PLC0415 - loads hvac
-        from heimdall_kms.providers.vault import build_client  # noqa: PLC0415
+        from heimdall_kms.providers.vault.transit import build_client  # noqa: PLC0415
 
     k8s = _binding(kubernetes, k8s_namespace, accounts, k8s_mount, k8s_host, k8s_ca_cert)
     period = parse_period(auto_rotate_period) if auto_rotate_period else None

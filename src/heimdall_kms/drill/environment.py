@@ -163,7 +163,7 @@ def _drill_key(
     settings: Settings, workdir: Path
 ) -> tuple[KeyManagementService, Callable[[], None]]:
     if settings.provider is ProviderName.VAULT and settings.vault is not None:
-        from heimdall_kms.providers import vault  # noqa: PLC0415 - hvac only when configured
+        from heimdall_kms.providers.vault import transit as vault  # noqa: PLC0415 - hvac only when configured
 
         client = vault.build_client(settings.vault)
         name = f"heimdall-drill-{secrets.token_hex(4)}"

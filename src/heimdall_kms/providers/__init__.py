@@ -41,8 +41,8 @@ __all__ = [
 ]
 
 _PROVIDERS: dict[ProviderName, tuple[str, str, str]] = {
-    ProviderName.VAULT: ("heimdall_kms.providers.vault", "VaultTransitProvider", "vault"),
-    ProviderName.LOCAL: ("heimdall_kms.providers.local", "LocalDevProvider", ""),
+    ProviderName.VAULT: ("heimdall_kms.providers.vault.transit", "VaultTransitProvider", "vault"),
+    ProviderName.LOCAL: ("heimdall_kms.providers.local.provider", "LocalDevProvider", ""),
     ProviderName.AWS: ("heimdall_kms.providers.aws", "AWSKMSProvider", "aws"),
     ProviderName.GCP: ("heimdall_kms.providers.gcp", "GCPKMSProvider", "gcp"),
     ProviderName.AZURE: ("heimdall_kms.providers.azure", "AzureKeyVaultProvider", "azure"),

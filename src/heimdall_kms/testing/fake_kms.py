@@ -26,7 +26,6 @@ from heimdall_kms import primitives
 from heimdall_kms.errors import (
     HeimdallKMSError,
     IntegrityError,
-    InvalidInputError,
     KeyNotFoundError,
     KeyVersionRetiredError,
     KMSUnavailableError,
@@ -39,6 +38,7 @@ from heimdall_kms.providers.base import (
     KeyInfo,
     KeyVersion,
     WrappedKey,
+    check_retire_bound,
     round_trip,
 )
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
@@ -167,11 +167,7 @@ class FakeKMS:
             InvalidInputError: ``below_version`` is not between 1 and the latest version.
         """
         with self._open():
-            latest = max(self._versions)
-            if not 1 <= below_version <= latest:
-                raise InvalidInputError(
-                    f"below_version must be between 1 and the latest version {latest}"
-                )
+            check_retire_bound(below_version, max(self._versions))
             self._minimum = max(self._minimum, below_version)
             return self._describe()
 

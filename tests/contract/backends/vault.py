@@ -9,7 +9,7 @@ import hvac
 
 from heimdall_kms import primitives
 from heimdall_kms.providers import KeyManagementService
-from heimdall_kms.providers.vault import VaultTransitProvider
+from heimdall_kms.providers.vault.transit import VaultTransitProvider
 from tests.servers import OpenBao, free_port, start_openbao
 
 

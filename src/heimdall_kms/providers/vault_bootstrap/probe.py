@@ -8,8 +8,9 @@ import hvac.exceptions
 import requests
 
 from heimdall_kms.config import VaultSettings
-from heimdall_kms.providers.vault import _Translated, build_client
-from heimdall_kms.providers.vault_auth import new_client
+from heimdall_kms.providers.vault.auth import new_client
+from heimdall_kms.providers.vault.errors import Translated
+from heimdall_kms.providers.vault.transit import build_client
 from heimdall_kms.providers.vault_bootstrap.steps import _data
 
 __all__ = ["ServerStatus", "TokenStatus", "server_status", "token_status"]
@@ -65,7 +66,7 @@ def token_status(vault: VaultSettings) -> TokenStatus:
     """
     client = build_client(vault)
     try:
-        with _Translated("token lookup", address=client.url):
+        with Translated("token lookup", address=client.url):
             data = _data(client.auth.token.lookup_self())
     finally:
         client.adapter.close()

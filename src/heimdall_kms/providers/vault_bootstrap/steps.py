@@ -21,7 +21,7 @@ from heimdall_kms.config import Secret
 from heimdall_kms.errors import RefusedError
 
 # One translation of hvac errors into typed errors with safe messages, shared with the provider.
-from heimdall_kms.providers.vault import _Translated
+from heimdall_kms.providers.vault.errors import Translated
 from heimdall_kms.providers.vault_bootstrap.policies import (
     KEY_TYPE,
     ROLES,
@@ -118,7 +118,7 @@ def apply(client: hvac.Client, steps: Sequence[Step]) -> None:
     """
     for step in steps:
         for call in step.calls:
-            with _Translated(f"bootstrap ({step.name})", address=client.url):
+            with Translated(f"bootstrap ({step.name})", address=client.url):
                 client.adapter.request(call.method, call.path, json=call.body)
 
 
@@ -140,13 +140,13 @@ def new_secret_ids(client: hvac.Client, options: BootstrapOptions) -> dict[str, 
     made: dict[str, Secret[str]] = {}
     for role in ROLES:
         path = f"/v1/auth/{options.approle_mount}/role/{options.name(role)}/secret-id"
-        with _Translated("bootstrap (new secret id)", address=client.url):
+        with Translated("bootstrap (new secret id)", address=client.url):
             made[role] = Secret(str(client.adapter.post(path)["data"]["secret_id"]))
     return made
 
 
 def _get(client: hvac.Client, path: str) -> dict[str, Any] | None:
-    with _Translated("bootstrap (read)", address=client.url):
+    with Translated("bootstrap (read)", address=client.url):
         try:
             answer = client.adapter.get(path)
         except hvac.exceptions.InvalidPath:

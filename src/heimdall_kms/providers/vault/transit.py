@@ -5,9 +5,8 @@ ceil(N / batch_size) HTTP requests, never N. DEKs are wrapped *without* Transit
 ``associated_data``: Vault's ``rewrap`` refuses such values (hashicorp/vault#29532), and the
 field/record context is already bound where it matters, in the AES-GCM AAD of the value.
 
-Raw hvac responses are unpacked here and never leave this module. hvac's exception messages
-can quote the whole response body, and a failed batch's body holds the plaintext DEKs of the
-items that succeeded; so errors are rebuilt from safe parts and raised ``from None``.
+Raw hvac responses are unpacked here and never leave this module; errors are rebuilt from safe
+parts in :mod:`.errors` (hvac's own messages can quote a body that holds plaintext DEKs).
 """
 
 from __future__ import annotations
@@ -19,27 +18,21 @@ import functools
 import re
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, Self, TypeVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import hvac
 import hvac.exceptions
-import requests
 
 from heimdall_kms import primitives
-from heimdall_kms.config import ProviderName, Settings, VaultSettings
 from heimdall_kms.errors import (
     AuthenticationError,
     ConfigurationError,
     HeimdallKMSError,
     IntegrityError,
-    KeyNotFoundError,
-    KeyVersionRetiredError,
     KMSError,
-    KMSUnavailableError,
     PermissionDeniedError,
-    RateLimitedError,
 )
+from heimdall_kms.kinds import ProviderName
 from heimdall_kms.overlap import fan_out
 from heimdall_kms.providers.base import (
     Batching,
@@ -52,9 +45,14 @@ from heimdall_kms.providers.base import (
     round_trip,
 )
 from heimdall_kms.providers.deadline import watch
-from heimdall_kms.providers.vault_auth import Login, TokenKeeper, login_function, new_client
-from heimdall_kms.providers.vault_http import on_vault_adapter, post_json
+from heimdall_kms.providers.vault.auth import Login, TokenKeeper, login_function, new_client
+from heimdall_kms.providers.vault.errors import TooComplexError, Translated, item_error
+from heimdall_kms.providers.vault.http import on_vault_adapter, post_json
 from heimdall_kms.wrapped_key import parse_wrapped
+
+if TYPE_CHECKING:
+    from heimdall_kms.config import Settings
+    from heimdall_kms.providers.vault.settings import VaultSettings
 
 __all__ = [
     "VaultTransitProvider",
@@ -65,8 +63,6 @@ __all__ = [
 
 _BODY = re.compile(r"[A-Za-z0-9+/=]+")  # after ``vault:v<n>:`` (heimdall_kms.wrapped_key)
 _T = TypeVar("_T")
-# OpenBao refuses a JSON body with too many strings; a 500-item batch failed where 499 passed.
-_TOO_COMPLEX = "exceeded maximum number of strings"
 _CONCURRENT_BATCHES = 4
 
 
@@ -80,7 +76,7 @@ def build_client(vault: VaultSettings) -> hvac.Client:
     """
     client = new_client(vault)
     login = login_function(vault)
-    with _Translated("login", login=True, address=vault.addr):
+    with Translated("login", login=True, address=vault.addr):
         if login is not None:
             login(client)
         elif vault.token is not None:
@@ -94,7 +90,7 @@ def create_throwaway_key(client: hvac.Client, name: str, *, mount: str = "transi
     Raises:
         KMSError: Vault refused (the token needs create on transit/keys/NAME).
     """
-    with _Translated("create key", address=client.url, key=name, mount=mount):
+    with Translated("create key", address=client.url, key=name, mount=mount):
         client.secrets.transit.create_key(name, key_type="aes256-gcm96", mount_point=mount)
         client.secrets.transit.update_key_configuration(
             name, deletion_allowed=True, mount_point=mount
@@ -107,7 +103,7 @@ def delete_throwaway_key(client: hvac.Client, name: str, *, mount: str = "transi
     Raises:
         KMSError: Vault refused.
     """
-    with _Translated("delete key", address=client.url, key=name, mount=mount):
+    with Translated("delete key", address=client.url, key=name, mount=mount):
         client.secrets.transit.delete_key(name, mount_point=mount)
 
 
@@ -123,7 +119,7 @@ class VaultTransitProvider:
         batch_size: int = 250,
         login: Login | None = None,
     ) -> None:
-        # Every call, hvac's and the batches, on the one HTTP path (vault_http.VaultAdapter).
+        # Every call, hvac's and the batches, on the one HTTP path (http.VaultAdapter).
         self._client = client = on_vault_adapter(client)
         # HMD_VAULT_TIMEOUT bounds each request in total, not only each read (deadline.py).
         watch(client.adapter.session)
@@ -305,12 +301,12 @@ class VaultTransitProvider:
 
         return self._authorized(attempt)
 
-    def _translated(self, operation: str) -> _Translated:
-        return _Translated(operation, address=self._client.url, key=self._key, mount=self._mount)
+    def _translated(self, operation: str) -> Translated:
+        return Translated(operation, address=self._client.url, key=self._key, mount=self._mount)
 
     def _authorized(self, fn: Callable[[], _T]) -> _T:
         # A renewal that fails is left to the call that follows; one that hangs past the
-        # deadline fails this call as unavailable (vault_http.VaultAdapter._send).
+        # deadline fails this call as unavailable (http.VaultAdapter._send).
         self._token.keep_fresh()
         try:
             return fn()
@@ -320,7 +316,7 @@ class VaultTransitProvider:
             # A static token's refusal is final.
             if self._token.login is None:
                 raise
-            with _Translated("login", login=True, address=self._client.url):
+            with Translated("login", login=True, address=self._client.url):
                 self._token.login(self._client)
             return fn()
 
@@ -340,7 +336,7 @@ class VaultTransitProvider:
                         # results are still in the body.
                         return [_item_result(operation, item) for item in body]
                     raise
-        except _TooComplexError:
+        except TooComplexError:
             if len(chunk) == 1:
                 raise KMSError(f"Vault refused a single-item {operation} batch") from None
             half = len(chunk) // 2
@@ -353,10 +349,6 @@ class VaultTransitProvider:
         if body is None or len(body) != len(chunk):
             raise KMSError(f"Vault answered {operation} without one result per item")
         return [_item_result(operation, item) for item in body]
-
-
-class _TooComplexError(Exception):
-    """OpenBao refused the body as too complex; the batch is split and retried."""
 
 
 def _chunks(items: list[dict[str, str]], size: int) -> Iterator[list[dict[str, str]]]:
@@ -378,113 +370,7 @@ def _item_result(operation: str, item: dict[str, Any]) -> dict[str, Any] | Heimd
     error = item.get("error")
     if not error:
         return item
-    return _error_from_message(operation, str(error))
-
-
-def _error_from_message(operation: str, message: str) -> HeimdallKMSError:
-    text = message.lower()
-    if "too old" in text or "disallowed by policy" in text:
-        return KeyVersionRetiredError("the data key's key version is retired in Vault")
-    if "invalid key version" in text or ("key version" in text and "not" in text):
-        return KeyNotFoundError("the data key names a key version Vault does not have")
-    if "authentication failed" in text or "invalid ciphertext" in text or "base64" in text:
-        return IntegrityError("Vault could not unwrap the data key (damaged or not ours)")
-    if "not found" in text:
-        return KeyNotFoundError("Vault has no such transit key")
-    return KMSError(f"Vault refused the {operation} item")
-
-
-class _Translated:
-    """Turns hvac and requests exceptions into our typed errors, with safe messages.
-
-    The message names what failed: the operation, the Vault address (scheme, host and port
-    only: never credentials or a path) and, for Transit calls, the key and the mount.
-    """
-
-    def __init__(
-        self,
-        operation: str,
-        *,
-        login: bool = False,
-        address: str | None = None,
-        key: str | None = None,
-        mount: str | None = None,
-    ) -> None:
-        self._operation = operation
-        self._login = login
-        self._address = safe_address(address) if address else None
-        self._target = f"key {key!r} on mount {mount!r}" if key and mount else None
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
-    ) -> None:
-        if exc is None or isinstance(exc, KMSError | _TooComplexError):
-            return
-        if isinstance(exc, hvac.exceptions.VaultError):
-            raise _translate_vault(self._where(), exc, login=self._login) from None
-        if isinstance(exc, requests.exceptions.RequestException):
-            reason = type(exc).__name__
-            at = f" at {self._address}" if self._address else ""
-            target = f" ({self._target})" if self._target else ""
-            raise KMSUnavailableError(
-                f"cannot reach Vault{at} for {self._operation}{target}: {reason}"
-            ) from None
-
-    def _where(self) -> str:
-        parts = [part for part in (self._target, self._address) if part]
-        return f"Vault {self._operation}" + (f" ({', '.join(parts)})" if parts else "")
-
-
-def safe_address(url: str) -> str:
-    """``scheme://host:port`` of a Vault URL: no user, password, path or query."""
-    try:
-        parts = urlsplit(url)
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "the configured address"
-    return f"{parts.scheme}://{parts.hostname or ''}{port}" if parts.scheme else url
-
-
-def _translate_vault(
-    where: str, exc: hvac.exceptions.VaultError, *, login: bool
-) -> KMSError | _TooComplexError:
-    errors = [str(e) for e in (exc.errors or []) if isinstance(e, str)] if exc.errors else []
-    first = errors[0][:200] if errors else ""
-    if isinstance(exc, hvac.exceptions.InvalidRequest) and _TOO_COMPLEX in first:
-        return _TooComplexError()
-    if isinstance(exc, hvac.exceptions.Unauthorized) or (
-        login and isinstance(exc, hvac.exceptions.InvalidRequest | hvac.exceptions.Forbidden)
-    ):
-        return AuthenticationError(f"{where}: authentication failed (check the token or role)")
-    if isinstance(exc, hvac.exceptions.Forbidden):
-        return PermissionDeniedError(
-            f"{where}: permission denied (HTTP 403: the token is invalid or expired, or its "
-            "policy does not allow this operation)"
-        )
-    if isinstance(exc, hvac.exceptions.InvalidPath):
-        return KeyNotFoundError(f"{where}: no such transit key or mount (HTTP 404)")
-    retry_after = getattr(exc, "retry_after", None)  # set by VaultAdapter from the header
-    if isinstance(exc, hvac.exceptions.RateLimitExceeded):
-        return RateLimitedError(f"{where}: rate limited (HTTP 429)", retry_after=retry_after)
-    if isinstance(exc, hvac.exceptions.VaultDown):
-        return KMSUnavailableError(
-            f"{where}: Vault is sealed or unavailable (HTTP 503)", retry_after=retry_after
-        )
-    if isinstance(
-        exc,
-        hvac.exceptions.InternalServerError
-        | hvac.exceptions.BadGateway
-        | hvac.exceptions.VaultNotInitialized,
-    ):
-        return KMSUnavailableError(f"{where}: Vault is unavailable (HTTP 5xx)")
-    if isinstance(exc, hvac.exceptions.InvalidRequest):
-        if "not found" in first:
-            return KeyNotFoundError(f"{where}: no such transit key")
-        return KMSError(f"{where}: request refused (HTTP 400: {first})")
-    return KMSError(f"{where}: unexpected answer from Vault")
+    return item_error(operation, str(error))
 
 
 def _creation_time(value: object) -> datetime | None:

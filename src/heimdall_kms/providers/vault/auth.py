@@ -27,9 +27,10 @@ import hvac
 import hvac.exceptions
 import requests
 
-from heimdall_kms.config import VaultAuthMethod, VaultSettings
 from heimdall_kms.errors import ConfigurationError
-from heimdall_kms.providers.vault_http import VaultAdapter, refuse_redirect
+from heimdall_kms.kinds import VaultAuthMethod
+from heimdall_kms.providers.vault.http import VaultAdapter, refuse_redirect
+from heimdall_kms.providers.vault.settings import VaultSettings
 from heimdall_kms.secret_file import FileStamp, read_secret_file
 
 __all__ = ["TokenFile", "TokenKeeper", "login_function", "new_client"]
@@ -40,7 +41,7 @@ Login = Callable[[hvac.Client], None]
 
 
 def new_client(vault: VaultSettings) -> hvac.Client:
-    """An hvac client sending through :class:`vault_http.VaultAdapter`, following no redirect."""
+    """An hvac client sending through :class:`.http.VaultAdapter`, following no redirect."""
     verify: bool | str = str(vault.cacert) if vault.cacert else True
     cert = (
         (str(vault.client_cert), str(vault.client_key))

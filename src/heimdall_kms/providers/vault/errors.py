@@ -1,0 +1,188 @@
+"""Vault's answers as the package's typed errors, with safe messages (one place for all calls).
+
+hvac's exception messages can quote the whole response body, and a failed batch's body holds
+the plaintext DEKs of the items that succeeded; so every error is rebuilt here from safe parts
+(the operation, the key and mount, the address without credentials or path) and raised
+``from None``. Both translations are tables read in order, the first match winning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import hvac.exceptions as hv
+import requests
+
+from heimdall_kms.errors import (
+    AuthenticationError,
+    HeimdallKMSError,
+    IntegrityError,
+    KeyNotFoundError,
+    KeyVersionRetiredError,
+    KMSError,
+    KMSUnavailableError,
+    PermissionDeniedError,
+    RateLimitedError,
+)
+
+__all__ = ["TooComplexError", "Translated", "item_error", "safe_address", "translate"]
+
+# OpenBao refuses a JSON body with too many strings; a 500-item batch failed where 499 passed.
+_TOO_COMPLEX = "exceeded maximum number of strings"
+
+
+class TooComplexError(Exception):
+    """OpenBao refused the body as too complex; the batch is split and retried."""
+
+
+_Make = Callable[[str, hv.VaultError], KMSError]
+
+# A whole call's answer, by hvac's exception class (one class per HTTP status).
+_BY_CLASS: tuple[tuple[type[hv.VaultError] | tuple[type[hv.VaultError], ...], _Make], ...] = (
+    (
+        hv.Unauthorized,
+        lambda where, _: AuthenticationError(
+            f"{where}: authentication failed (check the token or role)"
+        ),
+    ),
+    (
+        hv.Forbidden,
+        lambda where, _: PermissionDeniedError(
+            f"{where}: permission denied (HTTP 403: the token is invalid or expired, or its "
+            "policy does not allow this operation)"
+        ),
+    ),
+    (
+        hv.InvalidPath,
+        lambda where, _: KeyNotFoundError(f"{where}: no such transit key or mount (HTTP 404)"),
+    ),
+    (
+        hv.RateLimitExceeded,
+        lambda where, exc: RateLimitedError(
+            f"{where}: rate limited (HTTP 429)", retry_after=_retry_after(exc)
+        ),
+    ),
+    (
+        hv.VaultDown,
+        lambda where, exc: KMSUnavailableError(
+            f"{where}: Vault is sealed or unavailable (HTTP 503)", retry_after=_retry_after(exc)
+        ),
+    ),
+    (
+        (hv.InternalServerError, hv.BadGateway, hv.VaultNotInitialized),
+        lambda where, _: KMSUnavailableError(f"{where}: Vault is unavailable (HTTP 5xx)"),
+    ),
+)
+
+# A batch item's error text (Vault answers per item in ``batch_results``).
+_BY_ITEM_TEXT: tuple[tuple[Callable[[str], bool], Callable[[], HeimdallKMSError]], ...] = (
+    (
+        lambda t: "too old" in t or "disallowed by policy" in t,
+        lambda: KeyVersionRetiredError("the data key's key version is retired in Vault"),
+    ),
+    (
+        lambda t: "invalid key version" in t or ("key version" in t and "not" in t),
+        lambda: KeyNotFoundError("the data key names a key version Vault does not have"),
+    ),
+    (
+        lambda t: any(s in t for s in ("authentication failed", "invalid ciphertext", "base64")),
+        lambda: IntegrityError("Vault could not unwrap the data key (damaged or not ours)"),
+    ),
+    (lambda t: "not found" in t, lambda: KeyNotFoundError("Vault has no such transit key")),
+)
+
+
+def translate(where: str, exc: hv.VaultError, *, login: bool) -> KMSError | TooComplexError:
+    """The typed error for hvac's ``exc``; ``login``: a refusal means the credentials."""
+    if isinstance(exc, hv.InvalidRequest):
+        return _invalid_request(where, _first_error(exc), login=login)
+    if login and isinstance(exc, hv.Forbidden):
+        return AuthenticationError(f"{where}: authentication failed (check the token or role)")
+    for kind, make in _BY_CLASS:
+        if isinstance(exc, kind):
+            return make(where, exc)
+    return KMSError(f"{where}: unexpected answer from Vault")
+
+
+def item_error(operation: str, message: str) -> HeimdallKMSError:
+    """The typed error for one batch item's error text."""
+    text = message.lower()
+    for matches, make in _BY_ITEM_TEXT:
+        if matches(text):
+            return make()
+    return KMSError(f"Vault refused the {operation} item")
+
+
+def _invalid_request(where: str, first: str, *, login: bool) -> KMSError | TooComplexError:
+    if _TOO_COMPLEX in first:
+        return TooComplexError()
+    if login:
+        return AuthenticationError(f"{where}: authentication failed (check the token or role)")
+    if "not found" in first:
+        return KeyNotFoundError(f"{where}: no such transit key")
+    return KMSError(f"{where}: request refused (HTTP 400: {first})")
+
+
+def _first_error(exc: hv.VaultError) -> str:
+    errors = [str(e) for e in (exc.errors or []) if isinstance(e, str)] if exc.errors else []
+    return errors[0][:200] if errors else ""
+
+
+def _retry_after(exc: hv.VaultError) -> float | None:
+    value = getattr(exc, "retry_after", None)  # set by http.VaultAdapter from the header
+    return value if isinstance(value, int | float) else None
+
+
+class Translated:
+    """Turns hvac and requests exceptions into our typed errors, with safe messages.
+
+    The message names what failed: the operation, the Vault address (scheme, host and port
+    only: never credentials or a path) and, for Transit calls, the key and the mount.
+    """
+
+    def __init__(
+        self,
+        operation: str,
+        *,
+        login: bool = False,
+        address: str | None = None,
+        key: str | None = None,
+        mount: str | None = None,
+    ) -> None:
+        self._operation = operation
+        self._login = login
+        self._address = safe_address(address) if address else None
+        self._target = f"key {key!r} on mount {mount!r}" if key and mount else None
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if exc is None or isinstance(exc, KMSError | TooComplexError):
+            return
+        if isinstance(exc, hv.VaultError):
+            raise translate(self._where(), exc, login=self._login) from None
+        if isinstance(exc, requests.exceptions.RequestException):
+            reason = type(exc).__name__
+            at = f" at {self._address}" if self._address else ""
+            target = f" ({self._target})" if self._target else ""
+            raise KMSUnavailableError(
+                f"cannot reach Vault{at} for {self._operation}{target}: {reason}"
+            ) from None
+
+    def _where(self) -> str:
+        parts = [part for part in (self._target, self._address) if part]
+        return f"Vault {self._operation}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def safe_address(url: str) -> str:
+    """``scheme://host:port`` of a Vault URL: no user, password, path or query."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "the configured address"
+    return f"{parts.scheme}://{parts.hostname or ''}{port}" if parts.scheme else url
