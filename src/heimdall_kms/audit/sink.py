@@ -15,13 +15,15 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TextIO
 
 from heimdall_kms.audit.chain import GENESIS
 from heimdall_kms.audit.events import AuditEvent
 from heimdall_kms.audit.lines import chain_events
+from heimdall_kms.audit.sync_scope import unsynced_writers
 from heimdall_kms.errors import AuditWriteError
 
 if TYPE_CHECKING:
@@ -84,39 +86,70 @@ class FileAuditSink:
         self._fd: int | None = fd
         self._head: int | None = None
         self._end: tuple[int, int, str] | None = None  # (file size, seq, hash) after our write
+        self._unsynced = 0  # lines written in a one_sync_per_batch scope, not yet synced
 
     def emit(self, events: Sequence[AuditEvent]) -> None:
         if not events:
             return
-        with self._lock:
+        deferred = unsynced_writers()
+        with self._lock, self._writing():
+            fd = self._locked_fd()
             try:
-                if self._fd is None:
-                    raise ValueError("closed")
-                fd = self._fd
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                try:
-                    size = os.fstat(fd).st_size
-                    seq, prev = self._tail(fd, size)
-                    data, seq, prev = chain_events(events, seq, prev)
-                    encoded = data.encode("utf-8")
-                    self._end = None  # unknown until the write is complete
-                    _write_all(fd, encoded)
-                    os.fdatasync(fd)  # appends: the new size is flushed too
-                    self._checkpoint(seq, prev)
-                    self._end = (size + len(encoded), seq, prev)
-                finally:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-                if self._checkpointer is not None:
-                    self._checkpointer.note(seq, prev, len(events))
-            except (OSError, ValueError) as exc:
-                reason = getattr(exc, "strerror", None) or (
-                    "an event is not valid Unicode"
-                    if isinstance(exc, UnicodeEncodeError)
-                    else str(exc)
-                    if isinstance(exc, _ChainError)
-                    else "the log is closed"
-                )
-                raise AuditWriteError(f"cannot write audit log {self.path}: {reason}") from None
+                size = os.fstat(fd).st_size
+                seq, prev = self._tail(fd, size)
+                data, seq, prev = chain_events(events, seq, prev)
+                encoded = data.encode("utf-8")
+                self._end = None  # unknown until the write is complete
+                _write_all(fd, encoded)
+                self._end = (size + len(encoded), seq, prev)
+                if deferred is not None:
+                    self._unsynced += len(events)
+                    deferred[self] = None
+                    return
+                os.fdatasync(fd)  # appends: the new size is flushed too
+                self._checkpoint(seq, prev)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            if self._checkpointer is not None:
+                self._checkpointer.note(seq, prev, len(events))
+
+    def sync_deferred(self) -> None:
+        """Sync what this sink wrote in a :func:`one_sync_per_batch` scope, then move the
+        checkpoint to the chain's end (another writer's lines after ours are synced too)."""
+        with self._lock, self._writing():
+            if not self._unsynced:
+                return
+            fd = self._locked_fd()
+            try:
+                os.fdatasync(fd)
+                seq, prev = self._tail(fd, os.fstat(fd).st_size)
+                self._checkpoint(seq, prev)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            lines, self._unsynced = self._unsynced, 0
+            if self._checkpointer is not None:
+                self._checkpointer.note(seq, prev, lines)
+
+    def _locked_fd(self) -> int:
+        """The log's descriptor, under the writers' exclusive lock (the caller unlocks)."""
+        if self._fd is None:
+            raise ValueError("closed")
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self._fd
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        try:
+            yield
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or (
+                "an event is not valid Unicode"
+                if isinstance(exc, UnicodeEncodeError)
+                else str(exc)
+                if isinstance(exc, _ChainError)
+                else "the log is closed"
+            )
+            raise AuditWriteError(f"cannot write audit log {self.path}: {reason}") from None
 
     def _tail(self, fd: int, size: int) -> tuple[int, str]:
         """The chain's last ``seq`` and ``hash``, read from the end of the file."""

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from heimdall_kms.audit import AuditEvent, EventType, Result, audited
+from heimdall_kms.audit.sync_scope import one_sync_per_batch
 from heimdall_kms.envelope import check_context
 from heimdall_kms.errors import HeimdallKMSError, IncompleteError, InvalidInputError
 from heimdall_kms.inputs import MAX_STORED_PLAINTEXT_BYTES, plaintext_bytes
@@ -238,7 +239,9 @@ class BatchJob(ABC):
                     return _END, locked
                 rows = [row for row in batch.rows if row.id not in gap.seen]
                 if rows:
-                    self._convert_and_swap(store, target, batch, rows)
+                    # The batch's audit lines are synced once, before its transaction commits.
+                    with one_sync_per_batch():
+                        self._convert_and_swap(store, target, batch, rows)
                     self.patience.progressed()
                 return batch.rows[-1].id, locked
         except HeimdallKMSError:

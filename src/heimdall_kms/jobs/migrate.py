@@ -64,15 +64,17 @@ class MigrationJob(BatchJob):
     match = Match.LEGACY
 
     def convert(self, store: FieldStore, rows: list[Row], target: TargetReport) -> list[Swap]:
-        legacy: list[tuple[Row, Slot]] = []
+        # Each row's context is made once and used for its checks, decrypt and seal.
+        legacy: list[tuple[Row, Slot, dict[str, str]]] = []
         envelopes: list[Envelope] = []
         classify = reader_for(store)
         for row in rows:
             found = classify(row.value)
             if found.kind is ValueKind.LEGACY and found.envelope and found.slot:
-                if not self.usable_context(target, row, store.target.context(row.key)):
+                context = store.target.context(row.key)
+                if not self.usable_context(target, row, context):
                     continue  # failed by id before it is decrypted, never the batch
-                legacy.append((row, found.slot))
+                legacy.append((row, found.slot, context))
                 envelopes.append(found.envelope)  # parsed once, opened as is
             elif found.kind is ValueKind.UNPARSEABLE:
                 self.fail(target, row, found.error or "damaged envelope")
@@ -87,25 +89,25 @@ class MigrationJob(BatchJob):
             envelopes,
             actor=self.options.actor,
             reason=f"migrate {self.report.run_id}",
-            contexts=[store.target.context(row.key) for row, _ in legacy],
+            contexts=[context for _, _, context in legacy],
         )
-        readable: list[tuple[Row, Slot, str]] = []
-        for (row, slot), outcome in zip(legacy, outcomes, strict=True):
+        readable: list[tuple[Row, Slot, str, dict[str, str]]] = []
+        for (row, slot, context), outcome in zip(legacy, outcomes, strict=True):
             if isinstance(outcome, HeimdallKMSError):
                 self.fail(target, row, outcome)
-            elif self.sealable(target, row, outcome, store.target.context(row.key)):
-                readable.append((row, slot, outcome))
+            elif self.sealable(target, row, outcome, context):
+                readable.append((row, slot, outcome, context))
         if self.options.dry_run:
             # A dry run proves each value decrypts with the env key, and makes no KMS call.
-            return [Swap(row, "") for row, _, _ in readable]
+            return [Swap(row, "") for row, _, _, _ in readable]
         if not readable:
             return []
         sealed = self.crypto.encrypt_many(
-            [(text, store.target.context(row.key)) for row, _, text in readable],
+            [(text, context) for _, _, text, context in readable],
             actor=self.options.actor,
             limit=MAX_STORED_PLAINTEXT_BYTES,
         )
         return [
             Swap(row, slot.put(env.to_json()))
-            for (row, slot, _), env in zip(readable, sealed, strict=True)
+            for (row, slot, _, _), env in zip(readable, sealed, strict=True)
         ]
