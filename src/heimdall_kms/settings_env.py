@@ -63,6 +63,16 @@ class Env:
             self._secrets[name] = value if value is not None else self.get(name, *fallbacks)
         return self._secrets[name]
 
+    def hidden(self, name: str, *fallbacks: str) -> Secret[str] | None:
+        """:meth:`secret`, held in a :class:`Secret` so that no repr shows it."""
+        value = self.secret(name, *fallbacks)
+        return Secret(value) if value else None
+
+    def path(self, name: str, *fallbacks: str) -> Path | None:
+        """A path, not checked (see :func:`existing_file` and :func:`secret_path`)."""
+        value = self.get(name, *fallbacks)
+        return Path(value) if value else None
+
     def given(self, name: str) -> bool:
         """Whether ``name`` or ``name_FILE`` is set (without reading the file)."""
         return self.get(name) is not None or self.get(f"{name}_FILE") is not None

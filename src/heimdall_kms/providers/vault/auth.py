@@ -63,50 +63,75 @@ def new_client(vault: VaultSettings) -> hvac.Client:
 
 def login_function(vault: VaultSettings) -> Login | None:
     """How to (re-)authenticate, or None for a static token (which cannot log in again)."""
-    method = vault.auth_method
-    if method is VaultAuthMethod.TOKEN and vault.token_file is not None:
-        return TokenFile(vault.token_file)
-    if method is VaultAuthMethod.APPROLE and vault.role_id and vault.secret_id:
-        role_id, secret = vault.role_id, vault.secret_id
+    return _LOGINS[vault.auth_method](vault)
 
-        def approle(client: hvac.Client) -> None:
-            client.auth.approle.login(
-                role_id=role_id,
-                secret_id=secret.reveal(),
-                mount_point=vault.auth_mount or "approle",
-            )
 
-        return approle
-    if method is VaultAuthMethod.KUBERNETES and vault.k8s_role:
-        role = vault.k8s_role
+def _token_file(vault: VaultSettings) -> Login | None:
+    return TokenFile(vault.token_file) if vault.token_file is not None else None
 
-        def kubernetes(client: hvac.Client) -> None:
-            client.auth.kubernetes.login(
-                role=role, jwt=_read_jwt(vault), mount_point=vault.auth_mount or "kubernetes"
-            )
 
-        return kubernetes
-    if method is VaultAuthMethod.JWT and vault.jwt_role and vault.jwt_file:
-        jwt_role, jwt_file = vault.jwt_role, vault.jwt_file
+def _approle(vault: VaultSettings) -> Login | None:
+    if not (vault.role_id and vault.secret_id):
+        return None
+    role_id, secret = vault.role_id, vault.secret_id
 
-        def jwt(client: hvac.Client) -> None:
-            token = read_secret_file("HMD_VAULT_JWT_FILE", jwt_file)[0]
-            client.auth.jwt.jwt_login(role=jwt_role, jwt=token, path=vault.auth_mount or "jwt")
+    def approle(client: hvac.Client) -> None:
+        client.auth.approle.login(
+            role_id=role_id, secret_id=secret.reveal(), mount_point=vault.auth_mount or "approle"
+        )
 
-        return jwt
-    if method is VaultAuthMethod.CERT and vault.client_cert and vault.client_key:
-        cert, key = str(vault.client_cert), str(vault.client_key)
+    return approle
 
-        def certificate(client: hvac.Client) -> None:
-            client.auth.cert.login(
-                name=vault.cert_role or "",
-                cert_pem=cert,
-                key_pem=key,
-                mount_point=vault.auth_mount or "cert",
-            )
 
-        return certificate
-    return None
+def _kubernetes(vault: VaultSettings) -> Login | None:
+    if not vault.k8s_role:
+        return None
+    role = vault.k8s_role
+
+    def kubernetes(client: hvac.Client) -> None:
+        client.auth.kubernetes.login(
+            role=role, jwt=_read_jwt(vault), mount_point=vault.auth_mount or "kubernetes"
+        )
+
+    return kubernetes
+
+
+def _jwt(vault: VaultSettings) -> Login | None:
+    if not (vault.jwt_role and vault.jwt_file):
+        return None
+    jwt_role, jwt_file = vault.jwt_role, vault.jwt_file
+
+    def jwt(client: hvac.Client) -> None:
+        token = read_secret_file("HMD_VAULT_JWT_FILE", jwt_file)[0]
+        client.auth.jwt.jwt_login(role=jwt_role, jwt=token, path=vault.auth_mount or "jwt")
+
+    return jwt
+
+
+def _certificate(vault: VaultSettings) -> Login | None:
+    if not (vault.client_cert and vault.client_key):
+        return None
+    cert, key = str(vault.client_cert), str(vault.client_key)
+
+    def certificate(client: hvac.Client) -> None:
+        client.auth.cert.login(
+            name=vault.cert_role or "",
+            cert_pem=cert,
+            key_pem=key,
+            mount_point=vault.auth_mount or "cert",
+        )
+
+    return certificate
+
+
+# Each auth method's login, built from the settings (None where the settings lack its parts).
+_LOGINS: dict[VaultAuthMethod, Callable[[VaultSettings], Login | None]] = {
+    VaultAuthMethod.TOKEN: _token_file,
+    VaultAuthMethod.APPROLE: _approle,
+    VaultAuthMethod.KUBERNETES: _kubernetes,
+    VaultAuthMethod.JWT: _jwt,
+    VaultAuthMethod.CERT: _certificate,
+}
 
 
 class TokenFile:

@@ -17,6 +17,8 @@ from heimdall_kms.settings_env import Env, Secret, existing_file, is_loopback, s
 
 __all__ = ["VaultSettings", "read_settings"]
 
+_K8S_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
 
 @dataclass(frozen=True, slots=True)
 class VaultSettings:
@@ -28,7 +30,7 @@ class VaultSettings:
     role_id: str | None = None
     secret_id: Secret[str] | None = None
     k8s_role: str | None = None
-    k8s_token_path: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    k8s_token_path: Path = _K8S_TOKEN
     jwt_role: str | None = None  # HMD_VAULT_JWT_ROLE
     jwt_file: Path | None = None  # HMD_VAULT_JWT_FILE: read at each login (it may rotate)
     # HMD_VAULT_CLIENT_CERT / HMD_VAULT_CLIENT_KEY: presented in every TLS handshake with Vault
@@ -50,36 +52,16 @@ def read_settings(env: Env) -> VaultSettings:
     Raises:
         ConfigurationError: a value is missing, malformed or inconsistent with the method.
     """
-    addr = env.get("HMD_VAULT_ADDR", "VAULT_ADDR")
-    if addr is None:
-        raise ConfigurationError("HMD_VAULT_ADDR: required for HMD_KMS_PROVIDER=vault")
-    parts = urlsplit(addr)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError("HMD_VAULT_ADDR: expected an http:// or https:// URL with a host")
-    insecure = env.flag("HMD_VAULT_ALLOW_INSECURE_HTTP", default=False)
-    if parts.scheme == "http" and not is_loopback(parts.hostname) and not insecure:
-        raise ConfigurationError(
-            "HMD_VAULT_ADDR: plain http:// to a host other than loopback would send the token "
-            "and every data key unencrypted; use https:// (or set "
-            "HMD_VAULT_ALLOW_INSECURE_HTTP=true behind a TLS-terminating proxy on a trusted "
-            "network)"
-        )
     method = env.enum("HMD_VAULT_AUTH_METHOD", VaultAuthMethod, VaultAuthMethod.TOKEN)
-    token = env.secret("HMD_VAULT_TOKEN", "VAULT_TOKEN")
-    token_file = env.get("HMD_VAULT_TOKEN_FILE")
-    secret_id = env.secret("HMD_VAULT_SECRET_ID")
     settings = VaultSettings(
-        addr=addr.rstrip("/"),
+        addr=_address(env),
         auth_method=method,
-        token=Secret(token) if token else None,
-        token_file=Path(token_file) if token_file else None,
+        token=env.hidden("HMD_VAULT_TOKEN", "VAULT_TOKEN"),
+        token_file=env.path("HMD_VAULT_TOKEN_FILE"),
         role_id=env.get("HMD_VAULT_ROLE_ID"),
-        secret_id=Secret(secret_id) if secret_id else None,
+        secret_id=env.hidden("HMD_VAULT_SECRET_ID"),
         k8s_role=env.get("HMD_VAULT_K8S_ROLE"),
-        k8s_token_path=Path(
-            env.get("HMD_VAULT_K8S_TOKEN_PATH")
-            or "/var/run/secrets/kubernetes.io/serviceaccount/token"
-        ),
+        k8s_token_path=env.path("HMD_VAULT_K8S_TOKEN_PATH") or _K8S_TOKEN,
         jwt_role=env.get("HMD_VAULT_JWT_ROLE"),
         jwt_file=secret_path("HMD_VAULT_JWT_FILE", env.get("HMD_VAULT_JWT_FILE")),
         client_cert=existing_file("HMD_VAULT_CLIENT_CERT", env.get("HMD_VAULT_CLIENT_CERT")),
@@ -94,6 +76,24 @@ def read_settings(env: Env) -> VaultSettings:
     )
     _check_auth(settings)
     return settings
+
+
+def _address(env: Env) -> str:
+    addr = env.get("HMD_VAULT_ADDR", "VAULT_ADDR")
+    if addr is None:
+        raise ConfigurationError("HMD_VAULT_ADDR: required for HMD_KMS_PROVIDER=vault")
+    parts = urlsplit(addr)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError("HMD_VAULT_ADDR: expected an http:// or https:// URL with a host")
+    insecure = env.flag("HMD_VAULT_ALLOW_INSECURE_HTTP", default=False)
+    if parts.scheme == "http" and not is_loopback(parts.hostname) and not insecure:
+        raise ConfigurationError(
+            "HMD_VAULT_ADDR: plain http:// to a host other than loopback would send the token "
+            "and every data key unencrypted; use https:// (or set "
+            "HMD_VAULT_ALLOW_INSECURE_HTTP=true behind a TLS-terminating proxy on a trusted "
+            "network)"
+        )
+    return addr.rstrip("/")
 
 
 # What each auth method cannot do without, as (variable, its value in the settings).
