@@ -72,28 +72,9 @@ def from_settings(
         KMSError: logging in to the KMS failed.
         AuditWriteError: the audit log cannot be opened.
     """
-    from heimdall_kms.audit import open_sink  # noqa: PLC0415 - see _LAZY
-    from heimdall_kms.audit.sink import FailureCountingSink  # noqa: PLC0415
-    from heimdall_kms.config import EncryptionMode  # noqa: PLC0415
-    from heimdall_kms.metrics import default_metrics  # noqa: PLC0415
-    from heimdall_kms.providers import load_provider  # noqa: PLC0415
-    from heimdall_kms.service import Crypto  # noqa: PLC0415
+    from heimdall_kms.composition import facade  # noqa: PLC0415 - see _LAZY
 
-    kms = load_provider(settings) if settings.mode is not EncryptionMode.LEGACY else None
-    metrics = default_metrics()
-    try:
-        sink = audit if audit is not None else open_sink(settings.audit_log, settings)
-    except BaseException:
-        if kms is not None:
-            kms.close()
-        raise
-    if audit is None:
-        sink = FailureCountingSink(sink, metrics.audit_write_failures.inc)
-    # An application exposing prometheus-client's registry sees the first error (SPEC §12).
-    metrics.preinitialise(
-        kms.name.value if kms is not None else "legacy", legacy_key_ids=settings.legacy_keys
-    )
-    return Crypto(settings, kms=kms, audit=sink, default_actor=default_actor, metrics=metrics)
+    return facade(settings, audit=audit, default_actor=default_actor)
 
 
 def from_env(

@@ -30,6 +30,7 @@ from heimdall_kms.coalescing import (
     Origin,
     StampingSink,
 )
+from heimdall_kms.composition import build_crypto
 from heimdall_kms.envelope import Envelope, check_context
 from heimdall_kms.errors import ConfigurationError, HeimdallKMSError
 from heimdall_kms.inputs import MAX_PLAINTEXT_BYTES, checked_label, plaintext_bytes
@@ -187,7 +188,7 @@ class AsyncCrypto:
     def _batch_crypto(self, origins: list[Origin]) -> Crypto:
         base = self.crypto
         sink = StampingSink(base.audit, origins)
-        return Crypto(base.settings, kms=base.kms, audit=sink, metrics=base.metrics)
+        return build_crypto(base.settings, kms=base.kms, audit=sink, metrics=base.metrics)
 
     def _encrypt_batch(self, items: list[_EncryptItem], origins: list[Origin]) -> list[Envelope]:
         return self._batch_crypto(origins).encrypt_many(items, actor=_BATCH)

@@ -30,6 +30,7 @@ from pathlib import Path
 from heimdall_kms import primitives
 from heimdall_kms.audit import open_sink
 from heimdall_kms.audit.verify import verify
+from heimdall_kms.composition import build_crypto, job_services
 from heimdall_kms.config import EncryptionMode, ProviderName, Secret, Settings
 from heimdall_kms.demo_key import KEYRING_NAME, demo_key
 from heimdall_kms.demo_lifecycle import PhaseMeter, ProgressFactory, no_progress, run_lifecycle
@@ -37,8 +38,8 @@ from heimdall_kms.demo_seed import NEW_ID, OLD_KEY_ID, TABLE, customers, hybrid_
 from heimdall_kms.errors import IntegrityError, ModeViolationError
 from heimdall_kms.jobs.census import Census, take_census
 from heimdall_kms.jobs.migrate import MigrationOptions, run_migration
+from heimdall_kms.metrics import unexported_metrics
 from heimdall_kms.providers import KeyManagementService
-from heimdall_kms.service import Crypto
 from heimdall_kms.store import Target, open_store
 
 __all__ = ["DemoSummary", "customers", "run_demo"]
@@ -186,9 +187,10 @@ def _migrate(  # noqa: PLR0917 - private, called once
         before = take_census(store)
         say(f"1. the old engine left {before.total:,} SSNs: {_fmt(before)}")
         kms = PhaseMeter(provider)
-        with Crypto(
-            hybrid, kms=kms, audit=open_sink(hybrid.audit_log), default_actor="demo-app"
-        ) as crypto:
+        services = job_services(
+            hybrid, kms, open_sink(hybrid.audit_log), unexported_metrics(), actor="demo-app"
+        )
+        with services.crypto as crypto:
             name, key_id = kms.name.value, kms.key_identifier
             hybrid_app(db_path, crypto, originals)
             say(
@@ -197,7 +199,7 @@ def _migrate(  # noqa: PLR0917 - private, called once
             )
             say("3. heimdall-kms migrate: one transaction and one batched KMS call per batch")
             with progress("migrate") as view:
-                report = run_migration(crypto, [store], MigrationOptions(batch_size=250), view)
+                report = run_migration(services, [store], MigrationOptions(batch_size=250), view)
         if report.stop_error is not None:
             raise report.stop_error
         after = take_census(store)
@@ -244,7 +246,9 @@ def _kms_only(
             "SELECT old_value FROM heimdall_kms_journal ORDER BY row_key LIMIT 1"
         ).fetchone()
     sink = open_sink(hybrid.audit_log)
-    with Crypto(kms_mode, kms=PhaseMeter(provider), audit=sink) as crypto:
+    with build_crypto(
+        kms_mode, kms=PhaseMeter(provider), audit=sink, metrics=unexported_metrics()
+    ) as crypto:
         ids = sorted(rows)
         texts = crypto.decrypt_many(
             [rows[i] for i in ids],

@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING
 
 from heimdall_kms.audit import AuditEvent, EventType, FileAuditSink, Result
 from heimdall_kms.audit.attempt import audited
+from heimdall_kms.composition import load_provider
 from heimdall_kms.config import ProviderName, Settings
 from heimdall_kms.errors import ConfigurationError, HeimdallKMSError
-from heimdall_kms.providers import KeyManagementService, load_provider
+from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.providers.local import LocalDevProvider, LocalKeyring
 
 if TYPE_CHECKING:

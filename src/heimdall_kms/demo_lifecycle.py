@@ -13,14 +13,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from heimdall_kms.audit import AuditSink
+from heimdall_kms.composition import job_services
 from heimdall_kms.config import Settings
 from heimdall_kms.errors import RefusedError
 from heimdall_kms.jobs.metered import MeteredProvider
 from heimdall_kms.jobs.reencrypt import ReencryptOptions, run_reencrypt
 from heimdall_kms.jobs.report import ProgressCallback
 from heimdall_kms.jobs.rotation import retire, rotate
+from heimdall_kms.metrics import unexported_metrics
 from heimdall_kms.providers import KeyManagementService
-from heimdall_kms.service import Crypto
 from heimdall_kms.store import FieldStore
 
 __all__ = ["Lifecycle", "PhaseMeter", "ProgressFactory", "no_progress", "run_lifecycle"]
@@ -94,9 +95,10 @@ def run_lifecycle(  # noqa: PLR0917 - private to the demo, each argument distinc
         refused = True
     old = turned.old_version
     say(f"   retire --below-version {new} is refused: stored values still need v{old}")
-    with Crypto(settings, kms=kms, audit=sink, default_actor="demo-admin") as crypto:
+    services = job_services(settings, kms, sink, unexported_metrics(), actor="demo-admin")
+    with services.crypto as crypto:
         with progress("reencrypt --mode rewrap") as view:
-            report = run_reencrypt(crypto, [store], ReencryptOptions(batch_size=250), view)
+            report = run_reencrypt(services, [store], ReencryptOptions(batch_size=250), view)
         if report.stop_error is not None:
             raise report.stop_error
         after = {row.key: row.value for rows in store.scan(5000) for row in rows}

@@ -34,6 +34,7 @@ __all__ = [
     "JobMetrics",
     "Metrics",
     "default_metrics",
+    "unexported_metrics",
 ]
 
 # The operations heimdall_crypto_errors_total and the duration histogram are labelled with.
@@ -264,6 +265,11 @@ class ExposedMetrics(Collector):
 
 _default: Metrics | None = None
 _default_lock = threading.Lock()
+
+
+def unexported_metrics() -> Metrics:
+    """Metrics on a registry of their own, which nothing exports: counted, seen by nobody."""
+    return Metrics(CollectorRegistry())
 
 
 def default_metrics() -> Metrics:

@@ -44,7 +44,7 @@ from heimdall_kms.inputs import (
     metric_labels,
     plaintext_bytes,
 )
-from heimdall_kms.metrics import Metrics, default_metrics
+from heimdall_kms.metrics import Metrics, unexported_metrics
 from heimdall_kms.opening import EnvelopeInput, Opened, Opener
 from heimdall_kms.providers import KeyWrapper
 from heimdall_kms.providers.base import HashKey, KeyedHashing
@@ -74,7 +74,8 @@ class Crypto:
         self.kms = kms
         self.audit = audit
         self._default_actor = default_actor
-        self.metrics = metrics if metrics is not None else default_metrics()
+        # Exported only where the caller chose the registry (heimdall_kms.composition does).
+        self.metrics = metrics if metrics is not None else unexported_metrics()
         self._opener = Opener(settings, kms)
 
     def __enter__(self) -> Crypto:

@@ -29,10 +29,10 @@ from heimdall_kms.audit import (
 )
 from heimdall_kms.audit.query import dangling
 from heimdall_kms.cli import main
+from heimdall_kms.composition import load_provider
 from heimdall_kms.config import Settings
 from heimdall_kms.errors import AuditWriteError
 from heimdall_kms.jobs.reencrypt import ReencryptOptions, run_reencrypt
-from heimdall_kms.providers import load_provider
 from heimdall_kms.providers.local import LocalKeyring
 from heimdall_kms.store import Target, open_store
 from tests.integration.dbtables import UserTable

@@ -27,6 +27,7 @@ from botocore.stub import Stubber
 import heimdall_kms
 from heimdall_kms import primitives
 from heimdall_kms.audit import MemoryAuditSink
+from heimdall_kms.composition import load_provider
 from heimdall_kms.config import AWSKeyVersioning, Settings
 from heimdall_kms.envelope import KmsV1Envelope, parse
 from heimdall_kms.errors import (
@@ -38,7 +39,6 @@ from heimdall_kms.errors import (
     KMSError,
     PermissionDeniedError,
 )
-from heimdall_kms.providers import load_provider
 from heimdall_kms.providers.aws import (
     AWSKMSProvider,
     create_key_for_alias,

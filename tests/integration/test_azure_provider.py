@@ -16,6 +16,7 @@ from azure.keyvault.keys.crypto import KeyWrapAlgorithm
 
 from heimdall_kms import primitives
 from heimdall_kms.audit import MemoryAuditSink
+from heimdall_kms.composition import load_provider
 from heimdall_kms.config import Settings
 from heimdall_kms.envelope import KmsV1Envelope, parse
 from heimdall_kms.errors import (
@@ -27,7 +28,6 @@ from heimdall_kms.errors import (
     PermissionDeniedError,
     RateLimitedError,
 )
-from heimdall_kms.providers import load_provider
 from heimdall_kms.providers.azure import AzureKeyVaultProvider
 from heimdall_kms.service import Crypto
 from tests.contract.backends.azure import ADMIN, WORKER, key_client

@@ -247,8 +247,8 @@ class TestKeyMetricsAfterTheWork:
         from datetime import timedelta
 
         from heimdall_kms.cli._job_metrics import JobTelemetry
+        from heimdall_kms.composition import load_provider
         from heimdall_kms.config import Settings
-        from heimdall_kms.providers import load_provider
         from heimdall_kms.telemetry.export import MetricsExport
 
         telemetry = JobTelemetry("rotate", MetricsExport("r", tmp_path / "r.prom"))

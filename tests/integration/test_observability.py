@@ -30,10 +30,10 @@ from heimdall_kms.admin import create_app, load_tokens
 from heimdall_kms.admin.observe import instrument
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.audit.sink import StreamAuditSink
+from heimdall_kms.composition import load_provider
 from heimdall_kms.config import Settings
 from heimdall_kms.errors import KMSUnavailableError
 from heimdall_kms.metrics import ERROR_TYPES, OPERATIONS, ExposedMetrics, Metrics
-from heimdall_kms.providers import load_provider
 from heimdall_kms.providers.local import LocalKeyring
 from heimdall_kms.providers.resilient import CircuitBreaker, ResilientProvider, RetryPolicy
 from tests.servers import OpenBao, free_port, stop_process

@@ -23,6 +23,7 @@ from heimdall_kms.errors import AuthenticationError
 from heimdall_kms.jobs.metered import MeteredProvider
 from heimdall_kms.jobs.migrate import MigrationOptions, run_migration
 from heimdall_kms.jobs.rate import TokenBucket
+from heimdall_kms.jobs.services import JobServices
 from heimdall_kms.providers.resilient import CircuitBreaker, ResilientProvider, RetryPolicy
 from heimdall_kms.providers.vault.transit import VaultTransitProvider
 from heimdall_kms.service import Crypto
@@ -159,7 +160,7 @@ class TestMigrationUnderAQuota:
         ) as crypto:
             from heimdall_kms.jobs.migrate import MigrationJob
 
-            job = MigrationJob(crypto, MigrationOptions(batch_size=20))
+            job = MigrationJob(JobServices.of(crypto), MigrationOptions(batch_size=20))
             report = job.run([store])
         assert report.total("completed") == 200
         asked = [(t, float(after)) for t, status, after in session.log if status == 429 and after]

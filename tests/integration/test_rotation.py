@@ -13,13 +13,13 @@ import pytest
 import heimdall_kms
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.cli import main
+from heimdall_kms.composition import load_provider
 from heimdall_kms.config import Settings
 from heimdall_kms.envelope import KmsV1Envelope, parse
 from heimdall_kms.errors import KeyVersionRetiredError
 from heimdall_kms.jobs.metered import MeteredProvider
 from heimdall_kms.jobs.reencrypt import ReencryptMode, ReencryptOptions, run_reencrypt
 from heimdall_kms.jobs.rotation import ClockSource, is_due, rotate
-from heimdall_kms.providers import load_provider
 from heimdall_kms.providers.local import LocalKeyring
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import Target, open_store

@@ -23,11 +23,11 @@ import trustme
 
 import heimdall_kms
 from heimdall_kms.audit import MemoryAuditSink
+from heimdall_kms.composition import load_provider
 from heimdall_kms.config import Settings
 from heimdall_kms.envelope import KmsV1Envelope
 from heimdall_kms.errors import PermissionDeniedError
 from heimdall_kms.jobs.rotation import rotate
-from heimdall_kms.providers import load_provider
 from heimdall_kms.providers.vault_bootstrap import ROLES, BootstrapOptions, policy_hcl
 from tests.servers import TRANSIT_KEY, OpenBao, start_openbao
 

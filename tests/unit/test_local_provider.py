@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from heimdall_kms import primitives
+from heimdall_kms.composition import load_provider
 from heimdall_kms.config import ProviderName, Settings
 from heimdall_kms.errors import (
     ConfigurationError,
@@ -21,7 +22,7 @@ from heimdall_kms.errors import (
     KeyNotFoundError,
     KeyVersionRetiredError,
 )
-from heimdall_kms.providers import WrappedKey, load_provider
+from heimdall_kms.providers import WrappedKey
 from heimdall_kms.providers.local import LocalDevProvider, LocalKeyring
 from tests.unit.conftest import KEY_NAME, keyring_master_hexes
 

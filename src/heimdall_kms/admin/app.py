@@ -58,6 +58,7 @@ from heimdall_kms.admin.targets import ServerTargets
 from heimdall_kms.async_crypto import AsyncCrypto
 from heimdall_kms.audit import AuditSink, open_sink
 from heimdall_kms.coalescing import LaneLimits
+from heimdall_kms.composition import Caller, build_crypto, load_provider
 from heimdall_kms.config import EncryptionMode, Settings
 from heimdall_kms.errors import ConfigurationError
 from heimdall_kms.jobs.propagation import Propagation
@@ -65,8 +66,7 @@ from heimdall_kms.jobs.rotation import key_report, rotate
 from heimdall_kms.jobs.rotation_lock import rotation_lock
 from heimdall_kms.key_metrics import DEFAULT_REFRESH_SECONDS
 from heimdall_kms.metrics import Metrics
-from heimdall_kms.providers import KeyManagementService, load_provider
-from heimdall_kms.service import Crypto
+from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.store import FieldStore, open_store
 
 __all__ = ["create_app"]
@@ -253,7 +253,7 @@ def create_app(
             settings,
             sink,
             metrics,
-            provider_factory or partial(load_provider, settings, background=True),
+            provider_factory or partial(load_provider, settings, caller=Caller.BACKGROUND),
             database=targets.database,  # the records live next to the data (docs/admin-api.md)
             lease_seconds=settings.admin_job_lease_seconds,
         ),
@@ -262,7 +262,7 @@ def create_app(
         observed.key_metrics,
         targets,
         AsyncCrypto(
-            Crypto(settings, kms=kms, audit=SharedSink(sink), metrics=metrics),
+            build_crypto(settings, kms=kms, audit=SharedSink(sink), metrics=metrics),
             window_seconds=coalescing.window_seconds,
             max_batch=coalescing.max_batch,
             in_flight=coalescing.in_flight,

@@ -26,6 +26,7 @@ from typing import Any
 
 from heimdall_kms.admin.job_status import IDLE, JobSpec, now, params_of, to_dict
 from heimdall_kms.audit import AuditEvent, AuditSink
+from heimdall_kms.composition import job_services
 from heimdall_kms.config import Settings
 from heimdall_kms.errors import HeimdallKMSError, RefusedError
 from heimdall_kms.jobs.batch_job import JobOptions, new_run_id
@@ -33,9 +34,9 @@ from heimdall_kms.jobs.metered import MeteredProvider
 from heimdall_kms.jobs.migrate import check_settings, run_migration
 from heimdall_kms.jobs.reencrypt import ReencryptMode, ReencryptOptions, run_reencrypt
 from heimdall_kms.jobs.report import JobReport, TargetReport
+from heimdall_kms.jobs.services import JobServices
 from heimdall_kms.metrics import Metrics
 from heimdall_kms.providers import KeyManagementService
-from heimdall_kms.service import Crypto
 from heimdall_kms.store import FieldStore, Target, open_store
 from heimdall_kms.store.job_records import JobCounts, JobRow, JobTable, wall_clock
 
@@ -265,14 +266,11 @@ class JobRunner:
         table = self._table_for(run.spec.database)
         try:
             kms = MeteredProvider(self._provider_factory())
-            with Crypto(
-                self.settings,
-                kms=kms,
-                audit=SharedSink(self._audit),
-                default_actor=run.actor,
-                metrics=self._metrics,
-            ) as crypto:
-                report = self._execute(crypto, run, store)
+            services = job_services(
+                self.settings, kms, SharedSink(self._audit), self._metrics, actor=run.actor
+            )
+            with services.crypto:
+                report = self._execute(services, run, store)
             self._finish(table, run, report)
         except _LostJobError:
             _log.warning("job %s: taken over by another replica; stopped here", run.job_id)
@@ -286,7 +284,7 @@ class JobRunner:
         finally:
             store.close()
 
-    def _execute(self, crypto: Crypto, run: _Run, store: FieldStore) -> JobReport:
+    def _execute(self, services: JobServices, run: _Run, store: FieldStore) -> JobReport:
         spec, table = run.spec, self._table_for(run.spec.database)
 
         def progress(target: TargetReport) -> None:
@@ -306,11 +304,11 @@ class JobRunner:
 
         if spec.mode == "migrate":
             options = JobOptions(spec.batch_size, False, run.job_id, run.actor)
-            return run_migration(crypto, [store], options, progress)
+            return run_migration(services, [store], options, progress)
         reencrypt = ReencryptOptions(
             spec.batch_size, False, run.job_id, run.actor, mode=ReencryptMode(spec.mode)
         )
-        return run_reencrypt(crypto, [store], reencrypt, progress)
+        return run_reencrypt(services, [store], reencrypt, progress)
 
     def _finish(self, table: JobTable, run: _Run, report: JobReport) -> None:
         # The batch loop turns a stop raised by the progress callback into ``stop_error``.

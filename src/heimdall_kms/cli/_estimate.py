@@ -9,6 +9,7 @@ from collections.abc import Callable
 import click
 
 from heimdall_kms.cli._targets import TargetSpec, opened_stores
+from heimdall_kms.composition import Caller, load_provider, memory_crypto
 from heimdall_kms.config import Settings
 from heimdall_kms.jobs.census import Census, take_census
 from heimdall_kms.jobs.classify import ValueKind
@@ -19,7 +20,6 @@ from heimdall_kms.jobs.estimate import (
     values_per_request,
 )
 from heimdall_kms.jobs.migrate import check_settings
-from heimdall_kms.providers import load_provider
 
 __all__ = ["SAMPLE_VALUES", "count_targets", "estimate_migration"]
 
@@ -46,9 +46,11 @@ def estimate_migration(spec: TargetSpec, batch_size: int, rate_limit: float, as_
     settings = Settings.from_env(os.environ)
     check_settings(settings)
     counts = count_targets(spec, lambda census: census.legacy)
-    kms = load_provider(settings, background=True)
+    kms = load_provider(settings, caller=Caller.BACKGROUND)
     try:
-        rate = measure_encrypt_rate(settings, kms, sample=SAMPLE_VALUES, batch_size=batch_size)
+        rate = measure_encrypt_rate(
+            memory_crypto(settings, kms), sample=SAMPLE_VALUES, batch_size=batch_size
+        )
         source = (
             f"{SAMPLE_VALUES:,} synthetic values sealed through {kms.name.value} in batches of "
             f"{batch_size}, one process (database reads and writes not included)"

@@ -13,8 +13,8 @@ import click
 from heimdall_kms.audit.anchored import AnchoredResult, anchored_report
 from heimdall_kms.cli._targets import TargetSpec, opened_stores, target_options
 from heimdall_kms.compliance import gather
+from heimdall_kms.composition import load_provider
 from heimdall_kms.config import Settings
-from heimdall_kms.providers import load_provider
 
 __all__ = ["compliance"]
 

@@ -17,16 +17,16 @@ from heimdall_kms.cli._job_metrics import JobTelemetry, job_telemetry, metrics_o
 from heimdall_kms.cli._targets import TargetSpec, opened_stores, target_options
 from heimdall_kms.cli._waiting import propagation
 from heimdall_kms.cli.progress import ProgressView
+from heimdall_kms.composition import job_provider, job_services, load_provider
 from heimdall_kms.config import Settings, audit_destination
 from heimdall_kms.errors import IncompleteError
 from heimdall_kms.jobs.census import Census, take_census
 from heimdall_kms.jobs.journal import rollback
-from heimdall_kms.jobs.metered import job_provider
 from heimdall_kms.jobs.migrate import MigrationOptions, check_settings, run_migration
 from heimdall_kms.jobs.reencrypt import ReencryptMode, ReencryptOptions, run_reencrypt
 from heimdall_kms.jobs.report import JobReport
-from heimdall_kms.providers import KeyInfo, KeyManagementService, load_provider
-from heimdall_kms.service import Crypto
+from heimdall_kms.jobs.services import JobServices
+from heimdall_kms.providers import KeyInfo
 from heimdall_kms.telemetry.export import MetricsExport
 
 __all__ = ["migrate", "reencrypt", "status"]
@@ -110,14 +110,10 @@ def migrate(
     with job_telemetry("migrate", export) as telemetry, opened_stores(spec) as stores:
         for store in stores:
             store.check(writable=not dry_run)
-        kms = job_provider(settings, rate_limit)
-        telemetry.watch(kms, settings)
+        services = _services(settings, rate_limit, telemetry, actor)
         options = MigrationOptions(batch_size, dry_run, run_id or "", actor)
-        with (
-            _crypto(settings, kms, telemetry, actor) as crypto,
-            ProgressView("migrate") as view,
-        ):
-            report = run_migration(crypto, stores, options, view)
+        with services.crypto, ProgressView("migrate") as view:
+            report = run_migration(services, stores, options, view)
         _finish(report, as_json)
 
 
@@ -172,8 +168,7 @@ def reencrypt(
     with job_telemetry("reencrypt", export) as telemetry, opened_stores(spec) as stores:
         for store in stores:
             store.check(writable=not dry_run)
-        kms = job_provider(settings, rate_limit)
-        telemetry.watch(kms, settings)
+        services = _services(settings, rate_limit, telemetry, actor)
         options = ReencryptOptions(
             batch_size,
             dry_run,
@@ -183,19 +178,23 @@ def reencrypt(
             all_versions=all_versions,
             propagation=propagation(settings),
         )
-        with (
-            _crypto(settings, kms, telemetry, actor) as crypto,
-            ProgressView(f"reencrypt {mode}") as view,
-        ):
-            report = run_reencrypt(crypto, stores, options, view)
+        with services.crypto, ProgressView(f"reencrypt {mode}") as view:
+            report = run_reencrypt(services, stores, options, view)
         _finish(report, as_json)
 
 
-def _crypto(
-    settings: Settings, kms: KeyManagementService, telemetry: JobTelemetry, actor: str
-) -> Crypto:
-    audit = telemetry.audit(open_sink(settings.audit_log, settings))
-    return Crypto(settings, kms=kms, audit=audit, default_actor=actor, metrics=telemetry.metrics)
+def _services(
+    settings: Settings, rate_limit: float, telemetry: JobTelemetry, actor: str
+) -> JobServices:
+    """The paced provider, the audit log (failures counted) and the command's own metrics."""
+    kms = job_provider(settings, rate_limit)
+    try:
+        telemetry.watch(kms, settings)
+        audit = telemetry.audit(open_sink(settings.audit_log, settings))
+    except BaseException:
+        kms.close()
+        raise
+    return job_services(settings, kms, audit, telemetry.metrics, actor=actor)
 
 
 def _finish(report: JobReport, as_json: bool) -> None:

@@ -14,11 +14,12 @@ from heimdall_kms.cli._actor import actor_option
 from heimdall_kms.cli._job_metrics import job_telemetry, metrics_options
 from heimdall_kms.cli._targets import TargetSpec, opened_stores, target_options
 from heimdall_kms.cli._waiting import propagation
+from heimdall_kms.composition import load_provider
 from heimdall_kms.config import Settings
 from heimdall_kms.jobs.propagation import Effect
 from heimdall_kms.jobs.rotation import key_report, retire, rotate
 from heimdall_kms.jobs.rotation_lock import rotation_lock
-from heimdall_kms.providers import KeyManagementService, load_provider
+from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.telemetry.export import MetricsExport
 
 __all__ = ["keys", "retire_command", "rotate_command"]

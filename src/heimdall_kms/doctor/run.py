@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from heimdall_kms.audit import AuditSink, open_sink
+from heimdall_kms.composition import build_crypto, load_provider
 from heimdall_kms.config import (
     EncryptionMode,
     ProviderName,
@@ -23,8 +24,8 @@ from heimdall_kms.doctor.report import Check, DoctorReport, Status, fix_for
 from heimdall_kms.envelope import KmsV1Envelope
 from heimdall_kms.errors import ConfigurationError, HeimdallKMSError, PermissionDeniedError
 from heimdall_kms.jobs.rotation import is_due, next_due
-from heimdall_kms.providers import KeyManagementService, load_provider, needs_extra
-from heimdall_kms.service import Crypto
+from heimdall_kms.metrics import unexported_metrics
+from heimdall_kms.providers import KeyManagementService, needs_extra
 from heimdall_kms.store import JOURNAL_TABLE, Target, open_store
 
 __all__ = ["run_doctor"]
@@ -260,7 +261,9 @@ def _canary(
         return
     value = "doctor-canary-" + secrets.token_hex(8)
     context = {"field": "doctor-canary", "record": secrets.token_hex(8)}
-    crypto = Crypto(settings, kms=kms, audit=sink, default_actor="doctor")
+    crypto = build_crypto(
+        settings, kms=kms, audit=sink, metrics=unexported_metrics(), default_actor="doctor"
+    )
     started = time.perf_counter()
     try:
         envelope = crypto.encrypt(value, context=context, actor="doctor")

@@ -21,8 +21,10 @@ from heimdall_kms.audit.anchored import AnchoredVerdict, raise_if_tampered, veri
 from heimdall_kms.audit.anchoring import log_id
 from heimdall_kms.audit.signers import signer_from_settings
 from heimdall_kms.audit.verify import verify
+from heimdall_kms.composition import build_crypto
 from heimdall_kms.config import EncryptionMode, ProviderName, Secret, Settings
 from heimdall_kms.errors import ConfigurationError, IncompleteError, InvalidInputError
+from heimdall_kms.metrics import unexported_metrics
 from heimdall_kms.primitives import new_dek
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.providers.local import LocalDevProvider, LocalKeyring
@@ -107,7 +109,9 @@ def drill_environment(
     kms, cleanup = _drill_key(settings, workdir)
     # With HMD_AUDIT_SIGNING_KEY the drill's own log is signed (and anchored) like any other.
     sink = open_sink(str(audit_log), settings)
-    crypto = Crypto(settings, kms=kms, audit=sink, default_actor="drill")
+    crypto = build_crypto(
+        settings, kms=kms, audit=sink, metrics=unexported_metrics(), default_actor="drill"
+    )
     environment = DrillEnvironment(workdir, settings, kms, crypto, audit_log, database)
     environment.create_table()
     try:

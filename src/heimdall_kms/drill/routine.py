@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 
+from heimdall_kms.composition import build_crypto
 from heimdall_kms.config import EncryptionMode
 from heimdall_kms.drill.compromise import seed
 from heimdall_kms.drill.environment import DrillEnvironment
@@ -113,10 +114,11 @@ def run_migration_drill(env: DrillEnvironment, *, records: int = 500) -> DrillRe
     state: dict[str, object] = {}
 
     def do_seed() -> dict[str, object]:
-        old_engine = Crypto(
+        old_engine = build_crypto(
             replace(env.settings, mode=EncryptionMode.LEGACY),
             kms=None,
             audit=crypto.audit,
+            metrics=crypto.metrics,
             default_actor="legacy-engine",
         )
         sealed = old_engine.encrypt_many([(text, {}) for text in plain.values()])
@@ -139,10 +141,11 @@ def run_migration_drill(env: DrillEnvironment, *, records: int = 500) -> DrillRe
         return {"legacy": census.legacy, "kms_v1": census.kinds[ValueKind.KMS_V1]}
 
     def do_kms_only() -> dict[str, object]:
-        kms_only = Crypto(
+        kms_only = build_crypto(
             replace(env.settings, mode=EncryptionMode.KMS, legacy_keys={}),
             kms=env.kms,
             audit=crypto.audit,
+            metrics=crypto.metrics,
         )
         current = env.values()
         ids = sorted(plain)

@@ -31,10 +31,9 @@ from heimdall_kms.audit.sync_scope import one_sync_per_batch
 from heimdall_kms.envelope import check_context
 from heimdall_kms.errors import HeimdallKMSError, IncompleteError, InvalidInputError
 from heimdall_kms.inputs import MAX_STORED_PLAINTEXT_BYTES, plaintext_bytes
-from heimdall_kms.jobs.metered import MeteredProvider
 from heimdall_kms.jobs.patience import Patience
 from heimdall_kms.jobs.report import JobReport, ProgressCallback, RowFailure, TargetReport
-from heimdall_kms.service import Crypto
+from heimdall_kms.jobs.services import JobServices
 from heimdall_kms.store import Batch, FieldStore, Match, Row, Swap
 
 __all__ = ["BatchJob", "JobOptions", "new_run_id"]
@@ -75,13 +74,14 @@ class BatchJob(ABC):
     journaled: bool = True
 
     def __init__(
-        self, crypto: Crypto, options: JobOptions, progress: ProgressCallback | None = None
+        self, services: JobServices, options: JobOptions, progress: ProgressCallback | None = None
     ) -> None:
-        self.crypto = crypto
+        self.services = services
+        self.crypto = services.crypto  # seals and opens the values
         self.options = options
         self.progress = progress
         self.report = JobReport(self.job, options.run_id or new_run_id(), options.dry_run)
-        self.patience = Patience(crypto.settings.resilience.job_stall_seconds)
+        self.patience = Patience(services.stall_seconds)
 
     @abstractmethod
     def convert(self, store: FieldStore, rows: list[Row], target: TargetReport) -> list[Swap]:
@@ -103,7 +103,7 @@ class BatchJob(ABC):
         for store in stores:
             store.check(writable=not self.options.dry_run)
         # The run's intent is recorded before the journal table, the KMS or any row is touched.
-        with audited(self.crypto.audit, self._run_event(stores)) as attempt:
+        with audited(self.services.audit, self._run_event(stores)) as attempt:
             self._run(stores)
             attempt.details.update(
                 {key: self.report.total(key) for key in ("examined", "completed", "failed")}
@@ -115,7 +115,7 @@ class BatchJob(ABC):
         if not self.options.dry_run:
             for store in stores:
                 store.ensure_journal()
-        running = self.crypto.metrics.jobs_running
+        running = self.services.metrics.jobs_running
         running.inc()
         try:
             self._patiently(self.prepare)
@@ -127,9 +127,10 @@ class BatchJob(ABC):
         finally:
             running.dec()
             self.report.finished = time.monotonic()
-            if isinstance(self.crypto.kms, MeteredProvider):
-                self.report.kms_calls = self.crypto.kms.total_calls
-                self.report.throttled = self.crypto.kms.throttled
+            meter = self.services.meter
+            if meter is not None:
+                self.report.kms_calls = meter.total_calls
+                self.report.throttled = meter.throttled
 
     def _run_event(self, stores: Sequence[FieldStore]) -> AuditEvent:
         return AuditEvent(
@@ -271,7 +272,7 @@ class BatchJob(ABC):
         self.report.truncate_failures(failures)
 
     def _audit_batch(self, target: TargetReport) -> None:
-        self.crypto.audit.emit(
+        self.services.audit.emit(
             [
                 AuditEvent(
                     event_type=EventType.REENCRYPT_BATCH,
@@ -285,10 +286,10 @@ class BatchJob(ABC):
         )
 
     def _publish(self, target: TargetReport) -> None:
-        if isinstance(self.crypto.kms, MeteredProvider):
-            pacing = self.crypto.kms.pacing
+        if self.services.meter is not None:
+            pacing = self.services.meter.pacing
             target.throttled, target.kms_rate = pacing.throttled, pacing.rate
-        self.crypto.metrics.set_progress(
+        self.services.metrics.set_progress(
             total=self.report.total("total"),
             completed=self.report.total("completed"),
             failed=self.report.failure_count,

@@ -13,11 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
-from heimdall_kms.audit import MemoryAuditSink
-from heimdall_kms.config import ProviderName, Settings
-from heimdall_kms.metrics import Metrics
+from heimdall_kms.config import ProviderName
 from heimdall_kms.providers import KeyWrapper
 from heimdall_kms.providers.base import DEFAULT_BATCHING, batching_of
 from heimdall_kms.service import Crypto
@@ -103,19 +99,16 @@ class Projection:
         ]
 
 
-def measure_encrypt_rate(
-    settings: Settings, kms: KeyWrapper, *, sample: int, batch_size: int
-) -> float:
-    """Values per second sealed through ``kms`` in batches, over ``sample`` synthetic values.
+def measure_encrypt_rate(crypto: Crypto, *, sample: int, batch_size: int) -> float:
+    """Values per second sealed through ``crypto`` in batches, over ``sample`` synthetic values.
 
-    The values are made up (no stored value is read), the envelopes are thrown away and the
-    audit events go to a sink in memory. Database reads and writes are not in the sample.
+    The values are made up (no stored value is read) and the envelopes are thrown away: pass a
+    facade whose audit events stay in memory (:func:`heimdall_kms.composition.memory_crypto`).
+    Database reads and writes are not in the sample.
 
     Raises:
         KMSError: the KMS failed.
     """
-    metrics = Metrics(CollectorRegistry())
-    crypto = Crypto(settings, kms=kms, audit=MemoryAuditSink(), metrics=metrics)
     items = [(f"sample-{i:07d}", {"field": _SAMPLE_FIELD, "record": str(i)}) for i in range(sample)]
     started = time.perf_counter()
     for start in range(0, sample, batch_size):

@@ -21,14 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from heimdall_kms.config import ProviderName, Settings
+from heimdall_kms.config import ProviderName
 from heimdall_kms.errors import CircuitOpenError, KMSUnavailableError, RateLimitedError
 from heimdall_kms.jobs.rate import InFlightLimit, TokenBucket
-from heimdall_kms.providers import load_provider
 from heimdall_kms.providers.base import DEFAULT_BATCHING, KeyManagementService, batching_of
 from heimdall_kms.providers.wrapper import KMSOperation, ProviderWrapper
 
-__all__ = ["MeteredProvider", "Pacing", "job_provider"]
+__all__ = ["MeteredProvider", "Pacing"]
 
 LOCAL = ProviderName.LOCAL
 
@@ -94,13 +93,3 @@ class MeteredProvider(ProviderWrapper):
         self._bucket.speed_up()
         self._in_flight.speed_up()
         return result
-
-
-def job_provider(settings: Settings, rate_limit: float = 0.0) -> MeteredProvider:
-    """The configured provider as a background job uses it: paced, at most ``rate_limit``
-    requests per second (0: as many as the KMS allows), retried by the job itself.
-
-    Raises:
-        ConfigurationError, KMSError: as :func:`heimdall_kms.providers.load_provider`.
-    """
-    return MeteredProvider(load_provider(settings, background=True), TokenBucket(rate_limit))

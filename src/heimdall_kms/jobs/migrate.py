@@ -18,6 +18,7 @@ from heimdall_kms.jobs.batch_job import BatchJob, JobOptions, new_run_id
 from heimdall_kms.jobs.classify import Slot, ValueKind
 from heimdall_kms.jobs.reading import reader_for
 from heimdall_kms.jobs.report import JobReport, ProgressCallback, TargetReport
+from heimdall_kms.jobs.services import JobServices
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import FieldStore, Match, Row, Swap
 
@@ -44,19 +45,23 @@ def check_settings(settings: Settings) -> None:
 
 
 def run_migration(
-    crypto: Crypto,
+    services: JobServices | Crypto,
     stores: Sequence[FieldStore],
     options: JobOptions,
     progress: ProgressCallback | None = None,
 ) -> JobReport:
     """Migrate every target; returns the report (``stop_error`` set if the run had to stop).
 
+    ``services``: what the job uses (:func:`heimdall_kms.composition.job_services`), or a
+    facade the caller built (:meth:`JobServices.of`).
+
     Raises:
         ConfigurationError: not in hybrid mode. StoreError: a target is wrong (before any
             write). Failures during the run (KMS, database, audit) stop it and are reported.
     """
-    check_settings(crypto.settings)
-    return MigrationJob(crypto, options, progress).run(stores)
+    services = services if isinstance(services, JobServices) else JobServices.of(services)
+    check_settings(services.crypto.settings)
+    return MigrationJob(services, options, progress).run(stores)
 
 
 class MigrationJob(BatchJob):

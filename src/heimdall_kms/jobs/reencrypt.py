@@ -31,7 +31,9 @@ from heimdall_kms.jobs.classify import Slot, ValueKind
 from heimdall_kms.jobs.propagation import Propagation, confirm_primary
 from heimdall_kms.jobs.reading import reader_for
 from heimdall_kms.jobs.report import JobReport, ProgressCallback, TargetReport
+from heimdall_kms.jobs.services import JobServices
 from heimdall_kms.jobs.to_legacy import LegacyRollbackJob, check_legacy_settings
+from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.providers.base import key_admin
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import FieldStore, Match, Row, Swap
@@ -54,23 +56,34 @@ class ReencryptOptions(JobOptions):
 
 
 def run_reencrypt(
-    crypto: Crypto,
+    services: JobServices | Crypto,
     stores: Sequence[FieldStore],
     options: ReencryptOptions,
     progress: ProgressCallback | None = None,
 ) -> JobReport:
     """Re-encrypt every target; returns the report (``stop_error`` set if it had to stop).
 
+    ``services``: as for :func:`heimdall_kms.jobs.migrate.run_migration`.
+
     Raises:
         ModeViolationError: legacy mode has no KMS. ConfigurationError: ``legacy`` without
             hybrid mode and the env key. StoreError: a target is wrong.
     """
-    if crypto.kms is None:
-        raise ModeViolationError("reencrypt needs a KMS; HMD_ENCRYPTION_MODE=legacy has none")
+    services = services if isinstance(services, JobServices) else JobServices.of(services)
+    _kms_of(services)
     if options.mode is ReencryptMode.LEGACY:
-        check_legacy_settings(crypto.settings)
-        return LegacyRollbackJob(crypto, options, progress).run(stores)
-    return ReencryptJob(crypto, options, progress).run(stores)
+        check_legacy_settings(services.crypto.settings)
+        return LegacyRollbackJob(services, options, progress).run(stores)
+    return ReencryptJob(services, options, progress).run(stores)
+
+
+def _kms_of(services: JobServices) -> KeyManagementService:
+    """Raises ModeViolationError in legacy mode, which has no KMS; ConfigurationError for a
+    provider object without the admin side (the latest version comes from there)."""
+    if services.kms is None:
+        raise ModeViolationError("re-encryption needs a KMS; HMD_ENCRYPTION_MODE=legacy has none")
+    key_admin(services.kms)
+    return services.kms
 
 
 class ReencryptJob(BatchJob):
@@ -78,13 +91,17 @@ class ReencryptJob(BatchJob):
     match = Match.KMS_V1
 
     def __init__(
-        self, crypto: Crypto, options: ReencryptOptions, progress: ProgressCallback | None = None
+        self,
+        services: JobServices,
+        options: ReencryptOptions,
+        progress: ProgressCallback | None = None,
     ) -> None:
-        super().__init__(crypto, options, progress)
+        super().__init__(services, options, progress)
+        self.kms = _kms_of(services)
         self.mode = options.mode
         self.all_versions = options.all_versions and options.mode is ReencryptMode.FULL
         self.propagation = options.propagation or Propagation(
-            bound_seconds=crypto.settings.kms_propagation_seconds
+            bound_seconds=services.propagation_seconds
         )
         self.latest = 0
         self.report.job = f"reencrypt-{options.mode.value}"
@@ -93,11 +110,9 @@ class ReencryptJob(BatchJob):
         self.journaled = options.mode is not ReencryptMode.FULL
 
     def prepare(self) -> None:
-        assert self.crypto.kms is not None
-        # Crypto holds the data plane only; the latest version comes from the admin side.
-        self.latest = key_admin(self.crypto.kms).describe().latest_version
+        self.latest = self.kms.describe().latest_version
         if not self.options.dry_run:
-            confirm_primary(self.crypto.kms, self.latest, self.propagation)
+            confirm_primary(self.kms, self.latest, self.propagation)
 
     def convert(self, store: FieldStore, rows: list[Row], target: TargetReport) -> list[Swap]:
         stale: list[tuple[Row, KmsV1Envelope]] = []

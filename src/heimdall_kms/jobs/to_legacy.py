@@ -10,9 +10,7 @@ a routine step. Batching, compare-and-swap, the journal (``migrate --rollback RU
 
 from __future__ import annotations
 
-import dataclasses
-
-from heimdall_kms.config import EncryptionMode, Settings, WriteFormat
+from heimdall_kms.config import EncryptionMode, Settings
 from heimdall_kms.envelope import KmsV1Envelope
 from heimdall_kms.errors import ConfigurationError, HeimdallKMSError
 from heimdall_kms.inputs import MAX_STORED_PLAINTEXT_BYTES
@@ -50,10 +48,12 @@ class LegacyRollbackJob(BatchJob):
 
     def prepare(self) -> None:
         # The same KMS and audit sink, writing the legacy format (the documented switch).
-        legacy = dataclasses.replace(self.crypto.settings, hybrid_write=WriteFormat.LEGACY)
-        self.writer = Crypto(
-            legacy, kms=self.crypto.kms, audit=self.crypto.audit, metrics=self.crypto.metrics
-        )
+        if self.services.legacy_writer is None:
+            raise ConfigurationError(
+                "HMD_PII_MASTER_KEY: the rollback to the legacy format writes with the env key; "
+                "no writer for it was configured"
+            )
+        self.writer = self.services.legacy_writer
 
     def convert(self, store: FieldStore, rows: list[Row], target: TargetReport) -> list[Swap]:
         values: list[tuple[Row, Slot, KmsV1Envelope]] = []

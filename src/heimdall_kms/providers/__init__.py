@@ -23,7 +23,6 @@ from heimdall_kms.providers.base import (
     KeyWrapper,
     WrappedKey,
 )
-from heimdall_kms.providers.resilient import CircuitBreaker, ResilientProvider, RetryPolicy
 
 if TYPE_CHECKING:
     from heimdall_kms.config import Settings
@@ -36,8 +35,8 @@ __all__ = [
     "KeyVersion",
     "KeyWrapper",
     "WrappedKey",
-    "load_provider",
     "needs_extra",
+    "open_provider",
 ]
 
 _PROVIDERS: dict[ProviderName, tuple[str, str, str]] = {
@@ -48,7 +47,6 @@ _PROVIDERS: dict[ProviderName, tuple[str, str, str]] = {
     ProviderName.AZURE: ("heimdall_kms.providers.azure", "AzureKeyVaultProvider", "azure"),
 }
 # The SDK modules each provider module needs; used only to name the missing extra.
-_SDK_RETRIES = frozenset({ProviderName.AWS, ProviderName.GCP, ProviderName.AZURE})
 _SDK_MODULES = frozenset({"hvac", "boto3", "botocore", "google", "azure"})
 
 
@@ -72,12 +70,9 @@ class _ProviderFactory(Protocol):
     def from_settings(cls, settings: Settings) -> KeyManagementService: ...
 
 
-def load_provider(settings: Settings, *, background: bool = False) -> KeyManagementService:
-    """Build the configured provider.
-
-    ``background``: for a background job, which paces and retries its own calls (see
-    :mod:`heimdall_kms.jobs.metered`): one attempt per call here, so that no retry sends a
-    request the job has not paced. The circuit breaker stays.
+def open_provider(settings: Settings) -> KeyManagementService:
+    """The configured provider itself, with nothing around it: the composition root
+    (:func:`heimdall_kms.composition.load_provider`) adds tracing, retries and the breaker.
 
     Raises:
         ConfigurationError: no provider configured, not available in this release, or its
@@ -97,20 +92,4 @@ def load_provider(settings: Settings, *, background: bool = False) -> KeyManagem
             ) from None
         raise
     factory = cast(type[_ProviderFactory], getattr(module, class_name))
-    # Inside the retry layer: each attempt is one KMS call and one span (when tracing is on).
-    # Imported here: telemetry.tracing builds on providers.base, so importing it at the top
-    # would make `import heimdall_kms.telemetry.tracing` (done first) a circular import.
-    from heimdall_kms.telemetry.tracing import traced  # noqa: PLC0415
-
-    provider = traced(factory.from_settings(settings))
-    if settings.provider is ProviderName.LOCAL:
-        return provider  # a file on this host: nothing to retry, no network to break
-    options = settings.resilience
-    # botocore, google-api-core and azure-core already retry each request with backoff; doing it
-    # again around the whole batch would multiply the attempts. They keep the breaker.
-    attempts = 1 if background or settings.provider in _SDK_RETRIES else options.retry_attempts
-    return ResilientProvider(
-        provider,
-        retry=RetryPolicy(attempts, options.retry_max_seconds),
-        breaker=CircuitBreaker(options.breaker_threshold, options.breaker_cooldown_seconds),
-    )
+    return factory.from_settings(settings)
