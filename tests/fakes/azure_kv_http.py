@@ -21,7 +21,9 @@ official ``azure-keyvault-keys`` and ``azure-identity`` clients talk to it unmod
   /keys/{name}/create``, ``POST /keys/{name}/rotate``, ``GET``/``PUT
   /keys/{name}/rotationpolicy`` (kept and answered; the fake never rotates by it), ``PATCH
   /keys/{name}/{version}`` (attributes, ``key_ops``, tags), ``POST
-  /keys/{name}/{version}/wrapkey`` and ``/unwrapkey``.
+  /keys/{name}/{version}/wrapkey`` and ``/unwrapkey``, ``/sign`` and ``/verify`` (ES256 with
+  a P-256 ``EC``/``EC-HSM`` key: the client sends the SHA-256 digest, the signature is the raw
+  64 bytes r|s; a disabled version does not sign).
   JSON fields as the service names them: ``kid``, ``kty``, ``key_ops``, ``n``/``e`` and
   ``value`` as unpadded base64url, ``attributes.created``/``updated`` as Unix seconds, errors as
   ``{"error": {"code": "KeyNotFound", "message": "...", "innererror": {...}}}``.
@@ -33,9 +35,10 @@ official ``azure-keyvault-keys`` and ``azure-identity`` clients talk to it unmod
 
 Cryptography is real and independent of the ``cryptography`` package that the Azure SDK's
 client-side wrap and heimdall-kms use: RSA keys (2048/3072/4096 bits, ``RSA`` or ``RSA-HSM``)
-and RSA-OAEP-256 / RSA-OAEP come from pycryptodome, as does AES key wrap (RFC 3394, ``A256KW``
-and friends) for ``oct-HSM`` keys (Managed HSM). A damaged wrapped key fails with ``400
-BadParameter``, as the service's "Error occurred while decoding OAEP padding." does.
+and RSA-OAEP-256 / RSA-OAEP come from pycryptodome, as do AES key wrap (RFC 3394, ``A256KW``
+and friends) for ``oct-HSM`` keys (Managed HSM) and ECDSA P-256 (``signing_keys.py``). A
+damaged wrapped key fails with ``400 BadParameter``, as the service's "Error occurred while
+decoding OAEP padding." does.
 
 Test switches on :class:`FakeKeyVault`: :meth:`~FakeKeyVault.inject` answers a status for every
 request on a key (``429`` comes with ``Retry-After``); :meth:`~FakeKeyVault.revoke_tokens`
@@ -72,6 +75,8 @@ from Crypto.Cipher import AES, PKCS1_OAEP
 from Crypto.Hash import SHA1, SHA256
 from Crypto.PublicKey import RSA
 
+from tests.fakes.signing_keys import Curve, Encoding, SigningKey
+
 __all__ = [
     "CRYPTO_OFFICER",
     "CRYPTO_SERVICE_ENCRYPTION_USER",
@@ -90,21 +95,25 @@ API_VERSIONS = frozenset({"7.0", "7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "2025
 RESOURCE = "https://vault.azure.net"
 SCOPE = f"{RESOURCE}/.default"
 _PREFIX = "Microsoft.KeyVault/vaults/keys/"
-READ, CREATE, ROTATE, UPDATE, WRAP, UNWRAP = (
+READ, CREATE, ROTATE, UPDATE, WRAP, UNWRAP, SIGN, VERIFY = (
     f"{_PREFIX}read",
     f"{_PREFIX}create/action",
     f"{_PREFIX}rotate/action",
     f"{_PREFIX}update/action",
     f"{_PREFIX}wrap/action",
     f"{_PREFIX}unwrap/action",
+    f"{_PREFIX}sign/action",
+    f"{_PREFIX}verify/action",
 )
 POLICY_READ, POLICY_WRITE = (
     "Microsoft.KeyVault/vaults/keyrotationpolicies/read",
     "Microsoft.KeyVault/vaults/keyrotationpolicies/write",
 )
 # The data actions of Azure's built-in roles, as far as key operations go.
-CRYPTO_OFFICER = frozenset({READ, CREATE, ROTATE, UPDATE, WRAP, UNWRAP, POLICY_READ, POLICY_WRITE})
-CRYPTO_USER = frozenset({READ, UPDATE, WRAP, UNWRAP})
+CRYPTO_OFFICER = frozenset(
+    {READ, CREATE, ROTATE, UPDATE, WRAP, UNWRAP, SIGN, VERIFY, POLICY_READ, POLICY_WRITE}
+)
+CRYPTO_USER = frozenset({READ, UPDATE, WRAP, UNWRAP, SIGN, VERIFY})
 CRYPTO_SERVICE_ENCRYPTION_USER = frozenset({READ, WRAP, UNWRAP})
 UNWRAP_ONLY = frozenset({UNWRAP})
 
@@ -138,6 +147,7 @@ class _Version:
     key_ops: list[str]
     rsa: RSA.RsaKey | None = None
     secret: bytes | None = None
+    signing: SigningKey | None = None  # EC / EC-HSM, P-256
     enabled: bool = True
     tags: dict[str, str] = field(default_factory=dict)
     # For ``propagation_delay``: when the version was added, and the ``enabled`` unwrap obeys
@@ -319,10 +329,12 @@ class FakeKeyVault:
         if not isinstance(body, dict):
             raise _FaultError(400, "BadParameter", "The request body must be a JSON object.")
         with self._lock:
-            if handler in ("wrapkey", "unwrapkey"):
+            if handler in ("wrapkey", "unwrapkey", "sign", "verify"):
                 version = self._version(name, rest[0])
             else:
                 return self._manage(handler, name, rest, query, body)
+        if handler in ("sign", "verify"):
+            return self._signature(handler, name, version, body)
         return self._crypto(handler, name, version, body)
 
     def _take_fault(self, name: str) -> tuple[int, str] | None:
@@ -345,6 +357,8 @@ class FakeKeyVault:
             ("POST", 1, "rotate"): (ROTATE, "rotate"),
             ("POST", 2, "wrapkey"): (WRAP, "wrapkey"),
             ("POST", 2, "unwrapkey"): (UNWRAP, "unwrapkey"),
+            ("POST", 2, "sign"): (SIGN, "sign"),
+            ("POST", 2, "verify"): (VERIFY, "verify"),
             ("GET", 1, "rotationpolicy"): (POLICY_READ, "policy_get"),
             ("PUT", 1, "rotationpolicy"): (POLICY_WRITE, "policy_put"),
         }
@@ -365,6 +379,8 @@ class FakeKeyVault:
             default = 2048 if kty.startswith("RSA") else 256
             ops = body.get("key_ops") or list(_DEFAULT_OPS)
             attributes = body.get("attributes") or {}
+            if kty in ("EC", "EC-HSM") and body.get("crv", "P-256") != "P-256":
+                raise _FaultError(400, "BadParameter", "This fake has P-256 EC keys only.")
             version = self._add_version(
                 name, kty, int(size or default), [str(o) for o in ops], body.get("tags") or {}
             )
@@ -458,6 +474,32 @@ class FakeKeyVault:
             result = self._apply(version, alg, value, wrap=operation == "wrapKey")
         return {"kid": self._kid(name, version), "value": _b64(result)}
 
+    def _signature(self, handler: str, name: str, version: _Version, body: JSON) -> JSON:
+        """``sign`` (``value`` is the SHA-256 digest; the answer is the raw 64-byte r|s) and
+        ``verify`` (``digest`` and the signature in ``value``), ES256 with a P-256 key."""
+        operation = handler
+        if operation not in version.key_ops:
+            raise _FaultError(
+                403, "Forbidden", f"Operation {operation} is not permitted on this key."
+            )
+        if operation == "sign" and not version.enabled:
+            raise _FaultError(
+                403, "Forbidden", "Operation sign is not allowed on a disabled key.", "KeyDisabled"
+            )
+        if version.signing is None or body.get("alg") != "ES256":
+            raise _FaultError(
+                400, "BadParameter", f"Algorithm '{body.get('alg')}' is not supported by this key."
+            )
+        digest = _unb64(body.get("value" if operation == "sign" else "digest"), "digest")
+        if len(digest) != 32:
+            raise _FaultError(400, "BadParameter", "ES256 takes a 32-byte SHA-256 digest.")
+        with self._busy():
+            if operation == "sign":
+                signature = version.signing.sign_digest(digest, Encoding.RAW)
+                return {"kid": self._kid(name, version), "value": _b64(signature)}
+            given = _unb64(body.get("value"), "value")
+            return {"value": version.signing.verify_digest(digest, given, Encoding.RAW)}
+
     @staticmethod
     def _apply(version: _Version, alg: str, value: bytes, *, wrap: bool) -> bytes:
         if version.rsa is not None and alg in ("RSA-OAEP-256", "RSA-OAEP"):
@@ -506,6 +548,8 @@ class FakeKeyVault:
             version.rsa = RSA.generate(size)
         elif kty == "oct-HSM" and size in (128, 192, 256):
             version.secret = secrets.token_bytes(size // 8)
+        elif kty in ("EC", "EC-HSM"):
+            version.signing = SigningKey.generate(Curve.P256)
         else:
             raise _FaultError(
                 400, "BadParameter", f"Key type '{kty}' with size {size} is not supported."
@@ -561,6 +605,9 @@ class FakeKeyVault:
         if version.rsa is not None:
             key["n"] = _b64(_int_bytes(version.rsa.n))
             key["e"] = _b64(_int_bytes(version.rsa.e))
+        if version.signing is not None:
+            x, y = version.signing.public_xy()
+            key.update({"crv": "P-256", "x": _b64(x), "y": _b64(y)})
         return {"key": key, "attributes": self._attributes(version), "tags": version.tags}
 
     # -- Entra ID -------------------------------------------------------------------------------

@@ -20,6 +20,11 @@ KMS ciphertexts do, and authenticates the CryptoKey's name and the caller's
 ``additionalAuthenticatedData``, so a wrong AAD, another key, or a flipped bit fails with
 INVALID_ARGUMENT. A version that is not ENABLED refuses with FAILED_PRECONDITION. CRC32C is
 computed here with its own table (not google-crc32c) and checked both ways.
+ASYMMETRIC_SIGN keys (``EC_SIGN_P256_SHA256``, ``EC_SIGN_ED25519``) have no primary version
+and no rotation period; ``asymmetricSign`` on a version takes a ``digest.sha256`` (P-256, a
+DER signature) or the ``data`` (Ed25519), and ``getPublicKey`` answers the version's PEM, as
+Cloud KMS documents (pycryptodome keys, ``signing_keys.py``). The IAM roles
+``roles/cloudkms.signer``, ``publicKeyViewer`` and ``signerVerifier`` are modelled.
 
 Test switches on :class:`FakeKMS`: :meth:`~FakeKMS.inject` answers a status (401
 UNAUTHENTICATED, 403 PERMISSION_DENIED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE, ...) for
@@ -61,6 +66,8 @@ from Crypto.Hash import SHA256
 from Crypto.PublicKey import RSA
 from Crypto.Signature import pkcs1_15
 
+from tests.fakes.signing_keys import Curve, Encoding, SigningKey
+
 __all__ = ["FakeKMS", "FakeKMSServer", "StatusError", "crc32c", "start_fake_kms"]
 
 JSON = dict[str, Any]
@@ -89,10 +96,17 @@ ENUMS = {
         "DESTROY_SCHEDULED": 4,
         "PENDING_GENERATION": 5,
     },
-    "purpose": {"CRYPTO_KEY_PURPOSE_UNSPECIFIED": 0, "ENCRYPT_DECRYPT": 1},
+    "purpose": {"CRYPTO_KEY_PURPOSE_UNSPECIFIED": 0, "ENCRYPT_DECRYPT": 1, "ASYMMETRIC_SIGN": 5},
     "protectionLevel": {"PROTECTION_LEVEL_UNSPECIFIED": 0, "SOFTWARE": 1, "HSM": 2},
-    "algorithm": {"CRYPTO_KEY_VERSION_ALGORITHM_UNSPECIFIED": 0, "GOOGLE_SYMMETRIC_ENCRYPTION": 1},
+    "algorithm": {
+        "CRYPTO_KEY_VERSION_ALGORITHM_UNSPECIFIED": 0,
+        "GOOGLE_SYMMETRIC_ENCRYPTION": 1,
+        "EC_SIGN_P256_SHA256": 12,
+        "EC_SIGN_ED25519": 40,
+    },
 }
+# The signing algorithms modelled, and the curve of their keys.
+SIGNING = {"EC_SIGN_P256_SHA256": Curve.P256, "EC_SIGN_ED25519": Curve.ED25519}
 MAX_PLAINTEXT = 64 * 1024
 MAGIC = b"\x0bGK"  # ciphertext = MAGIC | version (uint32) | nonce (12) | AES-GCM body | tag (16)
 HEADER = len(MAGIC) + 4 + 12
@@ -110,6 +124,8 @@ PERMISSIONS = {
     "list_crypto_key_versions": "cloudkms.cryptoKeyVersions.list",
     "get_crypto_key_version": "cloudkms.cryptoKeyVersions.get",
     "update_crypto_key_version": "cloudkms.cryptoKeyVersions.update",
+    "asymmetric_sign": "cloudkms.cryptoKeyVersions.useToSign",
+    "get_public_key": "cloudkms.cryptoKeyVersions.viewPublicKey",
 }
 _VIEW = {
     "cloudkms.keyRings.get",
@@ -125,6 +141,13 @@ ROLES = {
     "roles/cloudkms.cryptoKeyEncrypter": {"cloudkms.cryptoKeyVersions.useToEncrypt"},
     "roles/cloudkms.cryptoKeyDecrypter": {"cloudkms.cryptoKeyVersions.useToDecrypt"},
     "roles/cloudkms.viewer": _VIEW,
+    "roles/cloudkms.signer": {"cloudkms.cryptoKeyVersions.useToSign"},
+    "roles/cloudkms.publicKeyViewer": {"cloudkms.cryptoKeyVersions.viewPublicKey"},
+    "roles/cloudkms.signerVerifier": {
+        "cloudkms.cryptoKeyVersions.useToSign",
+        "cloudkms.cryptoKeyVersions.useToVerify",
+        "cloudkms.cryptoKeyVersions.viewPublicKey",
+    },
     # Cloud KMS Admin manages keys but may not use them (no cryptographic operations).
     "roles/cloudkms.admin": _VIEW
     | {
@@ -181,6 +204,7 @@ class _Version:
     # disabled version takes effect eventually").
     served_state: str = "ENABLED"
     state_at: float = 0.0
+    signing: SigningKey | None = None  # an ASYMMETRIC_SIGN key's version
 
     def effective(self, now: float, delay: float) -> str:
         return self.state if now >= self.state_at + delay else self.served_state
@@ -190,6 +214,8 @@ class _Version:
 class _Key:
     name: str
     created: datetime
+    purpose: str = "ENCRYPT_DECRYPT"
+    algorithm: str = "GOOGLE_SYMMETRIC_ENCRYPTION"
     versions: dict[int, _Version] = field(default_factory=dict)
     primary: int | None = None
     rotation_period: str | None = None
@@ -468,18 +494,17 @@ class FakeKMS:
     def _add_version(self, key: _Key, state: str) -> _Version:
         number = max(key.versions, default=0) + 1
         version = _Version(number, os.urandom(32), self._clock(), state, served_state=state)
+        if key.algorithm in SIGNING:
+            version.signing = SigningKey.generate(SIGNING[key.algorithm])
         key.versions[number] = version
         return version
 
     def _key_json(self, key: _Key) -> JSON:
         document: JSON = {
             "name": key.name,
-            "purpose": "ENCRYPT_DECRYPT",
+            "purpose": key.purpose,
             "createTime": _timestamp(key.created),
-            "versionTemplate": {
-                "protectionLevel": "SOFTWARE",
-                "algorithm": "GOOGLE_SYMMETRIC_ENCRYPTION",
-            },
+            "versionTemplate": {"protectionLevel": "SOFTWARE", "algorithm": key.algorithm},
             "destroyScheduledDuration": "2592000s",
         }
         if key.primary is not None:
@@ -493,7 +518,7 @@ class FakeKMS:
             "name": f"{key.name}/cryptoKeyVersions/{version.number}",
             "state": version.state,
             "protectionLevel": "SOFTWARE",
-            "algorithm": "GOOGLE_SYMMETRIC_ENCRYPTION",
+            "algorithm": key.algorithm,
             "createTime": _timestamp(version.created),
         }
         if version.state != "PENDING_GENERATION":
@@ -521,17 +546,35 @@ class FakeKMS:
             raise StatusError("NOT_FOUND", f"{parent} not found.")
         if not key_id:
             raise StatusError("INVALID_ARGUMENT", "crypto_key_id is required.")
-        purpose = body.get("purpose")
-        if purpose not in ("ENCRYPT_DECRYPT", 1):
+        purpose = _enum_name("purpose", body.get("purpose", 0))
+        template = body.get("versionTemplate") or {}
+        algorithm = _enum_name("algorithm", template.get("algorithm", 0))
+        unspecified = "CRYPTO_KEY_VERSION_ALGORITHM_UNSPECIFIED"
+        if purpose == "ENCRYPT_DECRYPT" and algorithm in (
+            "GOOGLE_SYMMETRIC_ENCRYPTION",
+            unspecified,
+        ):
+            algorithm = "GOOGLE_SYMMETRIC_ENCRYPTION"
+        elif purpose != "ASYMMETRIC_SIGN" or algorithm not in SIGNING:
             raise StatusError(
-                "INVALID_ARGUMENT", "This fake supports purpose ENCRYPT_DECRYPT only."
+                "INVALID_ARGUMENT",
+                "This fake supports ENCRYPT_DECRYPT keys, and ASYMMETRIC_SIGN keys of "
+                f"{' or '.join(SIGNING)}.",
+            )
+        elif body.get("rotationPeriod"):
+            raise StatusError(
+                "INVALID_ARGUMENT", "Rotation period can only be set for symmetric keys."
             )
         name = f"{parent}/cryptoKeys/{key_id}"
         if name in self._keys:
             raise StatusError("ALREADY_EXISTS", f"{name} already exists.")
-        key = _Key(name, self._clock(), rotation_period=body.get("rotationPeriod"))
+        key = _Key(
+            name, self._clock(), purpose, algorithm, rotation_period=body.get("rotationPeriod")
+        )
         if str(query.get("skipInitialVersionCreation", "false")).lower() != "true":
-            key.primary = key.served_primary = self._add_version(key, "ENABLED").number
+            number = self._add_version(key, "ENABLED").number
+            if purpose == "ENCRYPT_DECRYPT":  # an asymmetric key has no primary version
+                key.primary = key.served_primary = number
         self._keys[name] = key
         return self._key_json(key)
 
@@ -678,6 +721,62 @@ class FakeKMS:
             "protectionLevel": "SOFTWARE",
         }
 
+    def _signing_version(self, name: str) -> tuple[_Key, _Version, SigningKey]:
+        key, version = self._version(name)
+        if version.signing is None:
+            raise StatusError(
+                "FAILED_PRECONDITION",
+                f"{key.name} has purpose {key.purpose}, not ASYMMETRIC_SIGN.",
+            )
+        return key, version, version.signing
+
+    def _asymmetric_sign(self, name: str, query: JSON, body: JSON) -> JSON:
+        """``asymmetricSign``: a SHA-256 ``digest`` for EC_SIGN_P256_SHA256 (a DER signature),
+        the ``data`` itself for EC_SIGN_ED25519; a version that is not ENABLED refuses."""
+        key, version, signing = self._signing_version(name)
+        if version.effective(self._seconds(), self.propagation_delay) != "ENABLED":
+            raise StatusError(
+                "FAILED_PRECONDITION", f"{name} is not enabled, current state is: {version.state}."
+            )
+        verified_digest = verified_data = False
+        if signing.curve is Curve.P256:
+            digest = body.get("digest") or {}
+            if "data" in body or set(digest) != {"sha256"}:
+                raise StatusError(
+                    "INVALID_ARGUMENT", f"{key.algorithm} signs a digest.sha256, and no data."
+                )
+            value = _unb64(digest, "sha256")
+            if len(value) != 32:
+                raise StatusError("INVALID_ARGUMENT", "The digest must be 32 bytes (SHA-256).")
+            verified_digest = _check_crc(body, value, "digest", "digestCrc32c")
+            signature = signing.sign_digest(value, Encoding.DER)
+        else:
+            if "digest" in body:
+                raise StatusError("INVALID_ARGUMENT", f"{key.algorithm} signs data, no digest.")
+            value = _unb64(body, "data")
+            verified_data = _check_crc(body, value, "data", "dataCrc32c")
+            signature = signing.sign_data(value)
+        return {
+            "signature": _b64(self._maybe_corrupt(key.name, signature)),
+            "signatureCrc32c": str(crc32c(signature)),
+            "verifiedDigestCrc32c": verified_digest,
+            "verifiedDataCrc32c": verified_data,
+            "name": name,
+            "protectionLevel": "SOFTWARE",
+        }
+
+    def _get_public_key(self, name: str, query: JSON, body: JSON) -> JSON:
+        """``getPublicKey``: the version's public key as PEM (SubjectPublicKeyInfo)."""
+        key, _, signing = self._signing_version(name)
+        pem = signing.public_pem()
+        return {
+            "pem": pem,
+            "pemCrc32c": str(crc32c(pem.encode())),
+            "algorithm": key.algorithm,
+            "name": name,
+            "protectionLevel": "SOFTWARE",
+        }
+
     def _maybe_corrupt(self, resource: str, data: bytes) -> bytes:
         prefix = self._matching(set(self._corrupt), resource)
         if prefix is None or self._corrupt[prefix] <= 0 or not data:
@@ -723,6 +822,8 @@ _REST_ROUTES = {
     ("GET", "cryptoKeyVersions", ""): "list_crypto_key_versions",
     ("GET", "cryptoKeyVersion", ""): "get_crypto_key_version",
     ("PATCH", "cryptoKeyVersion", ""): "update_crypto_key_version",
+    ("POST", "cryptoKeyVersion", "asymmetricSign"): "asymmetric_sign",
+    ("GET", "publicKey", ""): "get_public_key",
 }
 
 
@@ -733,6 +834,7 @@ def _route(method: str, path: str) -> tuple[str, str]:
     segments = resource.split("/")
     if len(segments) < 3 or segments[0] != "projects" or segments[2] != "locations":
         raise StatusError("NOT_FOUND", f"No such path {path}.")
+    # A collection (odd length) or a singleton such as .../cryptoKeyVersions/1/publicKey.
     kind = segments[-1] if len(segments) % 2 else segments[-2].removesuffix("s")
     operation = _REST_ROUTES.get((method, kind, verb))
     if operation is None:
@@ -820,6 +922,8 @@ _GRPC_ROUTES: dict[str, tuple[str, str, tuple[str, ...], str | None]] = {
         None,
     ),
     "GetCryptoKeyVersion": ("get_crypto_key_version", "name", (), None),
+    "AsymmetricSign": ("asymmetric_sign", "name", (), "*"),
+    "GetPublicKey": ("get_public_key", "name", (), None),
     "UpdateCryptoKeyVersion": (
         "update_crypto_key_version",
         "cryptoKeyVersion.name",
@@ -854,6 +958,8 @@ def _grpc_handler(kms: FakeKMS) -> Any:
             service.ListCryptoKeyVersionsResponse,
         ),
         "GetCryptoKeyVersion": (service.GetCryptoKeyVersionRequest, resources.CryptoKeyVersion),
+        "AsymmetricSign": (service.AsymmetricSignRequest, service.AsymmetricSignResponse),
+        "GetPublicKey": (service.GetPublicKeyRequest, resources.PublicKey),
         "UpdateCryptoKeyVersion": (
             service.UpdateCryptoKeyVersionRequest,
             resources.CryptoKeyVersion,

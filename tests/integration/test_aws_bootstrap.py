@@ -41,6 +41,9 @@ ALIASES_ACTIONS = {
     "audit": {"kms:DescribeKey", "kms:ListKeyRotations", "kms:GetKeyRotationStatus"},
 }
 CRYPTO = {"kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo"}
+# The audit checkpoints' key: every role that writes audit events signs, the auditor verifies.
+SIGNING = {"app": {"kms:Sign"}, "worker": {"kms:Sign"}, "admin": {"kms:Sign"}}
+SIGNING["audit"] = {"kms:Verify"}
 
 
 @pytest.fixture(scope="module")
@@ -91,17 +94,30 @@ class TestBootstrap:
         keys = key_count(moto)
         dry = ok(cli(["aws", "bootstrap", "--dry-run", "--json"], env))
         assert dry["dry_run"] is True and key_count(moto) == keys and events(log) == []
-        assert [s["change"] for s in dry["steps"]] == ["created", "created"]
+        assert [s["change"] for s in dry["steps"]] == ["created", "created", "created"]
         calls = [c.split(" ", 1)[0] for s in dry["steps"] for c in s["calls"]]
-        assert calls == ["CreateKey", "CreateAlias", "EnableKeyRotation"]
+        assert calls == [
+            "CreateKey",
+            "CreateAlias",
+            "EnableKeyRotation",
+            "CreateKey",
+            "CreateAlias",
+        ]
+        assert dry["signing_key"] == f"{alias}-audit"
+        assert '"KeySpec": "ECC_NIST_P256"' in dry["steps"][2]["calls"][0]
         text = ok(cli(["aws", "bootstrap", "--dry-run"], env))
         assert "would create" in text and "CreateKey {" in text
         assert "IAM policy of the app role" in text
 
         made = ok(cli(["aws", "bootstrap", "--json", "--actor", "ops"], env))
-        assert key_count(moto) == keys + 1
+        assert key_count(moto) == keys + 2
         meta = moto.client().describe_key(KeyId=alias)["KeyMetadata"]
         assert made["key_arn"] == meta["Arn"]
+        signing = moto.client().describe_key(KeyId=f"{alias}-audit")["KeyMetadata"]
+        assert (signing["KeyUsage"], signing["KeySpec"]) == ("SIGN_VERIFY", "ECC_NIST_P256")
+        assert made["signing_key_arn"] == signing["Arn"] != meta["Arn"]
+        statement = made["policies"]["app"]["Statement"][-1]
+        assert statement["Resource"] == signing["Arn"] and statement["Action"] == ["kms:Sign"]
         assert moto.client().get_key_rotation_status(KeyId=meta["KeyId"])["KeyRotationEnabled"]
         created = [e for e in events(log) if e["event_type"] == "key.create"]
         assert [e["result"] for e in created] == ["intent", "success"]
@@ -110,7 +126,7 @@ class TestBootstrap:
         again = ok(cli(["aws", "bootstrap", "--json"], env))
         assert {s["change"] for s in again["steps"]} == {"unchanged"}
         assert all(s["calls"] == [] for s in again["steps"])
-        assert key_count(moto) == keys + 1 and len(events(log)) == 2
+        assert key_count(moto) == keys + 2 and len(events(log)) == 2
 
     def test_an_unwritable_audit_log_creates_nothing(
         self, moto: MotoServer, tmp_path: Path
@@ -134,7 +150,7 @@ class TestBootstrap:
         for role, document in printed["policies"].items():
             statements = document["Statement"]
             granted = {a for s in statements for a in s["Action"]}
-            assert granted == expected[role] | {"kms:ListAliases"}, role
+            assert granted == expected[role] | {"kms:ListAliases"} | SIGNING[role], role
             assert all(s["Effect"] == "Allow" and "*" not in str(s["Action"]) for s in statements)
             for statement in statements:
                 if CRYPTO & set(statement["Action"]):
@@ -143,6 +159,12 @@ class TestBootstrap:
                     # Only a new key is "*": and then only with the tag that scopes it.
                     condition = statement["Condition"]["StringEquals"]
                     assert condition == {"aws:RequestTag/heimdall:alias": names["alias"]}
+                if statement["Sid"] == "HeimdallAuditCheckpoints":
+                    assert statement["Action"] == sorted(SIGNING[role])
+                    assert statement["Condition"]["StringEquals"] == {
+                        "kms:SigningAlgorithm": "ECDSA_SHA_256"
+                    }
+                    assert statement["Resource"].endswith("SIGNING-KEY-CREATED-ON-APPLY")
                 if versioning == "native" and statement["Sid"] in (
                     "HeimdallKey",
                     "HeimdallDataKeys",
@@ -154,8 +176,13 @@ class TestBootstrap:
         names = user_key(moto)
         keys = key_count(moto)
         adopted = ok(cli(["aws", "bootstrap", "--json"], moto.env(names[form])))
-        assert key_count(moto) == keys
-        assert [s["change"] for s in adopted["steps"]] == ["unchanged", "updated"]
+        # An alias-named key gets <alias>-audit as its signing key; a key id or ARN names none.
+        signs = form in ("alias", "alias_arn")
+        assert key_count(moto) == keys + signs
+        assert [s["change"] for s in adopted["steps"]] == ["unchanged", "updated"] + [
+            "created"
+        ] * signs
+        assert adopted["signing_key"] == (f"{names['alias']}-audit" if signs else None)
         assert adopted["key_arn"] == names["key_arn"]
         status = moto.client().get_key_rotation_status(KeyId=names["key_id"])
         assert status["KeyRotationEnabled"]
@@ -166,10 +193,11 @@ class TestBootstrap:
         names = user_key(moto)
         env = moto.env(names["alias"], HMD_AWS_KEY_VERSIONING="aliases")
         adopted = ok(cli(["aws", "bootstrap", "--json"], env))
-        assert [s["change"] for s in adopted["steps"]] == ["updated"]
+        assert [s["change"] for s in adopted["steps"]] == ["updated", "created"]
         v1 = moto.client().describe_key(KeyId=f"{names['alias']}/v1")["KeyMetadata"]["KeyId"]
         assert v1 == names["key_id"]
-        assert ok(cli(["aws", "bootstrap", "--json"], env))["steps"][0]["change"] == "unchanged"
+        again = ok(cli(["aws", "bootstrap", "--json"], env))["steps"]
+        assert [s["change"] for s in again] == ["unchanged", "unchanged"]
         assert ok(cli(["keys", "--json"], env))["latest_version"] == 1
 
     def test_a_missing_key_id_is_refused_not_created(self, moto: MotoServer) -> None:
@@ -248,5 +276,44 @@ class TestKeysAsUsersHaveThem:
 
         printed = ok(cli(["aws", "bootstrap", "--dry-run", "--json"], env))
         app = printed["policies"]["app"]["Statement"]
-        assert {a for s in app for a in s["Action"]} == NATIVE_ACTIONS["app"] | {"kms:ListAliases"}
+        signs = SIGNING["app"] if form in ("alias", "alias_arn") else set()
+        assert {a for s in app for a in s["Action"]} == NATIVE_ACTIONS["app"] | {
+            "kms:ListAliases"
+        } | signs
         assert printed["key_arn"] == names["key_arn"]
+
+
+class TestSigningKey:
+    def test_a_named_signing_key_that_cannot_sign_is_refused(self, moto: MotoServer) -> None:
+        names = user_key(moto)  # a symmetric ENCRYPT_DECRYPT key, named as the signing key
+        env = moto.env(user_key(moto)["alias"], HMD_AUDIT_SIGNING_KEY=names["alias"])
+        keys = key_count(moto)
+        result = cli(["aws", "bootstrap"], env)
+        err = result.stderr.decode()
+        assert result.returncode == 4 and "SIGN_VERIFY" in err, err
+        assert len(err.strip().splitlines()) == 1 and key_count(moto) == keys
+
+    def test_an_existing_signing_key_is_adopted(self, moto: MotoServer) -> None:
+        alias = f"alias/sign-{secrets.token_hex(4)}"
+        made = moto.client().create_key(KeyUsage="SIGN_VERIFY", KeySpec="ECC_NIST_P256")
+        moto.client().create_alias(AliasName=alias, TargetKeyId=made["KeyMetadata"]["KeyId"])
+        env = moto.env(user_key(moto)["alias"], HMD_AUDIT_SIGNING_KEY=alias)
+        keys = key_count(moto)
+        printed = ok(cli(["aws", "bootstrap", "--json"], env))
+        assert key_count(moto) == keys
+        assert printed["steps"][-1]["change"] == "unchanged"
+        assert printed["signing_key_arn"] == made["KeyMetadata"]["Arn"]
+
+    def test_the_signing_policies_let_writers_sign_and_the_auditor_only_verify(
+        self, moto: MotoServer, tmp_path: Path
+    ) -> None:
+        """The writers' role signs a checkpoint and the auditor's verifies it, through the
+        signers the tool uses (moto does not enforce IAM: the actions are checked above)."""
+        from heimdall_kms.audit.checkpoint import new_checkpoint
+        from heimdall_kms.audit.signers import AWSSigner
+
+        alias = f"alias/boot-{secrets.token_hex(4)}"
+        ok(cli(["aws", "bootstrap", "--json"], moto.env(alias)))
+        signer = AWSSigner(moto.client(), f"{alias}-audit")
+        checkpoint = new_checkpoint("host:/log", 3, "ab" * 32, signer)
+        assert signer.verify_many([(checkpoint.message(), checkpoint.signature)]) == [True]

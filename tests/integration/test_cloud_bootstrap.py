@@ -9,6 +9,7 @@ what the fake was asked to create.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import subprocess
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from azure.core.exceptions import HttpResponseError
 from azure.keyvault.keys import KeyRotationPolicyAction
+from azure.keyvault.keys.crypto import SignatureAlgorithm
 from google.api_core import exceptions as api_exceptions
 from google.cloud import kms_v1
 
@@ -31,6 +34,7 @@ from tests.fakes.gcp_kms_http import FakeKMSServer, start_fake_kms
 from tests.servers import run_cli
 
 ROLES = ["app", "worker", "admin", "audit"]
+SIGNING_OPS = ["sign", "verify"]
 
 
 class Backend(Protocol):
@@ -71,6 +75,16 @@ class GCP:
                 "parent": self.ring,
                 "crypto_key_id": "pii",
                 "crypto_key": {"purpose": kms_v1.CryptoKey.CryptoKeyPurpose.ENCRYPT_DECRYPT},
+            }
+        )
+        self.admin.create_crypto_key(
+            request={
+                "parent": self.ring,
+                "crypto_key_id": "pii-audit",
+                "crypto_key": {
+                    "purpose": kms_v1.CryptoKey.CryptoKeyPurpose.ASYMMETRIC_SIGN,
+                    "version_template": {"algorithm": "EC_SIGN_P256_SHA256"},
+                },
             }
         )
 
@@ -116,6 +130,7 @@ class Azure:
 
     def precreate(self) -> None:
         self.admin.create_rsa_key(self.key, size=2048)
+        self.admin.create_ec_key(f"{self.key}-audit", curve="P-256", key_operations=SIGNING_OPS)
 
     def creations(self) -> int:
         return sum(
@@ -165,12 +180,17 @@ class TestBootstrap:
         assert created
         assert all(s["calls"] for s in created)
         assert [g["role"] for g in plan["access"]] == ROLES
+        assert [g["role"] for g in plan["signing_access"]] == ROLES
+        assert plan["signing_key"].endswith("-audit")
+        assert plan["steps"][-1]["step"].startswith("audit signing key")
+        assert plan["steps"][-1]["change"] == "created" and plan["steps"][-1]["calls"]
         assert cloud.creations() == 0
         assert not cloud.exists()
         assert key_events(tmp_path) == []
         text = bootstrap(cloud, tmp_path, "--dry-run")
         assert text.returncode == 0, text.stderr.decode()
         assert b"would create" in text.stdout
+        assert b"Access to the audit signing key" in text.stdout
         assert cloud.creations() == 0
 
     def test_run_creates_audited_then_a_second_run_changes_nothing(
@@ -218,10 +238,12 @@ class TestBootstrap:
         printed = [
             line.split(": ", 1)[1]
             for line in text.splitlines()
-            if line.strip().startswith(("binding: ", "custom_role: ", "assignment: "))
+            if line.strip().startswith(
+                ("binding: ", "versions_binding: ", "custom_role: ", "assignment: ")
+            )
         ]
-        assert len(printed) >= len(ROLES)
-        for grant in plan["access"]:
+        assert len(printed) >= 2 * len(ROLES)
+        for grant in plan["access"] + plan["signing_access"]:
             for value in grant["documents"].values():
                 assert json.dumps(value, sort_keys=True) in printed
         for line in printed:
@@ -252,6 +274,38 @@ class TestGCPDesign:
             assert grants["audit"] == "roles/cloudkms.viewer"
             admin = plan["access"][2]["documents"]["custom_role"]["includedPermissions"]
             assert not any("useTo" in p or "destroy" in p for p in admin)
+        finally:
+            gcp.stop()
+
+    def test_the_signing_key_signs_and_writers_sign_while_audit_only_verifies(
+        self, tmp_path: Path
+    ) -> None:
+        gcp = GCP()
+        try:
+            made = document(bootstrap(gcp, tmp_path, "--json"))
+            key = gcp.admin.get_crypto_key(request={"name": f"{gcp.key}-audit"})
+            assert key.purpose == kms_v1.CryptoKey.CryptoKeyPurpose.ASYMMETRIC_SIGN
+            assert key.version_template.algorithm.name == "EC_SIGN_P256_SHA256"
+            assert made["signing_key"] == f"{gcp.key}-audit"
+            grants = {g["role"]: g for g in made["signing_access"]}
+            for writer in ("app", "worker", "admin"):
+                assert grants[writer]["grants"] == "roles/cloudkms.signer, roles/cloudkms.viewer"
+                assert "cloudkms.cryptoKeyVersions.useToSign" in grants[writer]["permissions"]
+                assert grants[writer]["scope"] == f"{gcp.key}-audit"
+            assert grants["audit"]["grants"] == "roles/cloudkms.publicKeyViewer"
+            assert grants["audit"]["permissions"] == ["cloudkms.cryptoKeyVersions.viewPublicKey"]
+        finally:
+            gcp.stop()
+
+    def test_a_signing_key_that_cannot_sign_is_refused(self, tmp_path: Path) -> None:
+        gcp = GCP()
+        try:
+            gcp.precreate()
+            env = gcp.env(tmp_path) | {"HMD_AUDIT_SIGNING_KEY": gcp.key}  # ENCRYPT_DECRYPT
+            result = run_cli(["gcp", "bootstrap"], env, drop=("HMD_",))
+            err = result.stderr.decode()
+            assert result.returncode == 4, err
+            assert len(err.strip().splitlines()) == 1 and b"Traceback" not in result.stderr
         finally:
             gcp.stop()
 
@@ -300,6 +354,45 @@ class TestAzureDesign:
             assert grants["audit"]["grants"] == "Key Vault Reader"
             admin = grants["admin"]["documents"]["custom_role"]["DataActions"]
             assert not any(a.endswith(("wrap/action", "delete", "purge/action")) for a in admin)
+        finally:
+            azure.stop()
+
+    def test_the_signing_roles_sign_or_verify_and_no_more(self, tmp_path: Path) -> None:
+        """The signing key's printed data actions, given to principals of the fake's RBAC:
+        a writer signs, the auditor verifies and cannot sign."""
+        azure = Azure()
+        try:
+            plan = document(bootstrap(azure, tmp_path, "--json", "--key-type", "RSA"))
+            signing = azure.admin.get_key(f"{azure.key}-audit")
+            assert (signing.key_type.value, signing.key.crv.value) == ("EC", "P-256")
+            assert sorted(str(o) for o in signing.key_operations or []) == SIGNING_OPS
+            actions = {g["role"]: frozenset(g["permissions"]) for g in plan["signing_access"]}
+            assert all(a.endswith(("/read", "/sign/action")) for a in actions["app"])
+            assert actions["app"] == actions["worker"] == actions["admin"]
+            assert all(a.endswith(("/read", "/verify/action")) for a in actions["audit"])
+            digest = hashlib.sha256(b"checkpoint").digest()
+            clients = {}
+            for role in ("app", "audit"):
+                principal = (f"s-{role}", f"secret-{role}-" + secrets.token_hex(8))
+                azure.server.vault.add_principal(*principal, actions[role])
+                clients[role] = key_client(azure.server, principal)
+            crypto_of = {
+                role: client.get_cryptography_client(
+                    f"{azure.key}-audit", key_version=signing.properties.version
+                )
+                for role, client in clients.items()
+            }
+            signed = crypto_of["app"].sign(SignatureAlgorithm.es256, digest)
+            with pytest.raises(HttpResponseError):
+                crypto_of["audit"].sign(SignatureAlgorithm.es256, digest)
+            result = crypto_of["audit"].verify(SignatureAlgorithm.es256, digest, signed.signature)
+            assert result.is_valid
+            verify = [r for r in azure.server.vault.requests if r.path.endswith("/verify")]
+            # The auditor may read the public key, so the SDK verifies locally with it; the
+            # service's verify is allowed to it too, and refused to the writer.
+            assert all(r.status == 200 for r in verify)
+            for client in clients.values():
+                client.close()
         finally:
             azure.stop()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from secrets import token_hex
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from heimdall_kms.config import AWSKeyVersioning, ProviderName, Settings
 from heimdall_kms.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from heimdall_kms.providers.aws_bootstrap import Plan, PolicyTarget
+    from heimdall_kms.providers.aws_bootstrap import Plan, PolicyTarget, SigningKey
     from heimdall_kms.providers.aws_keys import KeyReference
     from heimdall_kms.providers.aws_native import Call
 
@@ -39,7 +40,8 @@ def aws() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @actor_option("bootstraps AWS KMS (audited as key.create when the key is created)")
 def bootstrap(*, actor: str, dry_run: bool, as_json: bool) -> None:
-    """Create or adopt the master key (HMD_KMS_KEY_ID) and print the least-privilege IAM
+    """Create or adopt the master key (HMD_KMS_KEY_ID) and the audit checkpoints' signing key
+    (HMD_AUDIT_SIGNING_KEY, default <alias>-audit), and print the least-privilege IAM
     policies of the app, worker, admin and audit roles. Idempotent: a second run changes
     nothing.
 
@@ -62,13 +64,22 @@ def bootstrap(*, actor: str, dry_run: bool, as_json: bool) -> None:
     versioning = settings.aws.key_versioning
     reference = _reference(settings.kms_key_id, versioning)
     days = _rotation_days(settings.key_rotation_days, versioning)
+    anchoring = settings.audit_anchoring
+    signing_name = ab.signing_key_name(anchoring.signing_key if anchoring else None, reference)
     client = build_client(settings.aws)
     try:
         call = caller(client)
         steps = ab.plan(call, reference, versioning, days)
+        signing = None
+        if signing_name is not None:
+            step, signing = ab.signing_step(call, signing_name)
+            steps = replace(steps, steps=(*steps.steps, step))
         if not dry_run:
             _apply(call, steps, reference, versioning, settings.audit_log, actor)
-        target = _target(call, steps, reference, versioning, str(client.meta.region_name))
+        region = str(client.meta.region_name)
+        target = _target(call, steps, reference, versioning, region)
+        if signing is not None:
+            target = replace(target, signing_key_arn=_signing_arn(call, signing, region))
     finally:
         client.close()
     policies = {role: ab.policy_document(role, target) for role in ab.ROLES}
@@ -78,12 +89,19 @@ def bootstrap(*, actor: str, dry_run: bool, as_json: bool) -> None:
             "key_id": reference.text,
             "key_versioning": versioning.value,
             "key_arn": target.key_arn,
+            "signing_key": signing_name,
+            "signing_key_arn": target.signing_key_arn,
             "steps": [step.to_dict() for step in steps.steps],
             "policies": policies,
         }
         click.echo(json.dumps(document))
     else:
         _print(steps, policies, dry_run=dry_run)
+        if signing_name is None:
+            click.echo(
+                "No audit signing key: set HMD_AUDIT_SIGNING_KEY=alias/NAME to have bootstrap "
+                "create it (docs/audit.md)"
+            )
 
 
 def _reference(text: str, versioning: AWSKeyVersioning) -> KeyReference:
@@ -157,6 +175,18 @@ def _target(
     if alias is not None and alias.startswith("arn:"):
         alias = "alias/" + alias.split(":alias/", 1)[1]
     return PolicyTarget(versioning, alias, arn, prefix)
+
+
+def _signing_arn(call: Call, signing: SigningKey, region: str) -> str:
+    """The signing key's ARN; before it is created (a dry run), a placeholder."""
+    from heimdall_kms.errors import KeyNotFoundError  # noqa: PLC0415
+
+    if signing.arn is not None:
+        return signing.arn
+    try:
+        return str(call("DescribeKey", KeyId=signing.name)["KeyMetadata"]["Arn"])
+    except KeyNotFoundError:
+        return f"arn:aws:kms:{region}:ACCOUNT:key/SIGNING-KEY-CREATED-ON-APPLY"
 
 
 def _print(steps: Plan, policies: dict[str, dict[str, Any]], *, dry_run: bool) -> None:

@@ -1,9 +1,10 @@
 """``heimdall-kms gcp bootstrap`` and ``heimdall-kms azure bootstrap`` (SPEC §3).
 
-Create or adopt the master key named by ``HMD_KMS_KEY_ID``, idempotently, and print the
-least-privilege access of the app, worker, admin and audit roles. A created key is an audited
-``key.create``, its intent written before anything is sent. The SDKs are imported when a
-command runs, never when the CLI loads.
+Create or adopt the master key named by ``HMD_KMS_KEY_ID`` and the audit checkpoints' signing
+key (``HMD_AUDIT_SIGNING_KEY``, default ``<key>-audit``), idempotently, and print the
+least-privilege access of the app, worker, admin and audit roles to both. A created master
+key is an audited ``key.create``, its intent written before anything is sent. The SDKs are
+imported when a command runs, never when the CLI loads.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from heimdall_kms.config import Settings
 from heimdall_kms.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from heimdall_kms.providers.cloud_bootstrap import Plan
+    from heimdall_kms.providers.cloud_bootstrap import Grant, Plan
 
 __all__ = ["azure", "gcp"]
 
@@ -52,6 +53,10 @@ def _settings(provider: str) -> Settings:
             "key in HMD_KMS_KEY_ID"
         )
     return settings
+
+
+def _signing_key(settings: Settings) -> str | None:
+    return settings.audit_anchoring.signing_key if settings.audit_anchoring else None
 
 
 def _run(
@@ -91,7 +96,13 @@ def _run(
         for note in step.notes:
             click.echo(f"{'':<{_WIDTH + 2}}{note}")
     click.echo("Access (printed, not applied; grant it with these commands):")
-    for grant in plan.access:
+    _print_grants(plan.access)
+    click.echo(f"Access to the audit signing key {plan.signing_key} (printed, not applied):")
+    _print_grants(plan.signing_access)
+
+
+def _print_grants(grants: tuple[Grant, ...]) -> None:
+    for grant in grants:
         click.echo(f"  {grant.role:<7} {grant.grants}: {grant.purpose}")
         click.echo(f"          permissions: {', '.join(grant.permissions)}")
         for name, document in grant.documents.items():
@@ -133,8 +144,9 @@ def gcp_bootstrap(
     *, actor: str, members: tuple[str, ...], prefix: str, dry_run: bool, as_json: bool
 ) -> None:
     """Create (or adopt) the key ring and the ENCRYPT_DECRYPT CryptoKey of HMD_KMS_KEY_ID,
-    rotating every HMD_KEY_ROTATION_DAYS, and print the IAM roles of the app, worker, admin
-    and audit identities on it. Idempotent: a second run changes nothing.
+    rotating every HMD_KEY_ROTATION_DAYS, and the EC_SIGN_P256_SHA256 signing key of the audit
+    checkpoints (HMD_AUDIT_SIGNING_KEY, default <key>-audit), and print the IAM roles of the
+    app, worker, admin and audit identities on both. Idempotent: a second run changes nothing.
 
     Uses Application Default Credentials with permission to create key rings and keys.
     """
@@ -158,6 +170,7 @@ def gcp_bootstrap(
             timeout=timeout,
             members=who,
             prefix=prefix,
+            signing_key=_signing_key(settings),
         )
         _run(
             plan,
@@ -194,9 +207,10 @@ def azure_bootstrap(
     dry_run: bool,
     as_json: bool,
 ) -> None:
-    """Create (or adopt) the wrapKey/unwrapKey key of HMD_KMS_KEY_ID and print the Azure RBAC
-    role assignments of the app, worker, admin and audit identities on it. Idempotent: a
-    second run changes nothing.
+    """Create (or adopt) the wrapKey/unwrapKey key of HMD_KMS_KEY_ID and the P-256 sign/verify
+    key of the audit checkpoints (HMD_AUDIT_SIGNING_KEY, default <name>-audit in the same
+    vault), and print the Azure RBAC role assignments of the app, worker, admin and audit
+    identities on both. Idempotent: a second run changes nothing.
 
     Uses DefaultAzureCredential with permission to create keys (e.g. Key Vault Crypto Officer).
     """
@@ -219,6 +233,7 @@ def azure_bootstrap(
             rotation_days=settings.key_rotation_days,
             members=who,
             prefix=prefix,
+            signing_key=_signing_key(settings),
         )
         _run(
             plan,

@@ -115,6 +115,31 @@ def parse_key_url(value: str) -> tuple[str, str]:
     return f"https://{parts.netloc}", segments[1]
 
 
+def signing_key_name(configured: str | None, key_url: str) -> str:
+    """The audit checkpoints' signing key, in the master key's vault: ``HMD_AUDIT_SIGNING_KEY``
+    (a key name, or a key URL of that vault), by default ``<name>-audit``.
+
+    Raises:
+        ConfigurationError: a malformed name or URL, or a URL of another vault.
+    """
+    vault_url, name = parse_key_url(key_url)
+    if configured is None:
+        return f"{name}-audit"
+    if _NAME.fullmatch(configured):
+        return configured
+    try:
+        other_vault, other = parse_key_url(configured)
+    except ConfigurationError:
+        raise ConfigurationError(
+            "HMD_AUDIT_SIGNING_KEY: expected a key name, or https://VAULT/keys/NAME"
+        ) from None
+    if other_vault != vault_url:
+        raise ConfigurationError(
+            "HMD_AUDIT_SIGNING_KEY: the signing key must be in the vault of HMD_KMS_KEY_ID"
+        )
+    return other
+
+
 def build_key_client(key_url: str, azure: AzureSettings) -> tuple[KeyClient, _Closeable]:
     """A ``KeyClient`` for the key's vault on ``DefaultAzureCredential``, and that credential
     (close both when done).

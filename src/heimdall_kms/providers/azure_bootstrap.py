@@ -4,9 +4,12 @@
 whose create step carries the exact REST body; :func:`apply` sends it with the SDK. An existing
 key is adopted when the provider can use it (RSA, RSA-HSM or oct-HSM with wrapKey and
 unwrapKey). A created key gets a rotation policy that rotates it every
-``HMD_KEY_ROTATION_DAYS``; an adopted key's policy is reported, not changed. Role assignments
-are printed, never applied: granting access is the operator's act. Roles follow Microsoft's
-built-in role tables, with custom roles where no built-in one is narrow enough.
+``HMD_KEY_ROTATION_DAYS``; an adopted key's policy is reported, not changed. The audit
+checkpoints' signing key (``HMD_AUDIT_SIGNING_KEY``, default ``<name>-audit``) is a P-256 EC
+(or EC-HSM) key with key_ops sign and verify. Role assignments are printed, never applied:
+granting access is the operator's act. Roles follow Microsoft's built-in role tables, with
+custom roles where no built-in one is narrow enough (the writers may only read and sign with
+the signing key, the audit role only read and verify).
 See ``docs/providers/azure.md``.
 """
 
@@ -15,7 +18,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from azure.keyvault.keys import (
@@ -27,47 +30,68 @@ from azure.keyvault.keys import (
 )
 
 from heimdall_kms.errors import InvalidInputError, KeyNotFoundError, RefusedError
-from heimdall_kms.providers.azure import _KEY_TYPES, _call, _text, parse_key_url
-from heimdall_kms.providers.cloud_bootstrap import ROLES, ApiCall, Change, Grant, Plan, Step
+from heimdall_kms.providers.azure import (
+    _KEY_TYPES,
+    _call,
+    _text,
+    parse_key_url,
+    signing_key_name,
+)
+from heimdall_kms.providers.cloud_bootstrap import (
+    ROLES,
+    WRITERS,
+    ApiCall,
+    Change,
+    Grant,
+    Plan,
+    Step,
+)
 
 __all__ = ["KEY_SIZES", "apply", "plan"]
 
 KEY_SIZES = {"RSA": 3072, "RSA-HSM": 3072, "oct-HSM": 256}
 _OPS = ["wrapKey", "unwrapKey"]
+_SIGNING_OPS = ["sign", "verify"]
 _HSM_SUFFIX = ".managedhsm.azure.net"
-# (heimdall role) -> (built-in role or None for a custom one, data actions, purpose)
 _VAULT = "Microsoft.KeyVault/vaults/keys/"
 _HSM = "Microsoft.KeyVault/managedHsm/keys/"
-_ROLES_VAULT: Mapping[str, tuple[str | None, tuple[str, ...], str]] = {
-    "app": (
-        "Key Vault Crypto Service Encryption User",
-        (f"{_VAULT}read", f"{_VAULT}wrap/action", f"{_VAULT}unwrap/action"),
+# A data action's verb in a vault, and in a Managed HSM (where reading and changing a key are
+# read/action and write/action).
+_VERBS = {"read": ("read", "read/action"), "update": ("update/action", "write/action")}
+
+
+class _Role(NamedTuple):
+    builtin: tuple[str, str] | None  # (in a vault, in a Managed HSM); None: a custom role
+    verbs: tuple[str, ...]
+    purpose: str
+
+
+_ROLES: Mapping[str, _Role] = {
+    "app": _Role(
+        ("Key Vault Crypto Service Encryption User", "Managed HSM Crypto Service Encryption User"),
+        ("read", "wrap/action", "unwrap/action"),
         "wrap and unwrap data keys (also runs migrate and reencrypt)",
     ),
-    "worker": (None, (f"{_VAULT}read", f"{_VAULT}unwrap/action"), "unwrap data keys only"),
-    "admin": (
+    "worker": _Role(None, ("read", "unwrap/action"), "unwrap data keys only"),
+    # Managed HSM Crypto Officer cannot rotate or change keys; Crypto User can, but also
+    # deletes keys: neither is the admin role.
+    "admin": _Role(
         None,
-        (f"{_VAULT}read", f"{_VAULT}rotate/action", f"{_VAULT}update/action"),
+        ("read", "rotate/action", "update"),
         "rotate, retire (disable versions) and describe; no wrap, unwrap, delete or purge",
     ),
-    "audit": ("Key Vault Reader", (f"{_VAULT}read",), "read the key's metadata only"),
-}
-_ROLES_HSM: Mapping[str, tuple[str | None, tuple[str, ...], str]] = {
-    "app": (
-        "Managed HSM Crypto Service Encryption User",
-        (f"{_HSM}read/action", f"{_HSM}wrap/action", f"{_HSM}unwrap/action"),
-        "wrap and unwrap data keys (also runs migrate and reencrypt)",
+    "audit": _Role(
+        ("Key Vault Reader", "Managed HSM Crypto Auditor"), ("read",), "read key metadata only"
     ),
-    "worker": (None, (f"{_HSM}read/action", f"{_HSM}unwrap/action"), "unwrap data keys only"),
-    "admin": (
-        None,
-        (f"{_HSM}read/action", f"{_HSM}rotate/action", f"{_HSM}write/action"),
-        # Managed HSM Crypto Officer cannot rotate or change keys; Crypto User can, but also
-        # deletes keys: neither is the admin role.
-        "rotate, retire (disable versions) and describe; no wrap, unwrap or delete",
-    ),
-    "audit": ("Managed HSM Crypto Auditor", (f"{_HSM}read/action",), "read key metadata only"),
 }
+# The signing key: the writers read it (its newest version) and sign; audit reads and verifies.
+_SIGNER = _Role(None, ("read", "sign/action"), "sign audit checkpoints; no verify")
+_VERIFIER = _Role(None, ("read", "verify/action"), "verify audit checkpoints; no signing")
+
+
+def _actions(role: _Role, *, hsm: bool) -> tuple[str, ...]:
+    prefix = _HSM if hsm else _VAULT
+    return tuple(prefix + _VERBS.get(v, (v, v))[hsm] for v in role.verbs)
 
 
 def plan(
@@ -78,8 +102,10 @@ def plan(
     rotation_days: int,
     members: Mapping[str, str] | None = None,
     prefix: str = "heimdall-kms",
+    signing_key: str | None = None,
 ) -> Plan:
-    """Read Key Vault and list what bootstrapping ``key_url`` would do; writes nothing.
+    """Read Key Vault and list what bootstrapping ``key_url`` and the audit signing key (by
+    default ``<name>-audit`` in the same vault) would do; writes nothing.
 
     Raises:
         ConfigurationError: not a key URL. InvalidInputError: an unknown key type.
@@ -107,9 +133,50 @@ def plan(
         kty = _text(current.key_type)
         step = Step(f"key {key} ({kty})", Change.UNCHANGED, notes=_adopted(current, kty))
     policy = _rotation_policy(client, rotation_days, name, created=current is None)
-    steps = (step, policy)
+    signer = signing_key_name(signing_key, key_url)
+    steps = (step, policy, _signing_step(client, signer, key_type))
     details = {"key_type": key_type, "rotation_days": rotation_days}
-    return Plan("azure", key, steps, _access(key, host, members or {}, prefix, hsm=hsm), details)
+    who = members or {}
+    table = {role: (_SIGNER if role in WRITERS else _VERIFIER) for role in ROLES}
+    return Plan(
+        "azure",
+        key,
+        steps,
+        _access(key, host, who, prefix, _ROLES, hsm=hsm),
+        details,
+        signing_key=f"{vault_url}/keys/{signer}",
+        signing_access=_access(
+            f"{vault_url}/keys/{signer}", host, who, f"{prefix} audit", table, hsm=hsm
+        ),
+    )
+
+
+def _signing_step(client: KeyClient, name: str, key_type: str) -> Step:
+    """Create (EC-HSM next to an HSM-protected master key, else EC; P-256, sign and verify
+    only) or adopt the signing key; an existing key must be a P-256 key that signs."""
+    try:
+        current: KeyVaultKey | None = _call("bootstrap (read)", lambda: client.get_key(name))
+    except KeyNotFoundError:
+        current = None
+    kty = "EC" if key_type == "RSA" else "EC-HSM"
+    label = f"audit signing key {name} ({kty} P-256, key_ops sign verify)"
+    if current is None:
+        body = {"kty": kty, "crv": "P-256", "key_ops": list(_SIGNING_OPS)}
+        return Step(label, Change.CREATED, (ApiCall(f"POST /keys/{name}/create", body),))
+    have = _text(current.key_type)
+    ops = current.key_operations
+    crv = getattr(current.key, "crv", None)  # JsonWebKey sets it from the service's JSON
+    curve = _text(crv) if crv else ""
+    if (
+        have not in ("EC", "EC-HSM")
+        or curve != "P-256"
+        or (ops is not None and not set(_SIGNING_OPS) <= {_text(o) for o in ops})
+    ):
+        raise RefusedError(
+            f"key {name} ({have} {curve}) cannot sign audit checkpoints: HMD_AUDIT_SIGNING_KEY "
+            "needs a P-256 EC or EC-HSM key with key_ops sign and verify"
+        )
+    return Step(label, Change.UNCHANGED, notes=("existing signing key adopted",))
 
 
 def apply(client: KeyClient, steps: Sequence[Step]) -> None:
@@ -135,6 +202,10 @@ def _send(client: KeyClient, call: ApiCall) -> Any:
         ]
         return client.update_key_rotation_policy(
             name, KeyRotationPolicy(), lifetime_actions=actions
+        )
+    if "crv" in body:
+        return client.create_key(
+            name, body["kty"], curve=body["crv"], key_operations=body["key_ops"]
         )
     return client.create_key(
         name, body["kty"], size=body["key_size"], key_operations=body["key_ops"]
@@ -190,9 +261,14 @@ def _rotate_after(days: int) -> dict[str, Any]:
 
 
 def _access(
-    key: str, host: str, members: Mapping[str, str], prefix: str, *, hsm: bool
+    key: str,
+    host: str,
+    members: Mapping[str, str],
+    prefix: str,
+    table: Mapping[str, _Role],
+    *,
+    hsm: bool,
 ) -> tuple[Grant, ...]:
-    table = _ROLES_HSM if hsm else _ROLES_VAULT
     short, name = host.split(".", maxsplit=1)[0], key.rsplit("/", 1)[1]
     scope = (
         f"/keys/{name}"
@@ -202,33 +278,22 @@ def _access(
     )
     grants = []
     for role in ROLES:
-        builtin, actions, purpose = table[role]
+        entry = table[role]
+        actions = _actions(entry, hsm=hsm)
         member = members.get(role) or f"<object id of the {role} identity>"
         documents: dict[str, Any] = {}
         commands: list[str] = []
-        granted = builtin or f"{prefix} {role}"
-        if builtin is None:
-            if hsm:
-                definition: dict[str, Any] = {
-                    "roleName": granted,
-                    "description": f"heimdall-kms {role}: {purpose}.",
-                    "permissions": [{"dataActions": list(actions), "notDataActions": []}],
-                }
-                create = f"az keyvault role definition create --hsm-name {short}"
-            else:
-                definition = {
-                    "Name": granted,
-                    "IsCustom": True,
-                    "Description": f"heimdall-kms {role}: {purpose}.",
-                    "Actions": [],
-                    "NotActions": [],
-                    "DataActions": list(actions),
-                    "NotDataActions": [],
-                    "AssignableScopes": ["/subscriptions/<subscription-id>"],
-                }
-                create = "az role definition create"
-            documents["custom_role"] = definition
-            commands.append(f"{create} --role-definition @{prefix}-{role}-role.json")
+        granted = entry.builtin[hsm] if entry.builtin else f"{prefix} {role}"
+        if entry.builtin is None:
+            description = f"heimdall-kms {role}: {entry.purpose}."
+            documents["custom_role"] = _definition(granted, description, actions, hsm=hsm)
+            create = (
+                f"az keyvault role definition create --hsm-name {short}"
+                if hsm
+                else "az role definition create"
+            )
+            file = granted.replace(" ", "-")
+            commands.append(f"{create} --role-definition @{file}-role.json")
         assign = (
             f"az keyvault role assignment create --hsm-name {short}"
             if hsm
@@ -237,6 +302,25 @@ def _access(
         commands.append(f'{assign} --assignee {member} --role "{granted}" --scope {scope}')
         documents["assignment"] = {"role": granted, "assignee": member, "scope": scope}
         grants.append(
-            Grant(role, purpose, granted, scope, member, actions, documents, tuple(commands))
+            Grant(role, entry.purpose, granted, scope, member, actions, documents, tuple(commands))
         )
     return tuple(grants)
+
+
+def _definition(name: str, description: str, actions: tuple[str, ...], *, hsm: bool) -> Any:
+    if hsm:
+        return {
+            "roleName": name,
+            "description": description,
+            "permissions": [{"dataActions": list(actions), "notDataActions": []}],
+        }
+    return {
+        "Name": name,
+        "IsCustom": True,
+        "Description": description,
+        "Actions": [],
+        "NotActions": [],
+        "DataActions": list(actions),
+        "NotDataActions": [],
+        "AssignableScopes": ["/subscriptions/<subscription-id>"],
+    }

@@ -3,8 +3,9 @@
 A :class:`Plan` is what a provider's bootstrap module read from the KMS: the steps that create
 the key (each with the exact API calls a real run sends, none when the KMS already matches)
 and the least-privilege access of the four roles, as policy documents the operator applies
-with the cloud's own tools. A dry run prints the plan; a real run sends its calls, then
-prints it again, so the two cannot disagree.
+with the cloud's own tools; the same for the audit checkpoints' signing key (the writing
+roles may sign with it, the audit role may only verify). A dry run prints the plan; a real
+run sends its calls, then prints it again, so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["ROLES", "ApiCall", "Change", "Grant", "Plan", "Step"]
+__all__ = ["ROLES", "WRITERS", "ApiCall", "Change", "Grant", "Plan", "Step"]
 
 ROLES = ("app", "worker", "admin", "audit")
+WRITERS = ("app", "worker", "admin")  # the roles that write audit events, and so sign them
 
 
 class Change(StrEnum):
@@ -86,6 +88,8 @@ class Plan:
     steps: tuple[Step, ...]
     access: tuple[Grant, ...]
     key_details: Mapping[str, Any] = field(default_factory=dict)  # for the key.create event
+    signing_key: str | None = None  # the audit checkpoints' key (HMD_AUDIT_SIGNING_KEY)
+    signing_access: tuple[Grant, ...] = ()  # writers sign with it, the audit role verifies
 
     @property
     def creates_key(self) -> bool:
@@ -98,4 +102,6 @@ class Plan:
             "dry_run": dry_run,
             "steps": [s.to_dict() for s in self.steps],
             "access": [g.to_dict() for g in self.access],
+            "signing_key": self.signing_key,
+            "signing_access": [g.to_dict() for g in self.signing_access],
         }

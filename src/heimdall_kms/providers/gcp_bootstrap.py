@@ -5,7 +5,12 @@ whose steps carry the exact requests (the REST JSON mapping); :func:`apply` send
 requests. An existing CryptoKey is adopted as it is: its purpose must be ENCRYPT_DECRYPT, and a
 rotation period other than ``HMD_KEY_ROTATION_DAYS`` is reported, not changed. IAM bindings
 are printed (one per role, on the CryptoKey), never applied: granting access is the
-operator's act, with the printed ``gcloud`` commands. See ``docs/providers/gcp.md``.
+operator's act, with the printed ``gcloud`` commands. The audit checkpoints' signing key
+(``HMD_AUDIT_SIGNING_KEY``, default ``<key>-audit`` in the same ring) is an ASYMMETRIC_SIGN
+``EC_SIGN_P256_SHA256`` CryptoKey: the writing roles get ``roles/cloudkms.signer`` (and
+``roles/cloudkms.viewer``, to find its newest version) on it, the audit role
+``roles/cloudkms.publicKeyViewer`` only (signatures are verified with the public key). See
+``docs/providers/gcp.md``.
 """
 
 from __future__ import annotations
@@ -18,12 +23,21 @@ from typing import Any
 from google.cloud import kms_v1
 
 from heimdall_kms.errors import KeyNotFoundError, RefusedError
-from heimdall_kms.providers.cloud_bootstrap import ROLES, ApiCall, Change, Grant, Plan, Step
+from heimdall_kms.providers.cloud_bootstrap import (
+    ROLES,
+    WRITERS,
+    ApiCall,
+    Change,
+    Grant,
+    Plan,
+    Step,
+)
 from heimdall_kms.providers.gcp import _translated, check_key_name
 
 __all__ = ["ADMIN_PERMISSIONS", "PREDEFINED", "apply", "plan"]
 
 _PURPOSE = kms_v1.CryptoKey.CryptoKeyPurpose.ENCRYPT_DECRYPT
+SIGNING_ALGORITHMS = ("EC_SIGN_P256_SHA256", "EC_SIGN_ED25519")  # what the signer verifies
 # The permissions heimdall-kms's admin uses: rotate (create a version, move the primary),
 # retire (disable versions), describe. No useToEncrypt/useToDecrypt, no destroy, no IAM.
 ADMIN_PERMISSIONS = (
@@ -68,12 +82,15 @@ def plan(
     members: Mapping[str, str] | None = None,
     prefix: str = "heimdall-kms",
     now: datetime | None = None,
+    signing_key: str | None = None,
 ) -> Plan:
-    """Read Cloud KMS and list what bootstrapping ``key_name`` would do; writes nothing.
+    """Read Cloud KMS and list what bootstrapping ``key_name`` and the signing key (default
+    ``<key_name>-audit``) would do; writes nothing.
 
     Raises:
         ConfigurationError: not a CryptoKey resource name.
-        RefusedError: the CryptoKey exists with another purpose (nothing was written).
+        RefusedError: the CryptoKey exists with another purpose, or the signing key cannot
+            sign checkpoints (nothing was written).
         KMSError: Cloud KMS refused a read or failed.
     """
     key = check_key_name(key_name)
@@ -101,8 +118,53 @@ def plan(
         steps.append(Step(label, Change.CREATED, (call,), creates_key=True))
     else:
         steps.append(Step(label, Change.UNCHANGED, notes=_adopted(current, period)))
+    signing = check_key_name(signing_key or f"{key}-audit")
+    steps.append(_signing_step(client, signing, ring, timeout, ring_exists=found))
     details = {"purpose": "ENCRYPT_DECRYPT", "rotation_days": rotation_days}
-    return Plan("gcp", key, tuple(steps), _access(key, members or {}, prefix), details)
+    who = members or {}
+    return Plan(
+        "gcp",
+        key,
+        tuple(steps),
+        _access(key, who, prefix),
+        details,
+        signing_key=signing,
+        signing_access=_signing_access(signing, who, prefix),
+    )
+
+
+def _signing_step(
+    client: kms_v1.KeyManagementServiceClient,
+    name: str,
+    ring: str,
+    timeout: float,
+    *,
+    ring_exists: bool,
+) -> Step:
+    own_ring, key_id = name.split("/cryptoKeys/")
+    label = f"audit signing key {name} (ASYMMETRIC_SIGN, EC_SIGN_P256_SHA256)"
+    if own_ring != ring and _get(client.get_key_ring, own_ring, timeout) is None:
+        raise RefusedError(
+            f"HMD_AUDIT_SIGNING_KEY: its key ring {own_ring} does not exist; create it, or "
+            "put the signing key in the master key's ring"
+        )
+    current = (
+        _get(client.get_crypto_key, name, timeout) if ring_exists or own_ring != ring else None
+    )
+    if current is None:
+        body = {
+            "purpose": "ASYMMETRIC_SIGN",
+            "versionTemplate": {"algorithm": "EC_SIGN_P256_SHA256"},
+        }
+        arguments = {"parent": own_ring, "cryptoKeyId": key_id, "cryptoKey": body}
+        return Step(label, Change.CREATED, (ApiCall("CreateCryptoKey", arguments),))
+    algorithm = current.version_template.algorithm.name
+    if current.purpose.name != "ASYMMETRIC_SIGN" or algorithm not in SIGNING_ALGORITHMS:
+        raise RefusedError(
+            f"CryptoKey {name} has purpose {current.purpose.name} and algorithm {algorithm}; "
+            f"audit checkpoints need ASYMMETRIC_SIGN with {' or '.join(SIGNING_ALGORITHMS)}"
+        )
+    return Step(label, Change.UNCHANGED, notes=("existing signing key adopted",))
 
 
 def apply(client: kms_v1.KeyManagementServiceClient, steps: Sequence[Step], timeout: float) -> None:
@@ -165,13 +227,46 @@ def _period_text(period: timedelta) -> str:
     return f"rotation every {days:g} days"
 
 
+def _member(key: str, members: Mapping[str, str], prefix: str, role: str) -> str:
+    project = key.split("/")[1]
+    return members.get(role) or f"serviceAccount:{prefix}-{role}@{project}.iam.gserviceaccount.com"
+
+
+_SIGNER = ("roles/cloudkms.signer", ("cloudkms.cryptoKeyVersions.useToSign",))
+_VERSIONS = ("roles/cloudkms.viewer", ("cloudkms.cryptoKeyVersions.list",))
+_VERIFIER = ("roles/cloudkms.publicKeyViewer", ("cloudkms.cryptoKeyVersions.viewPublicKey",))
+
+
+def _signing_access(key: str, members: Mapping[str, str], prefix: str) -> tuple[Grant, ...]:
+    """Writers sign (and list the versions, to sign with the newest); audit reads public keys."""
+    grants = []
+    for role in ROLES:
+        member = _member(key, members, prefix, role)
+        granted = (_SIGNER, _VERSIONS) if role in WRITERS else (_VERIFIER,)
+        documents = {
+            name: {"role": r, "members": [member]}
+            for name, (r, _) in zip(("binding", "versions_binding"), granted, strict=False)
+        }
+        commands = tuple(
+            f"gcloud kms keys add-iam-policy-binding {key} --member {member} --role {r}"
+            for r, _ in granted
+        )
+        purpose = (
+            "sign audit checkpoints with the newest version"
+            if role in WRITERS
+            else "read the public keys to verify audit checkpoints; no signing"
+        )
+        permissions = tuple(p for _, ps in granted for p in ps)
+        names = ", ".join(r for r, _ in granted)
+        grants.append(Grant(role, purpose, names, key, member, permissions, documents, commands))
+    return tuple(grants)
+
+
 def _access(key: str, members: Mapping[str, str], prefix: str) -> tuple[Grant, ...]:
     project = key.split("/")[1]
     grants = []
     for role in ROLES:
-        member = members.get(role) or (
-            f"serviceAccount:{prefix}-{role}@{project}.iam.gserviceaccount.com"
-        )
+        member = _member(key, members, prefix, role)
         documents: dict[str, Any] = {}
         commands: list[str] = []
         if role == "admin":

@@ -1,4 +1,5 @@
-"""The AWS side of a deployment: create or adopt the master key, and the four roles' policies.
+"""The AWS side of a deployment: create or adopt the master key and the audit signing key, and
+the four roles' policies.
 
 ``heimdall-kms aws bootstrap`` uses :func:`plan`, :func:`apply` and :func:`policy_document`.
 boto3 is used only through the provider's ``call`` (its error translation). See
@@ -11,6 +12,11 @@ from heimdall_kms.providers.aws_bootstrap.policies import (
     PolicyTarget,
     policy_document,
     role_actions,
+)
+from heimdall_kms.providers.aws_bootstrap.signing import (
+    SigningKey,
+    signing_key_name,
+    signing_step,
 )
 from heimdall_kms.providers.aws_bootstrap.steps import (
     AWSCall,
@@ -30,9 +36,12 @@ __all__ = [
     "NewKey",
     "Plan",
     "PolicyTarget",
+    "SigningKey",
     "Step",
     "apply",
     "plan",
     "policy_document",
     "role_actions",
+    "signing_key_name",
+    "signing_step",
 ]

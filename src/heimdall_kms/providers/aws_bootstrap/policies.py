@@ -2,10 +2,11 @@
 
 ``app`` encrypts and decrypts; ``worker`` runs the re-encryption jobs (decrypt, ``ReEncrypt*``,
 and encrypt for ``--mode full``); ``admin`` rotates, reads and manages the aliases but reads no
-value; ``audit`` reads key metadata only. Each action is what the provider really calls for
-that role (docs/providers/aws.md); wrapping calls are allowed only with the
-``heimdall-purpose=data-key`` EncryptionContext, so no role is a general decryption oracle
-for other blobs made with the key.
+value; ``audit`` reads key metadata only. The writers (app, worker, admin) may also sign
+audit checkpoints with the signing key, and ``audit`` may verify them (``signing.py``). Each
+action is what the provider really calls for that role (docs/providers/aws.md); wrapping
+calls are allowed only with the ``heimdall-purpose=data-key`` EncryptionContext, so no role
+is a general decryption oracle for other blobs made with the key.
 
 A native key is named by its ARN (one key, no tags, no eventual consistency of tag-based
 authorization). The alias scheme makes a key per version, so its policies select the keys by
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from heimdall_kms.config import AWSKeyVersioning
+from heimdall_kms.providers.aws_bootstrap.signing import signing_statement
 
 __all__ = ["PURPOSES", "ROLES", "PolicyTarget", "policy_document", "role_actions"]
 
@@ -74,6 +76,7 @@ class PolicyTarget:
     alias: str | None  # the alias name, when the key has one heimdall manages
     key_arn: str  # native: the key's ARN (a placeholder before it is created)
     partition_region_account: str  # "arn:aws:kms:REGION:ACCOUNT"
+    signing_key_arn: str | None = None  # the audit checkpoints' key, when there is one
 
 
 def role_actions(role: str, versioning: AWSKeyVersioning) -> frozenset[str]:
@@ -108,6 +111,8 @@ def policy_document(role: str, target: PolicyTarget) -> dict[str, Any]:
     # key named by an alias is checked for the scheme's /v<n> aliases. ListAliases has no
     # resource-level permission: "*" is the only form AWS accepts.
     statements.append(_allow("HeimdallListAliases", ["kms:ListAliases"], "*", {}))
+    if target.signing_key_arn is not None:
+        statements.append(signing_statement(role, target.signing_key_arn))
     return {"Version": "2012-10-17", "Statement": statements}
 
 

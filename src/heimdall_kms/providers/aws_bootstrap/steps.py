@@ -98,19 +98,22 @@ def plan(
 
 
 def apply(call: Call, steps: Sequence[Step]) -> str | None:
-    """Send every call of every step, in order; the id of the key created, if one was.
+    """Send every call of every step, in order; the id of the first key created (the master
+    key), if one was.
 
     Raises:
         KMSError: AWS refused or failed a call (the steps before it are done; rerun).
     """
-    created: str | None = None
+    first: str | None = None
+    created: str | None = None  # the key the calls after a CreateKey refer to
     for step in steps:
         for item in step.calls:
             params = {k: (created if isinstance(v, NewKey) else v) for k, v in item.params.items()}
             answer = call(item.operation, **params)
             if item.operation == "CreateKey":
                 created = str(answer["KeyMetadata"]["KeyId"])
-    return created
+                first = first or created
+    return first
 
 
 def _existing(call: Call, reference: KeyReference) -> dict[str, Any] | None:
