@@ -9,10 +9,8 @@ botocore ``Stubber`` on a real client; our own code is never mocked.
 from __future__ import annotations
 
 import base64
-import json
 import os
 import secrets
-import sqlite3
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -24,12 +22,9 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-import heimdall_kms
 from heimdall_kms import primitives
-from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.composition import load_provider
 from heimdall_kms.config import AWSKeyVersioning, Settings
-from heimdall_kms.envelope import KmsV1Envelope, parse
 from heimdall_kms.errors import (
     ConfigurationError,
     IntegrityError,
@@ -44,12 +39,10 @@ from heimdall_kms.providers.aws import (
     create_key_for_alias,
     kms_encryption_context,
 )
-from tests.legacy_data import legacy_envelope
 from tests.servers import run_cli
 from tests.servers_aws import MotoServer, start_moto
 
 CTX = {"table": "customers", "field": "ssn", "record": "r1"}
-MASTER_HEX = "ab" * 32
 
 
 @pytest.fixture(scope="module")
@@ -382,117 +375,13 @@ def test_a_missing_alias_is_not_created(moto: MotoServer) -> None:
         moto.client().describe_key(KeyId="alias/it-never-created")
 
 
-# -- the installed command, end to end --------------------------------------------------------
+# -- the installed command (the key's whole life: test_cloud_lifecycle.py) -------------------
 
 
 def cli(
     args: list[str], env: dict[str, str], stdin: str | bytes = ""
 ) -> subprocess.CompletedProcess[bytes]:
     return run_cli(args, env, stdin, drop=("HMD_", "AWS_"))
-
-
-def stored(db: Path) -> dict[int, str | None]:
-    with sqlite3.connect(db) as connection:
-        return dict(connection.execute("SELECT id, ssn FROM customers ORDER BY id").fetchall())
-
-
-def envelopes(db: Path) -> dict[int, KmsV1Envelope]:
-    result = {}
-    for row_id, value in stored(db).items():
-        if value is not None and value.startswith("{"):
-            envelope = parse(value)
-            assert isinstance(envelope, KmsV1Envelope)
-            result[row_id] = envelope
-    return result
-
-
-def ok(result: subprocess.CompletedProcess[bytes]) -> Any:
-    assert result.returncode == 0, result.stderr.decode()
-    return json.loads(result.stdout) if result.stdout.startswith(b"{") else result.stdout.decode()
-
-
-def test_cli_end_to_end_on_moto(
-    moto: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    alias = new_alias(moto)
-    audit = tmp_path / "audit.log"
-    env = moto.env(alias, HMD_AUDIT_LOG=str(audit), HMD_AWS_KEY_VERSIONING="aliases")
-    hybrid = {**env, "HMD_ENCRYPTION_MODE": "hybrid", "HMD_PII_MASTER_KEY": MASTER_HEX}
-
-    sealed = ok(cli(["encrypt", "--field", "ssn", "--context", "record=r1"], env, "123-45-6789"))
-    assert (sealed["provider"], sealed["key_identifier"], sealed["key_version"]) == (
-        "aws",
-        alias,
-        1,
-    )
-    assert sealed["encrypted_dek"].startswith("aws:v1:")
-    opened = cli(["decrypt", "--actor", "alice", "--reason", "t-1"], env, json.dumps(sealed))
-    assert ok(opened) == "123-45-6789"
-    moved = cli(
-        ["decrypt", "--actor", "a", "--reason", "r", "--context", "record=r2"],
-        env,
-        json.dumps(sealed),
-    )
-    assert moved.returncode == 66 and len(moved.stderr.decode().strip().splitlines()) == 1
-
-    db = tmp_path / "app.db"
-    url = f"sqlite:///{db}"
-    plain = {i: f"{i:03d}-12-{i:04d}" for i in range(1, 31)}
-    with sqlite3.connect(db) as connection:
-        connection.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, ssn TEXT)")
-        connection.executemany(
-            "INSERT INTO customers VALUES (?, ?)",
-            [(i, legacy_envelope(MASTER_HEX, text)) for i, text in plain.items()]
-            + [(31, None), (32, "[REDACTED]")],
-        )
-    target = ["--database", url, "--table", "customers", "--column", "ssn"]
-    summary = ok(cli(["migrate", *target, "--json"], hybrid))
-    assert (summary["completed"], summary["skipped"]) == (30, 2)
-    migrated = envelopes(db)
-    assert {e.key_version for e in migrated.values()} == {1}
-    assert migrated[5].context == {"table": "customers", "field": "ssn", "record": "5"}
-
-    assert ok(cli(["rotate", "--json"], env))["new_version"] == 2
-    refused = cli(["retire", "--below-version", "2", *target], env)
-    assert refused.returncode == 4
-    assert "30 stored values still need a version below 2" in refused.stderr.decode()
-    assert key_state(moto, f"{alias}/v1") == "Enabled"
-
-    assert ok(cli(["reencrypt", *target, "--mode", "rewrap", "--json"], env))["completed"] == 30
-    rewrapped = envelopes(db)
-    for row_id, before in migrated.items():
-        after = rewrapped[row_id]
-        assert (after.ciphertext, after.nonce) == (before.ciphertext, before.nonce)
-        assert after.key_version == 2 and after.encrypted_dek.startswith("aws:v2:")
-
-    retired = ok(cli(["retire", "--below-version", "2", *target, "--json"], env))
-    assert retired["min_decryption_version"] == 2
-    assert key_state(moto, f"{alias}/v1") == "Disabled"
-    old = cli(["decrypt", "--actor", "a", "--reason", "r"], env, json.dumps(sealed))
-    assert old.returncode == 68  # the v1 value sealed before the rotation: retired
-
-    assert ok(cli(["rotate", "--json"], env))["new_version"] == 3
-    assert ok(cli(["reencrypt", *target, "--mode", "full", "--json"], env))["completed"] == 30
-    fresh = envelopes(db)
-    for row_id, before in rewrapped.items():
-        assert fresh[row_id].ciphertext != before.ciphertext
-        assert fresh[row_id].key_version == 3
-    assert stored(db)[31] is None and stored(db)[32] == "[REDACTED]"
-    assert (
-        ok(cli(["decrypt", "--actor", "a", "--reason", "r"], env, stored(db)[7] or "")) == plain[7]
-    )
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, env[name])  # in-process, boto3's chain reads os.environ
-    with heimdall_kms.from_env(env, audit=MemoryAuditSink()) as facade:
-        texts = facade.decrypt_many([fresh[i] for i in sorted(fresh)], actor="t", reason="verify")
-    assert texts == [plain[i] for i in sorted(plain)]
-
-    log = audit.read_text()
-    assert "123-45-6789" not in log
-    assert all(text not in log for text in plain.values())
-    assert {"key.rotate", "key.retire", "reencrypt.batch"} <= {
-        json.loads(line)["event_type"] for line in log.splitlines()
-    }
 
 
 def test_cli_bad_credentials_are_one_line(moto: MotoServer, tmp_path: Path) -> None:

@@ -1,12 +1,12 @@
 """The Azure Key Vault provider against the wire-level fake (SPEC §10): disabled versions, the
 challenge flow, ordering under concurrency, settings from the environment, and the installed
-``heimdall-kms`` command end to end, as a user runs it."""
+``heimdall-kms`` command's roles and errors (a key's whole life through the command is
+``test_cloud_lifecycle.py``, on every cloud)."""
 
 from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +15,8 @@ import pytest
 from azure.keyvault.keys.crypto import KeyWrapAlgorithm
 
 from heimdall_kms import primitives
-from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.composition import load_provider
 from heimdall_kms.config import Settings
-from heimdall_kms.envelope import KmsV1Envelope, parse
 from heimdall_kms.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -29,30 +27,22 @@ from heimdall_kms.errors import (
     RateLimitedError,
 )
 from heimdall_kms.providers.azure import AzureKeyVaultProvider
-from heimdall_kms.service import Crypto
 from tests.contract.backends.azure import ADMIN, WORKER, key_client
 from tests.fakes.azure_kv_http import (
     CRYPTO_OFFICER,
-    CRYPTO_SERVICE_ENCRYPTION_USER,
     UNWRAP_ONLY,
     FakeKeyVaultServer,
     start_fake_key_vault,
 )
-from tests.legacy_data import legacy_envelope
+from tests.integration.clouds import azure_env, start_azure
 from tests.servers import run_cli
 
-MASTER_HEX = "ab" * 32
 SSN = "123-45-6789"
-APP = ("heimdall-app", "app-secret-" + "9f" * 8)
-ROWS = 24
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[FakeKeyVaultServer]:
-    fake = start_fake_key_vault()
-    fake.vault.add_principal(*ADMIN, CRYPTO_OFFICER)
-    fake.vault.add_principal(*APP, CRYPTO_SERVICE_ENCRYPTION_USER)
-    fake.vault.retry_after = "0"
+    fake = start_azure()
     yield fake
     fake.stop()
 
@@ -258,25 +248,6 @@ def test_sdk_cryptography_client_would_lose_aes_wrapped_keys(server: FakeKeyVaul
     kms.close()
 
 
-def azure_env(server: FakeKeyVaultServer, key: str, tmp_path: Path) -> dict[str, str]:
-    return {
-        "HMD_ENCRYPTION_MODE": "kms",
-        "HMD_KMS_PROVIDER": "azure",
-        "HMD_KMS_KEY_ID": server.key_url(key),
-        "HMD_AZURE_CA_BUNDLE": str(server.ca_pem),
-        "HMD_AZURE_VERIFY_CHALLENGE_RESOURCE": "false",
-        "HMD_AZURE_DISABLE_INSTANCE_DISCOVERY": "true",
-        "HMD_AUDIT_LOG": str(tmp_path / "audit.log"),
-        # DefaultAzureCredential -> EnvironmentCredential -> the fake's Entra ID endpoint.
-        "AZURE_TENANT_ID": server.vault.tenant,
-        "AZURE_CLIENT_ID": APP[0],
-        "AZURE_CLIENT_SECRET": APP[1],
-        "AZURE_AUTHORITY_HOST": server.url,
-        # The credential's own HTTPS client trusts the standard variable, not HMD_AZURE_CA_BUNDLE.
-        "REQUESTS_CA_BUNDLE": str(server.ca_pem),
-    }
-
-
 def test_from_settings_with_env(
     server: FakeKeyVaultServer, key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -313,7 +284,7 @@ def test_from_settings_with_env(
         Settings.from_env({**env, "HMD_AZURE_DISABLE_INSTANCE_DISCOVERY": "maybe"})
 
 
-# -- the installed command, end to end --------------------------------------------------------
+# -- the installed command (the key's whole life: test_cloud_lifecycle.py) -------------------
 
 
 def run(
@@ -322,59 +293,16 @@ def run(
     return run_cli(args, env, stdin, drop=("HMD_", "AZURE_"))
 
 
-def stored(db: Path) -> dict[int, KmsV1Envelope]:
-    with sqlite3.connect(db) as connection:
-        rows = connection.execute("SELECT id, v FROM t ORDER BY id").fetchall()
-    result = {}
-    for row_id, value in rows:
-        envelope = parse(value)
-        assert isinstance(envelope, KmsV1Envelope), row_id
-        result[row_id] = envelope
-    return result
-
-
-def decrypt_all(server: FakeKeyVaultServer, key: str, env: dict[str, str], db: Path) -> list[str]:
-    settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("HMD_")})
-    envelopes = stored(db)
-    kms = AzureKeyVaultProvider(key_client(server), key)
-    with Crypto(settings, kms=kms, audit=MemoryAuditSink()) as facade:
-        return facade.decrypt_many(
-            [envelopes[i] for i in sorted(envelopes)], actor="t", reason="verify"
-        )
-
-
-def test_cli_end_to_end(server: FakeKeyVaultServer, key: str, tmp_path: Path) -> None:
-    env = azure_env(server, key, tmp_path)  # the app: Key Vault Crypto Service Encryption User
-    hybrid = env | {"HMD_ENCRYPTION_MODE": "hybrid", "HMD_PII_MASTER_KEY": MASTER_HEX}
+def test_the_app_identity_wraps_but_only_the_admin_rotates(
+    server: FakeKeyVaultServer, key: str, tmp_path: Path
+) -> None:
+    """The app's role may wrap and unwrap, not rotate; the admin's rotation reports the local
+    clock, as Key Vault's answers carry no server time the provider reads."""
+    env = azure_env(server, key, tmp_path)
     admin = env | {"AZURE_CLIENT_ID": ADMIN[0], "AZURE_CLIENT_SECRET": ADMIN[1]}
-    expected = [f"{i:03d}-00-{i:04d}" for i in range(1, ROWS + 1)]
-
-    sealed = run(["encrypt", "--field", "ssn", "--context", "record=r1"], env, SSN)
-    assert sealed.returncode == 0, sealed.stderr
-    envelope = json.loads(sealed.stdout)
-    assert (envelope["provider"], envelope["key_version"]) == ("azure", 1)
-    assert envelope["key_identifier"] == server.key_url(key)
-    assert envelope["encrypted_dek"].startswith("azure:v1:")
-    opened = run(
-        ["decrypt", "--actor", "alice", "--reason", "t-1", "--field", "ssn"], env, sealed.stdout
-    )
-    assert (opened.returncode, opened.stdout.decode()) == (0, SSN), opened.stderr
-
-    db = tmp_path / "app.db"
-    with sqlite3.connect(db) as connection:
-        connection.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
-        connection.executemany(
-            "INSERT INTO t VALUES (?, ?)",
-            [(i, legacy_envelope(MASTER_HEX, text)) for i, text in enumerate(expected, 1)],
-        )
-    targets = ["--database", f"sqlite:///{db}", "--table", "t", "--column", "v"]
-    migrated = run(["migrate", *targets, "--batch-size", "10", "--json"], hybrid)
-    assert migrated.returncode == 0, migrated.stderr
-    assert json.loads(migrated.stdout)["completed"] == ROWS
-    assert {e.key_version for e in stored(db).values()} == {1}
-
+    assert run(["encrypt", "--field", "ssn"], env, SSN).returncode == 0
     denied = run(["rotate"], env)
-    assert denied.returncode == 77  # the app's role may wrap and unwrap, not rotate
+    assert denied.returncode == 77
     assert "permission denied (HTTP 403 Forbidden)" in denied.stderr.decode()
     rotated = run(["rotate", "--json"], admin)
     assert rotated.returncode == 0, rotated.stderr
@@ -383,53 +311,8 @@ def test_cli_end_to_end(server: FakeKeyVaultServer, key: str, tmp_path: Path) ->
         "old_version": 1,
         "new_version": 2,
         "next_due": None,
-        "clock": "local",  # the provider reports no server time
+        "clock": "local",
     }
-    refused = run(["retire", "--below-version", "2", *targets], admin)
-    assert refused.returncode == 4
-    assert f"{ROWS} stored values still need a version below 2" in refused.stderr.decode()
-    assert [enabled for _, enabled in server.vault.versions(key)] == [True, True]
-
-    before = stored(db)
-    rewrapped = run(["reencrypt", *targets, "--mode", "rewrap", "--json"], admin)
-    assert rewrapped.returncode == 0, rewrapped.stderr
-    assert json.loads(rewrapped.stdout)["completed"] == ROWS
-    after = stored(db)
-    for row_id, old in before.items():
-        assert (after[row_id].ciphertext, after[row_id].nonce) == (old.ciphertext, old.nonce)
-        assert (old.key_version, after[row_id].key_version) == (1, 2)
-        assert after[row_id].encrypted_dek.startswith("azure:v2:")
-
-    retired = run(["retire", "--below-version", "2", *targets, "--json"], admin)
-    assert retired.returncode == 0, retired.stderr
-    assert json.loads(retired.stdout)["min_decryption_version"] == 2
-    assert [enabled for _, enabled in server.vault.versions(key)] == [False, True]
-    stale = run(["decrypt", "--actor", "a", "--reason", "r"], env, sealed.stdout)
-    assert stale.returncode == 68  # the v1 value: Key Vault refuses the disabled version
-    assert "disabled" in stale.stderr.decode()
-
-    assert run(["rotate"], admin).returncode == 0
-    full = run(["reencrypt", *targets, "--mode", "full", "--json"], admin)
-    assert full.returncode == 0, full.stderr
-    assert json.loads(full.stdout)["completed"] == ROWS
-    for row_id, old in after.items():
-        new = stored(db)[row_id]
-        assert new.ciphertext != old.ciphertext
-        assert new.key_version == 3
-        assert new.context == {"table": "t", "field": "v", "record": str(row_id)}
-    assert decrypt_all(server, key, env, db) == expected
-
-    audit = (tmp_path / "audit.log").read_text()
-    events = [json.loads(line)["event_type"] for line in audit.splitlines()]
-    assert {"crypto.encrypt", "crypto.decrypt", "key.rotate", "key.retire"} <= set(events)
-    assert SSN not in audit and APP[1] not in audit and ADMIN[1] not in audit
-    assert all(text not in audit for text in expected)
-    assert verify_audit(tmp_path, env)
-
-
-def verify_audit(tmp_path: Path, env: dict[str, str]) -> bool:
-    checked = run(["audit", "verify", str(tmp_path / "audit.log")], env)
-    return checked.returncode == 0
 
 
 def test_cli_bad_secret_is_one_error_line(

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import heimdall_kms
 from heimdall_kms import primitives
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.config import GCPSettings, Settings
-from heimdall_kms.envelope import KmsV1Envelope, parse
+from heimdall_kms.envelope import KmsV1Envelope
 from heimdall_kms.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -39,11 +37,10 @@ from heimdall_kms.providers.gcp import GCPKMSProvider, build_client
 from heimdall_kms.service import Crypto
 from tests.contract.backends.gcp import LOCATION, create_key, rest_client
 from tests.fakes.gcp_kms_http import FakeKMSServer, start_fake_kms
-from tests.legacy_data import legacy_envelope
-from tests.servers import free_port, run_cli
+from tests.integration.clouds import gcp_env
+from tests.servers import free_port
 
 SSN = "123-45-6789"
-MASTER_HEX = "ab" * 32
 CTX = {"table": "customers", "field": "ssn", "record": "r1"}
 
 
@@ -70,20 +67,6 @@ def key_ring(admin: kms_v1.KeyManagementServiceClient) -> str:
 @pytest.fixture
 def key(admin: kms_v1.KeyManagementServiceClient, key_ring: str) -> str:
     return create_key(admin, key_ring)
-
-
-def gcp_env(
-    server: FakeKMSServer, key: str, transport: str = "rest", **extra: str
-) -> dict[str, str]:
-    return {
-        "HMD_ENCRYPTION_MODE": "kms",
-        "HMD_KMS_PROVIDER": "gcp",
-        "HMD_KMS_KEY_ID": key,
-        "HMD_GCP_KMS_ENDPOINT": server.url if transport == "rest" else server.grpc_url,
-        "HMD_GCP_TRANSPORT": transport,
-        "HMD_GCP_CREDENTIALS": "anonymous",
-        **extra,
-    }
 
 
 def provider(server: FakeKMSServer, key: str, **options: object) -> GCPKMSProvider:
@@ -343,122 +326,7 @@ def test_retire_disables_the_versions_below(server: FakeKMSServer, key: str) -> 
     assert kms.retire(2).min_decryption_version == 3  # never re-enables anything
 
 
-# -- the installed command, end to end ----------------------------------------------------------
-
-
-def run(
-    args: list[str], env: dict[str, str], stdin: str | bytes = ""
-) -> subprocess.CompletedProcess[bytes]:
-    return run_cli(args, env, stdin, drop=("HMD_", "GOOGLE_"))
-
-
-def stored(db: Path) -> dict[int, str]:
-    with sqlite3.connect(db) as connection:
-        return dict(connection.execute("SELECT id, ssn FROM customers ORDER BY id").fetchall())
-
-
-@pytest.mark.parametrize("transport", ["rest", "grpc"])
-def test_cli_end_to_end(server: FakeKMSServer, key: str, transport: str, tmp_path: Path) -> None:
-    audit = tmp_path / "audit.log"
-    env = gcp_env(
-        server,
-        key,
-        transport,
-        HMD_ENCRYPTION_MODE="hybrid",
-        HMD_PII_MASTER_KEY=MASTER_HEX,
-        HMD_AUDIT_LOG=str(audit),
-    )
-    # encrypt / decrypt
-    sealed = run(["encrypt", "--field", "ssn", "--context", "record=r1"], env, SSN)
-    assert sealed.returncode == 0, sealed.stderr
-    envelope = json.loads(sealed.stdout)
-    assert (envelope["provider"], envelope["key_identifier"]) == ("gcp", key)
-    assert envelope["encrypted_dek"].startswith("gcp:v1:")
-    opened = run(
-        ["decrypt", "--actor", "alice", "--reason", "t-42", "--field", "ssn"], env, sealed.stdout
-    )
-    assert (opened.returncode, opened.stdout.decode()) == (0, SSN), opened.stderr
-    moved = run(
-        ["decrypt", "--actor", "a", "--reason", "r", "--context", "record=r2"], env, sealed.stdout
-    )
-    assert moved.returncode == 66
-    assert "Traceback" not in moved.stderr.decode()
-
-    # migrate a table of legacy envelopes
-    db = tmp_path / "app.db"
-    plaintexts = {i: f"{i:03d}-00-{i:04d}" for i in range(1, 41)}
-    with sqlite3.connect(db) as connection:
-        connection.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, ssn TEXT)")
-        connection.executemany(
-            "INSERT INTO customers VALUES (?, ?)",
-            [(i, legacy_envelope(MASTER_HEX, text)) for i, text in plaintexts.items()]
-            + [(100, "[REDACTED]")],
-        )
-    target = ["--database", f"sqlite:///{db}", "--table", "customers", "--column", "ssn"]
-    migrated = run(["migrate", *target, "--batch-size", "15", "--json"], env)
-    assert migrated.returncode == 0, migrated.stderr
-    summary = json.loads(migrated.stdout)
-    assert (summary["completed"], summary["skipped"]) == (40, 1)
-    values = kms_values_except(db, {100})
-    assert {v.key_version for v in values.values()} == {1}
-    assert values[7].context == {"table": "customers", "field": "ssn", "record": "7"}
-
-    # rotate; retire is refused while values need version 1; rewrap; retire is accepted
-    rotated = run(["rotate", "--json"], env)
-    assert rotated.returncode == 0, rotated.stderr
-    assert json.loads(rotated.stdout)["new_version"] == 2
-    refused = run(["retire", "--below-version", "2", *target], env)
-    assert refused.returncode == 4
-    assert "40 stored values still need a version below 2" in refused.stderr.decode()
-    assert server.kms.version_state(key, 1) == "ENABLED"
-    rewrapped = run(["reencrypt", *target, "--mode", "rewrap", "--json"], env)
-    assert rewrapped.returncode == 0, rewrapped.stderr
-    assert json.loads(rewrapped.stdout)["completed"] == 40
-    after = kms_values_except(db, {100})
-    for row_id, old in values.items():
-        assert after[row_id].ciphertext == old.ciphertext  # only the wrapped DEK changed
-        assert after[row_id].encrypted_dek.startswith("gcp:v2:")
-        assert after[row_id].key_version == 2
-    retired = run(["retire", "--below-version", "2", *target, "--json"], env)
-    assert retired.returncode == 0, retired.stderr
-    assert json.loads(retired.stdout)["min_decryption_version"] == 2
-    assert server.kms.version_state(key, 1) == "DISABLED"
-    old_value = run(["decrypt", "--actor", "a", "--reason", "r"], env, sealed.stdout)
-    assert old_value.returncode == 68  # written under version 1, now disabled in the KMS
-
-    # rotate again and re-encrypt everything with fresh DEKs
-    assert run(["rotate"], env).returncode == 0
-    full = run(["reencrypt", *target, "--mode", "full", "--json"], env)
-    assert full.returncode == 0, full.stderr
-    assert json.loads(full.stdout)["completed"] == 40
-    final = kms_values_except(db, {100})
-    for row_id, old in after.items():
-        assert final[row_id].ciphertext != old.ciphertext
-        assert final[row_id].key_version == 3
-    assert stored(db)[100] == "[REDACTED]"
-
-    # KMS-only now: the env key is gone and every value still reads
-    kms_only = {k: v for k, v in env.items() if not k.startswith("HMD_PII_")}
-    kms_only["HMD_ENCRYPTION_MODE"] = "kms"
-    for row_id in (1, 20, 40):
-        text = run(
-            ["decrypt", "--actor", "a", "--reason", "verify"], kms_only, final[row_id].to_json()
-        )
-        assert text.stdout.decode() == plaintexts[row_id], text.stderr
-    log = audit.read_text()
-    assert all(text not in log for text in [SSN, *plaintexts.values()])
-    assert "key.retire" in log and "key.rotate" in log
-
-
-def kms_values_except(db: Path, skipped: set[int]) -> dict[int, KmsV1Envelope]:
-    values = {}
-    for row_id, text in stored(db).items():
-        if row_id in skipped:
-            continue
-        envelope = parse(text)
-        assert isinstance(envelope, KmsV1Envelope), row_id
-        values[row_id] = envelope
-    return values
+# -- health (the key's whole life through the command: test_cloud_lifecycle.py) -----------------
 
 
 def test_health_round_trip(server: FakeKMSServer, key: str) -> None:
