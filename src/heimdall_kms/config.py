@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from heimdall_kms import modes
 from heimdall_kms.audit_settings import AuditAnchoring, read_anchoring
 from heimdall_kms.errors import ConfigurationError
 from heimdall_kms.kinds import (
@@ -157,9 +158,9 @@ class Settings:
         legacy_key_id = env.get("HMD_PII_KEY_ID") or DEFAULT_LEGACY_KEY_ID
         legacy_keys = _read_legacy_keys(env, legacy_key_id)
         provider = env.optional_enum("HMD_KMS_PROVIDER", ProviderName)
-        _check_mode(mode, hybrid_write, provider, env, legacy_keys, legacy_key_id)
+        modes.check_settings(mode, hybrid_write, provider, env.given, legacy_keys, legacy_key_id)
         kms_key_id = _kms_key_id(env, provider)
-        chosen = provider if mode is not EncryptionMode.LEGACY else None
+        chosen = provider if modes.uses_kms(mode) else None
         part = _ProviderPart.read(env, chosen)
         audit_log = _audit_destination(env.get("HMD_AUDIT_LOG"))
         hmac_key_id, hmac_version, hmac_previous = _read_hmac(env, kms_key_id)
@@ -289,39 +290,6 @@ def _read_legacy_keys(env: Env, primary_id: str) -> dict[str, Secret[bytes]]:
             raise ConfigurationError(f"HMD_PII_LEGACY_KEYS: key id {key_id!r} is given twice")
         keys[key_id] = _hex_key(f"HMD_PII_LEGACY_KEYS (entry {position})", hex_key.strip())
     return keys
-
-
-def _check_mode(  # noqa: PLR0917 - private, called once, every argument is a distinct fact.
-    mode: EncryptionMode,
-    hybrid_write: WriteFormat,
-    provider: ProviderName | None,
-    env: Env,
-    legacy_keys: Mapping[str, Secret[bytes]],
-    legacy_key_id: str,
-) -> None:
-    if hybrid_write is WriteFormat.LEGACY and mode is not EncryptionMode.HYBRID:
-        raise ConfigurationError(
-            "HMD_HYBRID_WRITE_FORMAT: the legacy rollback switch only applies to "
-            "HMD_ENCRYPTION_MODE=hybrid"
-        )
-    if mode is EncryptionMode.LEGACY:
-        if not env.given("HMD_PII_MASTER_KEY"):
-            raise ConfigurationError("HMD_PII_MASTER_KEY: required when HMD_ENCRYPTION_MODE=legacy")
-        return
-    if provider is None:
-        raise ConfigurationError(
-            f"HMD_KMS_PROVIDER: required when HMD_ENCRYPTION_MODE={mode.value} "
-            "(vault | aws | gcp | azure | local)"
-        )
-    if mode is EncryptionMode.KMS:
-        for name in ("HMD_PII_MASTER_KEY", "HMD_PII_LEGACY_KEYS"):
-            if env.given(name):
-                raise ConfigurationError(
-                    f"{name}: must not be set when HMD_ENCRYPTION_MODE=kms (the default); remove "
-                    "the env key, or use HMD_ENCRYPTION_MODE=hybrid while legacy data remains"
-                )
-    if hybrid_write is WriteFormat.LEGACY and legacy_key_id not in legacy_keys:
-        raise ConfigurationError("HMD_PII_MASTER_KEY: required when HMD_HYBRID_WRITE_FORMAT=legacy")
 
 
 def _read_aws(env: Env) -> AWSSettings:

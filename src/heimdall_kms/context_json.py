@@ -1,9 +1,15 @@
-"""Sorted-key compact JSON of an encryption context: a flat mapping of text to text.
+"""An encryption context once checked, and its sorted-key compact JSON, made once.
 
-Every value gets it twice (its AAD and its audit line), so this skips the general encoder's
-per-call set-up. The output equals ``json.dumps(context, sort_keys=True, separators=(",",
-":"))`` (``ensure_ascii`` as named); ``tests/unit/test_context_json.py`` checks that for
-generated contexts. Only for contexts :func:`heimdall_kms.envelope.check_context` accepted.
+Every value's context is encoded twice over: in its AAD (non-ASCII escaped) and in its audit
+line (non-ASCII kept, the same text when nothing needed escaping). :class:`CheckedContext` is
+what :func:`heimdall_kms.envelope.check_context` returns: a read-only ``dict`` that keeps its
+AAD encoding once made, so the audit line reuses it wherever the context travels (the sealed
+envelope, the opened one, the audit event) and nobody passes the encoding along.
+
+The output equals ``json.dumps(context, sort_keys=True, separators=(",", ":"))``
+(``ensure_ascii`` as named) without the general encoder's per-call set-up;
+``tests/unit/test_context_json.py`` checks that for generated contexts. This module imports
+nothing of the package.
 """
 
 from __future__ import annotations
@@ -11,11 +17,52 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from json.encoder import encode_basestring, encode_basestring_ascii
+from typing import NoReturn
 
-__all__ = ["context_json", "context_json_ascii"]
+__all__ = ["CheckedContext", "aad_json", "context_json", "context_json_ascii", "line_json"]
 
 _ASCII = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 _UNICODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
+class CheckedContext(dict[str, str]):
+    """A context :func:`heimdall_kms.envelope.check_context` accepted: read-only, so the
+    encoding it keeps stays true (a ``dict`` still, so reading it costs what a dict does)."""
+
+    __slots__ = ("_aad_json",)
+
+    def __init__(self, entries: Mapping[str, str]) -> None:
+        super().__init__(entries)
+        self._aad_json: str | None = None
+
+    def __reduce__(self) -> tuple[type[CheckedContext], tuple[dict[str, str]]]:
+        return CheckedContext, (dict(self),)
+
+    def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("a checked encryption context is read-only; build a new one")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _read_only
+    __ior__ = _read_only
+
+
+def aad_json(context: Mapping[str, str]) -> str:
+    """The context as the AAD encodes it; made once per :class:`CheckedContext`."""
+    if type(context) is not CheckedContext:
+        return context_json_ascii(context)
+    encoded = context._aad_json
+    if encoded is None:
+        encoded = context._aad_json = context_json_ascii(context)
+    return encoded
+
+
+def line_json(context: Mapping[str, str]) -> str:
+    """The context as an audit line writes it: the AAD's encoding where that escaped nothing
+    (``\\uXXXX``), else encoded again with non-ASCII kept."""
+    if type(context) is CheckedContext:
+        encoded = aad_json(context)
+        if "\\u" not in encoded:
+            return encoded
+    return context_json(context)
 
 
 def context_json_ascii(context: Mapping[str, str]) -> str:

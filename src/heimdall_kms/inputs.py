@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from heimdall_kms.envelope import Envelope, KmsV1Envelope, LegacyEnvelope
 from heimdall_kms.errors import InvalidInputError, MalformedEnvelopeError
+from heimdall_kms.kinds import EnvelopeFormat
 
 __all__ = [
     "LEGACY_LABEL",
@@ -20,7 +21,8 @@ MAX_PLAINTEXT_BYTES = 1024 * 1024
 # Stored values a job re-encrypts (migrate, reencrypt): the largest plaintext whose kms_v1
 # envelope (base64 is 4/3 of it, plus the wrapped DEK and context) still fits the envelope bound.
 MAX_STORED_PLAINTEXT_BYTES = 46 * 1024 * 1024
-LEGACY_LABEL = "legacy"
+# The provider label of legacy values (they have no KMS provider): their format's name.
+LEGACY_LABEL = EnvelopeFormat.LEGACY.value
 _MAX_LABEL_CHARS = 512
 
 
@@ -28,7 +30,7 @@ def metric_labels(envelope: Envelope) -> tuple[str, str]:
     # Legacy values are counted under provider "legacy" with their key id as the version:
     # a handful of configured ids, so the label set stays small.
     if isinstance(envelope, KmsV1Envelope):
-        return envelope.provider, str(envelope.key_version)
+        return str(envelope.provider), str(envelope.key_version)
     if isinstance(envelope, LegacyEnvelope):
         return LEGACY_LABEL, envelope.key_id
     return LEGACY_LABEL, "unknown"

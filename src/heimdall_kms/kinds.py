@@ -13,6 +13,7 @@ from enum import StrEnum
 __all__ = [
     "AWSKeyVersioning",
     "EncryptionMode",
+    "EnvelopeFormat",
     "ProviderName",
     "VaultAuthMethod",
     "WriteFormat",
@@ -25,11 +26,17 @@ class EncryptionMode(StrEnum):
     KMS = "kms"
 
 
-class WriteFormat(StrEnum):
-    """What hybrid mode writes. ``legacy`` is the documented rollback switch."""
+class EnvelopeFormat(StrEnum):
+    """A stored value's format: the ``encryption_version`` a ``kms_v1`` envelope carries, or
+    the legacy env-key form (which carries none). Audit events and metrics name it too."""
 
     KMS_V1 = "kms_v1"
     LEGACY = "legacy"
+
+
+# What hybrid mode writes (HMD_HYBRID_WRITE_FORMAT): one of the formats, so the same enum.
+# ``legacy`` is the documented rollback switch.
+WriteFormat = EnvelopeFormat
 
 
 class ProviderName(StrEnum):

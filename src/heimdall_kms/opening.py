@@ -1,9 +1,9 @@
-"""Opening envelopes: the mode rules, the stated-context check, and batched unwrapping.
+"""Opening envelopes: the mode's read rule, the stated-context check, and batched unwrapping.
 
-The modes are explicit rules here, never a fallback inside a ``try``: a legacy envelope in
-``kms`` mode and a ``kms_v1`` envelope in ``legacy`` mode are refused; a context the reader
-states must match the envelope's, key by key, or the value is refused with the integrity error.
-All ``kms_v1`` DEKs of a batch are unwrapped in one provider call and wiped after use.
+A context the reader states must match the envelope's, key by key, or the value is refused
+with the integrity error; what a mode reads is :func:`heimdall_kms.modes.read_refusal`'s to
+say. All ``kms_v1`` DEKs of a batch are unwrapped in one provider call per provider batch and
+wiped after use.
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import contextlib
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from enum import Enum
+from typing import Any, Literal
 
-from heimdall_kms import primitives
-from heimdall_kms.config import EncryptionMode, Settings
-from heimdall_kms.context_json import context_json_ascii
+from heimdall_kms import modes, primitives
+from heimdall_kms.config import Settings
 from heimdall_kms.envelope import (
     Envelope,
+    KeyRef,
     KmsV1Envelope,
     LegacyEnvelope,
-    aad_of_encoded,
     check_context,
     parse,
 )
@@ -39,24 +39,41 @@ from heimdall_kms.overlap import in_order
 from heimdall_kms.providers import KeyWrapper
 from heimdall_kms.providers.base import batching_of
 
-__all__ = ["EnvelopeInput", "Opened", "Opener"]
-
-_LEGACY = EncryptionMode.LEGACY
+__all__ = ["PENDING", "EnvelopeInput", "Opened", "Opener", "Pending"]
 
 EnvelopeInput = Envelope | str | bytes | Mapping[str, Any]
+
+
+class Pending(Enum):
+    """The outcome of an item that was checked and waits for its batch to be opened."""
+
+    PENDING = "pending"
+
+
+PENDING = Pending.PENDING
+_UNVERIFIED = {"legacy_context": "unverified"}
 
 
 @dataclass(slots=True)
 class Opened:
     """One decrypt outcome plus what its audit event needs to say."""
 
-    outcome: str | HeimdallKMSError
+    outcome: str | HeimdallKMSError | Literal[Pending.PENDING]
     envelope: Envelope | None
     context: Mapping[str, str]
-    encoded_context: str | None = None  # the AAD's encoding of ``context``, when it was made
     # A legacy value read with a stated record context it cannot prove, where that is flagged
-    # (HMD_LEGACY_CONTEXT=flag): its audit event says so.
-    unverified_context: bool = False
+    # (HMD_LEGACY_CONTEXT=flag): its audit event says so in ``details``.
+    details: Mapping[str, str] | None = None
+
+    @property
+    def error(self) -> HeimdallKMSError | None:
+        return self.outcome if isinstance(self.outcome, HeimdallKMSError) else None
+
+    def result(self) -> str | HeimdallKMSError:
+        """The outcome, once :meth:`Opener.open_all` has opened the item."""
+        outcome = self.outcome
+        assert not isinstance(outcome, Pending), "an item is opened before its result is read"
+        return outcome
 
 
 class Opener:
@@ -65,43 +82,35 @@ class Opener:
     def __init__(self, settings: Settings, kms: KeyWrapper | None) -> None:
         self.settings = settings
         self.kms = kms
+        self.key = KeyRef(kms.name, kms.key_identifier) if kms is not None else None
 
     def prepare(self, source: EnvelopeInput, stated: Mapping[str, str] | None) -> Opened:
         """Parse and check one envelope against the mode and the stated context."""
         claimed = check_context(stated) if stated is not None else {}
-        if type(source) is KmsV1Envelope and not claimed and self.settings.mode is not _LEGACY:
-            return Opened("", source, source.context)  # the common case, decided at once
         try:
             envelope = source if isinstance(source, Envelope) else parse(source)
         except MalformedEnvelopeError as exc:
             return Opened(exc, None, claimed)
-        mode = self.settings.mode
-        if isinstance(envelope, LegacyEnvelope) and mode is EncryptionMode.KMS:
-            error: HeimdallKMSError = ModeViolationError(
-                "legacy env-key envelope refused: HMD_ENCRYPTION_MODE=kms reads kms_v1 only"
-            )
-            return Opened(error, envelope, claimed)
+        refusal: HeimdallKMSError | None = modes.read_refusal(
+            self.settings.mode, envelope.encryption_version
+        )
         if isinstance(envelope, KmsV1Envelope):
-            if mode is EncryptionMode.LEGACY:
-                error = ModeViolationError(
-                    "kms_v1 envelope refused: HMD_ENCRYPTION_MODE=legacy reads env-key data only"
-                )
-                return Opened(error, envelope, envelope.context)
-            if any(envelope.context.get(key) != value for key, value in claimed.items()):
+            if refusal is None and claimed and _differs(envelope.context, claimed):
                 # Deliberately unspecific: which key differs is no business of the reader.
-                error = IntegrityError("envelope failed authentication (wrong field/context)")
-                return Opened(error, envelope, envelope.context)
-            return Opened("", envelope, envelope.context)
+                refusal = IntegrityError("envelope failed authentication (wrong field/context)")
+            return Opened(refusal or PENDING, envelope, envelope.context)
+        if refusal is not None:
+            return Opened(refusal, envelope, claimed)
         return self._legacy(envelope, claimed)
 
-    def _legacy(self, envelope: Envelope, claimed: dict[str, str]) -> Opened:
+    def _legacy(self, envelope: Envelope, claimed: Mapping[str, str]) -> Opened:
         """A legacy value binds no context: on a migrated target a stated record context on
         one is refused or flagged (heimdall_kms.legacy_context)."""
         rule = self.settings.legacy_context
         if not rule.applies(claimed):
-            return Opened("", envelope, claimed)
+            return Opened(PENDING, envelope, claimed)
         if rule.action is LegacyContext.FLAG:
-            return Opened("", envelope, claimed, unverified_context=True)
+            return Opened(PENDING, envelope, claimed, details=_UNVERIFIED)
         error = ModeViolationError(
             "legacy envelope refused: it cannot prove the stated record context, and its "
             "target is declared migrated (HMD_MIGRATED_TARGETS)"
@@ -109,29 +118,30 @@ class Opener:
         return Opened(error, envelope, claimed)
 
     def open_all(self, prepared: list[Opened]) -> list[Opened]:
-        """Fill in each prepared item's outcome (in place; the same list is returned)."""
-        pending = [p for p in prepared if not isinstance(p.outcome, HeimdallKMSError)]
+        """Fill in each pending item's outcome (in place; the same list is returned)."""
+        pending = [p for p in prepared if p.outcome is PENDING]
         self._open_kms([p for p in pending if isinstance(p.envelope, KmsV1Envelope)])
         for item in pending:
             if isinstance(item.envelope, LegacyEnvelope):
                 item.outcome = self._open_legacy(item.envelope)
+            elif not isinstance(item.envelope, KmsV1Envelope):  # a caller's own Envelope class
+                item.outcome = MalformedEnvelopeError("not an envelope format this version reads")
         return prepared
 
     def _open_kms(self, items: list[Opened]) -> None:
         if not items:
             return
-        kms = self.kms
-        assert kms is not None
-        ours = (kms.name.value, kms.key_identifier)
         sent = []
         for item in items:
             envelope = item.envelope
             assert isinstance(envelope, KmsV1Envelope)
-            if (envelope.provider, envelope.key_identifier) == ours:
+            error = self.owned(envelope)
+            if error is None:
                 sent.append(item)
             else:
-                item.outcome = self._not_ours(envelope)
-        self._unwrap_and_open(kms, sent)
+                item.outcome = error
+        assert self.kms is not None
+        self._unwrap_and_open(self.kms, sent)
 
     def _unwrap_and_open(self, kms: KeyWrapper, sent: list[Opened]) -> None:
         """Unwrap in batches, several in flight; open each batch while the next is unwrapped."""
@@ -145,10 +155,9 @@ class Opener:
                     if len(deks) != len(chunk):
                         raise KMSError("the KMS returned a different number of unwrapped keys")
                     for item, dek in zip(chunk, deks, strict=True):
-                        if isinstance(dek, HeimdallKMSError):
-                            item.outcome = dek
-                        else:
-                            _open(item, dek)
+                        item.outcome = (
+                            dek if isinstance(dek, HeimdallKMSError) else _open(item, dek)
+                        )
                 finally:
                     _wipe_all(deks)
 
@@ -167,19 +176,18 @@ class Opener:
             return exc
 
     def owned(self, envelope: KmsV1Envelope) -> HeimdallKMSError | None:
-        kms = self.kms
-        assert kms is not None
-        if envelope.provider == kms.name.value and envelope.key_identifier == kms.key_identifier:
+        """None if this deployment's key wrapped ``envelope``'s DEK, else the error to report."""
+        assert self.key is not None
+        if self.key.sealed(envelope):
             return None
-        return self._not_ours(envelope)
-
-    def _not_ours(self, envelope: KmsV1Envelope) -> HeimdallKMSError:
-        kms = self.kms
-        assert kms is not None
         return KeyNotFoundError(
             f"envelope was sealed by {envelope.provider} key {envelope.key_identifier!r}; "
-            f"this deployment uses {kms.name.value} key {kms.key_identifier!r}"
+            f"this deployment uses {self.key}"
         )
+
+
+def _differs(context: Mapping[str, str], claimed: Mapping[str, str]) -> bool:
+    return any(context.get(key) != value for key, value in claimed.items())
 
 
 def _unwrap(kms: KeyWrapper, chunk: list[Opened]) -> list[bytearray | HeimdallKMSError]:
@@ -187,15 +195,13 @@ def _unwrap(kms: KeyWrapper, chunk: list[Opened]) -> list[bytearray | HeimdallKM
     return kms.unwrap_many([e.encrypted_dek for e in envelopes], [e.context for e in envelopes])
 
 
-def _open(item: Opened, dek: bytearray) -> None:
+def _open(item: Opened, dek: bytearray) -> str | HeimdallKMSError:
     envelope = item.envelope
     assert isinstance(envelope, KmsV1Envelope)
-    item.encoded_context = encoded = context_json_ascii(envelope.context)
     try:
-        aad = aad_of_encoded(encoded)
-        item.outcome = utf8_text(primitives.open_(dek, envelope.nonce, envelope.ciphertext, aad))
+        return utf8_text(primitives.open_(dek, envelope.nonce, envelope.ciphertext, envelope.aad()))
     except HeimdallKMSError as exc:
-        item.outcome = exc
+        return exc
 
 
 def _wipe_all(deks: list[bytearray | HeimdallKMSError]) -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from heimdall_kms import primitives
-from heimdall_kms.context_json import context_json_ascii
-from heimdall_kms.envelope import Envelope, KmsV1Envelope, aad_of_encoded
+from heimdall_kms.context_json import CheckedContext
+from heimdall_kms.envelope import Envelope, KmsV1Envelope, kms_v1_aad
 from heimdall_kms.envelope.kms_v1 import utc_timestamp
 from heimdall_kms.errors import KMSError
 from heimdall_kms.overlap import in_order
@@ -24,14 +24,8 @@ from heimdall_kms.providers.base import WrappedKey, batching_of
 __all__ = ["seal_batches"]
 
 
-def seal_batches(
-    kms: KeyWrapper,
-    values: list[tuple[bytes, dict[str, str]]],
-    encoded: list[str],
-) -> list[Envelope]:
+def seal_batches(kms: KeyWrapper, values: Sequence[tuple[bytes, CheckedContext]]) -> list[Envelope]:
     """``kms_v1`` envelopes for ``(plaintext, checked context)`` pairs, in order.
-
-    ``encoded`` receives each context as the AAD encodes it, for the audit line to reuse.
 
     Raises:
         KMSError: a wrap call failed, or answered with the wrong number of keys.
@@ -47,7 +41,7 @@ def seal_batches(
             contexts = [ctx for _, ctx in values[start : start + size]]
             yield functools.partial(kms.wrap_many, deks, contexts)
 
-    provider, key_identifier = kms.name.value, kms.key_identifier
+    provider, key_identifier = kms.name, kms.key_identifier
     timestamp = utc_timestamp()
     envelopes: list[Envelope] = []
     sealed = 0  # batches whose DEKs are wiped already
@@ -58,12 +52,10 @@ def seal_batches(
                 if len(wrapped) != len(deks):
                     raise KMSError("the KMS returned a different number of wrapped keys")
                 chunk = values[batch * size : batch * size + len(deks)]
-                codes = [context_json_ascii(ctx) for _, ctx in chunk]
-                encoded.extend(codes)
                 sealed_values = primitives.seal_each(
                     deks,
                     [plaintext for plaintext, _ in chunk],
-                    list(map(aad_of_encoded, codes)),
+                    [kms_v1_aad(ctx) for _, ctx in chunk],
                 )
                 for dek in deks:
                     primitives.wipe(dek)

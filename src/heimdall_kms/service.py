@@ -1,15 +1,11 @@
-"""``Crypto``: envelope encryption through the KMS, the mode rules, and the audit of each value.
+"""``Crypto``: envelope encryption through the KMS, and the audit of each value.
 
-The modes (SPEC §2) are explicit rules here, never a fallback inside a ``try``:
-
-* ``legacy`` reads and writes only the env-key format;
-* ``hybrid`` reads both, writes ``kms_v1`` (or legacy, with the documented rollback switch
-  ``HMD_HYBRID_WRITE_FORMAT=legacy``);
-* ``kms`` reads and writes only ``kms_v1`` and refuses a legacy envelope.
-
-Every value encrypted or decrypted gets one audit event, recorded before the result is handed
-back (fail closed). Batches share KMS calls: ``encrypt_many`` and ``decrypt_many`` make one
-provider call per batch, never one per value.
+Each operation is one straight path: check the inputs and who is asking (an
+:class:`~heimdall_kms.audit_scope.AuditScope`), do the work in batched KMS calls (sealing,
+opening), record one audit event per value before the result is handed back (fail closed),
+count it. What each mode reads and writes is :mod:`heimdall_kms.modes`' to say. Batches share
+KMS calls: ``encrypt_many`` and ``decrypt_many`` make one provider call per provider batch,
+never one per value.
 """
 
 from __future__ import annotations
@@ -17,15 +13,20 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
-from heimdall_kms import primitives
+from prometheus_client import Counter as MetricCounter
+
+from heimdall_kms import modes, primitives
 from heimdall_kms.audit import AuditEvent, AuditSink, EventType
-from heimdall_kms.audit.events import now_rfc3339
-from heimdall_kms.config import EncryptionMode, Settings, WriteFormat
-from heimdall_kms.crypto_events import envelopeless_events, opened_events, sealed_events
+from heimdall_kms.audit_scope import AuditScope
+from heimdall_kms.config import Settings
+from heimdall_kms.context_json import CheckedContext
 from heimdall_kms.envelope import (
     Envelope,
+    EnvelopeFormat,
+    KeyRef,
     KmsV1Envelope,
     LegacyEnvelope,
     check_context,
@@ -44,14 +45,17 @@ from heimdall_kms.inputs import (
     metric_labels,
     plaintext_bytes,
 )
+from heimdall_kms.kinds import ProviderName
 from heimdall_kms.metrics import Metrics, unexported_metrics
-from heimdall_kms.opening import EnvelopeInput, Opened, Opener
+from heimdall_kms.opening import EnvelopeInput, Opener
 from heimdall_kms.providers import KeyWrapper
-from heimdall_kms.providers.base import HashKey, KeyedHashing
+from heimdall_kms.providers.base import HashKey, KeyedHashing, WrappedKey
 from heimdall_kms.scoping import current_scope
 from heimdall_kms.sealing import seal_batches
 
 __all__ = ["MAX_PLAINTEXT_BYTES", "Crypto", "EnvelopeInput"]
+
+FailureEvents = Callable[[HeimdallKMSError], list[AuditEvent]]
 
 
 class Crypto:
@@ -66,7 +70,7 @@ class Crypto:
         default_actor: str = "application",
         metrics: Metrics | None = None,
     ) -> None:
-        if settings.mode is not EncryptionMode.LEGACY and kms is None:
+        if modes.uses_kms(settings.mode) and kms is None:
             raise ConfigurationError(
                 f"HMD_KMS_PROVIDER: a KMS provider is required in {settings.mode.value} mode"
             )
@@ -114,75 +118,24 @@ class Crypto:
         ``limit`` bounds each plaintext; jobs re-encrypting stored values pass
         ``MAX_STORED_PLAINTEXT_BYTES`` (whatever the engine stored must stay migratable).
         """
-        who, reason, request_id = self._writing_as(actor)
+        scope = self._writer_scope(actor, self._write_key)
         values = [(plaintext_bytes(text, limit), check_context(ctx)) for text, ctx in items]
         contexts = [ctx for _, ctx in values]
-        provider = self._write_label
-        encoded: list[str] = []  # each context as the AAD encodes it, reused by the audit line
-        try:
-            with self.metrics.timed("encrypt", provider):
-                if self._writes_legacy or self.kms is None:
-                    sealed = self._seal_legacy(values)
-                else:
-                    sealed = seal_batches(self.kms, values, encoded)
-        except HeimdallKMSError as exc:
-            self.metrics.errors_total.labels("encrypt", provider, exc.error_type).inc(len(values))
-            self.audit.emit(
-                envelopeless_events(
-                    EventType.ENCRYPT,
-                    contexts,
-                    actor=who,
-                    request_id=request_id,
-                    writer=self._writer,
-                    error=exc,
-                    reason=reason,
-                )
-            )
-            raise
-        # One call is recorded at one moment: one timestamp for all of its events.
+
+        def failed(error: HeimdallKMSError) -> list[AuditEvent]:
+            return scope.without_envelopes(EventType.ENCRYPT, contexts, error)
+
+        with self._kms_call("encrypt", self._write_label, len(values), failed):
+            sealed = self._seal(values)
         self.audit.emit(
-            sealed_events(
-                sealed,
-                contexts,
-                encoded or None,
-                actor=who,
-                request_id=request_id,
-                at=now_rfc3339(),
-                reason=reason,
-            )
+            [scope.event(EventType.ENCRYPT, e, c) for e, c in zip(sealed, contexts, strict=True)]
         )
-        for (label, version), count in Counter(map(metric_labels, sealed)).items():
-            self.metrics.encrypt_total.labels(label, version).inc(count)
+        self._count(self.metrics.encrypt_total, sealed)
         return sealed
 
-    def _writing_as(self, actor: str | None) -> tuple[str, str | None, str]:
-        """Actor, reason and request id of a call that writes (encrypt, hmac): the call's
-        actor, else the scope's, else the default actor; the scope's reason and request id."""
-        in_scope = current_scope()
-        who = checked_label("actor", actor or in_scope.actor or self._default_actor)
-        return who, in_scope.reason, in_scope.request_id or str(uuid.uuid4())
-
-    @property
-    def _writer(self) -> tuple[str | None, str | None]:
-        """The key and provider an event names when it has no envelope to take them from."""
-        if self.kms is not None and not self._writes_legacy:
-            return self.kms.key_identifier, self.kms.name.value
-        return None, None
-
-    @property
-    def _write_label(self) -> str:
-        if self._writes_legacy or self.kms is None:
-            return LEGACY_LABEL
-        return self.kms.name.value
-
-    @property
-    def _writes_legacy(self) -> bool:
-        mode = self.settings.mode
-        return mode is EncryptionMode.LEGACY or (
-            mode is EncryptionMode.HYBRID and self.settings.hybrid_write is WriteFormat.LEGACY
-        )
-
-    def _seal_legacy(self, values: list[tuple[bytes, dict[str, str]]]) -> list[Envelope]:
+    def _seal(self, values: list[tuple[bytes, CheckedContext]]) -> list[Envelope]:
+        if self._writes is EnvelopeFormat.KMS_V1 and self.kms is not None:
+            return seal_batches(self.kms, values)
         # The legacy format binds no context; the audit event still records it.
         key_id = self.settings.legacy_key_id
         key = self.settings.legacy_keys[key_id].reveal()
@@ -241,53 +194,27 @@ class Crypto:
         Raises:
             KMSError: a failure of the whole KMS call. AuditWriteError.
         """
-        in_scope = current_scope()
-        who = checked_label("actor", actor if actor is not None else in_scope.actor)
-        why = checked_label("reason", reason if reason is not None else in_scope.reason)
+        scope = self._reader_scope(actor, reason)
         stated = list(contexts) if contexts is not None else [None] * len(envelopes)
         if len(stated) != len(envelopes):
             raise InvalidInputError("contexts must have one entry per envelope")
-        request_id = in_scope.request_id or str(uuid.uuid4())
-        prepared = [
-            self._opener.prepare(source, ctx) for source, ctx in zip(envelopes, stated, strict=True)
-        ]
-        provider = self.kms.name.value if self.kms is not None else LEGACY_LABEL
-        try:
-            with self.metrics.timed("decrypt", provider):
-                opened = self._opener.open_all(prepared)
-        except HeimdallKMSError as exc:
-            # The whole call failed (KMS unreachable, refused, ...): every item failed with it.
-            opened = [Opened(exc, p.envelope, p.context) for p in prepared]
-            self._record_decrypts(opened, who, why, request_id, provider)
-            raise
-        self._record_decrypts(opened, who, why, request_id, provider)
-        return [item.outcome for item in opened]
+        prepared = [self._opener.prepare(e, c) for e, c in zip(envelopes, stated, strict=True)]
 
-    def _record_decrypts(
-        self, opened: list[Opened], actor: str, reason: str, request_id: str, provider: str
-    ) -> None:
-        """Audit every outcome (fail closed: raises AuditWriteError) and count it."""
+        def failed(error: HeimdallKMSError) -> list[AuditEvent]:
+            # The whole call failed (KMS unreachable, refused, ...): every item failed with it.
+            return [scope.event(EventType.DECRYPT, p.envelope, p.context, error) for p in prepared]
+
+        with self._kms_call("decrypt", self._read_label, len(prepared), failed):
+            opened = self._opener.open_all(prepared)
         self.audit.emit(
-            opened_events(
-                opened,
-                actor=actor,
-                request_id=request_id,
-                reason=reason,
-                at=now_rfc3339(),
-                writer=self._writer,
-            )
+            [
+                scope.event(EventType.DECRYPT, o.envelope, o.context, o.error, o.details)
+                for o in opened
+            ]
         )
-        done: Counter[tuple[str, str]] = Counter()
-        failed: Counter[str] = Counter()
-        for item in opened:
-            if isinstance(item.outcome, HeimdallKMSError):
-                failed[item.outcome.error_type] += 1
-            elif item.envelope is not None:
-                done[metric_labels(item.envelope)] += 1
-        for (label, version), count in done.items():
-            self.metrics.decrypt_total.labels(label, version).inc(count)
-        for error_type, count in failed.items():
-            self.metrics.errors_total.labels("decrypt", provider, error_type).inc(count)
+        self._count(self.metrics.decrypt_total, [o.envelope for o in opened if o.error is None])
+        self._count_errors("decrypt", self._read_label, [o.outcome for o in opened])
+        return [item.result() for item in opened]
 
     # -- keyed hashing -------------------------------------------------------------------------
 
@@ -310,36 +237,19 @@ class Crypto:
         Raises:
             ConfigurationError: the provider has no keyed hashing. KMSError, AuditWriteError.
         """
-        kms = self.kms
-        key_id = self.settings.hmac_key_id
-        if kms is None or not isinstance(kms, KeyedHashing) or key_id is None:
-            name = kms.name.value if kms is not None else "none (legacy mode)"
-            raise ConfigurationError(f"HMD_KMS_PROVIDER={name} has no keyed hashing (hmac)")
-        key = HashKey(key_id, version or self.settings.hmac_key_version)
-        who, reason, request_id = self._writing_as(actor)
+        provider, hashing, key = self._hashing(version)
+        scope = self._writer_scope(actor, KeyRef(provider, key.name))
         data = [plaintext_bytes(value) for value in values]
-        stated = [check_context(c) for c in contexts] if contexts else [{}] * len(data)
-        writer = (key.name, kms.name.value)
+        stated: list[Mapping[str, str]] = (
+            [check_context(c) for c in contexts] if contexts else [{}] * len(data)
+        )
 
-        def events(error: HeimdallKMSError | None = None) -> list[AuditEvent]:
-            return envelopeless_events(
-                EventType.HMAC,
-                stated,
-                actor=who,
-                request_id=request_id,
-                writer=writer,
-                error=error,
-                reason=reason,
-            )
+        def failed(error: HeimdallKMSError) -> list[AuditEvent]:
+            return scope.without_envelopes(EventType.HMAC, stated, error)
 
-        try:
-            with self.metrics.timed("hmac", kms.name.value):
-                tags = kms.hmac_many(data, key)
-        except HeimdallKMSError as exc:
-            self.metrics.errors_total.labels("hmac", kms.name.value, exc.error_type).inc(len(data))
-            self.audit.emit(events(exc))
-            raise
-        self.audit.emit(events())
+        with self._kms_call("hmac", provider.value, len(data), failed):
+            tags = hashing.hmac_many(data, key)
+        self.audit.emit(scope.without_envelopes(EventType.HMAC, stated))
         return ["hmac:" + tag for tag in tags]
 
     def hmac_lookup(
@@ -361,6 +271,19 @@ class Crypto:
         older = self.hmac_many(values, actor=actor, version=previous)
         return list(zip(current, older, strict=True))
 
+    def _hashing(self, version: int | None) -> tuple[ProviderName, KeyedHashing, HashKey]:
+        """The provider, its keyed hashing and the hashing key at ``version`` (else the pinned
+        one).
+
+        Raises:
+            ConfigurationError: the provider has no keyed hashing, or no hashing key is set.
+        """
+        kms, key_id = self.kms, self.settings.hmac_key_id
+        if kms is None or not isinstance(kms, KeyedHashing) or key_id is None:
+            name = kms.name.value if kms is not None else "none (legacy mode)"
+            raise ConfigurationError(f"HMD_KMS_PROVIDER={name} has no keyed hashing (hmac)")
+        return kms.name, kms, HashKey(key_id, version or self.settings.hmac_key_version)
+
     # -- rotation -----------------------------------------------------------------------------
 
     def rewrap_outcomes(
@@ -378,23 +301,84 @@ class Crypto:
         kms = self.kms
         if kms is None:
             raise ModeViolationError("rewrap needs a KMS; HMD_ENCRYPTION_MODE=legacy has none")
-        results: list[KmsV1Envelope | HeimdallKMSError] = []
-        ours = [self._opener.owned(env) for env in envelopes]
-        mine = [env for env, error in zip(envelopes, ours, strict=True) if error is None]
+        refusals = [self._opener.owned(envelope) for envelope in envelopes]
+        mine = [e for e, refusal in zip(envelopes, refusals, strict=True) if refusal is None]
         with self.metrics.timed("rewrap", kms.name.value):
-            rewrapped = kms.rewrap_many([e.encrypted_dek for e in mine], [e.context for e in mine])
-        if len(rewrapped) != len(mine):
+            answers = kms.rewrap_many([e.encrypted_dek for e in mine], [e.context for e in mine])
+        if len(answers) != len(mine):
             raise KMSError("the KMS returned a different number of re-wrapped keys")
-        answers = iter(rewrapped)
-        for envelope, error in zip(envelopes, ours, strict=True):
-            answer = error if error is not None else next(answers)
-            if isinstance(answer, HeimdallKMSError):
-                self.metrics.errors_total.labels("rewrap", kms.name.value, answer.error_type).inc()
-                results.append(answer)
-            else:
-                results.append(
-                    dataclasses.replace(
-                        envelope, encrypted_dek=answer.ciphertext, key_version=answer.key_version
-                    )
-                )
+        rewrapped = iter(answers)
+        results = [
+            refusal if refusal is not None else _rewrapped(envelope, next(rewrapped))
+            for envelope, refusal in zip(envelopes, refusals, strict=True)
+        ]
+        self._count_errors("rewrap", kms.name.value, results)
         return results
+
+    # -- the shared steps -----------------------------------------------------------------------
+
+    def _writer_scope(self, actor: str | None, fallback: KeyRef | None) -> AuditScope:
+        """A call that writes (encrypt, hmac): the call's actor, else the scope's, else the
+        default actor; the scope's reason and request id."""
+        in_scope = current_scope()
+        who = checked_label("actor", actor or in_scope.actor or self._default_actor)
+        return AuditScope(who, in_scope.request_id or str(uuid.uuid4()), in_scope.reason, fallback)
+
+    def _reader_scope(self, actor: str | None, reason: str | None) -> AuditScope:
+        """A call that reads: actor and reason are required, from the call or the scope."""
+        in_scope = current_scope()
+        who = checked_label("actor", actor if actor is not None else in_scope.actor)
+        why = checked_label("reason", reason if reason is not None else in_scope.reason)
+        return AuditScope(who, in_scope.request_id or str(uuid.uuid4()), why, self._write_key)
+
+    @contextmanager
+    def _kms_call(
+        self, operation: str, provider: str, count: int, failed: FailureEvents
+    ) -> Iterator[None]:
+        """Time the work of one call; if it fails as a whole, count and record each of its
+        ``count`` values as failed (fail closed: AuditWriteError), then re-raise."""
+        try:
+            with self.metrics.timed(operation, provider):
+                yield
+        except HeimdallKMSError as exc:
+            self.metrics.errors_total.labels(operation, provider, exc.error_type).inc(count)
+            self.audit.emit(failed(exc))
+            raise
+
+    def _count(self, counter: MetricCounter, envelopes: Iterable[Envelope | None]) -> None:
+        done = Counter(metric_labels(e) for e in envelopes if e is not None)
+        for (label, version), count in done.items():
+            counter.labels(label, version).inc(count)
+
+    def _count_errors(self, operation: str, provider: str, outcomes: Iterable[object]) -> None:
+        failed = Counter(o.error_type for o in outcomes if isinstance(o, HeimdallKMSError))
+        for error_type, count in failed.items():
+            self.metrics.errors_total.labels(operation, provider, error_type).inc(count)
+
+    @property
+    def _writes(self) -> EnvelopeFormat:
+        return modes.writes(self.settings.mode, self.settings.hybrid_write)
+
+    @property
+    def _write_key(self) -> KeyRef | None:
+        """The key new values are sealed under: named by events that have no envelope."""
+        return self._opener.key if self._writes is EnvelopeFormat.KMS_V1 else None
+
+    @property
+    def _write_label(self) -> str:
+        key = self._write_key
+        return key.provider.value if key is not None else LEGACY_LABEL
+
+    @property
+    def _read_label(self) -> str:
+        return self.kms.name.value if self.kms is not None else LEGACY_LABEL
+
+
+def _rewrapped(
+    envelope: KmsV1Envelope, answer: WrappedKey | HeimdallKMSError
+) -> KmsV1Envelope | HeimdallKMSError:
+    if isinstance(answer, HeimdallKMSError):
+        return answer
+    return dataclasses.replace(
+        envelope, encrypted_dek=answer.ciphertext, key_version=answer.key_version
+    )

@@ -67,10 +67,6 @@ class AuditEvent:
     # call, so a caller reusing an id cannot pair one call's outcome with another's intent.
     correlation_id: str | None = None
     trace_id: str | None = None
-    # ``context`` as heimdall_kms.context_json.context_json_ascii wrote it, when the producer
-    # has it already (it is the AAD's): the audit line reuses it instead of encoding again.
-    # Not part of the event's content.
-    encoded_context: str | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The event as a JSON object; absent optional fields are left out."""

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from heimdall_kms.audit.chain import encode_json, seal_line
 from heimdall_kms.audit.events import AuditEvent
-from heimdall_kms.context_json import context_json
+from heimdall_kms.context_json import line_json
 
 __all__ = ["chain_events"]
 
@@ -66,12 +66,7 @@ def chain_events(events: Sequence[AuditEvent], seq: int, prev: str) -> tuple[str
         head = parts.actor
         context = event.context
         if context is not None:
-            encoded = event.encoded_context
-            if encoded is None or "\\u" in encoded:
-                # The ASCII-escaped form equals the line's (non-ASCII kept) form exactly when
-                # nothing was escaped as \uXXXX.
-                encoded = context_json(context)
-            head += ',"context":' + encoded
+            head += ',"context":' + line_json(context)
         head += parts.middle
         field = event.field_identifier
         if field is not None:

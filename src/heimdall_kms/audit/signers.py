@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,7 @@ from heimdall_kms.errors import (
     KeyNotFoundError,
     KMSError,
 )
+from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
 if TYPE_CHECKING:
     import hvac
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["AWSSigner", "LocalSigner", "VaultSigner", "signer_from_settings"]
 
 _VERIFY_BATCH = 250
-_LOCAL = re.compile(r"local:v([1-9][0-9]{0,8}):([A-Za-z0-9+/=]+)")
 
 
 class LocalSigner:
@@ -58,21 +57,21 @@ class LocalSigner:
             signature = primitives.sign_ed25519(seed, message)
         finally:
             primitives.wipe(seed)
-        return f"local:v{version}:{base64.b64encode(signature).decode()}"
+        return format_wrapped(ProviderName.LOCAL, version, base64.b64encode(signature).decode())
 
     def verify_many(self, items: Sequence[tuple[bytes, str]]) -> list[bool]:
         return [self._verify(message, signature) for message, signature in items]
 
     def _verify(self, message: bytes, signature: str) -> bool:
-        match = _LOCAL.fullmatch(signature)
-        if match is None:
+        form = parse_wrapped(signature)
+        if form is None or form.provider != ProviderName.LOCAL:
             return False
         try:
             versions = self._keyring.read_key(self._name)["versions"]
-            raw = base64.b64decode(match.group(2), validate=True)
+            raw = base64.b64decode(form.body, validate=True)
         except (KeyNotFoundError, binascii.Error):
             return False
-        version = versions.get(match.group(1))
+        version = versions.get(str(form.version))
         if version is None or len(raw) != 64:
             return False
         seed = bytearray.fromhex(version["key"])

@@ -7,24 +7,21 @@ from typing import Any
 
 from heimdall_kms.envelope import _json
 from heimdall_kms.envelope._base import ALGORITHM, Envelope
-from heimdall_kms.envelope.kms_v1 import (
-    KMS_V1,
-    KmsV1Envelope,
-    aad_of_encoded,
-    check_context,
-    kms_v1_aad,
-)
+from heimdall_kms.envelope.context import check_context
+from heimdall_kms.envelope.kms_v1 import KMS_V1, KeyRef, KmsV1Envelope, kms_v1_aad
 from heimdall_kms.envelope.legacy import LEGACY, LEGACY_KEYS, LegacyEnvelope
 from heimdall_kms.errors import MalformedEnvelopeError
+from heimdall_kms.kinds import EnvelopeFormat
 
 __all__ = [
     "ALGORITHM",
     "KMS_V1",
     "LEGACY",
     "Envelope",
+    "EnvelopeFormat",
+    "KeyRef",
     "KmsV1Envelope",
     "LegacyEnvelope",
-    "aad_of_encoded",
     "check_context",
     "kms_v1_aad",
     "parse",

@@ -7,6 +7,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from heimdall_kms.kinds import EnvelopeFormat
+
 __all__ = ["ALGORITHM", "Envelope"]
 
 ALGORITHM = "AES-256-GCM"
@@ -16,7 +18,7 @@ class Envelope(ABC):
     """A stored, encrypted field value: ``kms_v1`` or the legacy env-key form."""
 
     __slots__ = ()
-    encryption_version: ClassVar[str]
+    encryption_version: ClassVar[EnvelopeFormat]
 
     @abstractmethod
     def to_dict(self) -> dict[str, Any]:

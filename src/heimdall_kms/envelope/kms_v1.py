@@ -9,27 +9,27 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from heimdall_kms.context_json import context_json_ascii
+from heimdall_kms.context_json import aad_json
 from heimdall_kms.envelope import _json
 from heimdall_kms.envelope._base import ALGORITHM, Envelope
-from heimdall_kms.errors import InvalidInputError, MalformedEnvelopeError
-from heimdall_kms.kinds import ProviderName
+from heimdall_kms.envelope.context import check_context
+from heimdall_kms.errors import MalformedEnvelopeError
+from heimdall_kms.kinds import EnvelopeFormat, ProviderName
 from heimdall_kms.wrapped_key import parse_wrapped
 
 __all__ = [
     "KMS_V1",
+    "KeyRef",
     "KmsV1Envelope",
-    "aad_of_encoded",
-    "check_context",
     "check_key_version",
     "kms_v1_aad",
 ]
 
-KMS_V1 = "kms_v1"
+KMS_V1 = EnvelopeFormat.KMS_V1
+_PROVIDERS = {provider.value: provider for provider in ProviderName}
 # RFC 3339 in UTC, as written by utc_timestamp(); fromisoformat alone also takes ISO week
 # dates, dates without a time and local offsets.
 _RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|\+00:00)")
-_PROVIDERS = frozenset(ProviderName)
 _KNOWN_KEYS = frozenset(
     {
         "encryption_version",
@@ -49,7 +49,7 @@ KMS_V1_KEYS = _KNOWN_KEYS  # the fields this version defines
 
 
 _AAD_HEAD = '{"alg":' + json.dumps(ALGORITHM) + ',"ctx":'
-_AAD_TAIL = ',"v":' + json.dumps(KMS_V1) + "}"
+_AAD_TAIL = ',"v":' + json.dumps(KMS_V1.value) + "}"
 
 
 def kms_v1_aad(context: Mapping[str, str]) -> bytes:
@@ -58,67 +58,13 @@ def kms_v1_aad(context: Mapping[str, str]) -> bytes:
     Only fields that never change for a value are covered. ``key_version``, ``encrypted_dek``
     and ``encryption_timestamp`` are left out so that a rewrap leaves ``ciphertext`` untouched.
     """
-    return aad_of_encoded(context_json_ascii(context))
-
-
-def aad_of_encoded(encoded_context: str) -> bytes:
-    """:func:`kms_v1_aad` from ``context_json_ascii(context)``, for callers that need it too."""
     # Equal to json.dumps({"alg": ..., "ctx": ..., "v": ...}, sort_keys=True, compact): the
-    # three keys are written in their sorted order, and only the context is encoded per value.
-    return (_AAD_HEAD + encoded_context + _AAD_TAIL).encode("ascii")
+    # three keys are written in their sorted order, and only the context is encoded per value
+    # (once per checked context: heimdall_kms.context_json).
+    return (_AAD_HEAD + aad_json(context) + _AAD_TAIL).encode("ascii")
 
 
-def check_context(context: object, *, error: type[Exception] = InvalidInputError) -> dict[str, str]:
-    """Return the context as a plain ``dict[str, str]`` or raise ``error`` saying what is wrong."""
-    if type(context) is dict and len(context) <= _json.MAX_CONTEXT_ENTRIES:
-        # The common case, checked in one pass; anything unusual takes the path below, which
-        # says what is wrong. isascii() is O(1) and ASCII text is always valid UTF-8.
-        for key, value in context.items():
-            if not (
-                type(key) is str
-                and type(value) is str
-                and 0 < len(key) <= _json.MAX_CONTEXT_KEY_CHARS
-                and len(value) <= _json.MAX_CONTEXT_VALUE_CHARS
-                and key.isascii()
-                and value.isascii()
-            ):
-                break
-        else:
-            return _bounded(context.copy(), error)
-    if not isinstance(context, Mapping):
-        raise error("context must be a mapping of strings to strings")
-    if len(context) > _json.MAX_CONTEXT_ENTRIES:
-        raise error(f"context has more than {_json.MAX_CONTEXT_ENTRIES} entries")
-    checked: dict[str, str] = {}
-    for key, value in context.items():
-        if not isinstance(key, str) or not key or len(key) > _json.MAX_CONTEXT_KEY_CHARS:
-            raise error(
-                f"context key {_json.short(key)} must be a non-empty string "
-                f"of at most {_json.MAX_CONTEXT_KEY_CHARS} characters"
-            )
-        if not isinstance(value, str) or len(value) > _json.MAX_CONTEXT_VALUE_CHARS:
-            raise error(
-                f"context value for {key!r} must be a string of at most "
-                f"{_json.MAX_CONTEXT_VALUE_CHARS} characters"
-            )
-        if not (_utf8_encodable(key) and _utf8_encodable(value)):
-            raise error(f"context entry {_json.short(key)} is not valid Unicode text")
-        checked[key] = value
-    return _bounded(checked, error)
-
-
-def _bounded(context: dict[str, str], error: type[Exception]) -> dict[str, str]:
-    """``context``, unless its JSON is over the total bound. A character is at most 12 in
-    that JSON (an escaped surrogate pair), each entry adds 6 (quotes, colon, comma)."""
-    chars = sum(len(key) + len(value) for key, value in context.items())
-    if 12 * chars + 6 * len(context) + 2 <= _json.MAX_CONTEXT_JSON_CHARS:
-        return context
-    if len(context_json_ascii(context)) > _json.MAX_CONTEXT_JSON_CHARS:
-        raise error(f"context is larger than {_json.MAX_CONTEXT_JSON_CHARS} characters as JSON")
-    return context
-
-
-def check_key_version(provider: str, key_version: int, encrypted_dek: str) -> None:
+def check_key_version(provider: ProviderName, key_version: int, encrypted_dek: str) -> None:
     """``key_version`` must be the version the wrapped DEK itself carries (SPEC §4.2).
 
     ``key_version`` is outside the AAD (a rewrap changes it), so an edited one would otherwise
@@ -139,16 +85,7 @@ def check_key_version(provider: str, key_version: int, encrypted_dek: str) -> No
         )
 
 
-def _utf8_encodable(text: str) -> bool:
-    # Lone surrogates survive json.loads but cannot be written to an audit line or a database.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def key_id_of(provider: str, key_identifier: str, key_version: int) -> str:
+def key_id_of(provider: ProviderName, key_identifier: str, key_version: int) -> str:
     """The ``key_id`` a ``kms_v1`` envelope carries (SPEC §4.2)."""
     return f"{provider}:{key_identifier}:v{key_version}"
 
@@ -160,12 +97,27 @@ def utc_timestamp(now: datetime | None = None) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyRef:
+    """A master key as a ``kms_v1`` envelope names it: its provider and its identifier."""
+
+    provider: ProviderName
+    identifier: str
+
+    def sealed(self, envelope: KmsV1Envelope) -> bool:
+        """Whether ``envelope``'s DEK was wrapped by this key (at any of its versions)."""
+        return envelope.key_identifier == self.identifier and envelope.provider == self.provider
+
+    def __str__(self) -> str:
+        return f"{self.provider} key {self.identifier!r}"
+
+
+@dataclass(frozen=True, slots=True)
 class KmsV1Envelope(Envelope):
     """A value sealed under a DEK that the KMS key ``key_identifier`` v``key_version`` wraps."""
 
-    encryption_version: ClassVar[str] = KMS_V1
+    encryption_version: ClassVar[EnvelopeFormat] = KMS_V1
 
-    provider: str
+    provider: ProviderName
     key_identifier: str
     key_version: int
     ciphertext: bytes = field(repr=False)
@@ -194,8 +146,8 @@ class KmsV1Envelope(Envelope):
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.extra,
-            "encryption_version": KMS_V1,
-            "provider": self.provider,
+            "encryption_version": KMS_V1.value,
+            "provider": str(self.provider),
             "key_identifier": self.key_identifier,
             "key_version": self.key_version,
             "key_id": self.key_id,
@@ -217,12 +169,8 @@ class KmsV1Envelope(Envelope):
         algorithm = _json.text(obj, "algorithm", max_chars=64)
         if algorithm != ALGORITHM:
             raise MalformedEnvelopeError(f"unsupported algorithm {_json.short(algorithm)}")
-        provider = _json.text(obj, "provider", max_chars=16)
-        if provider not in _PROVIDERS:
-            raise MalformedEnvelopeError(f"unknown provider {_json.short(provider)}")
-        key_version = obj.get("key_version")
-        if isinstance(key_version, bool) or not isinstance(key_version, int) or key_version < 1:
-            raise MalformedEnvelopeError("envelope field 'key_version' must be an integer >= 1")
+        provider = _provider(_json.text(obj, "provider", max_chars=16))
+        key_version = _key_version(obj.get("key_version"))
         key_identifier = _json.text(obj, "key_identifier", max_chars=2048)
         if "key_id" in obj:
             # Absent in values written before it existed; where present it must say what the
@@ -233,15 +181,7 @@ class KmsV1Envelope(Envelope):
                     "envelope field 'key_id' does not match provider, key_identifier and "
                     "key_version"
                 )
-        timestamp = _json.text(obj, "encryption_timestamp", max_chars=64)
-        try:
-            if not _RFC3339_UTC.fullmatch(timestamp):
-                raise ValueError(timestamp)
-            datetime.fromisoformat(timestamp)
-        except ValueError:
-            raise MalformedEnvelopeError(
-                "envelope field 'encryption_timestamp' is not an RFC 3339 time"
-            ) from None
+        timestamp = _timestamp(_json.text(obj, "encryption_timestamp", max_chars=64))
         encrypted_dek = _json.text(obj, "encrypted_dek", max_chars=_json.MAX_ENCRYPTED_DEK_CHARS)
         check_key_version(provider, key_version, encrypted_dek)
         return cls(
@@ -256,3 +196,28 @@ class KmsV1Envelope(Envelope):
             algorithm=algorithm,
             extra={key: value for key, value in obj.items() if key not in _KNOWN_KEYS},
         )
+
+
+def _key_version(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MalformedEnvelopeError("envelope field 'key_version' must be an integer >= 1")
+    return value
+
+
+def _timestamp(text: str) -> str:
+    try:
+        if not _RFC3339_UTC.fullmatch(text):
+            raise ValueError(text)
+        datetime.fromisoformat(text)
+    except ValueError:
+        raise MalformedEnvelopeError(
+            "envelope field 'encryption_timestamp' is not an RFC 3339 time"
+        ) from None
+    return text
+
+
+def _provider(name: str) -> ProviderName:
+    provider = _PROVIDERS.get(name)
+    if provider is None:
+        raise MalformedEnvelopeError(f"unknown provider {_json.short(name)}")
+    return provider

@@ -20,16 +20,17 @@ from typing import Any, ClassVar
 from heimdall_kms.envelope import _json
 from heimdall_kms.envelope._base import ALGORITHM, Envelope
 from heimdall_kms.errors import MalformedEnvelopeError
+from heimdall_kms.kinds import EnvelopeFormat
 
 __all__ = ["LEGACY", "LEGACY_KEYS", "LegacyEnvelope"]
 
-LEGACY = "legacy"
+LEGACY = EnvelopeFormat.LEGACY
 LEGACY_KEYS = frozenset({"ciphertext", "nonce", "key_id", "algorithm"})
 
 
 @dataclass(frozen=True, slots=True)
 class LegacyEnvelope(Envelope):
-    encryption_version: ClassVar[str] = LEGACY
+    encryption_version: ClassVar[EnvelopeFormat] = LEGACY
 
     ciphertext: bytes = field(repr=False)
     nonce: bytes = field(repr=False)

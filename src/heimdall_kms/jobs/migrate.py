@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from heimdall_kms.config import EncryptionMode, Settings, WriteFormat
+from heimdall_kms import modes
+from heimdall_kms.config import Settings
 from heimdall_kms.envelope import Envelope
-from heimdall_kms.errors import ConfigurationError, HeimdallKMSError
+from heimdall_kms.errors import HeimdallKMSError
 from heimdall_kms.inputs import MAX_STORED_PLAINTEXT_BYTES
 from heimdall_kms.jobs.batch_job import BatchJob, JobOptions, new_run_id
 from heimdall_kms.jobs.classify import Slot, ValueKind
@@ -28,20 +29,12 @@ MigrationOptions = JobOptions
 
 
 def check_settings(settings: Settings) -> None:
-    """Migration reads the env key and writes through the KMS: only hybrid mode does both.
+    """Migration reads the env key and writes through the KMS (:func:`modes.check_migration`).
 
     Raises:
         ConfigurationError: naming the variable to change.
     """
-    if settings.mode is not EncryptionMode.HYBRID:
-        raise ConfigurationError(
-            "HMD_ENCRYPTION_MODE: migrate needs hybrid (it reads the env key and writes "
-            f"through the KMS); it is {settings.mode.value}"
-        )
-    if settings.hybrid_write is WriteFormat.LEGACY:
-        raise ConfigurationError(
-            "HMD_HYBRID_WRITE_FORMAT: migrate writes kms_v1; unset the legacy rollback switch"
-        )
+    modes.check_migration(settings.mode, settings.hybrid_write)
 
 
 def run_migration(

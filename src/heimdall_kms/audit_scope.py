@@ -1,0 +1,89 @@
+"""The audit events of one facade call: one :class:`AuditScope` builds every one of them.
+
+A call's events share who asked (actor), which call (request id), when, and why (reason), and
+name the same key where they have no envelope to take it from (a failed encrypt, a keyed
+hash); they differ in the value's envelope, context and outcome. The context an event holds
+is the checked one the AAD was made from, so its audit line reuses that encoding
+(:mod:`heimdall_kms.context_json`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from heimdall_kms.audit import AuditEvent, EventType, Result
+from heimdall_kms.audit.events import now_rfc3339
+from heimdall_kms.context_json import CheckedContext
+from heimdall_kms.envelope import Envelope, KeyRef, KmsV1Envelope, LegacyEnvelope
+from heimdall_kms.errors import HeimdallKMSError
+
+__all__ = ["AuditScope"]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditScope:
+    """Who, which request, when and why, for every event of one call.
+
+    ``fallback`` is the key an event names when it has no envelope: the key the call writes
+    with (None where it writes legacy values, whose key the envelope alone names).
+    """
+
+    actor: str
+    request_id: str
+    reason: str | None = None
+    fallback: KeyRef | None = None
+    at: str = field(default_factory=now_rfc3339)  # one call is recorded at one moment
+
+    def event(
+        self,
+        event_type: EventType,
+        envelope: Envelope | None,
+        context: Mapping[str, str],
+        error: HeimdallKMSError | None = None,
+        details: Mapping[str, str] | None = None,
+    ) -> AuditEvent:
+        """The event of one value: its envelope (if it has one), context and outcome."""
+        fallback = self.fallback
+        provider = fallback.provider if fallback is not None else None
+        key_identifier = fallback.identifier if fallback is not None else None
+        key_version = version = None
+        if isinstance(envelope, KmsV1Envelope):
+            provider, key_identifier = envelope.provider, envelope.key_identifier
+            key_version, version = envelope.key_version, envelope.encryption_version
+        elif isinstance(envelope, LegacyEnvelope):
+            provider, key_identifier = None, envelope.key_id
+            version = envelope.encryption_version
+        return AuditEvent(
+            timestamp=self.at,
+            event_type=event_type,
+            actor=self.actor,
+            request_id=self.request_id,
+            result=Result.SUCCESS if error is None else Result.FAILURE,
+            field_identifier=context.get("field"),
+            key_identifier=key_identifier,
+            key_version=key_version,
+            provider=provider,
+            encryption_version=version,
+            reason=self.reason,
+            error_type=error.error_type if error is not None else None,
+            context=_kept(context),
+            details=details,
+        )
+
+    def without_envelopes(
+        self,
+        event_type: EventType,
+        contexts: Sequence[Mapping[str, str]],
+        error: HeimdallKMSError | None = None,
+    ) -> list[AuditEvent]:
+        """The events of values that have no envelope: a failed encrypt, keyed hashes."""
+        return [self.event(event_type, None, context, error) for context in contexts]
+
+
+def _kept(context: Mapping[str, str]) -> Mapping[str, str] | None:
+    """The context as an event keeps it: none when empty; a checked one as it is (it is
+    read-only); any other mapping copied, so that its owner cannot change the event."""
+    if not context:
+        return None
+    return context if type(context) is CheckedContext else dict(context)
