@@ -21,9 +21,11 @@ from collections.abc import Sequence
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as _hmac
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from heimdall_kms.errors import IntegrityError
 
@@ -40,6 +42,7 @@ __all__ = [
     "seal_each",
     "sign_ed25519",
     "verify_ed25519",
+    "verify_with_public_key",
     "wipe",
 ]
 
@@ -224,3 +227,23 @@ def verify_ed25519(seed: bytes | bytearray, message: bytes, signature: bytes) ->
 def _check_seed(seed: bytes | bytearray) -> None:
     if len(seed) != DEK_BYTES:
         raise ValueError("an Ed25519 seed must be 32 bytes")
+
+
+def verify_with_public_key(pem: bytes, message: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is a signature of ``message`` by the PEM public key: ECDSA P-256
+    with SHA-256 (a DER signature, as Cloud KMS's ``EC_SIGN_P256_SHA256`` answers) or Ed25519.
+
+    Raises:
+        ValueError: not a PEM public key of those two kinds.
+    """
+    public = load_pem_public_key(pem)
+    try:
+        if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name == "secp256r1":
+            public.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(public, Ed25519PublicKey):
+            public.verify(signature, message)
+        else:
+            raise ValueError("a public key of another kind than ECDSA P-256 or Ed25519")
+    except InvalidSignature:
+        return False
+    return True

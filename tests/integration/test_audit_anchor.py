@@ -1,4 +1,5 @@
-"""Signed checkpoints and the off-host anchor (issue 24): real OpenBao Transit signing, the local
+"""Signed checkpoints and the off-host anchor (issue 24): real OpenBao Transit signing, AWS KMS
+``Sign`` on moto, GCP ``asymmetricSign`` and Azure ``sign`` on the wire-level fakes, the local
 dev keyring, and PostgreSQL anchors created with the documented SQL.
 
 Every scenario writes events with anchoring on through the facade (as an application would),
@@ -23,15 +24,32 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from google.cloud import kms_v1
 
 import heimdall_kms
 from heimdall_kms.audit import AuditEvent, EventType, FileAuditSink, Result
 from heimdall_kms.audit.anchor import anchor_sql
 from heimdall_kms.audit.chain import GENESIS, seal_line
 from heimdall_kms.audit.checkpoint import Signer, checkpoints_path, parse_checkpoint
+from heimdall_kms.audit.cloud_signers import AzureSigner, GCPSigner
 from heimdall_kms.audit.signers import AWSSigner, LocalSigner, VaultSigner
 from heimdall_kms.metrics import default_metrics
 from heimdall_kms.providers.local import LocalKeyring
+from tests.contract.backends.azure import ADMIN as AZURE_ADMIN
+from tests.contract.backends.azure import key_client as azure_client
+from tests.contract.backends.gcp import LOCATION as GCP_LOCATION
+from tests.contract.backends.gcp import create_signing_key
+from tests.contract.backends.gcp import rest_client as gcp_client
+from tests.fakes.azure_kv_http import (
+    CRYPTO_OFFICER,
+    CRYPTO_SERVICE_ENCRYPTION_USER,
+    FakeKeyVaultServer,
+    start_fake_key_vault,
+)
+from tests.fakes.azure_kv_http import READ as AZURE_READ
+from tests.fakes.azure_kv_http import SIGN as AZURE_SIGN
+from tests.fakes.azure_kv_http import VERIFY as AZURE_VERIFY
+from tests.fakes.gcp_kms_http import FakeKMSServer, start_fake_kms
 from tests.servers import TRANSIT_KEY, OpenBao, run_cli
 from tests.servers_aws import MotoServer, start_moto
 
@@ -133,6 +151,76 @@ def _aws(server: MotoServer) -> Backend:
     return Backend("aws", env, dict(env), AWSSigner(client, signing_key()), None)
 
 
+def _gcp(server: FakeKMSServer) -> Backend:
+    """The fake Cloud KMS (anonymous: its IAM for these roles is tested in
+    test_cloud_signers.py): an ENCRYPT_DECRYPT key, and EC_SIGN_P256_SHA256 signing keys."""
+    admin = gcp_client(server.url)
+    ring = admin.create_key_ring(
+        request={"parent": GCP_LOCATION, "key_ring_id": f"a{secrets.token_hex(4)}"}
+    ).name
+    master = admin.create_crypto_key(
+        request={
+            "parent": ring,
+            "crypto_key_id": "pii",
+            "crypto_key": {"purpose": kms_v1.CryptoKey.CryptoKeyPurpose.ENCRYPT_DECRYPT},
+        }
+    ).name
+
+    key = create_signing_key(admin, ring, "pii-audit")
+    env = {
+        "HMD_ENCRYPTION_MODE": "kms",
+        "HMD_KMS_PROVIDER": "gcp",
+        "HMD_KMS_KEY_ID": str(master),
+        "HMD_GCP_KMS_ENDPOINT": server.url,
+        "HMD_GCP_TRANSPORT": "rest",
+        "HMD_GCP_CREDENTIALS": "anonymous",
+        "HMD_AUDIT_SIGNING_KEY": key,
+    }
+
+    def rotate() -> None:  # a new version: the signer signs with the newest enabled one
+        admin.create_crypto_key_version(request={"parent": key, "crypto_key_version": {}})
+
+    forger = GCPSigner(admin, create_signing_key(admin, ring, "forger-audit"))
+    return Backend("gcp", env, dict(env), forger, rotate)
+
+
+def _azure(server: FakeKeyVaultServer) -> Backend:
+    """The fake Key Vault with the principals `azure bootstrap` prints: the writer may wrap,
+    unwrap, read and sign; the auditor only read and verify."""
+    writer = ("anchor-writer", "w-" + secrets.token_hex(8))
+    auditor = ("anchor-auditor", "a-" + secrets.token_hex(8))
+    server.vault.add_principal(*AZURE_ADMIN, CRYPTO_OFFICER)
+    server.vault.add_principal(*writer, CRYPTO_SERVICE_ENCRYPTION_USER | {AZURE_SIGN})
+    server.vault.add_principal(*auditor, frozenset({AZURE_READ, AZURE_VERIFY}))
+    admin = azure_client(server)
+    name = f"pii-{secrets.token_hex(3)}"
+    admin.create_rsa_key(name, size=2048)
+    for key in (f"{name}-audit", f"{name}-forger"):
+        admin.create_ec_key(key, curve="P-256", key_operations=["sign", "verify"])
+
+    def env(principal: tuple[str, str]) -> dict[str, str]:
+        return {
+            "HMD_ENCRYPTION_MODE": "kms",
+            "HMD_KMS_PROVIDER": "azure",
+            "HMD_KMS_KEY_ID": server.key_url(name),
+            "HMD_AZURE_CA_BUNDLE": str(server.ca_pem),
+            "HMD_AZURE_VERIFY_CHALLENGE_RESOURCE": "false",
+            "HMD_AZURE_DISABLE_INSTANCE_DISCOVERY": "true",
+            "HMD_AUDIT_SIGNING_KEY": f"{name}-audit",
+            "AZURE_TENANT_ID": server.vault.tenant,
+            "AZURE_CLIENT_ID": principal[0],
+            "AZURE_CLIENT_SECRET": principal[1],
+            "AZURE_AUTHORITY_HOST": server.url,
+            "REQUESTS_CA_BUNDLE": str(server.ca_pem),
+        }
+
+    def rotate() -> None:
+        admin.rotate_key(f"{name}-audit")
+
+    forger = AzureSigner(admin, f"{name}-forger")
+    return Backend("azure", env(writer), env(auditor), forger, rotate)
+
+
 @pytest.fixture(scope="module")
 def moto() -> Iterator[MotoServer]:
     server = start_moto()
@@ -140,18 +228,39 @@ def moto() -> Iterator[MotoServer]:
     server.stop()
 
 
-@pytest.fixture(params=["local", "vault", "aws"])
+@pytest.fixture(scope="module")
+def fake_gcp() -> Iterator[FakeKMSServer]:
+    server = start_fake_kms()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def fake_azure() -> Iterator[FakeKeyVaultServer]:
+    server = start_fake_key_vault()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["local", "vault", "aws", "gcp", "azure"])
 def backend(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Backend:
     if request.param == "local":
         return _local(tmp_path)
-    if request.param == "aws":
-        made = _aws(request.getfixturevalue("moto"))
+    if request.param in ("aws", "azure"):
+        made = (
+            _aws(request.getfixturevalue("moto"))
+            if request.param == "aws"
+            else _azure(request.getfixturevalue("fake_azure"))
+        )
         for name, value in made.writer.items():
-            if name.startswith("AWS_"):  # boto3 reads its credential chain from the process
+            # boto3 and DefaultAzureCredential read their credentials from the process.
+            if name.startswith(("AWS_", "AZURE_", "REQUESTS_")):
                 monkeypatch.setenv(name, value)
         return made
+    if request.param == "gcp":
+        return _gcp(request.getfixturevalue("fake_gcp"))
     return _vault(request.getfixturevalue("openbao"))
 
 

@@ -28,7 +28,7 @@ from heimdall_kms import primitives
 from heimdall_kms.errors import PermissionDeniedError
 from heimdall_kms.providers.azure import AzureKeyVaultProvider
 from tests.contract.backends.azure import ADMIN, key_client
-from tests.contract.backends.gcp import LOCATION, rest_client
+from tests.contract.backends.gcp import LOCATION, create_signing_key, rest_client
 from tests.fakes.azure_kv_http import CRYPTO_OFFICER, FakeKeyVaultServer, start_fake_key_vault
 from tests.fakes.gcp_kms_http import FakeKMSServer, start_fake_kms
 from tests.servers import run_cli
@@ -77,16 +77,7 @@ class GCP:
                 "crypto_key": {"purpose": kms_v1.CryptoKey.CryptoKeyPurpose.ENCRYPT_DECRYPT},
             }
         )
-        self.admin.create_crypto_key(
-            request={
-                "parent": self.ring,
-                "crypto_key_id": "pii-audit",
-                "crypto_key": {
-                    "purpose": kms_v1.CryptoKey.CryptoKeyPurpose.ASYMMETRIC_SIGN,
-                    "version_template": {"algorithm": "EC_SIGN_P256_SHA256"},
-                },
-            }
-        )
+        create_signing_key(self.admin, self.ring, "pii-audit")
 
     def creations(self) -> int:
         calls = self.server.kms.calls

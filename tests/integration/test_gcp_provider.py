@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from Crypto.PublicKey import RSA
 from google.api_core import exceptions as api_exceptions
 from google.cloud import kms_v1
 
@@ -35,7 +34,7 @@ from heimdall_kms.errors import (
 from heimdall_kms.providers import WrappedKey
 from heimdall_kms.providers.gcp import GCPKMSProvider, build_client
 from heimdall_kms.service import Crypto
-from tests.contract.backends.gcp import LOCATION, create_key, rest_client
+from tests.contract.backends.gcp import LOCATION, create_key, rest_client, service_account
 from tests.fakes.gcp_kms_http import FakeKMSServer, start_fake_kms
 from tests.integration.clouds import gcp_env
 from tests.servers import free_port
@@ -336,26 +335,6 @@ def test_health_round_trip(server: FakeKMSServer, key: str) -> None:
 
 
 # -- authentication and IAM: service-account keys through Application Default Credentials -------
-
-
-def service_account(tmp_path: Path, name: str) -> tuple[Path, str, str]:
-    """A service-account key file as IAM issues it; returns (file, email, public key PEM)."""
-    key = RSA.generate(2048)
-    email = f"{name}@heimdall-test.iam.gserviceaccount.com"
-    document = {
-        "type": "service_account",
-        "project_id": "heimdall-test",
-        "private_key_id": f"{name}-key-1",
-        "private_key": key.export_key(pkcs=8).decode(),
-        "client_email": email,
-        "client_id": "1",
-        # Never contacted: for a service account the client signs its own JWT (no token
-        # exchange), which the fake verifies.
-        "token_uri": "http://127.0.0.1:9/token",
-    }
-    path = tmp_path / f"{name}.json"
-    path.write_text(json.dumps(document))
-    return path, email, key.public_key().export_key().decode()
 
 
 def test_service_accounts_and_roles_through_adc(

@@ -1,11 +1,12 @@
-"""The keys that sign audit checkpoints: Vault/OpenBao Transit, or the local dev keyring.
+"""The keys that sign audit checkpoints: Vault/OpenBao Transit, the clouds' KMSs, or the local
+dev keyring.
 
 ``HMD_AUDIT_SIGNING_KEY`` names the key, on the configured provider: a Transit key of type
 ``ed25519`` (``vault bootstrap`` creates ``<key>-audit`` with its own policy: the writing roles
 may ``sign``, the audit role may only ``verify``), or a key in the local keyring whose
 32-byte version material is an Ed25519 seed (NOT FOR PRODUCTION), or an AWS KMS
-``ECC_NIST_P256`` key with ``SIGN_VERIFY`` usage (``Sign``/``Verify``, ECDSA_SHA_256). GCP
-``asymmetricSign`` and Azure ``sign`` are not implemented yet.
+``ECC_NIST_P256`` key with ``SIGN_VERIFY`` usage (``Sign``/``Verify``, ECDSA_SHA_256), or a
+GCP ``ASYMMETRIC_SIGN`` CryptoKey or an Azure P-256 EC key (:mod:`.cloud_signers`).
 """
 
 from __future__ import annotations
@@ -218,8 +219,8 @@ def signer_from_settings(settings: Settings) -> Signer | None:
     """The signer ``HMD_AUDIT_SIGNING_KEY`` names on the configured provider, or None.
 
     Raises:
-        ConfigurationError: the key is the encryption key, or the provider cannot sign
-            checkpoints yet.
+        ConfigurationError: the key is the encryption key (or malformed for the provider), or
+            no provider is configured.
         KMSError: the login to the KMS failed.
     """
     if settings.audit_anchoring is None:
@@ -244,6 +245,22 @@ def signer_from_settings(settings: Settings) -> Signer | None:
         from heimdall_kms.providers.aws import build_client as aws_client  # noqa: PLC0415
 
         return AWSSigner(aws_client(settings.aws), name)
+    if settings.provider is ProviderName.GCP and settings.gcp is not None:
+        from heimdall_kms.audit.cloud_signers import GCPSigner  # noqa: PLC0415
+        from heimdall_kms.providers.gcp import build_client as gcp_client  # noqa: PLC0415
+        from heimdall_kms.providers.gcp import check_key_name  # noqa: PLC0415
+
+        return GCPSigner(
+            gcp_client(settings.gcp), check_key_name(name), timeout=settings.gcp.timeout_seconds
+        )
+    azure = settings.azure
+    if settings.provider is ProviderName.AZURE and azure and settings.kms_key_id:
+        from heimdall_kms.audit.cloud_signers import AzureSigner  # noqa: PLC0415
+        from heimdall_kms.providers.azure import build_key_client, signing_key_name  # noqa: PLC0415
+
+        key = signing_key_name(name, settings.kms_key_id)
+        client, _credential = build_key_client(settings.kms_key_id, azure)
+        return AzureSigner(client, key)
     if settings.provider is ProviderName.LOCAL and settings.local_keyring is not None:
         from heimdall_kms.providers.local import LocalKeyring  # noqa: PLC0415
 
@@ -252,6 +269,6 @@ def signer_from_settings(settings: Settings) -> Signer | None:
         return LocalSigner(keyring, name)
     provider = settings.provider.value if settings.provider else "none"
     raise ConfigurationError(
-        f"HMD_AUDIT_SIGNING_KEY: signing checkpoints with HMD_KMS_PROVIDER={provider} is not "
-        "supported yet (vault, aws and local are)"
+        f"HMD_AUDIT_SIGNING_KEY: signing checkpoints needs a KMS provider (HMD_KMS_PROVIDER is "
+        f"{provider}; vault, aws, gcp, azure and local sign)"
     )

@@ -6,9 +6,12 @@ One fake server per module, a fresh CryptoKey per test. Failures are real answer
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable
+from pathlib import Path
 
+from Crypto.PublicKey import RSA
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import kms_v1
@@ -30,12 +33,52 @@ def rest_client(url: str) -> kms_v1.KeyManagementServiceClient:
     )
 
 
+def service_account(tmp_path: Path, name: str) -> tuple[Path, str, str]:
+    """A service-account key file as IAM issues it; returns (file, email, public key PEM)."""
+    key = RSA.generate(2048)
+    email = f"{name}@heimdall-test.iam.gserviceaccount.com"
+    document = {
+        "type": "service_account",
+        "project_id": "heimdall-test",
+        "private_key_id": f"{name}-key-1",
+        "private_key": key.export_key(pkcs=8).decode(),
+        "client_email": email,
+        "client_id": "1",
+        # Never contacted: for a service account the client signs its own JWT (no token
+        # exchange), which the fake verifies.
+        "token_uri": "http://127.0.0.1:9/token",
+    }
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(document))
+    return path, email, key.public_key().export_key().decode()
+
+
 def create_key(client: kms_v1.KeyManagementServiceClient, key_ring: str) -> str:
     key = client.create_crypto_key(
         request={
             "parent": key_ring,
             "crypto_key_id": f"contract-{secrets.token_hex(4)}",
             "crypto_key": {"purpose": kms_v1.CryptoKey.CryptoKeyPurpose.ENCRYPT_DECRYPT},
+        }
+    )
+    return str(key.name)
+
+
+def create_signing_key(
+    client: kms_v1.KeyManagementServiceClient,
+    key_ring: str,
+    key_id: str,
+    algorithm: str = "EC_SIGN_P256_SHA256",
+) -> str:
+    """An ASYMMETRIC_SIGN CryptoKey, as an administrator makes one for audit checkpoints."""
+    key = client.create_crypto_key(
+        request={
+            "parent": key_ring,
+            "crypto_key_id": key_id,
+            "crypto_key": {
+                "purpose": kms_v1.CryptoKey.CryptoKeyPurpose.ASYMMETRIC_SIGN,
+                "version_template": {"algorithm": algorithm},
+            },
         }
     )
     return str(key.name)
