@@ -18,19 +18,16 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from heimdall_kms.admin.auth import source_ip
-from heimdall_kms.admin.crypto_routes import NO_STORE
 from heimdall_kms.admin.schemas import (
     MAX_BATCH_ITEMS,
     DecryptBatchRequest,
     DecryptBatchResponse,
     EncryptBatchRequest,
     EncryptBatchResponse,
-    body_doc,
     json_body,
 )
-from heimdall_kms.admin.state import DENIED, AppRole, Decrypter, state_of
-from heimdall_kms.coalescing import Origin
+from heimdall_kms.admin.state import AppRole, Decrypter
+from heimdall_kms.admin.value_calls import NO_STORE, caller, value_route
 from heimdall_kms.envelope import Envelope
 from heimdall_kms.errors import HeimdallKMSError
 
@@ -40,21 +37,19 @@ router = APIRouter()
 _T = TypeVar("_T")
 
 
-@router.post(
+@value_route(
+    router,
     "/crypto/encrypt-batch",
-    response_model=EncryptBatchResponse,
-    summary=f"Encrypt up to {MAX_BATCH_ITEMS} values, each bound to its context (role app)",
-    responses=DENIED,
-    openapi_extra=body_doc(EncryptBatchRequest),
-    tags=["crypto"],
+    EncryptBatchRequest,
+    f"Encrypt up to {MAX_BATCH_ITEMS} values, each bound to its context (role app)",
+    EncryptBatchResponse,
 )
 async def encrypt_batch(
     request: Request,
     principal: AppRole,
     body: Annotated[EncryptBatchRequest, Depends(json_body(EncryptBatchRequest))],
 ) -> JSONResponse:
-    origin = Origin.capture(principal.actor, None, source_ip(request))
-    values = state_of(request).values
+    origin, values = caller(request, principal)
     outcomes = await _each(values.encrypt_for(origin, i.plaintext, i.context) for i in body.items)
     results = [
         {"error": _item_error(o)} if isinstance(o, HeimdallKMSError) else {"envelope": _doc(o)}
@@ -63,22 +58,20 @@ async def encrypt_batch(
     return _answer(results)
 
 
-@router.post(
+@value_route(
+    router,
     "/crypto/decrypt-batch",
-    response_model=DecryptBatchResponse,
-    summary=f"Decrypt up to {MAX_BATCH_ITEMS} envelopes; each item is audited with the token "
+    DecryptBatchRequest,
+    f"Decrypt up to {MAX_BATCH_ITEMS} envelopes; each item is audited with the token "
     "and the reason (roles app, worker)",
-    responses=DENIED,
-    openapi_extra=body_doc(DecryptBatchRequest),
-    tags=["crypto"],
+    DecryptBatchResponse,
 )
 async def decrypt_batch(
     request: Request,
     principal: Decrypter,
     body: Annotated[DecryptBatchRequest, Depends(json_body(DecryptBatchRequest))],
 ) -> JSONResponse:
-    origin = Origin.capture(principal.actor, body.reason, source_ip(request))
-    values = state_of(request).values
+    origin, values = caller(request, principal, body.reason)
     outcomes = await _each(values.decrypt_for(origin, i.envelope, i.context) for i in body.items)
     results = [
         {"error": _item_error(o)} if isinstance(o, HeimdallKMSError) else {"plaintext": o}

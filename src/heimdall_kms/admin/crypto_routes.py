@@ -9,59 +9,49 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from heimdall_kms.admin.auth import source_ip
 from heimdall_kms.admin.schemas import (
     DecryptRequest,
     DecryptResponse,
     EncryptRequest,
     Health,
-    body_doc,
     json_body,
 )
-from heimdall_kms.admin.state import DENIED, AppRole, Decrypter, state_of
-from heimdall_kms.coalescing import Origin
+from heimdall_kms.admin.state import AppRole, Decrypter, state_of
+from heimdall_kms.admin.value_calls import NO_STORE, caller, value_route
 from heimdall_kms.metrics import ExposedMetrics
 
-__all__ = ["NO_STORE", "router"]
+__all__ = ["router"]
 
-# Plaintext and envelopes must not linger in a proxy's or a client's cache.
-NO_STORE = {"Cache-Control": "no-store"}
 router = APIRouter()
 
 
-@router.post(
-    "/crypto/encrypt",
-    summary="Encrypt one value, bound to its context (role app)",
-    responses=DENIED,
-    openapi_extra=body_doc(EncryptRequest),
-    tags=["crypto"],
+@value_route(
+    router, "/crypto/encrypt", EncryptRequest, "Encrypt one value, bound to its context (role app)"
 )
 async def encrypt(
     request: Request,
     principal: AppRole,
     body: Annotated[EncryptRequest, Depends(json_body(EncryptRequest))],
 ) -> JSONResponse:
-    # Concurrent requests share batched KMS calls; the event names this request's caller.
-    origin = Origin.capture(principal.actor, None, source_ip(request))
-    envelope = await state_of(request).values.encrypt_for(origin, body.plaintext, body.context)
+    origin, values = caller(request, principal)
+    envelope = await values.encrypt_for(origin, body.plaintext, body.context)
     return JSONResponse(envelope.to_dict(), headers=NO_STORE)
 
 
-@router.post(
+@value_route(
+    router,
     "/crypto/decrypt",
-    response_model=DecryptResponse,
-    summary="Decrypt one envelope; the token and the reason are audited (roles app, worker)",
-    responses=DENIED,
-    openapi_extra=body_doc(DecryptRequest),
-    tags=["crypto"],
+    DecryptRequest,
+    "Decrypt one envelope; the token and the reason are audited (roles app, worker)",
+    DecryptResponse,
 )
 async def decrypt(
     request: Request,
     principal: Decrypter,
     body: Annotated[DecryptRequest, Depends(json_body(DecryptRequest))],
 ) -> JSONResponse:
-    origin = Origin.capture(principal.actor, body.reason, source_ip(request))
-    text = await state_of(request).values.decrypt_for(origin, body.envelope, body.context)
+    origin, values = caller(request, principal, body.reason)
+    text = await values.decrypt_for(origin, body.envelope, body.context)
     return JSONResponse({"plaintext": text}, headers=NO_STORE)
 
 
