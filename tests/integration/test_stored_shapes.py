@@ -416,7 +416,7 @@ class TestLegacyMode:
         monkeypatch.delenv("HMD_PII_MASTER_KEY")
         code, _, err = run_main(["reencrypt", *target_args(table), "--mode", "legacy"], capsys)
         assert code == 78
-        assert "HMD_ENCRYPTION_MODE: reencrypt --mode legacy needs hybrid" in err
+        assert "HMD_ENCRYPTION_MODE: the rollback to the legacy format needs hybrid" in err
 
 
 class TestComplianceEvidence:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -16,13 +17,29 @@ from heimdall_kms.cli._targets import TargetSpec, opened_stores, target_options
 from heimdall_kms.cli._waiting import propagation
 from heimdall_kms.composition import load_provider
 from heimdall_kms.config import Settings
+from heimdall_kms.errors import RefusedError
 from heimdall_kms.jobs.propagation import Effect
-from heimdall_kms.jobs.rotation import key_report, retire, rotate
+from heimdall_kms.jobs.rotation import (
+    RetireBlock,
+    RetireRefusedError,
+    key_report,
+    retire,
+    rotate,
+)
 from heimdall_kms.jobs.rotation_lock import rotation_lock
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.telemetry.export import MetricsExport
 
 __all__ = ["keys", "retire_command", "rotate_command"]
+
+# What the options of this command do about each refusal (the job's message names none).
+_RETIRE_HINTS: dict[RetireBlock, Callable[[RetireRefusedError], str]] = {
+    RetireBlock.NO_TARGETS: lambda _: " (--table/--column or --targets; --force)",
+    RetireBlock.STRANDED: lambda exc: (
+        ": run `heimdall-kms reencrypt` first"
+        + ("; name the path inside the documents with --json-path" if exc.unseen else "")
+    ),
+}
 
 
 def _kms(settings: Settings) -> KeyManagementService:
@@ -128,16 +145,19 @@ def retire_command(
             with opened_stores(spec, required=False) as stores:
                 for store in stores:
                     store.check(writable=False)
-                result = retire(
-                    kms,
-                    stores,
-                    sink,
-                    below_version=below_version,
-                    actor=actor,
-                    force=force,
-                    reason=reason,
-                    propagation=propagation(settings),
-                )
+                try:
+                    result = retire(
+                        kms,
+                        stores,
+                        sink,
+                        below_version=below_version,
+                        actor=actor,
+                        force=force,
+                        reason=reason,
+                        propagation=propagation(settings),
+                    )
+                except RetireRefusedError as exc:
+                    raise RefusedError(f"{exc}{_RETIRE_HINTS[exc.block](exc)}") from None
         finally:
             kms.close()
             sink.close()

@@ -39,6 +39,8 @@ from heimdall_kms.store import FieldStore
 
 __all__ = [
     "ClockSource",
+    "RetireBlock",
+    "RetireRefusedError",
     "RetireResult",
     "RotationResult",
     "is_due",
@@ -226,10 +228,27 @@ DAMAGED_VERSION = -1
 
 def _version_count(version: int, count: int) -> str:
     if version == UNSEEN_VERSION:
-        return f"{count:,} inside JSON documents (version unseen: name the path with --json-path)"
+        return f"{count:,} inside JSON documents (version unseen: name the path inside them)"
     if version == DAMAGED_VERSION:
-        return f"{count:,} damaged envelopes (version unverifiable; see `heimdall-kms status`)"
+        return f"{count:,} damaged envelopes (version unverifiable; the census lists their ids)"
     return f"v{version} {count:,}"
+
+
+class RetireBlock(StrEnum):
+    """Why a retirement was refused."""
+
+    NO_TARGETS = "no_targets"  # no stored values were named to check, and it was not forced
+    STRANDED = "stranded"  # stored values still need a version below N
+
+
+class RetireRefusedError(RefusedError):
+    """A refused retirement; ``block`` says why, ``unseen`` whether some of the values sit in
+    JSON documents at a path nobody named. The caller says which of its options fix it."""
+
+    def __init__(self, message: str, block: RetireBlock, *, unseen: bool = False) -> None:
+        super().__init__(message)
+        self.block = block
+        self.unseen = unseen
 
 
 @dataclass
@@ -282,8 +301,9 @@ def retire(
     named version; ``RetireResult.effect`` says how the effect was established.
 
     Raises:
-        RefusedError: stored values still need a version below N (and not ``force``), or no
-            targets were named to check (and not ``force``); audited as ``key.retire`` failure.
+        RetireRefusedError: stored values still need a version below N (and not ``force``),
+            or no targets were named to check (and not ``force``); audited as a ``key.retire``
+            failure.
         InvalidInputError: N is outside 1..latest. KMSError: the KMS refused or failed.
         NotInEffectError: disabled, but a retired version still decrypts after the wait.
     """
@@ -306,9 +326,7 @@ def retire(
         # caller warns, and the event records them.
         result.journal = journaled_below(stores, kms.name.value, kms.key_identifier, below_version)
         attempt.details = result.to_dict()
-        refusal = _retire_refusal(result, bool(stores))
-        if refusal is not None:
-            raise RefusedError(f"refusing to retire: {refusal}")
+        _check_retire(result, bool(stores))
         # Wrapped before, while the versions still encrypt: what the wait below must see refused.
         result.effect, canaries = retire_canaries(kms, kms.describe(), below_version)
         result.info = kms.retire(below_version)
@@ -318,20 +336,27 @@ def retire(
     return result
 
 
-def _retire_refusal(result: RetireResult, targets_named: bool) -> str | None:
+def _check_retire(result: RetireResult, targets_named: bool) -> None:
+    """Raises RetireRefusedError unless the retirement is forced or nothing needs the versions."""
     if result.forced:
-        return None
+        return
     if not targets_named:
-        return "name the targets to check (--table/--column or --targets), or use --force"
+        raise RetireRefusedError(
+            "refusing to retire: name the targets whose stored values to check, or force it",
+            RetireBlock.NO_TARGETS,
+        )
     if not result.stranded_total:
-        return None
+        return
     where = "; ".join(
         f"{t}: " + ", ".join(_version_count(v, n) for v, n in c.items())
         for t, c in result.stranded.items()
     )
-    return (
-        f"{result.stranded_total:,} stored values still need a version below "
-        f"{result.below_version} ({where}); run `heimdall-kms reencrypt` first"
+    unseen = any(UNSEEN_VERSION in c for c in result.stranded.values())
+    raise RetireRefusedError(
+        f"refusing to retire: {result.stranded_total:,} stored values still need a version "
+        f"below {result.below_version} ({where}); re-encrypt them to the latest version first",
+        RetireBlock.STRANDED,
+        unseen=unseen,
     )
 
 

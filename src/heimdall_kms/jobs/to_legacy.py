@@ -1,4 +1,4 @@
-"""``reencrypt --mode legacy``: the true rollback to the old engine (SPEC §3).
+"""Back to the legacy format, the true rollback to the old engine (SPEC §3, reencrypt legacy).
 
 In hybrid mode with the env key configured, every ``kms_v1`` value of a target is decrypted
 through the KMS and sealed again in the legacy env-key format, which the existing engine reads
@@ -14,7 +14,7 @@ from heimdall_kms.config import EncryptionMode, Settings
 from heimdall_kms.envelope import KmsV1Envelope
 from heimdall_kms.errors import ConfigurationError, HeimdallKMSError
 from heimdall_kms.inputs import MAX_STORED_PLAINTEXT_BYTES
-from heimdall_kms.jobs.batch_job import BatchJob
+from heimdall_kms.jobs.batch_job import BatchJob, Changes, Planned
 from heimdall_kms.jobs.classify import Slot, ValueKind
 from heimdall_kms.jobs.reading import reader_for
 from heimdall_kms.jobs.report import TargetReport
@@ -32,12 +32,12 @@ def check_legacy_settings(settings: Settings) -> None:
     """
     if settings.mode is not EncryptionMode.HYBRID:
         raise ConfigurationError(
-            "HMD_ENCRYPTION_MODE: reencrypt --mode legacy needs hybrid (it reads through the "
-            f"KMS and writes with the env key); it is {settings.mode.value}"
+            "HMD_ENCRYPTION_MODE: the rollback to the legacy format needs hybrid (it reads "
+            f"through the KMS and writes with the env key); it is {settings.mode.value}"
         )
     if settings.legacy_key_id not in settings.legacy_keys:
         raise ConfigurationError(
-            "HMD_PII_MASTER_KEY: reencrypt --mode legacy writes with the env key; set it"
+            "HMD_PII_MASTER_KEY: the rollback to the legacy format writes with the env key; set it"
         )
 
 
@@ -55,7 +55,7 @@ class LegacyRollbackJob(BatchJob):
             )
         self.writer = self.services.legacy_writer
 
-    def convert(self, store: FieldStore, rows: list[Row], target: TargetReport) -> list[Swap]:
+    def convert(self, store: FieldStore, rows: list[Row], target: TargetReport) -> Changes:
         values: list[tuple[Row, Slot, KmsV1Envelope]] = []
         classify = reader_for(store)
         for row in rows:
@@ -66,8 +66,10 @@ class LegacyRollbackJob(BatchJob):
                 self.fail(target, row, found.error or "damaged envelope")
             else:
                 target.skipped += 1
-        if not values or self.options.dry_run:
-            return [Swap(row, "") for row, _, _ in values]
+        if self.options.dry_run:
+            return Planned(len(values))
+        if not values:
+            return []
         outcomes = self.crypto.decrypt_outcomes(
             [envelope for _, _, envelope in values],
             actor=self.options.actor,

@@ -94,7 +94,9 @@ class _Stream:
     def bad(self, number: int, message: str) -> None:
         self.report.problem(number, message)
         if self.strict:
-            raise InvalidInputError(f"line {number}: {message} (--strict)")
+            raise InvalidInputError(
+                f"line {number}: {message} (strict: the first bad line stops the stream)"
+            )
         if self.report_problem is not None:
             self.report_problem(f"line {number}: {message}")
 

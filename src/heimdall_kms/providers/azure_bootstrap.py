@@ -250,8 +250,8 @@ def _rotation_policy(client: KeyClient, days: int, name: str, *, created: bool) 
         Change.UNCHANGED,
         notes=(
             f"the key's rotation policy has {found}; left as it is (change it with az keyvault "
-            f"key rotation-policy update --value '{json.dumps(body)}', or schedule "
-            "`heimdall-kms rotate --if-due`)",
+            f"key rotation-policy update --value '{json.dumps(body)}', or schedule this tool's "
+            "rotation when due: docs/rotation.md)",
         ),
     )
 

@@ -27,7 +27,7 @@ __all__ = ["PURPOSES", "ROLES", "PolicyTarget", "policy_document", "role_actions
 ROLES = ("app", "worker", "admin", "audit")
 PURPOSES = {
     "app": "encrypt and decrypt values",
-    "worker": "re-encryption jobs: decrypt, ReEncrypt, and encrypt for --mode full",
+    "worker": "re-encryption jobs: decrypt, ReEncrypt, and encrypt for a full re-encryption",
     "admin": "rotate, describe, manage the aliases; reads no value",
     "audit": "read key metadata and rotations only",
 }

@@ -82,9 +82,13 @@ class KubernetesBinding:
                 raise InvalidInputError(f"{value!r} is not a Kubernetes name")
         unknown = set(self.service_accounts) - set(ROLES)
         if unknown:
-            raise InvalidInputError(f"--k8s-service-account: unknown role {sorted(unknown)[0]!r}")
+            raise InvalidInputError(
+                f"Kubernetes service account: unknown role {sorted(unknown)[0]!r}"
+            )
         if not _MOUNT.fullmatch(self.mount):
-            raise InvalidInputError("--k8s-mount: letters, digits, '.', '_', '-' and '/' only")
+            raise InvalidInputError(
+                "Kubernetes auth mount: letters, digits, '.', '_', '-' and '/' only"
+            )
 
     def account(self, role: str, default: str) -> str:
         return self.service_accounts.get(role, default)
@@ -104,7 +108,7 @@ class BootstrapOptions:
     def __post_init__(self) -> None:
         for what, value, pattern in (
             ("key name", self.key, _NAME),
-            ("--prefix", self.prefix, _NAME),
+            ("name prefix", self.prefix, _NAME),
             ("transit mount", self.transit_mount, _MOUNT),
             ("AppRole mount", self.approle_mount, _MOUNT),
         ):
@@ -112,7 +116,7 @@ class BootstrapOptions:
                 raise InvalidInputError(f"{what}: letters, digits, '.', '_', '-' (and '/') only")
         period = self.auto_rotate_seconds
         if period is not None and period != 0 and period < 3600:
-            raise InvalidInputError("--auto-rotate-period: at least 1h (or 0 to turn it off)")
+            raise InvalidInputError("auto-rotation period: at least 1h (or 0 to turn it off)")
 
     def name(self, role: str) -> str:
         """The policy and login role name of ``role``, e.g. ``heimdall-kms-app``."""
