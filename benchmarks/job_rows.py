@@ -118,7 +118,7 @@ def _child(
             started = time.perf_counter()
             report = run()
             seconds = time.perf_counter() - started
-            if report.stop_error is not None or report.total("completed") != rows:
+            if report.stop_error is not None or report.totals.completed != rows:
                 raise AssertionError(f"{job} did not complete: {report.stop_error}")
             return rows / seconds
 

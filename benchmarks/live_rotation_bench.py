@@ -199,7 +199,7 @@ def lifecycle(
         store.close()
     if report.failure_count:
         raise RuntimeError(f"rewrap failed for {report.failure_count} rows")
-    return steps, (rotated.old_version, rotated.new_version), report.total("completed")
+    return steps, (rotated.old_version, rotated.new_version), report.totals.completed
 
 
 def run_live_rotation(

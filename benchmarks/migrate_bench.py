@@ -86,7 +86,7 @@ def migrate(
     store.close()
     if report.stop_error is not None:
         raise report.stop_error
-    done = report.total("completed")
+    done = report.totals.completed
     return {
         "rows": done,
         "seconds": seconds,

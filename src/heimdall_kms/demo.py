@@ -204,14 +204,12 @@ def _migrate(  # noqa: PLR0917 - private, called once
             raise report.stop_error
         after = take_census(store)
         say(
-            f"   migrated {report.total('completed'):,} values with {report.kms_calls} KMS "
+            f"   migrated {report.totals.completed:,} values with {report.kms_calls} KMS "
             f"calls; census now: {_fmt(after)}"
         )
     finally:
         store.close()
-    return _Migrated(
-        name, report.run_id, before, after, report.total("completed"), report.kms_calls
-    )
+    return _Migrated(name, report.run_id, before, after, report.totals.completed, report.kms_calls)
 
 
 def _lifecycle(  # noqa: PLR0917 - private, called once

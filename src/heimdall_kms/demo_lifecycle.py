@@ -104,7 +104,7 @@ def run_lifecycle(  # noqa: PLR0917 - private to the demo, each argument distinc
         after = {row.key: row.value for rows in store.scan(5000) for row in rows}
         untouched = all(_ciphertext(after[i]) == _ciphertext(before[i]) for i in originals)
         say(
-            f"   reencrypt --mode rewrap: {report.total('completed'):,} DEKs re-wrapped inside "
+            f"   reencrypt --mode rewrap: {report.totals.completed:,} DEKs re-wrapped inside "
             f"the KMS; every ciphertext byte-identical: {'yes' if untouched else 'NO'}"
         )
         retire(kms, [store], sink, below_version=new, actor="demo-admin")
@@ -120,7 +120,7 @@ def run_lifecycle(  # noqa: PLR0917 - private to the demo, each argument distinc
         f"{'yes' if readable else 'NO'}"
     )
     return Lifecycle(
-        turned.old_version, new, refused, report.total("completed"), untouched, new, readable
+        turned.old_version, new, refused, report.totals.completed, untouched, new, readable
     )
 
 

@@ -91,7 +91,7 @@ def measured_migration(workdir: Path, rows: int) -> Run:
         crypto.close()
     if report.stop_error is not None:
         raise report.stop_error
-    return Run(rows, peak, report.total("completed"), report.failure_count, db, workdir)
+    return Run(rows, peak, report.totals.completed, report.failure_count, db, workdir)
 
 
 def assert_all_migrated(run: Run) -> None:

@@ -101,7 +101,7 @@ def test_vault_sealed_midway_then_rerun_finishes(fresh_openbao: OpenBao, tmp_pat
     with Crypto(settings, kms=provider, audit=MemoryAuditSink()) as crypto:
         report = run_migration(crypto, [store], MigrationOptions(batch_size=50))
     assert isinstance(report.stop_error, KMSUnavailableError)
-    assert report.total("completed") == 100  # two batches committed before the seal
+    assert report.totals.completed == 100  # two batches committed before the seal
     stored = table.values()
     kinds = Counter(type(parse(v or "")).__name__ for v in stored.values())
     assert kinds == {"KmsV1Envelope": 100, "LegacyEnvelope": 200}  # nothing half-written

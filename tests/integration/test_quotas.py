@@ -118,7 +118,7 @@ class TestMigrationUnderAQuota:
         with Crypto(settings, kms=job_kms(fresh_openbao, session), audit=MemoryAuditSink()) as c:
             report = run_migration(c, [store], MigrationOptions(batch_size=50))
         assert report.stop_error is None, report.stopped_by
-        assert report.total("completed") == 3000
+        assert report.totals.completed == 3000
         assert report.state == "completed"
         assert report.throttled >= 1  # it met the quota, and went on
         # The quota allows 3 per second; the bucket's burst is at most 3 more at once.
@@ -162,7 +162,7 @@ class TestMigrationUnderAQuota:
 
             job = MigrationJob(JobServices.of(crypto), MigrationOptions(batch_size=20))
             report = job.run([store])
-        assert report.total("completed") == 200
+        assert report.totals.completed == 200
         asked = [(t, float(after)) for t, status, after in session.log if status == 429 and after]
         assert asked, "the quota sent no Retry-After"
         assert job.patience.waited_for_retry_after >= 1

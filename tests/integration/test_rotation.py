@@ -207,7 +207,7 @@ def test_rewrap_makes_no_unwrap_call(
     with Crypto(settings, kms=kms, audit=MemoryAuditSink()) as crypto:
         report = run_reencrypt(crypto, [store], ReencryptOptions(batch_size=40))
     store.close()
-    assert report.total("completed") == ROWS
+    assert report.totals.completed == ROWS
     assert kms.calls == {"describe": 1, "rewrap": 3}  # no unwrap, no wrap: the DEKs stay in the KMS
 
 
@@ -310,5 +310,5 @@ def test_reencrypt_dry_run_writes_nothing(
             crypto, [store], ReencryptOptions(dry_run=True, mode=ReencryptMode.FULL)
         )
     store.close()
-    assert report.total("completed") == ROWS
+    assert report.totals.completed == ROWS
     assert stored(table) == before

@@ -119,7 +119,7 @@ def test_rate_limit_quota_slows_a_migration_that_still_finishes(
         report = run_migration(c, [store], MigrationOptions(batch_size=250))
     store.close()
     assert report.stop_error is None
-    assert report.total("completed") == 5000
+    assert report.totals.completed == 5000
     assert 429 in session.statuses  # it really was throttled, and backed off
     with sqlite3.connect(path) as db:
         # kms_v1 envelopes carry a key_id too now: count what is not kms_v1.

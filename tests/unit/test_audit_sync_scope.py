@@ -134,7 +134,7 @@ class TestMigrationBatches:
             syncs.count = 0
             report = run_migration(crypto, [store], MigrationOptions(batch_size=25))
         store.close()
-        assert report.total("completed") == 100
+        assert report.totals.completed == 100
         # 4 batches, plus the run's intent and outcome (the SQLite commits are not fdatasync).
         assert syncs.count == 4 + 2
         assert verify(log).checkpoint == "matches"

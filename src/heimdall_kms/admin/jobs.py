@@ -318,12 +318,9 @@ class JobRunner:
         if isinstance(report.stop_error, JobCancelledError):
             self._release(table, run)
             return
+        totals = report.totals
         counts = JobCounts(
-            report.total("total"),
-            report.total("completed"),
-            report.failure_count,
-            report.total("skipped"),
-            report.total("conflicts"),
+            totals.total, totals.completed, report.failure_count, totals.skipped, totals.conflicts
         )
         failures = [{"id": f.id, "error_type": f.error_type} for f in report.failures[:_LISTED]]
         end: tuple[str, str | None]

@@ -32,8 +32,6 @@ from heimdall_kms.telemetry.export import MetricsExport
 __all__ = ["migrate", "reencrypt", "status"]
 
 _log = logging.getLogger("heimdall_kms.jobs")
-# The counts of a run's summary that its log line carries (ids and messages stay out).
-_LOGGED = ("job", "state", "dry_run", "total", "completed", "skipped", "conflicts", "failed")
 
 # Options shared by the batch jobs (migrate, reencrypt).
 _BATCH_SIZE = click.option(
@@ -111,7 +109,7 @@ def migrate(
         for store in stores:
             store.check(writable=not dry_run)
         services = _services(settings, rate_limit, telemetry, actor)
-        options = MigrationOptions(batch_size, dry_run, run_id or "", actor)
+        options = MigrationOptions(batch_size, dry_run, run_id, actor)
         with services.crypto, ProgressView("migrate") as view:
             report = run_migration(services, stores, options, view)
         _finish(report, as_json)
@@ -172,7 +170,7 @@ def reencrypt(
         options = ReencryptOptions(
             batch_size,
             dry_run,
-            run_id or "",
+            run_id,
             actor,
             mode=ReencryptMode(mode),
             all_versions=all_versions,
@@ -198,24 +196,32 @@ def _services(
 
 
 def _finish(report: JobReport, as_json: bool) -> None:
-    summary = report.to_dict()
+    totals = report.totals
     _log.info(
         "%s %s: %s",
         report.job,
         report.run_id,
-        report.state,
+        report.state.value,
         extra={
             "event": "job.report",
+            # The counts of the run (ids and messages stay out of the log line).
             "fields": {
                 "request_id": report.run_id,  # the run id names the audit events of the run
-                **{k: summary[k] for k in _LOGGED},
+                "job": report.job,
+                "state": report.state.value,
+                "dry_run": report.dry_run,
+                "total": totals.total,
+                "completed": totals.completed,
+                "skipped": totals.skipped,
+                "conflicts": totals.conflicts,
+                "failed": report.failure_count,
             },
         },
     )
     if as_json:
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps(report.to_dict()))
     else:
-        _print_report(summary)
+        _print_report(report)
     if report.stop_error is not None:
         raise report.stop_error
     if report.failure_count:
@@ -225,24 +231,24 @@ def _finish(report: JobReport, as_json: bool) -> None:
         )
 
 
-def _print_report(summary: dict[str, Any]) -> None:
-    verb = "would change" if summary["dry_run"] else "changed"
-    click.echo(f"{summary['job']} {summary['run_id']}: {summary['state']}")
-    for target in summary["targets"]:
+def _print_report(report: JobReport) -> None:
+    verb = "would change" if report.dry_run else "changed"
+    click.echo(f"{report.job} {report.run_id}: {report.state.value}")
+    for target in report.targets:
         click.echo(
-            f"  {target['target']}: {verb} {target['completed']:,}, skipped {target['skipped']:,},"
-            f" conflicts {target['conflicts']:,}, failed {target['failed']:,}"
+            f"  {target.target}: {verb} {target.completed:,}, skipped {target.skipped:,},"
+            f" conflicts {target.conflicts:,}, failed {target.failed:,}"
         )
-    per_value = summary["kms_calls_per_value"]
+    per_value = report.kms_calls_per_value
     click.echo(
-        f"  KMS calls: {summary['kms_calls']:,}"
+        f"  KMS calls: {report.kms_calls:,}"
         + (f" ({per_value} per value)" if per_value is not None else "")
-        + f"; {summary['duration_seconds']}s"
+        + f"; {report.duration_seconds}s"
     )
-    for failure in summary["failures"]:
-        click.echo(f"  failed {failure['target']} id={failure['id']}: {failure['error_type']}")
-    if summary["stopped_by"]:
-        click.echo(f"  stopped: {summary['stopped_by']} — rerun to finish")
+    for failure in report.failures:
+        click.echo(f"  failed {failure.target} id={failure.id}: {failure.error_type}")
+    if report.stopped_by:
+        click.echo(f"  stopped: {report.stopped_by} — rerun to finish")
 
 
 def _describe_if_configured() -> Callable[[], KeyInfo] | None:

@@ -162,7 +162,7 @@ class _CompromiseDrill:
             raise job.stop_error
         self.run_id = job.run_id
         return {
-            "re_encrypted": job.total("completed"),
+            "re_encrypted": job.totals.completed,
             "failed": job.failure_count,
             "run_id": job.run_id,
         }

@@ -68,7 +68,7 @@ def run_rotation_drill(env: DrillEnvironment, *, records: int = 500) -> DrillRep
         same = all(_ciphertext(after[i]) == _ciphertext(before[i]) for i in before)
         if not same:
             raise IntegrityError("a rewrap changed a ciphertext")
-        return {"rewrapped": job.total("completed"), "ciphertexts_untouched": same}
+        return {"rewrapped": job.totals.completed, "ciphertexts_untouched": same}
 
     def do_retire() -> dict[str, object]:
         new = int(str(state["new"]))
@@ -132,7 +132,7 @@ def run_migration_drill(env: DrillEnvironment, *, records: int = 500) -> DrillRe
         if job.stop_error is not None or job.failure_count:
             raise job.stop_error or IntegrityError(f"{job.failure_count} values failed")
         state["run"] = job.run_id
-        return {"run_id": job.run_id, "completed": job.total("completed"), "dry_run": dry_run}
+        return {"run_id": job.run_id, "completed": job.totals.completed, "dry_run": dry_run}
 
     def do_census() -> dict[str, object]:
         census = take_census(store)

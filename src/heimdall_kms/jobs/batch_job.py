@@ -36,7 +36,7 @@ from heimdall_kms.jobs.report import JobReport, ProgressCallback, RowFailure, Ta
 from heimdall_kms.jobs.services import JobServices
 from heimdall_kms.store import Batch, FieldStore, Match, Row, Swap
 
-__all__ = ["BatchJob", "JobOptions", "new_run_id"]
+__all__ = ["BatchJob", "Changes", "JobOptions", "Planned", "new_run_id"]
 
 _T = TypeVar("_T")
 
@@ -45,8 +45,31 @@ _T = TypeVar("_T")
 class JobOptions:
     batch_size: int = 250
     dry_run: bool = False
-    run_id: str = ""
+    run_id: str | None = None  # None: the run is named by new_run_id()
     actor: str = "heimdall-kms"
+
+    def run_name(self) -> str:
+        """The run's id: the one given, else a new one.
+
+        Raises:
+            InvalidInputError: an empty id was given (the journal and the audit name the run).
+        """
+        if self.run_id is None:
+            return new_run_id()
+        if not self.run_id.strip():
+            raise InvalidInputError("a run id must not be empty")
+        return self.run_id
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """A dry run's answer for a batch: how many rows would change. Nothing is computed for
+    them and nothing is written."""
+
+    rows: int
+
+
+Changes = list[Swap] | Planned
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,14 +103,15 @@ class BatchJob(ABC):
         self.crypto = services.crypto  # seals and opens the values
         self.options = options
         self.progress = progress
-        self.report = JobReport(self.job, options.run_id or new_run_id(), options.dry_run)
+        self.report = JobReport(self.job, options.run_name(), options.dry_run)
         self.patience = Patience(services.stall_seconds)
 
     @abstractmethod
-    def convert(self, store: FieldStore, rows: list[Row], target: TargetReport) -> list[Swap]:
+    def convert(self, store: FieldStore, rows: list[Row], target: TargetReport) -> Changes:
         """Turn one batch of candidate rows into swaps; count skips and report failures.
 
-        In a dry run the swaps are only counted, never written.
+        A dry run answers :class:`Planned` (how many rows would change); a dry run writes
+        nothing, whatever it answers.
         """
 
     def prepare(self) -> None:
@@ -105,8 +129,9 @@ class BatchJob(ABC):
         # The run's intent is recorded before the journal table, the KMS or any row is touched.
         with audited(self.services.audit, self._run_event(stores)) as attempt:
             self._run(stores)
+            totals = self.report.totals
             attempt.details.update(
-                {key: self.report.total(key) for key in ("examined", "completed", "failed")}
+                examined=totals.examined, completed=totals.completed, failed=totals.failed
             )
             attempt.error = self.report.stop_error
         return self.report
@@ -255,9 +280,9 @@ class BatchJob(ABC):
     ) -> None:
         target.examined += len(rows)
         swaps = self.convert(store, rows, target)
-        if self.options.dry_run:
-            target.completed += len(swaps)
-        elif swaps:
+        if isinstance(swaps, Planned):
+            target.completed += swaps.rows
+        elif swaps and not self.options.dry_run:
             run_id = self.report.run_id if self.journaled else None
             applied = batch.swap(swaps, run_id)
             target.completed += sum(applied)
@@ -267,8 +292,7 @@ class BatchJob(ABC):
         self._audit_batch(target)
 
     def _undo(self, target: TargetReport, counts: TargetReport, failures: int) -> None:
-        for name in ("examined", "completed", "skipped", "conflicts", "failed", "batches"):
-            setattr(target, name, getattr(counts, name))
+        target.restore(counts)
         self.report.truncate_failures(failures)
 
     def _audit_batch(self, target: TargetReport) -> None:
@@ -289,9 +313,10 @@ class BatchJob(ABC):
         if self.services.meter is not None:
             pacing = self.services.meter.pacing
             target.throttled, target.kms_rate = pacing.throttled, pacing.rate
+        totals = self.report.totals
         self.services.metrics.set_progress(
-            total=self.report.total("total"),
-            completed=self.report.total("completed"),
+            total=totals.total,
+            completed=totals.completed,
             failed=self.report.failure_count,
             throttled=target.throttled,
             kms_rate=target.kms_rate,

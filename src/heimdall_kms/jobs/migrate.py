@@ -15,7 +15,7 @@ from heimdall_kms.config import Settings
 from heimdall_kms.envelope import Envelope
 from heimdall_kms.errors import HeimdallKMSError
 from heimdall_kms.inputs import MAX_STORED_PLAINTEXT_BYTES
-from heimdall_kms.jobs.batch_job import BatchJob, JobOptions, new_run_id
+from heimdall_kms.jobs.batch_job import BatchJob, Changes, JobOptions, Planned, new_run_id
 from heimdall_kms.jobs.classify import Slot, ValueKind
 from heimdall_kms.jobs.reading import reader_for
 from heimdall_kms.jobs.report import JobReport, ProgressCallback, TargetReport
@@ -61,7 +61,7 @@ class MigrationJob(BatchJob):
     job = "migrate"
     match = Match.LEGACY
 
-    def convert(self, store: FieldStore, rows: list[Row], target: TargetReport) -> list[Swap]:
+    def convert(self, store: FieldStore, rows: list[Row], target: TargetReport) -> Changes:
         # Each row's context is made once and used for its checks, decrypt and seal.
         legacy: list[tuple[Row, Slot, dict[str, str]]] = []
         envelopes: list[Envelope] = []
@@ -97,7 +97,7 @@ class MigrationJob(BatchJob):
                 readable.append((row, slot, outcome, context))
         if self.options.dry_run:
             # A dry run proves each value decrypts with the env key, and makes no KMS call.
-            return [Swap(row, "") for row, _, _, _ in readable]
+            return Planned(len(readable))
         if not readable:
             return []
         sealed = self.crypto.encrypt_many(

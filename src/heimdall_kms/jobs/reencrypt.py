@@ -26,7 +26,7 @@ from enum import StrEnum
 from heimdall_kms.envelope import KmsV1Envelope
 from heimdall_kms.errors import HeimdallKMSError, ModeViolationError, NotInEffectError
 from heimdall_kms.inputs import MAX_STORED_PLAINTEXT_BYTES
-from heimdall_kms.jobs.batch_job import BatchJob, JobOptions
+from heimdall_kms.jobs.batch_job import BatchJob, Changes, JobOptions, Planned
 from heimdall_kms.jobs.classify import Slot, ValueKind
 from heimdall_kms.jobs.propagation import Propagation, confirm_primary
 from heimdall_kms.jobs.reading import reader_for
@@ -114,7 +114,7 @@ class ReencryptJob(BatchJob):
         if not self.options.dry_run:
             confirm_primary(self.kms, self.latest, self.propagation)
 
-    def convert(self, store: FieldStore, rows: list[Row], target: TargetReport) -> list[Swap]:
+    def convert(self, store: FieldStore, rows: list[Row], target: TargetReport) -> Changes:
         stale: list[tuple[Row, KmsV1Envelope]] = []
         slots: dict[str, Slot] = {}  # where each value sits in its stored text
         classify = reader_for(store)
@@ -132,8 +132,10 @@ class ReencryptJob(BatchJob):
                 self.fail(target, row, found.error or "damaged envelope")
             else:
                 target.skipped += 1
-        if not stale or self.options.dry_run:
-            return [Swap(row, "") for row, _ in stale]
+        if self.options.dry_run:
+            return Planned(len(stale))
+        if not stale:
+            return []
         if self.mode is ReencryptMode.REWRAP:
             swaps = self._rewrap(stale, target)
         else:
