@@ -23,9 +23,10 @@ from __future__ import annotations
 import dataclasses
 from enum import StrEnum
 
+from heimdall_kms import modes
 from heimdall_kms.audit import AuditSink, MemoryAuditSink, open_sink
 from heimdall_kms.audit.sink import FailureCountingSink
-from heimdall_kms.config import EncryptionMode, ProviderName, Settings, WriteFormat
+from heimdall_kms.config import ProviderName, Settings, WriteFormat
 from heimdall_kms.jobs.metered import MeteredProvider
 from heimdall_kms.jobs.rate import TokenBucket
 from heimdall_kms.jobs.services import JobServices
@@ -117,7 +118,7 @@ def facade(
         KMSError: logging in to the KMS failed.
         AuditWriteError: the audit log cannot be opened.
     """
-    kms = load_provider(settings) if settings.mode is not EncryptionMode.LEGACY else None
+    kms = load_provider(settings) if modes.uses_kms(settings.mode) else None
     metrics = default_metrics()
     try:
         sink = audit if audit is not None else open_sink(settings.audit_log, settings)

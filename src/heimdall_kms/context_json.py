@@ -29,11 +29,9 @@ class CheckedContext(dict[str, str]):
     """A context :func:`heimdall_kms.envelope.check_context` accepted: read-only, so the
     encoding it keeps stays true (a ``dict`` still, so reading it costs what a dict does)."""
 
-    __slots__ = ("_aad_json",)
-
-    def __init__(self, entries: Mapping[str, str]) -> None:
-        super().__init__(entries)
-        self._aad_json: str | None = None
+    # Built by dict's own constructor (no __init__ here: one is made per value); the encoding
+    # is set on the instance when first made, until then this class default answers.
+    _aad_json: str | None = None
 
     def __reduce__(self) -> tuple[type[CheckedContext], tuple[dict[str, str]]]:
         return CheckedContext, (dict(self),)

@@ -19,6 +19,7 @@ from heimdall_kms.kinds import EncryptionMode, EnvelopeFormat, ProviderName, Wri
 
 __all__ = [
     "check_migration",
+    "check_rollback",
     "check_settings",
     "read_refusal",
     "uses_kms",
@@ -113,12 +114,33 @@ def check_migration(mode: EncryptionMode, hybrid_write: WriteFormat) -> None:
     Raises:
         ConfigurationError: naming the variable to change.
     """
-    if mode is not EncryptionMode.HYBRID:
-        raise ConfigurationError(
-            "HMD_ENCRYPTION_MODE: migrate needs hybrid (it reads the env key and writes "
-            f"through the KMS); it is {mode.value}"
-        )
+    _require_hybrid(mode, "migrate", "it reads the env key and writes through the KMS")
     if hybrid_write is WriteFormat.LEGACY:
         raise ConfigurationError(
             "HMD_HYBRID_WRITE_FORMAT: migrate writes kms_v1; unset the legacy rollback switch"
+        )
+
+
+def check_rollback(mode: EncryptionMode, *, env_key_set: bool) -> None:
+    """Re-encrypting ``kms_v1`` values back to the legacy format (the true rollback) reads
+    through the KMS and writes with the env key: only hybrid mode with the env key does both.
+
+    Raises:
+        ConfigurationError: naming the variable to change.
+    """
+    _require_hybrid(
+        mode,
+        "the rollback to the legacy format",
+        "it reads through the KMS and writes with the env key",
+    )
+    if not env_key_set:
+        raise ConfigurationError(
+            "HMD_PII_MASTER_KEY: the rollback to the legacy format writes with the env key; set it"
+        )
+
+
+def _require_hybrid(mode: EncryptionMode, work: str, why: str) -> None:
+    if mode is not EncryptionMode.HYBRID:
+        raise ConfigurationError(
+            f"HMD_ENCRYPTION_MODE: {work} needs hybrid ({why}); it is {mode.value}"
         )

@@ -30,7 +30,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CollectorRegistry
 
-from heimdall_kms import __version__
+from heimdall_kms import __version__, modes
 from heimdall_kms.admin import batch_routes, crypto_routes
 from heimdall_kms.admin._http import MAX_BODY_BYTES, BodyLimit, install_error_handlers
 from heimdall_kms.admin.auth import Guard, TokenTable, source_ip
@@ -59,7 +59,7 @@ from heimdall_kms.async_crypto import AsyncCrypto
 from heimdall_kms.audit import AuditSink, open_sink
 from heimdall_kms.coalescing import LaneLimits
 from heimdall_kms.composition import Caller, build_crypto, load_provider
-from heimdall_kms.config import EncryptionMode, Settings
+from heimdall_kms.config import Settings
 from heimdall_kms.errors import ConfigurationError
 from heimdall_kms.jobs.propagation import Propagation
 from heimdall_kms.jobs.rotation import key_report, rotate
@@ -215,7 +215,7 @@ def create_app(
         ConfigurationError: legacy mode (no KMS), or the provider cannot be built.
         KMSError: logging in to the KMS failed. AuditWriteError: the audit log cannot open.
     """
-    if settings.mode is EncryptionMode.LEGACY:
+    if not modes.uses_kms(settings.mode):
         raise ConfigurationError(
             "HMD_ENCRYPTION_MODE: the admin API needs a KMS (hybrid or kms); it is legacy"
         )

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
+from heimdall_kms import modes
 from heimdall_kms.audit import AuditSink, open_sink
 from heimdall_kms.composition import build_crypto, load_provider
 from heimdall_kms.config import (
@@ -255,7 +256,7 @@ def _canary(
     if not enabled:
         report.add(Check("canary", Status.SKIP, "skipped (--no-canary)"))
         return
-    needs_kms = settings is not None and settings.mode is not EncryptionMode.LEGACY
+    needs_kms = settings is not None and modes.uses_kms(settings.mode)
     if settings is None or sink is None or (needs_kms and kms is None):
         report.add(Check("canary", Status.SKIP, "needs the settings, audit log, KMS and key"))
         return

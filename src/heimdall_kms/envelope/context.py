@@ -23,14 +23,31 @@ def check_context(context: object, *, error: type[Exception] = InvalidInputError
     """Return the context as a :class:`CheckedContext` or raise ``error`` saying what is wrong."""
     if type(context) is CheckedContext:
         return context  # checked when it was made, and read-only since
-    if not isinstance(context, Mapping):
+    if type(context) is not dict and not isinstance(context, Mapping):
         raise error("context must be a mapping of strings to strings")
     if len(context) > _json.MAX_CONTEXT_ENTRIES:
         raise error(f"context has more than {_json.MAX_CONTEXT_ENTRIES} entries")
-    for key, value in context.items():
-        if not (key and _text(key, _MAX_KEY) and _text(value, _MAX_VALUE)):
-            raise _entry_error(key, value, error)
+    _check_entries(context, error)
     return _bounded(CheckedContext(context), error)
+
+
+def _check_entries(context: Mapping[object, object], error: type[Exception]) -> None:
+    for key, value in context.items():
+        # Plain ASCII text within the bounds is decided here (isascii() is O(1), and ASCII
+        # text always encodes); anything else (other text, str subclasses, not text at all)
+        # goes through the full rule, which accepts it or says what is wrong.
+        if not (
+            type(key) is type(value) is str
+            and 0 < len(key) <= _MAX_KEY
+            and len(value) <= _MAX_VALUE
+            and (key + value).isascii()
+        ) and not _usable(key, value):
+            raise _entry_error(key, value, error)
+
+
+def _usable(key: object, value: object) -> bool:
+    """The full rule for one entry: a non-empty key and a value, both text within bounds."""
+    return bool(key) and _text(key, _MAX_KEY) and _text(value, _MAX_VALUE)
 
 
 def _text(text: object, max_chars: int) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 from heimdall_kms.envelope import Envelope, KmsV1Envelope, LegacyEnvelope, parse
 from heimdall_kms.errors import MalformedEnvelopeError
 from heimdall_kms.jobs.jsonpath import DocumentError, Span, holds_envelope, locate, without_path
+from heimdall_kms.kinds import EnvelopeFormat
 from heimdall_kms.wrapped_key import is_hmac_tag
 
 __all__ = ["Classified", "Slot", "ValueKind", "classify", "is_companion"]
@@ -28,8 +29,10 @@ _ENVELOPE_KEYS = ("ciphertext", "encryption_version")
 
 
 class ValueKind(StrEnum):
-    KMS_V1 = "kms_v1"
-    LEGACY = "legacy"
+    """What a stored value is: an envelope of one of the formats, or what else it holds."""
+
+    KMS_V1 = EnvelopeFormat.KMS_V1.value
+    LEGACY = EnvelopeFormat.LEGACY.value
     NULL = "null"
     HASH = "sha256_hash"
     HMAC = "hmac"

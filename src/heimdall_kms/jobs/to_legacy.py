@@ -10,7 +10,8 @@ a routine step. Batching, compare-and-swap, the journal (``migrate --rollback RU
 
 from __future__ import annotations
 
-from heimdall_kms.config import EncryptionMode, Settings
+from heimdall_kms import modes
+from heimdall_kms.config import Settings
 from heimdall_kms.envelope import KmsV1Envelope
 from heimdall_kms.errors import ConfigurationError, HeimdallKMSError
 from heimdall_kms.inputs import MAX_STORED_PLAINTEXT_BYTES
@@ -25,20 +26,12 @@ __all__ = ["LegacyRollbackJob", "check_legacy_settings"]
 
 
 def check_legacy_settings(settings: Settings) -> None:
-    """Reading through the KMS and writing with the env key: hybrid mode with the key set.
+    """Reading through the KMS and writing with the env key (:func:`modes.check_rollback`).
 
     Raises:
         ConfigurationError: naming the variable to change.
     """
-    if settings.mode is not EncryptionMode.HYBRID:
-        raise ConfigurationError(
-            "HMD_ENCRYPTION_MODE: the rollback to the legacy format needs hybrid (it reads "
-            f"through the KMS and writes with the env key); it is {settings.mode.value}"
-        )
-    if settings.legacy_key_id not in settings.legacy_keys:
-        raise ConfigurationError(
-            "HMD_PII_MASTER_KEY: the rollback to the legacy format writes with the env key; set it"
-        )
+    modes.check_rollback(settings.mode, env_key_set=settings.legacy_key_id in settings.legacy_keys)
 
 
 class LegacyRollbackJob(BatchJob):
