@@ -3,23 +3,85 @@
 ``HMD_AUDIT_SIGNING_KEY`` (the signing key, on the configured provider),
 ``HMD_AUDIT_CHECKPOINT_SECONDS`` (default 60), ``HMD_AUDIT_CHECKPOINT_LINES`` (default 1000),
 ``HMD_AUDIT_ANCHOR`` (a ``postgresql://`` URL), ``HMD_AUDIT_ANCHOR_TABLE`` (default
-``heimdall_audit_anchor``) and ``HMD_AUDIT_LOG_ID`` (the log's name in the anchor, default
-``<host>:<absolute path>``).
+``heimdall_audit_anchor``), ``HMD_AUDIT_LOG_ID`` (the log's name in the anchor, default
+``<host>:<absolute path>``), and ``HMD_AUDIT_SYSLOG`` (``udp://HOST[:PORT]`` or
+``unix:///PATH``, with ``HMD_AUDIT_SYSLOG_FACILITY``, default ``auth``): a copy of every signed
+checkpoint sent to syslog.
 """
 
 from __future__ import annotations
 
+import logging.handlers
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
+from urllib.parse import urlsplit
 
 from heimdall_kms.errors import ConfigurationError
 from heimdall_kms.secret_file import secret_setting
 
-__all__ = ["DEFAULT_ANCHOR_TABLE", "AuditAnchoring", "check_table", "read_anchoring"]
+__all__ = [
+    "DEFAULT_ANCHOR_TABLE",
+    "AuditAnchoring",
+    "SyslogScheme",
+    "SyslogTarget",
+    "check_table",
+    "parse_syslog_url",
+    "read_anchoring",
+]
 
 DEFAULT_ANCHOR_TABLE = "heimdall_audit_anchor"
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+_SYSLOG_PORT = 514
+
+
+class SyslogScheme(StrEnum):
+    UDP = "udp"
+    UNIX = "unix"
+
+
+@dataclass(frozen=True, slots=True)
+class SyslogTarget:
+    """Where ``HMD_AUDIT_SYSLOG`` sends each signed checkpoint."""
+
+    scheme: SyslogScheme
+    host: str  # the socket's path for unix
+    port: int = _SYSLOG_PORT
+    facility: int = logging.handlers.SysLogHandler.LOG_AUTH
+
+    @property
+    def address(self) -> str | tuple[str, int]:
+        return self.host if self.scheme is SyslogScheme.UNIX else (self.host, self.port)
+
+
+def parse_syslog_url(text: str, facility: str | None = None) -> SyslogTarget:
+    """``udp://HOST[:PORT]`` (default port 514) or ``unix:///PATH``, and a facility name
+    (default ``auth``).
+
+    Raises:
+        ConfigurationError: another form, or an unknown facility.
+    """
+    names = logging.handlers.SysLogHandler.facility_names
+    code = names.get((facility or "auth").lower())
+    if code is None:
+        raise ConfigurationError(
+            f"HMD_AUDIT_SYSLOG_FACILITY: expected one of {', '.join(sorted(names))}"
+        )
+    parts = urlsplit(text.strip())
+    form = "HMD_AUDIT_SYSLOG: expected udp://HOST[:PORT] or unix:///PATH"
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigurationError(form) from None
+    plain = not parts.query and not parts.fragment
+    if parts.scheme == "udp" and parts.hostname and parts.path in ("", "/") and plain:
+        return SyslogTarget(SyslogScheme.UDP, parts.hostname, port or _SYSLOG_PORT, code)
+    if parts.scheme == "unix" and not parts.netloc and parts.path.startswith("/") and plain:
+        return SyslogTarget(SyslogScheme.UNIX, parts.path, facility=code)
+    raise ConfigurationError(form)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +93,7 @@ class AuditAnchoring:
     checkpoint_seconds: float = 60.0
     checkpoint_lines: int = 1000
     log_id: str | None = None
+    syslog: SyslogTarget | None = None  # a second, write-only copy for the SIEM
 
 
 def check_table(name: str) -> str:
@@ -69,11 +132,13 @@ def read_anchoring(environ: Mapping[str, str]) -> AuditAnchoring | None:
     if url is not None and not url.startswith(("postgresql://", "postgres://")):
         raise ConfigurationError("HMD_AUDIT_ANCHOR: expected a postgresql:// URL")
     key = _get(environ, "HMD_AUDIT_SIGNING_KEY")
+    syslog = _get(environ, "HMD_AUDIT_SYSLOG")
     if key is None:
-        if url is not None:
-            raise ConfigurationError(
-                "HMD_AUDIT_ANCHOR: anchors signed checkpoints; set HMD_AUDIT_SIGNING_KEY too"
-            )
+        for name, value in (("HMD_AUDIT_ANCHOR", url), ("HMD_AUDIT_SYSLOG", syslog)):
+            if value is not None:
+                raise ConfigurationError(
+                    f"{name}: anchors signed checkpoints; set HMD_AUDIT_SIGNING_KEY too"
+                )
         return None
     return AuditAnchoring(
         signing_key=key,
@@ -82,4 +147,7 @@ def read_anchoring(environ: Mapping[str, str]) -> AuditAnchoring | None:
         checkpoint_seconds=_number(environ, "HMD_AUDIT_CHECKPOINT_SECONDS", 60.0, 0.1),
         checkpoint_lines=int(_number(environ, "HMD_AUDIT_CHECKPOINT_LINES", 1000, 1)),
         log_id=_get(environ, "HMD_AUDIT_LOG_ID"),
+        syslog=parse_syslog_url(syslog, _get(environ, "HMD_AUDIT_SYSLOG_FACILITY"))
+        if syslog
+        else None,
     )

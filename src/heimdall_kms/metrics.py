@@ -137,7 +137,8 @@ class Metrics:
         )
         self.audit_checkpoint_failures = Counter(
             "heimdall_audit_checkpoint_failures_total",
-            "Signed audit checkpoints that failed: stage sign (the KMS) or anchor (the insert).",
+            "Signed audit checkpoints that failed: stage sign (the KMS), anchor (the insert) or "
+            "syslog (the copy sent to syslog).",
             ["stage"],
             registry=registry,
         )
@@ -173,7 +174,7 @@ class Metrics:
                 self.errors_total.labels(operation, provider, error_type)
         for key_id in legacy_key_ids:
             self.decrypt_total.labels("legacy", key_id)
-        for stage in ("sign", "anchor"):
+        for stage in ("sign", "anchor", "syslog"):
             self.audit_checkpoint_failures.labels(stage)
 
     def watch_circuit(self, provider: str, state: Callable[[], str] | None) -> None:

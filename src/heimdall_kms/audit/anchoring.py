@@ -1,4 +1,4 @@
-"""Building the checkpointer (and its anchor writer) the settings ask for."""
+"""Building the checkpointer (and its anchor writer and syslog sender) the settings ask for."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from heimdall_kms.audit.anchor import AnchorWriter
 from heimdall_kms.audit.checkpoint import default_log_id
-from heimdall_kms.audit.checkpointer import Checkpointer, CheckpointPolicy
+from heimdall_kms.audit.checkpointer import Checkpointer, CheckpointPolicy, Destination
 from heimdall_kms.audit.signers import signer_from_settings
 from heimdall_kms.config import Settings
 
@@ -32,14 +32,21 @@ def checkpointer_for(log: Path, settings: Settings) -> Checkpointer | None:
     from heimdall_kms.metrics import default_metrics  # noqa: PLC0415
 
     metrics = default_metrics()
-    anchor = None
+    destinations: list[Destination] = []
     if anchoring.anchor_url is not None:
-        anchor = AnchorWriter(
-            anchoring.anchor_url,
-            anchoring.anchor_table,
-            on_failure=metrics.audit_checkpoint_failures.labels("anchor").inc,
-            on_lag=metrics.audit_anchor_lag.set,
+        destinations.append(
+            AnchorWriter(
+                anchoring.anchor_url,
+                anchoring.anchor_table,
+                on_failure=metrics.audit_checkpoint_failures.labels("anchor").inc,
+                on_lag=metrics.audit_anchor_lag.set,
+            )
         )
+    if anchoring.syslog is not None:
+        from heimdall_kms.audit.syslog_anchor import SyslogAnchor  # noqa: PLC0415
+
+        failures = metrics.audit_checkpoint_failures.labels("syslog").inc
+        destinations.append(SyslogAnchor(anchoring.syslog, on_failure=failures))
     policy = CheckpointPolicy(
         log_id=log_id(log, settings),
         seconds=anchoring.checkpoint_seconds,
@@ -49,6 +56,6 @@ def checkpointer_for(log: Path, settings: Settings) -> Checkpointer | None:
         log,
         signer,
         policy,
-        anchor=anchor,
+        destinations=destinations,
         on_failure=metrics.audit_checkpoint_failures.labels("sign").inc,
     )

@@ -5,7 +5,7 @@ lock and two assignments. A daemon thread signs the latest head when
 ``HMD_AUDIT_CHECKPOINT_SECONDS`` have passed since the last checkpoint or
 ``HMD_AUDIT_CHECKPOINT_LINES`` lines were written since, and at close; so the KMS sees at
 most one ``sign`` per interval or per N lines, never one per batch. Each signed checkpoint is
-appended (and synced) to ``<log>.checkpoints`` and handed to the anchor.
+appended (and synced) to ``<log>.checkpoints`` and handed to the anchor (and syslog).
 """
 
 from __future__ import annotations
@@ -13,14 +13,24 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from heimdall_kms.audit.anchor import AnchorWriter
-from heimdall_kms.audit.checkpoint import Signer, checkpoints_path, new_checkpoint
+from heimdall_kms.audit.checkpoint import Checkpoint, Signer, checkpoints_path, new_checkpoint
 
-__all__ = ["CheckpointPolicy", "Checkpointer"]
+__all__ = ["CheckpointPolicy", "Checkpointer", "Destination"]
+
+
+class Destination(Protocol):
+    """Where signed checkpoints also go, off the host (the PostgreSQL anchor, syslog)."""
+
+    def put(self, checkpoint: Checkpoint) -> None:
+        """Queue it; never blocks (a full queue is counted as a failure)."""
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Wait at most ``timeout`` for what is queued; True when all of it went out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,13 +48,13 @@ class Checkpointer:
         signer: Signer,
         policy: CheckpointPolicy,
         *,
-        anchor: AnchorWriter | None = None,
+        destinations: Sequence[Destination] = (),
         on_failure: Callable[[], None] = lambda: None,
     ) -> None:
         self._path = checkpoints_path(log)
         self._signer = signer
         self._policy = policy
-        self._anchor = anchor
+        self._destinations = tuple(destinations)
         self._on_failure = on_failure
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -73,14 +83,15 @@ class Checkpointer:
             self._sign(*head)
 
     def close(self) -> None:
-        """Sign the last head, hand it to the anchor and wait for both, for a bounded time."""
+        """Sign the last head, hand it to the destinations and wait for them, all within one
+        bounded time."""
         with self._lock:
             self._closing = True
             self._wake.notify()
         deadline = time.monotonic() + self._policy.close_timeout_seconds
         self._thread.join(self._policy.close_timeout_seconds)
-        if self._anchor is not None:
-            self._anchor.close(max(0.1, deadline - time.monotonic()))
+        for destination in self._destinations:
+            destination.close(max(0.1, deadline - time.monotonic()))
 
     def _run(self) -> None:
         while True:
@@ -111,8 +122,8 @@ class Checkpointer:
             return
         with self._lock:
             self._signed_seq = seq
-        if self._anchor is not None:
-            self._anchor.put(checkpoint)
+        for destination in self._destinations:
+            destination.put(checkpoint)
 
 
 def _append_line(path: Path, line: str) -> None:
