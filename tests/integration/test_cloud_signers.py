@@ -23,7 +23,10 @@ from google.oauth2 import service_account as google_accounts
 from heimdall_kms import primitives
 from heimdall_kms.audit.checkpoint import new_checkpoint
 from heimdall_kms.audit.cloud_signers import AzureSigner, GCPSigner
-from heimdall_kms.errors import KMSError, PermissionDeniedError
+from heimdall_kms.config import GCPSettings
+from heimdall_kms.errors import ConfigurationError, KMSError, PermissionDeniedError
+from heimdall_kms.providers.azure import signing_key_name
+from heimdall_kms.providers.gcp import build_client
 from tests.contract.backends.azure import ADMIN, key_client
 from tests.contract.backends.gcp import (
     LOCATION,
@@ -163,6 +166,21 @@ class TestGCPSigner:
         assert checkpoint.signature.startswith("gcp:v1:")
         assert signer.verify_many([(checkpoint.message(), checkpoint.signature)]) == [True]
         assert signer.verify_many([(checkpoint.message() + b" ", checkpoint.signature)]) == [False]
+
+    def test_over_grpc_too(self) -> None:
+        """The provider's default transport: the fake's gRPC service, the client's protos."""
+        server = start_fake_kms(grpc=True)
+        try:
+            admin = rest_client(server.url)
+            ring = admin.create_key_ring(request={"parent": LOCATION, "key_ring_id": "g"}).name
+            key = create_signing_key(admin, str(ring), "audit")
+            settings = GCPSettings(endpoint=server.grpc_url, transport="grpc", anonymous=True)
+            signer = GCPSigner(build_client(settings), key, timeout=10)
+            signature = signer.sign(MESSAGE)
+            assert signer.verify_many([(MESSAGE, signature)]) == [True]
+            assert server.kms.calls["asymmetric_sign"] == server.kms.calls["get_public_key"] == 1
+        finally:
+            server.stop()
 
     def test_another_keys_signature_fails_and_garbage_is_no_signature(self, gcp: GCPWorld) -> None:
         signer, forger = gcp.signer(gcp.signing_key()), gcp.signer(gcp.signing_key())
@@ -338,3 +356,26 @@ class TestAzureSigner:
         assert old.split(":")[1] != new.split(":")[1]
         auditor = AzureSigner(key_client(vault, AUDITOR), name)
         assert auditor.verify_many([(MESSAGE, old), (MESSAGE, new)]) == [True, True]
+
+
+class TestAzureSigningKeyName:
+    URL = "https://vault.example.vault.azure.net/keys/pii"
+
+    @pytest.mark.parametrize(
+        ("configured", "name"),
+        [
+            (None, "pii-audit"),
+            ("audit-key", "audit-key"),
+            ("https://vault.example.vault.azure.net/keys/other", "other"),
+        ],
+    )
+    def test_a_name_or_a_url_in_the_same_vault(self, configured: str | None, name: str) -> None:
+        assert signing_key_name(configured, self.URL) == name
+
+    @pytest.mark.parametrize(
+        "configured",
+        ["PII", URL, "https://elsewhere.vault.azure.net/keys/x", "not a name"],
+    )
+    def test_the_encryption_key_another_vault_or_garbage_is_refused(self, configured: str) -> None:
+        with pytest.raises(ConfigurationError, match="HMD_AUDIT_SIGNING_KEY"):
+            signing_key_name(configured, self.URL)

@@ -125,19 +125,23 @@ def signing_key_name(configured: str | None, key_url: str) -> str:
     vault_url, name = parse_key_url(key_url)
     if configured is None:
         return f"{name}-audit"
-    if _NAME.fullmatch(configured):
-        return configured
-    try:
-        other_vault, other = parse_key_url(configured)
-    except ConfigurationError:
+    signing = configured
+    if not _NAME.fullmatch(configured):
+        try:
+            other_vault, signing = parse_key_url(configured)
+        except ConfigurationError:
+            raise ConfigurationError(
+                "HMD_AUDIT_SIGNING_KEY: expected a key name, or https://VAULT/keys/NAME"
+            ) from None
+        if other_vault != vault_url:
+            raise ConfigurationError(
+                "HMD_AUDIT_SIGNING_KEY: the signing key must be in the vault of HMD_KMS_KEY_ID"
+            )
+    if signing.lower() == name.lower():  # Key Vault names are case-insensitive
         raise ConfigurationError(
-            "HMD_AUDIT_SIGNING_KEY: expected a key name, or https://VAULT/keys/NAME"
-        ) from None
-    if other_vault != vault_url:
-        raise ConfigurationError(
-            "HMD_AUDIT_SIGNING_KEY: the signing key must be in the vault of HMD_KMS_KEY_ID"
+            "HMD_AUDIT_SIGNING_KEY: must name a key of its own, not the encryption key"
         )
-    return other
+    return signing
 
 
 def build_key_client(key_url: str, azure: AzureSettings) -> tuple[KeyClient, _Closeable]:
