@@ -25,10 +25,11 @@ from typing import Any
 
 from heimdall_kms import primitives
 from heimdall_kms.errors import KeyNotFoundError, KMSError
+from heimdall_kms.kinds import ProviderName
+from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
 __all__ = ["AzureSigner", "GCPSigner"]
 
-_GCP = re.compile(r"gcp:v([1-9][0-9]{0,8}):([A-Za-z0-9+/=]+)")
 _AZURE = re.compile(r"azure:([0-9A-Za-z]{1,64}):([A-Za-z0-9+/=]+)")
 _GCP_ALGORITHMS = ("EC_SIGN_P256_SHA256", "EC_SIGN_ED25519")
 
@@ -72,8 +73,8 @@ class GCPSigner:
             or answer.signature_crc32c != _crc(answer.signature)
         ):
             raise KMSError("GCP KMS audit checkpoint sign: the answer failed its checksums")
-        number = version.rsplit("/", 1)[1]
-        return f"gcp:v{number}:{base64.b64encode(answer.signature).decode()}"
+        number = int(version.rsplit("/", 1)[1])  # Cloud KMS numbers a key's versions
+        return format_wrapped(ProviderName.GCP, number, base64.b64encode(answer.signature).decode())
 
     def _newest(self) -> tuple[str, str]:
         """The newest ENABLED version's name and algorithm (an asymmetric key has no primary).
@@ -105,12 +106,14 @@ class GCPSigner:
         keys: dict[str, bytes | None] = {}  # one getPublicKey per version named
         found = []
         for message, signature in items:
-            match = _GCP.fullmatch(signature)
-            raw = _b64(match.group(2)) if match else None
-            if match is None or raw is None:
+            form = parse_wrapped(signature)
+            raw = (
+                _b64(form.body) if form is not None and form.provider == ProviderName.GCP else None
+            )
+            if form is None or raw is None:
                 found.append(False)
                 continue
-            number = match.group(1)
+            number = str(form.version)
             if number not in keys:
                 keys[number] = self._public_key(f"{self._key}/cryptoKeyVersions/{number}")
             pem = keys[number]
