@@ -3,12 +3,14 @@
 hvac's exception messages can quote the whole response body, and a failed batch's body holds
 the plaintext DEKs of the items that succeeded; so every error is rebuilt here from safe parts
 (the operation, the key and mount, the address without credentials or path) and raised
-``from None``. Both translations are tables read in order, the first match winning.
+``from None``. Both translations are tables of :class:`~heimdall_kms.providers.error_rules.Rule`
+read in order, the first match winning.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import hvac.exceptions as hv
@@ -25,6 +27,7 @@ from heimdall_kms.errors import (
     PermissionDeniedError,
     RateLimitedError,
 )
+from heimdall_kms.providers.error_rules import Rule, first_match
 
 __all__ = ["TooComplexError", "Translated", "item_error", "safe_address", "translate"]
 
@@ -36,60 +39,73 @@ class TooComplexError(Exception):
     """OpenBao refused the body as too complex; the batch is split and retried."""
 
 
-_Make = Callable[[str, hv.VaultError], KMSError]
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """What decides the error for a whole call: hvac's exception and where it happened."""
 
-# A whole call's answer, by hvac's exception class (one class per HTTP status).
-_BY_CLASS: tuple[tuple[type[hv.VaultError] | tuple[type[hv.VaultError], ...], _Make], ...] = (
-    (
-        hv.Unauthorized,
-        lambda where, _: AuthenticationError(
-            f"{where}: authentication failed (check the token or role)"
-        ),
-    ),
-    (
-        hv.Forbidden,
-        lambda where, _: PermissionDeniedError(
-            f"{where}: permission denied (HTTP 403: the token is invalid or expired, or its "
+    where: str
+    exc: hv.VaultError
+    login: bool
+
+
+def _refused_credentials(r: _Refusal) -> KMSError:
+    return AuthenticationError(f"{r.where}: authentication failed (check the token or role)")
+
+
+def _is(*kinds: type[hv.VaultError]) -> Callable[[_Refusal], bool]:
+    return lambda r: isinstance(r.exc, kinds)
+
+
+# A whole call's answer, by hvac's exception class (one class per HTTP status). A 400 is read
+# apart (:func:`_invalid_request`): its text says more than its class.
+_BY_CLASS: tuple[Rule[_Refusal, KMSError], ...] = (
+    Rule(_is(hv.Unauthorized), _refused_credentials),
+    Rule(lambda r: r.login and isinstance(r.exc, hv.Forbidden), _refused_credentials),
+    Rule(
+        _is(hv.Forbidden),
+        lambda r: PermissionDeniedError(
+            f"{r.where}: permission denied (HTTP 403: the token is invalid or expired, or its "
             "policy does not allow this operation)"
         ),
     ),
-    (
-        hv.InvalidPath,
-        lambda where, _: KeyNotFoundError(f"{where}: no such transit key or mount (HTTP 404)"),
+    Rule(
+        _is(hv.InvalidPath),
+        lambda r: KeyNotFoundError(f"{r.where}: no such transit key or mount (HTTP 404)"),
     ),
-    (
-        hv.RateLimitExceeded,
-        lambda where, exc: RateLimitedError(
-            f"{where}: rate limited (HTTP 429)", retry_after=_retry_after(exc)
+    Rule(
+        _is(hv.RateLimitExceeded),
+        lambda r: RateLimitedError(
+            f"{r.where}: rate limited (HTTP 429)", retry_after=_retry_after(r.exc)
         ),
     ),
-    (
-        hv.VaultDown,
-        lambda where, exc: KMSUnavailableError(
-            f"{where}: Vault is sealed or unavailable (HTTP 503)", retry_after=_retry_after(exc)
+    Rule(
+        _is(hv.VaultDown),
+        lambda r: KMSUnavailableError(
+            f"{r.where}: Vault is sealed or unavailable (HTTP 503)",
+            retry_after=_retry_after(r.exc),
         ),
     ),
-    (
-        (hv.InternalServerError, hv.BadGateway, hv.VaultNotInitialized),
-        lambda where, _: KMSUnavailableError(f"{where}: Vault is unavailable (HTTP 5xx)"),
+    Rule(
+        _is(hv.InternalServerError, hv.BadGateway, hv.VaultNotInitialized),
+        lambda r: KMSUnavailableError(f"{r.where}: Vault is unavailable (HTTP 5xx)"),
     ),
 )
 
-# A batch item's error text (Vault answers per item in ``batch_results``).
-_BY_ITEM_TEXT: tuple[tuple[Callable[[str], bool], Callable[[], HeimdallKMSError]], ...] = (
-    (
+# A batch item's error text (Vault answers per item in ``batch_results``), lower-cased.
+_BY_ITEM_TEXT: tuple[Rule[str, HeimdallKMSError], ...] = (
+    Rule(
         lambda t: "too old" in t or "disallowed by policy" in t,
-        lambda: KeyVersionRetiredError("the data key's key version is retired in Vault"),
+        lambda _: KeyVersionRetiredError("the data key's key version is retired in Vault"),
     ),
-    (
+    Rule(
         lambda t: "invalid key version" in t or ("key version" in t and "not" in t),
-        lambda: KeyNotFoundError("the data key names a key version Vault does not have"),
+        lambda _: KeyNotFoundError("the data key names a key version Vault does not have"),
     ),
-    (
+    Rule(
         lambda t: any(s in t for s in ("authentication failed", "invalid ciphertext", "base64")),
-        lambda: IntegrityError("Vault could not unwrap the data key (damaged or not ours)"),
+        lambda _: IntegrityError("Vault could not unwrap the data key (damaged or not ours)"),
     ),
-    (lambda t: "not found" in t, lambda: KeyNotFoundError("Vault has no such transit key")),
+    Rule(lambda t: "not found" in t, lambda _: KeyNotFoundError("Vault has no such transit key")),
 )
 
 
@@ -97,21 +113,18 @@ def translate(where: str, exc: hv.VaultError, *, login: bool) -> KMSError | TooC
     """The typed error for hvac's ``exc``; ``login``: a refusal means the credentials."""
     if isinstance(exc, hv.InvalidRequest):
         return _invalid_request(where, _first_error(exc), login=login)
-    if login and isinstance(exc, hv.Forbidden):
-        return AuthenticationError(f"{where}: authentication failed (check the token or role)")
-    for kind, make in _BY_CLASS:
-        if isinstance(exc, kind):
-            return make(where, exc)
-    return KMSError(f"{where}: unexpected answer from Vault")
+    return first_match(
+        _BY_CLASS,
+        _Refusal(where, exc, login),
+        lambda r: KMSError(f"{r.where}: unexpected answer from Vault"),
+    )
 
 
 def item_error(operation: str, message: str) -> HeimdallKMSError:
     """The typed error for one batch item's error text."""
-    text = message.lower()
-    for matches, make in _BY_ITEM_TEXT:
-        if matches(text):
-            return make()
-    return KMSError(f"Vault refused the {operation} item")
+    return first_match(
+        _BY_ITEM_TEXT, message.lower(), lambda _: KMSError(f"Vault refused the {operation} item")
+    )
 
 
 def _invalid_request(where: str, first: str, *, login: bool) -> KMSError | TooComplexError:
