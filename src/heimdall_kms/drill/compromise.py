@@ -141,7 +141,7 @@ class _CompromiseDrill:
     def rotate(self) -> dict[str, object]:
         turned = rotate(
             self.env.kms,
-            self.env.crypto.audit,
+            self.env.audit,
             actor="drill-incident-commander",
             if_due=False,
             cadence=timedelta(days=90),
@@ -187,7 +187,7 @@ class _CompromiseDrill:
         retired = retire(
             self.env.kms,
             [store],
-            self.env.crypto.audit,
+            self.env.audit,
             below_version=self.new_version,
             actor="drill-incident-commander",
             reason="P1 drill",

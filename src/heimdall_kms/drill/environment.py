@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from heimdall_kms.audit import FileAuditSink, open_sink
+from heimdall_kms.audit import AuditSink, FileAuditSink, open_sink
 from heimdall_kms.audit.anchored import AnchoredVerdict, raise_if_tampered, verify_anchored
 from heimdall_kms.audit.anchoring import log_id
 from heimdall_kms.audit.signers import signer_from_settings
@@ -24,7 +24,7 @@ from heimdall_kms.audit.verify import verify
 from heimdall_kms.composition import build_crypto
 from heimdall_kms.config import EncryptionMode, ProviderName, Secret, Settings
 from heimdall_kms.errors import ConfigurationError, IncompleteError, InvalidInputError
-from heimdall_kms.metrics import unexported_metrics
+from heimdall_kms.metrics import Metrics, unexported_metrics
 from heimdall_kms.primitives import new_dek
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.providers.local import LocalDevProvider, LocalKeyring
@@ -44,6 +44,8 @@ class DrillEnvironment:
     crypto: Crypto
     audit_log: Path
     database: Path
+    audit: AuditSink  # the drill's own log, shared by every step (and by ``crypto``)
+    metrics: Metrics  # the drill's, exported nowhere
 
     @property
     def target(self) -> Target:
@@ -65,11 +67,9 @@ class DrillEnvironment:
             IncompleteError: lines after the last checkpoint are unsigned (signing failed).
         """
         chain: dict[str, object] = verify(self.audit_log).to_dict()
-        if self.settings.audit_anchoring is None or not isinstance(
-            self.crypto.audit, FileAuditSink
-        ):
+        if self.settings.audit_anchoring is None or not isinstance(self.audit, FileAuditSink):
             return chain
-        self.crypto.audit.checkpoint_now()
+        self.audit.checkpoint_now()
         signer = signer_from_settings(self.settings)
         if signer is None:
             return chain
@@ -109,15 +109,16 @@ def drill_environment(
     kms, cleanup = _drill_key(settings, workdir)
     # With HMD_AUDIT_SIGNING_KEY the drill's own log is signed (and anchored) like any other.
     sink = open_sink(str(audit_log), settings)
-    crypto = build_crypto(
-        settings, kms=kms, audit=sink, metrics=unexported_metrics(), default_actor="drill"
+    metrics = unexported_metrics()
+    crypto = build_crypto(settings, kms=kms, audit=sink, metrics=metrics, default_actor="drill")
+    environment = DrillEnvironment(
+        workdir, settings, kms, crypto, audit_log, database, sink, metrics
     )
-    environment = DrillEnvironment(workdir, settings, kms, crypto, audit_log, database)
     environment.create_table()
     try:
         yield environment
     finally:
-        crypto.audit.close()
+        sink.close()
         cleanup()
         kms.close()
 

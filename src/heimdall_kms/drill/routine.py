@@ -50,7 +50,7 @@ def run_rotation_drill(env: DrillEnvironment, *, records: int = 500) -> DrillRep
     def do_rotate() -> dict[str, object]:
         turned = rotate(
             kms,
-            crypto.audit,
+            env.audit,
             actor="drill-operator",
             if_due=False,
             cadence=timedelta(days=90),
@@ -75,7 +75,7 @@ def run_rotation_drill(env: DrillEnvironment, *, records: int = 500) -> DrillRep
         return retire(
             kms,
             [store],
-            crypto.audit,
+            env.audit,
             below_version=new,
             actor="drill-operator",
             reason="routine rotation drill",
@@ -117,8 +117,8 @@ def run_migration_drill(env: DrillEnvironment, *, records: int = 500) -> DrillRe
         old_engine = build_crypto(
             replace(env.settings, mode=EncryptionMode.LEGACY),
             kms=None,
-            audit=crypto.audit,
-            metrics=crypto.metrics,
+            audit=env.audit,
+            metrics=env.metrics,
             default_actor="legacy-engine",
         )
         sealed = old_engine.encrypt_many([(text, {}) for text in plain.values()])
@@ -144,8 +144,8 @@ def run_migration_drill(env: DrillEnvironment, *, records: int = 500) -> DrillRe
         kms_only = build_crypto(
             replace(env.settings, mode=EncryptionMode.KMS, legacy_keys={}),
             kms=env.kms,
-            audit=crypto.audit,
-            metrics=crypto.metrics,
+            audit=env.audit,
+            metrics=env.metrics,
         )
         current = env.values()
         ids = sorted(plain)
@@ -157,7 +157,7 @@ def run_migration_drill(env: DrillEnvironment, *, records: int = 500) -> DrillRe
         return {"verified_in_kms_mode": len(texts)}
 
     def do_rollback() -> dict[str, object]:
-        result = rollback([store], str(state["run"]), crypto.audit, "drill-migrator")
+        result = rollback([store], str(state["run"]), env.audit, "drill-migrator")
         if result.total("conflicts"):
             raise IntegrityError("rollback met values changed since the run")
         return {"restored": result.total("restored")}
@@ -165,7 +165,7 @@ def run_migration_drill(env: DrillEnvironment, *, records: int = 500) -> DrillRe
     def do_purge() -> dict[str, object]:
         return {
             "deleted": purge(
-                [store], crypto.audit, "drill-migrator", older_than_days=0, run_id=None
+                [store], env.audit, "drill-migrator", older_than_days=0, run_id=None
             ).total("deleted")
         }
 

@@ -28,11 +28,9 @@ from typing import TypeVar
 
 from heimdall_kms.audit import AuditEvent, EventType, Result, audited
 from heimdall_kms.audit.sync_scope import one_sync_per_batch
-from heimdall_kms.envelope import check_context
 from heimdall_kms.errors import HeimdallKMSError, IncompleteError, InvalidInputError
-from heimdall_kms.inputs import MAX_STORED_PLAINTEXT_BYTES, plaintext_bytes
 from heimdall_kms.jobs.patience import Patience
-from heimdall_kms.jobs.report import JobReport, ProgressCallback, RowFailure, TargetReport
+from heimdall_kms.jobs.report import JobReport, ProgressCallback, TargetReport
 from heimdall_kms.jobs.services import JobServices
 from heimdall_kms.store import Batch, FieldStore, Match, Row, Swap
 
@@ -180,38 +178,6 @@ class BatchJob(ABC):
                 if not exc.retryable:
                     raise
                 self.patience.wait(exc)
-
-    def fail(self, target: TargetReport, row: Row, error: HeimdallKMSError | str) -> None:
-        target.failed += 1
-        if isinstance(error, HeimdallKMSError):
-            failure = RowFailure(target.target, row.key, error.error_type, str(error))
-        else:
-            failure = RowFailure(target.target, row.key, "malformed_envelope", error)
-        self.report.fail(failure)
-
-    def usable_context(self, target: TargetReport, row: Row, context: dict[str, str]) -> bool:
-        """Whether the row's context can be stated and sealed; one that cannot fails its row."""
-        try:
-            check_context(context)
-        except InvalidInputError as exc:
-            self.fail(target, row, exc)
-            return False
-        return True
-
-    def sealable(self, target: TargetReport, row: Row, text: str, context: dict[str, str]) -> bool:
-        """Whether a stored value can be sealed again; one that cannot fails its own row.
-
-        Checked per value before the batched call, so that one oversized value or one
-        unusable record id never fails (or stops) the rest of the batch.
-        """
-        try:
-            if len(text) > MAX_STORED_PLAINTEXT_BYTES // 4:  # UTF-8 is at most 4 bytes a char
-                plaintext_bytes(text, MAX_STORED_PLAINTEXT_BYTES)
-            check_context(context)
-        except InvalidInputError as exc:
-            self.fail(target, row, exc)
-            return False
-        return True
 
     def _target(self, store: FieldStore) -> None:
         candidates = store.count(self.match)

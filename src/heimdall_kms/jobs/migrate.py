@@ -12,14 +12,11 @@ from collections.abc import Sequence
 
 from heimdall_kms import modes
 from heimdall_kms.config import Settings
-from heimdall_kms.envelope import Envelope
-from heimdall_kms.errors import HeimdallKMSError
-from heimdall_kms.inputs import MAX_STORED_PLAINTEXT_BYTES
-from heimdall_kms.jobs.batch_job import BatchJob, Changes, JobOptions, Planned, new_run_id
-from heimdall_kms.jobs.classify import Slot, ValueKind
-from heimdall_kms.jobs.reading import reader_for
+from heimdall_kms.jobs.batch_job import Changes, JobOptions, Planned, new_run_id
+from heimdall_kms.jobs.classify import ValueKind
 from heimdall_kms.jobs.report import JobReport, ProgressCallback, TargetReport
 from heimdall_kms.jobs.services import JobServices
+from heimdall_kms.jobs.value_job import ValueJob
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import FieldStore, Match, Row, Swap
 
@@ -57,55 +54,29 @@ def run_migration(
     return MigrationJob(services, options, progress).run(stores)
 
 
-class MigrationJob(BatchJob):
+class MigrationJob(ValueJob):
     job = "migrate"
     match = Match.LEGACY
 
     def convert(self, store: FieldStore, rows: list[Row], target: TargetReport) -> Changes:
-        # Each row's context is made once and used for its checks, decrypt and seal.
-        legacy: list[tuple[Row, Slot, dict[str, str]]] = []
-        envelopes: list[Envelope] = []
-        classify = reader_for(store)
-        for row in rows:
-            found = classify(row.value)
-            if found.kind is ValueKind.LEGACY and found.envelope and found.slot:
-                context = store.target.context(row.key)
-                if not self.usable_context(target, row, context):
-                    continue  # failed by id before it is decrypted, never the batch
-                legacy.append((row, found.slot, context))
-                envelopes.append(found.envelope)  # parsed once, opened as is
-            elif found.kind is ValueKind.UNPARSEABLE:
-                self.fail(target, row, found.error or "damaged envelope")
-            else:
-                target.skipped += 1
-        if not legacy:
-            return []
+        legacy = self.usable(
+            target,
+            self.candidates(
+                store,
+                rows,
+                target,
+                lambda value, _: value.kind is ValueKind.LEGACY,
+                lambda row, _: store.target.context(row.key),
+            ),
+        )
         # The row's context is stated so that each decrypt event names the record it read
         # (SPEC §8); a legacy value binds none, so it is not checked against it, except on a
         # target declared migrated (heimdall_kms.legacy_context).
-        outcomes = self.crypto.decrypt_outcomes(
-            envelopes,
-            actor=self.options.actor,
-            reason=f"migrate {self.report.run_id}",
-            contexts=[context for _, _, context in legacy],
-        )
-        readable: list[tuple[Row, Slot, str, dict[str, str]]] = []
-        for (row, slot, context), outcome in zip(legacy, outcomes, strict=True):
-            if isinstance(outcome, HeimdallKMSError):
-                self.fail(target, row, outcome)
-            elif self.sealable(target, row, outcome, context):
-                readable.append((row, slot, outcome, context))
+        readable = self.opened(target, legacy, f"migrate {self.report.run_id}", stated=True)
         if self.options.dry_run:
             # A dry run proves each value decrypts with the env key, and makes no KMS call.
             return Planned(len(readable))
-        if not readable:
-            return []
-        sealed = self.crypto.encrypt_many(
-            [(text, context) for _, _, text, context in readable],
-            actor=self.options.actor,
-            limit=MAX_STORED_PLAINTEXT_BYTES,
-        )
         return [
-            Swap(row, slot.put(env.to_json()))
-            for (row, slot, _, _), env in zip(readable, sealed, strict=True)
+            Swap(item.row, item.slot.put(env.to_json()))
+            for item, env in self.sealed(self.crypto, readable)
         ]

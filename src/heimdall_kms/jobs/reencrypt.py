@@ -23,16 +23,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from heimdall_kms.envelope import KmsV1Envelope
+from heimdall_kms.envelope import Envelope, KmsV1Envelope
 from heimdall_kms.errors import HeimdallKMSError, ModeViolationError, NotInEffectError
-from heimdall_kms.inputs import MAX_STORED_PLAINTEXT_BYTES
-from heimdall_kms.jobs.batch_job import BatchJob, Changes, JobOptions, Planned
-from heimdall_kms.jobs.classify import Slot, ValueKind
+from heimdall_kms.jobs.batch_job import Changes, JobOptions, Planned
+from heimdall_kms.jobs.classify import Classified
 from heimdall_kms.jobs.propagation import Propagation, confirm_primary
-from heimdall_kms.jobs.reading import reader_for
 from heimdall_kms.jobs.report import JobReport, ProgressCallback, TargetReport
 from heimdall_kms.jobs.services import JobServices
 from heimdall_kms.jobs.to_legacy import LegacyRollbackJob, check_legacy_settings
+from heimdall_kms.jobs.value_job import Candidate, ValueJob, sealed_context
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.providers.base import key_admin
 from heimdall_kms.service import Crypto
@@ -86,7 +85,7 @@ def _kms_of(services: JobServices) -> KeyManagementService:
     return services.kms
 
 
-class ReencryptJob(BatchJob):
+class ReencryptJob(ValueJob):
     job = "reencrypt"
     match = Match.KMS_V1
 
@@ -115,41 +114,31 @@ class ReencryptJob(BatchJob):
             confirm_primary(self.kms, self.latest, self.propagation)
 
     def convert(self, store: FieldStore, rows: list[Row], target: TargetReport) -> Changes:
-        stale: list[tuple[Row, KmsV1Envelope]] = []
-        slots: dict[str, Slot] = {}  # where each value sits in its stored text
-        classify = reader_for(store)
-        for row in rows:
-            found = classify(row.value)
-            envelope = found.envelope
-            if (
-                isinstance(envelope, KmsV1Envelope)
-                and found.slot is not None
-                and (self.all_versions or envelope.key_version < self.latest)
-            ):
-                stale.append((row, envelope))
-                slots[row.key] = found.slot
-            elif found.kind is ValueKind.UNPARSEABLE:
-                self.fail(target, row, found.error or "damaged envelope")
-            else:
-                target.skipped += 1
+        stale = self.candidates(store, rows, target, self._stale, sealed_context)
         if self.options.dry_run:
             return Planned(len(stale))
-        if not stale:
-            return []
         if self.mode is ReencryptMode.REWRAP:
             swaps = self._rewrap(stale, target)
         else:
             swaps = self._full(stale, target)
-        return [Swap(swap.row, slots[swap.row.key].put(swap.new_value)) for swap in swaps]
+        return [Swap(item.row, item.slot.put(value)) for item, value in swaps]
 
-    def _rewrap(self, stale: list[tuple[Row, KmsV1Envelope]], target: TargetReport) -> list[Swap]:
-        swaps: list[Swap] = []
-        outcomes = self.crypto.rewrap_outcomes([envelope for _, envelope in stale])
-        for (row, _), outcome in zip(stale, outcomes, strict=True):
+    def _stale(self, _: Classified, envelope: Envelope) -> bool:
+        return isinstance(envelope, KmsV1Envelope) and (
+            self.all_versions or envelope.key_version < self.latest
+        )
+
+    def _rewrap(self, stale: list[Candidate], target: TargetReport) -> list[tuple[Candidate, str]]:
+        if not stale:
+            return []
+        swaps: list[tuple[Candidate, str]] = []
+        envelopes = [item.envelope for item in stale if isinstance(item.envelope, KmsV1Envelope)]
+        outcomes = self.crypto.rewrap_outcomes(envelopes)
+        for item, outcome in zip(stale, outcomes, strict=True):
             if isinstance(outcome, HeimdallKMSError):
-                self.fail(target, row, outcome)
-            elif self._landed(target, row, outcome.key_version):
-                swaps.append(Swap(row, outcome.to_json()))
+                self.fail(target, item.row, outcome)
+            elif self._landed(target, item.row, outcome.key_version):
+                swaps.append((item, outcome.to_json()))
         return swaps
 
     def _landed(self, target: TargetReport, row: Row, version: int) -> bool:
@@ -167,29 +156,12 @@ class ReencryptJob(BatchJob):
         )
         return False
 
-    def _full(self, stale: list[tuple[Row, KmsV1Envelope]], target: TargetReport) -> list[Swap]:
-        outcomes = self.crypto.decrypt_outcomes(
-            [envelope for _, envelope in stale],
-            actor=self.options.actor,
-            reason=f"reencrypt full {self.report.run_id}",
-        )
-        readable: list[tuple[Row, KmsV1Envelope, str]] = []
-        for (row, envelope), outcome in zip(stale, outcomes, strict=True):
-            if isinstance(outcome, HeimdallKMSError):
-                self.fail(target, row, outcome)
-            elif self.sealable(target, row, outcome, dict(envelope.context)):
-                readable.append((row, envelope, outcome))
-        if not readable:
-            return []
+    def _full(self, stale: list[Candidate], target: TargetReport) -> list[tuple[Candidate, str]]:
+        readable = self.opened(target, stale, f"reencrypt full {self.report.run_id}", stated=False)
         # The value keeps the context it was sealed with, so moving it stays detectable.
-        sealed = self.crypto.encrypt_many(
-            [(text, envelope.context) for _, envelope, text in readable],
-            actor=self.options.actor,
-            limit=MAX_STORED_PLAINTEXT_BYTES,
-        )
         return [
-            Swap(row, env.to_json())
-            for (row, _, _), env in zip(readable, sealed, strict=True)
+            (item, env.to_json())
+            for item, env in self.sealed(self.crypto, readable)
             # Only kms_v1 envelopes have a key version to verify.
-            if not isinstance(env, KmsV1Envelope) or self._landed(target, row, env.key_version)
+            if not isinstance(env, KmsV1Envelope) or self._landed(target, item.row, env.key_version)
         ]

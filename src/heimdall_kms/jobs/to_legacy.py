@@ -13,12 +13,10 @@ from __future__ import annotations
 from heimdall_kms import modes
 from heimdall_kms.config import Settings
 from heimdall_kms.envelope import KmsV1Envelope
-from heimdall_kms.errors import ConfigurationError, HeimdallKMSError
-from heimdall_kms.inputs import MAX_STORED_PLAINTEXT_BYTES
-from heimdall_kms.jobs.batch_job import BatchJob, Changes, Planned
-from heimdall_kms.jobs.classify import Slot, ValueKind
-from heimdall_kms.jobs.reading import reader_for
+from heimdall_kms.errors import ConfigurationError
+from heimdall_kms.jobs.batch_job import Changes, Planned
 from heimdall_kms.jobs.report import TargetReport
+from heimdall_kms.jobs.value_job import ValueJob, sealed_context
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import FieldStore, Match, Row, Swap
 
@@ -34,7 +32,7 @@ def check_legacy_settings(settings: Settings) -> None:
     modes.check_rollback(settings.mode, env_key_set=settings.legacy_key_id in settings.legacy_keys)
 
 
-class LegacyRollbackJob(BatchJob):
+class LegacyRollbackJob(ValueJob):
     job = "reencrypt-legacy"
     match = Match.KMS_V1
     writer: Crypto
@@ -49,40 +47,20 @@ class LegacyRollbackJob(BatchJob):
         self.writer = self.services.legacy_writer
 
     def convert(self, store: FieldStore, rows: list[Row], target: TargetReport) -> Changes:
-        values: list[tuple[Row, Slot, KmsV1Envelope]] = []
-        classify = reader_for(store)
-        for row in rows:
-            found = classify(row.value)
-            if isinstance(found.envelope, KmsV1Envelope) and found.slot is not None:
-                values.append((row, found.slot, found.envelope))
-            elif found.kind is ValueKind.UNPARSEABLE:
-                self.fail(target, row, found.error or "damaged envelope")
-            else:
-                target.skipped += 1
+        values = self.candidates(
+            store,
+            rows,
+            target,
+            lambda _, envelope: isinstance(envelope, KmsV1Envelope),
+            sealed_context,
+        )
         if self.options.dry_run:
             return Planned(len(values))
-        if not values:
-            return []
-        outcomes = self.crypto.decrypt_outcomes(
-            [envelope for _, _, envelope in values],
-            actor=self.options.actor,
-            reason=f"reencrypt legacy {self.report.run_id}",
+        readable = self.opened(
+            target, values, f"reencrypt legacy {self.report.run_id}", stated=False
         )
-        readable: list[tuple[Row, Slot, str, KmsV1Envelope]] = []
-        for (row, slot, envelope), outcome in zip(values, outcomes, strict=True):
-            if isinstance(outcome, HeimdallKMSError):
-                self.fail(target, row, outcome)
-            elif self.sealable(target, row, outcome, dict(envelope.context)):
-                readable.append((row, slot, outcome, envelope))
-        if not readable:
-            return []
         # The events keep the context the value was bound to; the legacy format cannot.
-        sealed = self.writer.encrypt_many(
-            [(text, envelope.context) for _, _, text, envelope in readable],
-            actor=self.options.actor,
-            limit=MAX_STORED_PLAINTEXT_BYTES,
-        )
         return [
-            Swap(row, slot.put(env.to_json()))
-            for (row, slot, _, _), env in zip(readable, sealed, strict=True)
+            Swap(item.row, item.slot.put(env.to_json()))
+            for item, env in self.sealed(self.writer, readable)
         ]

@@ -1,0 +1,133 @@
+"""The steps the value jobs (migrate, re-encrypt, back to legacy) take on one batch of rows.
+
+Find the candidates (a parsed envelope, where it sits in the stored text, the context it is
+read and sealed with), open them in one batched call, seal them again in one batched call.
+A row that cannot take a step fails by its id and never the batch; a value that is not an
+envelope of the job's kind is counted as skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from heimdall_kms.envelope import Envelope, KmsV1Envelope, check_context
+from heimdall_kms.errors import HeimdallKMSError, InvalidInputError
+from heimdall_kms.inputs import MAX_STORED_PLAINTEXT_BYTES, plaintext_bytes
+from heimdall_kms.jobs.batch_job import BatchJob
+from heimdall_kms.jobs.classify import Classified, Slot, ValueKind
+from heimdall_kms.jobs.reading import reader_for
+from heimdall_kms.jobs.report import RowFailure, TargetReport
+from heimdall_kms.service import Crypto
+from heimdall_kms.store import FieldStore, Row
+
+__all__ = ["Candidate", "ValueJob", "sealed_context"]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A row whose stored envelope the job replaces."""
+
+    row: Row
+    envelope: Envelope
+    slot: Slot  # where the envelope sits in the stored text
+    context: dict[str, str]  # what it is read and sealed with
+
+
+def sealed_context(_: Row, envelope: Envelope) -> dict[str, str]:
+    """The context a ``kms_v1`` value was sealed with (a legacy value binds none)."""
+    return dict(envelope.context) if isinstance(envelope, KmsV1Envelope) else {}
+
+
+class ValueJob(BatchJob):
+    """A :class:`BatchJob` that opens stored envelopes and seals them again."""
+
+    def fail(self, target: TargetReport, row: Row, error: HeimdallKMSError | str) -> None:
+        target.failed += 1
+        if isinstance(error, HeimdallKMSError):
+            failure = RowFailure(target.target, row.key, error.error_type, str(error))
+        else:
+            failure = RowFailure(target.target, row.key, "malformed_envelope", error)
+        self.report.fail(failure)
+
+    def candidates(
+        self,
+        store: FieldStore,
+        rows: list[Row],
+        target: TargetReport,
+        wanted: Callable[[Classified, Envelope], bool],
+        context: Callable[[Row, Envelope], dict[str, str]],
+    ) -> list[Candidate]:
+        """The rows holding an envelope the job wants; damaged ones fail, the rest are skipped."""
+        found: list[Candidate] = []
+        classify = reader_for(store)
+        for row in rows:
+            value = classify(row.value)
+            envelope, slot = value.envelope, value.slot
+            if envelope is not None and slot is not None and wanted(value, envelope):
+                found.append(Candidate(row, envelope, slot, context(row, envelope)))
+            elif value.kind is ValueKind.UNPARSEABLE:
+                self.fail(target, row, value.error or "damaged envelope")
+            else:
+                target.skipped += 1
+        return found
+
+    def usable(self, target: TargetReport, items: list[Candidate]) -> list[Candidate]:
+        """The candidates whose context can be stated and sealed; the others fail their row."""
+        return [item for item in items if self._checked(target, item.row, item.context)]
+
+    def opened(
+        self, target: TargetReport, items: list[Candidate], reason: str, *, stated: bool
+    ) -> list[tuple[Candidate, str]]:
+        """Each candidate's plaintext, in one batched call (``stated``: each is read with its
+        context stated, so its decrypt event names the record); a value that cannot be opened
+        or sealed again fails its own row."""
+        if not items:
+            return []
+        outcomes = self.crypto.decrypt_outcomes(
+            [item.envelope for item in items],
+            actor=self.options.actor,
+            reason=reason,
+            contexts=[item.context for item in items] if stated else None,
+        )
+        readable: list[tuple[Candidate, str]] = []
+        for item, outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, HeimdallKMSError):
+                self.fail(target, item.row, outcome)
+            elif self._sealable(target, item.row, outcome, item.context):
+                readable.append((item, outcome))
+        return readable
+
+    def sealed(
+        self, writer: Crypto, readable: list[tuple[Candidate, str]]
+    ) -> list[tuple[Candidate, Envelope]]:
+        """Each value sealed again through ``writer``, bound to its candidate's context, in one
+        batched call."""
+        if not readable:
+            return []
+        envelopes = writer.encrypt_many(
+            [(text, item.context) for item, text in readable],
+            actor=self.options.actor,
+            limit=MAX_STORED_PLAINTEXT_BYTES,
+        )
+        return list(zip([item for item, _ in readable], envelopes, strict=True))
+
+    def _checked(self, target: TargetReport, row: Row, context: dict[str, str]) -> bool:
+        try:
+            check_context(context)
+        except InvalidInputError as exc:
+            self.fail(target, row, exc)
+            return False
+        return True
+
+    def _sealable(self, target: TargetReport, row: Row, text: str, context: dict[str, str]) -> bool:
+        # Checked per value before the batched call, so that one oversized value or one
+        # unusable record id never fails (or stops) the rest of the batch.
+        try:
+            if len(text) > MAX_STORED_PLAINTEXT_BYTES // 4:  # UTF-8 is at most 4 bytes a char
+                plaintext_bytes(text, MAX_STORED_PLAINTEXT_BYTES)
+            check_context(context)
+        except InvalidInputError as exc:
+            self.fail(target, row, exc)
+            return False
+        return True
