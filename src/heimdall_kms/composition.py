@@ -121,7 +121,9 @@ def facade(
     kms = load_provider(settings) if modes.uses_kms(settings.mode) else None
     metrics = default_metrics()
     try:
-        sink = audit if audit is not None else open_sink(settings.audit_log, settings)
+        sink = (
+            audit if audit is not None else open_sink(settings.audit_log, settings, metrics=metrics)
+        )
     except BaseException:
         if kms is not None:
             kms.close()

@@ -221,13 +221,15 @@ def create_app(
         )
     factory = provider_factory or partial(load_provider, settings)
     kms = factory()
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = Metrics(registry)
     try:
-        sink = audit if audit is not None else open_sink(settings.audit_log, settings)
+        sink = (
+            audit if audit is not None else open_sink(settings.audit_log, settings, metrics=metrics)
+        )
     except BaseException:
         kms.close()
         raise
-    registry = registry if registry is not None else CollectorRegistry()
-    metrics = Metrics(registry)
     observed = instrument(settings, kms, metrics, sink, key_metrics_seconds=key_metrics_seconds)
     sink = observed.audit
     scheduler = None

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from heimdall_kms.audit.anchor import AnchorWriter
 from heimdall_kms.audit.checkpoint import default_log_id
 from heimdall_kms.audit.checkpointer import Checkpointer, CheckpointPolicy, Destination
 from heimdall_kms.audit.signers import signer_from_settings
 from heimdall_kms.config import Settings
+
+if TYPE_CHECKING:
+    from heimdall_kms.metrics import Metrics
 
 __all__ = ["checkpointer_for", "log_id"]
 
@@ -18,8 +22,11 @@ def log_id(log: Path, settings: Settings) -> str:
     return (anchoring.log_id if anchoring else None) or default_log_id(log)
 
 
-def checkpointer_for(log: Path, settings: Settings) -> Checkpointer | None:
-    """The checkpointer for the file ``log``, or None when no signing key is configured.
+def checkpointer_for(
+    log: Path, settings: Settings, metrics: Metrics | None = None
+) -> Checkpointer | None:
+    """The checkpointer for the file ``log``, or None when no signing key is configured;
+    its failures are counted in ``metrics`` (without it, in a registry nothing exports).
 
     Raises:
         ConfigurationError: the signing key cannot be used with the settings.
@@ -29,9 +36,10 @@ def checkpointer_for(log: Path, settings: Settings) -> Checkpointer | None:
     signer = signer_from_settings(settings)
     if anchoring is None or signer is None:
         return None
-    from heimdall_kms.metrics import default_metrics  # noqa: PLC0415
+    if metrics is None:
+        from heimdall_kms.metrics import unexported_metrics  # noqa: PLC0415
 
-    metrics = default_metrics()
+        metrics = unexported_metrics()
     destinations: list[Destination] = []
     if anchoring.anchor_url is not None:
         destinations.append(

@@ -29,6 +29,7 @@ from heimdall_kms.errors import AuditWriteError
 if TYPE_CHECKING:
     from heimdall_kms.audit.checkpointer import Checkpointer
     from heimdall_kms.config import Settings
+    from heimdall_kms.metrics import Metrics
 
 __all__ = [
     "AuditSink",
@@ -316,9 +317,14 @@ class MemoryAuditSink:
         return None
 
 
-def open_sink(destination: str, settings: Settings | None = None) -> AuditSink:
+def open_sink(
+    destination: str, settings: Settings | None = None, *, metrics: Metrics | None = None
+) -> AuditSink:
     """The sink for ``HMD_AUDIT_LOG``: ``stderr`` or a file path; a file's head is signed and
     anchored when the ``settings`` name a signing key (HMD_AUDIT_SIGNING_KEY).
+
+    ``metrics``: where failed signatures and anchor writes are counted (without it, in a
+    registry nothing exports: the composition root passes the one it exports).
 
     Raises:
         AuditWriteError: the file cannot be opened for appending.
@@ -333,7 +339,7 @@ def open_sink(destination: str, settings: Settings | None = None) -> AuditSink:
     from heimdall_kms.audit.anchoring import checkpointer_for  # noqa: PLC0415
 
     try:
-        sink._checkpointer = checkpointer_for(path, settings)
+        sink._checkpointer = checkpointer_for(path, settings, metrics)
     except BaseException:
         sink.close()
         raise

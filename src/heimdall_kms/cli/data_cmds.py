@@ -188,7 +188,7 @@ def _services(
     kms = job_provider(settings, rate_limit)
     try:
         telemetry.watch(kms, settings)
-        audit = telemetry.audit(open_sink(settings.audit_log, settings))
+        audit = telemetry.audit(open_sink(settings.audit_log, settings, metrics=telemetry.metrics))
     except BaseException:
         kms.close()
         raise

@@ -71,7 +71,7 @@ def rotate_command(
     with job_telemetry("rotate", export) as telemetry:
         kms = _kms(settings)
         telemetry.watch(kms, settings)
-        sink = telemetry.audit(open_sink(settings.audit_log, settings))
+        sink = telemetry.audit(open_sink(settings.audit_log, settings, metrics=telemetry.metrics))
         try:
             result = rotate(
                 kms,
@@ -140,7 +140,7 @@ def retire_command(
     with job_telemetry("retire", export) as telemetry:
         kms = _kms(settings)
         telemetry.watch(kms, settings)
-        sink = telemetry.audit(open_sink(settings.audit_log, settings))
+        sink = telemetry.audit(open_sink(settings.audit_log, settings, metrics=telemetry.metrics))
         try:
             with opened_stores(spec, required=False) as stores:
                 for store in stores:

@@ -108,8 +108,8 @@ def drill_environment(
     settings = _settings(workdir, environ, audit_log, with_legacy_key)
     kms, cleanup = _drill_key(settings, workdir)
     # With HMD_AUDIT_SIGNING_KEY the drill's own log is signed (and anchored) like any other.
-    sink = open_sink(str(audit_log), settings)
     metrics = unexported_metrics()
+    sink = open_sink(str(audit_log), settings, metrics=metrics)
     crypto = build_crypto(settings, kms=kms, audit=sink, metrics=metrics, default_actor="drill")
     environment = DrillEnvironment(
         workdir, settings, kms, crypto, audit_log, database, sink, metrics
