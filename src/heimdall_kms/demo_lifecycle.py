@@ -94,17 +94,17 @@ def run_lifecycle(  # noqa: PLR0917 - private to the demo, each argument distinc
     except RefusedError:
         refused = True
     old = turned.old_version
-    say(f"   retire --below-version {new} is refused: stored values still need v{old}")
+    say(f"   retiring the versions below v{new} is refused: stored values still need v{old}")
     services = job_services(settings, kms, sink, unexported_metrics(), actor="demo-admin")
     with services.crypto as crypto:
-        with progress("reencrypt --mode rewrap") as view:
+        with progress("reencrypt rewrap") as view:
             report = run_reencrypt(services, [store], ReencryptOptions(batch_size=250), view)
         if report.stop_error is not None:
             raise report.stop_error
         after = {row.key: row.value for rows in store.scan(5000) for row in rows}
         untouched = all(_ciphertext(after[i]) == _ciphertext(before[i]) for i in originals)
         say(
-            f"   reencrypt --mode rewrap: {report.totals.completed:,} DEKs re-wrapped inside "
+            f"   reencrypt rewrap: {report.totals.completed:,} DEKs re-wrapped inside "
             f"the KMS; every ciphertext byte-identical: {'yes' if untouched else 'NO'}"
         )
         retire(kms, [store], sink, below_version=new, actor="demo-admin")
@@ -116,7 +116,7 @@ def run_lifecycle(  # noqa: PLR0917 - private to the demo, each argument distinc
         )
         readable = texts == [originals[i] for i in ids]
     say(
-        f"   retire --below-version {new}: done; all {len(texts):,} values still decrypt: "
+        f"   retire below v{new}: done; all {len(texts):,} values still decrypt: "
         f"{'yes' if readable else 'NO'}"
     )
     return Lifecycle(

@@ -100,7 +100,7 @@ class TestDemoReadsWell:
         self, run: subprocess.CompletedProcess[str]
     ) -> None:
         labels = {line.split(" customers.ssn:")[0].strip() for line in run.stderr.splitlines()}
-        assert labels == {"migrate", "reencrypt --mode rewrap"}, run.stderr
+        assert labels == {"migrate", "reencrypt rewrap"}, run.stderr
 
     def test_left_alone_is_explained(self, run: subprocess.CompletedProcess[str]) -> None:
         line = next(line for line in run.stdout.splitlines() if line.startswith("1. "))

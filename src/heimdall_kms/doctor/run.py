@@ -140,8 +140,8 @@ def _mode(settings: Settings) -> Check:
             "mode",
             Status.WARN,
             "hybrid without an env key: legacy values cannot be read",
-            "set HMD_PII_MASTER_KEY while legacy values remain; once `heimdall-kms status "
-            "--fail-if-legacy` passes, switch to HMD_ENCRYPTION_MODE=kms",
+            "set HMD_PII_MASTER_KEY while legacy values remain; once the cut-over gate of "
+            "`heimdall-kms status` passes, switch to HMD_ENCRYPTION_MODE=kms",
         )
     if settings.mode is EncryptionMode.HYBRID:
         return Check(
@@ -229,7 +229,7 @@ def _key(settings: Settings, kms: KeyManagementService) -> Check:
             "key",
             Status.WARN,
             f"this identity may not read the key's metadata ({exc})",
-            "`keys`, `rotate --if-due` and the key check before the first wrap need it",
+            "`keys`, the due-rotation check and the key check before the first wrap need it",
         )
     except HeimdallKMSError as exc:
         return Check("key", Status.FAIL, str(exc), fix_for(exc, settings))
@@ -241,7 +241,7 @@ def _key(settings: Settings, kms: KeyManagementService) -> Check:
         + (f"due {due:%Y-%m-%d}" if due else "date unknown")
     )
     if is_due(info, now=datetime.now(UTC), cadence=cadence):
-        return Check("key", Status.WARN, detail + " (DUE NOW)", "heimdall-kms rotate --if-due")
+        return Check("key", Status.WARN, detail + " (DUE NOW)", "rotate it: `heimdall-kms rotate`")
     return Check("key", Status.OK, detail)
 
 
@@ -254,7 +254,7 @@ def _canary(
     enabled: bool,
 ) -> None:
     if not enabled:
-        report.add(Check("canary", Status.SKIP, "skipped (--no-canary)"))
+        report.add(Check("canary", Status.SKIP, "skipped (turned off)"))
         return
     needs_kms = settings is not None and modes.uses_kms(settings.mode)
     if settings is None or sink is None or (needs_kms and kms is None):
