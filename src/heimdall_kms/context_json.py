@@ -56,11 +56,11 @@ def aad_json(context: Mapping[str, str]) -> str:
 def line_json(context: Mapping[str, str]) -> str:
     """The context as an audit line writes it: the AAD's encoding where that escaped nothing
     (``\\uXXXX``), else encoded again with non-ASCII kept."""
-    if type(context) is CheckedContext:
-        encoded = aad_json(context)
-        if "\\u" not in encoded:
-            return encoded
-    return context_json(context)
+    encoded = context._aad_json if type(context) is CheckedContext else None
+    if encoded is None:
+        return context_json(context)
+    # The AAD's form equals this one exactly when it escaped nothing as \uXXXX.
+    return encoded if "\\u" not in encoded else context_json(context)
 
 
 def context_json_ascii(context: Mapping[str, str]) -> str:

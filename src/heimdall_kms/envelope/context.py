@@ -40,7 +40,8 @@ def _check_entries(context: Mapping[object, object], error: type[Exception]) -> 
             type(key) is type(value) is str
             and 0 < len(key) <= _MAX_KEY
             and len(value) <= _MAX_VALUE
-            and (key + value).isascii()
+            and key.isascii()
+            and value.isascii()
         ) and not _usable(key, value):
             raise _entry_error(key, value, error)
 
@@ -82,7 +83,7 @@ def _entry_error(key: object, value: object, error: type[Exception]) -> Exceptio
 def _bounded(context: CheckedContext, error: type[Exception]) -> CheckedContext:
     """``context``, unless its JSON is over the total bound. A character is at most 12 in
     that JSON (an escaped surrogate pair), each entry adds 6 (quotes, colon, comma)."""
-    chars = sum(len(key) + len(value) for key, value in context.items())
+    chars = sum(map(len, context)) + sum(map(len, context.values()))
     if 12 * chars + 6 * len(context) + 2 <= _json.MAX_CONTEXT_JSON_CHARS:
         return context
     if len(aad_json(context)) > _json.MAX_CONTEXT_JSON_CHARS:
