@@ -22,7 +22,7 @@ from heimdall_kms.audit.query import AuditFilter, query
 from heimdall_kms.audit.verify import verify
 from heimdall_kms.errors import HeimdallKMSError
 from heimdall_kms.jobs.census import Census, take_census
-from heimdall_kms.jobs.rotation import key_report
+from heimdall_kms.jobs.key_report import key_report
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.store import FieldStore
 

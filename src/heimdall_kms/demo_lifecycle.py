@@ -19,7 +19,8 @@ from heimdall_kms.errors import RefusedError
 from heimdall_kms.jobs.metered import MeteredProvider
 from heimdall_kms.jobs.reencrypt import ReencryptOptions, run_reencrypt
 from heimdall_kms.jobs.report import ProgressCallback
-from heimdall_kms.jobs.rotation import retire, rotate
+from heimdall_kms.jobs.retire import retire
+from heimdall_kms.jobs.rotation import rotate
 from heimdall_kms.metrics import unexported_metrics
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.store import FieldStore

@@ -27,7 +27,7 @@ from heimdall_kms.jobs.propagation import (
     confirm_refused,
     retire_canaries,
 )
-from heimdall_kms.jobs.rotation import retire
+from heimdall_kms.jobs.retire import retire
 from heimdall_kms.providers import KeyManagementService, WrappedKey
 from tests.contract.backends import Backend
 

@@ -28,7 +28,8 @@ from heimdall_kms.envelope import KmsV1Envelope, parse
 from heimdall_kms.errors import KeyVersionRetiredError, NotInEffectError
 from heimdall_kms.jobs.propagation import Effect, Propagation, confirm_primary
 from heimdall_kms.jobs.reencrypt import ReencryptMode, ReencryptOptions, run_reencrypt
-from heimdall_kms.jobs.rotation import retire, rotate
+from heimdall_kms.jobs.retire import retire
+from heimdall_kms.jobs.rotation import rotate
 from heimdall_kms.providers.azure import AzureKeyVaultProvider
 from heimdall_kms.providers.gcp import GCPKMSProvider
 from heimdall_kms.service import Crypto

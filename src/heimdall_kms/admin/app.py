@@ -61,8 +61,9 @@ from heimdall_kms.coalescing import LaneLimits
 from heimdall_kms.composition import Caller, build_crypto, load_provider
 from heimdall_kms.config import Settings
 from heimdall_kms.errors import ConfigurationError
+from heimdall_kms.jobs.key_report import key_report
 from heimdall_kms.jobs.propagation import Propagation
-from heimdall_kms.jobs.rotation import key_report, rotate
+from heimdall_kms.jobs.rotation import rotate
 from heimdall_kms.jobs.rotation_lock import rotation_lock
 from heimdall_kms.key_metrics import DEFAULT_REFRESH_SECONDS
 from heimdall_kms.metrics import Metrics

@@ -18,14 +18,10 @@ from heimdall_kms.cli._waiting import propagation
 from heimdall_kms.composition import load_provider
 from heimdall_kms.config import Settings
 from heimdall_kms.errors import RefusedError
+from heimdall_kms.jobs.key_report import key_report
 from heimdall_kms.jobs.propagation import Effect
-from heimdall_kms.jobs.rotation import (
-    RetireBlock,
-    RetireRefusedError,
-    key_report,
-    retire,
-    rotate,
-)
+from heimdall_kms.jobs.retire import RetireBlock, RetireRefusedError, retire
+from heimdall_kms.jobs.rotation import rotate
 from heimdall_kms.jobs.rotation_lock import rotation_lock
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.telemetry.export import MetricsExport

@@ -24,7 +24,8 @@ from heimdall_kms.jobs.census import take_census
 from heimdall_kms.jobs.estimate import Projection, TargetCount
 from heimdall_kms.jobs.journal import journaled_below
 from heimdall_kms.jobs.reencrypt import ReencryptMode, ReencryptOptions, run_reencrypt
-from heimdall_kms.jobs.rotation import retire, rotate
+from heimdall_kms.jobs.retire import retire
+from heimdall_kms.jobs.rotation import rotate
 from heimdall_kms.store import FieldStore
 
 __all__ = ["REENCRYPT_SLA", "ROTATE_SLA", "run_compromise_drill", "seed"]

@@ -18,7 +18,8 @@ from heimdall_kms.jobs.classify import ValueKind
 from heimdall_kms.jobs.journal import purge, rollback
 from heimdall_kms.jobs.migrate import MigrationOptions, run_migration
 from heimdall_kms.jobs.reencrypt import ReencryptOptions, run_reencrypt
-from heimdall_kms.jobs.rotation import retire, rotate
+from heimdall_kms.jobs.retire import retire
+from heimdall_kms.jobs.rotation import rotate
 from heimdall_kms.service import Crypto
 
 __all__ = ["run_migration_drill", "run_rotation_drill"]
