@@ -41,7 +41,8 @@ damaged wrapped key fails with ``400 BadParameter``, as the service's "Error occ
 decoding OAEP padding." does.
 
 Test switches on :class:`FakeKeyVault`: :meth:`~FakeKeyVault.inject` answers a status for every
-request on a key (``429`` comes with ``Retry-After``); :meth:`~FakeKeyVault.revoke_tokens`
+request on a key (``429`` comes with ``Retry-After``, and ``x-ms-retry-after-ms`` when
+``retry_after_ms`` is set); :meth:`~FakeKeyVault.revoke_tokens`
 makes every issued token invalid; ``propagation_delay`` (seconds) makes a new version the one
 ``GET /keys/{name}`` answers, and an enable/disable apply to ``unwrapkey``, only that long after
 the change (listings and ``GET`` of a version show it at once); ``latency`` delays
@@ -201,6 +202,9 @@ class FakeKeyVault:
         self.latency: tuple[float, float] | None = None
         self.max_in_flight = 0
         self.retry_after = "1"
+        # When set, a 429 also carries x-ms-retry-after-ms (milliseconds), as Azure services
+        # send it; azure-core and heimdall-kms read it before Retry-After.
+        self.retry_after_ms: str | None = None
         self.requests: list[Request] = []
         self.token_requests = 0
         self._keys: dict[str, list[_Version]] = {}
@@ -293,6 +297,8 @@ class FakeKeyVault:
         except _FaultError as fault:
             if fault.status == 429:
                 reply_headers["Retry-After"] = self.retry_after
+                if self.retry_after_ms is not None:
+                    reply_headers["x-ms-retry-after-ms"] = self.retry_after_ms
             status, answer = fault.status, fault.body()
         with self._lock:
             self.requests.append(Request(method, parts.path, authorized, status))

@@ -107,6 +107,7 @@ ENUMS = {
 }
 # The signing algorithms modelled, and the curve of their keys.
 SIGNING = {"EC_SIGN_P256_SHA256": Curve.P256, "EC_SIGN_ED25519": Curve.ED25519}
+RETRY_INFO_TYPE = "type.googleapis.com/google.rpc.RetryInfo"
 MAX_PLAINTEXT = 64 * 1024
 MAGIC = b"\x0bGK"  # ciphertext = MAGIC | version (uint32) | nonce (12) | AES-GCM body | tag (16)
 HEADER = len(MAGIC) + 4 + 12
@@ -188,10 +189,21 @@ def crc32c(data: bytes) -> int:
 class StatusError(Exception):
     """An error answer: a google.rpc.Code name and a message."""
 
-    def __init__(self, status: str, message: str) -> None:
+    def __init__(self, status: str, message: str, *, retry_delay: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_delay = retry_delay  # seconds: a google.rpc.RetryInfo detail when set
+
+    def rest_error(self) -> JSON:
+        """The REST error body, its RetryInfo (when set) in ``details`` as Google sends it."""
+        error: JSON = {"code": HTTP_STATUS[self.status], "message": self.message}
+        error["status"] = self.status
+        if self.retry_delay is not None:
+            error["details"] = [
+                {"@type": RETRY_INFO_TYPE, "retryDelay": f"{self.retry_delay:g}s"},
+            ]
+        return {"error": error}
 
 
 @dataclass
@@ -239,6 +251,7 @@ class _Fault:
     status: str
     after: int
     times: int | None
+    retry_delay: float | None = None
     seen: int = 0
 
 
@@ -317,14 +330,21 @@ class FakeKMS:
     # -- test switches ------------------------------------------------------------------------
 
     def inject(
-        self, resource: str, status: str, *, after: int = 0, times: int | None = None
+        self,
+        resource: str,
+        status: str,
+        *,
+        after: int = 0,
+        times: int | None = None,
+        retry_delay: float | None = None,
     ) -> None:
         """Answer ``status`` to requests on ``resource`` (or below it), after ``after``
-        successful ones, ``times`` times (forever when None)."""
+        successful ones, ``times`` times (forever when None); with ``retry_delay`` (seconds)
+        the error carries a ``google.rpc.RetryInfo``, as Cloud KMS's quota errors do."""
         if status not in HTTP_STATUS:
             raise ValueError(f"unknown status {status}")
         with self._lock:
-            self._faults[resource] = _Fault(status, after, times)
+            self._faults[resource] = _Fault(status, after, times, retry_delay)
 
     def add_service_account(self, email: str, public_key_pem: str, *roles: str) -> None:
         """Trust a service account and grant it roles. Once one is added, every request needs
@@ -409,7 +429,9 @@ class FakeKMS:
                 if fault.times <= 0:
                     continue
                 fault.times -= 1
-            raise StatusError(fault.status, f"Injected {fault.status} for tests.")
+            raise StatusError(
+                fault.status, f"Injected {fault.status} for tests.", retry_delay=fault.retry_delay
+            )
 
     def _authorize(self, method: str, authorization: str | None) -> None:
         if not self._accounts:
@@ -874,7 +896,7 @@ class _Handler(BaseHTTPRequestHandler):
             status = 200
         except StatusError as fault:
             status = HTTP_STATUS[fault.status]
-            answer = {"error": {"code": status, "message": fault.message, "status": fault.status}}
+            answer = fault.rest_error()
         except json.JSONDecodeError:
             status = 400
             answer = {
@@ -986,6 +1008,8 @@ def _grpc_handler(kms: FakeKMS) -> Any:
                     operation, str(resource), query, body, metadata.get("authorization")
                 )
             except StatusError as fault:
+                if fault.retry_delay is not None:
+                    context.abort_with_status(_grpc_status(fault))
                 context.abort(getattr(grpc.StatusCode, fault.status), fault.message)
             message = response_type.pb()()
             json_format.ParseDict(answer, message, ignore_unknown_fields=True)
@@ -1000,6 +1024,22 @@ def _grpc_handler(kms: FakeKMS) -> Any:
     return grpc.method_handlers_generic_handler(
         "google.cloud.kms.v1.KeyManagementService", {rpc: method(rpc) for rpc in messages}
     )
+
+
+def _grpc_status(fault: StatusError) -> Any:
+    """A gRPC status with the rich ``google.rpc.Status`` (and its RetryInfo) in the trailers."""
+    from google.protobuf import any_pb2, duration_pb2
+    from google.rpc import code_pb2, error_details_pb2, status_pb2
+    from grpc_status import rpc_status
+
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(int((fault.retry_delay or 0) * 1e9))
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    status = status_pb2.Status(
+        code=code_pb2.Code.Value(fault.status), message=fault.message, details=[detail]
+    )
+    return rpc_status.to_status(status)
 
 
 # -- servers ------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import base64
 import binascii
 import re
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Self, TypeVar
@@ -74,6 +74,8 @@ from heimdall_kms.providers.base import (
     round_trip,
 )
 from heimdall_kms.providers.credential_outage import caused_by
+from heimdall_kms.providers.deadline import deadline, watch_botocore
+from heimdall_kms.providers.retry_after import from_headers
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
 __all__ = [
@@ -107,6 +109,10 @@ def kms_encryption_context(context: KeyContext) -> dict[str, str]:
 def build_client(aws: AWSSettings) -> KMSClient:
     """A KMS client from the standard credential chain (env, profile, SSO, IRSA, IMDS).
 
+    ``HMD_AWS_TIMEOUT`` is its connect and read timeout, and the total deadline of each call
+    (:func:`caller`, the provider), botocore's own retries included: an answer that trickles
+    in is cut there.
+
     Raises:
         ConfigurationError: no region is configured, or the AWS profile does not exist.
     """
@@ -119,7 +125,7 @@ def build_client(aws: AWSSettings) -> KMSClient:
     )
     try:
         session = boto3.session.Session()
-        return session.client(
+        client = session.client(
             "kms", region_name=aws.region, endpoint_url=aws.endpoint_url, config=config
         )
     except NoRegionError:
@@ -133,6 +139,8 @@ def build_client(aws: AWSSettings) -> KMSClient:
                 f"AWS credentials: the credential endpoint is unreachable ({type(exc).__name__})"
             ) from None
         raise ConfigurationError(f"AWS configuration: {type(exc).__name__}") from None
+    watch_botocore(client)  # HMD_AWS_TIMEOUT is also the total deadline of each call
+    return client
 
 
 def create_key_for_alias(client: KMSClient, alias: str) -> str:
@@ -181,6 +189,7 @@ class AWSKMSProvider:
     ) -> None:
         self._client = client
         self._call = caller(client)
+        self._deadline = _deadline_of(client)
         self._alias = key_id
         self._native: NativeKey | None = None
         if versioning is AWSKeyVersioning.ALIASES:
@@ -257,7 +266,7 @@ class AWSKMSProvider:
     ) -> list[WrappedKey]:
         def encrypt(item: tuple[bytearray, KeyContext]) -> tuple[bytes, str]:
             try:
-                with _translated("Encrypt"):
+                with self._request("Encrypt"):
                     answer = self._client.encrypt(
                         KeyId=target,
                         Plaintext=bytes(item[0]),
@@ -275,7 +284,7 @@ class AWSKMSProvider:
     ) -> list[bytearray | HeimdallKMSError]:
         def decrypt(job: _Job) -> bytearray | HeimdallKMSError:
             try:
-                with _translated("Decrypt"):
+                with self._request("Decrypt"):
                     answer = self._client.decrypt(
                         CiphertextBlob=job.blob, KeyId=job.key_id, EncryptionContext=job.context
                     )
@@ -300,7 +309,7 @@ class AWSKMSProvider:
 
         def reencrypt(job: _Job) -> tuple[bytes, str] | HeimdallKMSError:
             try:
-                with _translated("ReEncrypt"):
+                with self._request("ReEncrypt"):
                     answer = self._client.re_encrypt(
                         CiphertextBlob=job.blob,
                         SourceKeyId=job.key_id,
@@ -333,7 +342,7 @@ class AWSKMSProvider:
                 f"{self._alias}/v{target} exists but its key is {existing.state}; "
                 "see docs/providers/aws.md"
             )
-        with _translated("UpdateAlias"):
+        with self._request("UpdateAlias"):
             self._client.update_alias(AliasName=self._alias, TargetKeyId=key_id)
         return self.describe()
 
@@ -346,7 +355,7 @@ class AWSKMSProvider:
         # deletion destroys every copy a backup still holds, so it stays a deliberate step.
         for key in states:
             if key.version < below_version and key.state == "Enabled":
-                with _translated("DisableKey"):
+                with self._request("DisableKey"):
                     self._client.disable_key(KeyId=key.key_id)
         self._resolved.clear()  # this process refuses them again without asking AWS
         return self.describe()
@@ -374,10 +383,14 @@ class AWSKMSProvider:
     def close(self) -> None:
         self._client.close()
 
+    def _request(self, operation: str) -> AbstractContextManager[None]:
+        """One AWS request: under the client's total deadline, its errors translated."""
+        return _bounded(operation, self._deadline)
+
     # -- versions ---------------------------------------------------------------------------------
 
     def _latest_version(self) -> int:
-        with _translated("DescribeKey"):
+        with self._request("DescribeKey"):
             response = self._client.describe_key(KeyId=self._alias)
         # AWS's clock (the answer's Date): what describe() ages the key by.
         self._described_at = response_date(response)
@@ -395,7 +408,7 @@ class AWSKMSProvider:
 
     def _key_state(self, version: int) -> _KeyState | None:
         try:
-            with _translated("DescribeKey"):
+            with self._request("DescribeKey"):
                 meta = self._client.describe_key(KeyId=f"{self._alias}/v{version}")["KeyMetadata"]
         except KeyNotFoundError:
             return None
@@ -417,7 +430,7 @@ class AWSKMSProvider:
         retirement, and is raised as what it is."""
         where = f"AWS KMS {operation}"
         try:
-            with _translated("DescribeKey"):
+            with self._request("DescribeKey"):
                 state = str(self._client.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"])
         except KeyNotFoundError:
             error: HeimdallKMSError = KeyNotFoundError(f"{where}: the key no longer exists")
@@ -546,11 +559,25 @@ def _unusable(version: int, state: _KeyState | None) -> HeimdallKMSError:
 def caller(client: KMSClient) -> Call:
     """``call(operation, **params)``: one AWS request with this module's error translation."""
 
+    seconds = _deadline_of(client)
+
     def call(operation: str, **params: Any) -> dict[str, Any]:
-        with _translated(operation):
+        with _bounded(operation, seconds):
             return dict(getattr(client, xform_name(operation))(**params))
 
     return call
+
+
+def _deadline_of(client: KMSClient) -> float:
+    """The total deadline of one call: the client's read timeout (``build_client`` sets both
+    to ``HMD_AWS_TIMEOUT``)."""
+    return float(client.meta.config.read_timeout)
+
+
+@contextmanager
+def _bounded(operation: str, seconds: float) -> Iterator[None]:
+    with deadline(seconds, f"AWS KMS {operation}"), _translated(operation):
+        yield
 
 
 @contextmanager
@@ -623,7 +650,10 @@ def _translate(exc: ClientError | BotoCoreError, operation: str) -> HeimdallKMSE
     error = exc.response.get("Error") or {}
     raw = str(error.get("Code", ""))
     code = raw if _SAFE_CODE.fullmatch(raw) else "unrecognised error"
-    status = int((exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
+    metadata = exc.response.get("ResponseMetadata") or {}
+    status = int(metadata.get("HTTPStatusCode") or 0)
+    headers = {str(k).lower(): str(v) for k, v in (metadata.get("HTTPHeaders") or {}).items()}
+    retry_after = from_headers(headers.get)
     if code in _INTEGRITY:
         return IntegrityError("AWS KMS could not unwrap the data key (damaged, or not ours)")
     if code in _RETIRED:
@@ -637,7 +667,9 @@ def _translate(exc: ClientError | BotoCoreError, operation: str) -> HeimdallKMSE
     if code in _AUTHENTICATION or status in (401, 403):
         return AuthenticationError(f"{where}: AWS did not accept the credentials ({code})")
     if code in _THROTTLED or status == 429:
-        return RateLimitedError(f"{where}: throttled by AWS KMS ({code})")
+        return RateLimitedError(f"{where}: throttled by AWS KMS ({code})", retry_after=retry_after)
     if code in _UNAVAILABLE or status >= 500:
-        return KMSUnavailableError(f"{where}: AWS KMS is unavailable ({code})")
+        return KMSUnavailableError(
+            f"{where}: AWS KMS is unavailable ({code})", retry_after=retry_after
+        )
     return KMSError(f"{where} refused the request ({code})")

@@ -71,6 +71,8 @@ from heimdall_kms.providers.base import (
     round_trip,
 )
 from heimdall_kms.providers.credential_outage import caused_by
+from heimdall_kms.providers.deadline import deadline, watch
+from heimdall_kms.providers.retry_after import from_headers
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
 __all__ = ["AzureKeyVaultProvider", "build_key_client", "parse_key_url"]
@@ -167,6 +169,7 @@ def build_key_client(key_url: str, azure: AzureSettings) -> tuple[KeyClient, _Cl
     # One connection pool as large as the thread pool, so no connection is thrown away.
     session = requests.Session()
     session.mount("https://", HTTPAdapter(pool_maxsize=max(10, azure.max_concurrency)))
+    watch(session)  # HMD_AZURE_TIMEOUT is also the total deadline of each call
     client = KeyClient(
         vault_url,
         credential,
@@ -200,6 +203,7 @@ class AzureKeyVaultProvider:
         key_name: str,
         *,
         max_concurrency: int = 8,
+        timeout: float = 10.0,
         credential: _Closeable | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], None] = time.sleep,
@@ -207,6 +211,7 @@ class AzureKeyVaultProvider:
         self._keys = key_client
         self._name = key_name
         self._workers = max(1, max_concurrency)
+        self._timeout = timeout
         self._credential = credential
         self._clock = clock
         self._sleep = sleep
@@ -229,7 +234,13 @@ class AzureKeyVaultProvider:
             raise ConfigurationError("HMD_KMS_KEY_ID: required for HMD_KMS_PROVIDER=azure")
         client, credential = build_key_client(settings.kms_key_id, azure)
         _vault_url, key_name = parse_key_url(settings.kms_key_id)
-        return cls(client, key_name, max_concurrency=azure.max_concurrency, credential=credential)
+        return cls(
+            client,
+            key_name,
+            max_concurrency=azure.max_concurrency,
+            timeout=azure.timeout_seconds,
+            credential=credential,
+        )
 
     @property
     def name(self) -> ProviderName:
@@ -276,7 +287,7 @@ class AzureKeyVaultProvider:
             wait = (newest + _TIE_GAP - self._clock()).total_seconds()
             if 0 < wait <= _TIE_GAP.total_seconds():
                 self._sleep(wait)
-        _call("rotate", lambda: self._keys.rotate_key(self._name))
+        self._call("rotate", lambda: self._keys.rotate_key(self._name))
         return self.describe()
 
     def retire(self, below_version: int) -> KeyInfo:
@@ -287,7 +298,7 @@ class AzureKeyVaultProvider:
                 disable = functools.partial(
                     self._keys.update_key_properties, self._name, str(props.version), enabled=False
                 )
-                _call("retire", disable)
+                self._call("retire", disable)
         return self.describe()
 
     def describe(self) -> KeyInfo:
@@ -314,7 +325,7 @@ class AzureKeyVaultProvider:
 
     def _snapshot(self, operation: str) -> list[tuple[int, KeyProperties]]:
         """Every version with its ordinal, oldest first; refreshes the ordinal cache."""
-        listed = _call(
+        listed = self._call(
             operation, lambda: list(self._keys.list_properties_of_key_versions(self._name))
         )
         if not listed:
@@ -345,14 +356,14 @@ class AzureKeyVaultProvider:
         if version not in listed:
             raise KeyNotFoundError(f"Azure Key Vault wrap: the key has no version {version}")
         key_version = str(listed[version].version)
-        key: KeyVaultKey = _call(
+        key: KeyVaultKey = self._call(
             "wrap", lambda: self._keys.get_key(self._name, version=key_version)
         )
         target = self._target(key, "wrap")
         return [self._wrap(target, dek) for dek in deks]
 
     def _latest(self, operation: str) -> _Target:
-        key: KeyVaultKey = _call(operation, lambda: self._keys.get_key(self._name))
+        key: KeyVaultKey = self._call(operation, lambda: self._keys.get_key(self._name))
         return self._target(key, operation)
 
     def _target(self, key: KeyVaultKey, operation: str) -> _Target:
@@ -452,6 +463,24 @@ class AzureKeyVaultProvider:
             raise KMSError(f"Azure Key Vault {operation}: answer without a value")
         return base64.urlsafe_b64decode(value_text + "=" * (-len(value_text) % 4))
 
+    def _attempt(self, operation: str, call: Callable[[], _T]) -> _T | HeimdallKMSError:
+        """``call`` under the total deadline (``timeout``); an SDK error comes back translated.
+
+        Raises:
+            KMSUnavailableError: the deadline passed (azure-core's retries included).
+        """
+        with deadline(self._timeout, f"Azure Key Vault {operation}") as exchange:
+            result = _attempt(operation, call)
+            if exchange.expired and isinstance(result, HeimdallKMSError):
+                raise result  # the cut exchange's error: the deadline reports it as such
+            return result
+
+    def _call(self, operation: str, call: Callable[[], _T]) -> _T:
+        result = self._attempt(operation, call)
+        if isinstance(result, HeimdallKMSError):
+            raise result
+        return result
+
     def _map(
         self,
         operation: str,
@@ -466,7 +495,7 @@ class AzureKeyVaultProvider:
         """
 
         def task(item: _T) -> _R | HeimdallKMSError:
-            result = _attempt(operation, lambda: call(item))
+            result = self._attempt(operation, lambda: call(item))
             if isinstance(result, HeimdallKMSError) and not isinstance(result, per_item):
                 raise result
             return result
@@ -520,6 +549,8 @@ def _attempt(operation: str, call: Callable[[], _T]) -> _T | HeimdallKMSError:
 
 
 def _call(operation: str, call: Callable[[], _T]) -> _T:
+    """``call`` with its SDK error translated and raised (no deadline of the provider's own:
+    the bootstrap's calls; the provider's go through its ``_call``)."""
     result = _attempt(operation, call)
     if isinstance(result, HeimdallKMSError):
         raise result
@@ -551,10 +582,26 @@ def _translate(operation: str, exc: AzureError) -> HeimdallKMSError:
         )
     if status == 404:
         return KeyNotFoundError(f"{where}: no such key or key version ({detail})")
+    retry_after = _retry_after(exc)
     if status == 429:
-        return RateLimitedError(f"{where}: throttled by Key Vault ({detail})")
+        return RateLimitedError(
+            f"{where}: throttled by Key Vault ({detail})", retry_after=retry_after
+        )
     if isinstance(exc, ServiceRequestError | ServiceResponseError) or (status or 0) >= 500:
-        return KMSUnavailableError(f"{where}: Key Vault is unreachable or unavailable ({detail})")
+        return KMSUnavailableError(
+            f"{where}: Key Vault is unreachable or unavailable ({detail})", retry_after=retry_after
+        )
     if status == 400 and operation in ("unwrap", "rewrap"):
         return IntegrityError("Key Vault could not unwrap the data key (damaged or not ours)")
     return KMSError(f"{where}: refused ({detail})")
+
+
+def _retry_after(exc: AzureError) -> float | None:
+    """The wait Key Vault asked for: ``retry-after-ms``, ``x-ms-retry-after-ms`` or
+    ``Retry-After`` on the answer (azure-core has already waited it out on each of its own
+    retries; this is for the caller's next attempt)."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    return from_headers(headers.get)

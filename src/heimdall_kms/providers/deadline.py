@@ -1,12 +1,15 @@
-"""A total deadline for one HTTP exchange with the KMS, however slowly the answer trickles in.
+"""A total deadline for one exchange with the KMS, however slowly the answer trickles in.
 
-``requests`` and urllib3 time out each socket read, not the exchange: an answer that arrives
-one byte every few seconds never times out, and a job waiting on it holds its batch (and its
-PostgreSQL row locks) forever. :func:`watch` makes a session's connections report themselves
+``requests``, urllib3 and botocore time out each socket read, not the exchange: an answer that
+arrives one byte every few seconds never times out, and a job waiting on it holds its batch
+(and its PostgreSQL row locks) forever. :func:`watch` (a ``requests`` session: Vault, Azure,
+GCP over REST) and :func:`watch_botocore` (AWS) make a client's connections report themselves
 to the thread that uses them; :func:`deadline` gives the exchange to one watchdog thread that,
 when its time is up, shuts the socket of the exchange in flight down, so the blocked read
 returns at once and the call fails as unavailable (a transient error: a background job rolls
-its batch back and tries again).
+its batch back and tries again). An SDK that retries inside the block (botocore, azure-core,
+google-api-core) cannot start a new exchange once the deadline has passed (nor retry that
+refusal): the block is bounded as a whole.
 """
 
 from __future__ import annotations
@@ -24,11 +27,10 @@ from typing import Any
 import requests
 import requests.adapters
 import urllib3
-import urllib3.connection
 
 from heimdall_kms.errors import KMSUnavailableError
 
-__all__ = ["deadline", "watch"]
+__all__ = ["deadline", "watch", "watch_botocore", "watch_pools"]
 
 _local = threading.local()
 
@@ -64,7 +66,7 @@ class _Exchange:
 class _Watchdog:
     """One daemon thread that expires every exchange whose deadline passed.
 
-    A ``threading.Timer`` per exchange started (and tore down) one thread per Vault request:
+    A ``threading.Timer`` per exchange started (and tore down) one thread per request:
     measured with py-spy in ``encrypt_many`` of 250 values, waiting for that thread to start
     took about 9% of the call, more than sealing the 250 values. Finished exchanges stay in the
     heap until they reach its top (or a compaction drops them), so it holds at most the
@@ -125,37 +127,86 @@ _WATCHDOG = _Watchdog()
 
 def _report(connection: object) -> None:
     exchange = getattr(_local, "exchange", None)
-    if exchange is not None:
-        exchange.connection = connection
+    if exchange is None:
+        return
+    if exchange.expired:
+        # The deadline passed while the SDK was between attempts (its retry backoff): a new
+        # exchange would start unbounded, so none is sent.
+        raise _DeadlinePassed
+    exchange.connection = connection
 
 
-class _HTTPConnection(urllib3.connection.HTTPConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _report(self)
-        super().request(*args, **kwargs)
+class _DeadlinePassed(BaseException):
+    """Raised in a new attempt once the deadline has passed. A BaseException, so that no
+    SDK's ``except Exception`` takes it for a transient failure and retries (after a backoff
+    sleep) again: it goes straight up to :func:`deadline`, which reports the deadline."""
 
 
-class _HTTPSConnection(urllib3.connection.HTTPSConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _report(self)
-        super().request(*args, **kwargs)
+_reporting_classes: dict[type[Any], type[Any]] = {}
+_classes_lock = threading.Lock()
 
 
-class _HTTPPool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _HTTPConnection
+def _reporting(pool_class: type[Any]) -> type[Any]:
+    """``pool_class`` whose connections report themselves to :func:`deadline` (one subclass
+    per pool class: urllib3's own, or botocore's ``AWSHTTP(S)ConnectionPool``)."""
+    if getattr(pool_class, "_heimdall_deadline", False):
+        return pool_class
+    with _classes_lock:
+        made = _reporting_classes.get(pool_class)
+        if made is None:
+            base: type[Any] = pool_class.ConnectionCls
+
+            # A new connection connects (TCP, and the TLS handshake, which trickles as well)
+            # before it sends; a pooled one only sends.
+            def connect(self: Any) -> None:
+                _report(self)
+                base.connect(self)
+
+            def request(self: Any, *args: Any, **kwargs: Any) -> None:
+                _report(self)
+                base.request(self, *args, **kwargs)
+
+            members = {"connect": connect, "request": request}
+            connection = type(base.__name__, (base,), members)
+            made = type(
+                pool_class.__name__,
+                (pool_class,),
+                {"ConnectionCls": connection, "_heimdall_deadline": True},
+            )
+            _reporting_classes[pool_class] = made
+        return made
 
 
-class _HTTPSPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _HTTPSConnection
+def watch_pools(manager: urllib3.PoolManager) -> None:
+    """Let :func:`deadline` cut the exchanges of this urllib3 pool manager's connections."""
+    manager.pool_classes_by_scheme = {
+        scheme: _reporting(pool) for scheme, pool in manager.pool_classes_by_scheme.items()
+    }
+    manager.clear()  # pools made before use the plain classes
 
 
 def watch(session: requests.Session) -> None:
     """Let :func:`deadline` cut this session's exchanges (its transport adapters' pools)."""
     for adapter in session.adapters.values():
         if isinstance(adapter, requests.adapters.HTTPAdapter):
-            manager = adapter.poolmanager
-            manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
-            manager.clear()  # pools made before use the plain classes
+            watch_pools(adapter.poolmanager)
+
+
+def watch_botocore(client: Any) -> None:
+    """Let :func:`deadline` cut a botocore client's exchanges.
+
+    botocore sends through urllib3 itself (``URLLib3Session``), not ``requests``; its pool
+    manager and the pool classes it gives proxy managers are attributes of that session, not
+    a public API: if a botocore release renames them this raises AttributeError (and the
+    deadline test of the AWS provider fails) rather than leaving requests unbounded unnoticed.
+    """
+    session = client._endpoint.http_session
+    watch_pools(session._manager)
+    session._pool_classes_by_scheme = {
+        scheme: _reporting(pool) for scheme, pool in session._pool_classes_by_scheme.items()
+    }
+    for manager in session._proxy_managers.values():
+        watch_pools(manager)
 
 
 @contextlib.contextmanager
@@ -163,7 +214,8 @@ def deadline(seconds: float, what: str) -> Iterator[_Exchange]:
     """Bound the exchanges this thread makes inside the block by ``seconds`` in total.
 
     Raises:
-        KMSUnavailableError: the deadline passed before the answer was complete. A block
+        KMSUnavailableError: the deadline passed before the answer was complete (whatever
+            error the cut exchange surfaced as, through the SDK's own translation). A block
             that swallows the cut exchange's error sees ``expired`` on the yielded object.
     """
     exchange = _Exchange()
@@ -172,7 +224,7 @@ def deadline(seconds: float, what: str) -> Iterator[_Exchange]:
     _WATCHDOG.watch(exchange, seconds)
     try:
         yield exchange
-    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError):
+    except (Exception, _DeadlinePassed):
         if exchange.expired:
             raise KMSUnavailableError(
                 f"{what}: no complete answer within {seconds:g}s (the total deadline of one "

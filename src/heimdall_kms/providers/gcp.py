@@ -60,6 +60,7 @@ from heimdall_kms.errors import (
     RateLimitedError,
 )
 from heimdall_kms.overlap import fan_out
+from heimdall_kms.providers import retry_after
 from heimdall_kms.providers.base import (
     KeyContext,
     KeyInfo,
@@ -69,6 +70,7 @@ from heimdall_kms.providers.base import (
     round_trip,
 )
 from heimdall_kms.providers.credential_outage import caused_by
+from heimdall_kms.providers.deadline import deadline, watch
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
 __all__ = ["GCPKMSProvider", "build_client", "check_key_name"]
@@ -154,9 +156,13 @@ def _credentials(gcp: GCPSettings) -> Credentials:
 class GCPKMSProvider:
     """One Cloud KMS CryptoKey. Construct with a ready client, or :meth:`from_settings`.
 
-    ``timeout`` bounds one KMS call including its retries (UNAVAILABLE, DEADLINE_EXCEEDED,
-    RESOURCE_EXHAUSTED and refused connections are retried with backoff within it);
-    ``retry=False`` turns retrying off. ``max_concurrency`` bounds the requests in flight.
+    ``timeout`` bounds one KMS call including its retries (UNAVAILABLE, DEADLINE_EXCEEDED
+    and refused connections are retried with backoff within it), as a total deadline: over
+    REST an answer that trickles in is cut there (:mod:`heimdall_kms.providers.deadline`),
+    over gRPC it is the call's own deadline. RESOURCE_EXHAUSTED is not retried here: it is
+    raised at once with the RetryInfo delay Cloud KMS gives, for the caller to honour (an
+    online call fails fast, a background job waits). ``retry=False`` turns retrying off.
+    ``max_concurrency`` bounds the requests in flight.
     """
 
     def __init__(
@@ -178,6 +184,9 @@ class GCPKMSProvider:
         self._max_concurrency = max_concurrency
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        session = getattr(client.transport, "_session", None)  # the REST transport's
+        if isinstance(session, requests.Session):
+            watch(session)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -374,7 +383,7 @@ class GCPKMSProvider:
     # -- plumbing -----------------------------------------------------------------------------
 
     def _list_versions(self) -> list[kms_v1.CryptoKeyVersion]:
-        with _translated("describe"):
+        with deadline(self._timeout, "GCP KMS describe"), _translated("describe"):
             return list(
                 self._client.list_crypto_key_versions(
                     request={"parent": self._key}, retry=self._retry, timeout=self._timeout
@@ -412,7 +421,7 @@ class GCPKMSProvider:
         idempotent: bool = True,
     ) -> _T:
         retry = self._retry if idempotent else None
-        with _translated(operation):
+        with deadline(self._timeout, f"GCP KMS {operation}"), _translated(operation):
             return method(request=request, retry=retry, timeout=self._timeout)
 
     def _map(self, call: Callable[[_I], _T], items: list[_I]) -> list[_T]:
@@ -447,7 +456,6 @@ def _retry_policy(timeout: float) -> api_retry.Retry:
         predicate=api_retry.if_exception_type(
             api_exceptions.ServiceUnavailable,
             api_exceptions.DeadlineExceeded,
-            api_exceptions.TooManyRequests,
             requests.exceptions.ConnectionError,
         ),
         initial=0.1,
@@ -519,7 +527,9 @@ def _translate(operation: str, exc: BaseException) -> HeimdallKMSError:
     if status == "NOT_FOUND" or isinstance(exc, api_exceptions.NotFound):
         return KeyNotFoundError(f"{where}: no such CryptoKey or version (NOT_FOUND)")
     if status == "RESOURCE_EXHAUSTED" or isinstance(exc, api_exceptions.TooManyRequests):
-        return RateLimitedError(f"{where}: quota exceeded (RESOURCE_EXHAUSTED)")
+        return RateLimitedError(
+            f"{where}: quota exceeded (RESOURCE_EXHAUSTED)", retry_after=_retry_delay(exc)
+        )
     if status == "FAILED_PRECONDITION":
         return KeyVersionRetiredError(
             f"{where}: the key version is not enabled (FAILED_PRECONDITION: disabled or destroyed)"
@@ -533,6 +543,26 @@ def _translate(operation: str, exc: BaseException) -> HeimdallKMSError:
     ):
         return KMSUnavailableError(f"{where}: Cloud KMS is unavailable ({status or 'HTTP 5xx'})")
     return KMSError(f"{where}: request refused ({status or f'HTTP {exc.code}'})")
+
+
+def _retry_delay(exc: api_exceptions.GoogleAPICallError) -> float | None:
+    """The ``google.rpc.RetryInfo`` delay of an error, in seconds: a protobuf message over
+    gRPC, ``{"@type": ".../google.rpc.RetryInfo", "retryDelay": "1.5s"}`` over REST."""
+    for detail in exc.details:
+        descriptor = getattr(detail, "DESCRIPTOR", None)
+        if getattr(descriptor, "full_name", "") == "google.rpc.RetryInfo":
+            delay = detail.retry_delay  # google.protobuf.Duration
+            return retry_after.bounded(delay.seconds + delay.nanos / 1e9)
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith(
+            "/google.rpc.RetryInfo"
+        ):
+            text = detail.get("retryDelay")
+            if isinstance(text, str) and text.endswith("s"):
+                try:
+                    return retry_after.bounded(float(text[:-1]))
+                except ValueError:
+                    return None
+    return None
 
 
 def _status(exc: api_exceptions.GoogleAPICallError) -> str:

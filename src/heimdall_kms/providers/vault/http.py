@@ -22,11 +22,9 @@ anything else that might use it.
 
 from __future__ import annotations
 
-import email.utils
-import math
 import threading
 import urllib.parse
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import hvac
@@ -39,6 +37,7 @@ from requests.sessions import merge_setting
 from heimdall_kms.errors import KMSError
 from heimdall_kms.providers.base import http_date
 from heimdall_kms.providers.deadline import deadline
+from heimdall_kms.providers.retry_after import retry_after_seconds
 
 __all__ = [
     "VaultAdapter",
@@ -210,23 +209,3 @@ def refuse_redirect(response: requests.Response, *_: Any, **__: Any) -> requests
             "node (or let standbys forward requests)"
         )
     return response
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """A Retry-After header as seconds: delta-seconds or an HTTP date; None if absent/bad."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    if math.isnan(seconds):
-        return None
-    return min(max(seconds, 0.0), 3600.0)
