@@ -12,8 +12,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from heimdall_kms.envelope import KmsV1Envelope, parse, parse_strict
@@ -27,6 +27,24 @@ __all__ = ["REDACTED", "PolicyEngine", "Violation", "validate_no_plaintext"]
 
 REDACTED = "[REDACTED]"
 _JSON = "json"  # context "encoding" of a value that was not a string
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """A value waiting for the batch's KMS call, and where its protected form goes."""
+
+    record: dict[str, Any]  # the output record the value is put back into
+    leaf: Leaf
+    text: str
+    context: dict[str, str] = field(default_factory=dict)  # encrypt only
+
+
+@dataclass(slots=True)
+class _Deferred:
+    """The values of a batch whose protected form needs a KMS call (one call per action)."""
+
+    encrypt: list[_Item] = field(default_factory=list)
+    hmac: list[_Item] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,40 +72,51 @@ class PolicyEngine:
             HeimdallKMSError: the KMS or the audit log failed (nothing is returned).
         """
         output = [copy.deepcopy(dict(record)) for record in records]
-        to_encrypt: list[tuple[int, Leaf, str, dict[str, str]]] = []
-        to_hmac: list[tuple[int, Leaf, str]] = []
-        for index, record in enumerate(output):
+        deferred = _Deferred()
+        for record in output:
             for leaf in list(leaves(record, self.policy)):
-                action = leaf.action
-                if action is Action.PASSTHROUGH:
-                    continue
-                if action is Action.SCRUB:
-                    put(record, leaf.location, REDACTED)
-                    continue
-                text = leaf.value if isinstance(leaf.value, str) else json.dumps(leaf.value)
-                if action is Action.HASH:
-                    # Byte for byte the engine's value for every input: it hashes a value
-                    # that already looks like a sha256: hash again, and so does this.
-                    put(record, leaf.location, _sha256(text))
-                elif action is Action.HMAC and not _is_hmac(leaf.value):
-                    to_hmac.append((index, leaf, text))
-                elif action is Action.ENCRYPT and not _is_envelope(leaf.value):
-                    to_encrypt.append((index, leaf, text, self._context(record, leaf)))
-        if to_encrypt:
-            sealed = self.crypto.encrypt_many(
-                [(text, ctx) for _, _, text, ctx in to_encrypt], actor=self.actor
-            )
-            for (index, leaf, _, _), envelope in zip(to_encrypt, sealed, strict=True):
-                put(output[index], leaf.location, envelope.to_json())
-        if to_hmac:
-            tags = self.crypto.hmac_many(
-                [text for _, _, text in to_hmac],
-                actor=self.actor,
-                contexts=[{"field": leaf.path} for _, leaf, _ in to_hmac],
-            )
-            for (index, leaf, _), tag in zip(to_hmac, tags, strict=True):
-                put(output[index], leaf.location, tag)
+                self._protect_leaf(record, leaf, deferred)
+        self._seal(deferred.encrypt)
+        self._tag(deferred.hmac)
         return output
+
+    def _protect_leaf(self, record: dict[str, Any], leaf: Leaf, deferred: _Deferred) -> None:
+        """Put the protected form of one value in place, or defer it to the batch's KMS call."""
+        action = leaf.action
+        if action is Action.PASSTHROUGH:
+            return
+        if action is Action.SCRUB:
+            put(record, leaf.location, REDACTED)
+            return
+        text = leaf.value if isinstance(leaf.value, str) else json.dumps(leaf.value)
+        if action is Action.HASH:
+            # Byte for byte the engine's value for every input: it hashes a value
+            # that already looks like a sha256: hash again, and so does this.
+            put(record, leaf.location, _sha256(text))
+        elif action is Action.HMAC and not _is_hmac(leaf.value):
+            deferred.hmac.append(_Item(record, leaf, text))
+        elif action is Action.ENCRYPT and not _is_envelope(leaf.value):
+            deferred.encrypt.append(_Item(record, leaf, text, self._context(record, leaf)))
+
+    def _seal(self, items: Sequence[_Item]) -> None:
+        if not items:
+            return
+        sealed = self.crypto.encrypt_many(
+            [(item.text, item.context) for item in items], actor=self.actor
+        )
+        for item, envelope in zip(items, sealed, strict=True):
+            put(item.record, item.leaf.location, envelope.to_json())
+
+    def _tag(self, items: Sequence[_Item]) -> None:
+        if not items:
+            return
+        tags = self.crypto.hmac_many(
+            [item.text for item in items],
+            actor=self.actor,
+            contexts=[{"field": item.leaf.path} for item in items],
+        )
+        for item, tag in zip(items, tags, strict=True):
+            put(item.record, item.leaf.location, tag)
 
     def _context(self, record: Mapping[str, Any], leaf: Leaf) -> dict[str, str]:
         context = {"field": leaf.path}
@@ -114,15 +143,11 @@ class PolicyEngine:
         A record with a field that cannot be decrypted comes back as that error.
         """
         output: list[dict[str, Any] | HeimdallKMSError] = [copy.deepcopy(dict(r)) for r in records]
-        found: list[tuple[int, Leaf, dict[str, str]]] = []
-        for index, record in enumerate(output):
-            assert isinstance(record, dict)
-            for leaf in leaves(record, self.policy):
-                if leaf.action is Action.ENCRYPT and _is_envelope(leaf.value):
-                    stated = {"field": leaf.path}
-                    if self.policy.record_id and record.get(self.policy.record_id) is not None:
-                        stated["record"] = str(record[self.policy.record_id])
-                    found.append((index, leaf, stated))
+        found = [
+            (index, leaf, self._stated(record, leaf))
+            for index, record in enumerate(records)
+            for leaf in self._encrypted(record)
+        ]
         if not found:
             return output
         outcomes = self.crypto.decrypt_outcomes(
@@ -132,14 +157,21 @@ class PolicyEngine:
             contexts=[stated for _, _, stated in found],
         )
         for (index, leaf, _), outcome in zip(found, outcomes, strict=True):
-            record = output[index]
-            if isinstance(record, HeimdallKMSError):
-                continue
-            if isinstance(outcome, HeimdallKMSError):
-                output[index] = outcome
-                continue
-            put(record, leaf.location, _decode(leaf.value, outcome))
+            output[index] = _revealed(output[index], leaf, outcome)
         return output
+
+    def _encrypted(self, record: Mapping[str, Any]) -> Iterator[Leaf]:
+        """The values of a record the policy encrypts that hold an envelope."""
+        for leaf in leaves(record, self.policy):
+            if leaf.action is Action.ENCRYPT and _is_envelope(leaf.value):
+                yield leaf
+
+    def _stated(self, record: Mapping[str, Any], leaf: Leaf) -> dict[str, str]:
+        """The context a reveal states for an encrypted value: its field, and its record."""
+        stated = {"field": leaf.path}
+        if self.policy.record_id and record.get(self.policy.record_id) is not None:
+            stated["record"] = str(record[self.policy.record_id])
+        return stated
 
     def iter_protect(
         self, records: Iterable[Mapping[str, Any]], batch_size: int = 500
@@ -166,20 +198,51 @@ def validate_no_plaintext(records: Iterable[Mapping[str, Any]], policy: Policy) 
 
 
 def _violation(leaf: Leaf) -> str | None:
-    value, action = leaf.value, leaf.action
-    if action is Action.ENCRYPT and not _is_envelope(value):
-        return "not encrypted where the policy says encrypt"
-    if action is Action.HASH and not (_is_hash(value) or _is_hmac(value)):
-        return "not hashed where the policy says hash"
-    if action is Action.HMAC and not _is_hmac(value):
-        return (
-            "an unkeyed sha256: hash where the policy says hmac"
-            if _is_hash(value)
-            else "not hashed where the policy says hmac"
-        )
-    if action is Action.SCRUB and value != REDACTED:
-        return "not scrubbed where the policy says scrub"
-    return None
+    check = _VIOLATIONS.get(leaf.action)
+    return None if check is None else check(leaf.value)
+
+
+def _not_encrypted(value: Any) -> str | None:
+    return None if _is_envelope(value) else "not encrypted where the policy says encrypt"
+
+
+def _not_hashed(value: Any) -> str | None:
+    if _is_hash(value) or _is_hmac(value):
+        return None
+    return "not hashed where the policy says hash"
+
+
+def _not_keyed_hashed(value: Any) -> str | None:
+    if _is_hmac(value):
+        return None
+    if _is_hash(value):
+        return "an unkeyed sha256: hash where the policy says hmac"
+    return "not hashed where the policy says hmac"
+
+
+def _not_scrubbed(value: Any) -> str | None:
+    return None if value == REDACTED else "not scrubbed where the policy says scrub"
+
+
+# What each action's protected form must look like; passthrough asks nothing.
+_VIOLATIONS: dict[Action, Callable[[Any], str | None]] = {
+    Action.ENCRYPT: _not_encrypted,
+    Action.HASH: _not_hashed,
+    Action.HMAC: _not_keyed_hashed,
+    Action.SCRUB: _not_scrubbed,
+}
+
+
+def _revealed(
+    record: dict[str, Any] | HeimdallKMSError, leaf: Leaf, outcome: str | HeimdallKMSError
+) -> dict[str, Any] | HeimdallKMSError:
+    """A record after one field's decrypt outcome: the first error stands for the record."""
+    if isinstance(record, HeimdallKMSError):
+        return record
+    if isinstance(outcome, HeimdallKMSError):
+        return outcome
+    put(record, leaf.location, _decode(leaf.value, outcome))
+    return record
 
 
 def _sha256(text: str) -> str:

@@ -91,7 +91,12 @@ def parse_policy(document: object, *, source: str = "policy") -> Policy:
     unknown = sorted(str(k) for k in set(document) - _KEYS)
     if unknown:
         raise InvalidInputError(f"{source}: unknown key {unknown[0]!r}")
-    rules = document.get("rules", {})
+    checked = _rules(document.get("rules", {}), source)
+    default = _action(document.get("default_action", "passthrough"), f"{source}: default_action")
+    return Policy(checked, default, _record_id(document.get("record_id"), source))
+
+
+def _rules(rules: object, source: str) -> dict[str, Action]:
     if not isinstance(rules, dict):
         raise InvalidInputError(f"{source}: 'rules' must be an object of field: action")
     if len(rules) > MAX_RULES:
@@ -101,11 +106,13 @@ def parse_policy(document: object, *, source: str = "policy") -> Policy:
         if not isinstance(name, str) or not _PATH.fullmatch(name):
             raise InvalidInputError(f"{source}: rule {_show(name)} is not a field name or path")
         checked[name] = _action(action, f"{source}: rule {name!r}")
-    default = _action(document.get("default_action", "passthrough"), f"{source}: default_action")
-    record_id = document.get("record_id")
-    if record_id is not None and (not isinstance(record_id, str) or not record_id):
-        raise InvalidInputError(f"{source}: 'record_id' must be a field name")
-    return Policy(checked, default, record_id)
+    return checked
+
+
+def _record_id(record_id: object, source: str) -> str | None:
+    if record_id is None or (isinstance(record_id, str) and record_id):
+        return record_id
+    raise InvalidInputError(f"{source}: 'record_id' must be a field name")
 
 
 def _action(value: Any, where: str) -> Action:
