@@ -209,16 +209,20 @@ class Lane(Generic[_T, _R]):
         # Whatever failed the whole batch, each of its callers gets it: none may hang.
         except Exception as exc:  # noqa: BLE001
             for _, _, future, _ in calls:
-                if not future.done():
-                    future.set_exception(exc)
+                _settle(future, exc)
             return
         for (_, _, future, _), outcome in zip(calls, outcomes, strict=True):
-            if future.done():
-                continue
-            if isinstance(outcome, Exception):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
+            _settle(future, outcome)
+
+
+def _settle(future: asyncio.Future[_R], outcome: _R | Exception) -> None:
+    """Give a waiting caller its outcome (a caller that gave up has a done future)."""
+    if future.done():
+        return
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 def _uncorrelated(

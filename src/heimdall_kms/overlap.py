@@ -156,17 +156,26 @@ def in_order(
     if first is None:
         return
     second = next(source, None)
-    if in_flight <= 1 or second is None:
-        yield first()
-        if second is not None:
-            yield second()
-            for job in source:
-                yield job()
-        return
+    if second is None:
+        yield from _serially((first,))
+    elif in_flight <= 1:
+        yield from _serially(itertools.chain((first, second), source))
+    else:
+        yield from _pooled(itertools.chain((first, second), source), in_flight, discard)
+
+
+def _serially(jobs: Iterable[Callable[[], _R]]) -> Generator[_R, None, None]:
+    for job in jobs:
+        yield job()
+
+
+def _pooled(
+    jobs: Iterable[Callable[[], _R]], in_flight: int, discard: Callable[[_R], None] | None
+) -> Generator[_R, None, None]:
     pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="heimdall-kms-batch")
     pending: deque[Future[_R]] = deque()
     try:
-        for job in itertools.chain((first, second), source):
+        for job in jobs:
             if len(pending) < in_flight:
                 pending.append(pool.submit(job))
                 continue
@@ -179,6 +188,12 @@ def in_order(
             yield pending.popleft().result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        for future in pending:
-            if discard is not None and not future.cancelled() and future.exception() is None:
-                discard(future.result())
+        if discard is not None:
+            _discard_produced(pending, discard)
+
+
+def _discard_produced(pending: Iterable[Future[_R]], discard: Callable[[_R], None]) -> None:
+    """Hand each result that was computed but never yielded to ``discard``."""
+    for future in pending:
+        if not future.cancelled() and future.exception() is None:
+            discard(future.result())

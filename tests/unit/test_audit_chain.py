@@ -244,6 +244,36 @@ def test_query(log: Path) -> None:
     assert list(query(log, AuditFilter(actor="nobody"))) == []
 
 
+DECRYPT_EVENT = {
+    "event_type": "crypto.decrypt",
+    "actor": "alice",
+    "field_identifier": "ssn",
+    "key_version": 2,
+    "result": "success",
+    "timestamp": "2026-11-28T10:04:00Z",
+}
+
+
+class TestAuditFilter:
+    def test_every_asked_key_must_match(self) -> None:
+        """Each asked value must equal the event's; one mismatch is enough to leave it out."""
+        assert AuditFilter(actor="alice", field="ssn", key_version=2, result="success").matches(
+            DECRYPT_EVENT
+        )
+        assert not AuditFilter(field="email").matches(DECRYPT_EVENT)
+        assert not AuditFilter(result="failure").matches(DECRYPT_EVENT)
+        assert not AuditFilter(actor="alice", key_version=1).matches(DECRYPT_EVENT)
+
+    def test_a_window_leaves_out_an_event_without_a_readable_time(self) -> None:
+        """A time window cannot vouch for an event whose timestamp does not parse."""
+        from datetime import datetime
+
+        window = AuditFilter(since=datetime.fromisoformat("2026-11-28T10:00:00Z"))
+        assert window.matches(DECRYPT_EVENT)
+        assert not window.matches({**DECRYPT_EVENT, "timestamp": "yesterday"})
+        assert AuditFilter().matches({**DECRYPT_EVENT, "timestamp": "yesterday"})
+
+
 def test_cli(log: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["audit", "verify", str(log), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["result"] == "intact"

@@ -30,14 +30,21 @@ class AuditFilter:
     def matches(self, event: dict[str, Any]) -> bool:
         if self.event_types and event.get("event_type") not in self.event_types:
             return False
-        if self.actor is not None and event.get("actor") != self.actor:
+        if any(event.get(key) != wanted for key, wanted in self._asked()):
             return False
-        if self.field is not None and event.get("field_identifier") != self.field:
-            return False
-        if self.key_version is not None and event.get("key_version") != self.key_version:
-            return False
-        if self.result is not None and event.get("result") != self.result:
-            return False
+        return self._in_window(event)
+
+    def _asked(self) -> Iterator[tuple[str, object]]:
+        """The event keys this filter asks for one value of, with that value."""
+        asked = (
+            ("actor", self.actor),
+            ("field_identifier", self.field),
+            ("key_version", self.key_version),
+            ("result", self.result),
+        )
+        return ((key, wanted) for key, wanted in asked if wanted is not None)
+
+    def _in_window(self, event: dict[str, Any]) -> bool:
         if self.since is None and self.until is None:
             return True
         try:

@@ -73,31 +73,43 @@ def _find(text: str, index: int, wanted: str) -> tuple[Span | None, int]:
     if text.startswith("}", index):
         return None, index + 1
     while True:
-        if not text.startswith('"', index):
-            raise DocumentError("not valid JSON")
-        try:
-            key, index = scanstring(text, index + 1)
-        except ValueError:
-            raise DocumentError("not valid JSON") from None
-        index = _skip(text, index)
-        if not text.startswith(":", index):
-            raise DocumentError("not valid JSON")
-        value_start = _skip(text, index + 1)
-        try:
-            _, value_end = _DECODER.raw_decode(text, value_start)
-        except (ValueError, RecursionError):
-            raise DocumentError("not valid JSON") from None
+        key, value = _member(text, index)
         if key == wanted:
             if found is not None:
                 raise DocumentError(f"the document repeats the key {key[:40]!r}")
-            found = Span(value_start, value_end)
-        index = _skip(text, value_end)
-        if text.startswith(",", index):
-            index = _skip(text, index + 1)
-        elif text.startswith("}", index):
-            return found, index + 1
-        else:
-            raise DocumentError("not valid JSON")
+            found = value
+        index, closed = _after_member(text, value.end)
+        if closed:
+            return found, index
+
+
+def _member(text: str, index: int) -> tuple[str, Span]:
+    """The key at ``index`` of an object's ``"key": value`` member, and its value's span."""
+    if not text.startswith('"', index):
+        raise DocumentError("not valid JSON")
+    try:
+        key, index = scanstring(text, index + 1)
+    except ValueError:
+        raise DocumentError("not valid JSON") from None
+    index = _skip(text, index)
+    if not text.startswith(":", index):
+        raise DocumentError("not valid JSON")
+    value_start = _skip(text, index + 1)
+    try:
+        _, value_end = _DECODER.raw_decode(text, value_start)
+    except (ValueError, RecursionError):
+        raise DocumentError("not valid JSON") from None
+    return key, Span(value_start, value_end)
+
+
+def _after_member(text: str, index: int) -> tuple[int, bool]:
+    """Where the next member starts, or the object's end and True when it closes there."""
+    index = _skip(text, index)
+    if text.startswith(",", index):
+        return _skip(text, index + 1), False
+    if text.startswith("}", index):
+        return index + 1, True
+    raise DocumentError("not valid JSON")
 
 
 def _skip(text: str, index: int) -> int:
@@ -131,14 +143,21 @@ def holds_envelope(node: Any, depth: int = 0) -> bool:
         return any(holds_envelope(value, depth + 1) for value in node.values())
     if isinstance(node, list):
         return any(holds_envelope(value, depth + 1) for value in node)
-    if isinstance(node, str) and any(marker in node for marker in _MARKERS):
-        stripped = node.strip()
-        if not stripped.startswith(("{", "[", '"')):
-            return False
-        try:
-            inner = json.loads(stripped)
-        except (ValueError, RecursionError):
-            # Escaped text naming an envelope's key that does not parse: a damaged envelope.
-            return True
-        return holds_envelope(inner, depth + 1)
+    if isinstance(node, str):
+        return _text_holds_envelope(node, depth)
     return False
+
+
+def _text_holds_envelope(text: str, depth: int) -> bool:
+    """Whether a string is (or, damaged, looks like) the JSON text of an envelope."""
+    if not any(marker in text for marker in _MARKERS):
+        return False
+    stripped = text.strip()
+    if not stripped.startswith(("{", "[", '"')):
+        return False
+    try:
+        inner = json.loads(stripped)
+    except (ValueError, RecursionError):
+        # Escaped text naming an envelope's key that does not parse: a damaged envelope.
+        return True
+    return holds_envelope(inner, depth + 1)
