@@ -278,18 +278,18 @@ def _rollback(spec: TargetSpec, run_id: str, actor: str, as_json: bool) -> None:
     else:
         for target, counts in result.targets.items():
             click.echo(
-                f"rollback {run_id} {target}: restored {counts['restored']:,} of "
-                f"{counts['journaled']:,}; changed since (left alone) {counts['conflicts']:,}"
-                f"; not an envelope (never written back) {counts['not_envelope']:,}"
+                f"rollback {run_id} {target}: restored {counts.restored:,} of "
+                f"{counts.journaled:,}; changed since (left alone) {counts.conflicts:,}"
+                f"; not an envelope (never written back) {counts.not_envelope:,}"
             )
-    if result.total("not_envelope"):
+    totals = result.totals
+    if totals.not_envelope:
         raise IncompleteError(
-            f"{result.total('not_envelope')} journal rows do not hold an envelope and were "
-            "not restored"
+            f"{totals.not_envelope} journal rows do not hold an envelope and were not restored"
         )
-    if result.total("conflicts"):
+    if totals.conflicts:
         raise IncompleteError(
-            f"{result.total('conflicts')} values changed since the run and were not restored"
+            f"{totals.conflicts} values changed since the run and were not restored"
         )
 
 

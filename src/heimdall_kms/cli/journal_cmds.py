@@ -85,5 +85,5 @@ def purge(
     if as_json:
         click.echo(json.dumps(result.to_dict()))
         return
-    for target, counts in result.targets.items():
-        click.echo(f"purged {counts['deleted']:,} journal rows of {target}")
+    for target, deleted in result.deleted.items():
+        click.echo(f"purged {deleted:,} journal rows of {target}")

@@ -159,15 +159,15 @@ def run_migration_drill(env: DrillEnvironment, *, records: int = 500) -> DrillRe
 
     def do_rollback() -> dict[str, object]:
         result = rollback([store], str(state["run"]), env.audit, "drill-migrator")
-        if result.total("conflicts"):
+        if result.totals.conflicts:
             raise IntegrityError("rollback met values changed since the run")
-        return {"restored": result.total("restored")}
+        return {"restored": result.totals.restored}
 
     def do_purge() -> dict[str, object]:
         return {
             "deleted": purge(
                 [store], env.audit, "drill-migrator", older_than_days=0, run_id=None
-            ).total("deleted")
+            ).total_deleted
         }
 
     try:

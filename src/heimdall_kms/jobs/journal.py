@@ -22,22 +22,70 @@ from heimdall_kms.jobs.reading import reader_for
 from heimdall_kms.providers.base import KeyInfo
 from heimdall_kms.store import FieldStore
 
-__all__ = ["JournalResult", "journaled_below", "purge", "rollback"]
+__all__ = [
+    "PurgeResult",
+    "RestoreCounts",
+    "RollbackResult",
+    "journaled_below",
+    "purge",
+    "rollback",
+]
 
 _CHUNK = 1000
 
 
-@dataclass
-class JournalResult:
-    action: str
-    run_id: str | None
-    targets: dict[str, dict[str, int]] = field(default_factory=dict)
+@dataclass(frozen=True, slots=True)
+class RestoreCounts:
+    """What a rollback did on one target (or on all of them, added up)."""
 
-    def total(self, name: str) -> int:
-        return sum(counts.get(name, 0) for counts in self.targets.values())
+    journaled: int = 0
+    restored: int = 0
+    conflicts: int = 0  # changed since the run: left alone
+    not_envelope: int = 0  # no envelope where the target says: never written back
+
+    def __add__(self, other: RestoreCounts) -> RestoreCounts:
+        return RestoreCounts(
+            self.journaled + other.journaled,
+            self.restored + other.restored,
+            self.conflicts + other.conflicts,
+            self.not_envelope + other.not_envelope,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "journaled": self.journaled,
+            "restored": self.restored,
+            "conflicts": self.conflicts,
+            "not_envelope": self.not_envelope,
+        }
+
+
+@dataclass
+class RollbackResult:
+    run_id: str
+    targets: dict[str, RestoreCounts] = field(default_factory=dict)
+
+    @property
+    def totals(self) -> RestoreCounts:
+        return sum(self.targets.values(), RestoreCounts())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "run_id": self.run_id, "targets": self.targets}
+        targets = {t: counts.to_dict() for t, counts in self.targets.items()}
+        return {"action": "rollback", "run_id": self.run_id, "targets": targets}
+
+
+@dataclass
+class PurgeResult:
+    run_id: str | None
+    deleted: dict[str, int] = field(default_factory=dict)  # journal rows, per target
+
+    @property
+    def total_deleted(self) -> int:
+        return sum(self.deleted.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        targets = {t: {"deleted": n} for t, n in self.deleted.items()}
+        return {"action": "purge", "run_id": self.run_id, "targets": targets}
 
 
 def rollback(
@@ -47,7 +95,7 @@ def rollback(
     actor: str,
     *,
     describe: Callable[[], KeyInfo] | None = None,
-) -> JournalResult:
+) -> RollbackResult:
     """Restore every value the run replaced, where it is unchanged since.
 
     A run whose old values are ``kms_v1`` (a rewrap, say) is restored only if the KMS can still
@@ -65,7 +113,7 @@ def rollback(
         RefusedError: old values need retired key versions, or no KMS to tell (audited).
         StoreError: the database failed (the current chunk is rolled back).
     """
-    result = JournalResult("rollback", run_id)
+    result = RollbackResult(run_id)
     key: list[KeyInfo] = []  # described at most once, when a kms_v1 old value needs it
     for store in stores:
         event = _event(EventType.REENCRYPT_ROLLBACK, actor, run_id, str(store.target), {})
@@ -80,14 +128,14 @@ def rollback(
             restored = 0
             for start in range(0, len(restorable), _CHUNK):
                 restored += sum(store.restore(restorable[start : start + _CHUNK]))
-            counts = {
-                "journaled": len(entries),
-                "restored": restored,
-                "conflicts": len(restorable) - restored,
-                "not_envelope": len(entries) - len(restorable),
-            }
+            counts = RestoreCounts(
+                journaled=len(entries),
+                restored=restored,
+                conflicts=len(restorable) - restored,
+                not_envelope=len(entries) - len(restorable),
+            )
             result.targets[str(store.target)] = counts
-            attempt.details = dict(counts)
+            attempt.details = counts.to_dict()
     return result
 
 
@@ -135,7 +183,7 @@ def purge(
     older_than_days: int | None,
     run_id: str | None,
     now: datetime | None = None,
-) -> JournalResult:
+) -> PurgeResult:
     """Delete journal rows older than ``older_than_days`` (and/or of one run).
 
     Raises:
@@ -146,14 +194,14 @@ def purge(
     if older_than_days is not None:
         moment = (now or datetime.now(UTC)) - timedelta(days=older_than_days)
         cutoff = moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    result = JournalResult("purge", run_id)
+    result = PurgeResult(run_id)
     for store in stores:
         details: dict[str, Any] = {"older_than": cutoff}
         event = _event(EventType.JOURNAL_PURGE, actor, run_id or "", str(store.target), details)
         with audited(audit, event) as attempt:
             store.ensure_journal()
             deleted = store.purge_journal(older_than=cutoff, run_id=run_id)
-            result.targets[str(store.target)] = {"deleted": deleted}
+            result.deleted[str(store.target)] = deleted
             attempt.details["deleted"] = deleted
     return result
 
