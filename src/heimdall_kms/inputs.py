@@ -30,7 +30,7 @@ def metric_labels(envelope: Envelope) -> tuple[str, str]:
     # Legacy values are counted under provider "legacy" with their key id as the version:
     # a handful of configured ids, so the label set stays small.
     if isinstance(envelope, KmsV1Envelope):
-        return str(envelope.provider), str(envelope.key_version)
+        return envelope.provider, str(envelope.key_version)
     if isinstance(envelope, LegacyEnvelope):
         return LEGACY_LABEL, envelope.key_id
     return LEGACY_LABEL, "unknown"

@@ -15,18 +15,30 @@ __all__ = [
     "EncryptionMode",
     "EnvelopeFormat",
     "ProviderName",
+    "TextEnum",
     "VaultAuthMethod",
     "WriteFormat",
 ]
 
 
-class EncryptionMode(StrEnum):
+class TextEnum(StrEnum):
+    """A StrEnum that hashes as the text it equals.
+
+    Enum's own ``__hash__`` is Python code hashing the member's *name*; this is str's, in C,
+    over the value, so a member and its text are one dict key, and the per-value audit line
+    (whose shared members are keyed by a tuple holding several members) hashes at str speed.
+    """
+
+    __hash__ = str.__hash__
+
+
+class EncryptionMode(TextEnum):
     LEGACY = "legacy"
     HYBRID = "hybrid"
     KMS = "kms"
 
 
-class EnvelopeFormat(StrEnum):
+class EnvelopeFormat(TextEnum):
     """A stored value's format: the ``encryption_version`` a ``kms_v1`` envelope carries, or
     the legacy env-key form (which carries none). Audit events and metrics name it too."""
 
@@ -39,7 +51,7 @@ class EnvelopeFormat(StrEnum):
 WriteFormat = EnvelopeFormat
 
 
-class ProviderName(StrEnum):
+class ProviderName(TextEnum):
     VAULT = "vault"
     AWS = "aws"
     GCP = "gcp"
@@ -47,14 +59,14 @@ class ProviderName(StrEnum):
     LOCAL = "local"
 
 
-class AWSKeyVersioning(StrEnum):
+class AWSKeyVersioning(TextEnum):
     """What a key version is on AWS (``HMD_AWS_KEY_VERSIONING``, docs/providers/aws.md)."""
 
     NATIVE = "native"  # one KMS key; versions are AWS's own rotations of its material
     ALIASES = "aliases"  # one KMS key per version behind alias/<name>/v<n> (retire works)
 
 
-class VaultAuthMethod(StrEnum):
+class VaultAuthMethod(TextEnum):
     TOKEN = "token"  # noqa: S105 - an auth method's name, not a password.
     APPROLE = "approle"
     KUBERNETES = "kubernetes"

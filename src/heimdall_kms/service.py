@@ -212,7 +212,8 @@ class Crypto:
                 for o in opened
             ]
         )
-        self._count(self.metrics.decrypt_total, [o.envelope for o in opened if o.error is None])
+        done = [i.envelope for i in opened if i.envelope is not None and i.error is None]
+        self._count(self.metrics.decrypt_total, done)
         self._count_errors("decrypt", self._read_label, [o.outcome for o in opened])
         return [item.result() for item in opened]
 
@@ -345,9 +346,8 @@ class Crypto:
             self.audit.emit(failed(exc))
             raise
 
-    def _count(self, counter: MetricCounter, envelopes: Iterable[Envelope | None]) -> None:
-        done = Counter(metric_labels(e) for e in envelopes if e is not None)
-        for (label, version), count in done.items():
+    def _count(self, counter: MetricCounter, envelopes: Iterable[Envelope]) -> None:
+        for (label, version), count in Counter(map(metric_labels, envelopes)).items():
             counter.labels(label, version).inc(count)
 
     def _count_errors(self, operation: str, provider: str, outcomes: Iterable[object]) -> None:

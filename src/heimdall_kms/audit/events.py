@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
+
+from heimdall_kms.kinds import TextEnum
 
 __all__ = ["AuditEvent", "EventType", "Result"]
 
 
-class EventType(StrEnum):
+class EventType(TextEnum):
     ENCRYPT = "crypto.encrypt"
     DECRYPT = "crypto.decrypt"
     HMAC = "crypto.hmac"
@@ -31,7 +32,7 @@ class EventType(StrEnum):
     AUDIT_REPAIR = "audit.repair"  # a damaged (partial) tail moved aside, the chain continued
 
 
-class Result(StrEnum):
+class Result(TextEnum):
     SUCCESS = "success"
     FAILURE = "failure"
     # Written before a change, and followed by the change's success or failure under the same
