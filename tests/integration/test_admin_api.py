@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -1198,8 +1199,17 @@ def load_tokens_ok(tmp_path: Path) -> Any:
 # -- TLS over a real server ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TLSServer:
+    """serve over TLS: its port, the CA of its certificate, the uvicorn server."""
+
+    port: int
+    ca: trustme.CA
+    server: Any
+
+
 @pytest.fixture
-def tls_server(tmp_path: Path) -> Iterator[tuple[int, trustme.CA, Any]]:
+def tls_server(tmp_path: Path) -> Iterator[TLSServer]:
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
     cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
@@ -1221,7 +1231,7 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[int, trustme.CA, Any]]:
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
         time.sleep(0.02)
-    yield port, ca, server
+    yield TLSServer(port, ca, server)
     server.should_exit = True
     thread.join(15)
 
@@ -1242,10 +1252,10 @@ def handshake(port: int, ca: trustme.CA, highest: ssl.TLSVersion, legacy: bool =
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_tls_prefers_1_3_and_refuses_1_1(
-    tls_server: tuple[int, trustme.CA, Any], tmp_path: Path
-) -> None:
-    port, ca, server = tls_server
+def test_tls_prefers_1_3_and_refuses_1_1(tls_server: TLSServer, tmp_path: Path) -> None:
+    port = tls_server.port
+    ca = tls_server.ca
+    server = tls_server.server
     assert server.config.ssl.minimum_version == ssl.TLSVersion.TLSv1_2
     assert handshake(port, ca, ssl.TLSVersion.MAXIMUM_SUPPORTED) == "TLSv1.3"
     assert handshake(port, ca, ssl.TLSVersion.TLSv1_2) == "TLSv1.2"

@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -71,16 +72,24 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return values
 
 
+@dataclass(frozen=True)
+class AdminClient:
+    """The admin API in process and a bearer token it accepts."""
+
+    http: TestClient
+    token: str
+
+
 @pytest.fixture
 def client(
     env: dict[str, str], tmp_path: Path, spans: InMemorySpanExporter
-) -> Iterator[tuple[TestClient, str]]:
+) -> Iterator[AdminClient]:
     token = secrets.token_urlsafe(16)
     tokens = tmp_path / "tokens.txt"
     tokens.write_text(f"app {hashlib.sha256(token.encode()).hexdigest()}\n")
     app = create_app(Settings.from_env(env), load_tokens(tokens))
     with TestClient(app) as test_client:
-        yield test_client, token
+        yield AdminClient(test_client, token)
 
 
 def by_name(exporter: InMemorySpanExporter) -> dict[str, ReadableSpan]:
@@ -93,9 +102,10 @@ def audit(env: dict[str, str]) -> list[dict[str, object]]:
 
 class TestRequestSpans:
     def test_the_request_continues_the_callers_trace_down_to_the_kms_call(
-        self, client: tuple[TestClient, str], spans: InMemorySpanExporter, env: dict[str, str]
+        self, client: AdminClient, spans: InMemorySpanExporter, env: dict[str, str]
     ) -> None:
-        test_client, token = client
+        test_client = client.http
+        token = client.token
         headers = {
             "Authorization": f"Bearer {token}",
             "traceparent": f"00-{CALLER_TRACE}-{CALLER_PARENT}-01",
@@ -122,9 +132,10 @@ class TestRequestSpans:
         assert event["trace_id"] == CALLER_TRACE
 
     def test_without_a_traceparent_the_audit_event_names_the_services_trace(
-        self, client: tuple[TestClient, str], spans: InMemorySpanExporter, env: dict[str, str]
+        self, client: AdminClient, spans: InMemorySpanExporter, env: dict[str, str]
     ) -> None:
-        test_client, token = client
+        test_client = client.http
+        token = client.token
         spans.clear()
         test_client.post(
             "/crypto/encrypt", json={"plaintext": "x"}, headers={"Authorization": f"Bearer {token}"}

@@ -12,6 +12,7 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -74,8 +75,16 @@ def _write_private(path: Path, content: str | bytes) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class JWTServer:
+    """A server with JWT auth on, and the signer of the JWTs it trusts."""
+
+    server: OpenBao
+    signer: Signer
+
+
 @pytest.fixture(scope="module")
-def jwt_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OpenBao, Signer]]:
+def jwt_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JWTServer]:
     server = start_openbao()
     signer = Signer(tmp_path_factory.mktemp("jwt"))
     root = server.client()
@@ -93,7 +102,7 @@ def jwt_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OpenB
         token_ttl="10m",
         path="ci-jwt",
     )
-    yield server, signer
+    yield JWTServer(server, signer)
     server.stop()
 
 
@@ -108,18 +117,20 @@ class TestJWTAuth:
         )
 
     def test_login_with_a_signed_jwt_then_encrypt_and_decrypt(
-        self, jwt_server: tuple[OpenBao, Signer], tmp_path: Path
+        self, jwt_server: JWTServer, tmp_path: Path
     ) -> None:
-        server, signer = jwt_server
+        server = jwt_server.server
+        signer = jwt_server.signer
         jwt_file = _write_private(tmp_path / "jwt", signer.jwt() + "\n")
         with heimdall_kms.from_env(self._env(server, jwt_file), audit=MemoryAuditSink()) as c:
             envelope = c.encrypt(SSN, context=CTX)
             assert c.decrypt(envelope, actor="a", reason="r") == SSN
 
     def test_a_revoked_token_is_replaced_by_a_login_with_the_files_current_jwt(
-        self, jwt_server: tuple[OpenBao, Signer], tmp_path: Path
+        self, jwt_server: JWTServer, tmp_path: Path
     ) -> None:
-        server, signer = jwt_server
+        server = jwt_server.server
+        signer = jwt_server.signer
         jwt_file = _write_private(tmp_path / "jwt", signer.jwt())
         with heimdall_kms.from_env(self._env(server, jwt_file), audit=MemoryAuditSink()) as c:
             envelope = c.encrypt(SSN, context=CTX)
@@ -139,9 +150,10 @@ class TestJWTAuth:
         "claims", [{"sub": "someone-else"}, {"aud": "another-app"}, {"exp": 1_000_000_000}]
     )
     def test_a_jwt_the_role_does_not_accept_is_refused(
-        self, jwt_server: tuple[OpenBao, Signer], tmp_path: Path, claims: dict[str, object]
+        self, jwt_server: JWTServer, tmp_path: Path, claims: dict[str, object]
     ) -> None:
-        server, signer = jwt_server
+        server = jwt_server.server
+        signer = jwt_server.signer
         token = signer.jwt(**claims)
         jwt_file = _write_private(tmp_path / "jwt", token)
         with pytest.raises(AuthenticationError) as caught:
@@ -149,17 +161,18 @@ class TestJWTAuth:
         assert token[-20:] not in str(caught.value)
 
     def test_a_jwt_signed_by_another_key_is_refused(
-        self, jwt_server: tuple[OpenBao, Signer], tmp_path: Path
+        self, jwt_server: JWTServer, tmp_path: Path
     ) -> None:
-        server, _ = jwt_server
+        server = jwt_server.server
         jwt_file = _write_private(tmp_path / "jwt", Signer(tmp_path).jwt())
         with pytest.raises(AuthenticationError):
             heimdall_kms.from_env(self._env(server, jwt_file), audit=MemoryAuditSink())
 
     def test_a_jwt_file_others_may_read_is_refused_at_start(
-        self, jwt_server: tuple[OpenBao, Signer], tmp_path: Path
+        self, jwt_server: JWTServer, tmp_path: Path
     ) -> None:
-        server, signer = jwt_server
+        server = jwt_server.server
+        signer = jwt_server.signer
         jwt_file = _write_private(tmp_path / "jwt", signer.jwt())
         jwt_file.chmod(0o644)
         with pytest.raises(ConfigurationError, match=r"^HMD_VAULT_JWT_FILE: "):

@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -267,8 +268,17 @@ MATRIX = [
 ]
 
 
+@dataclass(frozen=True)
+class Bootstrapped:
+    """A server vault bootstrap has set up, with a ciphertext and a signature made under its
+    keys (what the roles are tried on)."""
+
+    server: OpenBao
+    data: dict[str, str]
+
+
 @pytest.fixture(scope="module")
-def bootstrapped() -> Iterator[tuple[OpenBao, dict[str, str]]]:
+def bootstrapped() -> Iterator[Bootstrapped]:
     server = start_openbao()
     try:
         bootstrap(server)
@@ -277,16 +287,17 @@ def bootstrapped() -> Iterator[tuple[OpenBao, dict[str, str]]]:
             "ciphertext": transit.encrypt_data(K, "QUJD")["data"]["ciphertext"],
             "signature": transit.sign_data(f"{K}-audit", "QUJD")["data"]["signature"],
         }
-        yield server, data
+        yield Bootstrapped(server, data)
     finally:
         server.stop()
 
 
 @pytest.mark.parametrize(("role", "operation", "allowed"), MATRIX)
 def test_each_role_may_do_its_job_and_nothing_else(
-    bootstrapped: tuple[OpenBao, dict[str, str]], role: str, operation: str, allowed: bool
+    bootstrapped: Bootstrapped, role: str, operation: str, allowed: bool
 ) -> None:
-    server, data = bootstrapped
+    server = bootstrapped.server
+    data = bootstrapped.data
     client = login(server, role)
     call = OPERATIONS[operation]
     if allowed:
@@ -297,9 +308,9 @@ def test_each_role_may_do_its_job_and_nothing_else(
 
 
 def test_the_explicit_deny_wins_over_a_broader_policy(
-    bootstrapped: tuple[OpenBao, dict[str, str]],
+    bootstrapped: Bootstrapped,
 ) -> None:
-    server, _ = bootstrapped
+    server = bootstrapped.server
     root = server.client()
     root.sys.create_or_update_policy("too-broad", 'path "transit/*" { capabilities = ["read"] }')
     broad = root.auth.token.create(policies=["too-broad"], ttl="5m")["auth"]["client_token"]
@@ -312,8 +323,8 @@ def test_the_explicit_deny_wins_over_a_broader_policy(
             client.adapter.get(path)
 
 
-def test_the_roles_through_the_facade(bootstrapped: tuple[OpenBao, dict[str, str]]) -> None:
-    server, _ = bootstrapped
+def test_the_roles_through_the_facade(bootstrapped: Bootstrapped) -> None:
+    server = bootstrapped.server
     with heimdall_kms.from_env(approle_env(server, "app"), audit=MemoryAuditSink()) as app:
         envelope = app.encrypt(SSN, context=CTX)
         assert app.decrypt(envelope, actor="a", reason="r", context=CTX) == SSN
