@@ -157,13 +157,7 @@ def _refuse_retired(
         key.append(describe())
     info = key[0]
     minimum = info.min_decryption_version
-    retired = [
-        envelope
-        for envelope in kms_v1
-        if (envelope.provider, envelope.key_identifier)
-        == (info.provider.value, info.key_identifier)
-        and envelope.key_version < minimum
-    ]
+    retired = [envelope for envelope in kms_v1 if _retired_under(envelope, info)]
     if retired:
         lowest = min(envelope.key_version for envelope in retired)
         raise RefusedError(
@@ -173,6 +167,15 @@ def _refuse_retired(
             f"version {lowest} usable again first where the KMS still has it (Vault: set the "
             f"key's min_decryption_version to {lowest}), then roll back and re-wrap"
         )
+
+
+def _retired_under(envelope: KmsV1Envelope, info: KeyInfo) -> bool:
+    """Whether ``envelope`` was wrapped by this key under a version it no longer decrypts."""
+    ours = (envelope.provider, envelope.key_identifier) == (
+        info.provider.value,
+        info.key_identifier,
+    )
+    return ours and envelope.key_version < info.min_decryption_version
 
 
 def purge(
