@@ -91,29 +91,31 @@ def resolve(spec: TargetSpec) -> tuple[str, list[Target]]:
     Raises:
         click.UsageError: conflicting or missing options. ConfigurationError: bad URL.
     """
-    database, table, column = spec.database, spec.table, spec.column
-    file_database = None
-    if spec.targets_file is not None:
-        if table or column or spec.json_path:
-            raise click.UsageError(
-                "give --targets FILE or --table/--column/--json-path, not both "
-                "(a target's path goes in the file as json_path)"
-            )
-        loaded = load_targets(spec.targets_file)
-        targets, file_database = list(loaded.targets), loaded.database
-    else:
-        if not table or not column:
-            raise click.UsageError("--table and --column are required (or --targets FILE)")
-        try:
-            targets = [Target(table, column, spec.id_column, spec.json_path)]
-        except StoreError as exc:
-            raise click.UsageError(str(exc)) from None
-    url = database or file_database or database_url(os.environ)
+    file_database, targets = _named_targets(spec)
+    url = spec.database or file_database or database_url(os.environ)
     if url is None:
         raise click.UsageError("--database URL is required (or set HMD_DATABASE_URL)")
     if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
         raise ConfigurationError("--database: expected sqlite:///PATH or postgresql://USER@HOST/DB")
     return url, targets
+
+
+def _named_targets(spec: TargetSpec) -> tuple[str | None, list[Target]]:
+    """The targets file's database and targets, or the one target the flags name."""
+    if spec.targets_file is not None:
+        if spec.table or spec.column or spec.json_path:
+            raise click.UsageError(
+                "give --targets FILE or --table/--column/--json-path, not both "
+                "(a target's path goes in the file as json_path)"
+            )
+        loaded = load_targets(spec.targets_file)
+        return loaded.database, list(loaded.targets)
+    if not spec.table or not spec.column:
+        raise click.UsageError("--table and --column are required (or --targets FILE)")
+    try:
+        return None, [Target(spec.table, spec.column, spec.id_column, spec.json_path)]
+    except StoreError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 @contextmanager
