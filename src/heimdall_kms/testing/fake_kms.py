@@ -15,7 +15,6 @@ stored and nothing leaves the process, which is exactly why it is for tests and 
 from __future__ import annotations
 
 import base64
-import binascii
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -41,6 +40,7 @@ from heimdall_kms.providers.base import (
     check_retire_bound,
     round_trip,
 )
+from heimdall_kms.providers.local import software_wrap
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
 __all__ = ["FakeKMS", "KMSCalls"]
@@ -127,17 +127,9 @@ class FakeKMS:
         with self._open():
             self.calls.rewrap += 1
             latest = max(self._versions)
-            results: list[WrappedKey | HeimdallKMSError] = []
-            for item in wrapped:
-                dek = self._unwrap(item)
-                if isinstance(dek, HeimdallKMSError):
-                    results.append(dek)
-                    continue
-                try:
-                    results.append(self._wrap(latest, dek))
-                finally:
-                    primitives.wipe(dek)
-            return results
+            return software_wrap.rewrap_each(
+                wrapped, self._unwrap, lambda dek: self._wrap(latest, dek)
+            )
 
     def hmac_many(self, values: Sequence[bytes], key: HashKey) -> list[str]:
         """HMAC-SHA256 under a hashing key of its own (made on first use, never the wrap key).
@@ -215,11 +207,8 @@ class FakeKMS:
         return f"heimdall-fake-dek|{self._key_identifier}|v{version}".encode()
 
     def _wrap(self, version: int, dek: bytearray) -> WrappedKey:
-        ciphertext, nonce = primitives.seal(
-            self._versions[version].key, bytes(dek), self._aad(version)
-        )
-        body = base64.b64encode(nonce + ciphertext).decode("ascii")
-        return WrappedKey(format_wrapped(self._name, version, body), version)
+        key = self._versions[version].key
+        return software_wrap.wrap(key, self._name, version, dek, self._aad(version))
 
     def _unwrap(self, item: str) -> bytearray | HeimdallKMSError:
         form = parse_wrapped(item)
@@ -230,13 +219,4 @@ class FakeKMS:
         version = self._versions.get(form.version)
         if version is None:
             return KeyNotFoundError(f"key version {form.version} does not exist")
-        try:
-            blob = base64.b64decode(form.body, validate=True)
-        except binascii.Error:
-            return IntegrityError("wrapped data key is not valid base64")
-        nonce, ciphertext = blob[: primitives.NONCE_BYTES], blob[primitives.NONCE_BYTES :]
-        try:
-            plain = primitives.open_(version.key, nonce, ciphertext, self._aad(form.version))
-        except IntegrityError as exc:
-            return exc
-        return bytearray(plain)
+        return software_wrap.unwrap(version.key, form.body, self._aad(form.version))

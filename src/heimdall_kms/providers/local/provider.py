@@ -10,9 +10,7 @@ named on purpose (``HMD_LOCAL_KEYRING``), and says NOT FOR PRODUCTION on every s
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
-import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Self
@@ -35,6 +33,7 @@ from heimdall_kms.providers.base import (
     check_retire_bound,
     round_trip,
 )
+from heimdall_kms.providers.local import software_wrap
 from heimdall_kms.providers.local.keyring import LocalKeyring
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
@@ -44,7 +43,6 @@ if TYPE_CHECKING:
 __all__ = ["LocalDevProvider"]
 
 _LOG = logging.getLogger(__name__)
-_BODY = re.compile(r"[A-Za-z0-9+/=]+")  # after ``local:v<n>:`` (heimdall_kms.wrapped_key)
 
 
 class LocalDevProvider:
@@ -90,21 +88,14 @@ class LocalDevProvider:
     def rewrap_many(
         self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
     ) -> list[WrappedKey | HeimdallKMSError]:
-        # A real KMS re-wraps server-side; this in-process stand-in has to see the DEK.
         key = self._keyring.read_key(self._key_name)
         version = max(int(v) for v in key["versions"])
         master = bytes.fromhex(key["versions"][str(version)]["key"])
-        results: list[WrappedKey | HeimdallKMSError] = []
-        for item in wrapped:
-            dek = self._unwrap(key, item)
-            if isinstance(dek, HeimdallKMSError):
-                results.append(dek)
-                continue
-            try:
-                results.append(self._wrap(master, version, dek))
-            finally:
-                primitives.wipe(dek)
-        return results
+        return software_wrap.rewrap_each(
+            wrapped,
+            lambda item: self._unwrap(key, item),
+            lambda dek: software_wrap.wrap(master, "local", version, dek, self._aad(version)),
+        )
 
     def hmac_many(self, values: Sequence[bytes], key: HashKey) -> list[str]:
         """HMAC-SHA256 under a subkey derived from the pinned version of the hashing key
@@ -161,13 +152,11 @@ class LocalDevProvider:
         return f"heimdall-local-dek|{self._key_name}|v{version}".encode()
 
     def _wrap(self, master: bytes, version: int, dek: bytearray) -> WrappedKey:
-        ciphertext, nonce = primitives.seal(master, bytes(dek), self._aad(version))
-        blob = base64.b64encode(nonce + ciphertext).decode("ascii")
-        return WrappedKey(format_wrapped("local", version, blob), version)
+        return software_wrap.wrap(master, "local", version, dek, self._aad(version))
 
     def _unwrap(self, key: dict[str, Any], item: str) -> bytearray | HeimdallKMSError:
         form = parse_wrapped(item)
-        if form is None or form.provider != "local" or not _BODY.fullmatch(form.body):
+        if form is None or form.provider != "local":
             return IntegrityError("wrapped data key is not in the local provider's form")
         # The version picks the key and is in the wrap's AAD: another version's DEK fails.
         version = form.version
@@ -176,17 +165,4 @@ class LocalDevProvider:
         entry = key["versions"].get(str(version))
         if entry is None:
             return KeyNotFoundError(f"key version {version} does not exist")
-        try:
-            blob = base64.b64decode(form.body, validate=True)
-        except binascii.Error:
-            return IntegrityError("wrapped data key is not valid base64")
-        nonce, ciphertext = blob[: primitives.NONCE_BYTES], blob[primitives.NONCE_BYTES :]
-        try:
-            plain = primitives.open_(
-                bytes.fromhex(entry["key"]), nonce, ciphertext, self._aad(version)
-            )
-        except IntegrityError as exc:
-            return exc
-        if len(plain) != primitives.DEK_BYTES:
-            return IntegrityError("unwrapped data key has the wrong length")
-        return bytearray(plain)
+        return software_wrap.unwrap(bytes.fromhex(entry["key"]), form.body, self._aad(version))
