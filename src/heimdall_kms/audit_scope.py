@@ -67,7 +67,11 @@ class AuditScope:
             encryption_version=version,
             reason=self.reason,
             error_type=error.error_type if error is not None else None,
-            context=_kept(context),
+            # A checked context is read-only, so the event shares it; any other mapping is
+            # copied, so that its owner cannot change the event.
+            context=(context if type(context) is CheckedContext else dict(context))
+            if context
+            else None,
             details=details,
         )
 
@@ -79,11 +83,3 @@ class AuditScope:
     ) -> list[AuditEvent]:
         """The events of values that have no envelope: a failed encrypt, keyed hashes."""
         return [self.event(event_type, None, context, error) for context in contexts]
-
-
-def _kept(context: Mapping[str, str]) -> Mapping[str, str] | None:
-    """The context as an event keeps it: none when empty; a checked one as it is (it is
-    read-only); any other mapping copied, so that its owner cannot change the event."""
-    if not context:
-        return None
-    return context if type(context) is CheckedContext else dict(context)
