@@ -112,18 +112,11 @@ class AnchorWriter:
             closing = self._drain() or closing
             try:
                 connection = connection or _connect(self._url, self._timeout)
-                with connection.cursor() as cursor:
-                    for checkpoint in self._pending:
-                        cursor.execute(self._insert, _row(checkpoint))
-                connection.commit()
-                self._pending.clear()
-                self._on_lag(0.0)
+                self._insert_pending(connection)
                 backoff = 0.2
             except Exception:  # noqa: BLE001 - any failure: count it, keep the rows, retry
-                self._on_failure()
-                connection = _discard(connection)
-                oldest = min(c.moment.timestamp() for c in self._pending)
-                self._on_lag(max(0.0, time.time() - oldest))
+                self._failed(connection)
+                connection = None
                 if not closing:
                     time.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)
@@ -131,6 +124,22 @@ class AnchorWriter:
             if closing:
                 break  # a failure while closing: what is left is in <log>.checkpoints
         _discard(connection)
+
+    def _insert_pending(self, connection: Any) -> None:
+        """Insert every pending row in one transaction; they leave the queue once committed."""
+        with connection.cursor() as cursor:
+            for checkpoint in self._pending:
+                cursor.execute(self._insert, _row(checkpoint))
+        connection.commit()
+        self._pending.clear()
+        self._on_lag(0.0)
+
+    def _failed(self, connection: Any) -> None:
+        """Count a failed write, drop its connection and report how far the anchor lags."""
+        self._on_failure()
+        _discard(connection)
+        oldest = min(c.moment.timestamp() for c in self._pending)
+        self._on_lag(max(0.0, time.time() - oldest))
 
     def _drain(self) -> bool:
         """Move what is queued to the pending rows; True when the close marker was among it."""

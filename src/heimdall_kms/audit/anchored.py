@@ -12,7 +12,9 @@ not tampering: a writer stopped without closing (a crash) or is still running.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -120,28 +122,40 @@ def verify_anchored(
 def _collect(
     path: Path, anchor_rows: list[tuple[str, str]], result: AnchoredResult
 ) -> list[Checkpoint]:
-    unique: dict[str, Checkpoint] = {}
-    anchored: set[str] = set()
+    anchored = _from_anchor(anchor_rows, result)
+    unique = dict(anchored)
+    for checkpoint in _from_sidecar(checkpoints_path(path), bool(anchor_rows), result):
+        unique.setdefault(checkpoint.to_json(), checkpoint)
+    result.checkpoints = len(unique)
+    result.anchored = len(anchored)
+    result.not_anchored = len(unique.keys() - anchored.keys())
+    if anchor_rows == [] and unique:
+        result.notes.append("the anchor holds no checkpoint for this log")
+    return sorted(unique.values(), key=lambda c: (c.seq, c.time))
+
+
+def _from_anchor(
+    anchor_rows: list[tuple[str, str]], result: AnchoredResult
+) -> dict[str, Checkpoint]:
+    """The anchor's checkpoints by their JSON; a row that is not one is a problem."""
+    anchored: dict[str, Checkpoint] = {}
     for number, (text, recorded_at) in enumerate(anchor_rows, start=1):
         try:
             checkpoint = parse_checkpoint(text)
         except ValueError:
             result.problems.append(f"anchor row {number} is not a checkpoint (forged)")
             continue
-        key = checkpoint.to_json()
-        unique[key] = checkpoint
-        anchored.add(key)
+        anchored[checkpoint.to_json()] = checkpoint
         result.anchor_last_recorded_at = max(result.anchor_last_recorded_at or "", recorded_at)
-    sidecar = checkpoints_path(path)
-    try:
-        raw_lines = sidecar.read_bytes().splitlines(keepends=True)
-    except FileNotFoundError:
-        raw_lines = []
-        if anchor_rows:
-            result.notes.append(f"{sidecar} does not exist; the anchor's checkpoints are used")
-    except OSError as exc:
-        raw_lines = []
-        result.problems.append(f"{sidecar} cannot be read: {exc.strerror}")
+    return anchored
+
+
+def _from_sidecar(
+    sidecar: Path, anchor_has_rows: bool, result: AnchoredResult
+) -> Iterator[Checkpoint]:
+    """The checkpoints of ``<log>.checkpoints``; a damaged line is a problem, a torn last
+    line (a crash while writing) a note."""
+    raw_lines = _sidecar_lines(sidecar, anchor_has_rows, result)
     for number, raw in enumerate(raw_lines, start=1):
         if not raw.endswith(b"\n") and number == len(raw_lines):
             result.notes.append(f"{sidecar}: the last line is incomplete (a crash while writing)")
@@ -151,13 +165,18 @@ def _collect(
         except ValueError:
             result.problems.append(f"{sidecar} line {number}: not a checkpoint (damaged or forged)")
             continue
-        unique.setdefault(checkpoint.to_json(), checkpoint)
-    result.checkpoints = len(unique)
-    result.anchored = len(anchored)
-    result.not_anchored = len(unique.keys() - anchored)
-    if anchor_rows == [] and unique:
-        result.notes.append("the anchor holds no checkpoint for this log")
-    return sorted(unique.values(), key=lambda c: (c.seq, c.time))
+        yield checkpoint
+
+
+def _sidecar_lines(sidecar: Path, anchor_has_rows: bool, result: AnchoredResult) -> list[bytes]:
+    try:
+        return sidecar.read_bytes().splitlines(keepends=True)
+    except FileNotFoundError:
+        if anchor_has_rows:
+            result.notes.append(f"{sidecar} does not exist; the anchor's checkpoints are used")
+    except OSError as exc:
+        result.problems.append(f"{sidecar} cannot be read: {exc.strerror}")
+    return []
 
 
 def _check_signatures(
@@ -167,16 +186,24 @@ def _check_signatures(
     valid = signer.verify_many([(c.message(), c.signature) for c in ours])
     verified = {id(c) for c, ok in zip(ours, valid, strict=True) if ok}
     for checkpoint in list(found):
-        where = f"the checkpoint of seq {checkpoint.seq} signed at {checkpoint.time}"
-        if checkpoint.log_id != log_id:
-            result.problems.append(f"{where} is for another log ({checkpoint.log_id!r})")
-        elif checkpoint.key != signer.key_identifier:
-            result.problems.append(f"{where} names another key ({checkpoint.key!r}): forged")
-        elif id(checkpoint) not in verified:
-            result.problems.append(f"{where} has a signature that does not verify: forged")
-        else:
-            continue
-        found.remove(checkpoint)
+        problem = _signature_problem(checkpoint, log_id, signer.key_identifier, verified)
+        if problem is not None:
+            result.problems.append(problem)
+            found.remove(checkpoint)
+
+
+def _signature_problem(
+    checkpoint: Checkpoint, log_id: str, key: str, verified: set[int]
+) -> str | None:
+    """Why a checkpoint cannot vouch for this log, or None when it is signed for it."""
+    where = f"the checkpoint of seq {checkpoint.seq} signed at {checkpoint.time}"
+    if checkpoint.log_id != log_id:
+        return f"{where} is for another log ({checkpoint.log_id!r})"
+    if checkpoint.key != key:
+        return f"{where} names another key ({checkpoint.key!r}): forged"
+    if id(checkpoint) not in verified:
+        return f"{where} has a signature that does not verify: forged"
+    return None
 
 
 def _hashes_at(path: Path, wanted: set[int], lines: int) -> dict[int, str]:
@@ -218,26 +245,42 @@ def _compare(found: list[Checkpoint], hashes: dict[int, str], result: AnchoredRe
 
 def _describe(good: list[Checkpoint], bad: list[Checkpoint], end: int) -> str:
     """Which seq range the anchored checkpoints vouch for and this log does not hold."""
-    last = max(c.seq for c in bad)
-    when = f"signed between {min(c.time for c in bad)} and {max(c.time for c in bad)}"
     earliest = min(c.moment for c in bad)
-    # Lines vouched for by a checkpoint signed before the first broken one are the original
-    # chain; a matching checkpoint signed later belongs to a chain that replaced it.
-    original = [c.seq for c in good if c.moment <= earliest]
     restarted = any(c.moment > earliest for c in good)
     replaced = [c.seq for c in bad if c.seq <= end]
     if not replaced and not restarted:
-        return (
-            f"seq {end + 1}..{last} ({when}) is missing: the log ends at seq {end} but its "
-            f"signed checkpoints reach seq {last} (truncated, or deleted)"
-        )
+        return _missing(bad, end)
     first = min(replaced or [c.seq for c in bad])
-    start = max((seq for seq in original if seq < first), default=0) + 1
+    return _replaced(bad, end, _original_before(good, earliest, first) + 1, restarted=restarted)
+
+
+def _missing(bad: list[Checkpoint], end: int) -> str:
+    last = max(c.seq for c in bad)
+    return (
+        f"seq {end + 1}..{last} ({_signed_between(bad)}) is missing: the log ends at seq {end} "
+        f"but its signed checkpoints reach seq {last} (truncated, or deleted)"
+    )
+
+
+def _replaced(bad: list[Checkpoint], end: int, start: int, *, restarted: bool) -> str:
+    last = max(c.seq for c in bad)
     how = "deleted and restarted" if restarted else "rewritten"
     return (
-        f"seq {start}..{last} ({when}) is not in this log: the log holds another chain there "
-        f"(ends at seq {end}; {how}, or rewritten and re-signed)"
+        f"seq {start}..{last} ({_signed_between(bad)}) is not in this log: the log holds "
+        f"another chain there (ends at seq {end}; {how}, or rewritten and re-signed)"
     )
+
+
+def _signed_between(checkpoints: list[Checkpoint]) -> str:
+    times = [c.time for c in checkpoints]
+    return f"signed between {min(times)} and {max(times)}"
+
+
+def _original_before(good: list[Checkpoint], earliest: datetime, first: int) -> int:
+    """The last seq before ``first`` that the original chain vouches for (0 if none)."""
+    # Lines vouched for by a checkpoint signed before the first broken one are the original
+    # chain; a matching checkpoint signed later belongs to a chain that replaced it.
+    return max((c.seq for c in good if c.moment <= earliest and c.seq < first), default=0)
 
 
 def anchored_report(
