@@ -158,6 +158,9 @@ def test_targets_file(tmp_path: Path) -> None:
             "listed twice",
         ),
         ('extra = 1\n[[targets]]\ntable = "a"\ncolumn = "b"\n', "unknown key 'extra'"),
+        ('database = 5\n[[targets]]\ntable = "a"\ncolumn = "b"\n', "'database' must be a string"),
+        ('targets = "a"\n', "needs at least one [[targets]]"),
+        ('[[targets]]\ntable = "a"\ncolumn = "b"\n' * 1001, "more than 1000 targets"),
     ],
 )
 def test_targets_file_errors_name_the_problem(tmp_path: Path, text: str, fragment: str) -> None:

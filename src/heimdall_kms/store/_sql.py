@@ -180,6 +180,22 @@ class SQLFieldStore:
     ) -> Iterator[_SQLBatch]:
         cursor = self.connection.cursor()
         lock = self.dialect.lock_rows
+        batch = self._read_batch(cursor, after, limit, match, upto)
+        try:
+            yield batch
+        except BaseException:
+            if lock or batch.open:
+                self._roll_back(cursor)
+            raise
+        if lock or batch.open:
+            with self._errors("commit"):
+                cursor.execute("COMMIT")
+
+    def _read_batch(
+        self, cursor: Any, after: object | None, limit: int, match: Match, upto: object | None
+    ) -> _SQLBatch:
+        """Read the batch's rows; where the dialect locks rows, in a transaction left open."""
+        lock = self.dialect.lock_rows
         with self._errors("read"):
             if lock:
                 cursor.execute("BEGIN")
@@ -191,16 +207,7 @@ class SQLFieldStore:
                 if lock:
                     self._roll_back(cursor)
                 raise
-        batch = _SQLBatch(self, cursor, rows, end, missed)
-        try:
-            yield batch
-        except BaseException:
-            if lock or batch.open:
-                self._roll_back(cursor)
-            raise
-        if lock or batch.open:
-            with self._errors("commit"):
-                cursor.execute("COMMIT")
+        return _SQLBatch(self, cursor, rows, end, missed)
 
     # -- writing ------------------------------------------------------------------------------
 

@@ -244,12 +244,7 @@ class JobTable:
         try:
             cur = connection.cursor()
             try:
-                cur.execute("BEGIN" if self._postgres or read else "BEGIN IMMEDIATE")
-                if self._postgres and (exclusive or not self._ready):
-                    # One creation (of the table, of a job) at a time across replicas.
-                    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [JOBS_TABLE])
-                if not self._ready:
-                    cur.execute(_DDL)
+                self._begin(cur, exclusive=exclusive, read=read)
                 yield cur
                 cur.execute("COMMIT")
                 self._ready = True
@@ -257,10 +252,19 @@ class JobTable:
                 cur.execute("ROLLBACK")
                 raise
         except errors as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise StoreError(f"job records ({JOBS_TABLE}): {type(exc).__name__}: {first}") from None
+            raise StoreError(
+                f"job records ({JOBS_TABLE}): {type(exc).__name__}: {_first_line(exc)}"
+            ) from None
         finally:
             connection.close()
+
+    def _begin(self, cur: Any, *, exclusive: bool, read: bool) -> None:
+        cur.execute("BEGIN" if self._postgres or read else "BEGIN IMMEDIATE")
+        if self._postgres and (exclusive or not self._ready):
+            # One creation (of the table, of a job) at a time across replicas.
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [JOBS_TABLE])
+        if not self._ready:
+            cur.execute(_DDL)
 
     def _connect(self) -> Any:
         if self._postgres:
@@ -269,8 +273,9 @@ class JobTable:
 
                 return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
             except psycopg.Error as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise StoreError(f"job records: cannot connect to PostgreSQL: {first}") from None
+                raise StoreError(
+                    f"job records: cannot connect to PostgreSQL: {_first_line(exc)}"
+                ) from None
         path = sqlite_path(self.url)
         if not path.is_file():
             raise StoreError(f"job records: no SQLite database at {path}")
@@ -317,3 +322,9 @@ def _row(found: Any) -> JobRow:
 
 def wall_clock() -> float:
     return time.time()
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error's text: drivers add context lines (SQL, hints) after it."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""

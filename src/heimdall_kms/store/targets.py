@@ -18,6 +18,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from heimdall_kms.errors import InvalidInputError, StoreError
 from heimdall_kms.store.base import Target
@@ -40,8 +41,24 @@ def load_targets(path: Path) -> TargetsFile:
     Raises:
         InvalidInputError: unreadable, not TOML, or an entry that is wrong (named by number).
     """
+    document = _read(path)
+    unknown = sorted(set(document) - {"database", "targets"})
+    if unknown:
+        raise InvalidInputError(f"targets file {path}: unknown key {unknown[0]!r}")
+    database = document.get("database")
+    if database is not None and not isinstance(database, str):
+        raise InvalidInputError(f"targets file {path}: 'database' must be a string")
+    entries = _entries(path, document.get("targets"))
+    targets = tuple(_target(path, number, entry) for number, entry in enumerate(entries, 1))
+    columns = [(target.table, target.column) for target in targets]
+    if len(set(columns)) != len(columns):
+        raise InvalidInputError(f"targets file {path}: a table column is listed twice")
+    return TargetsFile(database, targets)
+
+
+def _read(path: Path) -> dict[str, Any]:
     try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise InvalidInputError(f"targets file {path}: {exc.strerror}") from None
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -50,22 +67,14 @@ def load_targets(path: Path) -> TargetsFile:
         raise InvalidInputError(
             f"targets file {path}: nested too deeply to be a targets file"
         ) from None
-    unknown = sorted(set(document) - {"database", "targets"})
-    if unknown:
-        raise InvalidInputError(f"targets file {path}: unknown key {unknown[0]!r}")
-    database = document.get("database")
-    if database is not None and not isinstance(database, str):
-        raise InvalidInputError(f"targets file {path}: 'database' must be a string")
-    entries = document.get("targets")
+
+
+def _entries(path: Path, entries: object) -> list[object]:
     if not isinstance(entries, list) or not entries:
         raise InvalidInputError(f"targets file {path}: needs at least one [[targets]] table")
     if len(entries) > _MAX_TARGETS:
         raise InvalidInputError(f"targets file {path}: more than {_MAX_TARGETS} targets")
-    targets = tuple(_target(path, number, entry) for number, entry in enumerate(entries, 1))
-    columns = [(target.table, target.column) for target in targets]
-    if len(set(columns)) != len(columns):
-        raise InvalidInputError(f"targets file {path}: a table column is listed twice")
-    return TargetsFile(database, targets)
+    return entries
 
 
 def _target(path: Path, number: int, entry: object) -> Target:
