@@ -75,7 +75,7 @@ def run_lifecycle(  # noqa: PLR0917 - private to the demo, each argument distinc
 ) -> Lifecycle:
     """Rotate, see retirement refused, rewrap, retire, and read everything back."""
     kms = PhaseMeter(provider)
-    before = {row.key: row.value for rows in store.scan(5000) for row in rows}
+    before = _values(store)
     turned = rotate(
         kms,
         sink,
@@ -89,11 +89,7 @@ def run_lifecycle(  # noqa: PLR0917 - private to the demo, each argument distinc
         f"5. heimdall-kms rotate: v{turned.old_version} -> v{new}; old values still "
         "decrypt, new ones use the new version"
     )
-    try:
-        retire(kms, [store], sink, below_version=new, actor="demo-admin")
-        refused = False
-    except RefusedError:
-        refused = True
+    refused = _retire_refused(kms, store, sink, new)
     old = turned.old_version
     say(f"   retiring the versions below v{new} is refused: stored values still need v{old}")
     services = job_services(settings, kms, sink, unexported_metrics(), actor="demo-admin")
@@ -102,11 +98,11 @@ def run_lifecycle(  # noqa: PLR0917 - private to the demo, each argument distinc
             report = run_reencrypt(services, [store], ReencryptOptions(batch_size=250), view)
         if report.stop_error is not None:
             raise report.stop_error
-        after = {row.key: row.value for rows in store.scan(5000) for row in rows}
+        after = _values(store)
         untouched = all(_ciphertext(after[i]) == _ciphertext(before[i]) for i in originals)
         say(
             f"   reencrypt rewrap: {report.totals.completed:,} DEKs re-wrapped inside "
-            f"the KMS; every ciphertext byte-identical: {'yes' if untouched else 'NO'}"
+            f"the KMS; every ciphertext byte-identical: {_yes(untouched)}"
         )
         retire(kms, [store], sink, below_version=new, actor="demo-admin")
         ids = sorted(originals)
@@ -116,13 +112,29 @@ def run_lifecycle(  # noqa: PLR0917 - private to the demo, each argument distinc
             reason="demo: read back after retirement",
         )
         readable = texts == [originals[i] for i in ids]
-    say(
-        f"   retire below v{new}: done; all {len(texts):,} values still decrypt: "
-        f"{'yes' if readable else 'NO'}"
-    )
+    say(f"   retire below v{new}: done; all {len(texts):,} values still decrypt: {_yes(readable)}")
     return Lifecycle(
         turned.old_version, new, refused, report.totals.completed, untouched, new, readable
     )
+
+
+def _values(store: FieldStore) -> dict[str, str | None]:
+    return {row.key: row.value for rows in store.scan(5000) for row in rows}
+
+
+def _retire_refused(
+    kms: KeyManagementService, store: FieldStore, sink: AuditSink, below: int
+) -> bool:
+    """Whether retiring the versions below ``below`` is refused (it must be, before rewrap)."""
+    try:
+        retire(kms, [store], sink, below_version=below, actor="demo-admin")
+    except RefusedError:
+        return True
+    return False
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "NO"
 
 
 def _ciphertext(value: str | None) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from heimdall_kms import from_settings
-from heimdall_kms.audit import open_sink
+from heimdall_kms.audit import AuditSink, open_sink
 from heimdall_kms.config import EncryptionMode, Settings
 from heimdall_kms.service import Crypto
 
@@ -19,6 +19,7 @@ TABLE = "customers"
 NEW_ID = "c-99999"
 _CUSTOMERS = 2000
 OLD_KEY_ID = "key-2023"
+_KEY_IDS = ("default-key-v1", OLD_KEY_ID)
 
 
 def customers() -> dict[str, str]:
@@ -33,34 +34,14 @@ def seed(db_path: Path, hybrid: Settings, say: Callable[[str], None]) -> dict[st
     """The old engine's table. Returns id -> SSN, kept in memory to verify the read-back."""
     originals = customers()
     audit = open_sink(hybrid.audit_log)
-    engines = {
-        key_id: from_settings(
-            dataclasses.replace(
-                hybrid, mode=EncryptionMode.LEGACY, provider=None, legacy_key_id=key_id
-            ),
-            audit=audit,
-            default_actor="legacy-engine",
-        )
-        for key_id in ("default-key-v1", OLD_KEY_ID)
-    }
+    engines = _legacy_engines(hybrid, audit)
     ids = list(originals)
     redacted = set(ids[::97])
-    by_key = {
-        key_id: [
-            i
-            for n, i in enumerate(ids)
-            if (n % 5 == 0) == (key_id == OLD_KEY_ID) and i not in redacted
-        ]
-        for key_id in engines
-    }
     values = {i: "[REDACTED]" for i in redacted}
-    for key_id, chunk in by_key.items():
+    for key_id, chunk in _by_key(ids, redacted).items():
         sealed = engines[key_id].encrypt_many([(originals[i], {}) for i in chunk])
         values.update({i: env.to_json() for i, env in zip(chunk, sealed, strict=True)})
-    rows = [
-        (i, values[i], "sha256:" + hashlib.sha256(f"{i}@example.com".encode()).hexdigest())
-        for i in ids
-    ]
+    rows = [(i, values[i], _email_hash(i)) for i in ids]
     audit.close()
     with sqlite3.connect(db_path) as db:
         db.execute(f"CREATE TABLE {TABLE} (id TEXT PRIMARY KEY, ssn TEXT, email TEXT)")
@@ -70,6 +51,36 @@ def seed(db_path: Path, hybrid: Settings, say: Callable[[str], None]) -> dict[st
         f"'default-key-v1' and {OLD_KEY_ID!r}; emails as sha256: hashes; a few [REDACTED])"
     )
     return {i: originals[i] for i in ids if i not in redacted}
+
+
+def _legacy_engines(hybrid: Settings, audit: AuditSink) -> dict[str, Crypto]:
+    """The old engine, once per env key it wrote with (sharing one audit sink)."""
+    return {
+        key_id: from_settings(
+            dataclasses.replace(
+                hybrid, mode=EncryptionMode.LEGACY, provider=None, legacy_key_id=key_id
+            ),
+            audit=audit,
+            default_actor="legacy-engine",
+        )
+        for key_id in _KEY_IDS
+    }
+
+
+def _by_key(ids: list[str], redacted: set[str]) -> dict[str, list[str]]:
+    """Which customers each env key sealed: every fifth with the old key, the rest the other."""
+    return {
+        key_id: [
+            i
+            for n, i in enumerate(ids)
+            if (n % 5 == 0) == (key_id == OLD_KEY_ID) and i not in redacted
+        ]
+        for key_id in _KEY_IDS
+    }
+
+
+def _email_hash(customer: str) -> str:
+    return "sha256:" + hashlib.sha256(f"{customer}@example.com".encode()).hexdigest()
 
 
 def hybrid_app(db_path: Path, crypto: Crypto, originals: dict[str, str]) -> None:

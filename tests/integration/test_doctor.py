@@ -248,6 +248,14 @@ def test_a_malformed_setting_is_a_line_not_an_exit(tmp_path: Path) -> None:
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
+def test_the_mode_is_skipped_when_the_settings_are_invalid(tmp_path: Path) -> None:
+    env = {"HMD_KMS_PROVIDER": "vault", "HMD_VAULT_ADDR": "ftp://nowhere", "HMD_VAULT_TOKEN": "t"}
+    report = run_doctor({**env, "HMD_AUDIT_LOG": str(tmp_path / "a.log")})
+    assert check(report, "settings")[0] is Status.FAIL
+    status, detail, _ = check(report, "mode")
+    assert status is Status.SKIP and detail == "needs valid settings"
+
+
 def test_kms_mode_with_an_env_key_is_a_mode_failure_and_the_rest_is_checked(
     openbao: OpenBao,
 ) -> None:

@@ -80,36 +80,48 @@ def _fast(settings: Settings) -> Settings:
 
 
 def _settings_and_mode(report: DoctorReport, environ: Mapping[str, str]) -> Settings | None:
-    mode = (environ.get("HMD_ENCRYPTION_MODE") or "kms").strip().lower() or "kms"
-    stray = [name for name in _ENV_KEYS if environ.get(name, "").strip()] if mode == "kms" else []
+    stray = _stray_env_keys(environ)
     # An env key left in a kms deployment is reported once, as the mode's failure, and left out
     # so that every other setting can still be checked.
     source = {k: v for k, v in environ.items() if k not in stray}
-    settings: Settings | None = None
+    settings = _settings(report, source)
+    report.add(_mode_check(stray, settings))
+    return settings
+
+
+def _stray_env_keys(environ: Mapping[str, str]) -> list[str]:
+    """The legacy env keys still set where the mode is kms (the default)."""
+    mode = (environ.get("HMD_ENCRYPTION_MODE") or "kms").strip().lower() or "kms"
+    if mode != "kms":
+        return []
+    return [name for name in _ENV_KEYS if environ.get(name, "").strip()]
+
+
+def _settings(report: DoctorReport, source: Mapping[str, str]) -> Settings | None:
     try:
         settings = _fast(Settings.from_env(source))
     except ConfigurationError as exc:
         report.add(Check("settings", Status.FAIL, str(exc), fix_for(exc, None)))
-    else:
-        key = f", key {settings.kms_key_id}" if settings.kms_key_id else ""
-        provider = settings.provider.value if settings.provider else "none"
-        detail = f"mode {settings.mode.value}, provider {provider}{key}"
-        report.add(Check("settings", Status.OK, detail))
-    if stray:
-        report.add(
-            Check(
-                "mode",
-                Status.FAIL,
-                f"HMD_ENCRYPTION_MODE=kms, but {' and '.join(stray)} is still set",
-                "remove the env key from the environment (and from every manifest and secret "
-                "store), or use HMD_ENCRYPTION_MODE=hybrid while legacy values remain",
-            )
-        )
-    elif settings is None:
-        report.add(Check("mode", Status.SKIP, "needs valid settings"))
-    else:
-        report.add(_mode(settings))
+        return None
+    key = f", key {settings.kms_key_id}" if settings.kms_key_id else ""
+    provider = settings.provider.value if settings.provider else "none"
+    detail = f"mode {settings.mode.value}, provider {provider}{key}"
+    report.add(Check("settings", Status.OK, detail))
     return settings
+
+
+def _mode_check(stray: list[str], settings: Settings | None) -> Check:
+    if stray:
+        return Check(
+            "mode",
+            Status.FAIL,
+            f"HMD_ENCRYPTION_MODE=kms, but {' and '.join(stray)} is still set",
+            "remove the env key from the environment (and from every manifest and secret "
+            "store), or use HMD_ENCRYPTION_MODE=hybrid while legacy values remain",
+        )
+    if settings is None:
+        return Check("mode", Status.SKIP, "needs valid settings")
+    return _mode(settings)
 
 
 def _mode(settings: Settings) -> Check:
