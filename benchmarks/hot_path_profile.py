@@ -279,7 +279,7 @@ def one_job(timers: Timers, name: str, rows: int, run: Callable[[], Any]) -> Non
     started = time.perf_counter()
     report = run()
     wall = (time.perf_counter() - started) / rows * 1e6
-    if report.total("completed") != rows:
+    if report.totals.completed != rows:
         raise AssertionError(f"{name} did not complete: {report.stop_error}")
     print(f"\n{name}, {rows:,} rows: {wall:.1f} us/row wall")
     for part, seconds in timers.seconds.most_common():
