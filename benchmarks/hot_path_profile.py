@@ -33,7 +33,7 @@ from job_rows import TABLE, fill_postgres, fill_sqlite
 from heimdall_kms import primitives
 from heimdall_kms.audit.sink import FileAuditSink
 from heimdall_kms.config import Settings
-from heimdall_kms.jobs import batch_job, migrate, reencrypt
+from heimdall_kms.jobs import batch_job, migrate, reencrypt, value_job
 from heimdall_kms.jobs.migrate import MigrationOptions, run_migration
 from heimdall_kms.jobs.reencrypt import ReencryptOptions, run_reencrypt
 from heimdall_kms.providers.vault.transit import VaultTransitProvider
@@ -204,22 +204,21 @@ def timed_parts() -> Timers:
         (reencrypt.ReencryptJob, "convert"),
     ]:
         timers.wrap(owner, name)
-    for module in (migrate, reencrypt):
-        reader = module.reader_for
+    reader = value_job.reader_for
 
-        def timed_reader(store: Any, reader: Any = reader) -> Any:
-            classify = reader(store)
+    def timed_reader(store: Any) -> Any:
+        classify = reader(store)
 
-            def timed(value: str | None) -> Any:
-                started = time.perf_counter()
-                try:
-                    return classify(value)
-                finally:
-                    timers.seconds["classify"] += time.perf_counter() - started
+        def timed(value: str | None) -> Any:
+            started = time.perf_counter()
+            try:
+                return classify(value)
+            finally:
+                timers.seconds["classify"] += time.perf_counter() - started
 
-            return timed
+        return timed
 
-        module.reader_for = timed_reader  # type: ignore[attr-defined]
+    value_job.reader_for = timed_reader  # type: ignore[assignment]
     return timers
 
 

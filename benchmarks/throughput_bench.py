@@ -440,7 +440,7 @@ def job_rows(
         found.append(measure_jobs("SQLite", env, url, size, batch))
         path.unlink()
         print(f"  SQLite jobs at {size:,} rows done", file=sys.stderr)
-    pg = fill_postgres(pg_url, settings, rows, workdir)
+    pg = fill_postgres(pg_url, settings, rows, workdir) if pg_url else None
     if pg is not None:
         found.append(measure_jobs("PostgreSQL", env, pg, rows, batch))
     return found
