@@ -1,6 +1,8 @@
 """The signed-checkpoint and anchor settings (SPEC §8), read by :mod:`heimdall_kms.config`.
 
 ``HMD_AUDIT_SIGNING_KEY`` (the signing key, on the configured provider),
+``HMD_AUDIT_PREVIOUS_SIGNING_KEYS`` (AWS: the ARNs of signing keys used before a rotation, whose
+checkpoints still verify),
 ``HMD_AUDIT_CHECKPOINT_SECONDS`` (default 60), ``HMD_AUDIT_CHECKPOINT_LINES`` (default 1000),
 ``HMD_AUDIT_ANCHOR`` (a ``postgresql://`` URL), ``HMD_AUDIT_ANCHOR_TABLE`` (default
 ``heimdall_audit_anchor``), ``HMD_AUDIT_LOG_ID`` (the log's name in the anchor, default
@@ -87,6 +89,8 @@ def parse_syslog_url(text: str, facility: str | None = None) -> SyslogTarget:
 @dataclass(frozen=True, slots=True)
 class AuditAnchoring:
     signing_key: str
+    # AWS keys whose older checkpoints verify too (a rotation made a new key); never signs.
+    previous_signing_keys: tuple[str, ...] = ()
     # Left out of repr: a postgresql:// URL may carry the password.
     anchor_url: str | None = field(default=None, repr=False)
     anchor_table: str = DEFAULT_ANCHOR_TABLE
@@ -122,6 +126,15 @@ def _number(environ: Mapping[str, str], name: str, default: float, minimum: floa
     return value
 
 
+def _names(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list, in order, without repeats."""
+    raw = _get(environ, name)
+    names = [part.strip() for part in raw.split(",")] if raw else []
+    if "" in names:
+        raise ConfigurationError(f"{name}: expected a comma-separated list, with no empty entry")
+    return tuple(dict.fromkeys(names))
+
+
 def read_anchoring(environ: Mapping[str, str]) -> AuditAnchoring | None:
     """The settings, or None when ``HMD_AUDIT_SIGNING_KEY`` is unset.
 
@@ -133,15 +146,21 @@ def read_anchoring(environ: Mapping[str, str]) -> AuditAnchoring | None:
         raise ConfigurationError("HMD_AUDIT_ANCHOR: expected a postgresql:// URL")
     key = _get(environ, "HMD_AUDIT_SIGNING_KEY")
     syslog = _get(environ, "HMD_AUDIT_SYSLOG")
+    previous = _names(environ, "HMD_AUDIT_PREVIOUS_SIGNING_KEYS")
     if key is None:
-        for name, value in (("HMD_AUDIT_ANCHOR", url), ("HMD_AUDIT_SYSLOG", syslog)):
-            if value is not None:
+        for name, value in (
+            ("HMD_AUDIT_ANCHOR", url),
+            ("HMD_AUDIT_SYSLOG", syslog),
+            ("HMD_AUDIT_PREVIOUS_SIGNING_KEYS", previous),
+        ):
+            if value:
                 raise ConfigurationError(
-                    f"{name}: anchors signed checkpoints; set HMD_AUDIT_SIGNING_KEY too"
+                    f"{name}: is about signed checkpoints; set HMD_AUDIT_SIGNING_KEY too"
                 )
         return None
     return AuditAnchoring(
         signing_key=key,
+        previous_signing_keys=previous,
         anchor_url=url,
         anchor_table=check_table(_get(environ, "HMD_AUDIT_ANCHOR_TABLE") or DEFAULT_ANCHOR_TABLE),
         checkpoint_seconds=_number(environ, "HMD_AUDIT_CHECKPOINT_SECONDS", 60.0, 0.1),

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -30,7 +31,12 @@ import heimdall_kms
 from heimdall_kms.audit import AuditEvent, EventType, FileAuditSink, Result
 from heimdall_kms.audit.anchor import anchor_sql
 from heimdall_kms.audit.chain import GENESIS, seal_line
-from heimdall_kms.audit.checkpoint import Signer, checkpoints_path, parse_checkpoint
+from heimdall_kms.audit.checkpoint import (
+    Checkpoint,
+    Signer,
+    checkpoints_path,
+    parse_checkpoint,
+)
 from heimdall_kms.audit.cloud_signers import AzureSigner, GCPSigner
 from heimdall_kms.audit.signers import AWSSigner, LocalSigner, VaultSigner
 from heimdall_kms.metrics import default_metrics
@@ -147,7 +153,8 @@ def _aws(server: MotoServer) -> Backend:
         return str(made["KeyMetadata"]["KeyId"])
 
     env = server.env(encryption, HMD_AUDIT_SIGNING_KEY=signing_key())
-    # AWS asymmetric keys do not rotate: a new key is a new HMD_AUDIT_SIGNING_KEY.
+    # AWS asymmetric keys do not rotate: a new key is a new HMD_AUDIT_SIGNING_KEY, or the alias
+    # re-pointed (TestAWSSigningKeyRotation).
     return Backend("aws", env, dict(env), AWSSigner(client, signing_key()), None)
 
 
@@ -286,17 +293,18 @@ class World:
             for number in range(count):
                 crypto.encrypt(f"value {number}", context={"field": "ssn"}, actor="app")
 
-    def verifier_env(self) -> dict[str, str]:
+    def verifier_env(self, **extra: str) -> dict[str, str]:
         return {
             **self.backend.verifier,
             "HMD_AUDIT_LOG": str(self.log),
             "HMD_AUDIT_ANCHOR_TABLE": self.anchor.table,
             "HMD_AUDIT_LOG_ID": self.env()["HMD_AUDIT_LOG_ID"],
+            **extra,
         }
 
-    def verify(self) -> subprocess.CompletedProcess[bytes]:
+    def verify(self, **extra: str) -> subprocess.CompletedProcess[bytes]:
         args = ["audit", "verify", str(self.log), "--anchor", self.anchor.reader_url, "--json"]
-        return run_cli(args, self.verifier_env())
+        return run_cli(args, self.verifier_env(**extra))
 
     def compliance(self) -> dict[str, dict[str, object]]:
         """The compliance report's anchor evidence and its log-protection control."""
@@ -309,8 +317,8 @@ class World:
         ]
         return {"evidence": document["evidence"]["audit_anchor"], "control": control}
 
-    def report(self) -> tuple[int, dict[str, object], str]:
-        done = self.verify()
+    def report(self, **extra: str) -> tuple[int, dict[str, object], str]:
+        done = self.verify(**extra)
         stdout = done.stdout.decode()
         return done.returncode, json.loads(stdout) if stdout else {}, done.stderr.decode()
 
@@ -457,6 +465,107 @@ class TestAnchoredVerify:
         assert report["result"] == "unsigned_tail"
         assert report["unsigned_tail"] == {"from_seq": 5, "to_seq": 6}
         assert any("after the checkpoint at seq 5" in note for note in report["notes"])
+
+
+@dataclass
+class AWSRotation:
+    """Three AWS signing keys on moto: ``a`` before the rotation, ``b`` after it, ``c`` a key a
+    host root made on its own; ``alias`` the writers sign with (it names ``a`` first)."""
+
+    world: World
+    client: Any
+    alias: str
+    arns: dict[str, str]
+
+    def rotate(self, how: str) -> dict[str, str]:
+        """Rotate from ``a`` to ``b`` as ``how`` says; the signing key setting from then on."""
+        if how == "alias re-pointed":
+            self.client.update_alias(AliasName=self.alias, TargetKeyId=self.arns["b"])
+            return {}
+        return {"HMD_AUDIT_SIGNING_KEY": self.arns["b"]}
+
+    def signed(self) -> list[tuple[Checkpoint, str]]:
+        """Each checkpoint of the log's sidecar and the ARN its signature records."""
+        found = [parse_checkpoint(line) for line in self.world.sidecar.read_text().splitlines()]
+        return [
+            (c, c.signature.removeprefix("aws:ECDSA_SHA_256:").rsplit(":", 1)[0]) for c in found
+        ]
+
+
+@pytest.fixture
+def aws_rotation(
+    moto: MotoServer, anchor: Anchor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AWSRotation:
+    client = moto.client()
+    arns = {
+        name: str(
+            client.create_key(KeyUsage="SIGN_VERIFY", KeySpec="ECC_NIST_P256")["KeyMetadata"]["Arn"]
+        )
+        for name in "abc"
+    }
+    alias = f"alias/pii-{secrets.token_hex(4)}-audit"
+    client.create_alias(AliasName=alias, TargetKeyId=arns["a"])
+    env = moto.env(client.create_key()["KeyMetadata"]["KeyId"], HMD_AUDIT_SIGNING_KEY=alias)
+    for name, value in env.items():
+        if name.startswith("AWS_"):  # boto3 reads its credentials from the process
+            monkeypatch.setenv(name, value)
+    backend = Backend("aws", env, dict(env), AWSSigner(client, arns["c"]), None)
+    return AWSRotation(_world(backend, anchor, tmp_path), client, alias, arns)
+
+
+@pytest.mark.parametrize("how", ["alias re-pointed", "setting changed"])
+class TestAWSSigningKeyRotation:
+    """AWS asymmetric keys do not rotate: a rotation is a new key, and the verifier trusts the
+    old one only when HMD_AUDIT_PREVIOUS_SIGNING_KEYS lists its ARN."""
+
+    def _rotated(self, rotation: AWSRotation, how: str) -> dict[str, str]:
+        rotation.world.write(5, HMD_AUDIT_CHECKPOINT_LINES="2")  # signed by a
+        after = rotation.rotate(how)
+        rotation.world.write(3, HMD_AUDIT_CHECKPOINT_LINES="2", **after)  # signed by b
+        return after
+
+    def test_old_checkpoints_verify_with_the_old_key_listed(
+        self, aws_rotation: AWSRotation, how: str
+    ) -> None:
+        after = self._rotated(aws_rotation, how)
+        arns = {arn for _, arn in aws_rotation.signed()}
+        assert arns == {aws_rotation.arns["a"], aws_rotation.arns["b"]}
+        listed = {"HMD_AUDIT_PREVIOUS_SIGNING_KEYS": aws_rotation.arns["a"], **after}
+        code, report, stderr = aws_rotation.world.report(**listed)
+        assert code == 0, stderr
+        assert report["result"] == "intact" and report["lines"] == 8
+        assert report["checkpoints"] == len(aws_rotation.signed())
+
+    def test_without_the_old_key_listed_verify_fails_naming_the_range(
+        self, aws_rotation: AWSRotation, how: str
+    ) -> None:
+        after = self._rotated(aws_rotation, how)
+        by_a = [c for c, arn in aws_rotation.signed() if arn == aws_rotation.arns["a"]]
+        code, report, stderr = aws_rotation.world.report(**after)
+        assert code == 5 and report["result"] == "tampered"
+        first, last = min(c.seq for c in by_a), max(c.seq for c in by_a)
+        assert f"seq {first}..{last}: {len(by_a)} checkpoint(s)" in stderr
+        assert aws_rotation.arns["a"] in stderr and "HMD_AUDIT_PREVIOUS_SIGNING_KEYS" in stderr
+        assert min(c.time for c in by_a) in stderr
+
+    @pytest.mark.parametrize("relabelled", [False, True], ids=["c", "c-as-a"])
+    def test_a_checkpoint_signed_by_an_unlisted_key_fails(
+        self, aws_rotation: AWSRotation, how: str, relabelled: bool
+    ) -> None:
+        """Key c signs a checkpoint (recording its own ARN, or a's): neither verifies."""
+        after = self._rotated(aws_rotation, how)
+        genuine, _ = aws_rotation.signed()[-1]
+        signature = aws_rotation.world.backend.other.sign(genuine.message())
+        if relabelled:
+            signature = signature.replace(aws_rotation.arns["c"], aws_rotation.arns["a"])
+        with aws_rotation.world.sidecar.open("a") as handle:
+            handle.write(replace(genuine, signature=signature).to_json() + "\n")
+        listed = {"HMD_AUDIT_PREVIOUS_SIGNING_KEYS": aws_rotation.arns["a"], **after}
+        code, report, stderr = aws_rotation.world.report(**listed)
+        assert code == 5 and report["result"] == "tampered"
+        named = aws_rotation.arns["a" if relabelled else "c"]
+        assert f"seq {genuine.seq}..{genuine.seq}: 1 checkpoint(s)" in stderr and named in stderr
+        assert len(report["problems"]) == 1  # type: ignore[arg-type]
 
 
 class TestVerifyingALogInUse:

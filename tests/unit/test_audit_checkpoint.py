@@ -14,6 +14,7 @@ from heimdall_kms import primitives
 from heimdall_kms.audit import FileAuditSink
 from heimdall_kms.audit.anchored import AnchoredVerdict, verify_anchored
 from heimdall_kms.audit.checkpoint import (
+    VersionedSigner,
     checkpoints_path,
     new_checkpoint,
     parse_checkpoint,
@@ -89,7 +90,7 @@ class TestHostileSidecar:
         assert any("line 2: not a checkpoint" in problem for problem in result.problems)
 
 
-class _Counting:
+class _Counting(VersionedSigner):
     """A real local signer that counts its signatures."""
 
     def __init__(self, inner: LocalSigner) -> None:

@@ -8,7 +8,7 @@ environment.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -858,3 +858,48 @@ class TestVaultAuthMethods:
         vault = VaultSettings(addr="https://vault.example:8200", auth_method=method)
         fix = fix_for(AuthenticationError("refused"), Settings(vault=vault))
         assert fix.startswith(("check ", "HMD_VAULT_TOKEN"))
+
+
+class TestPreviousSigningKeys:
+    """``HMD_AUDIT_PREVIOUS_SIGNING_KEYS``: the AWS signing keys a rotation replaced."""
+
+    ARN = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    AWS: ClassVar = {"HMD_KMS_PROVIDER": "aws", "HMD_KMS_KEY_ID": "alias/pii"}
+
+    def test_a_list_of_key_arns_in_order_without_repeats(self) -> None:
+        other = self.ARN.replace("1234abcd", "5678efab")
+        listed = f" {self.ARN}, {other},{self.ARN}"
+        env = {**self.AWS, "HMD_AUDIT_SIGNING_KEY": "alias/pii-audit"}
+        settings = Settings.from_env({**env, "HMD_AUDIT_PREVIOUS_SIGNING_KEYS": listed})
+        assert settings.audit_anchoring is not None
+        assert settings.audit_anchoring.previous_signing_keys == (self.ARN, other)
+        unset = Settings.from_env(env).audit_anchoring
+        assert unset is not None and unset.previous_signing_keys == ()
+
+    def test_an_empty_entry_or_no_signing_key_is_an_error(self) -> None:
+        env = {**self.AWS, "HMD_AUDIT_SIGNING_KEY": "alias/pii-audit"}
+        for listed in (f"{self.ARN},", f"{self.ARN},,{self.ARN}"):
+            expect_error({**env, "HMD_AUDIT_PREVIOUS_SIGNING_KEYS": listed}, "HMD_AUDIT_PREVIOUS")
+        alone = {**self.AWS, "HMD_AUDIT_PREVIOUS_SIGNING_KEYS": self.ARN}
+        assert "set HMD_AUDIT_SIGNING_KEY too" in expect_error(alone, "HMD_AUDIT_PREVIOUS")
+
+    @pytest.mark.parametrize(
+        "listed", ["alias/pii-audit-2026", "1234abcd-12ab-34cd-56ef-1234567890ab", "arn:aws:kms:x"]
+    )
+    def test_aws_takes_key_arns_only(self, listed: str) -> None:
+        """An alias moves to the new key; a bare key id names no account."""
+        from heimdall_kms.audit.signers import signer_from_settings
+
+        env = {**self.AWS, "HMD_AUDIT_SIGNING_KEY": "alias/pii-audit"}
+        settings = Settings.from_env({**env, "HMD_AUDIT_PREVIOUS_SIGNING_KEYS": listed})
+        with pytest.raises(ConfigurationError, match=r"^HMD_AUDIT_PREVIOUS_SIGNING_KEYS: .* ARN"):
+            signer_from_settings(settings)
+
+    def test_other_providers_refuse_it(self) -> None:
+        """Their signatures name a version of the one key: nothing to list."""
+        from heimdall_kms.audit.signers import signer_from_settings
+
+        env = {**LOCAL, "HMD_AUDIT_SIGNING_KEY": "pii-audit"}
+        settings = Settings.from_env({**env, "HMD_AUDIT_PREVIOUS_SIGNING_KEYS": self.ARN})
+        with pytest.raises(ConfigurationError, match=r"^HMD_AUDIT_PREVIOUS_SIGNING_KEYS: only"):
+            signer_from_settings(settings)

@@ -2,11 +2,12 @@
 the off-host anchor.
 
 Every checkpoint (from ``<log>.checkpoints`` and from the anchor) must carry a valid signature
-of the configured signing key and name a line the log holds with that very hash. A checkpoint
-beyond the log's end (a truncated tail, a deleted log) or at a line with another hash (a
-rewritten chain, a deleted and restarted log) is tampering, reported by seq range and the
-times the checkpoints were signed. Lines after the last signed checkpoint that still chain are
-not tampering: a writer stopped without closing (a crash) or is still running.
+of the configured signing key (on AWS, or of a previous one the verifier lists) and name a line
+the log holds with that very hash. A checkpoint beyond the log's end (a truncated tail, a
+deleted log) or at a line with another hash (a rewritten chain, a deleted and restarted log) is
+tampering, reported by seq range and the times the checkpoints were signed. Lines after the last
+signed checkpoint that still chain are not tampering: a writer stopped without closing (a crash)
+or is still running.
 """
 
 from __future__ import annotations
@@ -182,28 +183,49 @@ def _sidecar_lines(sidecar: Path, anchor_has_rows: bool, result: AnchoredResult)
 def _check_signatures(
     found: list[Checkpoint], signer: Signer, log_id: str, result: AnchoredResult
 ) -> None:
-    ours = [c for c in found if c.log_id == log_id and c.key == signer.key_identifier]
+    # Where a signature records its key (AWS), that key, trusted or not by the signer, decides;
+    # the checkpoint's key label is the name its writer was configured with, which an AWS
+    # rotation (a new key, a new HMD_AUDIT_SIGNING_KEY) changes.
+    ours = [
+        c
+        for c in found
+        if c.log_id == log_id
+        and (c.key == signer.key_identifier or signer.signing_key_of(c.signature) is not None)
+    ]
     valid = signer.verify_many([(c.message(), c.signature) for c in ours])
     verified = {id(c) for c, ok in zip(ours, valid, strict=True) if ok}
+    unverified: dict[str, list[Checkpoint]] = {}
     for checkpoint in list(found):
-        problem = _signature_problem(checkpoint, log_id, signer.key_identifier, verified)
-        if problem is not None:
-            result.problems.append(problem)
-            found.remove(checkpoint)
+        if id(checkpoint) in verified:
+            continue
+        found.remove(checkpoint)
+        named = signer.signing_key_of(checkpoint.signature)
+        if checkpoint.log_id == log_id and named is not None:
+            unverified.setdefault(named, []).append(checkpoint)
+        else:
+            result.problems.append(_signature_problem(checkpoint, log_id, signer.key_identifier))
+    result.problems += [_untrusted(key, group) for key, group in unverified.items()]
 
 
-def _signature_problem(
-    checkpoint: Checkpoint, log_id: str, key: str, verified: set[int]
-) -> str | None:
-    """Why a checkpoint cannot vouch for this log, or None when it is signed for it."""
+def _signature_problem(checkpoint: Checkpoint, log_id: str, key: str) -> str:
+    """Why a checkpoint whose signature did not verify cannot vouch for this log."""
     where = f"the checkpoint of seq {checkpoint.seq} signed at {checkpoint.time}"
     if checkpoint.log_id != log_id:
         return f"{where} is for another log ({checkpoint.log_id!r})"
     if checkpoint.key != key:
         return f"{where} names another key ({checkpoint.key!r}): forged"
-    if id(checkpoint) not in verified:
-        return f"{where} has a signature that does not verify: forged"
-    return None
+    return f"{where} has a signature that does not verify: forged"
+
+
+def _untrusted(key: str, group: list[Checkpoint]) -> str:
+    """The checkpoints whose signatures name ``key`` and verify with no trusted key."""
+    seqs, times = [c.seq for c in group], [c.time for c in group]
+    return (
+        f"seq {min(seqs)}..{max(seqs)}: {len(group)} checkpoint(s) signed between {min(times)} "
+        f"and {max(times)} name signing key {key} and have a signature that does not verify "
+        f"with a trusted key (HMD_AUDIT_SIGNING_KEY, or one listed in "
+        f"HMD_AUDIT_PREVIOUS_SIGNING_KEYS): forged, or signed by a previous key not listed"
+    )
 
 
 def _hashes_at(path: Path, wanted: set[int], lines: int) -> dict[int, str]:

@@ -24,6 +24,7 @@ from heimdall_kms.audit.chain import canonical
 __all__ = [
     "Checkpoint",
     "Signer",
+    "VersionedSigner",
     "checkpoints_path",
     "default_log_id",
     "new_checkpoint",
@@ -46,6 +47,11 @@ class Signer(Protocol):
             KMSError: the KMS refused or is unreachable.
         """
 
+    def signing_key_of(self, signature: str) -> str | None:
+        """The key a signature records as the one that made it, where signatures name their
+        key (AWS, where a rotation is a new key: its ARN); None where they name only a version
+        of this signer's key. Whether that key is trusted is for :meth:`verify_many` to say."""
+
     def verify_many(self, items: Sequence[tuple[bytes, str]]) -> list[bool]:
         """For each ``(message, signature)``: whether it is this key's signature of the
         message (at any version that can still verify: rotating the key keeps old
@@ -54,6 +60,14 @@ class Signer(Protocol):
         Raises:
             KMSError: the KMS refused or is unreachable (not an answer either way).
         """
+
+
+class VersionedSigner:
+    """A signer whose signatures name a version of its own key, never another key (Vault,
+    local, GCP, Azure: a rotation is a new version of the same key)."""
+
+    def signing_key_of(self, signature: str) -> str | None:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +79,7 @@ class Checkpoint:
     host: str
     pid: int
     key: str
-    signature: str  # names the key version: vault:v2:..., local:v1:...
+    signature: str  # names the key version (vault:v2:..., local:v1:...) or, on AWS, the key's ARN
 
     def message(self) -> bytes:
         """The bytes the signature covers."""

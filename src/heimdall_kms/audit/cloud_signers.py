@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from heimdall_kms import primitives
+from heimdall_kms.audit.checkpoint import VersionedSigner
 from heimdall_kms.errors import KeyNotFoundError, KMSError
 from heimdall_kms.kinds import ProviderName
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
@@ -40,7 +41,7 @@ def _crc(data: bytes) -> int:
     return int(google_crc32c.value(data))
 
 
-class GCPSigner:
+class GCPSigner(VersionedSigner):
     """Cloud KMS ``asymmetricSign``, verified with ``getPublicKey``'s PEM."""
 
     def __init__(self, client: Any, key_name: str, *, timeout: float = 30.0) -> None:
@@ -138,7 +139,7 @@ class GCPSigner:
         return pem
 
 
-class AzureSigner:
+class AzureSigner(VersionedSigner):
     """Key Vault ``sign``/``verify`` (ES256) with a P-256 key apart from the master key."""
 
     algorithm = "ES256"

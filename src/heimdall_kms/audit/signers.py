@@ -14,11 +14,12 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from heimdall_kms import primitives
-from heimdall_kms.audit.checkpoint import Signer
+from heimdall_kms.audit.checkpoint import Signer, VersionedSigner
 from heimdall_kms.config import ProviderName, Settings
 from heimdall_kms.errors import (
     AuthenticationError,
@@ -36,9 +37,10 @@ if TYPE_CHECKING:
 __all__ = ["AWSSigner", "LocalSigner", "VaultSigner", "signer_from_settings"]
 
 _VERIFY_BATCH = 250
+AWS_KEY_ARN = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]{1,32}:[0-9]{12}:key/[A-Za-z0-9-]{1,128}")
 
 
-class LocalSigner:
+class LocalSigner(VersionedSigner):
     """Ed25519 with a key of the local keyring; its versions' material are the seeds."""
 
     def __init__(self, keyring: LocalKeyring, name: str) -> None:
@@ -82,7 +84,7 @@ class LocalSigner:
             primitives.wipe(seed)
 
 
-class VaultSigner:
+class VaultSigner(VersionedSigner):
     """Transit ``sign``/``verify`` with an ``ed25519`` (or ECDSA) key apart from the
     encryption key."""
 
@@ -159,13 +161,22 @@ class VaultSigner:
 
 class AWSSigner:
     """AWS KMS ``Sign``/``Verify`` (ECDSA_SHA_256) with an ``ECC_NIST_P256`` ``SIGN_VERIFY`` key
-    apart from the encryption key."""
+    apart from the encryption key.
+
+    AWS does not rotate asymmetric keys: a rotation is a new key (the alias re-pointed, or a
+    new ``HMD_AUDIT_SIGNING_KEY``). So each signature records the ARN of the key that made it
+    (``aws:ECDSA_SHA_256:<key ARN>:<signature>``), and a signature verifies with that key only
+    when it is one of ``previous`` (``HMD_AUDIT_PREVIOUS_SIGNING_KEYS``, key ARNs the verifier
+    lists); any other is checked against ``key_id`` and must have been made by it. A key the
+    log names is never trusted for being named.
+    """
 
     algorithm = "ECDSA_SHA_256"
 
-    def __init__(self, client: Any, key_id: str) -> None:
+    def __init__(self, client: Any, key_id: str, *, previous: Sequence[str] = ()) -> None:
         self._client = client
         self._key_id = key_id
+        self._previous = frozenset(previous)
 
     @property
     def key_identifier(self) -> str:
@@ -181,7 +192,23 @@ class AWSSigner:
                 MessageType="RAW",
                 SigningAlgorithm=self.algorithm,
             )
-        return f"aws:{self.algorithm}:{base64.b64encode(answer['Signature']).decode()}"
+        arn = str(answer["KeyId"])  # Sign answers the ARN of the key the alias or id named
+        return f"aws:{self.algorithm}:{arn}:{base64.b64encode(answer['Signature']).decode()}"
+
+    def signing_key_of(self, signature: str) -> str | None:
+        parsed = self._parse(signature)
+        return parsed[0] if parsed else None
+
+    def _parse(self, signature: str) -> tuple[str, bytes] | None:
+        """The key ARN and the raw signature of ``aws:ECDSA_SHA_256:<ARN>:<base64>``."""
+        prefix = f"aws:{self.algorithm}:"
+        arn, colon, body = signature.removeprefix(prefix).rpartition(":")
+        if not signature.startswith(prefix) or not colon or not AWS_KEY_ARN.fullmatch(arn):
+            return None
+        try:
+            return arn, base64.b64decode(body, validate=True)
+        except binascii.Error:
+            return None
 
     def verify_many(self, items: Sequence[tuple[bytes, str]]) -> list[bool]:
         return [self._verify(message, signature) for message, signature in items]
@@ -191,17 +218,17 @@ class AWSSigner:
 
         from heimdall_kms.providers.aws import _translated  # noqa: PLC0415
 
-        prefix = f"aws:{self.algorithm}:"
-        if not signature.startswith(prefix):
+        parsed = self._parse(signature)
+        if parsed is None:
             return False
-        try:
-            raw = base64.b64decode(signature[len(prefix) :], validate=True)
-        except binascii.Error:
-            return False
+        arn, raw = parsed
+        # Whoever has root on a writer's host can make a key of their own in an account of
+        # their own and record its ARN: only a listed previous key is asked by its ARN.
+        key = arn if arn in self._previous else self._key_id
         with _translated("audit checkpoint verify"):
             try:
                 answer = self._client.verify(
-                    KeyId=self._key_id,
+                    KeyId=key,
                     Message=message,
                     MessageType="RAW",
                     Signature=raw,
@@ -212,7 +239,25 @@ class AWSSigner:
                 if exc.response.get("Error", {}).get("Code") == "KMSInvalidSignatureException":
                     return False
                 raise
-        return answer.get("SignatureValid") is True
+        # Verify answers the ARN of the key it used: the one the signature records, or the
+        # signature is another key's, relabelled.
+        return answer.get("SignatureValid") is True and answer.get("KeyId") == arn
+
+
+def _aws_previous(names: Sequence[str]) -> tuple[str, ...]:
+    """The previous signing keys, as key ARNs.
+
+    Raises:
+        ConfigurationError: an entry is an alias or key id (an alias moves to the new key, a
+            bare id does not say which account's key it is).
+    """
+    for name in names:
+        if not AWS_KEY_ARN.fullmatch(name):
+            raise ConfigurationError(
+                f"HMD_AUDIT_PREVIOUS_SIGNING_KEYS: {name[:80]!r} is not a key ARN "
+                "(arn:aws:kms:REGION:ACCOUNT:key/ID; not an alias or bare key id)"
+            )
+    return tuple(names)
 
 
 def signer_from_settings(settings: Settings) -> Signer | None:
@@ -226,6 +271,12 @@ def signer_from_settings(settings: Settings) -> Signer | None:
     if settings.audit_anchoring is None:
         return None
     name = settings.audit_anchoring.signing_key
+    if settings.audit_anchoring.previous_signing_keys and settings.provider is not ProviderName.AWS:
+        raise ConfigurationError(
+            "HMD_AUDIT_PREVIOUS_SIGNING_KEYS: only for aws, whose signing keys do not rotate; "
+            "the other providers' signatures name their key version, and a rotation keeps "
+            "older checkpoints verifiable"
+        )
     if name in (settings.kms_key_id, settings.hmac_key_id):
         raise ConfigurationError(
             "HMD_AUDIT_SIGNING_KEY: must name a key of its own, not the encryption or "
@@ -244,7 +295,8 @@ def signer_from_settings(settings: Settings) -> Signer | None:
     if settings.provider is ProviderName.AWS and settings.aws is not None:
         from heimdall_kms.providers.aws import build_client as aws_client  # noqa: PLC0415
 
-        return AWSSigner(aws_client(settings.aws), name)
+        previous = _aws_previous(settings.audit_anchoring.previous_signing_keys)
+        return AWSSigner(aws_client(settings.aws), name, previous=previous)
     if settings.provider is ProviderName.GCP and settings.gcp is not None:
         from heimdall_kms.audit.cloud_signers import GCPSigner  # noqa: PLC0415
         from heimdall_kms.providers.gcp import build_client as gcp_client  # noqa: PLC0415
