@@ -356,7 +356,7 @@ class TestAnchoredVerify:
 
     def test_rotating_the_signing_key_keeps_old_checkpoints_verifiable(self, world: World) -> None:
         if world.backend.rotate is None:
-            pytest.skip(f"{world.backend.name} signing keys do not rotate")
+            pytest.skip(f"{world.backend.name} keys do not rotate: see TestAWSSigningKeyRotation")
         world.write(2)
         world.backend.rotate()
         world.write(2)
