@@ -10,11 +10,11 @@ import pytest
 
 import heimdall_kms
 from heimdall_kms.audit.events import AuditEvent, EventType, Result
-from heimdall_kms.audit.sink import FileAuditSink, head_path
+from heimdall_kms.audit.sink import FailureCountingSink, FileAuditSink, head_path
 from heimdall_kms.audit.sync_scope import one_sync_per_batch
 from heimdall_kms.audit.verify import verify
 from heimdall_kms.config import Settings
-from heimdall_kms.errors import AuditCrashError, KMSError
+from heimdall_kms.errors import AuditCrashError, AuditWriteError, KMSError
 from heimdall_kms.jobs.migrate import MigrationOptions, run_migration
 from heimdall_kms.providers.local import LocalKeyring
 from heimdall_kms.store import Target, open_store
@@ -138,3 +138,32 @@ class TestMigrationBatches:
         # 4 batches, plus the run's intent and outcome (the SQLite commits are not fdatasync).
         assert syncs.count == 4 + 2
         assert verify(log).checkpoint == "matches"
+
+
+class TestCountedFailures:
+    def test_a_deferred_sync_that_fails_is_counted_and_raised(self, tmp_path: Path) -> None:
+        """heimdall_audit_write_failures_total sees a batch's failed sync, as a failed emit."""
+        failures: list[int] = []
+        inner = FileAuditSink(tmp_path / "audit.log")
+        sink = FailureCountingSink(inner, lambda: failures.append(1))
+
+        def batch() -> None:
+            with one_sync_per_batch():
+                sink.emit([_event(1)])
+                inner.close()  # the log goes away before the batch's sync
+
+        with pytest.raises(AuditWriteError, match="closed"):
+            batch()
+        assert failures == [1]
+
+    def test_a_deferred_sync_through_the_counter_syncs_once(
+        self, tmp_path: Path, syncs: Syncs
+    ) -> None:
+        log = tmp_path / "audit.log"
+        sink = FailureCountingSink(FileAuditSink(log), lambda: None)
+        with one_sync_per_batch():
+            sink.emit([_event(1)])
+            sink.emit([_event(2)])
+        assert syncs.count == 1
+        assert (verify(log).lines, verify(log).checkpoint) == (2, "matches")
+        sink.close()

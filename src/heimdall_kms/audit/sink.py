@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Protocol, TextIO
 from heimdall_kms.audit.chain import GENESIS
 from heimdall_kms.audit.events import AuditEvent
 from heimdall_kms.audit.lines import chain_events
-from heimdall_kms.audit.sync_scope import unsynced_writers
+from heimdall_kms.audit.sync_scope import DeferredSync, unsynced_writers
 from heimdall_kms.errors import AuditWriteError
 
 if TYPE_CHECKING:
@@ -294,8 +294,22 @@ class FailureCountingSink:
         self._on_failure = on_failure
 
     def emit(self, events: Sequence[AuditEvent]) -> None:
+        writers = unsynced_writers()
+        if writers is not None and isinstance(self.inner, DeferredSync):
+            # Registered before the inner sink, so its sync at the scope's end is counted too.
+            writers[self] = None
         try:
             self.inner.emit(events)
+        except AuditWriteError:
+            self._on_failure()
+            raise
+
+    def sync_deferred(self) -> None:
+        """The inner sink's deferred sync (one_sync_per_batch), a failure counted."""
+        if not isinstance(self.inner, DeferredSync):
+            return
+        try:
+            self.inner.sync_deferred()
         except AuditWriteError:
             self._on_failure()
             raise

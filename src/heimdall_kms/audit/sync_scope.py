@@ -15,14 +15,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from heimdall_kms.errors import AuditWriteError
 
-__all__ = ["one_sync_per_batch", "unsynced_writers"]
+__all__ = ["DeferredSync", "one_sync_per_batch", "unsynced_writers"]
 
 
-class _Deferring(Protocol):
+@runtime_checkable
+class DeferredSync(Protocol):
     def sync_deferred(self) -> None:
         """Sync the lines written since the scope began, then move the checkpoint.
 
@@ -32,10 +33,10 @@ class _Deferring(Protocol):
 
 
 # The sinks written to in the current scope, in the order they were first written to.
-_WRITERS: ContextVar[dict[_Deferring, None] | None] = ContextVar("_WRITERS", default=None)
+_WRITERS: ContextVar[dict[DeferredSync, None] | None] = ContextVar("_WRITERS", default=None)
 
 
-def unsynced_writers() -> dict[_Deferring, None] | None:
+def unsynced_writers() -> dict[DeferredSync, None] | None:
     """Where a sink registers its unsynced write; None outside a scope (sync at once)."""
     return _WRITERS.get()
 
@@ -51,7 +52,7 @@ def one_sync_per_batch() -> Iterator[None]:
     if _WRITERS.get() is not None:
         yield
         return
-    writers: dict[_Deferring, None] = {}
+    writers: dict[DeferredSync, None] = {}
     token = _WRITERS.set(writers)
     try:
         yield
