@@ -44,7 +44,7 @@ from heimdall_kms.errors import HeimdallKMSError, KeyVersionRetiredError
 from heimdall_kms.jobs.reencrypt import ReencryptMode, ReencryptOptions, run_reencrypt
 from heimdall_kms.jobs.retire import retire
 from heimdall_kms.jobs.rotation import rotate
-from heimdall_kms.providers.vault_bootstrap import BootstrapOptions, apply, plan
+from heimdall_kms.providers.vault.bootstrap import BootstrapOptions, apply, plan
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import Target, open_store
 from heimdall_kms.testing import TRANSIT_KEY, OpenBao, start_openbao

@@ -60,7 +60,7 @@ except ImportError:
 from heimdall_kms import primitives
 from heimdall_kms.audit.sink import FileAuditSink
 from heimdall_kms.config import Settings
-from heimdall_kms.providers.aws import AWSKMSProvider
+from heimdall_kms.providers.aws.provider import AWSKMSProvider
 from heimdall_kms.providers.vault.transit import VaultTransitProvider
 from heimdall_kms.service import Crypto
 from heimdall_kms.testing import TRANSIT_KEY, OpenBao, start_openbao

@@ -26,10 +26,16 @@ from heimdall_kms.kinds import (
     WriteFormat,
 )
 from heimdall_kms.legacy_context import LegacyContext, LegacyContextRule
+from heimdall_kms.providers.aws.settings import AWSSettings
+from heimdall_kms.providers.aws.settings import read_settings as read_aws
+from heimdall_kms.providers.azure.settings import AzureSettings
+from heimdall_kms.providers.azure.settings import read_settings as read_azure
+from heimdall_kms.providers.gcp.settings import GCPSettings
+from heimdall_kms.providers.gcp.settings import read_settings as read_gcp
 from heimdall_kms.providers.local.settings import read_keyring
 from heimdall_kms.providers.vault.settings import VaultSettings
 from heimdall_kms.providers.vault.settings import read_settings as read_vault
-from heimdall_kms.settings_env import Env, Secret, existing_file
+from heimdall_kms.settings_env import Env, Secret
 
 __all__ = [
     "DEFAULT_LEGACY_KEY_ID",
@@ -52,43 +58,6 @@ __all__ = [
 DEFAULT_LEGACY_KEY_ID = "default-key-v1"
 DEFAULT_KMS_KEY_ID = "heimdall-pii"
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
-
-
-@dataclass(frozen=True, slots=True)
-class AWSSettings:
-    """AWS KMS. Credentials come from boto3's standard chain (env, profile, IMDS, IRSA)."""
-
-    region: str | None = None  # HMD_AWS_REGION, else AWS_REGION / AWS_DEFAULT_REGION
-    endpoint_url: str | None = None  # AWS_ENDPOINT_URL_KMS (else AWS_ENDPOINT_URL)
-    max_concurrency: int = 16  # HMD_AWS_MAX_CONCURRENCY: KMS has no batch call
-    timeout_seconds: float = 10.0  # HMD_AWS_TIMEOUT: connect and read timeout per request
-    key_versioning: AWSKeyVersioning = AWSKeyVersioning.NATIVE  # HMD_AWS_KEY_VERSIONING
-
-
-@dataclass(frozen=True, slots=True)
-class GCPSettings:
-    """GCP Cloud KMS. Credentials come from Application Default Credentials."""
-
-    endpoint: str | None = None  # HMD_GCP_KMS_ENDPOINT, e.g. a private endpoint
-    transport: str = "grpc"  # HMD_GCP_TRANSPORT: grpc | rest
-    anonymous: bool = False  # HMD_GCP_CREDENTIALS=anonymous: only for a local test server
-    max_concurrency: int = 10  # HMD_GCP_MAX_CONCURRENCY: Cloud KMS has no batch call
-    timeout_seconds: float = 30.0  # HMD_GCP_TIMEOUT: one KMS call, retries included
-
-
-@dataclass(frozen=True, slots=True)
-class AzureSettings:
-    """Azure Key Vault. Credentials come from DefaultAzureCredential."""
-
-    ca_bundle: Path | None = None  # HMD_AZURE_CA_BUNDLE: a private CA (tests, proxies)
-    verify_challenge_resource: bool = True  # HMD_AZURE_VERIFY_CHALLENGE_RESOURCE
-    max_concurrency: int = 8  # HMD_AZURE_MAX_CONCURRENCY: Key Vault has no batch call
-    # HMD_AZURE_DISABLE_INSTANCE_DISCOVERY: for an AZURE_AUTHORITY_HOST that
-    # login.microsoftonline.com does not know (Azure Stack Hub, a private cloud, the tests).
-    disable_instance_discovery: bool = False
-    # HMD_AZURE_TIMEOUT: connect timeout and read timeout of one HTTP attempt (azure-core's
-    # own default is 300 s each; docs/providers/azure.md gives the bound with the SDK's retries).
-    timeout_seconds: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,9 +199,9 @@ class _ProviderPart:
         # The keyring path is read whatever the provider (the demo and audit signer use it).
         return cls(
             vault=read_vault(env) if chosen is ProviderName.VAULT else None,
-            aws=_read_aws(env) if chosen is ProviderName.AWS else None,
-            gcp=_read_gcp(env) if chosen is ProviderName.GCP else None,
-            azure=_read_azure(env) if chosen is ProviderName.AZURE else None,
+            aws=read_aws(env) if chosen is ProviderName.AWS else None,
+            gcp=read_gcp(env) if chosen is ProviderName.GCP else None,
+            azure=read_azure(env) if chosen is ProviderName.AZURE else None,
             local_keyring=read_keyring(env, required=chosen is ProviderName.LOCAL),
         )
 
@@ -290,70 +259,6 @@ def _read_legacy_keys(env: Env, primary_id: str) -> dict[str, Secret[bytes]]:
             raise ConfigurationError(f"HMD_PII_LEGACY_KEYS: key id {key_id!r} is given twice")
         keys[key_id] = _hex_key(f"HMD_PII_LEGACY_KEYS (entry {position})", hex_key.strip())
     return keys
-
-
-def _read_aws(env: Env) -> AWSSettings:
-    endpoint = env.get("AWS_ENDPOINT_URL_KMS", "AWS_ENDPOINT_URL")
-    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
-        raise ConfigurationError("AWS_ENDPOINT_URL_KMS: expected an http:// or https:// URL")
-    return AWSSettings(
-        region=env.get("HMD_AWS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
-        endpoint_url=endpoint,
-        max_concurrency=env.integer("HMD_AWS_MAX_CONCURRENCY", 16, minimum=1),
-        timeout_seconds=env.number("HMD_AWS_TIMEOUT", 10.0),
-        key_versioning=_key_versioning(env.get("HMD_AWS_KEY_VERSIONING")),
-    )
-
-
-def _key_versioning(raw: str | None) -> AWSKeyVersioning:
-    try:
-        return AWSKeyVersioning((raw or "native").lower())
-    except ValueError:
-        raise ConfigurationError(
-            f"HMD_AWS_KEY_VERSIONING: expected native | aliases, got {raw!r}"
-        ) from None
-
-
-def _read_gcp(env: Env) -> GCPSettings:
-    transport = (env.get("HMD_GCP_TRANSPORT") or "grpc").lower()
-    if transport not in ("grpc", "rest"):
-        raise ConfigurationError(f"HMD_GCP_TRANSPORT: expected grpc | rest, got {transport!r}")
-    credentials = (env.get("HMD_GCP_CREDENTIALS") or "default").lower()
-    if credentials not in ("default", "anonymous"):
-        raise ConfigurationError("HMD_GCP_CREDENTIALS: expected default | anonymous")
-    endpoint = env.get("HMD_GCP_KMS_ENDPOINT")
-    if endpoint is not None and endpoint.startswith("http://") and credentials != "anonymous":
-        # Google credentials are bearer tokens: never send them over plain HTTP.
-        raise ConfigurationError(
-            "HMD_GCP_KMS_ENDPOINT: a plain http:// endpoint is allowed only with "
-            "HMD_GCP_CREDENTIALS=anonymous (a local test server)"
-        )
-    return GCPSettings(
-        endpoint=endpoint,
-        transport=transport,
-        anonymous=credentials == "anonymous",
-        max_concurrency=env.integer("HMD_GCP_MAX_CONCURRENCY", 10, minimum=1),
-        timeout_seconds=env.number("HMD_GCP_TIMEOUT", 30.0),
-    )
-
-
-def _read_azure(env: Env) -> AzureSettings:
-    flags: dict[str, bool] = {}
-    for name, default in (
-        ("HMD_AZURE_VERIFY_CHALLENGE_RESOURCE", "true"),
-        ("HMD_AZURE_DISABLE_INSTANCE_DISCOVERY", "false"),
-    ):
-        value = (env.get(name) or default).lower()
-        if value not in ("true", "false"):
-            raise ConfigurationError(f"{name}: expected true | false")
-        flags[name] = value == "true"
-    return AzureSettings(
-        ca_bundle=existing_file("HMD_AZURE_CA_BUNDLE", env.get("HMD_AZURE_CA_BUNDLE")),
-        verify_challenge_resource=flags["HMD_AZURE_VERIFY_CHALLENGE_RESOURCE"],
-        max_concurrency=env.integer("HMD_AZURE_MAX_CONCURRENCY", 8, minimum=1),
-        disable_instance_discovery=flags["HMD_AZURE_DISABLE_INSTANCE_DISCOVERY"],
-        timeout_seconds=env.number("HMD_AZURE_TIMEOUT", 10.0),
-    )
 
 
 def audit_destination(environ: Mapping[str, str]) -> str:

@@ -34,7 +34,7 @@ from heimdall_kms.errors import (
     KMSError,
     PermissionDeniedError,
 )
-from heimdall_kms.providers.aws import (
+from heimdall_kms.providers.aws.provider import (
     AWSKMSProvider,
     create_key_for_alias,
     kms_encryption_context,

@@ -26,7 +26,7 @@ from heimdall_kms.errors import (
     PermissionDeniedError,
     RateLimitedError,
 )
-from heimdall_kms.providers.azure import AzureKeyVaultProvider
+from heimdall_kms.providers.azure.provider import AzureKeyVaultProvider
 from tests.contract.backends.azure import ADMIN, WORKER, key_client
 from tests.fakes.azure_kv_http import (
     CRYPTO_OFFICER,

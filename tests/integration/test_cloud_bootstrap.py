@@ -26,7 +26,7 @@ from google.cloud import kms_v1
 
 from heimdall_kms import primitives
 from heimdall_kms.errors import PermissionDeniedError
-from heimdall_kms.providers.azure import AzureKeyVaultProvider
+from heimdall_kms.providers.azure.provider import AzureKeyVaultProvider
 from tests.contract.backends.azure import ADMIN, key_client
 from tests.contract.backends.gcp import LOCATION, create_signing_key, rest_client
 from tests.fakes.azure_kv_http import CRYPTO_OFFICER, FakeKeyVaultServer, start_fake_key_vault

@@ -24,9 +24,9 @@ from google.cloud import kms_v1
 from heimdall_kms import primitives
 from heimdall_kms.config import AWSKeyVersioning
 from heimdall_kms.errors import KMSUnavailableError, RateLimitedError
-from heimdall_kms.providers.aws import AWSKMSProvider
-from heimdall_kms.providers.azure import AzureKeyVaultProvider
-from heimdall_kms.providers.gcp import GCPKMSProvider
+from heimdall_kms.providers.aws.provider import AWSKMSProvider
+from heimdall_kms.providers.azure.provider import AzureKeyVaultProvider
+from heimdall_kms.providers.gcp.provider import GCPKMSProvider
 from heimdall_kms.providers.retry_after import from_headers
 from tests.contract.backends.azure import ADMIN, key_client
 from tests.contract.backends.gcp import LOCATION, create_key, rest_client
@@ -184,7 +184,7 @@ class TestGCP:
 
 def _grpc_client(gcp: FakeKMSServer) -> kms_v1.KeyManagementServiceClient:
     from heimdall_kms.config import GCPSettings
-    from heimdall_kms.providers.gcp import build_client
+    from heimdall_kms.providers.gcp.provider import build_client
 
     return build_client(GCPSettings(endpoint=gcp.grpc_url, transport="grpc", anonymous=True))
 

@@ -23,8 +23,8 @@ from azure.keyvault.keys import KeyClient
 from heimdall_kms import primitives
 from heimdall_kms.config import AWSSettings
 from heimdall_kms.errors import AuthenticationError, KMSUnavailableError
-from heimdall_kms.providers.aws import build_client, caller
-from heimdall_kms.providers.azure import AzureKeyVaultProvider
+from heimdall_kms.providers.aws.provider import build_client, caller
+from heimdall_kms.providers.azure.provider import AzureKeyVaultProvider
 from tests.fakes.azure_kv_http import FakeKeyVaultServer, start_fake_key_vault
 from tests.servers import free_port
 
@@ -36,7 +36,7 @@ from google.auth import compute_engine
 from google.cloud import kms_v1
 from heimdall_kms import primitives
 from heimdall_kms.errors import HeimdallKMSError
-from heimdall_kms.providers.gcp import GCPKMSProvider
+from heimdall_kms.providers.gcp.provider import GCPKMSProvider
 
 client = kms_v1.KeyManagementServiceClient(
     credentials=compute_engine.Credentials(),

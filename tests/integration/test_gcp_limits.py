@@ -13,7 +13,7 @@ import pytest
 
 from heimdall_kms import primitives
 from heimdall_kms.errors import InvalidInputError
-from heimdall_kms.providers.gcp import GCPKMSProvider
+from heimdall_kms.providers.gcp.provider import GCPKMSProvider
 from tests.contract.backends.gcp import LOCATION, create_key, rest_client
 from tests.fakes.gcp_kms_http import FakeKMSServer, start_fake_kms
 

@@ -30,8 +30,8 @@ from heimdall_kms.jobs.propagation import Effect, Propagation, confirm_primary
 from heimdall_kms.jobs.reencrypt import ReencryptMode, ReencryptOptions, run_reencrypt
 from heimdall_kms.jobs.retire import retire
 from heimdall_kms.jobs.rotation import rotate
-from heimdall_kms.providers.azure import AzureKeyVaultProvider
-from heimdall_kms.providers.gcp import GCPKMSProvider
+from heimdall_kms.providers.azure.provider import AzureKeyVaultProvider
+from heimdall_kms.providers.gcp.provider import GCPKMSProvider
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import Target, open_store
 from tests.contract.backends.azure import ADMIN, key_client

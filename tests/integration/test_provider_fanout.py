@@ -11,7 +11,7 @@ from google.cloud import kms_v1
 
 from heimdall_kms import primitives
 from heimdall_kms.errors import PermissionDeniedError
-from heimdall_kms.providers.gcp import GCPKMSProvider
+from heimdall_kms.providers.gcp.provider import GCPKMSProvider
 from heimdall_kms.providers.vault.transit import _CONCURRENT_BATCHES, VaultTransitProvider
 from tests.contract.backends.gcp import LOCATION, create_key, rest_client
 from tests.fakes.gcp_kms_http import FakeKMSServer, start_fake_kms

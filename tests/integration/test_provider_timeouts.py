@@ -100,15 +100,15 @@ def _vault(port: int, tmp_path: Path) -> dict[str, str]:
 def _build(settings: Settings) -> KeyManagementService:
     name = settings.provider.value if settings.provider else ""
     if name == "azure":
-        from heimdall_kms.providers.azure import AzureKeyVaultProvider
+        from heimdall_kms.providers.azure.provider import AzureKeyVaultProvider
 
         return AzureKeyVaultProvider.from_settings(settings)
     if name == "gcp":
-        from heimdall_kms.providers.gcp import GCPKMSProvider
+        from heimdall_kms.providers.gcp.provider import GCPKMSProvider
 
         return GCPKMSProvider.from_settings(settings)
     if name == "aws":
-        from heimdall_kms.providers.aws import AWSKMSProvider
+        from heimdall_kms.providers.aws.provider import AWSKMSProvider
 
         return AWSKMSProvider.from_settings(settings)
     from heimdall_kms.providers.vault.transit import VaultTransitProvider

@@ -29,7 +29,7 @@ from heimdall_kms.config import Settings
 from heimdall_kms.envelope import KmsV1Envelope
 from heimdall_kms.errors import PermissionDeniedError
 from heimdall_kms.jobs.rotation import rotate
-from heimdall_kms.providers.vault_bootstrap import ROLES, BootstrapOptions, policy_hcl
+from heimdall_kms.providers.vault.bootstrap import ROLES, BootstrapOptions, policy_hcl
 from tests.servers import TRANSIT_KEY, OpenBao, start_openbao
 
 pytestmark = pytest.mark.vault

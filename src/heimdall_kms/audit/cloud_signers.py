@@ -54,7 +54,7 @@ class GCPSigner(VersionedSigner):
         return f"gcp:{self._key}"
 
     def sign(self, message: bytes) -> str:
-        from heimdall_kms.providers.gcp import _translated  # noqa: PLC0415 - optional extra
+        from heimdall_kms.providers.gcp.errors import translated  # noqa: PLC0415 - optional extra
 
         version, algorithm = self._newest()
         request: dict[str, Any] = {"name": version}
@@ -63,7 +63,7 @@ class GCPSigner(VersionedSigner):
             request |= {"digest": {"sha256": digest}, "digest_crc32c": _crc(digest)}
         else:
             request |= {"data": message, "data_crc32c": _crc(message)}
-        with _translated("audit checkpoint sign"):
+        with translated("audit checkpoint sign"):
             answer = self._client.asymmetric_sign(request=request, timeout=self._timeout)
         verified = answer.verified_digest_crc32c or answer.verified_data_crc32c
         # Cloud KMS's integrity checks both ways: what it signed is what was sent, and the
@@ -83,9 +83,9 @@ class GCPSigner(VersionedSigner):
         Raises:
             KMSError: none is enabled, or it is of an algorithm the verifier cannot check.
         """
-        from heimdall_kms.providers.gcp import _translated  # noqa: PLC0415
+        from heimdall_kms.providers.gcp.errors import translated  # noqa: PLC0415
 
-        with _translated("audit checkpoint sign (versions)"):
+        with translated("audit checkpoint sign (versions)"):
             versions = [
                 v
                 for v in self._client.list_crypto_key_versions(
@@ -124,10 +124,10 @@ class GCPSigner(VersionedSigner):
     def _public_key(self, version: str) -> bytes | None:
         """The version's PEM; None for a version that does not exist (its signatures are
         forged, not unverifiable)."""
-        from heimdall_kms.providers.gcp import _translated  # noqa: PLC0415
+        from heimdall_kms.providers.gcp.errors import translated  # noqa: PLC0415
 
         try:
-            with _translated("audit checkpoint verify (public key)"):
+            with translated("audit checkpoint verify (public key)"):
                 answer = self._client.get_public_key(
                     request={"name": version}, timeout=self._timeout
                 )
@@ -153,20 +153,20 @@ class AzureSigner(VersionedSigner):
         return f"azure:{self._client.vault_url}/keys/{self._name}"
 
     def sign(self, message: bytes) -> str:
-        from heimdall_kms.providers.azure import _call  # noqa: PLC0415 - optional extra
+        from heimdall_kms.providers.azure.errors import call  # noqa: PLC0415 - optional extra
 
-        latest = _call("audit checkpoint sign", lambda: self._client.get_key(self._name))
+        latest = call("audit checkpoint sign", lambda: self._client.get_key(self._name))
         version = str(latest.properties.version)
         crypto = self._crypto(version)
         digest = hashlib.sha256(message).digest()
-        answer = _call("audit checkpoint sign", lambda: crypto.sign(_es256(), digest))
+        answer = call("audit checkpoint sign", lambda: crypto.sign(_es256(), digest))
         return f"azure:{version}:{base64.b64encode(answer.signature).decode()}"
 
     def verify_many(self, items: Sequence[tuple[bytes, str]]) -> list[bool]:
         return [self._verify(message, signature) for message, signature in items]
 
     def _verify(self, message: bytes, signature: str) -> bool:
-        from heimdall_kms.providers.azure import _call  # noqa: PLC0415 - optional extra
+        from heimdall_kms.providers.azure.errors import call  # noqa: PLC0415 - optional extra
 
         match = _AZURE.fullmatch(signature)
         raw = _b64(match.group(2)) if match else None
@@ -176,9 +176,7 @@ class AzureSigner(VersionedSigner):
         digest = hashlib.sha256(message).digest()
         given: bytes = raw
         try:
-            answer = _call(
-                "audit checkpoint verify", lambda: crypto.verify(_es256(), digest, given)
-            )
+            answer = call("audit checkpoint verify", lambda: crypto.verify(_es256(), digest, given))
         except KeyNotFoundError:
             return False  # a version this key never had: forged
         return answer.is_valid is True

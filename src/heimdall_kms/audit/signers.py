@@ -183,9 +183,9 @@ class AWSSigner:
         return f"aws:{self._key_id}"
 
     def sign(self, message: bytes) -> str:
-        from heimdall_kms.providers.aws import _translated  # noqa: PLC0415 - optional extra
+        from heimdall_kms.providers.aws.errors import translated  # noqa: PLC0415 - optional extra
 
-        with _translated("audit checkpoint sign"):
+        with translated("audit checkpoint sign"):
             answer = self._client.sign(
                 KeyId=self._key_id,
                 Message=message,
@@ -216,7 +216,7 @@ class AWSSigner:
     def _verify(self, message: bytes, signature: str) -> bool:
         from botocore.exceptions import ClientError  # noqa: PLC0415 - optional extra
 
-        from heimdall_kms.providers.aws import _translated  # noqa: PLC0415
+        from heimdall_kms.providers.aws.errors import translated  # noqa: PLC0415
 
         parsed = self._parse(signature)
         if parsed is None:
@@ -225,7 +225,7 @@ class AWSSigner:
         # Whoever has root on a writer's host can make a key of their own in an account of
         # their own and record its ARN: only a listed previous key is asked by its ARN.
         key = arn if arn in self._previous else self._key_id
-        with _translated("audit checkpoint verify"):
+        with translated("audit checkpoint verify"):
             try:
                 answer = self._client.verify(
                     KeyId=key,
@@ -293,14 +293,14 @@ def signer_from_settings(settings: Settings) -> Signer | None:
             login=login_function(settings.vault),
         )
     if settings.provider is ProviderName.AWS and settings.aws is not None:
-        from heimdall_kms.providers.aws import build_client as aws_client  # noqa: PLC0415
+        from heimdall_kms.providers.aws.provider import build_client as aws_client  # noqa: PLC0415
 
         previous = _aws_previous(settings.audit_anchoring.previous_signing_keys)
         return AWSSigner(aws_client(settings.aws), name, previous=previous)
     if settings.provider is ProviderName.GCP and settings.gcp is not None:
         from heimdall_kms.audit.cloud_signers import GCPSigner  # noqa: PLC0415
-        from heimdall_kms.providers.gcp import build_client as gcp_client  # noqa: PLC0415
-        from heimdall_kms.providers.gcp import check_key_name  # noqa: PLC0415
+        from heimdall_kms.providers.gcp.provider import build_client as gcp_client  # noqa: PLC0415
+        from heimdall_kms.providers.gcp.provider import check_key_name  # noqa: PLC0415
 
         return GCPSigner(
             gcp_client(settings.gcp), check_key_name(name), timeout=settings.gcp.timeout_seconds
@@ -308,7 +308,7 @@ def signer_from_settings(settings: Settings) -> Signer | None:
     azure = settings.azure
     if settings.provider is ProviderName.AZURE and azure and settings.kms_key_id:
         from heimdall_kms.audit.cloud_signers import AzureSigner  # noqa: PLC0415
-        from heimdall_kms.providers.azure import build_key_client, signing_key_name  # noqa: PLC0415
+        from heimdall_kms.providers.azure.provider import build_key_client, signing_key_name  # noqa: PLC0415
 
         key = signing_key_name(name, settings.kms_key_id)
         client, _credential = build_key_client(settings.kms_key_id, azure)

@@ -20,9 +20,9 @@ from heimdall_kms.config import AWSKeyVersioning, ProviderName, Settings
 from heimdall_kms.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from heimdall_kms.providers.aws_bootstrap import Plan, PolicyTarget, SigningKey
-    from heimdall_kms.providers.aws_keys import KeyReference
-    from heimdall_kms.providers.aws_native import Call
+    from heimdall_kms.providers.aws.bootstrap import Plan, PolicyTarget, SigningKey
+    from heimdall_kms.providers.aws.keys import KeyReference
+    from heimdall_kms.providers.aws.native import Call
 
 __all__ = ["aws"]
 
@@ -53,8 +53,8 @@ def bootstrap(*, actor: str, dry_run: bool, as_json: bool) -> None:
     from heimdall_kms.providers import needs_extra  # noqa: PLC0415
 
     with needs_extra("aws", "aws bootstrap"):
-        from heimdall_kms.providers import aws_bootstrap as ab  # noqa: PLC0415 - loads boto3
-        from heimdall_kms.providers.aws import build_client, caller  # noqa: PLC0415
+        from heimdall_kms.providers.aws import bootstrap as ab  # noqa: PLC0415 - loads boto3
+        from heimdall_kms.providers.aws.provider import build_client, caller  # noqa: PLC0415
 
     settings = Settings.from_env(os.environ)
     if settings.aws is None or settings.kms_key_id is None:
@@ -105,7 +105,7 @@ def bootstrap(*, actor: str, dry_run: bool, as_json: bool) -> None:
 
 
 def _reference(text: str, versioning: AWSKeyVersioning) -> KeyReference:
-    from heimdall_kms.providers.aws_keys import ReferenceKind, parse_key_reference  # noqa: PLC0415
+    from heimdall_kms.providers.aws.keys import ReferenceKind, parse_key_reference  # noqa: PLC0415
 
     reference = parse_key_reference(text)
     if versioning is AWSKeyVersioning.ALIASES and reference.kind is not ReferenceKind.ALIAS:
@@ -134,7 +134,7 @@ def _apply(  # noqa: PLR0917 - the run's facts, in order.
 ) -> None:
     """Apply the steps; when one creates the master key, as an audited ``key.create`` (its
     intent written before anything is applied: with an unwritable log nothing is)."""
-    from heimdall_kms.providers import aws_bootstrap as ab  # noqa: PLC0415 - loads boto3
+    from heimdall_kms.providers.aws import bootstrap as ab  # noqa: PLC0415 - loads boto3
 
     if not steps.creates_key:
         ab.apply(call, steps.steps)
@@ -162,7 +162,7 @@ def _target(
 ) -> PolicyTarget:
     """What the policies name; before the key exists (a dry run), placeholders."""
     from heimdall_kms.errors import KeyNotFoundError  # noqa: PLC0415
-    from heimdall_kms.providers.aws_bootstrap import PolicyTarget  # noqa: PLC0415
+    from heimdall_kms.providers.aws.bootstrap import PolicyTarget  # noqa: PLC0415
 
     arn = steps.key_arn
     if arn is None:
@@ -190,7 +190,7 @@ def _signing_arn(call: Call, signing: SigningKey, region: str) -> str:
 
 
 def _print(steps: Plan, policies: dict[str, dict[str, Any]], *, dry_run: bool) -> None:
-    from heimdall_kms.providers.aws_bootstrap import PURPOSES  # noqa: PLC0415
+    from heimdall_kms.providers.aws.bootstrap import PURPOSES  # noqa: PLC0415
 
     if dry_run:
         click.echo("dry run: nothing was written; this is what bootstrap would do")

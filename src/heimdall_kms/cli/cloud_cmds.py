@@ -153,8 +153,8 @@ def gcp_bootstrap(
     from heimdall_kms.providers import needs_extra  # noqa: PLC0415
 
     with needs_extra("gcp", "gcp bootstrap"):
-        from heimdall_kms.providers import gcp_bootstrap as gb  # noqa: PLC0415 - loads the SDK
-        from heimdall_kms.providers.gcp import build_client  # noqa: PLC0415
+        from heimdall_kms.providers.gcp import bootstrap as gb  # noqa: PLC0415 - loads the SDK
+        from heimdall_kms.providers.gcp.provider import build_client  # noqa: PLC0415
 
     who = _members(members)
     settings = _settings("gcp")
@@ -217,8 +217,8 @@ def azure_bootstrap(
     from heimdall_kms.providers import needs_extra  # noqa: PLC0415
 
     with needs_extra("azure", "azure bootstrap"):
-        from heimdall_kms.providers import azure_bootstrap as ab  # noqa: PLC0415 - loads the SDK
-        from heimdall_kms.providers.azure import build_key_client  # noqa: PLC0415
+        from heimdall_kms.providers.azure import bootstrap as ab  # noqa: PLC0415 - loads the SDK
+        from heimdall_kms.providers.azure.provider import build_key_client  # noqa: PLC0415
 
     who = _members(members)
     settings = _settings("azure")

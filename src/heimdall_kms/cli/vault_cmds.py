@@ -24,7 +24,7 @@ from heimdall_kms.errors import ConfigurationError
 if TYPE_CHECKING:
     import hvac
 
-    from heimdall_kms.providers.vault_bootstrap import BootstrapOptions, KubernetesBinding, Step
+    from heimdall_kms.providers.vault.bootstrap import BootstrapOptions, KubernetesBinding, Step
 
 __all__ = ["parse_period", "vault"]
 
@@ -111,7 +111,7 @@ def bootstrap(
     from heimdall_kms.providers import needs_extra  # noqa: PLC0415
 
     with needs_extra("vault", "vault bootstrap"):
-        from heimdall_kms.providers import vault_bootstrap as vb  # noqa: PLC0415 - loads hvac
+        from heimdall_kms.providers.vault import bootstrap as vb  # noqa: PLC0415 - loads hvac
         from heimdall_kms.providers.vault.transit import build_client  # noqa: PLC0415
 
     k8s = _binding(kubernetes, k8s_namespace, accounts, k8s_mount, k8s_host, k8s_ca_cert)
@@ -157,7 +157,7 @@ def _apply(
 ) -> None:
     """Apply the steps; when one creates the master key, as an audited ``key.create``
     (its intent written before anything is applied: with an unwritable log nothing is)."""
-    from heimdall_kms.providers import vault_bootstrap as vb  # noqa: PLC0415 - loads hvac
+    from heimdall_kms.providers.vault import bootstrap as vb  # noqa: PLC0415 - loads hvac
 
     key_step = f"key {options.key} "
     if not any(s.name.startswith(key_step) and s.change is vb.Change.CREATED for s in steps):
@@ -189,7 +189,7 @@ def _binding(  # noqa: PLR0917 - the --k8s-* options, in their order.
     host: str | None,
     ca_cert: Path | None,
 ) -> KubernetesBinding | None:
-    from heimdall_kms.providers.vault_bootstrap import KubernetesBinding  # noqa: PLC0415
+    from heimdall_kms.providers.vault.bootstrap import KubernetesBinding  # noqa: PLC0415
 
     if not kubernetes:
         if accounts or namespace or host or ca_cert:

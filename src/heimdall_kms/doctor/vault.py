@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from heimdall_kms.config import Settings, VaultAuthMethod, VaultSettings
 from heimdall_kms.doctor.report import Check, DoctorReport, Status, fix_for
 from heimdall_kms.errors import AuthenticationError, HeimdallKMSError, PermissionDeniedError
-from heimdall_kms.providers.vault_bootstrap import (
+from heimdall_kms.providers.vault.bootstrap import (
     ServerStatus,
     TokenStatus,
     server_status,

@@ -42,9 +42,9 @@ __all__ = [
 _PROVIDERS: dict[ProviderName, tuple[str, str, str]] = {
     ProviderName.VAULT: ("heimdall_kms.providers.vault.transit", "VaultTransitProvider", "vault"),
     ProviderName.LOCAL: ("heimdall_kms.providers.local.provider", "LocalDevProvider", ""),
-    ProviderName.AWS: ("heimdall_kms.providers.aws", "AWSKMSProvider", "aws"),
-    ProviderName.GCP: ("heimdall_kms.providers.gcp", "GCPKMSProvider", "gcp"),
-    ProviderName.AZURE: ("heimdall_kms.providers.azure", "AzureKeyVaultProvider", "azure"),
+    ProviderName.AWS: ("heimdall_kms.providers.aws.provider", "AWSKMSProvider", "aws"),
+    ProviderName.GCP: ("heimdall_kms.providers.gcp.provider", "GCPKMSProvider", "gcp"),
+    ProviderName.AZURE: ("heimdall_kms.providers.azure.provider", "AzureKeyVaultProvider", "azure"),
 }
 # The SDK modules each provider module needs; used only to name the missing extra.
 _SDK_MODULES = frozenset({"hvac", "boto3", "botocore", "google", "azure"})

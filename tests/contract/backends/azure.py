@@ -16,7 +16,7 @@ from azure.keyvault.keys import KeyClient
 
 from heimdall_kms import primitives
 from heimdall_kms.providers import KeyManagementService
-from heimdall_kms.providers.azure import AzureKeyVaultProvider
+from heimdall_kms.providers.azure.provider import AzureKeyVaultProvider
 from tests.fakes.azure_kv_http import (
     CRYPTO_OFFICER,
     UNWRAP_ONLY,

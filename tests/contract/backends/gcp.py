@@ -18,7 +18,7 @@ from google.cloud import kms_v1
 
 from heimdall_kms import primitives
 from heimdall_kms.providers import KeyManagementService
-from heimdall_kms.providers.gcp import GCPKMSProvider
+from heimdall_kms.providers.gcp.provider import GCPKMSProvider
 from tests.fakes.gcp_kms_http import FakeKMSServer, start_fake_kms
 from tests.servers import free_port
 

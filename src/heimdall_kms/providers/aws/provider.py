@@ -2,7 +2,7 @@
 
 Two ways to version a key (``HMD_AWS_KEY_VERSIONING``). **native** (the default): one KMS key,
 named by key id, key ARN, alias or alias ARN, rotated by AWS itself; its versions are AWS's
-rotations of the key material (:mod:`heimdall_kms.providers.aws_native`), and ``retire`` is
+rotations of the key material (:mod:`heimdall_kms.providers.aws.native`), and ``retire`` is
 refused because AWS cannot disable one of them.
 
 **aliases** (opt-in, for those who need ``retire``): **version n is the n-th KMS key created
@@ -28,28 +28,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import boto3
 from botocore import xform_name
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    CredentialRetrievalError,
-    HTTPClientError,
-    NoCredentialsError,
-    NoRegionError,
-    PartialCredentialsError,
-    SSOError,
-    TokenRetrievalError,
-)
-from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import BotoCoreError, NoRegionError
 
 from heimdall_kms import primitives
-from heimdall_kms.config import AWSKeyVersioning, AWSSettings, ProviderName, Settings
 from heimdall_kms.errors import (
-    AuthenticationError,
     ConfigurationError,
     HeimdallKMSError,
     IntegrityError,
@@ -57,13 +44,18 @@ from heimdall_kms.errors import (
     KeyVersionRetiredError,
     KMSError,
     KMSUnavailableError,
-    PermissionDeniedError,
-    RateLimitedError,
 )
+from heimdall_kms.kinds import AWSKeyVersioning, ProviderName
 from heimdall_kms.overlap import fan_out
-from heimdall_kms.providers import aws_aliases as aliases
-from heimdall_kms.providers.aws_keys import BoundedCache, parse_key_reference
-from heimdall_kms.providers.aws_native import Call, NativeKey
+from heimdall_kms.providers.aws import aliases
+from heimdall_kms.providers.aws.errors import (
+    NO_CREDENTIALS,
+    TRANSPORT,
+    InvalidStateError,
+    translated,
+)
+from heimdall_kms.providers.aws.keys import BoundedCache, parse_key_reference
+from heimdall_kms.providers.aws.native import Call, NativeKey
 from heimdall_kms.providers.base import (
     KeyContext,
     KeyInfo,
@@ -75,8 +67,11 @@ from heimdall_kms.providers.base import (
 )
 from heimdall_kms.providers.credential_outage import caused_by
 from heimdall_kms.providers.deadline import deadline, watch_botocore
-from heimdall_kms.providers.retry_after import from_headers
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
+
+if TYPE_CHECKING:
+    from heimdall_kms.config import Settings
+    from heimdall_kms.providers.aws.settings import AWSSettings
 
 __all__ = [
     "AWSKMSProvider",
@@ -92,7 +87,6 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 _BODY = re.compile(r"[A-Za-z0-9+/=]{1,8192}")  # after ``aws:v<n>:`` (heimdall_kms.wrapped_key)
-_SAFE_CODE = re.compile(r"[A-Za-z0-9._]{1,64}")
 # Every DEK is wrapped under this entry too, so that IAM can require it
 # (kms:EncryptionContext:heimdall-purpose) and the app role is no general decryption oracle.
 PURPOSE_KEY, PURPOSE = "heimdall-purpose", "data-key"
@@ -133,7 +127,7 @@ def build_client(aws: AWSSettings) -> KMSClient:
             "AWS_REGION: not set (also read: HMD_AWS_REGION, AWS_DEFAULT_REGION, the profile)"
         ) from None
     except BotoCoreError as exc:
-        if isinstance(exc, _NO_CREDENTIALS) and caused_by(exc, _TRANSPORT):
+        if isinstance(exc, NO_CREDENTIALS) and caused_by(exc, TRANSPORT):
             # The credential endpoint (IMDS, the container endpoint) did not answer: transient.
             raise KMSUnavailableError(
                 f"AWS credentials: the credential endpoint is unreachable ({type(exc).__name__})"
@@ -145,7 +139,7 @@ def build_client(aws: AWSSettings) -> KMSClient:
 
 def create_key_for_alias(client: KMSClient, alias: str) -> str:
     """Make ``alias`` a versioned key of the alias scheme; the latest key's id (see
-    :func:`heimdall_kms.providers.aws_aliases.create_key_for_alias`).
+    :func:`heimdall_kms.providers.aws.aliases.create_key_for_alias`).
 
     Raises:
         ConfigurationError: ``alias`` is not an ``alias/NAME``. KMSError: AWS refused.
@@ -272,7 +266,7 @@ class AWSKMSProvider:
                         Plaintext=bytes(item[0]),
                         EncryptionContext=kms_encryption_context(item[1]),
                     )
-            except _InvalidStateError:
+            except InvalidStateError:
                 raise self._state_error(target, "Encrypt") from None
             return answer["CiphertextBlob"], answer["KeyId"]
 
@@ -288,7 +282,7 @@ class AWSKMSProvider:
                     answer = self._client.decrypt(
                         CiphertextBlob=job.blob, KeyId=job.key_id, EncryptionContext=job.context
                     )
-            except _InvalidStateError:
+            except InvalidStateError:
                 return self._state_error(job.key_id, "Decrypt", per_item=True)
             except _PER_ITEM as exc:
                 return exc
@@ -317,7 +311,7 @@ class AWSKMSProvider:
                         DestinationKeyId=target,
                         DestinationEncryptionContext=job.context,
                     )
-            except _InvalidStateError:
+            except InvalidStateError:
                 return self._state_error(job.key_id, "ReEncrypt", per_item=True)
             except _PER_ITEM as exc:
                 return exc
@@ -576,100 +570,5 @@ def _deadline_of(client: KMSClient) -> float:
 
 @contextmanager
 def _bounded(operation: str, seconds: float) -> Iterator[None]:
-    with deadline(seconds, f"AWS KMS {operation}"), _translated(operation):
+    with deadline(seconds, f"AWS KMS {operation}"), translated(operation):
         yield
-
-
-@contextmanager
-def _translated(operation: str) -> Iterator[None]:
-    try:
-        yield
-    except (ClientError, BotoCoreError) as exc:
-        raise _translate(exc, operation) from None
-
-
-_INTEGRITY = frozenset({"InvalidCiphertextException", "IncorrectKeyException"})
-_RETIRED = frozenset({"DisabledException"})
-
-
-class _InvalidStateError(KMSError):
-    """KMSInvalidStateException: the key's state forbids the call; the provider, knowing the
-    key, asks which state (``AWSKMSProvider._state_error``)."""
-
-
-_AUTHENTICATION = frozenset(
-    {
-        "UnrecognizedClientException",
-        "InvalidSignatureException",
-        "ExpiredTokenException",
-        "ExpiredToken",
-        "InvalidClientTokenId",
-        "MissingAuthenticationToken",
-        "IncompleteSignature",
-        "SignatureDoesNotMatch",
-        "AuthFailure",
-    }
-)
-_THROTTLED = frozenset(
-    {"ThrottlingException", "Throttling", "LimitExceededException", "RequestLimitExceeded"}
-)
-_UNAVAILABLE = frozenset(
-    {
-        "KMSInternalException",
-        "DependencyTimeoutException",
-        "KeyUnavailableException",
-        "ServiceUnavailable",
-        "ServiceUnavailableException",
-        "InternalFailure",
-    }
-)
-# A credential fetch that failed on the wire (IMDS, the ECS/EKS container endpoint).
-_TRANSPORT = (BotoConnectionError, HTTPClientError)
-_NO_CREDENTIALS = (
-    NoCredentialsError,
-    PartialCredentialsError,
-    CredentialRetrievalError,
-    TokenRetrievalError,
-    SSOError,
-)
-
-
-def _translate(exc: ClientError | BotoCoreError, operation: str) -> HeimdallKMSError:
-    """The one place AWS errors become ours. The message carries the error code (a fixed AWS
-    identifier) and never AWS's message text, which can quote request data."""
-    where = f"AWS KMS {operation}"
-    if isinstance(exc, BotoCoreError):
-        kind = type(exc).__name__
-        if isinstance(exc, BotoConnectionError | HTTPClientError):
-            return KMSUnavailableError(f"{where}: cannot reach AWS KMS ({kind})")
-        if isinstance(exc, _NO_CREDENTIALS) and caused_by(exc, _TRANSPORT):
-            return KMSUnavailableError(f"{where}: the credential endpoint is unreachable ({kind})")
-        if isinstance(exc, _NO_CREDENTIALS):
-            return AuthenticationError(f"{where}: no usable credentials in the AWS chain ({kind})")
-        return KMSError(f"{where} failed ({kind})")
-    error = exc.response.get("Error") or {}
-    raw = str(error.get("Code", ""))
-    code = raw if _SAFE_CODE.fullmatch(raw) else "unrecognised error"
-    metadata = exc.response.get("ResponseMetadata") or {}
-    status = int(metadata.get("HTTPStatusCode") or 0)
-    headers = {str(k).lower(): str(v) for k, v in (metadata.get("HTTPHeaders") or {}).items()}
-    retry_after = from_headers(headers.get)
-    if code in _INTEGRITY:
-        return IntegrityError("AWS KMS could not unwrap the data key (damaged, or not ours)")
-    if code in _RETIRED:
-        return KeyVersionRetiredError(f"{where}: the key is disabled ({code})")
-    if code == "KMSInvalidStateException":
-        return _InvalidStateError(f"{where}: the key's state does not allow this ({code})")
-    if code == "NotFoundException":
-        return KeyNotFoundError(f"{where}: no such key or alias ({code})")
-    if code == "AccessDeniedException":
-        return PermissionDeniedError(f"{where}: not allowed by the IAM or key policy ({code})")
-    if code in _AUTHENTICATION or status in (401, 403):
-        return AuthenticationError(f"{where}: AWS did not accept the credentials ({code})")
-    if code in _THROTTLED or status == 429:
-        return RateLimitedError(f"{where}: throttled by AWS KMS ({code})", retry_after=retry_after)
-    if code in _UNAVAILABLE or status >= 500:
-        return KMSUnavailableError(
-            f"{where}: AWS KMS is unavailable ({code})", retry_after=retry_after
-        )
-    return KMSError(f"{where} refused the request ({code})")

@@ -17,12 +17,8 @@ from typing import Any
 import hvac
 import hvac.exceptions
 
-from heimdall_kms.config import Secret
 from heimdall_kms.errors import RefusedError
-
-# One translation of hvac errors into typed errors with safe messages, shared with the provider.
-from heimdall_kms.providers.vault.errors import Translated
-from heimdall_kms.providers.vault_bootstrap.policies import (
+from heimdall_kms.providers.vault.bootstrap.policies import (
     KEY_TYPE,
     ROLES,
     SIGNING_KEY_TYPE,
@@ -30,6 +26,10 @@ from heimdall_kms.providers.vault_bootstrap.policies import (
     KubernetesBinding,
     policy_hcl,
 )
+
+# One translation of hvac errors into typed errors with safe messages, shared with the provider.
+from heimdall_kms.providers.vault.errors import Translated
+from heimdall_kms.settings_env import Secret
 
 __all__ = ["ApiCall", "Change", "Step", "apply", "new_secret_ids", "plan", "role_ids"]
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from heimdall_kms.config import AWSKeyVersioning
-from heimdall_kms.providers.aws_bootstrap.signing import signing_statement
+from heimdall_kms.kinds import AWSKeyVersioning
+from heimdall_kms.providers.aws.bootstrap.signing import signing_statement
 
 __all__ = ["PURPOSES", "ROLES", "PolicyTarget", "policy_document", "role_actions"]
 

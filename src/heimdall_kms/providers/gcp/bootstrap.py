@@ -32,7 +32,8 @@ from heimdall_kms.providers.cloud_bootstrap import (
     Plan,
     Step,
 )
-from heimdall_kms.providers.gcp import _translated, check_key_name
+from heimdall_kms.providers.gcp.errors import translated
+from heimdall_kms.providers.gcp.provider import check_key_name
 
 __all__ = ["ADMIN_PERMISSIONS", "PREDEFINED", "apply", "plan"]
 
@@ -176,7 +177,7 @@ def apply(client: kms_v1.KeyManagementServiceClient, steps: Sequence[Step], time
     for step in steps:
         for call in step.calls:
             arguments = call.arguments
-            with _translated(f"bootstrap ({step.name})"):
+            with translated(f"bootstrap ({step.name})"):
                 if call.method == "CreateKeyRing":
                     request: dict[str, Any] = {
                         "parent": arguments["parent"],
@@ -196,7 +197,7 @@ def apply(client: kms_v1.KeyManagementServiceClient, steps: Sequence[Step], time
 
 def _get(method: Any, name: str, timeout: float) -> Any | None:
     try:
-        with _translated("bootstrap (read)"):
+        with translated("bootstrap (read)"):
             return method(request={"name": name}, timeout=timeout)
     except KeyNotFoundError:
         return None

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
-from heimdall_kms.config import ProviderName
 from heimdall_kms.errors import ConfigurationError, KMSError, RefusedError
-from heimdall_kms.providers.aws_keys import KeyReference
+from heimdall_kms.kinds import ProviderName
+from heimdall_kms.providers.aws.keys import KeyReference
 from heimdall_kms.providers.base import KeyInfo, KeyVersion, response_date
 
 __all__ = ["Call", "NativeKey"]

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Any
 
-from heimdall_kms.config import AWSKeyVersioning
 from heimdall_kms.errors import KeyNotFoundError, RefusedError
-from heimdall_kms.providers.aws_aliases import tags as version_tags
-from heimdall_kms.providers.aws_keys import KeyReference, ReferenceKind
-from heimdall_kms.providers.aws_native import Call, NativeKey
+from heimdall_kms.kinds import AWSKeyVersioning
+from heimdall_kms.providers.aws.aliases import tags as version_tags
+from heimdall_kms.providers.aws.keys import KeyReference, ReferenceKind
+from heimdall_kms.providers.aws.native import Call, NativeKey
 
 __all__ = ["AWSCall", "Change", "NewKey", "Plan", "Step", "apply", "plan"]
 

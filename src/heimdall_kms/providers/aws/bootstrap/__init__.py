@@ -6,19 +6,19 @@ boto3 is used only through the provider's ``call`` (its error translation). See
 ``docs/providers/aws.md`` (Bootstrap).
 """
 
-from heimdall_kms.providers.aws_bootstrap.policies import (
+from heimdall_kms.providers.aws.bootstrap.policies import (
     PURPOSES,
     ROLES,
     PolicyTarget,
     policy_document,
     role_actions,
 )
-from heimdall_kms.providers.aws_bootstrap.signing import (
+from heimdall_kms.providers.aws.bootstrap.signing import (
     SigningKey,
     signing_key_name,
     signing_step,
 )
-from heimdall_kms.providers.aws_bootstrap.steps import (
+from heimdall_kms.providers.aws.bootstrap.steps import (
     AWSCall,
     Change,
     NewKey,

@@ -28,17 +28,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Protocol, Self, TypeVar
 from urllib.parse import urlsplit
 
 import requests
-from azure.core.exceptions import (
-    AzureError,
-    ClientAuthenticationError,
-    HttpResponseError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
 from azure.core.pipeline.transport import RequestsTransport
 from azure.core.rest import HttpRequest
 from azure.identity import DefaultAzureCredential
@@ -47,9 +40,7 @@ from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
 from requests.adapters import HTTPAdapter
 
 from heimdall_kms import primitives
-from heimdall_kms.config import AzureSettings, ProviderName, Settings
 from heimdall_kms.errors import (
-    AuthenticationError,
     ConfigurationError,
     HeimdallKMSError,
     IntegrityError,
@@ -57,11 +48,11 @@ from heimdall_kms.errors import (
     KeyNotFoundError,
     KeyVersionRetiredError,
     KMSError,
-    KMSUnavailableError,
     PermissionDeniedError,
-    RateLimitedError,
 )
+from heimdall_kms.kinds import ProviderName
 from heimdall_kms.overlap import fan_out
+from heimdall_kms.providers.azure.errors import attempt
 from heimdall_kms.providers.base import (
     KeyContext,
     KeyInfo,
@@ -70,10 +61,12 @@ from heimdall_kms.providers.base import (
     check_retire_bound,
     round_trip,
 )
-from heimdall_kms.providers.credential_outage import caused_by
 from heimdall_kms.providers.deadline import deadline, watch
-from heimdall_kms.providers.retry_after import from_headers
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
+
+if TYPE_CHECKING:
+    from heimdall_kms.config import Settings
+    from heimdall_kms.providers.azure.settings import AzureSettings
 
 __all__ = ["AzureKeyVaultProvider", "build_key_client", "parse_key_url"]
 
@@ -84,8 +77,6 @@ _NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
 _BODY = re.compile(r"([0-9A-Za-z]{1,64}):(RSA-OAEP-256|A256KW):([A-Za-z0-9_-]{16,2048})")
 _RSA, _AES = "RSA-OAEP-256", "A256KW"
 _KEY_TYPES = {"RSA": _RSA, "RSA-HSM": _RSA, "oct-HSM": _AES}
-_TRANSPORT = (ServiceRequestError, ServiceResponseError)
-_SAFE_CODE = re.compile(r"[A-Za-z0-9_.]{1,64}")
 # Ordinals follow creation seconds; a new version is never made within a second of the last.
 _TIE_GAP = timedelta(seconds=1.1)
 # Per-item outcomes of unwrap/rewrap; any other error fails the whole call.
@@ -470,7 +461,7 @@ class AzureKeyVaultProvider:
             KMSUnavailableError: the deadline passed (azure-core's retries included).
         """
         with deadline(self._timeout, f"Azure Key Vault {operation}") as exchange:
-            result = _attempt(operation, call)
+            result = attempt(operation, call)
             if exchange.expired and isinstance(result, HeimdallKMSError):
                 raise result  # the cut exchange's error: the deadline reports it as such
             return result
@@ -528,80 +519,3 @@ def _check_usable(key: KeyVaultKey, now: datetime, operation: str) -> None:
     operations = key.key_operations
     if operations is not None and not {"wrapKey", "unwrapKey"} <= {_text(o) for o in operations}:
         raise PermissionDeniedError(f"{where}: the key's key_ops do not allow wrapKey/unwrapKey")
-
-
-def _attempt(operation: str, call: Callable[[], _T]) -> _T | HeimdallKMSError:
-    """Run ``call``; an Azure SDK error comes back translated instead of raised."""
-    try:
-        return call()
-    except AzureError as exc:
-        return _translate(operation, exc)
-    except ValueError as exc:
-        # The SDK's challenge policy refuses a challenge for another resource than the vault's
-        # host with a ValueError; anything else is a bug and propagates.
-        if "challenge" not in str(exc):
-            raise
-        return ConfigurationError(
-            "HMD_AZURE_VERIFY_CHALLENGE_RESOURCE: Key Vault's authentication challenge names a "
-            "resource other than the vault's host; set it to false only for a vault reached "
-            "under another name (a proxy, a test server)"
-        )
-
-
-def _call(operation: str, call: Callable[[], _T]) -> _T:
-    """``call`` with its SDK error translated and raised (no deadline of the provider's own:
-    the bootstrap's calls; the provider's go through its ``_call``)."""
-    result = _attempt(operation, call)
-    if isinstance(result, HeimdallKMSError):
-        raise result
-    return result
-
-
-def _translate(operation: str, exc: AzureError) -> HeimdallKMSError:
-    """Our error for an Azure SDK error, its message built from the status and code only
-    (the service's message and the SDK's text can quote request details)."""
-    where = f"Azure Key Vault {operation}"
-    status = exc.status_code if isinstance(exc, HttpResponseError) else None
-    error = getattr(exc, "error", None)
-    raw_code = str(getattr(error, "code", "") or "")
-    code = raw_code if _SAFE_CODE.fullmatch(raw_code) else ""
-    detail = f"HTTP {status} {code}".strip() if status else type(exc).__name__
-    if isinstance(exc, ClientAuthenticationError) and caused_by(exc, _TRANSPORT):
-        # A managed identity's token endpoint (IMDS) did not answer: an outage, not a refusal.
-        return KMSUnavailableError(f"{where}: cannot fetch a token (token source unreachable)")
-    if isinstance(exc, ClientAuthenticationError) or status == 401:
-        return AuthenticationError(
-            f"{where}: authentication failed ({detail}); check the DefaultAzureCredential chain"
-        )
-    if status == 403:
-        inner = getattr(error, "innererror", None) or {}
-        if isinstance(inner, dict) and inner.get("code") == "KeyDisabled":
-            return KeyVersionRetiredError(f"{where}: the key version is disabled (retired)")
-        return PermissionDeniedError(
-            f"{where}: permission denied ({detail}): the identity's role does not allow it"
-        )
-    if status == 404:
-        return KeyNotFoundError(f"{where}: no such key or key version ({detail})")
-    retry_after = _retry_after(exc)
-    if status == 429:
-        return RateLimitedError(
-            f"{where}: throttled by Key Vault ({detail})", retry_after=retry_after
-        )
-    if isinstance(exc, ServiceRequestError | ServiceResponseError) or (status or 0) >= 500:
-        return KMSUnavailableError(
-            f"{where}: Key Vault is unreachable or unavailable ({detail})", retry_after=retry_after
-        )
-    if status == 400 and operation in ("unwrap", "rewrap"):
-        return IntegrityError("Key Vault could not unwrap the data key (damaged or not ours)")
-    return KMSError(f"{where}: refused ({detail})")
-
-
-def _retry_after(exc: AzureError) -> float | None:
-    """The wait Key Vault asked for: ``retry-after-ms``, ``x-ms-retry-after-ms`` or
-    ``Retry-After`` on the answer (azure-core has already waited it out on each of its own
-    retries; this is for the caller's next attempt)."""
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    return from_headers(headers.get)

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import hvac.exceptions
 import requests
 
-from heimdall_kms.config import VaultSettings
 from heimdall_kms.providers.vault.auth import new_client
+from heimdall_kms.providers.vault.bootstrap.steps import _data
 from heimdall_kms.providers.vault.errors import Translated
+from heimdall_kms.providers.vault.settings import VaultSettings
 from heimdall_kms.providers.vault.transit import build_client
-from heimdall_kms.providers.vault_bootstrap.steps import _data
 
 __all__ = ["ServerStatus", "TokenStatus", "server_status", "token_status"]
 

@@ -30,9 +30,9 @@ from azure.keyvault.keys import (
 )
 
 from heimdall_kms.errors import InvalidInputError, KeyNotFoundError, RefusedError
-from heimdall_kms.providers.azure import (
+from heimdall_kms.providers.azure import errors as kv
+from heimdall_kms.providers.azure.provider import (
     _KEY_TYPES,
-    _call,
     _text,
     parse_key_url,
     signing_key_name,
@@ -119,10 +119,7 @@ def plan(
     hsm = host.endswith(_HSM_SUFFIX)
     if key_type == "oct-HSM" and not hsm:
         raise InvalidInputError("key type oct-HSM: only a Managed HSM has symmetric keys")
-    try:
-        current: KeyVaultKey | None = _call("bootstrap (read)", lambda: client.get_key(name))
-    except KeyNotFoundError:
-        current = None
+    current = _existing(client, name)
     key = f"{vault_url}/keys/{name}"
     if current is None:
         body = {"kty": key_type, "key_size": KEY_SIZES[key_type], "key_ops": list(_OPS)}
@@ -151,13 +148,19 @@ def plan(
     )
 
 
+def _existing(client: KeyClient, name: str) -> KeyVaultKey | None:
+    """The key named ``name``, or None where there is none."""
+    try:
+        key: KeyVaultKey = kv.call("bootstrap (read)", lambda: client.get_key(name))
+    except KeyNotFoundError:
+        return None
+    return key
+
+
 def _signing_step(client: KeyClient, name: str, key_type: str) -> Step:
     """Create (EC-HSM next to an HSM-protected master key, else EC; P-256, sign and verify
     only) or adopt the signing key; an existing key must be a P-256 key that signs."""
-    try:
-        current: KeyVaultKey | None = _call("bootstrap (read)", lambda: client.get_key(name))
-    except KeyNotFoundError:
-        current = None
+    current = _existing(client, name)
     kty = "EC" if key_type == "RSA" else "EC-HSM"
     label = f"audit signing key {name} ({kty} P-256, key_ops sign verify)"
     if current is None:
@@ -186,8 +189,8 @@ def apply(client: KeyClient, steps: Sequence[Step]) -> None:
         KMSError: Key Vault refused or failed a call (rerun: what was done is adopted).
     """
     for step in steps:
-        for call in step.calls:
-            _call(f"bootstrap ({step.name})", functools.partial(_send, client, call))
+        for request in step.calls:
+            kv.call(f"bootstrap ({step.name})", functools.partial(_send, client, request))
 
 
 def _send(client: KeyClient, call: ApiCall) -> Any:
@@ -236,7 +239,7 @@ def _rotation_policy(client: KeyClient, days: int, name: str, *, created: bool) 
     body = {"lifetimeActions": [_rotate_after(days)]}
     if created:
         return Step(label, Change.CREATED, (ApiCall(f"PUT /keys/{name}/rotationpolicy", body),))
-    current = _call("bootstrap (read)", lambda: client.get_key_rotation_policy(name))
+    current = kv.call("bootstrap (read)", lambda: client.get_key_rotation_policy(name))
     rotates = [
         str(a.time_after_create)
         for a in current.lifetime_actions or []

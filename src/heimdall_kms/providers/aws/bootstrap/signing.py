@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from heimdall_kms.errors import KeyNotFoundError, RefusedError
-from heimdall_kms.providers.aws_bootstrap.steps import AWSCall, Change, NewKey, Step
-from heimdall_kms.providers.aws_keys import KeyReference, ReferenceKind, parse_key_reference
-from heimdall_kms.providers.aws_native import Call
+from heimdall_kms.providers.aws.bootstrap.steps import AWSCall, Change, NewKey, Step
+from heimdall_kms.providers.aws.keys import KeyReference, ReferenceKind, parse_key_reference
+from heimdall_kms.providers.aws.native import Call
 
 __all__ = [
     "SIGNING_ALGORITHM",

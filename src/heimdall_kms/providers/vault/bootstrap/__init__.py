@@ -5,20 +5,20 @@ uses the read-only probes. hvac is used only here and in the other ``providers/v
 modules. See ``docs/vault-bootstrap.md``.
 """
 
-from heimdall_kms.providers.vault_bootstrap.policies import (
+from heimdall_kms.providers.vault.bootstrap.policies import (
     KEY_TYPE,
     ROLES,
     BootstrapOptions,
     KubernetesBinding,
     policy_hcl,
 )
-from heimdall_kms.providers.vault_bootstrap.probe import (
+from heimdall_kms.providers.vault.bootstrap.probe import (
     ServerStatus,
     TokenStatus,
     server_status,
     token_status,
 )
-from heimdall_kms.providers.vault_bootstrap.steps import (
+from heimdall_kms.providers.vault.bootstrap.steps import (
     ApiCall,
     Change,
     Step,

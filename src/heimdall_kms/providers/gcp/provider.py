@@ -28,11 +28,10 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import google.auth
 import google_crc32c
@@ -45,22 +44,17 @@ from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import kms_v1
 
 from heimdall_kms import primitives
-from heimdall_kms.config import GCPSettings, ProviderName, Settings
 from heimdall_kms.errors import (
-    AuthenticationError,
     ConfigurationError,
     HeimdallKMSError,
     IntegrityError,
     InvalidInputError,
-    KeyNotFoundError,
     KeyVersionRetiredError,
     KMSError,
     KMSUnavailableError,
-    PermissionDeniedError,
-    RateLimitedError,
 )
+from heimdall_kms.kinds import ProviderName
 from heimdall_kms.overlap import fan_out
-from heimdall_kms.providers import retry_after
 from heimdall_kms.providers.base import (
     KeyContext,
     KeyInfo,
@@ -69,11 +63,16 @@ from heimdall_kms.providers.base import (
     check_retire_bound,
     round_trip,
 )
-from heimdall_kms.providers.credential_outage import caused_by
 from heimdall_kms.providers.deadline import deadline, watch
+from heimdall_kms.providers.gcp.errors import translated
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
+if TYPE_CHECKING:
+    from heimdall_kms.config import Settings
+    from heimdall_kms.providers.gcp.settings import GCPSettings
+
 __all__ = ["GCPKMSProvider", "build_client", "check_key_name"]
+
 
 _KEY_NAME = re.compile(r"projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+")
 _BODY = re.compile(r"[A-Za-z0-9+/]+={0,2}")  # after ``gcp:v<n>:`` (heimdall_kms.wrapped_key)
@@ -86,15 +85,6 @@ _CRC_ATTEMPTS = 3  # Google's guidance: retry a checksum failure a limited numbe
 _STATE = kms_v1.CryptoKeyVersion.CryptoKeyVersionState
 _T = TypeVar("_T")
 _I = TypeVar("_I")
-# Errors of the client library and of its transports: google-api-core's for answers, and
-# google-auth's and requests' for credentials and connections (the REST transport lets a
-# refused connection through as requests' own exception).
-_TRANSPORT = (auth_exceptions.TransportError, requests.exceptions.ConnectionError)
-_SDK_ERRORS = (
-    api_exceptions.GoogleAPIError,
-    auth_exceptions.GoogleAuthError,
-    requests.exceptions.RequestException,
-)
 
 
 def check_key_name(key_name: str) -> str:
@@ -383,7 +373,7 @@ class GCPKMSProvider:
     # -- plumbing -----------------------------------------------------------------------------
 
     def _list_versions(self) -> list[kms_v1.CryptoKeyVersion]:
-        with deadline(self._timeout, "GCP KMS describe"), _translated("describe"):
+        with deadline(self._timeout, "GCP KMS describe"), translated("describe"):
             return list(
                 self._client.list_crypto_key_versions(
                     request={"parent": self._key}, retry=self._retry, timeout=self._timeout
@@ -421,7 +411,7 @@ class GCPKMSProvider:
         idempotent: bool = True,
     ) -> _T:
         retry = self._retry if idempotent else None
-        with deadline(self._timeout, f"GCP KMS {operation}"), _translated(operation):
+        with deadline(self._timeout, f"GCP KMS {operation}"), translated(operation):
             return method(request=request, retry=retry, timeout=self._timeout)
 
     def _map(self, call: Callable[[_I], _T], items: list[_I]) -> list[_T]:
@@ -486,98 +476,3 @@ def _created(moment: datetime | None) -> datetime | None:
     if moment is None or moment.timestamp() == 0:
         return None
     return datetime.fromtimestamp(moment.timestamp(), UTC)
-
-
-@contextmanager
-def _translated(operation: str) -> Iterator[None]:
-    try:
-        yield
-    except _SDK_ERRORS as exc:
-        raise _translate(operation, exc) from None
-
-
-def _translate(operation: str, exc: BaseException) -> HeimdallKMSError:
-    """The one place Cloud KMS errors become ours; messages come from the status code only."""
-    where = f"GCP KMS {operation}"
-    if isinstance(exc, auth_exceptions.TransportError | requests.exceptions.RequestException) or (
-        # The metadata server (or token endpoint) did not answer: an outage, not a refusal.
-        isinstance(exc, auth_exceptions.RefreshError) and caused_by(exc, _TRANSPORT)
-    ):
-        return KMSUnavailableError(f"{where}: cannot reach Cloud KMS ({type(exc).__name__})")
-    if isinstance(exc, auth_exceptions.RefreshError | auth_exceptions.InvalidOperation):
-        # On HTTP 401 the REST transport refreshes the credentials and tries again; the
-        # refresh itself failing (or anonymous credentials, which cannot) is the answer.
-        return AuthenticationError(f"{where}: authentication failed (credentials refused)")
-    if isinstance(exc, api_exceptions.RetryError):
-        if isinstance(exc.cause, _SDK_ERRORS) and not isinstance(
-            exc.cause, api_exceptions.RetryError
-        ):
-            return _translate(operation, exc.cause)  # the last failure says what kept failing
-        return KMSUnavailableError(f"{where}: Cloud KMS kept failing until the timeout")
-    if not isinstance(exc, api_exceptions.GoogleAPICallError):
-        return KMSError(f"{where}: unexpected error from the client ({type(exc).__name__})")
-    status = _status(exc)
-    if status == "UNAUTHENTICATED" or isinstance(exc, api_exceptions.Unauthorized):
-        return AuthenticationError(f"{where}: authentication failed (UNAUTHENTICATED)")
-    if status == "PERMISSION_DENIED" or isinstance(exc, api_exceptions.Forbidden):
-        return PermissionDeniedError(
-            f"{where}: permission denied (PERMISSION_DENIED: the identity lacks the IAM role, "
-            "or the key does not exist)"
-        )
-    if status == "NOT_FOUND" or isinstance(exc, api_exceptions.NotFound):
-        return KeyNotFoundError(f"{where}: no such CryptoKey or version (NOT_FOUND)")
-    if status == "RESOURCE_EXHAUSTED" or isinstance(exc, api_exceptions.TooManyRequests):
-        return RateLimitedError(
-            f"{where}: quota exceeded (RESOURCE_EXHAUSTED)", retry_after=_retry_delay(exc)
-        )
-    if status == "FAILED_PRECONDITION":
-        return KeyVersionRetiredError(
-            f"{where}: the key version is not enabled (FAILED_PRECONDITION: disabled or destroyed)"
-        )
-    if status == "INVALID_ARGUMENT" and operation == "decrypt":
-        return IntegrityError("Cloud KMS could not unwrap the data key (damaged, or other context)")
-    if isinstance(exc, api_exceptions.ServerError) or status in (
-        "UNAVAILABLE",
-        "DEADLINE_EXCEEDED",
-        "INTERNAL",
-    ):
-        return KMSUnavailableError(f"{where}: Cloud KMS is unavailable ({status or 'HTTP 5xx'})")
-    return KMSError(f"{where}: request refused ({status or f'HTTP {exc.code}'})")
-
-
-def _retry_delay(exc: api_exceptions.GoogleAPICallError) -> float | None:
-    """The ``google.rpc.RetryInfo`` delay of an error, in seconds: a protobuf message over
-    gRPC, ``{"@type": ".../google.rpc.RetryInfo", "retryDelay": "1.5s"}`` over REST."""
-    for detail in exc.details:
-        descriptor = getattr(detail, "DESCRIPTOR", None)
-        if getattr(descriptor, "full_name", "") == "google.rpc.RetryInfo":
-            delay = detail.retry_delay  # google.protobuf.Duration
-            return retry_after.bounded(delay.seconds + delay.nanos / 1e9)
-        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith(
-            "/google.rpc.RetryInfo"
-        ):
-            text = detail.get("retryDelay")
-            if isinstance(text, str) and text.endswith("s"):
-                try:
-                    return retry_after.bounded(float(text[:-1]))
-                except ValueError:
-                    return None
-    return None
-
-
-def _status(exc: api_exceptions.GoogleAPICallError) -> str:
-    """The google.rpc.Code name of an error: from the gRPC status, or the REST error body's
-    ``status`` field (over REST the exception class only reflects the HTTP code, and 400
-    covers both INVALID_ARGUMENT and FAILED_PRECONDITION)."""
-    if exc.grpc_status_code is not None:
-        return str(exc.grpc_status_code.name)
-    response = exc.response
-    if not isinstance(response, requests.Response):
-        return ""
-    try:
-        payload = response.json()
-    except ValueError:
-        return ""
-    error = payload.get("error") if isinstance(payload, dict) else None
-    status = error.get("status") if isinstance(error, dict) else None
-    return status if isinstance(status, str) and status.isupper() else ""

@@ -3,7 +3,7 @@
 Version n of ``alias/<name>`` is a KMS key of its own, which carries the alias
 ``alias/<name>/v<n>`` and the tags ``heimdall:alias`` and ``heimdall:version``. No boto3 here:
 every function is given ``call(operation, **params)``, one AWS request with the provider's
-error translation (:func:`heimdall_kms.providers.aws.caller`).
+error translation (:func:`heimdall_kms.providers.aws.provider.caller`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from heimdall_kms.errors import ConfigurationError, KeyNotFoundError, KMSError
-from heimdall_kms.providers.aws_native import Call
+from heimdall_kms.providers.aws.native import Call
 
 __all__ = ["check_alias", "create_key_for_alias", "create_version", "tags", "version_alias_of"]
 
