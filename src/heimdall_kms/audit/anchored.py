@@ -252,17 +252,23 @@ def _compare(found: list[Checkpoint], hashes: dict[int, str], result: AnchoredRe
         result.verdict = AnchoredVerdict.TAMPERED
         return
     last_good = max(good, key=lambda c: c.seq, default=None)
-    signed_to = last_good.seq if last_good else 0
     if last_good is not None:
         result.last_signed = {"seq": last_good.seq, "time": last_good.time}
-    if end > signed_to:
-        result.verdict = AnchoredVerdict.UNSIGNED_TAIL
-        result.unsigned_tail = {"from_seq": signed_to + 1, "to_seq": end}
-        result.notes.append(
-            f"seq {signed_to + 1}..{end} ({end - signed_to} line(s)) after the last signed "
-            f"checkpoint chain correctly but are not signed: a writer stopped without closing "
-            f"(a crash) or is still running"
-        )
+    _note_unsigned_tail(result, last_good.seq if last_good else 0)
+
+
+def _note_unsigned_tail(result: AnchoredResult, signed_to: int) -> None:
+    """Lines after the last signed checkpoint that still chain: a crash, or a running writer."""
+    end = result.lines
+    if end <= signed_to:
+        return
+    result.verdict = AnchoredVerdict.UNSIGNED_TAIL
+    result.unsigned_tail = {"from_seq": signed_to + 1, "to_seq": end}
+    result.notes.append(
+        f"seq {signed_to + 1}..{end} ({end - signed_to} line(s)) after the last signed "
+        f"checkpoint chain correctly but are not signed: a writer stopped without closing "
+        f"(a crash) or is still running"
+    )
 
 
 def _describe(good: list[Checkpoint], bad: list[Checkpoint], end: int) -> str:

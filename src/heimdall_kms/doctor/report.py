@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from heimdall_kms.config import ProviderName, Settings, VaultAuthMethod
+from heimdall_kms.config import ProviderName, Settings, VaultAuthMethod, VaultSettings
 from heimdall_kms.errors import (
     AuditWriteError,
     AuthenticationError,
@@ -134,14 +135,23 @@ _VAULT_LOGIN_FIXES = {
 def fix_for(exc: HeimdallKMSError, settings: Settings | None) -> str:
     """What to do about ``exc``, in one sentence, for the configured provider."""
     vault = settings.vault if settings is not None else None
-    if vault is not None:
-        for kind, text in _VAULT_FIXES:
-            if isinstance(exc, kind):
-                return text
-        if isinstance(exc, AuthenticationError):
-            return _VAULT_LOGIN_FIXES[vault.auth_method]
+    fix = _vault_fix(exc, vault) if vault is not None else None
+    if fix is not None:
+        return fix
     doc = _doc(settings)
-    for kind, text in _FIXES:
-        if isinstance(exc, kind):
-            return text.format(doc=doc)
-    return f"see {doc}"
+    general = _first_fix(exc, _FIXES)
+    return f"see {doc}" if general is None else general.format(doc=doc)
+
+
+def _vault_fix(exc: HeimdallKMSError, vault: VaultSettings) -> str | None:
+    fix = _first_fix(exc, _VAULT_FIXES)
+    if fix is None and isinstance(exc, AuthenticationError):
+        return _VAULT_LOGIN_FIXES[vault.auth_method]
+    return fix
+
+
+def _first_fix(
+    exc: HeimdallKMSError, table: Iterable[tuple[type[HeimdallKMSError], str]]
+) -> str | None:
+    """The text of the first row whose error class ``exc`` is an instance of."""
+    return next((text for kind, text in table if isinstance(exc, kind)), None)

@@ -22,7 +22,7 @@ from heimdall_kms.config import (
     database_url,
 )
 from heimdall_kms.doctor.report import Check, DoctorReport, Status, fix_for
-from heimdall_kms.envelope import KmsV1Envelope
+from heimdall_kms.envelope import Envelope, KmsV1Envelope
 from heimdall_kms.errors import ConfigurationError, HeimdallKMSError, PermissionDeniedError
 from heimdall_kms.jobs.rotation import is_due, next_due
 from heimdall_kms.metrics import unexported_metrics
@@ -205,21 +205,8 @@ _VAULT_EXTRA = "pip install 'heimdall-kms[vault]'"
 
 
 def _provider(report: DoctorReport, settings: Settings) -> KeyManagementService | None:
-    if settings.provider is ProviderName.VAULT:
-        try:
-            with needs_extra("vault", "HMD_KMS_PROVIDER=vault"):
-                from heimdall_kms.doctor.vault import vault_checks  # noqa: PLC0415 - loads hvac
-        except ConfigurationError:
-            detail, fix = "the vault extra (hvac) is not installed", _VAULT_EXTRA
-            report.add(Check("provider", Status.FAIL, detail, fix))
-            report.add(Check("key", Status.SKIP, "needs the provider"))
-            return None
-        if not vault_checks(report, settings):
-            for name in ("provider", "key"):
-                report.add(
-                    Check(name, Status.SKIP, "needs a reachable, unsealed Vault and a login")
-                )
-            return None
+    if settings.provider is ProviderName.VAULT and not _vault_ready(report, settings):
+        return None
     try:
         kms = load_provider(settings)
     except HeimdallKMSError as exc:
@@ -231,6 +218,24 @@ def _provider(report: DoctorReport, settings: Settings) -> KeyManagementService 
         kms.close()  # the canary would only fail the same way again
         return None
     return kms
+
+
+def _vault_ready(report: DoctorReport, settings: Settings) -> bool:
+    """The Vault lines (tls, server, token); when Vault cannot be used, provider and key are
+    reported as skipped or failed here."""
+    try:
+        with needs_extra("vault", "HMD_KMS_PROVIDER=vault"):
+            from heimdall_kms.doctor.vault import vault_checks  # noqa: PLC0415 - loads hvac
+    except ConfigurationError:
+        detail, fix = "the vault extra (hvac) is not installed", _VAULT_EXTRA
+        report.add(Check("provider", Status.FAIL, detail, fix))
+        report.add(Check("key", Status.SKIP, "needs the provider"))
+        return False
+    if not vault_checks(report, settings):
+        for name in ("provider", "key"):
+            report.add(Check(name, Status.SKIP, "needs a reachable, unsealed Vault and a login"))
+        return False
+    return True
 
 
 def _key(settings: Settings, kms: KeyManagementService) -> Check:
@@ -272,6 +277,11 @@ def _canary(
     if settings is None or sink is None or (needs_kms and kms is None):
         report.add(Check("canary", Status.SKIP, "needs the settings, audit log, KMS and key"))
         return
+    report.add(_round_trip(settings, kms, sink))
+
+
+def _round_trip(settings: Settings, kms: KeyManagementService | None, sink: AuditSink) -> Check:
+    """One real encrypt and decrypt of a fresh value through the facade, audited."""
     value = "doctor-canary-" + secrets.token_hex(8)
     context = {"field": "doctor-canary", "record": secrets.token_hex(8)}
     crypto = build_crypto(
@@ -282,18 +292,18 @@ def _canary(
         envelope = crypto.encrypt(value, context=context, actor="doctor")
         back = crypto.decrypt(envelope, actor="doctor", reason="canary", context=context)
     except HeimdallKMSError as exc:
-        report.add(Check("canary", Status.FAIL, str(exc), fix_for(exc, settings)))
-        return
+        return Check("canary", Status.FAIL, str(exc), fix_for(exc, settings))
     took = (time.perf_counter() - started) * 1000
     if back != value:
-        report.add(Check("canary", Status.FAIL, "decrypt gave back a different value", "report it"))
-        return
-    where = (
-        f"{envelope.provider} key {envelope.key_identifier} v{envelope.key_version}"
-        if isinstance(envelope, KmsV1Envelope)
-        else "the env key (legacy format)"
-    )
+        return Check("canary", Status.FAIL, "decrypt gave back a different value", "report it")
     detail = (
-        f"encrypt + decrypt through {where} in {took:.0f} ms (audited: actor doctor, reason canary)"
+        f"encrypt + decrypt through {_sealed_with(envelope)} in {took:.0f} ms "
+        "(audited: actor doctor, reason canary)"
     )
-    report.add(Check("canary", Status.OK, detail))
+    return Check("canary", Status.OK, detail)
+
+
+def _sealed_with(envelope: Envelope) -> str:
+    if isinstance(envelope, KmsV1Envelope):
+        return f"{envelope.provider} key {envelope.key_identifier} v{envelope.key_version}"
+    return "the env key (legacy format)"

@@ -31,7 +31,7 @@ def vault_checks(report: DoctorReport, settings: Settings) -> bool:
     status = server_status(vault)
     report.add(_tls(vault, status))
     report.add(_server(vault, status))
-    if not status.reachable or status.problem or status.sealed or not status.initialized:
+    if not _usable(status):
         report.add(Check("vault token", Status.SKIP, "needs a reachable, unsealed Vault"))
         return False
     try:
@@ -46,6 +46,11 @@ def vault_checks(report: DoctorReport, settings: Settings) -> bool:
         return False
     report.add(_token(vault, token))
     return True
+
+
+def _usable(status: ServerStatus) -> bool:
+    """Reachable, answering as Vault does, initialised and unsealed."""
+    return status.reachable and not status.problem and not status.sealed and status.initialized
 
 
 def _refused_lookup(vault: VaultSettings, settings: Settings) -> Check:
@@ -144,6 +149,16 @@ def _duration(seconds: int) -> str:
     return f"{seconds // 60} min"
 
 
+def _expiring_static_token(vault: VaultSettings, token: TokenStatus) -> bool:
+    """A short-lived token nothing renews or replaces: the process stops when it expires."""
+    return (
+        vault.auth_method is VaultAuthMethod.TOKEN
+        and vault.token_file is None  # a Vault Agent replaces the token in its sink
+        and token.ttl_seconds < _SHORT_TTL
+        and not token.renewable
+    )
+
+
 def _token(vault: VaultSettings, token: TokenStatus) -> Check:
     ttl = "never expires" if token.ttl_seconds == 0 else f"TTL {_duration(token.ttl_seconds)}"
     renew = ", renewable" if token.renewable else ""
@@ -155,12 +170,7 @@ def _token(vault: VaultSettings, token: TokenStatus) -> Check:
         return Check("vault token", Status.WARN, detail + " (a root token)", _BOOTSTRAP_HINT)
     if token.ttl_seconds == 0:
         return Check("vault token", Status.WARN, detail, _BOOTSTRAP_HINT)
-    if (
-        vault.auth_method is VaultAuthMethod.TOKEN
-        and vault.token_file is None  # a Vault Agent replaces the token in its sink
-        and token.ttl_seconds < _SHORT_TTL
-        and not token.renewable
-    ):
+    if _expiring_static_token(vault, token):
         return Check(
             "vault token",
             Status.WARN,

@@ -123,22 +123,14 @@ class DrillReport:
             "| step | started | seconds | result |",
             "| --- | --- | ---: | --- |",
         ]
-        for step in doc["steps"]:
-            lines.append(
-                f"| {step['name']} | {step['started_at']} | {step['seconds']} | "
-                f"{'ok' if step['ok'] else 'FAILED'} |"
-            )
+        lines += [_step_row(step) for step in doc["steps"]]
         if doc["sla"]:
             lines += [
                 "",
                 "| SLA: from the declaration until | limit | elapsed | met |",
                 "| --- | ---: | ---: | --- |",
+                *(_sla_row(sla) for sla in doc["sla"]),
             ]
-            for sla in doc["sla"]:
-                lines.append(
-                    f"| {sla['until']} | {_hours(sla['limit_seconds'])} | "
-                    f"{sla['elapsed_seconds']} s | {'yes' if sla['met'] else 'NO'} |"
-                )
         if self.projection is not None:
             lines += ["", "## Projection for the configured targets", "", *self.projection.lines()]
         if self.findings:
@@ -163,3 +155,17 @@ class DrillReport:
 
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:g} h"
+
+
+def _step_row(step: dict[str, Any]) -> str:
+    return (
+        f"| {step['name']} | {step['started_at']} | {step['seconds']} | "
+        f"{'ok' if step['ok'] else 'FAILED'} |"
+    )
+
+
+def _sla_row(sla: dict[str, Any]) -> str:
+    return (
+        f"| {sla['until']} | {_hours(sla['limit_seconds'])} | "
+        f"{sla['elapsed_seconds']} s | {'yes' if sla['met'] else 'NO'} |"
+    )

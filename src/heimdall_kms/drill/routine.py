@@ -193,12 +193,7 @@ def run_migration_drill(env: DrillEnvironment, *, records: int = 500) -> DrillRe
 def _verify_all(
     env: DrillEnvironment, crypto: Crypto, state: dict[str, object]
 ) -> dict[str, object]:
-    before = state["before"]
-    assert isinstance(before, dict)
-    old = [e.encrypted_dek for e in map(parse, before.values()) if isinstance(e, KmsV1Envelope)]
-    refused = sum(
-        isinstance(o, KeyVersionRetiredError) for o in env.kms.unwrap_many(old, [{}] * len(old))
-    )
+    refused, old = _refused_old_deks(env, state["before"])
     plain = state["plain"]
     assert isinstance(plain, dict)
     current = env.values()
@@ -206,9 +201,19 @@ def _verify_all(
     texts = crypto.decrypt_many(
         [current[i] for i in ids], actor="drill-verifier", reason="rotation drill verification"
     )
-    if refused != len(old) or texts != [plain[i] for i in ids]:
+    if refused != old or texts != [plain[i] for i in ids]:
         raise IntegrityError("old DEKs still unwrap, or a value no longer decrypts")
     return {"old_deks_refused": refused, "verified": len(texts)}
+
+
+def _refused_old_deks(env: DrillEnvironment, before: object) -> tuple[int, int]:
+    """How many of the DEKs wrapped before the rotation the KMS refuses to unwrap, of how many."""
+    assert isinstance(before, dict)
+    old = [e.encrypted_dek for e in map(parse, before.values()) if isinstance(e, KmsV1Envelope)]
+    refused = sum(
+        isinstance(o, KeyVersionRetiredError) for o in env.kms.unwrap_many(old, [{}] * len(old))
+    )
+    return refused, len(old)
 
 
 def _ciphertext(value: str) -> bytes:
