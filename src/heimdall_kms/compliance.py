@@ -180,20 +180,25 @@ def _audit_evidence(evidence: Evidence, audit_log: Path | None) -> None:
     except HeimdallKMSError as exc:
         evidence.add("audit_chain", False, error=str(exc))
     for name, kind in (("rotation_history", "key.rotate"), ("retirement_history", "key.retire")):
-        try:
-            events = list(query(audit_log, AuditFilter(event_types=[kind], result="success")))
-        except HeimdallKMSError as exc:
-            evidence.add(name, False, error=str(exc))
-            continue
-        evidence.add(
-            name,
-            bool(events),
-            count=len(events),
-            events=[
-                {k: e.get(k) for k in ("timestamp", "actor", "key_version", "reason")}
-                for e in events[-10:]
-            ],
-        )
+        _history_evidence(evidence, audit_log, name, kind)
+
+
+def _history_evidence(evidence: Evidence, audit_log: Path, name: str, kind: str) -> None:
+    """The successful events of one kind: how many, and the last ten (who, when, why)."""
+    try:
+        events = list(query(audit_log, AuditFilter(event_types=[kind], result="success")))
+    except HeimdallKMSError as exc:
+        evidence.add(name, False, error=str(exc))
+        return
+    evidence.add(
+        name,
+        bool(events),
+        count=len(events),
+        events=[
+            {k: e.get(k) for k in ("timestamp", "actor", "key_version", "reason")}
+            for e in events[-10:]
+        ],
+    )
 
 
 def _anchor_evidence(

@@ -24,7 +24,7 @@ from heimdall_kms.policy import (
     parse_policy,
     validate_no_plaintext,
 )
-from heimdall_kms.policy.stream import process_ndjson
+from heimdall_kms.policy.stream import MAX_LINE_BYTES, process_ndjson
 from heimdall_kms.providers.base import HashKey
 from heimdall_kms.providers.local import LocalDevProvider, LocalKeyring
 from heimdall_kms.service import Crypto
@@ -287,6 +287,20 @@ def test_stream_reports_bad_lines_by_number_and_keeps_order(engine: PolicyEngine
             engine.protect_many,
             strict=True,
         )
+
+
+def test_stream_skips_an_overlong_line_and_goes_on(engine: PolicyEngine) -> None:
+    """A line over the bound is reported by number, never parsed, and the next one is read."""
+    long_line = json.dumps({"id": 0, "ssn": "x" * MAX_LINE_BYTES})
+    source = "\n".join([json.dumps({"id": 1}), long_line, json.dumps({"id": 2})]) + "\n"
+    out = io.StringIO()
+    problems: list[str] = []
+    report = process_ndjson(
+        io.BytesIO(source.encode()), out, engine.protect_many, report_problem=problems.append
+    )
+    assert problems == [f"line 2: longer than {MAX_LINE_BYTES} bytes"]
+    assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == [1, 2]
+    assert report.written == 2
 
 
 def test_cli_protect_reveal_check(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from heimdall_kms.telemetry import correlation
 from heimdall_kms.telemetry.export import MetricsExport
 from heimdall_kms.telemetry.logs import JSONFormatter, TextFormatter
 from heimdall_kms.telemetry.settings import LogFormat, TelemetrySettings
+from heimdall_kms.telemetry.tracing import configure as configure_tracing
 
 
 class TestTelemetrySettings:
@@ -115,6 +116,18 @@ class TestMetricsExport:
     def test_unusable_settings_are_refused(self, export: MetricsExport, message: str) -> None:
         with pytest.raises(ConfigurationError, match=message):
             export.check()
+
+
+class TestTracingConfigure:
+    def test_nothing_is_installed_unless_an_exporter_is_asked_for(self) -> None:
+        """No exporter variable, the SDK switched off, or 'none': the exporter name is not read."""
+        configure_tracing({})
+        configure_tracing({"OTEL_SDK_DISABLED": "TRUE", "OTEL_TRACES_EXPORTER": "zipkin-ish"})
+        configure_tracing(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_TRACES_EXPORTER": " none "}
+        )
+        with pytest.raises(ConfigurationError, match="OTEL_TRACES_EXPORTER"):
+            configure_tracing({"OTEL_TRACES_EXPORTER": "zipkin-ish"})
 
 
 def test_logs_are_not_written_through_a_foreign_root_handler() -> None:

@@ -8,7 +8,7 @@ stream goes on — unless ``strict``, which stops at the first. Output order is 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TextIO
 
@@ -67,11 +67,22 @@ class _Stream:
 
     def run(self, source: BinaryIO, batch_size: int) -> StreamReport:
         batch: list[tuple[int, dict[str, Any]]] = []
+        for numbered in self._records(source):
+            batch.append(numbered)
+            if len(batch) >= batch_size:
+                self.flush(batch)
+                batch = []
+        if batch:
+            self.flush(batch)
+        return self.report
+
+    def _records(self, source: BinaryIO) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Each record with its line number; a bad line is reported (or, strict, raised)."""
         number = 0
         while True:
             raw = source.readline(MAX_LINE_BYTES + 1)
             if not raw:
-                break
+                return
             number += 1
             if len(raw) > MAX_LINE_BYTES:
                 _skip_rest_of_line(source)
@@ -83,13 +94,7 @@ class _Stream:
             if record is None:
                 self.bad(number, "not a JSON object")
                 continue
-            batch.append((number, record))
-            if len(batch) >= batch_size:
-                self.flush(batch)
-                batch = []
-        if batch:
-            self.flush(batch)
-        return self.report
+            yield number, record
 
     def bad(self, number: int, message: str) -> None:
         self.report.problem(number, message)

@@ -49,23 +49,34 @@ class TelemetrySettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> TelemetrySettings:
         """Raises: ConfigurationError naming the variable."""
-        raw_format = environ.get("HMD_LOG_FORMAT", "").strip().lower() or LogFormat.TEXT.value
-        try:
-            log_format = LogFormat(raw_format)
-        except ValueError:
-            raise ConfigurationError("HMD_LOG_FORMAT: expected text | json") from None
-        raw_seconds = environ.get("HMD_KEY_METRICS_SECONDS", "").strip()
-        seconds = DEFAULT_REFRESH_SECONDS
-        if raw_seconds:
-            try:
-                seconds = float(raw_seconds)
-            except ValueError:
-                seconds = -1.0
-            if not 10 <= seconds <= 86400:
-                raise ConfigurationError(
-                    "HMD_KEY_METRICS_SECONDS: expected a number of seconds from 10 to 86400"
-                )
-        raw_level = environ.get("HMD_LOG_LEVEL", "").strip().lower()
-        if raw_level and raw_level not in _LEVELS:
-            raise ConfigurationError("HMD_LOG_LEVEL: expected debug | info | warning | error")
-        return cls(log_format, seconds, _LEVELS.get(raw_level))
+        return cls(_log_format(environ), _refresh_seconds(environ), _log_level(environ))
+
+
+def _log_format(environ: Mapping[str, str]) -> LogFormat:
+    raw_format = environ.get("HMD_LOG_FORMAT", "").strip().lower() or LogFormat.TEXT.value
+    try:
+        return LogFormat(raw_format)
+    except ValueError:
+        raise ConfigurationError("HMD_LOG_FORMAT: expected text | json") from None
+
+
+def _refresh_seconds(environ: Mapping[str, str]) -> float:
+    raw_seconds = environ.get("HMD_KEY_METRICS_SECONDS", "").strip()
+    if not raw_seconds:
+        return DEFAULT_REFRESH_SECONDS
+    try:
+        seconds = float(raw_seconds)
+    except ValueError:
+        seconds = -1.0
+    if not 10 <= seconds <= 86400:
+        raise ConfigurationError(
+            "HMD_KEY_METRICS_SECONDS: expected a number of seconds from 10 to 86400"
+        )
+    return seconds
+
+
+def _log_level(environ: Mapping[str, str]) -> int | None:
+    raw_level = environ.get("HMD_LOG_LEVEL", "").strip().lower()
+    if raw_level and raw_level not in _LEVELS:
+        raise ConfigurationError("HMD_LOG_LEVEL: expected debug | info | warning | error")
+    return _LEVELS.get(raw_level)

@@ -49,12 +49,8 @@ def configure(environ: Mapping[str, str]) -> None:
         ConfigurationError: tracing is asked for but the ``otel`` extra (or the chosen
             exporter) is not installed, or ``OTEL_TRACES_EXPORTER`` names an unknown one.
     """
-    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return
-    if not any(environ.get(name, "").strip() for name in _EXPORTER_VARIABLES):
-        return
-    names = [n.strip() for n in environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")]
-    if names == ["none"]:
+    names = _asked_exporters(environ)
+    if not names:
         return
     if importlib.util.find_spec("opentelemetry") is None:
         raise ConfigurationError(f"OTEL_TRACES_EXPORTER: {_EXTRA}")
@@ -67,6 +63,16 @@ def configure(environ: Mapping[str, str]) -> None:
     for name in names:
         provider.add_span_processor(BatchSpanProcessor(_exporter(name)))
     trace.set_tracer_provider(provider)
+
+
+def _asked_exporters(environ: Mapping[str, str]) -> list[str]:
+    """The exporters ``OTEL_*`` ask for; none when the SDK is off or nowhere to send is set."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return []
+    if not any(environ.get(name, "").strip() for name in _EXPORTER_VARIABLES):
+        return []
+    names = [n.strip() for n in environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")]
+    return [] if names == ["none"] else names
 
 
 def _exporter(name: str) -> Any:
