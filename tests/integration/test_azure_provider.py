@@ -26,7 +26,7 @@ from heimdall_kms.errors import (
     PermissionDeniedError,
     RateLimitedError,
 )
-from heimdall_kms.providers.azure.provider import AzureKeyVaultProvider
+from heimdall_kms.providers.azure.provider import AzureKeyVaultProvider, parse_key_url
 from tests.contract.backends.azure import ADMIN, WORKER, key_client
 from tests.fakes.azure_kv_http import (
     CRYPTO_OFFICER,
@@ -332,3 +332,33 @@ def test_cli_bad_secret_is_one_error_line(
     # Before it, azure-identity's own diagnosis (which credential failed, the AADSTS code) is
     # logged as a warning by the SDK; it carries no secret.
     assert all(line.startswith("heimdall-kms: warning:") for line in lines[:-1][:1])
+
+
+class TestKeyURL:
+    def test_a_key_url_gives_the_vault_and_the_name(self) -> None:
+        """https://VAULT/keys/NAME is split into the vault URL and the key name."""
+        assert parse_key_url(" https://v1.vault.azure.net/keys/pii ") == (
+            "https://v1.vault.azure.net",
+            "pii",
+        )
+
+    def test_a_versioned_url_is_refused_with_the_reason(self) -> None:
+        """A URL naming a version says to leave the version out."""
+        with pytest.raises(ConfigurationError, match="without a version"):
+            parse_key_url("https://v1.vault.azure.net/keys/pii/0123abcd")
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            "http://v1.vault.azure.net/keys/pii",
+            "https://v1.vault.azure.net/keys/pii?x=1",
+            "http://v1.vault.azure.net/keys/pii/0123abcd",
+            "https://v1.vault.azure.net/secrets/pii",
+            "https://v1.vault.azure.net/keys/pi_i",
+            "https:///keys/pii",
+        ],
+    )
+    def test_anything_else_names_the_expected_form(self, value: str) -> None:
+        """Not https, a query, another collection, a bad name or no host: the expected form."""
+        with pytest.raises(ConfigurationError, match=r"^HMD_KMS_KEY_ID: expected https://"):
+            parse_key_url(value)

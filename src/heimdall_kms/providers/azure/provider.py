@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol, Self, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import requests
 from azure.core.pipeline.transport import RequestsTransport
@@ -95,17 +95,31 @@ def parse_key_url(value: str) -> tuple[str, str]:
     """
     parts = urlsplit(value.strip())
     segments = [s for s in parts.path.split("/") if s]
-    form = "expected https://VAULT.vault.azure.net/keys/NAME"
-    if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
-        raise ConfigurationError(f"HMD_KMS_KEY_ID: {form}")
-    if len(segments) == 3 and segments[0] == "keys":
+    if _versioned(parts, segments):
         raise ConfigurationError(
             "HMD_KMS_KEY_ID: give the key URL without a version (https://VAULT/keys/NAME); "
             "the latest version wraps, and each value records the version that unwraps it"
         )
-    if len(segments) != 2 or segments[0] != "keys" or not _NAME.fullmatch(segments[1]):
-        raise ConfigurationError(f"HMD_KMS_KEY_ID: {form}")
+    if not _key_url(parts, segments):
+        raise ConfigurationError("HMD_KMS_KEY_ID: expected https://VAULT.vault.azure.net/keys/NAME")
     return f"https://{parts.netloc}", segments[1]
+
+
+def _plain_https(parts: SplitResult) -> bool:
+    return parts.scheme == "https" and bool(parts.hostname) and not (parts.query or parts.fragment)
+
+
+def _versioned(parts: SplitResult, segments: list[str]) -> bool:
+    return _plain_https(parts) and len(segments) == 3 and segments[0] == "keys"
+
+
+def _key_url(parts: SplitResult, segments: list[str]) -> bool:
+    return (
+        _plain_https(parts)
+        and len(segments) == 2
+        and segments[0] == "keys"
+        and bool(_NAME.fullmatch(segments[1]))
+    )
 
 
 def signing_key_name(configured: str | None, key_url: str) -> str:
