@@ -10,7 +10,7 @@ is the checked one the AAD was made from, so its audit line reuses that encoding
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 from heimdall_kms.audit import AuditEvent, EventType, Result
 from heimdall_kms.audit.events import now_rfc3339
@@ -33,7 +33,13 @@ class AuditScope:
     request_id: str
     reason: str | None = None
     fallback: KeyRef | None = None
-    at: str = field(default_factory=now_rfc3339)  # one call is recorded at one moment
+    # When the call's outcome was known: stamped once, after the KMS answered (or failed), so
+    # a slow or retried call is recorded when it happened and the chain stays in time order.
+    at: str | None = None
+
+    def stamped(self) -> AuditScope:
+        """This scope at the present moment: every event it then builds carries that time."""
+        return replace(self, at=now_rfc3339())
 
     def event(
         self,
@@ -55,7 +61,7 @@ class AuditScope:
             provider, key_identifier = None, envelope.key_id
             version = envelope.encryption_version
         return AuditEvent(
-            timestamp=self.at,
+            timestamp=self.at if self.at is not None else now_rfc3339(),
             event_type=event_type,
             actor=self.actor,
             request_id=self.request_id,
@@ -82,4 +88,5 @@ class AuditScope:
         error: HeimdallKMSError | None = None,
     ) -> list[AuditEvent]:
         """The events of values that have no envelope: a failed encrypt, keyed hashes."""
-        return [self.event(event_type, None, context, error) for context in contexts]
+        scope = self if self.at is not None else self.stamped()
+        return [scope.event(event_type, None, context, error) for context in contexts]

@@ -127,8 +127,9 @@ class Crypto:
 
         with self._kms_call("encrypt", self._write_label, len(values), failed):
             sealed = self._seal(values)
+        done = scope.stamped()
         self.audit.emit(
-            [scope.event(EventType.ENCRYPT, e, c) for e, c in zip(sealed, contexts, strict=True)]
+            [done.event(EventType.ENCRYPT, e, c) for e, c in zip(sealed, contexts, strict=True)]
         )
         self._count(self.metrics.encrypt_total, sealed)
         return sealed
@@ -202,13 +203,17 @@ class Crypto:
 
         def failed(error: HeimdallKMSError) -> list[AuditEvent]:
             # The whole call failed (KMS unreachable, refused, ...): every item failed with it.
-            return [scope.event(EventType.DECRYPT, p.envelope, p.context, error) for p in prepared]
+            at_failure = scope.stamped()
+            return [
+                at_failure.event(EventType.DECRYPT, p.envelope, p.context, error) for p in prepared
+            ]
 
         with self._kms_call("decrypt", self._read_label, len(prepared), failed):
             opened = self._opener.open_all(prepared)
+        answered = scope.stamped()
         self.audit.emit(
             [
-                scope.event(EventType.DECRYPT, o.envelope, o.context, o.error, o.details)
+                answered.event(EventType.DECRYPT, o.envelope, o.context, o.error, o.details)
                 for o in opened
             ]
         )

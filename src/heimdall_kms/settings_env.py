@@ -97,8 +97,9 @@ class Env:
             choices = " | ".join(member.value for member in kind)
             raise ConfigurationError(f"{name}: expected one of {choices}, got {raw!r}") from None
 
-    def flag(self, name: str, *, default: bool) -> bool:
-        """``true`` or ``false`` (any case).
+    def flag(self, name: str, *, default: bool, any_case: bool = True) -> bool:
+        """``true`` or ``false`` (any case, unless ``any_case`` is False: a switch that lowers
+        security is turned on by exactly ``true``, as documented, and nothing like it).
 
         Raises:
             ConfigurationError: anything else.
@@ -106,9 +107,10 @@ class Env:
         raw = self.get(name)
         if raw is None:
             return default
-        if raw.lower() not in ("true", "false"):
+        word = raw.lower() if any_case else raw
+        if word not in ("true", "false"):
             raise ConfigurationError(f"{name}: expected true | false")
-        return raw.lower() == "true"
+        return word == "true"
 
     def integer(self, name: str, default: int, *, minimum: int) -> int:
         raw = self.get(name)

@@ -568,6 +568,38 @@ class TestAWSSigningKeyRotation:
         assert len(report["problems"]) == 1  # type: ignore[arg-type]
 
 
+class TestAWSSignaturesWrittenBeforeTheyNamedTheirKey:
+    """``aws:ECDSA_SHA_256:<signature>`` (no key ARN), the form checkpoints had before
+    rotation was supported, still verifies — with the configured key only."""
+
+    def test_the_configured_keys_old_form_verifies_and_another_keys_does_not(
+        self, moto: MotoServer
+    ) -> None:
+        client = moto.client()
+        a, c = (
+            str(
+                client.create_key(KeyUsage="SIGN_VERIFY", KeySpec="ECC_NIST_P256")["KeyMetadata"][
+                    "Arn"
+                ]
+            )
+            for _ in range(2)
+        )
+        message = b"seq=7 hash=abc"
+
+        def unnamed(signer: AWSSigner) -> str:
+            return "aws:ECDSA_SHA_256:" + signer.sign(message).rsplit(":", 1)[1]
+
+        verifier = AWSSigner(client, a, previous=[c])  # even a listed key is not asked for it
+        assert verifier.verify_many(
+            [
+                (message, unnamed(AWSSigner(client, a))),
+                (b"seq=7 hash=abd", unnamed(AWSSigner(client, a))),
+                (message, unnamed(AWSSigner(client, c))),
+                (message, "aws:ECDSA_SHA_256:not base64!"),
+            ]
+        ) == [True, False, False, False]
+
+
 class TestVerifyingALogInUse:
     def test_a_busy_writer_is_never_reported_as_tampering(
         self, anchor: Anchor, tmp_path: Path

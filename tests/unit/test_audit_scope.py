@@ -3,16 +3,21 @@ AAD encoding; an item not opened yet is pending, never an empty plaintext; the m
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import pickle
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heimdall_kms.audit import EventType
+from heimdall_kms.audit import EventType, MemoryAuditSink, Result
 from heimdall_kms.audit_scope import AuditScope
+from heimdall_kms.config import Settings
 from heimdall_kms.context_json import CheckedContext, aad_json, context_json, line_json
 from heimdall_kms.envelope import (
     EnvelopeFormat,
@@ -26,6 +31,9 @@ from heimdall_kms.errors import ConfigurationError, IntegrityError, KMSError
 from heimdall_kms.kinds import EncryptionMode, ProviderName, WriteFormat
 from heimdall_kms.modes import check_migration, read_refusal, uses_kms, writes
 from heimdall_kms.opening import PENDING, Opened
+from heimdall_kms.providers.base import KeyContext, WrappedKey
+from heimdall_kms.service import Crypto
+from heimdall_kms.testing import FakeKMS
 
 AT = "2026-11-28T10:00:00.000000Z"
 VAULT_KEY = KeyRef(ProviderName.VAULT, "heimdall-pii")
@@ -101,9 +109,42 @@ class TestAuditScope:
         ]
 
     def test_one_call_is_recorded_at_one_moment(self) -> None:
-        scope = AuditScope("etl", "r-1")
-        events = scope.without_envelopes(EventType.HMAC, [{}, {}, {}])
-        assert {e.timestamp for e in events} == {scope.at}
+        stamped = AuditScope("etl", "r-1").stamped()
+        events = stamped.without_envelopes(EventType.HMAC, [{}, {}, {}])
+        assert {e.timestamp for e in events} == {stamped.at}
+        unstamped = AuditScope("etl", "r-1").without_envelopes(EventType.HMAC, [{}, {}, {}])
+        assert len({e.timestamp for e in unstamped}) == 1
+
+    @pytest.mark.parametrize("fails", [False, True], ids=["answered", "failed"])
+    def test_a_slow_call_is_recorded_when_the_kms_answered(self, fails: bool) -> None:
+        """Events are stamped after the KMS answered, not when the call began: a slow or
+        retried call's decrypts fall inside the time window they happened in."""
+        kms = _SlowKMS(seconds=0.3, fails=fails)
+        audit = MemoryAuditSink()
+        crypto = Crypto(Settings(provider=ProviderName.LOCAL), kms=kms, audit=audit)
+        began = datetime.now(UTC)
+        with contextlib.suppress(KMSError):
+            crypto.encrypt_many([("v", {"field": "a"})])
+        (event,) = audit.events
+        stamped = datetime.strptime(event.timestamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        assert stamped - began >= timedelta(seconds=0.3)
+        assert event.result is (Result.FAILURE if fails else Result.SUCCESS)
+
+
+class _SlowKMS(FakeKMS):
+    """A FakeKMS whose wrap takes ``seconds`` and then answers, or fails."""
+
+    def __init__(self, *, seconds: float, fails: bool) -> None:
+        super().__init__()
+        self._seconds, self._fails = seconds, fails
+
+    def wrap_many(
+        self, deks: Sequence[bytearray], contexts: Sequence[KeyContext]
+    ) -> list[WrappedKey]:
+        time.sleep(self._seconds)
+        if self._fails:
+            raise KMSError("wrap: the KMS did not answer")
+        return super().wrap_many(deks, contexts)
 
 
 class TestCheckedContext:

@@ -170,8 +170,9 @@ class TestVaultPlainHttp:
         env = {**VAULT_BASE, "HMD_VAULT_ADDR": "http://vault.internal:8200"}
         settings = Settings.from_env({**env, "HMD_VAULT_ALLOW_INSECURE_HTTP": "true"})
         assert settings.vault is not None and settings.vault.addr.startswith("http://")
-        with pytest.raises(ConfigurationError, match=r"expected true \| false"):
-            Settings.from_env({**env, "HMD_VAULT_ALLOW_INSECURE_HTTP": "yes"})
+        for unlike in ("yes", "True", "TRUE"):  # exactly the documented word turns it on
+            with pytest.raises(ConfigurationError, match=r"expected true \| false"):
+                Settings.from_env({**env, "HMD_VAULT_ALLOW_INSECURE_HTTP": unlike})
 
     @pytest.mark.parametrize(
         "addr",

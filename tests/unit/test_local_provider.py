@@ -327,6 +327,18 @@ def test_rewrap_of_a_retired_version_fails_per_item(provider: LocalDevProvider) 
     assert isinstance(result, KeyVersionRetiredError)
 
 
+@pytest.mark.parametrize("version", [1, 9], ids=["retired", "missing"])
+def test_a_damaged_wrap_is_damage_whatever_its_version(
+    provider: LocalDevProvider, version: int
+) -> None:
+    """Damage is reported as damage (IntegrityError) before a version is looked up, so a
+    corrupted value is not counted as retired or missing."""
+    provider.rotate()
+    provider.retire(2)
+    (result,) = provider.unwrap_many([f"local:v{version}:not base64!"], [CTX])
+    assert isinstance(result, IntegrityError)
+
+
 # -- rewrap ----------------------------------------------------------------------------------------
 
 

@@ -218,13 +218,13 @@ class AWSSigner:
 
         from heimdall_kms.providers.aws.errors import translated  # noqa: PLC0415
 
-        parsed = self._parse(signature)
+        parsed = self._parse(signature) or self._parse_unnamed(signature)
         if parsed is None:
             return False
         arn, raw = parsed
         # Whoever has root on a writer's host can make a key of their own in an account of
         # their own and record its ARN: only a listed previous key is asked by its ARN.
-        key = arn if arn in self._previous else self._key_id
+        key = arn if arn is not None and arn in self._previous else self._key_id
         with translated("audit checkpoint verify"):
             try:
                 answer = self._client.verify(
@@ -241,7 +241,19 @@ class AWSSigner:
                 raise
         # Verify answers the ARN of the key it used: the one the signature records, or the
         # signature is another key's, relabelled.
-        return answer.get("SignatureValid") is True and answer.get("KeyId") == arn
+        named = arn is None or answer.get("KeyId") == arn
+        return answer.get("SignatureValid") is True and named
+
+    def _parse_unnamed(self, signature: str) -> tuple[None, bytes] | None:
+        """The raw signature of ``aws:ECDSA_SHA_256:<base64>``, the form written before
+        signatures named their key: it can only be the configured key's."""
+        body = signature.removeprefix(f"aws:{self.algorithm}:")
+        if body == signature or ":" in body:
+            return None
+        try:
+            return None, base64.b64decode(body, validate=True)
+        except binascii.Error:
+            return None
 
 
 def _aws_previous(names: Sequence[str]) -> tuple[str, ...]:

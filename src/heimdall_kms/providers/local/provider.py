@@ -156,7 +156,7 @@ class LocalDevProvider:
 
     def _unwrap(self, key: dict[str, Any], item: str) -> bytearray | HeimdallKMSError:
         form = parse_wrapped(item)
-        if form is None or form.provider != "local":
+        if form is None or form.provider != "local" or not software_wrap.well_formed(form.body):
             return IntegrityError("wrapped data key is not in the local provider's form")
         # The version picks the key and is in the wrap's AAD: another version's DEK fails.
         version = form.version

@@ -17,7 +17,7 @@ from heimdall_kms.errors import HeimdallKMSError, IntegrityError
 from heimdall_kms.providers.base import WrappedKey
 from heimdall_kms.wrapped_key import format_wrapped
 
-__all__ = ["rewrap_each", "unwrap", "wrap"]
+__all__ = ["rewrap_each", "unwrap", "well_formed", "wrap"]
 
 _BODY = re.compile(r"[A-Za-z0-9+/=]+")  # after ``<provider>:v<n>:`` (heimdall_kms.wrapped_key)
 
@@ -30,9 +30,15 @@ def wrap(
     return WrappedKey(format_wrapped(provider, version, body), version)
 
 
+def well_formed(body: str) -> bool:
+    """Whether ``body`` can be a wrap's base64 at all: a damaged value is told apart from one
+    whose version is retired or missing before any key is looked up."""
+    return _BODY.fullmatch(body) is not None
+
+
 def unwrap(master: bytes | bytearray, body: str, aad: bytes) -> bytearray | IntegrityError:
     """The DEK, or the error for this item: not base64, not authentic, not a DEK's length."""
-    if not _BODY.fullmatch(body):
+    if not well_formed(body):
         return IntegrityError("wrapped data key is not base64")
     try:
         blob = base64.b64decode(body, validate=True)

@@ -7,7 +7,7 @@ Imports no hvac: :mod:`heimdall_kms.config` reads these settings at start-up whe
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,7 +22,7 @@ _K8S_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 @dataclass(frozen=True, slots=True)
 class VaultSettings:
-    addr: str
+    addr: str = field(repr=False)  # may carry user:password@ (a proxy's); reprs must not show it
     auth_method: VaultAuthMethod = VaultAuthMethod.TOKEN
     token: Secret[str] | None = None
     # HMD_VAULT_TOKEN_FILE (a Vault Agent sink): read again whenever it changes (.auth).
@@ -85,7 +85,7 @@ def _address(env: Env) -> str:
     parts = urlsplit(addr)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError("HMD_VAULT_ADDR: expected an http:// or https:// URL with a host")
-    insecure = env.flag("HMD_VAULT_ALLOW_INSECURE_HTTP", default=False)
+    insecure = env.flag("HMD_VAULT_ALLOW_INSECURE_HTTP", default=False, any_case=False)
     if parts.scheme == "http" and not is_loopback(parts.hostname) and not insecure:
         raise ConfigurationError(
             "HMD_VAULT_ADDR: plain http:// to a host other than loopback would send the token "
