@@ -32,8 +32,9 @@ __all__ = ["keys", "retire_command", "rotate_command"]
 _RETIRE_HINTS: dict[RetireBlock, Callable[[RetireRefusedError], str]] = {
     RetireBlock.NO_TARGETS: lambda _: " (--table/--column or --targets; --force)",
     RetireBlock.STRANDED: lambda exc: (
-        ": run `heimdall-kms reencrypt` first"
+        " (`heimdall-kms reencrypt`"
         + ("; name the path inside the documents with --json-path" if exc.unseen else "")
+        + ")"
     ),
 }
 

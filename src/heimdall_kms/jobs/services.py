@@ -39,8 +39,11 @@ class JobServices:
 
         The composition root builds :class:`JobServices` directly; this is for code that holds
         only a :class:`Crypto`. ``meter`` defaults to the facade's provider when that is a
-        :class:`MeteredProvider`. It has no legacy writer.
+        :class:`MeteredProvider`. Its legacy writer is the facade's provider, sink and metrics
+        writing the env-key format, where the settings hold the env key.
         """
+        from heimdall_kms.composition import legacy_writer  # noqa: PLC0415 - the root imports us
+
         if meter is None and isinstance(crypto.kms, MeteredProvider):
             meter = crypto.kms
         # A data-plane-only provider serves a migration; re-encryption asks for the admin side.
@@ -54,4 +57,5 @@ class JobServices:
             meter,
             settings.resilience.job_stall_seconds,
             settings.kms_propagation_seconds,
+            legacy_writer(settings, crypto.kms, crypto.audit, crypto.metrics),
         )

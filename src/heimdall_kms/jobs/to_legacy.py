@@ -41,8 +41,8 @@ class LegacyRollbackJob(ValueJob):
         # The same KMS and audit sink, writing the legacy format (the documented switch).
         if self.services.legacy_writer is None:
             raise ConfigurationError(
-                "HMD_PII_MASTER_KEY: the rollback to the legacy format writes with the env key; "
-                "no writer for it was configured"
+                "HMD_PII_MASTER_KEY: the rollback to the legacy format writes with the env key, "
+                "and these job services were given no writer for it"
             )
         self.writer = self.services.legacy_writer
 
