@@ -18,7 +18,7 @@ from pathlib import Path
 from google.cloud import kms_v1
 
 from heimdall_kms.config import AWSKeyVersioning
-from heimdall_kms.providers.aws.provider import create_key_for_alias
+from heimdall_kms.providers.aws.client import create_key_for_alias
 from tests.contract.backends.azure import ADMIN
 from tests.contract.backends.gcp import LOCATION, create_key
 from tests.fakes.azure_kv_http import (

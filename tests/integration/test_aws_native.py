@@ -22,9 +22,10 @@ from heimdall_kms.errors import (
     KMSError,
     RefusedError,
 )
+from heimdall_kms.providers.aws.client import caller, create_key_for_alias
 from heimdall_kms.providers.aws.keys import ReferenceKind, parse_key_reference
 from heimdall_kms.providers.aws.native import NativeKey
-from heimdall_kms.providers.aws.provider import AWSKMSProvider, caller, create_key_for_alias
+from heimdall_kms.providers.aws.provider import AWSKMSProvider
 from tests.servers_aws import MotoServer, start_moto
 
 CTX = {"table": "customers", "field": "ssn", "record": "r1"}

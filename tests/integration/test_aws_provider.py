@@ -34,11 +34,8 @@ from heimdall_kms.errors import (
     KMSError,
     PermissionDeniedError,
 )
-from heimdall_kms.providers.aws.provider import (
-    AWSKMSProvider,
-    create_key_for_alias,
-    kms_encryption_context,
-)
+from heimdall_kms.providers.aws.client import create_key_for_alias
+from heimdall_kms.providers.aws.provider import AWSKMSProvider, kms_encryption_context
 from tests.servers import run_cli
 from tests.servers_aws import MotoServer, start_moto
 

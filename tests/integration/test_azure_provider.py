@@ -26,7 +26,8 @@ from heimdall_kms.errors import (
     PermissionDeniedError,
     RateLimitedError,
 )
-from heimdall_kms.providers.azure.provider import AzureKeyVaultProvider, parse_key_url
+from heimdall_kms.providers.azure.keys import parse_key_url
+from heimdall_kms.providers.azure.provider import AzureKeyVaultProvider
 from tests.contract.backends.azure import ADMIN, WORKER, key_client
 from tests.fakes.azure_kv_http import (
     CRYPTO_OFFICER,

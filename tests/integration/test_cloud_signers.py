@@ -25,7 +25,7 @@ from heimdall_kms.audit.checkpoint import new_checkpoint
 from heimdall_kms.audit.cloud_signers import AzureSigner, GCPSigner
 from heimdall_kms.config import GCPSettings
 from heimdall_kms.errors import ConfigurationError, KMSError, PermissionDeniedError
-from heimdall_kms.providers.azure.provider import signing_key_name
+from heimdall_kms.providers.azure.keys import signing_key_name
 from heimdall_kms.providers.gcp.provider import build_client
 from tests.contract.backends.azure import ADMIN, key_client
 from tests.contract.backends.gcp import (

@@ -23,7 +23,7 @@ from azure.keyvault.keys import KeyClient
 from heimdall_kms import primitives
 from heimdall_kms.config import AWSSettings
 from heimdall_kms.errors import AuthenticationError, KMSUnavailableError
-from heimdall_kms.providers.aws.provider import build_client, caller
+from heimdall_kms.providers.aws.client import build_client, caller
 from heimdall_kms.providers.azure.provider import AzureKeyVaultProvider
 from tests.fakes.azure_kv_http import FakeKeyVaultServer, start_fake_key_vault
 from tests.servers import free_port

@@ -333,7 +333,7 @@ def moto() -> Iterator[MotoServer]:
 
 
 def test_aws_kms_on_moto(moto: MotoServer, tmp_path: Path) -> None:
-    from heimdall_kms.providers.aws.provider import create_key_for_alias
+    from heimdall_kms.providers.aws.client import create_key_for_alias
 
     create_key_for_alias(moto.client(), "alias/doctor")
     # A process of its own: boto3 reads the AWS credentials from the real environment.

@@ -45,7 +45,7 @@ class Upstream:
 
 def _aws() -> Upstream:
     moto = start_moto()
-    from heimdall_kms.providers.aws.provider import create_key_for_alias
+    from heimdall_kms.providers.aws.client import create_key_for_alias
 
     create_key_for_alias(moto.client(), "alias/deadline")
     port = int(moto.endpoint.rsplit(":", 1)[1])

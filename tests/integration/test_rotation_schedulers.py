@@ -26,7 +26,8 @@ import pytest
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.config import AWSKeyVersioning
 from heimdall_kms.jobs.rotation import ClockSource, rotate
-from heimdall_kms.providers.aws.provider import AWSKMSProvider, create_key_for_alias
+from heimdall_kms.providers.aws.client import create_key_for_alias
+from heimdall_kms.providers.aws.provider import AWSKMSProvider
 from heimdall_kms.providers.local import LocalKeyring
 from tests.servers import start_openbao
 from tests.servers_aws import MotoServer, start_moto

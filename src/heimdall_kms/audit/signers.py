@@ -305,7 +305,7 @@ def signer_from_settings(settings: Settings) -> Signer | None:
             login=login_function(settings.vault),
         )
     if settings.provider is ProviderName.AWS and settings.aws is not None:
-        from heimdall_kms.providers.aws.provider import build_client as aws_client  # noqa: PLC0415
+        from heimdall_kms.providers.aws.client import build_client as aws_client  # noqa: PLC0415
 
         previous = _aws_previous(settings.audit_anchoring.previous_signing_keys)
         return AWSSigner(aws_client(settings.aws), name, previous=previous)
@@ -320,7 +320,8 @@ def signer_from_settings(settings: Settings) -> Signer | None:
     azure = settings.azure
     if settings.provider is ProviderName.AZURE and azure and settings.kms_key_id:
         from heimdall_kms.audit.cloud_signers import AzureSigner  # noqa: PLC0415
-        from heimdall_kms.providers.azure.provider import build_key_client, signing_key_name  # noqa: PLC0415
+        from heimdall_kms.providers.azure.keys import signing_key_name  # noqa: PLC0415
+        from heimdall_kms.providers.azure.provider import build_key_client  # noqa: PLC0415
 
         key = signing_key_name(name, settings.kms_key_id)
         client, _credential = build_key_client(settings.kms_key_id, azure)

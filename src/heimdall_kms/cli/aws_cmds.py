@@ -54,7 +54,7 @@ def bootstrap(*, actor: str, dry_run: bool, as_json: bool) -> None:
 
     with needs_extra("aws", "aws bootstrap"):
         from heimdall_kms.providers.aws import bootstrap as ab  # noqa: PLC0415 - loads boto3
-        from heimdall_kms.providers.aws.provider import build_client, caller  # noqa: PLC0415
+        from heimdall_kms.providers.aws.client import build_client, caller  # noqa: PLC0415
 
     settings = Settings.from_env(os.environ)
     if settings.aws is None or settings.kms_key_id is None:

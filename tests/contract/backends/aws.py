@@ -19,7 +19,8 @@ from botocore.stub import Stubber
 from heimdall_kms import primitives
 from heimdall_kms.config import AWSKeyVersioning
 from heimdall_kms.providers import KeyManagementService
-from heimdall_kms.providers.aws.provider import AWSKMSProvider, create_key_for_alias
+from heimdall_kms.providers.aws.client import create_key_for_alias
+from heimdall_kms.providers.aws.provider import AWSKMSProvider
 from tests.servers_aws import MotoServer, free_port, kms_client, start_moto
 
 

@@ -6,8 +6,10 @@
 * :mod:`.native` and :mod:`.aliases`: the two key-versioning schemes (AWS's own rotations of one
   key; one key per version behind ``alias/<name>/v<n>``, opt-in, for ``retire``).
 * :mod:`.errors`: botocore's errors as typed errors (tables, one place).
+* :mod:`.client`: :func:`~.client.build_client` makes a boto3 KMS client from the settings;
+  :func:`~.client.caller` is the one way a call is made (deadline, error translation).
 * :mod:`.provider`: :class:`~.provider.AWSKMSProvider`, both provider contracts over a ready
-  boto3 KMS client; :func:`~.provider.build_client` builds one from the settings.
+  boto3 KMS client.
 * :mod:`.bootstrap`: ``heimdall-kms aws bootstrap`` (the key, and least-privilege policies).
 
 Nothing is imported here, so that reading the settings loads no boto3

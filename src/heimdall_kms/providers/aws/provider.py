@@ -24,16 +24,11 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Self, TypeVar
-
-import boto3
-from botocore import xform_name
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, NoRegionError
+from typing import TYPE_CHECKING, Self, TypeVar
 
 from heimdall_kms import primitives
 from heimdall_kms.errors import (
@@ -43,19 +38,22 @@ from heimdall_kms.errors import (
     KeyNotFoundError,
     KeyVersionRetiredError,
     KMSError,
-    KMSUnavailableError,
 )
 from heimdall_kms.kinds import AWSKeyVersioning, ProviderName
 from heimdall_kms.overlap import fan_out
 from heimdall_kms.providers.aws import aliases
+from heimdall_kms.providers.aws.client import (
+    KMSClient,
+    bounded,
+    build_client,
+    caller,
+    deadline_of,
+)
 from heimdall_kms.providers.aws.errors import (
-    NO_CREDENTIALS,
-    TRANSPORT,
     InvalidStateError,
-    translated,
 )
 from heimdall_kms.providers.aws.keys import BoundedCache, parse_key_reference
-from heimdall_kms.providers.aws.native import Call, NativeKey
+from heimdall_kms.providers.aws.native import NativeKey
 from heimdall_kms.providers.base import (
     KeyContext,
     KeyInfo,
@@ -65,24 +63,13 @@ from heimdall_kms.providers.base import (
     response_date,
     round_trip,
 )
-from heimdall_kms.providers.credential_outage import caused_by
-from heimdall_kms.providers.deadline import deadline, watch_botocore
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
 if TYPE_CHECKING:
     from heimdall_kms.config import Settings
-    from heimdall_kms.providers.aws.settings import AWSSettings
 
-__all__ = [
-    "AWSKMSProvider",
-    "build_client",
-    "caller",
-    "create_key_for_alias",
-    "kms_encryption_context",
-]
+__all__ = ["AWSKMSProvider", "kms_encryption_context"]
 
-# A boto3 KMS client. boto3 ships no type information (mypy_boto3_kms is not a dependency).
-KMSClient = Any
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
@@ -98,53 +85,6 @@ def kms_encryption_context(context: KeyContext) -> dict[str, str]:
     """The ``EncryptionContext`` a DEK with this context is wrapped under (non-secret; it
     appears in CloudTrail). ``heimdall-purpose`` is reserved and always wins."""
     return {**context, PURPOSE_KEY: PURPOSE}
-
-
-def build_client(aws: AWSSettings) -> KMSClient:
-    """A KMS client from the standard credential chain (env, profile, SSO, IRSA, IMDS).
-
-    ``HMD_AWS_TIMEOUT`` is its connect and read timeout, and the total deadline of each call
-    (:func:`caller`, the provider), botocore's own retries included: an answer that trickles
-    in is cut there.
-
-    Raises:
-        ConfigurationError: no region is configured, or the AWS profile does not exist.
-    """
-    config = Config(
-        retries={"mode": "standard"},  # AWS_MAX_ATTEMPTS still applies
-        connect_timeout=aws.timeout_seconds,
-        read_timeout=aws.timeout_seconds,
-        max_pool_connections=max(10, aws.max_concurrency),
-        user_agent_extra="heimdall-kms",
-    )
-    try:
-        session = boto3.session.Session()
-        client = session.client(
-            "kms", region_name=aws.region, endpoint_url=aws.endpoint_url, config=config
-        )
-    except NoRegionError:
-        raise ConfigurationError(
-            "AWS_REGION: not set (also read: HMD_AWS_REGION, AWS_DEFAULT_REGION, the profile)"
-        ) from None
-    except BotoCoreError as exc:
-        if isinstance(exc, NO_CREDENTIALS) and caused_by(exc, TRANSPORT):
-            # The credential endpoint (IMDS, the container endpoint) did not answer: transient.
-            raise KMSUnavailableError(
-                f"AWS credentials: the credential endpoint is unreachable ({type(exc).__name__})"
-            ) from None
-        raise ConfigurationError(f"AWS configuration: {type(exc).__name__}") from None
-    watch_botocore(client)  # HMD_AWS_TIMEOUT is also the total deadline of each call
-    return client
-
-
-def create_key_for_alias(client: KMSClient, alias: str) -> str:
-    """Make ``alias`` a versioned key of the alias scheme; the latest key's id (see
-    :func:`heimdall_kms.providers.aws.aliases.create_key_for_alias`).
-
-    Raises:
-        ConfigurationError: ``alias`` is not an ``alias/NAME``. KMSError: AWS refused.
-    """
-    return aliases.create_key_for_alias(caller(client), alias)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +123,7 @@ class AWSKMSProvider:
     ) -> None:
         self._client = client
         self._call = caller(client)
-        self._deadline = _deadline_of(client)
+        self._deadline = deadline_of(client)
         self._alias = key_id
         self._native: NativeKey | None = None
         if versioning is AWSKeyVersioning.ALIASES:
@@ -379,7 +319,7 @@ class AWSKMSProvider:
 
     def _request(self, operation: str) -> AbstractContextManager[None]:
         """One AWS request: under the client's total deadline, its errors translated."""
-        return _bounded(operation, self._deadline)
+        return bounded(operation, self._deadline)
 
     # -- versions ---------------------------------------------------------------------------------
 
@@ -548,27 +488,3 @@ def _unusable(version: int, state: _KeyState | None) -> HeimdallKMSError:
             f"key version {version} is retired (its key is {state.state})"
         )
     return KMSError(f"key version {version} is not usable now (its key is {state.state})")
-
-
-def caller(client: KMSClient) -> Call:
-    """``call(operation, **params)``: one AWS request with this module's error translation."""
-
-    seconds = _deadline_of(client)
-
-    def call(operation: str, **params: Any) -> dict[str, Any]:
-        with _bounded(operation, seconds):
-            return dict(getattr(client, xform_name(operation))(**params))
-
-    return call
-
-
-def _deadline_of(client: KMSClient) -> float:
-    """The total deadline of one call: the client's read timeout (``build_client`` sets both
-    to ``HMD_AWS_TIMEOUT``)."""
-    return float(client.meta.config.read_timeout)
-
-
-@contextmanager
-def _bounded(operation: str, seconds: float) -> Iterator[None]:
-    with deadline(seconds, f"AWS KMS {operation}"), translated(operation):
-        yield

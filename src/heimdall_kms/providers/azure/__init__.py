@@ -2,6 +2,7 @@
 
 * :mod:`.settings`: ``HMD_AZURE_*`` (read by :mod:`heimdall_kms.config`; imports no Azure
   library).
+* :mod:`.keys`: what ``HMD_KMS_KEY_ID`` names (a key URL) and the audit signing key beside it.
 * :mod:`.errors`: the SDK's errors as typed errors (tables, one place).
 * :mod:`.provider`: :class:`~.provider.AzureKeyVaultProvider`, both provider contracts over a
   ready ``KeyClient``; :func:`~.provider.build_key_client` builds one. Key versions are the

@@ -31,12 +31,8 @@ from azure.keyvault.keys import (
 
 from heimdall_kms.errors import InvalidInputError, KeyNotFoundError, RefusedError
 from heimdall_kms.providers.azure import errors as kv
-from heimdall_kms.providers.azure.provider import (
-    _KEY_TYPES,
-    _text,
-    parse_key_url,
-    signing_key_name,
-)
+from heimdall_kms.providers.azure.keys import parse_key_url, signing_key_name
+from heimdall_kms.providers.azure.provider import _KEY_TYPES, _text
 from heimdall_kms.providers.cloud_bootstrap import (
     ROLES,
     WRITERS,

@@ -29,7 +29,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol, Self, TypeVar
-from urllib.parse import SplitResult, urlsplit
 
 import requests
 from azure.core.pipeline.transport import RequestsTransport
@@ -53,6 +52,7 @@ from heimdall_kms.errors import (
 from heimdall_kms.kinds import ProviderName
 from heimdall_kms.overlap import fan_out
 from heimdall_kms.providers.azure.errors import attempt
+from heimdall_kms.providers.azure.keys import parse_key_url
 from heimdall_kms.providers.base import (
     KeyContext,
     KeyInfo,
@@ -68,11 +68,10 @@ if TYPE_CHECKING:
     from heimdall_kms.config import Settings
     from heimdall_kms.providers.azure.settings import AzureSettings
 
-__all__ = ["AzureKeyVaultProvider", "build_key_client", "parse_key_url"]
+__all__ = ["AzureKeyVaultProvider", "build_key_client"]
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
-_NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
 # The body after ``azure:v<n>:`` (heimdall_kms.wrapped_key): version id, algorithm, base64url.
 _BODY = re.compile(r"([0-9A-Za-z]{1,64}):(RSA-OAEP-256|A256KW):([A-Za-z0-9_-]{16,2048})")
 _RSA, _AES = "RSA-OAEP-256", "A256KW"
@@ -85,70 +84,6 @@ _PER_ITEM = (IntegrityError, KeyVersionRetiredError, KeyNotFoundError)
 
 class _Closeable(Protocol):
     def close(self) -> None: ...
-
-
-def parse_key_url(value: str) -> tuple[str, str]:
-    """``https://VAULT/keys/NAME`` -> (vault URL, key name).
-
-    Raises:
-        ConfigurationError: not such a URL, or it names a version.
-    """
-    parts = urlsplit(value.strip())
-    segments = [s for s in parts.path.split("/") if s]
-    if _versioned(parts, segments):
-        raise ConfigurationError(
-            "HMD_KMS_KEY_ID: give the key URL without a version (https://VAULT/keys/NAME); "
-            "the latest version wraps, and each value records the version that unwraps it"
-        )
-    if not _key_url(parts, segments):
-        raise ConfigurationError("HMD_KMS_KEY_ID: expected https://VAULT.vault.azure.net/keys/NAME")
-    return f"https://{parts.netloc}", segments[1]
-
-
-def _plain_https(parts: SplitResult) -> bool:
-    return parts.scheme == "https" and bool(parts.hostname) and not (parts.query or parts.fragment)
-
-
-def _versioned(parts: SplitResult, segments: list[str]) -> bool:
-    return _plain_https(parts) and len(segments) == 3 and segments[0] == "keys"
-
-
-def _key_url(parts: SplitResult, segments: list[str]) -> bool:
-    return (
-        _plain_https(parts)
-        and len(segments) == 2
-        and segments[0] == "keys"
-        and bool(_NAME.fullmatch(segments[1]))
-    )
-
-
-def signing_key_name(configured: str | None, key_url: str) -> str:
-    """The audit checkpoints' signing key, in the master key's vault: ``HMD_AUDIT_SIGNING_KEY``
-    (a key name, or a key URL of that vault), by default ``<name>-audit``.
-
-    Raises:
-        ConfigurationError: a malformed name or URL, or a URL of another vault.
-    """
-    vault_url, name = parse_key_url(key_url)
-    if configured is None:
-        return f"{name}-audit"
-    signing = configured
-    if not _NAME.fullmatch(configured):
-        try:
-            other_vault, signing = parse_key_url(configured)
-        except ConfigurationError:
-            raise ConfigurationError(
-                "HMD_AUDIT_SIGNING_KEY: expected a key name, or https://VAULT/keys/NAME"
-            ) from None
-        if other_vault != vault_url:
-            raise ConfigurationError(
-                "HMD_AUDIT_SIGNING_KEY: the signing key must be in the vault of HMD_KMS_KEY_ID"
-            )
-    if signing.lower() == name.lower():  # Key Vault names are case-insensitive
-        raise ConfigurationError(
-            "HMD_AUDIT_SIGNING_KEY: must name a key of its own, not the encryption key"
-        )
-    return signing
 
 
 def build_key_client(key_url: str, azure: AzureSettings) -> tuple[KeyClient, _Closeable]:
