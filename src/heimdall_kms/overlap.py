@@ -58,14 +58,25 @@ def fan_out(
         run.stop()  # interrupted while waiting, or the pool refused work
         raise
     finally:
-        for future in futures:
-            future.cancel()
-        wait(futures)
-        if executor is None:
-            pool.shutdown(wait=True)
-        if run.failed():
-            run.discard_produced(discard)
+        _wind_down(run, futures, None if executor is not None else pool, discard)
     return run.collected()
+
+
+def _wind_down(
+    run: _Run[_T, _R],
+    futures: list[Future[None]],
+    owned_pool: Executor | None,
+    discard: Callable[[_R], None] | None,
+) -> None:
+    """Cancel the workers not started, wait for the running ones, shut down a pool made for
+    this call, and after a failure hand every result produced to ``discard``."""
+    for future in futures:
+        future.cancel()
+    wait(futures)
+    if owned_pool is not None:
+        owned_pool.shutdown(wait=True)
+    if run.failed():
+        run.discard_produced(discard)
 
 
 def _sequential(

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from heimdall_kms.audit.chain import canonical
 
@@ -126,14 +126,7 @@ def parse_checkpoint(text: str | bytes) -> Checkpoint:
         raise ValueError("not a heimdall audit checkpoint") from None
     if not isinstance(document, dict) or document.pop("format", None) != _FORMAT:
         raise ValueError("not a heimdall audit checkpoint")
-    try:
-        checkpoint = Checkpoint(**document)
-    except TypeError:
-        raise ValueError("not a heimdall audit checkpoint") from None
-    types = (str, int, str, str, str, int, str, str)
-    for value, kind in zip(asdict(checkpoint).values(), types, strict=True):
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise ValueError("not a heimdall audit checkpoint")
+    checkpoint = _typed(document)
     if checkpoint.moment.tzinfo is None:  # fromisoformat raises ValueError on a malformed time
         raise ValueError("not a heimdall audit checkpoint (a time without a time zone)")
     return checkpoint
@@ -146,3 +139,16 @@ def checkpoints_path(log: Path) -> Path:
 def default_log_id(log: Path) -> str:
     """``<host>:<absolute path>``: which log the anchor's rows are about (HMD_AUDIT_LOG_ID)."""
     return f"{socket.gethostname()}:{os.path.abspath(log)}"
+
+
+def _typed(document: dict[str, Any]) -> Checkpoint:
+    """The checkpoint of exactly these fields, each of its declared type (a bool is no int)."""
+    try:
+        checkpoint = Checkpoint(**document)
+    except TypeError:
+        raise ValueError("not a heimdall audit checkpoint") from None
+    types = (str, int, str, str, str, int, str, str)
+    for value, kind in zip(asdict(checkpoint).values(), types, strict=True):
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError("not a heimdall audit checkpoint")
+    return checkpoint
