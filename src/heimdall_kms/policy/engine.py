@@ -14,7 +14,8 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from heimdall_kms.envelope import KmsV1Envelope, parse, parse_strict
 from heimdall_kms.errors import HeimdallKMSError, MalformedEnvelopeError
@@ -27,16 +28,16 @@ __all__ = ["REDACTED", "PolicyEngine", "Violation", "validate_no_plaintext"]
 
 REDACTED = "[REDACTED]"
 _JSON = "json"  # context "encoding" of a value that was not a string
+_NO_CONTEXT: Mapping[str, str] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
-class _Item:
+class _Item(NamedTuple):
     """A value waiting for the batch's KMS call, and where its protected form goes."""
 
     record: dict[str, Any]  # the output record the value is put back into
     leaf: Leaf
     text: str
-    context: dict[str, str] = field(default_factory=dict)  # encrypt only
+    context: Mapping[str, str] = _NO_CONTEXT  # encrypt only
 
 
 @dataclass(slots=True)
