@@ -160,6 +160,8 @@ def test_targets_file(tmp_path: Path) -> None:
         ('extra = 1\n[[targets]]\ntable = "a"\ncolumn = "b"\n', "unknown key 'extra'"),
         ('database = 5\n[[targets]]\ntable = "a"\ncolumn = "b"\n', "'database' must be a string"),
         ('targets = "a"\n', "needs at least one [[targets]]"),
+        ('[[targets]]\ntable = "a"\ncolumn = "b"\nid_column = 5\n', "'id_column' must be"),
+        ('[[targets]]\ntable = "a"\ncolumn = "b"\njson_path = 5\n', "'json_path' must be"),
         ('[[targets]]\ntable = "a"\ncolumn = "b"\n' * 1001, "more than 1000 targets"),
     ],
 )

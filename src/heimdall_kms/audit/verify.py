@@ -154,6 +154,18 @@ def _check_link(event: dict[str, Any], number: int, seq: int, prev: str) -> None
     line_seq = event.get("seq")
     if not isinstance(line_seq, int) or isinstance(line_seq, bool):
         raise AuditTamperedError(f"line {number}: seq is not an integer", line=number)
+    _check_hash(event, number, claimed)
+    event["hash"] = claimed
+    _check_order(number, line_seq, seq)
+    if event.get("prev_hash") != prev:
+        raise AuditTamperedError(
+            f"line {number}: does not link to the line before it (reordered or replaced)",
+            line=number,
+        )
+
+
+def _check_hash(event: dict[str, Any], number: int, claimed: object) -> None:
+    """The line (without its hash) hashes to the hash it claims."""
     try:
         digest = chain_hash(str(event.get("prev_hash")), event)
     except (UnicodeEncodeError, RecursionError, ValueError):
@@ -168,7 +180,10 @@ def _check_link(event: dict[str, Any], number: int, seq: int, prev: str) -> None
         raise AuditTamperedError(
             f"line {number}: content does not match its hash (edited)", line=number
         )
-    event["hash"] = claimed
+
+
+def _check_order(number: int, line_seq: int, seq: int) -> None:
+    """The line's seq is the one after the previous line's: none removed, none moved."""
     if line_seq > seq + 1:
         raise AuditTamperedError(
             f"line {number}: seq {line_seq} follows seq {seq}: "
@@ -178,11 +193,6 @@ def _check_link(event: dict[str, Any], number: int, seq: int, prev: str) -> None
     if line_seq <= seq:
         raise AuditTamperedError(
             f"line {number}: seq {line_seq} follows seq {seq}: reordered or duplicated",
-            line=number,
-        )
-    if event.get("prev_hash") != prev:
-        raise AuditTamperedError(
-            f"line {number}: does not link to the line before it (reordered or replaced)",
             line=number,
         )
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from heimdall_kms.errors import InvalidInputError, StoreError
 from heimdall_kms.store.base import Target
@@ -87,13 +87,23 @@ def _target(path: Path, number: int, entry: object) -> Target:
     for key in ("table", "column"):
         if not isinstance(entry.get(key), str) or not entry[key]:
             raise InvalidInputError(f"{where}: '{key}' is required and must be a string")
-    id_column = entry.get("id_column", "id")
-    if not isinstance(id_column, str):
-        raise InvalidInputError(f"{where}: 'id_column' must be a string")
-    json_path = entry.get("json_path")
-    if json_path is not None and not isinstance(json_path, str):
-        raise InvalidInputError(f"{where}: 'json_path' must be a string")
+    id_column = _string(entry, "id_column", where, default="id")
+    json_path = _string(entry, "json_path", where, default=None)
     try:
         return Target(entry["table"], entry["column"], id_column, json_path)
     except StoreError as exc:
         raise InvalidInputError(f"{where}: {exc}") from None
+
+
+@overload
+def _string(entry: dict[str, Any], key: str, where: str, *, default: str) -> str: ...
+@overload
+def _string(entry: dict[str, Any], key: str, where: str, *, default: None) -> str | None: ...
+def _string(entry: dict[str, Any], key: str, where: str, *, default: str | None) -> str | None:
+    """An optional string key; left out, its default (a key without a default may be absent)."""
+    value = entry.get(key, default)
+    if value is None and default is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{where}: '{key}' must be a string")
+    return value
