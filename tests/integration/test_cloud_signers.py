@@ -26,7 +26,7 @@ from heimdall_kms.audit.cloud_signers import AzureSigner, GCPSigner
 from heimdall_kms.config import GCPSettings
 from heimdall_kms.errors import ConfigurationError, KMSError, PermissionDeniedError
 from heimdall_kms.providers.azure.keys import signing_key_name
-from heimdall_kms.providers.gcp.provider import build_client
+from heimdall_kms.providers.gcp.client import build_client
 from tests.contract.backends.azure import ADMIN, key_client
 from tests.contract.backends.gcp import (
     LOCATION,

@@ -32,7 +32,8 @@ from heimdall_kms.errors import (
     PermissionDeniedError,
 )
 from heimdall_kms.providers import WrappedKey
-from heimdall_kms.providers.gcp.provider import GCPKMSProvider, build_client
+from heimdall_kms.providers.gcp.client import build_client
+from heimdall_kms.providers.gcp.provider import GCPKMSProvider
 from heimdall_kms.service import Crypto
 from tests.contract.backends.gcp import LOCATION, create_key, rest_client, service_account
 from tests.fakes.gcp_kms_http import FakeKMSServer, start_fake_kms

@@ -311,8 +311,8 @@ def signer_from_settings(settings: Settings) -> Signer | None:
         return AWSSigner(aws_client(settings.aws), name, previous=previous)
     if settings.provider is ProviderName.GCP and settings.gcp is not None:
         from heimdall_kms.audit.cloud_signers import GCPSigner  # noqa: PLC0415
-        from heimdall_kms.providers.gcp.provider import build_client as gcp_client  # noqa: PLC0415
-        from heimdall_kms.providers.gcp.provider import check_key_name  # noqa: PLC0415
+        from heimdall_kms.providers.gcp.client import build_client as gcp_client  # noqa: PLC0415
+        from heimdall_kms.providers.gcp.client import check_key_name  # noqa: PLC0415
 
         return GCPSigner(
             gcp_client(settings.gcp), check_key_name(name), timeout=settings.gcp.timeout_seconds

@@ -154,7 +154,7 @@ def gcp_bootstrap(
 
     with needs_extra("gcp", "gcp bootstrap"):
         from heimdall_kms.providers.gcp import bootstrap as gb  # noqa: PLC0415 - loads the SDK
-        from heimdall_kms.providers.gcp.provider import build_client  # noqa: PLC0415
+        from heimdall_kms.providers.gcp.client import build_client  # noqa: PLC0415
 
     who = _members(members)
     settings = _settings("gcp")

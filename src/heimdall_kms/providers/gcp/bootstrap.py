@@ -32,8 +32,8 @@ from heimdall_kms.providers.cloud_bootstrap import (
     Plan,
     Step,
 )
+from heimdall_kms.providers.gcp.client import check_key_name
 from heimdall_kms.providers.gcp.errors import translated
-from heimdall_kms.providers.gcp.provider import check_key_name
 
 __all__ = ["ADMIN_PERMISSIONS", "PREDEFINED", "apply", "plan"]
 

@@ -33,14 +33,10 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-import google.auth
 import google_crc32c
 import requests
 from google.api_core import exceptions as api_exceptions
 from google.api_core import retry as api_retry
-from google.api_core.client_options import ClientOptions
-from google.auth import exceptions as auth_exceptions
-from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import kms_v1
 
 from heimdall_kms import primitives
@@ -64,19 +60,17 @@ from heimdall_kms.providers.base import (
     round_trip,
 )
 from heimdall_kms.providers.deadline import deadline, watch
+from heimdall_kms.providers.gcp.client import build_client, check_key_name
 from heimdall_kms.providers.gcp.errors import translated
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
 if TYPE_CHECKING:
     from heimdall_kms.config import Settings
-    from heimdall_kms.providers.gcp.settings import GCPSettings
 
-__all__ = ["GCPKMSProvider", "build_client", "check_key_name"]
+__all__ = ["GCPKMSProvider"]
 
 
-_KEY_NAME = re.compile(r"projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+")
 _BODY = re.compile(r"[A-Za-z0-9+/]+={0,2}")  # after ``gcp:v<n>:`` (heimdall_kms.wrapped_key)
-_SCOPE = "https://www.googleapis.com/auth/cloudkms"
 _AAD_PURPOSE = "heimdall-kms/dek"
 # Cloud KMS HSM keys accept at most 8 KiB of plaintext and additional_authenticated_data
 # together (software keys 64 KiB each); contexts within heimdall's own limits can exceed it.
@@ -85,62 +79,6 @@ _CRC_ATTEMPTS = 3  # Google's guidance: retry a checksum failure a limited numbe
 _STATE = kms_v1.CryptoKeyVersion.CryptoKeyVersionState
 _T = TypeVar("_T")
 _I = TypeVar("_I")
-
-
-def check_key_name(key_name: str) -> str:
-    """Return the CryptoKey resource name, or raise naming ``HMD_KMS_KEY_ID``.
-
-    Raises:
-        ConfigurationError: not of the form projects/P/locations/L/keyRings/R/cryptoKeys/K.
-    """
-    if not _KEY_NAME.fullmatch(key_name):
-        raise ConfigurationError(
-            "HMD_KMS_KEY_ID: expected a CryptoKey resource name "
-            "projects/P/locations/L/keyRings/R/cryptoKeys/K"
-        )
-    return key_name
-
-
-def build_client(gcp: GCPSettings) -> kms_v1.KeyManagementServiceClient:
-    """A Cloud KMS client for the settings: Application Default Credentials (or none, for a
-    local test server), the endpoint and the transport.
-
-    Raises:
-        ConfigurationError: no Application Default Credentials can be found.
-    """
-    endpoint = gcp.endpoint
-    if gcp.transport == "grpc" and endpoint is not None and endpoint.startswith("http://"):
-        # A plaintext gRPC endpoint (a local test server; config.py allows it only with
-        # anonymous credentials): the client would otherwise insist on TLS.
-        import grpc  # noqa: PLC0415 - only this test-server path needs grpc directly.
-        from google.cloud.kms_v1.services.key_management_service.transports import (  # noqa: PLC0415
-            KeyManagementServiceGrpcTransport,
-        )
-
-        channel = grpc.insecure_channel(endpoint.removeprefix("http://"))
-        return kms_v1.KeyManagementServiceClient(
-            transport=KeyManagementServiceGrpcTransport(channel=channel)
-        )
-    if gcp.transport == "grpc" and endpoint is not None:
-        endpoint = endpoint.removeprefix("https://")  # gRPC takes host[:port]; TLS is implied
-    options = ClientOptions(api_endpoint=endpoint) if endpoint else None
-    return kms_v1.KeyManagementServiceClient(
-        credentials=_credentials(gcp), transport=gcp.transport, client_options=options
-    )
-
-
-def _credentials(gcp: GCPSettings) -> Credentials:
-    if gcp.anonymous:
-        return AnonymousCredentials()  # type: ignore[no-untyped-call]
-    try:
-        credentials, _project = google.auth.default(scopes=[_SCOPE])
-    except auth_exceptions.DefaultCredentialsError:
-        raise ConfigurationError(
-            "GOOGLE_APPLICATION_CREDENTIALS: no Application Default Credentials found (attach "
-            "a service account, use Workload Identity, or run gcloud auth "
-            "application-default login)"
-        ) from None
-    return credentials
 
 
 class GCPKMSProvider:
