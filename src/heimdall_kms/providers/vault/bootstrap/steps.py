@@ -194,6 +194,14 @@ def _key(
         if period is not None:
             body["auto_rotate_period"] = period
         return Step(name, Change.CREATED, (ApiCall("POST", path, body),))
+    _check_adoptable(key, current, key_type)
+    config = _config_changes(current, period)
+    if not config:
+        return Step(name, Change.UNCHANGED)
+    return Step(name, Change.UPDATED, (ApiCall("POST", f"{path}/config", config),))
+
+
+def _check_adoptable(key: str, current: Mapping[str, Any], key_type: str) -> None:
     if current.get("type") != key_type:
         raise RefusedError(f"key {key} is {current.get('type')!r}, not {key_type}")
     for flag in ("exportable", "allow_plaintext_backup"):
@@ -203,14 +211,16 @@ def _key(
                 f"key {key} has {flag}=true, which Transit cannot undo; create a new "
                 "key (HMD_KMS_KEY_ID) and migrate to it"
             )
+
+
+def _config_changes(current: Mapping[str, Any], period: int | None) -> dict[str, Any]:
+    """What the key's config must change: no deletion, and the rotation period asked for."""
     config: dict[str, Any] = {}
     if current.get("deletion_allowed"):
         config["deletion_allowed"] = False
     if period is not None and int(current.get("auto_rotate_period") or 0) != period:
         config["auto_rotate_period"] = period
-    if not config:
-        return Step(name, Change.UNCHANGED)
-    return Step(name, Change.UPDATED, (ApiCall("POST", f"{path}/config", config),))
+    return config
 
 
 def _desired(client: hvac.Client, name: str, path: str, want: Mapping[str, Any]) -> Step:
