@@ -183,17 +183,7 @@ def _sidecar_lines(sidecar: Path, anchor_has_rows: bool, result: AnchoredResult)
 def _check_signatures(
     found: list[Checkpoint], signer: Signer, log_id: str, result: AnchoredResult
 ) -> None:
-    # Where a signature records its key (AWS), that key, trusted or not by the signer, decides;
-    # the checkpoint's key label is the name its writer was configured with, which an AWS
-    # rotation (a new key, a new HMD_AUDIT_SIGNING_KEY) changes.
-    ours = [
-        c
-        for c in found
-        if c.log_id == log_id
-        and (c.key == signer.key_identifier or signer.signing_key_of(c.signature) is not None)
-    ]
-    valid = signer.verify_many([(c.message(), c.signature) for c in ours])
-    verified = {id(c) for c, ok in zip(ours, valid, strict=True) if ok}
+    verified = _verified(found, signer, log_id)
     unverified: dict[str, list[Checkpoint]] = {}
     for checkpoint in list(found):
         if id(checkpoint) in verified:
@@ -205,6 +195,21 @@ def _check_signatures(
         else:
             result.problems.append(_signature_problem(checkpoint, log_id, signer.key_identifier))
     result.problems += [_untrusted(key, group) for key, group in unverified.items()]
+
+
+def _verified(found: list[Checkpoint], signer: Signer, log_id: str) -> set[int]:
+    """The ids of this log's checkpoints whose signature verifies with a trusted key."""
+    # Where a signature records its key (AWS), that key, trusted or not by the signer, decides;
+    # the checkpoint's key label is the name its writer was configured with, which an AWS
+    # rotation (a new key, a new HMD_AUDIT_SIGNING_KEY) changes.
+    ours = [
+        c
+        for c in found
+        if c.log_id == log_id
+        and (c.key == signer.key_identifier or signer.signing_key_of(c.signature) is not None)
+    ]
+    valid = signer.verify_many([(c.message(), c.signature) for c in ours])
+    return {id(c) for c, ok in zip(ours, valid, strict=True) if ok}
 
 
 def _signature_problem(checkpoint: Checkpoint, log_id: str, key: str) -> str:
