@@ -24,7 +24,9 @@ from heimdall_kms.policy import (
     parse_policy,
     validate_no_plaintext,
 )
+from heimdall_kms.policy.engine import _Item
 from heimdall_kms.policy.stream import MAX_LINE_BYTES, process_ndjson
+from heimdall_kms.policy.walk import Leaf
 from heimdall_kms.providers.base import HashKey
 from heimdall_kms.providers.local import LocalDevProvider, LocalKeyring
 from heimdall_kms.service import Crypto
@@ -403,3 +405,12 @@ def test_a_million_records_stream_in_bounded_memory(tmp_path: Path) -> None:
     assert int(out.strip()) == 1_000_000
     peak_kib = int(errors.split("PEAK_KIB")[-1].split()[0])
     assert peak_kib < 150 * 1024, f"peak RSS {peak_kib} KiB"
+
+
+class TestReprsHoldNoPlaintext:
+    def test_a_leaf_and_a_deferred_value_show_where_not_what(self) -> None:
+        leaf = Leaf(("ssn",), "ssn", Action.ENCRYPT, "123-45-6789")
+        item = _Item({"ssn": "123-45-6789"}, leaf, "123-45-6789")
+        for shown in (repr(leaf), repr(item), repr([item])):
+            assert "123-45-6789" not in shown
+        assert "ssn" in repr(item)

@@ -39,6 +39,9 @@ class _Item(NamedTuple):
     text: str
     context: Mapping[str, str] = _NO_CONTEXT  # encrypt only
 
+    def __repr__(self) -> str:  # the record and text are plaintext PII: never in a repr
+        return f"_Item(path={self.leaf.path!r}, action={self.leaf.action.value!r})"
+
 
 @dataclass(slots=True)
 class _Deferred:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from heimdall_kms.errors import InvalidInputError
@@ -19,7 +19,7 @@ class Leaf:
     location: tuple[str | int, ...]  # keys and list indices, to put a new value back
     path: str  # dotted field path without list indices: what rules and contexts name
     action: Action
-    value: Any
+    value: Any = field(repr=False)  # plaintext PII: never in a repr
 
 
 def leaves(record: Mapping[str, Any], policy: Policy) -> Iterator[Leaf]:
