@@ -37,28 +37,26 @@ GENERATOR = (
 CHILD = """
 import os, sys
 from pathlib import Path
-import hvac, requests
+import hvac
 from heimdall_kms.audit import open_sink
 from heimdall_kms.config import Settings
 from heimdall_kms.policy import PolicyEngine, load_policy
 from heimdall_kms.policy.stream import process_ndjson
 from heimdall_kms.providers.vault.transit import VaultTransitProvider
 from heimdall_kms.service import Crypto
+from heimdall_kms.testing import CountingSession
 
-class Counting(requests.Session):
-    sent = 0
-    def send(self, request, **kwargs):
-        Counting.sent += 1
-        return super().send(request, **kwargs)
+# Counted at the transport adapter: the provider's batch requests skip Session.send.
+counting = CountingSession()
 
 settings = Settings.from_env(os.environ)
 client = hvac.Client(url=settings.vault.addr, token=settings.vault.token.reveal(),
-                     session=Counting())
+                     session=counting)
 crypto = Crypto(settings, kms=VaultTransitProvider(client, settings.kms_key_id),
                 audit=open_sink(settings.audit_log))
 engine = PolicyEngine(crypto, load_policy(Path(sys.argv[1])))
 process_ndjson(sys.stdin.buffer, sys.stdout, engine.protect_many, batch_size=int(sys.argv[2]))
-print("HTTP_REQUESTS", Counting.sent, file=sys.stderr)
+print("HTTP_REQUESTS", len(counting.sent), file=sys.stderr)
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
 print("PEAK_KIB", hwm, file=sys.stderr)  # VmHWM: this process only (ru_maxrss is inherited)
 """
