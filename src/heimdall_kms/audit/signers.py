@@ -32,6 +32,7 @@ from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 if TYPE_CHECKING:
     import hvac
 
+    from heimdall_kms.audit_settings import AuditAnchoring
     from heimdall_kms.providers.local import LocalKeyring
 
 __all__ = ["AWSSigner", "LocalSigner", "VaultSigner", "signer_from_settings"]
@@ -272,6 +273,95 @@ def _aws_previous(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _check_signing_key(settings: Settings, anchoring: AuditAnchoring) -> None:
+    """Refuse previous keys off AWS, and a signing key that is another key of the tool.
+
+    Raises:
+        ConfigurationError: either.
+    """
+    if anchoring.previous_signing_keys and settings.provider is not ProviderName.AWS:
+        raise ConfigurationError(
+            "HMD_AUDIT_PREVIOUS_SIGNING_KEYS: only for aws, whose signing keys do not rotate; "
+            "the other providers' signatures name their key version, and a rotation keeps "
+            "older checkpoints verifiable"
+        )
+    if anchoring.signing_key in (settings.kms_key_id, settings.hmac_key_id):
+        raise ConfigurationError(
+            "HMD_AUDIT_SIGNING_KEY: must name a key of its own, not the encryption or "
+            "keyed-hashing key"
+        )
+
+
+def _vault_signer(settings: Settings, anchoring: AuditAnchoring) -> Signer | None:
+    if settings.vault is None:
+        return None
+    from heimdall_kms.providers.vault.auth import login_function  # noqa: PLC0415
+    from heimdall_kms.providers.vault.transit import build_client  # noqa: PLC0415 - optional extra
+
+    return VaultSigner(
+        build_client(settings.vault),
+        anchoring.signing_key,
+        mount=settings.vault.transit_mount,
+        login=login_function(settings.vault),
+    )
+
+
+def _aws_signer(settings: Settings, anchoring: AuditAnchoring) -> Signer | None:
+    if settings.aws is None:
+        return None
+    from heimdall_kms.providers.aws.client import build_client as aws_client  # noqa: PLC0415
+
+    previous = _aws_previous(anchoring.previous_signing_keys)
+    return AWSSigner(aws_client(settings.aws), anchoring.signing_key, previous=previous)
+
+
+def _gcp_signer(settings: Settings, anchoring: AuditAnchoring) -> Signer | None:
+    if settings.gcp is None:
+        return None
+    from heimdall_kms.audit.cloud_signers import GCPSigner  # noqa: PLC0415
+    from heimdall_kms.providers.gcp.client import build_client as gcp_client  # noqa: PLC0415
+    from heimdall_kms.providers.gcp.client import check_key_name  # noqa: PLC0415
+
+    return GCPSigner(
+        gcp_client(settings.gcp),
+        check_key_name(anchoring.signing_key),
+        timeout=settings.gcp.timeout_seconds,
+    )
+
+
+def _azure_signer(settings: Settings, anchoring: AuditAnchoring) -> Signer | None:
+    azure = settings.azure
+    if not (azure and settings.kms_key_id):
+        return None
+    from heimdall_kms.audit.cloud_signers import AzureSigner  # noqa: PLC0415
+    from heimdall_kms.providers.azure.keys import signing_key_name  # noqa: PLC0415
+    from heimdall_kms.providers.azure.provider import build_key_client  # noqa: PLC0415
+
+    key = signing_key_name(anchoring.signing_key, settings.kms_key_id)
+    client, _credential = build_key_client(settings.kms_key_id, azure)
+    return AzureSigner(client, key)
+
+
+def _local_signer(settings: Settings, anchoring: AuditAnchoring) -> Signer | None:
+    if settings.local_keyring is None:
+        return None
+    from heimdall_kms.providers.local import LocalKeyring  # noqa: PLC0415
+
+    keyring = LocalKeyring(settings.local_keyring)
+    keyring.require()
+    return LocalSigner(keyring, anchoring.signing_key)
+
+
+# Each builder answers None when its provider's own settings are missing.
+_SIGNERS: dict[ProviderName, Callable[[Settings, AuditAnchoring], Signer | None]] = {
+    ProviderName.VAULT: _vault_signer,
+    ProviderName.AWS: _aws_signer,
+    ProviderName.GCP: _gcp_signer,
+    ProviderName.AZURE: _azure_signer,
+    ProviderName.LOCAL: _local_signer,
+}
+
+
 def signer_from_settings(settings: Settings) -> Signer | None:
     """The signer ``HMD_AUDIT_SIGNING_KEY`` names on the configured provider, or None.
 
@@ -280,58 +370,14 @@ def signer_from_settings(settings: Settings) -> Signer | None:
             no provider is configured.
         KMSError: the login to the KMS failed.
     """
-    if settings.audit_anchoring is None:
+    anchoring = settings.audit_anchoring
+    if anchoring is None:
         return None
-    name = settings.audit_anchoring.signing_key
-    if settings.audit_anchoring.previous_signing_keys and settings.provider is not ProviderName.AWS:
-        raise ConfigurationError(
-            "HMD_AUDIT_PREVIOUS_SIGNING_KEYS: only for aws, whose signing keys do not rotate; "
-            "the other providers' signatures name their key version, and a rotation keeps "
-            "older checkpoints verifiable"
-        )
-    if name in (settings.kms_key_id, settings.hmac_key_id):
-        raise ConfigurationError(
-            "HMD_AUDIT_SIGNING_KEY: must name a key of its own, not the encryption or "
-            "keyed-hashing key"
-        )
-    if settings.provider is ProviderName.VAULT and settings.vault is not None:
-        from heimdall_kms.providers.vault.auth import login_function  # noqa: PLC0415
-        from heimdall_kms.providers.vault.transit import build_client  # noqa: PLC0415 - optional extra
-
-        return VaultSigner(
-            build_client(settings.vault),
-            name,
-            mount=settings.vault.transit_mount,
-            login=login_function(settings.vault),
-        )
-    if settings.provider is ProviderName.AWS and settings.aws is not None:
-        from heimdall_kms.providers.aws.client import build_client as aws_client  # noqa: PLC0415
-
-        previous = _aws_previous(settings.audit_anchoring.previous_signing_keys)
-        return AWSSigner(aws_client(settings.aws), name, previous=previous)
-    if settings.provider is ProviderName.GCP and settings.gcp is not None:
-        from heimdall_kms.audit.cloud_signers import GCPSigner  # noqa: PLC0415
-        from heimdall_kms.providers.gcp.client import build_client as gcp_client  # noqa: PLC0415
-        from heimdall_kms.providers.gcp.client import check_key_name  # noqa: PLC0415
-
-        return GCPSigner(
-            gcp_client(settings.gcp), check_key_name(name), timeout=settings.gcp.timeout_seconds
-        )
-    azure = settings.azure
-    if settings.provider is ProviderName.AZURE and azure and settings.kms_key_id:
-        from heimdall_kms.audit.cloud_signers import AzureSigner  # noqa: PLC0415
-        from heimdall_kms.providers.azure.keys import signing_key_name  # noqa: PLC0415
-        from heimdall_kms.providers.azure.provider import build_key_client  # noqa: PLC0415
-
-        key = signing_key_name(name, settings.kms_key_id)
-        client, _credential = build_key_client(settings.kms_key_id, azure)
-        return AzureSigner(client, key)
-    if settings.provider is ProviderName.LOCAL and settings.local_keyring is not None:
-        from heimdall_kms.providers.local import LocalKeyring  # noqa: PLC0415
-
-        keyring = LocalKeyring(settings.local_keyring)
-        keyring.require()
-        return LocalSigner(keyring, name)
+    _check_signing_key(settings, anchoring)
+    build = _SIGNERS.get(settings.provider) if settings.provider is not None else None
+    signer = build(settings, anchoring) if build is not None else None
+    if signer is not None:
+        return signer
     provider = settings.provider.value if settings.provider else "none"
     raise ConfigurationError(
         f"HMD_AUDIT_SIGNING_KEY: signing checkpoints needs a KMS provider (HMD_KMS_PROVIDER is "
