@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from heimdall_kms.errors import ConfigurationError
 from heimdall_kms.secret_file import secret_setting
@@ -59,12 +59,14 @@ class SyslogTarget:
         return self.host if self.scheme is SyslogScheme.UNIX else (self.host, self.port)
 
 
-def parse_syslog_url(text: str, facility: str | None = None) -> SyslogTarget:
-    """``udp://HOST[:PORT]`` (default port 514) or ``unix:///PATH``, and a facility name
-    (default ``auth``).
+_SYSLOG_FORM = "HMD_AUDIT_SYSLOG: expected udp://HOST[:PORT] or unix:///PATH"
+
+
+def _facility_code(facility: str | None) -> int:
+    """The code of a syslog facility name (default ``auth``).
 
     Raises:
-        ConfigurationError: another form, or an unknown facility.
+        ConfigurationError: an unknown name.
     """
     names = logging.handlers.SysLogHandler.facility_names
     code = names.get((facility or "auth").lower())
@@ -72,18 +74,37 @@ def parse_syslog_url(text: str, facility: str | None = None) -> SyslogTarget:
         raise ConfigurationError(
             f"HMD_AUDIT_SYSLOG_FACILITY: expected one of {', '.join(sorted(names))}"
         )
+    return code
+
+
+def _syslog_target(parts: SplitResult, port: int | None, code: int) -> SyslogTarget | None:
+    """The target a plain ``udp://HOST[:PORT]`` or ``unix:///PATH`` names, or None."""
+    if parts.query or parts.fragment:
+        return None
+    if parts.scheme == "udp" and parts.hostname and parts.path in ("", "/"):
+        return SyslogTarget(SyslogScheme.UDP, parts.hostname, port or _SYSLOG_PORT, code)
+    if parts.scheme == "unix" and not parts.netloc and parts.path.startswith("/"):
+        return SyslogTarget(SyslogScheme.UNIX, parts.path, facility=code)
+    return None
+
+
+def parse_syslog_url(text: str, facility: str | None = None) -> SyslogTarget:
+    """``udp://HOST[:PORT]`` (default port 514) or ``unix:///PATH``, and a facility name
+    (default ``auth``).
+
+    Raises:
+        ConfigurationError: another form, or an unknown facility.
+    """
+    code = _facility_code(facility)
     parts = urlsplit(text.strip())
-    form = "HMD_AUDIT_SYSLOG: expected udp://HOST[:PORT] or unix:///PATH"
     try:
         port = parts.port
     except ValueError:
-        raise ConfigurationError(form) from None
-    plain = not parts.query and not parts.fragment
-    if parts.scheme == "udp" and parts.hostname and parts.path in ("", "/") and plain:
-        return SyslogTarget(SyslogScheme.UDP, parts.hostname, port or _SYSLOG_PORT, code)
-    if parts.scheme == "unix" and not parts.netloc and parts.path.startswith("/") and plain:
-        return SyslogTarget(SyslogScheme.UNIX, parts.path, facility=code)
-    raise ConfigurationError(form)
+        raise ConfigurationError(_SYSLOG_FORM) from None
+    target = _syslog_target(parts, port, code)
+    if target is None:
+        raise ConfigurationError(_SYSLOG_FORM)
+    return target
 
 
 @dataclass(frozen=True, slots=True)
