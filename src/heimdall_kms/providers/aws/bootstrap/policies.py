@@ -88,32 +88,51 @@ def role_actions(role: str, versioning: AWSKeyVersioning) -> frozenset[str]:
 def policy_document(role: str, target: PolicyTarget) -> dict[str, Any]:
     """The IAM identity policy of ``role`` (attach it to the role's IAM role)."""
     resource, scope = _resource(target)
-    statements: list[dict[str, Any]] = []
-    if _CRYPTO[role]:
-        statements.append(
-            _allow("HeimdallDataKeys", _CRYPTO[role], resource, {**scope, **PURPOSE_CONDITION})
-        )
     key_actions = [a for a in _KEY[target.versioning][role] if a not in _ALIAS_ACTIONS]
-    statements.append(_allow("HeimdallKey", key_actions, resource, scope))
-    alias_actions = [a for a in _KEY[target.versioning][role] if a in _ALIAS_ACTIONS]
-    if alias_actions and target.alias is not None:
-        # CreateAlias and UpdateAlias are authorised on the alias and on the key both.
-        statements.append(_allow("HeimdallAliasKeys", alias_actions, resource, scope))
-        aliases = [f"{target.partition_region_account}:{target.alias}"]
-        if target.versioning is AWSKeyVersioning.ALIASES:
-            aliases.append(f"{aliases[0]}/v*")
-        statements.append(_allow("HeimdallAliases", alias_actions, aliases, {}))
-    if _makes_keys(role, target.versioning):
-        # rotate creates the next version's key with its tags (which needs TagResource too).
-        tag = {"aws:RequestTag/heimdall:alias": target.alias or ""}
-        statements.append(_allow("HeimdallNewVersions", _NEW_VERSION, "*", tag))
-    # Every role lists aliases: the alias scheme maps keys to versions with it, and a native
-    # key named by an alias is checked for the scheme's /v<n> aliases. ListAliases has no
-    # resource-level permission: "*" is the only form AWS accepts.
-    statements.append(_allow("HeimdallListAliases", ["kms:ListAliases"], "*", {}))
+    statements = [
+        *_data_key_statements(role, resource, scope),
+        _allow("HeimdallKey", key_actions, resource, scope),
+        *_alias_statements(role, target, resource, scope),
+        *_new_version_statements(role, target),
+        # Every role lists aliases: the alias scheme maps keys to versions with it, and a
+        # native key named by an alias is checked for the scheme's /v<n> aliases. ListAliases
+        # has no resource-level permission: "*" is the only form AWS accepts.
+        _allow("HeimdallListAliases", ["kms:ListAliases"], "*", {}),
+    ]
     if target.signing_key_arn is not None:
         statements.append(signing_statement(role, target.signing_key_arn))
     return {"Version": "2012-10-17", "Statement": statements}
+
+
+def _data_key_statements(role: str, resource: str, scope: dict[str, str]) -> list[dict[str, Any]]:
+    if not _CRYPTO[role]:
+        return []
+    condition = {**scope, **PURPOSE_CONDITION}
+    return [_allow("HeimdallDataKeys", _CRYPTO[role], resource, condition)]
+
+
+def _alias_statements(
+    role: str, target: PolicyTarget, resource: str, scope: dict[str, str]
+) -> list[dict[str, Any]]:
+    alias_actions = [a for a in _KEY[target.versioning][role] if a in _ALIAS_ACTIONS]
+    if not alias_actions or target.alias is None:
+        return []
+    aliases = [f"{target.partition_region_account}:{target.alias}"]
+    if target.versioning is AWSKeyVersioning.ALIASES:
+        aliases.append(f"{aliases[0]}/v*")
+    # CreateAlias and UpdateAlias are authorised on the alias and on the key both.
+    return [
+        _allow("HeimdallAliasKeys", alias_actions, resource, scope),
+        _allow("HeimdallAliases", alias_actions, aliases, {}),
+    ]
+
+
+def _new_version_statements(role: str, target: PolicyTarget) -> list[dict[str, Any]]:
+    if not _makes_keys(role, target.versioning):
+        return []
+    # rotate creates the next version's key with its tags (which needs TagResource too).
+    tag = {"aws:RequestTag/heimdall:alias": target.alias or ""}
+    return [_allow("HeimdallNewVersions", _NEW_VERSION, "*", tag)]
 
 
 _ALIAS_ACTIONS = frozenset({"kms:CreateAlias", "kms:UpdateAlias"})
