@@ -21,6 +21,7 @@ from heimdall_kms.errors import ConfigurationError
 from heimdall_kms.kinds import (
     AWSKeyVersioning,
     EncryptionMode,
+    GCPTransport,
     ProviderName,
     VaultAuthMethod,
     WriteFormat,
@@ -44,6 +45,7 @@ __all__ = [
     "AzureSettings",
     "EncryptionMode",
     "GCPSettings",
+    "GCPTransport",
     "ProviderName",
     "ResilienceSettings",
     "Secret",

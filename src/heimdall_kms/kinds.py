@@ -14,6 +14,7 @@ __all__ = [
     "AWSKeyVersioning",
     "EncryptionMode",
     "EnvelopeFormat",
+    "GCPTransport",
     "ProviderName",
     "TextEnum",
     "VaultAuthMethod",
@@ -64,6 +65,13 @@ class AWSKeyVersioning(TextEnum):
 
     NATIVE = "native"  # one KMS key; versions are AWS's own rotations of its material
     ALIASES = "aliases"  # one KMS key per version behind alias/<name>/v<n> (retire works)
+
+
+class GCPTransport(TextEnum):
+    """How the Cloud KMS client talks to Google (``HMD_GCP_TRANSPORT``)."""
+
+    GRPC = "grpc"
+    REST = "rest"
 
 
 class VaultAuthMethod(TextEnum):

@@ -183,10 +183,12 @@ class TestGCP:
 
 
 def _grpc_client(gcp: FakeKMSServer) -> kms_v1.KeyManagementServiceClient:
-    from heimdall_kms.config import GCPSettings
+    from heimdall_kms.config import GCPSettings, GCPTransport
     from heimdall_kms.providers.gcp.client import build_client
 
-    return build_client(GCPSettings(endpoint=gcp.grpc_url, transport="grpc", anonymous=True))
+    return build_client(
+        GCPSettings(endpoint=gcp.grpc_url, transport=GCPTransport.GRPC, anonymous=True)
+    )
 
 
 class TestAzure:

@@ -23,7 +23,7 @@ from google.oauth2 import service_account as google_accounts
 from heimdall_kms import primitives
 from heimdall_kms.audit.checkpoint import new_checkpoint
 from heimdall_kms.audit.cloud_signers import AzureSigner, GCPSigner
-from heimdall_kms.config import GCPSettings
+from heimdall_kms.config import GCPSettings, GCPTransport
 from heimdall_kms.errors import ConfigurationError, KMSError, PermissionDeniedError
 from heimdall_kms.providers.azure.keys import signing_key_name
 from heimdall_kms.providers.gcp.client import build_client
@@ -174,7 +174,9 @@ class TestGCPSigner:
             admin = rest_client(server.url)
             ring = admin.create_key_ring(request={"parent": LOCATION, "key_ring_id": "g"}).name
             key = create_signing_key(admin, str(ring), "audit")
-            settings = GCPSettings(endpoint=server.grpc_url, transport="grpc", anonymous=True)
+            settings = GCPSettings(
+                endpoint=server.grpc_url, transport=GCPTransport.GRPC, anonymous=True
+            )
             signer = GCPSigner(build_client(settings), key, timeout=10)
             signature = signer.sign(MESSAGE)
             assert signer.verify_many([(MESSAGE, signature)]) == [True]

@@ -19,7 +19,7 @@ from google.cloud import kms_v1
 import heimdall_kms
 from heimdall_kms import primitives
 from heimdall_kms.audit import MemoryAuditSink
-from heimdall_kms.config import GCPSettings, Settings
+from heimdall_kms.config import GCPSettings, GCPTransport, Settings
 from heimdall_kms.envelope import KmsV1Envelope
 from heimdall_kms.errors import (
     AuthenticationError,
@@ -363,7 +363,7 @@ def test_service_accounts_and_roles_through_adc(
 
         def as_account(name: str) -> GCPKMSProvider:
             monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(accounts[name]))
-            client = build_client(GCPSettings(endpoint=fake.url, transport="rest"))
+            client = build_client(GCPSettings(endpoint=fake.url, transport=GCPTransport.REST))
             return GCPKMSProvider(client, key, retry=False)
 
         app, worker, admin = as_account("app"), as_account("worker"), as_account("admin")

@@ -17,6 +17,7 @@ from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import kms_v1
 
 from heimdall_kms.errors import ConfigurationError
+from heimdall_kms.kinds import GCPTransport
 
 if TYPE_CHECKING:
     from heimdall_kms.providers.gcp.settings import GCPSettings
@@ -49,7 +50,11 @@ def build_client(gcp: GCPSettings) -> kms_v1.KeyManagementServiceClient:
         ConfigurationError: no Application Default Credentials can be found.
     """
     endpoint = gcp.endpoint
-    if gcp.transport == "grpc" and endpoint is not None and endpoint.startswith("http://"):
+    if (
+        gcp.transport is GCPTransport.GRPC
+        and endpoint is not None
+        and endpoint.startswith("http://")
+    ):
         # A plaintext gRPC endpoint (a local test server; settings.py allows it only with
         # anonymous credentials): the client would otherwise insist on TLS.
         import grpc  # noqa: PLC0415 - only this test-server path needs grpc directly.
@@ -61,11 +66,11 @@ def build_client(gcp: GCPSettings) -> kms_v1.KeyManagementServiceClient:
         return kms_v1.KeyManagementServiceClient(
             transport=KeyManagementServiceGrpcTransport(channel=channel)
         )
-    if gcp.transport == "grpc" and endpoint is not None:
+    if gcp.transport is GCPTransport.GRPC and endpoint is not None:
         endpoint = endpoint.removeprefix("https://")  # gRPC takes host[:port]; TLS is implied
     options = ClientOptions(api_endpoint=endpoint) if endpoint else None
     return kms_v1.KeyManagementServiceClient(
-        credentials=_credentials(gcp), transport=gcp.transport, client_options=options
+        credentials=_credentials(gcp), transport=gcp.transport.value, client_options=options
     )
 
 

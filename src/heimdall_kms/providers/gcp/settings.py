@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from heimdall_kms.errors import ConfigurationError
+from heimdall_kms.kinds import GCPTransport
 from heimdall_kms.settings_env import Env
 
 __all__ = ["GCPSettings", "read_settings"]
@@ -17,7 +18,7 @@ class GCPSettings:
     """GCP Cloud KMS. Credentials come from Application Default Credentials."""
 
     endpoint: str | None = None  # HMD_GCP_KMS_ENDPOINT, e.g. a private endpoint
-    transport: str = "grpc"  # HMD_GCP_TRANSPORT: grpc | rest
+    transport: GCPTransport = GCPTransport.GRPC  # HMD_GCP_TRANSPORT: grpc | rest
     anonymous: bool = False  # HMD_GCP_CREDENTIALS=anonymous: only for a local test server
     max_concurrency: int = 10  # HMD_GCP_MAX_CONCURRENCY: Cloud KMS has no batch call
     timeout_seconds: float = 30.0  # HMD_GCP_TIMEOUT: one KMS call, retries included
@@ -30,7 +31,7 @@ def read_settings(env: Env) -> GCPSettings:
         ConfigurationError: a value is malformed, or a plain http:// endpoint would carry
             Google credentials.
     """
-    transport = _choice(env, "HMD_GCP_TRANSPORT", ("grpc", "rest"))
+    transport = GCPTransport(_choice(env, "HMD_GCP_TRANSPORT", ("grpc", "rest")))
     anonymous = _choice(env, "HMD_GCP_CREDENTIALS", ("default", "anonymous")) == "anonymous"
     endpoint = env.get("HMD_GCP_KMS_ENDPOINT")
     if endpoint is not None and endpoint.startswith("http://") and not anonymous:
