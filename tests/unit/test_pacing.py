@@ -41,6 +41,19 @@ class TestTokenBucket:
         bucket.slow_down()
         assert bucket.rate == pytest.approx(1.5, rel=0.1)
 
+    def test_the_measured_rate_counts_tokens_not_calls(self) -> None:
+        # A per-value provider (AWS, GCP, Azure) spends one token per value: 4 calls of 20
+        # values a second is 80 tokens a second, and the throttled rate is half of that,
+        # not half of 4 (which would make each batch of 20 wait 10 s).
+        clock = FakeClock()
+        bucket = TokenBucket(0, clock=clock, sleep=clock.sleep)
+        for _ in range(16):
+            assert bucket.acquire(20) == 0.0
+            bucket.speed_up(20)
+            clock.now += 1 / 4
+        bucket.slow_down()
+        assert bucket.rate == pytest.approx(40, rel=0.1)
+
     def test_recovers_additively_without_a_ceiling(self) -> None:
         clock = FakeClock()
         bucket = TokenBucket(0, clock=clock, sleep=clock.sleep)

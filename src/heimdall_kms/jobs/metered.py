@@ -73,8 +73,9 @@ class MeteredProvider(ProviderWrapper):
     def _around(self, operation: KMSOperation, call: Callable[[], _T], items: int | None) -> _T:
         # Calls may overlap on worker threads (see Batching.in_flight): the bucket, the limit
         # and the counters are shared; each waits for its turn outside any lock.
+        cost = self._cost(items or 1)
         with self._in_flight:
-            self._bucket.acquire(self._cost(items or 1))
+            self._bucket.acquire(cost)
             with self._lock:
                 self.calls[operation.value] += 1
             try:
@@ -90,6 +91,6 @@ class MeteredProvider(ProviderWrapper):
             except KMSUnavailableError:
                 self._in_flight.slow_down()
                 raise
-        self._bucket.speed_up()
+        self._bucket.speed_up(cost)
         self._in_flight.speed_up()
         return result

@@ -50,7 +50,9 @@ class TokenBucket:
         self._lock = threading.Lock()
         self._next = clock()  # when the next call may start at the current rate
         self._blocked_until = 0.0  # a Retry-After holds every call back until then
-        self._done: deque[float] = deque(maxlen=1000)
+        # (when, tokens) of the calls that went through: the measured rate is in tokens, the
+        # unit acquire() spends (a request of a batch provider, a value of a per-value one).
+        self._done: deque[tuple[float, float]] = deque(maxlen=1000)
         self._step = rate / 20
 
     @property
@@ -69,10 +71,11 @@ class TokenBucket:
             if retry_after:
                 self._blocked_until = max(self._blocked_until, now + retry_after)
 
-    def speed_up(self) -> None:
-        """A call went through: win back a step, up to the ceiling (if one is configured)."""
+    def speed_up(self, tokens: float = 1.0) -> None:
+        """A call of ``tokens`` went through: win back a step, up to the ceiling (if one is
+        configured)."""
         with self._lock:
-            self._done.append(self._clock())
+            self._done.append((self._clock(), tokens))
             if self.rate:
                 raised = self.rate + self._step
                 self.rate = min(self.ceiling, raised) if self.ceiling else raised
@@ -99,10 +102,10 @@ class TokenBucket:
         return wait
 
     def _measured(self, now: float) -> float:
-        recent = [t for t in self._done if now - t <= _WINDOW]
+        recent = [(t, tokens) for t, tokens in self._done if now - t <= _WINDOW]
         if not recent:
             return FLOOR * 2
-        return len(recent) / max(1.0, now - recent[0])
+        return sum(tokens for _, tokens in recent) / max(1.0, now - recent[0][0])
 
 
 class InFlightLimit:
