@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import click
 
@@ -177,25 +178,56 @@ def _run(argv: Sequence[str] | None, environ: Mapping[str, str]) -> int:
         result = cli.main(
             args=list(argv) if argv is not None else None, prog_name=_PROG, standalone_mode=False
         )
-    except HeimdallKMSError as exc:
-        _fail(str(exc))
-        return exc.exit_code
-    except click.exceptions.NoArgsIsHelpError as exc:
-        click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
-        return 2
-    except click.ClickException as exc:
-        hint = " (see --help)" if isinstance(exc, click.UsageError) else ""
-        _fail(exc.format_message() + hint)
-        return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except (click.Abort, KeyboardInterrupt):
-        _fail("interrupted")
-        return 130
-    except Exception as exc:  # noqa: BLE001 - the last line of defence against a traceback.
-        _fail(f"internal error ({type(exc).__name__}); please report it")
-        return 70
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - _exit_code reports each once.
+        return _exit_code(exc)
     return result if isinstance(result, int) else 0
+
+
+def _known(exc: HeimdallKMSError) -> int:
+    _fail(str(exc))
+    return exc.exit_code
+
+
+def _help(exc: click.exceptions.NoArgsIsHelpError) -> int:
+    click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
+    return 2
+
+
+def _click_error(exc: click.ClickException) -> int:
+    hint = " (see --help)" if isinstance(exc, click.UsageError) else ""
+    _fail(exc.format_message() + hint)
+    return exc.exit_code
+
+
+def _exited(exc: click.exceptions.Exit) -> int:
+    return exc.exit_code
+
+
+def _interrupted(_exc: BaseException) -> int:
+    _fail("interrupted")
+    return 130
+
+
+# In order: the first class an exception is an instance of answers (NoArgsIsHelpError is a
+# ClickException too).
+_EXIT_CODES: tuple[tuple[type[BaseException], Callable[[Any], int]], ...] = (
+    (HeimdallKMSError, _known),
+    (click.exceptions.NoArgsIsHelpError, _help),
+    (click.ClickException, _click_error),
+    (click.exceptions.Exit, _exited),
+    (click.Abort, _interrupted),
+    (KeyboardInterrupt, _interrupted),
+)
+
+
+def _exit_code(exc: BaseException) -> int:
+    """Report ``exc`` on one stderr line (or the help) and answer the exit code."""
+    for kind, report in _EXIT_CODES:
+        if isinstance(exc, kind):
+            return report(exc)
+    # The last line of defence against a traceback.
+    _fail(f"internal error ({type(exc).__name__}); please report it")
+    return 70
 
 
 def _fail(message: str) -> None:
