@@ -54,6 +54,19 @@ class TestTokenBucket:
         bucket.slow_down()
         assert bucket.rate == pytest.approx(40, rel=0.1)
 
+    @pytest.mark.parametrize("tokens", [1, 20])
+    def test_throttled_before_any_call_went_through_starts_from_the_calls_own_cost(
+        self, tokens: int
+    ) -> None:
+        # The quota was used up by live traffic when the job started: nothing was measured.
+        # A batch of 20 values on a per-value provider then waits about 2 s, not 400 s.
+        clock = FakeClock()
+        bucket = TokenBucket(0, clock=clock, sleep=clock.sleep)
+        bucket.slow_down(tokens=tokens)
+        assert bucket.rate == pytest.approx(max(FLOOR, tokens / 2))
+        bucket.acquire(tokens)
+        assert bucket.acquire(tokens) <= 2.0 + 1e-9
+
     def test_recovers_additively_without_a_ceiling(self) -> None:
         clock = FakeClock()
         bucket = TokenBucket(0, clock=clock, sleep=clock.sleep)

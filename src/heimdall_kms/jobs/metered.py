@@ -83,7 +83,7 @@ class MeteredProvider(ProviderWrapper):
             except RateLimitedError as exc:
                 with self._lock:
                     self.throttled += 1
-                self._bucket.slow_down(exc.retry_after)
+                self._bucket.slow_down(exc.retry_after, cost)
                 self._in_flight.slow_down()
                 raise
             except CircuitOpenError:

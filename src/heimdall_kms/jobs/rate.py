@@ -59,11 +59,18 @@ class TokenBucket:
     def burst(self) -> float:
         return self._burst if self._burst is not None else max(self.rate, 1.0)
 
-    def slow_down(self, retry_after: float | None = None) -> None:
-        """The KMS throttled a call: halve the rate; hold every call for ``retry_after`` s."""
+    def slow_down(self, retry_after: float | None = None, tokens: float = 1.0) -> None:
+        """The KMS throttled a call of ``tokens``: halve the rate; hold every call for
+        ``retry_after`` s.
+
+        Throttled before any call went through (live traffic had used the quota up when the
+        job started), there is no measured rate to halve: the job then starts from one such
+        call a second, halved — not from the floor, at which a batch of 20 values on a
+        per-value provider would wait 400 s — and adapts from there.
+        """
         with self._lock:
             now = self._clock()
-            base = self.rate or self._measured(now)
+            base = self.rate or self._measured(now) or max(2 * FLOOR, tokens)
             self.rate = max(FLOOR, base / 2)
             if not self.ceiling:
                 # Win back 1/20 of the level where the KMS pushed back, per call that passes.
@@ -104,7 +111,7 @@ class TokenBucket:
     def _measured(self, now: float) -> float:
         recent = [(t, tokens) for t, tokens in self._done if now - t <= _WINDOW]
         if not recent:
-            return FLOOR * 2
+            return 0.0  # nothing went through lately: no rate to go by
         return sum(tokens for _, tokens in recent) / max(1.0, now - recent[0][0])
 
 
