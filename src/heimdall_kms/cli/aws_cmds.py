@@ -8,14 +8,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import replace
-from secrets import token_hex
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from heimdall_kms.audit import AuditEvent, EventType, Result, open_sink
-from heimdall_kms.audit.attempt import audited
 from heimdall_kms.cli._actor import actor_option
+from heimdall_kms.cli._key_create import audited_key_create
 from heimdall_kms.config import AWSKeyVersioning, ProviderName, Settings
 from heimdall_kms.errors import ConfigurationError
 
@@ -139,22 +137,14 @@ def _apply(  # noqa: PLR0917 - the run's facts, in order.
     if not steps.creates_key:
         ab.apply(call, steps.steps)
         return
-    event = AuditEvent(
-        EventType.KEY_CREATE,
-        actor,
-        f"bootstrap-{token_hex(6)}",
-        Result.SUCCESS,
-        key_identifier=reference.text,
+    audited_key_create(
+        lambda: ab.apply(call, steps.steps),
+        log=log,
+        actor=actor,
+        key=reference.text,
         provider=ProviderName.AWS.value,
         details={"key_versioning": versioning.value, "key_spec": "SYMMETRIC_DEFAULT"},
     )
-    sink = open_sink(log)
-    try:
-        with audited(sink, event) as attempt:
-            ab.apply(call, steps.steps)
-            attempt.key_version = 1
-    finally:
-        sink.close()
 
 
 def _target(

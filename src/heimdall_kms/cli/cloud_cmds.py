@@ -12,14 +12,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from secrets import token_hex
 from typing import TYPE_CHECKING
 
 import click
 
-from heimdall_kms.audit import AuditEvent, EventType, Result, open_sink
-from heimdall_kms.audit.attempt import audited
 from heimdall_kms.cli._actor import actor_option
+from heimdall_kms.cli._key_create import audited_key_create
 from heimdall_kms.config import Settings
 from heimdall_kms.errors import ConfigurationError
 
@@ -63,28 +61,29 @@ def _run(
     plan: Plan, apply: Callable[[], None], *, dry_run: bool, as_json: bool, log: str, actor: str
 ) -> None:
     if not dry_run and any(step.calls for step in plan.steps):
-        if plan.creates_key:
-            event = AuditEvent(
-                EventType.KEY_CREATE,
-                actor,
-                f"bootstrap-{token_hex(6)}",
-                Result.SUCCESS,
-                key_identifier=plan.key,
-                provider=plan.provider,
-                details=dict(plan.key_details),
-            )
-            sink = open_sink(log)
-            try:
-                with audited(sink, event) as attempt:
-                    apply()
-                    attempt.key_version = 1
-            finally:
-                sink.close()
-        else:
-            apply()
+        _apply(plan, apply, log=log, actor=actor)
     if as_json:
         click.echo(json.dumps(plan.to_dict(dry_run=dry_run)))
         return
+    _print_plan(plan, dry_run=dry_run)
+
+
+def _apply(plan: Plan, apply: Callable[[], None], *, log: str, actor: str) -> None:
+    """Run the plan; a created key is an audited ``key.create``."""
+    if not plan.creates_key:
+        apply()
+        return
+    audited_key_create(
+        apply,
+        log=log,
+        actor=actor,
+        key=plan.key,
+        provider=plan.provider,
+        details=plan.key_details,
+    )
+
+
+def _print_plan(plan: Plan, *, dry_run: bool) -> None:
     if dry_run:
         click.echo("dry run: nothing was written; this is what bootstrap would do")
     for step in plan.steps:

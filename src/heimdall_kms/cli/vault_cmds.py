@@ -10,14 +10,12 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from secrets import token_hex
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from heimdall_kms.audit import AuditEvent, EventType, Result, open_sink
-from heimdall_kms.audit.attempt import audited
 from heimdall_kms.cli._actor import actor_option
+from heimdall_kms.cli._key_create import audited_key_create
 from heimdall_kms.config import ProviderName, Settings
 from heimdall_kms.errors import ConfigurationError
 
@@ -163,22 +161,14 @@ def _apply(
     if not any(s.name.startswith(key_step) and s.change is vb.Change.CREATED for s in steps):
         vb.apply(client, steps)
         return
-    event = AuditEvent(
-        EventType.KEY_CREATE,
-        actor,
-        f"bootstrap-{token_hex(6)}",
-        Result.SUCCESS,
-        key_identifier=options.key,
+    audited_key_create(
+        lambda: vb.apply(client, steps),
+        log=log,
+        actor=actor,
+        key=options.key,
         provider=ProviderName.VAULT.value,
         details={"transit_mount": options.transit_mount, "key_type": vb.KEY_TYPE},
     )
-    sink = open_sink(log)
-    try:
-        with audited(sink, event) as attempt:
-            vb.apply(client, steps)
-            attempt.key_version = 1
-    finally:
-        sink.close()
 
 
 def _binding(  # noqa: PLR0917 - the --k8s-* options, in their order.
