@@ -14,7 +14,7 @@ import pytest
 import heimdall_kms
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.cli import main
-from heimdall_kms.errors import RefusedError
+from heimdall_kms.errors import IncompleteError, RefusedError
 from tests.integration import test_full_reencrypt_keeps_nothing as full
 from tests.integration.test_full_reencrypt_keeps_nothing import ROWS, Table
 
@@ -57,3 +57,41 @@ class TestRollbackAfterRetire:
         capsys.readouterr()
         assert main(["migrate", *table.targets(), "--rollback", "rw-1", "--json"]) == 0
         assert table.values() == original
+
+
+class TestCensusCountsWhatIsUnreadable:
+    """``status`` counts the values under a version the KMS no longer decrypts with, and the
+    cut-over gate fails on them (after a forced retire, or a rollback done by hand)."""
+
+    def test_values_under_a_retired_version_fail_the_gate(
+        self, table: Table, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert main(["rotate"]) == 0
+        assert main(["status", *table.targets(), "--fail-if-legacy"]) == 0  # v1 still reads
+        assert main(["retire", "--below-version", "2", "--force", *table.targets()]) == 0
+        capsys.readouterr()
+        assert main(["status", *table.targets(), "--json"]) == 0  # a census only reports
+        report = json.loads(capsys.readouterr().out)
+        assert report["needing_retired_key_version"] == ROWS
+        assert report["targets"][0]["needing_retired_key_version"] == ROWS
+        code = main(["status", *table.targets(), "--fail-if-legacy"])
+        assert code == IncompleteError.exit_code
+        captured = capsys.readouterr()
+        assert f"{ROWS} needing a retired key version remain" in captured.err
+        assert f"unreadable): {ROWS}" in captured.out
+
+    def test_without_a_kms_configured_nothing_is_claimed(
+        self, table: Table, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.delenv("HMD_KMS_PROVIDER")
+        monkeypatch.setenv("HMD_ENCRYPTION_MODE", "legacy")
+        assert main(["status", *table.targets(), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["needing_retired_key_version"] is None
+
+    def test_a_kms_that_cannot_be_asked_stops_the_gate(
+        self, table: Table, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("HMD_KMS_KEY_ID", "no-such-key")
+        assert main(["status", *table.targets()]) == 0
+        assert "key versions not checked against the KMS" in capsys.readouterr().err
+        assert main(["status", *table.targets(), "--fail-if-legacy"]) != 0

@@ -19,8 +19,8 @@ from heimdall_kms.cli._waiting import propagation
 from heimdall_kms.cli.progress import ProgressView
 from heimdall_kms.composition import job_provider, job_services, load_provider
 from heimdall_kms.config import Settings, audit_destination
-from heimdall_kms.errors import IncompleteError
-from heimdall_kms.jobs.census import Census, take_census
+from heimdall_kms.errors import HeimdallKMSError, IncompleteError
+from heimdall_kms.jobs.census import Census, count_unreadable, take_census
 from heimdall_kms.jobs.journal import rollback
 from heimdall_kms.jobs.migrate import MigrationOptions, check_settings, run_migration
 from heimdall_kms.jobs.reencrypt import ReencryptMode, ReencryptOptions, run_reencrypt
@@ -318,9 +318,12 @@ def status(
 ) -> None:
     """Count the stored values by encryption_version, key version and legacy key id.
 
-    Reads every row; needs no key and makes no KMS call. Before switching to
-    HMD_ENCRYPTION_MODE=kms, this must show zero legacy, unparseable and nested values, and
-    no plaintext unless the column may hold some.
+    Reads every row and needs no key. Where a KMS is configured (HMD_KMS_PROVIDER), one
+    describe of the key also counts the values under a version it can no longer decrypt
+    (retired, disabled, destroyed). Before switching to HMD_ENCRYPTION_MODE=kms, this must show
+    zero legacy, unparseable and nested values, none needing a retired version, and no
+    plaintext unless the column may hold some. With --fail-if-legacy, a KMS that cannot be
+    asked stops the gate.
     """
     if allow_plaintext and not fail_if_legacy:
         raise click.UsageError("--allow-plaintext goes with --fail-if-legacy")
@@ -329,9 +332,32 @@ def status(
             for store in stores:
                 store.check(writable=False)
             censuses = [take_census(store) for store in stores]
+        _check_readable(censuses, strict=fail_if_legacy)
         for census in censuses:
             telemetry.census(census)
         _report_census(censuses, as_json, fail_if_legacy, allow_plaintext)
+
+
+def _check_readable(censuses: list[Census], *, strict: bool) -> None:
+    """Count, per census, the values under a key version the configured KMS no longer has.
+
+    Without a KMS configured nothing is counted (and the report says so). A KMS that fails
+    to answer stops a gate (``strict``); a plain census reports it on stderr and goes on.
+    """
+    if not os.environ.get("HMD_KMS_PROVIDER"):
+        return
+    kms = load_provider(Settings.from_env(os.environ))
+    try:
+        key = kms.describe()
+    except HeimdallKMSError as exc:
+        if strict:
+            raise
+        click.echo(f"key versions not checked against the KMS: {exc}", err=True)
+        return
+    finally:
+        kms.close()
+    for census in censuses:
+        count_unreadable(census, key, kms.key_identifier)
 
 
 def _report_census(
@@ -349,7 +375,9 @@ def _report_census(
     if fail_if_legacy and remaining:
         counts = ", ".join(f"{n:,} {kind.replace('_', ' ')}" for kind, n in remaining.items())
         hint = ""
-        if "nested_envelope" in remaining:
+        if "needing_a_retired_key_version" in remaining:
+            hint = " (no reader can decrypt them: docs/rotation.md, retire, says how to recover)"
+        elif "nested_envelope" in remaining:
             hint = " (envelopes inside JSON documents: name where with --json-path)"
         elif "plaintext" in remaining:
             hint = " (--allow-plaintext if the column may hold plaintext)"
@@ -375,6 +403,11 @@ def _print_census(census: dict[str, Any]) -> None:
         click.echo(f"  left alone: {others}")
     if census["unparseable_ids"]:
         click.echo(f"  unparseable ids: {', '.join(census['unparseable_ids'])}")
+    if census["needing_retired_key_version"]:
+        click.echo(
+            f"  needing a key version the KMS no longer decrypts with (unreadable): "
+            f"{census['needing_retired_key_version']:,}"
+        )
     if census["nested_envelope"]:
         where = "outside the JSON path" if census["json_path"] else "inside JSON documents"
         click.echo(

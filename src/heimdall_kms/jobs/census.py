@@ -2,7 +2,9 @@
 
 This is the evidence a security lead needs before ``HMD_ENCRYPTION_MODE=kms``: zero legacy
 values, zero unparseable ones, and which KMS key versions still protect how many values.
-Counting needs no key and makes no KMS call.
+Counting needs no key and makes no KMS call; :func:`count_unreadable` then sets against what
+the KMS says can still decrypt (one ``describe``) the values that need a version it no
+longer has — retired, disabled or destroyed — which no reader can open.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from typing import Any
 from heimdall_kms.envelope import KmsV1Envelope, LegacyEnvelope
 from heimdall_kms.jobs.classify import NOT_ENVELOPE, ValueKind
 from heimdall_kms.jobs.reading import reader_for
+from heimdall_kms.providers.base import KeyInfo
 from heimdall_kms.store import FieldStore, Match
 
-__all__ = ["Census", "take_census"]
+__all__ = ["Census", "count_unreadable", "take_census"]
 
 _MAX_LISTED_IDS = 100
 
@@ -32,6 +35,9 @@ class Census:
     nested: int = 0
     nested_ids: list[str] = field(default_factory=list)
     json_path: str | None = None
+    # Values of the configured key under a version the KMS can no longer decrypt with; None
+    # where that was not checked (no KMS configured).
+    unreadable: int | None = None
 
     @property
     def total(self) -> int:
@@ -52,6 +58,7 @@ class Census:
             "unparseable": self.kinds[ValueKind.UNPARSEABLE],
             "nested_envelope": self.nested,
             "plaintext": 0 if allow_plaintext else self.plaintext,
+            "needing_a_retired_key_version": self.unreadable or 0,
         }
         return {kind: n for kind, n in blocking.items() if n}
 
@@ -62,6 +69,8 @@ class Census:
         room = _MAX_LISTED_IDS - len(self.unparseable_ids)
         self.unparseable_ids.extend(other.unparseable_ids[: max(room, 0)])
         self.nested += other.nested
+        if other.unreadable is not None:
+            self.unreadable = (self.unreadable or 0) + other.unreadable
         room = _MAX_LISTED_IDS - len(self.nested_ids)
         self.nested_ids.extend(other.nested_ids[: max(room, 0)])
 
@@ -90,6 +99,7 @@ class Census:
             "nested_envelope": self.nested,
             "nested_envelope_ids": list(self.nested_ids),
             "json_path": self.json_path,
+            "needing_retired_key_version": self.unreadable,
         }
 
 
@@ -120,3 +130,15 @@ def take_census(store: FieldStore, *, batch_size: int = 5000) -> Census:
             ):
                 census.unparseable_ids.append(row.key)
     return census
+
+
+def count_unreadable(census: Census, key: KeyInfo, identifier: str) -> None:
+    """Set ``census.unreadable``: its values of the key envelopes name ``identifier`` (the
+    provider's ``key_identifier``) under a version not among those the KMS says can still
+    decrypt (``key.versions``)."""
+    readable = {version.version for version in key.versions}
+    census.unreadable = sum(
+        count
+        for (provider, named, version), count in census.key_versions.items()
+        if provider == key.provider and named == identifier and version not in readable
+    )
