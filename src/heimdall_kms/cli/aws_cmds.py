@@ -18,7 +18,7 @@ from heimdall_kms.config import AWSKeyVersioning, ProviderName, Settings
 from heimdall_kms.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from heimdall_kms.providers.aws.bootstrap import Plan, PolicyTarget, SigningKey
+    from heimdall_kms.providers.aws.bootstrap import Plan, PolicyTarget, SigningKey, Step
     from heimdall_kms.providers.aws.keys import KeyReference
     from heimdall_kms.providers.aws.native import Call
 
@@ -180,21 +180,30 @@ def _signing_arn(call: Call, signing: SigningKey, region: str) -> str:
 
 
 def _print(steps: Plan, policies: dict[str, dict[str, Any]], *, dry_run: bool) -> None:
-    from heimdall_kms.providers.aws.bootstrap import PURPOSES  # noqa: PLC0415
-
     if dry_run:
         click.echo("dry run: nothing was written; this is what bootstrap would do")
     for step in steps.steps:
-        change = step.change.value
-        label = change if not dry_run or change == "unchanged" else f"would {change[:-1]}"
-        click.echo(f"{label:<{_WIDTH}} {step.name}")
-        for item in step.calls if dry_run else ():
-            click.echo(f"{'':<{_WIDTH + 2}}{item}")
+        _print_step(step, dry_run=dry_run)
     counts = {
         c: sum(s.change.value == c for s in steps.steps)
         for c in ("created", "updated", "unchanged")
     }
     click.echo(", ".join(f"{n} {c}" for c, n in counts.items()) + (" (dry run)" if dry_run else ""))
+    _print_policies(policies)
+
+
+def _print_step(step: Step, *, dry_run: bool) -> None:
+    """The step's line; on a dry run, the calls it would make."""
+    change = step.change.value
+    label = change if not dry_run or change == "unchanged" else f"would {change[:-1]}"
+    click.echo(f"{label:<{_WIDTH}} {step.name}")
+    for item in step.calls if dry_run else ():
+        click.echo(f"{'':<{_WIDTH + 2}}{item}")
+
+
+def _print_policies(policies: dict[str, dict[str, Any]]) -> None:
+    from heimdall_kms.providers.aws.bootstrap import PURPOSES  # noqa: PLC0415
+
     for role, document in policies.items():
         click.echo(f"IAM policy of the {role} role ({PURPOSES[role]}):")
         click.echo(json.dumps(document, indent=2))

@@ -218,19 +218,28 @@ def _print(
     if dry_run:
         click.echo("dry run: nothing was written; this is what bootstrap would do")
     for step in steps:
-        change = step.change.value
-        label = change if not dry_run or change == "unchanged" else f"would {change[:-1]}"
-        click.echo(f"{label:<{_WIDTH + 4}} {step.name}")
-        if dry_run:
-            for call in step.calls:
-                click.echo(f"{'':<{_WIDTH + 6}}{call}")
-            if step.hcl is not None:
-                for line in step.hcl.splitlines():
-                    click.echo(f"{'':<{_WIDTH + 8}}{line}")
+        _print_step(step, dry_run=dry_run)
     counts = {
         c: sum(s.change.value == c for s in steps) for c in ("created", "updated", "unchanged")
     }
     click.echo(", ".join(f"{n} {c}" for c, n in counts.items()) + (" (dry run)" if dry_run else ""))
+    _print_role_ids(options, ids)
+
+
+def _print_step(step: Step, *, dry_run: bool) -> None:
+    """The step's line; on a dry run, the calls it would make and the policy it would write."""
+    change = step.change.value
+    label = change if not dry_run or change == "unchanged" else f"would {change[:-1]}"
+    click.echo(f"{label:<{_WIDTH + 4}} {step.name}")
+    if not dry_run:
+        return
+    for call in step.calls:
+        click.echo(f"{'':<{_WIDTH + 6}}{call}")
+    for line in step.hcl.splitlines() if step.hcl is not None else ():
+        click.echo(f"{'':<{_WIDTH + 8}}{line}")
+
+
+def _print_role_ids(options: BootstrapOptions, ids: dict[str, str | None]) -> None:
     click.echo("AppRole role ids (identifiers, not credentials: HMD_VAULT_ROLE_ID per deployment):")
     for role, role_id in ids.items():
         click.echo(f"  {role:<7} {options.name(role):<24} {role_id or '(created on apply)'}")
