@@ -14,6 +14,7 @@ import pytest
 
 from tests.fault_proxy import FaultProxy, Mode
 from tests.integration.dbtables import UserTable
+from tests.integration.raft_openbao import start_raft_openbao
 from tests.integration.test_migrate_faults import (
     MASTER_HEX,
     assert_all_migrated_once,
@@ -169,6 +170,37 @@ class TestAKMSThatGoesAway:
         assert run.returncode == 0, err.decode()
         assert json.loads(out)["completed"] == 600
         assert_all_migrated_once(table, 600, env)
+
+
+class TestAKMSKilledAndRestarted:
+    """OpenBao on raft storage, SIGKILLed mid-migration and started again (sealed, then
+    unsealed with its key): the job rides it out and every row is migrated once."""
+
+    def test_a_job_rides_out_a_killed_and_restarted_openbao(self, tmp_path: Path) -> None:
+        server = start_raft_openbao(tmp_path / "bao")
+        try:
+            table = UserTable.create("sqlite", tmp_path, None)
+            table.insert(legacy_rows(2000))
+            env = server.env(
+                HMD_ENCRYPTION_MODE="hybrid",
+                HMD_PII_MASTER_KEY=MASTER_HEX,
+                HMD_AUDIT_LOG=str(tmp_path / "audit.log"),
+                HMD_JOB_STALL_SECONDS="120",  # the restart and unseal take well under this
+            )
+            run = cli(
+                [*migrate_args(table), "--batch-size", "20", "--rate-limit", "8", "--json"], env
+            )
+            wait_for_journal(table, 300)
+            server.kill()
+            assert run.poll() is None  # killed mid-run
+            time.sleep(3)
+            server.start()  # sealed until unsealed: the job waits through both
+            out, err = run.communicate(timeout=240)
+            assert run.returncode == 0, err.decode()
+            assert json.loads(out)["completed"] == 2000
+            assert_all_migrated_once(table, 2000, env)
+        finally:
+            server.stop()
 
 
 def wait_for_journal(table: UserTable, rows: int) -> None:
