@@ -81,6 +81,29 @@ def bootstrap(*, actor: str, dry_run: bool, as_json: bool) -> None:
     finally:
         client.close()
     policies = {role: ab.policy_document(role, target) for role in ab.ROLES}
+    _report(
+        steps,
+        policies,
+        reference=reference,
+        versioning=versioning,
+        target=target,
+        signing_name=signing_name,
+        dry_run=dry_run,
+        as_json=as_json,
+    )
+
+
+def _report(
+    steps: Plan,
+    policies: dict[str, dict[str, Any]],
+    *,
+    reference: KeyReference,
+    versioning: AWSKeyVersioning,
+    target: PolicyTarget,
+    signing_name: str | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
     if as_json:
         document: dict[str, Any] = {
             "dry_run": dry_run,
@@ -93,13 +116,13 @@ def bootstrap(*, actor: str, dry_run: bool, as_json: bool) -> None:
             "policies": policies,
         }
         click.echo(json.dumps(document))
-    else:
-        _print(steps, policies, dry_run=dry_run)
-        if signing_name is None:
-            click.echo(
-                "No audit signing key: set HMD_AUDIT_SIGNING_KEY=alias/NAME to have bootstrap "
-                "create it (docs/audit.md)"
-            )
+        return
+    _print(steps, policies, dry_run=dry_run)
+    if signing_name is None:
+        click.echo(
+            "No audit signing key: set HMD_AUDIT_SIGNING_KEY=alias/NAME to have bootstrap "
+            "create it (docs/audit.md)"
+        )
 
 
 def _reference(text: str, versioning: AWSKeyVersioning) -> KeyReference:

@@ -138,6 +138,18 @@ def bootstrap(
     finally:
         client.adapter.close()
     secrets = {role: secret.reveal() for role, secret in made.items()}
+    _report(steps, options, ids, secrets, dry_run=dry_run, as_json=as_json)
+
+
+def _report(
+    steps: list[Step],
+    options: BootstrapOptions,
+    ids: dict[str, str | None],
+    secrets: dict[str, str],
+    *,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
     if as_json:
         document: dict[str, Any] = {"dry_run": dry_run, "steps": [s.to_dict() for s in steps]}
         document["role_ids"] = ids
