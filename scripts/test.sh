@@ -22,6 +22,13 @@ if ! command -v promtool >/dev/null && command -v apt-get >/dev/null; then
     apt-get update -q >/dev/null && apt-get install -y -q prometheus >/dev/null
   } || echo "test.sh: could not install promtool (package prometheus)" >&2
 fi
+# faketime runs a heimdall-kms process with its clock days ahead of the KMS's
+# (tests/integration/test_rotation_schedulers.py); under CI=true that test fails without it.
+if ! command -v faketime >/dev/null && command -v apt-get >/dev/null; then
+  apt-get install -y -q faketime >/dev/null || {
+    apt-get update -q >/dev/null && apt-get install -y -q faketime >/dev/null
+  } || echo "test.sh: could not install faketime" >&2
+fi
 # The interop suite (tests/interop) builds a small Rust program with cargo, offline, against
 # Debian's packaged crates; under CI=true it fails without them.
 if command -v apt-get >/dev/null && ! ls -d /usr/share/cargo/registry/ring-0.16* >/dev/null 2>&1; then
