@@ -82,16 +82,7 @@ class VaultAdapter(hvac.adapters.JSONAdapter):  # type: ignore[misc] # hvac has 
         while "//" in url:  # as RawAdapter: Vault reads '//' as '/'
             url = url.replace("//", "/")
         url = self.urljoin(self.base_uri, url)
-        headers = dict(headers or {})
-        if self.request_header:
-            headers["X-Vault-Request"] = "true"
-        if self.token:
-            headers["X-Vault-Token"] = self.token
-        if self.namespace:
-            headers["X-Vault-Namespace"] = self.namespace
-        wrap_ttl = kwargs.pop("wrap_ttl", None)
-        if wrap_ttl:
-            headers["X-Vault-Wrap-TTL"] = str(wrap_ttl)
+        headers = self._headers(headers, kwargs.pop("wrap_ttl", None))
         options = {**self._kwargs, **kwargs}
         params = dict(options.pop("params", None) or {})
         if self.strict_http and method.lower() == "list":
@@ -99,19 +90,36 @@ class VaultAdapter(hvac.adapters.JSONAdapter):  # type: ignore[misc] # hvac has 
         response = self._send(method, url, headers, params, options)
         self._answered.date = http_date(response.headers.get("Date"))
         if not response.ok and raise_exception and not self.ignore_exceptions:
-            try:
-                self._raise_for_error(method, url, response)
-            except hvac.exceptions.VaultError as exc:
-                # Vault/OpenBao send Retry-After on a quota's 429 when the quota config enables
-                # response headers (sys/quotas/config enable_rate_limit_response_headers).
-                exc.retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-                raise
+            self._raise_with_retry_after(method, url, response)
         if response.status_code == 200:
             try:
                 return response.json()
             except ValueError:
                 pass
         return response
+
+    def _headers(self, headers: dict[str, str] | None, wrap_ttl: object) -> dict[str, str]:
+        """The request's headers and Vault's own (``RawAdapter``'s)."""
+        headers = dict(headers or {})
+        if self.request_header:
+            headers["X-Vault-Request"] = "true"
+        if self.token:
+            headers["X-Vault-Token"] = self.token
+        if self.namespace:
+            headers["X-Vault-Namespace"] = self.namespace
+        if wrap_ttl:
+            headers["X-Vault-Wrap-TTL"] = str(wrap_ttl)
+        return headers
+
+    def _raise_with_retry_after(self, method: str, url: str, response: requests.Response) -> None:
+        """Raise hvac's error for the status, with the ``Retry-After`` Vault asked for."""
+        try:
+            self._raise_for_error(method, url, response)
+        except hvac.exceptions.VaultError as exc:
+            # Vault/OpenBao send Retry-After on a quota's 429 when the quota config enables
+            # response headers (sys/quotas/config enable_rate_limit_response_headers).
+            exc.retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+            raise
 
     def _send(
         self,
