@@ -106,6 +106,27 @@ def start_openbao(*, tls: bool = False, timeout: float = 30.0) -> OpenBao:
     token = "root-" + secrets.token_hex(8)
     log_dir = Path(tempfile.mkdtemp(prefix="openbao-"))
     log_path = log_dir / "bao.log"
+    command = _bao_command(token, port, tls=tls, cert_dir=log_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    with log_path.open("wb") as log:
+        # The installed bao binary with arguments built above, no shell.
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)  # noqa: S603
+    scheme = "https" if tls else "http"
+    addr = f"{scheme}://127.0.0.1:{port}"
+    cacert = str(log_dir / "vault-ca.pem") if tls else None
+    deadline = time.monotonic() + timeout
+    _wait_healthy(process, addr, cacert, log_path, deadline)
+    unseal_key = _unseal_key(log_path, deadline)
+    server = OpenBao(addr, token, unseal_key, cacert, process, log_path)
+    root = server.client()
+    root.sys.enable_secrets_engine("transit", path="transit")
+    root.secrets.transit.create_key(TRANSIT_KEY, mount_point="transit")
+    # The keyed-hashing key of its own (HMD_HMAC_KEY_ID's default), as vault bootstrap makes it.
+    root.secrets.transit.create_key(f"{TRANSIT_KEY}-hmac", mount_point="transit")
+    return server
+
+
+def _bao_command(token: str, port: int, *, tls: bool, cert_dir: Path) -> list[str]:
     command = [
         bao_binary(),
         "server",
@@ -115,15 +136,22 @@ def start_openbao(*, tls: bool = False, timeout: float = 30.0) -> OpenBao:
         "-dev-no-store-token",
     ]
     if tls:
-        command += ["-dev-tls", f"-dev-tls-cert-dir={log_dir}"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-    with log_path.open("wb") as log:
-        # The installed bao binary with arguments built above, no shell.
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)  # noqa: S603
-    scheme = "https" if tls else "http"
-    addr = f"{scheme}://127.0.0.1:{port}"
-    cacert = str(log_dir / "vault-ca.pem") if tls else None
-    deadline = time.monotonic() + timeout
+        command += ["-dev-tls", f"-dev-tls-cert-dir={cert_dir}"]
+    return command
+
+
+def _wait_healthy(
+    process: subprocess.Popen[bytes],
+    addr: str,
+    cacert: str | None,
+    log_path: Path,
+    deadline: float,
+) -> None:
+    """Wait until the server answers its health check.
+
+    Raises:
+        RuntimeError: the server exited, or did not answer by ``deadline``.
+    """
     while True:
         if time.monotonic() > deadline:
             process.kill()
@@ -133,22 +161,24 @@ def start_openbao(*, tls: bool = False, timeout: float = 30.0) -> OpenBao:
         if cacert is not None and not Path(cacert).exists():
             time.sleep(0.05)  # The CA is written a moment after the process starts.
             continue
-        try:
-            response = requests.get(f"{addr}/v1/sys/health", verify=cacert or True, timeout=1)
-            if response.status_code == 200:
-                break
-        except requests.RequestException:
-            pass
+        if _healthy(addr, cacert):
+            return
         time.sleep(0.05)
-    # The banner with the unseal key may be written just after the listener answers.
+
+
+def _healthy(addr: str, cacert: str | None) -> bool:
+    try:
+        response = requests.get(f"{addr}/v1/sys/health", verify=cacert or True, timeout=1)
+    except requests.RequestException:
+        return False
+    return response.status_code == 200
+
+
+def _unseal_key(log_path: Path, deadline: float) -> str:
+    """The unseal key from the banner, which may be written just after the listener answers
+    (empty when it is not there by ``deadline``)."""
     match = None
     while match is None and time.monotonic() < deadline:
         match = re.search(r"Unseal Key: (\S+)", log_path.read_text(errors="replace"))
         time.sleep(0.02 if match is None else 0)
-    server = OpenBao(addr, token, match.group(1) if match else "", cacert, process, log_path)
-    root = server.client()
-    root.sys.enable_secrets_engine("transit", path="transit")
-    root.secrets.transit.create_key(TRANSIT_KEY, mount_point="transit")
-    # The keyed-hashing key of its own (HMD_HMAC_KEY_ID's default), as vault bootstrap makes it.
-    root.secrets.transit.create_key(f"{TRANSIT_KEY}-hmac", mount_point="transit")
-    return server
+    return match.group(1) if match else ""
