@@ -374,14 +374,19 @@ def _report_census(
     remaining = overall.remaining(allow_plaintext=allow_plaintext)
     if fail_if_legacy and remaining:
         counts = ", ".join(f"{n:,} {kind.replace('_', ' ')}" for kind, n in remaining.items())
-        hint = ""
-        if "needing_a_retired_key_version" in remaining:
-            hint = " (no reader can decrypt them: docs/rotation.md, retire, says how to recover)"
-        elif "nested_envelope" in remaining:
-            hint = " (envelopes inside JSON documents: name where with --json-path)"
-        elif "plaintext" in remaining:
-            hint = " (--allow-plaintext if the column may hold plaintext)"
+        hint = next((h for kind, h in _GATE_HINTS if kind in remaining), "")
         raise IncompleteError(f"not ready for cut-over: {counts} remain{hint}")
+
+
+# What to do about what the gate found, the first that applies.
+_GATE_HINTS = (
+    (
+        "needing_a_retired_key_version",
+        " (no reader can decrypt them: docs/rotation.md, retire, says how to recover)",
+    ),
+    ("nested_envelope", " (envelopes inside JSON documents: name where with --json-path)"),
+    ("plaintext", " (--allow-plaintext if the column may hold plaintext)"),
+)
 
 
 def _print_census(census: dict[str, Any]) -> None:
