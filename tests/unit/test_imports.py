@@ -52,3 +52,22 @@ def test_sqlalchemy_integration_without_the_extra_names_the_extra() -> None:
         "ImportError heimdall_kms.sqlalchemy needs SQLAlchemy 2:"
         " pip install 'heimdall-kms[sqlalchemy]'"
     )
+
+
+def test_signing_checkpoints_without_the_providers_extra_names_the_extra() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['boto3'] = None  # as if the aws extra were not installed\n"
+        "from heimdall_kms.config import Settings\n"
+        "from heimdall_kms.audit.signers import signer_from_settings\n"
+        "settings = Settings.from_env({'HMD_KMS_PROVIDER': 'aws', 'HMD_KMS_KEY_ID': 'alias/pii',"
+        " 'HMD_AWS_REGION': 'eu-west-1', 'HMD_AUDIT_SIGNING_KEY': 'alias/pii-audit'})\n"
+        "try:\n"
+        "    signer_from_settings(settings)\n"
+        "except Exception as error:\n"
+        "    print(type(error).__name__, error)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == (
+        "ConfigurationError HMD_AUDIT_SIGNING_KEY needs: pip install 'heimdall-kms[aws]'"
+    )

@@ -27,6 +27,7 @@ from heimdall_kms.errors import (
     KeyNotFoundError,
     KMSError,
 )
+from heimdall_kms.providers import needs_extra
 from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
 if TYPE_CHECKING:
@@ -309,9 +310,9 @@ def _vault_signer(settings: Settings, anchoring: AuditAnchoring) -> Signer | Non
 def _aws_signer(settings: Settings, anchoring: AuditAnchoring) -> Signer | None:
     if settings.aws is None:
         return None
+    previous = _aws_previous(anchoring.previous_signing_keys)  # a setting's error needs no SDK
     from heimdall_kms.providers.aws.client import build_client as aws_client  # noqa: PLC0415
 
-    previous = _aws_previous(anchoring.previous_signing_keys)
     return AWSSigner(aws_client(settings.aws), anchoring.signing_key, previous=previous)
 
 
@@ -374,12 +375,16 @@ def signer_from_settings(settings: Settings) -> Signer | None:
     if anchoring is None:
         return None
     _check_signing_key(settings, anchoring)
-    build = _SIGNERS.get(settings.provider) if settings.provider is not None else None
-    signer = build(settings, anchoring) if build is not None else None
+    provider = settings.provider
+    build = _SIGNERS.get(provider) if provider is not None else None
+    signer = None
+    if build is not None and provider is not None:
+        with needs_extra(provider.value, "HMD_AUDIT_SIGNING_KEY"):
+            signer = build(settings, anchoring)
     if signer is not None:
         return signer
-    provider = settings.provider.value if settings.provider else "none"
+    named = provider.value if provider else "none"
     raise ConfigurationError(
         f"HMD_AUDIT_SIGNING_KEY: signing checkpoints needs a KMS provider (HMD_KMS_PROVIDER is "
-        f"{provider}; vault, aws, gcp, azure and local sign)"
+        f"{named}; vault, aws, gcp, azure and local sign)"
     )
