@@ -20,6 +20,18 @@ class Connection:
     sock: socket.socket
 
 
+class _Recorded(_Exchange):
+    """An exchange that records, in ``into``, its name and when it expired."""
+
+    def __init__(self, name: str, into: list[tuple[str, float]]) -> None:
+        super().__init__()
+        self._name, self._into = name, into
+
+    def expire(self) -> None:
+        super().expire()
+        self._into.append((self._name, time.monotonic()))
+
+
 @pytest.fixture
 def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     ours, theirs = socket.socketpair()
@@ -56,9 +68,13 @@ class TestWatchdog:
         assert ours.recv(1) == b"x"
 
     def test_many_exchanges_share_one_thread_and_expire_in_deadline_order(self) -> None:
+        # Ordered by when each expired, never by wall-clock sleeps: a loaded machine may take
+        # longer than either deadline to register the 5,000 finished exchanges.
         watchdog = _Watchdog()
         before = threading.active_count()
-        late, early = _Exchange(), _Exchange()
+        expired: list[tuple[str, float]] = []
+        late, early = _Recorded("late", expired), _Recorded("early", expired)
+        watched_late = time.monotonic()
         watchdog.watch(late, 0.4)
         watchdog.watch(early, 0.1)
         for _ in range(5000):  # finished ones, as a busy job leaves them (compacted)
@@ -66,8 +82,9 @@ class TestWatchdog:
             watchdog.watch(done, 30)
             done.finish()
         assert threading.active_count() == before + 1
-        time.sleep(0.25)
-        assert (early.expired, late.expired) == (True, False)
-        time.sleep(0.4)
-        assert late.expired
+        give_up = time.monotonic() + 10
+        while len(expired) < 2 and time.monotonic() < give_up:
+            time.sleep(0.02)
+        assert [name for name, _ in expired] == ["early", "late"]
+        assert expired[1][1] - watched_late >= 0.4  # never before its deadline
         assert len(watchdog._due) < _Watchdog._COMPACT_AT
