@@ -95,3 +95,11 @@ class TestCensusCountsWhatIsUnreadable:
         assert main(["status", *table.targets()]) == 0
         assert "key versions not checked against the KMS" in capsys.readouterr().err
         assert main(["status", *table.targets(), "--fail-if-legacy"]) != 0
+
+    def test_a_provider_that_cannot_be_opened_is_reported_like_one_that_cannot_answer(
+        self, table: Table, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("HMD_LOCAL_KEYRING", str(Path(table.db).parent / "missing.json"))
+        assert main(["status", *table.targets()]) == 0
+        assert "key versions not checked against the KMS" in capsys.readouterr().err
+        assert main(["status", *table.targets(), "--fail-if-legacy"]) != 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -346,18 +347,17 @@ def _check_readable(censuses: list[Census], *, strict: bool) -> None:
     """
     if not os.environ.get("HMD_KMS_PROVIDER"):
         return
-    kms = load_provider(Settings.from_env(os.environ))
     try:
-        key = kms.describe()
+        # Opening the provider may fail too (settings, login): the same as a describe that does.
+        with contextlib.closing(load_provider(Settings.from_env(os.environ))) as kms:
+            key, identifier = kms.describe(), kms.key_identifier
     except HeimdallKMSError as exc:
         if strict:
             raise
         click.echo(f"key versions not checked against the KMS: {exc}", err=True)
         return
-    finally:
-        kms.close()
     for census in censuses:
-        count_unreadable(census, key, kms.key_identifier)
+        count_unreadable(census, key, identifier)
 
 
 def _report_census(
