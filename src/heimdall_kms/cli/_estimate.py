@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import click
 
-from heimdall_kms.cli._targets import TargetSpec, opened_stores
+from heimdall_kms.cli._targets import TargetSpec, checked_stores
 from heimdall_kms.composition import Caller, load_provider, memory_crypto
 from heimdall_kms.config import Settings
 from heimdall_kms.jobs.census import Census, take_census
@@ -30,9 +30,7 @@ def count_targets(
     spec: TargetSpec, count: Callable[[Census], int], *, required: bool = True
 ) -> list[TargetCount]:
     """``count`` of each target's census (read-only: no write, no KMS call)."""
-    with opened_stores(spec, required=required) as stores:
-        for store in stores:
-            store.check(writable=False)
+    with checked_stores(spec, writable=False, required=required) as stores:
         return [_count(census, count) for census in map(take_census, stores)]
 
 

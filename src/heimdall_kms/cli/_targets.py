@@ -16,7 +16,7 @@ from heimdall_kms.config import database_url
 from heimdall_kms.errors import ConfigurationError, StoreError
 from heimdall_kms.store import FieldStore, Target, load_targets, open_store
 
-__all__ = ["TargetSpec", "opened_stores", "target_options"]
+__all__ = ["TargetSpec", "checked_stores", "opened_stores", "target_options"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -31,6 +31,11 @@ class TargetSpec:
     id_column: str
     targets_file: Path | None
     json_path: str | None = None
+
+    @property
+    def names_targets(self) -> bool:
+        """Whether any target option was given (the values are checked on resolving)."""
+        return bool(self.table or self.column or self.targets_file)
 
 
 def target_options(command: _F) -> _F:
@@ -124,7 +129,7 @@ def opened_stores(spec: TargetSpec, *, required: bool = True) -> Iterator[list[F
 
     With ``required=False`` and no target option given, there are no stores.
     """
-    if not required and not (spec.table or spec.column or spec.targets_file):
+    if not required and not spec.names_targets:
         yield []
         return
     url, targets = resolve(spec)
@@ -136,3 +141,18 @@ def opened_stores(spec: TargetSpec, *, required: bool = True) -> Iterator[list[F
     finally:
         for store in stores:
             store.close()
+
+
+@contextmanager
+def checked_stores(
+    spec: TargetSpec, *, writable: bool, required: bool = True
+) -> Iterator[list[FieldStore]]:
+    """``opened_stores``, each store checked before use: readable, and writable if asked.
+
+    Raises:
+        StoreError: a target cannot be read (or written).
+    """
+    with opened_stores(spec, required=required) as stores:
+        for store in stores:
+            store.check(writable=writable)
+        yield stores

@@ -15,14 +15,14 @@ from heimdall_kms.audit import open_sink
 from heimdall_kms.cli._actor import actor_option
 from heimdall_kms.cli._estimate import estimate_migration
 from heimdall_kms.cli._job_metrics import JobTelemetry, job_telemetry, metrics_options
-from heimdall_kms.cli._targets import TargetSpec, opened_stores, target_options
+from heimdall_kms.cli._targets import TargetSpec, checked_stores, target_options
 from heimdall_kms.cli._waiting import propagation
 from heimdall_kms.cli.progress import ProgressView
 from heimdall_kms.composition import job_provider, job_services, load_provider
 from heimdall_kms.config import Settings, audit_destination
 from heimdall_kms.errors import HeimdallKMSError, IncompleteError
 from heimdall_kms.jobs.census import Census, count_unreadable, take_census
-from heimdall_kms.jobs.journal import rollback
+from heimdall_kms.jobs.journal import RestoreCounts, RollbackResult, rollback
 from heimdall_kms.jobs.migrate import MigrationOptions, check_settings, run_migration
 from heimdall_kms.jobs.reencrypt import ReencryptMode, ReencryptOptions, run_reencrypt
 from heimdall_kms.jobs.report import JobReport
@@ -106,9 +106,10 @@ def migrate(
         return
     settings = Settings.from_env(os.environ)
     check_settings(settings)
-    with job_telemetry("migrate", export) as telemetry, opened_stores(spec) as stores:
-        for store in stores:
-            store.check(writable=not dry_run)
+    with (
+        job_telemetry("migrate", export) as telemetry,
+        checked_stores(spec, writable=not dry_run) as stores,
+    ):
         services = _services(settings, rate_limit, telemetry, actor)
         options = MigrationOptions(batch_size, dry_run, run_id, actor)
         with services.crypto, ProgressView("migrate") as view:
@@ -164,9 +165,10 @@ def reencrypt(
     progress and resumability as migrate.
     """
     settings = Settings.from_env(os.environ)
-    with job_telemetry("reencrypt", export) as telemetry, opened_stores(spec) as stores:
-        for store in stores:
-            store.check(writable=not dry_run)
+    with (
+        job_telemetry("reencrypt", export) as telemetry,
+        checked_stores(spec, writable=not dry_run) as stores,
+    ):
         services = _services(settings, rate_limit, telemetry, actor)
         options = ReencryptOptions(
             batch_size,
@@ -240,16 +242,20 @@ def _print_report(report: JobReport) -> None:
             f"  {target.target}: {verb} {target.completed:,}, skipped {target.skipped:,},"
             f" conflicts {target.conflicts:,}, failed {target.failed:,}"
         )
-    per_value = report.kms_calls_per_value
-    click.echo(
-        f"  KMS calls: {report.kms_calls:,}"
-        + (f" ({per_value} per value)" if per_value is not None else "")
-        + f"; {report.duration_seconds}s"
-    )
+    click.echo(_kms_calls_line(report))
     for failure in report.failures:
         click.echo(f"  failed {failure.target} id={failure.id}: {failure.error_type}")
     if report.stopped_by:
         click.echo(f"  stopped: {report.stopped_by} — rerun to finish")
+
+
+def _kms_calls_line(report: JobReport) -> str:
+    per_value = report.kms_calls_per_value
+    return (
+        f"  KMS calls: {report.kms_calls:,}"
+        + (f" ({per_value} per value)" if per_value is not None else "")
+        + f"; {report.duration_seconds}s"
+    )
 
 
 def _describe_if_configured() -> Callable[[], KeyInfo] | None:
@@ -269,21 +275,27 @@ def _describe_if_configured() -> Callable[[], KeyInfo] | None:
 
 def _rollback(spec: TargetSpec, run_id: str, actor: str, as_json: bool) -> None:
     sink = open_sink(audit_destination(os.environ))
-    with opened_stores(spec) as stores:
-        for store in stores:
-            store.check(writable=True)
+    with checked_stores(spec, writable=True) as stores:
         result = rollback(stores, run_id, sink, actor, describe=_describe_if_configured())
     sink.close()
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:
-        for target, counts in result.targets.items():
-            click.echo(
-                f"rollback {run_id} {target}: restored {counts.restored:,} of "
-                f"{counts.journaled:,}; changed since (left alone) {counts.conflicts:,}"
-                f"; not an envelope (never written back) {counts.not_envelope:,}"
-            )
-    totals = result.totals
+        _print_rollback(result, run_id)
+    _check_restored(result.totals)
+
+
+def _print_rollback(result: RollbackResult, run_id: str) -> None:
+    for target, counts in result.targets.items():
+        click.echo(
+            f"rollback {run_id} {target}: restored {counts.restored:,} of "
+            f"{counts.journaled:,}; changed since (left alone) {counts.conflicts:,}"
+            f"; not an envelope (never written back) {counts.not_envelope:,}"
+        )
+
+
+def _check_restored(totals: RestoreCounts) -> None:
+    """Raises IncompleteError when the rollback left journaled values as they were."""
     if totals.not_envelope:
         raise IncompleteError(
             f"{totals.not_envelope} journal rows do not hold an envelope and were not restored"
@@ -329,9 +341,7 @@ def status(
     if allow_plaintext and not fail_if_legacy:
         raise click.UsageError("--allow-plaintext goes with --fail-if-legacy")
     with job_telemetry("status", export) as telemetry:
-        with opened_stores(spec) as stores:
-            for store in stores:
-                store.check(writable=False)
+        with checked_stores(spec, writable=False) as stores:
             censuses = [take_census(store) for store in stores]
         _check_readable(censuses, strict=fail_if_legacy)
         for census in censuses:
@@ -363,19 +373,23 @@ def _check_readable(censuses: list[Census], *, strict: bool) -> None:
 def _report_census(
     censuses: list[Census], as_json: bool, fail_if_legacy: bool, allow_plaintext: bool
 ) -> None:
-    overall = Census("all targets")
-    for census in censuses:
-        overall.add(census)
+    overall = Census.combined("all targets", censuses)
     if as_json:
         click.echo(json.dumps({**overall.to_dict(), "targets": [c.to_dict() for c in censuses]}))
     else:
         for census in censuses:
             _print_census(census.to_dict())
-    remaining = overall.remaining(allow_plaintext=allow_plaintext)
-    if fail_if_legacy and remaining:
-        counts = ", ".join(f"{n:,} {kind.replace('_', ' ')}" for kind, n in remaining.items())
-        hint = next((h for kind, h in _GATE_HINTS if kind in remaining), "")
-        raise IncompleteError(f"not ready for cut-over: {counts} remain{hint}")
+    if fail_if_legacy:
+        _gate(overall.remaining(allow_plaintext=allow_plaintext))
+
+
+def _gate(remaining: dict[str, int]) -> None:
+    """Raises IncompleteError when anything remains that blocks the cut-over."""
+    if not remaining:
+        return
+    counts = ", ".join(f"{n:,} {kind.replace('_', ' ')}" for kind, n in remaining.items())
+    hint = next((h for kind, h in _GATE_HINTS if kind in remaining), "")
+    raise IncompleteError(f"not ready for cut-over: {counts} remain{hint}")
 
 
 # What to do about what the gate found, the first that applies.
@@ -403,11 +417,21 @@ def _print_census(census: dict[str, Any]) -> None:
         )
     for key_id, count in census["legacy_key_id"].items():
         click.echo(f"  legacy key_id {key_id!r}: {count:,}")
+    _print_left_alone(census)
+
+
+def _print_left_alone(census: dict[str, Any]) -> None:
+    """What the census did not count as envelopes: other values, unparseable, unreadable."""
     others = ", ".join(f"{kind} {n:,}" for kind, n in census["not_envelope"].items() if n)
     if others:
         click.echo(f"  left alone: {others}")
     if census["unparseable_ids"]:
         click.echo(f"  unparseable ids: {', '.join(census['unparseable_ids'])}")
+    _print_blocking(census)
+
+
+def _print_blocking(census: dict[str, Any]) -> None:
+    """The envelopes no reader can open and those where the census was not told to look."""
     if census["needing_retired_key_version"]:
         click.echo(
             f"  needing a key version the KMS no longer decrypts with (unreadable): "

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import click
 
 from heimdall_kms.audit import open_sink
 from heimdall_kms.cli._actor import actor_option
-from heimdall_kms.cli._targets import TargetSpec, opened_stores, target_options
+from heimdall_kms.cli._targets import TargetSpec, checked_stores, opened_stores, target_options
 from heimdall_kms.config import audit_destination
 from heimdall_kms.jobs.journal import purge as purge_journal
 
@@ -40,15 +41,18 @@ def list_runs(
             store.ensure_journal()
         runs = {str(store.target): store.runs() for store in stores}
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    t: [{"run_id": r, "values": n, "created_at": c} for r, n, c in rs]
-                    for t, rs in runs.items()
-                }
-            )
-        )
-        return
+        click.echo(json.dumps(_runs_document(runs)))
+    else:
+        _print_runs(runs)
+
+
+def _runs_document(runs: dict[str, list[tuple[str, int, str]]]) -> dict[str, Any]:
+    return {
+        t: [{"run_id": r, "values": n, "created_at": c} for r, n, c in rs] for t, rs in runs.items()
+    }
+
+
+def _print_runs(runs: dict[str, list[tuple[str, int, str]]]) -> None:
     for target, rows in runs.items():
         click.echo(f"{target}: {len(rows)} runs journaled")
         for run_id, count, created in rows:
@@ -77,9 +81,7 @@ def purge(
 ) -> None:
     """Delete journal rows after the grace period (default 30 days); audited."""
     sink = open_sink(audit_destination(os.environ))
-    with opened_stores(spec) as stores:
-        for store in stores:
-            store.check(writable=True)
+    with checked_stores(spec, writable=True) as stores:
         result = purge_journal(stores, sink, actor, older_than_days=older_than_days, run_id=run_id)
     sink.close()
     if as_json:

@@ -13,14 +13,14 @@ import click
 from heimdall_kms.audit import open_sink
 from heimdall_kms.cli._actor import actor_option
 from heimdall_kms.cli._job_metrics import job_telemetry, metrics_options
-from heimdall_kms.cli._targets import TargetSpec, opened_stores, target_options
+from heimdall_kms.cli._targets import TargetSpec, checked_stores, opened_stores, target_options
 from heimdall_kms.cli._waiting import propagation
 from heimdall_kms.composition import load_provider
 from heimdall_kms.config import Settings
 from heimdall_kms.errors import RefusedError
 from heimdall_kms.jobs.key_report import key_report
 from heimdall_kms.jobs.propagation import Effect
-from heimdall_kms.jobs.retire import RetireBlock, RetireRefusedError, retire
+from heimdall_kms.jobs.retire import RetireBlock, RetireRefusedError, RetireResult, retire
 from heimdall_kms.jobs.rotation import rotate
 from heimdall_kms.jobs.rotation_lock import rotation_lock
 from heimdall_kms.providers import KeyManagementService
@@ -139,9 +139,7 @@ def retire_command(
         telemetry.watch(kms, settings)
         sink = telemetry.audit(open_sink(settings.audit_log, settings, metrics=telemetry.metrics))
         try:
-            with opened_stores(spec, required=False) as stores:
-                for store in stores:
-                    store.check(writable=False)
+            with checked_stores(spec, writable=False, required=False) as stores:
                 try:
                     result = retire(
                         kms,
@@ -158,30 +156,7 @@ def retire_command(
         finally:
             kms.close()
             sink.close()
-    if force:
-        click.echo(
-            f"heimdall-kms: WARNING: --force: versions below {below_version} retired; "
-            f"{result.stranded_total:,} stored values that needed them can no longer be "
-            "decrypted (audited as a forced key.retire)",
-            err=True,
-        )
-    if result.journal_total:
-        runs = sorted({run for per_run in result.journal.values() for run in per_run})
-        click.echo(
-            f"heimdall-kms: WARNING: the journal still holds {result.journal_total:,} replaced "
-            f"values under versions below {below_version} (runs {', '.join(runs)}); they no "
-            "longer decrypt, so rolling those runs back would restore unreadable values. "
-            "Purge them: heimdall-kms journal purge --run RUN_ID --older-than-days 0",
-            err=True,
-        )
-    if result.effect is Effect.UNCONFIRMED:
-        click.echo(
-            f"heimdall-kms: WARNING: the refusal of versions below {below_version} was not "
-            "confirmed (no canary could be wrapped under them: the provider cannot wrap under "
-            "a named version, or they were already disabled); the KMS may take a while to "
-            "apply it (docs/rotation.md)",
-            err=True,
-        )
+    _warn(result, below_version, force=force)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:
@@ -190,6 +165,38 @@ def retire_command(
             f"retired {kms.key_identifier} versions below {below_version} "
             f"(minimum decryption version now {minimum})"
         )
+
+
+def _warn(result: RetireResult, below_version: int, *, force: bool) -> None:
+    """On stderr: what the retirement left unreadable, or did not confirm."""
+    if force:
+        click.echo(
+            f"heimdall-kms: WARNING: --force: versions below {below_version} retired; "
+            f"{result.stranded_total:,} stored values that needed them can no longer be "
+            "decrypted (audited as a forced key.retire)",
+            err=True,
+        )
+    if result.journal_total:
+        _warn_journal(result, below_version)
+    if result.effect is Effect.UNCONFIRMED:
+        click.echo(
+            f"heimdall-kms: WARNING: the refusal of versions below {below_version} was not "
+            "confirmed (no canary could be wrapped under them: the provider cannot wrap under "
+            "a named version, or they were already disabled); the KMS may take a while to "
+            "apply it (docs/rotation.md)",
+            err=True,
+        )
+
+
+def _warn_journal(result: RetireResult, below_version: int) -> None:
+    runs = sorted({run for per_run in result.journal.values() for run in per_run})
+    click.echo(
+        f"heimdall-kms: WARNING: the journal still holds {result.journal_total:,} replaced "
+        f"values under versions below {below_version} (runs {', '.join(runs)}); they no "
+        "longer decrypt, so rolling those runs back would restore unreadable values. "
+        "Purge them: heimdall-kms journal purge --run RUN_ID --older-than-days 0",
+        err=True,
+    )
 
 
 @click.command()

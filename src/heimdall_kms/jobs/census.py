@@ -10,11 +10,12 @@ longer has — retired, disabled or destroyed — which no reader can open.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from heimdall_kms.envelope import KmsV1Envelope, LegacyEnvelope
-from heimdall_kms.jobs.classify import NOT_ENVELOPE, ValueKind
+from heimdall_kms.jobs.classify import NOT_ENVELOPE, Classified, ValueKind
 from heimdall_kms.jobs.reading import reader_for
 from heimdall_kms.providers.base import KeyInfo
 from heimdall_kms.store import FieldStore, Match
@@ -62,17 +63,37 @@ class Census:
         }
         return {kind: n for kind, n in blocking.items() if n}
 
+    def count(self, key: str, found: Classified) -> None:
+        """Count one value; ``key`` is its row's id, listed if the value is one to look at."""
+        self.kinds[found.kind] += 1
+        if found.nested:
+            self.nested += 1
+            _list_id(self.nested_ids, key)
+        if isinstance(found.envelope, KmsV1Envelope):
+            env = found.envelope
+            self.key_versions[(env.provider, env.key_identifier, env.key_version)] += 1
+        elif isinstance(found.envelope, LegacyEnvelope):
+            self.legacy_key_ids[found.envelope.key_id] += 1
+        elif found.kind is ValueKind.UNPARSEABLE:
+            _list_id(self.unparseable_ids, key)
+
+    @classmethod
+    def combined(cls, target: str, censuses: Iterable[Census]) -> Census:
+        """One census adding up ``censuses`` (the ids listed up to the same limit)."""
+        overall = cls(target)
+        for census in censuses:
+            overall.add(census)
+        return overall
+
     def add(self, other: Census) -> None:
         self.kinds.update(other.kinds)
         self.key_versions.update(other.key_versions)
         self.legacy_key_ids.update(other.legacy_key_ids)
-        room = _MAX_LISTED_IDS - len(self.unparseable_ids)
-        self.unparseable_ids.extend(other.unparseable_ids[: max(room, 0)])
+        _extend_listed(self.unparseable_ids, other.unparseable_ids)
         self.nested += other.nested
         if other.unreadable is not None:
             self.unreadable = (self.unreadable or 0) + other.unreadable
-        room = _MAX_LISTED_IDS - len(self.nested_ids)
-        self.nested_ids.extend(other.nested_ids[: max(room, 0)])
+        _extend_listed(self.nested_ids, other.nested_ids)
 
     def to_dict(self) -> dict[str, Any]:
         versions: Counter[int] = Counter()
@@ -103,6 +124,17 @@ class Census:
         }
 
 
+def _list_id(ids: list[str], key: str) -> None:
+    if len(ids) < _MAX_LISTED_IDS:
+        ids.append(key)
+
+
+def _extend_listed(ids: list[str], more: list[str]) -> None:
+    """Append ``more`` to ``ids`` as far as the listing limit allows."""
+    room = _MAX_LISTED_IDS - len(ids)
+    ids.extend(more[: max(room, 0)])
+
+
 def take_census(store: FieldStore, *, batch_size: int = 5000) -> Census:
     """Classify every value of the store's target (read-only, keyset batches).
 
@@ -113,22 +145,7 @@ def take_census(store: FieldStore, *, batch_size: int = 5000) -> Census:
     classify = reader_for(store)
     for rows in store.scan(batch_size, Match.ALL):
         for row in rows:
-            found = classify(row.value)
-            census.kinds[found.kind] += 1
-            if found.nested:
-                census.nested += 1
-                if len(census.nested_ids) < _MAX_LISTED_IDS:
-                    census.nested_ids.append(row.key)
-            if isinstance(found.envelope, KmsV1Envelope):
-                env = found.envelope
-                census.key_versions[(env.provider, env.key_identifier, env.key_version)] += 1
-            elif isinstance(found.envelope, LegacyEnvelope):
-                census.legacy_key_ids[found.envelope.key_id] += 1
-            elif (
-                found.kind is ValueKind.UNPARSEABLE
-                and len(census.unparseable_ids) < _MAX_LISTED_IDS
-            ):
-                census.unparseable_ids.append(row.key)
+            census.count(row.key, classify(row.value))
     return census
 
 
