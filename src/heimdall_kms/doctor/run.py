@@ -52,13 +52,7 @@ def run_doctor(environ: Mapping[str, str], *, canary: bool = True) -> DoctorRepo
     _database(report, settings, environ)
     kms: KeyManagementService | None = None
     try:
-        if settings is None:
-            for name in ("provider", "key"):
-                report.add(Check(name, Status.SKIP, "needs valid settings"))
-        elif settings.mode is EncryptionMode.LEGACY:
-            report.add(Check("provider", Status.SKIP, "legacy mode uses no KMS"))
-        else:
-            kms = _provider(report, settings)
+        kms = _kms(report, settings)
         _canary(report, settings, kms, sink, enabled=canary)
     finally:
         if kms is not None:
@@ -66,6 +60,18 @@ def run_doctor(environ: Mapping[str, str], *, canary: bool = True) -> DoctorRepo
         if sink is not None:
             sink.close()
     return report
+
+
+def _kms(report: DoctorReport, settings: Settings | None) -> KeyManagementService | None:
+    """The provider, checked, when the settings use one and it is usable."""
+    if settings is None:
+        for name in ("provider", "key"):
+            report.add(Check(name, Status.SKIP, "needs valid settings"))
+        return None
+    if settings.mode is EncryptionMode.LEGACY:
+        report.add(Check("provider", Status.SKIP, "legacy mode uses no KMS"))
+        return None
+    return _provider(report, settings)
 
 
 def _fast(settings: Settings) -> Settings:
@@ -125,7 +131,6 @@ def _mode_check(stray: list[str], settings: Settings | None) -> Check:
 
 
 def _mode(settings: Settings) -> Check:
-    keys = len(settings.legacy_keys)
     if settings.mode is EncryptionMode.LEGACY:
         return Check(
             "mode",
@@ -140,14 +145,21 @@ def _mode(settings: Settings) -> Check:
             "the local provider keeps master keys in a file: NOT FOR PRODUCTION",
             "use vault, aws, gcp or azure (docs/configuration.md)",
         )
-    if settings.mode is EncryptionMode.HYBRID and settings.hybrid_write is WriteFormat.LEGACY:
+    if settings.mode is EncryptionMode.HYBRID:
+        return _hybrid_mode(settings)
+    return Check("mode", Status.OK, "kms: reads and writes kms_v1 only; no env key configured")
+
+
+def _hybrid_mode(settings: Settings) -> Check:
+    keys = len(settings.legacy_keys)
+    if settings.hybrid_write is WriteFormat.LEGACY:
         return Check(
             "mode",
             Status.WARN,
             "hybrid with the rollback switch: new values use the env key",
             "unset HMD_HYBRID_WRITE_FORMAT once the rollback is over",
         )
-    if settings.mode is EncryptionMode.HYBRID and keys == 0:
+    if keys == 0:
         return Check(
             "mode",
             Status.WARN,
@@ -155,11 +167,7 @@ def _mode(settings: Settings) -> Check:
             "set HMD_PII_MASTER_KEY while legacy values remain; once the cut-over gate of "
             "`heimdall-kms status` passes, switch to HMD_ENCRYPTION_MODE=kms",
         )
-    if settings.mode is EncryptionMode.HYBRID:
-        return Check(
-            "mode", Status.OK, f"hybrid: reads {keys} env key(s) and kms_v1, writes kms_v1"
-        )
-    return Check("mode", Status.OK, "kms: reads and writes kms_v1 only; no env key configured")
+    return Check("mode", Status.OK, f"hybrid: reads {keys} env key(s) and kms_v1, writes kms_v1")
 
 
 def _audit(
@@ -273,8 +281,7 @@ def _canary(
     if not enabled:
         report.add(Check("canary", Status.SKIP, "skipped (turned off)"))
         return
-    needs_kms = settings is not None and modes.uses_kms(settings.mode)
-    if settings is None or sink is None or (needs_kms and kms is None):
+    if settings is None or sink is None or (modes.uses_kms(settings.mode) and kms is None):
         report.add(Check("canary", Status.SKIP, "needs the settings, audit log, KMS and key"))
         return
     report.add(_round_trip(settings, kms, sink))

@@ -83,32 +83,41 @@ def _loopback(addr: str) -> bool:
 
 def _tls(vault: VaultSettings, status: ServerStatus) -> Check:
     if urlsplit(vault.addr).scheme == "http":
-        if _loopback(vault.addr):
-            return Check("tls", Status.WARN, "plain http to a loopback address: development only")
-        return Check(
-            "tls",
-            Status.WARN,
-            "plain http: the token and every data key cross the network unencrypted",
-            "serve Vault over https and set HMD_VAULT_ADDR=https://...",
-        )
+        return _plain_http(vault.addr)
     if status.tls_error:
-        if vault.cacert is not None:
-            return Check(
-                "tls",
-                Status.FAIL,
-                f"Vault's certificate is not signed by HMD_VAULT_CACERT ({vault.cacert})",
-                "point HMD_VAULT_CACERT at the PEM of the CA that signed Vault's certificate",
-            )
-        return Check(
-            "tls",
-            Status.FAIL,
-            "Vault's certificate is not trusted by the system trust store",
-            "set HMD_VAULT_CACERT to the PEM file of the CA that signed Vault's certificate",
-        )
+        return _untrusted(vault)
     if not status.reachable:
         return Check("tls", Status.SKIP, "could not connect")
     trust = f"HMD_VAULT_CACERT ({vault.cacert})" if vault.cacert else "the system trust store"
     return Check("tls", Status.OK, f"https; Vault's certificate verified against {trust}")
+
+
+def _plain_http(addr: str) -> Check:
+    if _loopback(addr):
+        return Check("tls", Status.WARN, "plain http to a loopback address: development only")
+    return Check(
+        "tls",
+        Status.WARN,
+        "plain http: the token and every data key cross the network unencrypted",
+        "serve Vault over https and set HMD_VAULT_ADDR=https://...",
+    )
+
+
+def _untrusted(vault: VaultSettings) -> Check:
+    """Vault's certificate failed verification: against which trust, and what to do."""
+    if vault.cacert is not None:
+        return Check(
+            "tls",
+            Status.FAIL,
+            f"Vault's certificate is not signed by HMD_VAULT_CACERT ({vault.cacert})",
+            "point HMD_VAULT_CACERT at the PEM of the CA that signed Vault's certificate",
+        )
+    return Check(
+        "tls",
+        Status.FAIL,
+        "Vault's certificate is not trusted by the system trust store",
+        "set HMD_VAULT_CACERT to the PEM file of the CA that signed Vault's certificate",
+    )
 
 
 def _server(vault: VaultSettings, status: ServerStatus) -> Check:
@@ -128,6 +137,11 @@ def _server(vault: VaultSettings, status: ServerStatus) -> Check:
             f"{vault.addr} answered seal-status with {status.problem}",
             "check that HMD_VAULT_ADDR is Vault's API address",
         )
+    return _seal_state(vault, status)
+
+
+def _seal_state(vault: VaultSettings, status: ServerStatus) -> Check:
+    """The server answered seal-status: whether it is initialized and unsealed."""
     if not status.initialized:
         return Check("vault server", Status.FAIL, "Vault is not initialized", "bao operator init")
     if status.sealed:
@@ -160,12 +174,7 @@ def _expiring_static_token(vault: VaultSettings, token: TokenStatus) -> bool:
 
 
 def _token(vault: VaultSettings, token: TokenStatus) -> Check:
-    ttl = "never expires" if token.ttl_seconds == 0 else f"TTL {_duration(token.ttl_seconds)}"
-    renew = ", renewable" if token.renewable else ""
-    detail = (
-        f"{vault.auth_method.value} login; {ttl}{renew}; policies "
-        f"{', '.join(token.policies) or 'none'}"
-    )
+    detail = _token_detail(vault, token)
     if "root" in token.policies:
         return Check("vault token", Status.WARN, detail + " (a root token)", _BOOTSTRAP_HINT)
     if token.ttl_seconds == 0:
@@ -179,3 +188,12 @@ def _token(vault: VaultSettings, token: TokenStatus) -> Check:
             "(HMD_VAULT_TOKEN_FILE), or a renewable (periodic) token",
         )
     return Check("vault token", Status.OK, detail)
+
+
+def _token_detail(vault: VaultSettings, token: TokenStatus) -> str:
+    ttl = "never expires" if token.ttl_seconds == 0 else f"TTL {_duration(token.ttl_seconds)}"
+    renew = ", renewable" if token.renewable else ""
+    return (
+        f"{vault.auth_method.value} login; {ttl}{renew}; policies "
+        f"{', '.join(token.policies) or 'none'}"
+    )
