@@ -154,35 +154,47 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers", ())).get(b"content-length")
-        try:
-            if declared is not None and int(declared) > self.max_bytes:
-                await self._too_large(scope, receive, send)
-                return
-        except ValueError:
-            await error_response(400, "invalid_request", "bad Content-Length")(scope, receive, send)
+        refusal = self._refuse_declared(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send)
             return
+        body = await self._body(receive)
+        if body is None:
+            return  # The client went away before sending its body.
+        if len(body) > self.max_bytes:
+            await self._too_large()(scope, receive, send)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    def _refuse_declared(self, scope: Scope) -> JSONResponse | None:
+        """The answer to a Content-Length that is not a number or over the limit, if so."""
+        declared = dict(scope.get("headers", ())).get(b"content-length")
+        if declared is None:
+            return None
+        try:
+            length = int(declared)
+        except ValueError:
+            return error_response(400, "invalid_request", "bad Content-Length")
+        return self._too_large() if length > self.max_bytes else None
+
+    async def _body(self, receive: Receive) -> bytes | None:
+        """The body, read up to the first chunk past the limit; None if the client went away."""
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                return  # The client went away before sending its body.
+                return None
             chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._too_large(scope, receive, send)
-                return
             chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        await self.app(scope, _replay(b"".join(chunks), receive), send)
+            size += len(chunk)
+            if size > self.max_bytes or not message.get("more_body", False):
+                return b"".join(chunks)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(
+    def _too_large(self) -> JSONResponse:
+        return error_response(
             413, "too_large", f"request body is larger than {self.max_bytes} bytes"
         )
-        await response(scope, receive, send)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -54,7 +54,7 @@ from heimdall_kms.admin.state import (
     Reader,
     state_of,
 )
-from heimdall_kms.admin.targets import ServerTargets
+from heimdall_kms.admin.targets import ServerTargets, open_checked
 from heimdall_kms.async_crypto import AsyncCrypto
 from heimdall_kms.audit import AuditSink, open_sink
 from heimdall_kms.coalescing import LaneLimits
@@ -68,7 +68,7 @@ from heimdall_kms.jobs.rotation_lock import rotation_lock
 from heimdall_kms.key_metrics import DEFAULT_REFRESH_SECONDS
 from heimdall_kms.metrics import Metrics
 from heimdall_kms.providers import KeyManagementService
-from heimdall_kms.store import FieldStore, open_store
+from heimdall_kms.store import FieldStore
 
 __all__ = ["create_app"]
 
@@ -173,6 +173,19 @@ def keys(
 def _open_for_reading(
     state: AdminState, table: str | None, column: str | None, id_column: str
 ) -> FieldStore:
+    named_table, named_column = _named(table, column)
+    url, target = state.targets.resolve("query", named_table, named_column, id_column)
+    return open_checked(url, target, writable=False)
+
+
+def _named(table: str | None, column: str | None) -> tuple[str, str]:
+    """The table and column of a query that names either: it must name both.
+
+    Raises:
+        RequestValidationError: one of them is missing (both are named in the problems).
+    """
+    if table and column:
+        return table, column
     problems = [
         {"loc": ("query", name), "msg": msg, "type": "value_error"}
         for name, msg, bad in (
@@ -181,18 +194,7 @@ def _open_for_reading(
         )
         if bad
     ]
-    if problems:
-        raise RequestValidationError(problems)
-    assert table is not None
-    assert column is not None
-    url, target = state.targets.resolve("query", table, column, id_column)
-    store = open_store(url, target)
-    try:
-        store.check(writable=False)
-    except BaseException:
-        store.close()
-        raise
-    return store
+    raise RequestValidationError(problems)
 
 
 def create_app(
@@ -224,25 +226,10 @@ def create_app(
     kms = factory()
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry)
-    try:
-        sink = (
-            audit if audit is not None else open_sink(settings.audit_log, settings, metrics=metrics)
-        )
-    except BaseException:
-        kms.close()
-        raise
+    sink = _open_audit(settings, kms, audit, metrics)
     observed = instrument(settings, kms, metrics, sink, key_metrics_seconds=key_metrics_seconds)
     sink = observed.audit
-    scheduler = None
-    if settings.rotation_check_seconds is not None:
-        scheduler = RotationScheduler(
-            kms,
-            sink,
-            cadence=timedelta(days=settings.key_rotation_days),
-            interval_seconds=settings.rotation_check_seconds,
-            propagation=Propagation(bound_seconds=settings.kms_propagation_seconds),
-            lock=rotation_lock(settings, kms),
-        )
+    scheduler = _scheduler(settings, kms, sink)
     targets = targets or ServerTargets(settings.database_url)
     state = AdminState(
         settings,
@@ -251,15 +238,7 @@ def create_app(
         registry,
         metrics,
         Guard(tokens, sink),
-        # Background jobs pace and retry their own calls (one attempt per call below them).
-        JobRunner(
-            settings,
-            sink,
-            metrics,
-            provider_factory or partial(load_provider, settings, caller=Caller.BACKGROUND),
-            database=targets.database,  # the records live next to the data (docs/admin-api.md)
-            lease_seconds=settings.admin_job_lease_seconds,
-        ),
+        _job_runner(settings, sink, metrics, provider_factory, targets),
         HealthCheck(kms),
         scheduler,
         observed.key_metrics,
@@ -310,3 +289,50 @@ def create_app(
     app.include_router(crypto_routes.router)
     app.include_router(batch_routes.router)
     return app
+
+
+def _open_audit(
+    settings: Settings, kms: KeyManagementService, audit: AuditSink | None, metrics: Metrics
+) -> AuditSink:
+    """``audit``, or the sink of ``HMD_AUDIT_LOG``; the provider is closed if that fails."""
+    if audit is not None:
+        return audit
+    try:
+        return open_sink(settings.audit_log, settings, metrics=metrics)
+    except BaseException:
+        kms.close()
+        raise
+
+
+def _job_runner(
+    settings: Settings,
+    sink: AuditSink,
+    metrics: Metrics,
+    provider_factory: Callable[[], KeyManagementService] | None,
+    targets: ServerTargets,
+) -> JobRunner:
+    # Background jobs pace and retry their own calls (one attempt per call below them).
+    return JobRunner(
+        settings,
+        sink,
+        metrics,
+        provider_factory or partial(load_provider, settings, caller=Caller.BACKGROUND),
+        database=targets.database,  # the records live next to the data (docs/admin-api.md)
+        lease_seconds=settings.admin_job_lease_seconds,
+    )
+
+
+def _scheduler(
+    settings: Settings, kms: KeyManagementService, sink: AuditSink
+) -> RotationScheduler | None:
+    """The in-process rotation check, where ``HMD_ROTATION_CHECK_SECONDS`` asks for one."""
+    if settings.rotation_check_seconds is None:
+        return None
+    return RotationScheduler(
+        kms,
+        sink,
+        cadence=timedelta(days=settings.key_rotation_days),
+        interval_seconds=settings.rotation_check_seconds,
+        propagation=Propagation(bound_seconds=settings.kms_propagation_seconds),
+        lock=rotation_lock(settings, kms),
+    )

@@ -18,7 +18,7 @@ import os
 import re
 import stat
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -114,28 +114,11 @@ def load_tokens(path: Path) -> TokenTable:
         ConfigurationError: the file cannot be read or is writable by group or others, a line
             is malformed, a hash is given twice, or the file names no token at all.
     """
-    text = _read_tokens_file(path)
     roles: dict[str, Role] = {}
     first_seen: dict[str, int] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
+    for number, line in _entries(_read_tokens_file(path)):
         where = f"{_VARIABLE}: {path} line {number}"
-        parts = line.split()
-        if len(parts) != 2:
-            raise ConfigurationError(f"{where}: expected 'ROLE SHA256HEX' (two fields)")
-        role_name, digest = parts
-        try:
-            role = Role(role_name.lower())
-        except ValueError:
-            choices = ", ".join(r.value for r in Role)
-            raise ConfigurationError(f"{where}: unknown role (expected {choices})") from None
-        if not _SHA256_HEX.fullmatch(digest):
-            raise ConfigurationError(
-                f"{where}: expected the 64-hex-digit SHA-256 of the token, not the token itself"
-            )
-        digest = digest.lower()
+        role, digest = _parse_entry(line, where)
         if digest in roles:
             raise ConfigurationError(
                 f"{where}: the same token hash is on line {first_seen[digest]}"
@@ -144,6 +127,36 @@ def load_tokens(path: Path) -> TokenTable:
     if not roles:
         raise ConfigurationError(f"{_VARIABLE}: {path} lists no token")
     return TokenTable(roles)
+
+
+def _entries(text: str) -> Iterator[tuple[int, str]]:
+    """The numbered lines that are neither blank nor a comment, stripped."""
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            yield number, line
+
+
+def _parse_entry(line: str, where: str) -> tuple[Role, str]:
+    """One ``ROLE SHA256HEX`` line as its role and its lower-case hash."""
+    parts = line.split()
+    if len(parts) != 2:
+        raise ConfigurationError(f"{where}: expected 'ROLE SHA256HEX' (two fields)")
+    role_name, digest = parts
+    role = _role(role_name, where)
+    if not _SHA256_HEX.fullmatch(digest):
+        raise ConfigurationError(
+            f"{where}: expected the 64-hex-digit SHA-256 of the token, not the token itself"
+        )
+    return role, digest.lower()
+
+
+def _role(name: str, where: str) -> Role:
+    try:
+        return Role(name.lower())
+    except ValueError:
+        choices = ", ".join(r.value for r in Role)
+        raise ConfigurationError(f"{where}: unknown role (expected {choices})") from None
 
 
 def source_ip(request: Request) -> str | None:

@@ -47,6 +47,9 @@ class _Window:
         self.first = self.first or timestamp
         self.last = timestamp
 
+    def is_over(self, now: float, length: float) -> bool:
+        return now - self.opened >= length
+
     def merge(self, other: _Window) -> None:
         self.count += other.count
         self.paths.update(other.paths)
@@ -77,34 +80,40 @@ class DeniedRequests:
             AuditWriteError: it had to be written at once and could not be (the counts of
                 the source's previous window are kept for the next attempt).
         """
-        key: _Key = (event.source_ip, event.actor, int((event.details or {}).get("status", 0)))
+        key = _key_of(event)
         now = self._clock()
         with self._lock:
-            window = self._open.get(key)
-            if window is not None and now - window.opened < self._window:
-                window.add(path, event.timestamp)
+            if self._counted(key, now, path, event.timestamp):
                 return
-            previous = self._open.pop(key, None)
+            previous = self._open.pop(key, _Window(now))
             room = len(self._open) < _MAX_SOURCES
-        due = [_summary(key, previous)] if previous is not None and previous.count else []
-        try:
-            self._sink.emit([*due, event])
-        except AuditWriteError:
-            if due and previous is not None:
-                self._keep(key, previous)
-            raise
+        self._write_first(key, event, previous)
         if room:
             with self._lock:
                 self._open.setdefault(key, _Window(now))
             self._start()
 
+    def _counted(self, key: _Key, now: float, path: str, timestamp: str) -> bool:
+        """Count the refusal in its source's window if that is still open (lock held)."""
+        window = self._open.get(key)
+        if window is None or window.is_over(now, self._window):
+            return False
+        window.add(path, timestamp)
+        return True
+
+    def _write_first(self, key: _Key, event: AuditEvent, previous: _Window) -> None:
+        """Write the first refusal of a window, after the count of the source's last window."""
+        due = [_summary(key, previous)] if previous.count else []
+        try:
+            self._sink.emit([*due, event])
+        except AuditWriteError:
+            if due:
+                self._keep(key, previous)
+            raise
+
     def flush(self) -> None:
         """Write the counts of every window that is over (kept when the write fails)."""
-        now = self._clock()
-        with self._lock:
-            over = [k for k, w in self._open.items() if now - w.opened >= self._window]
-            closed = {k: self._open.pop(k) for k in over}
-        counted = {k: w for k, w in closed.items() if w.count}
+        counted = self._close_over(self._clock())
         if not counted:
             return
         try:
@@ -113,6 +122,13 @@ class DeniedRequests:
             _LOG.warning("could not write %d access.denied counts; kept", len(counted))
             for k, w in counted.items():
                 self._keep(k, w)
+
+    def _close_over(self, now: float) -> dict[_Key, _Window]:
+        """Take out every window that is over; those that counted refusals are returned."""
+        with self._lock:
+            over = [k for k, w in self._open.items() if w.is_over(now, self._window)]
+            closed = [(k, self._open.pop(k)) for k in over]
+        return {k: w for k, w in closed if w.count}
 
     def _keep(self, key: _Key, window: _Window) -> None:
         with self._lock:
@@ -142,6 +158,10 @@ class DeniedRequests:
     def _run(self) -> None:
         while not self._stop.wait(self._window):
             self.flush()
+
+
+def _key_of(event: AuditEvent) -> _Key:
+    return (event.source_ip, event.actor, int((event.details or {}).get("status", 0)))
 
 
 def _summary(key: _Key, window: _Window) -> AuditEvent:

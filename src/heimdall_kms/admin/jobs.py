@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from heimdall_kms.admin.job_status import IDLE, JobSpec, now, params_of, to_dict
+from heimdall_kms.admin.targets import open_checked
 from heimdall_kms.audit import AuditEvent, AuditSink
 from heimdall_kms.composition import job_services
 from heimdall_kms.config import Settings
@@ -37,7 +38,7 @@ from heimdall_kms.jobs.report import JobReport, TargetReport
 from heimdall_kms.jobs.services import JobServices
 from heimdall_kms.metrics import Metrics
 from heimdall_kms.providers import KeyManagementService
-from heimdall_kms.store import FieldStore, Target, open_store
+from heimdall_kms.store import FieldStore, Target
 from heimdall_kms.store.job_records import JobCounts, JobRow, JobTable, wall_clock
 
 __all__ = ["JobCancelledError", "JobRunner", "JobSpec", "SharedSink"]
@@ -163,12 +164,17 @@ class JobRunner:
         Raises:
             StoreError: the job records cannot be read.
         """
-        if self._table is None or not self._table.exists():
-            return dict(IDLE) if job_id is None else None
-        row = self._table.get(job_id)
+        row = self._row(job_id)
         if row is None:
             return dict(IDLE) if job_id is None else None
         return to_dict(row)
+
+    def _row(self, job_id: str | None) -> JobRow | None:
+        """The record of ``job_id`` (default: the latest job); None if there is none."""
+        table = self._table
+        if table is None or not table.exists():
+            return None
+        return table.get(job_id)
 
     def start_supervisor(self) -> None:
         """Look for orphaned jobs now and every half lease, and resume them."""
@@ -194,14 +200,18 @@ class JobRunner:
             return
         while not self._stop.is_set():
             try:
-                if table.exists():
-                    for job_id in table.orphans(wall_clock(), self.lease):
-                        if self._stop.is_set():
-                            break
-                        self._resume(table, job_id)
+                self._resume_orphans(table)
             except HeimdallKMSError as exc:
                 _log.warning("job records: %s", exc)
             self._stop.wait(self.lease / 2)
+
+    def _resume_orphans(self, table: JobTable) -> None:
+        if not table.exists():
+            return
+        for job_id in table.orphans(wall_clock(), self.lease):
+            if self._stop.is_set():
+                return
+            self._resume(table, job_id)
 
     def _resume(self, table: JobTable, job_id: str) -> None:
         if not table.claim(job_id, self.owner, wall_clock(), self.lease):
@@ -209,37 +219,18 @@ class JobRunner:
         row = table.get(job_id)
         if row is None or self._database is None:  # just claimed: cannot be
             return
-        p = row.params
         try:
-            target = Target(p["table"], p["column"], p["id_column"], p.get("json_path"))
-            spec = JobSpec(
-                self._database,
-                target,
-                str(p["mode"]),
-                int(p["batch_size"]),
-                float(p["interval_seconds"]),
-            )
+            spec = _spec_of(self._database, row.params)
             store = self._open(spec)
         except (HeimdallKMSError, KeyError, ValueError, TypeError) as exc:
-            message = (
-                f"{exc.error_type}: {exc}"
-                if isinstance(exc, HeimdallKMSError)
-                else (f"unreadable job record ({type(exc).__name__})")
-            )
-            table.finish(job_id, self.owner, ("failed", message, now()), None, [])
+            table.finish(job_id, self.owner, ("failed", _not_resumed(exc), now()), None, [])
             return
         _log.info("job %s: resumed by %s", job_id, self.owner)
-        actor = str(p.get("actor", "admin"))
+        actor = str(row.params.get("actor", "admin"))
         self._launch(_Run(job_id, spec, actor, threading.Event(), row.counts), store)
 
     def _open(self, spec: JobSpec) -> FieldStore:
-        store = open_store(spec.database, spec.target)
-        try:
-            store.check(writable=True)
-        except BaseException:
-            store.close()
-            raise
-        return store
+        return open_checked(spec.database, spec.target, writable=True)
 
     def _launch(self, run: _Run, store: FieldStore) -> None:
         thread = threading.Thread(target=self._run, args=(run, store), name=f"hmd-{run.job_id}")
@@ -311,30 +302,21 @@ class JobRunner:
         return run_reencrypt(services, [store], reencrypt, progress)
 
     def _finish(self, table: JobTable, run: _Run, report: JobReport) -> None:
-        # The batch loop turns a stop raised by the progress callback into ``stop_error``.
-        if isinstance(report.stop_error, _LostJobError):
-            _log.warning("job %s: taken over by another replica; stopped here", run.job_id)
-            return
-        if isinstance(report.stop_error, JobCancelledError):
-            self._release(table, run)
-            return
+        """Record how the job ended (called inside :meth:`_run`'s handlers).
+
+        Raises:
+            _LostJobError, JobCancelledError: the job stopped on one of them; the batch loop
+                turned it, raised by the progress callback, into ``stop_error``, and
+                :meth:`_run` ends the job as for one raised anywhere else.
+        """
+        if isinstance(report.stop_error, _LostJobError | JobCancelledError):
+            raise report.stop_error
         totals = report.totals
         counts = JobCounts(
             totals.total, totals.completed, report.failure_count, totals.skipped, totals.conflicts
         )
         failures = [{"id": f.id, "error_type": f.error_type} for f in report.failures[:_LISTED]]
-        end: tuple[str, str | None]
-        if report.stopped_by is not None:
-            end = ("failed", f"stopped: {report.stopped_by}")
-        elif report.failure_count:
-            end = (
-                "failed",
-                f"{report.failure_count} values failed and were left as they were "
-                "(ids under 'failures'); fix them and rerun",
-            )
-        else:
-            end = ("completed", None)
-        self._end(table, run, end, run.counts(counts), failures)
+        self._end(table, run, _outcome(report), run.counts(counts), failures)
 
     def _end(
         self,
@@ -360,3 +342,40 @@ class JobRunner:
         if self._table is not None and self._table.url == database:
             return self._table
         return JobTable(database)
+
+
+def _spec_of(database: str, params: dict[str, Any]) -> JobSpec:
+    """The spec of a recorded job, from its parameters (as :func:`params_of` wrote them).
+
+    Raises:
+        KeyError, ValueError, TypeError: the record lacks a parameter or holds a wrong one.
+        StoreError: the recorded target is not one of plain identifiers.
+    """
+    target = Target(params["table"], params["column"], params["id_column"], params.get("json_path"))
+    return JobSpec(
+        database,
+        target,
+        str(params["mode"]),
+        int(params["batch_size"]),
+        float(params["interval_seconds"]),
+    )
+
+
+def _not_resumed(exc: Exception) -> str:
+    """Why a job record could not be resumed, as its recorded message."""
+    if isinstance(exc, HeimdallKMSError):
+        return f"{exc.error_type}: {exc}"
+    return f"unreadable job record ({type(exc).__name__})"
+
+
+def _outcome(report: JobReport) -> tuple[str, str | None]:
+    """The state and message a job that ran to its end is recorded with."""
+    if report.stopped_by is not None:
+        return ("failed", f"stopped: {report.stopped_by}")
+    if report.failure_count:
+        return (
+            "failed",
+            f"{report.failure_count} values failed and were left as they were "
+            "(ids under 'failures'); fix them and rerun",
+        )
+    return ("completed", None)

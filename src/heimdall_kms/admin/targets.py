@@ -17,9 +17,9 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 
 from heimdall_kms.errors import ConfigurationError, StoreError
-from heimdall_kms.store import Target, load_targets
+from heimdall_kms.store import FieldStore, Target, load_targets, open_store
 
-__all__ = ["ServerTargets", "refuse_unknown_query"]
+__all__ = ["ServerTargets", "open_checked", "refuse_unknown_query"]
 
 _URL_PREFIXES = ("sqlite:///", "postgresql://", "postgres://")
 
@@ -59,19 +59,41 @@ class ServerTargets:
             target = Target(table, column, id_column)
         except StoreError as exc:
             raise _invalid(where, "table", str(exc)) from None
-        if self.allowed is not None:
-            # The file's entry, with what only the file says (its json_path).
-            named = (target.table, target.column, target.id_column)
-            listed = [t for t in self.allowed if (t.table, t.column, t.id_column) == named]
-            if not listed:
-                raise _invalid(where, "table", "not a target listed in the server's targets file")
-            target = listed[0]
+        target = self._listed(where, target)
         if self.database is None:
             raise ConfigurationError(
                 "HMD_DATABASE_URL: the service has no database (set it, or give serve a "
                 "targets file with a database)"
             )
         return self.database, target
+
+    def _listed(self, where: str, target: Target) -> Target:
+        """The targets file's entry for ``target``, with what only the file says (its
+        json_path); ``target`` itself where any column is allowed."""
+        if self.allowed is None:
+            return target
+        named = (target.table, target.column, target.id_column)
+        listed = [t for t in self.allowed if (t.table, t.column, t.id_column) == named]
+        if not listed:
+            raise _invalid(where, "table", "not a target listed in the server's targets file")
+        return listed[0]
+
+
+def open_checked(url: str, target: Target, *, writable: bool) -> FieldStore:
+    """The store of ``target``, checked for reading (and writing); closed again if the check
+    fails.
+
+    Raises:
+        StoreError: the database cannot be opened, or the table or columns are wrong or not
+            accessible as asked.
+    """
+    store = open_store(url, target)
+    try:
+        store.check(writable=writable)
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 def _invalid(where: str, name: str, message: str) -> RequestValidationError:
