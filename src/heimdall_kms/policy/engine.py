@@ -43,6 +43,14 @@ class _Item(NamedTuple):
         return f"_Item(path={self.leaf.path!r}, action={self.leaf.action.value!r})"
 
 
+class _Sealed(NamedTuple):
+    """An encrypted value of a batch being revealed."""
+
+    position: int  # of its record in the batch
+    leaf: Leaf
+    stated: dict[str, str]  # the context the reveal states for it
+
+
 @dataclass(slots=True)
 class _Deferred:
     """The values of a batch whose protected form needs a KMS call (one call per action)."""
@@ -86,21 +94,25 @@ class PolicyEngine:
 
     def _protect_leaf(self, record: dict[str, Any], leaf: Leaf, deferred: _Deferred) -> None:
         """Put the protected form of one value in place, or defer it to the batch's KMS call."""
-        action = leaf.action
-        if action is Action.PASSTHROUGH:
-            return
-        if action is Action.SCRUB:
-            put(record, leaf.location, REDACTED)
-            return
-        text = leaf.value if isinstance(leaf.value, str) else json.dumps(leaf.value)
-        if action is Action.HASH:
-            # Byte for byte the engine's value for every input: it hashes a value
-            # that already looks like a sha256: hash again, and so does this.
-            put(record, leaf.location, _sha256(text))
-        elif action is Action.HMAC and not _is_hmac(leaf.value):
-            deferred.hmac.append(_Item(record, leaf, text))
-        elif action is Action.ENCRYPT and not _is_envelope(leaf.value):
-            deferred.encrypt.append(_Item(record, leaf, text, self._context(record, leaf)))
+        protect = _PROTECT.get(leaf.action)
+        if protect is not None:
+            protect(self, record, leaf, deferred)
+
+    def _scrub(self, record: dict[str, Any], leaf: Leaf, deferred: _Deferred) -> None:
+        put(record, leaf.location, REDACTED)
+
+    def _hash(self, record: dict[str, Any], leaf: Leaf, deferred: _Deferred) -> None:
+        # Byte for byte the engine's value for every input: it hashes a value
+        # that already looks like a sha256: hash again, and so does this.
+        put(record, leaf.location, _sha256(_text(leaf)))
+
+    def _defer_hmac(self, record: dict[str, Any], leaf: Leaf, deferred: _Deferred) -> None:
+        if not _is_hmac(leaf.value):
+            deferred.hmac.append(_Item(record, leaf, _text(leaf)))
+
+    def _defer_encrypt(self, record: dict[str, Any], leaf: Leaf, deferred: _Deferred) -> None:
+        if not _is_envelope(leaf.value):
+            deferred.encrypt.append(_Item(record, leaf, _text(leaf), self._context(record, leaf)))
 
     def _seal(self, items: Sequence[_Item]) -> None:
         if not items:
@@ -123,10 +135,9 @@ class PolicyEngine:
             put(item.record, item.leaf.location, tag)
 
     def _context(self, record: Mapping[str, Any], leaf: Leaf) -> dict[str, str]:
-        context = {"field": leaf.path}
-        record_id = self.policy.record_id
-        if record_id is not None and record.get(record_id) is not None:
-            context["record"] = str(record[record_id])
+        """The context an encrypted value is bound to: what a reveal states, and how the
+        value was encoded to text if it was not a string."""
+        context = self._stated(record, leaf)
         if not isinstance(leaf.value, str):
             context["encoding"] = _JSON
         return context
@@ -147,22 +158,32 @@ class PolicyEngine:
         A record with a field that cannot be decrypted comes back as that error.
         """
         output: list[dict[str, Any] | HeimdallKMSError] = [copy.deepcopy(dict(r)) for r in records]
-        found = [
-            (index, leaf, self._stated(record, leaf))
-            for index, record in enumerate(records)
-            for leaf in self._encrypted(record)
-        ]
-        if not found:
-            return output
-        outcomes = self.crypto.decrypt_outcomes(
-            [leaf.value for _, leaf, _ in found],
-            actor=actor,
-            reason=reason,
-            contexts=[stated for _, _, stated in found],
-        )
+        found = self._sealed(records)
+        outcomes = self._open(found, actor=actor, reason=reason)
         for (index, leaf, _), outcome in zip(found, outcomes, strict=True):
             output[index] = _revealed(output[index], leaf, outcome)
         return output
+
+    def _sealed(self, records: Sequence[Mapping[str, Any]]) -> list[_Sealed]:
+        """Every encrypted value of the batch, with its record's position and stated context."""
+        return [
+            _Sealed(index, leaf, self._stated(record, leaf))
+            for index, record in enumerate(records)
+            for leaf in self._encrypted(record)
+        ]
+
+    def _open(
+        self, found: Sequence[_Sealed], *, actor: str, reason: str
+    ) -> Sequence[str | HeimdallKMSError]:
+        """One decrypt call for every value found (none when there is none)."""
+        if not found:
+            return []
+        return self.crypto.decrypt_outcomes(
+            [sealed.leaf.value for sealed in found],
+            actor=actor,
+            reason=reason,
+            contexts=[sealed.stated for sealed in found],
+        )
 
     def _encrypted(self, record: Mapping[str, Any]) -> Iterator[Leaf]:
         """The values of a record the policy encrypts that hold an envelope."""
@@ -173,8 +194,9 @@ class PolicyEngine:
     def _stated(self, record: Mapping[str, Any], leaf: Leaf) -> dict[str, str]:
         """The context a reveal states for an encrypted value: its field, and its record."""
         stated = {"field": leaf.path}
-        if self.policy.record_id and record.get(self.policy.record_id) is not None:
-            stated["record"] = str(record[self.policy.record_id])
+        record_id = self.policy.record_id
+        if record_id is not None and record.get(record_id) is not None:
+            stated["record"] = str(record[record_id])
         return stated
 
     def iter_protect(
@@ -228,6 +250,15 @@ def _not_scrubbed(value: Any) -> str | None:
     return None if value == REDACTED else "not scrubbed where the policy says scrub"
 
 
+# How each action protects a value (now, or deferred to the batch's KMS call); passthrough
+# leaves it as it is.
+_PROTECT: dict[Action, Callable[[PolicyEngine, dict[str, Any], Leaf, _Deferred], None]] = {
+    Action.SCRUB: PolicyEngine._scrub,
+    Action.HASH: PolicyEngine._hash,
+    Action.HMAC: PolicyEngine._defer_hmac,
+    Action.ENCRYPT: PolicyEngine._defer_encrypt,
+}
+
 # What each action's protected form must look like; passthrough asks nothing.
 _VIOLATIONS: dict[Action, Callable[[Any], str | None]] = {
     Action.ENCRYPT: _not_encrypted,
@@ -247,6 +278,11 @@ def _revealed(
         return outcome
     put(record, leaf.location, _decode(leaf.value, outcome))
     return record
+
+
+def _text(leaf: Leaf) -> str:
+    """The value as the text that is protected: a string as it is, anything else as JSON."""
+    return leaf.value if isinstance(leaf.value, str) else json.dumps(leaf.value)
 
 
 def _sha256(text: str) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -34,6 +34,10 @@ __all__ = ["Action", "Policy", "load_policy", "parse_policy"]
 _PATH = re.compile(r"[^.\s][^.]{0,127}(\.[^.\s][^.]{0,127}){0,15}")
 _KEYS = frozenset({"rules", "default_action", "record_id"})
 MAX_RULES = 10_000
+# A policy file's format, by suffix (anything else is JSON): its name, and its parser.
+_JSON: tuple[str, Callable[[str], object]] = ("JSON", json.loads)
+_YAML: tuple[str, Callable[[str], object]] = ("YAML", yaml.safe_load)
+_FORMATS = {".yaml": _YAML, ".yml": _YAML}
 
 
 class Action(StrEnum):
@@ -67,17 +71,21 @@ def load_policy(path: Path) -> Policy:
     Raises:
         InvalidInputError: unreadable, not JSON/YAML, or a rule that is wrong (named).
     """
+    return parse_policy(_document(path), source=f"policy file {path}")
+
+
+def _document(path: Path) -> object:
+    """The file's document, parsed as the format its suffix names."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise InvalidInputError(f"policy file {path}: {reason}") from None
+    kind, load = _FORMATS.get(path.suffix, _JSON)
     try:
-        document = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+        return load(text)
     except (ValueError, yaml.YAMLError, RecursionError):
-        kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
         raise InvalidInputError(f"policy file {path}: not valid {kind}") from None
-    return parse_policy(document, source=f"policy file {path}")
 
 
 def parse_policy(document: object, *, source: str = "policy") -> Policy:
@@ -103,10 +111,15 @@ def _rules(rules: object, source: str) -> dict[str, Action]:
         raise InvalidInputError(f"{source}: more than {MAX_RULES} rules")
     checked: dict[str, Action] = {}
     for name, action in rules.items():
-        if not isinstance(name, str) or not _PATH.fullmatch(name):
-            raise InvalidInputError(f"{source}: rule {_show(name)} is not a field name or path")
-        checked[name] = _action(action, f"{source}: rule {name!r}")
+        path = _rule_path(name, source)
+        checked[path] = _action(action, f"{source}: rule {name!r}")
     return checked
+
+
+def _rule_path(name: object, source: str) -> str:
+    if not isinstance(name, str) or not _PATH.fullmatch(name):
+        raise InvalidInputError(f"{source}: rule {_show(name)} is not a field name or path")
+    return name
 
 
 def _record_id(record_id: object, source: str) -> str | None:

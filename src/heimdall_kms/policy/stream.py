@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, BinaryIO, TextIO
 
 from heimdall_kms.errors import HeimdallKMSError, InvalidInputError
@@ -78,23 +79,24 @@ class _Stream:
 
     def _records(self, source: BinaryIO) -> Iterator[tuple[int, dict[str, Any]]]:
         """Each record with its line number; a bad line is reported (or, strict, raised)."""
-        number = 0
-        while True:
-            raw = source.readline(MAX_LINE_BYTES + 1)
-            if not raw:
-                return
-            number += 1
-            if len(raw) > MAX_LINE_BYTES:
-                _skip_rest_of_line(source)
-                self.bad(number, f"longer than {MAX_LINE_BYTES} bytes")
-                continue
-            if not raw.strip():
-                continue
-            record = _record(raw)
-            if record is None:
-                self.bad(number, "not a JSON object")
-                continue
-            yield number, record
+        for number, raw in enumerate(iter(partial(source.readline, MAX_LINE_BYTES + 1), b""), 1):
+            record = self._parse(source, number, raw)
+            if record is not None:
+                yield number, record
+
+    def _parse(self, source: BinaryIO, number: int, raw: bytes) -> dict[str, Any] | None:
+        """The record on one line (read at most ``MAX_LINE_BYTES`` + 1 bytes of it); None
+        for a blank line or a bad one, which is reported."""
+        if len(raw) > MAX_LINE_BYTES:
+            _skip_rest_of_line(source)
+            self.bad(number, f"longer than {MAX_LINE_BYTES} bytes")
+            return None
+        if not raw.strip():
+            return None
+        record = _record(raw)
+        if record is None:
+            self.bad(number, "not a JSON object")
+        return record
 
     def bad(self, number: int, message: str) -> None:
         self.report.problem(number, message)

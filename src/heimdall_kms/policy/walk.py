@@ -31,27 +31,36 @@ def _walk(
     node: Any,
     location: tuple[str | int, ...],
     path: str,
-    inherited: Action | None,
+    inherited: Action | None,  # the action of the nearest object a rule names, if any
     *,
     policy: Policy,
     depth: int,
 ) -> Iterator[Leaf]:
     if depth > MAX_DEPTH:
         raise InvalidInputError(f"record nests deeper than {MAX_DEPTH} levels")
-    if isinstance(node, Mapping):
-        for key, child in node.items():
-            child_path = f"{path}.{key}" if path else str(key)
-            action = policy.action_for(child_path, inherited)
+    if isinstance(node, Mapping | list):
+        for step, child_path, action, child in _children(node, path, inherited, policy):
             yield from _walk(
-                child, (*location, key), child_path, action, policy=policy, depth=depth + 1
-            )
-    elif isinstance(node, list):
-        for index, child in enumerate(node):
-            yield from _walk(
-                child, (*location, index), path, inherited, policy=policy, depth=depth + 1
+                child, (*location, step), child_path, action, policy=policy, depth=depth + 1
             )
     elif node is not None:
         yield Leaf(location, path, inherited or policy.default_action, node)
+
+
+def _children(
+    node: Mapping[str, Any] | list[Any], path: str, inherited: Action | None, policy: Policy
+) -> Iterator[tuple[str | int, str, Action | None, Any]]:
+    """Each child of an object or a list: its key or index, its path, its action, its value.
+
+    A list's elements keep the list's path and action; an object's fields get their own
+    path, and the action of the rule that names it (else the object's, if any)."""
+    if isinstance(node, list):
+        for index, child in enumerate(node):
+            yield index, path, inherited, child
+        return
+    for key, child in node.items():
+        child_path = f"{path}.{key}" if path else str(key)
+        yield key, child_path, policy.action_for(child_path, inherited), child
 
 
 def put(record: Any, location: tuple[str | int, ...], value: Any) -> None:
