@@ -9,9 +9,10 @@ no connection, no credentials) against another.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -105,16 +106,22 @@ class _Answer:
 
     @classmethod
     def of(cls, exc: ClientError, where: str) -> _Answer:
-        error = exc.response.get("Error") or {}
-        raw = str(error.get("Code", ""))
         metadata = exc.response.get("ResponseMetadata") or {}
-        headers = {str(k).lower(): str(v) for k, v in (metadata.get("HTTPHeaders") or {}).items()}
-        return cls(
-            where,
-            raw if _SAFE_CODE.fullmatch(raw) else "unrecognised error",
-            int(metadata.get("HTTPStatusCode") or 0),
-            from_headers(headers.get),
-        )
+        return cls(where, _code(exc.response), _http_status(metadata), _retry_after(metadata))
+
+
+def _code(response: Mapping[str, Any]) -> str:
+    raw = str((response.get("Error") or {}).get("Code", ""))
+    return raw if _SAFE_CODE.fullmatch(raw) else "unrecognised error"
+
+
+def _http_status(metadata: Mapping[str, Any]) -> int:
+    return int(metadata.get("HTTPStatusCode") or 0)
+
+
+def _retry_after(metadata: Mapping[str, Any]) -> float | None:
+    headers = {str(k).lower(): str(v) for k, v in (metadata.get("HTTPHeaders") or {}).items()}
+    return from_headers(headers.get)
 
 
 _BY_ANSWER: tuple[Rule[_Answer, HeimdallKMSError], ...] = (

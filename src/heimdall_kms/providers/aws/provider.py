@@ -298,12 +298,11 @@ class AWSKMSProvider:
         if self._native is not None:
             return self._native.describe()
         states = self._all_states()
-        latest = states[-1].version
-        minimum = min((k.version for k in states if k.state == "Enabled"), default=latest)
+        minimum = _min_decryption_version(states)
         return KeyInfo(
             provider=self.name,
             key_identifier=self._alias,
-            latest_version=latest,
+            latest_version=states[-1].version,
             min_decryption_version=minimum,
             versions=tuple(
                 KeyVersion(k.version, k.created_at) for k in states if k.version >= minimum
@@ -362,23 +361,24 @@ class AWSKMSProvider:
         state decides. Disabled or pending deletion is a retired version (per item where the
         call allows it); any other state (pending import, creating, unavailable) is no
         retirement, and is raised as what it is."""
-        where = f"AWS KMS {operation}"
+        error = self._invalid_state(key_id, f"AWS KMS {operation}")
+        if per_item and isinstance(error, _PER_ITEM):
+            return error
+        raise error
+
+    def _invalid_state(self, key_id: str, where: str) -> HeimdallKMSError:
+        """What the key's current state makes of a KMSInvalidStateException."""
         try:
             with self._request("DescribeKey"):
                 state = str(self._client.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"])
         except KeyNotFoundError:
-            error: HeimdallKMSError = KeyNotFoundError(f"{where}: the key no longer exists")
-        else:
-            if state in _RETIRED_STATES:
-                error = KeyVersionRetiredError(f"{where}: the key is {state} (retired)")
-            else:
-                error = KMSError(
-                    f"{where}: the key is {state}, a state that cannot do this "
-                    "(KMSInvalidStateException); it is not retired: check the key in AWS"
-                )
-        if per_item and isinstance(error, _PER_ITEM):
-            return error
-        raise error
+            return KeyNotFoundError(f"{where}: the key no longer exists")
+        if state in _RETIRED_STATES:
+            return KeyVersionRetiredError(f"{where}: the key is {state} (retired)")
+        return KMSError(
+            f"{where}: the key is {state}, a state that cannot do this "
+            "(KMSInvalidStateException); it is not retired: check the key in AWS"
+        )
 
     def _version_of(self, key: str) -> int:
         key_id = key.rsplit("key/", 1)[-1]  # Encrypt and ReEncrypt answer with the key's ARN
@@ -416,23 +416,17 @@ class AWSKMSProvider:
     ) -> list[_R | HeimdallKMSError]:
         """Answer what the version prefix and key state already decide without a crypto call,
         then ``call`` the rest, in input order."""
+        planned = self._jobs(wrapped, contexts)
+        answers = iter(self._map(call, [job for job in planned if isinstance(job, _Job)]))
+        return [next(answers) if isinstance(job, _Job) else job for job in planned]
+
+    def _jobs(
+        self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
+    ) -> list[_Job | HeimdallKMSError]:
+        """Each item's request, or the error its version prefix or key state decides."""
         parsed = [_parse(item) for item in wrapped]
-        versions = sorted({p[0] for p in parsed if not isinstance(p, HeimdallKMSError)})
-        keys = self._keys_of(versions)
-        early: list[HeimdallKMSError | None] = []
-        jobs: list[_Job] = []
-        for item, context in zip(parsed, contexts, strict=True):
-            if isinstance(item, HeimdallKMSError):
-                early.append(item)
-                continue
-            key = keys[item[0]]
-            if not isinstance(key, str):
-                early.append(_unusable(item[0], key))
-                continue
-            early.append(None)
-            jobs.append(_Job(item[1], key, kms_encryption_context(context)))
-        answers = iter(self._map(call, jobs))
-        return [next(answers) if error is None else error for error in early]
+        keys = self._keys_of(sorted({p[0] for p in parsed if not isinstance(p, HeimdallKMSError)}))
+        return [_job(item, context, keys) for item, context in zip(parsed, contexts, strict=True)]
 
     def _keys_of(self, versions: Sequence[int]) -> dict[int, str | _KeyState | None]:
         """Each version's KMS key id, or the state that makes it unusable (None: no key).
@@ -442,19 +436,18 @@ class AWSKMSProvider:
         """
         if self._native is not None:
             return dict.fromkeys(versions, self._native.key_arn)
-        keys: dict[int, str | _KeyState | None] = {}
-        for version in versions:
-            cached = self._resolved.get(version)
-            if cached is not None:
-                keys[version] = cached
-        missing = [v for v in versions if v not in keys]
-        for version, state in zip(missing, self._map(self._key_state, missing), strict=True):
-            if state is not None and state.state == "Enabled":
-                self._resolved.put(version, state.key_id)
-                keys[version] = state.key_id
-            else:
-                keys[version] = state
+        keys: dict[int, str | _KeyState | None] = {v: self._resolved.get(v) for v in versions}
+        missing = [version for version, key in keys.items() if key is None]
+        keys.update(zip(missing, self._map(self._resolve, missing), strict=True))
         return keys
+
+    def _resolve(self, version: int) -> str | _KeyState | None:
+        """The key id of an Enabled version (remembered), or the state that makes it unusable."""
+        state = self._key_state(version)
+        if state is None or state.state != "Enabled":
+            return state
+        self._resolved.put(version, state.key_id)
+        return state.key_id
 
     def _map(self, call: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
         # The one fan-out: input order, at most max_concurrency at once, the first whole-call
@@ -478,6 +471,25 @@ def _parse(item: str) -> tuple[int, bytes] | HeimdallKMSError:
         return form.version, base64.b64decode(form.body, validate=True)
     except binascii.Error:
         return IntegrityError("wrapped data key is not valid base64")
+
+
+def _min_decryption_version(states: Sequence[_KeyState]) -> int:
+    """The oldest Enabled version; the latest when every version is disabled."""
+    return min((k.version for k in states if k.state == "Enabled"), default=states[-1].version)
+
+
+def _job(
+    item: tuple[int, bytes] | HeimdallKMSError,
+    context: KeyContext,
+    keys: dict[int, str | _KeyState | None],
+) -> _Job | HeimdallKMSError:
+    if isinstance(item, HeimdallKMSError):
+        return item
+    version, blob = item
+    key = keys[version]
+    if not isinstance(key, str):
+        return _unusable(version, key)
+    return _Job(blob, key, kms_encryption_context(context))
 
 
 def _unusable(version: int, state: _KeyState | None) -> HeimdallKMSError:
