@@ -9,6 +9,7 @@ error translation (:func:`heimdall_kms.providers.aws.provider.caller`).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 from heimdall_kms.errors import ConfigurationError, KeyNotFoundError, KMSError
 from heimdall_kms.providers.aws.native import Call
@@ -79,15 +80,21 @@ def create_version(call: Call, alias: str, version: int) -> str:
 def version_alias_of(call: Call, alias: str, key_id: str) -> int | None:
     """The n of the key's ``alias/<name>/v<n>`` alias; None when it has none."""
     pattern = re.compile(re.escape(alias) + r"/v([1-9][0-9]{0,8})")
+    for name in _alias_names(call, key_id):
+        match = pattern.fullmatch(name)
+        if match is not None:
+            return int(match.group(1))
+    return None
+
+
+def _alias_names(call: Call, key_id: str) -> Iterator[str]:
+    """The names of the key's aliases, one ListAliases page at a time (as they are read)."""
     params: dict[str, object] = {"KeyId": key_id}
     while True:
         page = call("ListAliases", **params)
-        for entry in page.get("Aliases", []):
-            match = pattern.fullmatch(str(entry.get("AliasName", "")))
-            if match is not None:
-                return int(match.group(1))
+        yield from (str(entry.get("AliasName", "")) for entry in page.get("Aliases", []))
         if not page.get("Truncated") or not page.get("NextMarker"):
-            return None
+            return
         params["Marker"] = page["NextMarker"]
 
 

@@ -117,14 +117,19 @@ def _alias_statements(
     alias_actions = [a for a in _KEY[target.versioning][role] if a in _ALIAS_ACTIONS]
     if not alias_actions or target.alias is None:
         return []
-    aliases = [f"{target.partition_region_account}:{target.alias}"]
-    if target.versioning is AWSKeyVersioning.ALIASES:
-        aliases.append(f"{aliases[0]}/v*")
     # CreateAlias and UpdateAlias are authorised on the alias and on the key both.
     return [
         _allow("HeimdallAliasKeys", alias_actions, resource, scope),
-        _allow("HeimdallAliases", alias_actions, aliases, {}),
+        _allow("HeimdallAliases", alias_actions, _alias_arns(target, target.alias), {}),
     ]
+
+
+def _alias_arns(target: PolicyTarget, alias: str) -> list[str]:
+    """The alias, and under the alias scheme its version aliases too."""
+    arn = f"{target.partition_region_account}:{alias}"
+    if target.versioning is AWSKeyVersioning.ALIASES:
+        return [arn, f"{arn}/v*"]
+    return [arn]
 
 
 def _new_version_statements(role: str, target: PolicyTarget) -> list[dict[str, Any]]:

@@ -108,12 +108,16 @@ def apply(call: Call, steps: Sequence[Step]) -> str | None:
     created: str | None = None  # the key the calls after a CreateKey refer to
     for step in steps:
         for item in step.calls:
-            params = {k: (created if isinstance(v, NewKey) else v) for k, v in item.params.items()}
-            answer = call(item.operation, **params)
+            answer = call(item.operation, **_params(item, created))
             if item.operation == "CreateKey":
                 created = str(answer["KeyMetadata"]["KeyId"])
                 first = first or created
     return first
+
+
+def _params(item: AWSCall, created: str | None) -> dict[str, Any]:
+    """The call's parameters, the placeholder for the new key replaced by its id."""
+    return {k: (created if isinstance(v, NewKey) else v) for k, v in item.params.items()}
 
 
 def _existing(call: Call, reference: KeyReference) -> dict[str, Any] | None:
