@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Column
-from sqlalchemy.orm import InstanceState, Mapper
+from sqlalchemy.orm import ColumnProperty, InstanceState, Mapper
 
 from heimdall_kms.errors import InvalidInputError
 from heimdall_kms.sqlalchemy._column import Encrypted
@@ -40,20 +40,29 @@ def encrypted_columns(mapper: Mapper[Any]) -> tuple[EncryptedColumn, ...]:
     """
     found = _CACHE.get(mapper)
     if found is None:
-        found = tuple(
-            EncryptedColumn(prop.key, prop.columns[0])
-            for prop in mapper.column_attrs
-            if len(prop.columns) == 1
-            and isinstance(prop.columns[0], Column)
-            and isinstance(prop.columns[0].type, Encrypted)
-        )
-        if found and len(mapper.primary_key) != 1:
-            raise InvalidInputError(
-                f"{mapper.class_.__name__}: Encrypted columns need a single-column primary "
-                "key (it is the record a value is bound to)"
-            )
+        found = _encrypted(mapper)
         _CACHE[mapper] = found
     return found
+
+
+def _encrypted(mapper: Mapper[Any]) -> tuple[EncryptedColumn, ...]:
+    found = tuple(filter(None, map(_as_encrypted, mapper.column_attrs)))
+    if found and len(mapper.primary_key) != 1:
+        raise InvalidInputError(
+            f"{mapper.class_.__name__}: Encrypted columns need a single-column primary "
+            "key (it is the record a value is bound to)"
+        )
+    return found
+
+
+def _as_encrypted(prop: ColumnProperty[Any]) -> EncryptedColumn | None:
+    """The mapped attribute as an Encrypted column, if it maps one column of that type."""
+    if len(prop.columns) != 1:
+        return None
+    column = prop.columns[0]
+    if isinstance(column, Column) and isinstance(column.type, Encrypted):
+        return EncryptedColumn(prop.key, column)
+    return None
 
 
 def record_key(state: InstanceState[Any]) -> str | None:

@@ -115,12 +115,16 @@ class Reader:
         """
         items = [item for item in self.pending if self._ours(item)]
         if items:
-            outcomes = self.crypto.decrypt_outcomes(
-                [item.stored.text for item in items], contexts=[item.context for item in items]
-            )
-            for item, outcome in zip(items, outcomes, strict=True):
-                if isinstance(outcome, HeimdallKMSError):
-                    item.state.callables[item.attribute] = _Failed(outcome)
-                else:
-                    set_committed_value(item.state.obj(), item.attribute, outcome)
+            self._open(items)
         self.pending = []
+
+    def _open(self, items: list[_Item]) -> None:
+        """One decrypt call: each value becomes its plaintext, or the error it failed with."""
+        outcomes = self.crypto.decrypt_outcomes(
+            [item.stored.text for item in items], contexts=[item.context for item in items]
+        )
+        for item, outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, HeimdallKMSError):
+                item.state.callables[item.attribute] = _Failed(outcome)
+            else:
+                set_committed_value(item.state.obj(), item.attribute, outcome)
