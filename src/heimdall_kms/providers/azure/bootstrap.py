@@ -32,7 +32,7 @@ from azure.keyvault.keys import (
 from heimdall_kms.errors import InvalidInputError, KeyNotFoundError, RefusedError
 from heimdall_kms.providers.azure import errors as kv
 from heimdall_kms.providers.azure.keys import parse_key_url, signing_key_name
-from heimdall_kms.providers.azure.provider import _KEY_TYPES, _text
+from heimdall_kms.providers.azure.provider import _KEY_TYPES, _allows, _text
 from heimdall_kms.providers.cloud_bootstrap import (
     ROLES,
     WRITERS,
@@ -83,6 +83,23 @@ _ROLES: Mapping[str, _Role] = {
 # The signing key: the writers read it (its newest version) and sign; audit reads and verifies.
 _SIGNER = _Role(None, ("read", "sign/action"), "sign audit checkpoints; no verify")
 _VERIFIER = _Role(None, ("read", "verify/action"), "verify audit checkpoints; no signing")
+_SIGNING_ROLES: Mapping[str, _Role] = {
+    role: (_SIGNER if role in WRITERS else _VERIFIER) for role in ROLES
+}
+
+
+class _Scope(NamedTuple):
+    """Where roles are granted: the key's RBAC scope, in a vault or in a Managed HSM."""
+
+    short: str  # the vault's or the HSM's name
+    path: str
+    hsm: bool
+
+    def az_create(self, what: str) -> str:
+        """The ``az`` command that creates a role ``definition`` or ``assignment`` here."""
+        if self.hsm:
+            return f"az keyvault role {what} create --hsm-name {self.short}"
+        return f"az role {what} create"
 
 
 def _actions(role: _Role, *, hsm: bool) -> tuple[str, ...]:
@@ -109,39 +126,50 @@ def plan(
         KMSError: Key Vault refused a read or failed.
     """
     vault_url, name = parse_key_url(key_url)
-    if key_type not in KEY_SIZES:
-        raise InvalidInputError(f"key type {key_type!r}: expected one of {', '.join(KEY_SIZES)}")
     host = urlsplit(vault_url).hostname or ""
     hsm = host.endswith(_HSM_SUFFIX)
-    if key_type == "oct-HSM" and not hsm:
-        raise InvalidInputError("key type oct-HSM: only a Managed HSM has symmetric keys")
+    _check_key_type(key_type, hsm=hsm)
     current = _existing(client, name)
     key = f"{vault_url}/keys/{name}"
-    if current is None:
-        body = {"kty": key_type, "key_size": KEY_SIZES[key_type], "key_ops": list(_OPS)}
-        call = ApiCall(f"POST /keys/{name}/create", body)
-        label = f"key {key} ({key_type}, key_ops wrapKey unwrapKey)"
-        step = Step(label, Change.CREATED, (call,), creates_key=True)
-    else:
-        kty = _text(current.key_type)
-        step = Step(f"key {key} ({kty})", Change.UNCHANGED, notes=_adopted(current, kty))
+    step = _key_step(key, name, key_type, current)
     policy = _rotation_policy(client, rotation_days, name, created=current is None)
     signer = signing_key_name(signing_key, key_url)
     steps = (step, policy, _signing_step(client, signer, key_type))
     details = {"key_type": key_type, "rotation_days": rotation_days}
     who = members or {}
-    table = {role: (_SIGNER if role in WRITERS else _VERIFIER) for role in ROLES}
+    signing = f"{vault_url}/keys/{signer}"
     return Plan(
         "azure",
         key,
         steps,
         _access(key, host, who, prefix, _ROLES, hsm=hsm),
         details,
-        signing_key=f"{vault_url}/keys/{signer}",
-        signing_access=_access(
-            f"{vault_url}/keys/{signer}", host, who, f"{prefix} audit", table, hsm=hsm
-        ),
+        signing_key=signing,
+        signing_access=_access(signing, host, who, f"{prefix} audit", _SIGNING_ROLES, hsm=hsm),
     )
+
+
+def _check_key_type(key_type: str, *, hsm: bool) -> None:
+    """Check that ``key_type`` can be created in this vault (or Managed HSM).
+
+    Raises:
+        InvalidInputError: an unknown key type, or oct-HSM outside a Managed HSM.
+    """
+    if key_type not in KEY_SIZES:
+        raise InvalidInputError(f"key type {key_type!r}: expected one of {', '.join(KEY_SIZES)}")
+    if key_type == "oct-HSM" and not hsm:
+        raise InvalidInputError("key type oct-HSM: only a Managed HSM has symmetric keys")
+
+
+def _key_step(key: str, name: str, key_type: str, current: KeyVaultKey | None) -> Step:
+    """Create the master key, or adopt ``current`` if the provider can use it."""
+    if current is None:
+        body = {"kty": key_type, "key_size": KEY_SIZES[key_type], "key_ops": list(_OPS)}
+        call = ApiCall(f"POST /keys/{name}/create", body)
+        label = f"key {key} ({key_type}, key_ops wrapKey unwrapKey)"
+        return Step(label, Change.CREATED, (call,), creates_key=True)
+    kty = _text(current.key_type)
+    return Step(f"key {key} ({kty})", Change.UNCHANGED, notes=_adopted(current, kty))
 
 
 def _existing(client: KeyClient, name: str) -> KeyVaultKey | None:
@@ -162,20 +190,28 @@ def _signing_step(client: KeyClient, name: str, key_type: str) -> Step:
     if current is None:
         body = {"kty": kty, "crv": "P-256", "key_ops": list(_SIGNING_OPS)}
         return Step(label, Change.CREATED, (ApiCall(f"POST /keys/{name}/create", body),))
+    _check_signer(current, name)
+    return Step(label, Change.UNCHANGED, notes=("existing signing key adopted",))
+
+
+def _check_signer(current: KeyVaultKey, name: str) -> None:
+    """Check that an existing signing key can sign audit checkpoints.
+
+    Raises:
+        RefusedError: ``current`` is not a P-256 EC or EC-HSM key with key_ops sign and verify.
+    """
     have = _text(current.key_type)
-    ops = current.key_operations
     crv = getattr(current.key, "crv", None)  # JsonWebKey sets it from the service's JSON
     curve = _text(crv) if crv else ""
     if (
         have not in ("EC", "EC-HSM")
         or curve != "P-256"
-        or (ops is not None and not set(_SIGNING_OPS) <= {_text(o) for o in ops})
+        or not _allows(current.key_operations, _SIGNING_OPS)
     ):
         raise RefusedError(
             f"key {name} ({have} {curve}) cannot sign audit checkpoints: HMD_AUDIT_SIGNING_KEY "
             "needs a P-256 EC or EC-HSM key with key_ops sign and verify"
         )
-    return Step(label, Change.UNCHANGED, notes=("existing signing key adopted",))
 
 
 def apply(client: KeyClient, steps: Sequence[Step]) -> None:
@@ -217,8 +253,7 @@ def _adopted(current: KeyVaultKey, kty: str) -> tuple[str, ...]:
             f"key {current.name} is of type {kty}, which cannot wrap keys (use RSA, RSA-HSM or "
             "oct-HSM); name another key in HMD_KMS_KEY_ID"
         )
-    ops = current.key_operations
-    if ops is not None and not set(_OPS) <= {_text(o) for o in ops}:
+    if not _allows(current.key_operations, _OPS):
         raise RefusedError(
             f"key {current.name}: its key_ops do not allow wrapKey and unwrapKey; add them "
             "(az keyvault key set-attributes --ops) or name another key"
@@ -236,11 +271,20 @@ def _rotation_policy(client: KeyClient, days: int, name: str, *, created: bool) 
     if created:
         return Step(label, Change.CREATED, (ApiCall(f"PUT /keys/{name}/rotationpolicy", body),))
     current = kv.call("bootstrap (read)", lambda: client.get_key_rotation_policy(name))
-    rotates = [
+    return _reported_policy(label, days, body, _rotations(current))
+
+
+def _rotations(policy: KeyRotationPolicy) -> list[str]:
+    """The periods after which ``policy`` rotates the key."""
+    return [
         str(a.time_after_create)
-        for a in current.lifetime_actions or []
+        for a in policy.lifetime_actions or []
         if _text(a.action).lower() == "rotate" and a.time_after_create
     ]
+
+
+def _reported_policy(label: str, days: int, body: dict[str, Any], rotates: list[str]) -> Step:
+    """An adopted key's policy, reported as it is, with how to set the one asked for."""
     if rotates == [f"P{days}D"]:
         return Step(label, Change.UNCHANGED, notes=("the key's rotation policy matches",))
     found = ", ".join(rotates) if rotates else "no automatic rotation"
@@ -269,41 +313,39 @@ def _access(
     hsm: bool,
 ) -> tuple[Grant, ...]:
     short, name = host.split(".", maxsplit=1)[0], key.rsplit("/", 1)[1]
-    scope = (
+    path = (
         f"/keys/{name}"
         if hsm
         else f"/subscriptions/<subscription-id>/resourceGroups/<resource-group>/providers/"
         f"Microsoft.KeyVault/vaults/{short}/keys/{name}"
     )
-    grants = []
-    for role in ROLES:
-        entry = table[role]
-        actions = _actions(entry, hsm=hsm)
-        member = members.get(role) or f"<object id of the {role} identity>"
-        documents: dict[str, Any] = {}
-        commands: list[str] = []
-        granted = entry.builtin[hsm] if entry.builtin else f"{prefix} {role}"
-        if entry.builtin is None:
-            description = f"heimdall-kms {role}: {entry.purpose}."
-            documents["custom_role"] = _definition(granted, description, actions, hsm=hsm)
-            create = (
-                f"az keyvault role definition create --hsm-name {short}"
-                if hsm
-                else "az role definition create"
-            )
-            file = granted.replace(" ", "-")
-            commands.append(f"{create} --role-definition @{file}-role.json")
-        assign = (
-            f"az keyvault role assignment create --hsm-name {short}"
-            if hsm
-            else ("az role assignment create")
-        )
-        commands.append(f'{assign} --assignee {member} --role "{granted}" --scope {scope}')
-        documents["assignment"] = {"role": granted, "assignee": member, "scope": scope}
-        grants.append(
-            Grant(role, entry.purpose, granted, scope, member, actions, documents, tuple(commands))
-        )
-    return tuple(grants)
+    scope = _Scope(short, path, hsm)
+    return tuple(
+        _grant(role, table[role], members.get(role), f"{prefix} {role}", scope) for role in ROLES
+    )
+
+
+def _grant(role: str, entry: _Role, member: str | None, custom: str, scope: _Scope) -> Grant:
+    """``entry`` granted to ``role``'s identity (``member``, else a placeholder) on ``scope``;
+    a custom role named ``custom`` where no built-in one fits."""
+    actions = _actions(entry, hsm=scope.hsm)
+    member = member or f"<object id of the {role} identity>"
+    documents: dict[str, Any] = {}
+    commands: list[str] = []
+    granted = entry.builtin[scope.hsm] if entry.builtin else custom
+    if entry.builtin is None:
+        description = f"heimdall-kms {role}: {entry.purpose}."
+        documents["custom_role"] = _definition(granted, description, actions, hsm=scope.hsm)
+        file = granted.replace(" ", "-")
+        commands.append(f"{scope.az_create('definition')} --role-definition @{file}-role.json")
+    commands.append(
+        f'{scope.az_create("assignment")} --assignee {member} --role "{granted}" '
+        f"--scope {scope.path}"
+    )
+    documents["assignment"] = {"role": granted, "assignee": member, "scope": scope.path}
+    return Grant(
+        role, entry.purpose, granted, scope.path, member, actions, documents, tuple(commands)
+    )
 
 
 def _definition(name: str, description: str, actions: tuple[str, ...], *, hsm: bool) -> Any:

@@ -83,16 +83,13 @@ class _Answer:
     def of(cls, operation: str, exc: AzureError) -> _Answer:
         status = exc.status_code if isinstance(exc, HttpResponseError) else None
         error = getattr(exc, "error", None)
-        raw_code = str(getattr(error, "code", "") or "")
-        code = raw_code if _SAFE_CODE.fullmatch(raw_code) else ""
-        inner = getattr(error, "innererror", None) or {}
         return cls(
             f"Azure Key Vault {operation}",
             operation,
             exc,
             status or 0,
-            f"HTTP {status} {code}".strip() if status else type(exc).__name__,
-            str(inner.get("code", "")) if isinstance(inner, dict) else "",
+            f"HTTP {status} {_code(error)}".strip() if status else type(exc).__name__,
+            _inner_code(error),
         )
 
     @property
@@ -102,6 +99,17 @@ class _Answer:
         retries; this is for the caller's next attempt)."""
         headers = getattr(getattr(self.exc, "response", None), "headers", None)
         return None if headers is None else from_headers(headers.get)
+
+
+def _code(error: object) -> str:
+    """The service's error code, where it is safe to quote."""
+    raw = str(getattr(error, "code", "") or "")
+    return raw if _SAFE_CODE.fullmatch(raw) else ""
+
+
+def _inner_code(error: object) -> str:
+    inner = getattr(error, "innererror", None) or {}
+    return str(inner.get("code", "")) if isinstance(inner, dict) else ""
 
 
 def _authentication(a: _Answer) -> bool:

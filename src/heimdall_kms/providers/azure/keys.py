@@ -56,22 +56,30 @@ def signing_key_name(configured: str | None, key_url: str) -> str:
         ConfigurationError: a malformed name or URL, or a URL of another vault.
     """
     vault_url, name = parse_key_url(key_url)
-    if configured is None:
-        return f"{name}-audit"
-    signing = configured
-    if not _NAME.fullmatch(configured):
-        try:
-            other_vault, signing = parse_key_url(configured)
-        except ConfigurationError:
-            raise ConfigurationError(
-                "HMD_AUDIT_SIGNING_KEY: expected a key name, or https://VAULT/keys/NAME"
-            ) from None
-        if other_vault != vault_url:
-            raise ConfigurationError(
-                "HMD_AUDIT_SIGNING_KEY: the signing key must be in the vault of HMD_KMS_KEY_ID"
-            )
+    signing = f"{name}-audit" if configured is None else _in_vault(configured, vault_url)
     if signing.lower() == name.lower():  # Key Vault names are case-insensitive
         raise ConfigurationError(
             "HMD_AUDIT_SIGNING_KEY: must name a key of its own, not the encryption key"
+        )
+    return signing
+
+
+def _in_vault(configured: str, vault_url: str) -> str:
+    """The key name ``HMD_AUDIT_SIGNING_KEY`` gives, as a name or a URL of ``vault_url``.
+
+    Raises:
+        ConfigurationError: a malformed name or URL, or a URL of another vault.
+    """
+    if _NAME.fullmatch(configured):
+        return configured
+    try:
+        other_vault, signing = parse_key_url(configured)
+    except ConfigurationError:
+        raise ConfigurationError(
+            "HMD_AUDIT_SIGNING_KEY: expected a key name, or https://VAULT/keys/NAME"
+        ) from None
+    if other_vault != vault_url:
+        raise ConfigurationError(
+            "HMD_AUDIT_SIGNING_KEY: the signing key must be in the vault of HMD_KMS_KEY_ID"
         )
     return signing

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, Protocol, Self, TypeVar
 
 import requests
 from azure.core.pipeline.transport import RequestsTransport
@@ -309,28 +309,20 @@ class AzureKeyVaultProvider:
     def _target(self, key: KeyVaultKey, operation: str) -> _Target:
         version = str(key.properties.version)
         _check_usable(key, self._clock(), operation)
-        kty = _text(key.key_type)
-        alg = _KEY_TYPES.get(kty)
-        if alg is None:
-            raise ConfigurationError(
-                f"HMD_KMS_KEY_ID: key type {kty} cannot wrap keys (use RSA, RSA-HSM, or "
-                "oct-HSM on a Managed HSM)"
-            )
-        with self._lock:
-            ordinal = self._ordinals.get(version)
+        alg = _algorithm(key)
+        ordinal = self._listed_ordinal(version, operation)
         if ordinal is None:
-            self._snapshot(operation)
-            with self._lock:
-                ordinal = self._ordinals.get(version)
-            if ordinal is None:
-                raise KMSError(f"Azure Key Vault {operation}: the latest version is not listed")
-        local = None
-        if alg == _RSA:
-            with self._lock:
-                local = self._wrappers.get(version)
-                if local is None:
-                    local = self._wrappers[version] = CryptographyClient.from_jwk(key.key)
+            raise KMSError(f"Azure Key Vault {operation}: the latest version is not listed")
+        local = self._local_wrapper(key, version) if alg == _RSA else None
         return _Target(version, ordinal, alg, local)
+
+    def _local_wrapper(self, key: KeyVaultKey, version: str) -> CryptographyClient:
+        # The RSA public key, read once per version: it wraps in this process.
+        with self._lock:
+            local = self._wrappers.get(version)
+            if local is None:
+                local = self._wrappers[version] = CryptographyClient.from_jwk(key.key)
+            return local
 
     def _wrap(self, target: _Target, dek: bytearray) -> WrappedKey:
         if target.local is not None:
@@ -342,24 +334,26 @@ class AzureKeyVaultProvider:
         return WrappedKey(text, target.ordinal)
 
     def _unwrap(self, item: str) -> bytearray | HeimdallKMSError:
-        form = parse_wrapped(item)
-        match = _BODY.fullmatch(form.body) if form and form.provider == "azure" else None
-        if form is None or match is None:
+        parsed = _parse(item)
+        if parsed is None:
             return IntegrityError("wrapped data key is not in the Azure provider's form")
-        version, alg, blob = match.groups()
-        known = self._ordinal_of(version)
-        if known is not None and known != form.version:
+        known = self._ordinal_of(parsed.version)
+        if known is not None and known != parsed.ordinal:
             # The version id decides what unwraps; the ordinal in front is what envelopes,
             # the census and the retire guard read, so the two must agree (SPEC §4.2).
             return IntegrityError("wrapped data key's version number is not its Azure version's")
+        return self._unwrap_blob(parsed)
+
+    def _unwrap_blob(self, parsed: _Parsed) -> bytearray | IntegrityError:
+        """The DEK in ``parsed``'s blob, unwrapped by its version (in the vault or HSM)."""
         try:
-            wrapped = base64.urlsafe_b64decode(blob + "=" * (-len(blob) % 4))
+            wrapped = _b64decode(parsed.blob)
         except (binascii.Error, ValueError):
             return IntegrityError("wrapped data key is not valid base64url")
-        if alg == _AES:
-            plain = self._hsm(version, "unwrapkey", wrapped)
+        if parsed.alg == _AES:
+            plain = self._hsm(parsed.version, "unwrapkey", wrapped)
         else:
-            client = self._unwrapper(version)
+            client = self._unwrapper(parsed.version)
             plain = client.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, wrapped).key
         if len(plain) != primitives.DEK_BYTES:
             return IntegrityError("unwrapped data key has the wrong length")
@@ -371,16 +365,25 @@ class AzureKeyVaultProvider:
         None when this identity may not list versions (an unwrap-only worker role): the
         ordinal is then not checked here (docs/envelope-format.md says so).
         """
-        with self._lock:
-            ordinal = self._ordinals.get(version)
-        if ordinal is None and self._may_list:
-            try:
-                self._snapshot("unwrap")
-            except PermissionDeniedError:
-                self._may_list = False
-            with self._lock:
-                ordinal = self._ordinals.get(version)
+        if not self._may_list:
+            return self._cached_ordinal(version)
+        try:
+            return self._listed_ordinal(version, "unwrap")
+        except PermissionDeniedError:
+            self._may_list = False
+            return self._cached_ordinal(version)
+
+    def _listed_ordinal(self, version: str, operation: str) -> int | None:
+        """The ordinal of ``version``, the versions listed again once if it is new."""
+        ordinal = self._cached_ordinal(version)
+        if ordinal is None:
+            self._snapshot(operation)
+            ordinal = self._cached_ordinal(version)
         return ordinal
+
+    def _cached_ordinal(self, version: str) -> int | None:
+        with self._lock:
+            return self._ordinals.get(version)
 
     def _unwrapper(self, version: str) -> CryptographyClient:
         # Shares the KeyClient's pipeline; it holds the public key only, so it unwraps remotely.
@@ -401,7 +404,7 @@ class AzureKeyVaultProvider:
         value_text = answer.get("value") if isinstance(answer, dict) else None
         if not isinstance(value_text, str):
             raise KMSError(f"Azure Key Vault {operation}: answer without a value")
-        return base64.urlsafe_b64decode(value_text + "=" * (-len(value_text) % 4))
+        return _b64decode(value_text)
 
     def _attempt(self, operation: str, call: Callable[[], _T]) -> _T | HeimdallKMSError:
         """``call`` under the total deadline (``timeout``); an SDK error comes back translated.
@@ -454,17 +457,82 @@ def _text(value: object) -> str:
     return str(getattr(value, "value", value))
 
 
+class _Parsed(NamedTuple):
+    """A wrapped DEK of this provider, split (nothing checked against Key Vault yet)."""
+
+    ordinal: int
+    version: str
+    alg: str
+    blob: str  # base64url, unpadded
+
+
+def _parse(item: str) -> _Parsed | None:
+    """``azure:v{n}:{version-id}:{alg}:{base64url}`` split; None for any other text."""
+    form = parse_wrapped(item)
+    if form is None or form.provider != "azure":
+        return None
+    match = _BODY.fullmatch(form.body)
+    return None if match is None else _Parsed(form.version, *match.groups())
+
+
+def _b64decode(text: str) -> bytes:
+    # Key Vault's base64url comes without padding.
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _algorithm(key: KeyVaultKey) -> str:
+    """The wrap algorithm of ``key``'s type.
+
+    Raises:
+        ConfigurationError: a key type that cannot wrap keys.
+    """
+    kty = _text(key.key_type)
+    alg = _KEY_TYPES.get(kty)
+    if alg is None:
+        raise ConfigurationError(
+            f"HMD_KMS_KEY_ID: key type {kty} cannot wrap keys (use RSA, RSA-HSM, or "
+            "oct-HSM on a Managed HSM)"
+        )
+    return alg
+
+
+def _allows(operations: Sequence[object] | None, needed: Sequence[str]) -> bool:
+    """Whether a key's key_ops (None: not restricted) include every one of ``needed``."""
+    return operations is None or set(needed) <= {_text(o) for o in operations}
+
+
+def _disabled(props: KeyProperties, now: datetime) -> bool:
+    return props.enabled is False
+
+
+def _expired(props: KeyProperties, now: datetime) -> bool:
+    return props.expires_on is not None and now >= props.expires_on
+
+
+def _not_yet_valid(props: KeyProperties, now: datetime) -> bool:
+    return props.not_before is not None and now < props.not_before
+
+
+class _Refusal(NamedTuple):
+    applies: Callable[[KeyProperties, datetime], bool]
+    error: type[HeimdallKMSError]
+    reason: str
+
+
+# Checked in order: the first that applies to the latest version refuses it.
+_REFUSALS = (
+    _Refusal(_disabled, KeyVersionRetiredError, "the latest key version is disabled; rotate first"),
+    _Refusal(_expired, KeyVersionRetiredError, "the latest key version has expired; rotate first"),
+    _Refusal(_not_yet_valid, KMSError, "the latest key version is not valid yet (not before)"),
+)
+
+
 def _check_usable(key: KeyVaultKey, now: datetime, operation: str) -> None:
     # A local wrap would ignore these attributes, and a value wrapped under a version that
     # cannot unwrap is lost; so refuse here, as Key Vault would refuse the unwrap later.
-    props = key.properties
     where = f"Azure Key Vault {operation}"
-    if props.enabled is False:
-        raise KeyVersionRetiredError(f"{where}: the latest key version is disabled; rotate first")
-    if props.expires_on is not None and now >= props.expires_on:
-        raise KeyVersionRetiredError(f"{where}: the latest key version has expired; rotate first")
-    if props.not_before is not None and now < props.not_before:
-        raise KMSError(f"{where}: the latest key version is not valid yet (not before)")
-    operations = key.key_operations
-    if operations is not None and not {"wrapKey", "unwrapKey"} <= {_text(o) for o in operations}:
+    for refusal in _REFUSALS:
+        if refusal.applies(key.properties, now):
+            raise refusal.error(f"{where}: {refusal.reason}")
+    if not _allows(key.key_operations, ("wrapKey", "unwrapKey")):
         raise PermissionDeniedError(f"{where}: the key's key_ops do not allow wrapKey/unwrapKey")
