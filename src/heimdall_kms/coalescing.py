@@ -173,19 +173,26 @@ class Lane(Generic[_T, _R]):
         return loop
 
     def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()
         loop = self._loop
         while loop is not None and self._pending and len(self._running) < self._limits.in_flight:
-            size = self._limits.max_batch
-            calls, self._pending = self._pending[:size], self._pending[size:]
-            calls = [call for call in calls if not call[2].done()]  # a caller gave up waiting
+            calls = self._next_batch()
             if calls:
                 task = loop.create_task(self._batch(calls), context=contextvars.Context())
                 self._running.add(task)
                 task.add_done_callback(self._finished)
         # What is left waits for a running batch to finish (see _finished).
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _next_batch(self) -> list[_Call[_T, _R]]:
+        """Take the next batch off the queue, less the calls whose caller gave up waiting."""
+        size = self._limits.max_batch
+        calls, self._pending = self._pending[:size], self._pending[size:]
+        return [call for call in calls if not call[2].done()]
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
@@ -193,6 +200,22 @@ class Lane(Generic[_T, _R]):
             self._flush()
 
     async def _batch(self, calls: list[_Call[_T, _R]]) -> None:
+        outcomes: Sequence[_R | Exception]
+        try:
+            outcomes = await self._outcomes(calls)
+        # Whatever failed the whole batch, each of its callers gets it: none may hang.
+        except Exception as exc:  # noqa: BLE001
+            outcomes = [exc] * len(calls)
+        for (_, _, future, _), outcome in zip(calls, outcomes, strict=True):
+            _settle(future, outcome)
+
+    async def _outcomes(self, calls: list[_Call[_T, _R]]) -> Sequence[_R | Exception]:
+        """Run the batch in the executor: one outcome per call, in order.
+
+        Raises:
+            KMSError: the runner answered with another number of outcomes. Exception: what
+                failed the whole batch.
+        """
         assert self._loop is not None
         items = [item for item, _, _, _ in calls]
         origins = [origin for _, origin, _, _ in calls]
@@ -200,19 +223,12 @@ class Lane(Generic[_T, _R]):
         # caller's trace; the request correlation is cleared there, so that no caller's id is
         # stamped on the others' events (each event gets its own origin instead).
         context = calls[0][3]
-        try:
-            outcomes = await self._loop.run_in_executor(
-                self._executor, context.run, _uncorrelated, self._run, items, origins
-            )
-            if len(outcomes) != len(calls):
-                raise KMSError("a batch answered with the wrong number of results")
-        # Whatever failed the whole batch, each of its callers gets it: none may hang.
-        except Exception as exc:  # noqa: BLE001
-            for _, _, future, _ in calls:
-                _settle(future, exc)
-            return
-        for (_, _, future, _), outcome in zip(calls, outcomes, strict=True):
-            _settle(future, outcome)
+        outcomes = await self._loop.run_in_executor(
+            self._executor, context.run, _uncorrelated, self._run, items, origins
+        )
+        if len(outcomes) != len(calls):
+            raise KMSError("a batch answered with the wrong number of results")
+        return outcomes
 
 
 def _settle(future: asyncio.Future[_R], outcome: _R | Exception) -> None:
