@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging.handlers
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from urllib.parse import SplitResult, urlsplit
@@ -79,13 +79,28 @@ def _facility_code(facility: str | None) -> int:
 
 def _syslog_target(parts: SplitResult, port: int | None, code: int) -> SyslogTarget | None:
     """The target a plain ``udp://HOST[:PORT]`` or ``unix:///PATH`` names, or None."""
-    if parts.query or parts.fragment:
+    target_of = _SCHEMES.get(parts.scheme)
+    if target_of is None or parts.query or parts.fragment:
         return None
-    if parts.scheme == "udp" and parts.hostname and parts.path in ("", "/"):
+    return target_of(parts, port, code)
+
+
+def _udp_target(parts: SplitResult, port: int | None, code: int) -> SyslogTarget | None:
+    if parts.hostname and parts.path in ("", "/"):
         return SyslogTarget(SyslogScheme.UDP, parts.hostname, port or _SYSLOG_PORT, code)
-    if parts.scheme == "unix" and not parts.netloc and parts.path.startswith("/"):
+    return None
+
+
+def _unix_target(parts: SplitResult, port: int | None, code: int) -> SyslogTarget | None:
+    if not parts.netloc and parts.path.startswith("/"):
         return SyslogTarget(SyslogScheme.UNIX, parts.path, facility=code)
     return None
+
+
+_SCHEMES: dict[str, Callable[[SplitResult, int | None, int], SyslogTarget | None]] = {
+    "udp": _udp_target,
+    "unix": _unix_target,
+}
 
 
 def parse_syslog_url(text: str, facility: str | None = None) -> SyslogTarget:
@@ -162,22 +177,16 @@ def read_anchoring(environ: Mapping[str, str]) -> AuditAnchoring | None:
     Raises:
         ConfigurationError: a value is malformed, or an anchor is set without a signing key.
     """
-    url = secret_setting(environ, "HMD_AUDIT_ANCHOR")  # the URL may carry a password
-    if url is not None and not url.startswith(("postgresql://", "postgres://")):
-        raise ConfigurationError("HMD_AUDIT_ANCHOR: expected a postgresql:// URL")
+    url = _anchor_url(environ)
     key = _get(environ, "HMD_AUDIT_SIGNING_KEY")
     syslog = _get(environ, "HMD_AUDIT_SYSLOG")
     previous = _names(environ, "HMD_AUDIT_PREVIOUS_SIGNING_KEYS")
     if key is None:
-        for name, value in (
+        _refuse_unsigned(
             ("HMD_AUDIT_ANCHOR", url),
             ("HMD_AUDIT_SYSLOG", syslog),
             ("HMD_AUDIT_PREVIOUS_SIGNING_KEYS", previous),
-        ):
-            if value:
-                raise ConfigurationError(
-                    f"{name}: is about signed checkpoints; set HMD_AUDIT_SIGNING_KEY too"
-                )
+        )
         return None
     return AuditAnchoring(
         signing_key=key,
@@ -187,7 +196,27 @@ def read_anchoring(environ: Mapping[str, str]) -> AuditAnchoring | None:
         checkpoint_seconds=_number(environ, "HMD_AUDIT_CHECKPOINT_SECONDS", 60.0, 0.1),
         checkpoint_lines=int(_number(environ, "HMD_AUDIT_CHECKPOINT_LINES", 1000, 1)),
         log_id=_get(environ, "HMD_AUDIT_LOG_ID"),
-        syslog=parse_syslog_url(syslog, _get(environ, "HMD_AUDIT_SYSLOG_FACILITY"))
-        if syslog
-        else None,
+        syslog=_syslog(environ, syslog),
     )
+
+
+def _anchor_url(environ: Mapping[str, str]) -> str | None:
+    url = secret_setting(environ, "HMD_AUDIT_ANCHOR")  # the URL may carry a password
+    if url is not None and not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigurationError("HMD_AUDIT_ANCHOR: expected a postgresql:// URL")
+    return url
+
+
+def _refuse_unsigned(*settings: tuple[str, object]) -> None:
+    """Refuse the first of the settings that is set: each is about signed checkpoints."""
+    for name, value in settings:
+        if value:
+            raise ConfigurationError(
+                f"{name}: is about signed checkpoints; set HMD_AUDIT_SIGNING_KEY too"
+            )
+
+
+def _syslog(environ: Mapping[str, str], url: str | None) -> SyslogTarget | None:
+    if url is None:
+        return None
+    return parse_syslog_url(url, _get(environ, "HMD_AUDIT_SYSLOG_FACILITY"))

@@ -120,21 +120,24 @@ def facade(
     """
     kms = load_provider(settings) if modes.uses_kms(settings.mode) else None
     metrics = default_metrics()
-    try:
-        sink = (
-            audit if audit is not None else open_sink(settings.audit_log, settings, metrics=metrics)
-        )
-    except BaseException:
-        if kms is not None:
-            kms.close()
-        raise
-    if audit is None:
-        sink = FailureCountingSink(sink, metrics.audit_write_failures.inc)
+    sink = audit if audit is not None else _counted_sink(settings, kms, metrics)
     # An application exposing prometheus-client's registry sees the first error (SPEC §12).
     metrics.preinitialise(
         kms.name.value if kms is not None else "legacy", legacy_key_ids=settings.legacy_keys
     )
     return build_crypto(settings, kms=kms, audit=sink, metrics=metrics, default_actor=default_actor)
+
+
+def _counted_sink(settings: Settings, kms: KeyWrapper | None, metrics: Metrics) -> AuditSink:
+    """The configured audit log, its write failures counted; the provider is closed if the
+    log cannot be opened."""
+    try:
+        sink = open_sink(settings.audit_log, settings, metrics=metrics)
+    except BaseException:
+        if kms is not None:
+            kms.close()
+        raise
+    return FailureCountingSink(sink, metrics.audit_write_failures.inc)
 
 
 def legacy_writer(

@@ -216,21 +216,30 @@ def _positive(env: Env, name: str, default: float) -> float:
 
 
 def _read_hmac(env: Env, kms_key_id: str | None) -> tuple[str | None, int, int | None]:
+    key_id = _hmac_key_id(env, kms_key_id)
+    version = env.integer("HMD_HMAC_KEY_VERSION", 1, minimum=1)
+    return key_id, version, _previous_hmac_version(env, version)
+
+
+def _hmac_key_id(env: Env, kms_key_id: str | None) -> str | None:
     key_id = env.get("HMD_HMAC_KEY_ID") or (f"{kms_key_id}-hmac" if kms_key_id else None)
     if key_id is not None and key_id == kms_key_id:
         raise ConfigurationError(
             "HMD_HMAC_KEY_ID: must name a key of its own, not HMD_KMS_KEY_ID (a keyed hash "
             "must survive rotations and retirement of the encryption key)"
         )
-    version = env.integer("HMD_HMAC_KEY_VERSION", 1, minimum=1)
-    previous = None
-    if env.get("HMD_HMAC_PREVIOUS_VERSION") is not None:
-        previous = env.integer("HMD_HMAC_PREVIOUS_VERSION", 1, minimum=1)
-        if previous == version:
-            raise ConfigurationError(
-                "HMD_HMAC_PREVIOUS_VERSION: equals HMD_HMAC_KEY_VERSION; unset it after a re-index"
-            )
-    return key_id, version, previous
+    return key_id
+
+
+def _previous_hmac_version(env: Env, version: int) -> int | None:
+    if env.get("HMD_HMAC_PREVIOUS_VERSION") is None:
+        return None
+    previous = env.integer("HMD_HMAC_PREVIOUS_VERSION", 1, minimum=1)
+    if previous == version:
+        raise ConfigurationError(
+            "HMD_HMAC_PREVIOUS_VERSION: equals HMD_HMAC_KEY_VERSION; unset it after a re-index"
+        )
+    return previous
 
 
 def _hex_key(name: str, raw: str) -> Secret[bytes]:
@@ -251,16 +260,19 @@ def _read_legacy_keys(env: Env, primary_id: str) -> dict[str, Secret[bytes]]:
     if older is None:
         return keys
     for position, item in enumerate(older.split(","), start=1):
-        key_id, sep, hex_key = item.strip().rpartition(":")
-        if not sep or not key_id.strip():
-            raise ConfigurationError(
-                f"HMD_PII_LEGACY_KEYS: entry {position} is not of the form id:hex"
-            )
-        key_id = key_id.strip()
+        key_id, hex_key = _legacy_entry(position, item)
         if key_id in keys:
             raise ConfigurationError(f"HMD_PII_LEGACY_KEYS: key id {key_id!r} is given twice")
-        keys[key_id] = _hex_key(f"HMD_PII_LEGACY_KEYS (entry {position})", hex_key.strip())
+        keys[key_id] = _hex_key(f"HMD_PII_LEGACY_KEYS (entry {position})", hex_key)
     return keys
+
+
+def _legacy_entry(position: int, item: str) -> tuple[str, str]:
+    """One ``id:hex`` entry of ``HMD_PII_LEGACY_KEYS``, as its key id and its hex, stripped."""
+    key_id, sep, hex_key = item.strip().rpartition(":")
+    if not sep or not key_id.strip():
+        raise ConfigurationError(f"HMD_PII_LEGACY_KEYS: entry {position} is not of the form id:hex")
+    return key_id.strip(), hex_key.strip()
 
 
 def audit_destination(environ: Mapping[str, str]) -> str:

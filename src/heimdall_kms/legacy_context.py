@@ -45,10 +45,12 @@ class LegacyContextRule:
         if "record" not in stated or field_name is None:
             return False
         table = stated.get("table")
-        for entry in self.migrated:
-            entry_table, _, entry_field = entry.rpartition(".")
-            if entry == ALL_TARGETS or (
-                entry_field == field_name and (not entry_table or table in (None, entry_table))
-            ):
-                return True
-        return False
+        return any(_covers(entry, field_name, table) for entry in self.migrated)
+
+
+def _covers(entry: str, field_name: str, table: str | None) -> bool:
+    """Whether a migrated target covers the field (in its table, when one is stated)."""
+    if entry == ALL_TARGETS:
+        return True
+    entry_table, _, entry_field = entry.rpartition(".")
+    return entry_field == field_name and (not entry_table or table in (None, entry_table))

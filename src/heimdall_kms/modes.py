@@ -84,16 +84,31 @@ def check_settings(  # noqa: PLR0917 - one fact per argument, as Settings.from_e
             "HMD_ENCRYPTION_MODE=hybrid"
         )
     if mode is EncryptionMode.LEGACY:
-        if not given("HMD_PII_MASTER_KEY"):
-            raise ConfigurationError("HMD_PII_MASTER_KEY: required when HMD_ENCRYPTION_MODE=legacy")
+        _require_master_key(given)
         return
+    _require_provider(mode, provider)
+    if mode is EncryptionMode.KMS:
+        _refuse_env_key(given)
+    _require_rollback_key(hybrid_write, legacy_keys, legacy_key_id)
+
+
+def _require_master_key(given: Callable[[str], bool]) -> None:
+    if not given("HMD_PII_MASTER_KEY"):
+        raise ConfigurationError("HMD_PII_MASTER_KEY: required when HMD_ENCRYPTION_MODE=legacy")
+
+
+def _require_provider(mode: EncryptionMode, provider: ProviderName | None) -> None:
     if provider is None:
         raise ConfigurationError(
             f"HMD_KMS_PROVIDER: required when HMD_ENCRYPTION_MODE={mode.value} "
             "(vault | aws | gcp | azure | local)"
         )
-    if mode is EncryptionMode.KMS:
-        _refuse_env_key(given)
+
+
+def _require_rollback_key(
+    hybrid_write: WriteFormat, legacy_keys: Mapping[str, object], legacy_key_id: str
+) -> None:
+    """The legacy rollback switch writes with the env key: it must be there."""
     if hybrid_write is WriteFormat.LEGACY and legacy_key_id not in legacy_keys:
         raise ConfigurationError("HMD_PII_MASTER_KEY: required when HMD_HYBRID_WRITE_FORMAT=legacy")
 

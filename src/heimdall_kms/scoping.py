@@ -37,6 +37,14 @@ class Scope:
     reason: str | None = None
     request_id: str | None = None
 
+    def within(self, outer: Scope) -> Scope:
+        """This scope's values, and the outer scope's where this one has none."""
+        return Scope(
+            self.actor if self.actor is not None else outer.actor,
+            self.reason if self.reason is not None else outer.reason,
+            self.request_id if self.request_id is not None else outer.request_id,
+        )
+
 
 _NONE = Scope()
 _current: ContextVar[Scope] = ContextVar("heimdall_kms_scope", default=_NONE)
@@ -59,22 +67,30 @@ def scope(
         InvalidInputError: a value is empty, too long, or (request id) has characters other
             than ``A-Z a-z 0-9 . _ : - + / =`` or more than 128 of them.
     """
-    if actor is not None:
-        checked_label("actor", actor)
-    if reason is not None:
-        checked_label("reason", reason)
-    if request_id is not None and not (
-        isinstance(request_id, str) and _REQUEST_ID.fullmatch(request_id)
-    ):
-        raise InvalidInputError("request_id must be 1-128 characters of A-Z a-z 0-9 . _ : - + / =")
-    outer = _current.get()
-    inner = Scope(
-        actor if actor is not None else outer.actor,
-        reason if reason is not None else outer.reason,
-        request_id if request_id is not None else outer.request_id,
-    )
+    inner = _checked(actor, reason, request_id).within(_current.get())
     token = _current.set(inner)
     try:
         yield inner
     finally:
         _current.reset(token)
+
+
+def _checked(actor: str | None, reason: str | None, request_id: str | None) -> Scope:
+    """The values a scope sets, each checked.
+
+    Raises:
+        InvalidInputError: as :func:`scope`.
+    """
+    if actor is not None:
+        checked_label("actor", actor)
+    if reason is not None:
+        checked_label("reason", reason)
+    if request_id is not None:
+        _check_request_id(request_id)
+    return Scope(actor, reason, request_id)
+
+
+def _check_request_id(request_id: str) -> None:
+    # Checked at run time too: an untyped caller may pass anything.
+    if not (isinstance(request_id, str) and _REQUEST_ID.fullmatch(request_id)):
+        raise InvalidInputError("request_id must be 1-128 characters of A-Z a-z 0-9 . _ : - + / =")

@@ -56,23 +56,41 @@ def read_secret_file(variable: str, path: Path) -> tuple[str, FileStamp]:
         ConfigurationError: missing, not a regular file, readable by group or others,
             unreadable, not UTF-8, or empty.
     """
+    raw, info = _read_private(variable, path)
+    return _secret_text(variable, path, raw), FileStamp.of(info)
+
+
+def _read_private(variable: str, path: Path) -> tuple[bytes, os.stat_result]:
+    """The file's bytes and status, read through the descriptor whose mode is checked."""
     try:
         with path.open("rb") as handle:
             info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise ConfigurationError(f"{variable}: {path} is not a regular file")
-            if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-                raise ConfigurationError(
-                    f"{variable}: {path} is accessible to its group or others (mode "
-                    f"{stat.S_IMODE(info.st_mode):04o}); make it readable by its owner only "
-                    "(chmod 600, or defaultMode 0400 on a Kubernetes secret volume)"
-                )
-            raw = handle.read()
+            _check_private(variable, path, info)
+            return handle.read(), info
     except FileNotFoundError:
         raise ConfigurationError(f"{variable}: no such file: {path}") from None
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ConfigurationError(f"{variable}: cannot read {path}: {reason}") from None
+
+
+def _check_private(variable: str, path: Path, info: os.stat_result) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigurationError(f"{variable}: {path} is not a regular file")
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigurationError(
+            f"{variable}: {path} is accessible to its group or others (mode "
+            f"{stat.S_IMODE(info.st_mode):04o}); make it readable by its owner only "
+            "(chmod 600, or defaultMode 0400 on a Kubernetes secret volume)"
+        )
+
+
+def _secret_text(variable: str, path: Path, raw: bytes) -> str:
+    """The file's text, one trailing newline removed.
+
+    Raises:
+        ConfigurationError: not UTF-8, or nothing but white space.
+    """
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -80,4 +98,4 @@ def read_secret_file(variable: str, path: Path) -> tuple[str, FileStamp]:
     text = text.removesuffix("\n").removesuffix("\r")
     if not text.strip():
         raise ConfigurationError(f"{variable}: {path} is empty")
-    return text, FileStamp.of(info)
+    return text
