@@ -44,6 +44,7 @@ def seal_batches(kms: KeyWrapper, values: Sequence[tuple[bytes, CheckedContext]]
     provider, key_identifier = kms.name, kms.key_identifier
     timestamp = utc_timestamp()
     envelopes: list[Envelope] = []
+    envelope = KmsV1Envelope.sealed  # one per value: the dataclass __init__ costs more
     sealed = 0  # batches whose DEKs are wiped already
     try:
         with contextlib.closing(in_order(wrap_jobs(), batching.in_flight)) as results:
@@ -63,7 +64,7 @@ def seal_batches(kms: KeyWrapper, values: Sequence[tuple[bytes, CheckedContext]]
                     chunk, wrapped, sealed_values, strict=True
                 ):
                     envelopes.append(
-                        KmsV1Envelope(
+                        envelope(
                             provider=provider,
                             key_identifier=key_identifier,
                             key_version=key.key_version,

@@ -18,11 +18,13 @@ from heimdall_kms.envelope import (
     Envelope,
     KmsV1Envelope,
     LegacyEnvelope,
+    check_context,
     kms_v1_aad,
     parse,
 )
 from heimdall_kms.envelope._json import MAX_ENCRYPTED_DEK_CHARS, MAX_ENVELOPE_CHARS
 from heimdall_kms.errors import HeimdallKMSError, MalformedEnvelopeError
+from heimdall_kms.kinds import ProviderName
 
 CIPHERTEXT = bytes(range(40))
 NONCE = bytes(range(100, 112))
@@ -438,3 +440,42 @@ def test_envelopes_are_frozen() -> None:
     envelope = parse(json.dumps(kms_obj()))
     with pytest.raises(dataclasses.FrozenInstanceError):
         envelope.key_version = 4  # type: ignore[misc]
+
+
+class TestSealedConstructor:
+    """``KmsV1Envelope.sealed``, the constructor sealing uses, makes what ``__init__`` makes."""
+
+    def test_it_equals_the_dataclass_constructor(self) -> None:
+        fields = {
+            "provider": ProviderName.LOCAL,
+            "key_identifier": "pii",
+            "key_version": 3,
+            "ciphertext": CIPHERTEXT,
+            "nonce": NONCE,
+            "encrypted_dek": WRAPPED,
+            "context": check_context({"field": "ssn", "record": "r1"}),
+            "encryption_timestamp": "2026-01-02T03:04:05.000006Z",
+        }
+        fast = KmsV1Envelope.sealed(**fields)
+        assert fast == KmsV1Envelope(**fields)
+        assert fast.to_json() == KmsV1Envelope(**fields).to_json()
+        assert fast.algorithm == "AES-256-GCM"
+        assert fast.extra == {}
+
+    def test_it_is_frozen_and_its_extra_keys_are_its_own(self) -> None:
+        one, two = (
+            KmsV1Envelope.sealed(
+                provider=ProviderName.LOCAL,
+                key_identifier="pii",
+                key_version=3,
+                ciphertext=CIPHERTEXT,
+                nonce=NONCE,
+                encrypted_dek=WRAPPED,
+                context={},
+                encryption_timestamp="2026-01-02T03:04:05Z",
+            )
+            for _ in range(2)
+        )
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            one.key_version = 4  # type: ignore[misc]
+        assert one.extra is not two.extra

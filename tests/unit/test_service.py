@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import errno
 import json
 import logging
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -802,6 +804,27 @@ class TestFailClosed:
             crypto.encrypt(SSN, context=CTX)
         with pytest.raises(AuditWriteError):
             crypto.decrypt(envelope, actor="a", reason="r")
+
+    def test_a_failed_disk_sync_fails_the_call_with_nothing_returned(
+        self, local_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The sync runs alongside the end of the call (sync_alongside); its failure is the
+        call's, so no envelope or plaintext goes back whose event may not be on disk."""
+        sink = FileAuditSink(tmp_path / "audit.log")
+        crypto = build(local_env, sink).crypto
+        envelope = crypto.encrypt(SSN, context=CTX)
+
+        def fdatasync(fd: int) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+        result: list[Any] = []
+        with pytest.raises(AuditWriteError, match="Input/output error"):
+            result.append(crypto.encrypt_many([(SSN, CTX), ("b", CTX)]))
+        with pytest.raises(AuditWriteError, match="Input/output error"):
+            result.append(crypto.decrypt_many([envelope, envelope], actor="a", reason="r"))
+        assert result == []
+        sink.close()
 
 
 class TestDEKHygiene:
