@@ -18,11 +18,13 @@ from heimdall_kms.config import Settings
 from heimdall_kms.errors import RefusedError
 from heimdall_kms.jobs.metered import MeteredProvider
 from heimdall_kms.jobs.reencrypt import ReencryptOptions, run_reencrypt
-from heimdall_kms.jobs.report import ProgressCallback
+from heimdall_kms.jobs.report import JobReport, ProgressCallback
 from heimdall_kms.jobs.retire import retire
 from heimdall_kms.jobs.rotation import rotate
+from heimdall_kms.jobs.services import JobServices
 from heimdall_kms.metrics import unexported_metrics
 from heimdall_kms.providers import KeyManagementService
+from heimdall_kms.service import Crypto
 from heimdall_kms.store import FieldStore
 
 __all__ = ["Lifecycle", "PhaseMeter", "ProgressFactory", "no_progress", "run_lifecycle"]
@@ -94,10 +96,7 @@ def run_lifecycle(  # noqa: PLR0917 - private to the demo, each argument distinc
     say(f"   retiring the versions below v{new} is refused: stored values still need v{old}")
     services = job_services(settings, kms, sink, unexported_metrics(), actor="demo-admin")
     with services.crypto as crypto:
-        with progress("reencrypt rewrap") as view:
-            report = run_reencrypt(services, [store], ReencryptOptions(batch_size=250), view)
-        if report.stop_error is not None:
-            raise report.stop_error
+        report = _rewrap(services, store, progress)
         after = _values(store)
         untouched = all(_ciphertext(after[i]) == _ciphertext(before[i]) for i in originals)
         say(
@@ -105,17 +104,40 @@ def run_lifecycle(  # noqa: PLR0917 - private to the demo, each argument distinc
             f"the KMS; every ciphertext byte-identical: {_yes(untouched)}"
         )
         retire(kms, [store], sink, below_version=new, actor="demo-admin")
-        ids = sorted(originals)
-        texts = crypto.decrypt_many(
-            [after[i] or "" for i in ids],
-            actor="demo-analyst",
-            reason="demo: read back after retirement",
-        )
-        readable = texts == [originals[i] for i in ids]
-    say(f"   retire below v{new}: done; all {len(texts):,} values still decrypt: {_yes(readable)}")
+        readable = _read_back(crypto, after, originals)
+    say(
+        f"   retire below v{new}: done; all {len(originals):,} values still decrypt: "
+        f"{_yes(readable)}"
+    )
     return Lifecycle(
         turned.old_version, new, refused, report.totals.completed, untouched, new, readable
     )
+
+
+def _rewrap(services: JobServices, store: FieldStore, progress: ProgressFactory) -> JobReport:
+    """``reencrypt --mode rewrap`` over the demo's table.
+
+    Raises:
+        HeimdallKMSError: what stopped the job.
+    """
+    with progress("reencrypt rewrap") as view:
+        report = run_reencrypt(services, [store], ReencryptOptions(batch_size=250), view)
+    if report.stop_error is not None:
+        raise report.stop_error
+    return report
+
+
+def _read_back(
+    crypto: Crypto, after: Mapping[str, str | None], originals: Mapping[str, str]
+) -> bool:
+    """Whether every stored value decrypts to its original, in one call."""
+    ids = sorted(originals)
+    texts = crypto.decrypt_many(
+        [after[i] or "" for i in ids],
+        actor="demo-analyst",
+        reason="demo: read back after retirement",
+    )
+    return texts == [originals[i] for i in ids]
 
 
 def _values(store: FieldStore) -> dict[str, str | None]:

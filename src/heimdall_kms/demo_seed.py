@@ -33,16 +33,10 @@ def customers() -> dict[str, str]:
 def seed(db_path: Path, hybrid: Settings, say: Callable[[str], None]) -> dict[str, str]:
     """The old engine's table. Returns id -> SSN, kept in memory to verify the read-back."""
     originals = customers()
-    audit = open_sink(hybrid.audit_log)
-    engines = _legacy_engines(hybrid, audit)
     ids = list(originals)
     redacted = set(ids[::97])
-    values = {i: "[REDACTED]" for i in redacted}
-    for key_id, chunk in _by_key(ids, redacted).items():
-        sealed = engines[key_id].encrypt_many([(originals[i], {}) for i in chunk])
-        values.update({i: env.to_json() for i, env in zip(chunk, sealed, strict=True)})
+    values = _stored_values(hybrid, originals, redacted)
     rows = [(i, values[i], _email_hash(i)) for i in ids]
-    audit.close()
     with sqlite3.connect(db_path) as db:
         db.execute(f"CREATE TABLE {TABLE} (id TEXT PRIMARY KEY, ssn TEXT, email TEXT)")
         db.executemany(f"INSERT INTO {TABLE} VALUES (?, ?, ?)", rows)  # noqa: S608
@@ -51,6 +45,20 @@ def seed(db_path: Path, hybrid: Settings, say: Callable[[str], None]) -> dict[st
         f"'default-key-v1' and {OLD_KEY_ID!r}; emails as sha256: hashes; a few [REDACTED])"
     )
     return {i: originals[i] for i in ids if i not in redacted}
+
+
+def _stored_values(
+    hybrid: Settings, originals: dict[str, str], redacted: set[str]
+) -> dict[str, str]:
+    """Each customer's SSN as the old engine stored it: sealed with its env key, or redacted."""
+    audit = open_sink(hybrid.audit_log)
+    engines = _legacy_engines(hybrid, audit)
+    values = {i: "[REDACTED]" for i in redacted}
+    for key_id, chunk in _by_key(list(originals), redacted).items():
+        sealed = engines[key_id].encrypt_many([(originals[i], {}) for i in chunk])
+        values.update({i: env.to_json() for i, env in zip(chunk, sealed, strict=True)})
+    audit.close()
+    return values
 
 
 def _legacy_engines(hybrid: Settings, audit: AuditSink) -> dict[str, Crypto]:

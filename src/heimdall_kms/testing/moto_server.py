@@ -18,13 +18,14 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import boto3
 from botocore.config import Config
 
-from heimdall_kms.testing.processes import free_port, installed_binary, stop_process
+from heimdall_kms.testing.processes import free_port, installed_binary, stop_process, wait_ready
 
 __all__ = [
     "ACCESS_KEY",
@@ -119,16 +120,14 @@ def start_moto(timeout: float = 30.0) -> MotoServer:
             env=env,
         )
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while not _answers(endpoint):
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"moto_server exited: {log_path.read_text(errors='replace')[-2000:]}"
-            )
-        if time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("moto_server did not answer in time")
-        time.sleep(0.05)
+    wait_ready(
+        process,
+        partial(_answers, endpoint),
+        name="moto_server",
+        log_path=log_path,
+        deadline=time.monotonic() + timeout,
+        late="did not answer",
+    )
     return MotoServer(endpoint, process, log_path)
 
 

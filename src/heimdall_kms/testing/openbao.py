@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import hvac
 import requests
 import requests.adapters
 
-from heimdall_kms.testing.processes import free_port, installed_binary, stop_process
+from heimdall_kms.testing.processes import free_port, installed_binary, stop_process, wait_ready
 
 __all__ = ["TRANSIT_KEY", "CountingSession", "OpenBao", "bao_binary", "start_openbao"]
 
@@ -115,7 +116,14 @@ def start_openbao(*, tls: bool = False, timeout: float = 30.0) -> OpenBao:
     addr = f"{scheme}://127.0.0.1:{port}"
     cacert = str(log_dir / "vault-ca.pem") if tls else None
     deadline = time.monotonic() + timeout
-    _wait_healthy(process, addr, cacert, log_path, deadline)
+    wait_ready(
+        process,
+        partial(_healthy, addr, cacert),
+        name="bao server",
+        log_path=log_path,
+        deadline=deadline,
+        late="did not become healthy",
+    )
     unseal_key = _unseal_key(log_path, deadline)
     server = OpenBao(addr, token, unseal_key, cacert, process, log_path)
     root = server.client()
@@ -140,33 +148,9 @@ def _bao_command(token: str, port: int, *, tls: bool, cert_dir: Path) -> list[st
     return command
 
 
-def _wait_healthy(
-    process: subprocess.Popen[bytes],
-    addr: str,
-    cacert: str | None,
-    log_path: Path,
-    deadline: float,
-) -> None:
-    """Wait until the server answers its health check.
-
-    Raises:
-        RuntimeError: the server exited, or did not answer by ``deadline``.
-    """
-    while True:
-        if time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("bao server did not become healthy in time")
-        if process.poll() is not None:
-            raise RuntimeError(f"bao server exited: {log_path.read_text(errors='replace')[-2000:]}")
-        if cacert is not None and not Path(cacert).exists():
-            time.sleep(0.05)  # The CA is written a moment after the process starts.
-            continue
-        if _healthy(addr, cacert):
-            return
-        time.sleep(0.05)
-
-
 def _healthy(addr: str, cacert: str | None) -> bool:
+    if cacert is not None and not Path(cacert).exists():
+        return False  # The CA is written a moment after the process starts.
     try:
         response = requests.get(f"{addr}/v1/sys/health", verify=cacert or True, timeout=1)
     except requests.RequestException:

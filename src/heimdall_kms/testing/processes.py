@@ -8,10 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["free_port", "installed_binary", "run_cli", "stop_process"]
+__all__ = ["free_port", "installed_binary", "run_cli", "stop_process", "wait_ready"]
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
@@ -23,6 +24,31 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def wait_ready(
+    process: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    *,
+    name: str,
+    log_path: Path,
+    deadline: float,
+    late: str,
+) -> None:
+    """Ask ``ready()`` every 50 ms until it says yes.
+
+    Raises:
+        RuntimeError: the server exited (the message ends with its log's last 2,000
+            characters), or was not ready by ``deadline`` (it is killed; the message says
+            ``{name} {late} in time``).
+    """
+    while not ready():
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited: {log_path.read_text(errors='replace')[-2000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"{name} {late} in time")
+        time.sleep(0.05)
 
 
 def free_port() -> int:
