@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import hvac
 import hvac.exceptions
@@ -193,14 +194,18 @@ class TokenKeeper:
             return
         self._checked = now
         try:
-            data = self.client.auth.token.lookup_self()["data"]
-            ttl, period = int(data.get("ttl") or 0), int(data.get("creation_ttl") or 0)
-            if data.get("renewable") and period > 0 and ttl <= period / 3:
+            if _renewal_due(self.client.auth.token.lookup_self()["data"]):
                 self.client.auth.token.renew_self()
         except (hvac.exceptions.VaultError, requests.RequestException, KeyError, TypeError):
             # A token that may not look itself up, or a Vault that is briefly away: the call
             # that follows reports the real problem.
             return
+
+
+def _renewal_due(data: Mapping[str, Any]) -> bool:
+    """Whether a renewable token has a third of its TTL left, or less (its lookup's data)."""
+    ttl, period = int(data.get("ttl") or 0), int(data.get("creation_ttl") or 0)
+    return bool(data.get("renewable")) and period > 0 and ttl <= period / 3
 
 
 def _read_jwt(vault: VaultSettings) -> str:

@@ -138,8 +138,7 @@ def _invalid_request(where: str, first: str, *, login: bool) -> KMSError | TooCo
 
 
 def _first_error(exc: hv.VaultError) -> str:
-    errors = [str(e) for e in (exc.errors or []) if isinstance(e, str)] if exc.errors else []
-    return errors[0][:200] if errors else ""
+    return next((e[:200] for e in exc.errors or () if isinstance(e, str)), "")
 
 
 def _retry_after(exc: hv.VaultError) -> float | None:
@@ -174,17 +173,18 @@ class Translated:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
-        if exc is None or isinstance(exc, KMSError | TooComplexError):
-            return
+        # Anything else (our own errors, TooComplexError, a bug) propagates as it is.
         if isinstance(exc, hv.VaultError):
             raise translate(self._where(), exc, login=self._login) from None
         if isinstance(exc, requests.exceptions.RequestException):
-            reason = type(exc).__name__
-            at = f" at {self._address}" if self._address else ""
-            target = f" ({self._target})" if self._target else ""
-            raise KMSUnavailableError(
-                f"cannot reach Vault{at} for {self._operation}{target}: {reason}"
-            ) from None
+            raise self._unreachable(exc) from None
+
+    def _unreachable(self, exc: requests.exceptions.RequestException) -> KMSUnavailableError:
+        at = f" at {self._address}" if self._address else ""
+        target = f" ({self._target})" if self._target else ""
+        return KMSUnavailableError(
+            f"cannot reach Vault{at} for {self._operation}{target}: {type(exc).__name__}"
+        )
 
     def _where(self) -> str:
         parts = [part for part in (self._target, self._address) if part]

@@ -86,14 +86,23 @@ def _address(env: Env) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError("HMD_VAULT_ADDR: expected an http:// or https:// URL with a host")
     insecure = env.flag("HMD_VAULT_ALLOW_INSECURE_HTTP", default=False, any_case=False)
-    if parts.scheme == "http" and not is_loopback(parts.hostname) and not insecure:
+    _check_plain_http(parts.scheme, parts.hostname, insecure=insecure)
+    return addr.rstrip("/")
+
+
+def _check_plain_http(scheme: str, host: str, *, insecure: bool) -> None:
+    """Refuse plain http:// to anything but loopback, unless allowed on purpose.
+
+    Raises:
+        ConfigurationError: http:// to a host other than loopback, not allowed.
+    """
+    if scheme == "http" and not is_loopback(host) and not insecure:
         raise ConfigurationError(
             "HMD_VAULT_ADDR: plain http:// to a host other than loopback would send the token "
             "and every data key unencrypted; use https:// (or set "
             "HMD_VAULT_ALLOW_INSECURE_HTTP=true behind a TLS-terminating proxy on a trusted "
             "network)"
         )
-    return addr.rstrip("/")
 
 
 # What each auth method cannot do without, as (variable, its value in the settings).
@@ -114,18 +123,27 @@ _ALSO = {VaultAuthMethod.CERT: " (with HMD_VAULT_CLIENT_KEY)"}
 
 
 def _check_auth(vault: VaultSettings) -> None:
+    _check_required(vault)
+    if (vault.client_cert is None) != (vault.client_key is None):
+        raise ConfigurationError(
+            "HMD_VAULT_CLIENT_CERT, HMD_VAULT_CLIENT_KEY: set both (the certificate and its key)"
+        )
+    if vault.auth_method is VaultAuthMethod.CERT and not vault.addr.startswith("https://"):
+        raise ConfigurationError(
+            "HMD_VAULT_ADDR: HMD_VAULT_AUTH_METHOD=cert needs an https:// address "
+            "(the certificate is presented in the TLS handshake)"
+        )
+
+
+def _check_required(vault: VaultSettings) -> None:
+    """Check that every variable the auth method cannot do without is set.
+
+    Raises:
+        ConfigurationError: naming the first one that is not.
+    """
     method = vault.auth_method
     for name, value in _REQUIRED[method]:
         if value(vault) is None:
             raise ConfigurationError(
                 f"{name}: required for HMD_VAULT_AUTH_METHOD={method.value}{_ALSO.get(method, '')}"
             )
-    if (vault.client_cert is None) != (vault.client_key is None):
-        raise ConfigurationError(
-            "HMD_VAULT_CLIENT_CERT, HMD_VAULT_CLIENT_KEY: set both (the certificate and its key)"
-        )
-    if method is VaultAuthMethod.CERT and not vault.addr.startswith("https://"):
-        raise ConfigurationError(
-            "HMD_VAULT_ADDR: HMD_VAULT_AUTH_METHOD=cert needs an https:// address "
-            "(the certificate is presented in the TLS handshake)"
-        )

@@ -115,7 +115,7 @@ class BootstrapOptions:
             if not pattern.fullmatch(value):
                 raise InvalidInputError(f"{what}: letters, digits, '.', '_', '-' (and '/') only")
         period = self.auto_rotate_seconds
-        if period is not None and period != 0 and period < 3600:
+        if period and period < 3600:  # None leaves it as it is, 0 turns it off
             raise InvalidInputError("auto-rotation period: at least 1h (or 0 to turn it off)")
 
     def name(self, role: str) -> str:

@@ -48,6 +48,11 @@ def server_status(vault: VaultSettings) -> ServerStatus:
         return ServerStatus(reachable=True, problem=type(exc).__name__)
     finally:
         client.adapter.close()
+    return _answered(answer)
+
+
+def _answered(answer: object) -> ServerStatus:
+    """What Vault's answer to ``sys/seal-status`` says."""
     data = _data(answer if isinstance(answer, dict) else None)
     return ServerStatus(
         reachable=True,

@@ -87,24 +87,9 @@ def plan(client: hvac.Client, options: BootstrapOptions) -> list[Step]:
         # The audit checkpoints' signing key (HMD_AUDIT_SIGNING_KEY): writers sign, audit verifies.
         _key(client, options, f"{options.key}-audit", None, SIGNING_KEY_TYPE),
     ]
-    for role in ROLES:
-        name, hcl = options.name(role), policy_hcl(role, options)
-        path = f"/v1/sys/policies/acl/{name}"
-        current = _get(client, path)
-        change = (
-            Change.CREATED
-            if current is None
-            else Change.UNCHANGED
-            if _data(current).get("policy") == hcl
-            else Change.UPDATED
-        )
-        calls = () if change is Change.UNCHANGED else (ApiCall("PUT", path, {"policy": hcl}),)
-        steps.append(Step(f"policy {name}", change, calls, hcl))
+    steps += [_policy(client, options, role) for role in ROLES]
     steps.append(_mount(client, "sys/auth", approle, "approle", f"AppRole auth {approle}/"))
-    for role in ROLES:
-        want = {"token_policies": [options.name(role)], "bind_secret_id": True, **_token(options)}
-        path = f"/v1/auth/{approle}/role/{options.name(role)}"
-        steps.append(_desired(client, f"AppRole role {options.name(role)}", path, want))
+    steps += [_approle_role(client, options, role) for role in ROLES]
     if options.kubernetes is not None:
         steps += _kubernetes(client, options, options.kubernetes)
     return steps
@@ -221,6 +206,27 @@ def _config_changes(current: Mapping[str, Any], period: int | None) -> dict[str,
     if period is not None and int(current.get("auto_rotate_period") or 0) != period:
         config["auto_rotate_period"] = period
     return config
+
+
+def _policy(client: hvac.Client, options: BootstrapOptions, role: str) -> Step:
+    """``role``'s ACL policy: written unless Vault has exactly its HCL."""
+    name, hcl = options.name(role), policy_hcl(role, options)
+    path = f"/v1/sys/policies/acl/{name}"
+    current = _get(client, path)
+    if current is None:
+        change = Change.CREATED
+    elif _data(current).get("policy") == hcl:
+        return Step(f"policy {name}", Change.UNCHANGED, (), hcl)
+    else:
+        change = Change.UPDATED
+    return Step(f"policy {name}", change, (ApiCall("PUT", path, {"policy": hcl}),), hcl)
+
+
+def _approle_role(client: hvac.Client, options: BootstrapOptions, role: str) -> Step:
+    """``role``'s AppRole login role: its policy only, a secret id required."""
+    want = {"token_policies": [options.name(role)], "bind_secret_id": True, **_token(options)}
+    path = f"/v1/auth/{options.approle_mount}/role/{options.name(role)}"
+    return _desired(client, f"AppRole role {options.name(role)}", path, want)
 
 
 def _desired(client: hvac.Client, name: str, path: str, want: Mapping[str, Any]) -> Step:
