@@ -20,15 +20,21 @@ def caused_by(exc: BaseException, transport: tuple[type[BaseException], ...]) ->
     """Whether ``exc``, its explicit or implicit causes, or the exceptions it carries as
     arguments (google-auth wraps the caught error as ``RefreshError(caught)``), include one of
     the ``transport`` error types."""
-    seen: set[int] = set()
-    pending: list[BaseException] = [exc]
+    # ``exc`` itself does not count: only what lies behind it.
+    seen = {id(exc)}
+    pending = _behind(exc)
     while pending and len(seen) < _DEPTH:
         current = pending.pop()
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if current is not exc and isinstance(current, transport):
+        if isinstance(current, transport):
             return True
-        pending += [a for a in current.args if isinstance(a, BaseException)]
-        pending += [c for c in (current.__cause__, current.__context__) if c is not None]
+        pending += _behind(current)
     return False
+
+
+def _behind(exc: BaseException) -> list[BaseException]:
+    """The exceptions ``exc`` carries as arguments, then its explicit and implicit causes."""
+    carried = [a for a in exc.args if isinstance(a, BaseException)]
+    return carried + [c for c in (exc.__cause__, exc.__context__) if c is not None]

@@ -9,10 +9,11 @@ applies); an absurd one is capped at an hour.
 
 from __future__ import annotations
 
-import email.utils
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime
+
+from heimdall_kms.providers.base import http_date
 
 __all__ = ["MAX_SECONDS", "bounded", "from_headers", "retry_after_seconds"]
 
@@ -21,17 +22,12 @@ MAX_SECONDS = 3600.0
 
 def retry_after_seconds(value: str | None) -> float | None:
     """A Retry-After header as seconds: delta-seconds or an HTTP date; None if absent/bad."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
+    text = (value or "").strip()
     try:
         seconds = float(text)
     except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
+        when = http_date(text)
+        if when is None:
             return None
         seconds = (when - datetime.now(UTC)).total_seconds()
     return bounded(seconds)
@@ -44,15 +40,20 @@ def from_headers(get: Callable[[str], str | None]) -> float | None:
     read first, as azure-core reads them) win over ``Retry-After``.
     """
     for name in ("retry-after-ms", "x-ms-retry-after-ms"):
-        value = get(name)
-        if value is not None:
-            try:
-                seconds = bounded(float(value.strip()) / 1000.0)
-            except ValueError:
-                seconds = None
-            if seconds is not None:
-                return seconds
+        seconds = _milliseconds(get(name))
+        if seconds is not None:
+            return seconds
     return retry_after_seconds(get("retry-after"))
+
+
+def _milliseconds(value: str | None) -> float | None:
+    """A ``retry-after-ms`` header as seconds; None if absent or bad."""
+    if value is None:
+        return None
+    try:
+        return bounded(float(value.strip()) / 1000.0)
+    except ValueError:
+        return None
 
 
 def bounded(seconds: float) -> float | None:

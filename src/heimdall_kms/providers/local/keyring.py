@@ -118,23 +118,40 @@ class LocalKeyring:
             os.close(fd)
 
     def _read(self) -> dict[str, Any]:
-        name = "HMD_LOCAL_KEYRING"
-        try:
-            info = self.path.stat()
-        except FileNotFoundError:
+        info = self._stat()
+        if info is None:
             return {"format": _FORMAT, "warning": _WARNING, "keys": {}}
-        except OSError as exc:
-            raise ConfigurationError(f"{name}: cannot read {self.path}: {exc.strerror}") from None
         if stat.S_IMODE(info.st_mode) & 0o077:
             raise ConfigurationError(
-                f"{name}: {self.path} is readable by group or others; run chmod 600 on it"
+                f"HMD_LOCAL_KEYRING: {self.path} is readable by group or others; run chmod 600 "
+                "on it"
             )
+        return self._document()
+
+    def _stat(self) -> os.stat_result | None:
+        """The keyring file's status; None while there is no file yet."""
+        try:
+            return self.path.stat()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ConfigurationError(
+                f"HMD_LOCAL_KEYRING: cannot read {self.path}: {exc.strerror}"
+            ) from None
+
+    def _document(self) -> dict[str, Any]:
+        """The keyring file's JSON document.
+
+        Raises:
+            ConfigurationError: it cannot be read, or is not a keyring.
+        """
+        not_keyring = f"HMD_LOCAL_KEYRING: {self.path} is not a heimdall keyring"
         try:
             document = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            raise ConfigurationError(f"{name}: {self.path} is not a heimdall keyring") from None
+            raise ConfigurationError(not_keyring) from None
         if not isinstance(document, dict) or document.get("format") != _FORMAT:
-            raise ConfigurationError(f"{name}: {self.path} is not a heimdall keyring")
+            raise ConfigurationError(not_keyring)
         return document
 
     def _write(self, document: dict[str, Any]) -> None:
