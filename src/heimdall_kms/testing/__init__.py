@@ -8,8 +8,8 @@
   ``bao`` binary; ``hvac`` and ``requests`` come with the ``vault`` extra).
 * :func:`start_moto` (:mod:`heimdall_kms.testing.moto_server`): moto's server as a local AWS
   KMS. Needs the ``testing`` extra (``moto[server]``, ``boto3``).
-* :mod:`heimdall_kms.testing.processes`: a free port, stopping a server, running the
-  installed ``heimdall-kms`` command.
+* :mod:`heimdall_kms.testing.processes`: a free port, waiting for a server to be ready,
+  stopping it, running the installed ``heimdall-kms`` command.
 
 Importing this package loads none of them: each name is imported from its module on first use,
 so ``from heimdall_kms.testing import FakeKMS`` needs neither hvac nor boto3. Everything here
