@@ -56,6 +56,7 @@ def anchor_sql(
 _INSERT = (
     "INSERT INTO {table} (log_id, seq, hash, signed_at, checkpoint) VALUES (%s, %s, %s, %s, %s)"
 )
+_FIRST_BACKOFF, _MAX_BACKOFF = 0.2, 10.0  # seconds between retries, doubling
 
 
 class AnchorWriter:
@@ -101,29 +102,37 @@ class AnchorWriter:
 
     def _run(self) -> None:
         connection: Any = None
-        closing = False
-        backoff = 0.2
-        while True:
-            if not self._pending:
-                first = self._queue.get()
-                if first is None:
-                    break
-                self._pending.append(first)
-            closing = self._drain() or closing
-            try:
-                connection = connection or _connect(self._url, self._timeout)
-                self._insert_pending(connection)
-                backoff = 0.2
-            except Exception:  # noqa: BLE001 - any failure: count it, keep the rows, retry
-                self._failed(connection)
-                connection = None
-                if not closing:
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, 10.0)
-                    continue
+        backoff = _FIRST_BACKOFF
+        while self._pending or self._wait_first():
+            closing = self._drain()
+            connection = self._insert_or_count(connection)
             if closing:
                 break  # a failure while closing: what is left is in <log>.checkpoints
+            if connection is None:
+                time.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+            else:
+                backoff = _FIRST_BACKOFF
         _discard(connection)
+
+    def _wait_first(self) -> bool:
+        """Wait for a checkpoint and make it pending; False at the close marker."""
+        first = self._queue.get()
+        if first is None:
+            return False
+        self._pending.append(first)
+        return True
+
+    def _insert_or_count(self, connection: Any) -> Any:
+        """Insert the pending rows; the connection for the next insert (None after a failure,
+        which is counted: the rows stay pending)."""
+        try:
+            connection = connection or _connect(self._url, self._timeout)
+            self._insert_pending(connection)
+        except Exception:  # noqa: BLE001 - any failure: count it, keep the rows, retry
+            self._failed(connection)
+            return None
+        return connection
 
     def _insert_pending(self, connection: Any) -> None:
         """Insert every pending row in one transaction; they leave the queue once committed."""

@@ -103,21 +103,27 @@ def verify_anchored(
     # The checkpoints first, the log after: a checkpoint is written only once its lines are on
     # disk, so a log in use is never mistaken for a truncated one.
     found = _collect(path, anchor_rows, result)
-    if path.exists() or not found:
-        try:
-            chain = verify(path)
-            result.lines, result.last_hash = chain.lines, chain.last_hash
-        except AuditCrashError as crash:
-            # The .head checkpoint is behind a tail that still chains: the signed checkpoints
-            # below decide between tampering and an unsigned (crashed) tail.
-            result.lines, result.last_hash = crash.lines, crash.last_hash
-            result.notes.append(str(crash))
-    else:
-        result.notes.append(f"the log {path} does not exist")
-    _check_signatures(found, signer, log_id, result)
+    _read_chain(path, bool(found), result)
+    found = _check_signatures(found, signer, log_id, result)
     hashes = _hashes_at(path, {c.seq for c in found if c.seq <= result.lines}, result.lines)
     _compare(found, hashes, result)
     return result
+
+
+def _read_chain(path: Path, has_checkpoints: bool, result: AnchoredResult) -> None:
+    """The log's length and last hash, as plain ``verify`` walks them; a log that does not
+    exist while checkpoints name it is a note (they decide what it means)."""
+    if not path.exists() and has_checkpoints:
+        result.notes.append(f"the log {path} does not exist")
+        return
+    try:
+        chain = verify(path)
+        result.lines, result.last_hash = chain.lines, chain.last_hash
+    except AuditCrashError as crash:
+        # The .head checkpoint is behind a tail that still chains: the signed checkpoints
+        # below decide between tampering and an unsigned (crashed) tail.
+        result.lines, result.last_hash = crash.lines, crash.last_hash
+        result.notes.append(str(crash))
 
 
 def _collect(
@@ -182,34 +188,45 @@ def _sidecar_lines(sidecar: Path, anchor_has_rows: bool, result: AnchoredResult)
 
 def _check_signatures(
     found: list[Checkpoint], signer: Signer, log_id: str, result: AnchoredResult
-) -> None:
+) -> list[Checkpoint]:
+    """The checkpoints whose signature verifies with a trusted key; why each other one cannot
+    vouch for this log is a problem."""
     verified = _verified(found, signer, log_id)
+    result.problems += _rejections([c for c in found if id(c) not in verified], signer, log_id)
+    return [c for c in found if id(c) in verified]
+
+
+def _rejections(rejected: list[Checkpoint], signer: Signer, log_id: str) -> list[str]:
+    """One problem per rejected checkpoint, except those of this log whose signature names a
+    key (AWS): one problem per key they name."""
+    problems: list[str] = []
     unverified: dict[str, list[Checkpoint]] = {}
-    for checkpoint in list(found):
-        if id(checkpoint) in verified:
-            continue
-        found.remove(checkpoint)
+    for checkpoint in rejected:
         named = signer.signing_key_of(checkpoint.signature)
         if checkpoint.log_id == log_id and named is not None:
             unverified.setdefault(named, []).append(checkpoint)
         else:
-            result.problems.append(_signature_problem(checkpoint, log_id, signer.key_identifier))
-    result.problems += [_untrusted(key, group) for key, group in unverified.items()]
+            problems.append(_signature_problem(checkpoint, log_id, signer.key_identifier))
+    return problems + [_untrusted(key, group) for key, group in unverified.items()]
 
 
 def _verified(found: list[Checkpoint], signer: Signer, log_id: str) -> set[int]:
     """The ids of this log's checkpoints whose signature verifies with a trusted key."""
+    ours = [c for c in found if _checkable(c, signer, log_id)]
+    valid = signer.verify_many([(c.message(), c.signature) for c in ours])
+    return {id(c) for c, ok in zip(ours, valid, strict=True) if ok}
+
+
+def _checkable(checkpoint: Checkpoint, signer: Signer, log_id: str) -> bool:
+    """Whether the checkpoint is this log's and names the signer's key, or its signature
+    records a key of its own (which the signer then trusts or not)."""
     # Where a signature records its key (AWS), that key, trusted or not by the signer, decides;
     # the checkpoint's key label is the name its writer was configured with, which an AWS
     # rotation (a new key, a new HMD_AUDIT_SIGNING_KEY) changes.
-    ours = [
-        c
-        for c in found
-        if c.log_id == log_id
-        and (c.key == signer.key_identifier or signer.signing_key_of(c.signature) is not None)
-    ]
-    valid = signer.verify_many([(c.message(), c.signature) for c in ours])
-    return {id(c) for c, ok in zip(ours, valid, strict=True) if ok}
+    return checkpoint.log_id == log_id and (
+        checkpoint.key == signer.key_identifier
+        or signer.signing_key_of(checkpoint.signature) is not None
+    )
 
 
 def _signature_problem(checkpoint: Checkpoint, log_id: str, key: str) -> str:
@@ -248,18 +265,33 @@ def _hashes_at(path: Path, wanted: set[int], lines: int) -> dict[int, str]:
 
 
 def _compare(found: list[Checkpoint], hashes: dict[int, str], result: AnchoredResult) -> None:
-    end = result.lines
-    good = [c for c in found if hashes.get(c.seq) == c.hash]
-    bad = [c for c in found if hashes.get(c.seq) != c.hash]
+    good, bad = _split_by_hash(found, hashes)
     if bad:
-        result.problems.append(_describe(good, bad, end))
+        result.problems.append(_describe(good, bad, result.lines))
     if result.problems:
         result.verdict = AnchoredVerdict.TAMPERED
         return
+    _note_unsigned_tail(result, _note_last_signed(result, good))
+
+
+def _split_by_hash(
+    found: list[Checkpoint], hashes: dict[int, str]
+) -> tuple[list[Checkpoint], list[Checkpoint]]:
+    """The checkpoints whose seq the log holds with their hash, and the others."""
+    good: list[Checkpoint] = []
+    bad: list[Checkpoint] = []
+    for checkpoint in found:
+        (good if hashes.get(checkpoint.seq) == checkpoint.hash else bad).append(checkpoint)
+    return good, bad
+
+
+def _note_last_signed(result: AnchoredResult, good: list[Checkpoint]) -> int:
+    """Record the last checkpoint that vouches for the log; its seq (0 when none does)."""
     last_good = max(good, key=lambda c: c.seq, default=None)
-    if last_good is not None:
-        result.last_signed = {"seq": last_good.seq, "time": last_good.time}
-    _note_unsigned_tail(result, last_good.seq if last_good else 0)
+    if last_good is None:
+        return 0
+    result.last_signed = {"seq": last_good.seq, "time": last_good.time}
+    return last_good.seq
 
 
 def _note_unsigned_tail(result: AnchoredResult, signed_to: int) -> None:
@@ -279,12 +311,18 @@ def _note_unsigned_tail(result: AnchoredResult, signed_to: int) -> None:
 def _describe(good: list[Checkpoint], bad: list[Checkpoint], end: int) -> str:
     """Which seq range the anchored checkpoints vouch for and this log does not hold."""
     earliest = min(c.moment for c in bad)
-    restarted = any(c.moment > earliest for c in good)
-    replaced = [c.seq for c in bad if c.seq <= end]
-    if not replaced and not restarted:
+    # The lowest broken seq: within the log (a line replaced) whenever any broken one is.
+    first = min(c.seq for c in bad)
+    restarted = _restarted(good, earliest)
+    if first > end and not restarted:
         return _missing(bad, end)
-    first = min(replaced or [c.seq for c in bad])
     return _replaced(bad, end, _original_before(good, earliest, first) + 1, restarted=restarted)
+
+
+def _restarted(good: list[Checkpoint], earliest: datetime) -> bool:
+    """Whether a checkpoint that matches the log was signed after the first broken one: the
+    log now holds a chain begun after the original was signed."""
+    return any(c.moment > earliest for c in good)
 
 
 def _missing(bad: list[Checkpoint], end: int) -> str:

@@ -12,6 +12,7 @@ from heimdall_kms.audit.signers import signer_from_settings
 from heimdall_kms.config import Settings
 
 if TYPE_CHECKING:
+    from heimdall_kms.audit_settings import AuditAnchoring
     from heimdall_kms.metrics import Metrics
 
 __all__ = ["checkpointer_for", "log_id"]
@@ -40,6 +41,22 @@ def checkpointer_for(
         from heimdall_kms.metrics import unexported_metrics  # noqa: PLC0415
 
         metrics = unexported_metrics()
+    policy = CheckpointPolicy(
+        log_id=log_id(log, settings),
+        seconds=anchoring.checkpoint_seconds,
+        lines=anchoring.checkpoint_lines,
+    )
+    return Checkpointer(
+        log,
+        signer,
+        policy,
+        destinations=_destinations(anchoring, metrics),
+        on_failure=metrics.audit_checkpoint_failures.labels("sign").inc,
+    )
+
+
+def _destinations(anchoring: AuditAnchoring, metrics: Metrics) -> list[Destination]:
+    """The off-host copies the settings ask for: the PostgreSQL anchor, syslog."""
     destinations: list[Destination] = []
     if anchoring.anchor_url is not None:
         destinations.append(
@@ -55,15 +72,4 @@ def checkpointer_for(
 
         failures = metrics.audit_checkpoint_failures.labels("syslog").inc
         destinations.append(SyslogAnchor(anchoring.syslog, on_failure=failures))
-    policy = CheckpointPolicy(
-        log_id=log_id(log, settings),
-        seconds=anchoring.checkpoint_seconds,
-        lines=anchoring.checkpoint_lines,
-    )
-    return Checkpointer(
-        log,
-        signer,
-        policy,
-        destinations=destinations,
-        on_failure=metrics.audit_checkpoint_failures.labels("sign").inc,
-    )
+    return destinations

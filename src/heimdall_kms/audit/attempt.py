@@ -71,11 +71,20 @@ def audited(sink: AuditSink, event: AuditEvent) -> Iterator[Attempt]:
     if attempt.error is not None:
         _record_failure(sink, _outcome(event, attempt, attempt.error, attempt_id))
         return
+    _record_success(sink, _outcome(event, attempt, None, attempt_id))
+
+
+def _record_success(sink: AuditSink, success: AuditEvent) -> None:
+    """Write the outcome of a body that succeeded.
+
+    Raises:
+        AuditWriteError: it could not be written (the intent stays without an outcome).
+    """
     try:
-        sink.emit([_outcome(event, attempt, None, attempt_id)])
+        sink.emit([success])
     except AuditWriteError as exc:
         raise AuditWriteError(
-            f"{exc}; the {event.event_type.value} was done and its intent is recorded, "
+            f"{exc}; the {success.event_type.value} was done and its intent is recorded, "
             "but not its outcome"
         ) from None
 

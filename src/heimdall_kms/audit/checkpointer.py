@@ -78,7 +78,7 @@ class Checkpointer:
         """Sign the latest head now, in the caller's thread, unless it is signed already
         (a drill's verification step; a failure is counted, as on the thread)."""
         with self._lock:
-            head = self._head if self._head and self._head[0] != self._signed_seq else None
+            head = self._unsigned_head()
         if head is not None:
             self._sign(*head)
 
@@ -95,17 +95,26 @@ class Checkpointer:
 
     def _run(self) -> None:
         while True:
-            with self._lock:
-                self._wake.wait_for(self._due, timeout=self._policy.seconds)
-                closing = self._closing
-                head = self._head if self._head and self._head[0] != self._signed_seq else None
-                if head is not None or self._due_by_time():
-                    self._lines = 0
-                    self._last = time.monotonic()
+            closing, head = self._wait()
             if head is not None:
                 self._sign(*head)
             if closing:
                 return
+
+    def _wait(self) -> tuple[bool, tuple[int, str] | None]:
+        """Wait until a checkpoint is due (or the close); whether closing, and the head to
+        sign (None when it is signed already)."""
+        with self._lock:
+            self._wake.wait_for(self._due, timeout=self._policy.seconds)
+            head = self._unsigned_head()
+            if head is not None or self._due_by_time():
+                self._lines = 0
+                self._last = time.monotonic()
+            return self._closing, head
+
+    def _unsigned_head(self) -> tuple[int, str] | None:
+        """The latest head written, unless a checkpoint signed it (the lock is held)."""
+        return self._head if self._head is not None and self._head[0] != self._signed_seq else None
 
     def _due(self) -> bool:
         return self._closing or self._lines >= self._policy.lines or self._due_by_time()

@@ -57,23 +57,10 @@ class GCPSigner(VersionedSigner):
         from heimdall_kms.providers.gcp.errors import translated  # noqa: PLC0415 - optional extra
 
         version, algorithm = self._newest()
-        request: dict[str, Any] = {"name": version}
-        if algorithm == "EC_SIGN_P256_SHA256":
-            digest = hashlib.sha256(message).digest()
-            request |= {"digest": {"sha256": digest}, "digest_crc32c": _crc(digest)}
-        else:
-            request |= {"data": message, "data_crc32c": _crc(message)}
+        request = _sign_request(version, algorithm, message)
         with translated("audit checkpoint sign"):
             answer = self._client.asymmetric_sign(request=request, timeout=self._timeout)
-        verified = answer.verified_digest_crc32c or answer.verified_data_crc32c
-        # Cloud KMS's integrity checks both ways: what it signed is what was sent, and the
-        # signature arrived as it left.
-        if (
-            answer.name != version
-            or not verified
-            or answer.signature_crc32c != _crc(answer.signature)
-        ):
-            raise KMSError("GCP KMS audit checkpoint sign: the answer failed its checksums")
+        _check_signed(answer, version)
         number = int(version.rsplit("/", 1)[1])  # Cloud KMS numbers a key's versions
         return format_wrapped(ProviderName.GCP, number, base64.b64encode(answer.signature).decode())
 
@@ -104,22 +91,18 @@ class GCPSigner(VersionedSigner):
         return str(newest.name), str(newest.algorithm.name)
 
     def verify_many(self, items: Sequence[tuple[bytes, str]]) -> list[bool]:
-        keys: dict[str, bytes | None] = {}  # one getPublicKey per version named
-        found = []
-        for message, signature in items:
-            form = parse_wrapped(signature)
-            raw = (
-                _b64(form.body) if form is not None and form.provider == ProviderName.GCP else None
-            )
-            if form is None or raw is None:
-                found.append(False)
-                continue
-            number = str(form.version)
-            if number not in keys:
-                keys[number] = self._public_key(f"{self._key}/cryptoKeyVersions/{number}")
-            pem = keys[number]
-            found.append(pem is not None and primitives.verify_with_public_key(pem, message, raw))
-        return found
+        keys: dict[int, bytes | None] = {}  # one getPublicKey per version named
+        return [self._verify(message, signature, keys) for message, signature in items]
+
+    def _verify(self, message: bytes, signature: str, keys: dict[int, bytes | None]) -> bool:
+        parsed = _gcp_signature(signature)
+        if parsed is None:
+            return False
+        version, raw = parsed
+        if version not in keys:
+            keys[version] = self._public_key(f"{self._key}/cryptoKeyVersions/{version}")
+        pem = keys[version]
+        return pem is not None and primitives.verify_with_public_key(pem, message, raw)
 
     def _public_key(self, version: str) -> bytes | None:
         """The version's PEM; None for a version that does not exist (its signatures are
@@ -168,21 +151,63 @@ class AzureSigner(VersionedSigner):
     def _verify(self, message: bytes, signature: str) -> bool:
         from heimdall_kms.providers.azure.errors import call  # noqa: PLC0415 - optional extra
 
-        match = _AZURE.fullmatch(signature)
-        raw = _b64(match.group(2)) if match else None
-        if match is None or raw is None or len(raw) != 64:  # ES256: r | s, 32 bytes each
+        parsed = _azure_signature(signature)
+        if parsed is None:
             return False
-        crypto = self._crypto(match.group(1))
+        version, raw = parsed
+        crypto = self._crypto(version)
         digest = hashlib.sha256(message).digest()
-        given: bytes = raw
         try:
-            answer = call("audit checkpoint verify", lambda: crypto.verify(_es256(), digest, given))
+            answer = call("audit checkpoint verify", lambda: crypto.verify(_es256(), digest, raw))
         except KeyNotFoundError:
             return False  # a version this key never had: forged
         return answer.is_valid is True
 
     def _crypto(self, version: str) -> Any:
         return self._client.get_cryptography_client(self._name, key_version=version)
+
+
+def _sign_request(version: str, algorithm: str, message: bytes) -> dict[str, Any]:
+    """``asymmetricSign``'s request: P-256 signs the SHA-256 digest, Ed25519 the message."""
+    if algorithm == "EC_SIGN_P256_SHA256":
+        digest = hashlib.sha256(message).digest()
+        return {"name": version, "digest": {"sha256": digest}, "digest_crc32c": _crc(digest)}
+    return {"name": version, "data": message, "data_crc32c": _crc(message)}
+
+
+def _check_signed(answer: Any, version: str) -> None:
+    """Cloud KMS's integrity checks both ways: what it signed is what was sent, and the
+    signature arrived as it left.
+
+    Raises:
+        KMSError: either failed.
+    """
+    if (
+        answer.name != version
+        or not (answer.verified_digest_crc32c or answer.verified_data_crc32c)
+        or answer.signature_crc32c != _crc(answer.signature)
+    ):
+        raise KMSError("GCP KMS audit checkpoint sign: the answer failed its checksums")
+
+
+def _gcp_signature(signature: str) -> tuple[int, bytes] | None:
+    """The key version and the raw signature of ``gcp:v<N>:<base64>``."""
+    form = parse_wrapped(signature)
+    if form is None or form.provider != ProviderName.GCP:
+        return None
+    raw = _b64(form.body)
+    return None if raw is None else (form.version, raw)
+
+
+def _azure_signature(signature: str) -> tuple[str, bytes] | None:
+    """The key version and the raw signature of ``azure:<version>:<base64>``."""
+    match = _AZURE.fullmatch(signature)
+    if match is None:
+        return None
+    raw = _b64(match.group(2))
+    if raw is None or len(raw) != 64:  # ES256: r | s, 32 bytes each
+        return None
+    return match.group(1), raw
 
 
 def _es256() -> Any:

@@ -46,14 +46,17 @@ class AuditFilter:
 
     def _in_window(self, event: dict[str, Any]) -> bool:
         if self.since is None and self.until is None:
-            return True
-        try:
-            moment = datetime.fromisoformat(str(event.get("timestamp")))
-        except ValueError:
-            return False
-        return (self.since is None or moment >= self.since) and (
-            self.until is None or moment <= self.until
-        )
+            return True  # the timestamp is not even read
+        moment = _timestamp(event)
+        # An open end of the window is the event's own moment.
+        return moment is not None and (self.since or moment) <= moment <= (self.until or moment)
+
+
+def _timestamp(event: dict[str, Any]) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(event.get("timestamp")))
+    except ValueError:
+        return None
 
 
 def query(path: Path, selection: AuditFilter) -> Iterator[dict[str, Any]]:
@@ -82,18 +85,22 @@ def dangling(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     could not be written), and the change may or may not have happened.
     """
     open_intents: dict[tuple[object, object, object], list[int]] = defaultdict(list)
-    seen: list[dict[str, Any]] = []
-    answered: set[int] = set()
-    for event in events:
-        details = event.get("details")
-        attempt = details.get("attempt") if isinstance(details, dict) else None
-        key = (event.get("event_type"), event.get("request_id"), attempt)
+    unanswered: dict[int, dict[str, Any]] = {}  # by position in the log, in log order
+    for number, event in enumerate(events):
+        key = _answer_key(event)
         if event.get("result") == "intent":
-            open_intents[key].append(len(seen))
-            seen.append(event)
+            open_intents[key].append(number)
+            unanswered[number] = event
         elif open_intents.get(key):
-            answered.add(open_intents[key].pop())
-    return [event for index, event in enumerate(seen) if index not in answered]
+            del unanswered[open_intents[key].pop()]
+    return list(unanswered.values())
+
+
+def _answer_key(event: dict[str, Any]) -> tuple[object, object, object]:
+    """What pairs an outcome with its intent: the event type, request id and attempt id."""
+    details = event.get("details")
+    attempt = details.get("attempt") if isinstance(details, dict) else None
+    return (event.get("event_type"), event.get("request_id"), attempt)
 
 
 def _events(path: Path) -> Iterator[dict[str, Any]]:
@@ -103,13 +110,22 @@ def _events(path: Path) -> Iterator[dict[str, Any]]:
         raise InvalidInputError(f"cannot read audit log {path}: {exc.strerror}") from None
     with handle:
         for number, raw in enumerate(handle, start=1):
-            try:
-                event = json.loads(raw)
-            except ValueError:
-                event = None
-            if not isinstance(event, dict) or not event.keys() >= _CHAINED:
-                raise InvalidInputError(
-                    f"{path} is not an audit log: line {number} is not a chained audit event "
-                    "(if it is one, run heimdall-kms audit verify on it)"
-                )
-            yield event
+            yield _event(raw, number, path)
+
+
+def _event(raw: bytes, number: int, path: Path) -> dict[str, Any]:
+    """Line ``number`` of the log at ``path``, which must be a chained audit event.
+
+    Raises:
+        InvalidInputError: it is not.
+    """
+    try:
+        event = json.loads(raw)
+    except ValueError:
+        event = None
+    if not isinstance(event, dict) or not event.keys() >= _CHAINED:
+        raise InvalidInputError(
+            f"{path} is not an audit log: line {number} is not a chained audit event "
+            "(if it is one, run heimdall-kms audit verify on it)"
+        )
+    return event

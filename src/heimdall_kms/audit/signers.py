@@ -142,23 +142,28 @@ class VaultSigner(VersionedSigner):
     def verify_many(self, items: Sequence[tuple[bytes, str]]) -> list[bool]:
         """Transit ``verify`` with ``batch_input``: one request per 250 checkpoints."""
         found: list[bool] = []
-        path = f"/v1/{self._mount}/verify/{self._name}"
         for start in range(0, len(items), _VERIFY_BATCH):
-            chunk = items[start : start + _VERIFY_BATCH]
-            batch = [
-                {"input": base64.b64encode(message).decode(), "signature": signature}
-                for message, signature in chunk
-            ]
-            answer = self._call(
-                "audit checkpoint verify",
-                functools.partial(self._client.adapter.post, path, json={"batch_input": batch}),
-            )
-            results = answer["data"]["batch_results"]
-            if len(results) != len(chunk):
-                raise KMSError("Transit verify answered another number of results than asked")
-            # A malformed signature is an item error, not a valid one.
-            found += [item.get("valid") is True and not item.get("error") for item in results]
+            found += self._verify_batch(items[start : start + _VERIFY_BATCH])
         return found
+
+    def _verify_batch(self, chunk: Sequence[tuple[bytes, str]]) -> list[bool]:
+        batch = [
+            {"input": base64.b64encode(message).decode(), "signature": signature}
+            for message, signature in chunk
+        ]
+        answer = self._call(
+            "audit checkpoint verify",
+            functools.partial(
+                self._client.adapter.post,
+                f"/v1/{self._mount}/verify/{self._name}",
+                json={"batch_input": batch},
+            ),
+        )
+        results = answer["data"]["batch_results"]
+        if len(results) != len(chunk):
+            raise KMSError("Transit verify answered another number of results than asked")
+        # A malformed signature is an item error, not a valid one.
+        return [item.get("valid") is True and not item.get("error") for item in results]
 
 
 class AWSSigner:
@@ -216,17 +221,24 @@ class AWSSigner:
         return [self._verify(message, signature) for message, signature in items]
 
     def _verify(self, message: bytes, signature: str) -> bool:
-        from botocore.exceptions import ClientError  # noqa: PLC0415 - optional extra
-
-        from heimdall_kms.providers.aws.errors import translated  # noqa: PLC0415
-
         parsed = self._parse(signature) or self._parse_unnamed(signature)
         if parsed is None:
             return False
         arn, raw = parsed
+        return self._ask(self._verifying_key(arn), message, raw, arn)
+
+    def _verifying_key(self, arn: str | None) -> str:
+        """The key asked to verify a signature that records ``arn`` (None: an unnamed one)."""
         # Whoever has root on a writer's host can make a key of their own in an account of
         # their own and record its ARN: only a listed previous key is asked by its ARN.
-        key = arn if arn is not None and arn in self._previous else self._key_id
+        return arn if arn is not None and arn in self._previous else self._key_id
+
+    def _ask(self, key: str, message: bytes, raw: bytes, arn: str | None) -> bool:
+        """Whether AWS ``Verify`` with ``key`` finds ``raw`` valid, made by ``arn`` if named."""
+        from botocore.exceptions import ClientError  # noqa: PLC0415 - optional extra
+
+        from heimdall_kms.providers.aws.errors import translated  # noqa: PLC0415
+
         with translated("audit checkpoint verify"):
             try:
                 answer = self._client.verify(
@@ -353,7 +365,7 @@ def _local_signer(settings: Settings, anchoring: AuditAnchoring) -> Signer | Non
     return LocalSigner(keyring, anchoring.signing_key)
 
 
-# Each builder answers None when its provider's own settings are missing.
+# One builder per provider; each answers None when its provider's own settings are missing.
 _SIGNERS: dict[ProviderName, Callable[[Settings, AuditAnchoring], Signer | None]] = {
     ProviderName.VAULT: _vault_signer,
     ProviderName.AWS: _aws_signer,
@@ -375,16 +387,20 @@ def signer_from_settings(settings: Settings) -> Signer | None:
     if anchoring is None:
         return None
     _check_signing_key(settings, anchoring)
-    provider = settings.provider
-    build = _SIGNERS.get(provider) if provider is not None else None
-    signer = None
-    if build is not None and provider is not None:
-        with needs_extra(provider.value, "HMD_AUDIT_SIGNING_KEY"):
-            signer = build(settings, anchoring)
+    signer = _build(settings, anchoring)
     if signer is not None:
         return signer
-    named = provider.value if provider else "none"
+    named = settings.provider.value if settings.provider else "none"
     raise ConfigurationError(
         f"HMD_AUDIT_SIGNING_KEY: signing checkpoints needs a KMS provider (HMD_KMS_PROVIDER is "
         f"{named}; vault, aws, gcp, azure and local sign)"
     )
+
+
+def _build(settings: Settings, anchoring: AuditAnchoring) -> Signer | None:
+    """The configured provider's signer; None without a provider or its settings."""
+    provider = settings.provider
+    if provider is None:
+        return None
+    with needs_extra(provider.value, "HMD_AUDIT_SIGNING_KEY"):
+        return _SIGNERS[provider](settings, anchoring)

@@ -93,16 +93,19 @@ class SyslogAnchor:
 
     def _run(self) -> None:
         handler: _Handler | None = None
-        while True:
-            checkpoint = self._queue.get()
-            if checkpoint is None:
-                break
-            handler = handler or self._open()
-            if handler is None or not self._send(handler, checkpoint):
-                self._on_failure()
-                _close(handler)
-                handler = None  # reopen (and resolve again) for the next one
+        for checkpoint in iter(self._queue.get, None):  # None: the close marker
+            handler = self._deliver(handler, checkpoint)
         _close(handler)
+
+    def _deliver(self, handler: _Handler | None, checkpoint: Checkpoint) -> _Handler | None:
+        """Send one checkpoint, opening the handler if need be; the handler for the next one
+        (None after a failure, counted: reopen, and resolve again)."""
+        handler = handler or self._open()
+        if handler is not None and self._send(handler, checkpoint):
+            return handler
+        self._on_failure()
+        _close(handler)
+        return None
 
     def _open(self) -> _Handler | None:
         try:

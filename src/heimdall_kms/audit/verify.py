@@ -114,8 +114,16 @@ def _parse(raw: bytes, number: int) -> dict[str, Any]:
         raise AuditTamperedError(
             f"line {number}: incomplete (the log was cut off mid-line)", line=number
         )
+    event = _decode(raw, number)
+    if not isinstance(event, dict) or not {"seq", "prev_hash", "hash"} <= event.keys():
+        raise AuditTamperedError(f"line {number}: not a chained audit event", line=number)
+    return event
+
+
+def _decode(raw: bytes, number: int) -> object:
+    """The line's JSON value, refusing a repeated key."""
     try:
-        event = json.loads(raw, object_pairs_hook=_no_duplicates)
+        return json.loads(raw, object_pairs_hook=_no_duplicates)
     except _DuplicateKeyError as exc:
         raise AuditTamperedError(
             f"line {number}: the key {exc.key!r} appears twice (damaged or forged)", line=number
@@ -125,9 +133,6 @@ def _parse(raw: bytes, number: int) -> dict[str, Any]:
         raise AuditTamperedError(
             f"line {number}: not a JSON object (damaged)", line=number
         ) from None
-    if not isinstance(event, dict) or not {"seq", "prev_hash", "hash"} <= event.keys():
-        raise AuditTamperedError(f"line {number}: not a chained audit event", line=number)
-    return event
 
 
 class _DuplicateKeyError(ValueError):
@@ -199,13 +204,25 @@ def _check_order(number: int, line_seq: int, seq: int) -> None:
 
 def check_head(checkpoint: dict[str, Any], seq: int, digest: str, at_head: str | None) -> None:
     head_seq, head_hash = checkpoint.get("seq"), checkpoint.get("hash")
-    if isinstance(head_seq, int) and head_seq > seq:
+    if isinstance(head_seq, int):
+        _check_head_seq(head_seq, head_hash == at_head, seq, digest)
+    if head_seq != seq or head_hash != digest:
+        raise AuditTamperedError(
+            f"the last line (seq {seq}) does not match the checkpoint (replaced or forged)",
+            line=seq,
+        )
+
+
+def _check_head_seq(head_seq: int, holds_head: bool, seq: int, digest: str) -> None:
+    """A checkpoint beyond the log's last line is a truncation; one behind it, naming a line
+    whose hash it holds (``holds_head``), is a crash."""
+    if head_seq > seq:
         raise AuditTamperedError(
             f"the log ends at seq {seq} but its checkpoint records seq {head_seq}: "
             f"{head_seq - seq} line(s) truncated from the end",
             line=seq + 1,
         )
-    if isinstance(head_seq, int) and head_seq < seq and head_hash == at_head:
+    if head_seq < seq and holds_head:
         # Every line after the one it names chains from it (the walk checked that): what a
         # writer killed between its batch's fdatasync and its checkpoint write leaves.
         raise AuditCrashError(
@@ -214,9 +231,4 @@ def check_head(checkpoint: dict[str, Any], seq: int, digest: str, at_head: str |
             lines=seq,
             last_hash=digest,
             checkpoint_seq=head_seq,
-        )
-    if head_seq != seq or head_hash != digest:
-        raise AuditTamperedError(
-            f"the last line (seq {seq}) does not match the checkpoint (replaced or forged)",
-            line=seq,
         )
