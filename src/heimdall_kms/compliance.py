@@ -102,19 +102,25 @@ class Evidence:
             "| control | asks | evidence | supported |",
             "| --- | --- | --- | --- |",
         ]
-        for row in doc["controls"]:
-            lines.append(
-                f"| {row['control']} | {row['asks']} | {', '.join(row['evidence'])} | "
-                f"{'yes' if row['supported'] else '**no**'} |"
-            )
+        lines += [_control_row(row) for row in doc["controls"]]
         lines += ["", "## Evidence", ""]
-        for name, item in doc["evidence"].items():
-            details = {k: v for k, v in item.items() if k != "holds"}
-            lines.append(
-                f"- **{name}**: {'holds' if item['holds'] else 'DOES NOT HOLD'} — "
-                f"`{json.dumps(details, default=str)}`"
-            )
+        lines += [_evidence_line(name, item) for name, item in doc["evidence"].items()]
         return "\n".join(lines) + "\n"
+
+
+def _control_row(row: dict[str, Any]) -> str:
+    return (
+        f"| {row['control']} | {row['asks']} | {', '.join(row['evidence'])} | "
+        f"{'yes' if row['supported'] else '**no**'} |"
+    )
+
+
+def _evidence_line(name: str, item: dict[str, Any]) -> str:
+    details = {k: v for k, v in item.items() if k != "holds"}
+    return (
+        f"- **{name}**: {'holds' if item['holds'] else 'DOES NOT HOLD'} — "
+        f"`{json.dumps(details, default=str)}`"
+    )
 
 
 def gather(
@@ -132,6 +138,15 @@ def gather(
     (:func:`heimdall_kms.audit.anchored.anchored_report`); without it that evidence is absent.
     """
     evidence = Evidence()
+    _key_evidence(evidence, kms, cadence)
+    _census_evidence(evidence, stores)
+    _audit_evidence(evidence, audit_log)
+    _anchor_evidence(evidence, audit_log, audit_anchor)
+    _drill_evidence(evidence, drill_reports)
+    return evidence
+
+
+def _key_evidence(evidence: Evidence, kms: KeyManagementService, cadence: timedelta) -> None:
     keys = key_report(kms, cadence=cadence)
     evidence.add(
         "kms_key",
@@ -148,9 +163,10 @@ def gather(
         rotation_days=keys["rotation_days"],
         versions=keys["versions"],
     )
-    census = Census("all targets")
-    for store in stores:
-        census.add(take_census(store))
+
+
+def _census_evidence(evidence: Evidence, stores: Sequence[FieldStore]) -> None:
+    census = _census(stores)
     summary = census.to_dict()
     evidence.add(
         "no_env_key_values",
@@ -163,10 +179,14 @@ def gather(
         nested_envelope=census.nested,
         kms_v1=summary["encryption_version"]["kms_v1"],
     )
-    _audit_evidence(evidence, audit_log)
-    _anchor_evidence(evidence, audit_log, audit_anchor)
-    _drill_evidence(evidence, drill_reports)
-    return evidence
+
+
+def _census(stores: Sequence[FieldStore]) -> Census:
+    """One census over every target."""
+    census = Census("all targets")
+    for store in stores:
+        census.add(take_census(store))
+    return census
 
 
 def _audit_evidence(evidence: Evidence, audit_log: Path | None) -> None:

@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from heimdall_kms.audit.query import AuditFilter, query
 from heimdall_kms.drill.environment import DrillEnvironment
-from heimdall_kms.drill.report import DrillReport
+from heimdall_kms.drill.report import DrillReport, Step
 from heimdall_kms.envelope import KmsV1Envelope, parse
 from heimdall_kms.errors import IntegrityError, KeyVersionRetiredError
 from heimdall_kms.jobs.census import take_census
@@ -69,14 +70,21 @@ def run_compromise_drill(
 def project(report: DrillReport, targets: Sequence[TargetCount]) -> Projection:
     """The targets at the values/s of the drill's ``re-encrypt (full)`` step (0 if it failed)."""
     step = next((s for s in report.steps if s.name == "re-encrypt (full)"), None)
-    done = int(step.details.get("re_encrypted", 0)) if step is not None and step.ok else 0
-    seconds = step.seconds if step is not None else 0.0
+    done, seconds = _measured(step)
     rate = done / seconds if done and seconds > 0 else 0.0
     source = (
         f"the drill's full re-encryption: {done:,} values in {seconds:g}s, one process, "
         f"{report.provider}"
     )
     return Projection(tuple(targets), rate, source)
+
+
+def _measured(step: Step | None) -> tuple[int, float]:
+    """The values a re-encryption step re-encrypted (0 if it failed) and its seconds (0 if it
+    never ran)."""
+    if step is None:
+        return 0, 0.0
+    return (int(step.details.get("re_encrypted", 0)) if step.ok else 0), step.seconds
 
 
 class _CompromiseDrill:
@@ -125,11 +133,15 @@ class _CompromiseDrill:
         self.plain = seed(self.env, self.records)
         stored = [parse(value) for value in self.env.values().values()]
         self.old_wrapped = [e.encrypted_dek for e in stored if isinstance(e, KmsV1Envelope)]
-        current = self.env.values()
-        for actor, reason in _READERS:  # the services that read during the window
-            rows = sorted(self.plain)[: self.records // 5]
-            self.env.crypto.decrypt_many([current[r] for r in rows], actor=actor, reason=reason)
+        self._read_in_window()
         return {"records": self.records, "readers": [actor for actor, _ in _READERS]}
+
+    def _read_in_window(self) -> None:
+        """The services that read during the window: each decrypts the first fifth."""
+        current = self.env.values()
+        rows = sorted(self.plain)[: self.records // 5]
+        for actor, reason in _READERS:
+            self.env.crypto.decrypt_many([current[r] for r in rows], actor=actor, reason=reason)
 
     def declare(self) -> dict[str, object]:
         self.compromised = self.env.kms.describe().latest_version
@@ -224,14 +236,7 @@ def blast_radius(
     env: DrillEnvironment, start: datetime, end: datetime, version: int
 ) -> dict[str, object]:
     """Who decrypted what under the compromised version during the window (from the audit)."""
-    events = [
-        e
-        for e in query(
-            env.audit_log,
-            AuditFilter(event_types=["crypto.decrypt"], since=start, until=end, result="success"),
-        )
-        if isinstance(e.get("key_version"), int) and e["key_version"] <= version
-    ]
+    events = _decrypts_under(env, start, end, version)
     by_actor = Counter(str(e["actor"]) for e in events)
     by_field = Counter(str(e.get("field_identifier")) for e in events)
     records = sorted({str((e.get("context") or {}).get("record")) for e in events})
@@ -242,3 +247,17 @@ def blast_radius(
         "records_exposed": len(records),
         "first_records": records[:10],
     }
+
+
+def _decrypts_under(
+    env: DrillEnvironment, start: datetime, end: datetime, version: int
+) -> list[dict[str, Any]]:
+    """The successful decrypts of the window under ``version`` or an older one."""
+    return [
+        e
+        for e in query(
+            env.audit_log,
+            AuditFilter(event_types=["crypto.decrypt"], since=start, until=end, result="success"),
+        )
+        if isinstance(e.get("key_version"), int) and e["key_version"] <= version
+    ]

@@ -77,11 +77,10 @@ class DrillReport:
     @property
     def passed(self) -> bool:
         within = self.projection is None or self.projection.within_sla
-        return (
-            within
-            and all(s.ok for s in self.steps)
-            and all(self.elapsed_until(name) <= limit for name, limit in self.slas.items())
-        )
+        return within and all(s.ok for s in self.steps) and self._slas_met()
+
+    def _slas_met(self) -> bool:
+        return all(self.elapsed_until(name) <= limit for name, limit in self.slas.items())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -124,25 +123,15 @@ class DrillReport:
             "| --- | --- | ---: | --- |",
         ]
         lines += [_step_row(step) for step in doc["steps"]]
-        if doc["sla"]:
-            lines += [
-                "",
-                "| SLA: from the declaration until | limit | elapsed | met |",
-                "| --- | ---: | ---: | --- |",
-                *(_sla_row(sla) for sla in doc["sla"]),
-            ]
-        if self.projection is not None:
-            lines += ["", "## Projection for the configured targets", "", *self.projection.lines()]
-        if self.findings:
-            lines += [
-                "",
-                "## Findings",
-                "",
-                "```json",
-                json.dumps(self.findings, indent=2, default=str),
-                "```",
-            ]
+        lines += _sla_table(doc["sla"])
+        lines += self._projection_section()
+        lines += _findings_section(self.findings)
         return "\n".join(lines) + "\n"
+
+    def _projection_section(self) -> list[str]:
+        if self.projection is None:
+            return []
+        return ["", "## Projection for the configured targets", "", *self.projection.lines()]
 
     def write(self, directory: Path) -> tuple[Path, Path]:
         directory.mkdir(parents=True, exist_ok=True)
@@ -155,6 +144,23 @@ class DrillReport:
 
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:g} h"
+
+
+def _sla_table(slas: list[dict[str, Any]]) -> list[str]:
+    if not slas:
+        return []
+    return [
+        "",
+        "| SLA: from the declaration until | limit | elapsed | met |",
+        "| --- | ---: | ---: | --- |",
+        *(_sla_row(sla) for sla in slas),
+    ]
+
+
+def _findings_section(findings: dict[str, Any]) -> list[str]:
+    if not findings:
+        return []
+    return ["", "## Findings", "", "```json", json.dumps(findings, indent=2, default=str), "```"]
 
 
 def _step_row(step: dict[str, Any]) -> str:

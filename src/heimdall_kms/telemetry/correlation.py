@@ -49,17 +49,21 @@ _current: ContextVar[Correlation | None] = ContextVar("heimdall_correlation", de
 
 def from_headers(request_id: str | None, traceparent: str | None) -> Correlation:
     """The correlation of a request from its two headers; invalid values are ignored."""
-    trace_id = valid = None
-    if traceparent is not None:
-        valid = traceparent.strip()
-        match = _TRACEPARENT.fullmatch(valid)
-        if match and match[1] != _ZERO_TRACE and match[2] != _ZERO_SPAN:
-            trace_id = match[1]
-        else:
-            valid = None
+    trace_id, valid = _trace(traceparent)
     if request_id is not None and _REQUEST_ID.fullmatch(request_id):
         return Correlation(request_id, trace_id, valid, caller_id=True)
     return Correlation(str(uuid.uuid4()), trace_id, valid)
+
+
+def _trace(traceparent: str | None) -> tuple[str | None, str | None]:
+    """The trace id and the (stripped) traceparent of a valid ``traceparent``; else neither."""
+    if traceparent is None:
+        return None, None
+    valid = traceparent.strip()
+    match = _TRACEPARENT.fullmatch(valid)
+    if match and match[1] != _ZERO_TRACE and match[2] != _ZERO_SPAN:
+        return match[1], valid
+    return None, None
 
 
 def current() -> Correlation | None:

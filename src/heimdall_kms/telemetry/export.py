@@ -71,15 +71,8 @@ class MetricsExport:
         ):
             raise ConfigurationError("HMD_PUSHGATEWAY_URL: expected an http:// or https:// URL")
         path = self.path
-        if path is None:
-            return
-        if path.suffix != ".prom":
-            raise ConfigurationError(
-                f"HMD_METRICS_TEXTFILE: {path} must end in .prom (the textfile collector "
-                "reads only those), or name a directory"
-            )
-        if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
-            raise ConfigurationError(f"HMD_METRICS_TEXTFILE: cannot write into {path.parent}")
+        if path is not None:
+            _check_textfile(path)
 
     def write(self, registry: CollectorRegistry) -> None:
         """Write the textfile and push, as configured.
@@ -99,3 +92,19 @@ class MetricsExport:
                 grouping_key={"heimdall_job": self.name},
                 timeout=_PUSH_TIMEOUT_SECONDS,
             )
+
+
+def _check_textfile(path: Path) -> None:
+    """The textfile collector reads ``path``: it ends in ``.prom`` and its directory is
+    writable.
+
+    Raises:
+        ConfigurationError: it does not, or it is not.
+    """
+    if path.suffix != ".prom":
+        raise ConfigurationError(
+            f"HMD_METRICS_TEXTFILE: {path} must end in .prom (the textfile collector "
+            "reads only those), or name a directory"
+        )
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        raise ConfigurationError(f"HMD_METRICS_TEXTFILE: cannot write into {path.parent}")

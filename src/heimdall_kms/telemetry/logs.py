@@ -27,8 +27,6 @@ from heimdall_kms.telemetry.settings import LogFormat
 __all__ = ["JSONFormatter", "TextFormatter", "configure_logging", "json_enabled"]
 
 _PROG = "heimdall-kms"
-# SDK loggers (azure-identity's credential chain, for one) print multi-line diagnostics of
-# their own; the error we raise from them is the one line the user needs.
 _NOISY = ("azure", "botocore", "google", "urllib3")
 
 
@@ -45,6 +43,23 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return dict(fields) if isinstance(fields, dict) else {}
 
 
+def _error(record: logging.LogRecord) -> str | None:
+    """The type name of the record's exception (never its message: it could hold data)."""
+    kind = record.exc_info[0] if record.exc_info else None
+    return kind.__name__ if kind is not None else None
+
+
+def _request_ids() -> dict[str, str]:
+    """The admin API request's id and trace id, inside one."""
+    found = correlation.current()
+    if found is None:
+        return {}
+    ids = {"request_id": found.request_id}
+    if found.trace_id is not None:
+        ids["trace_id"] = found.trace_id
+    return ids
+
+
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -54,16 +69,13 @@ class JSONFormatter(logging.Formatter):
             "logger": record.name,
             "event": getattr(record, "event", None) or message,
             "message": message,
+            **_request_ids(),
         }
-        found = correlation.current()
-        if found is not None:
-            document["request_id"] = found.request_id
-            if found.trace_id is not None:
-                document["trace_id"] = found.trace_id
         for name, value in _fields(record).items():
             document.setdefault(name, value)
-        if record.exc_info and record.exc_info[0] is not None:
-            document["error"] = record.exc_info[0].__name__
+        error = _error(record)
+        if error is not None:
+            document["error"] = error
         return json.dumps(document, default=str, ensure_ascii=False)
 
 
@@ -76,9 +88,16 @@ class TextFormatter(logging.Formatter):
         if found is not None:
             parts.append(f"request_id={found.request_id}")
         parts += [f"{name}={value}" for name, value in _fields(record).items()]
-        if record.exc_info and record.exc_info[0] is not None:
-            parts.append(f"error={record.exc_info[0].__name__}")
+        error = _error(record)
+        if error is not None:
+            parts.append(f"error={error}")
         return " ".join(" ".join(parts).split())
+
+
+_FORMATTERS: dict[LogFormat, type[logging.Formatter]] = {
+    LogFormat.TEXT: TextFormatter,
+    LogFormat.JSON: JSONFormatter,
+}
 
 
 def configure_logging(log_format: LogFormat, level: int, *, stream: TextIO | None = None) -> None:
@@ -93,9 +112,15 @@ def configure_logging(log_format: LogFormat, level: int, *, stream: TextIO | Non
     global _json  # noqa: PLW0603 - the process's one log format, set once by the CLI.
     _json = log_format is LogFormat.JSON
     handler = _Handler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JSONFormatter() if log_format is LogFormat.JSON else TextFormatter())
+    handler.setFormatter(_FORMATTERS[log_format]())
     root.addHandler(handler)
     root.setLevel(level)
+    _quiet_sdks()
+
+
+def _quiet_sdks() -> None:
+    # SDK loggers (azure-identity's credential chain, for one) print multi-line diagnostics of
+    # their own; the error we raise from them is the one line the user needs.
     for noisy in _NOISY:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 

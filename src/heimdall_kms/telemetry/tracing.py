@@ -67,12 +67,16 @@ def configure(environ: Mapping[str, str]) -> None:
 
 def _asked_exporters(environ: Mapping[str, str]) -> list[str]:
     """The exporters ``OTEL_*`` ask for; none when the SDK is off or nowhere to send is set."""
-    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return []
-    if not any(environ.get(name, "").strip() for name in _EXPORTER_VARIABLES):
+    if not _exporting(environ):
         return []
     names = [n.strip() for n in environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")]
     return [] if names == ["none"] else names
+
+
+def _exporting(environ: Mapping[str, str]) -> bool:
+    """Whether the SDK is on and a variable says where to send spans."""
+    disabled = environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+    return not disabled and any(environ.get(name, "").strip() for name in _EXPORTER_VARIABLES)
 
 
 def _exporter(name: str) -> Any:
@@ -193,7 +197,12 @@ class TracedProvider(ProviderWrapper):
             attributes["heimdall.batch_size"] = items
         with span(f"kms.{operation.value}", attributes) as current:
             result = call()
-            if current is not None and isinstance(result, list):
-                failed = sum(isinstance(r, HeimdallKMSError) for r in result)
-                current.set_attribute("heimdall.failed_items", failed)
+            _count_failed_items(current, result)
             return result
+
+
+def _count_failed_items(current: Any, result: object) -> None:
+    """On a batch call's span, how many of its items failed."""
+    if current is not None and isinstance(result, list):
+        failed = sum(isinstance(r, HeimdallKMSError) for r in result)
+        current.set_attribute("heimdall.failed_items", failed)
