@@ -12,7 +12,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["HMAC_PREFIX", "WrappedForm", "format_wrapped", "is_hmac_tag", "parse_wrapped"]
+__all__ = [
+    "HMAC_PREFIX",
+    "WrappedForm",
+    "format_wrapped",
+    "is_hmac_tag",
+    "parse_wrapped",
+    "wrapped_by",
+]
 
 _FORM = re.compile(r"([a-z]{1,16}):v([1-9][0-9]{0,8}):(\S+)")
 HMAC_PREFIX = "hmac:"
@@ -39,6 +46,13 @@ def parse_wrapped(text: str) -> WrappedForm | None:
     if match is None:
         return None
     return WrappedForm(match.group(1), int(match.group(2)), match.group(3))
+
+
+def wrapped_by(provider: str, body: str) -> re.Pattern[str]:
+    """The form :func:`parse_wrapped` reads, for one provider and a body of its own (a regular
+    expression): ``pattern.fullmatch(text)`` asks in one step what ``parse_wrapped`` and a check
+    of the body would (a provider checks every wrapped DEK of a batch before sending it)."""
+    return re.compile(re.escape(provider) + r":v[1-9][0-9]{0,8}:" + f"(?:{body})")
 
 
 def format_wrapped(provider: str, version: int, body: str) -> str:

@@ -7,6 +7,7 @@ guard, and cannot pass as a v2 read in the audit log. Local provider and a live 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.cli import main
 from heimdall_kms.envelope import parse
 from heimdall_kms.errors import MalformedEnvelopeError
-from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
+from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped, wrapped_by
 from tests.integration.sealed_table import SealedTable, sealed_table
 from tests.servers import run_cli
 
@@ -130,6 +131,26 @@ class TestWrappedKeyCodec:
     )
     def test_not_the_form(self, text: str) -> None:
         assert parse_wrapped(text) is None
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "vault:v3:AAAA",
+            "vault:v3:AA==",
+            "vault:v0:AAAA",
+            "vault:v3:",
+            "vault:v3:a b",
+            "vault:v3:AA-_",
+            "local:v3:AAAA",
+            "vault:v1234567890:AAAA",
+            "",
+        ],
+    )
+    def test_wrapped_by_asks_what_parse_wrapped_and_a_body_check_ask(self, text: str) -> None:
+        body = r"[A-Za-z0-9+/=]+"
+        form = parse_wrapped(text)
+        expected = form is not None and form.provider == "vault" and re.fullmatch(body, form.body)
+        assert (wrapped_by("vault", body).fullmatch(text) is not None) == bool(expected)
 
     def test_repr_names_no_ciphertext(self) -> None:
         form = parse_wrapped("vault:v3:c2VjcmV0LWtleQ==")

@@ -33,6 +33,7 @@ def chain_events(events: Sequence[AuditEvent], seq: int, prev: str) -> tuple[str
         UnicodeEncodeError: ``prev`` is not ASCII (a damaged tail is not continued) or an
             event holds text that is not valid Unicode.
     """
+    prev.encode("ascii")  # a damaged tail (not the hex of a hash) is not continued
     shared: dict[tuple[object, ...], _Shared] = {}
     fields: dict[str, str] = {}
     lines: list[str] = []
@@ -75,7 +76,8 @@ def chain_events(events: Sequence[AuditEvent], seq: int, prev: str) -> tuple[str
                 member = fields[field] = ',"field_identifier":' + encode_json(field)
             head += member
         tail = f'{parts.keys}"prev_hash":"{prev}",{parts.request}"seq":{seq}{parts.end}'
-        prev = sha256(prev.encode("ascii") + b"\n" + f"{head},{tail}".encode()).hexdigest()
+        # prev is ASCII: checked above, and a hexdigest after that (seal_line's bytes).
+        prev = sha256(f"{prev}\n{head},{tail}".encode()).hexdigest()
         lines.append(f'{head},"hash":"{prev}",{tail}\n')
     return "".join(lines), seq, prev
 
