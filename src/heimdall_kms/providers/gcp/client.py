@@ -50,27 +50,27 @@ def build_client(gcp: GCPSettings) -> kms_v1.KeyManagementServiceClient:
         ConfigurationError: no Application Default Credentials can be found.
     """
     endpoint = gcp.endpoint
-    if (
-        gcp.transport is GCPTransport.GRPC
-        and endpoint is not None
-        and endpoint.startswith("http://")
-    ):
-        # A plaintext gRPC endpoint (a local test server; settings.py allows it only with
-        # anonymous credentials): the client would otherwise insist on TLS.
-        import grpc  # noqa: PLC0415 - only this test-server path needs grpc directly.
-        from google.cloud.kms_v1.services.key_management_service.transports import (  # noqa: PLC0415
-            KeyManagementServiceGrpcTransport,
-        )
-
-        channel = grpc.insecure_channel(endpoint.removeprefix("http://"))
-        return kms_v1.KeyManagementServiceClient(
-            transport=KeyManagementServiceGrpcTransport(channel=channel)
-        )
     if gcp.transport is GCPTransport.GRPC and endpoint is not None:
+        if endpoint.startswith("http://"):
+            return _plaintext_grpc_client(endpoint.removeprefix("http://"))
         endpoint = endpoint.removeprefix("https://")  # gRPC takes host[:port]; TLS is implied
     options = ClientOptions(api_endpoint=endpoint) if endpoint else None
     return kms_v1.KeyManagementServiceClient(
         credentials=_credentials(gcp), transport=gcp.transport.value, client_options=options
+    )
+
+
+def _plaintext_grpc_client(address: str) -> kms_v1.KeyManagementServiceClient:
+    # A plaintext gRPC endpoint (a local test server; settings.py allows it only with
+    # anonymous credentials): the client would otherwise insist on TLS.
+    import grpc  # noqa: PLC0415 - only this test-server path needs grpc directly.
+    from google.cloud.kms_v1.services.key_management_service.transports import (  # noqa: PLC0415
+        KeyManagementServiceGrpcTransport,
+    )
+
+    channel = grpc.insecure_channel(address)
+    return kms_v1.KeyManagementServiceClient(
+        transport=KeyManagementServiceGrpcTransport(channel=channel)
     )
 
 

@@ -150,10 +150,7 @@ def translate(operation: str, exc: BaseException) -> HeimdallKMSError:
     """Our error for the client's ``exc`` raised by ``operation``."""
     where = f"GCP KMS {operation}"
     if isinstance(exc, api_exceptions.RetryError):
-        cause = exc.cause
-        if isinstance(cause, SDK_ERRORS) and not isinstance(cause, api_exceptions.RetryError):
-            return translate(operation, cause)  # the last failure says what kept failing
-        return KMSUnavailableError(f"{where}: Cloud KMS kept failing until the timeout")
+        return _retries_exhausted(operation, exc)
     if isinstance(exc, api_exceptions.GoogleAPICallError):
         return first_match(
             _BY_STATUS,
@@ -167,6 +164,13 @@ def translate(operation: str, exc: BaseException) -> HeimdallKMSError:
     )
 
 
+def _retries_exhausted(operation: str, exc: api_exceptions.RetryError) -> HeimdallKMSError:
+    cause = exc.cause
+    if isinstance(cause, SDK_ERRORS) and not isinstance(cause, api_exceptions.RetryError):
+        return translate(operation, cause)  # the last failure says what kept failing
+    return KMSUnavailableError(f"GCP KMS {operation}: Cloud KMS kept failing until the timeout")
+
+
 def _retry_delay(exc: api_exceptions.GoogleAPICallError) -> float | None:
     """The ``google.rpc.RetryInfo`` delay of an error, in seconds: a protobuf message over
     gRPC, ``{"@type": ".../google.rpc.RetryInfo", "retryDelay": "1.5s"}`` over REST."""
@@ -175,16 +179,29 @@ def _retry_delay(exc: api_exceptions.GoogleAPICallError) -> float | None:
         if getattr(descriptor, "full_name", "") == "google.rpc.RetryInfo":
             delay = detail.retry_delay  # google.protobuf.Duration
             return retry_after.bounded(delay.seconds + delay.nanos / 1e9)
-        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith(
-            "/google.rpc.RetryInfo"
-        ):
-            text = detail.get("retryDelay")
-            if isinstance(text, str) and text.endswith("s"):
-                try:
-                    return retry_after.bounded(float(text[:-1]))
-                except ValueError:
-                    return None
+        text = _rest_retry_delay(detail)
+        if text is not None:
+            return _seconds(text)
     return None
+
+
+def _rest_retry_delay(detail: object) -> str | None:
+    """The ``retryDelay`` ("1.5s") of a REST ``google.rpc.RetryInfo`` detail; None for any
+    other detail, or one without a delay in seconds."""
+    match detail:
+        case {"@type": str(kind), "retryDelay": str(text)} if kind.endswith(
+            "/google.rpc.RetryInfo"
+        ) and text.endswith("s"):
+            return text
+        case _:
+            return None
+
+
+def _seconds(text: str) -> float | None:
+    try:
+        return retry_after.bounded(float(text[:-1]))
+    except ValueError:
+        return None
 
 
 def _status(exc: api_exceptions.GoogleAPICallError) -> str:
@@ -200,6 +217,8 @@ def _status(exc: api_exceptions.GoogleAPICallError) -> str:
         payload = response.json()
     except ValueError:
         return ""
-    error = payload.get("error") if isinstance(payload, dict) else None
-    status = error.get("status") if isinstance(error, dict) else None
-    return status if isinstance(status, str) and status.isupper() else ""
+    match payload:
+        case {"error": {"status": str(status)}} if status.isupper():
+            return status
+        case _:
+            return ""
