@@ -184,13 +184,7 @@ class GCPKMSProvider:
     def _wrap_one(self, item: tuple[bytearray, KeyContext], name: str | None = None) -> WrappedKey:
         dek, context = item
         aad = _kms_aad(context)
-        if primitives.DEK_BYTES + len(aad) > _HSM_INPUT_BYTES:
-            # Refused here, for software keys too: the same key may get HSM versions later.
-            raise InvalidInputError(
-                f"context too large for Cloud KMS: {len(aad)} bytes of additional "
-                f"authenticated data with the data key exceed the {_HSM_INPUT_BYTES} bytes "
-                "of plaintext and AAD that HSM keys accept; shorten the context"
-            )
+        _check_hsm_input(aad)
         plaintext = bytes(dek)
         request = {
             "name": name or self._key,
@@ -201,13 +195,7 @@ class GCPKMSProvider:
         }
         for _attempt in range(_CRC_ATTEMPTS):
             response = self._call("encrypt", self._client.encrypt, request)
-            if not (
-                response.verified_plaintext_crc32c
-                and response.verified_additional_authenticated_data_crc32c
-            ):
-                raise KMSError(
-                    "GCP KMS encrypt: the KMS did not confirm the request's CRC32C checksums"
-                )
+            _check_request_verified(response)
             if response.ciphertext_crc32c == _crc(response.ciphertext):
                 version = self._version_number(response.name)
                 text = base64.b64encode(response.ciphertext).decode("ascii")
@@ -216,13 +204,9 @@ class GCPKMSProvider:
 
     def _unwrap_one(self, item: tuple[str, KeyContext]) -> bytearray | HeimdallKMSError:
         text, context = item
-        form = parse_wrapped(text)
-        if form is None or form.provider != "gcp" or not _BODY.fullmatch(form.body):
-            return IntegrityError("wrapped data key is not a GCP KMS ciphertext")
-        try:
-            ciphertext = base64.b64decode(form.body, validate=True)
-        except binascii.Error:
-            return IntegrityError("wrapped data key is not valid base64")
+        ciphertext = _ciphertext(text)
+        if isinstance(ciphertext, IntegrityError):
+            return ciphertext
         aad = _kms_aad(context)
         request = {
             "name": self._key,
@@ -238,10 +222,7 @@ class GCPKMSProvider:
                 return error  # this item only: damaged, other context, or version disabled
             dek = bytearray(response.plaintext)
             if response.plaintext_crc32c == _crc(bytes(dek)):
-                if len(dek) != primitives.DEK_BYTES:
-                    primitives.wipe(dek)
-                    return IntegrityError("unwrapped data key has the wrong length")
-                return dek
+                return _checked_length(dek)
             primitives.wipe(dek)
         return KMSError(_CORRUPTED.format(operation="decrypt", attempts=_CRC_ATTEMPTS))
 
@@ -285,11 +266,7 @@ class GCPKMSProvider:
         if not key.primary.name:
             raise KMSError("GCP KMS describe: the CryptoKey has no primary version")
         primary = self._version_number(key.primary.name)
-        enabled = sorted(
-            (self._version_number(v.name), _created(v.create_time))
-            for v in self._list_versions()
-            if v.state == _STATE.ENABLED
-        )
+        enabled = self._enabled_versions()
         return KeyInfo(
             provider=self.name,
             key_identifier=self._key,
@@ -309,6 +286,14 @@ class GCPKMSProvider:
         self._client.transport.close()  # type: ignore[no-untyped-call]
 
     # -- plumbing -----------------------------------------------------------------------------
+
+    def _enabled_versions(self) -> list[tuple[int, datetime | None]]:
+        """The ENABLED versions' numbers and creation times, oldest first."""
+        return sorted(
+            (self._version_number(v.name), _created(v.create_time))
+            for v in self._list_versions()
+            if v.state == _STATE.ENABLED
+        )
 
     def _list_versions(self) -> list[kms_v1.CryptoKeyVersion]:
         with deadline(self._timeout, "GCP KMS describe"), translated("describe"):
@@ -396,6 +381,41 @@ def _retry_policy(timeout: float) -> api_retry.Retry:
 def _same_length(items: Sequence[object], contexts: Sequence[KeyContext]) -> None:
     if len(items) != len(contexts):
         raise InvalidInputError("contexts must have one entry per data key")
+
+
+def _ciphertext(text: str) -> bytes | IntegrityError:
+    form = parse_wrapped(text)
+    if form is None or form.provider != "gcp" or not _BODY.fullmatch(form.body):
+        return IntegrityError("wrapped data key is not a GCP KMS ciphertext")
+    try:
+        return base64.b64decode(form.body, validate=True)
+    except binascii.Error:
+        return IntegrityError("wrapped data key is not valid base64")
+
+
+def _checked_length(dek: bytearray) -> bytearray | IntegrityError:
+    if len(dek) != primitives.DEK_BYTES:
+        primitives.wipe(dek)
+        return IntegrityError("unwrapped data key has the wrong length")
+    return dek
+
+
+def _check_hsm_input(aad: bytes) -> None:
+    if primitives.DEK_BYTES + len(aad) > _HSM_INPUT_BYTES:
+        # Refused here, for software keys too: the same key may get HSM versions later.
+        raise InvalidInputError(
+            f"context too large for Cloud KMS: {len(aad)} bytes of additional "
+            f"authenticated data with the data key exceed the {_HSM_INPUT_BYTES} bytes "
+            "of plaintext and AAD that HSM keys accept; shorten the context"
+        )
+
+
+def _check_request_verified(response: kms_v1.EncryptResponse) -> None:
+    if not (
+        response.verified_plaintext_crc32c
+        and response.verified_additional_authenticated_data_crc32c
+    ):
+        raise KMSError("GCP KMS encrypt: the KMS did not confirm the request's CRC32C checksums")
 
 
 def _kms_aad(context: KeyContext) -> bytes:
