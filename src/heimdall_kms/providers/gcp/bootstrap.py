@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -95,43 +96,49 @@ def plan(
         KMSError: Cloud KMS refused a read or failed.
     """
     key = check_key_name(key_name)
-    ring, key_id = key.split("/cryptoKeys/")
-    location, ring_id = ring.split("/keyRings/")
-    steps: list[Step] = []
+    ring = key.split("/cryptoKeys/")[0]
     found = _get(client.get_key_ring, ring, timeout) is not None
-    if found:
-        steps.append(Step(f"key ring {ring}", Change.UNCHANGED))
-    else:
-        call = ApiCall("CreateKeyRing", {"parent": location, "keyRingId": ring_id, "keyRing": {}})
-        steps.append(Step(f"key ring {ring}", Change.CREATED, (call,)))
     current = _get(client.get_crypto_key, key, timeout) if found else None
-    period = timedelta(days=rotation_days)
-    label = f"key {key} (ENCRYPT_DECRYPT, {_period_text(period)})"
-    if current is None:
-        body: dict[str, Any] = {"purpose": "ENCRYPT_DECRYPT"}
-        if rotation_days:
-            start = (now or datetime.now(UTC)) + period
-            body["rotationPeriod"] = f"{int(period.total_seconds())}s"
-            body["nextRotationTime"] = start.strftime("%Y-%m-%dT%H:%M:%SZ")
-        call = ApiCall(
-            "CreateCryptoKey", {"parent": ring, "cryptoKeyId": key_id, "cryptoKey": body}
-        )
-        steps.append(Step(label, Change.CREATED, (call,), creates_key=True))
-    else:
-        steps.append(Step(label, Change.UNCHANGED, notes=_adopted(current, period)))
+    ring_step = _ring_step(ring, exists=found)
+    key_step = _key_step(key, current, rotation_days, now or datetime.now(UTC))
     signing = check_key_name(signing_key or f"{key}-audit")
-    steps.append(_signing_step(client, signing, ring, timeout, ring_exists=found))
+    steps = (ring_step, key_step, _signing_step(client, signing, ring, timeout, ring_exists=found))
     details = {"purpose": "ENCRYPT_DECRYPT", "rotation_days": rotation_days}
     who = members or {}
     return Plan(
         "gcp",
         key,
-        tuple(steps),
+        steps,
         _access(key, who, prefix),
         details,
         signing_key=signing,
         signing_access=_signing_access(signing, who, prefix),
     )
+
+
+def _ring_step(ring: str, *, exists: bool) -> Step:
+    if exists:
+        return Step(f"key ring {ring}", Change.UNCHANGED)
+    location, ring_id = ring.split("/keyRings/")
+    call = ApiCall("CreateKeyRing", {"parent": location, "keyRingId": ring_id, "keyRing": {}})
+    return Step(f"key ring {ring}", Change.CREATED, (call,))
+
+
+def _key_step(
+    key: str, current: kms_v1.CryptoKey | None, rotation_days: int, now: datetime
+) -> Step:
+    """Create the CryptoKey (rotating every ``rotation_days`` from ``now``), or adopt it."""
+    ring, key_id = key.split("/cryptoKeys/")
+    period = timedelta(days=rotation_days)
+    label = f"key {key} (ENCRYPT_DECRYPT, {_period_text(period)})"
+    if current is not None:
+        return Step(label, Change.UNCHANGED, notes=_adopted(current, period))
+    body: dict[str, Any] = {"purpose": "ENCRYPT_DECRYPT"}
+    if rotation_days:
+        body["rotationPeriod"] = f"{int(period.total_seconds())}s"
+        body["nextRotationTime"] = (now + period).strftime("%Y-%m-%dT%H:%M:%SZ")
+    call = ApiCall("CreateCryptoKey", {"parent": ring, "cryptoKeyId": key_id, "cryptoKey": body})
+    return Step(label, Change.CREATED, (call,), creates_key=True)
 
 
 def _signing_step(
@@ -144,14 +151,7 @@ def _signing_step(
 ) -> Step:
     own_ring, key_id = name.split("/cryptoKeys/")
     label = f"audit signing key {name} (ASYMMETRIC_SIGN, EC_SIGN_P256_SHA256)"
-    if own_ring != ring and _get(client.get_key_ring, own_ring, timeout) is None:
-        raise RefusedError(
-            f"HMD_AUDIT_SIGNING_KEY: its key ring {own_ring} does not exist; create it, or "
-            "put the signing key in the master key's ring"
-        )
-    current = (
-        _get(client.get_crypto_key, name, timeout) if ring_exists or own_ring != ring else None
-    )
+    current = _signing_key(client, name, ring, timeout, ring_exists=ring_exists)
     if current is None:
         body = {
             "purpose": "ASYMMETRIC_SIGN",
@@ -159,13 +159,38 @@ def _signing_step(
         }
         arguments = {"parent": own_ring, "cryptoKeyId": key_id, "cryptoKey": body}
         return Step(label, Change.CREATED, (ApiCall("CreateCryptoKey", arguments),))
+    _check_can_sign(current, name)
+    return Step(label, Change.UNCHANGED, notes=("existing signing key adopted",))
+
+
+def _signing_key(
+    client: kms_v1.KeyManagementServiceClient,
+    name: str,
+    ring: str,
+    timeout: float,
+    *,
+    ring_exists: bool,
+) -> kms_v1.CryptoKey | None:
+    """The signing key if it exists; it is not looked for in the master key's ring when that
+    ring does not exist yet, and its own ring, if another, must exist."""
+    own_ring = name.rpartition("/cryptoKeys/")[0]
+    if own_ring == ring:
+        return _get(client.get_crypto_key, name, timeout) if ring_exists else None
+    if _get(client.get_key_ring, own_ring, timeout) is None:
+        raise RefusedError(
+            f"HMD_AUDIT_SIGNING_KEY: its key ring {own_ring} does not exist; create it, or "
+            "put the signing key in the master key's ring"
+        )
+    return _get(client.get_crypto_key, name, timeout)
+
+
+def _check_can_sign(current: kms_v1.CryptoKey, name: str) -> None:
     algorithm = current.version_template.algorithm.name
     if current.purpose.name != "ASYMMETRIC_SIGN" or algorithm not in SIGNING_ALGORITHMS:
         raise RefusedError(
             f"CryptoKey {name} has purpose {current.purpose.name} and algorithm {algorithm}; "
             f"audit checkpoints need ASYMMETRIC_SIGN with {' or '.join(SIGNING_ALGORITHMS)}"
         )
-    return Step(label, Change.UNCHANGED, notes=("existing signing key adopted",))
 
 
 def apply(client: kms_v1.KeyManagementServiceClient, steps: Sequence[Step], timeout: float) -> None:
@@ -233,34 +258,48 @@ def _member(key: str, members: Mapping[str, str], prefix: str, role: str) -> str
     return members.get(role) or f"serviceAccount:{prefix}-{role}@{project}.iam.gserviceaccount.com"
 
 
-_SIGNER = ("roles/cloudkms.signer", ("cloudkms.cryptoKeyVersions.useToSign",))
-_VERSIONS = ("roles/cloudkms.viewer", ("cloudkms.cryptoKeyVersions.list",))
-_VERIFIER = ("roles/cloudkms.publicKeyViewer", ("cloudkms.cryptoKeyVersions.viewPublicKey",))
+@dataclass(frozen=True, slots=True)
+class _SigningAccess:
+    """What one side of the signing key gets: predefined roles, and the permissions in them."""
+
+    purpose: str
+    roles: tuple[str, ...]  # the first is the "binding" document, a second "versions_binding"
+    permissions: tuple[str, ...]
+
+
+_SIGNS = _SigningAccess(
+    "sign audit checkpoints with the newest version",
+    ("roles/cloudkms.signer", "roles/cloudkms.viewer"),
+    ("cloudkms.cryptoKeyVersions.useToSign", "cloudkms.cryptoKeyVersions.list"),
+)
+_VERIFIES = _SigningAccess(
+    "read the public keys to verify audit checkpoints; no signing",
+    ("roles/cloudkms.publicKeyViewer",),
+    ("cloudkms.cryptoKeyVersions.viewPublicKey",),
+)
 
 
 def _signing_access(key: str, members: Mapping[str, str], prefix: str) -> tuple[Grant, ...]:
     """Writers sign (and list the versions, to sign with the newest); audit reads public keys."""
-    grants = []
-    for role in ROLES:
-        member = _member(key, members, prefix, role)
-        granted = (_SIGNER, _VERSIONS) if role in WRITERS else (_VERIFIER,)
-        documents = {
-            name: {"role": r, "members": [member]}
-            for name, (r, _) in zip(("binding", "versions_binding"), granted, strict=False)
-        }
-        commands = tuple(
-            f"gcloud kms keys add-iam-policy-binding {key} --member {member} --role {r}"
-            for r, _ in granted
+    return tuple(
+        _signing_grant(
+            key, role, _member(key, members, prefix, role), _SIGNS if role in WRITERS else _VERIFIES
         )
-        purpose = (
-            "sign audit checkpoints with the newest version"
-            if role in WRITERS
-            else "read the public keys to verify audit checkpoints; no signing"
-        )
-        permissions = tuple(p for _, ps in granted for p in ps)
-        names = ", ".join(r for r, _ in granted)
-        grants.append(Grant(role, purpose, names, key, member, permissions, documents, commands))
-    return tuple(grants)
+        for role in ROLES
+    )
+
+
+def _signing_grant(key: str, role: str, member: str, access: _SigningAccess) -> Grant:
+    documents = {
+        name: {"role": r, "members": [member]}
+        for name, r in zip(("binding", "versions_binding"), access.roles, strict=False)
+    }
+    commands = tuple(
+        f"gcloud kms keys add-iam-policy-binding {key} --member {member} --role {r}"
+        for r in access.roles
+    )
+    names = ", ".join(access.roles)
+    return Grant(role, access.purpose, names, key, member, access.permissions, documents, commands)
 
 
 def _access(key: str, members: Mapping[str, str], prefix: str) -> tuple[Grant, ...]:
