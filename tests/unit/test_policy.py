@@ -223,6 +223,22 @@ class TestGatesValidateWhatTheyAccept:
         record = dict(engine.protect(RECORD), email=tag)
         assert [v.field for v in validate_no_plaintext([record], engine.policy)] == ["email"]
 
+    @pytest.mark.parametrize(
+        "digest",
+        [
+            "sha256:" + "AB" * 32,  # upper-case hex is not the engine's form
+            "sha256:" + "a" * 63,
+            "sha256:" + "a" * 64 + "\n",
+            "sha256:" + "g" * 64,
+            "SHA256:" + "a" * 64,
+        ],
+    )
+    def test_a_hash_of_the_wrong_shape_is_not_protected(
+        self, engine: PolicyEngine, digest: str
+    ) -> None:
+        record = dict(engine.protect(RECORD), phone=digest)
+        assert [v.field for v in validate_no_plaintext([record], engine.policy)] == ["phone"]
+
     def test_protect_protects_what_only_looked_protected(self, engine: PolicyEngine) -> None:
         """The forged values are sealed or hashed again, and then pass the check."""
         again = engine.protect(self.forged(engine))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -29,6 +30,7 @@ __all__ = ["REDACTED", "PolicyEngine", "Violation", "validate_no_plaintext"]
 REDACTED = "[REDACTED]"
 _JSON = "json"  # context "encoding" of a value that was not a string
 _NO_CONTEXT: Mapping[str, str] = MappingProxyType({})
+_HASH = re.compile(r"sha256:[0-9a-f]{64}")  # the legacy engine's unkeyed hash
 
 
 class _Item(NamedTuple):
@@ -290,12 +292,7 @@ def _sha256(text: str) -> str:
 
 
 def _is_hash(value: Any) -> bool:
-    return (
-        isinstance(value, str)
-        and value.startswith("sha256:")
-        and len(value) == 71
-        and all(c in "0123456789abcdef" for c in value[7:])
-    )
+    return isinstance(value, str) and _HASH.fullmatch(value) is not None
 
 
 def _is_hmac(value: Any) -> bool:
