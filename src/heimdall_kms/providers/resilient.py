@@ -125,9 +125,7 @@ class RetryPolicy:
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         wait = float(self._jitter(state))
-        outcome = state.outcome
-        error = outcome.exception() if outcome is not None else None
-        retry_after = error.retry_after if isinstance(error, KMSError) else None
+        retry_after = _asked_wait(state)
         return max(wait, retry_after) if retry_after is not None else wait
 
     def call(self, fn: Callable[[], _T]) -> _T:
@@ -147,6 +145,13 @@ class RetryPolicy:
         return retrying(fn)
 
 
+def _asked_wait(state: tenacity.RetryCallState) -> float | None:
+    """The ``retry_after`` the last attempt's KMS error asked for, if any."""
+    outcome = state.outcome
+    error = outcome.exception() if outcome is not None else None
+    return error.retry_after if isinstance(error, KMSError) else None
+
+
 class _AsksTooLong(tenacity.stop.stop_base):
     """The KMS asks for a longer wait than the budget has left: fail now, not later."""
 
@@ -154,9 +159,7 @@ class _AsksTooLong(tenacity.stop.stop_base):
         self._budget = budget
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
-        outcome = retry_state.outcome
-        error = outcome.exception() if outcome is not None else None
-        retry_after = error.retry_after if isinstance(error, KMSError) else None
+        retry_after = _asked_wait(retry_state)
         elapsed = retry_state.seconds_since_start or 0.0
         return retry_after is not None and elapsed + retry_after > self._budget
 

@@ -49,29 +49,20 @@ class LocalKeyring:
             if name in keys:
                 return False
             keys[name] = {"min_decryption_version": 1, "versions": {}}
-            self._add_version(keys[name])
+            self.add_version(keys[name])
             self._write(document)
             return True
 
     def read_key(self, name: str) -> dict[str, Any]:
         with self._locked() as document:
-            key = document["keys"].get(name)
-        if key is None:
-            raise KeyNotFoundError(f"local keyring {self.path} has no key named {name!r}")
-        return dict(key)
+            return dict(self._key(document, name))
 
     def update_key(self, name: str, change: Callable[[dict[str, Any]], None]) -> None:
         with self._locked() as document:
-            key = document["keys"].get(name)
-            if key is None:
-                raise KeyNotFoundError(f"local keyring {self.path} has no key named {name!r}")
-            change(key)
+            change(self._key(document, name))
             self._write(document)
 
     def add_version(self, key: dict[str, Any]) -> None:
-        self._add_version(key)
-
-    def _add_version(self, key: dict[str, Any]) -> None:
         number = max((int(v) for v in key["versions"]), default=0) + 1
         key["versions"][str(number)] = {
             "key": os.urandom(primitives.DEK_BYTES).hex(),
@@ -87,6 +78,12 @@ class LocalKeyring:
         """
         with self._locked():
             pass
+
+    def _key(self, document: dict[str, Any], name: str) -> dict[str, Any]:
+        key: dict[str, Any] | None = document["keys"].get(name)
+        if key is None:
+            raise KeyNotFoundError(f"local keyring {self.path} has no key named {name!r}")
+        return key
 
     def _exists(self) -> None:
         if not self.path.exists():

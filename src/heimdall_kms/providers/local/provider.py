@@ -74,9 +74,7 @@ class LocalDevProvider:
     def wrap_many(
         self, deks: Sequence[bytearray], contexts: Sequence[KeyContext]
     ) -> list[WrappedKey]:
-        key = self._keyring.read_key(self._key_name)
-        version = max(int(v) for v in key["versions"])
-        master = bytes.fromhex(key["versions"][str(version)]["key"])
+        version, master = _latest(self._keyring.read_key(self._key_name))
         return [self._wrap(master, version, dek) for dek in deks]
 
     def unwrap_many(
@@ -89,12 +87,11 @@ class LocalDevProvider:
         self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
     ) -> list[WrappedKey | HeimdallKMSError]:
         key = self._keyring.read_key(self._key_name)
-        version = max(int(v) for v in key["versions"])
-        master = bytes.fromhex(key["versions"][str(version)]["key"])
+        version, master = _latest(key)
         return software_wrap.rewrap_each(
             wrapped,
             lambda item: self._unwrap(key, item),
-            lambda dek: software_wrap.wrap(master, "local", version, dek, self._aad(version)),
+            lambda dek: self._wrap(master, version, dek),
         )
 
     def hmac_many(self, values: Sequence[bytes], key: HashKey) -> list[str]:
@@ -159,10 +156,23 @@ class LocalDevProvider:
         if form is None or form.provider != "local" or not software_wrap.well_formed(form.body):
             return IntegrityError("wrapped data key is not in the local provider's form")
         # The version picks the key and is in the wrap's AAD: another version's DEK fails.
-        version = form.version
-        if version < int(key["min_decryption_version"]):
-            return KeyVersionRetiredError(f"key version {version} is retired (below the minimum)")
-        entry = key["versions"].get(str(version))
-        if entry is None:
-            return KeyNotFoundError(f"key version {version} does not exist")
-        return software_wrap.unwrap(bytes.fromhex(entry["key"]), form.body, self._aad(version))
+        master = _master(key, form.version)
+        if isinstance(master, HeimdallKMSError):
+            return master
+        return software_wrap.unwrap(master, form.body, self._aad(form.version))
+
+
+def _latest(key: dict[str, Any]) -> tuple[int, bytes]:
+    """The newest version of ``key``, and its master key."""
+    version = max(int(v) for v in key["versions"])
+    return version, bytes.fromhex(key["versions"][str(version)]["key"])
+
+
+def _master(key: dict[str, Any], version: int) -> bytes | HeimdallKMSError:
+    """The master key of ``version``, or why that version cannot unwrap."""
+    if version < int(key["min_decryption_version"]):
+        return KeyVersionRetiredError(f"key version {version} is retired (below the minimum)")
+    entry = key["versions"].get(str(version))
+    if entry is None:
+        return KeyNotFoundError(f"key version {version} does not exist")
+    return bytes.fromhex(entry["key"])
