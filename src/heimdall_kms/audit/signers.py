@@ -28,7 +28,7 @@ from heimdall_kms.errors import (
     KMSError,
 )
 from heimdall_kms.providers import needs_extra
-from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
+from heimdall_kms.wrapped_key import WrappedForm, format_wrapped, parse_wrapped
 
 if TYPE_CHECKING:
     import hvac
@@ -71,19 +71,29 @@ class LocalSigner(VersionedSigner):
         form = parse_wrapped(signature)
         if form is None or form.provider != ProviderName.LOCAL:
             return False
-        try:
-            versions = self._keyring.read_key(self._name)["versions"]
-            raw = base64.b64decode(form.body, validate=True)
-        except (KeyNotFoundError, binascii.Error):
+        found = self._material(form)
+        if found is None:
             return False
-        version = versions.get(str(form.version))
-        if version is None or len(raw) != 64:
-            return False
-        seed = bytearray.fromhex(version["key"])
+        material, raw = found
+        seed = bytearray.fromhex(material)
         try:
             return primitives.verify_ed25519(seed, message, raw)
         finally:
             primitives.wipe(seed)
+
+    def _material(self, form: WrappedForm) -> tuple[str, bytes] | None:
+        """The seed (hex) of the key version a signature names, and the raw signature; None
+        when the keyring has no such key or version, or the signature is not 64 bytes of
+        base64."""
+        try:
+            versions = self._keyring.read_key(self._name)["versions"]
+            raw = base64.b64decode(form.body, validate=True)
+        except (KeyNotFoundError, binascii.Error):
+            return None
+        version = versions.get(str(form.version))
+        if version is None or len(raw) != 64:
+            return None
+        return version["key"], raw
 
 
 class VaultSigner(VersionedSigner):

@@ -194,16 +194,23 @@ def _verify_all(
     env: DrillEnvironment, crypto: Crypto, state: dict[str, object]
 ) -> dict[str, object]:
     refused, old = _refused_old_deks(env, state["before"])
-    plain = state["plain"]
+    texts, expected = _decrypted_all(env, crypto, state["plain"])
+    if refused != old or texts != expected:
+        raise IntegrityError("old DEKs still unwrap, or a value no longer decrypts")
+    return {"old_deks_refused": refused, "verified": len(texts)}
+
+
+def _decrypted_all(
+    env: DrillEnvironment, crypto: Crypto, plain: object
+) -> tuple[list[str], list[str]]:
+    """Every seeded value decrypted from the table, and the plaintexts seeded, in id order."""
     assert isinstance(plain, dict)
     current = env.values()
     ids = sorted(plain)
     texts = crypto.decrypt_many(
         [current[i] for i in ids], actor="drill-verifier", reason="rotation drill verification"
     )
-    if refused != old or texts != [plain[i] for i in ids]:
-        raise IntegrityError("old DEKs still unwrap, or a value no longer decrypts")
-    return {"old_deks_refused": refused, "verified": len(texts)}
+    return texts, [plain[i] for i in ids]
 
 
 def _refused_old_deks(env: DrillEnvironment, before: object) -> tuple[int, int]:
