@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from heimdall_kms.cli._actor import actor_option
+from heimdall_kms.cli._bootstrap import change_label, print_counts, print_dry_run_header, required
 from heimdall_kms.cli._key_create import audited_key_create
 from heimdall_kms.config import AWSKeyVersioning, ProviderName, Settings
 from heimdall_kms.errors import ConfigurationError
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["aws"]
 
 _WIDTH = 14
+_NOT_AWS = "HMD_KMS_PROVIDER: `aws bootstrap` needs HMD_KMS_PROVIDER=aws and HMD_KMS_KEY_ID"
 _ROTATION_DAYS = (90, 2560)  # what EnableKeyRotation accepts
 
 
@@ -55,23 +57,16 @@ def bootstrap(*, actor: str, dry_run: bool, as_json: bool) -> None:
         from heimdall_kms.providers.aws.client import build_client, caller  # noqa: PLC0415
 
     settings = Settings.from_env(os.environ)
-    if settings.aws is None or settings.kms_key_id is None:
-        raise ConfigurationError(
-            "HMD_KMS_PROVIDER: `aws bootstrap` needs HMD_KMS_PROVIDER=aws and HMD_KMS_KEY_ID"
-        )
-    versioning = settings.aws.key_versioning
-    reference = _reference(settings.kms_key_id, versioning)
+    aws_settings, key_id = required(settings.aws, settings.kms_key_id, _NOT_AWS)
+    versioning = aws_settings.key_versioning
+    reference = _reference(key_id, versioning)
     days = _rotation_days(settings.key_rotation_days, versioning)
     anchoring = settings.audit_anchoring
     signing_name = ab.signing_key_name(anchoring.signing_key if anchoring else None, reference)
-    client = build_client(settings.aws)
+    client = build_client(aws_settings)
     try:
         call = caller(client)
-        steps = ab.plan(call, reference, versioning, days)
-        signing = None
-        if signing_name is not None:
-            step, signing = ab.signing_step(call, signing_name)
-            steps = replace(steps, steps=(*steps.steps, step))
+        steps, signing = _plan(call, reference, versioning, days, signing_name)
         if not dry_run:
             _apply(call, steps, reference, versioning, settings.audit_log, actor)
         region = str(client.meta.region_name)
@@ -91,6 +86,23 @@ def bootstrap(*, actor: str, dry_run: bool, as_json: bool) -> None:
         dry_run=dry_run,
         as_json=as_json,
     )
+
+
+def _plan(
+    call: Call,
+    reference: KeyReference,
+    versioning: AWSKeyVersioning,
+    days: int,
+    signing_name: str | None,
+) -> tuple[Plan, SigningKey | None]:
+    """The steps, ending with the signing key's when there is one to have."""
+    from heimdall_kms.providers.aws import bootstrap as ab  # noqa: PLC0415 - loads boto3
+
+    steps = ab.plan(call, reference, versioning, days)
+    if signing_name is None:
+        return steps, None
+    step, signing = ab.signing_step(call, signing_name)
+    return replace(steps, steps=(*steps.steps, step)), signing
 
 
 def _report(
@@ -174,51 +186,52 @@ def _target(
     call: Call, steps: Plan, reference: KeyReference, versioning: AWSKeyVersioning, region: str
 ) -> PolicyTarget:
     """What the policies name; before the key exists (a dry run), placeholders."""
-    from heimdall_kms.errors import KeyNotFoundError  # noqa: PLC0415
     from heimdall_kms.providers.aws.bootstrap import PolicyTarget  # noqa: PLC0415
 
     arn = steps.key_arn
     if arn is None:
-        try:
-            arn = str(call("DescribeKey", KeyId=reference.text)["KeyMetadata"]["Arn"])
-        except KeyNotFoundError:
-            arn = f"arn:aws:kms:{region}:ACCOUNT:key/KEY-CREATED-ON-APPLY"
+        arn = _described_arn(call, reference.text, region, "KEY-CREATED-ON-APPLY")
     prefix = arn.split(":key/", 1)[0]
-    alias = reference.text if reference.is_alias else None
-    if alias is not None and alias.startswith("arn:"):
-        alias = "alias/" + alias.split(":alias/", 1)[1]
-    return PolicyTarget(versioning, alias, arn, prefix)
+    return PolicyTarget(versioning, _alias(reference), arn, prefix)
+
+
+def _alias(reference: KeyReference) -> str | None:
+    """The alias the policies name, as alias/NAME (an alias ARN shortened); None for a key."""
+    if not reference.is_alias:
+        return None
+    if reference.text.startswith("arn:"):
+        return "alias/" + reference.text.split(":alias/", 1)[1]
+    return reference.text
 
 
 def _signing_arn(call: Call, signing: SigningKey, region: str) -> str:
     """The signing key's ARN; before it is created (a dry run), a placeholder."""
-    from heimdall_kms.errors import KeyNotFoundError  # noqa: PLC0415
-
     if signing.arn is not None:
         return signing.arn
+    return _described_arn(call, signing.name, region, "SIGNING-KEY-CREATED-ON-APPLY")
+
+
+def _described_arn(call: Call, key_id: str, region: str, placeholder: str) -> str:
+    """The key's ARN from DescribeKey; before the key exists (a dry run), ``placeholder``'s."""
+    from heimdall_kms.errors import KeyNotFoundError  # noqa: PLC0415
+
     try:
-        return str(call("DescribeKey", KeyId=signing.name)["KeyMetadata"]["Arn"])
+        return str(call("DescribeKey", KeyId=key_id)["KeyMetadata"]["Arn"])
     except KeyNotFoundError:
-        return f"arn:aws:kms:{region}:ACCOUNT:key/SIGNING-KEY-CREATED-ON-APPLY"
+        return f"arn:aws:kms:{region}:ACCOUNT:key/{placeholder}"
 
 
 def _print(steps: Plan, policies: dict[str, dict[str, Any]], *, dry_run: bool) -> None:
-    if dry_run:
-        click.echo("dry run: nothing was written; this is what bootstrap would do")
+    print_dry_run_header(dry_run=dry_run)
     for step in steps.steps:
         _print_step(step, dry_run=dry_run)
-    counts = {
-        c: sum(s.change.value == c for s in steps.steps)
-        for c in ("created", "updated", "unchanged")
-    }
-    click.echo(", ".join(f"{n} {c}" for c, n in counts.items()) + (" (dry run)" if dry_run else ""))
+    print_counts((step.change.value for step in steps.steps), dry_run=dry_run)
     _print_policies(policies)
 
 
 def _print_step(step: Step, *, dry_run: bool) -> None:
     """The step's line; on a dry run, the calls it would make."""
-    change = step.change.value
-    label = change if not dry_run or change == "unchanged" else f"would {change[:-1]}"
+    label = change_label(step.change.value, dry_run=dry_run)
     click.echo(f"{label:<{_WIDTH}} {step.name}")
     for item in step.calls if dry_run else ():
         click.echo(f"{'':<{_WIDTH + 2}}{item}")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from heimdall_kms.cli._actor import actor_option
+from heimdall_kms.cli._bootstrap import change_label, print_dry_run_header
 from heimdall_kms.cli._key_create import audited_key_create
 from heimdall_kms.config import Settings
 from heimdall_kms.errors import ConfigurationError
@@ -84,11 +85,9 @@ def _apply(plan: Plan, apply: Callable[[], None], *, log: str, actor: str) -> No
 
 
 def _print_plan(plan: Plan, *, dry_run: bool) -> None:
-    if dry_run:
-        click.echo("dry run: nothing was written; this is what bootstrap would do")
+    print_dry_run_header(dry_run=dry_run)
     for step in plan.steps:
-        change = step.change.value
-        label = change if not dry_run or change == "unchanged" else f"would {change[:-1]}"
+        label = change_label(step.change.value, dry_run=dry_run)
         click.echo(f"{label:<{_WIDTH}} {step.name}")
         for call in step.calls if dry_run else ():
             click.echo(f"{'':<{_WIDTH + 2}}{call}")

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from heimdall_kms.cli._actor import actor_option
+from heimdall_kms.cli._bootstrap import change_label, print_counts, print_dry_run_header, required
 from heimdall_kms.cli._key_create import audited_key_create
-from heimdall_kms.config import ProviderName, Settings
-from heimdall_kms.errors import ConfigurationError
+from heimdall_kms.config import ProviderName, Secret, Settings
 
 if TYPE_CHECKING:
     import hvac
@@ -29,6 +29,10 @@ __all__ = ["parse_period", "vault"]
 _PERIOD = re.compile(r"(\d+)([smhd]?)")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _WIDTH = 10
+_NOT_VAULT = (
+    "HMD_KMS_PROVIDER: `vault bootstrap` needs HMD_KMS_PROVIDER=vault, HMD_VAULT_ADDR "
+    "and an operator token in HMD_VAULT_TOKEN"
+)
 
 
 def parse_period(text: str) -> int:
@@ -115,20 +119,16 @@ def bootstrap(
     k8s = _binding(kubernetes, k8s_namespace, accounts, k8s_mount, k8s_host, k8s_ca_cert)
     period = parse_period(auto_rotate_period) if auto_rotate_period else None
     settings = Settings.from_env(os.environ)
-    if settings.vault is None or settings.kms_key_id is None:
-        raise ConfigurationError(
-            "HMD_KMS_PROVIDER: `vault bootstrap` needs HMD_KMS_PROVIDER=vault, HMD_VAULT_ADDR "
-            "and an operator token in HMD_VAULT_TOKEN"
-        )
+    vault_settings, configured_key = required(settings.vault, settings.kms_key_id, _NOT_VAULT)
     options = vb.BootstrapOptions(
-        key=key_name or settings.kms_key_id,
-        transit_mount=settings.vault.transit_mount,
+        key=key_name or configured_key,
+        transit_mount=vault_settings.transit_mount,
         prefix=prefix,
         auto_rotate_seconds=period,
         approle_mount=approle_mount,
         kubernetes=k8s,
     )
-    client = build_client(settings.vault)
+    client = build_client(vault_settings)
     try:
         steps = vb.plan(client, options)
         if not dry_run:
@@ -137,29 +137,35 @@ def bootstrap(
         made = vb.new_secret_ids(client, options) if print_secret_ids and not dry_run else {}
     finally:
         client.adapter.close()
-    secrets = {role: secret.reveal() for role, secret in made.items()}
-    _report(steps, options, ids, secrets, dry_run=dry_run, as_json=as_json)
+    _report(steps, options, ids, made, dry_run=dry_run, as_json=as_json)
 
 
 def _report(
     steps: list[Step],
     options: BootstrapOptions,
     ids: dict[str, str | None],
-    secrets: dict[str, str],
+    made: dict[str, Secret[str]],
     *,
     dry_run: bool,
     as_json: bool,
 ) -> None:
+    secrets = {role: secret.reveal() for role, secret in made.items()}
     if as_json:
-        document: dict[str, Any] = {"dry_run": dry_run, "steps": [s.to_dict() for s in steps]}
-        document["role_ids"] = ids
-        if secrets:
-            document |= {"secret_ids": secrets, "secret_ids_sensitive": True}
-        click.echo(json.dumps(document))
+        click.echo(json.dumps(_document(steps, ids, secrets, dry_run=dry_run)))
     else:
         _print(steps, options, ids, dry_run=dry_run)
     if secrets:
         _print_secret_ids(secrets, options, as_json=as_json)
+
+
+def _document(
+    steps: list[Step], ids: dict[str, str | None], secrets: dict[str, str], *, dry_run: bool
+) -> dict[str, Any]:
+    document: dict[str, Any] = {"dry_run": dry_run, "steps": [s.to_dict() for s in steps]}
+    document["role_ids"] = ids
+    if secrets:
+        document |= {"secret_ids": secrets, "secret_ids_sensitive": True}
+    return document
 
 
 def _apply(
@@ -191,12 +197,22 @@ def _binding(  # noqa: PLR0917 - the --k8s-* options, in their order.
     host: str | None,
     ca_cert: Path | None,
 ) -> KubernetesBinding | None:
-    from heimdall_kms.providers.vault.bootstrap import KubernetesBinding  # noqa: PLC0415
-
     if not kubernetes:
-        if accounts or namespace or host or ca_cert:
+        if any((accounts, namespace, host, ca_cert)):
             raise click.UsageError("the --k8s-* options need --kubernetes")
         return None
+    return _kubernetes_binding(namespace, accounts, mount, host, ca_cert)
+
+
+def _kubernetes_binding(
+    namespace: str | None,
+    accounts: tuple[str, ...],
+    mount: str,
+    host: str | None,
+    ca_cert: Path | None,
+) -> KubernetesBinding:
+    from heimdall_kms.providers.vault.bootstrap import KubernetesBinding  # noqa: PLC0415
+
     if not namespace:
         raise click.BadParameter("required with --kubernetes", param_hint="--k8s-namespace")
     return KubernetesBinding(
@@ -227,21 +243,16 @@ def _read(path: Path) -> str:
 def _print(
     steps: list[Step], options: BootstrapOptions, ids: dict[str, str | None], *, dry_run: bool
 ) -> None:
-    if dry_run:
-        click.echo("dry run: nothing was written; this is what bootstrap would do")
+    print_dry_run_header(dry_run=dry_run)
     for step in steps:
         _print_step(step, dry_run=dry_run)
-    counts = {
-        c: sum(s.change.value == c for s in steps) for c in ("created", "updated", "unchanged")
-    }
-    click.echo(", ".join(f"{n} {c}" for c, n in counts.items()) + (" (dry run)" if dry_run else ""))
+    print_counts((step.change.value for step in steps), dry_run=dry_run)
     _print_role_ids(options, ids)
 
 
 def _print_step(step: Step, *, dry_run: bool) -> None:
     """The step's line; on a dry run, the calls it would make and the policy it would write."""
-    change = step.change.value
-    label = change if not dry_run or change == "unchanged" else f"would {change[:-1]}"
+    label = change_label(step.change.value, dry_run=dry_run)
     click.echo(f"{label:<{_WIDTH + 4}} {step.name}")
     if not dry_run:
         return
