@@ -19,6 +19,14 @@ def context_from_options(field: str | None, pairs: Sequence[str]) -> dict[str, s
         click.BadParameter: a pair without ``=``, an empty key, a key given twice, or a
             ``--field`` that contradicts ``--context field=...``.
     """
+    context = _context_pairs(pairs)
+    if field is not None:
+        _check_field(field, context)
+        context["field"] = field
+    return context
+
+
+def _context_pairs(pairs: Sequence[str]) -> dict[str, str]:
     context: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -27,13 +35,14 @@ def context_from_options(field: str | None, pairs: Sequence[str]) -> dict[str, s
         if key in context:
             raise click.BadParameter(f"key {key!r} given twice", param_hint="--context")
         context[key] = value
-    if field is not None:
-        if not field:
-            raise click.BadParameter("must not be empty", param_hint="--field")
-        if context.get("field", field) != field:
-            raise click.BadParameter("contradicts --context field=...", param_hint="--field")
-        context["field"] = field
     return context
+
+
+def _check_field(field: str, context: dict[str, str]) -> None:
+    if not field:
+        raise click.BadParameter("must not be empty", param_hint="--field")
+    if context.get("field", field) != field:
+        raise click.BadParameter("contradicts --context field=...", param_hint="--field")
 
 
 def read_stdin_text(limit: int, what: str) -> str:

@@ -107,18 +107,23 @@ def resolve(spec: TargetSpec) -> tuple[str, list[Target]]:
 
 def _named_targets(spec: TargetSpec) -> tuple[str | None, list[Target]]:
     """The targets file's database and targets, or the one target the flags name."""
-    if spec.targets_file is not None:
-        if spec.table or spec.column or spec.json_path:
-            raise click.UsageError(
-                "give --targets FILE or --table/--column/--json-path, not both "
-                "(a target's path goes in the file as json_path)"
-            )
-        loaded = load_targets(spec.targets_file)
-        return loaded.database, list(loaded.targets)
+    if spec.targets_file is None:
+        return None, [_flag_target(spec)]
+    if spec.table or spec.column or spec.json_path:
+        raise click.UsageError(
+            "give --targets FILE or --table/--column/--json-path, not both "
+            "(a target's path goes in the file as json_path)"
+        )
+    loaded = load_targets(spec.targets_file)
+    return loaded.database, list(loaded.targets)
+
+
+def _flag_target(spec: TargetSpec) -> Target:
+    """The one target ``--table``, ``--column`` (and ``--json-path``) name."""
     if not spec.table or not spec.column:
         raise click.UsageError("--table and --column are required (or --targets FILE)")
     try:
-        return None, [Target(spec.table, spec.column, spec.id_column, spec.json_path)]
+        return Target(spec.table, spec.column, spec.id_column, spec.json_path)
     except StoreError as exc:
         raise click.UsageError(str(exc)) from None
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -196,10 +198,7 @@ def query_command(
     and its outcome): `heimdall-kms audit query audit.log --dangling`
     """
     selection = AuditFilter(event_types, actor, field, key_version, result, since, until)
-    found = query(path, selection)
-    if only_dangling:
-        # Outcomes are paired over the whole log; the filters then narrow what is shown.
-        found = iter([e for e in dangling(query(path, AuditFilter())) if selection.matches(e)])
+    found = _dangling(path, selection) if only_dangling else query(path, selection)
     matched = 0
     for event in found:
         matched += 1
@@ -207,3 +206,8 @@ def query_command(
             click.echo(json.dumps(event, separators=(",", ":"), ensure_ascii=False))
     if count:
         click.echo(str(matched))
+
+
+def _dangling(path: Path, selection: AuditFilter) -> Iterator[dict[str, Any]]:
+    # Outcomes are paired over the whole log; the filters then narrow what is shown.
+    return iter([e for e in dangling(query(path, AuditFilter())) if selection.matches(e)])

@@ -12,8 +12,8 @@ import click
 import heimdall_kms
 from heimdall_kms.cli._actor import actor_option
 from heimdall_kms.errors import IncompleteError
-from heimdall_kms.policy import PolicyEngine, load_policy, validate_no_plaintext
-from heimdall_kms.policy.stream import MAX_LINE_BYTES, StreamReport, process_ndjson
+from heimdall_kms.policy import PolicyEngine, Violation, load_policy, validate_no_plaintext
+from heimdall_kms.policy.stream import MAX_LINE_BYTES, StreamReport, json_record, process_ndjson
 
 __all__ = ["check", "protect", "reveal"]
 
@@ -118,23 +118,23 @@ def check(policy_path: Path, source: BinaryIO, as_json: bool) -> None:
     for number, raw in enumerate(iter(lambda: source.readline(MAX_LINE_BYTES + 1), b""), 1):
         if not raw.strip():
             continue
-        try:
-            record = json.loads(raw)
-        except (ValueError, RecursionError):
-            record = None
-        if not isinstance(record, dict):
+        record = json_record(raw)
+        if record is None:
             unreadable += 1
             click.echo(f"line {number}: not a JSON object", err=True)
             continue
-        for violation in validate_no_plaintext([record], policy):
-            found += 1
-            if as_json:
-                click.echo(
-                    json.dumps(
-                        {"line": number, "field": violation.field, "reason": violation.reason}
-                    )
-                )
-            else:
-                click.echo(f"line {number}: {violation.field}: {violation.reason}")
+        violations = validate_no_plaintext([record], policy)
+        found += len(violations)
+        for violation in violations:
+            _print_violation(number, violation, as_json=as_json)
     if found or unreadable:
         raise IncompleteError(f"{found} fields break the policy; {unreadable} lines unreadable")
+
+
+def _print_violation(number: int, violation: Violation, *, as_json: bool) -> None:
+    if as_json:
+        click.echo(
+            json.dumps({"line": number, "field": violation.field, "reason": violation.reason})
+        )
+    else:
+        click.echo(f"line {number}: {violation.field}: {violation.reason}")

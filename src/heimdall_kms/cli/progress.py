@@ -85,48 +85,58 @@ class ProgressView:
     def __call__(self, target: TargetReport) -> None:
         done = target.completed + target.failed + target.conflicts
         if self._bar is not None:
-            description = f"{self._job} {target.target}{_pacing(target)}"
-            if target.target not in self._tasks:
-                self._tasks[target.target] = self._bar.add_task(
-                    description, total=max(target.total, 1)
-                )
-            self._bar.update(self._tasks[target.target], completed=done, description=description)
+            self._draw(self._bar, target, done)
             return
         now = self._clock()
         started = self._started.setdefault(target.target, now)
         if now - self._last_line < self._interval and done < target.total:
             return
         self._last_line = now
-        elapsed = now - started
-        rate = done / elapsed if elapsed > 0 else 0.0
+        rate = _rate(done, now - started)
+        if self._json:
+            self._log_line(target, done, rate)
+        else:
+            self._print_line(target, done, rate)
+
+    def _draw(self, bar: Progress, target: TargetReport, done: int) -> None:
+        description = f"{self._job} {target.target}{_pacing(target)}"
+        if target.target not in self._tasks:
+            self._tasks[target.target] = bar.add_task(description, total=max(target.total, 1))
+        bar.update(self._tasks[target.target], completed=done, description=description)
+
+    def _log_line(self, target: TargetReport, done: int, rate: float) -> None:
+        _log.info(
+            "%s %s: %d/%d",
+            self._job,
+            target.target,
+            done,
+            target.total,
+            extra={
+                "event": "job.progress",
+                "fields": {
+                    "job": self._job,
+                    "target": target.target,
+                    "done": done,
+                    "total": target.total,
+                    "failed": target.failed,
+                    "values_per_second": round(rate, 1),
+                },
+            },
+        )
+
+    def _print_line(self, target: TargetReport, done: int, rate: float) -> None:
         eta = (target.total - done) / rate if rate > 0 else None
         eta_text = f", ETA {eta:,.0f}s" if eta is not None and done < target.total else ""
-        if self._json:
-            _log.info(
-                "%s %s: %d/%d",
-                self._job,
-                target.target,
-                done,
-                target.total,
-                extra={
-                    "event": "job.progress",
-                    "fields": {
-                        "job": self._job,
-                        "target": target.target,
-                        "done": done,
-                        "total": target.total,
-                        "failed": target.failed,
-                        "values_per_second": round(rate, 1),
-                    },
-                },
-            )
-            return
         print(
             f"{self._job} {target.target}: {done:,}/{target.total:,} "
             f"({rate:,.0f} values/s{eta_text}; failed {target.failed}){_pacing(target)}",
             file=self._stream,
             flush=True,
         )
+
+
+def _rate(done: int, elapsed: float) -> float:
+    return done / elapsed if elapsed > 0 else 0.0
 
 
 def _pacing(target: TargetReport) -> str:

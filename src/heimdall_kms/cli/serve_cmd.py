@@ -8,10 +8,12 @@ does), and for TLS 1.2 only ECDHE key exchange with AEAD ciphers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,14 +100,19 @@ def build_server(
         log_level=log_level,
         lifespan="on",
     )
+    _load(config)
+    if config.ssl is not None:
+        harden_tls(config.ssl)
+    return uvicorn.Server(config)
+
+
+def _load(config: uvicorn.Config) -> None:
+    """Raises ConfigurationError: the certificate or key cannot be loaded."""
     try:
         config.load()
     except (ssl.SSLError, OSError) as exc:
         reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or "unreadable"
         raise ConfigurationError(f"--tls-cert/--tls-key: cannot load them: {reason}") from None
-    if config.ssl is not None:
-        harden_tls(config.ssl)
-    return uvicorn.Server(config)
 
 
 @click.command("serve")
@@ -169,26 +176,16 @@ def serve(
     Without --tls-cert the server listens on loopback only, unless --insecure-http.
     HMD_ROTATION_CHECK_SECONDS=N makes it run `rotate --if-due` every N seconds.
     """
-    if (tls_cert is None) != (tls_key is None):
-        raise click.UsageError("--tls-cert and --tls-key go together")
-    if tls_cert is None and not is_loopback(host) and not insecure_http:
-        raise click.UsageError(
-            f"refusing plain HTTP on {host}: give --tls-cert/--tls-key, or --insecure-http "
-            "behind a TLS-terminating proxy"
-        )
+    _check_transport(host, tls_cert, tls_key, insecure_http=insecure_http)
     if tokens_file is None:
         raise ConfigurationError(
             "HMD_ADMIN_TOKENS_FILE: required by serve (one 'ROLE SHA256HEX' line per token)"
         )
-    try:
+    with _server_extra():
         import uvicorn  # noqa: F401, PLC0415 - fail early, before the KMS is contacted.
 
         from heimdall_kms.admin import create_app, load_tokens  # noqa: PLC0415
         from heimdall_kms.admin.targets import ServerTargets  # noqa: PLC0415
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] in ("fastapi", "starlette", "uvicorn"):
-            raise ConfigurationError("serve needs: pip install 'heimdall-kms[server]'") from None
-        raise
     tokens = load_tokens(tokens_file)
     settings = Settings.from_env(os.environ)
     telemetry = TelemetrySettings.from_env(os.environ)
@@ -209,3 +206,27 @@ def serve(
     )
     with sock:
         server.run(sockets=[sock])
+
+
+def _check_transport(
+    host: str, tls_cert: Path | None, tls_key: Path | None, *, insecure_http: bool
+) -> None:
+    """Raises click.UsageError: half a TLS pair, or plain HTTP off loopback not asked for."""
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if tls_cert is None and not is_loopback(host) and not insecure_http:
+        raise click.UsageError(
+            f"refusing plain HTTP on {host}: give --tls-cert/--tls-key, or --insecure-http "
+            "behind a TLS-terminating proxy"
+        )
+
+
+@contextlib.contextmanager
+def _server_extra() -> Iterator[None]:
+    """Raises ConfigurationError naming the extra when FastAPI, Starlette or uvicorn is missing."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in ("fastapi", "starlette", "uvicorn"):
+            raise ConfigurationError("serve needs: pip install 'heimdall-kms[server]'") from None
+        raise

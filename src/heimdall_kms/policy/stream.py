@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, TextIO
 
 from heimdall_kms.errors import HeimdallKMSError, InvalidInputError
 
-__all__ = ["MAX_LINE_BYTES", "StreamReport", "process_ndjson"]
+__all__ = ["MAX_LINE_BYTES", "StreamReport", "json_record", "process_ndjson"]
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
 Handler = Callable[[Sequence[dict[str, Any]]], Sequence[dict[str, Any] | HeimdallKMSError]]
@@ -93,7 +93,7 @@ class _Stream:
             return None
         if not raw.strip():
             return None
-        record = _record(raw)
+        record = json_record(raw)
         if record is None:
             self.bad(number, "not a JSON object")
         return record
@@ -119,7 +119,8 @@ class _Stream:
         self.out.flush()
 
 
-def _record(raw: bytes) -> dict[str, Any] | None:
+def json_record(raw: bytes) -> dict[str, Any] | None:
+    """The line as a JSON object; None when it is not one (or not JSON at all)."""
     try:
         value = json.loads(raw)
     except (ValueError, RecursionError):
