@@ -77,6 +77,16 @@ class Census:
         elif found.kind is ValueKind.UNPARSEABLE:
             _list_id(self.unparseable_ids, key)
 
+    def versions_of(self, provider: str, key_identifier: str) -> Counter[int]:
+        """How many values each version of one key protects."""
+        return Counter(
+            {
+                version: n
+                for (named_provider, named, version), n in self.key_versions.items()
+                if named_provider == provider and named == key_identifier
+            }
+        )
+
     @classmethod
     def combined(cls, target: str, censuses: Iterable[Census]) -> Census:
         """One census adding up ``censuses`` (the ids listed up to the same limit)."""
@@ -96,9 +106,6 @@ class Census:
         _extend_listed(self.nested_ids, other.nested_ids)
 
     def to_dict(self) -> dict[str, Any]:
-        versions: Counter[int] = Counter()
-        for (_, _, version), count in self.key_versions.items():
-            versions[version] += count
         return {
             "target": self.target,
             "total": self.total,
@@ -106,7 +113,7 @@ class Census:
                 "kms_v1": self.kinds[ValueKind.KMS_V1],
                 "legacy": self.kinds[ValueKind.LEGACY],
             },
-            "key_version": {str(v): n for v, n in sorted(versions.items())},
+            "key_version": self._per_version(),
             "keys": [
                 {"provider": p, "key_identifier": k, "key_version": v, "count": n}
                 for (p, k, v), n in sorted(self.key_versions.items())
@@ -122,6 +129,13 @@ class Census:
             "json_path": self.json_path,
             "needing_retired_key_version": self.unreadable,
         }
+
+    def _per_version(self) -> dict[str, int]:
+        """Values per key version, whatever the key (as JSON keys, in version order)."""
+        versions: Counter[int] = Counter()
+        for (_, _, version), count in self.key_versions.items():
+            versions[version] += count
+        return {str(v): n for v, n in sorted(versions.items())}
 
 
 def _list_id(ids: list[str], key: str) -> None:
@@ -154,8 +168,5 @@ def count_unreadable(census: Census, key: KeyInfo, identifier: str) -> None:
     provider's ``key_identifier``) under a version not among those the KMS says can still
     decrypt (``key.versions``)."""
     readable = {version.version for version in key.versions}
-    census.unreadable = sum(
-        count
-        for (provider, named, version), count in census.key_versions.items()
-        if provider == key.provider and named == identifier and version not in readable
-    )
+    per_version = census.versions_of(key.provider, identifier)
+    census.unreadable = sum(n for version, n in per_version.items() if version not in readable)

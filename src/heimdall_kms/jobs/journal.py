@@ -10,6 +10,7 @@ remains anywhere. Both record their intent before touching the store
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -114,36 +115,39 @@ def rollback(
         StoreError: the database failed (the current chunk is rolled back).
     """
     result = RollbackResult(run_id)
-    key: list[KeyInfo] = []  # described at most once, when a kms_v1 old value needs it
+    # The key is described at most once, when a kms_v1 old value needs it.
+    once = functools.cache(describe) if describe is not None else None
     for store in stores:
         event = _event(EventType.REENCRYPT_ROLLBACK, actor, run_id, str(store.target), {})
         with audited(audit, event) as attempt:
-            store.ensure_journal()
-            entries = store.journal(run_id)
-            reader = reader_for(store)
-            restorable = [e for e in entries if reader(e.old_value).kind.is_envelope]
-            _refuse_retired(
-                store, [reader(e.old_value).envelope for e in restorable], describe, key
-            )
-            restored = 0
-            for start in range(0, len(restorable), _CHUNK):
-                restored += sum(store.restore(restorable[start : start + _CHUNK]))
-            counts = RestoreCounts(
-                journaled=len(entries),
-                restored=restored,
-                conflicts=len(restorable) - restored,
-                not_envelope=len(entries) - len(restorable),
-            )
+            counts = _restore(store, run_id, once)
             result.targets[str(store.target)] = counts
             attempt.details = counts.to_dict()
     return result
 
 
+def _restore(
+    store: FieldStore, run_id: str, describe: Callable[[], KeyInfo] | None
+) -> RestoreCounts:
+    """Restore the run's journaled envelopes of one target, in chunks."""
+    store.ensure_journal()
+    entries = store.journal(run_id)
+    reader = reader_for(store)
+    restorable = [e for e in entries if reader(e.old_value).kind.is_envelope]
+    _refuse_retired(store, [reader(e.old_value).envelope for e in restorable], describe)
+    restored = 0
+    for start in range(0, len(restorable), _CHUNK):
+        restored += sum(store.restore(restorable[start : start + _CHUNK]))
+    return RestoreCounts(
+        journaled=len(entries),
+        restored=restored,
+        conflicts=len(restorable) - restored,
+        not_envelope=len(entries) - len(restorable),
+    )
+
+
 def _refuse_retired(
-    store: FieldStore,
-    old: Sequence[object],
-    describe: Callable[[], KeyInfo] | None,
-    key: list[KeyInfo],
+    store: FieldStore, old: Sequence[object], describe: Callable[[], KeyInfo] | None
 ) -> None:
     kms_v1 = [envelope for envelope in old if isinstance(envelope, KmsV1Envelope)]
     if not kms_v1:
@@ -153,9 +157,10 @@ def _refuse_retired(
             f"{store.target}: the journal holds kms_v1 values and no KMS is configured to tell "
             "whether their key versions are still usable (HMD_KMS_PROVIDER); nothing restored"
         )
-    if not key:
-        key.append(describe())
-    info = key[0]
+    _refuse_below_minimum(store, kms_v1, describe())
+
+
+def _refuse_below_minimum(store: FieldStore, kms_v1: list[KmsV1Envelope], info: KeyInfo) -> None:
     minimum = info.min_decryption_version
     retired = [envelope for envelope in kms_v1 if _retired_under(envelope, info)]
     if retired:
@@ -237,20 +242,27 @@ def journaled_below(
     for store in stores:
         if not store.has_journal():
             continue
-        reader = reader_for(store)
-        per_run: dict[str, int] = {}
-        for run_id, _, _ in store.runs():
-            needing = 0
-            for entry in store.journal(run_id):
-                old = reader(entry.old_value).envelope
-                if (
-                    isinstance(old, KmsV1Envelope)
-                    and (old.provider, old.key_identifier) == (provider, key_identifier)
-                    and old.key_version < below_version
-                ):
-                    needing += 1
-            if needing:
-                per_run[run_id] = needing
+        per_run = _runs_needing(store, (provider, key_identifier), below_version)
         if per_run:
             found[str(store.target)] = per_run
     return found
+
+
+def _runs_needing(store: FieldStore, key: tuple[str, str], below_version: int) -> dict[str, int]:
+    """Per run of the store's journal, the old values under a version of ``key`` below N."""
+    reader = reader_for(store)
+    per_run: dict[str, int] = {}
+    for run_id, _, _ in store.runs():
+        old = (reader(entry.old_value).envelope for entry in store.journal(run_id))
+        needing = sum(_below(envelope, key, below_version) for envelope in old)
+        if needing:
+            per_run[run_id] = needing
+    return per_run
+
+
+def _below(envelope: object, key: tuple[str, str], below_version: int) -> bool:
+    return (
+        isinstance(envelope, KmsV1Envelope)
+        and (envelope.provider, envelope.key_identifier) == key
+        and envelope.key_version < below_version
+    )

@@ -26,12 +26,7 @@ def key_report(
     info = kms.describe()
     moment, clock = key_now(info, now or datetime.now(UTC))
     due = next_due(info, cadence)
-    counts = values_per_version(kms, stores) if stores else {}
-    totals: Counter[int] | None = None
-    if stores:
-        totals = Counter()
-        for per_target in counts.values():
-            totals.update(per_target)
+    counts, totals = _stored_values(kms, stores)
     return {
         "provider": info.provider.value,
         "key_identifier": info.key_identifier,
@@ -42,10 +37,25 @@ def key_report(
         "due": is_due(info, now=moment, cadence=cadence),
         "clock": clock.value,
         "versions": [_version_row(v, moment, totals) for v in info.versions],
-        "values_by_target": {
-            t: {str(v): n for v, n in sorted(c.items())} for t, c in counts.items()
-        },
+        "values_by_target": _by_target(counts),
     }
+
+
+def _stored_values(
+    kms: KeyAdmin, stores: Sequence[FieldStore]
+) -> tuple[dict[str, Counter[int]], Counter[int] | None]:
+    """Values per version, per target and over all targets; none counted without targets."""
+    if not stores:
+        return {}, None
+    counts = values_per_version(kms, stores)
+    totals: Counter[int] = Counter()
+    for per_target in counts.values():
+        totals.update(per_target)
+    return counts, totals
+
+
+def _by_target(counts: dict[str, Counter[int]]) -> dict[str, dict[str, int]]:
+    return {t: {str(v): n for v, n in sorted(c.items())} for t, c in counts.items()}
 
 
 def _version_row(

@@ -153,15 +153,40 @@ def retire_canaries(
     pinned = _pinned(kms)
     if pinned is None:
         return Effect.UNCONFIRMED, []
-    canaries = []
-    for version in sorted(v.version for v in info.versions if v.version < below_version):
-        dek = primitives.new_dek()
-        try:
-            (wrapped,) = pinned.wrap_at_version([dek], [_CANARY_CONTEXT], version)
-        finally:
-            primitives.wipe(dek)
-        canaries.append(Canary(version, wrapped.ciphertext))
+    canaries = [_pinned_canary(pinned, version) for version in _below(info, below_version)]
     return (Effect.CONFIRMED if canaries else Effect.UNCONFIRMED), canaries
+
+
+def _below(info: KeyInfo, below_version: int) -> list[int]:
+    """The versions below N that can still decrypt, oldest first."""
+    return sorted(v.version for v in info.versions if v.version < below_version)
+
+
+def _pinned_canary(pinned: VersionPinnedWrap, version: int) -> Canary:
+    """A fresh DEK wrapped under ``version`` (the DEK itself wiped at once)."""
+    dek = primitives.new_dek()
+    try:
+        (wrapped,) = pinned.wrap_at_version([dek], [_CANARY_CONTEXT], version)
+    finally:
+        primitives.wipe(dek)
+    return Canary(version, wrapped.ciphertext)
+
+
+def _still_decrypting(kms: KeyWrapper, canaries: list[Canary]) -> list[Canary]:
+    """The canaries that unwrap yet (their DEKs wiped at once).
+
+    Raises:
+        HeimdallKMSError: a canary failed in another way than as retired.
+    """
+    outcomes = kms.unwrap_many([c.ciphertext for c in canaries], [_CANARY_CONTEXT] * len(canaries))
+    still = []
+    for canary, outcome in zip(canaries, outcomes, strict=True):
+        if isinstance(outcome, bytearray):
+            primitives.wipe(outcome)
+            still.append(canary)
+        elif not isinstance(outcome, KeyVersionRetiredError):
+            raise outcome
+    return still
 
 
 def confirm_refused(kms: KeyWrapper, canaries: Sequence[Canary], wait: Propagation) -> None:
@@ -175,17 +200,7 @@ def confirm_refused(kms: KeyWrapper, canaries: Sequence[Canary], wait: Propagati
     pause = wait.first_pause
     pending = list(canaries)
     while pending:
-        outcomes = kms.unwrap_many(
-            [c.ciphertext for c in pending], [_CANARY_CONTEXT] * len(pending)
-        )
-        still = []
-        for canary, outcome in zip(pending, outcomes, strict=True):
-            if isinstance(outcome, bytearray):
-                primitives.wipe(outcome)
-                still.append(canary)
-            elif not isinstance(outcome, KeyVersionRetiredError):
-                raise outcome
-        pending = still
+        pending = _still_decrypting(kms, pending)
         if not pending:
             return
         elapsed = wait.clock() - start

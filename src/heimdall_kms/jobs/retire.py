@@ -52,13 +52,7 @@ def values_per_version(kms: KeyAdmin, stores: Sequence[FieldStore]) -> dict[str,
     counts: dict[str, Counter[int]] = {}
     for store in stores:
         census = take_census(store)
-        counts[census.target] = Counter(
-            {
-                version: n
-                for (provider, key_id, version), n in census.key_versions.items()
-                if provider == kms.name.value and key_id == kms.key_identifier
-            }
-        )
+        counts[census.target] = census.versions_of(kms.name.value, kms.key_identifier)
         if census.nested:
             counts[census.target][UNSEEN_VERSION] = census.nested
         damaged = census.kinds[ValueKind.UNPARSEABLE]
@@ -71,6 +65,14 @@ def values_per_version(kms: KeyAdmin, stores: Sequence[FieldStore]) -> dict[str,
 
 UNSEEN_VERSION = 0
 DAMAGED_VERSION = -1
+
+
+def _where(stranded: dict[str, dict[int, int]]) -> str:
+    """``target: v1 12, v2 3; other: ...``, the stranded values as a refusal names them."""
+    return "; ".join(
+        f"{t}: " + ", ".join(_version_count(v, n) for v, n in c.items())
+        for t, c in stranded.items()
+    )
 
 
 def _version_count(version: int, count: int) -> str:
@@ -164,11 +166,7 @@ def retire(
     )
     # Intent first: nothing is counted or retired while the audit log cannot be written.
     with audited(audit, intent) as attempt:
-        stranded = {
-            target: {v: n for v, n in sorted(counts.items()) if v < below_version}
-            for target, counts in values_per_version(kms, stores).items()
-        }
-        result = RetireResult(below_version, force, {t: c for t, c in stranded.items() if c})
+        result = RetireResult(below_version, force, _stranded(kms, stores, below_version))
         # Not a refusal: those runs' rollbacks become impossible, which retiring means. The
         # caller warns, and the event records them.
         result.journal = journaled_below(stores, kms.name.value, kms.key_identifier, below_version)
@@ -183,6 +181,19 @@ def retire(
     return result
 
 
+def _stranded(
+    kms: KeyAdmin, stores: Sequence[FieldStore], below_version: int
+) -> dict[str, dict[int, int]]:
+    """Per target with any, how many values need each version below N."""
+    per_version = values_per_version(kms, stores)
+    per_target = {target: _below(counts, below_version) for target, counts in per_version.items()}
+    return {t: c for t, c in per_target.items() if c}
+
+
+def _below(counts: Counter[int], below_version: int) -> dict[int, int]:
+    return {v: n for v, n in sorted(counts.items()) if v < below_version}
+
+
 def _check_retire(result: RetireResult, targets_named: bool) -> None:
     """Raises RetireRefusedError unless the retirement is forced or nothing needs the versions."""
     if result.forced:
@@ -194,10 +205,7 @@ def _check_retire(result: RetireResult, targets_named: bool) -> None:
         )
     if not result.stranded_total:
         return
-    where = "; ".join(
-        f"{t}: " + ", ".join(_version_count(v, n) for v, n in c.items())
-        for t, c in result.stranded.items()
-    )
+    where = _where(result.stranded)
     unseen = any(UNSEEN_VERSION in c for c in result.stranded.values())
     raise RetireRefusedError(
         f"refusing to retire: {result.stranded_total:,} stored values still need a version "
