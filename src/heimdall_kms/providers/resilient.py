@@ -85,8 +85,7 @@ class CircuitBreaker:
             if self._state is BreakerState.CLOSED:
                 return
             waited = self._clock() - self._opened_at
-            if self._state is BreakerState.OPEN and waited >= self.cooldown:
-                self._state = BreakerState.HALF_OPEN
+            self._cool_down(waited)
             if self._state is BreakerState.HALF_OPEN and not self._probing:
                 self._probing = True  # this call is the probe
                 return
@@ -95,6 +94,11 @@ class CircuitBreaker:
                 f"KMS unavailable: circuit open after {self.threshold} consecutive failures; "
                 f"next probe in {remaining:.0f}s"
             )
+
+    def _cool_down(self, waited: float) -> None:
+        # An open circuit is half open once its cooldown has passed: one probe may go through.
+        if self._state is BreakerState.OPEN and waited >= self.cooldown:
+            self._state = BreakerState.HALF_OPEN
 
     def record(self, error: HeimdallKMSError | None) -> None:
         with self._lock:
