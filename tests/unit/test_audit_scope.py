@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heimdall_kms.audit import EventType, MemoryAuditSink, Result
+from heimdall_kms.audit import AuditEvent, EventType, MemoryAuditSink, Result
 from heimdall_kms.audit_scope import AuditScope
 from heimdall_kms.config import Settings
 from heimdall_kms.context_json import CheckedContext, aad_json, context_json, line_json
@@ -67,6 +67,37 @@ class TestAuditScope:
             "provider": "vault",
             "encryption_version": "kms_v1",
         }
+
+    @pytest.mark.parametrize("failed", [False, True])
+    @pytest.mark.parametrize("legacy", [False, True])
+    def test_every_field_is_the_one_named(self, failed: bool, legacy: bool) -> None:
+        """event() passes AuditEvent's fields by position: each lands in its own field."""
+        scope = AuditScope("etl", "r-1", "audit", VAULT_KEY, at=AT)
+        context = check_context({"field": "ssn", "record": "r1"})
+        envelope: KmsV1Envelope | LegacyEnvelope = (
+            LegacyEnvelope(ciphertext=b"c" * 20, nonce=b"n" * 12, key_id="k-1")
+            if legacy
+            else kms_envelope(context)
+        )
+        error = IntegrityError("envelope failed authentication") if failed else None
+        details = {"legacy_context": "unverified"}
+        event = scope.event(EventType.DECRYPT, envelope, context, error, details)
+        assert event == AuditEvent(
+            timestamp=AT,
+            event_type=EventType.DECRYPT,
+            actor="etl",
+            request_id="r-1",
+            result=Result.FAILURE if failed else Result.SUCCESS,
+            field_identifier="ssn",
+            key_identifier="k-1" if legacy else "heimdall-pii",
+            key_version=None if legacy else 3,
+            provider=None if legacy else ProviderName.VAULT,
+            encryption_version=envelope.encryption_version,
+            reason="audit",
+            error_type="integrity" if failed else None,
+            context=context,
+            details=details,
+        )
 
     def test_the_context_given_is_the_one_recorded(self) -> None:
         envelope = kms_envelope({"field": "ssn", "record": "r1"})
