@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -13,7 +16,13 @@ import heimdall_kms
 from heimdall_kms.cli._actor import actor_option
 from heimdall_kms.errors import IncompleteError
 from heimdall_kms.policy import PolicyEngine, Violation, load_policy, validate_no_plaintext
-from heimdall_kms.policy.stream import MAX_LINE_BYTES, StreamReport, json_record, process_ndjson
+from heimdall_kms.policy.stream import (
+    MAX_LINE_BYTES,
+    Handler,
+    StreamReport,
+    json_record,
+    process_ndjson,
+)
 
 __all__ = ["check", "protect", "reveal"]
 
@@ -42,6 +51,26 @@ def _problem(line: str) -> None:
     click.echo(f"heimdall-kms: warning: {line}", err=True)
 
 
+@contextmanager
+def _engine(policy_path: Path, actor: str) -> Iterator[PolicyEngine]:
+    """The policy's engine over the configured facade (closed afterwards)."""
+    policy = load_policy(policy_path)
+    with heimdall_kms.from_env(default_actor=actor) as crypto:
+        yield PolicyEngine(crypto, policy, actor=actor)
+
+
+def _stream(handler: Handler, *, batch_size: int, strict: bool) -> StreamReport:
+    """The NDJSON records of stdin through ``handler``, batch by batch, to stdout."""
+    return process_ndjson(
+        sys.stdin.buffer,
+        sys.stdout,
+        handler,
+        batch_size=batch_size,
+        strict=strict,
+        report_problem=_problem,
+    )
+
+
 def _finish(report: StreamReport, verb: str) -> None:
     if report.problem_count:
         raise IncompleteError(
@@ -63,17 +92,8 @@ def protect(policy_path: Path, batch_size: int, strict: bool, actor: str) -> Non
     record, with "record_id" in the policy), passthrough -> unchanged. Memory stays bounded
     by --batch-size whatever the input size.
     """
-    policy = load_policy(policy_path)
-    with heimdall_kms.from_env(default_actor=actor) as crypto:
-        engine = PolicyEngine(crypto, policy, actor=actor)
-        report = process_ndjson(
-            sys.stdin.buffer,
-            sys.stdout,
-            engine.protect_many,
-            batch_size=batch_size,
-            strict=strict,
-            report_problem=_problem,
-        )
+    with _engine(policy_path, actor) as engine:
+        report = _stream(engine.protect_many, batch_size=batch_size, strict=strict)
     _finish(report, "protected")
 
 
@@ -89,16 +109,11 @@ def reveal(policy_path: Path, actor: str, reason: str, batch_size: int, strict: 
     Every decrypted field is an audit event with --actor and --reason. A record with a field
     that does not decrypt (tampered, moved to another field) is reported by line, not written.
     """
-    policy = load_policy(policy_path)
-    with heimdall_kms.from_env(default_actor=actor) as crypto:
-        engine = PolicyEngine(crypto, policy, actor=actor)
-        report = process_ndjson(
-            sys.stdin.buffer,
-            sys.stdout,
+    with _engine(policy_path, actor) as engine:
+        report = _stream(
             lambda records: engine.reveal_outcomes(records, actor=actor, reason=reason),
             batch_size=batch_size,
             strict=strict,
-            report_problem=_problem,
         )
     _finish(report, "revealed")
 
@@ -115,9 +130,7 @@ def check(policy_path: Path, source: BinaryIO, as_json: bool) -> None:
     """
     policy = load_policy(policy_path)
     found = unreadable = 0
-    for number, raw in enumerate(iter(lambda: source.readline(MAX_LINE_BYTES + 1), b""), 1):
-        if not raw.strip():
-            continue
+    for number, raw in _lines(source):
         record = json_record(raw)
         if record is None:
             unreadable += 1
@@ -129,6 +142,12 @@ def check(policy_path: Path, source: BinaryIO, as_json: bool) -> None:
             _print_violation(number, violation, as_json=as_json)
     if found or unreadable:
         raise IncompleteError(f"{found} fields break the policy; {unreadable} lines unreadable")
+
+
+def _lines(source: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """Each line that is not blank, with its number (at most ``MAX_LINE_BYTES`` + 1 bytes)."""
+    lines = iter(functools.partial(source.readline, MAX_LINE_BYTES + 1), b"")
+    return ((number, raw) for number, raw in enumerate(lines, 1) if raw.strip())
 
 
 def _print_violation(number: int, violation: Violation, *, as_json: bool) -> None:

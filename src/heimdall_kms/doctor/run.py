@@ -97,7 +97,7 @@ def _settings_and_mode(report: DoctorReport, environ: Mapping[str, str]) -> Sett
 
 def _stray_env_keys(environ: Mapping[str, str]) -> list[str]:
     """The legacy env keys still set where the mode is kms (the default)."""
-    mode = (environ.get("HMD_ENCRYPTION_MODE") or "kms").strip().lower() or "kms"
+    mode = environ.get("HMD_ENCRYPTION_MODE", "").strip().lower() or "kms"
     if mode != "kms":
         return []
     return [name for name in _ENV_KEYS if environ.get(name, "").strip()]
