@@ -93,11 +93,12 @@ class AnchorWriter:
     def close(self, timeout: float | None = None) -> bool:
         """Wait (at most ``timeout``, default the writer's) for the queue to drain; True when
         everything queued reached the anchor."""
+        wait = self._timeout if timeout is None else timeout
         try:
-            self._queue.put(None, timeout=self._timeout if timeout is None else timeout)
+            self._queue.put(None, timeout=wait)
         except queue.Full:
             return False
-        self._thread.join(self._timeout if timeout is None else timeout)
+        self._thread.join(wait)
         return not self._thread.is_alive() and not self._pending
 
     def _run(self) -> None:
