@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 import click
 
-from heimdall_kms.audit import open_sink
+from heimdall_kms.audit import AuditSink, open_sink
 from heimdall_kms.cli._actor import actor_option
-from heimdall_kms.cli._job_metrics import job_telemetry, metrics_options
+from heimdall_kms.cli._job_metrics import JobTelemetry, job_telemetry, metrics_options
 from heimdall_kms.cli._targets import TargetSpec, checked_stores, opened_stores, target_options
 from heimdall_kms.cli._waiting import propagation
 from heimdall_kms.composition import load_provider
@@ -43,6 +44,21 @@ def _kms(settings: Settings) -> KeyManagementService:
     return load_provider(settings)
 
 
+@contextmanager
+def _audited_kms(
+    settings: Settings, telemetry: JobTelemetry
+) -> Iterator[tuple[KeyManagementService, AuditSink]]:
+    """The provider, watched by the command's metrics, and the audit log; both closed after."""
+    kms = _kms(settings)
+    telemetry.watch(kms, settings)
+    sink = telemetry.audit(open_sink(settings.audit_log, settings, metrics=telemetry.metrics))
+    try:
+        yield kms, sink
+    finally:
+        kms.close()
+        sink.close()
+
+
 @click.command("rotate")
 @click.option(
     "--if-due",
@@ -65,25 +81,21 @@ def rotate_command(
     """
     settings = Settings.from_env(os.environ)
     cadence = timedelta(days=settings.key_rotation_days)
-    with job_telemetry("rotate", export) as telemetry:
-        kms = _kms(settings)
-        telemetry.watch(kms, settings)
-        sink = telemetry.audit(open_sink(settings.audit_log, settings, metrics=telemetry.metrics))
-        try:
-            result = rotate(
-                kms,
-                sink,
-                actor=actor,
-                if_due=if_due,
-                cadence=cadence,
-                reason=reason,
-                propagation=propagation(settings),
-                lock=rotation_lock(settings, kms),
-            )
-            telemetry.publish_key(kms, cadence)
-        finally:
-            kms.close()
-            sink.close()
+    with (
+        job_telemetry("rotate", export) as telemetry,
+        _audited_kms(settings, telemetry) as (kms, sink),
+    ):
+        result = rotate(
+            kms,
+            sink,
+            actor=actor,
+            if_due=if_due,
+            cadence=cadence,
+            reason=reason,
+            propagation=propagation(settings),
+            lock=rotation_lock(settings, kms),
+        )
+        telemetry.publish_key(kms, cadence)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     elif result.rotated:
@@ -134,28 +146,24 @@ def retire_command(
     unless --force.
     """
     settings = Settings.from_env(os.environ)
-    with job_telemetry("retire", export) as telemetry:
-        kms = _kms(settings)
-        telemetry.watch(kms, settings)
-        sink = telemetry.audit(open_sink(settings.audit_log, settings, metrics=telemetry.metrics))
+    with (
+        job_telemetry("retire", export) as telemetry,
+        _audited_kms(settings, telemetry) as (kms, sink),
+        checked_stores(spec, writable=False, required=False) as stores,
+    ):
         try:
-            with checked_stores(spec, writable=False, required=False) as stores:
-                try:
-                    result = retire(
-                        kms,
-                        stores,
-                        sink,
-                        below_version=below_version,
-                        actor=actor,
-                        force=force,
-                        reason=reason,
-                        propagation=propagation(settings),
-                    )
-                except RetireRefusedError as exc:
-                    raise RefusedError(f"{exc}{_RETIRE_HINTS[exc.block](exc)}") from None
-        finally:
-            kms.close()
-            sink.close()
+            result = retire(
+                kms,
+                stores,
+                sink,
+                below_version=below_version,
+                actor=actor,
+                force=force,
+                reason=reason,
+                propagation=propagation(settings),
+            )
+        except RetireRefusedError as exc:
+            raise RefusedError(f"{exc}{_RETIRE_HINTS[exc.block](exc)}") from None
     _warn(result, below_version, force=force)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
