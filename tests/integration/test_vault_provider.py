@@ -28,6 +28,7 @@ from heimdall_kms.errors import (
     RateLimitedError,
 )
 from heimdall_kms.providers.base import HashKey
+from heimdall_kms.providers.vault import transit
 from heimdall_kms.providers.vault.http import VaultAdapter
 from heimdall_kms.providers.vault.transit import VaultTransitProvider
 from heimdall_kms.service import Crypto
@@ -427,3 +428,27 @@ class TestSignerToken:
             True,
             True,
         ]
+
+
+class TestBatchBody:
+    """The batch_input body is put together directly; it is the JSON the encoder writes."""
+
+    @pytest.mark.parametrize(
+        ("member", "items"),
+        [
+            ("plaintext", [base64.b64encode(os.urandom(32)).decode() for _ in range(3)]),
+            ("ciphertext", ["vault:v1:QUJD", "vault:v12:ZGVm+/=="]),
+            ("ciphertext", ["vault:v1:QUJD"]),
+            ("ciphertext", ['vault:v1:"quoted"', "tab\there", "é"]),  # not as-is: encoded
+            ("plaintext", []),
+        ],
+    )
+    def test_it_reads_back_as_the_items(self, member: str, items: list[str]) -> None:
+        body = transit._batch_json(member, items)
+        assert json.loads(body) == {"batch_input": [{member: item} for item in items]}
+
+    def test_a_batch_still_round_trips_through_openbao(self, openbao: OpenBao) -> None:
+        kms = VaultTransitProvider(openbao.client(), TRANSIT_KEY, batch_size=7)
+        deks = primitives.new_deks(20)
+        wrapped = kms.wrap_many(deks, [{}] * 20)
+        assert kms.unwrap_many([w.ciphertext for w in wrapped], [{}] * 20) == deks

@@ -42,6 +42,7 @@ from heimdall_kms.providers.retry_after import retry_after_seconds
 __all__ = [
     "VaultAdapter",
     "on_vault_adapter",
+    "post_body",
     "post_json",
     "refuse_redirect",
     "retry_after_seconds",
@@ -199,9 +200,25 @@ def post_json(client: hvac.Client, *path: str, body: dict[str, Any]) -> dict[str
         KMSError: Vault answered with a redirect.
         requests.exceptions.RequestException: no answer (connection, timeout, TLS).
     """
-    api_path = "/v1/" + "/".join(urllib.parse.quote(part, safe="") for part in path)
-    document = client.adapter.post(api_path, json=body)
+    document = client.adapter.post(_api_path(path), json=body)
     return document if isinstance(document, dict) else {}
+
+
+def post_body(client: hvac.Client, *path: str, body: bytes) -> dict[str, Any]:
+    """:func:`post_json` for a body already encoded as JSON.
+
+    Raises:
+        As :func:`post_json`.
+    """
+    document = client.adapter.post(_api_path(path), data=body, headers=_JSON_BODY)
+    return document if isinstance(document, dict) else {}
+
+
+_JSON_BODY = {"Content-Type": "application/json"}  # what requests sets for json=
+
+
+def _api_path(path: tuple[str, ...]) -> str:
+    return "/v1/" + "/".join(urllib.parse.quote(part, safe="") for part in path)
 
 
 def refuse_redirect(response: requests.Response, *_: Any, **__: Any) -> requests.Response:
