@@ -119,13 +119,9 @@ def confirm_primary(kms: KeyWrapper, version: int, wait: Propagation) -> None:
     start = wait.clock()
     pause = wait.first_pause
     while True:
-        landed = _canary_wrap(kms)
-        streak = 0
-        while landed >= version:
-            streak += 1
-            if streak == CONFIRMATIONS:
-                return
-            landed = _canary_wrap(kms)
+        confirmed, landed = _lands_on(kms, version)
+        if confirmed:
+            return
         elapsed = wait.clock() - start
         if elapsed >= wait.bound_seconds:
             raise NotInEffectError(
@@ -135,6 +131,19 @@ def confirm_primary(kms: KeyWrapper, version: int, wait: Propagation) -> None:
             )
         _report(wait, f"waiting for v{version} to become primary ({elapsed:.0f} s)")
         pause = _pause(wait, pause, start)
+
+
+def _lands_on(kms: KeyWrapper, version: int) -> tuple[bool, int]:
+    """Wrap canaries until ``CONFIRMATIONS`` in a row land on ``version`` or newer (True), or
+    one lands on an older version (False); with the version the last one landed on."""
+    landed = _canary_wrap(kms)
+    streak = 0
+    while landed >= version:
+        streak += 1
+        if streak == CONFIRMATIONS:
+            return True, landed
+        landed = _canary_wrap(kms)
+    return False, landed
 
 
 def retire_canaries(
