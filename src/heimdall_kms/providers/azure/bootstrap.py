@@ -31,8 +31,13 @@ from azure.keyvault.keys import (
 
 from heimdall_kms.errors import InvalidInputError, KeyNotFoundError, RefusedError
 from heimdall_kms.providers.azure import errors as kv
-from heimdall_kms.providers.azure.keys import parse_key_url, signing_key_name
-from heimdall_kms.providers.azure.provider import _KEY_TYPES, _allows, _text
+from heimdall_kms.providers.azure.keys import (
+    WRAP_ALGORITHMS,
+    allows,
+    parse_key_url,
+    signing_key_name,
+    wire_value,
+)
 from heimdall_kms.providers.cloud_bootstrap import (
     ROLES,
     WRITERS,
@@ -168,7 +173,7 @@ def _key_step(key: str, name: str, key_type: str, current: KeyVaultKey | None) -
         call = ApiCall(f"POST /keys/{name}/create", body)
         label = f"key {key} ({key_type}, key_ops wrapKey unwrapKey)"
         return Step(label, Change.CREATED, (call,), creates_key=True)
-    kty = _text(current.key_type)
+    kty = wire_value(current.key_type)
     return Step(f"key {key} ({kty})", Change.UNCHANGED, notes=_adopted(current, kty))
 
 
@@ -200,13 +205,13 @@ def _check_signer(current: KeyVaultKey, name: str) -> None:
     Raises:
         RefusedError: ``current`` is not a P-256 EC or EC-HSM key with key_ops sign and verify.
     """
-    have = _text(current.key_type)
+    have = wire_value(current.key_type)
     crv = getattr(current.key, "crv", None)  # JsonWebKey sets it from the service's JSON
-    curve = _text(crv) if crv else ""
+    curve = wire_value(crv) if crv else ""
     if (
         have not in ("EC", "EC-HSM")
         or curve != "P-256"
-        or not _allows(current.key_operations, _SIGNING_OPS)
+        or not allows(current.key_operations, _SIGNING_OPS)
     ):
         raise RefusedError(
             f"key {name} ({have} {curve}) cannot sign audit checkpoints: HMD_AUDIT_SIGNING_KEY "
@@ -248,12 +253,12 @@ def _send(client: KeyClient, call: ApiCall) -> Any:
 
 
 def _adopted(current: KeyVaultKey, kty: str) -> tuple[str, ...]:
-    if kty not in _KEY_TYPES:
+    if kty not in WRAP_ALGORITHMS:
         raise RefusedError(
             f"key {current.name} is of type {kty}, which cannot wrap keys (use RSA, RSA-HSM or "
             "oct-HSM); name another key in HMD_KMS_KEY_ID"
         )
-    if not _allows(current.key_operations, _OPS):
+    if not allows(current.key_operations, _OPS):
         raise RefusedError(
             f"key {current.name}: its key_ops do not allow wrapKey and unwrapKey; add them "
             "(az keyvault key set-attributes --ops) or name another key"
@@ -279,7 +284,7 @@ def _rotations(policy: KeyRotationPolicy) -> list[str]:
     return [
         str(a.time_after_create)
         for a in policy.lifetime_actions or []
-        if _text(a.action).lower() == "rotate" and a.time_after_create
+        if wire_value(a.action).lower() == "rotate" and a.time_after_create
     ]
 
 

@@ -52,7 +52,13 @@ from heimdall_kms.errors import (
 from heimdall_kms.kinds import ProviderName
 from heimdall_kms.overlap import fan_out
 from heimdall_kms.providers.azure.errors import attempt
-from heimdall_kms.providers.azure.keys import parse_key_url
+from heimdall_kms.providers.azure.keys import (
+    A256KW,
+    RSA_OAEP_256,
+    check_usable,
+    parse_key_url,
+    wrap_algorithm,
+)
 from heimdall_kms.providers.base import (
     KeyContext,
     KeyInfo,
@@ -74,8 +80,7 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 # The body after ``azure:v<n>:`` (heimdall_kms.wrapped_key): version id, algorithm, base64url.
 _BODY = re.compile(r"([0-9A-Za-z]{1,64}):(RSA-OAEP-256|A256KW):([A-Za-z0-9_-]{16,2048})")
-_RSA, _AES = "RSA-OAEP-256", "A256KW"
-_KEY_TYPES = {"RSA": _RSA, "RSA-HSM": _RSA, "oct-HSM": _AES}
+_RSA, _AES = RSA_OAEP_256, A256KW
 # Ordinals follow creation seconds; a new version is never made within a second of the last.
 _TIE_GAP = timedelta(seconds=1.1)
 # Per-item outcomes of unwrap/rewrap; any other error fails the whole call.
@@ -308,8 +313,8 @@ class AzureKeyVaultProvider:
 
     def _target(self, key: KeyVaultKey, operation: str) -> _Target:
         version = str(key.properties.version)
-        _check_usable(key, self._clock(), operation)
-        alg = _algorithm(key)
+        check_usable(key, self._clock(), operation)
+        alg = wrap_algorithm(key)
         ordinal = self._listed_ordinal(version, operation)
         if ordinal is None:
             raise KMSError(f"Azure Key Vault {operation}: the latest version is not listed")
@@ -452,11 +457,6 @@ class AzureKeyVaultProvider:
         )
 
 
-def _text(value: object) -> str:
-    # The SDK's enums are str enums whose str() is the member's name, not the wire value.
-    return str(getattr(value, "value", value))
-
-
 class _Parsed(NamedTuple):
     """A wrapped DEK of this provider, split (nothing checked against Key Vault yet)."""
 
@@ -478,61 +478,3 @@ def _parse(item: str) -> _Parsed | None:
 def _b64decode(text: str) -> bytes:
     # Key Vault's base64url comes without padding.
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _algorithm(key: KeyVaultKey) -> str:
-    """The wrap algorithm of ``key``'s type.
-
-    Raises:
-        ConfigurationError: a key type that cannot wrap keys.
-    """
-    kty = _text(key.key_type)
-    alg = _KEY_TYPES.get(kty)
-    if alg is None:
-        raise ConfigurationError(
-            f"HMD_KMS_KEY_ID: key type {kty} cannot wrap keys (use RSA, RSA-HSM, or "
-            "oct-HSM on a Managed HSM)"
-        )
-    return alg
-
-
-def _allows(operations: Sequence[object] | None, needed: Sequence[str]) -> bool:
-    """Whether a key's key_ops (None: not restricted) include every one of ``needed``."""
-    return operations is None or set(needed) <= {_text(o) for o in operations}
-
-
-def _disabled(props: KeyProperties, now: datetime) -> bool:
-    return props.enabled is False
-
-
-def _expired(props: KeyProperties, now: datetime) -> bool:
-    return props.expires_on is not None and now >= props.expires_on
-
-
-def _not_yet_valid(props: KeyProperties, now: datetime) -> bool:
-    return props.not_before is not None and now < props.not_before
-
-
-class _Refusal(NamedTuple):
-    applies: Callable[[KeyProperties, datetime], bool]
-    error: type[HeimdallKMSError]
-    reason: str
-
-
-# Checked in order: the first that applies to the latest version refuses it.
-_REFUSALS = (
-    _Refusal(_disabled, KeyVersionRetiredError, "the latest key version is disabled; rotate first"),
-    _Refusal(_expired, KeyVersionRetiredError, "the latest key version has expired; rotate first"),
-    _Refusal(_not_yet_valid, KMSError, "the latest key version is not valid yet (not before)"),
-)
-
-
-def _check_usable(key: KeyVaultKey, now: datetime, operation: str) -> None:
-    # A local wrap would ignore these attributes, and a value wrapped under a version that
-    # cannot unwrap is lost; so refuse here, as Key Vault would refuse the unwrap later.
-    where = f"Azure Key Vault {operation}"
-    for refusal in _REFUSALS:
-        if refusal.applies(key.properties, now):
-            raise refusal.error(f"{where}: {refusal.reason}")
-    if not _allows(key.key_operations, ("wrapKey", "unwrapKey")):
-        raise PermissionDeniedError(f"{where}: the key's key_ops do not allow wrapKey/unwrapKey")
