@@ -68,7 +68,10 @@ class Slot:
     def put(self, envelope_json: str) -> str:
         """The stored text with the envelope replaced; every other character kept."""
         inner = json.dumps(envelope_json, ensure_ascii=False) if self.quoted else envelope_json
-        return self.document[: self.span.start] + inner + self.document[self.span.end :]
+        span = self.span
+        if span.start == 0 and span.end == len(self.document):
+            return inner  # the whole column (most values): nothing around it to keep
+        return self.document[: span.start] + inner + self.document[span.end :]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,10 +113,10 @@ def classify(
         except (ValueError, RecursionError):
             inner = None
         if isinstance(inner, str):
-            return _located(_text(inner), Slot(value, whole, quoted=True))
+            return _text(inner, Slot(value, whole, quoted=True))
     if json_column and value == "null":
         return Classified(ValueKind.NULL)
-    return _located(_text(value), Slot(value, whole, quoted=False))
+    return _text(value, Slot(value, whole, quoted=False))
 
 
 def _at_path(value: str, path: tuple[str, ...], json_column: bool) -> Classified:
@@ -135,37 +138,33 @@ def _at_path(value: str, path: tuple[str, ...], json_column: bool) -> Classified
     if raw == "null":
         found = Classified(ValueKind.NULL)
     elif raw.startswith('"'):
-        found = _located(_text(json.loads(raw)), Slot(value, span, quoted=True))
+        found = _text(json.loads(raw), Slot(value, span, quoted=True))
     else:
-        found = _located(_text(raw), Slot(value, span, quoted=False))
+        found = _text(raw, Slot(value, span, quoted=False))
     return replace(found, nested_elsewhere=elsewhere)
 
 
-def _located(found: Classified, slot: Slot) -> Classified:
-    # Built directly: dataclasses.replace costs more than the rest of classifying an envelope.
-    if found.envelope is None:
-        return found
-    return Classified(found.kind, found.envelope, found.error, slot, found.nested_elsewhere)
-
-
-def _text(value: str) -> Classified:
-    if is_companion(value):
-        if value == REDACTED:
-            return Classified(ValueKind.REDACTED)
-        return Classified(ValueKind.HASH if value.startswith(HASH_PREFIX) else ValueKind.HMAC)
-    stripped = value.lstrip()
-    if not stripped.startswith(("{", "[", '"')):
-        return Classified(ValueKind.PLAINTEXT)
-    if stripped.startswith("{"):
-        try:
-            envelope = parse(value)
-        except MalformedEnvelopeError as exc:
-            return _not_an_envelope(value, exc)
-        if isinstance(envelope, KmsV1Envelope):
-            return Classified(ValueKind.KMS_V1, envelope)
-        assert isinstance(envelope, LegacyEnvelope)
-        return Classified(ValueKind.LEGACY, envelope)
-    return _not_an_envelope(value, None)
+def _text(value: str, slot: Slot) -> Classified:
+    """What ``value`` is; an envelope is found at ``slot``."""
+    # An envelope starts with "{" (most values a job reads); a companion value never does.
+    if not value.startswith("{"):
+        if is_companion(value):
+            if value == REDACTED:
+                return Classified(ValueKind.REDACTED)
+            return Classified(ValueKind.HASH if value.startswith(HASH_PREFIX) else ValueKind.HMAC)
+        stripped = value.lstrip()
+        if not stripped.startswith("{"):
+            if stripped.startswith(("[", '"')):
+                return _not_an_envelope(value, None)
+            return Classified(ValueKind.PLAINTEXT)
+    try:
+        envelope = parse(value)
+    except MalformedEnvelopeError as exc:
+        return _not_an_envelope(value, exc)
+    if isinstance(envelope, KmsV1Envelope):
+        return Classified(ValueKind.KMS_V1, envelope, slot=slot)
+    assert isinstance(envelope, LegacyEnvelope)
+    return Classified(ValueKind.LEGACY, envelope, slot=slot)
 
 
 def _not_an_envelope(value: str, error: MalformedEnvelopeError | None) -> Classified:

@@ -59,15 +59,12 @@ class MigrationJob(ValueJob):
     match = Match.LEGACY
 
     def convert(self, store: FieldStore, rows: list[Row], target: TargetReport) -> Changes:
-        legacy = self.usable(
+        legacy = self.candidates(
+            store,
+            rows,
             target,
-            self.candidates(
-                store,
-                rows,
-                target,
-                lambda value, _: value.kind is ValueKind.LEGACY,
-                lambda row, _: store.target.context(row.key),
-            ),
+            lambda value, _: value.kind is ValueKind.LEGACY,
+            lambda row, _: store.target.context(row.key),
         )
         # The row's context is stated so that each decrypt event names the record it read
         # (SPEC §8); a legacy value binds none, so it is not checked against it, except on a

@@ -8,9 +8,10 @@ envelope of the job's kind is counted as skipped.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from heimdall_kms.context_json import CheckedContext, aad_json
 from heimdall_kms.envelope import Envelope, KmsV1Envelope, check_context
 from heimdall_kms.errors import HeimdallKMSError, InvalidInputError
 from heimdall_kms.inputs import MAX_STORED_PLAINTEXT_BYTES, plaintext_bytes
@@ -31,12 +32,13 @@ class Candidate:
     row: Row
     envelope: Envelope
     slot: Slot  # where the envelope sits in the stored text
-    context: dict[str, str]  # what it is read and sealed with
+    # What it is read and sealed with, checked once: every later step takes it as it is.
+    context: CheckedContext
 
 
-def sealed_context(_: Row, envelope: Envelope) -> dict[str, str]:
+def sealed_context(_: Row, envelope: Envelope) -> Mapping[str, str]:
     """The context a ``kms_v1`` value was sealed with (a legacy value binds none)."""
-    return dict(envelope.context) if isinstance(envelope, KmsV1Envelope) else {}
+    return envelope.context if isinstance(envelope, KmsV1Envelope) else {}
 
 
 class ValueJob(BatchJob):
@@ -56,25 +58,25 @@ class ValueJob(BatchJob):
         rows: list[Row],
         target: TargetReport,
         wanted: Callable[[Classified, Envelope], bool],
-        context: Callable[[Row, Envelope], dict[str, str]],
+        context: Callable[[Row, Envelope], Mapping[str, str]],
     ) -> list[Candidate]:
-        """The rows holding an envelope the job wants; damaged ones fail, the rest are skipped."""
+        """The rows holding an envelope the job wants, with the context they are read and
+        sealed with; damaged ones, and ones whose context cannot be stated and sealed, fail,
+        the rest are skipped."""
         found: list[Candidate] = []
         classify = reader_for(store)
         for row in rows:
             value = classify(row.value)
             envelope, slot = value.envelope, value.slot
             if envelope is not None and slot is not None and wanted(value, envelope):
-                found.append(Candidate(row, envelope, slot, context(row, envelope)))
+                checked = self._checked(target, row, context(row, envelope))
+                if checked is not None:
+                    found.append(Candidate(row, envelope, slot, checked))
             elif value.kind is ValueKind.UNPARSEABLE:
                 self.fail(target, row, value.error or "damaged envelope")
             else:
                 target.skipped += 1
         return found
-
-    def usable(self, target: TargetReport, items: list[Candidate]) -> list[Candidate]:
-        """The candidates whose context can be stated and sealed; the others fail their row."""
-        return [item for item in items if self._checked(target, item.row, item.context)]
 
     def opened(
         self, target: TargetReport, items: list[Candidate], reason: str, *, stated: bool
@@ -84,6 +86,9 @@ class ValueJob(BatchJob):
         or sealed again fails its own row."""
         if not items:
             return []
+        if stated:
+            for item in items:
+                aad_json(item.context)  # made once: the decrypt's audit line and the AAD reuse it
         outcomes = self.crypto.decrypt_outcomes(
             [item.envelope for item in items],
             actor=self.options.actor,
@@ -94,7 +99,7 @@ class ValueJob(BatchJob):
         for item, outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, HeimdallKMSError):
                 self.fail(target, item.row, outcome)
-            elif self._sealable(target, item.row, outcome, item.context):
+            elif self._sealable(target, item.row, outcome):
                 readable.append((item, outcome))
         return readable
 
@@ -112,21 +117,25 @@ class ValueJob(BatchJob):
         )
         return list(zip([item for item, _ in readable], envelopes, strict=True))
 
-    def _checked(self, target: TargetReport, row: Row, context: dict[str, str]) -> bool:
+    def _checked(
+        self, target: TargetReport, row: Row, context: Mapping[str, str]
+    ) -> CheckedContext | None:
+        # Checked per value before the batched calls, so that one unusable record id never
+        # fails (or stops) the rest of the batch.
         try:
-            check_context(context)
+            checked = check_context(context)
         except InvalidInputError as exc:
             self.fail(target, row, exc)
-            return False
-        return True
+            return None
+        return checked
 
-    def _sealable(self, target: TargetReport, row: Row, text: str, context: dict[str, str]) -> bool:
-        # Checked per value before the batched call, so that one oversized value or one
-        # unusable record id never fails (or stops) the rest of the batch.
+    def _sealable(self, target: TargetReport, row: Row, text: str) -> bool:
+        # Checked per value before the batched call, so that one oversized value never fails
+        # (or stops) the rest of the batch.
+        if len(text) <= MAX_STORED_PLAINTEXT_BYTES // 4:  # UTF-8 is at most 4 bytes a char
+            return True
         try:
-            if len(text) > MAX_STORED_PLAINTEXT_BYTES // 4:  # UTF-8 is at most 4 bytes a char
-                plaintext_bytes(text, MAX_STORED_PLAINTEXT_BYTES)
-            check_context(context)
+            plaintext_bytes(text, MAX_STORED_PLAINTEXT_BYTES)
         except InvalidInputError as exc:
             self.fail(target, row, exc)
             return False
