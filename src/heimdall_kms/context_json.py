@@ -15,14 +15,33 @@ nothing of the package.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import NoReturn
+
+try:
+    from _json import make_encoder as c_make_encoder  # what json.encoder runs on
+except ImportError:  # pragma: no cover - a Python without the json accelerator
+    c_make_encoder = None  # type: ignore[assignment, misc]
 
 __all__ = ["CheckedContext", "aad_json", "context_json", "context_json_ascii", "line_json"]
 
 _ASCII = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 _UNICODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _not_text(value: object) -> NoReturn:
+    raise TypeError("not text")
+
+
+def _c_encoder(quote: Callable[[str], str]) -> Callable[[CheckedContext], str]:
+    """The C encoder the general one runs on, made once: sorted keys, compact, no markers
+    (it is given checked contexts only, text to text: nothing to recurse into). Where the
+    json accelerator is missing, the encoders below."""
+    if c_make_encoder is None:
+        return context_json_ascii if quote is encode_basestring_ascii else context_json
+    chunks = c_make_encoder(None, _not_text, quote, None, ":", ",", True, False, True)
+    return lambda context: "".join(chunks(context, 0))
 
 
 class CheckedContext(dict[str, str]):
@@ -49,18 +68,18 @@ def aad_json(context: Mapping[str, str]) -> str:
         return context_json_ascii(context)
     encoded = context._aad_json
     if encoded is None:
-        encoded = context._aad_json = context_json_ascii(context)
+        encoded = context._aad_json = _checked_ascii(context)
     return encoded
 
 
 def line_json(context: Mapping[str, str]) -> str:
     """The context as an audit line writes it: the AAD's encoding where that escaped nothing
     (``\\uXXXX``), else encoded again with non-ASCII kept."""
-    encoded = context._aad_json if type(context) is CheckedContext else None
-    if encoded is None:
+    if type(context) is not CheckedContext:
         return context_json(context)
+    encoded = context._aad_json
     # The AAD's form equals this one exactly when it escaped nothing as \uXXXX.
-    return encoded if "\\u" not in encoded else context_json(context)
+    return encoded if encoded is not None and "\\u" not in encoded else _checked_unicode(context)
 
 
 def context_json_ascii(context: Mapping[str, str]) -> str:
@@ -79,3 +98,7 @@ def context_json(context: Mapping[str, str]) -> str:
         return "{" + ",".join([quote(k) + ":" + quote(v) for k, v in sorted(context.items())]) + "}"
     except TypeError:
         return _UNICODE(dict(context))
+
+
+_checked_ascii = _c_encoder(encode_basestring_ascii)
+_checked_unicode = _c_encoder(encode_basestring)

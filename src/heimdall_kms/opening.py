@@ -88,7 +88,13 @@ class Opener:
         """Parse and check one envelope against the mode and the stated context."""
         claimed = check_context(stated) if stated is not None else {}
         try:
-            envelope = source if isinstance(source, Envelope) else parse(source)
+            # The exact class first: isinstance against the abstract Envelope runs ABCMeta's
+            # check in Python, and this runs once per value.
+            envelope = (
+                source
+                if type(source) is KmsV1Envelope or isinstance(source, Envelope)
+                else parse(source)
+            )
         except MalformedEnvelopeError as exc:
             return Opened(exc, None, claimed)
         refusal: HeimdallKMSError | None = modes.read_refusal(
@@ -120,7 +126,10 @@ class Opener:
     def open_all(self, prepared: list[Opened]) -> list[Opened]:
         """Fill in each pending item's outcome (in place; the same list is returned)."""
         pending = [p for p in prepared if p.outcome is PENDING]
-        self._open_kms([p for p in pending if isinstance(p.envelope, KmsV1Envelope)])
+        kms_v1 = [p for p in pending if isinstance(p.envelope, KmsV1Envelope)]
+        self._open_kms(kms_v1)
+        if len(kms_v1) == len(pending):
+            return prepared
         for item in pending:
             if isinstance(item.envelope, LegacyEnvelope):
                 item.outcome = self._open_legacy(item.envelope)
@@ -205,6 +214,4 @@ def _open(item: Opened, dek: bytearray) -> str | HeimdallKMSError:
 
 
 def _wipe_all(deks: list[bytearray | HeimdallKMSError]) -> None:
-    for dek in deks:
-        if isinstance(dek, bytearray):
-            primitives.wipe(dek)
+    primitives.wipe_all([dek for dek in deks if isinstance(dek, bytearray)])

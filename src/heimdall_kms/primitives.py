@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -44,6 +44,7 @@ __all__ = [
     "verify_ed25519",
     "verify_with_public_key",
     "wipe",
+    "wipe_all",
 ]
 
 DEK_BYTES = 32
@@ -139,13 +140,14 @@ def seal_each(
     the CSPRNG instead of one per value."""
     if not len(keys) == len(plaintexts) == len(aads):
         raise ValueError("seal_each needs one key, plaintext and AAD per value")
+    if any(len(key) != DEK_BYTES for key in keys):
+        raise ValueError("AES-256-GCM key must be 32 bytes")
     pool = os.urandom(NONCE_BYTES * len(keys))
-    sealed = []
-    for index, (key, plaintext, aad) in enumerate(zip(keys, plaintexts, aads, strict=True)):
-        _check_key(key)
-        nonce = pool[index * NONCE_BYTES : (index + 1) * NONCE_BYTES]
-        sealed.append((AESGCM(bytes(key)).encrypt(nonce, plaintext, aad), nonce))
-    return sealed
+    nonces = [pool[start : start + NONCE_BYTES] for start in range(0, len(pool), NONCE_BYTES)]
+    return [
+        (AESGCM(bytes(key)).encrypt(nonce, plaintext, aad), nonce)
+        for key, plaintext, aad, nonce in zip(keys, plaintexts, aads, nonces, strict=True)
+    ]
 
 
 def _seal_with_nonce(
@@ -179,6 +181,15 @@ def wipe(buffer: bytearray) -> None:
     """Overwrite a key buffer with zeros in place (best effort; see the module docstring)."""
     # Same-length slice assignment writes into the existing buffer; it does not reallocate.
     buffer[:] = bytes(len(buffer))
+
+
+def wipe_all(buffers: Iterable[bytearray]) -> None:
+    """:func:`wipe` for a batch's key buffers (one call, not one per key)."""
+    for buffer in buffers:
+        buffer[:] = _DEK_ZEROS if len(buffer) == DEK_BYTES else bytes(len(buffer))
+
+
+_DEK_ZEROS = bytes(DEK_BYTES)
 
 
 def wipe_if_dek(result: object) -> None:

@@ -58,8 +58,7 @@ def seal_batches(kms: KeyWrapper, values: Sequence[tuple[bytes, CheckedContext]]
                     [plaintext for plaintext, _ in chunk],
                     [kms_v1_aad(ctx) for _, ctx in chunk],
                 )
-                for dek in deks:
-                    primitives.wipe(dek)
+                primitives.wipe_all(deks)
                 for (_, ctx), key, (ciphertext, nonce) in zip(
                     chunk, wrapped, sealed_values, strict=True
                 ):
@@ -79,5 +78,4 @@ def seal_batches(kms: KeyWrapper, values: Sequence[tuple[bytes, CheckedContext]]
         return envelopes
     finally:
         for deks in issued[sealed:]:
-            for dek in deks:
-                primitives.wipe(dek)
+            primitives.wipe_all(deks)

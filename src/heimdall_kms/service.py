@@ -15,6 +15,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import cast
 
 from prometheus_client import Counter as MetricCounter
 
@@ -178,9 +179,9 @@ class Crypto:
         """Open many envelopes with one batched KMS call; raises the first item's error."""
         results = self.decrypt_outcomes(envelopes, actor=actor, reason=reason, contexts=contexts)
         for result in results:
-            if isinstance(result, HeimdallKMSError):
+            if not isinstance(result, str):
                 raise result
-        return [result for result in results if isinstance(result, str)]
+        return cast(list[str], results)  # every outcome is text: checked above
 
     def decrypt_outcomes(
         self,
@@ -210,17 +211,24 @@ class Crypto:
 
         with self._kms_call("decrypt", self._read_label, len(prepared), failed):
             opened = self._opener.open_all(prepared)
+        # Each item's outcome is read once (this runs once per value): text, or an error.
+        outcomes = [o.result() for o in opened]
+        errors = [None if isinstance(r, str) else r for r in outcomes]
         answered = scope.stamped()
         self.audit.emit(
             [
-                answered.event(EventType.DECRYPT, o.envelope, o.context, o.error, o.details)
-                for o in opened
+                answered.event(EventType.DECRYPT, o.envelope, o.context, e, o.details)
+                for o, e in zip(opened, errors, strict=True)
             ]
         )
-        done = [i.envelope for i in opened if i.envelope is not None and i.error is None]
+        done = [
+            o.envelope
+            for o, e in zip(opened, errors, strict=True)
+            if e is None and o.envelope is not None
+        ]
         self._count(self.metrics.decrypt_total, done)
-        self._count_errors("decrypt", self._read_label, [o.outcome for o in opened])
-        return [item.result() for item in opened]
+        self._count_errors("decrypt", self._read_label, outcomes)
+        return outcomes
 
     # -- keyed hashing -------------------------------------------------------------------------
 
@@ -351,8 +359,16 @@ class Crypto:
             self.audit.emit(failed(exc))
             raise
 
-    def _count(self, counter: MetricCounter, envelopes: Iterable[Envelope]) -> None:
-        for (label, version), count in Counter(map(metric_labels, envelopes)).items():
+    def _count(self, counter: MetricCounter, envelopes: Sequence[Envelope]) -> None:
+        # The labels metric_labels gives, a kms_v1 version's text made once per call rather
+        # than once per value.
+        versions = Counter(
+            [(e.provider, e.key_version) for e in envelopes if type(e) is KmsV1Envelope]
+        )
+        labels = Counter([metric_labels(e) for e in envelopes if type(e) is not KmsV1Envelope])
+        for (provider, key_version), count in versions.items():
+            labels[provider, str(key_version)] += count
+        for (label, version), count in labels.items():
             counter.labels(label, version).inc(count)
 
     def _count_errors(self, operation: str, provider: str, outcomes: Iterable[object]) -> None:

@@ -301,3 +301,12 @@ def test_a_kms_failure_while_decrypting_wipes_every_unwrapped_dek_and_is_audited
     assert len(sink.events) == VALUES  # no plaintext handed back, every value recorded failed
     assert {event.result for event in sink.events} == {Result.FAILURE}
     assert {event.error_type for event in sink.events} == {"kms"}
+
+
+class TestWipeAll:
+    def test_zeroes_every_buffer_in_place(self) -> None:
+        buffers = [*primitives.new_deks(3), bytearray(b"\x01" * 7)]
+        same = [id(b) for b in buffers]
+        primitives.wipe_all(buffers)
+        assert [bytes(b) for b in buffers] == [bytes(32)] * 3 + [bytes(7)]
+        assert [id(b) for b in buffers] == same

@@ -10,7 +10,7 @@ import pytest
 
 from heimdall_kms.errors import ConfigurationError, InvalidInputError
 from heimdall_kms.kinds import ProviderName
-from heimdall_kms.providers.base import KeyAdmin, check_retire_bound, key_admin
+from heimdall_kms.providers.base import KeyAdmin, WrappedKey, check_retire_bound, key_admin
 from heimdall_kms.providers.local import LocalDevProvider, LocalKeyring
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "heimdall_kms"
@@ -77,3 +77,20 @@ class TestDataPlaneConsumers:
             for alias in node.names
         }
         assert not {"KeyAdmin", "KeyManagementService"} & (names | imported)
+
+
+class TestWrappedKeyMade:
+    def test_equals_the_constructor(self) -> None:
+        made = WrappedKey.made("vault:v3:abc=", 3)
+        assert made == WrappedKey("vault:v3:abc=", 3)
+        assert (made.ciphertext, made.key_version, repr(made)) == (
+            "vault:v3:abc=",
+            3,
+            repr(WrappedKey("vault:v3:abc=", 3)),
+        )
+        assert hash(made) == hash(WrappedKey("vault:v3:abc=", 3))
+
+    def test_is_frozen_like_the_constructor(self) -> None:
+        made = WrappedKey.made("vault:v1:abc=", 1)
+        with pytest.raises(AttributeError):
+            made.key_version = 2  # type: ignore[misc]

@@ -27,23 +27,33 @@ def check_context(context: object, *, error: type[Exception] = InvalidInputError
         raise error("context must be a mapping of strings to strings")
     if len(context) > _json.MAX_CONTEXT_ENTRIES:
         raise error(f"context has more than {_json.MAX_CONTEXT_ENTRIES} entries")
-    _check_entries(context, error)
-    return _bounded(CheckedContext(context), error)
-
-
-def _check_entries(context: Mapping[object, object], error: type[Exception]) -> None:
+    chars = 0  # of the keys and values, for the bound on the whole (below)
     for key, value in context.items():
         # Plain ASCII text within the bounds is decided here (isascii() is O(1), and ASCII
         # text always encodes); anything else (other text, str subclasses, not text at all)
-        # goes through the full rule, which accepts it or says what is wrong.
-        if not (
+        # goes through the full rule, which accepts it or says what is wrong. One pass: this
+        # runs once per value sealed.
+        if (
             type(key) is type(value) is str
-            and 0 < len(key) <= _MAX_KEY
-            and len(value) <= _MAX_VALUE
+            and 0 < (key_chars := len(key)) <= _MAX_KEY
+            and (value_chars := len(value)) <= _MAX_VALUE
             and key.isascii()
             and value.isascii()
-        ) and not _usable(key, value):
+        ):
+            chars += key_chars + value_chars
+        elif _usable(key, value):
+            chars += len(key) + len(value)
+        else:
             raise _entry_error(key, value, error)
+    checked = CheckedContext(context)
+    # A character is at most 12 in the JSON (an escaped surrogate pair), each entry adds 6
+    # (quotes, colon, comma): only a context that could be over the bound is encoded to see.
+    if (
+        12 * chars + 6 * len(checked) + 2 > _json.MAX_CONTEXT_JSON_CHARS
+        and len(aad_json(checked)) > _json.MAX_CONTEXT_JSON_CHARS
+    ):
+        raise error(f"context is larger than {_json.MAX_CONTEXT_JSON_CHARS} characters as JSON")
+    return checked
 
 
 def _usable(key: object, value: object) -> bool:
@@ -78,14 +88,3 @@ def _entry_error(key: object, value: object, error: type[Exception]) -> Exceptio
             f"context value for {key!r} must be a string of at most {_MAX_VALUE} characters"
         )
     return error(f"context entry {_json.short(key)} is not valid Unicode text")
-
-
-def _bounded(context: CheckedContext, error: type[Exception]) -> CheckedContext:
-    """``context``, unless its JSON is over the total bound. A character is at most 12 in
-    that JSON (an escaped surrogate pair), each entry adds 6 (quotes, colon, comma)."""
-    chars = sum(map(len, context)) + sum(map(len, context.values()))
-    if 12 * chars + 6 * len(context) + 2 <= _json.MAX_CONTEXT_JSON_CHARS:
-        return context
-    if len(aad_json(context)) > _json.MAX_CONTEXT_JSON_CHARS:
-        raise error(f"context is larger than {_json.MAX_CONTEXT_JSON_CHARS} characters as JSON")
-    return context

@@ -65,6 +65,21 @@ class WrappedKey:
             f"WrappedKey(key_version={self.key_version}, ciphertext=<{len(self.ciphertext)} chars>)"
         )
 
+    @classmethod
+    def made(cls, ciphertext: str, key_version: int) -> WrappedKey:
+        """What ``WrappedKey(ciphertext, key_version)`` makes, for a provider's batch answers
+        (one per value): the frozen ``__init__`` costs one ``object.__setattr__`` per field."""
+        key = _new(cls)
+        _set_ciphertext(key, ciphertext)
+        _set_key_version(key, key_version)
+        return key
+
+
+# The slots' own setters (frozen only blocks attribute assignment), for WrappedKey.made.
+_new = object.__new__
+_set_ciphertext = vars(WrappedKey)["ciphertext"].__set__
+_set_key_version = vars(WrappedKey)["key_version"].__set__
+
 
 @dataclass(frozen=True, slots=True)
 class KeyVersion:
