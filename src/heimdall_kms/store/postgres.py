@@ -29,6 +29,7 @@ def _dialect(json_column: bool) -> Dialect:
         id_as_text="{id}::text",
         json_column=json_column,
         pipelined=True,
+        copies=True,
         table_exists="SELECT 1 WHERE to_regclass(%s) IS NOT NULL",
         errors=(psycopg.Error,),
     )
