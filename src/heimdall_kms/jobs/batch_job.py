@@ -5,9 +5,9 @@ turns into swaps; this class does the rest, identically for ``migrate`` and ``re
 Per batch: read the next rows (keyset order; locked on PostgreSQL), convert, compare-and-swap
 the new values back and journal the old ones, record the ``reencrypt.batch`` audit event, and
 only then commit the transaction and publish progress: a batch whose event cannot be written
-is rolled back. A batch's audit sync and commit run on a worker thread while the next batch
-is read and converted (:mod:`heimdall_kms.jobs.commit_behind`); the next batch is written only
-after that commit, and a commit that fails rolls back every later batch with it. The run
+is rolled back. A batch's commit runs on a worker thread while the next batch is converted
+(:mod:`heimdall_kms.jobs.commit_behind`); the next batch is written only after that commit,
+and a commit that fails rolls back every later batch with it. The run
 itself is one audited attempt (a ``job.run`` intent before anything is
 touched, its outcome at the end).
 
@@ -242,7 +242,7 @@ class BatchJob(ABC):
     ) -> None:
         """The batches from ``sweep.after`` to the end of the range. Per batch: convert it (its
         audit lines written, their sync deferred), wait for the last batch's commit, write it
-        and its ``reencrypt.batch`` event, read the next batch, and hand the audit sync and
+        and its ``reencrypt.batch`` event, read the next batch, sync the audit lines and hand
         the commit to the worker while the next one is converted.
 
         A failure rolls back every batch not committed and leaves the counts as they were
