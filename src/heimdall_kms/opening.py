@@ -13,7 +13,7 @@ import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from heimdall_kms import modes, primitives
 from heimdall_kms.config import Settings
@@ -34,6 +34,7 @@ from heimdall_kms.errors import (
     ModeViolationError,
 )
 from heimdall_kms.inputs import utf8_text
+from heimdall_kms.kinds import EnvelopeFormat
 from heimdall_kms.legacy_context import LegacyContext
 from heimdall_kms.overlap import in_order
 from heimdall_kms.providers import KeyWrapper
@@ -83,6 +84,10 @@ class Opener:
         self.settings = settings
         self.kms = kms
         self.key = KeyRef(kms.name, kms.key_identifier) if kms is not None else None
+        # The formats the mode reads (read_refusal's None), worked out once, not per value.
+        self._readable = frozenset(
+            found for found in EnvelopeFormat if modes.read_refusal(settings.mode, found) is None
+        )
 
     def prepare(self, source: EnvelopeInput, stated: Mapping[str, str] | None) -> Opened:
         """Parse and check one envelope against the mode and the stated context."""
@@ -97,8 +102,9 @@ class Opener:
             )
         except MalformedEnvelopeError as exc:
             return Opened(exc, None, claimed)
-        refusal: HeimdallKMSError | None = modes.read_refusal(
-            self.settings.mode, envelope.encryption_version
+        version = envelope.encryption_version
+        refusal: HeimdallKMSError | None = (
+            None if version in self._readable else modes.read_refusal(self.settings.mode, version)
         )
         if isinstance(envelope, KmsV1Envelope):
             if refusal is None and claimed and _differs(envelope.context, claimed):
@@ -140,15 +146,17 @@ class Opener:
     def _open_kms(self, items: list[Opened]) -> None:
         if not items:
             return
+        assert self.key is not None
+        provider, identifier = self.key.provider, self.key.identifier
         sent = []
         for item in items:
             envelope = item.envelope
             assert isinstance(envelope, KmsV1Envelope)
-            error = self.owned(envelope)
-            if error is None:
+            # owned(), written out: this runs once per value.
+            if envelope.key_identifier == identifier and envelope.provider == provider:
                 sent.append(item)
             else:
-                item.outcome = error
+                item.outcome = self._not_owned(envelope)
         assert self.kms is not None
         self._unwrap_and_open(self.kms, sent)
 
@@ -163,10 +171,7 @@ class Opener:
                 try:
                     if len(deks) != len(chunk):
                         raise KMSError("the KMS returned a different number of unwrapped keys")
-                    for item, dek in zip(chunk, deks, strict=True):
-                        item.outcome = (
-                            dek if isinstance(dek, HeimdallKMSError) else _open(item, dek)
-                        )
+                    _open_chunk(chunk, deks)
                 finally:
                     _wipe_all(deks)
 
@@ -189,6 +194,9 @@ class Opener:
         assert self.key is not None
         if self.key.sealed(envelope):
             return None
+        return self._not_owned(envelope)
+
+    def _not_owned(self, envelope: KmsV1Envelope) -> KeyNotFoundError:
         return KeyNotFoundError(
             f"envelope was sealed by {envelope.provider} key {envelope.key_identifier!r}; "
             f"this deployment uses {self.key}"
@@ -204,13 +212,30 @@ def _unwrap(kms: KeyWrapper, chunk: list[Opened]) -> list[bytearray | HeimdallKM
     return kms.unwrap_many([e.encrypted_dek for e in envelopes], [e.context for e in envelopes])
 
 
-def _open(item: Opened, dek: bytearray) -> str | HeimdallKMSError:
-    envelope = item.envelope
-    assert isinstance(envelope, KmsV1Envelope)
-    try:
-        return utf8_text(primitives.open_(dek, envelope.nonce, envelope.ciphertext, envelope.aad()))
-    except HeimdallKMSError as exc:
-        return exc
+def _open_chunk(chunk: list[Opened], deks: list[bytearray | HeimdallKMSError]) -> None:
+    """Each item's outcome: its value as text, or the error its DEK or its opening gave. One
+    batch is opened by one primitives call (this runs once per value)."""
+    unwrapped: list[tuple[Opened, bytearray]] = []
+    for item, dek in zip(chunk, deks, strict=True):
+        if isinstance(dek, bytearray):
+            unwrapped.append((item, dek))
+        else:
+            item.outcome = dek
+    envelopes = [cast(KmsV1Envelope, item.envelope) for item, _ in unwrapped]
+    opened = primitives.open_each(
+        [dek for _, dek in unwrapped],
+        [envelope.nonce for envelope in envelopes],
+        [envelope.ciphertext for envelope in envelopes],
+        [envelope.aad() for envelope in envelopes],
+    )
+    for (item, _), plaintext in zip(unwrapped, opened, strict=True):
+        if isinstance(plaintext, IntegrityError):
+            item.outcome = plaintext
+            continue
+        try:
+            item.outcome = utf8_text(plaintext)
+        except HeimdallKMSError as exc:
+            item.outcome = exc
 
 
 def _wipe_all(deks: list[bytearray | HeimdallKMSError]) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "new_dek",
     "new_deks",
     "open_",
+    "open_each",
     "seal",
     "seal_each",
     "sign_ed25519",
@@ -175,6 +176,30 @@ def open_(key: bytes | bytearray, nonce: bytes, ciphertext: bytes, aad: bytes) -
         return AESGCM(bytes(key)).decrypt(nonce, ciphertext, aad)
     except InvalidTag:
         raise IntegrityError(_INTEGRITY_MESSAGE) from None
+
+
+def open_each(
+    keys: Sequence[bytearray],
+    nonces: Sequence[bytes],
+    ciphertexts: Sequence[bytes],
+    aads: Sequence[bytes],
+) -> list[bytes | IntegrityError]:
+    """:func:`open_` for many values, each under its own key: each value's plaintext, or the
+    :class:`IntegrityError` it raised, in order (one call per batch, not one per value)."""
+    if not len(keys) == len(nonces) == len(ciphertexts) == len(aads):
+        raise ValueError("open_each needs one key, nonce, ciphertext and AAD per value")
+    if any(len(key) != DEK_BYTES for key in keys):
+        raise ValueError("AES-256-GCM key must be 32 bytes")
+    opened: list[bytes | IntegrityError] = []
+    for key, nonce, ciphertext, aad in zip(keys, nonces, ciphertexts, aads, strict=True):
+        if len(nonce) != NONCE_BYTES or len(ciphertext) < TAG_BYTES:
+            opened.append(IntegrityError(_INTEGRITY_MESSAGE))
+            continue
+        try:
+            opened.append(AESGCM(bytes(key)).decrypt(nonce, ciphertext, aad))
+        except InvalidTag:
+            opened.append(IntegrityError(_INTEGRITY_MESSAGE))
+    return opened
 
 
 def wipe(buffer: bytearray) -> None:

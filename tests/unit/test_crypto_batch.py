@@ -44,3 +44,28 @@ def test_seal_each_refuses_mismatched_inputs_and_short_keys() -> None:
         primitives.seal_each(primitives.new_deks(2), [b"a"], [b"", b""])
     with pytest.raises(ValueError, match="32 bytes"):
         primitives.seal_each([bytearray(16)], [b"a"], [b""])
+
+
+class TestOpenEach:
+    def test_opens_what_open_opens_and_returns_each_failure_in_its_place(self) -> None:
+        keys = primitives.new_deks(4)
+        sealed = primitives.seal_each(keys, [b"a", b"b", b"c", b"d"], [b"x", b"y", b"z", b"w"])
+        nonces = [nonce for _, nonce in sealed]
+        ciphertexts = [ct for ct, _ in sealed]
+        ciphertexts[1] = ciphertexts[1][:-1] + bytes([ciphertexts[1][-1] ^ 1])  # a bad tag
+        nonces[2] = nonces[2][:11]  # too short a nonce
+        aads = [b"x", b"y", b"z", b"not w"]  # the wrong AAD
+        opened = primitives.open_each(keys, nonces, ciphertexts, aads)
+        assert opened[0] == b"a" == primitives.open_(keys[0], nonces[0], ciphertexts[0], b"x")
+        for failed, index in zip(opened[1:], (1, 2, 3), strict=True):
+            assert isinstance(failed, IntegrityError)
+            with pytest.raises(IntegrityError) as raised:
+                primitives.open_(keys[index], nonces[index], ciphertexts[index], aads[index])
+            assert str(failed) == str(raised.value)
+
+    def test_refuses_mismatched_inputs_and_short_keys(self) -> None:
+        key = primitives.new_deks(1)
+        with pytest.raises(ValueError, match="one key, nonce"):
+            primitives.open_each(key, [], [b""], [b""])
+        with pytest.raises(ValueError, match="32 bytes"):
+            primitives.open_each([bytearray(16)], [bytes(12)], [bytes(32)], [b""])
