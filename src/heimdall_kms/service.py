@@ -129,9 +129,7 @@ class Crypto:
         with self._kms_call("encrypt", self._write_label, len(values), failed):
             sealed = self._seal(values)
         done = scope.stamped()
-        self.audit.emit(
-            [done.event(EventType.ENCRYPT, e, c) for e, c in zip(sealed, contexts, strict=True)]
-        )
+        self.audit.emit(done.events(EventType.ENCRYPT, sealed, contexts))
         self._count(self.metrics.encrypt_total, sealed)
         return sealed
 
@@ -216,10 +214,13 @@ class Crypto:
         errors = [None if isinstance(r, str) else r for r in outcomes]
         answered = scope.stamped()
         self.audit.emit(
-            [
-                answered.event(EventType.DECRYPT, o.envelope, o.context, e, o.details)
-                for o, e in zip(opened, errors, strict=True)
-            ]
+            answered.events(
+                EventType.DECRYPT,
+                [o.envelope for o in opened],
+                [o.context for o in opened],
+                errors,
+                [o.details for o in opened],
+            )
         )
         done = [
             o.envelope

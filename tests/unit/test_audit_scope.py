@@ -262,3 +262,46 @@ class TestModes:
         ]:
             with pytest.raises(ConfigurationError):
                 check_migration(mode, write)
+
+
+class TestAuditScopeEvents:
+    """events() builds, in one loop, the events event() builds one by one."""
+
+    def _values(self) -> tuple[list[object], list[dict[str, str]], list[object], list[object]]:
+        legacy = LegacyEnvelope(ciphertext=b"c" * 20, nonce=b"n" * 12, key_id="old")
+        envelopes: list[object] = [
+            kms_envelope({"field": "ssn", "record": "r1"}),
+            kms_envelope({"record": "r2"}, version=4),
+            legacy,
+            None,
+            kms_envelope({}),
+        ]
+        contexts = [{"field": "ssn", "record": "r1"}, {"record": "r2"}, {"field": "x"}, {}, {}]
+        errors: list[object] = [None, IntegrityError("bad"), None, KMSError("down"), None]
+        details: list[object] = [None, None, {"legacy_context": "unverified"}, None, None]
+        return envelopes, contexts, errors, details
+
+    @pytest.mark.parametrize("at", [AT, None])
+    def test_equal_to_event_one_by_one(self, at: str | None) -> None:
+        scope = AuditScope("etl", "r-1", "why", VAULT_KEY, at=at)
+        envelopes, contexts, errors, details = self._values()
+        built = scope.events(EventType.DECRYPT, envelopes, contexts, errors, details)  # type: ignore[arg-type]
+        one_by_one = [
+            scope.event(EventType.DECRYPT, *value)  # type: ignore[arg-type]
+            for value in zip(envelopes, contexts, errors, details, strict=True)
+        ]
+        if at is None:  # stamped one by one: the times may differ, nothing else
+            for event in (*built, *one_by_one):
+                event.timestamp = AT
+        assert [e.to_dict() for e in built] == [e.to_dict() for e in one_by_one]
+        assert [type(e.context) for e in built] == [type(e.context) for e in one_by_one]
+
+    def test_without_errors_and_details_every_value_succeeded(self) -> None:
+        scope = AuditScope("etl", "r-1", None, VAULT_KEY, at=AT)
+        envelopes, contexts, _, _ = self._values()
+        built = scope.events(EventType.ENCRYPT, envelopes, contexts)  # type: ignore[arg-type]
+        assert [e.result for e in built] == [Result.SUCCESS] * len(envelopes)
+        assert built == [
+            scope.event(EventType.ENCRYPT, e, c)  # type: ignore[arg-type]
+            for e, c in zip(envelopes, contexts, strict=True)
+        ]
