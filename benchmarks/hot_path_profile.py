@@ -33,7 +33,7 @@ from job_rows import TABLE, fill_postgres, fill_sqlite
 from heimdall_kms import primitives
 from heimdall_kms.audit.sink import FileAuditSink
 from heimdall_kms.config import Settings
-from heimdall_kms.jobs import batch_job, commit_behind, migrate, reencrypt, value_job
+from heimdall_kms.jobs import batch_job, migrate, reencrypt, value_job
 from heimdall_kms.jobs.migrate import MigrationOptions, run_migration
 from heimdall_kms.jobs.reencrypt import ReencryptOptions, run_reencrypt
 from heimdall_kms.providers.vault.transit import VaultTransitProvider
@@ -199,8 +199,7 @@ def timed_parts() -> Timers:
         (_sql.SQLFieldStore, "_fetch"),
         (_sql.SQLFieldStore, "_missed"),
         (_sql.SQLFieldStore, "apply_swaps"),
-        (batch_job.BatchJob, "_write"),
-        (commit_behind.CommitBehind, "wait"),
+        (batch_job.BatchJob, "_batch"),
         (migrate.MigrationJob, "convert"),
         (reencrypt.ReencryptJob, "convert"),
     ]:

@@ -808,8 +808,8 @@ class TestFailClosed:
     def test_a_failed_disk_sync_fails_the_call_with_nothing_returned(
         self, local_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """The sync runs alongside the end of the call (sync_alongside); its failure is the
-        call's, so no envelope or plaintext goes back whose event may not be on disk."""
+        """The call's audit lines are synced before it returns; a failed sync is the call's
+        failure, so no envelope or plaintext goes back whose event may not be on disk."""
         sink = FileAuditSink(tmp_path / "audit.log")
         crypto = build(local_env, sink).crypto
         envelope = crypto.encrypt(SSN, context=CTX)

@@ -19,7 +19,7 @@ from typing import Protocol, runtime_checkable
 
 from heimdall_kms.errors import AuditWriteError
 
-__all__ = ["DeferredSync", "UnsyncedLines", "one_sync_per_batch", "unsynced_writers"]
+__all__ = ["DeferredSync", "one_sync_per_batch", "unsynced_writers"]
 
 
 @runtime_checkable
@@ -41,46 +41,6 @@ def unsynced_writers() -> dict[DeferredSync, None] | None:
     return _WRITERS.get()
 
 
-class UnsyncedLines:
-    """The sinks one batch wrote to without syncing them, synced once at its end.
-
-    The lines are written by the thread in :meth:`deferring`; :meth:`sync` may run on another
-    thread afterwards (a job syncs and commits one batch while it converts the next).
-    """
-
-    def __init__(self) -> None:
-        self._writers: dict[DeferredSync, None] = {}
-
-    @contextmanager
-    def deferring(self) -> Iterator[None]:
-        """Leave the syncs of this thread's emits in the block to :meth:`sync` (inside another
-        scope: to that scope's end)."""
-        if _WRITERS.get() is not None:
-            yield
-            return
-        token = _WRITERS.set(self._writers)
-        try:
-            yield
-        finally:
-            _WRITERS.reset(token)
-
-    def sync(self) -> None:
-        """Sync every sink written to (another writer's lines after ours are synced too).
-
-        Raises:
-            AuditWriteError: a sync failed.
-        """
-        for sink in self._writers:
-            sink.sync_deferred()
-
-    def sync_quietly(self) -> None:
-        """:meth:`sync` after a failure: the lines are synced where the disk allows (a later
-        batch's sync would flush them too); the failure that led here is what is reported."""
-        for sink in self._writers:
-            with suppress(AuditWriteError):
-                sink.sync_deferred()
-
-
 @contextmanager
 def one_sync_per_batch() -> Iterator[None]:
     """Defer the audit syncs of this thread's emits to the end of the block (nested: the
@@ -89,11 +49,21 @@ def one_sync_per_batch() -> Iterator[None]:
     Raises:
         AuditWriteError: the final sync failed (after a block that did not raise).
     """
-    lines = UnsyncedLines()
+    if _WRITERS.get() is not None:
+        yield
+        return
+    writers: dict[DeferredSync, None] = {}
+    token = _WRITERS.set(writers)
     try:
-        with lines.deferring():
-            yield
+        yield
     except BaseException:
-        lines.sync_quietly()
+        _WRITERS.reset(token)
+        # The block's own failure is what is reported; its lines are still synced where the
+        # disk allows (a later batch's sync would flush them too).
+        for sink in writers:
+            with suppress(AuditWriteError):
+                sink.sync_deferred()
         raise
-    lines.sync()
+    _WRITERS.reset(token)
+    for sink in writers:
+        sink.sync_deferred()

@@ -5,10 +5,7 @@ turns into swaps; this class does the rest, identically for ``migrate`` and ``re
 Per batch: read the next rows (keyset order; locked on PostgreSQL), convert, compare-and-swap
 the new values back and journal the old ones, record the ``reencrypt.batch`` audit event, and
 only then commit the transaction and publish progress: a batch whose event cannot be written
-is rolled back. A batch's commit runs on a worker thread while the next batch is converted
-(:mod:`heimdall_kms.jobs.commit_behind`); the next batch is written only after that commit,
-and a commit that fails rolls back every later batch with it. The run
-itself is one audited attempt (a ``job.run`` intent before anything is
+is rolled back. The run itself is one audited attempt (a ``job.run`` intent before anything is
 touched, its outcome at the end).
 
 A transient KMS failure (throttled, unavailable, sealed, no answer in time) rolls the batch
@@ -25,15 +22,13 @@ import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
 from heimdall_kms.audit import AuditEvent, EventType, Result, audited
-from heimdall_kms.audit.sync_scope import UnsyncedLines
+from heimdall_kms.audit.sync_scope import one_sync_per_batch
 from heimdall_kms.errors import HeimdallKMSError, IncompleteError, InvalidInputError
-from heimdall_kms.jobs.commit_behind import CommitBehind
 from heimdall_kms.jobs.patience import Patience
 from heimdall_kms.jobs.report import JobReport, ProgressCallback, TargetReport
 from heimdall_kms.jobs.services import JobServices
@@ -86,23 +81,6 @@ class _Gap:
 
 
 _END = object()  # the cursor after the last batch of a range
-
-
-@dataclass(slots=True)
-class _Sweep:
-    """Where a sweep of a range stands: the cursor after its last batch taken as done
-    (``_END``: at the end), and the parts of the range whose rows were locked."""
-
-    after: object | None
-    locked: list[_Gap] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class _Mark:
-    """The counts to go back to if a batch is not committed."""
-
-    counts: TargetReport
-    failures: int
 
 
 def new_run_id() -> str:
@@ -225,123 +203,63 @@ class BatchJob(ABC):
     def _sweep(self, store: FieldStore, target: TargetReport, gap: _Gap) -> list[_Gap]:
         """Examine every candidate row of the gap's range not seen yet, batch by batch;
         returns the parts of the range where rows were locked by someone else."""
-        sweep = _Sweep(gap.after)
-        with ThreadPoolExecutor(1, thread_name_prefix="heimdall-kms-commit") as worker:
-            while sweep.after is not _END:
-                behind = CommitBehind(worker)
-                self._patiently(lambda: self._batches(store, target, gap, sweep, behind))  # noqa: B023
-        return sweep.locked
+        left: list[_Gap] = []
+        after = gap.after
+        while after is not _END:
+            after, locked = self._patiently(lambda: self._batch(store, target, after, gap))  # noqa: B023
+            if locked is not None:
+                left.append(locked)
+            self._publish(target)
+        return left
 
-    def _batches(
-        self,
-        store: FieldStore,
-        target: TargetReport,
-        gap: _Gap,
-        sweep: _Sweep,
-        behind: CommitBehind,
-    ) -> None:
-        """The batches from ``sweep.after`` to the end of the range. Per batch: convert it (its
-        audit lines written, their sync deferred), wait for the last batch's commit, write it
-        and its ``reencrypt.batch`` event, read the next batch, sync the audit lines and hand
-        the commit to the worker while the next one is converted.
+    def _batch(
+        self, store: FieldStore, target: TargetReport, after: object | None, gap: _Gap
+    ) -> tuple[object | None, _Gap | None]:
+        """One batch after ``after`` in the gap's range: the cursor for the next one (``_END``
+        at the end) and the part of this batch's range whose rows were locked, if any.
 
-        A failure rolls back every batch not committed and leaves the counts as they were
-        after the last commit (a transient one is then tried again from there).
+        A failure leaves the counts as they were (the batch is rolled back, tried again).
         """
-        held: list[tuple[object | None, Batch]] = []  # read, not yet handed to the worker
-        mark, lines = self._mark(target), UnsyncedLines()
-        in_flight: _Mark | None = None  # the counts to go back to if the commit fails
-        progressed = False
+        counts, failures = dataclasses.replace(target), self.report.failure_count
         try:
-            held.append((sweep.after, self._open(store, sweep.after, gap)))
-            while True:
-                after, batch = held[0]
+            with store.batch(after, self.options.batch_size, self.match, gap.end) as batch:
+                locked = None
+                if batch.missed:
+                    seen = gap.seen | {row.id for row in batch.rows}
+                    locked = _Gap(after, batch.end, seen, batch.missed)
                 if not batch.rows:
-                    if behind.wait() and progressed:
-                        self._progressed(target)
-                    held.clear()
-                    batch.commit()
-                    self._record(sweep, gap, after, batch, _END)
-                    return
+                    return _END, locked
                 rows = [row for row in batch.rows if row.id not in gap.seen]
-                mark, lines = self._mark(target), UnsyncedLines()
-                tally = TargetReport(target.target, examined=len(rows))
-                changes = self._converted(store, rows, tally, lines) if rows else None
-                if behind.wait():
-                    in_flight = None
-                    if progressed:
-                        self._progressed(target)
-                if changes is not None:
-                    self._write(target, batch, tally, changes, lines)
-                cursor = batch.rows[-1].id
-                held.append((cursor, self._open(store, cursor, gap)))
-                behind.submit(batch, lines)
-                del held[0]
-                in_flight, progressed = mark, bool(rows)
-                self._record(sweep, gap, after, batch, cursor)
-        except BaseException:
-            committed, failure = behind.settle()
-            if committed:
-                in_flight = None
-            for _, batch in held:
-                batch.roll_back()
-            lines.sync_quietly()
-            self._restore(target, in_flight or mark)
+                if rows:
+                    # The batch's audit lines are synced once, before its transaction commits.
+                    with one_sync_per_batch():
+                        self._convert_and_swap(store, target, batch, rows)
+                    self.patience.progressed()
+                return batch.rows[-1].id, locked
+        except HeimdallKMSError:
+            self._undo(target, counts, failures)
             self._publish(target)  # shows the throttling while the job waits
-            if failure is not None:
-                raise failure from None  # a batch taken as done was not: the run stops
             raise
 
-    def _open(self, store: FieldStore, after: object | None, gap: _Gap) -> Batch:
-        return store.open_batch(after, self.options.batch_size, self.match, gap.end)
-
-    def _converted(
-        self, store: FieldStore, rows: list[Row], tally: TargetReport, lines: UnsyncedLines
-    ) -> Changes:
-        # The batch's audit lines are synced once, before its transaction commits.
-        with lines.deferring():
-            return self.convert(store, rows, tally)
-
-    def _write(
-        self,
-        target: TargetReport,
-        batch: Batch,
-        tally: TargetReport,
-        changes: Changes,
-        lines: UnsyncedLines,
+    def _convert_and_swap(
+        self, store: FieldStore, target: TargetReport, batch: Batch, rows: list[Row]
     ) -> None:
-        target.add(tally)
-        with lines.deferring():
-            if isinstance(changes, Planned):
-                target.completed += changes.rows
-            elif changes and not self.options.dry_run:
-                run_id = self.report.run_id if self.journaled else None
-                applied = batch.swap(changes, run_id)
-                target.completed += sum(applied)
-                target.conflicts += len(applied) - sum(applied)
-            target.batches += 1
-            # Inside the transaction: a batch whose event cannot be written is rolled back.
-            self._audit_batch(target)
+        target.examined += len(rows)
+        swaps = self.convert(store, rows, target)
+        if isinstance(swaps, Planned):
+            target.completed += swaps.rows
+        elif swaps and not self.options.dry_run:
+            run_id = self.report.run_id if self.journaled else None
+            applied = batch.swap(swaps, run_id)
+            target.completed += sum(applied)
+            target.conflicts += len(applied) - sum(applied)
+        target.batches += 1
+        # Inside the transaction: a batch whose event cannot be written is rolled back.
+        self._audit_batch(target)
 
-    def _record(
-        self, sweep: _Sweep, gap: _Gap, after: object | None, batch: Batch, cursor: object | None
-    ) -> None:
-        """The sweep goes on after ``batch`` (at ``cursor``), noting the rows it found locked."""
-        if batch.missed:
-            seen = gap.seen | {row.id for row in batch.rows}
-            sweep.locked.append(_Gap(after, batch.end, seen, batch.missed))
-        sweep.after = cursor
-
-    def _progressed(self, target: TargetReport) -> None:
-        self.patience.progressed()
-        self._publish(target)
-
-    def _mark(self, target: TargetReport) -> _Mark:
-        return _Mark(dataclasses.replace(target), self.report.failure_count)
-
-    def _restore(self, target: TargetReport, mark: _Mark) -> None:
-        target.restore(mark.counts)
-        self.report.truncate_failures(mark.failures)
+    def _undo(self, target: TargetReport, counts: TargetReport, failures: int) -> None:
+        target.restore(counts)
+        self.report.truncate_failures(failures)
 
     def _audit_batch(self, target: TargetReport) -> None:
         self.services.audit.emit(

@@ -50,17 +50,13 @@ class TargetReport:
         whole = cls(name)
         for part in parts:
             whole.total += part.total
-            whole.add(part)
+            whole.examined += part.examined
+            whole.completed += part.completed
+            whole.skipped += part.skipped
+            whole.conflicts += part.conflicts
+            whole.failed += part.failed
+            whole.batches += part.batches
         return whole
-
-    def add(self, part: TargetReport) -> None:
-        """Add the counts of ``part`` (one batch's, or one target's), all but the total."""
-        self.examined += part.examined
-        self.completed += part.completed
-        self.skipped += part.skipped
-        self.conflicts += part.conflicts
-        self.failed += part.failed
-        self.batches += part.batches
 
     def restore(self, saved: TargetReport) -> None:
         """Put back the counts of ``saved`` (a batch rolled back, to be tried again)."""

@@ -7,7 +7,6 @@ explicitly so the same code drives SQLite and PostgreSQL. Identifiers are checke
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -88,20 +87,12 @@ class SQLFieldStore:
         dialect: Dialect,
         describe: Callable[[SQLFieldStore], dict[str, str]],
         writable: Callable[[SQLFieldStore], None],
-        *,
-        connect: Callable[[], Connection] | None = None,
     ) -> None:
         self.connection = connection
         self.target = target
         self.dialect = dialect
         self._describe = describe
         self._writable = writable
-        # Where batches hold a transaction from their read on (locked rows), each open batch
-        # has a connection of its own: the next batch is read while the last one commits.
-        self._connect = connect
-        self._idle: list[Connection] = [connection]
-        self._opened: list[Connection] = []
-        self._pool = threading.Lock()
         q = dialect.quote
         self._t, self._c, self._id = q(target.table), q(target.column), q(target.id_column)
 
@@ -191,29 +182,22 @@ class SQLFieldStore:
     def batch(
         self, after: object | None, limit: int, match: Match, upto: object | None = None
     ) -> Iterator[_SQLBatch]:
-        batch = self.open_batch(after, limit, match, upto)
+        cursor = self.connection.cursor()
+        lock = self.dialect.lock_rows
+        batch = self._read_batch(cursor, after, limit, match, upto)
         try:
             yield batch
         except BaseException:
-            batch.roll_back()
+            if lock or batch.open:
+                self._roll_back(cursor)
             raise
-        batch.commit()
-
-    def open_batch(
-        self, after: object | None, limit: int, match: Match, upto: object | None = None
-    ) -> _SQLBatch:
-        connection = self._take()
-        try:
-            cursor = connection.cursor()
-            rows, end, missed = self._read_batch(cursor, after, limit, match, upto)
-        except BaseException:
-            self._give_back(connection)
-            raise
-        return _SQLBatch(self, connection, cursor, rows=rows, end=end, missed=missed)
+        if lock or batch.open:
+            with self._errors("commit"):
+                cursor.execute("COMMIT")
 
     def _read_batch(
         self, cursor: Any, after: object | None, limit: int, match: Match, upto: object | None
-    ) -> tuple[list[Row], object | None, int]:
+    ) -> _SQLBatch:
         """Read the batch's rows; where the dialect locks rows, in a transaction left open."""
         lock = self.dialect.lock_rows
         with self._errors("read"):
@@ -227,26 +211,7 @@ class SQLFieldStore:
                 if lock:
                     self._roll_back(cursor)
                 raise
-        return rows, end, missed
-
-    def _take(self) -> Connection:
-        """The connection a batch reads and writes on: one of its own where it holds locks."""
-        if not self.dialect.lock_rows:
-            return self.connection
-        with self._pool:
-            if self._idle:
-                return self._idle.pop()
-        if self._connect is None:
-            raise StoreError(f"{self.dialect.name}: one batch at a time on {self.target}")
-        connection = self._connect()
-        with self._pool:
-            self._opened.append(connection)
-        return connection
-
-    def _give_back(self, connection: Connection) -> None:
-        if self.dialect.lock_rows:
-            with self._pool:
-                self._idle.append(connection)
+        return _SQLBatch(self, cursor, rows, end, missed)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -383,9 +348,6 @@ class SQLFieldStore:
             return [(str(r), int(n), str(c)) for r, n, c in cursor.fetchall()]
 
     def close(self) -> None:
-        for connection in self._opened:
-            with suppress(*self.dialect.errors):
-                connection.close()
         self.connection.close()
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -422,22 +384,13 @@ class SQLFieldStore:
 
 class _SQLBatch:
     def __init__(
-        self,
-        store: SQLFieldStore,
-        connection: Connection,
-        cursor: Any,
-        *,
-        rows: list[Row],
-        end: object | None,
-        missed: int,
+        self, store: SQLFieldStore, cursor: Any, rows: list[Row], end: object | None, missed: int
     ) -> None:
         self.rows = rows
         self.end = end
         self.missed = missed
-        # A transaction is open: from the read where rows are locked, else from the first write.
-        self.open = store.dialect.lock_rows
+        self.open = False
         self._store = store
-        self._connection: Connection | None = connection
         self._cursor = cursor
 
     def swap(self, swaps: Sequence[Swap], run_id: str | None) -> list[bool]:
@@ -445,33 +398,12 @@ class _SQLBatch:
         if not swaps:
             return []
         with store._errors("write"):
-            if not self.open:
-                # Committed when the batch ends, after its audit event is written.
-                self._cursor.execute(store.dialect.begin_write)
-                self.open = True
+            if store.dialect.lock_rows:
+                return store.apply_swaps(self._cursor, swaps, run_id)
+            # Committed when the batch ends, after its audit event is written.
+            self._cursor.execute(store.dialect.begin_write)
+            self.open = True
             return store.apply_swaps(self._cursor, swaps, run_id)
-
-    def commit(self) -> None:
-        try:
-            if self.open:
-                with self._store._errors("commit"):
-                    self._cursor.execute("COMMIT")
-                self.open = False
-        except BaseException:
-            self.roll_back()
-            raise
-        self._release()
-
-    def roll_back(self) -> None:
-        if self.open:
-            self._store._roll_back(self._cursor)
-            self.open = False
-        self._release()
-
-    def _release(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            self._store._give_back(connection)
 
 
 def _text(value: object) -> str | None:

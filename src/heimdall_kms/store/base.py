@@ -140,19 +140,6 @@ class Batch(Protocol):
             StoreError: the database refused the writes; none of them is kept.
         """
 
-    def commit(self) -> None:
-        """End the batch, keeping its writes (and letting go of its rows' locks). It may be
-        called on another thread than the one that read and wrote the batch, once that one
-        is done with it.
-
-        Raises:
-            StoreError: the commit failed; the batch is rolled back.
-        """
-
-    def roll_back(self) -> None:
-        """End the batch, undoing its writes; a rollback that fails too is not raised (the
-        failure that led to it is what is reported)."""
-
 
 class FieldStore(Protocol):
     target: Target
@@ -183,15 +170,6 @@ class FieldStore(Protocol):
         On PostgreSQL the rows are locked (``FOR UPDATE SKIP LOCKED``) until the batch ends,
         so several workers split a table between them without a coordinator; rows locked by
         someone else are counted in ``missed`` so the job comes back for them.
-        """
-
-    def open_batch(
-        self, after: object | None, limit: int, match: Match, upto: object | None = None
-    ) -> Batch:
-        """As :meth:`batch`, ended by the caller (:meth:`Batch.commit`, :meth:`Batch.roll_back`).
-
-        Two batches may be open at once (the next one read while the last one commits): on
-        PostgreSQL each holds its own connection, so each keeps its own transaction and locks.
         """
 
     def ensure_journal(self) -> None:

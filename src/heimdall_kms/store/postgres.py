@@ -3,8 +3,7 @@
 A batch is read with ``FOR UPDATE SKIP LOCKED`` inside a transaction held until its writes
 commit. Several workers, on one host or many, therefore split a table through the database
 itself: a row locked by one is skipped by the others, and once migrated it no longer matches.
-The application's writes to a locked row wait for the batch (milliseconds to a second). A job
-holds two connections: the next batch is read, and its rows locked, while the last one commits.
+The application's writes to a locked row wait for the batch (milliseconds to a second).
 """
 
 from __future__ import annotations
@@ -41,32 +40,19 @@ def open_postgres(url: str, target: Target) -> SQLFieldStore:
     Raises:
         StoreError: cannot connect (the message has no password), or the column is not text.
     """
-    connection = _connect(url)
+    try:
+        connection: Any = psycopg.connect(url, autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:
+        # libpq messages name host and port, not the password; keep the first line only.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreError(f"cannot connect to PostgreSQL: {first}") from None
     probe = SQLFieldStore(connection, target, _dialect(False), _describe, _check_writable)
     column_type = _describe(probe).get(target.column, "text")
     if column_type not in ("text", "character varying", "json", "jsonb"):
         connection.close()
         raise StoreError(f"column {target} is {column_type}; expected text, varchar, json or jsonb")
     json_column = column_type in ("json", "jsonb")
-    return SQLFieldStore(
-        connection,
-        target,
-        _dialect(json_column),
-        _describe,
-        _check_writable,
-        # The next batch is read on a second connection while the last one commits.
-        connect=lambda: _connect(url),
-    )
-
-
-def _connect(url: str) -> Any:
-    """Raises StoreError: cannot connect (the message has no password)."""
-    try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=10)
-    except psycopg.Error as exc:
-        # libpq messages name host and port, not the password; keep the first line only.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StoreError(f"cannot connect to PostgreSQL: {first}") from None
+    return SQLFieldStore(connection, target, _dialect(json_column), _describe, _check_writable)
 
 
 def _split(table: str) -> tuple[str | None, str]:

@@ -210,11 +210,11 @@ def post_body(client: hvac.Client, *path: str, body: bytes) -> dict[str, Any]:
     Raises:
         As :func:`post_json`.
     """
-    document = client.adapter.post(_api_path(path), data=body, headers=_JSON_BODY)
+    # A fresh dict per call: hvac's adapters write the token and namespace into the headers
+    # they are given, so a shared one would carry them to the next client.
+    headers = {"Content-Type": "application/json"}  # what requests sets for json=
+    document = client.adapter.post(_api_path(path), data=body, headers=headers)
     return document if isinstance(document, dict) else {}
-
-
-_JSON_BODY = {"Content-Type": "application/json"}  # what requests sets for json=
 
 
 def _api_path(path: tuple[str, ...]) -> str:
