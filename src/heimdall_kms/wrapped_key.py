@@ -21,7 +21,9 @@ __all__ = [
     "wrapped_by",
 ]
 
-_FORM = re.compile(r"([a-z]{1,16}):v([1-9][0-9]{0,8}):(\S+)")
+# The master-key version: 1 and up, at most nine digits. One rule for both readers below.
+_VERSION = r"[1-9][0-9]{0,8}"
+_FORM = re.compile(rf"([a-z]{{1,16}}):v({_VERSION}):(\S+)")
 HMAC_PREFIX = "hmac:"
 # A keyed hash is ``hmac:`` and the same form, whose body is the base64 of a 32-byte
 # HMAC-SHA256 tag (Vault Transit ``sha2-256`` and the local provider).
@@ -52,7 +54,7 @@ def wrapped_by(provider: str, body: str) -> re.Pattern[str]:
     """The form :func:`parse_wrapped` reads, for one provider and a body of its own (a regular
     expression): ``pattern.fullmatch(text)`` asks in one step what ``parse_wrapped`` and a check
     of the body would (a provider checks every wrapped DEK of a batch before sending it)."""
-    return re.compile(re.escape(provider) + r":v[1-9][0-9]{0,8}:" + f"(?:{body})")
+    return re.compile(f"{re.escape(provider)}:v{_VERSION}:(?:{body})")
 
 
 def format_wrapped(provider: str, version: int, body: str) -> str:
