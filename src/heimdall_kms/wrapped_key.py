@@ -2,18 +2,20 @@
 
 Every provider stores its wrapped DEK behind the same prefix: the provider's name and the
 version of the master key that wrapped it (Vault Transit writes ``vault:v3:…`` itself; the
-other providers add the prefix to their own ciphertext). The body is the provider's own and
-only the provider checks it. An envelope's ``key_version`` is checked against this version
+other providers add the prefix to their own ciphertext). The body is the provider's own: a
+provider states its name and the shape of its body once, as a :class:`WrappedCodec`, and
+reads its stored text with it. An envelope's ``key_version`` is checked against this version
 (SPEC §4.2), so parsing it lives here, once, and imports nothing from the package.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "HMAC_PREFIX",
+    "WrappedCodec",
     "WrappedForm",
     "format_wrapped",
     "is_hmac_tag",
@@ -23,7 +25,8 @@ __all__ = [
 
 # The master-key version: 1 and up, at most nine digits. One rule for both readers below.
 _VERSION = r"[1-9][0-9]{0,8}"
-_FORM = re.compile(rf"([a-z]{{1,16}}):v({_VERSION}):(\S+)")
+_PROVIDER = re.compile(r"[a-z]{1,16}")
+_FORM = re.compile(rf"({_PROVIDER.pattern}):v({_VERSION}):(\S+)")
 HMAC_PREFIX = "hmac:"
 # A keyed hash is ``hmac:`` and the same form, whose body is the base64 of a 32-byte
 # HMAC-SHA256 tag (Vault Transit ``sha2-256`` and the local provider).
@@ -48,6 +51,42 @@ def parse_wrapped(text: str) -> WrappedForm | None:
     if match is None:
         return None
     return WrappedForm(match.group(1), int(match.group(2)), match.group(3))
+
+
+@dataclass(frozen=True, slots=True)
+class WrappedCodec:
+    """One provider's wrapped DEKs: ``<provider>:v<N>:<body>``, ``body`` the shape of its own.
+
+    :meth:`read` asks the three questions every provider asks of a stored wrapped DEK before
+    it decodes the body: is the text of the form :func:`parse_wrapped` reads, does it name
+    this provider, does ``body`` match the whole body. It asks them with one regular
+    expression, built from ``body`` (which must use no numbered back-references).
+    """
+
+    provider: str
+    body: re.Pattern[str]
+    _own: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # A name parse_wrapped would not read could never be read back: refused when made.
+        if not _PROVIDER.fullmatch(self.provider):
+            raise ValueError(f"not a provider name of the wrapped form: {self.provider!r}")
+        object.__setattr__(self, "provider", str(self.provider))  # a ProviderName's plain text
+        # The lookahead is parse_wrapped's rule for a body (one or more characters, none of
+        # them white space), so a ``body`` that would allow more cannot widen the form.
+        own = rf"{re.escape(self.provider)}:v({_VERSION}):(?=\S+\Z)({self.body.pattern})"
+        object.__setattr__(self, "_own", re.compile(own, self.body.flags))
+
+    def read(self, text: str) -> WrappedForm | None:
+        """``text`` split when it is this provider's wrapped form; None for any other text."""
+        match = self._own.fullmatch(text)
+        if match is None:
+            return None
+        return WrappedForm(self.provider, int(match.group(1)), match.group(2))
+
+    def write(self, version: int, body: str) -> str:
+        """``<provider>:v<version>:<body>``, what this provider stores (:meth:`read` splits it)."""
+        return format_wrapped(self.provider, version, body)
 
 
 def wrapped_by(provider: str, body: str) -> re.Pattern[str]:

@@ -15,6 +15,7 @@ stored and nothing leaves the process, which is exactly why it is for tests and 
 from __future__ import annotations
 
 import base64
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -41,11 +42,14 @@ from heimdall_kms.providers.base import (
     round_trip,
 )
 from heimdall_kms.providers.local import software_wrap
-from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
+from heimdall_kms.wrapped_key import WrappedCodec
 
 __all__ = ["FakeKMS", "KMSCalls"]
 
 Clock = Callable[[], datetime]
+# Any body the wrapped form allows: software_wrap.unwrap checks it after the version, so a
+# damaged value under a retired or missing version is reported as retired or missing.
+_ANY_BODY = re.compile(r"\S+")
 
 
 @dataclass
@@ -81,6 +85,7 @@ class FakeKMS:
     ) -> None:
         self._key_identifier = key_identifier
         self._name = name
+        self._wrapped = WrappedCodec(name, _ANY_BODY)
         self._batching = batching
         self._clock = clock
         self._lock = threading.Lock()
@@ -143,7 +148,7 @@ class FakeKMS:
                 raise KeyNotFoundError(f"fake hashing key {key.name!r}: no version {key.version}")
             secret = self._hash_keys.setdefault(key.name, primitives.new_dek())
             return [
-                format_wrapped(self._name, 1, base64.b64encode(primitives.mac(secret, v)).decode())
+                self._wrapped.write(1, base64.b64encode(primitives.mac(secret, v)).decode())
                 for v in values
             ]
 
@@ -208,11 +213,11 @@ class FakeKMS:
 
     def _wrap(self, version: int, dek: bytearray) -> WrappedKey:
         key = self._versions[version].key
-        return software_wrap.wrap(key, self._name, version, dek, self._aad(version))
+        return software_wrap.wrap(key, self._wrapped, version, dek, self._aad(version))
 
     def _unwrap(self, item: str) -> bytearray | HeimdallKMSError:
-        form = parse_wrapped(item)
-        if form is None or form.provider != self._name:
+        form = self._wrapped.read(item)
+        if form is None:
             return IntegrityError(f"wrapped data key is not in the {self._name} form")
         if form.version < self._minimum:
             return KeyVersionRetiredError(f"key version {form.version} is retired")

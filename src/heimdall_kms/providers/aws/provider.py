@@ -63,7 +63,7 @@ from heimdall_kms.providers.base import (
     response_date,
     round_trip,
 )
-from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
+from heimdall_kms.wrapped_key import WrappedCodec
 
 if TYPE_CHECKING:
     from heimdall_kms.config import Settings
@@ -73,7 +73,8 @@ __all__ = ["AWSKMSProvider", "kms_encryption_context"]
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
-_BODY = re.compile(r"[A-Za-z0-9+/=]{1,8192}")  # after ``aws:v<n>:`` (heimdall_kms.wrapped_key)
+# ``aws:v<n>:`` and the base64 of the CiphertextBlob (heimdall_kms.wrapped_key).
+_WRAPPED = WrappedCodec("aws", re.compile(r"[A-Za-z0-9+/=]{1,8192}"))
 # Every DEK is wrapped under this entry too, so that IAM can require it
 # (kms:EncryptionContext:heimdall-purpose) and the app role is no general decryption oracle.
 PURPOSE_KEY, PURPOSE = "heimdall-purpose", "data-key"
@@ -404,7 +405,7 @@ class AWSKMSProvider:
         if version is None:
             version = self._version_of(arn)
         body = base64.b64encode(blob).decode("ascii")
-        return WrappedKey(format_wrapped("aws", version, body), version)
+        return WrappedKey(_WRAPPED.write(version, body), version)
 
     # -- per-item calls ---------------------------------------------------------------------------
 
@@ -462,8 +463,8 @@ class AWSKMSProvider:
 
 
 def _parse(item: str) -> tuple[int, bytes] | HeimdallKMSError:
-    form = parse_wrapped(item)
-    if form is None or form.provider != "aws" or not _BODY.fullmatch(form.body):
+    form = _WRAPPED.read(item)
+    if form is None:
         return IntegrityError("wrapped data key is not in the aws provider's form")
     try:
         # The version picks the KMS key that decrypts (alias/<name>/v<n>): a blob of another

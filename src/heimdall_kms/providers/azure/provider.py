@@ -68,7 +68,7 @@ from heimdall_kms.providers.base import (
     round_trip,
 )
 from heimdall_kms.providers.deadline import deadline, watch
-from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
+from heimdall_kms.wrapped_key import WrappedCodec
 
 if TYPE_CHECKING:
     from heimdall_kms.config import Settings
@@ -78,8 +78,10 @@ __all__ = ["AzureKeyVaultProvider", "build_key_client"]
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
-# The body after ``azure:v<n>:`` (heimdall_kms.wrapped_key): version id, algorithm, base64url.
-_BODY = re.compile(r"([0-9A-Za-z]{1,64}):(RSA-OAEP-256|A256KW):([A-Za-z0-9_-]{16,2048})")
+# ``azure:v<n>:`` (heimdall_kms.wrapped_key) and a body of version id, algorithm, base64url.
+_WRAPPED = WrappedCodec(
+    "azure", re.compile(r"[0-9A-Za-z]{1,64}:(?:RSA-OAEP-256|A256KW):[A-Za-z0-9_-]{16,2048}")
+)
 _RSA, _AES = RSA_OAEP_256, A256KW
 # Ordinals follow creation seconds; a new version is never made within a second of the last.
 _TIE_GAP = timedelta(seconds=1.1)
@@ -335,7 +337,7 @@ class AzureKeyVaultProvider:
         else:
             wrapped = self._hsm(target.version, "wrapkey", bytes(dek))
         blob = base64.urlsafe_b64encode(wrapped).rstrip(b"=").decode("ascii")
-        text = format_wrapped("azure", target.ordinal, f"{target.version}:{target.alg}:{blob}")
+        text = _WRAPPED.write(target.ordinal, f"{target.version}:{target.alg}:{blob}")
         return WrappedKey(text, target.ordinal)
 
     def _unwrap(self, item: str) -> bytearray | HeimdallKMSError:
@@ -468,11 +470,12 @@ class _Parsed(NamedTuple):
 
 def _parse(item: str) -> _Parsed | None:
     """``azure:v{n}:{version-id}:{alg}:{base64url}`` split; None for any other text."""
-    form = parse_wrapped(item)
-    if form is None or form.provider != "azure":
+    form = _WRAPPED.read(item)
+    if form is None:
         return None
-    match = _BODY.fullmatch(form.body)
-    return None if match is None else _Parsed(form.version, *match.groups())
+    # The shape holds exactly two colons, between its three parts.
+    version, alg, blob = form.body.split(":")
+    return _Parsed(form.version, version, alg, blob)
 
 
 def _b64decode(text: str) -> bytes:

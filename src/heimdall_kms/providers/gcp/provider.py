@@ -62,7 +62,7 @@ from heimdall_kms.providers.base import (
 from heimdall_kms.providers.deadline import deadline, watch
 from heimdall_kms.providers.gcp.client import build_client, check_key_name
 from heimdall_kms.providers.gcp.errors import translated
-from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
+from heimdall_kms.wrapped_key import WrappedCodec
 
 if TYPE_CHECKING:
     from heimdall_kms.config import Settings
@@ -70,7 +70,8 @@ if TYPE_CHECKING:
 __all__ = ["GCPKMSProvider"]
 
 
-_BODY = re.compile(r"[A-Za-z0-9+/]+={0,2}")  # after ``gcp:v<n>:`` (heimdall_kms.wrapped_key)
+# ``gcp:v<n>:`` and the base64 of Cloud KMS's ciphertext (heimdall_kms.wrapped_key).
+_WRAPPED = WrappedCodec("gcp", re.compile(r"[A-Za-z0-9+/]+={0,2}"))
 _AAD_PURPOSE = "heimdall-kms/dek"
 # Cloud KMS HSM keys accept at most 8 KiB of plaintext and additional_authenticated_data
 # together (software keys 64 KiB each); contexts within heimdall's own limits can exceed it.
@@ -199,7 +200,7 @@ class GCPKMSProvider:
             if response.ciphertext_crc32c == _crc(response.ciphertext):
                 version = self._version_number(response.name)
                 text = base64.b64encode(response.ciphertext).decode("ascii")
-                return WrappedKey(format_wrapped("gcp", version, text), version)
+                return WrappedKey(_WRAPPED.write(version, text), version)
         raise KMSError(_CORRUPTED.format(operation="encrypt", attempts=_CRC_ATTEMPTS))
 
     def _unwrap_one(self, item: tuple[str, KeyContext]) -> bytearray | HeimdallKMSError:
@@ -384,8 +385,8 @@ def _same_length(items: Sequence[object], contexts: Sequence[KeyContext]) -> Non
 
 
 def _ciphertext(text: str) -> bytes | IntegrityError:
-    form = parse_wrapped(text)
-    if form is None or form.provider != "gcp" or not _BODY.fullmatch(form.body):
+    form = _WRAPPED.read(text)
+    if form is None:
         return IntegrityError("wrapped data key is not a GCP KMS ciphertext")
     try:
         return base64.b64decode(form.body, validate=True)

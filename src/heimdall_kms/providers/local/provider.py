@@ -35,7 +35,7 @@ from heimdall_kms.providers.base import (
 )
 from heimdall_kms.providers.local import software_wrap
 from heimdall_kms.providers.local.keyring import LocalKeyring
-from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
+from heimdall_kms.wrapped_key import WrappedCodec
 
 if TYPE_CHECKING:
     from heimdall_kms.config import Settings
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["LocalDevProvider"]
 
 _LOG = logging.getLogger(__name__)
+_WRAPPED = WrappedCodec(ProviderName.LOCAL, software_wrap.BODY)
 
 
 class LocalDevProvider:
@@ -105,9 +106,7 @@ class LocalDevProvider:
         master = bytes.fromhex(versions[str(version)]["key"])
         subkey = primitives.derive_key(master, b"heimdall-local-hmac|" + key.name.encode())
         return [
-            format_wrapped(
-                "local", version, base64.b64encode(primitives.mac(subkey, value)).decode()
-            )
+            _WRAPPED.write(version, base64.b64encode(primitives.mac(subkey, value)).decode())
             for value in values
         ]
 
@@ -149,11 +148,11 @@ class LocalDevProvider:
         return f"heimdall-local-dek|{self._key_name}|v{version}".encode()
 
     def _wrap(self, master: bytes, version: int, dek: bytearray) -> WrappedKey:
-        return software_wrap.wrap(master, "local", version, dek, self._aad(version))
+        return software_wrap.wrap(master, _WRAPPED, version, dek, self._aad(version))
 
     def _unwrap(self, key: dict[str, Any], item: str) -> bytearray | HeimdallKMSError:
-        form = parse_wrapped(item)
-        if form is None or form.provider != "local" or not software_wrap.well_formed(form.body):
+        form = _WRAPPED.read(item)
+        if form is None:
             return IntegrityError("wrapped data key is not in the local provider's form")
         # The version picks the key and is in the wrap's AAD: another version's DEK fails.
         master = _master(key, form.version)

@@ -15,25 +15,26 @@ from collections.abc import Callable, Sequence
 from heimdall_kms import primitives
 from heimdall_kms.errors import HeimdallKMSError, IntegrityError
 from heimdall_kms.providers.base import WrappedKey
-from heimdall_kms.wrapped_key import format_wrapped
+from heimdall_kms.wrapped_key import WrappedCodec
 
-__all__ = ["rewrap_each", "unwrap", "well_formed", "wrap"]
+__all__ = ["BODY", "rewrap_each", "unwrap", "well_formed", "wrap"]
 
-_BODY = re.compile(r"[A-Za-z0-9+/=]+")  # after ``<provider>:v<n>:`` (heimdall_kms.wrapped_key)
+# The body after ``<provider>:v<n>:`` (heimdall_kms.wrapped_key): base64 of nonce + ciphertext.
+BODY = re.compile(r"[A-Za-z0-9+/=]+")
 
 
 def wrap(
-    master: bytes | bytearray, provider: str, version: int, dek: bytearray, aad: bytes
+    master: bytes | bytearray, codec: WrappedCodec, version: int, dek: bytearray, aad: bytes
 ) -> WrappedKey:
     ciphertext, nonce = primitives.seal(master, bytes(dek), aad)
     body = base64.b64encode(nonce + ciphertext).decode("ascii")
-    return WrappedKey(format_wrapped(provider, version, body), version)
+    return WrappedKey(codec.write(version, body), version)
 
 
 def well_formed(body: str) -> bool:
     """Whether ``body`` can be a wrap's base64 at all: a damaged value is told apart from one
     whose version is retired or missing before any key is looked up."""
-    return _BODY.fullmatch(body) is not None
+    return BODY.fullmatch(body) is not None
 
 
 def unwrap(master: bytes | bytearray, body: str, aad: bytes) -> bytearray | IntegrityError:
