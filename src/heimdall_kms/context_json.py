@@ -24,23 +24,35 @@ try:
 except ImportError:  # pragma: no cover - a Python without the json accelerator
     c_make_encoder = None  # type: ignore[assignment, misc]
 
-__all__ = ["CheckedContext", "aad_json", "context_json", "context_json_ascii", "line_json"]
+__all__ = [
+    "CheckedContext",
+    "aad_json",
+    "context_json",
+    "context_json_ascii",
+    "line_json",
+    "stored_json",
+]
 
 _ASCII = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 _UNICODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+_UNSORTED = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _not_text(value: object) -> NoReturn:
     raise TypeError("not text")
 
 
-def _c_encoder(quote: Callable[[str], str]) -> Callable[[CheckedContext], str]:
-    """The C encoder the general one runs on, made once: sorted keys, compact, no markers
-    (it is given checked contexts only, text to text: nothing to recurse into). Where the
-    json accelerator is missing, the encoders below."""
+def _c_encoder(
+    quote: Callable[[str], str], *, sort_keys: bool = True
+) -> Callable[[CheckedContext], str]:
+    """The C encoder the general one runs on, made once: compact, no markers (it is given
+    checked contexts only, text to text: nothing to recurse into). Where the json accelerator
+    is missing, the encoders below."""
     if c_make_encoder is None:
+        if not sort_keys:
+            return _UNSORTED
         return context_json_ascii if quote is encode_basestring_ascii else context_json
-    chunks = c_make_encoder(None, _not_text, quote, None, ":", ",", True, False, True)
+    chunks = c_make_encoder(None, _not_text, quote, None, ":", ",", sort_keys, False, True)
     return lambda context: "".join(chunks(context, 0))
 
 
@@ -82,6 +94,12 @@ def line_json(context: Mapping[str, str]) -> str:
     return encoded if encoded is not None and "\\u" not in encoded else _checked_unicode(context)
 
 
+def stored_json(context: CheckedContext) -> str:
+    """The context as a stored envelope writes it: its keys in their own order, non-ASCII
+    kept (``json.dumps(dict(context), separators=(",", ":"), ensure_ascii=False)``)."""
+    return _checked_stored(context)
+
+
 def context_json_ascii(context: Mapping[str, str]) -> str:
     """Non-ASCII characters escaped as ``\\uXXXX`` (the AAD's form)."""
     quote = encode_basestring_ascii
@@ -102,3 +120,4 @@ def context_json(context: Mapping[str, str]) -> str:
 
 _checked_ascii = _c_encoder(encode_basestring_ascii)
 _checked_unicode = _c_encoder(encode_basestring)
+_checked_stored = _c_encoder(encode_basestring, sort_keys=False)

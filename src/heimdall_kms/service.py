@@ -10,7 +10,6 @@ never one per value.
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -401,6 +400,4 @@ def _rewrapped(
 ) -> KmsV1Envelope | HeimdallKMSError:
     if isinstance(answer, HeimdallKMSError):
         return answer
-    return dataclasses.replace(
-        envelope, encrypted_dek=answer.ciphertext, key_version=answer.key_version
-    )
+    return envelope.rewrapped(answer.ciphertext, answer.key_version)

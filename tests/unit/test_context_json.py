@@ -7,7 +7,13 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heimdall_kms.context_json import aad_json, context_json, context_json_ascii, line_json
+from heimdall_kms.context_json import (
+    aad_json,
+    context_json,
+    context_json_ascii,
+    line_json,
+    stored_json,
+)
 from heimdall_kms.envelope import check_context
 
 _text = st.text(st.characters(exclude_categories=["Cs"]), max_size=10)
@@ -45,6 +51,13 @@ class TestCheckedContextEncoding:
         checked = check_context(context)
         assert aad_json(checked) == json.dumps(context, **compact)  # type: ignore[arg-type]
         assert line_json(checked) == json.dumps(context, ensure_ascii=False, **compact)  # type: ignore[arg-type]
+
+    @settings(max_examples=300)
+    @given(st.dictionaries(_text.filter(bool), _text, max_size=6))
+    def test_stored_form_keeps_the_key_order(self, context: dict[str, str]) -> None:
+        # What a stored envelope writes: the keys in their own order, non-ASCII kept.
+        stored = stored_json(check_context(context))
+        assert stored == json.dumps(context, separators=(",", ":"), ensure_ascii=False)
 
     def test_escapes_what_json_escapes(self) -> None:
         context = {"é": '"\\\n\u2028\x00\x7f', "a": "☃", "b": "plain"}

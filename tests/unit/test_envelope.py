@@ -18,6 +18,7 @@ from heimdall_kms.envelope import (
     Envelope,
     KmsV1Envelope,
     LegacyEnvelope,
+    _json,
     check_context,
     kms_v1_aad,
     parse,
@@ -462,6 +463,75 @@ class TestSealedConstructor:
         assert fast.algorithm == "AES-256-GCM"
         assert fast.extra == {}
 
+    @settings(max_examples=300)
+    @given(
+        st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=8),
+        st.dictionaries(
+            st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=6),
+            st.text(st.characters(exclude_categories=["Cs"]), max_size=6),
+            max_size=4,
+        ),
+        st.sampled_from(list(ProviderName)),
+        st.integers(1, 10**9 - 1),
+    )
+    def test_its_stored_text_is_the_general_encoders(
+        self, identifier: str, context: dict[str, str], provider: ProviderName, version: int
+    ) -> None:
+        # to_json puts the text together itself; it must be json.dumps of to_dict, exactly.
+        envelope = KmsV1Envelope.sealed(
+            provider=provider,
+            key_identifier=identifier,
+            key_version=version,
+            ciphertext=CIPHERTEXT,
+            nonce=NONCE,
+            encrypted_dek=f"{provider}:v{version}:{WRAPPED.split(':', 2)[2]}",
+            context=check_context(context),
+            encryption_timestamp="2026-01-02T03:04:05.000006Z",
+        )
+        general = json.dumps(envelope.to_dict(), separators=(",", ":"), ensure_ascii=False)
+        assert envelope.to_json() == general
+        assert parse(general) == envelope
+
+    @pytest.mark.parametrize(
+        "changes",
+        [
+            {"extra": {"note": [1, 2.5, None]}},
+            {"context": {"field": "ssn"}},  # a plain dict: not checked
+            {"key_version": True},
+            {"key_identifier": 7},
+        ],
+        ids=["extra keys", "unchecked context", "bool version", "non-text identifier"],
+    )
+    def test_an_envelope_built_by_hand_is_written_by_the_general_encoder(
+        self, changes: dict[str, Any]
+    ) -> None:
+        fields: dict[str, Any] = {
+            "provider": ProviderName.LOCAL,
+            "key_identifier": "pii",
+            "key_version": 3,
+            "ciphertext": CIPHERTEXT,
+            "nonce": NONCE,
+            "encrypted_dek": WRAPPED,
+            "context": check_context({"field": "ssn"}),
+            "encryption_timestamp": "2026-01-02T03:04:05Z",
+            **changes,
+        }
+        envelope = KmsV1Envelope(**fields)
+        general = json.dumps(envelope.to_dict(), separators=(",", ":"), ensure_ascii=False)
+        assert envelope.to_json() == general
+
+    def test_rewrapped_keeps_everything_but_the_wrapped_key(self) -> None:
+        envelope = parse(json.dumps(kms_obj(note="kept")))
+        assert isinstance(envelope, KmsV1Envelope)
+        wrapped = "local:v4:" + base64.b64encode(b"v" * 60).decode("ascii")
+        again = envelope.rewrapped(wrapped, 4)
+        assert again == dataclasses.replace(envelope, encrypted_dek=wrapped, key_version=4)
+        assert (
+            again.to_json()
+            == dataclasses.replace(envelope, encrypted_dek=wrapped, key_version=4).to_json()
+        )
+        assert envelope.key_version == 3  # the original is left as it was
+
     def test_it_is_frozen_and_its_extra_keys_are_its_own(self) -> None:
         one, two = (
             KmsV1Envelope.sealed(
@@ -479,3 +549,35 @@ class TestSealedConstructor:
         with pytest.raises(dataclasses.FrozenInstanceError):
             one.key_version = 4  # type: ignore[misc]
         assert one.extra is not two.extra
+
+
+class TestBase64Fields:
+    """Binary fields are canonical standard base64 with padding, nothing else."""
+
+    @staticmethod
+    def _rule(text: str) -> bytes | None:
+        # The rule as the standard library states it: validated, then canonical.
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except ValueError:  # binascii.Error is one; so is non-ASCII text
+            return None
+        return raw if base64.b64encode(raw).decode("ascii") == text else None
+
+    @settings(max_examples=1000)
+    @given(st.text(st.sampled_from("AQRgw09+/=-_ \n\té"), max_size=12))
+    def test_accepts_exactly_what_the_rule_accepts(self, text: str) -> None:
+        expected = self._rule(text)
+        if expected is None:
+            with pytest.raises(MalformedEnvelopeError, match="not valid base64"):
+                _json.b64({"nonce": text}, "nonce")
+        else:
+            assert _json.b64({"nonce": text}, "nonce") == expected
+
+    @pytest.mark.parametrize("text", ["QR==", "QQ===", "QQ", "QQ==\n", "Q Q==", "é"])
+    def test_non_canonical_or_stray_text_is_refused(self, text: str) -> None:
+        with pytest.raises(MalformedEnvelopeError, match="not valid base64"):
+            _json.b64({"nonce": text}, "nonce")
+
+    @given(st.binary(max_size=40))
+    def test_what_is_written_is_read_back(self, data: bytes) -> None:
+        assert _json.b64({"nonce": _json.b64_text(data)}, "nonce") == data

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 from collections.abc import Mapping
@@ -83,18 +82,20 @@ def b64(obj: Mapping[str, Any], key: str) -> bytes:
     """Decode standard base64 with padding, rejecting any other alphabet or stray characters."""
     value = text(obj, key)
     try:
-        raw = base64.b64decode(value, validate=True)
+        # What base64.b64decode(value, validate=True) does (a non-ASCII str is a ValueError),
+        # without its per-call conversion.
+        raw = binascii.a2b_base64(value, strict_mode=True)
     except (binascii.Error, ValueError):
         raw = None
     # Only the canonical encoding is accepted, so one envelope has exactly one stored text
-    # (b64decode tolerates surplus padding and non-zero padding bits).
-    if raw is None or base64.b64encode(raw).decode("ascii") != value:
+    # (strict decoding still takes non-zero padding bits: "QR==" is "A").
+    if raw is None or binascii.b2a_base64(raw, newline=False).decode("ascii") != value:
         raise MalformedEnvelopeError(f"envelope field {key!r} is not valid base64")
     return raw
 
 
 def b64_text(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 def short(value: object, limit: int = 40) -> str:

@@ -7,15 +7,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from typing import Any, ClassVar
 
-from heimdall_kms.context_json import aad_json
+from heimdall_kms.context_json import CheckedContext, aad_json, stored_json
 from heimdall_kms.envelope import _json
 from heimdall_kms.envelope._base import ALGORITHM, Envelope
 from heimdall_kms.envelope.context import check_context
 from heimdall_kms.errors import MalformedEnvelopeError
 from heimdall_kms.kinds import EnvelopeFormat, ProviderName
-from heimdall_kms.wrapped_key import parse_wrapped
+from heimdall_kms.wrapped_key import wrapped_by
 
 __all__ = [
     "KMS_V1",
@@ -27,6 +28,8 @@ __all__ = [
 
 KMS_V1 = EnvelopeFormat.KMS_V1
 _PROVIDERS = {provider.value: provider for provider in ProviderName}
+# What parse_wrapped reads, with this provider's name: <provider>:v<N>:<body>.
+_WRAPPED_FORMS = {provider: wrapped_by(provider.value, r"\S+") for provider in ProviderName}
 # RFC 3339 in UTC, as written by utc_timestamp(); fromisoformat alone also takes ISO week
 # dates, dates without a time and local offsets.
 _RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|\+00:00)")
@@ -74,12 +77,13 @@ def check_key_version(provider: ProviderName, key_version: int, encrypted_dek: s
         MalformedEnvelopeError: the wrapped DEK is not ``<provider>:v<N>:…`` of this provider,
             or N is not ``key_version``.
     """
-    form = parse_wrapped(encrypted_dek)
-    if form is None or form.provider != provider:
+    # Per provider, one expression of parse_wrapped's form: this runs once per value read.
+    if _WRAPPED_FORMS[provider].fullmatch(encrypted_dek) is None:
         raise MalformedEnvelopeError(
             f"envelope field 'encrypted_dek' is not a {provider} wrapped key (<provider>:v<N>:...)"
         )
-    if form.version != key_version:
+    # The form's version has no leading zeros, nor has str(int): equal texts, equal versions.
+    if not encrypted_dek.startswith(f"{provider}:v{key_version}:"):
         raise MalformedEnvelopeError(
             "envelope field 'key_version' does not match the version of its wrapped key"
         )
@@ -159,6 +163,29 @@ class KmsV1Envelope(Envelope):
             "encryption_timestamp": self.encryption_timestamp,
         }
 
+    def to_json(self) -> str:
+        """Compact JSON text, as stored in a field: what :meth:`Envelope.to_json` makes of
+        :meth:`to_dict`, put together from its parts for the envelopes this package makes and
+        reads (a checked context, no extra keys); every job writes one per row.
+        ``tests/unit/test_envelope.py`` checks it against the general encoder."""
+        context = self.context
+        if self.extra or type(context) is not CheckedContext or type(self.key_version) is not int:
+            return Envelope.to_json(self)
+        quote = encode_basestring
+        try:
+            return (
+                f'{{"encryption_version":"kms_v1","provider":{quote(self.provider)},'
+                f'"key_identifier":{quote(self.key_identifier)},'
+                f'"key_version":{self.key_version},"key_id":{quote(self.key_id)},'
+                f'"algorithm":{quote(self.algorithm)},'
+                f'"ciphertext":"{_json.b64_text(self.ciphertext)}",'
+                f'"nonce":"{_json.b64_text(self.nonce)}",'
+                f'"encrypted_dek":{quote(self.encrypted_dek)},"context":{stored_json(context)},'
+                f'"encryption_timestamp":{quote(self.encryption_timestamp)}}}'
+            )
+        except TypeError:  # a field that is not text (built by hand): the general encoder
+            return Envelope.to_json(self)
+
     @classmethod
     def sealed(
         cls,
@@ -178,18 +205,37 @@ class KmsV1Envelope(Envelope):
         one ``object.__setattr__`` call per field (about 2 µs a value here); this sets the
         slots directly, to the same effect (``tests/unit/test_envelope.py`` compares them).
         """
-        envelope = _new(cls)
-        _set_provider(envelope, provider)
-        _set_key_identifier(envelope, key_identifier)
-        _set_key_version(envelope, key_version)
-        _set_ciphertext(envelope, ciphertext)
-        _set_nonce(envelope, nonce)
-        _set_encrypted_dek(envelope, encrypted_dek)
-        _set_context(envelope, context)
-        _set_encryption_timestamp(envelope, encryption_timestamp)
-        _set_algorithm(envelope, ALGORITHM)
-        _set_extra(envelope, {})
-        return envelope
+        return _filled(
+            cls,
+            provider,
+            key_identifier,
+            key_version,
+            ciphertext,
+            nonce,
+            encrypted_dek,
+            context,
+            encryption_timestamp,
+            ALGORITHM,
+            {},
+        )
+
+    def rewrapped(self, encrypted_dek: str, key_version: int) -> KmsV1Envelope:
+        """This envelope with its DEK wrapped again (the ciphertext, its AAD and the rest are
+        kept): ``dataclasses.replace`` without the frozen ``__init__``, once per value
+        rewrapped."""
+        return _filled(
+            type(self),
+            self.provider,
+            self.key_identifier,
+            key_version,
+            self.ciphertext,
+            self.nonce,
+            encrypted_dek,
+            self.context,
+            self.encryption_timestamp,
+            self.algorithm,
+            self.extra,
+        )
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> KmsV1Envelope:
@@ -216,17 +262,18 @@ class KmsV1Envelope(Envelope):
         timestamp = _timestamp(_json.text(obj, "encryption_timestamp", max_chars=64))
         encrypted_dek = _json.text(obj, "encrypted_dek", max_chars=_json.MAX_ENCRYPTED_DEK_CHARS)
         check_key_version(provider, key_version, encrypted_dek)
-        return cls(
-            provider=provider,
-            key_identifier=key_identifier,
-            key_version=key_version,
-            ciphertext=_json.b64(obj, "ciphertext"),
-            nonce=_json.b64(obj, "nonce"),
-            encrypted_dek=encrypted_dek,
-            context=check_context(obj.get("context"), error=MalformedEnvelopeError),
-            encryption_timestamp=timestamp,
-            algorithm=algorithm,
-            extra={key: value for key, value in obj.items() if key not in _KNOWN_KEYS},
+        return _filled(
+            cls,
+            provider,
+            key_identifier,
+            key_version,
+            _json.b64(obj, "ciphertext"),
+            _json.b64(obj, "nonce"),
+            encrypted_dek,
+            check_context(obj.get("context"), error=MalformedEnvelopeError),
+            timestamp,
+            algorithm,
+            _extra(obj),
         )
 
 
@@ -258,6 +305,42 @@ _new = object.__new__
         "extra",
     )
 )
+
+
+def _filled(  # noqa: PLR0917 - every field in order, once per value: keywords cost more here
+    cls: type[KmsV1Envelope],
+    provider: ProviderName,
+    key_identifier: str,
+    key_version: int,
+    ciphertext: bytes,
+    nonce: bytes,
+    encrypted_dek: str,
+    context: Mapping[str, str],
+    encryption_timestamp: str,
+    algorithm: str,
+    extra: Mapping[str, Any],
+) -> KmsV1Envelope:
+    """What ``cls(...)`` makes of these fields, without the frozen ``__init__``'s one
+    ``object.__setattr__`` call per field: every envelope sealed or read is made here."""
+    envelope = _new(cls)
+    _set_provider(envelope, provider)
+    _set_key_identifier(envelope, key_identifier)
+    _set_key_version(envelope, key_version)
+    _set_ciphertext(envelope, ciphertext)
+    _set_nonce(envelope, nonce)
+    _set_encrypted_dek(envelope, encrypted_dek)
+    _set_context(envelope, context)
+    _set_encryption_timestamp(envelope, encryption_timestamp)
+    _set_algorithm(envelope, algorithm)
+    _set_extra(envelope, extra)
+    return envelope
+
+
+def _extra(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys this version does not define (none, in what this package writes)."""
+    if obj.keys() <= _KNOWN_KEYS:
+        return {}
+    return {key: value for key, value in obj.items() if key not in _KNOWN_KEYS}
 
 
 def _key_version(value: object) -> int:
