@@ -280,7 +280,9 @@ class VaultTransitProvider:
         results: list[_T | HeimdallKMSError] = [
             IntegrityError("wrapped data key is not a Vault ciphertext")
         ] * len(wrapped)
-        transit_ciphertext = _CIPHERTEXT.fullmatch  # _is_transit_ciphertext, once per value
+        # Transit reads the version from the prefix and decrypts with that version's key, so a
+        # prefix naming another version fails authentication in Vault: verified on unwrap.
+        transit_ciphertext = _CIPHERTEXT.fullmatch
         positions = [i for i, item in enumerate(wrapped) if transit_ciphertext(item)]
         items = [wrapped[i] for i in positions]
         answers = self._batched(operation, "ciphertext", items)
@@ -420,9 +422,3 @@ def _creation_time(value: object) -> datetime | None:
         except ValueError:
             return None
     return None
-
-
-def _is_transit_ciphertext(item: str) -> bool:
-    # Transit reads the version from this prefix and decrypts with that version's key, so a
-    # prefix naming another version fails authentication in Vault: verified on unwrap.
-    return _CIPHERTEXT.fullmatch(item) is not None
