@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import heimdall_kms
+from heimdall_kms.context_json import CheckedContext
 from heimdall_kms.envelope import (
     ALGORITHM,
     KMS_V1,
@@ -24,10 +25,20 @@ from heimdall_kms.envelope import (
     parse,
 )
 from heimdall_kms.envelope._json import MAX_ENCRYPTED_DEK_CHARS, MAX_ENVELOPE_CHARS
+from heimdall_kms.envelope.kms_v1 import check_key_version
 from heimdall_kms.errors import HeimdallKMSError, MalformedEnvelopeError
 from heimdall_kms.kinds import ProviderName
 
 CIPHERTEXT = bytes(range(40))
+
+
+class _OwnStr(str):
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return "SUB"
+
+
 NONCE = bytes(range(100, 112))
 WRAPPED = "local:v3:" + base64.b64encode(b"w" * 60).decode("ascii")
 
@@ -499,8 +510,19 @@ class TestSealedConstructor:
             {"context": {"field": "ssn"}},  # a plain dict: not checked
             {"key_version": True},
             {"key_identifier": 7},
+            {"extra": []},
+            {"provider": _OwnStr("local")},
+            {"context": CheckedContext({"n": 1})},  # never checked: not text
         ],
-        ids=["extra keys", "unchecked context", "bool version", "non-text identifier"],
+        ids=[
+            "extra keys",
+            "unchecked context",
+            "bool version",
+            "non-text identifier",
+            "extra not a mapping",
+            "provider a str subclass",
+            "context of non-text",
+        ],
     )
     def test_an_envelope_built_by_hand_is_written_by_the_general_encoder(
         self, changes: dict[str, Any]
@@ -517,8 +539,35 @@ class TestSealedConstructor:
             **changes,
         }
         envelope = KmsV1Envelope(**fields)
-        general = json.dumps(envelope.to_dict(), separators=(",", ":"), ensure_ascii=False)
-        assert envelope.to_json() == general
+        try:
+            general = json.dumps(envelope.to_dict(), separators=(",", ":"), ensure_ascii=False)
+        except TypeError as exc:  # what the general encoder says, to_json says too
+            with pytest.raises(TypeError, match=str(exc)[:20]):
+                envelope.to_json()
+        else:
+            assert envelope.to_json() == general
+
+    def test_a_subclass_is_written_and_rewrapped_by_the_dataclass_rules(self) -> None:
+        @dataclasses.dataclass(frozen=True, slots=True)
+        class Tagged(KmsV1Envelope):
+            tag: str = "mine"
+
+            def to_dict(self) -> dict[str, Any]:
+                return {**KmsV1Envelope.to_dict(self), "tag": self.tag}
+
+        envelope = Tagged(
+            provider=ProviderName.LOCAL,
+            key_identifier="pii",
+            key_version=3,
+            ciphertext=CIPHERTEXT,
+            nonce=NONCE,
+            encrypted_dek=WRAPPED,
+            context=check_context({"field": "ssn"}),
+            encryption_timestamp="2026-01-02T03:04:05Z",
+        )
+        assert json.loads(envelope.to_json())["tag"] == "mine"
+        assert envelope.rewrapped(WRAPPED.replace("v3", "v4"), 4).tag == "mine"
+        assert Tagged.from_object(kms_obj()).tag == "mine"
 
     def test_rewrapped_keeps_everything_but_the_wrapped_key(self) -> None:
         envelope = parse(json.dumps(kms_obj(note="kept")))
@@ -549,6 +598,19 @@ class TestSealedConstructor:
         with pytest.raises(dataclasses.FrozenInstanceError):
             one.key_version = 4  # type: ignore[misc]
         assert one.extra is not two.extra
+
+
+class TestKeyVersionCheck:
+    """``check_key_version``: refusals are MalformedEnvelopeError whatever it is given."""
+
+    def test_a_version_beyond_the_forms_nine_digits_does_not_match(self) -> None:
+        with pytest.raises(MalformedEnvelopeError, match="does not match the version"):
+            check_key_version(ProviderName.LOCAL, 10**5000, WRAPPED)
+
+    @pytest.mark.parametrize("name", ["foo", "LOCAL", "hmac"])
+    def test_a_name_that_is_no_provider_is_refused(self, name: str) -> None:
+        with pytest.raises(MalformedEnvelopeError, match=f"not a {name} wrapped key"):
+            check_key_version(name, 3, WRAPPED)  # type: ignore[arg-type]
 
 
 class TestBase64Fields:

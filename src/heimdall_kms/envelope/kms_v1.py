@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from json.encoder import encode_basestring
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from heimdall_kms.context_json import CheckedContext, aad_json, stored_json
 from heimdall_kms.envelope import _json
@@ -30,6 +31,7 @@ KMS_V1 = EnvelopeFormat.KMS_V1
 _PROVIDERS = {provider.value: provider for provider in ProviderName}
 # What parse_wrapped reads, with this provider's name: <provider>:v<N>:<body>.
 _WRAPPED_FORMS = {provider: wrapped_by(provider.value, r"\S+") for provider in ProviderName}
+_MAX_VERSION = 999_999_999  # the form's nine digits
 # RFC 3339 in UTC, as written by utc_timestamp(); fromisoformat alone also takes ISO week
 # dates, dates without a time and local offsets.
 _RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|\+00:00)")
@@ -78,12 +80,14 @@ def check_key_version(provider: ProviderName, key_version: int, encrypted_dek: s
             or N is not ``key_version``.
     """
     # Per provider, one expression of parse_wrapped's form: this runs once per value read.
-    if _WRAPPED_FORMS[provider].fullmatch(encrypted_dek) is None:
+    form = _WRAPPED_FORMS.get(provider)
+    if form is None or form.fullmatch(encrypted_dek) is None:
         raise MalformedEnvelopeError(
             f"envelope field 'encrypted_dek' is not a {provider} wrapped key (<provider>:v<N>:...)"
         )
     # The form's version has no leading zeros, nor has str(int): equal texts, equal versions.
-    if not encrypted_dek.startswith(f"{provider}:v{key_version}:"):
+    # (It has at most nine digits: a larger key_version cannot match, and is not made text.)
+    if key_version > _MAX_VERSION or not encrypted_dek.startswith(f"{provider}:v{key_version}:"):
         raise MalformedEnvelopeError(
             "envelope field 'key_version' does not match the version of its wrapped key"
         )
@@ -169,8 +173,10 @@ class KmsV1Envelope(Envelope):
         reads (a checked context, no extra keys); every job writes one per row.
         ``tests/unit/test_envelope.py`` checks it against the general encoder."""
         context = self.context
-        if self.extra or type(context) is not CheckedContext or type(self.key_version) is not int:
+        kinds = (type(self), type(context), type(self.provider), type(self.key_version))
+        if kinds != _MADE_HERE or self.extra != {}:
             return Envelope.to_json(self)
+        checked = cast(CheckedContext, context)  # its type was compared above
         quote = encode_basestring
         try:
             return (
@@ -180,10 +186,10 @@ class KmsV1Envelope(Envelope):
                 f'"algorithm":{quote(self.algorithm)},'
                 f'"ciphertext":"{_json.b64_text(self.ciphertext)}",'
                 f'"nonce":"{_json.b64_text(self.nonce)}",'
-                f'"encrypted_dek":{quote(self.encrypted_dek)},"context":{stored_json(context)},'
+                f'"encrypted_dek":{quote(self.encrypted_dek)},"context":{stored_json(checked)},'
                 f'"encryption_timestamp":{quote(self.encryption_timestamp)}}}'
             )
-        except TypeError:  # a field that is not text (built by hand): the general encoder
+        except (TypeError, RecursionError):  # not text (built by hand): the general encoder
             return Envelope.to_json(self)
 
     @classmethod
@@ -223,6 +229,8 @@ class KmsV1Envelope(Envelope):
         """This envelope with its DEK wrapped again (the ciphertext, its AAD and the rest are
         kept): ``dataclasses.replace`` without the frozen ``__init__``, once per value
         rewrapped."""
+        if type(self) is not KmsV1Envelope:  # a subclass's own fields: the dataclass rules
+            return dataclasses.replace(self, encrypted_dek=encrypted_dek, key_version=key_version)
         return _filled(
             type(self),
             self.provider,
@@ -277,6 +285,10 @@ class KmsV1Envelope(Envelope):
         )
 
 
+# What to_json's own text is for: an envelope of this class, a checked context, a provider
+# named by the enum and an integer version (not a bool); anything else, the general encoder.
+_MADE_HERE = (KmsV1Envelope, CheckedContext, ProviderName, int)
+
 # The slots' own setters (frozen only blocks attribute assignment, not these), for sealed().
 _new = object.__new__
 (
@@ -322,6 +334,19 @@ def _filled(  # noqa: PLR0917 - every field in order, once per value: keywords c
 ) -> KmsV1Envelope:
     """What ``cls(...)`` makes of these fields, without the frozen ``__init__``'s one
     ``object.__setattr__`` call per field: every envelope sealed or read is made here."""
+    if cls is not KmsV1Envelope:  # a subclass's own fields are its __init__'s to set
+        return cls(
+            provider=provider,
+            key_identifier=key_identifier,
+            key_version=key_version,
+            ciphertext=ciphertext,
+            nonce=nonce,
+            encrypted_dek=encrypted_dek,
+            context=context,
+            encryption_timestamp=encryption_timestamp,
+            algorithm=algorithm,
+            extra=extra,
+        )
     envelope = _new(cls)
     _set_provider(envelope, provider)
     _set_key_identifier(envelope, key_identifier)
