@@ -46,7 +46,7 @@ def postgres_url() -> str:
 
 @pytest.fixture(params=BACKENDS)
 def table(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UserTable]:
-    """A fresh user table (``id``, ``ssn``) on SQLite, PostgreSQL text and PostgreSQL jsonb."""
+    """A fresh user table (``id``, ``ssn``) on SQLite and on PostgreSQL text, jsonb and json."""
     url = None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     created = UserTable.create(request.param, tmp_path, url)
     yield created

@@ -16,14 +16,14 @@ from typing import Any
 
 import psycopg
 
-BACKENDS = ("sqlite", "postgres-text", "postgres-jsonb")
+BACKENDS = ("sqlite", "postgres-text", "postgres-jsonb", "postgres-json")
 
 
 @dataclass
 class UserTable:
-    """``<name> (id integer primary key, <column> text|jsonb)`` in one of the databases."""
+    """``<name> (id integer primary key, <column> text|jsonb|json)`` in one of the databases."""
 
-    backend: str  # sqlite | postgres-text | postgres-jsonb
+    backend: str  # sqlite | postgres-text | postgres-jsonb | postgres-json
     url: str
     table: str
     column: str = "ssn"
@@ -39,14 +39,18 @@ class UserTable:
                 db.execute(f"CREATE TABLE {name} (id INTEGER PRIMARY KEY, ssn TEXT)")
             return cls(backend, f"sqlite:///{path}", name, _path=path)
         assert postgres_url is not None
-        kind = "jsonb" if backend == "postgres-jsonb" else "text"
+        kind = backend.removeprefix("postgres-")
         with psycopg.connect(postgres_url, autocommit=True) as db:
             db.execute(f"CREATE TABLE {name} (id INTEGER PRIMARY KEY, ssn {kind})")
         return cls(backend, postgres_url, name, _pg=postgres_url)
 
     @property
     def json_column(self) -> bool:
-        return self.backend == "postgres-jsonb"
+        return self.backend in ("postgres-jsonb", "postgres-json")
+
+    @property
+    def _cast(self) -> str:
+        return "::" + self.backend.removeprefix("postgres-") if self.json_column else ""
 
     def _execute(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         if self._path is not None:
@@ -58,7 +62,7 @@ class UserTable:
             return cursor.fetchall() if cursor.description else []
 
     def insert(self, rows: Iterable[tuple[int, str | None]]) -> None:
-        cast = "::jsonb" if self.json_column else ""
+        cast = self._cast
         rows = list(rows)
         if self._path is not None:
             with sqlite3.connect(self._path) as db:
@@ -70,7 +74,7 @@ class UserTable:
 
     def set(self, row_id: int, value: str | None) -> None:
         """An application write from its own connection."""
-        cast = "::jsonb" if self.json_column else ""
+        cast = self._cast
         self._execute(f"UPDATE {self.table} SET ssn = %s{cast} WHERE id = %s", [value, row_id])
 
     def values(self) -> dict[int, str | None]:

@@ -3,7 +3,7 @@
 The engine (``tests/interop/engine``: Rust, ``ring``, ``serde_json``, base64) writes the values
 this tool must read and migrate, reads back what this tool writes in the legacy format
 (``reencrypt --mode legacy``, the hybrid rollback switch), recognises ``kms_v1`` values with its
-``is_encrypted``, and hashes as ``hash`` must. SQLite and PostgreSQL (text, jsonb).
+``is_encrypted``, and hashes as ``hash`` must. SQLite and PostgreSQL (text, jsonb, json).
 """
 
 from __future__ import annotations

@@ -42,9 +42,10 @@ class Dialect:
     begin_write: str  # how a writing transaction starts
     id_as_text: str  # SQL template turning {id} into text
     json_column: bool = False  # PostgreSQL json/jsonb: read as text, write with a cast
-    # psycopg can pipeline a batch of statements and keep each one's RETURNING rows; with it
-    # a batch costs a few round trips instead of two per row.
-    pipelined: bool = False
+    json_type: str = "jsonb"  # which of the two (json keeps its text; jsonb keeps a document)
+    # A batch's compare-and-swap as one UPDATE ... FROM (VALUES ...) RETURNING per chunk of
+    # rows (PostgreSQL), instead of one statement per row.
+    joins_swaps: bool = False
     # psycopg's COPY writes many rows in one statement, formatted in C: the journal's rows
     # cost a fifth of the CPU of one INSERT each.
     copies: bool = False
@@ -59,7 +60,21 @@ class Dialect:
         return f"{column}::text" if self.json_column else column
 
     def value(self) -> str:
-        return f"{self.param}::jsonb" if self.json_column else self.param
+        """The placeholder of a value written to the column."""
+        return f"{self.param}::{self.json_type}" if self.json_column else self.param
+
+    def compared(self) -> str:
+        """The placeholder of a value the column is compared with (see :meth:`holds`)."""
+        return self.param if self._json_text() else self.value()
+
+    def holds(self, column: str, value: str) -> str:
+        """SQL: ``column`` holds ``value`` (a :meth:`compared` placeholder, or a column of
+        them). json has no equality and keeps the text as written: compared as text; jsonb as
+        documents (its text is its own rendering); text as text."""
+        return f"{column}::text = {value}" if self._json_text() else f"{column} = {value}"
+
+    def _json_text(self) -> bool:
+        return self.json_column and self.json_type == "json"
 
 
 _JOURNAL_COLUMNS = "run_id, table_name, column_name, row_key, old_value, new_value, created_at"
@@ -71,6 +86,11 @@ _JOURNAL_DDL = (
     f"CREATE INDEX IF NOT EXISTS {JOURNAL_TABLE}_run ON {JOURNAL_TABLE} "
     "(run_id, table_name, column_name)",
 )
+
+
+# Rows per joined compare-and-swap statement: three parameters each, well inside PostgreSQL's
+# 65,535 per statement, and one statement text (prepared once) for every full batch of 250.
+_JOINED_ROWS = 1000
 
 
 def now_rfc3339() -> str:
@@ -216,10 +236,10 @@ class SQLFieldStore:
     # -- writing ------------------------------------------------------------------------------
 
     def _cas_sql(self) -> str:
-        p, value = self.dialect.param, self.dialect.value()
+        dialect = self.dialect
         return (
-            f"UPDATE {self._t} SET {self._c} = {value} "  # noqa: S608
-            f"WHERE {self._id} = {p} AND {self._c} = {value}"
+            f"UPDATE {self._t} SET {self._c} = {dialect.value()} "  # noqa: S608
+            f"WHERE {self._id} = {dialect.param} AND {dialect.holds(self._c, dialect.compared())}"
         )
 
     def _journal_sql(self) -> str:
@@ -228,11 +248,8 @@ class SQLFieldStore:
 
     def apply_swaps(self, cursor: Any, swaps: Sequence[Swap], run_id: str | None) -> list[bool]:
         params = [[swap.new_value, swap.row.id, swap.row.value] for swap in swaps]
-        if self.dialect.pipelined:
-            cursor.executemany(f"{self._cas_sql()} RETURNING 1", params, returning=True)
-            applied = [cursor.fetchone() is not None]
-            while cursor.nextset():
-                applied.append(cursor.fetchone() is not None)
+        if self.dialect.joins_swaps:
+            applied = self._swap_joined(cursor, swaps)
         else:
             # One prepared statement for the batch; its rowcount is the sum over all rows.
             cursor.executemany(self._cas_sql(), params)
@@ -251,6 +268,30 @@ class SQLFieldStore:
             if journal:
                 self._write_journal(cursor, journal)
         return applied
+
+    def _swap_joined(self, cursor: Any, swaps: Sequence[Swap]) -> list[bool]:
+        """Compare-and-swap the batch as one ``UPDATE ... FROM (VALUES ...)`` per chunk: each
+        row is updated where it still holds the value read, as the one-row statement does;
+        returns which rows were."""
+        done: set[object] = set()
+        for start in range(0, len(swaps), _JOINED_ROWS):
+            chunk = swaps[start : start + _JOINED_ROWS]
+            cursor.execute(
+                self._joined_sql(len(chunk)),
+                [part for swap in chunk for part in (swap.row.id, swap.new_value, swap.row.value)],
+            )
+            done.update(row_id for (row_id,) in cursor.fetchall())
+        return [swap.row.id in done for swap in swaps]
+
+    def _joined_sql(self, rows: int) -> str:
+        dialect = self.dialect
+        values = ",".join([f"({dialect.param},{dialect.value()},{dialect.compared()})"] * rows)
+        return (
+            f"UPDATE {self._t} AS t SET {self._c} = v.new "  # noqa: S608
+            f"FROM (VALUES {values}) AS v(id, new, old) "
+            f"WHERE t.{self._id} = v.id AND {dialect.holds(f't.{self._c}', 'v.old')} "
+            f"RETURNING t.{self._id}"
+        )
 
     def _write_journal(self, cursor: Any, rows: list[list[str | None]]) -> None:
         if not self.dialect.copies:
@@ -293,11 +334,11 @@ class SQLFieldStore:
             return [JournalEntry(*row) for row in cursor.fetchall()]
 
     def restore(self, entries: Sequence[JournalEntry]) -> list[bool]:
-        p, value = self.dialect.param, self.dialect.value()
-        id_text = self.dialect.id_as_text.format(id=self._id)
+        dialect = self.dialect
+        p, id_text = dialect.param, dialect.id_as_text.format(id=self._id)
         sql = (
-            f"UPDATE {self._t} SET {self._c} = {value} "  # noqa: S608
-            f"WHERE {id_text} = {p} AND {self._c} = {value}"
+            f"UPDATE {self._t} SET {self._c} = {dialect.value()} "  # noqa: S608
+            f"WHERE {id_text} = {p} AND {dialect.holds(self._c, dialect.compared())}"
         )
         delete = (
             f"DELETE FROM {JOURNAL_TABLE} WHERE run_id = {p} AND table_name = {p} "  # noqa: S608

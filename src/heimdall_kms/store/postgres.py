@@ -19,7 +19,8 @@ from heimdall_kms.store.base import Target
 __all__ = ["open_postgres"]
 
 
-def _dialect(json_column: bool) -> Dialect:
+def _dialect(column_type: str) -> Dialect:
+    json_column = column_type in ("json", "jsonb")
     return Dialect(
         name="PostgreSQL",
         param="%s",
@@ -27,7 +28,8 @@ def _dialect(json_column: bool) -> Dialect:
         begin_write="BEGIN",
         id_as_text="{id}::text",
         json_column=json_column,
-        pipelined=True,
+        json_type=column_type if json_column else "jsonb",
+        joins_swaps=True,
         copies=True,
         table_exists="SELECT 1 WHERE to_regclass(%s) IS NOT NULL",
         errors=(psycopg.Error,),
@@ -46,13 +48,12 @@ def open_postgres(url: str, target: Target) -> SQLFieldStore:
         # libpq messages name host and port, not the password; keep the first line only.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StoreError(f"cannot connect to PostgreSQL: {first}") from None
-    probe = SQLFieldStore(connection, target, _dialect(False), _describe, _check_writable)
+    probe = SQLFieldStore(connection, target, _dialect("text"), _describe, _check_writable)
     column_type = _describe(probe).get(target.column, "text")
     if column_type not in ("text", "character varying", "json", "jsonb"):
         connection.close()
         raise StoreError(f"column {target} is {column_type}; expected text, varchar, json or jsonb")
-    json_column = column_type in ("json", "jsonb")
-    return SQLFieldStore(connection, target, _dialect(json_column), _describe, _check_writable)
+    return SQLFieldStore(connection, target, _dialect(column_type), _describe, _check_writable)
 
 
 def _split(table: str) -> tuple[str | None, str]:

@@ -1,0 +1,109 @@
+"""A batch's compare-and-swap, on every store: a row is replaced only where it still holds the
+value the batch read, and only replaced rows are journaled.
+
+On PostgreSQL the batch is one ``UPDATE ... FROM (VALUES ...)`` per chunk of rows; on SQLite
+one prepared statement run per row. Both must give the same answers.
+"""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+
+from heimdall_kms.store import Match, Row, Swap, Target, _sql, open_store
+from tests.integration.dbtables import UserTable
+
+_GONE = json.dumps({"ciphertext": "written by someone else since"})  # JSON: a jsonb column
+
+
+def _values(table: UserTable) -> dict[int, object]:
+    # Compared as documents: jsonb renders a JSON document its own way (key order included).
+    return {key: json.loads(text or "null") for key, text in table.values().items()}
+
+
+def _documents(count: int, tag: str) -> list[str]:
+    return [json.dumps({"ciphertext": f"{tag}-{i}", "key_id": "k"}) for i in range(count)]
+
+
+class TestBatchSwap:
+    def _swap(
+        self, table: UserTable, new: list[str], *, stale: frozenset[int] = frozenset()
+    ) -> tuple[list[bool], dict[int, object]]:
+        """Read every row in one batch and swap each to ``new[i]``; the rows in ``stale`` are
+        swapped from a value they no longer hold (someone wrote them since)."""
+        store = open_store(table.url, Target(table.table, "ssn"))
+        try:
+            store.ensure_journal()
+            with store.batch(None, len(new) + 1, Match.ALL) as batch:
+                swaps = [
+                    Swap(Row(row.id, row.key, _GONE if i in stale else row.value), new[i])
+                    for i, row in enumerate(batch.rows)
+                ]
+                applied = batch.swap(swaps, "run-swap")
+        finally:
+            store.close()
+        return applied, _values(table)
+
+    def test_every_row_holding_what_was_read_is_replaced_and_journaled(
+        self, table: UserTable
+    ) -> None:
+        old, new = _documents(5, "old"), _documents(5, "new")
+        table.insert(enumerate(old, 1))
+        applied, after = self._swap(table, new, stale=frozenset({1, 3}))
+        assert applied == [True, False, True, False, True]
+        assert after == {
+            1: json.loads(new[0]),
+            2: json.loads(old[1]),
+            3: json.loads(new[2]),
+            4: json.loads(old[3]),
+            5: json.loads(new[4]),
+        }
+        assert sorted(key for _, key in table.journal()) == ["1", "3", "5"]
+
+    def test_a_batch_larger_than_one_statement(
+        self, table: UserTable, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(_sql, "_JOINED_ROWS", 7)  # PostgreSQL: three statements of 7, 7, 6
+        old, new = _documents(20, "old"), _documents(20, "new")
+        table.insert(enumerate(old, 1))
+        applied, after = self._swap(table, new, stale=frozenset({8}))
+        assert applied == [i != 8 for i in range(20)]
+        assert after[9] == json.loads(old[8])
+        assert [after[i + 1] for i in range(20) if i != 8] == [
+            json.loads(text) for i, text in enumerate(new) if i != 8
+        ]
+
+
+class TestJoinedSwapOnPostgres:
+    """Ids of other types than integer compare as the one-row statement compared them."""
+
+    @pytest.mark.parametrize("id_type", ["text", "uuid", "bigint", "numeric"])
+    def test_ids_of_any_type(self, postgres_url: str, id_type: str) -> None:
+        ids = {
+            "text": ["a", "b", "c"],
+            "uuid": [
+                "00000000-0000-0000-0000-000000000001",
+                "00000000-0000-0000-0000-000000000002",
+                "00000000-0000-0000-0000-000000000003",
+            ],
+            "bigint": ["1", "5000000000", "9000000000000"],
+            "numeric": ["1", "2.5", "10"],
+        }[id_type]
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            db.execute("DROP TABLE IF EXISTS swap_ids")
+            db.execute(f"CREATE TABLE swap_ids (rid {id_type} PRIMARY KEY, v text)")
+            for i, rid in enumerate(ids):
+                db.execute(f"INSERT INTO swap_ids VALUES (%s::{id_type}, %s)", [rid, f"old-{i}"])
+        store = open_store(postgres_url, Target("swap_ids", "v", id_column="rid"))
+        try:
+            with store.batch(None, 10, Match.ALL) as batch:
+                swaps = [Swap(row, f"new-{row.key}") for row in batch.rows]
+                assert batch.swap(swaps, None) == [True, True, True]
+            with psycopg.connect(postgres_url, autocommit=True) as db:
+                found = dict(db.execute("SELECT rid::text, v FROM swap_ids").fetchall())
+                db.execute("DROP TABLE swap_ids")
+        finally:
+            store.close()
+        assert found == {rid: f"new-{rid}" for rid in ids}
