@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -399,3 +400,51 @@ def test_status_needs_no_kms_configuration(
     assert code == 0, err
     assert "legacy 7" in out  # 5 good, one under an unknown key id, one tampered
     assert "unparseable 1" in out
+
+
+class TestShortVarcharColumn:
+    """A ``varchar(N)`` sized for the legacy values may not hold their ``kms_v1`` envelopes:
+    each value that does not fit fails its own row, named, and is left as it was; the rest
+    is migrated."""
+
+    @pytest.fixture
+    def varchar_table(self, postgres_url: str) -> Iterator[str]:
+        name = f"short_{os.urandom(4).hex()}"
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            db.execute(f"CREATE TABLE {name} (id INTEGER PRIMARY KEY, ssn varchar(520))")
+            for i in range(1, 61):
+                # Rows 41..60 hold long values: their envelopes need more than 520 characters.
+                text = plaintext(i) if i <= 40 else "x" * 120
+                db.execute(
+                    f"INSERT INTO {name} VALUES (%s, %s)", [i, legacy_envelope(MASTER_HEX, text)]
+                )
+        yield name
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            db.execute(f"DROP TABLE {name}")
+            if db.execute("SELECT to_regclass('heimdall_kms_journal')").fetchone()[0]:
+                db.execute("DELETE FROM heimdall_kms_journal WHERE table_name = %s", [name])
+
+    def test_a_value_too_long_for_the_column_fails_its_row_and_the_rest_migrates(
+        self,
+        varchar_table: str,
+        postgres_url: str,
+        env: dict[str, str],
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        with psycopg.connect(postgres_url) as db:
+            before = dict(db.execute(f"SELECT id, ssn FROM {varchar_table}").fetchall())
+        args = ["--database", postgres_url, "--table", varchar_table, "--column", "ssn"]
+        code, out, err = run_main(["migrate", *args, "--batch-size", "25"], capsys)
+        assert code == 3, err
+        assert "stopped" not in out  # not a stop: every row was examined
+        lines = [line for line in out.splitlines() if "failed" in line and "id=" in line]
+        assert len(lines) == 20
+        assert all("holds at most 520 (varchar(520)): widen the column" in x for x in lines)
+        with psycopg.connect(postgres_url) as db:
+            after = dict(db.execute(f"SELECT id, ssn FROM {varchar_table}").fetchall())
+        assert all(after[i] == before[i] for i in range(41, 61))  # left as they were
+        assert all(isinstance(parse(after[i]), KmsV1Envelope) for i in range(1, 41))
+        code, out, _ = run_main(["migrate", *args, "--json"], capsys)
+        failures = json.loads(out)["failures"]
+        assert sorted(int(f["id"]) for f in failures) == list(range(41, 61))
+        assert {f["error_type"] for f in failures} == {"store"}

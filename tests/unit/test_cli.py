@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from heimdall_kms.cli import main
+from heimdall_kms.cli.data_cmds import _print_report
 from heimdall_kms.demo import customers
 from heimdall_kms.envelope import parse
 from heimdall_kms.envelope._json import MAX_ENVELOPE_CHARS
@@ -33,6 +34,7 @@ from heimdall_kms.errors import (
     MalformedEnvelopeError,
     ModeViolationError,
 )
+from heimdall_kms.jobs.report import JobReport, RowFailure, TargetReport
 from heimdall_kms.providers.local import LocalKeyring
 from heimdall_kms.service import MAX_PLAINTEXT_BYTES
 from tests.legacy_data import legacy_envelope
@@ -673,3 +675,28 @@ def test_demo_json(cli: Runner, tmp_path: Path, cli_env: dict[str, str]) -> None
         "retired_below": 2,
         "readable_after_retire": True,
     }
+
+
+class TestJobSummary:
+    """The human summary of a job names each failed row with its reason, up to a bound."""
+
+    def _report(self, failed: int) -> JobReport:
+        report = JobReport("migrate", "run-1", dry_run=False)
+        report.targets.append(TargetReport("t.ssn", total=failed, failed=failed))
+        for i in range(failed):
+            report.fail(RowFailure("t.ssn", str(i), "integrity", "the value does not authenticate"))
+        return report
+
+    def test_each_failure_shows_its_reason(self, capsys: pytest.CaptureFixture[str]) -> None:
+        _print_report(self._report(3))
+        out = capsys.readouterr().out
+        assert "failed t.ssn id=2: integrity: the value does not authenticate" in out
+        assert "more failed rows" not in out
+
+    def test_many_failures_are_listed_up_to_a_bound(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        _print_report(self._report(1200))
+        lines = capsys.readouterr().out.splitlines()
+        assert sum(" id=" in line for line in lines) == 50
+        assert lines[-1] == "  … and 1,150 more failed rows (--json lists 1,000)"

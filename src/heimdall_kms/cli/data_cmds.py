@@ -234,6 +234,9 @@ def _finish(report: JobReport, as_json: bool) -> None:
         )
 
 
+_FAILURES_SHOWN = 50  # rows listed by name in the human summary; --json lists more
+
+
 def _print_report(report: JobReport) -> None:
     verb = "would change" if report.dry_run else "changed"
     click.echo(f"{report.job} {report.run_id}: {report.state.value}")
@@ -243,8 +246,14 @@ def _print_report(report: JobReport) -> None:
             f" conflicts {target.conflicts:,}, failed {target.failed:,}"
         )
     click.echo(_kms_calls_line(report))
-    for failure in report.failures:
-        click.echo(f"  failed {failure.target} id={failure.id}: {failure.error_type}")
+    for failure in report.failures[:_FAILURES_SHOWN]:
+        click.echo(
+            f"  failed {failure.target} id={failure.id}: {failure.error_type}: {failure.message}"
+        )
+    shown = min(len(report.failures), _FAILURES_SHOWN)
+    if report.failure_count > shown:
+        more = report.failure_count - shown
+        click.echo(f"  … and {more:,} more failed rows (--json lists {len(report.failures):,})")
     if report.stopped_by:
         click.echo(f"  stopped: {report.stopped_by} — rerun to finish")
 

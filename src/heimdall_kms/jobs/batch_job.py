@@ -28,9 +28,9 @@ from typing import TypeVar
 
 from heimdall_kms.audit import AuditEvent, EventType, Result, audited
 from heimdall_kms.audit.sync_scope import one_sync_per_batch
-from heimdall_kms.errors import HeimdallKMSError, IncompleteError, InvalidInputError
+from heimdall_kms.errors import HeimdallKMSError, IncompleteError, InvalidInputError, StoreError
 from heimdall_kms.jobs.patience import Patience
-from heimdall_kms.jobs.report import JobReport, ProgressCallback, TargetReport
+from heimdall_kms.jobs.report import JobReport, ProgressCallback, RowFailure, TargetReport
 from heimdall_kms.jobs.services import JobServices
 from heimdall_kms.store import Batch, FieldStore, Match, Row, Swap
 
@@ -249,6 +249,7 @@ class BatchJob(ABC):
         if isinstance(swaps, Planned):
             target.completed += swaps.rows
         elif swaps and not self.options.dry_run:
+            swaps = self._fitting(store, target, swaps)
             run_id = self.report.run_id if self.journaled else None
             applied = batch.swap(swaps, run_id)
             target.completed += sum(applied)
@@ -256,6 +257,28 @@ class BatchJob(ABC):
         target.batches += 1
         # Inside the transaction: a batch whose event cannot be written is rolled back.
         self._audit_batch(target)
+
+    def _fitting(self, store: FieldStore, target: TargetReport, swaps: list[Swap]) -> list[Swap]:
+        """The swaps whose new value fits the column; each other one fails its row, left as
+        it was (a ``varchar(N)`` too short for the new envelope), and the rest is written."""
+        limit = store.max_chars
+        if limit is None:
+            return swaps
+        fitting = []
+        for swap in swaps:
+            if len(swap.new_value) <= limit:
+                fitting.append(swap)
+                continue
+            target.failed += 1
+            message = (
+                f"its new value is {len(swap.new_value)} characters and {target.target} holds "
+                f"at most {limit} (varchar({limit})): widen the column to text or a longer "
+                "varchar; the value is left as it was"
+            )
+            self.report.fail(
+                RowFailure(target.target, swap.row.key, StoreError.error_type, message)
+            )
+        return fitting
 
     def _undo(self, target: TargetReport, counts: TargetReport, failures: int) -> None:
         target.restore(counts)

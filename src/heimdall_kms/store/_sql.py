@@ -107,8 +107,11 @@ class SQLFieldStore:
         dialect: Dialect,
         describe: Callable[[SQLFieldStore], dict[str, str]],
         writable: Callable[[SQLFieldStore], None],
+        *,
+        max_chars: int | None = None,
     ) -> None:
         self.connection = connection
+        self._max_chars = max_chars
         self.target = target
         self.dialect = dialect
         self._describe = describe
@@ -119,6 +122,10 @@ class SQLFieldStore:
     @property
     def json_column(self) -> bool:
         return self.dialect.json_column
+
+    @property
+    def max_chars(self) -> int | None:
+        return self._max_chars
 
     # -- checks ---------------------------------------------------------------------------------
 

@@ -148,6 +148,10 @@ class FieldStore(Protocol):
     def json_column(self) -> bool:
         """The column is json/jsonb: its text is the rendering of a JSON value."""
 
+    @property
+    def max_chars(self) -> int | None:
+        """The most characters the column holds (``varchar(N)``); None: no bound."""
+
     def check(self, *, writable: bool) -> None:
         """Verify table, columns and (if asked) write permission before any work.
 

@@ -53,7 +53,14 @@ def open_postgres(url: str, target: Target) -> SQLFieldStore:
     if column_type not in ("text", "character varying", "json", "jsonb"):
         connection.close()
         raise StoreError(f"column {target} is {column_type}; expected text, varchar, json or jsonb")
-    return SQLFieldStore(connection, target, _dialect(column_type), _describe, _check_writable)
+    return SQLFieldStore(
+        connection,
+        target,
+        _dialect(column_type),
+        _describe,
+        _check_writable,
+        max_chars=_max_chars(probe) if column_type == "character varying" else None,
+    )
 
 
 def _split(table: str) -> tuple[str | None, str]:
@@ -71,6 +78,21 @@ def _describe(store: SQLFieldStore) -> dict[str, str]:
             [name, schema],
         )
         return {str(column): str(kind) for column, kind in cursor.fetchall()}
+
+
+def _max_chars(store: SQLFieldStore) -> int | None:
+    """N of the column's ``varchar(N)``; None for a ``varchar`` without one."""
+    schema, name = _split(store.target.table)
+    with store._errors("inspect the table"):
+        cursor = store.connection.cursor()
+        cursor.execute(
+            "SELECT character_maximum_length FROM information_schema.columns WHERE "
+            "table_name = %s AND table_schema = coalesce(%s, current_schema()) "
+            "AND column_name = %s",
+            [name, schema, store.target.column],
+        )
+        found = cursor.fetchone()
+    return None if found is None or found[0] is None else int(found[0])
 
 
 def _check_writable(store: SQLFieldStore) -> None:
