@@ -48,10 +48,12 @@ from heimdall_kms.admin.schemas import (
 from heimdall_kms.admin.state import (
     DENIED,
     IDENTIFIER,
+    KMS_FAILED,
     Admin,
     AdminState,
     HealthCheck,
     Reader,
+    error_doc,
     state_of,
 )
 from heimdall_kms.admin.targets import ServerTargets, open_checked
@@ -81,7 +83,10 @@ _COALESCING = LaneLimits()  # 2 ms window, 250 per batch, 4 batches in flight
     status_code=202,
     response_model=JobAccepted,
     summary="Start a background migrate / rewrap / full re-encryption job (role admin)",
-    responses={**DENIED, 409: {"description": "A job runs on that column, or wrong mode."}},
+    responses={
+        **DENIED,
+        409: error_doc("A job runs on that column, the wrong mode, or no database configured."),
+    },
     openapi_extra=body_doc(ReencryptRequest),
     tags=["admin"],
 )
@@ -101,7 +106,7 @@ def start_job(
     response_model=JobStatus,
     response_model_exclude_none=True,
     summary="State and counts of the latest job, or of ?job=ID (roles admin, audit)",
-    responses={**DENIED, 404: {"description": "No job with that id."}},
+    responses={**DENIED, 404: error_doc("No job with that id.")},
     tags=["admin"],
 )
 def job_status(
@@ -118,7 +123,7 @@ def job_status(
 @router.post(
     "/admin/crypto/rotate",
     summary="Create a new master key version; with if_due only when due (role admin)",
-    responses=DENIED,
+    responses={**KMS_FAILED, 409: error_doc("The rotation lock cannot be used (configuration).")},
     openapi_extra=body_doc(RotateRequest, required=False),
     tags=["admin"],
 )
@@ -148,7 +153,7 @@ def rotate_key(
 @router.get(
     "/admin/crypto/keys",
     summary="Key versions, ages, next rotation; values per version of a column (admin, audit)",
-    responses=DENIED,
+    responses={**KMS_FAILED, 409: error_doc("A column was named but no database is configured.")},
     tags=["admin"],
 )
 def keys(

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from heimdall_kms.admin.auth import Principal, source_ip
 from heimdall_kms.admin.schemas import body_doc
-from heimdall_kms.admin.state import DENIED, state_of
+from heimdall_kms.admin.state import KMS_FAILED, state_of
 from heimdall_kms.async_crypto import AsyncCrypto
 from heimdall_kms.coalescing import Origin
 
@@ -40,7 +40,7 @@ def value_route(
         path,
         response_model=response_model,
         summary=summary,
-        responses=DENIED,
+        responses=KMS_FAILED,
         openapi_extra=body_doc(body),
         tags=["crypto"],
     )
