@@ -432,6 +432,32 @@ def test_job_requests_are_checked_before_acceptance(
     assert api.call("GET", "/admin/crypto/reencrypt/status", "admin").json()["state"] == "idle"
 
 
+def test_a_schema_qualified_table_is_checked_in_its_own_schema(
+    tmp_path: Path, make_api: Callable[..., Api]
+) -> None:
+    """Found fuzzing the API by hand: ``temp.t`` passed the check (it looked at ``main.t``), was
+    accepted 202, and the job then failed on "no such table"."""
+    url = kms_table(local_env(tmp_path), tmp_path / "app.db", rows=3)
+    api = make_api(local_env(tmp_path, HMD_DATABASE_URL=url))
+    body = {"column": "v", "mode": "rewrap"}
+    for table, message in (
+        ("temp.t", "table 'temp.t' does not exist"),
+        ("other.t", 'unknown database "other"'),
+    ):
+        start = {**body, "table": table}
+        refused = api.call("POST", "/admin/crypto/reencrypt", "admin", json=start)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error_type"] == "store"
+        assert message in refused.json()["detail"]
+        report = api.call("GET", f"/admin/crypto/keys?table={table}&column=v", "audit")
+        assert report.status_code == 422 and message in report.json()["detail"]
+    assert api.call("GET", "/admin/crypto/reencrypt/status", "admin").json()["state"] == "idle"
+    qualified = {**body, "table": "main.t"}
+    accepted = api.call("POST", "/admin/crypto/reencrypt", "admin", json=qualified)
+    assert accepted.status_code == 202
+    assert api.wait_for_job(accepted.json()["job_id"])["state"] == "completed"
+
+
 class Listener:
     """A TCP port on loopback that counts the connections made to it (and drops them)."""
 

@@ -59,10 +59,15 @@ def open_sqlite(url: str, target: Target) -> SQLFieldStore:
 
 
 def _describe(store: SQLFieldStore) -> dict[str, str]:
-    table = store.target.table.split(".")[-1]
+    # The schema of a qualified name (``main.t``, ``temp.t``) is asked about, not dropped: the
+    # reads and writes name it, so a check of another schema's ``t`` would pass a target they
+    # then find missing.
+    schema, _, table = store.target.table.rpartition(".")
+    quote = store.dialect.quote
+    pragma = f"PRAGMA {quote(schema)}.table_info" if schema else "PRAGMA table_info"
     with store._errors("inspect the table"):
         cursor = store.connection.cursor()
-        cursor.execute(f"PRAGMA table_info({store.dialect.quote(table)})")
+        cursor.execute(f"{pragma}({quote(table)})")
         return {str(row[1]): str(row[2]).lower() for row in cursor.fetchall()}
 
 
