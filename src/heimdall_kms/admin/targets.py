@@ -9,6 +9,7 @@ schemas and :func:`refuse_unknown_query` before anything is opened.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,20 +102,27 @@ def _invalid(where: str, name: str, message: str) -> RequestValidationError:
 
 
 def refuse_unknown_query(request: Request) -> None:
-    """Answer 422 for a query parameter the route does not declare (e.g. ``database``).
+    """Answer 422 for a query parameter the route does not declare (e.g. ``database``), or
+    one given twice: the route would take the last silently, where a proxy's or a WAF's
+    check may have read the first (as for a key repeated in a JSON body).
 
     Raises:
-        RequestValidationError: an undeclared parameter, named (its value is never echoed).
+        RequestValidationError: an undeclared or repeated parameter, named (its value is
+            never echoed).
     """
     declared = _declared_query(getattr(request.scope.get("route"), "dependant", None))
-    unknown = sorted(set(request.query_params) - declared)
-    if unknown:
-        raise RequestValidationError(
-            [
-                {"loc": ("query", name), "msg": "unknown parameter", "type": "extra_forbidden"}
-                for name in unknown
-            ]
-        )
+    counts = Counter(name for name, _ in request.query_params.multi_items())
+    problems = [
+        {"loc": ("query", name), "msg": "unknown parameter", "type": "extra_forbidden"}
+        for name in sorted(set(counts) - declared)
+    ]
+    problems += [
+        {"loc": ("query", name), "msg": "a parameter appears twice", "type": "value_error"}
+        for name in sorted(name for name, count in counts.items() if count > 1)
+        if name in declared
+    ]
+    if problems:
+        raise RequestValidationError(problems)
 
 
 def _declared_query(dependant: Any) -> set[str]:
