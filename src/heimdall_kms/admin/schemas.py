@@ -23,6 +23,7 @@ from pydantic import (
     field_validator,
 )
 
+from heimdall_kms.envelope import _json
 from heimdall_kms.envelope.kms_v1 import KMS_V1, KMS_V1_KEYS
 from heimdall_kms.envelope.legacy import LEGACY_KEYS
 
@@ -35,6 +36,7 @@ __all__ = [
     "DecryptResult",
     "EncryptBatchRequest",
     "EncryptBatchResponse",
+    "EncryptItem",
     "EncryptRequest",
     "EncryptResult",
     "EnvelopeItem",
@@ -92,22 +94,53 @@ class RotateRequest(_Body):
     reason: str | None = Field(None, min_length=1, max_length=_LABEL_CHARS)
 
 
-class EncryptRequest(_Body):
+# The rules check_context applies, for the documents of the single-value routes, which answer
+# a context out of them with 422 (a batch item's is its own result, so its schema leaves them
+# out). The bound on the whole context as JSON cannot be written in JSON Schema.
+_CONTEXT_BOUNDS: dict[str, Any] = {
+    "maxProperties": _json.MAX_CONTEXT_ENTRIES,
+    "propertyNames": {"minLength": 1, "maxLength": _json.MAX_CONTEXT_KEY_CHARS},
+    "additionalProperties": {"type": "string", "maxLength": _json.MAX_CONTEXT_VALUE_CHARS},
+}
+_ENCRYPT_CONTEXT = 'Non-secret context the value is bound to, e.g. {"field": "ssn"}.'
+_DECRYPT_CONTEXT = "Where the value was read from; must match the envelope's context."
+_KMS_V1_OBJECT = {
+    "required": ["encryption_version"],
+    "properties": {"encryption_version": {"const": KMS_V1}},
+}
+
+
+def _envelope_forms(schema: dict[str, Any]) -> None:
+    """The object forms the validator below accepts: kms_v1's fields, or the legacy ones."""
+    schema["anyOf"] = [
+        {"type": "string"},
+        {"type": "object", **_KMS_V1_OBJECT, "propertyNames": {"enum": sorted(KMS_V1_KEYS)}},
+        {
+            "type": "object",
+            "not": _KMS_V1_OBJECT,
+            "propertyNames": {"enum": sorted(_LEGACY_FIELDS)},
+        },
+    ]
+
+
+class EncryptItem(_Body):
     plaintext: str
+    context: dict[str, str] = Field(default_factory=dict, description=_ENCRYPT_CONTEXT)
+
+
+class EncryptRequest(EncryptItem):
     context: dict[str, str] = Field(
-        default_factory=dict,
-        description='Non-secret context the value is bound to, e.g. {"field": "ssn"}.',
+        default_factory=dict, description=_ENCRYPT_CONTEXT, json_schema_extra=_CONTEXT_BOUNDS
     )
 
 
 class EnvelopeItem(_Body):
     envelope: str | dict[str, Any] = Field(
         description="A kms_v1 (or legacy) envelope: the object, or its JSON text. The object "
-        "form may hold only the fields of its format."
+        "form may hold only the fields of its format.",
+        json_schema_extra=_envelope_forms,
     )
-    context: dict[str, str] | None = Field(
-        None, description="Where the value was read from; must match the envelope's context."
-    )
+    context: dict[str, str] | None = Field(None, description=_DECRYPT_CONTEXT)
 
     @field_validator("envelope")
     @classmethod
@@ -121,11 +154,14 @@ class EnvelopeItem(_Body):
 
 
 class DecryptRequest(EnvelopeItem):
+    context: dict[str, str] | None = Field(
+        None, description=_DECRYPT_CONTEXT, json_schema_extra=_CONTEXT_BOUNDS
+    )
     reason: str = Field(min_length=1, max_length=_LABEL_CHARS, description="Audited.")
 
 
 class EncryptBatchRequest(_Body):
-    items: list[EncryptRequest] = Field(
+    items: list[EncryptItem] = Field(
         min_length=1, max_length=MAX_BATCH_ITEMS, description="Values to encrypt, in order."
     )
 
