@@ -352,6 +352,36 @@ def test_migrate_job_runs_to_completion(tmp_path: Path, make_api: Callable[..., 
     assert all(e["actor"].startswith("token:admin:") for e in batches)
 
 
+def test_a_job_whose_id_column_is_its_column_is_refused_and_nothing_written(
+    tmp_path: Path, make_api: Callable[..., Api]
+) -> None:
+    """Found fuzzing the API by hand: ``id_column`` = ``column`` was accepted, and the migrate
+    job "completed" with every value bound to its own old text as the record, so none could
+    be read under its row's context afterwards."""
+    path = tmp_path / "legacy.db"
+    url = f"sqlite:///{path}"
+    env = {"HMD_ENCRYPTION_MODE": "hybrid", "HMD_PII_MASTER_KEY": MASTER_HEX}
+    api = make_api(local_env(tmp_path, HMD_DATABASE_URL=url, **env))
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        db.executemany(
+            "INSERT INTO t VALUES (?, ?)",
+            [(i, legacy_envelope(MASTER_HEX, f"ssn-{i}")) for i in range(1, 4)],
+        )
+    before = stored(url)
+    for id_column in ("v", "V"):
+        body = {"table": "t", "column": "v", "id_column": id_column}
+        refused = api.call("POST", "/admin/crypto/reencrypt", "admin", json=body)
+        assert refused.status_code == 422, refused.text
+        assert "is the column itself" in refused.json()["detail"][0]["msg"]
+        report = api.call(
+            "GET", f"/admin/crypto/keys?table=t&column=v&id_column={id_column}", "audit"
+        )
+        assert report.status_code == 422
+    assert stored(url) == before
+    assert api.call("GET", "/admin/crypto/reencrypt/status", "admin").json()["state"] == "idle"
+
+
 def test_migrate_needs_hybrid_mode(api: Api, tmp_path: Path) -> None:
     kms_table(api.env, tmp_path / "app.db")
     refused = api.call(

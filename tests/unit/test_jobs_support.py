@@ -181,6 +181,14 @@ def test_target_identifiers_are_checked() -> None:
         Target("a.b.c", "c")
 
 
+@pytest.mark.parametrize("id_column", ["v", "V"])
+def test_a_target_whose_id_column_is_its_column_is_refused(id_column: str) -> None:
+    """A job would bind each value to its own old text (its row id) and then overwrite it:
+    every value written would fail authentication from then on."""
+    with pytest.raises(StoreError, match="is the column itself"):
+        Target("t", "v", id_column)
+
+
 def test_token_bucket_backs_off_under_throttling_and_recovers() -> None:
     clock = FakeClock()
     bucket = TokenBucket(40, clock=clock, sleep=clock.sleep)

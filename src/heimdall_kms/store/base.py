@@ -77,6 +77,11 @@ class Target:
             parts = name.split(".")
             if len(parts) > 2 or not all(_IDENTIFIER.fullmatch(part) for part in parts):
                 raise StoreError(f"{what} {name!r} is not a plain SQL identifier")
+        # A value bound to its row by the value's own old text cannot be read once written:
+        # every value of such a job would fail authentication afterwards. SQLite compares
+        # names without case, so the check does too.
+        if self.id_column.casefold() == self.column.casefold():
+            raise StoreError(f"id column {self.id_column!r} is the column itself")
 
     def __str__(self) -> str:
         if self.json_path is None:
