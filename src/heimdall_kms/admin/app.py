@@ -36,26 +36,16 @@ from heimdall_kms.admin._http import MAX_BODY_BYTES, BodyLimit, install_error_ha
 from heimdall_kms.admin.auth import Guard, TokenTable, source_ip
 from heimdall_kms.admin.jobs import JobRunner, JobSpec, SharedSink
 from heimdall_kms.admin.observe import NATIVE_TELEMETRY_OFF, RequestContext, instrument
+from heimdall_kms.admin.openapi_doc import DENIED, KMS_FAILED, body_doc, error_doc
 from heimdall_kms.admin.scheduler import RotationScheduler
 from heimdall_kms.admin.schemas import (
     JobAccepted,
     JobStatus,
     ReencryptRequest,
     RotateRequest,
-    body_doc,
     json_body,
 )
-from heimdall_kms.admin.state import (
-    DENIED,
-    IDENTIFIER,
-    KMS_FAILED,
-    Admin,
-    AdminState,
-    HealthCheck,
-    Reader,
-    error_doc,
-    state_of,
-)
+from heimdall_kms.admin.state import IDENTIFIER, Admin, AdminState, HealthCheck, Reader, state_of
 from heimdall_kms.admin.targets import ServerTargets, open_checked
 from heimdall_kms.async_crypto import AsyncCrypto
 from heimdall_kms.audit import AuditSink, open_sink

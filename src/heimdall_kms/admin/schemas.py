@@ -48,7 +48,6 @@ __all__ = [
     "Problem",
     "ReencryptRequest",
     "RotateRequest",
-    "body_doc",
     "json_body",
 ]
 
@@ -300,37 +299,3 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(document) != len(pairs):
         raise _DuplicateKeyError
     return document
-
-
-def body_doc(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
-    """The OpenAPI ``requestBody`` of a route whose body :func:`json_body` parses.
-
-    The models' nested definitions are written in place: pydantic's ``#/$defs/...``
-    references would be resolved against the root of the OpenAPI document, where they name
-    nothing, so a client generator or a fuzzer would not know what a batch item holds.
-    """
-    schema = model.model_json_schema()
-    definitions = schema.pop("$defs", {})
-    return {
-        "requestBody": {
-            "required": required,
-            "content": {"application/json": {"schema": _inline(schema, definitions)}},
-        }
-    }
-
-
-def _inline(node: Any, definitions: dict[str, Any]) -> Any:
-    """``node`` with every ``{"$ref": "#/$defs/NAME"}`` replaced by that definition.
-
-    The request models are not recursive, so this ends.
-    """
-    if isinstance(node, list):
-        return [_inline(item, definitions) for item in node]
-    if not isinstance(node, dict):
-        return node
-    reference = node.get("$ref")
-    if isinstance(reference, str) and reference.startswith("#/$defs/"):
-        target = definitions[reference.removeprefix("#/$defs/")]
-        rest = {key: value for key, value in node.items() if key != "$ref"}
-        return _inline({**target, **rest}, definitions)
-    return {key: _inline(value, definitions) for key, value in node.items()}

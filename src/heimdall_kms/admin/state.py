@@ -6,17 +6,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 
-from heimdall_kms.admin._http import MAX_BODY_BYTES
 from heimdall_kms.admin.auth import Guard, Principal, Role
 from heimdall_kms.admin.jobs import JobRunner
 from heimdall_kms.admin.scheduler import RotationScheduler
-from heimdall_kms.admin.schemas import ErrorBody
 from heimdall_kms.admin.targets import ServerTargets, refuse_unknown_query
 from heimdall_kms.async_crypto import AsyncCrypto
 from heimdall_kms.audit import AuditSink
@@ -27,16 +25,13 @@ from heimdall_kms.metrics import Metrics
 from heimdall_kms.providers import KeyAdmin, KeyManagementService
 
 __all__ = [
-    "DENIED",
     "IDENTIFIER",
-    "KMS_FAILED",
     "Admin",
     "AdminState",
     "AppRole",
     "Decrypter",
     "HealthCheck",
     "Reader",
-    "error_doc",
     "require",
     "state_of",
 ]
@@ -46,28 +41,6 @@ _bearer = HTTPBearer(
     description="A token whose SHA-256 is listed in HMD_ADMIN_TOKENS_FILE with its role.",
     auto_error=False,
 )
-Responses = dict[int | str, dict[str, Any]]
-
-
-def error_doc(description: str) -> dict[str, Any]:
-    return {"model": ErrorBody, "description": description}
-
-
-# The answers every route with a role can give before (or instead of) doing its work.
-DENIED: Responses = {
-    401: error_doc("Missing or unknown bearer token (audited as access.denied)."),
-    403: error_doc("The token's role may not use this endpoint (audited)."),
-    413: error_doc(f"Request body larger than {MAX_BODY_BYTES} bytes."),
-    422: error_doc("Invalid body or parameters; values are never echoed."),
-    503: error_doc("The audit log cannot be written (fail closed)."),
-}
-# The answers of a route that calls the KMS, on top of DENIED.
-KMS_FAILED: Responses = {
-    **DENIED,
-    429: error_doc("The KMS asks to slow down (Retry-After)."),
-    502: error_doc("The KMS refused the service's credentials, or failed."),
-    503: error_doc("The KMS is unavailable (Retry-After), or the audit log cannot be written."),
-}
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_$]{0,62}(\.[A-Za-z_][A-Za-z0-9_$]{0,62})?$"
 
 

@@ -15,8 +15,8 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
 from heimdall_kms.admin.auth import Principal, source_ip
-from heimdall_kms.admin.schemas import body_doc
-from heimdall_kms.admin.state import KMS_FAILED, state_of
+from heimdall_kms.admin.openapi_doc import KMS_FAILED, body_doc
+from heimdall_kms.admin.state import state_of
 from heimdall_kms.async_crypto import AsyncCrypto
 from heimdall_kms.coalescing import Origin
 
