@@ -93,8 +93,9 @@ class AuditScope:
         """``event(event_type, envelope, context, error, details)`` of each value of a call
         (``errors`` and ``details`` default to None for every value).
 
-        One per value, in one loop: what the events share is read once, and a ``kms_v1``
-        envelope's event is built here as :meth:`event` builds it (test_audit_scope compares).
+        One per value, in one loop: what the events share is read once, and the event of a
+        ``kms_v1`` or legacy envelope is built here as :meth:`event` builds it
+        (test_audit_scope compares).
         """
         count = len(envelopes)
         outcomes = [None] * count if errors is None else errors
@@ -107,7 +108,14 @@ class AuditScope:
         success, failure = Result.SUCCESS, Result.FAILURE
         events: list[AuditEvent] = []
         for envelope, context, error, detail in values:
-            if type(envelope) is not KmsV1Envelope:
+            provider: str | None
+            key_version: int | None
+            if type(envelope) is KmsV1Envelope:
+                provider, key_identifier = envelope.provider, envelope.key_identifier
+                key_version = envelope.key_version
+            elif type(envelope) is LegacyEnvelope:
+                provider, key_identifier, key_version = None, envelope.key_id, None
+            else:
                 events.append(self.event(event_type, envelope, context, error, detail))
                 continue
             events.append(
@@ -118,9 +126,9 @@ class AuditScope:
                     success if error is None else failure,
                     at,
                     context.get("field"),
-                    envelope.key_identifier,
-                    envelope.key_version,
-                    envelope.provider,
+                    key_identifier,
+                    key_version,
+                    provider,
                     envelope.encryption_version,
                     reason,
                     None,

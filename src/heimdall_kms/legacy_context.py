@@ -41,6 +41,8 @@ class LegacyContextRule:
         """Whether a legacy value read with this stated context falls under the rule: the
         context names a record, and its field is migrated (in its table, when one is stated;
         in any table otherwise, so leaving the table out does not get around the rule)."""
+        if not self.migrated:  # no target declared migrated (the rule's default)
+            return False
         field_name = stated.get("field")
         if "record" not in stated or field_name is None:
             return False

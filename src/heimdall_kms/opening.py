@@ -92,12 +92,14 @@ class Opener:
     def prepare(self, source: EnvelopeInput, stated: Mapping[str, str] | None) -> Opened:
         """Parse and check one envelope against the mode and the stated context."""
         claimed = check_context(stated) if stated is not None else {}
+        # The exact classes first: isinstance against a subclass of the abstract Envelope runs
+        # ABCMeta's check in Python, and this runs once per value.
         try:
-            # The exact class first: isinstance against the abstract Envelope runs ABCMeta's
-            # check in Python, and this runs once per value.
             envelope = (
                 source
-                if type(source) is KmsV1Envelope or isinstance(source, Envelope)
+                if type(source) is KmsV1Envelope
+                or type(source) is LegacyEnvelope
+                or isinstance(source, Envelope)
                 else parse(source)
             )
         except MalformedEnvelopeError as exc:
@@ -106,14 +108,18 @@ class Opener:
         refusal: HeimdallKMSError | None = (
             None if version in self._readable else modes.read_refusal(self.settings.mode, version)
         )
-        if isinstance(envelope, KmsV1Envelope):
-            if refusal is None and claimed and _differs(envelope.context, claimed):
-                # Deliberately unspecific: which key differs is no business of the reader.
-                refusal = IntegrityError("envelope failed authentication (wrong field/context)")
-            return Opened(refusal or PENDING, envelope, envelope.context)
-        if refusal is not None:
-            return Opened(refusal, envelope, claimed)
-        return self._legacy(envelope, claimed)
+        kind = type(envelope)
+        if kind is not KmsV1Envelope and (
+            kind is LegacyEnvelope or not isinstance(envelope, KmsV1Envelope)
+        ):
+            if refusal is not None:
+                return Opened(refusal, envelope, claimed)
+            return self._legacy(envelope, claimed)
+        context = cast(KmsV1Envelope, envelope).context
+        if refusal is None and claimed and _differs(context, claimed):
+            # Deliberately unspecific: which key differs is no business of the reader.
+            refusal = IntegrityError("envelope failed authentication (wrong field/context)")
+        return Opened(refusal or PENDING, envelope, context)
 
     def _legacy(self, envelope: Envelope, claimed: Mapping[str, str]) -> Opened:
         """A legacy value binds no context: on a migrated target a stated record context on
@@ -131,16 +137,25 @@ class Opener:
 
     def open_all(self, prepared: list[Opened]) -> list[Opened]:
         """Fill in each pending item's outcome (in place; the same list is returned)."""
-        pending = [p for p in prepared if p.outcome is PENDING]
-        kms_v1 = [p for p in pending if isinstance(p.envelope, KmsV1Envelope)]
-        self._open_kms(kms_v1)
-        if len(kms_v1) == len(pending):
-            return prepared
-        for item in pending:
-            if isinstance(item.envelope, LegacyEnvelope):
-                item.outcome = self._open_legacy(item.envelope)
-            elif not isinstance(item.envelope, KmsV1Envelope):  # a caller's own Envelope class
+        kms_v1: list[Opened] = []
+        legacy: list[tuple[Opened, LegacyEnvelope]] = []
+        for item in prepared:
+            if item.outcome is not PENDING:
+                continue
+            # The exact classes first (see prepare); a caller's own Envelope class is neither.
+            envelope = item.envelope
+            if type(envelope) is KmsV1Envelope:
+                kms_v1.append(item)
+            elif type(envelope) is LegacyEnvelope:
+                legacy.append((item, envelope))
+            elif isinstance(envelope, KmsV1Envelope):
+                kms_v1.append(item)
+            elif isinstance(envelope, LegacyEnvelope):
+                legacy.append((item, envelope))
+            else:
                 item.outcome = MalformedEnvelopeError("not an envelope format this version reads")
+        self._open_kms(kms_v1)
+        self._open_legacy(legacy)
         return prepared
 
     def _open_kms(self, items: list[Opened]) -> None:
@@ -175,19 +190,27 @@ class Opener:
                 finally:
                     _wipe_all(deks)
 
-    def _open_legacy(self, envelope: LegacyEnvelope) -> str | HeimdallKMSError:
-        key = self.settings.legacy_keys.get(envelope.key_id)
-        if key is None:
-            return KeyNotFoundError(
-                f"legacy key id {envelope.key_id!r} is not configured "
-                "(HMD_PII_MASTER_KEY with HMD_PII_KEY_ID, or HMD_PII_LEGACY_KEYS)"
+    def _open_legacy(self, items: list[tuple[Opened, LegacyEnvelope]]) -> None:
+        """Each legacy item's outcome; the values under one env key are opened by one
+        primitives call (one key schedule for the batch, not one per value)."""
+        by_key: dict[str, list[tuple[Opened, LegacyEnvelope]]] = {}
+        for item in items:
+            by_key.setdefault(item[1].key_id, []).append(item)
+        for key_id, under in by_key.items():
+            key = self.settings.legacy_keys.get(key_id)
+            if key is None:
+                for refused, _ in under:
+                    refused.outcome = KeyNotFoundError(
+                        f"legacy key id {key_id!r} is not configured "
+                        "(HMD_PII_MASTER_KEY with HMD_PII_KEY_ID, or HMD_PII_LEGACY_KEYS)"
+                    )
+                continue
+            opened = primitives.open_under(
+                key.reveal(),
+                [envelope.nonce for _, envelope in under],
+                [envelope.ciphertext for _, envelope in under],
             )
-        try:
-            return utf8_text(
-                primitives.open_(key.reveal(), envelope.nonce, envelope.ciphertext, b"")
-            )
-        except HeimdallKMSError as exc:
-            return exc
+            _set_texts([item for item, _ in under], opened)
 
     def owned(self, envelope: KmsV1Envelope) -> HeimdallKMSError | None:
         """None if this deployment's key wrapped ``envelope``'s DEK, else the error to report."""
@@ -228,7 +251,12 @@ def _open_chunk(chunk: list[Opened], deks: list[bytearray | HeimdallKMSError]) -
         [envelope.ciphertext for envelope in envelopes],
         [envelope.aad() for envelope in envelopes],
     )
-    for (item, _), plaintext in zip(unwrapped, opened, strict=True):
+    _set_texts([item for item, _ in unwrapped], opened)
+
+
+def _set_texts(items: list[Opened], opened: list[bytes | IntegrityError]) -> None:
+    """Each item's outcome: its plaintext as text, or the error opening or decoding gave."""
+    for item, plaintext in zip(items, opened, strict=True):
         if isinstance(plaintext, IntegrityError):
             item.outcome = plaintext
             continue

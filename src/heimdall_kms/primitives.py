@@ -39,6 +39,7 @@ __all__ = [
     "new_deks",
     "open_",
     "open_each",
+    "open_under",
     "seal",
     "seal_each",
     "sign_ed25519",
@@ -197,6 +198,28 @@ def open_each(
             continue
         try:
             opened.append(AESGCM(bytes(key)).decrypt(nonce, ciphertext, aad))
+        except InvalidTag:
+            opened.append(IntegrityError(_INTEGRITY_MESSAGE))
+    return opened
+
+
+def open_under(
+    key: bytes | bytearray, nonces: Sequence[bytes], ciphertexts: Sequence[bytes]
+) -> list[bytes | IntegrityError]:
+    """:func:`open_` for many values under one key, with empty associated data (the legacy
+    format): each value's plaintext, or the :class:`IntegrityError` it raised, in order. The
+    key schedule is made once for the batch, not once per value."""
+    if len(nonces) != len(ciphertexts):
+        raise ValueError("open_under needs one nonce per ciphertext")
+    _check_key(key)
+    aead = AESGCM(bytes(key))
+    opened: list[bytes | IntegrityError] = []
+    for nonce, ciphertext in zip(nonces, ciphertexts, strict=True):
+        if len(nonce) != NONCE_BYTES or len(ciphertext) < TAG_BYTES:
+            opened.append(IntegrityError(_INTEGRITY_MESSAGE))
+            continue
+        try:
+            opened.append(aead.decrypt(nonce, ciphertext, b""))
         except InvalidTag:
             opened.append(IntegrityError(_INTEGRITY_MESSAGE))
     return opened

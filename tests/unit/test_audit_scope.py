@@ -275,10 +275,25 @@ class TestAuditScopeEvents:
             legacy,
             None,
             kms_envelope({}),
+            LegacyEnvelope(ciphertext=b"d" * 20, nonce=b"m" * 12, key_id="k2"),
         ]
-        contexts = [{"field": "ssn", "record": "r1"}, {"record": "r2"}, {"field": "x"}, {}, {}]
-        errors: list[object] = [None, IntegrityError("bad"), None, KMSError("down"), None]
-        details: list[object] = [None, None, {"legacy_context": "unverified"}, None, None]
+        contexts = [
+            {"field": "ssn", "record": "r1"},
+            {"record": "r2"},
+            {"field": "x"},
+            {},
+            {},
+            check_context({"field": "y", "record": "r3"}),
+        ]
+        errors: list[object] = [
+            None,
+            IntegrityError("bad"),
+            None,
+            KMSError("down"),
+            None,
+            IntegrityError("bad"),
+        ]
+        details: list[object] = [None, None, {"legacy_context": "unverified"}, None, None, None]
         return envelopes, contexts, errors, details
 
     @pytest.mark.parametrize("at", [AT, None])

@@ -69,3 +69,27 @@ class TestOpenEach:
             primitives.open_each(key, [], [b""], [b""])
         with pytest.raises(ValueError, match="32 bytes"):
             primitives.open_each([bytearray(16)], [bytes(12)], [bytes(32)], [b""])
+
+
+class TestOpenUnder:
+    def test_opens_what_open_opens_and_returns_each_failure_in_its_place(self) -> None:
+        key = primitives.new_dek()
+        sealed = [primitives.seal(key, text, b"") for text in (b"a", b"b", b"c", b"d")]
+        nonces = [nonce for _, nonce in sealed]
+        ciphertexts = [ct for ct, _ in sealed]
+        ciphertexts[1] = ciphertexts[1][:-1] + bytes([ciphertexts[1][-1] ^ 1])  # a bad tag
+        nonces[2] = nonces[2][:11]  # too short a nonce
+        ciphertexts[3] = ciphertexts[3][:15]  # too short to hold a tag
+        opened = primitives.open_under(key, nonces, ciphertexts)
+        assert opened[0] == b"a" == primitives.open_(key, nonces[0], ciphertexts[0], b"")
+        for failed, index in zip(opened[1:], (1, 2, 3), strict=True):
+            assert isinstance(failed, IntegrityError)
+            with pytest.raises(IntegrityError) as raised:
+                primitives.open_(key, nonces[index], ciphertexts[index], b"")
+            assert str(failed) == str(raised.value)
+
+    def test_refuses_mismatched_inputs_and_short_keys(self) -> None:
+        with pytest.raises(ValueError, match="one nonce per ciphertext"):
+            primitives.open_under(primitives.new_dek(), [], [b""])
+        with pytest.raises(ValueError, match="32 bytes"):
+            primitives.open_under(bytearray(16), [bytes(12)], [bytes(32)])
