@@ -889,6 +889,30 @@ class TestRotation:
             crypto.decrypt(old, actor="a", reason="r")
         assert info.value.error_type == "key_retired"
 
+    def test_rewrap_outcomes_changes_only_the_wrapped_key_and_its_version(
+        self, counted: Counted
+    ) -> None:
+        crypto = counted.crypto
+        sealed = crypto.encrypt(SSN, context=CTX)
+        # One with keys this version does not define: they are kept, byte for byte.
+        extra = parse(edit(sealed.to_json(), written_by="engine-7"))
+        assert isinstance(sealed, KmsV1Envelope) and isinstance(extra, KmsV1Envelope)
+        counted.kms.rotate()
+        outcomes = crypto.rewrap_outcomes([sealed, extra])
+        for old, new in zip([sealed, extra], outcomes, strict=True):
+            assert isinstance(new, KmsV1Envelope) and type(new) is KmsV1Envelope
+            assert new.key_version == 2 and new.encrypted_dek != old.encrypted_dek
+            assert new == dataclasses.replace(
+                old, encrypted_dek=new.encrypted_dek, key_version=new.key_version
+            )
+            assert (
+                new.to_json()
+                == dataclasses.replace(
+                    old, encrypted_dek=new.encrypted_dek, key_version=new.key_version
+                ).to_json()
+            )
+        assert json.loads(outcomes[1].to_json())["written_by"] == "engine-7"  # type: ignore[union-attr]
+
 
 class TestClosing:
     """The facade as a context manager."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import cast
 
 from heimdall_kms.envelope import Envelope, KmsV1Envelope
 from heimdall_kms.errors import HeimdallKMSError, ModeViolationError, NotInEffectError
@@ -124,7 +125,9 @@ class ReencryptJob(ValueJob):
         return [Swap(item.row, item.slot.put(value)) for item, value in swaps]
 
     def _stale(self, _: Classified, envelope: Envelope) -> bool:
-        return isinstance(envelope, KmsV1Envelope) and (
+        # The exact class first: isinstance against a subclass of the abstract Envelope runs
+        # ABCMeta's check in Python, and this runs once per row.
+        return (type(envelope) is KmsV1Envelope or isinstance(envelope, KmsV1Envelope)) and (
             self.all_versions or envelope.key_version < self.latest
         )
 
@@ -132,12 +135,17 @@ class ReencryptJob(ValueJob):
         if not stale:
             return []
         swaps: list[tuple[Candidate, str]] = []
-        envelopes = [item.envelope for item in stale if isinstance(item.envelope, KmsV1Envelope)]
-        outcomes = self.crypto.rewrap_outcomes(envelopes)
+        # Every candidate is a kms_v1 envelope (_stale).
+        outcomes = self.crypto.rewrap_outcomes(
+            [cast(KmsV1Envelope, item.envelope) for item in stale]
+        )
+        latest = self.latest
         for item, outcome in zip(stale, outcomes, strict=True):
             if isinstance(outcome, HeimdallKMSError):
                 self.fail(target, item.row, outcome)
-            elif self._landed(target, item.row, outcome.key_version):
+            elif outcome.key_version >= latest or self._landed(
+                target, item.row, outcome.key_version
+            ):
                 swaps.append((item, outcome.to_json()))
         return swaps
 

@@ -194,8 +194,10 @@ class VaultTransitProvider:
         self, wrapped: Sequence[str], contexts: Sequence[KeyContext]
     ) -> list[WrappedKey | HeimdallKMSError]:
         # Transit rewrap decrypts and re-encrypts the DEK inside Vault: no plaintext here.
+        made = WrappedKey.made  # one per value
+
         def decode(result: dict[str, Any]) -> WrappedKey | HeimdallKMSError:
-            return WrappedKey(result["ciphertext"], int(result["key_version"]))
+            return made(result["ciphertext"], int(result["key_version"]))
 
         return self._per_item("rewrap", wrapped, decode)
 
