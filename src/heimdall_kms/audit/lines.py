@@ -38,6 +38,8 @@ def chain_events(events: Sequence[AuditEvent], seq: int, prev: str) -> tuple[str
     fields: dict[str, str] = {}
     lines: list[str] = []
     sha256 = hashlib.sha256
+    last: AuditEvent | None = None  # the last event whose shared members are ``parts``
+    parts: _Shared | None = None
     for event in events:
         seq += 1
         if event.details is not None:
@@ -45,36 +47,59 @@ def chain_events(events: Sequence[AuditEvent], seq: int, prev: str) -> tuple[str
             line, prev = seal_line(event.to_dict(), seq, prev)
             lines.append(line)
             continue
-        key = (
-            event.actor,
-            event.event_type,
-            event.encryption_version,
-            event.error_type,
-            event.key_identifier,
-            event.key_version,
-            event.provider,
-            event.reason,
-            event.request_id,
-            event.result,
-            event.source_ip,
-            event.timestamp,
-            event.trace_id,
-            event.correlation_id,
-        )
-        parts = shared.get(key)
-        if parts is None:
-            parts = shared[key] = _Shared.of(event)
-        head = parts.actor
-        context = event.context
-        if context is not None:
-            head += ',"context":' + line_json(context)
-        head += parts.middle
+        # A call's events share the very same objects (one AuditScope built them): the
+        # identity checks answer for most lines what the key's hash and lookup would.
+        if (
+            parts is None
+            or last is None
+            or event.timestamp is not last.timestamp
+            or event.request_id is not last.request_id
+            or event.actor is not last.actor
+            or event.event_type is not last.event_type
+            or event.result is not last.result
+            or event.key_identifier is not last.key_identifier
+            or event.key_version is not last.key_version
+            or event.provider is not last.provider
+            or event.encryption_version is not last.encryption_version
+            or event.reason is not last.reason
+            or event.error_type is not last.error_type
+            or event.source_ip is not last.source_ip
+            or event.trace_id is not last.trace_id
+            or event.correlation_id is not last.correlation_id
+        ):
+            key = (
+                event.actor,
+                event.event_type,
+                event.encryption_version,
+                event.error_type,
+                event.key_identifier,
+                event.key_version,
+                event.provider,
+                event.reason,
+                event.request_id,
+                event.result,
+                event.source_ip,
+                event.timestamp,
+                event.trace_id,
+                event.correlation_id,
+            )
+            parts = shared.get(key)
+            if parts is None:
+                parts = shared[key] = _Shared.of(event)
+            last = event
         field = event.field_identifier
+        member = ""
         if field is not None:
-            member = fields.get(field)
-            if member is None:
-                member = fields[field] = ',"field_identifier":' + encode_json(field)
-            head += member
+            found = fields.get(field)
+            if found is None:
+                found = fields[field] = ',"field_identifier":' + encode_json(field)
+            member = found
+        context = event.context
+        head = (
+            f'{parts.actor},"context":{line_json(context)}{parts.middle}{member}'
+            if context is not None
+            else f"{parts.actor}{parts.middle}{member}"
+        )
         tail = f'{parts.keys}"prev_hash":"{prev}",{parts.request}"seq":{seq}{parts.end}'
         # prev is ASCII: checked above, and a hexdigest after that (seal_line's bytes).
         prev = sha256(f"{prev}\n{head},{tail}".encode()).hexdigest()
