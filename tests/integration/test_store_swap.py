@@ -75,6 +75,24 @@ class TestBatchSwap:
             json.loads(text) for i, text in enumerate(new) if i != 8
         ]
 
+    def test_the_journal_holds_each_replaced_row_however_many_statements_it_takes(
+        self, table: UserTable
+    ) -> None:
+        # 250 rows: on SQLite the journal is three multi-row INSERTs (100, 100, 50 rows).
+        old, new = _documents(250, "old"), _documents(250, "new")
+        table.insert(enumerate(old, 1))
+        stale = frozenset({0, 99, 100, 249})
+        applied, _ = self._swap(table, new, stale=stale)
+        assert applied == [i not in stale for i in range(250)]
+        store = open_store(table.url, Target(table.table, "ssn"))
+        try:
+            entries = store.journal("run-swap")
+        finally:
+            store.close()
+        assert sorted(
+            (int(e.row_key), json.loads(e.old_value), json.loads(e.new_value)) for e in entries
+        ) == [(i + 1, json.loads(old[i]), json.loads(new[i])) for i in range(250) if i not in stale]
+
 
 class TestJoinedSwapOnPostgres:
     """Ids of other types than integer compare as the one-row statement compared them."""

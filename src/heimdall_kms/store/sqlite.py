@@ -23,6 +23,7 @@ _DIALECT = Dialect(
     lock_rows=False,
     begin_write="BEGIN IMMEDIATE",
     id_as_text="CAST({id} AS TEXT)",
+    journal_rows=100,
     errors=(sqlite3.Error,),
 )
 
