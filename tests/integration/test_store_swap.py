@@ -8,12 +8,16 @@ one prepared statement run per row. Both must give the same answers.
 from __future__ import annotations
 
 import json
+import sqlite3
+from pathlib import Path
 
 import psycopg
 import pytest
 
+from heimdall_kms.errors import StoreError
 from heimdall_kms.store import Match, Row, Swap, Target, _sql, open_store
-from tests.integration.dbtables import UserTable
+from tests.integration.dbtables import UserTable, hybrid_local_env, run_main
+from tests.legacy_data import legacy_envelope
 
 _GONE = json.dumps({"ciphertext": "written by someone else since"})  # JSON: a jsonb column
 
@@ -125,3 +129,86 @@ class TestJoinedSwapOnPostgres:
         finally:
             store.close()
         assert found == {rid: f"new-{rid}" for rid in ids}
+
+
+class TestIdColumnMustIdentifyRows:
+    """Rows are read by id in keyset order: an id column that repeats, or a row without an
+    id, would be skipped without a trace (and a census would call the table clean). Such a
+    target is refused before anything is read."""
+
+    SQLITE = (
+        ("uid INTEGER, ssn TEXT", "not unique"),
+        ("uid INTEGER, ssn TEXT, UNIQUE (uid, ssn)", "not unique"),  # unique only with ssn
+        ("uid TEXT UNIQUE, ssn TEXT", "have no 'uid'"),  # a NULL id below
+        ("uid INTEGER PRIMARY KEY, ssn TEXT", None),
+        ("uid TEXT PRIMARY KEY, ssn TEXT", "have no 'uid'"),  # SQLite lets a text key be NULL
+        ("uid TEXT NOT NULL UNIQUE, ssn TEXT", None),
+    )
+
+    @pytest.mark.parametrize(("columns", "refused"), SQLITE)
+    def test_sqlite(self, tmp_path: Path, columns: str, refused: str | None) -> None:
+        path = tmp_path / "ids.db"
+        with sqlite3.connect(path) as db:
+            db.execute(f"CREATE TABLE t ({columns})")
+            db.execute("CREATE UNIQUE INDEX t_partial ON t (ssn) WHERE ssn IS NOT NULL")
+            nullable = "NOT NULL" not in columns and "INTEGER PRIMARY KEY" not in columns
+            db.execute(
+                "INSERT INTO t (uid, ssn) VALUES (?, 'a'), ('2', 'b')", [None if nullable else "1"]
+            )
+        self._check(f"sqlite:///{path}", refused)
+
+    POSTGRES = (
+        ("uid integer, ssn text", "not unique"),
+        ("uid integer, ssn text, UNIQUE (uid, ssn)", "not unique"),
+        ("uid text UNIQUE, ssn text", "have no 'uid'"),
+        ("uid integer PRIMARY KEY, ssn text", None),
+        ("uid text NOT NULL UNIQUE, ssn text", None),
+    )
+
+    @pytest.mark.parametrize(("columns", "refused"), POSTGRES)
+    def test_postgres(self, postgres_url: str, columns: str, refused: str | None) -> None:
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            db.execute("DROP TABLE IF EXISTS ids_probe")
+            db.execute(f"CREATE TABLE ids_probe ({columns})")
+            # A partial unique index on the id does not make it unique.
+            db.execute("CREATE UNIQUE INDEX ON ids_probe (uid) WHERE ssn = 'no such value'")
+            nullable = "NOT NULL" not in columns and "PRIMARY KEY" not in columns
+            db.execute(
+                "INSERT INTO ids_probe (uid, ssn) VALUES (%s, 'a'), ('2', 'b')",
+                [None if nullable else "1"],
+            )
+        try:
+            self._check(postgres_url, refused, table="ids_probe")
+        finally:
+            with psycopg.connect(postgres_url, autocommit=True) as db:
+                db.execute("DROP TABLE ids_probe")
+
+    @staticmethod
+    def _check(url: str, refused: str | None, table: str = "t") -> None:
+        store = open_store(url, Target(table, "ssn", id_column="uid"))
+        try:
+            if refused is None:
+                store.check(writable=False)
+            else:
+                with pytest.raises(StoreError, match=refused):
+                    store.check(writable=False)
+        finally:
+            store.close()
+
+    def test_the_cut_over_gate_is_not_passed_on_a_table_it_cannot_read_whole(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        # 5,001 rows, the last id twice: a census in batches of 5,000 read the first 5,000
+        # and never the legacy value in the 5,001st, and the gate passed.
+        hybrid_local_env(tmp_path, monkeypatch, "ab" * 32)
+        path = tmp_path / "big.db"
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE users (uid INTEGER, ssn TEXT)")
+            rows = [(i, "[REDACTED]") for i in range(1, 5001)]
+            db.executemany(
+                "INSERT INTO users VALUES (?, ?)", [*rows, (5000, legacy_envelope("ab" * 32, "x"))]
+            )
+        args = ["--database", f"sqlite:///{path}", "--table", "users", "--column", "ssn"]
+        code, _, err = run_main(["status", *args, "--id-column", "uid", "--fail-if-legacy"], capsys)
+        assert code == 73
+        assert "id column 'uid' of 'users' is not unique" in err

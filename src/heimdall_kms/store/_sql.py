@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from heimdall_kms.errors import StoreError
 from heimdall_kms.store.base import JOURNAL_TABLE, JournalEntry, Match, Row, Swap, Target
 
-__all__ = ["Dialect", "SQLFieldStore"]
+__all__ = ["Dialect", "IdColumn", "SQLFieldStore"]
 
 
 class Cursor(Protocol):
@@ -101,6 +101,14 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+@dataclass(frozen=True, slots=True)
+class IdColumn:
+    """What the database says of a target's id column (rows are read in its order)."""
+
+    unique: bool  # a primary key, or a unique index on it alone that is not partial
+    not_null: bool  # declared so (else the rows without one are counted)
+
+
 class SQLFieldStore:
     """A :class:`FieldStore` over one DB-API connection (see ``base.FieldStore``)."""
 
@@ -112,10 +120,12 @@ class SQLFieldStore:
         describe: Callable[[SQLFieldStore], dict[str, str]],
         writable: Callable[[SQLFieldStore], None],
         *,
+        id_column: Callable[[SQLFieldStore], IdColumn],
         max_chars: int | None = None,
     ) -> None:
         self.connection = connection
         self._max_chars = max_chars
+        self._id_column = id_column
         self.target = target
         self.dialect = dialect
         self._describe = describe
@@ -140,8 +150,32 @@ class SQLFieldStore:
         for what, name in (("column", self.target.column), ("id column", self.target.id_column)):
             if name not in columns:
                 raise StoreError(f"table {self.target.table!r} has no {what} {name!r}")
+        self._check_ids()
         if writable:
             self._writable(self)
+
+    def _check_ids(self) -> None:
+        """Rows are read in batches after the last id read (keyset order): a repeated id at a
+        batch's end, or a NULL id, would be skipped without a trace, and a census would count
+        those rows as nothing. So the id column must be unique and every row must have one."""
+        table, name = self.target.table, self.target.id_column
+        found = self._id_column(self)
+        if not found.unique:
+            raise StoreError(
+                f"id column {name!r} of {table!r} is not unique (no primary key or unique index "
+                "on it alone): rows that repeat an id would be skipped; name a unique column"
+            )
+        if found.not_null:
+            return
+        with self._errors("count the rows without an id"):
+            cursor = self.connection.cursor()
+            cursor.execute(f"SELECT count(*) FROM {self._t} WHERE {self._id} IS NULL")  # noqa: S608
+            missing = int(cursor.fetchone()[0])
+        if missing:
+            raise StoreError(
+                f"{missing} rows of {table!r} have no {name!r} (NULL): they cannot be read by "
+                "id; give them one or name another id column"
+            )
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 
 from heimdall_kms.errors import StoreError
-from heimdall_kms.store._sql import Dialect, SQLFieldStore
+from heimdall_kms.store._sql import Dialect, IdColumn, SQLFieldStore
 from heimdall_kms.store.base import Target
 
 __all__ = ["open_postgres"]
@@ -48,7 +48,9 @@ def open_postgres(url: str, target: Target) -> SQLFieldStore:
         # libpq messages name host and port, not the password; keep the first line only.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StoreError(f"cannot connect to PostgreSQL: {first}") from None
-    probe = SQLFieldStore(connection, target, _dialect("text"), _describe, _check_writable)
+    probe = SQLFieldStore(
+        connection, target, _dialect("text"), _describe, _check_writable, id_column=_id_column
+    )
     column_type = _describe(probe).get(target.column, "text")
     if column_type not in ("text", "character varying", "json", "jsonb"):
         connection.close()
@@ -59,6 +61,7 @@ def open_postgres(url: str, target: Target) -> SQLFieldStore:
         _dialect(column_type),
         _describe,
         _check_writable,
+        id_column=_id_column,
         max_chars=_max_chars(probe) if column_type == "character varying" else None,
     )
 
@@ -93,6 +96,24 @@ def _max_chars(store: SQLFieldStore) -> int | None:
         )
         found = cursor.fetchone()
     return None if found is None or found[0] is None else int(found[0])
+
+
+def _id_column(store: SQLFieldStore) -> IdColumn:
+    """Unique: a unique index (the primary key's included) on the column alone, not partial.
+    Not null: declared NOT NULL (a primary key is)."""
+    with store._errors("inspect the table"):
+        cursor = store.connection.cursor()
+        cursor.execute(
+            "SELECT a.attnotnull, EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid "
+            "AND i.indisunique AND i.indnkeyatts = 1 AND i.indkey[0] = a.attnum "
+            "AND i.indpred IS NULL) FROM pg_attribute a "
+            "WHERE a.attrelid = to_regclass(%s) AND a.attname = %s AND NOT a.attisdropped",
+            [store.dialect.quote(store.target.table), store.target.id_column],
+        )
+        found = cursor.fetchone()
+    if found is None:
+        return IdColumn(unique=False, not_null=False)
+    return IdColumn(unique=bool(found[1]), not_null=bool(found[0]))
 
 
 def _check_writable(store: SQLFieldStore) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from heimdall_kms.errors import StoreError
-from heimdall_kms.store._sql import Dialect, SQLFieldStore
+from heimdall_kms.store._sql import Dialect, IdColumn, SQLFieldStore
 from heimdall_kms.store.base import Target
 
 __all__ = ["open_sqlite", "sqlite_path"]
@@ -56,20 +56,51 @@ def open_sqlite(url: str, target: Target) -> SQLFieldStore:
         connection.execute("PRAGMA schema_version").fetchone()
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open SQLite database {path}: {exc}") from None
-    return SQLFieldStore(connection, target, _DIALECT, _describe, _check_writable)
+    return SQLFieldStore(
+        connection, target, _DIALECT, _describe, _check_writable, id_column=_id_column
+    )
 
 
 def _describe(store: SQLFieldStore) -> dict[str, str]:
-    # The schema of a qualified name (``main.t``, ``temp.t``) is asked about, not dropped: the
-    # reads and writes name it, so a check of another schema's ``t`` would pass a target they
-    # then find missing.
-    schema, _, table = store.target.table.rpartition(".")
-    quote = store.dialect.quote
-    pragma = f"PRAGMA {quote(schema)}.table_info" if schema else "PRAGMA table_info"
     with store._errors("inspect the table"):
         cursor = store.connection.cursor()
-        cursor.execute(f"{pragma}({quote(table)})")
+        cursor.execute(_pragma(store, "table_info", _table_name(store)))
         return {str(row[1]): str(row[2]).lower() for row in cursor.fetchall()}
+
+
+def _pragma(store: SQLFieldStore, name: str, argument: str) -> str:
+    """``PRAGMA [schema.]name("argument")`` in the target's schema. The schema of a qualified
+    name (``main.t``, ``temp.t``) is asked about, not dropped: the reads and writes name it, so
+    a check of another schema's ``t`` would pass a target they then find missing."""
+    schema = store.target.table.rpartition(".")[0]
+    quote = store.dialect.quote
+    return f"PRAGMA {quote(schema) + '.' if schema else ''}{name}({quote(argument)})"
+
+
+def _table_name(store: SQLFieldStore) -> str:
+    return store.target.table.rpartition(".")[2]
+
+
+def _id_column(store: SQLFieldStore) -> IdColumn:
+    """Unique: the table's only primary-key column, or the one column of a unique index that
+    is not partial. Not null: declared NOT NULL, or the INTEGER PRIMARY KEY (the rowid)."""
+    table, name = _table_name(store), store.target.id_column
+    with store._errors("inspect the table"):
+        cursor = store.connection.cursor()
+        cursor.execute(_pragma(store, "table_info", table))
+        columns = cursor.fetchall()  # cid, name, type, notnull, default, pk
+        keys = [row for row in columns if row[5]]
+        rowid = len(keys) == 1 and keys[0][1] == name and str(keys[0][2]).upper() == "INTEGER"
+        unique = len(keys) == 1 and keys[0][1] == name
+        if not unique:
+            cursor.execute(_pragma(store, "index_list", table))  # seq name unique origin partial
+            for _, index, is_unique, _, partial in cursor.fetchall():
+                cursor.execute(_pragma(store, "index_info", index))
+                if is_unique and not partial and [r[2] for r in cursor.fetchall()] == [name]:
+                    unique = True
+                    break
+    not_null = rowid or any(row[1] == name and row[3] for row in columns)
+    return IdColumn(unique=unique, not_null=not_null)
 
 
 def _check_writable(store: SQLFieldStore) -> None:
