@@ -110,10 +110,10 @@ class AuditScope:
         for envelope, context, error, detail in values:
             provider: str | None
             key_version: int | None
-            if type(envelope) is KmsV1Envelope:
+            if isinstance(envelope, KmsV1Envelope):
                 provider, key_identifier = envelope.provider, envelope.key_identifier
                 key_version = envelope.key_version
-            elif type(envelope) is LegacyEnvelope:
+            elif isinstance(envelope, LegacyEnvelope):
                 provider, key_identifier, key_version = None, envelope.key_id, None
             else:
                 events.append(self.event(event_type, envelope, context, error, detail))

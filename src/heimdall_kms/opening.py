@@ -92,34 +92,22 @@ class Opener:
     def prepare(self, source: EnvelopeInput, stated: Mapping[str, str] | None) -> Opened:
         """Parse and check one envelope against the mode and the stated context."""
         claimed = check_context(stated) if stated is not None else {}
-        # The exact classes first: isinstance against a subclass of the abstract Envelope runs
-        # ABCMeta's check in Python, and this runs once per value.
         try:
-            envelope = (
-                source
-                if type(source) is KmsV1Envelope
-                or type(source) is LegacyEnvelope
-                or isinstance(source, Envelope)
-                else parse(source)
-            )
+            envelope = source if isinstance(source, Envelope) else parse(source)
         except MalformedEnvelopeError as exc:
             return Opened(exc, None, claimed)
         version = envelope.encryption_version
         refusal: HeimdallKMSError | None = (
             None if version in self._readable else modes.read_refusal(self.settings.mode, version)
         )
-        kind = type(envelope)
-        if kind is not KmsV1Envelope and (
-            kind is LegacyEnvelope or not isinstance(envelope, KmsV1Envelope)
-        ):
-            if refusal is not None:
-                return Opened(refusal, envelope, claimed)
-            return self._legacy(envelope, claimed)
-        context = cast(KmsV1Envelope, envelope).context
-        if refusal is None and claimed and _differs(context, claimed):
-            # Deliberately unspecific: which key differs is no business of the reader.
-            refusal = IntegrityError("envelope failed authentication (wrong field/context)")
-        return Opened(refusal or PENDING, envelope, context)
+        if isinstance(envelope, KmsV1Envelope):
+            if refusal is None and claimed and _differs(envelope.context, claimed):
+                # Deliberately unspecific: which key differs is no business of the reader.
+                refusal = IntegrityError("envelope failed authentication (wrong field/context)")
+            return Opened(refusal or PENDING, envelope, envelope.context)
+        if refusal is not None:
+            return Opened(refusal, envelope, claimed)
+        return self._legacy(envelope, claimed)
 
     def _legacy(self, envelope: Envelope, claimed: Mapping[str, str]) -> Opened:
         """A legacy value binds no context: on a migrated target a stated record context on
@@ -142,11 +130,10 @@ class Opener:
         for item in prepared:
             if item.outcome is not PENDING:
                 continue
-            # The exact classes first (see prepare); a caller's own Envelope class is neither.
-            envelope = item.envelope
-            if type(envelope) is KmsV1Envelope:
+            envelope = item.envelope  # a caller's own Envelope class is neither
+            if isinstance(envelope, KmsV1Envelope):
                 kms_v1.append(item)
-            elif type(envelope) is LegacyEnvelope:
+            elif isinstance(envelope, LegacyEnvelope):
                 legacy.append((item, envelope))
             elif isinstance(envelope, KmsV1Envelope):
                 kms_v1.append(item)

@@ -370,22 +370,13 @@ class Crypto:
 
     def _count(self, counter: MetricCounter, envelopes: Sequence[Envelope]) -> None:
         # The labels metric_labels gives, a kms_v1 version's text made once per call rather
-        # than once per value, a legacy value's key id read without its isinstance checks.
+        # than once per value.
         versions = Counter(
-            [(e.provider, e.key_version) for e in envelopes if type(e) is KmsV1Envelope]
+            [(e.provider, e.key_version) for e in envelopes if isinstance(e, KmsV1Envelope)]
         )
-        legacy = Counter([e.key_id for e in envelopes if type(e) is LegacyEnvelope])
-        labels = Counter(
-            [
-                metric_labels(e)
-                for e in envelopes
-                if type(e) is not KmsV1Envelope and type(e) is not LegacyEnvelope
-            ]
-        )
+        labels = Counter([metric_labels(e) for e in envelopes if not isinstance(e, KmsV1Envelope)])
         for (provider, key_version), count in versions.items():
             labels[provider, str(key_version)] += count
-        for key_id, count in legacy.items():
-            labels[LEGACY_LABEL, key_id] += count
         for (label, version), count in labels.items():
             counter.labels(label, version).inc(count)
 

@@ -49,24 +49,7 @@ def chain_events(events: Sequence[AuditEvent], seq: int, prev: str) -> tuple[str
             continue
         # A call's events share the very same objects (one AuditScope built them): the
         # identity checks answer for most lines what the key's hash and lookup would.
-        if (
-            parts is None
-            or last is None
-            or event.timestamp is not last.timestamp
-            or event.request_id is not last.request_id
-            or event.actor is not last.actor
-            or event.event_type is not last.event_type
-            or event.result is not last.result
-            or event.key_identifier is not last.key_identifier
-            or event.key_version is not last.key_version
-            or event.provider is not last.provider
-            or event.encryption_version is not last.encryption_version
-            or event.reason is not last.reason
-            or event.error_type is not last.error_type
-            or event.source_ip is not last.source_ip
-            or event.trace_id is not last.trace_id
-            or event.correlation_id is not last.correlation_id
-        ):
+        if parts is None or last is None or not _shares_members(event, last):
             key = (
                 event.actor,
                 event.event_type,
@@ -105,6 +88,29 @@ def chain_events(events: Sequence[AuditEvent], seq: int, prev: str) -> tuple[str
         prev = sha256(f"{prev}\n{head},{tail}".encode()).hexdigest()
         lines.append(f'{head},"hash":"{prev}",{tail}\n')
     return "".join(lines), seq, prev
+
+
+def _shares_members(event: AuditEvent, last: AuditEvent) -> bool:
+    """Whether ``event``'s shared members are the very objects of ``last``'s (then its line
+    takes ``last``'s pre-encoded ones). Identity, not equality: the cheap test that one
+    :class:`~heimdall_kms.audit_scope.AuditScope` built both; equal but distinct values take
+    the lookup by key instead, to the same bytes."""
+    return (
+        event.timestamp is last.timestamp
+        and event.request_id is last.request_id
+        and event.actor is last.actor
+        and event.event_type is last.event_type
+        and event.result is last.result
+        and event.key_identifier is last.key_identifier
+        and event.key_version is last.key_version
+        and event.provider is last.provider
+        and event.encryption_version is last.encryption_version
+        and event.reason is last.reason
+        and event.error_type is last.error_type
+        and event.source_ip is last.source_ip
+        and event.trace_id is last.trace_id
+        and event.correlation_id is last.correlation_id
+    )
 
 
 class _Shared(NamedTuple):

@@ -125,9 +125,7 @@ class ReencryptJob(ValueJob):
         return [Swap(item.row, item.slot.put(value)) for item, value in swaps]
 
     def _stale(self, _: Classified, envelope: Envelope) -> bool:
-        # The exact class first: isinstance against a subclass of the abstract Envelope runs
-        # ABCMeta's check in Python, and this runs once per row.
-        return (type(envelope) is KmsV1Envelope or isinstance(envelope, KmsV1Envelope)) and (
+        return isinstance(envelope, KmsV1Envelope) and (
             self.all_versions or envelope.key_version < self.latest
         )
 

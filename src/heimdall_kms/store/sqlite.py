@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 from heimdall_kms.errors import StoreError
@@ -90,17 +91,22 @@ def _id_column(store: SQLFieldStore) -> IdColumn:
         cursor.execute(_pragma(store, "table_info", table))
         columns = cursor.fetchall()  # cid, name, type, notnull, default, pk
         keys = [row for row in columns if row[5]]
-        rowid = len(keys) == 1 and keys[0][1] == name and str(keys[0][2]).upper() == "INTEGER"
-        unique = len(keys) == 1 and keys[0][1] == name
-        if not unique:
-            cursor.execute(_pragma(store, "index_list", table))  # seq name unique origin partial
-            for _, index, is_unique, _, partial in cursor.fetchall():
-                cursor.execute(_pragma(store, "index_info", index))
-                if is_unique and not partial and [r[2] for r in cursor.fetchall()] == [name]:
-                    unique = True
-                    break
+        sole_key = len(keys) == 1 and keys[0][1] == name
+        unique = sole_key or _uniquely_indexed(store, cursor, table, name)
+    rowid = sole_key and str(keys[0][2]).upper() == "INTEGER"
     not_null = rowid or any(row[1] == name and row[3] for row in columns)
     return IdColumn(unique=unique, not_null=not_null)
+
+
+def _uniquely_indexed(store: SQLFieldStore, cursor: Any, table: str, name: str) -> bool:
+    """Whether a unique index that is not partial covers the column alone."""
+    cursor.execute(_pragma(store, "index_list", table))  # seq, name, unique, origin, partial
+    for _, index, is_unique, _, partial in cursor.fetchall():
+        if is_unique and not partial:
+            cursor.execute(_pragma(store, "index_info", index))  # seqno, cid, name
+            if [row[2] for row in cursor.fetchall()] == [name]:
+                return True
+    return False
 
 
 def _check_writable(store: SQLFieldStore) -> None:
