@@ -11,6 +11,8 @@ import pytest
 
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.config import ProviderName
+from heimdall_kms.errors import InvalidInputError
+from heimdall_kms.jobs.retire import retire
 from heimdall_kms.jobs.rotation import ClockSource, is_due, key_now, rotate
 from heimdall_kms.providers import KeyInfo, KeyVersion
 from heimdall_kms.providers.base import http_date
@@ -89,3 +91,30 @@ class TestDecisionUnderTheLock:
         assert result.clock is ClockSource.LOCAL
         assert kms.describe().latest_version == 2  # only the other scheduler's rotation
         assert sink.events == []
+
+
+class TestReason:
+    """A reason given with a rotation or a retirement is audited: it must say something."""
+
+    @pytest.mark.parametrize("reason", ["", "   ", "\t\n"])
+    def test_a_blank_reason_is_refused_before_anything_changes(
+        self, tmp_path: Path, reason: str
+    ) -> None:
+        keyring = LocalKeyring(tmp_path / "kr.json")
+        keyring.ensure_key("k")
+        kms = LocalDevProvider(LocalKeyring(tmp_path / "kr.json"), "k")
+        sink = MemoryAuditSink()
+        with pytest.raises(InvalidInputError, match="reason must not be blank"):
+            rotate(kms, sink, actor="ops", if_due=False, cadence=CADENCE, reason=reason)
+        with pytest.raises(InvalidInputError, match="reason must not be blank"):
+            retire(kms, [], sink, below_version=1, actor="ops", reason=reason)
+        assert kms.describe().latest_version == 1
+        assert sink.events == []
+
+    def test_a_reason_is_recorded_as_given(self, tmp_path: Path) -> None:
+        keyring = LocalKeyring(tmp_path / "kr.json")
+        keyring.ensure_key("k")
+        kms = LocalDevProvider(LocalKeyring(tmp_path / "kr.json"), "k")
+        sink = MemoryAuditSink()
+        rotate(kms, sink, actor="ops", if_due=False, cadence=CADENCE, reason=" CHG-42 ")
+        assert {event.reason for event in sink.events} == {" CHG-42 "}

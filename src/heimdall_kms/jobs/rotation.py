@@ -21,6 +21,8 @@ from enum import StrEnum
 from typing import Any
 
 from heimdall_kms.audit import AuditEvent, AuditSink, EventType, Result, audited
+from heimdall_kms.errors import InvalidInputError
+from heimdall_kms.inputs import checked_label
 from heimdall_kms.jobs.propagation import (
     Propagation,
     confirm_primary,
@@ -197,6 +199,20 @@ def key_event(
         key_identifier=kms.key_identifier,
         key_version=version,
         provider=kms.name.value,
-        reason=reason,
+        reason=_given_reason(reason),
         details=details,
     )
+
+
+def _given_reason(reason: str | None) -> str | None:
+    """A reason, where one is given, is audited with the change: blank text says nothing and
+    is refused before anything changes, as every reason a read states is.
+
+    Raises:
+        InvalidInputError: blank, too long, or not valid Unicode.
+    """
+    if reason is None:
+        return None
+    if not reason.strip():
+        raise InvalidInputError("reason must not be blank: it is audited with the change")
+    return checked_label("reason", reason)
