@@ -107,6 +107,9 @@ class IdColumn:
 
     unique: bool  # a primary key, or a unique index on it alone that is not partial
     not_null: bool  # declared so (else the rows without one are counted)
+    # Its type as SQL (``format_type``: "integer", "character(8)", an enum's name), where
+    # a statement must state it; None where the database infers it (SQLite).
+    sql_type: str | None = None
 
 
 class SQLFieldStore:
@@ -126,6 +129,7 @@ class SQLFieldStore:
         self.connection = connection
         self._max_chars = max_chars
         self._id_column = id_column
+        self._ids: IdColumn | None = None  # what the check found (the joined swap's id type)
         self.target = target
         self.dialect = dialect
         self._describe = describe
@@ -159,7 +163,7 @@ class SQLFieldStore:
         batch's end, or a NULL id, would be skipped without a trace, and a census would count
         those rows as nothing. So the id column must be unique and every row must have one."""
         table, name = self.target.table, self.target.id_column
-        found = self._id_column(self)
+        found = self._ids = self._id_column(self)
         if not found.unique:
             raise StoreError(
                 f"id column {name!r} of {table!r} is not unique (no primary key or unique index "
@@ -317,25 +321,43 @@ class SQLFieldStore:
     def _swap_joined(self, cursor: Any, swaps: Sequence[Swap]) -> list[bool]:
         """Compare-and-swap the batch as one ``UPDATE ... FROM (VALUES ...)`` per chunk: each
         row is updated where it still holds the value read, as the one-row statement does;
-        returns which rows were."""
-        done: set[object] = set()
+        returns which rows were, by their place in the chunk (not by comparing ids here: an
+        id's Python value need not equal itself, a float NaN for one)."""
+        applied = [False] * len(swaps)
+        sql_type = self._id_type()
         for start in range(0, len(swaps), _JOINED_ROWS):
             chunk = swaps[start : start + _JOINED_ROWS]
             cursor.execute(
-                self._joined_sql(len(chunk)),
-                [part for swap in chunk for part in (swap.row.id, swap.new_value, swap.row.value)],
+                self._joined_sql(len(chunk), sql_type),
+                [
+                    part
+                    for n, swap in enumerate(chunk, start)
+                    for part in (n, swap.row.id, swap.new_value, swap.row.value)
+                ],
             )
-            done.update(row_id for (row_id,) in cursor.fetchall())
-        return [swap.row.id in done for swap in swaps]
+            for (n,) in cursor.fetchall():
+                applied[n] = True
+        return applied
 
-    def _joined_sql(self, rows: int) -> str:
+    def _id_type(self) -> str | None:
+        if self._ids is None:
+            self._ids = self._id_column(self)
+        return self._ids.sql_type
+
+    def _joined_sql(self, rows: int, sql_type: str | None) -> str:
+        # The id is cast to the column's own type, as the one-row statement's parameter is
+        # inferred to be: an enum, char(N) or macaddr id compared with text would fail or
+        # (char(N): trailing blanks) match nothing.
         dialect = self.dialect
-        values = ",".join([f"({dialect.param},{dialect.value()},{dialect.compared()})"] * rows)
+        p = dialect.param
+        row_id = f"{p}::{sql_type}" if sql_type is not None else p
+        row = f"({p}::integer,{row_id},{dialect.value()},{dialect.compared()})"
+        values = ",".join([row] * rows)
         return (
             f"UPDATE {self._t} AS t SET {self._c} = v.new "  # noqa: S608
-            f"FROM (VALUES {values}) AS v(id, new, old) "
+            f"FROM (VALUES {values}) AS v(n, id, new, old) "
             f"WHERE t.{self._id} = v.id AND {dialect.holds(f't.{self._c}', 'v.old')} "
-            f"RETURNING t.{self._id}"
+            "RETURNING v.n"
         )
 
     def _write_journal(self, cursor: Any, rows: list[list[str | None]]) -> None:

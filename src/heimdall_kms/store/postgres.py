@@ -100,20 +100,21 @@ def _max_chars(store: SQLFieldStore) -> int | None:
 
 def _id_column(store: SQLFieldStore) -> IdColumn:
     """Unique: a unique index (the primary key's included) on the column alone, not partial.
-    Not null: declared NOT NULL (a primary key is)."""
+    Not null: declared NOT NULL (a primary key is). Its type as ``format_type`` writes it
+    (schema-qualified where the search path would not find it)."""
     with store._errors("inspect the table"):
         cursor = store.connection.cursor()
         cursor.execute(
             "SELECT a.attnotnull, EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid "
             "AND i.indisunique AND i.indnkeyatts = 1 AND i.indkey[0] = a.attnum "
-            "AND i.indpred IS NULL) FROM pg_attribute a "
+            "AND i.indpred IS NULL), format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
             "WHERE a.attrelid = to_regclass(%s) AND a.attname = %s AND NOT a.attisdropped",
             [store.dialect.quote(store.target.table), store.target.id_column],
         )
         found = cursor.fetchone()
     if found is None:
         return IdColumn(unique=False, not_null=False)
-    return IdColumn(unique=bool(found[1]), not_null=bool(found[0]))
+    return IdColumn(unique=bool(found[1]), not_null=bool(found[0]), sql_type=str(found[2]))
 
 
 def _check_writable(store: SQLFieldStore) -> None:
