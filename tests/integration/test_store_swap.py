@@ -149,24 +149,24 @@ class TestIdColumnMustIdentifyRows:
     id, would be skipped without a trace (and a census would call the table clean). Such a
     target is refused before anything is read."""
 
-    SQLITE = (
-        ("uid INTEGER, ssn TEXT", "not unique"),
-        ("uid INTEGER, ssn TEXT, UNIQUE (uid, ssn)", "not unique"),  # unique only with ssn
-        ("uid TEXT UNIQUE, ssn TEXT", "have no 'uid'"),  # a NULL id below
-        ("uid INTEGER PRIMARY KEY, ssn TEXT", None),
-        ("uid TEXT PRIMARY KEY, ssn TEXT", "have no 'uid'"),  # SQLite lets a text key be NULL
-        ("uid TEXT NOT NULL UNIQUE, ssn TEXT", None),
+    SQLITE = (  # columns, a row with a NULL id, what is refused
+        ("uid INTEGER, ssn TEXT", True, "not unique"),
+        ("uid INTEGER, ssn TEXT, UNIQUE (uid, ssn)", True, "not unique"),  # only with ssn
+        ("uid TEXT UNIQUE, ssn TEXT", True, "have no 'uid'"),
+        ("uid INTEGER PRIMARY KEY, ssn TEXT", False, None),  # the rowid: never NULL
+        ("uid INTEGER PRIMARY KEY DESC, ssn TEXT", True, "have no 'uid'"),  # not the rowid
+        ("uid TEXT PRIMARY KEY, ssn TEXT", True, "have no 'uid'"),  # SQLite lets it be NULL
+        ("uid TEXT NOT NULL UNIQUE, ssn TEXT", False, None),
     )
 
-    @pytest.mark.parametrize(("columns", "refused"), SQLITE)
-    def test_sqlite(self, tmp_path: Path, columns: str, refused: str | None) -> None:
+    @pytest.mark.parametrize(("columns", "null", "refused"), SQLITE)
+    def test_sqlite(self, tmp_path: Path, columns: str, null: bool, refused: str | None) -> None:
         path = tmp_path / "ids.db"
         with sqlite3.connect(path) as db:
             db.execute(f"CREATE TABLE t ({columns})")
             db.execute("CREATE UNIQUE INDEX t_partial ON t (ssn) WHERE ssn IS NOT NULL")
-            nullable = "NOT NULL" not in columns and "INTEGER PRIMARY KEY" not in columns
             db.execute(
-                "INSERT INTO t (uid, ssn) VALUES (?, 'a'), ('2', 'b')", [None if nullable else "1"]
+                "INSERT INTO t (uid, ssn) VALUES (?, 'a'), ('2', 'b')", [None if null else "1"]
             )
         self._check(f"sqlite:///{path}", refused)
 
@@ -195,6 +195,42 @@ class TestIdColumnMustIdentifyRows:
         finally:
             with psycopg.connect(postgres_url, autocommit=True) as db:
                 db.execute("DROP TABLE ids_probe")
+
+    def test_an_invalid_unique_index_does_not_count(self, postgres_url: str) -> None:
+        # What a CREATE UNIQUE INDEX CONCURRENTLY that met a repeated id leaves behind.
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            db.execute("DROP TABLE IF EXISTS ids_probe")
+            db.execute("CREATE TABLE ids_probe (uid integer NOT NULL, ssn text)")
+            db.execute("INSERT INTO ids_probe VALUES (1, 'a'), (1, 'b'), (2, 'c')")
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                db.execute("CREATE UNIQUE INDEX CONCURRENTLY ids_probe_uid ON ids_probe (uid)")
+        try:
+            self._check(postgres_url, "not unique", table="ids_probe")
+        finally:
+            with psycopg.connect(postgres_url, autocommit=True) as db:
+                db.execute("DROP TABLE ids_probe")
+
+    def test_the_journal_and_a_rollback_need_no_unique_id(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        # They read the journal, not the rows in id order: an older run's journal can still be
+        # listed, purged and rolled back on a table that has no unique id.
+        hybrid_local_env(tmp_path, monkeypatch, "ab" * 32)
+        path = tmp_path / "j.db"
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE users (uid INTEGER, ssn TEXT)")
+            db.execute("INSERT INTO users VALUES (1, 'x')")
+        args = ["--database", f"sqlite:///{path}", "--table", "users", "--column", "ssn"]
+        args += ["--id-column", "uid"]
+        code, _, err = run_main(["journal", "list", *args], capsys)
+        assert code == 0, err
+        code, _, err = run_main(["journal", "purge", *args, "--run", "run-old"], capsys)
+        assert code == 0, err
+        code, _, err = run_main(["migrate", *args, "--rollback", "run-old"], capsys)
+        assert "not unique" not in err
+        code, _, err = run_main(["status", *args], capsys)
+        assert code == 73
+        assert "not unique" in err
 
     @staticmethod
     def _check(url: str, refused: str | None, table: str = "t") -> None:

@@ -150,14 +150,15 @@ def opened_stores(spec: TargetSpec, *, required: bool = True) -> Iterator[list[F
 
 @contextmanager
 def checked_stores(
-    spec: TargetSpec, *, writable: bool, required: bool = True
+    spec: TargetSpec, *, writable: bool, required: bool = True, scans: bool = True
 ) -> Iterator[list[FieldStore]]:
-    """``opened_stores``, each store checked before use: readable, and writable if asked.
+    """``opened_stores``, each store checked before use: readable, and writable if asked
+    (``scans``: see ``FieldStore.check``).
 
     Raises:
         StoreError: a target cannot be read (or written).
     """
     with opened_stores(spec, required=required) as stores:
         for store in stores:
-            store.check(writable=writable)
+            store.check(writable=writable, scans=scans)
         yield stores

@@ -284,7 +284,8 @@ def _describe_if_configured() -> Callable[[], KeyInfo] | None:
 
 def _rollback(spec: TargetSpec, run_id: str, actor: str, as_json: bool) -> None:
     sink = open_sink(audit_destination(os.environ))
-    with checked_stores(spec, writable=True) as stores:
+    # A rollback reads the journal, not the rows in id order.
+    with checked_stores(spec, writable=True, scans=False) as stores:
         result = rollback(stores, run_id, sink, actor, describe=_describe_if_configured())
     sink.close()
     if as_json:

@@ -37,7 +37,7 @@ def list_runs(
     """List journaled runs: run id, values kept, when."""
     with opened_stores(spec) as stores:
         for store in stores:
-            store.check(writable=False)
+            store.check(writable=False, scans=False)
             store.ensure_journal()
         runs = {str(store.target): store.runs() for store in stores}
     if as_json:
@@ -81,7 +81,7 @@ def purge(
 ) -> None:
     """Delete journal rows after the grace period (default 30 days); audited."""
     sink = open_sink(audit_destination(os.environ))
-    with checked_stores(spec, writable=True) as stores:
+    with checked_stores(spec, writable=True, scans=False) as stores:
         result = purge_journal(stores, sink, actor, older_than_days=older_than_days, run_id=run_id)
     sink.close()
     if as_json:

@@ -147,14 +147,15 @@ class SQLFieldStore:
 
     # -- checks ---------------------------------------------------------------------------------
 
-    def check(self, *, writable: bool) -> None:
+    def check(self, *, writable: bool, scans: bool = True) -> None:
         columns = self._describe(self)
         if not columns:
             raise StoreError(f"table {self.target.table!r} does not exist")
         for what, name in (("column", self.target.column), ("id column", self.target.id_column)):
             if name not in columns:
                 raise StoreError(f"table {self.target.table!r} has no {what} {name!r}")
-        self._check_ids()
+        if scans:
+            self._check_ids()
         if writable:
             self._writable(self)
 

@@ -157,8 +157,10 @@ class FieldStore(Protocol):
     def max_chars(self) -> int | None:
         """The most characters the column holds (``varchar(N)``); None: no bound."""
 
-    def check(self, *, writable: bool) -> None:
-        """Verify table, columns and (if asked) write permission before any work.
+    def check(self, *, writable: bool, scans: bool = True) -> None:
+        """Verify table, columns and (if asked) write permission before any work; ``scans``:
+        the command reads the rows in id order (a job, a census), so the id column must
+        identify every row (the journal's commands and a rollback read the journal instead).
 
         Raises:
             StoreError: one line naming what is wrong.

@@ -99,7 +99,8 @@ def _max_chars(store: SQLFieldStore) -> int | None:
 
 
 def _id_column(store: SQLFieldStore) -> IdColumn:
-    """Unique: a unique index (the primary key's included) on the column alone, not partial.
+    """Unique: a unique index (the primary key's included) on the column alone, not partial,
+    valid (a ``CREATE UNIQUE INDEX CONCURRENTLY`` that failed leaves an invalid one).
     Not null: declared NOT NULL (a primary key is). Its type as ``format_type`` writes it
     (schema-qualified where the search path would not find it)."""
     with store._errors("inspect the table"):
@@ -107,7 +108,8 @@ def _id_column(store: SQLFieldStore) -> IdColumn:
         cursor.execute(
             "SELECT a.attnotnull, EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid "
             "AND i.indisunique AND i.indnkeyatts = 1 AND i.indkey[0] = a.attnum "
-            "AND i.indpred IS NULL), format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "AND i.indpred IS NULL AND i.indisvalid), format_type(a.atttypid, a.atttypmod) "
+            "FROM pg_attribute a "
             "WHERE a.attrelid = to_regclass(%s) AND a.attname = %s AND NOT a.attisdropped",
             [store.dialect.quote(store.target.table), store.target.id_column],
         )

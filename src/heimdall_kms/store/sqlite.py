@@ -92,16 +92,23 @@ def _id_column(store: SQLFieldStore) -> IdColumn:
         columns = cursor.fetchall()  # cid, name, type, notnull, default, pk
         keys = [row for row in columns if row[5]]
         sole_key = len(keys) == 1 and keys[0][1] == name
-        unique = sole_key or _uniquely_indexed(store, cursor, table, name)
-    rowid = sole_key and str(keys[0][2]).upper() == "INTEGER"
+        cursor.execute(_pragma(store, "index_list", table))  # seq, name, unique, origin, partial
+        indexes = cursor.fetchall()
+        unique = sole_key or _uniquely_indexed(store, cursor, indexes, name)
+    # The rowid itself (never NULL) only where the key has no index of its own: an INTEGER
+    # PRIMARY KEY DESC, say, has one (origin "pk"), is no rowid and may hold NULL.
+    rowid = (
+        sole_key
+        and str(keys[0][2]).upper() == "INTEGER"
+        and not any(origin == "pk" for _, _, _, origin, _ in indexes)
+    )
     not_null = rowid or any(row[1] == name and row[3] for row in columns)
     return IdColumn(unique=unique, not_null=not_null)
 
 
-def _uniquely_indexed(store: SQLFieldStore, cursor: Any, table: str, name: str) -> bool:
-    """Whether a unique index that is not partial covers the column alone."""
-    cursor.execute(_pragma(store, "index_list", table))  # seq, name, unique, origin, partial
-    for _, index, is_unique, _, partial in cursor.fetchall():
+def _uniquely_indexed(store: SQLFieldStore, cursor: Any, indexes: list[Any], name: str) -> bool:
+    """Whether one of the table's ``indexes`` is unique, not partial, on the column alone."""
+    for _, index, is_unique, _, partial in indexes:
         if is_unique and not partial:
             cursor.execute(_pragma(store, "index_info", index))  # seqno, cid, name
             if [row[2] for row in cursor.fetchall()] == [name]:
