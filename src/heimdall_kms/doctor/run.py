@@ -193,7 +193,8 @@ def _database(report: DoctorReport, settings: Settings | None, environ: Mapping[
         if url is None:
             report.add(Check("database", Status.SKIP, "HMD_DATABASE_URL is not set"))
             return
-        open_store(url, Target(JOURNAL_TABLE, "id")).close()
+        # Reachability only: no table is read (the journal may not exist yet).
+        open_store(url, Target(JOURNAL_TABLE, "old_value", id_column="run_id")).close()
     except HeimdallKMSError as exc:
         report.add(Check("database", Status.FAIL, str(exc), fix_for(exc, settings)))
         return
