@@ -83,6 +83,50 @@ class TestCrashIsNotTampering:
         assert json.loads(head(log).read_text())["seq"] == 13
 
 
+class TestCutOffMidWrite:
+    """Linux ends a write short when the writer is killed: the last line is cut off, after
+    lines the checkpoint vouches for (its batch's sync and checkpoint never came)."""
+
+    def _cut_last_batch(self, log: Path, keep: int) -> None:
+        # The checkpoint stays at seq 8 (two batches); the third batch is cut mid-line.
+        leave_checkpoint_at(log, 8, line_hash(log, 8))
+        text = log.read_text()
+        lines = text.splitlines(keepends=True)
+        log.write_text("".join(lines[:keep]) + lines[keep][:30])
+
+    @pytest.mark.parametrize("keep", [8, 10])
+    def test_a_cut_off_last_line_after_vouched_lines_is_a_crash(
+        self, log: Path, keep: int, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        self._cut_last_batch(log, keep)
+        assert main(["audit", "verify", str(log), "--json"]) == 3
+        report = json.loads(capsys.readouterr().out)
+        assert report["result"] == "crash"
+        assert (report["lines"], report["checkpoint_seq"]) == (keep, 8)
+        assert report["last_hash"] == line_hash(log, keep)
+        assert f"line {keep + 1}: cut off after {keep} lines" in report["message"]
+
+    def test_repair_then_verify_is_intact(self, log: Path) -> None:
+        self._cut_last_batch(log, 10)
+        assert main(["audit", "repair", str(log)]) == 0
+        assert main(["audit", "verify", str(log), "--require-checkpoint"]) == 0
+
+    def test_a_cut_line_the_checkpoint_vouches_for_is_tampering(self, log: Path) -> None:
+        # The checkpoint names seq 12, so line 12 was whole once: cutting it is truncation.
+        log.write_text(log.read_text()[:-20])
+        assert main(["audit", "verify", str(log)]) == 5
+
+    def test_a_cut_line_with_a_checkpoint_naming_another_hash_is_tampering(self, log: Path) -> None:
+        self._cut_last_batch(log, 10)
+        leave_checkpoint_at(log, 8, line_hash(log, 7))
+        assert main(["audit", "verify", str(log)]) == 5
+
+    def test_a_cut_line_without_a_checkpoint_is_tampering(self, log: Path) -> None:
+        self._cut_last_batch(log, 10)
+        head(log).unlink()
+        assert main(["audit", "verify", str(log)]) == 5
+
+
 class TestStillTampering:
     def test_an_edited_line_after_the_checkpoint(self, log: Path) -> None:
         leave_checkpoint_at(log, 8, line_hash(log, 8))

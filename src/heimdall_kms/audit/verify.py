@@ -11,7 +11,12 @@ from typing import Any, BinaryIO
 
 from heimdall_kms.audit.chain import GENESIS, chain_hash
 from heimdall_kms.audit.sink import head_path
-from heimdall_kms.errors import AuditCrashError, AuditTamperedError, InvalidInputError
+from heimdall_kms.errors import (
+    AuditCrashError,
+    AuditTamperedError,
+    HeimdallKMSError,
+    InvalidInputError,
+)
 
 __all__ = ["VerifiedChain", "verify"]
 
@@ -48,7 +53,10 @@ def verify(path: Path, *, require_checkpoint: bool = False) -> VerifiedChain:
         raise InvalidInputError(f"cannot read audit log {path}: {exc.strerror}") from None
     with handle:
         checkpoint, limit = _snapshot(handle, path)
-        seq, prev, at_checkpoint = walk(handle, limit, checkpoint)
+        try:
+            seq, prev, at_checkpoint = walk(handle, limit, checkpoint)
+        except _PartialTailError as tail:
+            raise _cut_off(tail, checkpoint) from None
     head = head_path(path)
     if checkpoint is _UNREADABLE:
         raise AuditTamperedError(f"checkpoint {head} is unreadable", line=seq)
@@ -77,6 +85,8 @@ def walk(handle: BinaryIO, limit: int, checkpoint: object) -> tuple[int, str, st
         if consumed >= limit:
             break  # appended after the snapshot: left for the next verify
         consumed += len(raw)
+        if not raw.endswith(b"\n"):  # only the file's last line can lack its newline
+            raise _PartialTailError(number, seq, prev, at_checkpoint)
         event = _parse(raw, number)
         _check_link(event, number, seq, prev)
         seq, prev = int(event["seq"]), str(event["hash"])
@@ -109,11 +119,38 @@ def _snapshot(handle: BinaryIO, path: Path) -> tuple[dict[str, Any] | object | N
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+class _PartialTailError(AuditTamperedError):
+    """The log's last line is cut off; ``seq`` lines before it chain, the last hashing to
+    ``prev`` (``at_checkpoint``: the hash of the line at the checkpoint's seq, if any)."""
+
+    def __init__(self, number: int, seq: int, prev: str, at_checkpoint: str | None) -> None:
+        super().__init__(f"line {number}: incomplete (the log was cut off mid-line)", line=number)
+        self.seq = seq
+        self.prev = prev
+        self.at_checkpoint = at_checkpoint
+
+
+def _cut_off(tail: _PartialTailError, checkpoint: object) -> HeimdallKMSError:
+    """A cut-off last line is a crash when the checkpoint vouches for no more than the lines
+    before it, and names one of them by its hash: a writer killed in the middle of a write
+    (Linux ends a write short when the process is killed) leaves that. Anything else, a
+    checkpoint that vouches for the cut line or none at all, is a truncated log."""
+    if not isinstance(checkpoint, dict):
+        return tail
+    head_seq, head_hash = checkpoint.get("seq"), checkpoint.get("hash")
+    if not isinstance(head_seq, int) or head_seq > tail.seq or head_hash != tail.at_checkpoint:
+        return tail
+    return AuditCrashError(
+        f"line {tail.line}: cut off after {tail.seq} lines that chain from the checkpoint at "
+        f"seq {head_seq}: a writer killed in the middle of a write (crash), not tampering; "
+        "`heimdall-kms audit repair` removes the cut-off line",
+        lines=tail.seq,
+        last_hash=tail.prev,
+        checkpoint_seq=head_seq,
+    )
+
+
 def _parse(raw: bytes, number: int) -> dict[str, Any]:
-    if not raw.endswith(b"\n"):
-        raise AuditTamperedError(
-            f"line {number}: incomplete (the log was cut off mid-line)", line=number
-        )
     event = _decode(raw, number)
     if not isinstance(event, dict) or not {"seq", "prev_hash", "hash"} <= event.keys():
         raise AuditTamperedError(f"line {number}: not a chained audit event", line=number)

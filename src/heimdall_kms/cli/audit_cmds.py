@@ -64,7 +64,8 @@ def verify_command(
 
     Exit 0 when intact; exit 5 naming the first edited, removed, reordered or truncated line;
     exit 3 when the <log>.head checkpoint is behind the end but every line after it still
-    chains from the line it names (a writer killed before its checkpoint: a crash).
+    chains from the line it names (a writer killed before its checkpoint: a crash), or when
+    only a cut-off last line follows the lines it vouches for (killed mid-write; repair it).
     With --anchor: exit 5 when the log is shorter than, behind or different from the signed
     checkpoints; exit 3 when lines after the last signed checkpoint chain but are unsigned
     (a crash, or a writer still running).
