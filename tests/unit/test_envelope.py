@@ -61,6 +61,21 @@ def kms_obj(**changes: Any) -> dict[str, Any]:
     return {key: value for key, value in obj.items() if value is not _DROP}
 
 
+def sealed_fields(**changes: Any) -> dict[str, Any]:
+    """The constructor's fields of a local ``kms_v1`` envelope (as objects, not JSON)."""
+    return {
+        "provider": ProviderName.LOCAL,
+        "key_identifier": "pii",
+        "key_version": 3,
+        "ciphertext": CIPHERTEXT,
+        "nonce": NONCE,
+        "encrypted_dek": WRAPPED,
+        "context": check_context({"field": "ssn", "record": "r1"}),
+        "encryption_timestamp": "2026-01-02T03:04:05.000006Z",
+        **changes,
+    }
+
+
 def legacy_obj(**changes: Any) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "ciphertext": base64.b64encode(CIPHERTEXT).decode("ascii"),
@@ -458,16 +473,7 @@ class TestSealedConstructor:
     """``KmsV1Envelope.sealed``, the constructor sealing uses, makes what ``__init__`` makes."""
 
     def test_it_equals_the_dataclass_constructor(self) -> None:
-        fields = {
-            "provider": ProviderName.LOCAL,
-            "key_identifier": "pii",
-            "key_version": 3,
-            "ciphertext": CIPHERTEXT,
-            "nonce": NONCE,
-            "encrypted_dek": WRAPPED,
-            "context": check_context({"field": "ssn", "record": "r1"}),
-            "encryption_timestamp": "2026-01-02T03:04:05.000006Z",
-        }
+        fields = sealed_fields()
         fast = KmsV1Envelope.sealed(**fields)
         assert fast == KmsV1Envelope(**fields)
         assert fast.to_json() == KmsV1Envelope(**fields).to_json()
@@ -527,18 +533,7 @@ class TestSealedConstructor:
     def test_an_envelope_built_by_hand_is_written_by_the_general_encoder(
         self, changes: dict[str, Any]
     ) -> None:
-        fields: dict[str, Any] = {
-            "provider": ProviderName.LOCAL,
-            "key_identifier": "pii",
-            "key_version": 3,
-            "ciphertext": CIPHERTEXT,
-            "nonce": NONCE,
-            "encrypted_dek": WRAPPED,
-            "context": check_context({"field": "ssn"}),
-            "encryption_timestamp": "2026-01-02T03:04:05Z",
-            **changes,
-        }
-        envelope = KmsV1Envelope(**fields)
+        envelope = KmsV1Envelope(**sealed_fields(**changes))
         try:
             general = json.dumps(envelope.to_dict(), separators=(",", ":"), ensure_ascii=False)
         except TypeError as exc:  # what the general encoder says, to_json says too
@@ -555,16 +550,7 @@ class TestSealedConstructor:
             def to_dict(self) -> dict[str, Any]:
                 return {**KmsV1Envelope.to_dict(self), "tag": self.tag}
 
-        envelope = Tagged(
-            provider=ProviderName.LOCAL,
-            key_identifier="pii",
-            key_version=3,
-            ciphertext=CIPHERTEXT,
-            nonce=NONCE,
-            encrypted_dek=WRAPPED,
-            context=check_context({"field": "ssn"}),
-            encryption_timestamp="2026-01-02T03:04:05Z",
-        )
+        envelope = Tagged(**sealed_fields())
         assert json.loads(envelope.to_json())["tag"] == "mine"
         assert envelope.rewrapped(WRAPPED.replace("v3", "v4"), 4).tag == "mine"
         assert Tagged.from_object(kms_obj()).tag == "mine"
