@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from heimdall_kms.errors import StoreError
-from heimdall_kms.store import Match, Row, Swap, Target, _sql, open_store
+from heimdall_kms.store import Match, Row, Swap, Target, _sql, open_store, sqlite
 from tests.integration.dbtables import UserTable, hybrid_local_env, run_main
 from tests.legacy_data import legacy_envelope
 
@@ -169,6 +169,105 @@ class TestIdColumnMustIdentifyRows:
                 "INSERT INTO t (uid, ssn) VALUES (?, 'a'), ('2', 'b')", [None if null else "1"]
             )
         self._check(f"sqlite:///{path}", refused)
+
+    SQLITE_COLLATIONS = (  # the id column, its unique index, what is refused
+        ("uid TEXT NOT NULL COLLATE NOCASE", "(uid COLLATE BINARY)", "with BINARY, the reads"),
+        ("uid TEXT NOT NULL COLLATE RTRIM", "(uid COLLATE BINARY)", "with the column's RTRIM"),
+        ("uid TEXT NOT NULL COLLATE RTRIM", "(uid COLLATE NOCASE)", "with NOCASE"),
+        ("uid TEXT NOT NULL COLLATE NOCASE, PRIMARY KEY (uid COLLATE BINARY)", None, "BINARY"),
+        ("uid TEXT NOT NULL COLLATE NOCASE", "(uid)", None),  # the column's own
+        ("uid TEXT NOT NULL COLLATE NOCASE UNIQUE", None, None),
+        ("uid TEXT NOT NULL", "(uid COLLATE NOCASE)", None),  # unique case-blind: unique
+        ("uid TEXT NOT NULL", "(uid COLLATE RTRIM)", None),
+        ("uid TEXT NOT NULL COLLATE NOCASE PRIMARY KEY", "WITHOUT ROWID", None),
+    )
+
+    @pytest.mark.parametrize(("column", "index", "refused"), SQLITE_COLLATIONS)
+    def test_sqlite_unique_index_compares_as_the_reads(
+        self, tmp_path: Path, column: str, index: str | None, refused: str | None
+    ) -> None:
+        # 'a' and 'A' are one id to a NOCASE column's `uid > ?` and ORDER BY: a BINARY unique
+        # index lets both in, and a batch ending at one skipped the other.
+        path = tmp_path / "ids.db"
+        rowid = " WITHOUT ROWID" if index == "WITHOUT ROWID" else ""
+        with sqlite3.connect(path) as db:
+            db.execute(f"CREATE TABLE t (ssn TEXT, {column}){rowid}")
+            if index is not None and not rowid:
+                db.execute(f"CREATE UNIQUE INDEX t_uid ON t {index}")
+        self._check(f"sqlite:///{path}", refused)
+
+    def test_sqlite_a_collation_mismatch_is_refused_before_migrate_skips_rows(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        # It ran 'completed, changed 2' in batches of one and left 'A' and 'B' legacy.
+        hybrid_local_env(tmp_path, monkeypatch, "ab" * 32)
+        path = tmp_path / "nocase.db"
+        legacy = [(uid, legacy_envelope("ab" * 32, "x")) for uid in ("a", "A", "b", "B")]
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE users (uid TEXT NOT NULL COLLATE NOCASE, ssn TEXT)")
+            db.execute("CREATE UNIQUE INDEX users_uid ON users (uid COLLATE BINARY)")
+            db.executemany("INSERT INTO users VALUES (?, ?)", legacy)
+        args = ["--database", f"sqlite:///{path}", "--table", "users", "--column", "ssn"]
+        args += ["--id-column", "uid"]
+        code, _, err = run_main(["migrate", *args, "--batch-size", "1"], capsys)
+        assert code == 73
+        assert "unique index 'users_uid' compares with BINARY" in err
+        assert "--" not in err
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT uid, ssn FROM users").fetchall() == legacy
+
+    PROBED = (  # a declared id column, and what 'a' against 'A' and 'a ' says of its collation
+        "uid TEXT COLLATE NOCASE, ssn TEXT",
+        "uid COLLATE rtrim, ssn TEXT",
+        "uid TEXT, ssn TEXT CHECK (ssn COLLATE NOCASE <> 'uid COLLATE NOCASE')",
+        '"uid" /* COLLATE NOCASE */ TEXT, ssn TEXT, UNIQUE (uid COLLATE NOCASE)',
+        "ssn TEXT, uid TEXT NOT NULL DEFAULT 'x' COLLATE NOCASE, PRIMARY KEY (uid COLLATE BINARY)",
+        "uid INTEGER PRIMARY KEY AUTOINCREMENT, ssn TEXT",
+    )
+
+    @pytest.mark.parametrize("columns", PROBED)
+    def test_sqlite_the_collation_found_is_the_one_the_reads_use(
+        self, tmp_path: Path, columns: str
+    ) -> None:
+        # The collation is learnt from the table's CREATE TABLE run on an empty database;
+        # here it is checked against what the keyset's `uid = ?` does on the table itself.
+        path = tmp_path / "probe.db"
+        with sqlite3.connect(path) as db:
+            db.execute(f"CREATE TABLE Probed ({columns})")
+            db.execute(
+                "INSERT INTO Probed (uid, ssn) VALUES (?, 'a')", [7 if "INT" in columns else "a"]
+            )
+            nocase = db.execute("SELECT count(*) FROM Probed WHERE uid = 'A'").fetchone()
+            rtrim = db.execute("SELECT count(*) FROM Probed WHERE uid = 'a  '").fetchone()
+        expected = "NOCASE" if nocase[0] else "RTRIM" if rtrim[0] else "BINARY"
+        store = open_store(f"sqlite:///{path}", Target("probed", "ssn", id_column="uid"))
+        try:
+            _, sql = sqlite._schema_entry(store.connection.cursor(), store)  # type: ignore[arg-type]
+            assert sqlite._declared_collation(store, sql) == expected  # type: ignore[arg-type]
+        finally:
+            store.close()
+
+    def test_sqlite_a_collation_only_the_application_has_is_refused(self, tmp_path: Path) -> None:
+        path = tmp_path / "ids.db"
+        with sqlite3.connect(path) as db:
+            db.create_collation("app_order", lambda a, b: (a > b) - (a < b))
+            db.execute("CREATE TABLE t (uid TEXT NOT NULL COLLATE app_order UNIQUE, ssn TEXT)")
+        self._check(f"sqlite:///{path}", "cannot tell the collation of id column 'uid'")
+
+    def test_sqlite_an_index_name_holding_a_quote_is_read(self, tmp_path: Path) -> None:
+        # It was refused: 'SQLite could not inspect the table ...: near "q": syntax error'.
+        path = tmp_path / "ids.db"
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE t (uid TEXT NOT NULL, ssn TEXT)")
+            db.execute("""CREATE UNIQUE INDEX "u""q" ON t (uid)""")
+        self._check(f"sqlite:///{path}", None)
+
+    def test_sqlite_a_view_is_refused_as_a_view(self, tmp_path: Path) -> None:
+        path = tmp_path / "ids.db"
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE users (uid INTEGER PRIMARY KEY, ssn TEXT)")
+            db.execute("CREATE VIEW t AS SELECT uid, ssn FROM users")
+        self._check(f"sqlite:///{path}", "'t' is a view: no index of a view proves")
 
     POSTGRES = (
         ("uid integer, ssn text", "not unique"),

@@ -110,6 +110,9 @@ class IdColumn:
     # Its type as SQL (``format_type``: "integer", "character(8)", an enum's name), where
     # a statement must state it; None where the database infers it (SQLite).
     sql_type: str | None = None
+    # Why it does not identify rows, where the reason is not the plain one (no unique
+    # index on it): a view, a unique index that compares otherwise than the reads.
+    problem: str | None = None
 
 
 class SQLFieldStore:
@@ -165,6 +168,8 @@ class SQLFieldStore:
         those rows as nothing. So the id column must be unique and every row must have one."""
         table, name = self.target.table, self.target.id_column
         found = self._ids = self._id_column(self)
+        if found.problem is not None:
+            raise StoreError(found.problem)
         if not found.unique:
             raise StoreError(
                 f"id column {name!r} of {table!r} is not unique (no primary key or unique index "

@@ -64,18 +64,22 @@ def open_sqlite(url: str, target: Target) -> SQLFieldStore:
 
 def _describe(store: SQLFieldStore) -> dict[str, str]:
     with store._errors("inspect the table"):
-        cursor = store.connection.cursor()
-        cursor.execute(_pragma(store, "table_info", _table_name(store)))
-        return {str(row[1]): str(row[2]).lower() for row in cursor.fetchall()}
+        rows = _pragma(store.connection.cursor(), store, "table_info", _table_name(store))
+    return {str(row[1]): str(row[2]).lower() for row in rows}
 
 
-def _pragma(store: SQLFieldStore, name: str, argument: str) -> str:
-    """``PRAGMA [schema.]name("argument")`` in the target's schema. The schema of a qualified
-    name (``main.t``, ``temp.t``) is asked about, not dropped: the reads and writes name it, so
-    a check of another schema's ``t`` would pass a target they then find missing."""
+def _pragma(cursor: Any, store: SQLFieldStore, name: str, argument: str) -> list[Any]:
+    """The rows of ``PRAGMA [schema.]name(argument)`` in the target's schema, through the
+    pragma's table-valued function: the argument (an index's name may hold any character)
+    and the schema travel as parameters. The schema of a qualified name (``main.t``,
+    ``temp.t``) is asked about, not dropped: the reads and writes name it, so a check of
+    another schema's ``t`` would pass a target they then find missing."""
     schema = store.target.table.rpartition(".")[0]
-    quote = store.dialect.quote
-    return f"PRAGMA {quote(schema) + '.' if schema else ''}{name}({quote(argument)})"
+    if schema:
+        cursor.execute(f"SELECT * FROM pragma_{name}(?, ?)", [argument, schema])  # noqa: S608
+    else:
+        cursor.execute(f"SELECT * FROM pragma_{name}(?)", [argument])  # noqa: S608
+    return list(cursor.fetchall())
 
 
 def _table_name(store: SQLFieldStore) -> str:
@@ -83,37 +87,130 @@ def _table_name(store: SQLFieldStore) -> str:
 
 
 def _id_column(store: SQLFieldStore) -> IdColumn:
-    """Unique: the table's only primary-key column, or the one column of a unique index that
-    is not partial. Not null: declared NOT NULL, or the INTEGER PRIMARY KEY (the rowid)."""
+    """Unique: the rowid, or the one column of a unique index that is not partial and
+    compares as the reads do (see :func:`_same_order`). Not null: declared NOT NULL, or the
+    rowid. A view is refused for what it is: nothing proves its rows' ids unique."""
     table, name = _table_name(store), store.target.id_column
     with store._errors("inspect the table"):
         cursor = store.connection.cursor()
-        cursor.execute(_pragma(store, "table_info", table))
-        columns = cursor.fetchall()  # cid, name, type, notnull, default, pk
-        keys = [row for row in columns if row[5]]
-        sole_key = len(keys) == 1 and keys[0][1] == name
-        cursor.execute(_pragma(store, "index_list", table))  # seq, name, unique, origin, partial
-        indexes = cursor.fetchall()
-        unique = sole_key or _uniquely_indexed(store, cursor, indexes, name)
-    # The rowid itself (never NULL) only where the key has no index of its own: an INTEGER
-    # PRIMARY KEY DESC, say, has one (origin "pk"), is no rowid and may hold NULL.
-    rowid = (
-        sole_key
-        and str(keys[0][2]).upper() == "INTEGER"
-        and not any(origin == "pk" for _, _, _, origin, _ in indexes)
+        kind, sql = _schema_entry(cursor, store)
+        if kind == "view":
+            return IdColumn(unique=False, not_null=False, problem=_view_problem(store))
+        columns = _pragma(cursor, store, "table_info", table)  # cid, name, type, notnull, ...
+        indexes = _pragma(cursor, store, "index_list", table)  # seq, name, unique, origin, ...
+        if _is_rowid(columns, indexes, name):
+            return IdColumn(unique=True, not_null=True)
+        keys = _unique_keys(cursor, store, indexes, name)
+    not_null = any(row[1] == name and row[3] for row in columns)
+    if not keys:
+        return IdColumn(unique=False, not_null=not_null)
+    collation = _declared_collation(store, sql)
+    if any(_same_order(collation, coll) for _, coll in keys):
+        return IdColumn(unique=True, not_null=not_null)
+    index, coll = keys[0]
+    return IdColumn(
+        unique=False,
+        not_null=not_null,
+        problem=(
+            f"id column {name!r} of {store.target.table!r} is not unique as the reads compare "
+            f"it: its unique index {index!r} compares with {coll}, the reads with the column's "
+            f"{collation}, and ids equal under {collation} would be skipped; give the index the "
+            "column's collation or name another id column"
+        ),
     )
-    not_null = rowid or any(row[1] == name and row[3] for row in columns)
-    return IdColumn(unique=unique, not_null=not_null)
 
 
-def _uniquely_indexed(store: SQLFieldStore, cursor: Any, indexes: list[Any], name: str) -> bool:
-    """Whether one of the table's ``indexes`` is unique, not partial, on the column alone."""
+def _schema_entry(cursor: Any, store: SQLFieldStore) -> tuple[str, str]:
+    """The target's type ("table" or "view") and its ``CREATE`` statement, from the schema
+    an unqualified name is found in first (temp, then main)."""
+    schema = store.target.table.rpartition(".")[0]
+    for where in [schema] if schema else ["temp", "main"]:
+        cursor.execute(
+            f"SELECT type, sql FROM {store.dialect.quote(where)}.sqlite_master "  # noqa: S608
+            "WHERE type IN ('table', 'view') AND name = ? COLLATE NOCASE",
+            [_table_name(store)],
+        )
+        found = cursor.fetchone()
+        if found is not None:
+            return str(found[0]), str(found[1])
+    return "table", ""
+
+
+def _view_problem(store: SQLFieldStore) -> str:
+    return (
+        f"{store.target.table!r} is a view: no index of a view proves its id column "
+        f"{store.target.id_column!r} unique, and rows that repeat an id would be skipped; "
+        "name the table it reads"
+    )
+
+
+def _is_rowid(columns: list[Any], indexes: list[Any], name: str) -> bool:
+    """Whether the column is the rowid (never NULL, always unique): the table's only
+    primary-key column, declared INTEGER, with no index of its own (an INTEGER PRIMARY KEY
+    DESC has one, origin "pk": it is no rowid and may hold NULL)."""
+    keys = [row for row in columns if row[5]]
+    return (
+        len(keys) == 1
+        and keys[0][1] == name
+        and str(keys[0][2]).upper() == "INTEGER"
+        and not any(row[3] == "pk" for row in indexes)
+    )
+
+
+def _unique_keys(
+    cursor: Any, store: SQLFieldStore, indexes: list[Any], name: str
+) -> list[tuple[str, str]]:
+    """Name and collation of each unique index, not partial, on the column alone (the
+    primary key's and the UNIQUE constraints' included)."""
+    keys = []
     for _, index, is_unique, _, partial in indexes:
         if is_unique and not partial:
-            cursor.execute(_pragma(store, "index_info", index))  # seqno, cid, name
-            if [row[2] for row in cursor.fetchall()] == [name]:
-                return True
-    return False
+            # seqno, cid, name, desc, coll, key: the key columns only (not the rowid)
+            info = [row for row in _pragma(cursor, store, "index_xinfo", index) if row[5]]
+            if [row[2] for row in info] == [name]:
+                keys.append((str(index), str(info[0][4]).upper()))
+    return keys
+
+
+def _declared_collation(store: SQLFieldStore, sql: str) -> str:
+    """The collation the column compares with (``id > ?``, ``ORDER BY id``, ``id = ?``):
+    its declared one. SQLite gives an index column without COLLATE its column's collation,
+    so the table's own ``CREATE TABLE`` is run in an empty in-memory database and an index
+    made there on the column tells it; this database is not written to. Where SQLite
+    cannot run that statement (a collation or module only the application has), the
+    column's collation is not known and the target is refused."""
+    name = store.target.id_column
+    probe = sqlite3.connect(":memory:")
+    try:
+        probe.execute(sql)
+        (table,) = probe.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name <> 'sqlite_sequence'"
+        ).fetchone()
+        probe.execute(f"CREATE INDEX heimdall_probe ON {_quoted(table)} ({_quoted(name)})")
+        (collation,) = probe.execute(
+            "SELECT coll FROM pragma_index_xinfo('heimdall_probe') WHERE key"
+        ).fetchone()
+    except (sqlite3.Error, TypeError, ValueError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreError(
+            f"cannot tell the collation of id column {name!r} of {store.target.table!r} "
+            f"(its CREATE TABLE does not run on an empty database here: {detail}), so not "
+            "whether its unique index compares as the reads do"
+        ) from None
+    finally:
+        probe.close()
+    return str(collation).upper()  # SQLite's collation names are case-blind
+
+
+def _quoted(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _same_order(column: str, index: str) -> bool:
+    """Whether ids unique under the index's collation are unique under the column's, which
+    the reads use: the same collation; or a BINARY column and a NOCASE or RTRIM index (ids
+    equal as bytes are equal under either, so distinct under either means distinct bytes)."""
+    return column == index or (column == "BINARY" and index in ("NOCASE", "RTRIM"))
 
 
 def _check_writable(store: SQLFieldStore) -> None:
