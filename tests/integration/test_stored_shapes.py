@@ -419,6 +419,50 @@ class TestLegacyMode:
         assert "HMD_ENCRYPTION_MODE: the rollback to the legacy format needs hybrid" in err
 
 
+class TestEnvelopesNobodyReads:
+    """An envelope behind a BOM or a label is no reader's envelope and nobody's plaintext: the
+    gates report it (unparseable, by id), also where plaintext is allowed."""
+
+    def test_the_cut_over_gate_and_the_compliance_report(
+        self, table: UserTable, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        envelope = legacy_envelope(MASTER_HEX, "123-45-6789")
+        table.insert(
+            [
+                (1, stored_text(table, "\ufeff" + envelope)),
+                (2, stored_text(table, "enc:" + envelope)),
+                (3, stored_text(table, "a note")),
+            ]
+        )
+        found = census(table, capsys)
+        assert (found["unparseable"], found["plaintext"]) == (2, 1)
+        assert found["unparseable_ids"] == ["1", "2"]
+        code, _, err = run_main(
+            ["status", *target_args(table, "--fail-if-legacy", "--allow-plaintext")], capsys
+        )
+        assert code == 3
+        assert "2 unparseable remain" in err
+        _, out, _ = run_main(["compliance", "report", *target_args(table), "--json"], capsys)
+        evidence = json.loads(out)["evidence"]["no_env_key_values"]
+        assert (evidence["holds"], evidence["unparseable"]) == (False, 2)
+        code, out, _ = run_main(["migrate", *target_args(table), "--json"], capsys)
+        assert code == 3  # failed by id, never overwritten
+        assert [f["id"] for f in json.loads(out)["failures"]] == ["1", "2"]
+
+    def test_retire_refuses_while_one_needs_the_version(
+        self, table: UserTable, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        context = {"table": table.table, "field": "ssn", "record": "1"}
+        with heimdall_kms.from_env(env, audit=MemoryAuditSink()) as crypto:
+            sealed = crypto.encrypt("123-45-6789", context=context).to_json()
+        table.insert([(1, stored_text(table, "\ufeff" + sealed))])
+        code, _, err = run_main(["rotate"], capsys)
+        assert code == 0, err
+        code, _, err = run_main(["retire", "--below-version", "2", *target_args(table)], capsys)
+        assert code == 4, err  # it was retired, and the value could never be read again
+        assert "1 damaged envelopes" in err
+
+
 class TestComplianceEvidence:
     """The compliance report's census does not call unseen envelopes "no env-key values"."""
 

@@ -76,6 +76,34 @@ class TestClassify:
     def test_kinds(self, value: str, kind: ValueKind) -> None:
         assert classify(value).kind is kind
 
+    @pytest.mark.parametrize(
+        ("value", "kind"),
+        [
+            ("\ufeff" + ENVELOPE, ValueKind.UNPARSEABLE),  # a BOM
+            ("\u200b" + ENVELOPE, ValueKind.UNPARSEABLE),
+            ("enc:" + ENVELOPE, ValueKind.UNPARSEABLE),
+            ("[1, " + ENVELOPE[:-5], ValueKind.UNPARSEABLE),  # cut off inside an array
+            (ENVELOPE.replace('"ciphertext"', '"cipher\\u0074ext"') + "x", ValueKind.UNPARSEABLE),
+            (ENVELOPE.upper(), ValueKind.UNPARSEABLE),
+            (ENVELOPE.encode("utf-16").decode("utf-8", "replace"), ValueKind.UNPARSEABLE),
+            (json.dumps({"raw": "\ufeff" + ENVELOPE}), ValueKind.NESTED),
+            (
+                json.dumps({"raw": ENVELOPE.replace('"ciphertext"', '"cipher\\u0074ext"')}),
+                ValueKind.NESTED,
+            ),
+            (json.dumps({"raw": {"CipherText": "x"}}), ValueKind.NESTED),
+            ('{"note": "a ciphertext and a nonce"}', ValueKind.PLAINTEXT),
+            ("ciphertext", ValueKind.PLAINTEXT),
+        ],
+    )
+    def test_an_envelope_no_reader_takes_is_not_plaintext(
+        self, value: str, kind: ValueKind
+    ) -> None:
+        found = classify(value)
+        assert found.kind is kind
+        assert (found.error is not None) is (kind is ValueKind.UNPARSEABLE)
+        assert "123-45-6789" not in str(found.error)
+
     def test_a_json_string_is_read_on_json_columns_only(self) -> None:
         quoted = json.dumps(ENVELOPE)
         assert classify(quoted, json_column=True).kind is ValueKind.LEGACY
@@ -97,6 +125,8 @@ class TestClassify:
             (json.dumps({"other": ENVELOPE}), ValueKind.NESTED, False),
             (json.dumps({"other": 1}), ValueKind.ABSENT, False),
             (json.dumps({"raw": None}), ValueKind.NULL, False),
+            (json.dumps({"raw": ENVELOPE, "copy": "\ufeff" + ENVELOPE}), ValueKind.LEGACY, True),
+            (json.dumps({"raw": "\ufeff" + ENVELOPE}), ValueKind.UNPARSEABLE, False),
             (json.dumps({"raw": "4111"}), ValueKind.PLAINTEXT, False),
             # A top-level envelope where a path was named is not where it was looked for.
             (ENVELOPE, ValueKind.NESTED, False),

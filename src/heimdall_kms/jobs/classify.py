@@ -16,7 +16,15 @@ from typing import Any
 
 from heimdall_kms.envelope import Envelope, KmsV1Envelope, LegacyEnvelope, parse
 from heimdall_kms.errors import MalformedEnvelopeError
-from heimdall_kms.jobs.jsonpath import DocumentError, Span, holds_envelope, locate, without_path
+from heimdall_kms.jobs.jsonpath import (
+    DocumentError,
+    Span,
+    has_envelope_key,
+    holds_envelope,
+    locate,
+    names_envelope_key,
+    without_path,
+)
 from heimdall_kms.kinds import EnvelopeFormat
 from heimdall_kms.wrapped_key import is_hmac_tag
 
@@ -25,7 +33,6 @@ __all__ = ["Classified", "Slot", "ValueKind", "classify", "is_companion"]
 REDACTED = "[REDACTED]"
 HASH_PREFIX = "sha256:"
 _HASH = re.compile(r"sha256:[0-9a-f]{64}")
-_ENVELOPE_KEYS = ("ciphertext", "encryption_version")
 
 
 class ValueKind(StrEnum):
@@ -123,12 +130,13 @@ def _at_path(value: str, path: tuple[str, ...], json_column: bool) -> Classified
     try:
         span = locate(value, path)
     except DocumentError as exc:
+        if "repeats the key" in str(exc):
+            # Two readers could take different values at the path: whatever they are.
+            return Classified(ValueKind.UNPARSEABLE, error=MalformedEnvelopeError(str(exc)))
         found = classify(value, json_column=json_column)
         if found.kind.is_envelope or found.kind is ValueKind.UNPARSEABLE:
             # An envelope, but not where the command was told to look.
             return Classified(ValueKind.NESTED)
-        if "repeats the key" in str(exc):
-            return Classified(ValueKind.UNPARSEABLE, error=MalformedEnvelopeError(str(exc)))
         return found
     document = _parsed(value)
     elsewhere = document is _TOO_DEEP or holds_envelope(without_path(document, path))
@@ -156,7 +164,7 @@ def _text(value: str, slot: Slot) -> Classified:
         if not stripped.startswith("{"):
             if stripped.startswith(("[", '"')):
                 return _not_an_envelope(value, None)
-            return Classified(ValueKind.PLAINTEXT)
+            return _plaintext(value, None)
     try:
         envelope = parse(value)
     except MalformedEnvelopeError as exc:
@@ -171,15 +179,25 @@ def _not_an_envelope(value: str, error: MalformedEnvelopeError | None) -> Classi
     document = _parsed(value)
     if document is _INVALID:
         # Not JSON at all: damaged if it names an envelope's key, otherwise someone's text.
-        if error is not None and any(f'"{key}"' in value for key in _ENVELOPE_KEYS):
-            return Classified(ValueKind.UNPARSEABLE, error=error)
-        return Classified(ValueKind.PLAINTEXT)
-    if isinstance(document, dict) and any(key in document for key in _ENVELOPE_KEYS):
+        return _plaintext(value, error)
+    if isinstance(document, dict) and has_envelope_key(document):
         # A JSON object naming envelope fields is a damaged envelope, not someone's document.
-        return Classified(ValueKind.UNPARSEABLE, error=error)
+        return Classified(ValueKind.UNPARSEABLE, error=error or MalformedEnvelopeError(_NOT_READ))
     if _holds_envelope(document):
         return Classified(ValueKind.NESTED)
+    return _plaintext(value, error)
+
+
+def _plaintext(value: str, error: MalformedEnvelopeError | None) -> Classified:
+    """Someone's text, unless it names an envelope's key: an envelope after a BOM or a
+    label, cut off, its keys escaped or in another case, UTF-16 is nobody's plaintext, and a
+    gate that let it pass as such would count an envelope nobody reads as harmless."""
+    if names_envelope_key(value):
+        return Classified(ValueKind.UNPARSEABLE, error=error or MalformedEnvelopeError(_NOT_READ))
     return Classified(ValueKind.PLAINTEXT)
+
+
+_NOT_READ = "names an envelope's fields but is not an envelope"
 
 
 _INVALID: Any = object()

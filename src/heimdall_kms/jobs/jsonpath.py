@@ -19,14 +19,20 @@ from typing import Any
 __all__ = [
     "DocumentError",
     "Span",
+    "has_envelope_key",
     "holds_envelope",
     "locate",
+    "names_envelope_key",
     "without_path",
 ]
 
 _WS = re.compile(r"[ \t\n\r]*")
 # Keys only an envelope (of either format) has; finding one means an envelope sits there.
 _MARKERS = ("ciphertext", "encryption_version")
+# One of those keys written as a JSON key ("ciphertext"), in any case, in text that escapes or
+# wraps it: a BOM or other text before an envelope, an envelope inside a string, a UTF-16 one.
+_NAMED_KEY = re.compile(r'"(?:ciphertext|encryption_version)"', re.IGNORECASE)
+_UNICODE_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
 # Deeper than this the walk stops and answers "may hold one": a gate fails closed on what it
 # cannot see into.
 _MAX_DEPTH = 64
@@ -129,6 +135,28 @@ def without_path(document: Any, path: tuple[str, ...]) -> Any:
     return rest
 
 
+def names_envelope_key(text: str) -> bool:
+    """Whether ``text`` names an envelope's key as a JSON key, its case, escapes (quotes
+    escaped once or more, ``\\uXXXX``) and NUL bytes (UTF-16 read as UTF-8) aside.
+
+    Text that does so but is not read as an envelope is text no reader understands: a gate
+    reports it, never counts it as someone's plaintext.
+    """
+    if _NAMED_KEY.search(text):
+        return True
+    if "\\" not in text and "\x00" not in text:
+        return False
+    plain = _UNICODE_ESCAPE.sub(lambda found: chr(int(found[1], 16)), text)
+    return bool(_NAMED_KEY.search(plain.replace("\\", "").replace("\x00", "")))
+
+
+def has_envelope_key(node: dict[str, Any]) -> bool:
+    """Whether a JSON object has one of an envelope's keys, in any case."""
+    if any(marker in node for marker in _MARKERS):
+        return True
+    return any(key.lower() in _MARKERS for key in node)
+
+
 def holds_envelope(node: Any, depth: int = 0) -> bool:
     """Whether an envelope-shaped value sits anywhere in ``node`` (parsed JSON).
 
@@ -138,7 +166,7 @@ def holds_envelope(node: Any, depth: int = 0) -> bool:
     if depth > _MAX_DEPTH:
         return True
     if isinstance(node, dict):
-        if any(marker in node for marker in _MARKERS):
+        if has_envelope_key(node):
             return True
         return any(holds_envelope(value, depth + 1) for value in node.values())
     if isinstance(node, list):
@@ -150,11 +178,12 @@ def holds_envelope(node: Any, depth: int = 0) -> bool:
 
 def _text_holds_envelope(text: str, depth: int) -> bool:
     """Whether a string is (or, damaged, looks like) the JSON text of an envelope."""
-    if not any(marker in text for marker in _MARKERS):
+    if not any(marker in text for marker in _MARKERS) and not names_envelope_key(text):
         return False
     stripped = text.strip()
     if not stripped.startswith(("{", "[", '"')):
-        return False
+        # Text before it (a BOM, a label): not an envelope any reader takes, not harmless.
+        return names_envelope_key(text)
     try:
         inner = json.loads(stripped)
     except (ValueError, RecursionError):
