@@ -18,6 +18,7 @@ from Crypto.Cipher import AES
 import heimdall_kms
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.envelope import KmsV1Envelope, LegacyEnvelope, parse
+from heimdall_kms.providers.local import LocalKeyring
 from tests.integration.dbtables import (
     UserTable,
     hybrid_local_env,
@@ -461,6 +462,36 @@ class TestEnvelopesNobodyReads:
         code, _, err = run_main(["retire", "--below-version", "2", *target_args(table)], capsys)
         assert code == 4, err  # it was retired, and the value could never be read again
         assert "1 damaged envelopes" in err
+
+
+class TestAnotherKey:
+    """A ``kms_v1`` value sealed by a key this deployment does not use cannot be read here
+    (decrypt refuses it): the cut-over gate counts it as it counts one needing a retired
+    version, instead of as a protected value."""
+
+    def test_fails_the_gate(
+        self, table: UserTable, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        LocalKeyring(Path(env["HMD_LOCAL_KEYRING"])).ensure_key("other-key")
+        context = {"table": table.table, "field": "ssn", "record": "1"}
+        other = {**env, "HMD_KMS_KEY_ID": "other-key"}
+        with heimdall_kms.from_env(other, audit=MemoryAuditSink()) as crypto:
+            sealed = crypto.encrypt("123-45-6789", context=context).to_json()
+        table.insert([(1, stored_text(table, sealed))])
+        code, err = gate(table, capsys)
+        assert code == 3
+        assert "1 sealed by another key remain" in err
+        found = census(table, capsys)
+        assert found["encryption_version"]["kms_v1"] == 1
+        assert found["sealed_by_another_key"] == 1
+        assert found["targets"][0]["sealed_by_another_key"] == 1
+        code, out, err = run_main(["status", *target_args(table)], capsys)
+        assert code == 0, err
+        assert "sealed by another key than this deployment's (unreadable here): 1" in out
+        with heimdall_kms.from_env(env, audit=MemoryAuditSink()) as crypto:
+            mine = crypto.encrypt("123-45-6789", context=context).to_json()
+        table.set(1, stored_text(table, mine))
+        assert gate(table, capsys) == (0, "")
 
 
 class TestComplianceEvidence:

@@ -343,9 +343,10 @@ def status(
 
     Reads every row and needs no key. Where a KMS is configured (HMD_KMS_PROVIDER), one
     describe of the key also counts the values under a version it can no longer decrypt
-    (retired, disabled, destroyed). Before switching to HMD_ENCRYPTION_MODE=kms, this must show
-    zero legacy, unparseable and nested values, none needing a retired version, and no
-    plaintext unless the column may hold some. With --fail-if-legacy, a KMS that cannot be
+    (retired, disabled, destroyed) and those sealed by another key. Before switching to
+    HMD_ENCRYPTION_MODE=kms, this must show zero legacy, unparseable and nested values, none
+    needing a retired version or another key, and no plaintext unless the column may hold
+    some. With --fail-if-legacy, a KMS that cannot be
     asked stops the gate.
     """
     if allow_plaintext and not fail_if_legacy:
@@ -408,6 +409,11 @@ _GATE_HINTS = (
         "needing_a_retired_key_version",
         " (no reader can decrypt them: docs/rotation.md, retire, says how to recover)",
     ),
+    (
+        "sealed_by_another_key",
+        " (this deployment's key cannot decrypt them: HMD_KMS_PROVIDER and HMD_KMS_KEY_ID name "
+        "another key than the one that sealed them)",
+    ),
     ("nested_envelope", " (envelopes inside JSON documents: name where with --json-path)"),
     ("plaintext", " (--allow-plaintext if the column may hold plaintext)"),
 )
@@ -446,6 +452,11 @@ def _print_blocking(census: dict[str, Any]) -> None:
         click.echo(
             f"  needing a key version the KMS no longer decrypts with (unreadable): "
             f"{census['needing_retired_key_version']:,}"
+        )
+    if census["sealed_by_another_key"]:
+        click.echo(
+            f"  sealed by another key than this deployment's (unreadable here): "
+            f"{census['sealed_by_another_key']:,}"
         )
     if census["nested_envelope"]:
         where = "outside the JSON path" if census["json_path"] else "inside JSON documents"

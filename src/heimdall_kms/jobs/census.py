@@ -4,7 +4,8 @@ This is the evidence a security lead needs before ``HMD_ENCRYPTION_MODE=kms``: z
 values, zero unparseable ones, and which KMS key versions still protect how many values.
 Counting needs no key and makes no KMS call; :func:`count_unreadable` then sets against what
 the KMS says can still decrypt (one ``describe``) the values that need a version it no
-longer has — retired, disabled or destroyed — which no reader can open.
+longer has — retired, disabled or destroyed — and those sealed by a key this deployment does
+not use (another provider, another key name): no reader of this deployment can open either.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class Census:
     # Values of the configured key under a version the KMS can no longer decrypt with; None
     # where that was not checked (no KMS configured).
     unreadable: int | None = None
+    # kms_v1 values sealed by another key than the configured one (this deployment refuses to
+    # open them); None where that was not checked.
+    other_keys: int | None = None
 
     @property
     def total(self) -> int:
@@ -60,6 +64,7 @@ class Census:
             "nested_envelope": self.nested,
             "plaintext": 0 if allow_plaintext else self.plaintext,
             "needing_a_retired_key_version": self.unreadable or 0,
+            "sealed_by_another_key": self.other_keys or 0,
         }
         return {kind: n for kind, n in blocking.items() if n}
 
@@ -103,6 +108,8 @@ class Census:
         self.nested += other.nested
         if other.unreadable is not None:
             self.unreadable = (self.unreadable or 0) + other.unreadable
+        if other.other_keys is not None:
+            self.other_keys = (self.other_keys or 0) + other.other_keys
         _extend_listed(self.nested_ids, other.nested_ids)
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,6 +135,7 @@ class Census:
             "nested_envelope_ids": list(self.nested_ids),
             "json_path": self.json_path,
             "needing_retired_key_version": self.unreadable,
+            "sealed_by_another_key": self.other_keys,
         }
 
     def _per_version(self) -> dict[str, int]:
@@ -166,7 +174,8 @@ def take_census(store: FieldStore, *, batch_size: int = 5000) -> Census:
 def count_unreadable(census: Census, key: KeyInfo, identifier: str) -> None:
     """Set ``census.unreadable``: its values of the key envelopes name ``identifier`` (the
     provider's ``key_identifier``) under a version not among those the KMS says can still
-    decrypt (``key.versions``)."""
+    decrypt (``key.versions``); and ``census.other_keys``: its values of any other key."""
     readable = {version.version for version in key.versions}
     per_version = census.versions_of(key.provider, identifier)
     census.unreadable = sum(n for version, n in per_version.items() if version not in readable)
+    census.other_keys = census.kinds[ValueKind.KMS_V1] - sum(per_version.values())
