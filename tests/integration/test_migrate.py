@@ -448,3 +448,79 @@ class TestShortVarcharColumn:
         failures = json.loads(out)["failures"]
         assert sorted(int(f["id"]) for f in failures) == list(range(41, 61))
         assert {f["error_type"] for f in failures} == {"store"}
+
+
+class TestRollbackOfOtherIds:
+    """``migrate --rollback`` puts back every value on tables keyed by other types than
+    integers and text: it counted each row of a timestamp, timestamptz, bytea or float id
+    (on SQLite a real or a blob) as changed since and left it migrated (exit 3)."""
+
+    IDS = (  # backend, the id column's type, its ids as SQL literals
+        ("postgres", "timestamp", ["'2024-01-01 00:00:00.5'", "'2024-01-02 00:00:00'"]),
+        ("postgres", "timestamptz", ["'2024-06-01 12:00:00.25+02'", "'2024-06-02 00:00:00+00'"]),
+        ("postgres", "bytea", ["'\\x00ff'", "'\\x61'"]),
+        ("postgres", "double precision", ["1", "0.1"]),
+        ("postgres", "uuid", ["'00000000-0000-0000-0000-000000000001'"]),
+        ("sqlite", "REAL", ["1.0", "0.30000000000000004", "1e20"]),
+        ("sqlite", "BLOB", ["X'00ff'", "1", "'text'"]),
+        ("sqlite", "INTEGER", ["1", "2"]),
+    )
+
+    @pytest.mark.parametrize(("backend", "id_type", "ids"), IDS)
+    def test_every_value_is_restored(
+        self,
+        request: pytest.FixtureRequest,
+        tmp_path: Path,
+        env: dict[str, str],
+        capsys: pytest.CaptureFixture[str],
+        backend: str,
+        id_type: str,
+        ids: list[str],
+    ) -> None:
+        name = f"ids_{os.urandom(4).hex()}"
+        values = [
+            f"({rid}, '{legacy_envelope(MASTER_HEX, plaintext(i))}')" for i, rid in enumerate(ids)
+        ]
+        ddl = f"CREATE TABLE {name} (rid {id_type} PRIMARY KEY NOT NULL, ssn text)"
+        insert = f"INSERT INTO {name} VALUES {', '.join(values)}"
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path / 'ids.db'}"
+            with sqlite3.connect(tmp_path / "ids.db") as lite:
+                lite.execute(ddl)
+                lite.execute(insert)
+        else:
+            url = request.getfixturevalue("postgres_url")
+            with psycopg.connect(url, autocommit=True) as db:
+                db.execute(ddl)
+                db.execute(insert)
+        args = ["--database", url, "--table", name, "--column", "ssn", "--id-column", "rid"]
+        try:
+            before = self._values(url, name)
+            code, out, err = run_main(["migrate", *args, "--run-id", "r-ids", "--json"], capsys)
+            assert code == 0, err
+            assert json.loads(out)["completed"] == len(ids)
+            code, out, err = run_main(["migrate", *args, "--rollback", "r-ids", "--json"], capsys)
+            after = self._values(url, name)
+        finally:
+            if backend != "sqlite":
+                with psycopg.connect(url, autocommit=True) as db:
+                    db.execute(f"DROP TABLE {name}")
+                    db.execute("DELETE FROM heimdall_kms_journal WHERE table_name = %s", [name])
+        assert code == 0, err
+        counts = json.loads(out)["targets"][f"{name}.ssn"]
+        assert counts == {
+            "journaled": len(ids),
+            "restored": len(ids),
+            "conflicts": 0,
+            "not_envelope": 0,
+        }
+        assert after == before
+
+    @staticmethod
+    def _values(url: str, name: str) -> list[str]:
+        sql = f"SELECT ssn FROM {name} ORDER BY ssn"
+        if url.startswith("sqlite"):
+            with sqlite3.connect(url.removeprefix("sqlite:///")) as lite:
+                return [v for (v,) in lite.execute(sql)]
+        with psycopg.connect(url) as db:
+            return [v for (v,) in db.execute(sql).fetchall()]

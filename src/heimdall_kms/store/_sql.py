@@ -7,6 +7,8 @@ explicitly so the same code drives SQLite and PostgreSQL. Identifiers are checke
 
 from __future__ import annotations
 
+import ast
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from typing import Any, Protocol
 from heimdall_kms.errors import StoreError
 from heimdall_kms.store.base import JOURNAL_TABLE, JournalEntry, Match, Row, Swap, Target
 
-__all__ = ["Dialect", "IdColumn", "SQLFieldStore"]
+__all__ = ["Dialect", "IdColumn", "SQLFieldStore", "python_bytes"]
 
 
 class Cursor(Protocol):
@@ -40,7 +42,6 @@ class Dialect:
     param: str  # "?" or "%s"
     lock_rows: bool  # FOR UPDATE SKIP LOCKED while a batch is processed
     begin_write: str  # how a writing transaction starts
-    id_as_text: str  # SQL template turning {id} into text
     json_column: bool = False  # PostgreSQL json/jsonb: read as text, write with a cast
     json_type: str = "jsonb"  # which of the two (json keeps its text; jsonb keeps a document)
     # A batch's compare-and-swap as one UPDATE ... FROM (VALUES ...) RETURNING per chunk of
@@ -56,6 +57,15 @@ class Dialect:
     # One row when the table named by the parameter exists (the journal, read before use).
     table_exists: str = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
     errors: tuple[type[BaseException], ...] = field(default=())
+    # How a restore finds a journal row's row again, by its id in the column's own type (an
+    # index lookup). None: the journal key is the database's own text of the id (the joined
+    # swap returns it), read back with a cast to the column's type. Else the ids the key may
+    # stand for, always ``ids_per_key`` of them (SQLite: the journal holds Python's text of
+    # the id, and the column's values may be of any storage class).
+    ids_of_key: Callable[[str], tuple[object, ...]] | None = None
+    ids_per_key: int = 1
+    # What the database raises for a key that does not read as a value of the id's type.
+    unreadable: tuple[type[BaseException], ...] = field(default=())
 
     def quote(self, identifier: str) -> str:
         return ".".join(f'"{part}"' for part in identifier.split("."))
@@ -302,34 +312,39 @@ class SQLFieldStore:
         return f"INSERT INTO {JOURNAL_TABLE} ({_JOURNAL_COLUMNS}) VALUES {values}"  # noqa: S608
 
     def apply_swaps(self, cursor: Any, swaps: Sequence[Swap], run_id: str | None) -> list[bool]:
-        params = [[swap.new_value, swap.row.id, swap.row.value] for swap in swaps]
         if self.dialect.joins_swaps:
-            applied = self._swap_joined(cursor, swaps)
+            keys = self._swap_joined(cursor, swaps)
+            applied = [key is not None for key in keys]
         else:
             # One prepared statement for the batch; its rowcount is the sum over all rows.
+            params = [[swap.new_value, swap.row.id, swap.row.value] for swap in swaps]
             cursor.executemany(self._cas_sql(), params)
             if cursor.rowcount == len(params):
                 applied = [True] * len(params)
             else:
                 applied = self._holding_new_values(cursor, swaps)
+            pairs = zip(swaps, applied, strict=True)
+            keys = [swap.row.key if done else None for swap, done in pairs]
         if run_id is not None:
             created = now_rfc3339()
             table, column = self.target.table, self.target.column
             journal = [
-                [run_id, table, column, swap.row.key, swap.row.value, swap.new_value, created]
-                for swap, done in zip(swaps, applied, strict=True)
-                if done
+                [run_id, table, column, key, swap.row.value, swap.new_value, created]
+                for swap, key in zip(swaps, keys, strict=True)
+                if key is not None
             ]
             if journal:
                 self._write_journal(cursor, journal)
         return applied
 
-    def _swap_joined(self, cursor: Any, swaps: Sequence[Swap]) -> list[bool]:
+    def _swap_joined(self, cursor: Any, swaps: Sequence[Swap]) -> list[str | None]:
         """Compare-and-swap the batch as one ``UPDATE ... FROM (VALUES ...)`` per chunk: each
-        row is updated where it still holds the value read, as the one-row statement does;
-        returns which rows were, by their place in the chunk (not by comparing ids here: an
-        id's Python value need not equal itself, a float NaN for one)."""
-        applied = [False] * len(swaps)
+        row is updated where it still holds the value read, as the one-row statement does.
+        Returns, per swap, the database's own text of the id of the row it updated (the
+        journal's key: a restore reads it back in the column's type), None where it did not;
+        by each row's place in the chunk (not by comparing ids here: an id's Python value need
+        not equal itself, a float NaN for one)."""
+        keys: list[str | None] = [None] * len(swaps)
         sql_type = self._id_type()
         for start in range(0, len(swaps), _JOINED_ROWS):
             chunk = swaps[start : start + _JOINED_ROWS]
@@ -341,9 +356,9 @@ class SQLFieldStore:
                     for part in (n, swap.row.id, swap.new_value, swap.row.value)
                 ],
             )
-            for (n,) in cursor.fetchall():
-                applied[n] = True
-        return applied
+            for n, key in cursor.fetchall():
+                keys[n] = key
+        return keys
 
     def _id_type(self) -> str | None:
         if self._ids is None:
@@ -363,7 +378,7 @@ class SQLFieldStore:
             f"UPDATE {self._t} AS t SET {self._c} = v.new "  # noqa: S608
             f"FROM (VALUES {values}) AS v(n, id, new, old) "
             f"WHERE t.{self._id} = v.id AND {dialect.holds(f't.{self._c}', 'v.old')} "
-            "RETURNING v.n"
+            f"RETURNING v.n, t.{self._id}::text"
         )
 
     def _write_journal(self, cursor: Any, rows: list[list[str | None]]) -> None:
@@ -413,25 +428,73 @@ class SQLFieldStore:
             return [JournalEntry(*row) for row in cursor.fetchall()]
 
     def restore(self, entries: Sequence[JournalEntry]) -> list[bool]:
+        """Each entry's row is found by its id in the column's own type (``id::text = key``
+        compared text forms that differ: Python's ``str()`` of a timestamp, bytes or float
+        against PostgreSQL's, so those rows were left migrated and counted as changed since;
+        and no index served it). A key that does not read as an id of that type (a journal of
+        an older version: Python's text of an array) fails its own row, not the chunk."""
+        update, forget = self._restore_sql(), self._forget_sql()
+        with self._errors("restore"):
+            try:
+                with self._transaction() as cursor:
+                    return [self._restore_one(cursor, update, forget, e) for e in entries]
+            except self.dialect.unreadable:
+                pass  # rolled back; again row by row, each in a savepoint
+            with self._transaction() as cursor:
+                return [self._restore_guarded(cursor, update, forget, e) for e in entries]
+
+    def _restore_sql(self) -> str:
         dialect = self.dialect
-        p, id_text = dialect.param, dialect.id_as_text.format(id=self._id)
-        sql = (
+        p = dialect.param
+        if dialect.ids_of_key is not None:
+            row = f"{self._id} IN ({', '.join([p] * dialect.ids_per_key)})"
+        else:
+            sql_type = self._id_type()
+            row = f"{self._id} = " + (f"CAST({p} AS {sql_type})" if sql_type is not None else p)
+        return (
             f"UPDATE {self._t} SET {self._c} = {dialect.value()} "  # noqa: S608
-            f"WHERE {id_text} = {p} AND {dialect.holds(self._c, dialect.compared())}"
+            f"WHERE {row} AND {dialect.holds(self._c, dialect.compared())}"
         )
-        delete = (
+
+    def _forget_sql(self) -> str:
+        # By the run's new value too: keys of distinct ids may be one text (SQLite: 1 and '1').
+        p = self.dialect.param
+        return (
             f"DELETE FROM {JOURNAL_TABLE} WHERE run_id = {p} AND table_name = {p} "  # noqa: S608
-            f"AND column_name = {p} AND row_key = {p}"
+            f"AND column_name = {p} AND row_key = {p} AND new_value = {p}"
         )
-        restored: list[bool] = []
-        with self._errors("restore"), self._transaction() as cursor:
-            for entry in entries:
-                cursor.execute(sql, [entry.old_value, entry.row_key, entry.new_value])
-                restored.append(cursor.rowcount == 1)
-                if restored[-1]:
-                    cursor.execute(
-                        delete, [entry.run_id, self.target.table, self.target.column, entry.row_key]
-                    )
+
+    def _restore_ids(self, key: str) -> list[object]:
+        """The parameters that find the row journaled under ``key``."""
+        ids_of_key = self.dialect.ids_of_key
+        if ids_of_key is not None:
+            return list(ids_of_key(key))
+        if self._id_type() == "bytea":
+            # Journals of earlier versions hold Python's text of the bytes (b'\\x00').
+            found = python_bytes(key)
+            if found is not None:
+                return ["\\x" + found.hex()]
+        return [key]
+
+    def _restore_one(self, cursor: Any, update: str, forget: str, entry: JournalEntry) -> bool:
+        ids = self._restore_ids(entry.row_key)
+        cursor.execute(update, [entry.old_value, *ids, entry.new_value])
+        if cursor.rowcount != 1:
+            return False
+        target = self.target
+        cursor.execute(
+            forget, [entry.run_id, target.table, target.column, entry.row_key, entry.new_value]
+        )
+        return True
+
+    def _restore_guarded(self, cursor: Any, update: str, forget: str, entry: JournalEntry) -> bool:
+        cursor.execute("SAVEPOINT heimdall_restore")
+        try:
+            restored = self._restore_one(cursor, update, forget, entry)
+        except self.dialect.unreadable:
+            cursor.execute("ROLLBACK TO SAVEPOINT heimdall_restore")
+            return False
+        cursor.execute("RELEASE SAVEPOINT heimdall_restore")
         return restored
 
     def purge_journal(self, *, older_than: str | None, run_id: str | None) -> int:
@@ -524,6 +587,20 @@ class _SQLBatch:
             self._cursor.execute(store.dialect.begin_write)
             self.open = True
             return store.apply_swaps(self._cursor, swaps, run_id)
+
+
+def python_bytes(key: str) -> bytes | None:
+    """The bytes whose Python text (``str(b)``, ``b'\\x00a'``) is ``key``, if any: the journal
+    key earlier versions wrote for an id the driver returned as bytes."""
+    if not key.startswith(("b'", 'b"')):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an invalid escape: not what str() writes
+            value = ast.literal_eval(key)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return value if isinstance(value, bytes) and str(value) == key else None
 
 
 def _text(value: object) -> str | None:

@@ -26,13 +26,14 @@ def _dialect(column_type: str) -> Dialect:
         param="%s",
         lock_rows=True,
         begin_write="BEGIN",
-        id_as_text="{id}::text",
         json_column=json_column,
         json_type=column_type if json_column else "jsonb",
         joins_swaps=True,
         copies=True,
         table_exists="SELECT 1 WHERE to_regclass(%s) IS NOT NULL",
         errors=(psycopg.Error,),
+        # A journal key that is no text of the id's type (an older version's, of an array).
+        unreadable=(psycopg.errors.DataError,),
     )
 
 

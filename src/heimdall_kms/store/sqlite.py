@@ -13,19 +13,54 @@ from typing import Any
 from urllib.parse import unquote
 
 from heimdall_kms.errors import StoreError
-from heimdall_kms.store._sql import Dialect, IdColumn, SQLFieldStore
+from heimdall_kms.store._sql import Dialect, IdColumn, SQLFieldStore, python_bytes
 from heimdall_kms.store.base import Target
 
 __all__ = ["open_sqlite", "sqlite_path"]
+
+_INTEGERS = range(-(2**63), 2**63)
+
+
+def _ids_of_key(key: str) -> tuple[object, object, object, object]:
+    """The ids a journal key may stand for: each value SQLite hands back (integer, real, text,
+    blob) whose Python text is ``key``, the key itself where a kind has none. The journal holds
+    ``str(id)``, and a column may hold values of every kind: ``CAST(id AS TEXT) = key`` missed
+    a real whose SQL text differs (1e+20, 0.30000000000000004) and every blob. Several ids
+    of one text (1 and '1') are all matched; the restore's compare-and-swap on the run's new
+    value, fresh ciphertext written to one row, picks the row."""
+    return (key, _integer(key), _real(key), _blob(key))
+
+
+def _integer(key: str) -> object:
+    try:
+        value = int(key)
+    except ValueError:
+        return key
+    return value if value in _INTEGERS and str(value) == key else key
+
+
+def _real(key: str) -> object:
+    try:
+        value = float(key)
+    except ValueError:
+        return key
+    return value if str(value) == key else key
+
+
+def _blob(key: str) -> object:
+    value = python_bytes(key)
+    return key if value is None else value
+
 
 _DIALECT = Dialect(
     name="SQLite",
     param="?",
     lock_rows=False,
     begin_write="BEGIN IMMEDIATE",
-    id_as_text="CAST({id} AS TEXT)",
     journal_rows=100,
     errors=(sqlite3.Error,),
+    ids_of_key=_ids_of_key,
+    ids_per_key=4,
 )
 
 
