@@ -299,6 +299,140 @@ class TestIdColumnMustIdentifyRows:
             with psycopg.connect(postgres_url, autocommit=True) as db:
                 db.execute("DROP TABLE ids_probe")
 
+    _CI = "heimdall_test_ci"  # case-blind, nondeterministic: 'a' and 'A' are one id
+    POSTGRES_SHAPES = (  # statements (the probe is ids_probe), what is refused
+        (
+            [
+                "CREATE TABLE ids_probe (uid integer PRIMARY KEY, ssn text)",
+                "CREATE TABLE ids_probe_child () INHERITS (ids_probe)",
+                "INSERT INTO ids_probe VALUES (1, 'a'), (2, 'b')",
+                "INSERT INTO ids_probe_child VALUES (1, 'c')",  # 1 twice, read as one table
+            ],
+            "'ids_probe' has inheritance children \\(1\\): reading it reads their rows too",
+        ),
+        (
+            [
+                "CREATE TABLE ids_probe (uid integer PRIMARY KEY, ssn text) "
+                "PARTITION BY RANGE (uid)",
+                "CREATE TABLE ids_probe_child PARTITION OF ids_probe FOR VALUES FROM (0) TO (9)",
+                "INSERT INTO ids_probe VALUES (1, 'a'), (2, 'b')",
+            ],
+            None,  # its unique index covers its partitions
+        ),
+        (
+            [
+                "CREATE TABLE ids_probe_child (uid integer PRIMARY KEY, ssn text)",
+                "CREATE VIEW ids_probe AS SELECT * FROM ids_probe_child",
+            ],
+            "'ids_probe' is a view: no index of a view proves its id column 'uid' unique",
+        ),
+        (
+            [
+                "CREATE TABLE ids_probe_child (uid integer PRIMARY KEY, ssn text)",
+                "CREATE MATERIALIZED VIEW ids_probe AS SELECT * FROM ids_probe_child",
+                "CREATE UNIQUE INDEX ON ids_probe (uid)",
+            ],
+            "'ids_probe' is a materialized view",  # was: 'does not exist'
+        ),
+        (["CREATE TABLE ids_probe (uid integer NOT NULL, ssn text, EXCLUDE (uid WITH =))"], None),
+        (
+            [
+                "CREATE TABLE ids_probe (uid int4range NOT NULL, ssn text, "
+                "EXCLUDE USING gist (uid WITH =))"
+            ],
+            None,
+        ),
+        (  # no two overlap, but 'empty' overlaps nothing and may repeat
+            [
+                "CREATE TABLE ids_probe (uid int4range NOT NULL, ssn text, "
+                "EXCLUDE USING gist (uid WITH &&))"
+            ],
+            "not unique",
+        ),
+        (
+            [
+                "CREATE TABLE ids_probe (uid integer NOT NULL, ssn text, "
+                "EXCLUDE (uid WITH =) WHERE (ssn IS NOT NULL))"
+            ],
+            "not unique",
+        ),
+        (
+            [
+                f"CREATE TABLE ids_probe (uid text COLLATE {_CI} NOT NULL, ssn text)",
+                'CREATE UNIQUE INDEX ids_probe_uid ON ids_probe (uid COLLATE "C")',
+            ],
+            "unique index 'ids_probe_uid' compares with collation 'C', the reads with the "
+            f"column's nondeterministic '{_CI}'",
+        ),
+        ([f"CREATE TABLE ids_probe (uid text COLLATE {_CI} NOT NULL UNIQUE, ssn text)"], None),
+        (
+            [
+                'CREATE TABLE ids_probe (uid text COLLATE "C" NOT NULL, ssn text)',
+                f"CREATE UNIQUE INDEX ids_probe_uid ON ids_probe (uid COLLATE {_CI})",
+            ],
+            None,  # unique case-blind, so unique as bytes: the column's "C" compares bytes
+        ),
+    )
+
+    @pytest.mark.parametrize(("statements", "refused"), POSTGRES_SHAPES)
+    def test_postgres_shapes(
+        self, postgres_url: str, statements: list[str], refused: str | None
+    ) -> None:
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            self._drop_probe(db)
+            db.execute(
+                f"CREATE COLLATION IF NOT EXISTS {self._CI} "
+                "(provider = icu, locale = 'und-u-ks-level2', deterministic = false)"
+            )
+            for statement in statements:
+                db.execute(statement)
+        try:
+            self._check(postgres_url, refused, table="ids_probe")
+        finally:
+            with psycopg.connect(postgres_url, autocommit=True) as db:
+                self._drop_probe(db)
+
+    def test_postgres_a_foreign_table_is_refused_as_one(self, postgres_url: str) -> None:
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            if (
+                db.execute(
+                    "SELECT 1 FROM pg_available_extensions WHERE name = 'file_fdw'"
+                ).fetchone()
+                is None
+            ):
+                pytest.skip("no file_fdw here")
+            self._drop_probe(db)
+            created = (
+                db.execute("SELECT 1 FROM pg_extension WHERE extname = 'file_fdw'").fetchone()
+                is None
+            )
+            db.execute("CREATE EXTENSION IF NOT EXISTS file_fdw")
+            db.execute("CREATE SERVER IF NOT EXISTS ids_probe_files FOREIGN DATA WRAPPER file_fdw")
+            db.execute(
+                "CREATE FOREIGN TABLE ids_probe (uid integer NOT NULL, ssn text) "
+                "SERVER ids_probe_files OPTIONS (filename '/dev/null')"
+            )
+        try:
+            self._check(
+                postgres_url, "'ids_probe' is a foreign table: no index here", table="ids_probe"
+            )
+        finally:
+            with psycopg.connect(postgres_url, autocommit=True) as db:
+                db.execute("DROP SERVER ids_probe_files CASCADE")
+                if created:
+                    db.execute("DROP EXTENSION file_fdw")
+
+    @staticmethod
+    def _drop_probe(db: psycopg.Connection[tuple[object, ...]]) -> None:
+        kind = db.execute(
+            "SELECT relkind FROM pg_class WHERE oid = to_regclass('ids_probe')"
+        ).fetchone()
+        what = {"v": "VIEW", "m": "MATERIALIZED VIEW", "f": "FOREIGN TABLE"}.get(
+            kind[0] if kind else "r", "TABLE"
+        )
+        db.execute(f"DROP {what} IF EXISTS ids_probe CASCADE")
+        db.execute("DROP TABLE IF EXISTS ids_probe_child CASCADE")
+
     def test_an_invalid_unique_index_does_not_count(self, postgres_url: str) -> None:
         # What a CREATE UNIQUE INDEX CONCURRENTLY that met a repeated id leaves behind.
         with psycopg.connect(postgres_url, autocommit=True) as db:
@@ -337,15 +471,18 @@ class TestIdColumnMustIdentifyRows:
 
     @staticmethod
     def _check(url: str, refused: str | None, table: str = "t") -> None:
-        store = open_store(url, Target(table, "ssn", id_column="uid"))
-        try:
-            if refused is None:
+        def check() -> None:
+            store = open_store(url, Target(table, "ssn", id_column="uid"))
+            try:
                 store.check(writable=False)
-            else:
-                with pytest.raises(StoreError, match=refused):
-                    store.check(writable=False)
-        finally:
-            store.close()
+            finally:
+                store.close()
+
+        if refused is None:
+            check()
+        else:
+            with pytest.raises(StoreError, match=refused):
+                check()
 
     def test_the_cut_over_gate_is_not_passed_on_a_table_it_cannot_read_whole(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

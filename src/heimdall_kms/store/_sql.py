@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from heimdall_kms.errors import StoreError
 from heimdall_kms.store.base import JOURNAL_TABLE, JournalEntry, Match, Row, Swap, Target
 
-__all__ = ["Dialect", "IdColumn", "SQLFieldStore", "python_bytes"]
+__all__ = ["Dialect", "IdColumn", "SQLFieldStore", "python_bytes", "view_problem"]
 
 
 class Cursor(Protocol):
@@ -123,6 +123,15 @@ class IdColumn:
     # Why it does not identify rows, where the reason is not the plain one (no unique
     # index on it): a view, a unique index that compares otherwise than the reads.
     problem: str | None = None
+
+
+def view_problem(target: Target) -> str:
+    """Why a view is refused as a target whose rows are read by id."""
+    return (
+        f"{target.table!r} is a view: no index of a view proves its id column "
+        f"{target.id_column!r} unique, and rows that repeat an id would be skipped; name the "
+        "table it reads"
+    )
 
 
 class SQLFieldStore:

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 
 from heimdall_kms.errors import StoreError
-from heimdall_kms.store._sql import Dialect, IdColumn, SQLFieldStore
+from heimdall_kms.store._sql import Dialect, IdColumn, SQLFieldStore, view_problem
 from heimdall_kms.store.base import Target
 
 __all__ = ["open_postgres"]
@@ -81,7 +81,20 @@ def _describe(store: SQLFieldStore) -> dict[str, str]:
             "WHERE table_name = %s AND table_schema = coalesce(%s, current_schema())",
             [name, schema],
         )
-        return {str(column): str(kind) for column, kind in cursor.fetchall()}
+        columns = {str(column): str(kind) for column, kind in cursor.fetchall()}
+        if not columns:
+            # information_schema lists no materialized view's columns: say what it is, not
+            # that it does not exist.
+            cursor.execute(
+                "SELECT 1 FROM pg_class WHERE oid = to_regclass(%s) AND relkind = 'm'",
+                [store.dialect.quote(store.target.table)],
+            )
+            if cursor.fetchone() is not None:
+                raise StoreError(
+                    f"{store.target.table!r} is a materialized view: its rows are a copy that "
+                    "each REFRESH rebuilds from its query; name the table it reads"
+                )
+        return columns
 
 
 def _max_chars(store: SQLFieldStore) -> int | None:
@@ -99,25 +112,87 @@ def _max_chars(store: SQLFieldStore) -> int | None:
     return None if found is None or found[0] is None else int(found[0])
 
 
+# The target and its id column: kind, NOT NULL, type, inheritance children, whether the
+# column's collation is deterministic (equal only as bytes; true where it has none), its name.
+_ID_COLUMN = (
+    "SELECT c.relkind, a.attnotnull, format_type(a.atttypid, a.atttypmod), "
+    "(SELECT count(*) FROM pg_inherits h WHERE h.inhparent = c.oid), "
+    "coalesce(co.collisdeterministic, true), co.collname "
+    "FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid "
+    "LEFT JOIN pg_collation co ON co.oid = a.attcollation "
+    "WHERE c.oid = to_regclass(%s) AND a.attname = %s AND NOT a.attisdropped"
+)
+
+# Each index that makes the column unique: valid, not partial, on the column alone; unique,
+# or backing an exclusion constraint whose operator is a btree equality (``EXCLUDE USING
+# btree (id WITH =)``; gist's ``&&`` and the like do not count). Its name, whether it compares
+# with the column's own collation, and the collation it does compare with.
+_UNIQUE_KEYS = (
+    "SELECT i.indexrelid::regclass::text, i.indcollation[0] = a.attcollation, ic.collname "
+    "FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+    "LEFT JOIN pg_collation ic ON ic.oid = i.indcollation[0] "
+    "WHERE i.indrelid = to_regclass(%s) AND a.attname = %s AND i.indnkeyatts = 1 "
+    "AND i.indpred IS NULL AND i.indisvalid AND (i.indisunique OR EXISTS ("
+    "SELECT 1 FROM pg_constraint x JOIN pg_amop o ON o.amopopr = x.conexclop[1] "
+    "JOIN pg_am m ON m.oid = o.amopmethod WHERE x.conindid = i.indexrelid AND x.contype = 'x' "
+    "AND m.amname = 'btree' AND o.amopstrategy = 3)) ORDER BY 1"
+)
+
+
 def _id_column(store: SQLFieldStore) -> IdColumn:
-    """Unique: a unique index (the primary key's included) on the column alone, not partial,
-    valid (a ``CREATE UNIQUE INDEX CONCURRENTLY`` that failed leaves an invalid one).
-    Not null: declared NOT NULL (a primary key is). Its type as ``format_type`` writes it
-    (schema-qualified where the search path would not find it)."""
+    """Unique: an index in :data:`_UNIQUE_KEYS` (the primary key's included) that compares as
+    the reads do: a column whose collation is deterministic is unique under any collation an
+    index has (equal under it where equal as bytes); a nondeterministic one ('a' and 'A' one
+    id to ``id > %s``) needs an index with the column's own collation. A ``CREATE UNIQUE
+    INDEX CONCURRENTLY`` that failed leaves an invalid index. Not null: declared NOT NULL (a
+    primary key is). Its type as ``format_type`` writes it (schema-qualified where the search
+    path would not find it). A view, a foreign table and a table with inheritance children
+    are refused for what they are."""
+    params = [store.dialect.quote(store.target.table), store.target.id_column]
     with store._errors("inspect the table"):
         cursor = store.connection.cursor()
-        cursor.execute(
-            "SELECT a.attnotnull, EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid "
-            "AND i.indisunique AND i.indnkeyatts = 1 AND i.indkey[0] = a.attnum "
-            "AND i.indpred IS NULL AND i.indisvalid), format_type(a.atttypid, a.atttypmod) "
-            "FROM pg_attribute a "
-            "WHERE a.attrelid = to_regclass(%s) AND a.attname = %s AND NOT a.attisdropped",
-            [store.dialect.quote(store.target.table), store.target.id_column],
-        )
+        cursor.execute(_ID_COLUMN, params)
         found = cursor.fetchone()
+        cursor.execute(_UNIQUE_KEYS, params)
+        keys = cursor.fetchall()
     if found is None:
         return IdColumn(unique=False, not_null=False)
-    return IdColumn(unique=bool(found[1]), not_null=bool(found[0]), sql_type=str(found[2]))
+    kind, not_null, sql_type, children, deterministic, collation = found
+    problem = _kind_problem(store, str(kind), int(children))
+    if problem is not None:
+        return IdColumn(unique=False, not_null=False, problem=problem)
+    unique = any(deterministic or same for _, same, _ in keys)
+    if keys and not unique:
+        index, _, index_collation = keys[0]
+        problem = (
+            f"id column {store.target.id_column!r} of {store.target.table!r} is not unique as "
+            f"the reads compare it: its unique index {index!r} compares with collation "
+            f"{index_collation!r}, the reads with the column's nondeterministic {collation!r}, "
+            f"and ids equal under {collation!r} would be skipped; give the index the column's "
+            "collation or name another id column"
+        )
+    return IdColumn(unique=unique, not_null=bool(not_null), sql_type=str(sql_type), problem=problem)
+
+
+def _kind_problem(store: SQLFieldStore, kind: str, children: int) -> str | None:
+    """Why a relation of this kind cannot be read whole by id, or None."""
+    table, name = store.target.table, store.target.id_column
+    if kind == "v":
+        return view_problem(store.target)
+    if kind == "f":
+        return (
+            f"{table!r} is a foreign table: no index here proves its id column {name!r} "
+            "unique, and rows that repeat an id would be skipped; name the table it stands for, "
+            "in its own database"
+        )
+    if kind == "r" and children:
+        return (
+            f"{table!r} has inheritance children ({children}): reading it reads their rows too, "
+            f"which its unique index on {name!r} does not cover, so an id may repeat and rows "
+            "would be skipped; name a table without inheritance children (a partitioned "
+            "table's unique index covers its partitions)"
+        )
+    return None
 
 
 def _check_writable(store: SQLFieldStore) -> None:

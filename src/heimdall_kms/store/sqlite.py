@@ -13,7 +13,13 @@ from typing import Any
 from urllib.parse import unquote
 
 from heimdall_kms.errors import StoreError
-from heimdall_kms.store._sql import Dialect, IdColumn, SQLFieldStore, python_bytes
+from heimdall_kms.store._sql import (
+    Dialect,
+    IdColumn,
+    SQLFieldStore,
+    python_bytes,
+    view_problem,
+)
 from heimdall_kms.store.base import Target
 
 __all__ = ["open_sqlite", "sqlite_path"]
@@ -130,7 +136,7 @@ def _id_column(store: SQLFieldStore) -> IdColumn:
         cursor = store.connection.cursor()
         kind, sql = _schema_entry(cursor, store)
         if kind == "view":
-            return IdColumn(unique=False, not_null=False, problem=_view_problem(store))
+            return IdColumn(unique=False, not_null=False, problem=view_problem(store.target))
         columns = _pragma(cursor, store, "table_info", table)  # cid, name, type, notnull, ...
         indexes = _pragma(cursor, store, "index_list", table)  # seq, name, unique, origin, ...
         if _is_rowid(columns, indexes, name):
@@ -169,14 +175,6 @@ def _schema_entry(cursor: Any, store: SQLFieldStore) -> tuple[str, str]:
         if found is not None:
             return str(found[0]), str(found[1])
     return "table", ""
-
-
-def _view_problem(store: SQLFieldStore) -> str:
-    return (
-        f"{store.target.table!r} is a view: no index of a view proves its id column "
-        f"{store.target.id_column!r} unique, and rows that repeat an id would be skipped; "
-        "name the table it reads"
-    )
 
 
 def _is_rowid(columns: list[Any], indexes: list[Any], name: str) -> bool:
