@@ -464,6 +464,42 @@ class TestEnvelopesNobodyReads:
         assert "1 damaged envelopes" in err
 
 
+class TestWhatTheJobsLookAt:
+    """The jobs' SQL pre-filter admits every value the census reads as an envelope or reports
+    as a damaged one: a job skipped them without looking and said "completed" (exit 0) while
+    the census counted them, and no run could ever migrate them."""
+
+    def test_escaped_keys_another_version(
+        self, table: UserTable, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        legacy = legacy_envelope(MASTER_HEX, "123-45-6789")
+        escaped = legacy.replace('"ciphertext"', '"cipher\\u0074ext"')  # any JSON reader's
+        table.insert(
+            [
+                (1, stored_text(table, escaped)),
+                (2, stored_text(table, '{"encryption_version": "kms_v2", "payload": "x"}')),
+            ]
+        )
+        code, out, err = run_main(["migrate", *target_args(table), "--json"], capsys)
+        assert code == 3, err
+        summary = json.loads(out)
+        assert summary["completed"] == 1
+        assert [f["id"] for f in summary["failures"]] == ["2"]
+        code, err = gate(table, capsys)
+        assert "1 unparseable remain" in err  # and no legacy
+        context = {"table": table.table, "field": "ssn", "record": "1"}
+        with heimdall_kms.from_env(env, audit=MemoryAuditSink()) as crypto:
+            sealed = crypto.encrypt("123-45-6789", context=context).to_json()
+        table.set(1, stored_text(table, sealed.replace('"kms_v1"', '"kms\\u005fv1"', 1)))
+        table.set(2, None)
+        code, _, err = run_main(["rotate"], capsys)
+        assert code == 0, err
+        code, out, err = run_main(["reencrypt", *target_args(table), "--json"], capsys)
+        assert code == 0, err
+        assert json.loads(out)["completed"] == 1
+        assert census(table, capsys)["key_version"] == {"2": 1}
+
+
 class TestAnotherKey:
     """A ``kms_v1`` value sealed by a key this deployment does not use cannot be read here
     (decrypt refuses it): the cut-over gate counts it as it counts one needing a retired

@@ -220,9 +220,9 @@ class SQLFieldStore:
         if upto is not None:
             where.append(f"{self._id} <= {p}")
             params.append(upto)
-        if match.like is not None:
-            where.append(f"{self.dialect.read(self._c)} LIKE {p}")
-            params.append(match.like)
+        if match.patterns:
+            where.append(self._like(match))
+            params.extend(match.patterns)
         return (f" WHERE {' AND '.join(where)}" if where else ""), params
 
     def _fetch(
@@ -255,12 +255,17 @@ class SQLFieldStore:
     def count(self, match: Match = Match.ALL) -> int:
         with self._errors("count"):
             cursor = self.connection.cursor()
-            if match.like is None:
+            if not match.patterns:
                 cursor.execute(f"SELECT count(*) FROM {self._t}")  # noqa: S608
             else:
-                sql = f"SELECT count(*) FROM {self._t} WHERE {self.dialect.read(self._c)} LIKE "  # noqa: S608
-                cursor.execute(sql + self.dialect.param, [match.like])
+                sql = f"SELECT count(*) FROM {self._t} WHERE {self._like(match)}"  # noqa: S608
+                cursor.execute(sql, list(match.patterns))
             return int(cursor.fetchone()[0])
+
+    def _like(self, match: Match) -> str:
+        """SQL: the column matches one of the pre-filter's patterns."""
+        read, p = self.dialect.read(self._c), self.dialect.param
+        return "(" + " OR ".join(f"{read} LIKE {p} ESCAPE '!'" for _ in match.patterns) + ")"
 
     def scan(self, batch_size: int, match: Match = Match.ALL) -> Iterator[list[Row]]:
         after: object | None = None

@@ -43,14 +43,25 @@ class Match(StrEnum):
     KMS_V1 = "kms_v1"  # text that mentions kms_v1
 
     @property
-    def like(self) -> str | None:
-        # No quotes in the patterns: an envelope escaped inside a JSON string (a property
-        # bag's "raw", a jsonb string) has its quotes escaped too.
-        return {
-            Match.ALL: None,
-            Match.LEGACY: "%ciphertext%",
-            Match.KMS_V1: "%kms_v1%",
-        }[self]
+    def patterns(self) -> tuple[str, ...]:
+        """LIKE patterns (``!`` escapes): a value matching one of them is read; none for ALL.
+
+        A job skips what the pre-filter rules out without looking, so it admits whatever the
+        classifier could read as an envelope: text naming a key only an envelope has, and any
+        text with a ``\\u`` escape (a key's letter escaped, ``"cipher\\u0074ext"``, is read
+        by any JSON reader as the key). No quotes in the patterns: an envelope escaped inside
+        a JSON string (a property bag's "raw", a jsonb string) has its quotes escaped too. A
+        key in another case is no envelope, only damaged: the census reports it; SQLite's LIKE
+        admits it (it ignores ASCII case), PostgreSQL's does not (ILIKE costs 2 µs a row).
+        """
+        return _PATTERNS[self]
+
+
+_PATTERNS = {
+    Match.ALL: (),
+    Match.LEGACY: ("%ciphertext%", "%encryption_version%", "%\\u%"),
+    Match.KMS_V1: ("%kms_v1%", "%\\u%"),
+}
 
 
 @dataclass(frozen=True, slots=True)
