@@ -66,6 +66,9 @@ class Dialect:
     ids_per_key: int = 1
     # What the database raises for a key that does not read as a value of the id's type.
     unreadable: tuple[type[BaseException], ...] = field(default=())
+    # A journal row's place, as text, and the SQL that reads such a text back.
+    place: str = "CAST(rowid AS TEXT)"
+    place_is: str = "rowid = CAST(? AS INTEGER)"
 
     def quote(self, identifier: str) -> str:
         return ".".join(f'"{part}"' for part in identifier.split("."))
@@ -435,7 +438,8 @@ class SQLFieldStore:
         with self._errors("read the journal"):
             cursor = self.connection.cursor()
             cursor.execute(
-                f"SELECT run_id, row_key, old_value, new_value, created_at FROM {JOURNAL_TABLE} "  # noqa: S608
+                "SELECT run_id, row_key, old_value, new_value, created_at, "  # noqa: S608
+                f"{self.dialect.place} FROM {JOURNAL_TABLE} "
                 f"WHERE run_id = {p} AND table_name = {p} AND column_name = {p} ORDER BY row_key",
                 [run_id, self.target.table, self.target.column],
             )
@@ -471,11 +475,12 @@ class SQLFieldStore:
         )
 
     def _forget_sql(self) -> str:
-        # By the run's new value too: keys of distinct ids may be one text (SQLite: 1 and '1').
+        # At its place (the run's other rows are not searched), and only if it is the row
+        # read: keys of distinct ids may be one text (SQLite: 1 and '1'), the new value not.
         p = self.dialect.param
         return (
-            f"DELETE FROM {JOURNAL_TABLE} WHERE run_id = {p} AND table_name = {p} "  # noqa: S608
-            f"AND column_name = {p} AND row_key = {p} AND new_value = {p}"
+            f"DELETE FROM {JOURNAL_TABLE} WHERE {self.dialect.place_is} AND run_id = {p} "  # noqa: S608
+            f"AND table_name = {p} AND column_name = {p} AND row_key = {p} AND new_value = {p}"
         )
 
     def _restore_ids(self, key: str) -> list[object]:
@@ -495,9 +500,9 @@ class SQLFieldStore:
         cursor.execute(update, [entry.old_value, *ids, entry.new_value])
         if cursor.rowcount != 1:
             return False
-        target = self.target
+        target, key = self.target, entry.row_key
         cursor.execute(
-            forget, [entry.run_id, target.table, target.column, entry.row_key, entry.new_value]
+            forget, [entry.place, entry.run_id, target.table, target.column, key, entry.new_value]
         )
         return True
 

@@ -135,6 +135,9 @@ class JournalEntry:
     old_value: str
     new_value: str
     created_at: str
+    # Where the database keeps this journal row (SQLite's rowid, PostgreSQL's ctid): a
+    # restore deletes it there, not by a search among the run's rows (one per row restored).
+    place: str | None = None
 
 
 class Batch(Protocol):

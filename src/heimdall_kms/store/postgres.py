@@ -34,6 +34,8 @@ def _dialect(column_type: str) -> Dialect:
         errors=(psycopg.Error,),
         # A journal key that is no text of the id's type (an older version's, of an array).
         unreadable=(psycopg.errors.DataError,),
+        place="ctid::text",
+        place_is="ctid = CAST(%s AS tid)",
     )
 
 
