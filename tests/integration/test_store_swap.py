@@ -372,6 +372,14 @@ class TestIdColumnMustIdentifyRows:
             ],
             None,  # unique case-blind, so unique as bytes: the column's "C" compares bytes
         ),
+        (["CREATE TABLE ids_probe (uid varchar(36) PRIMARY KEY, ssn text)"], None),  # text's
+        (
+            [
+                "CREATE TABLE ids_probe (uid text NOT NULL, ssn text)",
+                "CREATE UNIQUE INDEX ON ids_probe (uid text_pattern_ops)",  # text's equality
+            ],
+            None,
+        ),
     )
 
     @pytest.mark.parametrize(("statements", "refused"), POSTGRES_SHAPES)
@@ -388,6 +396,27 @@ class TestIdColumnMustIdentifyRows:
                 db.execute(statement)
         try:
             self._check(postgres_url, refused, table="ids_probe")
+        finally:
+            with psycopg.connect(postgres_url, autocommit=True) as db:
+                self._drop_probe(db)
+
+    def test_postgres_a_unique_index_with_another_equality_is_refused(
+        self, postgres_url: str
+    ) -> None:
+        # citext's reads hold 'a' and 'A' one id; a text_ops unique index lets both in, and
+        # `uid > 'a'` skipped 'A'.
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            if db.execute("SELECT 1 FROM pg_extension WHERE extname = 'citext'").fetchone() is None:
+                pytest.skip("no citext extension in this database")
+            self._drop_probe(db)
+            db.execute("CREATE TABLE ids_probe (uid citext NOT NULL, ssn text)")
+            db.execute("CREATE UNIQUE INDEX ids_probe_uid ON ids_probe (uid text_ops)")
+        try:
+            self._check(
+                postgres_url,
+                "its unique index 'ids_probe_uid' compares with another equality than its type's",
+                table="ids_probe",
+            )
         finally:
             with psycopg.connect(postgres_url, autocommit=True) as db:
                 self._drop_probe(db)

@@ -115,65 +115,124 @@ def _max_chars(store: SQLFieldStore) -> int | None:
 
 
 # The target and its id column: kind, NOT NULL, type, inheritance children, whether the
-# column's collation is deterministic (equal only as bytes; true where it has none), its name.
+# column's collation is deterministic (equal only as bytes; true where it has none), its name,
+# and the equality the reads use: that of the type's default btree operator class, which
+# ``ORDER BY id`` sorts by, found as PostgreSQL's GetDefaultOpClass finds it: for the base type
+# under any domains, its own class, else the one of a type it is binary-coercible to that is
+# preferred in its category (varchar: text's, not citext's), else another (an enum's, array's,
+# range's or composite's polymorphic one). None where there is none.
 _ID_COLUMN = (
+    "WITH RECURSIVE domains(oid) AS (SELECT a.atttypid FROM pg_attribute a "
+    "WHERE a.attrelid = to_regclass(%s) AND a.attname = %s AND NOT a.attisdropped "
+    "UNION ALL SELECT t.typbasetype FROM domains d JOIN pg_type t ON t.oid = d.oid "
+    "WHERE t.typtype = 'd') "
     "SELECT c.relkind, a.attnotnull, format_type(a.atttypid, a.atttypmod), "
     "(SELECT count(*) FROM pg_inherits h WHERE h.inhparent = c.oid), "
-    "coalesce(co.collisdeterministic, true), co.collname "
+    "coalesce(co.collisdeterministic, true), co.collname, ("
+    "SELECT o.amopopr FROM pg_opclass oc JOIN pg_am m ON m.oid = oc.opcmethod "
+    "JOIN pg_type ot ON ot.oid = oc.opcintype "
+    "JOIN pg_amop o ON o.amopfamily = oc.opcfamily AND o.amopstrategy = 3 "
+    "AND o.amoplefttype = oc.opcintype AND o.amoprighttype = oc.opcintype "
+    "WHERE m.amname = 'btree' AND oc.opcdefault AND (oc.opcintype = b.oid "
+    "OR oc.opcintype IN (SELECT casttarget FROM pg_cast WHERE castsource = b.oid "
+    "AND castmethod = 'b') OR oc.opcintype = CASE WHEN b.typtype = 'e' THEN 'anyenum'::regtype "
+    "WHEN b.typtype = 'r' THEN 'anyrange'::regtype "
+    "WHEN b.typtype = 'm' THEN to_regtype('anymultirange') "
+    "WHEN b.typcategory = 'A' THEN 'anyarray'::regtype "
+    "WHEN b.typtype = 'c' THEN 'record'::regtype END) "
+    "ORDER BY oc.opcintype <> b.oid, NOT (ot.typispreferred AND ot.typcategory = b.typcategory), "
+    "ot.typtype = 'p' LIMIT 1) "
     "FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid "
+    "JOIN pg_type b ON b.oid = (SELECT d.oid FROM domains d JOIN pg_type t ON t.oid = d.oid "
+    "WHERE t.typtype <> 'd') "
     "LEFT JOIN pg_collation co ON co.oid = a.attcollation "
     "WHERE c.oid = to_regclass(%s) AND a.attname = %s AND NOT a.attisdropped"
 )
 
-# Each index that makes the column unique: valid, not partial, on the column alone; unique,
-# or backing an exclusion constraint whose operator is a btree equality (``EXCLUDE USING
-# btree (id WITH =)``; gist's ``&&`` and the like do not count). Its name, whether it compares
-# with the column's own collation, and the collation it does compare with.
+# Each index that may make the column unique: valid, not partial, on the column alone; unique,
+# or backing an exclusion constraint (``EXCLUDE USING btree (id WITH =)``). Its name, whether
+# it compares with the column's own collation, the collation it does compare with, and its
+# equality: the exclusion's operator, or its operator class's (a citext id under a text_ops
+# unique index holds 'a' and 'A', one id to the reads; gist's ``&&`` is no equality).
 _UNIQUE_KEYS = (
-    "SELECT i.indexrelid::regclass::text, i.indcollation[0] = a.attcollation, ic.collname "
+    "SELECT i.indexrelid::regclass::text, i.indcollation[0] = a.attcollation, ic.collname, "
+    "coalesce((SELECT x.conexclop[1] FROM pg_constraint x WHERE x.conindid = i.indexrelid "
+    "AND x.contype = 'x'), (SELECT o.amopopr FROM pg_opclass oc JOIN pg_amop o "
+    "ON o.amopfamily = oc.opcfamily AND o.amopmethod = oc.opcmethod AND o.amopstrategy = 3 "
+    "AND o.amoplefttype = oc.opcintype AND o.amoprighttype = oc.opcintype "
+    "WHERE oc.oid = i.indclass[0])) "
     "FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
     "LEFT JOIN pg_collation ic ON ic.oid = i.indcollation[0] "
     "WHERE i.indrelid = to_regclass(%s) AND a.attname = %s AND i.indnkeyatts = 1 "
     "AND i.indpred IS NULL AND i.indisvalid AND (i.indisunique OR EXISTS ("
-    "SELECT 1 FROM pg_constraint x JOIN pg_amop o ON o.amopopr = x.conexclop[1] "
-    "JOIN pg_am m ON m.oid = o.amopmethod WHERE x.conindid = i.indexrelid AND x.contype = 'x' "
-    "AND m.amname = 'btree' AND o.amopstrategy = 3)) ORDER BY 1"
+    "SELECT 1 FROM pg_constraint x WHERE x.conindid = i.indexrelid AND x.contype = 'x')) "
+    "ORDER BY 1"
 )
 
 
 def _id_column(store: SQLFieldStore) -> IdColumn:
     """Unique: an index in :data:`_UNIQUE_KEYS` (the primary key's included) that compares as
-    the reads do: a column whose collation is deterministic is unique under any collation an
-    index has (equal under it where equal as bytes); a nondeterministic one ('a' and 'A' one
-    id to ``id > %s``) needs an index with the column's own collation. A ``CREATE UNIQUE
-    INDEX CONCURRENTLY`` that failed leaves an invalid index. Not null: declared NOT NULL (a
-    primary key is). Its type as ``format_type`` writes it (schema-qualified where the search
-    path would not find it). A view, a foreign table and a table with inheritance children
-    are refused for what they are."""
+    the reads do: with the equality of the column type's default operator class, and where
+    the column's collation is nondeterministic ('a' and 'A' one id to ``id > %s``) with that
+    collation (a deterministic one is equality as bytes, which any collation's implies). A
+    ``CREATE UNIQUE INDEX CONCURRENTLY`` that failed leaves an invalid index. Not null:
+    declared NOT NULL (a primary key is). Its type as ``format_type`` writes it
+    (schema-qualified where the search path would not find it). A view, a foreign table and
+    a table with inheritance children are refused for what they are."""
     params = [store.dialect.quote(store.target.table), store.target.id_column]
     with store._errors("inspect the table"):
         cursor = store.connection.cursor()
-        cursor.execute(_ID_COLUMN, params)
+        cursor.execute(_ID_COLUMN, params * 2)
         found = cursor.fetchone()
         cursor.execute(_UNIQUE_KEYS, params)
         keys = cursor.fetchall()
     if found is None:
         return IdColumn(unique=False, not_null=False)
-    kind, not_null, sql_type, children, deterministic, collation = found
+    kind, not_null, sql_type, children, deterministic, collation, equality = found
     problem = _kind_problem(store, str(kind), int(children))
-    if problem is not None:
-        return IdColumn(unique=False, not_null=False, problem=problem)
-    unique = any(deterministic or same for _, same, _ in keys)
-    if keys and not unique:
-        index, _, index_collation = keys[0]
-        problem = (
-            f"id column {store.target.id_column!r} of {store.target.table!r} is not unique as "
-            f"the reads compare it: its unique index {index!r} compares with collation "
-            f"{index_collation!r}, the reads with the column's nondeterministic {collation!r}, "
-            f"and ids equal under {collation!r} would be skipped; give the index the column's "
-            "collation or name another id column"
+    if problem is None and keys:
+        problem = _key_problem(store, keys, bool(deterministic), collation, equality)
+    return IdColumn(
+        unique=bool(keys) and problem is None,
+        not_null=bool(not_null),
+        sql_type=str(sql_type),
+        problem=problem,
+    )
+
+
+def _key_problem(
+    store: SQLFieldStore,
+    keys: list[Any],
+    deterministic: bool,
+    collation: str,
+    equality: int | None,
+) -> str | None:
+    """None where one of the unique ``keys`` compares as the reads do; else why not."""
+    if any(eq == equality and (deterministic or same) for _, same, _, eq in keys):
+        return None
+    head = f"id column {store.target.id_column!r} of {store.target.table!r}"
+    if equality is None:
+        return (
+            f"{head}: its type has no default btree operator class here, so not how the "
+            "reads compare its ids nor whether a unique index does the same; name another "
+            "id column"
         )
-    return IdColumn(unique=unique, not_null=bool(not_null), sql_type=str(sql_type), problem=problem)
+    same_equality = [key for key in keys if key[3] == equality]
+    if not same_equality:
+        index = keys[0][0]
+        return (
+            f"{head} is not unique as the reads compare it: its unique index {index!r} "
+            "compares with another equality than its type's own (an operator class or "
+            "exclusion operator of its choosing), so ids the reads hold equal may repeat; "
+            "give it one with the type's default operator class or name another id column"
+        )
+    index, _, index_collation, _ = same_equality[0]
+    return (
+        f"{head} is not unique as the reads compare it: its unique index {index!r} compares "
+        f"with collation {index_collation!r}, the reads with the column's nondeterministic "
+        f"{collation!r}, and ids equal under {collation!r} would be skipped; give the index "
+        "the column's collation or name another id column"
+    )
 
 
 def _kind_problem(store: SQLFieldStore, kind: str, children: int) -> str | None:
