@@ -179,7 +179,7 @@ ALLOWED = {
     ("POST", "/crypto/encrypt-batch"): {"app"},
     ("POST", "/crypto/decrypt-batch"): {"app", "worker"},
 }
-OPEN = [("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/openapi.json")]
+OPEN = [("GET", "/healthz"), ("HEAD", "/healthz"), ("GET", "/metrics"), ("GET", "/openapi.json")]
 SUCCESS = {"POST /admin/crypto/reencrypt": 202}
 
 
@@ -1030,6 +1030,23 @@ def test_healthz_follows_the_kms(fresh_openbao: OpenBao, make_api: Callable[...,
     assert (recovered.status_code, recovered.json()["circuit"]) == (200, "closed")
 
 
+@pytest.mark.vault
+def test_healthz_answers_head_as_get(fresh_openbao: OpenBao, make_api: Callable[..., Api]) -> None:
+    """Load balancers' health checks ask with HEAD: same check, same status, no body (it was
+    405, so such a check saw the service down)."""
+    api = make_api(fresh_openbao.env(HMD_KMS_BREAKER_THRESHOLD="100"))
+    healthy = api.call("HEAD", "/healthz")
+    assert (healthy.status_code, healthy.content) == (200, b"")
+    assert healthy.headers["content-type"] == "application/json"
+    fresh_openbao.client().sys.seal()
+    try:
+        sealed = api.call("HEAD", "/healthz")
+        assert (sealed.status_code, sealed.content) == (503, b"")
+        assert api.call("GET", "/healthz").status_code == 503
+    finally:
+        fresh_openbao.client().sys.submit_unseal_key(fresh_openbao.unseal_key)
+
+
 EXPECTED_METRICS = {
     "heimdall_crypto_encrypt": {"provider", "key_version"},
     "heimdall_crypto_decrypt": {"provider", "key_version"},
@@ -1097,6 +1114,10 @@ def test_openapi_document(tmp_path: Path, make_api: Callable[..., Api]) -> None:
     schema = reencrypt["content"]["application/json"]["schema"]
     assert schema["required"] == ["table", "column"]
     assert "security" not in document["paths"]["/healthz"]["get"]
+    head = document["paths"]["/healthz"]["head"]  # health checks that ask with HEAD
+    assert "security" not in head and head["summary"]
+    ids = [op["operationId"] for item in document["paths"].values() for op in item.values()]
+    assert len(ids) == len(set(ids))
 
 
 def references(node: Any) -> Iterator[str]:

@@ -10,7 +10,7 @@ Role map (``auth.Role``)::
     POST /crypto/decrypt                  app, worker
     POST /crypto/encrypt-batch            app
     POST /crypto/decrypt-batch            app, worker
-    GET  /healthz, /metrics, /openapi.json   no token
+    GET  /healthz (and HEAD), /metrics, /openapi.json   no token
 
 ``admin`` manages keys and data but cannot read a value: separation of duties. Every route
 that needs a token checks it before it reads the body, then refuses undeclared query
