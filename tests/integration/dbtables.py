@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,3 +145,21 @@ def run_main(args: list[str], capsys: Any) -> tuple[int, str, str]:
     code = main(args)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@contextmanager
+def postgres_table(url: str, column_type: str, values: dict[int, str]) -> Iterator[str]:
+    """A table ``(id integer primary key, ssn <column_type>)`` holding ``values``, dropped
+    afterwards with its rows of the journal."""
+    name = f"short_{secrets.token_hex(4)}"
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute(f"CREATE TABLE {name} (id INTEGER PRIMARY KEY, ssn {column_type})")
+        for key, value in values.items():
+            db.execute(f"INSERT INTO {name} VALUES (%s, %s)", [key, value])
+    try:
+        yield name
+    finally:
+        with psycopg.connect(url, autocommit=True) as db:
+            db.execute(f"DROP TABLE {name}")
+            if db.execute("SELECT to_regclass('heimdall_kms_journal')").fetchone()[0]:
+                db.execute("DELETE FROM heimdall_kms_journal WHERE table_name = %s", [name])

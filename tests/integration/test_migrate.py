@@ -22,6 +22,7 @@ from heimdall_kms.envelope import KmsV1Envelope, parse
 from tests.integration.dbtables import (
     UserTable,
     hybrid_local_env,
+    postgres_table,
     run_main,
     stored_text,
     target_args,
@@ -409,20 +410,13 @@ class TestShortVarcharColumn:
 
     @pytest.fixture
     def varchar_table(self, postgres_url: str) -> Iterator[str]:
-        name = f"short_{os.urandom(4).hex()}"
-        with psycopg.connect(postgres_url, autocommit=True) as db:
-            db.execute(f"CREATE TABLE {name} (id INTEGER PRIMARY KEY, ssn varchar(520))")
-            for i in range(1, 61):
-                # Rows 41..60 hold long values: their envelopes need more than 520 characters.
-                text = plaintext(i) if i <= 40 else "x" * 120
-                db.execute(
-                    f"INSERT INTO {name} VALUES (%s, %s)", [i, legacy_envelope(MASTER_HEX, text)]
-                )
-        yield name
-        with psycopg.connect(postgres_url, autocommit=True) as db:
-            db.execute(f"DROP TABLE {name}")
-            if db.execute("SELECT to_regclass('heimdall_kms_journal')").fetchone()[0]:
-                db.execute("DELETE FROM heimdall_kms_journal WHERE table_name = %s", [name])
+        # Rows 41..60 hold long values: their envelopes need more than 520 characters.
+        values = {
+            i: legacy_envelope(MASTER_HEX, plaintext(i) if i <= 40 else "x" * 120)
+            for i in range(1, 61)
+        }
+        with postgres_table(postgres_url, "varchar(520)", values) as name:
+            yield name
 
     def test_a_value_too_long_for_the_column_fails_its_row_and_the_rest_migrates(
         self,

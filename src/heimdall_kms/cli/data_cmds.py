@@ -57,7 +57,11 @@ _RUN_ID = click.option("--run-id", help="Name the run (default: generated); the 
 @click.command()
 @target_options
 @_BATCH_SIZE
-@click.option("--dry-run", is_flag=True, help="Decrypt with the env key and count; write nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Decrypt with the env key, count, check the new values fit; write nothing.",
+)
 @click.option(
     "--estimate",
     is_flag=True,
@@ -134,7 +138,11 @@ def migrate(
     help="With --mode full: re-encrypt every value, not only those below the latest key version.",
 )
 @_BATCH_SIZE
-@click.option("--dry-run", is_flag=True, help="Count what would change; write nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Count what would change, check the new values fit; write nothing.",
+)
 @_RATE_LIMIT
 @_RUN_ID
 @actor_option("runs it")

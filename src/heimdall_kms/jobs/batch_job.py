@@ -29,6 +29,7 @@ from typing import TypeVar
 from heimdall_kms.audit import AuditEvent, EventType, Result, audited
 from heimdall_kms.audit.sync_scope import one_sync_per_batch
 from heimdall_kms.errors import HeimdallKMSError, IncompleteError, InvalidInputError, StoreError
+from heimdall_kms.jobs.fit import Need, unfit
 from heimdall_kms.jobs.patience import Patience
 from heimdall_kms.jobs.report import JobReport, ProgressCallback, RowFailure, TargetReport
 from heimdall_kms.jobs.services import JobServices
@@ -61,10 +62,12 @@ class JobOptions:
 
 @dataclass(frozen=True, slots=True)
 class Planned:
-    """A dry run's answer for a batch: how many rows would change. Nothing is computed for
-    them and nothing is written."""
+    """A dry run's answer for a batch: how many rows would change, and (for a column with a
+    bound) the characters each one's new text needs. Nothing is sealed and nothing is
+    written."""
 
     rows: int
+    needs: tuple[tuple[Row, Need], ...] = ()
 
 
 Changes = list[Swap] | Planned
@@ -247,7 +250,13 @@ class BatchJob(ABC):
         target.examined += len(rows)
         swaps = self.convert(store, rows, target)
         if isinstance(swaps, Planned):
-            target.completed += swaps.rows
+            limit = store.max_chars
+            refused = (
+                0
+                if limit is None
+                else sum(not self._fits(target, row, need, limit) for row, need in swaps.needs)
+            )
+            target.completed += swaps.rows - refused
         elif swaps and not self.options.dry_run:
             swaps = self._fitting(store, target, swaps)
             run_id = self.report.run_id if self.journaled else None
@@ -264,21 +273,21 @@ class BatchJob(ABC):
         limit = store.max_chars
         if limit is None:
             return swaps
-        fitting = []
-        for swap in swaps:
-            if len(swap.new_value) <= limit:
-                fitting.append(swap)
-                continue
-            target.failed += 1
-            message = (
-                f"its new value is {len(swap.new_value)} characters and {target.target} holds "
-                f"at most {limit} (varchar({limit})): widen the column to text or a longer "
-                "varchar; the value is left as it was"
-            )
-            self.report.fail(
-                RowFailure(target.target, swap.row.key, StoreError.error_type, message)
-            )
-        return fitting
+        return [
+            swap
+            for swap in swaps
+            if self._fits(target, swap.row, Need(len(swap.new_value), len(swap.new_value)), limit)
+        ]
+
+    def _fits(self, target: TargetReport, row: Row, need: Need, limit: int) -> bool:
+        """Whether a value's new text certainly fits ``limit``; one that does not, or may not
+        (a dry run's prediction), fails its row, saying how long it is or will be."""
+        if need.fits(limit):
+            return True
+        target.failed += 1
+        why = unfit(target.target, need, limit, predicted=self.options.dry_run)
+        self.report.fail(RowFailure(target.target, row.key, StoreError.error_type, why))
+        return False
 
     def _undo(self, target: TargetReport, counts: TargetReport, failures: int) -> None:
         target.restore(counts)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from heimdall_kms import modes
 from heimdall_kms.config import Settings
-from heimdall_kms.jobs.batch_job import Changes, JobOptions, Planned, new_run_id
+from heimdall_kms.jobs.batch_job import Changes, JobOptions, new_run_id
 from heimdall_kms.jobs.classify import ValueKind
 from heimdall_kms.jobs.report import JobReport, ProgressCallback, TargetReport
 from heimdall_kms.jobs.services import JobServices
@@ -71,8 +71,17 @@ class MigrationJob(ValueJob):
         # target declared migrated (heimdall_kms.legacy_context).
         readable = self.opened(target, legacy, f"migrate {self.report.run_id}", stated=True)
         if self.options.dry_run:
-            # A dry run proves each value decrypts with the env key, and makes no KMS call.
-            return Planned(len(readable))
+            # A dry run proves each value decrypts with the env key, and seals nothing: on a
+            # column with a bound it tells which new values will not fit (the one KMS call,
+            # reading the key's latest version and type, changes nothing).
+            return self.planned(
+                store,
+                [item.row for item, _ in readable],
+                lambda: [
+                    self.size_model().sealed(item.slot, len(text.encode("utf-8")), item.context)
+                    for item, text in readable
+                ],
+            )
         return [
             Swap(item.row, item.slot.put(env.to_json()))
             for item, env in self.sealed(self.crypto, readable)

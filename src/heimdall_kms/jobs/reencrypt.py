@@ -26,8 +26,9 @@ from typing import cast
 
 from heimdall_kms.envelope import Envelope, KmsV1Envelope
 from heimdall_kms.errors import HeimdallKMSError, ModeViolationError, NotInEffectError
-from heimdall_kms.jobs.batch_job import Changes, JobOptions, Planned
+from heimdall_kms.jobs.batch_job import Changes, JobOptions
 from heimdall_kms.jobs.classify import Classified
+from heimdall_kms.jobs.fit import TAG_BYTES, Need, SizeModel
 from heimdall_kms.jobs.propagation import Propagation, confirm_primary
 from heimdall_kms.jobs.report import JobReport, ProgressCallback, TargetReport
 from heimdall_kms.jobs.services import JobServices
@@ -110,19 +111,34 @@ class ReencryptJob(ValueJob):
         self.journaled = options.mode is not ReencryptMode.FULL
 
     def prepare(self) -> None:
-        self.latest = self.kms.describe().latest_version
+        self.key_info = self.kms.describe()
+        self.latest = self.key_info.latest_version
         if not self.options.dry_run:
             confirm_primary(self.kms, self.latest, self.propagation)
 
     def convert(self, store: FieldStore, rows: list[Row], target: TargetReport) -> Changes:
         stale = self.candidates(store, rows, target, self._stale, sealed_context)
         if self.options.dry_run:
-            return Planned(len(stale))
+            return self.planned(
+                store, [item.row for item in stale], lambda: self._needs(self.size_model(), stale)
+            )
         if self.mode is ReencryptMode.REWRAP:
             swaps = self._rewrap(stale, target)
         else:
             swaps = self._full(stale, target)
         return [Swap(item.row, item.slot.put(value)) for item, value in swaps]
+
+    def _needs(self, sizes: SizeModel, stale: list[Candidate]) -> list[Need]:
+        """What each stale value's new text needs: rewrapped, everything but the wrapped DEK
+        is kept; sealed afresh, the plaintext (so the ciphertext) keeps its length."""
+        # Every candidate is a kms_v1 envelope (_stale).
+        envelopes = [cast(KmsV1Envelope, item.envelope) for item in stale]
+        if self.mode is ReencryptMode.REWRAP:
+            return [sizes.rewrapped(i.slot, env) for i, env in zip(stale, envelopes, strict=True)]
+        return [
+            sizes.sealed(item.slot, len(env.ciphertext) - TAG_BYTES, env.context)
+            for item, env in zip(stale, envelopes, strict=True)
+        ]
 
     def _stale(self, _: Classified, envelope: Envelope) -> bool:
         return isinstance(envelope, KmsV1Envelope) and (

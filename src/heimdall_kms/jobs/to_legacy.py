@@ -10,11 +10,14 @@ a routine step. Batching, compare-and-swap, the journal (``migrate --rollback RU
 
 from __future__ import annotations
 
+from typing import cast
+
 from heimdall_kms import modes
 from heimdall_kms.config import Settings
 from heimdall_kms.envelope import KmsV1Envelope
 from heimdall_kms.errors import ConfigurationError
-from heimdall_kms.jobs.batch_job import Changes, Planned
+from heimdall_kms.jobs.batch_job import Changes
+from heimdall_kms.jobs.fit import legacy_need
 from heimdall_kms.jobs.report import TargetReport
 from heimdall_kms.jobs.value_job import ValueJob, sealed_context
 from heimdall_kms.service import Crypto
@@ -55,7 +58,16 @@ class LegacyRollbackJob(ValueJob):
             sealed_context,
         )
         if self.options.dry_run:
-            return Planned(len(values))
+            key_id = self.writer.settings.legacy_key_id
+            return self.planned(
+                store,
+                [item.row for item in values],
+                # Every candidate is a kms_v1 envelope (the filter above).
+                lambda: [
+                    legacy_need(item.slot, cast(KmsV1Envelope, item.envelope), key_id)
+                    for item in values
+                ],
+            )
         readable = self.opened(
             target, values, f"reencrypt legacy {self.report.run_id}", stated=False
         )

@@ -8,17 +8,25 @@ envelope of the job's kind is counted as skipped.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from heimdall_kms.context_json import CheckedContext, aad_json
 from heimdall_kms.envelope import Envelope, KmsV1Envelope, check_context
-from heimdall_kms.errors import HeimdallKMSError, InvalidInputError
+from heimdall_kms.errors import (
+    ConfigurationError,
+    HeimdallKMSError,
+    InvalidInputError,
+    PermissionDeniedError,
+)
 from heimdall_kms.inputs import MAX_STORED_PLAINTEXT_BYTES, plaintext_bytes
-from heimdall_kms.jobs.batch_job import BatchJob
+from heimdall_kms.jobs.batch_job import BatchJob, Planned
 from heimdall_kms.jobs.classify import Classified, Slot, ValueKind
+from heimdall_kms.jobs.fit import Need, SizeModel, size_model
 from heimdall_kms.jobs.reading import reader_for
 from heimdall_kms.jobs.report import RowFailure, TargetReport
+from heimdall_kms.providers.base import KeyAdmin, KeyInfo
 from heimdall_kms.service import Crypto
 from heimdall_kms.store import FieldStore, Row
 
@@ -43,6 +51,34 @@ def sealed_context(_: Row, envelope: Envelope) -> Mapping[str, str]:
 
 class ValueJob(BatchJob):
     """A :class:`BatchJob` that opens stored envelopes and seals them again."""
+
+    # What the KMS said of its key, where the job asked (the new texts' lengths follow).
+    key_info: KeyInfo | None = None
+    _sizes: SizeModel | None = None
+
+    def planned(
+        self, store: FieldStore, rows: list[Row], needs: Callable[[], list[Need]]
+    ) -> Planned:
+        """A dry run's answer for ``rows``: on a column with a bound, with the characters each
+        new text needs (``needs``: computed, nothing sealed; asked only for such a column)."""
+        if store.max_chars is None or not rows:
+            return Planned(len(rows))
+        return Planned(len(rows), tuple(zip(rows, needs(), strict=True)))
+
+    def size_model(self) -> SizeModel:
+        """How long the texts this job's KMS key seals are (:mod:`heimdall_kms.jobs.fit`)."""
+        if self._sizes is None:
+            kms = self.crypto.kms
+            if kms is None:
+                raise ConfigurationError("a dry run on a column with a bound needs the KMS")
+            # Reading the key's metadata changes nothing (no wrap, no new version). A token
+            # that may not read it leaves the version unknown: every count of digits is
+            # allowed for, and a value is said to fit only if it does with any of them.
+            if self.key_info is None and isinstance(kms, KeyAdmin):
+                with contextlib.suppress(PermissionDeniedError):
+                    self.key_info = kms.describe()
+            self._sizes = size_model(kms, self.key_info)
+        return self._sizes
 
     def fail(self, target: TargetReport, row: Row, error: HeimdallKMSError | str) -> None:
         target.failed += 1

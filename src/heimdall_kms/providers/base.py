@@ -102,6 +102,9 @@ class KeyInfo:
     min_decryption_version: int
     versions: tuple[KeyVersion, ...]
     server_time: datetime | None = None
+    # The key's type as the KMS names it (Vault Transit's ``aes256-gcm96``), where it says:
+    # the length of the wrapped DEKs it gives follows from it (heimdall_kms.jobs.fit).
+    key_type: str | None = None
 
     @property
     def latest(self) -> KeyVersion:

@@ -254,6 +254,7 @@ class VaultTransitProvider:
             versions=versions,
             # Vault's clock, from the same answer: due-ness never depends on the client's.
             server_time=self._client.adapter.server_time(),
+            key_type=str(data["type"]) if "type" in data else None,
         )
 
     def health(self) -> None:
