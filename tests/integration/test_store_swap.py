@@ -251,12 +251,36 @@ class TestIdColumnMustIdentifyRows:
         finally:
             store.close()
 
-    def test_sqlite_a_collation_only_the_application_has_is_refused(self, tmp_path: Path) -> None:
+    APPLICATION_ONLY = (  # functions and collations this process does not have
+        ("uid TEXT NOT NULL COLLATE app_order UNIQUE, ssn TEXT", None),  # the same collation
+        ("uid TEXT NOT NULL COLLATE app_order, ssn TEXT, UNIQUE (uid COLLATE BINARY)", "BINARY"),
+        ("uid TEXT NOT NULL UNIQUE, ssn TEXT, g TEXT GENERATED ALWAYS AS (app_fn(ssn))", None),
+        ("uid TEXT NOT NULL UNIQUE, ssn TEXT CHECK (app_fn(ssn, 1) IS NOT NULL)", None),
+        ("uid TEXT NOT NULL UNIQUE, ssn TEXT, note TEXT COLLATE app_order", None),
+    )
+
+    @pytest.mark.parametrize(("columns", "refused"), APPLICATION_ONLY)
+    def test_sqlite_what_only_the_application_has_is_stood_in_for(
+        self, tmp_path: Path, columns: str, refused: str | None
+    ) -> None:
+        # The table's CREATE TABLE names them; the check's empty copy of it must still run.
         path = tmp_path / "ids.db"
         with sqlite3.connect(path) as db:
             db.create_collation("app_order", lambda a, b: (a > b) - (a < b))
-            db.execute("CREATE TABLE t (uid TEXT NOT NULL COLLATE app_order UNIQUE, ssn TEXT)")
-        self._check(f"sqlite:///{path}", "cannot tell the collation of id column 'uid'")
+            db.create_function("app_fn", -1, lambda *a: a[0], deterministic=True)
+            db.execute(f"CREATE TABLE t ({columns})")
+        self._check(f"sqlite:///{path}", refused)
+
+    def test_sqlite_a_table_sqlite_cannot_copy_is_refused(self, tmp_path: Path) -> None:
+        path = tmp_path / "ids.db"
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE t (uid TEXT NOT NULL UNIQUE, ssn TEXT)")
+        store = open_store(f"sqlite:///{path}", Target("t", "ssn", id_column="uid"))
+        try:
+            with pytest.raises(StoreError, match="cannot tell the collation of id column 'uid'"):
+                sqlite._declared_collation(store, "CREATE VIRTUAL TABLE t USING no_such_module")  # type: ignore[arg-type]
+        finally:
+            store.close()
 
     def test_sqlite_an_index_name_holding_a_quote_is_read(self, tmp_path: Path) -> None:
         # It was refused: 'SQLite could not inspect the table ...: near "q": syntax error'.

@@ -7,6 +7,7 @@ The database file must already exist: a typo in the path is an error, not a new 
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -209,13 +210,15 @@ def _declared_collation(store: SQLFieldStore, sql: str) -> str:
     """The collation the column compares with (``id > ?``, ``ORDER BY id``, ``id = ?``):
     its declared one. SQLite gives an index column without COLLATE its column's collation,
     so the table's own ``CREATE TABLE`` is run in an empty in-memory database and an index
-    made there on the column tells it; this database is not written to. Where SQLite
-    cannot run that statement (a collation or module only the application has), the
-    column's collation is not known and the target is refused."""
+    made there on the column tells it; this database is not written to. Functions and
+    collations only the application has are stood in for by name (never called: the table
+    stays empty); one the id column itself names is then what the column compares with, and
+    a unique index counts only where it names the same. Where SQLite still cannot run the
+    statement (a virtual table's module, say), the target is refused."""
     name = store.target.id_column
     probe = sqlite3.connect(":memory:")
     try:
-        probe.execute(sql)
+        _create_standing_in(probe, sql)
         (table,) = probe.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name <> 'sqlite_sequence'"
         ).fetchone()
@@ -233,6 +236,28 @@ def _declared_collation(store: SQLFieldStore, sql: str) -> str:
     finally:
         probe.close()
     return str(collation).upper()  # SQLite's collation names are case-blind
+
+
+_MISSING = re.compile(r"no such (function|collation sequence): (\S+)$")
+
+
+def _create_standing_in(probe: sqlite3.Connection, sql: str) -> None:
+    """Run ``sql`` on ``probe``, standing in for each function or collation it names that
+    SQLite does not have (a few at the most: each try names one)."""
+    for _ in range(16):
+        try:
+            probe.execute(sql)
+            return
+        except sqlite3.OperationalError as exc:
+            missing = _MISSING.match(str(exc))
+            if missing is None:
+                raise
+            kind, name = missing.groups()
+            if kind == "function":
+                probe.create_function(name, -1, lambda *_: None, deterministic=True)
+            else:
+                probe.create_collation(name, lambda *_: 0)
+    probe.execute(sql)
 
 
 def _quoted(identifier: str) -> str:
