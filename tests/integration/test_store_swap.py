@@ -8,7 +8,9 @@ one prepared statement run per row. Both must give the same answers.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -611,40 +613,44 @@ class TestRestoreFindsEveryId:
         finally:
             store.close()
 
+    @pytest.fixture
+    def pg_table(self, postgres_url: str) -> Iterator[str]:
+        """A table name of the test's own (other sessions may run these tests at once)."""
+        name = f"restore_ids_{os.urandom(4).hex()}"
+        yield name
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            db.execute(f"DROP TABLE IF EXISTS {name}")
+            db.execute("DELETE FROM heimdall_kms_journal WHERE table_name = %s", [name])
+
     @pytest.mark.parametrize("id_type", list(POSTGRES))
-    def test_postgres(self, postgres_url: str, id_type: str) -> None:
+    def test_postgres(self, postgres_url: str, pg_table: str, id_type: str) -> None:
         ids = self.POSTGRES[id_type]
-        _pg_ids_table(postgres_url, "restore_ids", id_type, ids)
-        target = Target("restore_ids", "v", id_column="rid")
-        try:
-            self._migrate(postgres_url, target)
-            restored, left = self._restore(postgres_url, target)
-            found = self._values(postgres_url)
-        finally:
-            self._drop(postgres_url)
+        _pg_ids_table(postgres_url, pg_table, id_type, ids)
+        target = Target(pg_table, "v", id_column="rid")
+        self._migrate(postgres_url, target)
+        restored, left = self._restore(postgres_url, target)
         assert restored == [True] * len(ids)
-        assert found == [f"old-{i}" for i in range(len(ids))]
+        assert self._values(postgres_url, pg_table) == [f"old-{i}" for i in range(len(ids))]
         assert left == 0
 
     @pytest.mark.parametrize("id_type", list(POSTGRES))
-    def test_postgres_journal_of_an_earlier_version(self, postgres_url: str, id_type: str) -> None:
+    def test_postgres_journal_of_an_earlier_version(
+        self, postgres_url: str, pg_table: str, id_type: str
+    ) -> None:
         # Journals written before this fix hold Python's str() of the id; users have them.
         ids = self.POSTGRES[id_type]
-        _pg_ids_table(postgres_url, "restore_ids", id_type, ids)
-        target = Target("restore_ids", "v", id_column="rid")
-        try:
-            rows = self._migrate(postgres_url, target)
-            with psycopg.connect(postgres_url, autocommit=True) as db:
-                for i, row in enumerate(rows):
-                    db.execute(
-                        "UPDATE heimdall_kms_journal SET row_key = %s "
-                        "WHERE table_name = 'restore_ids' AND new_value = %s",
-                        [row.key, f"new-{i}"],
-                    )
-            restored, left = self._restore(postgres_url, target)
-            found = self._values(postgres_url)
-        finally:
-            self._drop(postgres_url)
+        _pg_ids_table(postgres_url, pg_table, id_type, ids)
+        target = Target(pg_table, "v", id_column="rid")
+        rows = self._migrate(postgres_url, target)
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            for i, row in enumerate(rows):
+                db.execute(
+                    "UPDATE heimdall_kms_journal SET row_key = %s "
+                    "WHERE table_name = %s AND new_value = %s",
+                    [row.key, pg_table, f"new-{i}"],
+                )
+        restored, left = self._restore(postgres_url, target)
+        found = self._values(postgres_url, pg_table)
         if id_type in self.UNREADABLE_BEFORE:
             assert restored == [False] * len(ids)
             assert found == [f"new-{i}" for i in range(len(ids))]
@@ -654,22 +660,21 @@ class TestRestoreFindsEveryId:
             assert found == [f"old-{i}" for i in range(len(ids))]
             assert left == 0
 
-    def test_postgres_a_key_that_reads_as_no_id_fails_its_own_row(self, postgres_url: str) -> None:
-        _pg_ids_table(postgres_url, "restore_ids", "integer", ["1", "2", "3"])
-        target = Target("restore_ids", "v", id_column="rid")
-        try:
-            self._migrate(postgres_url, target)
-            with psycopg.connect(postgres_url, autocommit=True) as db:
-                db.execute(
-                    "UPDATE heimdall_kms_journal SET row_key = 'not an integer' "
-                    "WHERE table_name = 'restore_ids' AND row_key = '2'"
-                )
-            restored, left = self._restore(postgres_url, target)
-            found = self._values(postgres_url)
-        finally:
-            self._drop(postgres_url)
+    def test_postgres_a_key_that_reads_as_no_id_fails_its_own_row(
+        self, postgres_url: str, pg_table: str
+    ) -> None:
+        _pg_ids_table(postgres_url, pg_table, "integer", ["1", "2", "3"])
+        target = Target(pg_table, "v", id_column="rid")
+        self._migrate(postgres_url, target)
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            db.execute(
+                "UPDATE heimdall_kms_journal SET row_key = 'not an integer' "
+                "WHERE table_name = %s AND row_key = '2'",
+                [pg_table],
+            )
+        restored, left = self._restore(postgres_url, target)
         assert sorted(restored) == [False, True, True]
-        assert found == ["new-1", "old-0", "old-2"]
+        assert self._values(postgres_url, pg_table) == ["new-1", "old-0", "old-2"]
         assert left == 1
 
     SQLITE = (  # the id column's declaration, its ids (SQLite keeps each value's own kind)
@@ -700,15 +705,9 @@ class TestRestoreFindsEveryId:
         assert left == 0
 
     @staticmethod
-    def _values(postgres_url: str) -> list[str]:
+    def _values(postgres_url: str, table: str) -> list[str]:
         with psycopg.connect(postgres_url, autocommit=True) as db:
-            return sorted(v for (v,) in db.execute("SELECT v FROM restore_ids").fetchall())
-
-    @staticmethod
-    def _drop(postgres_url: str) -> None:
-        with psycopg.connect(postgres_url, autocommit=True) as db:
-            db.execute("DROP TABLE restore_ids")
-            db.execute("DELETE FROM heimdall_kms_journal WHERE table_name = 'restore_ids'")
+            return sorted(v for (v,) in db.execute(f"SELECT v FROM {table}").fetchall())
 
 
 class TestRestoreCost:
