@@ -499,6 +499,27 @@ class TestWhatTheJobsLookAt:
         assert json.loads(out)["completed"] == 1
         assert census(table, capsys)["key_version"] == {"2": 1}
 
+    def test_an_envelope_stored_as_a_sqlite_blob_fails_its_row(
+        self, env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        # The census counts it (legacy); migrate ruled it out unread (SQLite's LIKE never
+        # matches a BLOB) and said completed, and could not have replaced bytes with text.
+        legacy = legacy_envelope(MASTER_HEX, "123-45-6789")
+        path = tmp_path / "blobs.db"
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, ssn BLOB)")
+            db.executemany("INSERT INTO t VALUES (?, ?)", [(1, legacy.encode()), (2, legacy)])
+        args = ["--database", f"sqlite:///{path}", "--table", "t", "--column", "ssn"]
+        code, out, err = run_main(["migrate", *args, "--json"], capsys)
+        assert code == 3, err
+        summary = json.loads(out)
+        assert (summary["completed"], summary["skipped"]) == (1, 0)
+        assert [(f["id"], "BLOB" in f["message"]) for f in summary["failures"]] == [("1", True)]
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT ssn FROM t WHERE id = 1").fetchone() == (legacy.encode(),)
+        code, _, err = run_main(["status", *args, "--fail-if-legacy"], capsys)
+        assert (code, "1 legacy remain" in err) == (3, True)
+
 
 class TestAnotherKey:
     """A ``kms_v1`` value sealed by a key this deployment does not use cannot be read here

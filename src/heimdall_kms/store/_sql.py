@@ -69,6 +69,9 @@ class Dialect:
     # A journal row's place, as text, and the SQL that reads such a text back.
     place: str = "CAST(rowid AS TEXT)"
     place_is: str = "rowid = CAST(? AS INTEGER)"
+    # SQL (``{column}``) a pre-filter admits besides its patterns: SQLite's LIKE never
+    # matches a BLOB, whatever text it holds.
+    also_admits: str | None = None
 
     def quote(self, identifier: str) -> str:
         return ".".join(f'"{part}"' for part in identifier.split("."))
@@ -245,7 +248,10 @@ class SQLFieldStore:
             f"ORDER BY {self._id} LIMIT {self.dialect.param}{locking}",
             [*params, limit],
         )
-        return [Row(row_id, str(row_id), _text(value)) for row_id, value in cursor.fetchall()]
+        return [
+            Row(row_id, str(row_id), _text(value), isinstance(value, bytes))
+            for row_id, value in cursor.fetchall()
+        ]
 
     def _missed(
         self, cursor: Any, match: Match, after: object | None, upto: object | None, read: int
@@ -268,7 +274,10 @@ class SQLFieldStore:
     def _like(self, match: Match) -> str:
         """SQL: the column matches one of the pre-filter's patterns."""
         read, p = self.dialect.read(self._c), self.dialect.param
-        return "(" + " OR ".join(f"{read} LIKE {p} ESCAPE '!'" for _ in match.patterns) + ")"
+        admitted = [f"{read} LIKE {p} ESCAPE '!'" for _ in match.patterns]
+        if self.dialect.also_admits is not None:
+            admitted.append(self.dialect.also_admits.format(column=self._c))
+        return "(" + " OR ".join(admitted) + ")"
 
     def scan(self, batch_size: int, match: Match = Match.ALL) -> Iterator[list[Row]]:
         after: object | None = None

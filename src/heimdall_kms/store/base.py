@@ -120,6 +120,9 @@ class Row:
     id: object  # the id as the database returned it, for keyset order and writes
     key: str  # the id as text, for contexts, reports and the journal
     value: str | None
+    # The database holds the value as bytes (a SQLite BLOB): read as UTF-8 text, which is
+    # not what it holds, so a job never writes over it (it fails the row instead).
+    binary: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,6 +68,7 @@ _DIALECT = Dialect(
     errors=(sqlite3.Error,),
     ids_of_key=_ids_of_key,
     ids_per_key=4,
+    also_admits="typeof({column}) = 'blob'",
 )
 
 
