@@ -456,6 +456,12 @@ def _print_left_alone(census: dict[str, Any]) -> None:
 
 def _print_blocking(census: dict[str, Any]) -> None:
     """The envelopes no reader can open and those where the census was not told to look."""
+    if census["needing_retired_key_version"] is None and census["encryption_version"]["kms_v1"]:
+        # As the JSON's null says: not "none", unknown.
+        click.echo(
+            "  kms_v1 values not checked against a KMS (no HMD_KMS_PROVIDER): whether this "
+            "deployment's key can still decrypt them is unknown"
+        )
     if census["needing_retired_key_version"]:
         click.echo(
             f"  needing a key version the KMS no longer decrypts with (unreadable): "
