@@ -321,6 +321,12 @@ def test_stream_skips_an_overlong_line_and_goes_on(engine: PolicyEngine) -> None
     assert report.written == 2
 
 
+def _cli(
+    exe: str, env: dict[str, str], args: list[str], data: bytes
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([exe, *args], input=data, capture_output=True, env=env, check=False)
+
+
 def test_cli_protect_reveal_check(tmp_path: Path) -> None:
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps(POLICY))
@@ -333,40 +339,28 @@ def test_cli_protect_reveal_check(tmp_path: Path) -> None:
     LocalKeyring(tmp_path / "kr.json").ensure_key("heimdall-pii")
     exe = str(Path(sys.executable).with_name("heimdall-kms"))
     data = (json.dumps(RECORD) + "\n{broken\n" + json.dumps(dict(RECORD, id=8)) + "\n").encode()
-    protected = subprocess.run(
-        [exe, "protect", "--policy", str(policy)],
-        input=data,
-        capture_output=True,
-        env=env,
-        check=False,
-    )
+    protected = _cli(exe, env, ["protect", "--policy", str(policy)], data)
     assert protected.returncode == 3
     assert "line 2: not a JSON object" in protected.stderr.decode()
     assert "123-45-6789" not in (protected.stdout + protected.stderr).decode()
-    checked = subprocess.run(
-        [exe, "check", "--policy", str(policy)],
-        input=protected.stdout,
-        capture_output=True,
-        env=env,
-        check=False,
-    )
+    checked = _cli(exe, env, ["check", "--policy", str(policy)], protected.stdout)
     assert checked.returncode == 0, checked.stdout
-    revealed = subprocess.run(
-        [exe, "reveal", "--policy", str(policy), "--actor", "a", "--reason", "r"],
-        input=protected.stdout,
-        capture_output=True,
-        env=env,
-        check=False,
+    # The same line with the plaintext under the same key first: Python's json reads the
+    # envelope (the last), another reader the plaintext (the first).
+    repeated = b'{"ssn": "123-45-6789", ' + protected.stdout.splitlines()[0][1:] + b"\n"
+    doubled = _cli(exe, env, ["check", "--policy", str(policy)], repeated)
+    assert doubled.returncode == 3, doubled.stderr
+    assert b"line 1: repeats a key" in doubled.stderr
+    assert b"123-45-6789" not in doubled.stdout + doubled.stderr
+    revealed = _cli(
+        exe,
+        env,
+        ["reveal", "--policy", str(policy), "--actor", "a", "--reason", "r"],
+        protected.stdout,
     )
     assert revealed.returncode == 0, revealed.stderr
     assert [json.loads(x)["ssn"] for x in revealed.stdout.splitlines()] == ["123-45-6789"] * 2
-    plain = subprocess.run(
-        [exe, "check", "--policy", str(policy)],
-        input=data,
-        capture_output=True,
-        env=env,
-        check=False,
-    )
+    plain = _cli(exe, env, ["check", "--policy", str(policy)], data)
     assert plain.returncode == 3
     assert b"line 1: ssn: not encrypted" in plain.stdout
     assert b"123-45-6789" not in plain.stdout + plain.stderr

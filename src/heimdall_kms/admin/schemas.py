@@ -26,6 +26,7 @@ from pydantic import (
 from heimdall_kms.envelope import _json
 from heimdall_kms.envelope.kms_v1 import KMS_V1, KMS_V1_KEYS
 from heimdall_kms.envelope.legacy import LEGACY_KEYS
+from heimdall_kms.json_keys import RepeatedKeyError, unique_keys
 
 __all__ = [
     "MAX_BATCH_ITEMS",
@@ -281,21 +282,10 @@ def _refuse_duplicate_keys(raw: bytes) -> None:
         RequestValidationError: a key appears twice.
     """
     try:
-        json.loads(raw, object_pairs_hook=_no_duplicates)
-    except _DuplicateKeyError:
+        json.loads(raw, object_pairs_hook=unique_keys)
+    except RepeatedKeyError:
         raise RequestValidationError(
             [{"loc": ("body",), "msg": "a key appears twice in one object", "type": "value_error"}]
         ) from None
     except (ValueError, RecursionError):
         return  # not JSON (or not UTF-8): the model's parser says so, as before
-
-
-class _DuplicateKeyError(ValueError):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document = dict(pairs)
-    if len(document) != len(pairs):
-        raise _DuplicateKeyError
-    return document

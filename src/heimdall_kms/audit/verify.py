@@ -17,6 +17,7 @@ from heimdall_kms.errors import (
     HeimdallKMSError,
     InvalidInputError,
 )
+from heimdall_kms.json_keys import RepeatedKeyError, unique_keys
 
 __all__ = ["VerifiedChain", "verify"]
 
@@ -160,8 +161,8 @@ def _parse(raw: bytes, number: int) -> dict[str, Any]:
 def _decode(raw: bytes, number: int) -> object:
     """The line's JSON value, refusing a repeated key."""
     try:
-        return json.loads(raw, object_pairs_hook=_no_duplicates)
-    except _DuplicateKeyError as exc:
+        return json.loads(raw, object_pairs_hook=unique_keys)
+    except RepeatedKeyError as exc:
         raise AuditTamperedError(
             f"line {number}: the key {exc.key!r} appears twice (damaged or forged)", line=number
         ) from None
@@ -170,25 +171,6 @@ def _decode(raw: bytes, number: int) -> object:
         raise AuditTamperedError(
             f"line {number}: not a JSON object (damaged)", line=number
         ) from None
-
-
-class _DuplicateKeyError(ValueError):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key[:64]
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object, refusing a repeated key (``json`` would keep the last one silently,
-    while another reader may take the first: ``"actor":"mallory","actor":"cli"``)."""
-    document = dict(pairs)
-    if len(document) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _DuplicateKeyError(key)
-            seen.add(key)
-    return document
 
 
 def _check_link(event: dict[str, Any], number: int, seq: int, prev: str) -> None:

@@ -20,7 +20,7 @@ from heimdall_kms.policy.stream import (
     MAX_LINE_BYTES,
     Handler,
     StreamReport,
-    json_record,
+    checked_record,
     process_ndjson,
 )
 
@@ -131,10 +131,10 @@ def check(policy_path: Path, source: BinaryIO, as_json: bool) -> None:
     policy = load_policy(policy_path)
     found = unreadable = 0
     for number, raw in _lines(source):
-        record = json_record(raw)
-        if record is None:
+        record = checked_record(raw)
+        if isinstance(record, str):
             unreadable += 1
-            click.echo(f"line {number}: not a JSON object", err=True)
+            click.echo(f"line {number}: {record}", err=True)
             continue
         violations = validate_no_plaintext([record], policy)
         found += len(violations)

@@ -14,8 +14,9 @@ from functools import partial
 from typing import Any, BinaryIO, TextIO
 
 from heimdall_kms.errors import HeimdallKMSError, InvalidInputError
+from heimdall_kms.json_keys import RepeatedKeyError, unique_keys
 
-__all__ = ["MAX_LINE_BYTES", "StreamReport", "json_record", "process_ndjson"]
+__all__ = ["MAX_LINE_BYTES", "StreamReport", "checked_record", "json_record", "process_ndjson"]
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
 Handler = Callable[[Sequence[dict[str, Any]]], Sequence[dict[str, Any] | HeimdallKMSError]]
@@ -126,6 +127,25 @@ def json_record(raw: bytes) -> dict[str, Any] | None:
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
+
+
+_UNIQUE_KEYS = json.JSONDecoder(object_pairs_hook=unique_keys)
+
+
+def checked_record(raw: bytes) -> dict[str, Any] | str:
+    """The line as a JSON object, for a check: or what keeps it from being one.
+
+    An object that repeats a key is refused: a reader keeps one of the two values (Python's
+    json the last, others the first), so a check that reads one cannot speak for the other:
+    ``{"ssn": "<plaintext>", "ssn": "<envelope>"}`` holds the plaintext whatever it saw.
+    """
+    try:
+        value = _UNIQUE_KEYS.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+    except RepeatedKeyError:
+        return "repeats a key (readers differ on its value)"
+    except (ValueError, RecursionError):
+        return "not a JSON object"
+    return value if isinstance(value, dict) else "not a JSON object"
 
 
 def _skip_rest_of_line(source: BinaryIO) -> None:
