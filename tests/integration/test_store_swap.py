@@ -256,6 +256,8 @@ class TestIdColumnMustIdentifyRows:
     APPLICATION_ONLY = (  # functions and collations this process does not have
         ("uid TEXT NOT NULL COLLATE app_order UNIQUE, ssn TEXT", None),  # the same collation
         ("uid TEXT NOT NULL COLLATE app_order, ssn TEXT, UNIQUE (uid COLLATE BINARY)", "BINARY"),
+        # A BINARY column: ids unique under the application's collation are distinct bytes.
+        ("uid TEXT NOT NULL, ssn TEXT, UNIQUE (uid COLLATE app_order)", None),
         ("uid TEXT NOT NULL UNIQUE, ssn TEXT, g TEXT GENERATED ALWAYS AS (app_fn(ssn))", None),
         ("uid TEXT NOT NULL UNIQUE, ssn TEXT CHECK (app_fn(ssn, 1) IS NOT NULL)", None),
         ("uid TEXT NOT NULL UNIQUE, ssn TEXT, note TEXT COLLATE app_order", None),

@@ -92,7 +92,13 @@ class TestClassify:
                 ValueKind.NESTED,
             ),
             (json.dumps({"raw": {"CipherText": "x"}}), ValueKind.NESTED),
+            # The error names no part of the value (the SSN beside the damaged envelope).
+            ("\ufeff" + ENVELOPE[:-1] + ', "ssn": "123-45-6789"}', ValueKind.UNPARSEABLE),
             ('{"note": "a ciphertext and a nonce"}', ValueKind.PLAINTEXT),
+            # Prose that quotes a key's word names no key: someone's text, as before.
+            ('Customer asked what "ciphertext" means', ValueKind.PLAINTEXT),
+            ('Set the "Encryption_Version" header to 2', ValueKind.PLAINTEXT),
+            ('{"msg": "field \\"ciphertext\\" missing"}', ValueKind.PLAINTEXT),
             ("ciphertext", ValueKind.PLAINTEXT),
         ],
     )

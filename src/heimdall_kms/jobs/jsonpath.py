@@ -29,9 +29,10 @@ __all__ = [
 _WS = re.compile(r"[ \t\n\r]*")
 # Keys only an envelope (of either format) has; finding one means an envelope sits there.
 _MARKERS = ("ciphertext", "encryption_version")
-# One of those keys written as a JSON key ("ciphertext"), in any case, in text that escapes or
+# One of those keys written as a JSON key ("ciphertext":), in any case, in text that escapes or
 # wraps it: a BOM or other text before an envelope, an envelope inside a string, a UTF-16 one.
-_NAMED_KEY = re.compile(r'"(?:ciphertext|encryption_version)"', re.IGNORECASE)
+# The colon tells a key from prose that quotes the word ('what "ciphertext" means').
+_NAMED_KEY = re.compile(r'"(?:ciphertext|encryption_version)"\s*:', re.IGNORECASE)
 _UNICODE_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
 # Deeper than this the walk stops and answers "may hold one": a gate fails closed on what it
 # cannot see into.

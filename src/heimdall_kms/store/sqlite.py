@@ -267,9 +267,9 @@ def _quoted(identifier: str) -> str:
 
 def _same_order(column: str, index: str) -> bool:
     """Whether ids unique under the index's collation are unique under the column's, which
-    the reads use: the same collation; or a BINARY column and a NOCASE or RTRIM index (ids
-    equal as bytes are equal under either, so distinct under either means distinct bytes)."""
-    return column == index or (column == "BINARY" and index in ("NOCASE", "RTRIM"))
+    the reads use: the same collation; or a BINARY column, whatever the index's (ids equal as
+    bytes are equal under any collation, so distinct under one means distinct bytes)."""
+    return column in (index, "BINARY")
 
 
 def _check_writable(store: SQLFieldStore) -> None:
