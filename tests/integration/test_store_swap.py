@@ -261,6 +261,13 @@ class TestIdColumnMustIdentifyRows:
         ("uid TEXT NOT NULL UNIQUE, ssn TEXT, g TEXT GENERATED ALWAYS AS (app_fn(ssn))", None),
         ("uid TEXT NOT NULL UNIQUE, ssn TEXT CHECK (app_fn(ssn, 1) IS NOT NULL)", None),
         ("uid TEXT NOT NULL UNIQUE, ssn TEXT, note TEXT COLLATE app_order", None),
+        ('uid TEXT NOT NULL UNIQUE, ssn TEXT, note TEXT COLLATE "app order"', None),
+        (  # more functions than a fixed number of tries stood in for
+            "uid TEXT NOT NULL UNIQUE, ssn TEXT CHECK ("
+            + " AND ".join(f"app_fn{n}(ssn) IS NOT NULL" for n in range(20))
+            + ")",
+            None,
+        ),
     )
 
     @pytest.mark.parametrize(("columns", "refused"), APPLICATION_ONLY)
@@ -270,10 +277,19 @@ class TestIdColumnMustIdentifyRows:
         # The table's CREATE TABLE names them; the check's empty copy of it must still run.
         path = tmp_path / "ids.db"
         with sqlite3.connect(path) as db:
-            db.create_collation("app_order", lambda a, b: (a > b) - (a < b))
-            db.create_function("app_fn", -1, lambda *a: a[0], deterministic=True)
+            for collation in ("app_order", "app order"):
+                db.create_collation(collation, lambda a, b: (a > b) - (a < b))
+            for function in ["app_fn", *(f"app_fn{n}" for n in range(20))]:
+                db.create_function(function, -1, lambda *a: a[0], deterministic=True)
             db.execute(f"CREATE TABLE t ({columns})")
         self._check(f"sqlite:///{path}", refused)
+
+    def test_sqlite_a_table_named_as_the_probe_index_is_read(self, tmp_path: Path) -> None:
+        # The probe's index was named heimdall_probe, which such a table already takes.
+        path = tmp_path / "ids.db"
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE heimdall_probe (uid TEXT NOT NULL UNIQUE, ssn TEXT)")
+        self._check(f"sqlite:///{path}", None, table="heimdall_probe")
 
     def test_sqlite_a_table_sqlite_cannot_copy_is_refused(self, tmp_path: Path) -> None:
         path = tmp_path / "ids.db"

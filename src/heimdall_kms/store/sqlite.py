@@ -223,9 +223,10 @@ def _declared_collation(store: SQLFieldStore, sql: str) -> str:
         (table,) = probe.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name <> 'sqlite_sequence'"
         ).fetchone()
-        probe.execute(f"CREATE INDEX heimdall_probe ON {_quoted(table)} ({_quoted(name)})")
+        index = f"{table}_heimdall_probe"  # not the table's own name: they share one namespace
+        probe.execute(f"CREATE INDEX {_quoted(index)} ON {_quoted(table)} ({_quoted(name)})")
         (collation,) = probe.execute(
-            "SELECT coll FROM pragma_index_xinfo('heimdall_probe') WHERE key"
+            "SELECT coll FROM pragma_index_xinfo(?) WHERE key", [index]
         ).fetchone()
     except (sqlite3.Error, TypeError, ValueError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -239,26 +240,27 @@ def _declared_collation(store: SQLFieldStore, sql: str) -> str:
     return str(collation).upper()  # SQLite's collation names are case-blind
 
 
-_MISSING = re.compile(r"no such (function|collation sequence): (\S+)$")
+_MISSING = re.compile(r"no such (function|collation sequence): (.+)$")
 
 
 def _create_standing_in(probe: sqlite3.Connection, sql: str) -> None:
     """Run ``sql`` on ``probe``, standing in for each function or collation it names that
-    SQLite does not have (a few at the most: each try names one)."""
-    for _ in range(16):
+    SQLite does not have: each try names one more, so it ends (a name named twice stops it)."""
+    stood_in: set[tuple[str, str]] = set()
+    while True:
         try:
             probe.execute(sql)
             return
         except sqlite3.OperationalError as exc:
             missing = _MISSING.match(str(exc))
-            if missing is None:
+            if missing is None or (missing[1], missing[2]) in stood_in:
                 raise
-            kind, name = missing.groups()
+            kind, name = missing[1], missing[2]
+            stood_in.add((kind, name))
             if kind == "function":
                 probe.create_function(name, -1, lambda *_: None, deterministic=True)
             else:
                 probe.create_collation(name, lambda *_: 0)
-    probe.execute(sql)
 
 
 def _quoted(identifier: str) -> str:
