@@ -72,6 +72,13 @@ class Dialect:
     # SQL (``{column}``) a pre-filter admits besides its patterns: SQLite's LIKE never
     # matches a BLOB, whatever text it holds.
     also_admits: str | None = None
+    # SQL run first in each transaction that reads ids or writes or reads the journal's keys:
+    # fixes, for that transaction only, the settings that change how an id is written as text
+    # and read back (PostgreSQL's DateStyle, IntervalStyle, extra_float_digits, ...), so a
+    # journal written by one session restores in another whatever either's settings are.
+    pins: str | None = None
+    # Whether statements state an id's type (the id check's ``sql_type``) where they pass one.
+    typed_ids: bool = False
 
     def quote(self, identifier: str) -> str:
         return ".".join(f'"{part}"' for part in identifier.split("."))
@@ -218,13 +225,12 @@ class SQLFieldStore:
         self, match: Match, after: object | None, upto: object | None = None
     ) -> tuple[str, list[object]]:
         """The WHERE clause of rows in (after, upto] the pre-filter admits, and its params."""
-        p = self.dialect.param
         where, params = [], []
         if after is not None:
-            where.append(f"{self._id} > {p}")
+            where.append(f"{self._id} > {self._an_id()}")
             params.append(after)
         if upto is not None:
-            where.append(f"{self._id} <= {p}")
+            where.append(f"{self._id} <= {self._an_id()}")
             params.append(upto)
         if match.patterns:
             where.append(self._like(match))
@@ -282,8 +288,8 @@ class SQLFieldStore:
     def scan(self, batch_size: int, match: Match = Match.ALL) -> Iterator[list[Row]]:
         after: object | None = None
         while True:
-            with self._errors("read"):
-                rows = self._fetch(self.connection.cursor(), match, after, batch_size, False)
+            with self._errors("read"), self._reading() as cursor:
+                rows = self._fetch(cursor, match, after, batch_size, False)
             if not rows:
                 return
             yield rows
@@ -313,7 +319,7 @@ class SQLFieldStore:
         lock = self.dialect.lock_rows
         with self._errors("read"):
             if lock:
-                cursor.execute("BEGIN")
+                self._begin(cursor, "BEGIN")
             try:
                 rows = self._fetch(cursor, match, after, limit, lock, upto=upto)
                 end = rows[-1].id if len(rows) == limit else upto
@@ -390,6 +396,14 @@ class SQLFieldStore:
         if self._ids is None:
             self._ids = self._id_column(self)
         return self._ids.sql_type
+
+    def _an_id(self) -> str:
+        """The placeholder of an id, in the column's own type where a statement must state it:
+        a ``real`` id read back as a Python float is a double, and ``id > 0.1::float8`` holds
+        for the real 0.1 itself (a keyset read after it read it again, without end)."""
+        p = self.dialect.param
+        sql_type = self._id_type() if self.dialect.typed_ids else None
+        return f"CAST({p} AS {sql_type})" if sql_type is not None else p
 
     def _joined_sql(self, rows: int, sql_type: str | None) -> str:
         # The id is cast to the column's own type, as the one-row statement's parameter is
@@ -476,8 +490,7 @@ class SQLFieldStore:
         if dialect.ids_of_key is not None:
             row = f"{self._id} IN ({', '.join([p] * dialect.ids_per_key)})"
         else:
-            sql_type = self._id_type()
-            row = f"{self._id} = " + (f"CAST({p} AS {sql_type})" if sql_type is not None else p)
+            row = f"{self._id} = {self._an_id()}"
         return (
             f"UPDATE {self._t} SET {self._c} = {dialect.value()} "  # noqa: S608
             f"WHERE {row} AND {dialect.holds(self._c, dialect.compared())}"
@@ -563,10 +576,28 @@ class SQLFieldStore:
 
     # -- plumbing -----------------------------------------------------------------------------
 
+    def _begin(self, cursor: Any, begin: str) -> None:
+        cursor.execute(begin)
+        if self.dialect.pins is not None:
+            try:
+                cursor.execute(self.dialect.pins)
+            except BaseException:
+                self._roll_back(cursor)
+                raise
+
+    @contextmanager
+    def _reading(self) -> Iterator[Any]:
+        """A cursor to read ids with: in a transaction where the dialect pins settings."""
+        if self.dialect.pins is None:
+            yield self.connection.cursor()
+            return
+        with self._transaction() as cursor:
+            yield cursor
+
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
         cursor = self.connection.cursor()
-        cursor.execute(self.dialect.begin_write)
+        self._begin(cursor, self.dialect.begin_write)
         try:
             yield cursor
         except BaseException:
@@ -612,7 +643,7 @@ class _SQLBatch:
             if store.dialect.lock_rows:
                 return store.apply_swaps(self._cursor, swaps, run_id)
             # Committed when the batch ends, after its audit event is written.
-            self._cursor.execute(store.dialect.begin_write)
+            store._begin(self._cursor, store.dialect.begin_write)
             self.open = True
             return store.apply_swaps(self._cursor, swaps, run_id)
 

@@ -36,7 +36,26 @@ def _dialect(column_type: str) -> Dialect:
         unreadable=(psycopg.errors.DataError,),
         place="ctid::text",
         place_is="ctid = CAST(%s AS tid)",
+        pins=_PINS,
+        typed_ids=True,
     )
+
+
+# The settings an id's text depends on, fixed for each transaction that reads ids or journal
+# keys (SET LOCAL: a pooled server session is left as it was). The journal keeps the migrating
+# session's ``id::text`` and the rollback casts it back in its own session: under DateStyle
+# 'SQL, DMY' 01/02/2024 is 1 February, under 'MDY' 2 January; sql_standard's interval
+# '-1 2:00:00' is -(1 day 2 hours), postgres' -1 day +2 hours; extra_float_digits 0 rounds a
+# double's text (and psycopg's value with it, so the swap missed the row); psycopg cannot load
+# a timestamptz in a non-ISO DateStyle nor a postgres_verbose or iso_8601 interval. ISO text
+# of a timestamptz or timetz carries its offset, so it casts back to the same instant under
+# any TimeZone; UTC keeps the text and psycopg's values the same from run to run.
+_PINS = (
+    "SELECT set_config('DateStyle', 'ISO, MDY', true), "
+    "set_config('IntervalStyle', 'postgres', true), "
+    "set_config('extra_float_digits', '3', true), set_config('TimeZone', 'UTC', true), "
+    "set_config('bytea_output', 'hex', true), set_config('lc_monetary', 'C', true)"
+)
 
 
 def open_postgres(url: str, target: Target) -> SQLFieldStore:
