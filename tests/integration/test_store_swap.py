@@ -394,6 +394,14 @@ class TestIdColumnMustIdentifyRows:
             ],
             "not unique",
         ),
+        (  # no two ids may differ, and equal ids may repeat: a reason of its own
+            [
+                "CREATE TABLE ids_probe (uid inet NOT NULL, ssn text, "
+                "EXCLUDE USING gist (uid inet_ops WITH <>))"
+            ],
+            "its exclusion constraint 'ids_probe_uid_excl' excludes with operator "
+            "<>\\(inet,inet\\), which is not its type's equality",
+        ),
         (
             [
                 "CREATE TABLE ids_probe (uid integer NOT NULL, ssn text, "

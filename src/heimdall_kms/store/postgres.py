@@ -170,16 +170,19 @@ _ID_COLUMN = (
 
 # Each index that may make the column unique: valid, not partial, on the column alone; unique,
 # or backing an exclusion constraint (``EXCLUDE USING btree (id WITH =)``). Its name, whether
-# it compares with the column's own collation, the collation it does compare with, and its
+# it compares with the column's own collation, the collation it does compare with, its
 # equality: the exclusion's operator, or its operator class's (a citext id under a text_ops
-# unique index holds 'a' and 'A', one id to the reads; gist's ``&&`` is no equality).
+# unique index holds 'a' and 'A', one id to the reads; gist's ``&&`` is no equality), and an
+# exclusion's operator as SQL writes it (``<>(inet,inet)``), NULL for a unique index.
 _UNIQUE_KEYS = (
     "SELECT i.indexrelid::regclass::text, i.indcollation[0] = a.attcollation, ic.collname, "
     "coalesce((SELECT x.conexclop[1] FROM pg_constraint x WHERE x.conindid = i.indexrelid "
     "AND x.contype = 'x'), (SELECT o.amopopr FROM pg_opclass oc JOIN pg_amop o "
     "ON o.amopfamily = oc.opcfamily AND o.amopmethod = oc.opcmethod AND o.amopstrategy = 3 "
     "AND o.amoplefttype = oc.opcintype AND o.amoprighttype = oc.opcintype "
-    "WHERE oc.oid = i.indclass[0])) "
+    "WHERE oc.oid = i.indclass[0])), "
+    "(SELECT x.conexclop[1]::regoperator::text FROM pg_constraint x "
+    "WHERE x.conindid = i.indexrelid AND x.contype = 'x') "
     "FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
     "LEFT JOIN pg_collation ic ON ic.oid = i.indcollation[0] "
     "WHERE i.indrelid = to_regclass(%s) AND a.attname = %s AND i.indnkeyatts = 1 "
@@ -227,7 +230,7 @@ def _key_problem(
     equality: int | None,
 ) -> str | None:
     """None where one of the unique ``keys`` compares as the reads do; else why not."""
-    if any(eq == equality and (deterministic or same) for _, same, _, eq in keys):
+    if any(eq == equality and (deterministic or same) for _, same, _, eq, _ in keys):
         return None
     head = f"id column {store.target.id_column!r} of {store.target.table!r}"
     if equality is None:
@@ -238,14 +241,22 @@ def _key_problem(
         )
     same_equality = [key for key in keys if key[3] == equality]
     if not same_equality:
-        index = keys[0][0]
+        index, excludes = keys[0][0], keys[0][4]
+        if excludes is not None:
+            return (
+                f"{head} is not unique as the reads compare it: its exclusion constraint "
+                f"{index!r} excludes with operator {excludes}, which is not its type's "
+                "equality: it keeps out two rows whose ids that operator holds true of, not "
+                "two equal ids, so equal ids may repeat; exclude with the equality of the "
+                "type's default btree operator class or name another id column"
+            )
         return (
             f"{head} is not unique as the reads compare it: its unique index {index!r} "
-            "compares with another equality than its type's own (an operator class or "
-            "exclusion operator of its choosing), so ids the reads hold equal may repeat; "
+            "compares with another equality than its type's own (that of an operator class "
+            "of its choosing), so ids the reads hold equal may repeat; "
             "give it one with the type's default operator class or name another id column"
         )
-    index, _, index_collation, _ = same_equality[0]
+    index, _, index_collation, _, _ = same_equality[0]
     return (
         f"{head} is not unique as the reads compare it: its unique index {index!r} compares "
         f"with collation {index_collation!r}, the reads with the column's nondeterministic "
