@@ -139,7 +139,8 @@ def _max_chars(store: SQLFieldStore) -> int | None:
 # ``ORDER BY id`` sorts by, found as PostgreSQL's GetDefaultOpClass finds it: for the base type
 # under any domains, its own class, else the one of a type it is binary-coercible to that is
 # preferred in its category (varchar: text's, not citext's), else another (an enum's, array's,
-# range's or composite's polymorphic one). None where there is none.
+# range's or composite's polymorphic one). None where there is none. Last, whether the base
+# type is jsonb or an array of it (see :func:`_type_problem`).
 _ID_COLUMN = (
     "WITH RECURSIVE domains(oid) AS (SELECT a.atttypid FROM pg_attribute a "
     "WHERE a.attrelid = to_regclass(%s) AND a.attname = %s AND NOT a.attisdropped "
@@ -160,7 +161,11 @@ _ID_COLUMN = (
     "WHEN b.typcategory = 'A' THEN 'anyarray'::regtype "
     "WHEN b.typtype = 'c' THEN 'record'::regtype END) "
     "ORDER BY oc.opcintype <> b.oid, NOT (ot.typispreferred AND ot.typcategory = b.typcategory), "
-    "ot.typtype = 'p' LIMIT 1) "
+    "ot.typtype = 'p' LIMIT 1), "
+    "b.oid = 'jsonb'::regtype OR (WITH RECURSIVE e(oid) AS (SELECT b.typelem "
+    "WHERE b.typcategory = 'A' UNION ALL SELECT t.typbasetype FROM e JOIN pg_type t "
+    "ON t.oid = e.oid WHERE t.typtype = 'd') SELECT coalesce(bool_or(e.oid = 'jsonb'::regtype), "
+    "false) FROM e) "
     "FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid "
     "JOIN pg_type b ON b.oid = (SELECT d.oid FROM domains d JOIN pg_type t ON t.oid = d.oid "
     "WHERE t.typtype <> 'd') "
@@ -210,8 +215,10 @@ def _id_column(store: SQLFieldStore) -> IdColumn:
         keys = cursor.fetchall()
     if found is None:
         return IdColumn(unique=False, not_null=False)
-    kind, not_null, sql_type, children, deterministic, collation, equality = found
+    kind, not_null, sql_type, children, deterministic, collation, equality, json_ids = found
     problem = _kind_problem(store, str(kind), int(children))
+    if problem is None and json_ids:
+        problem = _type_problem(store, str(sql_type))
     if problem is None and keys:
         problem = _key_problem(store, keys, bool(deterministic), collation, equality)
     return IdColumn(
@@ -262,6 +269,21 @@ def _key_problem(
         f"with collation {index_collation!r}, the reads with the column's nondeterministic "
         f"{collation!r}, and ids equal under {collation!r} would be skipped; give the index "
         "the column's collation or name another id column"
+    )
+
+
+def _type_problem(store: SQLFieldStore, sql_type: str) -> str:
+    """Why a jsonb id (or an array of them, or a domain over either) is refused: psycopg reads
+    each id as a Python dict, list, number or string, which it cannot pass back as that jsonb
+    (a dict cannot be adapted; the list [1] goes as smallint[]), so the second batch's read
+    and each swap failed mid-run. Refused before anything is read, as other unusable id
+    columns are; reading such ids as text instead would be a second read path for one type
+    that documents rarely need (a document is seldom a row's identity)."""
+    what = "jsonb" if sql_type == "jsonb" else f"{sql_type}, built on jsonb"
+    return (
+        f"id column {store.target.id_column!r} of {store.target.table!r} is {what}: its ids "
+        "are read as JSON documents, which cannot be passed back as ids of that type, so its "
+        "rows cannot be read by id; name another id column"
     )
 
 
