@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ast
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -155,10 +155,10 @@ class SQLFieldStore:
         connection: Connection,
         target: Target,
         dialect: Dialect,
-        describe: Callable[[SQLFieldStore], dict[str, str]],
+        describe: Callable[[SQLFieldStore], Mapping[str, object]],
         writable: Callable[[SQLFieldStore], None],
         *,
-        id_column: Callable[[SQLFieldStore], IdColumn],
+        id_column: Callable[[SQLFieldStore, Mapping[str, object]], IdColumn],
         max_chars: int | None = None,
     ) -> None:
         self.connection = connection
@@ -183,6 +183,7 @@ class SQLFieldStore:
     # -- checks ---------------------------------------------------------------------------------
 
     def check(self, *, writable: bool, scans: bool = True) -> None:
+        # The dialect's own description of each column (read once: the id check reads it too).
         columns = self._describe(self)
         if not columns:
             raise StoreError(f"table {self.target.table!r} does not exist")
@@ -190,16 +191,16 @@ class SQLFieldStore:
             if name not in columns:
                 raise StoreError(f"table {self.target.table!r} has no {what} {name!r}")
         if scans:
-            self._check_ids()
+            self._check_ids(columns)
         if writable:
             self._writable(self)
 
-    def _check_ids(self) -> None:
+    def _check_ids(self, columns: Mapping[str, object]) -> None:
         """Rows are read in batches after the last id read (keyset order): a repeated id at a
         batch's end, or a NULL id, would be skipped without a trace, and a census would count
         those rows as nothing. So the id column must be unique and every row must have one."""
         table, name = self.target.table, self.target.id_column
-        found = self._ids = self._id_column(self)
+        found = self._ids = self._id_column(self, columns)
         if found.problem is not None:
             raise StoreError(found.problem)
         if not found.unique:
@@ -394,7 +395,7 @@ class SQLFieldStore:
 
     def _id_type(self) -> str | None:
         if self._ids is None:
-            self._ids = self._id_column(self)
+            self._ids = self._id_column(self, self._describe(self))
         return self._ids.sql_type
 
     def _an_id(self) -> str:

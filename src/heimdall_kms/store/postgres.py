@@ -8,6 +8,7 @@ The application's writes to a locked row wait for the batch (milliseconds to a s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
@@ -197,7 +198,7 @@ _UNIQUE_KEYS = (
 )
 
 
-def _id_column(store: SQLFieldStore) -> IdColumn:
+def _id_column(store: SQLFieldStore, _columns: Mapping[str, object]) -> IdColumn:
     """Unique: an index in :data:`_UNIQUE_KEYS` (the primary key's included) that compares as
     the reads do: with the equality of the column type's default operator class, and where
     the column's collation is nondeterministic ('a' and 'A' one id to ``id > %s``) with that

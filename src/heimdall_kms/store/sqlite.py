@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -105,10 +106,12 @@ def open_sqlite(url: str, target: Target) -> SQLFieldStore:
     )
 
 
-def _describe(store: SQLFieldStore) -> dict[str, str]:
+def _describe(store: SQLFieldStore) -> dict[str, Any]:
+    """Each column's ``PRAGMA table_info`` row (cid, name, type, notnull, dflt_value, pk), by
+    name: the id check reads its own from these."""
     with store._errors("inspect the table"):
         rows = _pragma(store.connection.cursor(), store, "table_info", _table_name(store))
-    return {str(row[1]): str(row[2]).lower() for row in rows}
+    return {str(row[1]): row for row in rows}
 
 
 def _pragma(cursor: Any, store: SQLFieldStore, name: str, argument: str) -> list[Any]:
@@ -129,7 +132,7 @@ def _table_name(store: SQLFieldStore) -> str:
     return store.target.table.rpartition(".")[2]
 
 
-def _id_column(store: SQLFieldStore) -> IdColumn:
+def _id_column(store: SQLFieldStore, described: Mapping[str, Any]) -> IdColumn:
     """Unique: the rowid, or the one column of a unique index that is not partial and
     compares as the reads do (see :func:`_same_order`). Not null: declared NOT NULL, or the
     rowid. A view is refused for what it is: nothing proves its rows' ids unique."""
@@ -139,7 +142,7 @@ def _id_column(store: SQLFieldStore) -> IdColumn:
         kind, sql = _schema_entry(cursor, store)
         if kind == "view":
             return IdColumn(unique=False, not_null=False, problem=view_problem(store.target))
-        columns = _pragma(cursor, store, "table_info", table)  # cid, name, type, notnull, ...
+        columns = list(described.values())  # cid, name, type, notnull, dflt_value, pk
         indexes = _pragma(cursor, store, "index_list", table)  # seq, name, unique, origin, ...
         if _is_rowid(columns, indexes, name):
             return IdColumn(unique=True, not_null=True)
