@@ -58,11 +58,11 @@ class Dialect:
     table_exists: str = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
     errors: tuple[type[BaseException], ...] = field(default=())
     # How a restore finds a journal row's row again, by its id in the column's own type (an
-    # index lookup). None: the journal key is the database's own text of the id (the joined
-    # swap returns it), read back with a cast to the column's type. Else the ids the key may
-    # stand for, always ``ids_per_key`` of them (SQLite: the journal holds Python's text of
-    # the id, and the column's values may be of any storage class).
-    ids_of_key: Callable[[str], tuple[object, ...]] | None = None
+    # index lookup): the ids a journal key may stand for, given the id column's type where
+    # statements state it (``typed_ids``), always ``ids_per_key`` of them. PostgreSQL's key is
+    # the database's own text of the id (the joined swap returns it), cast back to the type;
+    # SQLite's is Python's text of the id, and the column's values may be of any storage class.
+    ids_of_key: Callable[[str, str | None], tuple[object, ...]] = lambda key, _: (key,)
     ids_per_key: int = 1
     # What the database raises for a key that does not read as a value of the id's type.
     unreadable: tuple[type[BaseException], ...] = field(default=())
@@ -398,12 +398,15 @@ class SQLFieldStore:
             self._ids = self._id_column(self, self._describe(self))
         return self._ids.sql_type
 
+    def _sql_type(self) -> str | None:
+        """The id column's type where statements state it, else None."""
+        return self._id_type() if self.dialect.typed_ids else None
+
     def _an_id(self) -> str:
         """The placeholder of an id, in the column's own type where a statement must state it:
         a ``real`` id read back as a Python float is a double, and ``id > 0.1::float8`` holds
         for the real 0.1 itself (a keyset read after it read it again, without end)."""
-        p = self.dialect.param
-        sql_type = self._id_type() if self.dialect.typed_ids else None
+        p, sql_type = self.dialect.param, self._sql_type()
         return f"CAST({p} AS {sql_type})" if sql_type is not None else p
 
     def _joined_sql(self, rows: int, sql_type: str | None) -> str:
@@ -487,14 +490,10 @@ class SQLFieldStore:
 
     def _restore_sql(self) -> str:
         dialect = self.dialect
-        p = dialect.param
-        if dialect.ids_of_key is not None:
-            row = f"{self._id} IN ({', '.join([p] * dialect.ids_per_key)})"
-        else:
-            row = f"{self._id} = {self._an_id()}"
+        ids = ", ".join([self._an_id()] * dialect.ids_per_key)  # one: PostgreSQL reads an =
         return (
             f"UPDATE {self._t} SET {self._c} = {dialect.value()} "  # noqa: S608
-            f"WHERE {row} AND {dialect.holds(self._c, dialect.compared())}"
+            f"WHERE {self._id} IN ({ids}) AND {dialect.holds(self._c, dialect.compared())}"
         )
 
     def _forget_sql(self) -> str:
@@ -508,15 +507,7 @@ class SQLFieldStore:
 
     def _restore_ids(self, key: str) -> list[object]:
         """The parameters that find the row journaled under ``key``."""
-        ids_of_key = self.dialect.ids_of_key
-        if ids_of_key is not None:
-            return list(ids_of_key(key))
-        if self._id_type() == "bytea":
-            # Journals of earlier versions hold Python's text of the bytes (b'\\x00').
-            found = python_bytes(key)
-            if found is not None:
-                return ["\\x" + found.hex()]
-        return [key]
+        return list(self.dialect.ids_of_key(key, self._sql_type()))
 
     def _restore_one(self, cursor: Any, update: str, forget: str, entry: JournalEntry) -> bool:
         ids = self._restore_ids(entry.row_key)

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from heimdall_kms.errors import StoreError
-from heimdall_kms.store._sql import Dialect, IdColumn, SQLFieldStore, view_problem
+from heimdall_kms.store._sql import Dialect, IdColumn, SQLFieldStore, python_bytes, view_problem
 from heimdall_kms.store.base import Target
 
 __all__ = ["open_postgres"]
@@ -39,7 +39,16 @@ def _dialect(column_type: str) -> Dialect:
         place_is="ctid = CAST(%s AS tid)",
         pins=_PINS,
         typed_ids=True,
+        ids_of_key=_ids_of_key,
     )
+
+
+def _ids_of_key(key: str, sql_type: str | None) -> tuple[str]:
+    """The id a journal key stands for, as text to cast to the column's type: the key, the
+    database's own text of the id; for a bytea id, a journal of an earlier version held
+    Python's text of the bytes (``b'\\x00'``), which is read as those bytes."""
+    found = python_bytes(key) if sql_type == "bytea" else None
+    return (key,) if found is None else ("\\x" + found.hex(),)
 
 
 # The settings an id's text depends on, fixed for each transaction that reads ids or journal

@@ -29,7 +29,7 @@ __all__ = ["open_sqlite", "sqlite_path"]
 _INTEGERS = range(-(2**63), 2**63)
 
 
-def _ids_of_key(key: str) -> tuple[object, object, object, object]:
+def _ids_of_key(key: str, _sql_type: str | None) -> tuple[object, object, object, object]:
     """The ids a journal key may stand for: each value SQLite hands back (integer, real, text,
     blob) whose Python text is ``key``, the key itself where a kind has none. The journal holds
     ``str(id)``, and a column may hold values of every kind: ``CAST(id AS TEXT) = key`` missed
