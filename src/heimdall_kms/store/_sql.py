@@ -345,30 +345,35 @@ class SQLFieldStore:
         return f"INSERT INTO {JOURNAL_TABLE} ({_JOURNAL_COLUMNS}) VALUES {values}"  # noqa: S608
 
     def apply_swaps(self, cursor: Any, swaps: Sequence[Swap], run_id: str | None) -> list[bool]:
-        if self.dialect.joins_swaps:
-            keys = self._swap_joined(cursor, swaps)
-            applied = [key is not None for key in keys]
-        else:
-            # One prepared statement for the batch; its rowcount is the sum over all rows.
-            params = [[swap.new_value, swap.row.id, swap.row.value] for swap in swaps]
-            cursor.executemany(self._cas_sql(), params)
-            if cursor.rowcount == len(params):
-                applied = [True] * len(params)
-            else:
-                applied = self._holding_new_values(cursor, swaps)
-            pairs = zip(swaps, applied, strict=True)
-            keys = [swap.row.key if done else None for swap, done in pairs]
+        swap = self._swap_joined if self.dialect.joins_swaps else self._swap_each
+        keys = swap(cursor, swaps)
         if run_id is not None:
-            created = now_rfc3339()
-            table, column = self.target.table, self.target.column
-            journal = [
-                [run_id, table, column, key, swap.row.value, swap.new_value, created]
-                for swap, key in zip(swaps, keys, strict=True)
-                if key is not None
-            ]
-            if journal:
-                self._write_journal(cursor, journal)
-        return applied
+            self._journal_swaps(cursor, swaps, keys, run_id)
+        return [key is not None for key in keys]
+
+    def _swap_each(self, cursor: Any, swaps: Sequence[Swap]) -> list[str | None]:
+        """Compare-and-swap the batch as one prepared statement run per row. Returns, per
+        swap, the journal's key of the row it updated (the key it was read with), else None."""
+        params = [[swap.new_value, swap.row.id, swap.row.value] for swap in swaps]
+        cursor.executemany(self._cas_sql(), params)
+        # The rowcount is the sum over all rows: where it falls short, ask which rows missed.
+        if cursor.rowcount == len(params):
+            return [swap.row.key for swap in swaps]
+        applied = self._holding_new_values(cursor, swaps)
+        return [swap.row.key if done else None for swap, done in zip(swaps, applied, strict=True)]
+
+    def _journal_swaps(
+        self, cursor: Any, swaps: Sequence[Swap], keys: Sequence[str | None], run_id: str
+    ) -> None:
+        """Journal each swap that updated its row, under its key."""
+        created, table, column = now_rfc3339(), self.target.table, self.target.column
+        journal = [
+            [run_id, table, column, key, swap.row.value, swap.new_value, created]
+            for swap, key in zip(swaps, keys, strict=True)
+            if key is not None
+        ]
+        if journal:
+            self._write_journal(cursor, journal)
 
     def _swap_joined(self, cursor: Any, swaps: Sequence[Swap]) -> list[str | None]:
         """Compare-and-swap the batch as one ``UPDATE ... FROM (VALUES ...)`` per chunk: each
