@@ -47,6 +47,11 @@ class Dialect:
     # A batch's compare-and-swap as one UPDATE ... FROM (VALUES ...) RETURNING per chunk of
     # rows (PostgreSQL), instead of one statement per row.
     joins_swaps: bool = False
+    # A cursor of the connection that takes the database's own numbered placeholders ($1,
+    # $2, ...) as they are, for the joined swap: psycopg reads a query's %s placeholders
+    # with a Python tokenizer, and caches what it read only for up to 50 parameters, so a
+    # 250-row swap (1,000 parameters) was tokenized again every batch. None: ``param``.
+    numbered_cursor: Callable[[Any], Any] | None = None
     # psycopg's COPY writes many rows in one statement, formatted in C: the journal's rows
     # cost a fifth of the CPU of one INSERT each.
     copies: bool = False
@@ -86,13 +91,15 @@ class Dialect:
     def read(self, column: str) -> str:
         return f"{column}::text" if self.json_column else column
 
-    def value(self) -> str:
-        """The placeholder of a value written to the column."""
-        return f"{self.param}::{self.json_type}" if self.json_column else self.param
+    def value(self, placeholder: str | None = None) -> str:
+        """The placeholder (``param``, or the one given) of a value written to the column."""
+        p = self.param if placeholder is None else placeholder
+        return f"{p}::{self.json_type}" if self.json_column else p
 
-    def compared(self) -> str:
+    def compared(self, placeholder: str | None = None) -> str:
         """The placeholder of a value the column is compared with (see :meth:`holds`)."""
-        return self.param if self._json_text() else self.value()
+        p = self.param if placeholder is None else placeholder
+        return p if self._json_text() else self.value(p)
 
     def holds(self, column: str, value: str) -> str:
         """SQL: ``column`` holds ``value`` (a :meth:`compared` placeholder, or a column of
@@ -118,6 +125,7 @@ _JOURNAL_DDL = (
 # Rows per joined compare-and-swap statement: three parameters each, well inside PostgreSQL's
 # 65,535 per statement, and one statement text (prepared once) for every full batch of 250.
 _JOINED_ROWS = 1000
+_JOINED_TEXTS = 4  # the joined swap's texts a store keeps
 
 
 def now_rfc3339() -> str:
@@ -165,6 +173,9 @@ class SQLFieldStore:
         self._max_chars = max_chars
         self._id_column = id_column
         self._ids: IdColumn | None = None  # what the check found (the joined swap's id type)
+        # The joined swap's texts by (rows, id type): a full batch's is built once per run;
+        # a few only (batches that lost rows to failures are of any size, memory stays flat).
+        self._joined: dict[tuple[int, str | None], str] = {}
         self.target = target
         self.dialect = dialect
         self._describe = describe
@@ -384,6 +395,9 @@ class SQLFieldStore:
         not equal itself, a float NaN for one)."""
         keys: list[str | None] = [None] * len(swaps)
         sql_type = self._id_type()
+        numbered = self.dialect.numbered_cursor
+        if numbered is not None:
+            cursor = numbered(self.connection)  # the same connection, so its transaction
         for start in range(0, len(swaps), _JOINED_ROWS):
             chunk = swaps[start : start + _JOINED_ROWS]
             cursor.execute(
@@ -415,20 +429,37 @@ class SQLFieldStore:
         return f"CAST({p} AS {sql_type})" if sql_type is not None else p
 
     def _joined_sql(self, rows: int, sql_type: str | None) -> str:
-        # The id is cast to the column's own type, as the one-row statement's parameter is
-        # inferred to be: an enum, char(N) or macaddr id compared with text would fail or
-        # (char(N): trailing blanks) match nothing.
+        known = self._joined.get((rows, sql_type))
+        if known is not None:
+            return known
         dialect = self.dialect
-        p = dialect.param
-        row_id = f"{p}::{sql_type}" if sql_type is not None else p
-        row = f"({p}::integer,{row_id},{dialect.value()},{dialect.compared()})"
-        values = ",".join([row] * rows)
-        return (
+        if dialect.numbered_cursor is not None:
+            values = ",".join(self._joined_row(sql_type, 4 * n + 1) for n in range(rows))
+        else:
+            values = ",".join([self._joined_row(sql_type)] * rows)
+        if len(self._joined) >= _JOINED_TEXTS:
+            self._joined.clear()
+        sql = self._joined[rows, sql_type] = (
             f"UPDATE {self._t} AS t SET {self._c} = v.new "  # noqa: S608
             f"FROM (VALUES {values}) AS v(n, id, new, old) "
             f"WHERE t.{self._id} = v.id AND {dialect.holds(f't.{self._c}', 'v.old')} "
             f"RETURNING v.n, t.{self._id}::text"
         )
+        return sql
+
+    def _joined_row(self, sql_type: str | None, first: int | None = None) -> str:
+        """One row of the joined swap's VALUES: its place, id, new and old value, in
+        ``param``'s placeholders, or numbered from ``first`` ($5 to $8 for 5)."""
+        dialect = self.dialect
+        if first is None:
+            n, row_id, new, old = [dialect.param] * 4
+        else:
+            n, row_id, new, old = (f"${i}" for i in range(first, first + 4))
+        # The id is cast to the column's own type, as the one-row statement's parameter is
+        # inferred to be: an enum, char(N) or macaddr id compared with text would fail or
+        # (char(N): trailing blanks) match nothing.
+        row_id = f"{row_id}::{sql_type}" if sql_type is not None else row_id
+        return f"({n}::integer,{row_id},{dialect.value(new)},{dialect.compared(old)})"
 
     def _write_journal(self, cursor: Any, rows: list[list[str | None]]) -> None:
         if self.dialect.copies:

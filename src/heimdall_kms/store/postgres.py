@@ -30,6 +30,7 @@ def _dialect(column_type: str) -> Dialect:
         json_column=json_column,
         json_type=column_type if json_column else "jsonb",
         joins_swaps=True,
+        numbered_cursor=psycopg.RawCursor,
         copies=True,
         table_exists="SELECT 1 WHERE to_regclass(%s) IS NOT NULL",
         errors=(psycopg.Error,),
