@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
 
-from heimdall_kms.jobs.classify import ValueKind, classify
-from heimdall_kms.jobs.jsonpath import DocumentError, locate
+from heimdall_kms.envelope import LegacyEnvelope, _json
+from heimdall_kms.errors import MalformedEnvelopeError
+from heimdall_kms.jobs.classify import Classified, Slot, ValueKind, classify
+from heimdall_kms.jobs.jsonpath import DocumentError, Span, locate
 from tests.legacy_data import legacy_envelope
 
 ENVELOPE = legacy_envelope("ab" * 32, "123-45-6789")
@@ -142,3 +145,58 @@ class TestClassify:
         found = classify(document, path=("raw",))
         assert (found.kind, found.nested_elsewhere) == (kind, elsewhere)
         assert found.nested is (elsewhere or kind is ValueKind.NESTED)
+
+
+class TestWhatAJobReadsIsMadeAsTheConstructorsMakeIt:
+    """The objects made once per value a job reads (set slot by slot, not by the frozen
+    ``__init__``) equal and hash as the constructors' own."""
+
+    @pytest.mark.parametrize("spaced", [False, True])
+    @pytest.mark.parametrize("json_column", [False, True])
+    def test_an_envelope_found_in_the_whole_column(self, spaced: bool, json_column: bool) -> None:
+        fields = json.loads(ENVELOPE)
+        text = json.dumps(fields) if spaced else json.dumps(fields, separators=(",", ":"))
+        stored = json.dumps(text) if json_column else text
+        found = classify(stored, json_column=json_column)
+        envelope = LegacyEnvelope(
+            ciphertext=base64.b64decode(fields["ciphertext"]),
+            nonce=base64.b64decode(fields["nonce"]),
+            key_id=fields["key_id"],
+        )
+        slot = Slot(stored, Span(0, len(stored)), quoted=json_column)
+        expected = Classified(ValueKind.LEGACY, envelope, slot=slot)
+        assert found == expected
+        assert hash(found) == hash(expected)
+        assert type(found.envelope) is LegacyEnvelope
+        assert found.envelope == envelope
+        assert hash(found.envelope) == hash(envelope)
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            '{"a":1}',
+            '{"a": 1}  \n',
+            '{"a":1} x',
+            '{"a":1}{}',
+            '{"a":1,"a":2}',
+            '{"a":{"b":1,"b":2}}',
+            "{",
+            '{"a":' + "[" * 100_000,
+            '{"a":' + "9" * 5000 + "}",
+            ' {"a":1}',
+            "[1]",
+        ],
+    )
+    def test_the_envelope_text_reads_as_the_decoder_reads_it(self, text: str) -> None:
+        expected: object
+        try:
+            expected = _json._DECODER.decode(text)
+        except (ValueError, RecursionError, MalformedEnvelopeError):
+            expected = MalformedEnvelopeError
+        try:
+            found: object = _json.load_object(text)
+        except MalformedEnvelopeError:
+            found = MalformedEnvelopeError
+        if expected is not MalformedEnvelopeError and not isinstance(expected, dict):
+            expected = MalformedEnvelopeError  # not an object: refused as such
+        assert found == expected

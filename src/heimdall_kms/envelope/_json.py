@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import binascii
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from json.scanner import make_scanner
+from typing import Any, cast
 
 from heimdall_kms.errors import MalformedEnvelopeError
 
@@ -39,8 +40,16 @@ def load_object(source: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
     if len(source) > MAX_ENVELOPE_CHARS:
         raise MalformedEnvelopeError(_too_large())
     try:
-        value = _DECODER.decode(source)
-    except (ValueError, RecursionError):  # JSONDecodeError, and ints over 4300 digits.
+        if source[:1] == "{":
+            # The stored form (nothing before the object): the decoder's scanner, without
+            # decode()'s two Python frames and whitespace scans; text after the object (the
+            # scanner stops there) is read as decode() reads it, which refuses all but blanks.
+            value, end = _SCAN(source, 0)
+            if end != len(source):
+                value = _DECODER.decode(source)
+        else:
+            value = _DECODER.decode(source)
+    except (ValueError, RecursionError, StopIteration):  # JSONDecodeError, 4300+ digit ints
         raise MalformedEnvelopeError("envelope is not valid JSON") from None
     if not isinstance(value, dict):
         raise MalformedEnvelopeError("envelope must be a JSON object")
@@ -65,6 +74,8 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 # One decoder for every envelope: json.loads with a hook would build a new one per call.
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
+# (text, index) -> (value, end): the scanner decode() calls (JSONDecoder makes its own so).
+_SCAN: Callable[[str, int], tuple[Any, int]] = make_scanner(cast(Any, _DECODER))
 
 
 def text(obj: Mapping[str, Any], key: str, *, max_chars: int = MAX_ENVELOPE_CHARS) -> str:
