@@ -6,9 +6,12 @@ run's on PostgreSQL."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -19,14 +22,30 @@ import heimdall_kms
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.envelope import KmsV1Envelope, check_context, parse
 from heimdall_kms.jobs.classify import Slot, classify
-from heimdall_kms.jobs.fit import SizeModel, legacy_need, size_model, unfit, wrapped_chars
+from heimdall_kms.jobs.fit import (
+    SizeModel,
+    legacy_need,
+    measure,
+    size_model,
+    unfit,
+    wrapped_chars,
+)
 from heimdall_kms.jobs.services import JobServices
-from heimdall_kms.kinds import ProviderName
+from heimdall_kms.kinds import AWSKeyVersioning, ProviderName
+from heimdall_kms.providers.aws.client import create_key_for_alias
+from heimdall_kms.providers.azure.provider import AzureKeyVaultProvider
 from heimdall_kms.providers.base import key_admin
+from heimdall_kms.providers.gcp.provider import GCPKMSProvider
 from heimdall_kms.providers.local import LocalKeyring
+from tests.contract.backends.azure import WORKER, key_client
+from tests.contract.backends.gcp import rest_client
+from tests.fakes.azure_kv_http import UNWRAP_ONLY, FakeKeyVaultServer
+from tests.fakes.gcp_kms_http import FakeKMSServer, start_fake_kms
+from tests.integration.clouds import aws_cloud, azure_env, gcp_cloud, start_azure
 from tests.integration.dbtables import hybrid_local_env, postgres_table, run_main
 from tests.legacy_data import legacy_envelope
 from tests.servers import TRANSIT_KEY, OpenBao
+from tests.servers_aws import MotoServer, start_moto
 
 MASTER_HEX = "ab" * 32
 _TEXT = st.characters(blacklist_categories=("Cs",))  # what UTF-8 can carry
@@ -170,8 +189,9 @@ def rotated(
 
 
 def test_a_provider_that_does_not_say_gives_a_lower_bound() -> None:
-    """A cloud provider's wrapped key has no documented length: only a lower bound, so no
-    value is said to fit for certain, and the reason says so."""
+    """A cloud provider's wrapped key has no documented length: unmeasured (no wrap could be
+    made), only a lower bound, so no value is said to fit for certain, and the reason says
+    so."""
     body = wrapped_chars(ProviderName.AWS, None)
     assert body.least == 44 and body.most is None
     model = SizeModel(ProviderName.AWS, "alias/k", (3, 3), body)
@@ -180,8 +200,9 @@ def test_a_provider_that_does_not_say_gives_a_lower_bound() -> None:
     assert need.most is None and not need.fits(10_000)
     assert unfit("t.c", need, 10_000, predicted=True) == (
         f"its new value will be at least {need.least} characters (the wrapped key's length is "
-        "known only once it wraps) and t.c holds at most 10000 (varchar(10000)): it may not "
-        "fit; widen the column to text or a longer varchar first"
+        "not known: no wrap with the key could be made to measure it) and t.c holds at most "
+        "10000 (varchar(10000)): it may not fit; widen the column to text or a longer varchar "
+        "first"
     )
     assert "will be at least" in unfit("t.c", need, need.least - 1, predicted=True)
 
@@ -189,22 +210,29 @@ def test_a_provider_that_does_not_say_gives_a_lower_bound() -> None:
 # -- the dry run on a PostgreSQL varchar(N) column -----------------------------------------------
 
 
-@pytest.fixture(params=["local", "vault", "vault-no-read"])
+# What the token of a Vault case may do with the key besides ``decrypt``.
+_MAY = {"vault-no-read": ("encrypt",), "vault-no-wrap": ()}
+
+
+@pytest.fixture(params=["local", "vault", "vault-no-read", "vault-no-wrap"])
 def hybrid_env(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, str]:
     """``vault-no-read``: a token that may wrap but not read the key's metadata, so the dry
-    run does not know the latest version (and allows for any number of digits)."""
+    run learns the latest version and the wrapped length from one wrap of a throwaway DEK;
+    ``vault-no-wrap``: one that may do neither, so the dry run does not know them (and
+    allows for any number of digits and any wrapped length)."""
     if request.param == "local":
         return hybrid_local_env(tmp_path, monkeypatch, MASTER_HEX)
     openbao: OpenBao = request.getfixturevalue("openbao")
     token = {}
-    if request.param == "vault-no-read":
+    if request.param in _MAY:
         root = openbao.client()
-        paths = [f"transit/{verb}/{TRANSIT_KEY}" for verb in ("encrypt", "decrypt")]
+        verbs = ("decrypt", *_MAY[request.param])
+        paths = [f"transit/{verb}/{TRANSIT_KEY}" for verb in verbs]
         rules = "".join(f'path "{path}" {{ capabilities = ["update"] }}\n' for path in paths)
-        root.sys.create_or_update_policy("fit-no-read", rules)
-        made = root.auth.token.create(policies=["fit-no-read"], ttl="10m")
+        root.sys.create_or_update_policy(f"fit-{request.param}", rules)
+        made = root.auth.token.create(policies=[f"fit-{request.param}"], ttl="10m")
         token = {"HMD_VAULT_TOKEN": made["auth"]["client_token"]}
     env = openbao.env(
         HMD_ENCRYPTION_MODE="hybrid",
@@ -256,9 +284,11 @@ class TestDryRunOnAShortVarchar:
         varchar_table: str,
         postgres_url: str,
         hybrid_env: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
-        known = request.node.callspec.params["hybrid_env"] != "vault-no-read"
+        case = request.node.callspec.params["hybrid_env"]
+        known = case != "vault-no-wrap"
         args = ["--database", postgres_url, "--table", varchar_table, "--column", "ssn"]
         before = _rows(postgres_url, varchar_table)
         code, out, err = run_main(["migrate", *args, "--dry-run", "--json"], capsys)
@@ -289,6 +319,9 @@ class TestDryRunOnAShortVarchar:
         code, out, _ = run_main(["migrate", *args, "--dry-run"], capsys)
         assert code == 3
         assert out.count("its new value will be") == (20 if known else 50)  # 50 shown
+        if case == "vault-no-wrap":  # the real run needs a token that may wrap
+            root: OpenBao = request.getfixturevalue("openbao")
+            monkeypatch.setenv("HMD_VAULT_TOKEN", root.env()["HMD_VAULT_TOKEN"])
         code, out, err = run_main(["migrate", *args, "--json"], capsys)
         assert code == 3, err
         real = _lengths(json.loads(out)["failures"], "is")
@@ -304,16 +337,24 @@ class TestDryRunOnAShortVarchar:
 
 class TestReencryptDryRun:
     """A rewrap to v10 adds three characters (the version's digit, three times): a column
-    sized to the v1 envelopes no longer holds the longest ones."""
+    sized to the v1 envelopes no longer holds the longest ones (on AWS too, whose wrapped
+    length the dry run measures)."""
 
+    @pytest.mark.parametrize("kms", ["local", "aws-native", "aws-aliases"])
     def test_rewrap_and_full(
         self,
+        request: pytest.FixtureRequest,
+        kms: str,
         postgres_url: str,
         tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
-        env = hybrid_local_env(tmp_path, monkeypatch, MASTER_HEX)
+        if kms == "local":
+            env = hybrid_local_env(tmp_path, monkeypatch, MASTER_HEX)
+        else:
+            versioning = AWSKeyVersioning(kms.removeprefix("aws-"))
+            env = _aws_env(request.getfixturevalue("moto"), versioning, tmp_path, monkeypatch)
         values = {
             i: legacy_envelope(MASTER_HEX, "123-45-6789" if i <= 10 else "y" * 60)
             for i in range(1, 21)
@@ -335,7 +376,9 @@ class TestReencryptDryRun:
                     ["reencrypt", *args, "--mode", mode, "--dry-run", "--json"], capsys
                 )
                 assert code == 3, err
-                dry = _lengths(json.loads(out)["failures"], "will be")
+                failures = json.loads(out)["failures"]
+                assert not [f for f in failures if "may not fit" in f["message"]]
+                dry = _lengths(failures, "will be")
                 assert sorted(dry) == list(range(11, 21))
                 assert _rows(postgres_url, name) == before
             code, out, err = run_main(["reencrypt", *args, "--json"], capsys)
@@ -348,3 +391,210 @@ class TestReencryptDryRun:
             assert code == 0, err
             assert (json.loads(out)["completed"], json.loads(out)["failed"]) == (20, 0)
             assert _rows(postgres_url, name) != before  # (the rewrap above wrote rows 1..10)
+
+
+# -- the same on AWS KMS (moto's server), whose wrapped key's length no document gives ---------
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    server = start_moto()
+    yield server
+    server.stop()
+
+
+def _aws_env(
+    moto: MotoServer, versioning: AWSKeyVersioning, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """Hybrid mode on a fresh moto key (``versioning``'s scheme), set in ``os.environ``."""
+    admin = moto.client()
+    alias = f"alias/fit-{secrets.token_hex(4)}"
+    if versioning is AWSKeyVersioning.ALIASES:
+        create_key_for_alias(admin, alias)
+    else:
+        admin.create_alias(AliasName=alias, TargetKeyId=admin.create_key()["KeyMetadata"]["KeyId"])
+    env = moto.env(
+        alias,
+        HMD_ENCRYPTION_MODE="hybrid",
+        HMD_PII_MASTER_KEY=MASTER_HEX,
+        HMD_AWS_KEY_VERSIONING=versioning.value,
+        HMD_AUDIT_LOG=str(tmp_path / "audit.log"),
+    )
+    for name in [n for n in os.environ if n.startswith(("HMD_", "AWS_"))]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def _failed(report: dict[str, Any]) -> dict[int, str]:
+    return {int(f["id"]): f["message"] for f in report["failures"]}
+
+
+@pytest.mark.parametrize("versioning", list(AWSKeyVersioning))
+def test_aws_dry_run_names_exactly_the_rows_the_run_fails(
+    moto: MotoServer,
+    versioning: AWSKeyVersioning,
+    postgres_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A column exactly as wide as the longest short value's new envelope, then one character
+    narrower: the dry run fails the same rows as the real run, each with its exact length (one
+    wrap of a throwaway DEK measures AWS's wrapped key), none "may not fit"."""
+    env = _aws_env(moto, versioning, tmp_path, monkeypatch)
+    values = {
+        i: legacy_envelope(MASTER_HEX, f"{i:03d}-12-{i:04d}" if i <= 20 else "x" * (90 + i))
+        for i in range(1, 31)
+    }
+    with postgres_table(postgres_url, "text", values) as name:
+        args = ["--database", postgres_url, "--table", name, "--column", "ssn"]
+        # The real lengths, from a real run (then the legacy values put back).
+        assert run_main(["migrate", *args], capsys)[0] == 0
+        sealed = {i: len(text) for i, text in _rows(postgres_url, name).items()}
+        widest = max(sealed[i] for i in range(1, 21))
+        assert all(sealed[i] > widest for i in range(21, 31))
+        for width in (widest, widest - 1):
+            with psycopg.connect(postgres_url, autocommit=True) as db:
+                db.execute(f"ALTER TABLE {name} ALTER COLUMN ssn TYPE text")
+                for key, value in values.items():
+                    db.execute(f"UPDATE {name} SET ssn = %s WHERE id = %s", [value, key])
+                db.execute(f"ALTER TABLE {name} ALTER COLUMN ssn TYPE varchar({width})")
+            Path(env["HMD_AUDIT_LOG"]).unlink(missing_ok=True)
+            before = _rows(postgres_url, name)
+            code, out, err = run_main(["migrate", *args, "--dry-run", "--json"], capsys)
+            assert code == 3, err
+            dry = json.loads(out)
+            assert not [m for m in _failed(dry).values() if "may not fit" in m]
+            expected = {i for i, length in sealed.items() if length > width}
+            assert set(_failed(dry)) == expected
+            assert _lengths(dry["failures"], "will be") == {i: sealed[i] for i in expected}
+            assert (dry["completed"], dry["failed"]) == (30 - len(expected), len(expected))
+            assert dry["kms_calls"] == 2  # the key read, the one measuring wrap
+            # Nothing sealed, written or audited beyond what a dry run audits.
+            assert _rows(postgres_url, name) == before
+            assert _event_types(env["HMD_AUDIT_LOG"]) == {
+                "job.run",
+                "reencrypt.batch",
+                "crypto.decrypt",
+            }
+            code, out, err = run_main(["migrate", *args, "--json"], capsys)
+            assert code == 3, err
+            real = json.loads(out)
+            assert set(_failed(real)) == expected
+            assert _lengths(real["failures"], "is") == {i: sealed[i] for i in expected}
+        assert any(sealed[i] == widest for i in range(1, 21))  # the narrower run failed one
+
+
+# -- the measured length on every cloud provider ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gcp_server() -> Iterator[FakeKMSServer]:
+    server = start_fake_kms()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def azure_server() -> Iterator[FakeKeyVaultServer]:
+    server = start_azure()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(
+    scope="module",
+    params=["aws-native", "aws-aliases", "gcp", "azure-rsa-2048", "azure-rsa-3072", "azure-oct"],
+)
+def cloud_crypto(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[heimdall_kms.Crypto]:
+    """The facade in kms mode on one cloud KMS's key (moto, the GCP and Azure fakes)."""
+    tmp = tmp_path_factory.mktemp("cloud")
+    kind: str = request.param
+    if kind.startswith("aws"):
+        versioning = AWSKeyVersioning(kind.removeprefix("aws-"))
+        env = aws_cloud(request.getfixturevalue("moto"), versioning, tmp).env
+    elif kind == "gcp":
+        server: FakeKMSServer = request.getfixturevalue("gcp_server")
+        env = gcp_cloud(server, rest_client(server.url), "rest", tmp).env
+    else:
+        azure: FakeKeyVaultServer = request.getfixturevalue("azure_server")
+        key = f"fit-{secrets.token_hex(4)}"
+        if kind == "azure-oct":
+            azure.vault.create_key(key, kty="oct-HSM", size=256)
+        else:
+            azure.vault.create_key(key, size=int(kind.rsplit("-", 1)[1]))
+        env = azure_env(azure, key, tmp)
+    # The SDKs' credential chains read the process environment.
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith(("HMD_", "AWS_", "AZURE_"))]:
+            patch.delenv(name)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        made = heimdall_kms.from_env(env, audit=MemoryAuditSink())
+        yield made
+        made.close()
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(plaintexts=st.lists(st.text(_TEXT, max_size=300), min_size=1, max_size=3), ctx=CONTEXTS)
+def test_one_wrap_measures_a_cloud_key(
+    cloud_crypto: heimdall_kms.Crypto,
+    plaintexts: list[str],
+    ctx: dict[str, str],
+) -> None:
+    """The length one throwaway wrap measures is the sealed envelopes' own, exactly, under
+    any context (the measuring wrap's is another)."""
+    kms = cloud_crypto.kms
+    assert kms is not None
+    unmeasured = size_model(kms, key_admin(kms).describe())
+    assert unmeasured.body.most is None and not unmeasured.exact  # no document says
+    model = measure(kms, {"table": "t", "field": "ssn", "record": "1"})
+    assert model is not None and model.exact
+    context = check_context(ctx)
+    envelopes = cloud_crypto.encrypt_many([(text, context) for text in plaintexts])
+    for text, envelope in zip(plaintexts, envelopes, strict=True):
+        assert isinstance(envelope, KmsV1Envelope)
+        assert model.versions == (envelope.key_version, envelope.key_version)
+        for slot in slots(OLD):
+            need = model.sealed(slot, len(text.encode("utf-8")), context)
+            assert need.least == need.most == len(slot.put(envelope.to_json()))
+        [again] = cloud_crypto.rewrap_outcomes([envelope])
+        assert isinstance(again, KmsV1Envelope)
+        for slot in slots(envelope.to_json()):
+            need = model.rewrapped(slot, envelope)
+            assert need.least == need.most == len(slot.put(again.to_json()))
+
+
+def test_an_identity_that_may_not_wrap_leaves_the_length_unknown(
+    azure_server: FakeKeyVaultServer,
+) -> None:
+    """Azure's unwrap-only worker may not read the key to wrap with: nothing is measured, and
+    the dry run keeps the lower bound ("may not fit")."""
+    key = f"fit-{secrets.token_hex(4)}"
+    azure_server.vault.create_key(key)
+    azure_server.vault.add_principal(*WORKER, UNWRAP_ONLY)
+    worker = AzureKeyVaultProvider(key_client(azure_server, WORKER), key)
+    try:
+        assert measure(worker, {"field": "ssn"}) is None
+    finally:
+        worker.close()
+
+
+def test_a_context_the_kms_refuses_leaves_the_length_unknown(
+    gcp_server: FakeKMSServer, tmp_path: Path
+) -> None:
+    """Cloud KMS refuses more than 8 KiB of DEK and associated data: a first value with such a
+    context measures nothing (the run fails that row), and the dry run does not stop."""
+    key = gcp_cloud(gcp_server, rest_client(gcp_server.url), "rest", tmp_path).key_identifier
+    kms = GCPKMSProvider(rest_client(gcp_server.url), key)
+    try:
+        assert measure(kms, {"field": "x" * 9000}) is None
+        assert measure(kms, {"field": "x"}) is not None
+    finally:
+        kms.close()

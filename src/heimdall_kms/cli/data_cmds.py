@@ -60,7 +60,10 @@ _RUN_ID = click.option("--run-id", help="Name the run (default: generated); the 
 @click.option(
     "--dry-run",
     is_flag=True,
-    help="Decrypt with the env key, count, check the new values fit; write nothing.",
+    help=(
+        "Decrypt with the env key, count, check the new values fit (on a varchar column: may "
+        "wrap one throwaway data key to measure the KMS's length); write nothing."
+    ),
 )
 @click.option(
     "--estimate",
@@ -141,7 +144,10 @@ def migrate(
 @click.option(
     "--dry-run",
     is_flag=True,
-    help="Count what would change, check the new values fit; write nothing.",
+    help=(
+        "Count what would change, check the new values fit (on a varchar column: may wrap one "
+        "throwaway data key to measure the KMS's length); write nothing."
+    ),
 )
 @_RATE_LIMIT
 @_RUN_ID

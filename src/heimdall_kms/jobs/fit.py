@@ -7,13 +7,21 @@ wrapped DEK has a length known beforehand: the ciphertext is the plaintext's UTF
 identifier and key version are the configured key's, the timestamp has a fixed width
 (:func:`utc_timestamp`). So the text is built here with random-free stand-ins of those lengths
 (zero bytes, a wrapped DEK of ``A``\\ s: base64's characters, which JSON never escapes) and
-measured; ``tests/unit/test_fit.py`` compares the figure with envelopes really sealed.
+measured; ``tests/integration/test_dry_run_fit.py`` compares the figure with envelopes really
+sealed.
 
 The wrapped DEK's length is the provider's: the local provider and Vault Transit's symmetric
 key types always give 80 characters of base64 (12-byte nonce, the 32-byte DEK, 16-byte tag),
-its RSA types the modulus' length; the cloud providers do not document theirs, so for them
-only a lower bound is known (the DEK itself, base64: 44 characters), and a value is said to
-fit only when it is certain to.
+its RSA types the modulus' length. AWS and GCP do not document the length of their
+ciphertexts, and Azure's wrapped form holds the version's id, so for them (and for a key whose
+type or version the KMS would not tell) the job measures it: one wrap of a throwaway random DEK
+with the configured key (:func:`measure`), whose length is then taken as exact for the version
+that wrapped it, the one that wraps at that moment (a rotation between the dry run and the run
+can change it). The context is taken to leave the length alone (no KMS here carries it in the
+ciphertext: each must be given it again to unwrap; tested against moto and the GCP and Azure
+fakes), so one wrap stands for every value. Where no wrap can be made (an identity that may not
+wrap), only a lower bound is known (the DEK itself, base64: 44 characters), and a value is said
+to fit only when it is certain to.
 """
 
 from __future__ import annotations
@@ -21,13 +29,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from heimdall_kms import primitives
 from heimdall_kms.envelope import KmsV1Envelope, LegacyEnvelope
 from heimdall_kms.envelope.kms_v1 import utc_timestamp
+from heimdall_kms.errors import InvalidInputError, PermissionDeniedError
 from heimdall_kms.jobs.classify import Slot
 from heimdall_kms.kinds import ProviderName
 from heimdall_kms.primitives import NONCE_BYTES
-from heimdall_kms.providers.base import KeyInfo, KeyWrapper
-from heimdall_kms.wrapped_key import format_wrapped
+from heimdall_kms.providers.base import KeyInfo, KeyWrapper, WrappedKey
+from heimdall_kms.wrapped_key import format_wrapped, parse_wrapped
 
 __all__ = [
     "TAG_BYTES",
@@ -35,6 +45,8 @@ __all__ = [
     "SizeModel",
     "WrappedChars",
     "legacy_need",
+    "measure",
+    "measured",
     "size_model",
     "unfit",
     "wrapped_chars",
@@ -103,6 +115,13 @@ class SizeModel:
     versions: tuple[int, int]  # the least and the most version a new wrap may carry
     body: WrappedChars
 
+    @property
+    def exact(self) -> bool:
+        """Whether every new text's length is known to the character (one version, one
+        wrapped length)."""
+        least, most = self.versions
+        return least == most and self.body.least == self.body.most
+
     def sealed(self, slot: Slot, plaintext_bytes: int, context: Mapping[str, str]) -> Need:
         """The need of a value sealed afresh (``migrate``, ``reencrypt --mode full``)."""
         least, most = self.versions
@@ -162,6 +181,37 @@ def size_model(kms: KeyWrapper, info: KeyInfo | None) -> SizeModel:
     )
 
 
+def measure(kms: KeyWrapper, context: Mapping[str, str]) -> SizeModel | None:
+    """The model for ``kms``'s key from one wrap of a throwaway random DEK (wiped at once; the
+    wrap is thrown away), made under ``context`` (a value's own, so that any policy the run
+    passes it passes too): its version and its length, exact (:func:`measured`). None when
+    the identity may not wrap, or the KMS refuses that context (that value's row says so in
+    the run): the length then stays unknown.
+
+    Raises:
+        KMSError: the wrap failed otherwise.
+    """
+    dek = primitives.new_dek()
+    try:
+        (wrapped,) = kms.wrap_many([dek], [context])
+    except (PermissionDeniedError, InvalidInputError):
+        return None
+    finally:
+        primitives.wipe(dek)
+    return measured(kms, wrapped)
+
+
+def measured(kms: KeyWrapper, wrapped: WrappedKey) -> SizeModel | None:
+    """The model for ``kms``'s key from one wrap it made (a throwaway DEK's): that wrap's
+    version and length, exact; None when the wrap is not of the form this provider writes
+    (nothing then is taken from it)."""
+    form = parse_wrapped(wrapped.ciphertext)
+    if form is None or form.provider != kms.name.value or form.version != wrapped.key_version:
+        return None
+    body = WrappedChars(len(form.body), len(form.body))
+    return SizeModel(kms.name, kms.key_identifier, (form.version, form.version), body)
+
+
 def legacy_need(slot: Slot, envelope: KmsV1Envelope, key_id: str) -> Need:
     """The need of ``envelope``'s value written back in the legacy format under the env key
     ``key_id`` (``reencrypt --mode legacy``): the same plaintext, so a ciphertext of the same
@@ -188,7 +238,7 @@ def unfit(where: str, need: Need, limit: int, *, predicted: bool) -> str:
     size = (
         f"between {need.least} and {need.most} characters"
         if need.most is not None
-        else f"at least {need.least} characters (the wrapped key's length is known only once "
-        "it wraps)"
+        else f"at least {need.least} characters (the wrapped key's length is not known: no "
+        "wrap with the key could be made to measure it)"
     )
     return f"its new value will be {size} and {holds}: it may not fit; {widen} first"

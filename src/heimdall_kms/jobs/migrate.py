@@ -14,6 +14,7 @@ from heimdall_kms import modes
 from heimdall_kms.config import Settings
 from heimdall_kms.jobs.batch_job import Changes, JobOptions, new_run_id
 from heimdall_kms.jobs.classify import ValueKind
+from heimdall_kms.jobs.fit import Need
 from heimdall_kms.jobs.report import JobReport, ProgressCallback, TargetReport
 from heimdall_kms.jobs.services import JobServices
 from heimdall_kms.jobs.value_job import ValueJob
@@ -72,16 +73,17 @@ class MigrationJob(ValueJob):
         readable = self.opened(target, legacy, f"migrate {self.report.run_id}", stated=True)
         if self.options.dry_run:
             # A dry run proves each value decrypts with the env key, and seals nothing: on a
-            # column with a bound it tells which new values will not fit (the one KMS call,
-            # reading the key's latest version and type, changes nothing).
-            return self.planned(
-                store,
-                [item.row for item, _ in readable],
-                lambda: [
-                    self.size_model().sealed(item.slot, len(text.encode("utf-8")), item.context)
+            # column with a bound it tells which new values will not fit (the KMS calls, a
+            # read of the key's latest version and type and, where those do not tell the
+            # length, one wrap of a throwaway DEK, change nothing).
+            def needs() -> list[Need]:
+                sizes = self.size_model(readable[0][0].context)
+                return [
+                    sizes.sealed(item.slot, len(text.encode("utf-8")), item.context)
                     for item, text in readable
-                ],
-            )
+                ]
+
+            return self.planned(store, [item.row for item, _ in readable], needs)
         return [
             Swap(item.row, item.slot.put(env.to_json()))
             for item, env in self.sealed(self.crypto, readable)

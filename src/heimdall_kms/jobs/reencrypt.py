@@ -120,7 +120,9 @@ class ReencryptJob(ValueJob):
         stale = self.candidates(store, rows, target, self._stale, sealed_context)
         if self.options.dry_run:
             return self.planned(
-                store, [item.row for item in stale], lambda: self._needs(self.size_model(), stale)
+                store,
+                [item.row for item in stale],
+                lambda: self._needs(self.size_model(stale[0].context), stale),
             )
         if self.mode is ReencryptMode.REWRAP:
             swaps = self._rewrap(stale, target)

@@ -23,7 +23,7 @@ from heimdall_kms.errors import (
 from heimdall_kms.inputs import MAX_STORED_PLAINTEXT_BYTES, plaintext_bytes
 from heimdall_kms.jobs.batch_job import BatchJob, Planned
 from heimdall_kms.jobs.classify import Classified, Slot, ValueKind
-from heimdall_kms.jobs.fit import Need, SizeModel, size_model
+from heimdall_kms.jobs.fit import Need, SizeModel, measure, size_model
 from heimdall_kms.jobs.reading import reader_for
 from heimdall_kms.jobs.report import RowFailure, TargetReport
 from heimdall_kms.providers.base import KeyAdmin, KeyInfo
@@ -73,8 +73,9 @@ class ValueJob(BatchJob):
             return Planned(len(rows))
         return Planned(len(rows), tuple(zip(rows, needs(), strict=True)))
 
-    def size_model(self) -> SizeModel:
-        """How long the texts this job's KMS key seals are (:mod:`heimdall_kms.jobs.fit`)."""
+    def size_model(self, context: Mapping[str, str]) -> SizeModel:
+        """How long the texts this job's KMS key seals are (:mod:`heimdall_kms.jobs.fit`);
+        ``context``: the first value's, which a measuring wrap is made under."""
         if self._sizes is None:
             kms = self.crypto.kms
             if kms is None:
@@ -85,7 +86,10 @@ class ValueJob(BatchJob):
             if self.key_info is None and isinstance(kms, KeyAdmin):
                 with contextlib.suppress(PermissionDeniedError):
                     self.key_info = kms.describe()
-            self._sizes = size_model(kms, self.key_info)
+            sizes = size_model(kms, self.key_info)
+            if not sizes.exact:
+                sizes = measure(kms, context) or sizes
+            self._sizes = sizes
         return self._sizes
 
     def fail(self, target: TargetReport, row: Row, error: HeimdallKMSError | str) -> None:
