@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import heimdall_kms
+from heimdall_kms import primitives
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.envelope import KmsV1Envelope, check_context, parse
 from heimdall_kms.jobs.classify import Slot, classify
@@ -26,6 +27,7 @@ from heimdall_kms.jobs.fit import (
     SizeModel,
     legacy_need,
     measure,
+    measured,
     size_model,
     unfit,
     wrapped_chars,
@@ -200,11 +202,27 @@ def test_a_provider_that_does_not_say_gives_a_lower_bound() -> None:
     assert need.most is None and not need.fits(10_000)
     assert unfit("t.c", need, 10_000, predicted=True) == (
         f"its new value will be at least {need.least} characters (the wrapped key's length is "
-        "not known: no wrap with the key could be made to measure it) and t.c holds at most "
-        "10000 (varchar(10000)): it may not fit; widen the column to text or a longer varchar "
-        "first"
+        "not known: no wrap with the key's latest version could be made to measure it) and "
+        "t.c holds at most 10000 (varchar(10000)): it may not fit; widen the column to text or "
+        "a longer varchar first"
     )
     assert "will be at least" in unfit("t.c", need, need.least - 1, predicted=True)
+
+
+def test_a_wrap_under_another_version_than_the_latest_measures_nothing(tmp_path: Path) -> None:
+    """A new version not yet in effect everywhere: the measuring wrap landed on v9 while the
+    KMS says v10 is the latest, so the run may wrap under either and v10's length is not
+    measured: nothing is taken from it (the lower bound stays)."""
+    crypto = local_crypto(tmp_path)
+    try:
+        assert crypto.kms is not None
+        [wrapped] = crypto.kms.wrap_many([primitives.new_dek()], [{}])
+        model = measured(crypto.kms, wrapped)
+        assert model is not None and model.exact
+        assert measured(crypto.kms, wrapped, wrapped.key_version) == model
+        assert measured(crypto.kms, wrapped, wrapped.key_version + 1) is None
+    finally:
+        crypto.close()
 
 
 # -- the dry run on a PostgreSQL varchar(N) column -----------------------------------------------

@@ -181,12 +181,15 @@ def size_model(kms: KeyWrapper, info: KeyInfo | None) -> SizeModel:
     )
 
 
-def measure(kms: KeyWrapper, context: Mapping[str, str]) -> SizeModel | None:
+def measure(
+    kms: KeyWrapper, context: Mapping[str, str], latest: int | None = None
+) -> SizeModel | None:
     """The model for ``kms``'s key from one wrap of a throwaway random DEK (wiped at once; the
     wrap is thrown away), made under ``context`` (a value's own, so that any policy the run
-    passes it passes too): its version and its length, exact (:func:`measured`). None when
-    the identity may not wrap, or the KMS refuses that context (that value's row says so in
-    the run): the length then stays unknown.
+    passes it passes too): its version and its length, exact (:func:`measured`; ``latest``:
+    the latest version the KMS reported, where it did). None when the identity may not wrap,
+    or the KMS refuses that context (that value's row says so in the run): the length then
+    stays unknown.
 
     Raises:
         KMSError: the wrap failed otherwise.
@@ -198,15 +201,18 @@ def measure(kms: KeyWrapper, context: Mapping[str, str]) -> SizeModel | None:
         return None
     finally:
         primitives.wipe(dek)
-    return measured(kms, wrapped)
+    return measured(kms, wrapped, latest)
 
 
-def measured(kms: KeyWrapper, wrapped: WrappedKey) -> SizeModel | None:
+def measured(kms: KeyWrapper, wrapped: WrappedKey, latest: int | None = None) -> SizeModel | None:
     """The model for ``kms``'s key from one wrap it made (a throwaway DEK's): that wrap's
-    version and length, exact; None when the wrap is not of the form this provider writes
-    (nothing then is taken from it)."""
+    version and length, exact. None when the wrap is not of the form this provider writes, or
+    is not under ``latest`` (a new version not yet in effect everywhere: the run may wrap
+    under either, and the other's length is not measured), so nothing is taken from it."""
     form = parse_wrapped(wrapped.ciphertext)
     if form is None or form.provider != kms.name.value or form.version != wrapped.key_version:
+        return None
+    if latest is not None and form.version != latest:
         return None
     body = WrappedChars(len(form.body), len(form.body))
     return SizeModel(kms.name, kms.key_identifier, (form.version, form.version), body)
@@ -239,6 +245,6 @@ def unfit(where: str, need: Need, limit: int, *, predicted: bool) -> str:
         f"between {need.least} and {need.most} characters"
         if need.most is not None
         else f"at least {need.least} characters (the wrapped key's length is not known: no "
-        "wrap with the key could be made to measure it)"
+        "wrap with the key's latest version could be made to measure it)"
     )
     return f"its new value will be {size} and {holds}: it may not fit; {widen} first"

@@ -88,7 +88,8 @@ class ValueJob(BatchJob):
                     self.key_info = kms.describe()
             sizes = size_model(kms, self.key_info)
             if not sizes.exact:
-                sizes = measure(kms, context) or sizes
+                latest = None if self.key_info is None else self.key_info.latest_version
+                sizes = measure(kms, context, latest) or sizes
             self._sizes = sizes
         return self._sizes
 
