@@ -17,6 +17,7 @@ from heimdall_kms.context_json import CheckedContext
 from heimdall_kms.envelope import Envelope, KmsV1Envelope, kms_v1_aad
 from heimdall_kms.envelope.kms_v1 import utc_timestamp
 from heimdall_kms.errors import KMSError
+from heimdall_kms.kinds import ProviderName
 from heimdall_kms.overlap import in_order
 from heimdall_kms.providers import KeyWrapper
 from heimdall_kms.providers.base import WrappedKey, batching_of
@@ -41,10 +42,10 @@ def seal_batches(kms: KeyWrapper, values: Sequence[tuple[bytes, CheckedContext]]
             contexts = [ctx for _, ctx in values[start : start + size]]
             yield functools.partial(kms.wrap_many, deks, contexts)
 
-    provider, key_identifier = kms.name, kms.key_identifier
-    timestamp = utc_timestamp()
+    seal = functools.partial(
+        _sealed, provider=kms.name, key_identifier=kms.key_identifier, timestamp=utc_timestamp()
+    )
     envelopes: list[Envelope] = []
-    envelope = KmsV1Envelope.sealed  # one per value: the dataclass __init__ costs more
     sealed = 0  # batches whose DEKs are wiped already
     try:
         with contextlib.closing(in_order(wrap_jobs(), batching.in_flight)) as results:
@@ -52,30 +53,35 @@ def seal_batches(kms: KeyWrapper, values: Sequence[tuple[bytes, CheckedContext]]
                 deks = issued[batch]
                 if len(wrapped) != len(deks):
                     raise KMSError("the KMS returned a different number of wrapped keys")
-                chunk = values[batch * size : batch * size + len(deks)]
-                sealed_values = primitives.seal_each(
-                    deks,
-                    [plaintext for plaintext, _ in chunk],
-                    [kms_v1_aad(ctx) for _, ctx in chunk],
-                )
-                primitives.wipe_all(deks)
-                for (_, ctx), key, (ciphertext, nonce) in zip(
-                    chunk, wrapped, sealed_values, strict=True
-                ):
-                    envelopes.append(
-                        envelope(
-                            provider=provider,
-                            key_identifier=key_identifier,
-                            key_version=key.key_version,
-                            ciphertext=ciphertext,
-                            nonce=nonce,
-                            encrypted_dek=key.ciphertext,
-                            context=ctx,
-                            encryption_timestamp=timestamp,
-                        )
-                    )
+                envelopes += seal(deks, values[batch * size : batch * size + len(deks)], wrapped)
                 sealed = batch + 1
         return envelopes
     finally:
         for deks in issued[sealed:]:
             primitives.wipe_all(deks)
+
+
+def _sealed(
+    deks: list[bytearray],
+    chunk: Sequence[tuple[bytes, CheckedContext]],
+    wrapped: Sequence[WrappedKey],
+    *,
+    provider: ProviderName,
+    key_identifier: str,
+    timestamp: str,
+) -> list[KmsV1Envelope]:
+    """One batch's envelopes: each value sealed under its DEK, which is wiped right after."""
+    contexts = [ctx for _, ctx in chunk]
+    sealed = primitives.seal_each(
+        deks, [plaintext for plaintext, _ in chunk], [kms_v1_aad(ctx) for ctx in contexts]
+    )
+    primitives.wipe_all(deks)
+    return KmsV1Envelope.sealed_batch(
+        provider=provider,
+        key_identifier=key_identifier,
+        key_versions=[key.key_version for key in wrapped],
+        sealed=sealed,
+        encrypted_deks=[key.ciphertext for key in wrapped],
+        contexts=contexts,
+        encryption_timestamp=timestamp,
+    )

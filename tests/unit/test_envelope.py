@@ -586,6 +586,90 @@ class TestSealedConstructor:
         assert one.extra is not two.extra
 
 
+class TestSealedBatch:
+    """``KmsV1Envelope.sealed_batch`` (a column at a time) makes what ``sealed`` makes."""
+
+    @settings(max_examples=200)
+    @given(
+        st.lists(
+            st.tuples(
+                st.integers(1, 10**9 - 1),
+                st.binary(min_size=16, max_size=40),
+                st.binary(min_size=12, max_size=12),
+                st.dictionaries(
+                    st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=6),
+                    st.text(st.characters(exclude_categories=["Cs"]), max_size=6),
+                    max_size=3,
+                ),
+            ),
+            max_size=6,
+        ),
+        st.sampled_from(list(ProviderName)),
+    )
+    def test_it_equals_sealed_value_by_value(
+        self, rows: list[tuple[int, bytes, bytes, dict[str, str]]], provider: ProviderName
+    ) -> None:
+        deks = [f"{provider}:v{version}:" + "A" * 8 for version, *_ in rows]
+        contexts = [check_context(context) for *_, context in rows]
+        batch = KmsV1Envelope.sealed_batch(
+            provider=provider,
+            key_identifier="pii",
+            key_versions=[version for version, *_ in rows],
+            sealed=[(ciphertext, nonce) for _, ciphertext, nonce, _ in rows],
+            encrypted_deks=deks,
+            contexts=contexts,
+            encryption_timestamp="2026-01-02T03:04:05.000006Z",
+        )
+        one_by_one = [
+            KmsV1Envelope.sealed(
+                provider=provider,
+                key_identifier="pii",
+                key_version=version,
+                ciphertext=ciphertext,
+                nonce=nonce,
+                encrypted_dek=dek,
+                context=context,
+                encryption_timestamp="2026-01-02T03:04:05.000006Z",
+            )
+            for (version, ciphertext, nonce, _), dek, context in zip(
+                rows, deks, contexts, strict=True
+            )
+        ]
+        assert batch == one_by_one
+        assert [e.to_json() for e in batch] == [e.to_json() for e in one_by_one]
+        assert all(e.context is c for e, c in zip(batch, contexts, strict=True))
+        assert len({id(e.extra) for e in batch}) == len(batch)  # each its own, as the default
+
+    def test_columns_of_another_length_are_refused(self) -> None:
+        with pytest.raises(ValueError, match="one key version"):
+            KmsV1Envelope.sealed_batch(
+                provider=ProviderName.LOCAL,
+                key_identifier="pii",
+                key_versions=[3, 3],
+                sealed=[(CIPHERTEXT, NONCE)],
+                encrypted_deks=[WRAPPED],
+                contexts=[{}],
+                encryption_timestamp="2026-01-02T03:04:05Z",
+            )
+
+    def test_a_subclass_is_made_by_its_own_init(self) -> None:
+        @dataclasses.dataclass(frozen=True, slots=True)
+        class Tagged(KmsV1Envelope):
+            tag: str = "t"
+
+        (envelope,) = Tagged.sealed_batch(
+            provider=ProviderName.LOCAL,
+            key_identifier="pii",
+            key_versions=[3],
+            sealed=[(CIPHERTEXT, NONCE)],
+            encrypted_deks=[WRAPPED],
+            contexts=[{}],
+            encryption_timestamp="2026-01-02T03:04:05Z",
+        )
+        assert type(envelope) is Tagged
+        assert envelope.tag == "t"
+
+
 class TestKeyVersionCheck:
     """``check_key_version``: refusals are MalformedEnvelopeError whatever it is given."""
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import repeat
 from json.encoder import encode_basestring
+from operator import itemgetter
 from typing import Any, ClassVar, cast
 
 from heimdall_kms.context_json import CheckedContext, aad_json, stored_json
@@ -224,6 +227,63 @@ class KmsV1Envelope(Envelope):
             ALGORITHM,
             {},
         )
+
+    @classmethod
+    def sealed_batch(
+        cls,
+        *,
+        provider: ProviderName,
+        key_identifier: str,
+        key_versions: Sequence[int],
+        sealed: Sequence[tuple[bytes, bytes]],
+        encrypted_deks: Sequence[str],
+        contexts: Sequence[Mapping[str, str]],
+        encryption_timestamp: str,
+    ) -> list[KmsV1Envelope]:
+        """:meth:`sealed` for each value of a batch, in order: ``sealed`` holds each value's
+        ``(ciphertext, nonce)``, the other sequences its key version, wrapped DEK and context.
+
+        Built a column at a time (each slot of every envelope by one ``map`` over the batch,
+        run in C) rather than a value at a time: ten Python-level setter calls per value were
+        about 1.5 µs of the hot path (``tests/unit/test_envelope.py`` compares them).
+
+        Raises:
+            ValueError: the sequences are not of one length.
+        """
+        count = len(contexts)
+        if not len(key_versions) == len(sealed) == len(encrypted_deks) == count:
+            raise ValueError("sealed_batch needs one key version, sealing and DEK per context")
+        if cls is not KmsV1Envelope:  # a subclass's own fields are its __init__'s to set
+            return [
+                cls.sealed(
+                    provider=provider,
+                    key_identifier=key_identifier,
+                    key_version=version,
+                    ciphertext=ciphertext,
+                    nonce=nonce,
+                    encrypted_dek=dek,
+                    context=context,
+                    encryption_timestamp=encryption_timestamp,
+                )
+                for version, (ciphertext, nonce), dek, context in zip(
+                    key_versions, sealed, encrypted_deks, contexts, strict=True
+                )
+            ]
+        envelopes = list(map(_new, repeat(cls, count)))
+        for setter, column in (
+            (_set_provider, repeat(provider)),
+            (_set_key_identifier, repeat(key_identifier)),
+            (_set_key_version, key_versions),
+            (_set_ciphertext, map(itemgetter(0), sealed)),
+            (_set_nonce, map(itemgetter(1), sealed)),
+            (_set_encrypted_dek, encrypted_deks),
+            (_set_context, contexts),
+            (_set_encryption_timestamp, repeat(encryption_timestamp)),
+            (_set_algorithm, repeat(ALGORITHM)),
+            (_set_extra, [{} for _ in range(count)]),  # each its own, as the default_factory
+        ):
+            deque(map(setter, envelopes, column), maxlen=0)
+        return envelopes
 
     def rewrapped(self, encrypted_dek: str, key_version: int) -> KmsV1Envelope:
         """This envelope with its DEK wrapped again (the ciphertext, its AAD and the rest are

@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 _EnvironmentKey = tuple[str, str, object, object, object]
+_MAX_URLS = 256
 
 
 class VaultAdapter(hvac.adapters.JSONAdapter):  # type: ignore[misc] # hvac has no type hints
@@ -57,12 +58,14 @@ class VaultAdapter(hvac.adapters.JSONAdapter):  # type: ignore[misc] # hvac has 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._environment: dict[_EnvironmentKey, dict[str, Any]] = {}
+        self._urls: dict[str, str] = {}  # each URL as PreparedRequest.prepare_url makes it
         self._answered = threading.local()
 
     def server_time(self) -> datetime | None:
         """The ``Date`` of the last response this thread received (Vault's clock), if any."""
-        value: datetime | None = getattr(self._answered, "date", None)
-        return value
+        # Kept as Vault sent it and read here: parsing it cost about 16 µs per request, and
+        # only key metadata (describe) asks for it.
+        return http_date(getattr(self._answered, "date", None))
 
     def request(
         self,
@@ -89,7 +92,7 @@ class VaultAdapter(hvac.adapters.JSONAdapter):  # type: ignore[misc] # hvac has 
         if self.strict_http and method.lower() == "list":
             method, params["list"] = "get", "true"
         response = self._send(method, url, headers, params, options)
-        self._answered.date = http_date(response.headers.get("Date"))
+        self._answered.date = response.headers.get("Date")
         if not response.ok and raise_exception and not self.ignore_exceptions:
             self._raise_with_retry_after(method, url, response)
         if response.status_code == 200:
@@ -131,16 +134,16 @@ class VaultAdapter(hvac.adapters.JSONAdapter):  # type: ignore[misc] # hvac has 
         options: dict[str, Any],
     ) -> requests.Response:
         session = self.session
-        prepared = requests.Request(
+        prepared = self._prepared(
             method.upper(),
             url,
-            headers=merge_setting(
+            merge_setting(
                 headers, session.headers, dict_class=requests.structures.CaseInsensitiveDict
             ),
-            params=params or None,
-            json=options.pop("json", None),
-            data=options.pop("data", None),
-        ).prepare()
+            params,
+            options.pop("data", None),
+            options.pop("json", None),
+        )
         settings = self._settings(session, url, options)
         timeout = options.get("timeout")
         # The timeout bounds every read; the deadline bounds the whole exchange (deadline.py).
@@ -148,6 +151,46 @@ class VaultAdapter(hvac.adapters.JSONAdapter):  # type: ignore[misc] # hvac has 
             response = session.get_adapter(url).send(prepared, timeout=timeout, **settings)
             response.content  # noqa: B018 - read it now, so the connection goes back to the pool
         return refuse_redirect(response)
+
+    def _prepared(  # noqa: PLR0917 - the request's parts, as requests.Request takes them
+        self,
+        method: str,
+        url: str,
+        headers: requests.structures.CaseInsensitiveDict[str],
+        params: dict[str, Any],
+        data: Any,
+        json: Any,
+    ) -> requests.PreparedRequest:
+        """What ``requests.Request(method, url, headers=..., params=..., data=..., json=...)
+        .prepare()`` makes, with each URL's preparation kept once made.
+
+        Measured here, preparing a Transit batch request cost about 120 µs of CPU, 0.5 µs per
+        value of a 250-value batch: about 37 of them re-parsing and re-quoting the same few URLs
+        (``PreparedRequest.prepare_url`` is a function of the URL and its query alone), about
+        28 building the ``Request`` object that is read once. The steps and their order are
+        ``PreparedRequest.prepare``'s, given what ``Request`` defaults to
+        (``tests/unit/test_vault_http.py`` compares the two).
+        """
+        prepared = requests.PreparedRequest()
+        prepared.prepare_method(method)
+        if params:
+            prepared.prepare_url(url, params)
+        else:
+            known = self._urls.get(url)
+            if known is None:
+                prepared.prepare_url(url, None)
+                known = prepared.url
+                assert known is not None  # prepare_url sets it, or raises
+                if len(self._urls) >= _MAX_URLS:  # a bound, should a caller make many paths
+                    self._urls.clear()
+                self._urls[url] = known
+            prepared.url = known
+        prepared.prepare_headers(headers)
+        prepared.prepare_cookies(None)
+        prepared.prepare_body([] if data is None else data, [], json)
+        prepared.prepare_auth(None, url)
+        prepared.prepare_hooks(None)
+        return prepared
 
     def _settings(
         self, session: requests.Session, url: str, options: dict[str, Any]
