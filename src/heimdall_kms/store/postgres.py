@@ -14,7 +14,9 @@ from typing import Any
 import psycopg
 
 from heimdall_kms.errors import StoreError
-from heimdall_kms.store._sql import Dialect, IdColumn, SQLFieldStore, python_bytes, view_problem
+from heimdall_kms.store._dialect import Dialect, IdColumn, python_bytes, view_problem
+from heimdall_kms.store._sql import SQLFieldStore
+from heimdall_kms.store._table import SQLTable
 from heimdall_kms.store.base import Target
 
 __all__ = ["open_postgres"]
@@ -104,7 +106,7 @@ def _split(table: str) -> tuple[str | None, str]:
     return (schema or None), name
 
 
-def _describe(store: SQLFieldStore) -> dict[str, str]:
+def _describe(store: SQLTable) -> dict[str, str]:
     schema, name = _split(store.target.table)
     with store._errors("inspect the table"):
         cursor = store.connection.cursor()
@@ -129,7 +131,7 @@ def _describe(store: SQLFieldStore) -> dict[str, str]:
         return columns
 
 
-def _max_chars(store: SQLFieldStore) -> int | None:
+def _max_chars(store: SQLTable) -> int | None:
     """N of the column's ``varchar(N)``; None for a ``varchar`` without one."""
     schema, name = _split(store.target.table)
     with store._errors("inspect the table"):
@@ -208,7 +210,7 @@ _UNIQUE_KEYS = (
 )
 
 
-def _id_column(store: SQLFieldStore, _columns: Mapping[str, object]) -> IdColumn:
+def _id_column(store: SQLTable, _columns: Mapping[str, object]) -> IdColumn:
     """Unique: an index in :data:`_UNIQUE_KEYS` (the primary key's included) that compares as
     the reads do: with the equality of the column type's default operator class, and where
     the column's collation is nondeterministic ('a' and 'A' one id to ``id > %s``) with that
@@ -241,7 +243,7 @@ def _id_column(store: SQLFieldStore, _columns: Mapping[str, object]) -> IdColumn
 
 
 def _key_problem(
-    store: SQLFieldStore,
+    store: SQLTable,
     keys: list[Any],
     deterministic: bool,
     collation: str,
@@ -283,7 +285,7 @@ def _key_problem(
     )
 
 
-def _type_problem(store: SQLFieldStore, sql_type: str) -> str:
+def _type_problem(store: SQLTable, sql_type: str) -> str:
     """Why a jsonb id (or an array of them, or a domain over either) is refused: psycopg reads
     each id as a Python dict, list, number or string, which it cannot pass back as that jsonb
     (a dict cannot be adapted; the list [1] goes as smallint[]), so the second batch's read
@@ -298,7 +300,7 @@ def _type_problem(store: SQLFieldStore, sql_type: str) -> str:
     )
 
 
-def _kind_problem(store: SQLFieldStore, kind: str, children: int) -> str | None:
+def _kind_problem(store: SQLTable, kind: str, children: int) -> str | None:
     """Why a relation of this kind cannot be read whole by id, or None."""
     table, name = store.target.table, store.target.id_column
     if kind == "v":
@@ -319,7 +321,7 @@ def _kind_problem(store: SQLFieldStore, kind: str, children: int) -> str | None:
     return None
 
 
-def _check_writable(store: SQLFieldStore) -> None:
+def _check_writable(store: SQLTable) -> None:
     with store._errors("check write access"):
         cursor = store.connection.cursor()
         cursor.execute("SHOW transaction_read_only")

@@ -15,13 +15,9 @@ from typing import Any
 from urllib.parse import unquote
 
 from heimdall_kms.errors import StoreError
-from heimdall_kms.store._sql import (
-    Dialect,
-    IdColumn,
-    SQLFieldStore,
-    python_bytes,
-    view_problem,
-)
+from heimdall_kms.store._dialect import Dialect, IdColumn, python_bytes, view_problem
+from heimdall_kms.store._sql import SQLFieldStore
+from heimdall_kms.store._table import SQLTable
 from heimdall_kms.store.base import Target
 
 __all__ = ["open_sqlite", "sqlite_path"]
@@ -106,7 +102,7 @@ def open_sqlite(url: str, target: Target) -> SQLFieldStore:
     )
 
 
-def _describe(store: SQLFieldStore) -> dict[str, Any]:
+def _describe(store: SQLTable) -> dict[str, Any]:
     """Each column's ``PRAGMA table_info`` row (cid, name, type, notnull, dflt_value, pk), by
     name: the id check reads its own from these."""
     with store._errors("inspect the table"):
@@ -114,7 +110,7 @@ def _describe(store: SQLFieldStore) -> dict[str, Any]:
     return {str(row[1]): row for row in rows}
 
 
-def _pragma(cursor: Any, store: SQLFieldStore, name: str, argument: str) -> list[Any]:
+def _pragma(cursor: Any, store: SQLTable, name: str, argument: str) -> list[Any]:
     """The rows of ``PRAGMA [schema.]name(argument)`` in the target's schema, through the
     pragma's table-valued function: the argument (an index's name may hold any character)
     and the schema travel as parameters. The schema of a qualified name (``main.t``,
@@ -128,11 +124,11 @@ def _pragma(cursor: Any, store: SQLFieldStore, name: str, argument: str) -> list
     return list(cursor.fetchall())
 
 
-def _table_name(store: SQLFieldStore) -> str:
+def _table_name(store: SQLTable) -> str:
     return store.target.table.rpartition(".")[2]
 
 
-def _id_column(store: SQLFieldStore, described: Mapping[str, Any]) -> IdColumn:
+def _id_column(store: SQLTable, described: Mapping[str, Any]) -> IdColumn:
     """Unique: the rowid, or the one column of a unique index that is not partial and
     compares as the reads do (see :func:`_same_order`). Not null: declared NOT NULL, or the
     rowid. A view is refused for what it is: nothing proves its rows' ids unique."""
@@ -166,7 +162,7 @@ def _id_column(store: SQLFieldStore, described: Mapping[str, Any]) -> IdColumn:
     )
 
 
-def _schema_entry(cursor: Any, store: SQLFieldStore) -> tuple[str, str]:
+def _schema_entry(cursor: Any, store: SQLTable) -> tuple[str, str]:
     """The target's type ("table" or "view") and its ``CREATE`` statement, from the schema
     an unqualified name is found in first (temp, then main)."""
     schema = store.target.table.rpartition(".")[0]
@@ -196,7 +192,7 @@ def _is_rowid(columns: list[Any], indexes: list[Any], name: str) -> bool:
 
 
 def _unique_keys(
-    cursor: Any, store: SQLFieldStore, indexes: list[Any], name: str
+    cursor: Any, store: SQLTable, indexes: list[Any], name: str
 ) -> list[tuple[str, str]]:
     """Name and collation of each unique index, not partial, on the column alone (the
     primary key's and the UNIQUE constraints' included)."""
@@ -210,7 +206,7 @@ def _unique_keys(
     return keys
 
 
-def _declared_collation(store: SQLFieldStore, sql: str) -> str:
+def _declared_collation(store: SQLTable, sql: str) -> str:
     """The collation the column compares with (``id > ?``, ``ORDER BY id``, ``id = ?``):
     its declared one. SQLite gives an index column without COLLATE its column's collation,
     so the table's own ``CREATE TABLE`` is run in an empty in-memory database and an index
@@ -277,7 +273,7 @@ def _same_order(column: str, index: str) -> bool:
     return column in (index, "BINARY")
 
 
-def _check_writable(store: SQLFieldStore) -> None:
+def _check_writable(store: SQLTable) -> None:
     with store._errors("write (is the database read-only?)"):
         cursor = store.connection.cursor()
         cursor.execute("PRAGMA query_only")
