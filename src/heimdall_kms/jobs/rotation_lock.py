@@ -9,6 +9,9 @@ it (docs/rotation.md). Which lock:
 * otherwise: an ``flock`` on ``HMD_ROTATION_LOCK_FILE``, by default
   ``heimdall-kms-rotate-<key>.lock`` next to the audit log file (the temporary directory
   (``/tmp``) when the audit log is not a file). This serialises the schedulers of one host only.
+  The path is found when the lock is taken, not before: a run that finds nothing due needs no
+  lock file, and a host without a usable temporary directory is a ``ConfigurationError``
+  naming ``HMD_ROTATION_LOCK_FILE``.
 """
 
 from __future__ import annotations
@@ -37,8 +40,7 @@ def rotation_lock(settings: Settings, kms: KeyAdmin) -> RotationLock:
     url = settings.database_url
     if url is not None and url.startswith(("postgresql://", "postgres://")):
         return lambda: _advisory(url, key)
-    path = lock_file_path(settings, key)
-    return lambda: _flocked(path)
+    return lambda: _flocked(lock_file_path(settings, key))
 
 
 def lock_file_path(settings: Settings, key: str) -> Path:
@@ -47,9 +49,20 @@ def lock_file_path(settings: Settings, key: str) -> Path:
         return Path(configured)
     audit = settings.audit_log
     is_file = audit != "stderr" and "://" not in audit
-    directory = Path(audit).parent if is_file else Path(tempfile.gettempdir())
+    directory = Path(audit).parent if is_file else _temporary_directory()
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return directory / f"heimdall-kms-rotate-{digest}.lock"
+
+
+def _temporary_directory() -> Path:
+    try:
+        return Path(tempfile.gettempdir())
+    except FileNotFoundError:  # no candidate directory is writable (a read-only root)
+        raise ConfigurationError(
+            "HMD_ROTATION_LOCK_FILE: not set, the audit log is not a file and there is no "
+            "writable temporary directory for the rotation lock; set it to a writable path "
+            "(or HMD_DATABASE_URL to PostgreSQL)"
+        ) from None
 
 
 @contextlib.contextmanager
