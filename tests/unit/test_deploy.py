@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from heimdall_kms.cli import cli
+from heimdall_kms.errors import ConfigurationError, IncompleteError, InvalidInputError, StoreError
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -39,6 +40,15 @@ KINDS = {
 }
 # Applied on purpose, never by `kubectl apply -k`: example Secrets, the one-off migration Job.
 ON_DEMAND = {"secret.example.yaml", "job-migrate.yaml"}
+# Exit codes a rerun cannot change (docs/cli.md): a bad option, values failed, a bad argument,
+# the store (wrong table/column), a setting. Retrying them only repeats the failure.
+FINAL_EXIT_CODES = {
+    2,
+    IncompleteError.exit_code,
+    InvalidInputError.exit_code,
+    StoreError.exit_code,
+    ConfigurationError.exit_code,
+}
 # A command starts a line (after an optional "$ "), or follows a path's /bin/, "; ", "&& ",
 # "-- " or "(": so that prose such as "Description=Daily heimdall-kms rotation check" is not one.
 _COMMAND = re.compile(
@@ -130,6 +140,35 @@ def test_pods_reference_what_exists_and_run_locked_down() -> None:
             assert env["HMD_VAULT_K8S_ROLE"] == spec["serviceAccountName"], name
 
 
+def test_every_read_only_pod_has_a_writable_tmp() -> None:
+    # Python's tempfile (and the rotation lock file's default) needs one: without it a
+    # container with a read-only root fails with "No usable temporary directory".
+    for name, spec in pod_specs():
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for container in spec["containers"]:
+            if not container["securityContext"].get("readOnlyRootFilesystem"):
+                continue
+            mounts = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+            assert len(mounts) == 1, (name, container["name"])
+            (tmp,) = mounts
+            assert not tmp.get("readOnly"), (name, container["name"])
+            assert "emptyDir" in volumes[tmp["name"]], (name, container["name"])
+
+
+def test_the_rotation_cronjob_takes_the_postgresql_lock() -> None:
+    # A lock file in one pod's /tmp serialises nothing across pods; the advisory lock on the
+    # database does (docs/rotation.md).
+    secrets = {d["metadata"]["name"]: d for d in by_kind("Secret")}
+    (rotate,) = [d for d in by_kind("CronJob") if d["metadata"]["name"] == "heimdall-kms-rotate"]
+    (container,) = rotate["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    urls = [
+        secrets[source["secretRef"]["name"]]["stringData"].get("HMD_DATABASE_URL", "")
+        for source in container["envFrom"]
+        if "secretRef" in source
+    ]
+    assert any(url.startswith(("postgresql://", "postgres://")) for url in urls), urls
+
+
 def test_no_vault_credential_is_in_any_manifest() -> None:
     for path, doc in documents():
         for section in ("data", "stringData"):
@@ -201,6 +240,28 @@ class TestMigrationWorkers:
         ]
         assert set(legacy["stringData"]) == {"HMD_PII_MASTER_KEY"}
 
+    def test_each_job_worker_pushes_its_own_metrics_group(self) -> None:
+        # A push replaces its group: N workers under one --metrics-job keep only the last.
+        (job,) = by_kind("Job")
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        args = container["args"]
+        assert (
+            args[args.index("--metrics-job") + 1] == "heimdall-kms-migrate-w$(JOB_COMPLETION_INDEX)"
+        )
+        # $(VAR) in args expands only a variable declared in the container's env.
+        assert "JOB_COMPLETION_INDEX" in {e["name"] for e in container["env"]}
+
+    def test_a_final_exit_code_fails_its_index_without_retries(self) -> None:
+        (job,) = by_kind("Job")
+        spec = job["spec"]
+        assert spec["backoffLimitPerIndex"] >= 1  # FailIndex needs per-index backoff
+        (container,) = spec["template"]["spec"]["containers"]
+        (rule,) = spec["podFailurePolicy"]["rules"]
+        assert rule["action"] == "FailIndex"
+        codes = rule["onExitCodes"]
+        assert codes["containerName"] == container["name"]
+        assert codes["operator"] == "In" and set(codes["values"]) == FINAL_EXIT_CODES
+
     def test_the_systemd_template_runs_one_worker_per_instance(self) -> None:
         unit = DEPLOY / "systemd" / "heimdall-kms-migrate@.service"
         lines = unit.read_text(encoding="utf-8").splitlines()
@@ -211,8 +272,23 @@ class TestMigrationWorkers:
         assert path == ["migrate"]
         check_options(command, rest)
         assert rest[rest.index("--run-id") + 1] == "migrate-w%i"
+        assert rest[rest.index("--metrics-job") + 1] == "heimdall-kms-migrate-w%i"
         assert "Type=exec" in lines and "Restart=on-failure" in lines
         assert any(line.startswith("EnvironmentFile=") for line in lines)
+        (prevent,) = [line for line in lines if line.startswith("RestartPreventExitStatus=")]
+        assert {int(code) for code in prevent.split("=", 1)[1].split()} == FINAL_EXIT_CODES
+
+
+def test_every_environment_file_a_unit_reads_is_documented() -> None:
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    example = (DEPLOY / "systemd" / "kms.env.example").read_text(encoding="utf-8")
+    units = sorted((DEPLOY / "systemd").glob("*.service"))
+    assert units
+    for unit in units:
+        for line in unit.read_text(encoding="utf-8").splitlines():
+            if line.startswith("EnvironmentFile="):
+                path = line.split("=", 1)[1].lstrip("-")
+                assert path in readme and path in example, (unit.name, path)
 
 
 def test_the_dockerfile_runs_as_non_root_with_the_cli_as_entrypoint() -> None:
