@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -25,21 +25,28 @@ from tests.integration.test_migrate_faults import (
 from tests.servers import OpenBao
 
 
-def hold_row_lock(url: str, table: str, row_id: int, seconds: float) -> threading.Event:
-    """An application transaction that locks one row (SELECT ... FOR UPDATE) for a while;
-    the returned event is set once the lock is held."""
-    held = threading.Event()
+def hold_row_lock(url: str, table: str, row_id: int, seconds: float) -> Callable[[], None]:
+    """An application transaction that locks one row (SELECT ... FOR UPDATE) for ``seconds``,
+    held once this returns; the returned function lets go of it earlier (and waits until the
+    transaction has committed)."""
+    held, release = threading.Event(), threading.Event()
 
     def run() -> None:
         with psycopg.connect(url) as db:
             db.execute(f"SELECT ssn FROM {table} WHERE id = %s FOR UPDATE", [row_id])
             held.set()
-            time.sleep(seconds)
+            release.wait(seconds)
             db.commit()
 
-    threading.Thread(target=run, daemon=True).start()
+    holder = threading.Thread(target=run, daemon=True)
+    holder.start()
     assert held.wait(10)
-    return held
+
+    def let_go() -> None:
+        release.set()
+        holder.join()
+
+    return let_go
 
 
 def migrate_args(table: UserTable) -> list[str]:
@@ -66,7 +73,7 @@ class TestRowsLockedByTheApplication:
         table = UserTable.create("postgres-text", tmp_path, postgres_url)
         table.insert(legacy_rows(500))
         env = {**local_env(tmp_path), "HMD_JOB_STALL_SECONDS": "3"}
-        hold_row_lock(postgres_url, table.table, 250, seconds=15)
+        let_go = hold_row_lock(postgres_url, table.table, 250, seconds=60)
         run = cli([*migrate_args(table), "--batch-size", "100", "--json"], env)
         out, err = run.communicate(timeout=120)
         assert run.returncode == 3, err.decode()
@@ -78,7 +85,7 @@ class TestRowsLockedByTheApplication:
         ]
         assert len(lines) == 1
         assert "1 rows of" in lines[0] and "locked by another transaction" in lines[0]
-        time.sleep(13)  # the application lets go; the rerun finishes
+        let_go()  # the application lets go (held through the whole run); the rerun finishes
         rerun = cli([*migrate_args(table), "--json"], env)
         out, err = rerun.communicate(timeout=120)
         assert rerun.returncode == 0, err.decode()
