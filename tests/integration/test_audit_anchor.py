@@ -3,12 +3,15 @@
 dev keyring, and PostgreSQL anchors created with the documented SQL.
 
 Every scenario writes events with anchoring on through the facade (as an application would),
-damages what a host root could damage (the log, its checkpoint files) and runs the installed
-``heimdall-kms audit verify --anchor``.
+damages what a host root could damage (the log, its checkpoint files) and runs
+``heimdall-kms audit verify --anchor``: in this process (the CLI's ``main``, with the
+environment the installed command would get), and as the installed command for one scenario
+per signer (an installed run costs a second or more of imports).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
@@ -18,7 +21,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,7 @@ from heimdall_kms.audit.checkpoint import (
 )
 from heimdall_kms.audit.cloud_signers import AzureSigner, GCPSigner
 from heimdall_kms.audit.signers import AWSSigner, LocalSigner, VaultSigner
+from heimdall_kms.cli import main
 from heimdall_kms.metrics import default_metrics
 from heimdall_kms.providers.local import LocalKeyring
 from tests.contract.backends.azure import ADMIN as AZURE_ADMIN
@@ -302,14 +307,17 @@ class World:
             **extra,
         }
 
-    def verify(self, **extra: str) -> subprocess.CompletedProcess[bytes]:
+    def verify(
+        self, *, installed: bool = False, **extra: str
+    ) -> subprocess.CompletedProcess[bytes]:
+        """``audit verify --anchor`` as the verifier: in this process, or ``installed``."""
         args = ["audit", "verify", str(self.log), "--anchor", self.anchor.reader_url, "--json"]
-        return run_cli(args, self.verifier_env(**extra))
+        return (run_cli if installed else run_in_process)(args, self.verifier_env(**extra))
 
     def compliance(self) -> dict[str, dict[str, object]]:
         """The compliance report's anchor evidence and its log-protection control."""
         args = ["compliance", "report", "--anchor", self.anchor.reader_url, "--json"]
-        done = run_cli(args, self.verifier_env())
+        done = run_in_process(args, self.verifier_env())
         assert done.returncode == 0, done.stderr
         document = json.loads(done.stdout)
         (control,) = [
@@ -317,8 +325,10 @@ class World:
         ]
         return {"evidence": document["evidence"]["audit_anchor"], "control": control}
 
-    def report(self, **extra: str) -> tuple[int, dict[str, object], str]:
-        done = self.verify(**extra)
+    def report(
+        self, *, installed: bool = False, **extra: str
+    ) -> tuple[int, dict[str, object], str]:
+        done = self.verify(installed=installed, **extra)
         stdout = done.stdout.decode()
         return done.returncode, json.loads(stdout) if stdout else {}, done.stderr.decode()
 
@@ -329,6 +339,23 @@ class World:
     @property
     def sidecar(self) -> Path:
         return checkpoints_path(self.log)
+
+
+def run_in_process(args: Sequence[str], env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    """The CLI's ``main`` in this process, with the environment :func:`run_cli` gives the
+    installed command (this process's without HMD_* and VAULT_*, plus ``env``), restored
+    afterwards; its exit code and output as a finished process's."""
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith(("HMD_", "VAULT_"))]:
+            patch.delenv(name)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main(list(args))
+    return subprocess.CompletedProcess(
+        list(args), code, out.getvalue().encode(), err.getvalue().encode()
+    )
 
 
 def _world(backend: Backend, anchor: Anchor, tmp_path: Path) -> World:
@@ -347,7 +374,7 @@ class TestAnchoredVerify:
     def test_the_untouched_log_of_two_runs_verifies(self, world: World) -> None:
         world.write(4)
         world.write(3)
-        code, report, stderr = world.report()
+        code, report, stderr = world.report(installed=True)
         assert code == 0, stderr
         assert report["result"] == "intact" and report["lines"] == 7
         assert report["checkpoints"] == report["anchored_checkpoints"] == 2
