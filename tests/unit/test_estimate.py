@@ -6,7 +6,14 @@ import pytest
 
 from heimdall_kms.config import ProviderName
 from heimdall_kms.drill.report import DrillReport
-from heimdall_kms.jobs.estimate import SLA_SECONDS, Projection, TargetCount, values_per_request
+from heimdall_kms.jobs.estimate import (
+    SLA_SECONDS,
+    MeasuredRate,
+    Projection,
+    TargetCount,
+    Verdict,
+    values_per_request,
+)
 from heimdall_kms.providers.base import Batching
 
 
@@ -42,6 +49,54 @@ class TestProjection:
         assert found.to_dict()["projected_seconds"] is None
         assert "forever" in found.summary()
         assert found.sla_seconds == SLA_SECONDS
+
+
+class TestARateThatLeavesWorkOut:
+    """A rate measured without a target database's own reads and writes is an upper bound:
+    the time is at least what it says, and "within" is never claimed from it."""
+
+    def unmeasured(self, values: int, rate: float) -> Projection:
+        targets = (TargetCount("t.ssn", values),)
+        return Projection(targets, rate, "measured", unmeasured=("t.ssn (PostgreSQL)",))
+
+    def test_under_the_sla_it_is_unconfirmed_not_within(self) -> None:
+        found = self.unmeasured(8_000_000, rate=1000)
+        assert found.verdict is Verdict.UNCONFIRMED and found.within_sla is False
+        assert found.summary() == (
+            "projected at least 2h 13m for 8,000,000 values at a rate of at most 1,000/s: NOT "
+            "CONFIRMED "
+            "against the 24 h SLA: the rate leaves out the database reads and writes of t.ssn "
+            "(PostgreSQL); time a migration of a copy of the table to confirm it"
+        )
+        assert found.to_dict()["lower_bound"] is True
+        assert found.to_dict()["verdict"] == "unconfirmed"
+
+    def test_over_the_sla_it_is_over_all_the_more(self) -> None:
+        found = self.unmeasured(86_400_001, rate=1000)
+        assert found.verdict is Verdict.OVER and found.within_sla is False
+        assert "projected at least 24h 00m" in found.summary()
+        assert "OVER the 24 h SLA" in found.summary()
+
+    def test_nothing_to_do_is_within(self) -> None:
+        assert self.unmeasured(0, rate=1000).verdict is Verdict.WITHIN
+
+
+class TestMeasuredRate:
+    def test_the_rate_and_the_spread_of_its_batches(self) -> None:
+        found = MeasuredRate(4000, 2.0, (1500.0, 2500.0, 2000.0))
+        assert found.rate == 2000
+        assert found.spread() == "batches 1,500-2,500/s (median 2,000)"
+        assert found.to_dict() == {
+            "values": 4000,
+            "seconds": 2.0,
+            "batches": 3,
+            "batch_rate_min": 1500.0,
+            "batch_rate_median": 2000.0,
+            "batch_rate_max": 2500.0,
+        }
+
+    def test_no_values_no_rate(self) -> None:
+        assert MeasuredRate(0, 0.0).rate == 0.0 and MeasuredRate(0, 0.0).spread() == ""
 
 
 class TestDrillReportProjection:

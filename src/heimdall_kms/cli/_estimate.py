@@ -4,34 +4,45 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
-from heimdall_kms.cli._targets import TargetSpec, checked_stores
-from heimdall_kms.composition import Caller, load_provider, memory_crypto
+from heimdall_kms.cli._targets import TargetSpec, checked_stores, resolve
+from heimdall_kms.composition import load_provider
 from heimdall_kms.config import Settings
+from heimdall_kms.drill.sample import measure_migration
 from heimdall_kms.jobs.census import Census, take_census
 from heimdall_kms.jobs.classify import ValueKind
-from heimdall_kms.jobs.estimate import (
-    Projection,
-    TargetCount,
-    measure_encrypt_rate,
-    values_per_request,
-)
+from heimdall_kms.jobs.estimate import MeasuredRate, Projection, TargetCount, values_per_request
 from heimdall_kms.jobs.migrate import check_settings
 
-__all__ = ["SAMPLE_VALUES", "count_targets", "estimate_migration"]
+__all__ = ["Counted", "count_targets", "estimate_migration"]
 
-SAMPLE_VALUES = 1000
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """The targets' counts; ``unmeasured``: those in a database whose own reads and writes a
+    rate measured on SQLite leaves out (every target of a PostgreSQL database)."""
+
+    targets: tuple[TargetCount, ...] = ()
+    unmeasured: tuple[str, ...] = ()
 
 
 def count_targets(
     spec: TargetSpec, count: Callable[[Census], int], *, required: bool = True
-) -> list[TargetCount]:
+) -> Counted:
     """``count`` of each target's census (read-only: no write, no KMS call)."""
+    if not required and not spec.names_targets:
+        return Counted()
+    url, _ = resolve(spec)
     with checked_stores(spec, writable=False, required=required) as stores:
-        return [_count(census, count) for census in map(take_census, stores)]
+        counts = tuple(_count(census, count) for census in map(take_census, stores))
+    sqlite = url.startswith("sqlite:///")
+    return Counted(counts, () if sqlite else tuple(f"{c.target} (PostgreSQL)" for c in counts))
 
 
 def _count(census: Census, count: Callable[[Census], int]) -> TargetCount:
@@ -43,29 +54,38 @@ def estimate_migration(spec: TargetSpec, batch_size: int, rate_limit: float, as_
     """Project the migration of the legacy values of every target; change nothing."""
     settings = Settings.from_env(os.environ)
     check_settings(settings)
-    counts = count_targets(spec, lambda census: census.legacy)
-    kms = load_provider(settings, caller=Caller.BACKGROUND)
+    counted = count_targets(spec, lambda census: census.legacy)
+    kms = load_provider(settings)
     try:
-        rate = measure_encrypt_rate(
-            memory_crypto(settings, kms), sample=SAMPLE_VALUES, batch_size=batch_size
-        )
-        source = (
-            f"{SAMPLE_VALUES:,} synthetic values sealed through {kms.name.value} in batches of "
-            f"{batch_size}, one process (database reads and writes not included)"
-        )
-        per_request = values_per_request(kms, batch_size)
+        provider, per_request = kms.name.value, values_per_request(kms, batch_size)
     finally:
         kms.close()
+    with tempfile.TemporaryDirectory(prefix="heimdall-estimate-") as where:
+        sample = measure_migration(settings, Path(where), batch_size=batch_size)
+    rate, source = sample.rate, _source(sample, provider, batch_size)
     if rate_limit and rate_limit * per_request < rate:
         rate = rate_limit * per_request
         source += (
             f"; capped by --rate-limit at {rate_limit:g} requests/s x {per_request} values "
             "per request"
         )
-    projection = Projection(tuple(counts), rate, source)
+    projection = Projection(
+        counted.targets, rate, source, unmeasured=counted.unmeasured, sample=sample
+    )
     if as_json:
         click.echo(json.dumps({"job": "migrate", "estimate": True, **projection.to_dict()}))
     else:
         click.echo("migrate estimate (nothing was changed): legacy values to migrate")
         for line in projection.lines():
             click.echo(line)
+
+
+def _source(sample: MeasuredRate, provider: str, batch_size: int) -> str:
+    spread = sample.spread()
+    return (
+        f"a real migration of {sample.values:,} seeded legacy values in batches of "
+        f"{batch_size} through {provider} ({sample.values / batch_size:.0f} batches, "
+        f"{sample.seconds:.2f}s{', ' + spread if spread else ''}): read, decrypt with a "
+        "throwaway env key, seal, compare-and-swap, journal, audit, commit, in a throwaway "
+        "SQLite database, one process"
+    )

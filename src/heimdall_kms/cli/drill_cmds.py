@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -85,18 +86,37 @@ def compromise(
 ) -> None:
     """The P1 key-compromise runbook: rotate, fully re-encrypt, retire, prove, blast radius.
 
-    With target options (--table/--column or --targets), it also projects the full
-    re-encryption of those targets' kms_v1 values (counted read-only by their census) at the
-    rate the drill measured, against the 24 h SLA; the targets are never written.
+    It also projects the full re-encryption of the configured targets' kms_v1 values (counted
+    read-only by their census) at the rate the drill measured, against the 24 h SLA: the
+    targets the options name (--table/--column or --targets), else those of the admin API's
+    targets file (HMD_ADMIN_TARGETS_FILE). The targets are never written.
     """
-    targets = count_targets(spec, lambda census: census.kinds[ValueKind.KMS_V1], required=False)
-    _run(
-        "compromise",
-        lambda env: run_compromise_drill(env, records=records, targets=targets),
-        workdir=workdir,
-        report_dir=report_dir,
-        as_json=as_json,
-    )
+    spec = _configured(spec)
+    counted = count_targets(spec, lambda census: census.kinds[ValueKind.KMS_V1], required=False)
+
+    def run(env: DrillEnvironment) -> DrillReport:
+        report = run_compromise_drill(
+            env, records=records, targets=counted.targets, unmeasured=counted.unmeasured
+        )
+        if not spec.names_targets:
+            report.projection_note = _NO_TARGETS
+        return report
+
+    _run("compromise", run, workdir=workdir, report_dir=report_dir, as_json=as_json)
+
+
+_NO_TARGETS = (
+    "no targets are configured, so nothing was projected: name them with --table/--column "
+    "or --targets FILE, or set HMD_ADMIN_TARGETS_FILE"
+)
+
+
+def _configured(spec: TargetSpec) -> TargetSpec:
+    """``spec``, or where it names no target, the admin API's targets file if one is set."""
+    configured = os.environ.get("HMD_ADMIN_TARGETS_FILE")
+    if spec.names_targets or not configured:
+        return spec
+    return replace(spec, targets_file=Path(configured))
 
 
 @drill.command("rotation")

@@ -10,7 +10,6 @@ refused: creating keys there costs money and days-long deletion windows.
 from __future__ import annotations
 
 import secrets
-import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -23,17 +22,16 @@ from heimdall_kms.audit.signers import signer_from_settings
 from heimdall_kms.audit.verify import verify
 from heimdall_kms.composition import build_crypto
 from heimdall_kms.config import EncryptionMode, ProviderName, Secret, Settings
+from heimdall_kms.drill.sample import TABLE, ScratchTable
 from heimdall_kms.errors import ConfigurationError, IncompleteError, InvalidInputError
 from heimdall_kms.metrics import Metrics, unexported_metrics
 from heimdall_kms.primitives import new_dek
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.providers.local import LocalDevProvider, LocalKeyring
 from heimdall_kms.service import Crypto
-from heimdall_kms.store import FieldStore, Target, open_store
+from heimdall_kms.store import FieldStore, Target
 
-__all__ = ["DrillEnvironment", "drill_environment"]
-
-TABLE = "drill_customers"
+__all__ = ["TABLE", "DrillEnvironment", "drill_environment"]
 
 
 @dataclass
@@ -48,15 +46,18 @@ class DrillEnvironment:
     metrics: Metrics  # the drill's, exported nowhere
 
     @property
+    def table(self) -> ScratchTable:
+        return ScratchTable(self.database)
+
+    @property
     def target(self) -> Target:
-        return Target(TABLE, "ssn")
+        return self.table.target
 
     def store(self) -> FieldStore:
-        return open_store(f"sqlite:///{self.database}", self.target)
+        return self.table.store()
 
     def create_table(self) -> None:
-        with sqlite3.connect(self.database) as db:
-            db.execute(f"CREATE TABLE {TABLE} (id TEXT PRIMARY KEY, ssn TEXT)")
+        self.table.create()
 
     def verify_audit(self) -> dict[str, object]:
         """The drill's audit chain verified and, when checkpoints are signed, its last head
@@ -83,12 +84,10 @@ class DrillEnvironment:
         return chain
 
     def values(self) -> dict[str, str]:
-        with sqlite3.connect(self.database) as db:
-            return dict(db.execute(f"SELECT id, ssn FROM {TABLE}"))  # noqa: S608
+        return self.table.values()
 
     def put(self, rows: Mapping[str, str]) -> None:
-        with sqlite3.connect(self.database) as db:
-            db.executemany(f"INSERT INTO {TABLE} VALUES (?, ?)", rows.items())  # noqa: S608
+        self.table.put(rows)
 
 
 @contextmanager

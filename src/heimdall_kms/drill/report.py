@@ -37,6 +37,8 @@ class DrillReport:
     findings: dict[str, Any] = field(default_factory=dict)
     # The re-encryption of the configured targets, projected from the drill's measured rate.
     projection: Projection | None = None
+    # Why there is no projection (no targets configured), where the drill makes one.
+    projection_note: str | None = None
 
     @contextmanager
     def step(self, name: str) -> Iterator[Step]:
@@ -108,6 +110,7 @@ class DrillReport:
                 for name, limit in self.slas.items()
             ],
             "projection": None if self.projection is None else self.projection.to_dict(),
+            **({"projection_note": self.projection_note} if self.projection_note else {}),
             "findings": self.findings,
         }
 
@@ -130,7 +133,8 @@ class DrillReport:
 
     def _projection_section(self) -> list[str]:
         if self.projection is None:
-            return []
+            note = self.projection_note
+            return ["", "## Projection for the configured targets", "", note] if note else []
         return ["", "## Projection for the configured targets", "", *self.projection.lines()]
 
     def write(self, directory: Path) -> tuple[Path, Path]:

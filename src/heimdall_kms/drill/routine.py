@@ -11,6 +11,7 @@ from heimdall_kms.config import EncryptionMode
 from heimdall_kms.drill.compromise import seed
 from heimdall_kms.drill.environment import DrillEnvironment
 from heimdall_kms.drill.report import DrillReport
+from heimdall_kms.drill.sample import seed_legacy
 from heimdall_kms.envelope import KmsV1Envelope, parse
 from heimdall_kms.errors import IntegrityError, KeyVersionRetiredError, ModeViolationError
 from heimdall_kms.jobs.census import take_census
@@ -115,15 +116,7 @@ def run_migration_drill(env: DrillEnvironment, *, records: int = 500) -> DrillRe
     state: dict[str, object] = {}
 
     def do_seed() -> dict[str, object]:
-        old_engine = build_crypto(
-            replace(env.settings, mode=EncryptionMode.LEGACY),
-            kms=None,
-            audit=env.audit,
-            metrics=env.metrics,
-            default_actor="legacy-engine",
-        )
-        sealed = old_engine.encrypt_many([(text, {}) for text in plain.values()])
-        env.put({row: e.to_json() for row, e in zip(plain, sealed, strict=True)})
+        seed_legacy(env.settings, env.table, plain, env.audit, env.metrics)
         return {"legacy_values": records}
 
     def do_migrate(dry_run: bool) -> dict[str, object]:
