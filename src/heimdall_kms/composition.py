@@ -24,13 +24,13 @@ import dataclasses
 from enum import StrEnum
 
 from heimdall_kms import modes
-from heimdall_kms.audit import AuditSink, MemoryAuditSink, open_sink
+from heimdall_kms.audit import AuditSink, open_sink
 from heimdall_kms.audit.sink import FailureCountingSink
 from heimdall_kms.config import ProviderName, Settings, WriteFormat
 from heimdall_kms.jobs.metered import MeteredProvider
 from heimdall_kms.jobs.rate import TokenBucket
 from heimdall_kms.jobs.services import JobServices
-from heimdall_kms.metrics import Metrics, default_metrics, unexported_metrics
+from heimdall_kms.metrics import Metrics, default_metrics
 from heimdall_kms.providers import KeyManagementService, KeyWrapper, open_provider
 from heimdall_kms.providers.resilient import CircuitBreaker, ResilientProvider, RetryPolicy
 from heimdall_kms.service import Crypto
@@ -44,7 +44,6 @@ __all__ = [
     "job_services",
     "legacy_writer",
     "load_provider",
-    "memory_crypto",
 ]
 
 # botocore, google-api-core and azure-core already retry each request with backoff; doing it
@@ -176,9 +175,3 @@ def job_services(
         settings.kms_propagation_seconds,
         legacy_writer(settings, kms, audit, metrics),
     )
-
-
-def memory_crypto(settings: Settings, kms: KeyManagementService) -> Crypto:
-    """A facade whose events stay in memory and whose metrics are exported nowhere: for a
-    measurement over synthetic values (``migrate --estimate``), never for stored data."""
-    return build_crypto(settings, kms=kms, audit=MemoryAuditSink(), metrics=unexported_metrics())

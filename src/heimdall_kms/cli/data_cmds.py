@@ -68,8 +68,9 @@ _RUN_ID = click.option("--run-id", help="Name the run (default: generated); the 
 @click.option(
     "--estimate",
     is_flag=True,
-    help="Project the run's duration against the 24 h SLA (census counts and a timed sample "
-    "of synthetic values through the KMS); write nothing.",
+    help="Project the run's duration against the 24 h SLA (census counts, and a timed real "
+    "migration of seeded values through the KMS in a throwaway SQLite database); write nothing "
+    "to the targets, journal or audit log.",
 )
 @_RATE_LIMIT
 @_RUN_ID
