@@ -12,6 +12,7 @@ import heimdall_kms
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.audit.verify import verify
 from heimdall_kms.cli import main
+from heimdall_kms.composition import job_provider
 from heimdall_kms.config import Settings
 from heimdall_kms.drill.sample import TABLE, measure_migration
 from heimdall_kms.jobs.census import take_census
@@ -149,7 +150,7 @@ class TestMeasureMigration:
         settings = Settings.from_env(os.environ)
         where = tmp_path / "sample"
         where.mkdir()
-        measured = measure_migration(settings, where, batch_size=500)
+        measured = measure_migration(settings, where, job_provider(settings), batch_size=500)
         assert measured.values == 4000 and len(measured.batch_rates) == 8  # at least 8 batches
         store = open_store(f"sqlite:///{where / 'sample.db'}", Target(TABLE, "ssn"))
         try:

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from heimdall_kms.cli._targets import TargetSpec, checked_stores, resolve
-from heimdall_kms.composition import load_provider
+from heimdall_kms.composition import job_provider
 from heimdall_kms.config import Settings
 from heimdall_kms.drill.sample import measure_migration
 from heimdall_kms.jobs.census import Census, take_census
@@ -55,13 +55,10 @@ def estimate_migration(spec: TargetSpec, batch_size: int, rate_limit: float, as_
     settings = Settings.from_env(os.environ)
     check_settings(settings)
     counted = count_targets(spec, lambda census: census.legacy)
-    kms = load_provider(settings)
-    try:
-        provider, per_request = kms.name.value, values_per_request(kms, batch_size)
-    finally:
-        kms.close()
+    kms = job_provider(settings)  # closed by the measurement
+    provider, per_request = kms.name.value, values_per_request(kms.inner, batch_size)
     with tempfile.TemporaryDirectory(prefix="heimdall-estimate-") as where:
-        sample = measure_migration(settings, Path(where), batch_size=batch_size)
+        sample = measure_migration(settings, Path(where), kms, batch_size=batch_size)
     rate, source = sample.rate, _source(sample, provider, batch_size)
     if rate_limit and rate_limit * per_request < rate:
         rate = rate_limit * per_request

@@ -16,10 +16,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from heimdall_kms.audit import AuditSink, open_sink
-from heimdall_kms.composition import build_crypto, job_provider, job_services
+from heimdall_kms.composition import build_crypto, job_services
 from heimdall_kms.config import EncryptionMode, Secret, Settings
 from heimdall_kms.errors import IntegrityError
 from heimdall_kms.jobs.estimate import MeasuredRate
+from heimdall_kms.jobs.metered import MeteredProvider
 from heimdall_kms.jobs.migrate import MigrationOptions, run_migration
 from heimdall_kms.jobs.report import TargetReport
 from heimdall_kms.jobs.services import JobServices
@@ -97,30 +98,36 @@ def synthetic_ssns(count: int) -> dict[str, str]:
     }
 
 
-def measure_migration(settings: Settings, workdir: Path, *, batch_size: int) -> MeasuredRate:
+def measure_migration(
+    settings: Settings, workdir: Path, kms: MeteredProvider, *, batch_size: int
+) -> MeasuredRate:
     """Time a real migration of :func:`sample_batches` batches of seeded legacy values
-    through the KMS of ``settings``, in a throwaway SQLite database in ``workdir`` (an empty
-    directory the caller deletes afterwards; see the module).
+    through ``kms`` (the provider of ``settings`` as a job uses it; closed here), in a
+    throwaway SQLite database in ``workdir`` (an empty directory the caller deletes
+    afterwards; see the module).
 
     Raises:
-        ConfigurationError: not in hybrid mode, or the provider cannot be built.
+        ConfigurationError: not in hybrid mode.
         KMSError, StoreError, AuditWriteError: the sample run stopped.
         IntegrityError: a sample value did not migrate.
     """
-    table = ScratchTable(workdir / "sample.db")
-    table.create()
-    # A throwaway env key and audit log: the configured ones are never used here.
-    sample = replace(
-        settings,
-        legacy_keys={settings.legacy_key_id: Secret(bytes(new_dek()))},
-        audit_log=str(workdir / "audit.log"),
-    )
-    metrics = unexported_metrics()
-    audit = open_sink(sample.audit_log)  # the run's events, chained, in ``workdir``
-    seed_legacy(
-        sample, table, synthetic_ssns(sample_batches(batch_size) * batch_size), audit, metrics
-    )
-    services = job_services(sample, job_provider(sample), audit, metrics, actor="heimdall-estimate")
+    try:
+        table = ScratchTable(workdir / "sample.db")
+        table.create()
+        # A throwaway env key and audit log: the configured ones are never used here.
+        sample = replace(
+            settings,
+            legacy_keys={settings.legacy_key_id: Secret(bytes(new_dek()))},
+            audit_log=str(workdir / "audit.log"),
+        )
+        metrics = unexported_metrics()
+        audit = open_sink(sample.audit_log)  # the run's events, chained, in ``workdir``
+        plain = synthetic_ssns(sample_batches(batch_size) * batch_size)
+        seed_legacy(sample, table, plain, audit, metrics)
+        services = job_services(sample, kms, audit, metrics, actor="heimdall-estimate")
+    except BaseException:
+        kms.close()
+        raise
     return _timed(services, table, MigrationOptions(batch_size, actor="heimdall-estimate"))
 
 
