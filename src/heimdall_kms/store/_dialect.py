@@ -27,19 +27,18 @@ class Dialect:
     json_column: bool = False  # PostgreSQL json/jsonb: read as text, write with a cast
     json_type: str = "jsonb"  # which of the two (json keeps its text; jsonb keeps a document)
     # A batch's compare-and-swap as one UPDATE ... FROM (VALUES ...) RETURNING per chunk of
-    # rows (PostgreSQL), instead of one statement per row.
+    # rows (PostgreSQL), instead of one statement per row; the statement journals the rows
+    # it updated itself (a data-modifying WITH).
     joins_swaps: bool = False
     # A cursor of the connection that takes the database's own numbered placeholders ($1,
     # $2, ...) as they are, for the joined swap: psycopg reads a query's %s placeholders
     # with a Python tokenizer, and caches what it read only for up to 50 parameters, so a
     # 250-row swap (1,000 parameters) was tokenized again every batch. None: ``param``.
     numbered_cursor: Callable[[Any], Any] | None = None
-    # psycopg's COPY writes many rows in one statement, formatted in C: the journal's rows
-    # cost a fifth of the CPU of one INSERT each.
-    copies: bool = False
-    # Without COPY, the journal's rows go in INSERTs of up to this many rows each: on SQLite
-    # one multi-row INSERT costs about two thirds of the CPU of a row at a time through
-    # executemany. 100 rows are 700 parameters, within SQLite's smallest limit (999).
+    # Where the swap does not journal (joins_swaps), the journal's rows go in INSERTs of up
+    # to this many rows each: on SQLite one multi-row INSERT costs about two thirds of the
+    # CPU of a row at a time through executemany. 100 rows are 700 parameters, within
+    # SQLite's smallest limit (999).
     journal_rows: int = 1
     # One row when the table named by the parameter exists (the journal, read before use).
     table_exists: str = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"

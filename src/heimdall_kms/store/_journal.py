@@ -52,11 +52,6 @@ class SQLJournal(SQLTable):
             self._write_journal(cursor, journal)
 
     def _write_journal(self, cursor: Any, rows: list[list[str | None]]) -> None:
-        if self.dialect.copies:
-            with cursor.copy(f"COPY {JOURNAL_TABLE} ({_JOURNAL_COLUMNS}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-            return
         size = self.dialect.journal_rows
         if size <= 1:
             cursor.executemany(self._journal_sql(), rows)

@@ -13,9 +13,9 @@ from typing import Any
 
 from heimdall_kms.errors import StoreError
 from heimdall_kms.store._dialect import Dialect, IdColumn
-from heimdall_kms.store._journal import SQLJournal
+from heimdall_kms.store._journal import _JOURNAL_COLUMNS, SQLJournal, now_rfc3339
 from heimdall_kms.store._table import Connection, SQLTable
-from heimdall_kms.store.base import Match, Row, Swap, Target
+from heimdall_kms.store.base import JOURNAL_TABLE, Match, Row, Swap, Target
 
 __all__ = ["SQLFieldStore"]
 
@@ -50,7 +50,7 @@ class SQLFieldStore(SQLJournal):
         self._ids = None
         # The joined swap's texts by (rows, id type): a full batch's is built once per run;
         # a few only (batches that lost rows to failures are of any size, memory stays flat).
-        self._joined: dict[tuple[int, str | None], str] = {}
+        self._joined: dict[tuple[int, str | None, bool], str] = {}
         q = dialect.quote
         self._t, self._c, self._id = q(target.table), q(target.column), q(target.id_column)
 
@@ -223,10 +223,12 @@ class SQLFieldStore(SQLJournal):
         )
 
     def apply_swaps(self, cursor: Any, swaps: Sequence[Swap], run_id: str | None) -> list[bool]:
-        swap = self._swap_joined if self.dialect.joins_swaps else self._swap_each
-        keys = swap(cursor, swaps)
-        if run_id is not None:
-            self._journal_swaps(cursor, swaps, keys, run_id)
+        if self.dialect.joins_swaps:
+            keys = self._swap_joined(cursor, swaps, run_id)  # journaled by the same statement
+        else:
+            keys = self._swap_each(cursor, swaps)
+            if run_id is not None:
+                self._journal_swaps(cursor, swaps, keys, run_id)
         return [key is not None for key in keys]
 
     def _swap_each(self, cursor: Any, swaps: Sequence[Swap]) -> list[str | None]:
@@ -240,49 +242,72 @@ class SQLFieldStore(SQLJournal):
         applied = self._holding_new_values(cursor, swaps)
         return [swap.row.key if done else None for swap, done in zip(swaps, applied, strict=True)]
 
-    def _swap_joined(self, cursor: Any, swaps: Sequence[Swap]) -> list[str | None]:
+    def _swap_joined(
+        self, cursor: Any, swaps: Sequence[Swap], run_id: str | None
+    ) -> list[str | None]:
         """Compare-and-swap the batch as one ``UPDATE ... FROM (VALUES ...)`` per chunk: each
-        row is updated where it still holds the value read, as the one-row statement does.
-        Returns, per swap, the database's own text of the id of the row it updated (the
-        journal's key: a restore reads it back in the column's type), None where it did not;
-        by each row's place in the chunk (not by comparing ids here: an id's Python value need
-        not equal itself, a float NaN for one)."""
+        row is updated where it still holds the value read, as the one-row statement does,
+        and (``run_id``) journaled by the same statement, from what it updated. Returns, per
+        swap, the database's own text of the id of the row it updated (the journal's key: a
+        restore reads it back in the column's type), None where it did not; by each row's
+        place in the chunk (not by comparing ids here: an id's Python value need not equal
+        itself, a float NaN for one)."""
         keys: list[str | None] = [None] * len(swaps)
         sql_type = self._id_type()
         numbered = self.dialect.numbered_cursor
         if numbered is not None:
             cursor = numbered(self.connection)  # the same connection, so its transaction
+        journal = (
+            [] if run_id is None else [run_id, self.target.table, self.target.column, now_rfc3339()]
+        )
         for start in range(0, len(swaps), _JOINED_ROWS):
             chunk = swaps[start : start + _JOINED_ROWS]
             cursor.execute(
-                self._joined_sql(len(chunk), sql_type),
+                self._joined_sql(len(chunk), sql_type, journaled=run_id is not None),
                 [
                     part
                     for n, swap in enumerate(chunk, start)
                     for part in (n, swap.row.id, swap.new_value, swap.row.value)
-                ],
+                ]
+                + journal,
             )
             for n, key in cursor.fetchall():
                 keys[n] = key
         return keys
 
-    def _joined_sql(self, rows: int, sql_type: str | None) -> str:
-        known = self._joined.get((rows, sql_type))
+    def _joined_sql(self, rows: int, sql_type: str | None, *, journaled: bool) -> str:
+        known = self._joined.get((rows, sql_type, journaled))
         if known is not None:
             return known
         dialect = self.dialect
         if dialect.numbered_cursor is not None:
             values = ",".join(self._joined_row(sql_type, 4 * n + 1) for n in range(rows))
+            run, table, column, created = (f"${4 * rows + i}::text" for i in range(1, 5))
         else:
             values = ",".join([self._joined_row(sql_type)] * rows)
+            run = table = column = created = f"{dialect.param}::text"
+        # The VALUES hold the texts as given (the journal keeps those); cast where they meet
+        # the column, as the one-row statement casts its parameters.
+        update = (
+            f"UPDATE {self._t} AS t SET {self._c} = {dialect.value('v.new')} "  # noqa: S608
+            f"FROM (VALUES {values}) AS v(n, id, new, old) "
+            f"WHERE t.{self._id} = v.id AND "
+            f"{dialect.holds(f't.{self._c}', dialect.compared('v.old'))} "
+        )
+        if journaled:
+            # A data-modifying WITH runs once, whether or not the outer query reads it: each
+            # row updated is journaled in this statement (no COPY, values not sent twice).
+            sql = (
+                f"WITH swapped AS ({update}RETURNING v.n, t.{self._id}::text AS key, v.old, "  # noqa: S608
+                f"v.new), journaled AS (INSERT INTO {JOURNAL_TABLE} ({_JOURNAL_COLUMNS}) "
+                f"SELECT {run}, {table}, {column}, key, old, new, {created} FROM swapped) "
+                "SELECT n, key FROM swapped"
+            )
+        else:
+            sql = f"{update}RETURNING v.n, t.{self._id}::text"
         if len(self._joined) >= _JOINED_TEXTS:
             self._joined.clear()
-        sql = self._joined[rows, sql_type] = (
-            f"UPDATE {self._t} AS t SET {self._c} = v.new "  # noqa: S608
-            f"FROM (VALUES {values}) AS v(n, id, new, old) "
-            f"WHERE t.{self._id} = v.id AND {dialect.holds(f't.{self._c}', 'v.old')} "
-            f"RETURNING v.n, t.{self._id}::text"
-        )
+        self._joined[rows, sql_type, journaled] = sql
         return sql
 
     def _joined_row(self, sql_type: str | None, first: int | None = None) -> str:
@@ -297,7 +322,7 @@ class SQLFieldStore(SQLJournal):
         # inferred to be: an enum, char(N) or macaddr id compared with text would fail or
         # (char(N): trailing blanks) match nothing.
         row_id = f"{row_id}::{sql_type}" if sql_type is not None else row_id
-        return f"({n}::integer,{row_id},{dialect.value(new)},{dialect.compared(old)})"
+        return f"({n}::integer,{row_id},{new}::text,{old}::text)"
 
     def _holding_new_values(self, cursor: Any, swaps: Sequence[Swap]) -> list[bool]:
         """After a batch compare-and-swap that missed some rows (someone else wrote them

@@ -33,7 +33,6 @@ def _dialect(column_type: str) -> Dialect:
         json_type=column_type if json_column else "jsonb",
         joins_swaps=True,
         numbered_cursor=psycopg.RawCursor,
-        copies=True,
         table_exists="SELECT 1 WHERE to_regclass(%s) IS NOT NULL",
         errors=(psycopg.Error,),
         # A journal key that is no text of the id's type (an older version's, of an array).
