@@ -400,7 +400,7 @@ class TestAnchoredVerify:
         world.write(7)
         world.remove_log()
         world.write(3)  # the tool starts a fresh, perfectly valid chain
-        plain = run_cli(["audit", "verify", str(world.log)], {})
+        plain = run_in_process(["audit", "verify", str(world.log)], {})
         assert plain.returncode == 0, plain.stderr  # the chain alone cannot tell
         code, report, stderr = world.report()
         assert code == 5 and report["result"] == "tampered"
@@ -425,7 +425,7 @@ class TestAnchoredVerify:
         head = world.log.with_name(world.log.name + ".head")
         head.write_text(json.dumps({"seq": len(lines), "hash": prev}).ljust(127) + "\n")
         world.sidecar.unlink()
-        assert run_cli(["audit", "verify", str(world.log)], {}).returncode == 0
+        assert run_in_process(["audit", "verify", str(world.log)], {}).returncode == 0
         code, _, stderr = world.report()
         assert code == 5 and "seq 1..6" in stderr and "rewritten" in stderr
 
@@ -437,7 +437,7 @@ class TestAnchoredVerify:
         head = world.log.with_name(world.log.name + ".head")
         head.write_text(json.dumps({"seq": 4, "hash": last["hash"]}).ljust(127) + "\n")
         world.sidecar.unlink()
-        assert run_cli(["audit", "verify", str(world.log)], {}).returncode == 0
+        assert run_in_process(["audit", "verify", str(world.log)], {}).returncode == 0
         code, _, stderr = world.report()
         assert code == 5 and "seq 5..6" in stderr and "the log ends at seq 4" in stderr
 
@@ -486,7 +486,7 @@ class TestAnchoredVerify:
         fifth = json.loads(world.log.read_text().splitlines()[4])["hash"]
         head = world.log.with_name(world.log.name + ".head")
         head.write_text(json.dumps({"seq": 5, "hash": fifth}).ljust(127) + "\n")  # the kill
-        assert run_cli(["audit", "verify", str(world.log)], {}).returncode == 3
+        assert run_in_process(["audit", "verify", str(world.log)], {}).returncode == 3
         code, report, stderr = world.report()
         assert code == 3, stderr
         assert report["result"] == "unsigned_tail"
