@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -854,6 +856,89 @@ class TestRestoreFindsEveryId:
     def _values(postgres_url: str, table: str) -> list[str]:
         with psycopg.connect(postgres_url, autocommit=True) as db:
             return sorted(v for (v,) in db.execute(f"SELECT v FROM {table}").fetchall())
+
+
+class TestTriggersRunUnderTheSessionsSettings:
+    """The settings a batch fixes to read ids as text (TimeZone UTC, DateStyle ISO, ...) were
+    still in force when its UPDATE fired the application's own triggers: a BEFORE UPDATE
+    trigger writing ``now()`` into a ``timestamp``, ``current_date`` or ``now()::text`` wrote
+    other values than the application's session writes (an hour apart under Europe/Berlin, a
+    day apart under the zones below). A swap and a restore write what the application would."""
+
+    @pytest.fixture
+    def pg_table(self, postgres_url: str) -> Iterator[str]:
+        name = f"pins_trig_{os.urandom(4).hex()}"
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            db.execute(
+                f"CREATE TABLE {name} (id integer PRIMARY KEY, v text, stamped timestamp, "
+                "day date, stamp_text text, zone text, style text)"
+            )
+            db.execute(f"INSERT INTO {name} (id, v) VALUES (1, 'old-1'), (2, 'old-2')")
+            db.execute(
+                f"CREATE FUNCTION {name}_fn() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "NEW.stamped := now(); NEW.day := current_date; NEW.stamp_text := now()::text; "
+                "NEW.zone := current_setting('TimeZone'); "
+                "NEW.style := current_setting('DateStyle'); RETURN NEW; END $$"
+            )
+            db.execute(
+                f"CREATE TRIGGER {name}_t BEFORE UPDATE ON {name} "
+                f"FOR EACH ROW EXECUTE FUNCTION {name}_fn()"
+            )
+        yield name
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            db.execute(f"DROP TABLE IF EXISTS {name}")
+            db.execute(f"DROP FUNCTION IF EXISTS {name}_fn()")
+            db.execute("DELETE FROM heimdall_kms_journal WHERE table_name = %s", [name])
+
+    @staticmethod
+    def _zone() -> str:
+        """A zone whose date is not UTC's now, and whose time is an hour or more from its
+        midnight (so the application's and the tool's rows fall on one date)."""
+        hour = datetime.now(UTC).hour
+        return "Etc/GMT+12" if hour < 11 else "Pacific/Kiritimati"  # UTC-12, UTC+14
+
+    @staticmethod
+    def _written(url: str, table: str, row_id: int) -> tuple[datetime, str, str, str, str]:
+        """What the trigger wrote into the row, its times' text as a shape (digits elided)."""
+        with psycopg.connect(url, autocommit=True) as db:
+            stamped, day, text, zone, style = db.execute(
+                f"SELECT stamped, day::text, stamp_text, zone, style FROM {table} WHERE id = %s",
+                [row_id],
+            ).fetchone()
+        shape = re.sub(r"\d", "n", re.sub(r"\.\d+", "", text))
+        return stamped, day, shape, zone, style
+
+    def _assert_as_the_application(self, url: str, table: str, row_id: int) -> None:
+        app, tool = self._written(url, table, 1), self._written(url, table, row_id)
+        assert tool[1:] == app[1:]  # date, the text's shape (its zone), the settings seen
+        assert abs(tool[0] - app[0]) < timedelta(minutes=30)  # zones differ by hours
+
+    @pytest.mark.parametrize("style", ["SQL,DMY", "ISO,MDY"])
+    def test_swap_and_restore(self, postgres_url: str, pg_table: str, style: str) -> None:
+        options = f"-c TimeZone={self._zone()} -c DateStyle={style}"
+        joiner = "&" if "?" in postgres_url else "?"
+        url = f"{postgres_url}{joiner}options={quote(options)}"
+        with psycopg.connect(url, autocommit=True) as app:  # the application's own write
+            app.execute(f"UPDATE {pg_table} SET v = 'app' WHERE id = 1")
+        target = Target(pg_table, "v", id_column="id")
+        store = open_store(url, target)
+        try:
+            store.check(writable=True)
+            store.ensure_journal()
+            with store.batch(1, 10, Match.ALL) as batch:
+                assert batch.swap([Swap(row, "new") for row in batch.rows], "pins-run") == [True]
+        finally:
+            store.close()
+        self._assert_as_the_application(url, pg_table, 2)
+        store = open_store(url, target)
+        try:
+            store.check(writable=True, scans=False)
+            assert store.restore(store.journal("pins-run")) == [True]
+        finally:
+            store.close()
+        self._assert_as_the_application(url, pg_table, 2)
+        with psycopg.connect(url, autocommit=True) as db:
+            assert db.execute(f"SELECT v FROM {pg_table} WHERE id = 2").fetchone() == ("old-2",)
 
 
 class TestRestoreCost:

@@ -46,7 +46,7 @@ class Dialect:
     # How a restore finds a journal row's row again, by its id in the column's own type (an
     # index lookup): the ids a journal key may stand for, given the id column's type where
     # statements state it (``typed_ids``), always ``ids_per_key`` of them. PostgreSQL's key is
-    # the database's own text of the id (the joined swap returns it), cast back to the type;
+    # the database's own text of the id (the batch's read returns it), cast back to the type;
     # SQLite's is Python's text of the id, and the column's values may be of any storage class.
     ids_of_key: Callable[[str, str | None], tuple[object, ...]] = lambda key, _: (key,)
     ids_per_key: int = 1
@@ -58,11 +58,16 @@ class Dialect:
     # SQL (``{column}``) a pre-filter admits besides its patterns: SQLite's LIKE never
     # matches a BLOB, whatever text it holds.
     also_admits: str | None = None
-    # SQL run first in each transaction that reads ids or writes or reads the journal's keys:
-    # fixes, for that transaction only, the settings that change how an id is written as text
-    # and read back (PostgreSQL's DateStyle, IntervalStyle, extra_float_digits, ...), so a
-    # journal written by one session restores in another whatever either's settings are.
+    # SQL run first in each transaction that reads ids: fixes, for that transaction only, the
+    # settings that change how an id is written as text (PostgreSQL's DateStyle,
+    # IntervalStyle, extra_float_digits, ...), so a journal written by one session restores
+    # in another whatever either's settings are. Its one row: the session's own values of
+    # them, then the values it set.
     pins: str | None = None
+    # SQL that sets them back to those values (its parameters), for the rest of the
+    # transaction: the application's triggers that an UPDATE fires write ``now()``,
+    # ``current_date`` or a date's text as the application's own session would.
+    unpins: str | None = None
     # Whether statements state an id's type (the id check's ``sql_type``) where they pass one.
     typed_ids: bool = False
 

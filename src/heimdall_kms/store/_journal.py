@@ -81,15 +81,18 @@ class SQLJournal(SQLTable):
         compared text forms that differ: Python's ``str()`` of a timestamp, bytes or float
         against PostgreSQL's, so those rows were left migrated and counted as changed since;
         and no index served it). A key that does not read as an id of that type (a journal of
-        an older version: Python's text of an array) fails its own row, not the chunk."""
+        an older version: Python's text of an array) fails its own row, not the chunk.
+
+        Under the session's own settings, not the dialect's pinned ones: its UPDATEs fire the
+        application's triggers, and a key is read back the same under any (``pins``)."""
         update, forget = self._restore_sql(), self._forget_sql()
         with self._errors("restore"):
             try:
-                with self._transaction() as cursor:
+                with self._transaction(pinned=False) as cursor:
                     return [self._restore_one(cursor, update, forget, e) for e in entries]
             except self.dialect.unreadable:
                 pass  # rolled back; again row by row, each in a savepoint
-            with self._transaction() as cursor:
+            with self._transaction(pinned=False) as cursor:
                 return [self._restore_guarded(cursor, update, forget, e) for e in entries]
 
     def _restore_sql(self) -> str:

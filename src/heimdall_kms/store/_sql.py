@@ -132,14 +132,18 @@ class SQLFieldStore(SQLJournal):
     ) -> list[Row]:
         clause, params = self._where(match, after, upto)
         locking = " FOR UPDATE SKIP LOCKED" if lock else ""
+        # Where the journal keeps the database's own text of the id, it is read here, under
+        # the fixed settings (``pins``): the swap's UPDATE runs under the session's own. (Named:
+        # a second output column of the id's name would make the ORDER BY ambiguous.)
+        text = f", {self._id}::text AS heimdall_id_text" if self.dialect.typed_ids else ""
         cursor.execute(
-            f"SELECT {self._id}, {self.dialect.read(self._c)} FROM {self._t}{clause} "  # noqa: S608
+            f"SELECT {self._id}, {self.dialect.read(self._c)}{text} FROM {self._t}{clause} "  # noqa: S608
             f"ORDER BY {self._id} LIMIT {self.dialect.param}{locking}",
             [*params, limit],
         )
         return [
-            Row(row_id, str(row_id), _text(value), isinstance(value, bytes))
-            for row_id, value in cursor.fetchall()
+            Row(row_id, str(row_id), _text(value), isinstance(value, bytes), *text_of_id)
+            for row_id, value, *text_of_id in cursor.fetchall()
         ]
 
     def _missed(
@@ -200,9 +204,10 @@ class SQLFieldStore(SQLJournal):
     ) -> _SQLBatch:
         """Read the batch's rows; where the dialect locks rows, in a transaction left open."""
         lock = self.dialect.lock_rows
+        session = None
         with self._errors("read"):
             if lock:
-                self._begin(cursor, "BEGIN")
+                session = self._begin(cursor, "BEGIN")
             try:
                 rows = self._fetch(cursor, match, after, limit, lock, upto=upto)
                 end = rows[-1].id if len(rows) == limit else upto
@@ -211,7 +216,7 @@ class SQLFieldStore(SQLJournal):
                 if lock:
                     self._roll_back(cursor)
                 raise
-        return _SQLBatch(self, cursor, rows, end, missed)
+        return _SQLBatch(self, cursor, rows, end, missed, session=session)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -248,10 +253,10 @@ class SQLFieldStore(SQLJournal):
         """Compare-and-swap the batch as one ``UPDATE ... FROM (VALUES ...)`` per chunk: each
         row is updated where it still holds the value read, as the one-row statement does,
         and (``run_id``) journaled by the same statement, from what it updated. Returns, per
-        swap, the database's own text of the id of the row it updated (the journal's key: a
-        restore reads it back in the column's type), None where it did not; by each row's
-        place in the chunk (not by comparing ids here: an id's Python value need not equal
-        itself, a float NaN for one)."""
+        swap, the database's own text of the id of the row it updated, as the batch read it
+        (the journal's key: a restore reads it back in the column's type), None where it did
+        not; by each row's place in the chunk (not by comparing ids here: an id's Python
+        value need not equal itself, a float NaN for one)."""
         keys: list[str | None] = [None] * len(swaps)
         sql_type = self._id_type()
         numbered = self.dialect.numbered_cursor
@@ -267,12 +272,12 @@ class SQLFieldStore(SQLJournal):
                 [
                     part
                     for n, swap in enumerate(chunk, start)
-                    for part in (n, swap.row.id, swap.new_value, swap.row.value)
+                    for part in (n, swap.row.id, _id_text(swap.row), swap.new_value, swap.row.value)
                 ]
                 + journal,
             )
-            for n, key in cursor.fetchall():
-                keys[n] = key
+            for (n,) in cursor.fetchall():
+                keys[n] = _id_text(swaps[n].row)
         return keys
 
     def _joined_sql(self, rows: int, sql_type: str | None, *, journaled: bool) -> str:
@@ -281,8 +286,8 @@ class SQLFieldStore(SQLJournal):
             return known
         dialect = self.dialect
         if dialect.numbered_cursor is not None:
-            values = ",".join(self._joined_row(sql_type, 4 * n + 1) for n in range(rows))
-            run, table, column, created = (f"${4 * rows + i}::text" for i in range(1, 5))
+            values = ",".join(self._joined_row(sql_type, 5 * n + 1) for n in range(rows))
+            run, table, column, created = (f"${5 * rows + i}::text" for i in range(1, 5))
         else:
             values = ",".join([self._joined_row(sql_type)] * rows)
             run = table = column = created = f"{dialect.param}::text"
@@ -290,39 +295,41 @@ class SQLFieldStore(SQLJournal):
         # the column, as the one-row statement casts its parameters.
         update = (
             f"UPDATE {self._t} AS t SET {self._c} = {dialect.value('v.new')} "  # noqa: S608
-            f"FROM (VALUES {values}) AS v(n, id, new, old) "
+            f"FROM (VALUES {values}) AS v(n, id, key, new, old) "
             f"WHERE t.{self._id} = v.id AND "
             f"{dialect.holds(f't.{self._c}', dialect.compared('v.old'))} "
         )
         if journaled:
             # A data-modifying WITH runs once, whether or not the outer query reads it: each
             # row updated is journaled in this statement (no COPY, values not sent twice).
+            # The key is the id's text as read (``t.id::text`` here would be the session's).
             sql = (
-                f"WITH swapped AS ({update}RETURNING v.n, t.{self._id}::text AS key, v.old, "  # noqa: S608
-                f"v.new), journaled AS (INSERT INTO {JOURNAL_TABLE} ({_JOURNAL_COLUMNS}) "
+                f"WITH swapped AS ({update}RETURNING v.n, v.key, v.old, v.new), "  # noqa: S608
+                f"journaled AS (INSERT INTO {JOURNAL_TABLE} ({_JOURNAL_COLUMNS}) "
                 f"SELECT {run}, {table}, {column}, key, old, new, {created} FROM swapped) "
-                "SELECT n, key FROM swapped"
+                "SELECT n FROM swapped"
             )
         else:
-            sql = f"{update}RETURNING v.n, t.{self._id}::text"
+            sql = f"{update}RETURNING v.n"
         if len(self._joined) >= _JOINED_TEXTS:
             self._joined.clear()
         self._joined[rows, sql_type, journaled] = sql
         return sql
 
     def _joined_row(self, sql_type: str | None, first: int | None = None) -> str:
-        """One row of the joined swap's VALUES: its place, id, new and old value, in
-        ``param``'s placeholders, or numbered from ``first`` ($5 to $8 for 5)."""
+        """One row of the joined swap's VALUES: its place, id, the id's text (the journal's
+        key), new and old value, in ``param``'s placeholders, or numbered from ``first`` ($6
+        to $10 for 6)."""
         dialect = self.dialect
         if first is None:
-            n, row_id, new, old = [dialect.param] * 4
+            n, row_id, key, new, old = [dialect.param] * 5
         else:
-            n, row_id, new, old = (f"${i}" for i in range(first, first + 4))
+            n, row_id, key, new, old = (f"${i}" for i in range(first, first + 5))
         # The id is cast to the column's own type, as the one-row statement's parameter is
         # inferred to be: an enum, char(N) or macaddr id compared with text would fail or
         # (char(N): trailing blanks) match nothing.
         row_id = f"{row_id}::{sql_type}" if sql_type is not None else row_id
-        return f"({n}::integer,{row_id},{new}::text,{old}::text)"
+        return f"({n}::integer,{row_id},{key}::text,{new}::text,{old}::text)"
 
     def _holding_new_values(self, cursor: Any, swaps: Sequence[Swap]) -> list[bool]:
         """After a batch compare-and-swap that missed some rows (someone else wrote them
@@ -342,7 +349,14 @@ class SQLFieldStore(SQLJournal):
 
 class _SQLBatch:
     def __init__(
-        self, store: SQLFieldStore, cursor: Any, rows: list[Row], end: object | None, missed: int
+        self,
+        store: SQLFieldStore,
+        cursor: Any,
+        rows: list[Row],
+        end: object | None,
+        missed: int,
+        *,
+        session: Sequence[str] | None,
     ) -> None:
         self.rows = rows
         self.end = end
@@ -350,6 +364,7 @@ class _SQLBatch:
         self.open = False
         self._store = store
         self._cursor = cursor
+        self._session = session  # the session's own settings, pinned while the rows were read
 
     def swap(self, swaps: Sequence[Swap], run_id: str | None) -> list[bool]:
         store = self._store
@@ -357,11 +372,19 @@ class _SQLBatch:
             return []
         with store._errors("write"):
             if store.dialect.lock_rows:
+                # The UPDATE fires the application's triggers: under its session's settings.
+                store._unpin(self._cursor, self._session)
+                self._session = None
                 return store.apply_swaps(self._cursor, swaps, run_id)
             # Committed when the batch ends, after its audit event is written.
             store._begin(self._cursor, store.dialect.begin_write)
             self.open = True
             return store.apply_swaps(self._cursor, swaps, run_id)
+
+
+def _id_text(row: Row) -> str:
+    """The journal's key of a row: the database's text of its id where it was read."""
+    return row.key if row.id_text is None else row.id_text
 
 
 def _text(value: object) -> str | None:

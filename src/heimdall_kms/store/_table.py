@@ -7,7 +7,7 @@ explicitly so the same code drives SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, Protocol
 
@@ -57,14 +57,26 @@ class SQLTable:
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    def _begin(self, cursor: Any, begin: str) -> None:
+    def _begin(self, cursor: Any, begin: str, *, pinned: bool = True) -> Sequence[str] | None:
+        """Begin a transaction; ``pinned``, with the dialect's settings fixed in it. Returns
+        the session's own values of those settings (for :meth:`_unpin`), None if none."""
         cursor.execute(begin)
-        if self.dialect.pins is not None:
-            try:
-                cursor.execute(self.dialect.pins)
-            except BaseException:
-                self._roll_back(cursor)
-                raise
+        if self.dialect.pins is None or not pinned:
+            return None
+        try:
+            cursor.execute(self.dialect.pins)
+            row = cursor.fetchone()
+        except BaseException:
+            self._roll_back(cursor)
+            raise
+        session: Sequence[str] = row[: len(row) // 2]
+        return session
+
+    def _unpin(self, cursor: Any, session: Sequence[str] | None) -> None:
+        """The session's own settings again (``session``, from :meth:`_begin`) for the rest
+        of the transaction: before statements that fire the application's triggers."""
+        if session is not None and self.dialect.unpins is not None:
+            cursor.execute(self.dialect.unpins, list(session))
 
     @contextmanager
     def _reading(self) -> Iterator[Any]:
@@ -76,9 +88,9 @@ class SQLTable:
             yield cursor
 
     @contextmanager
-    def _transaction(self) -> Iterator[Any]:
+    def _transaction(self, *, pinned: bool = True) -> Iterator[Any]:
         cursor = self.connection.cursor()
-        self._begin(cursor, self.dialect.begin_write)
+        self._begin(cursor, self.dialect.begin_write, pinned=pinned)
         try:
             yield cursor
         except BaseException:

@@ -123,6 +123,9 @@ class Row:
     # The database holds the value as bytes (a SQLite BLOB): read as UTF-8 text, which is
     # not what it holds, so a job never writes over it (it fails the row instead).
     binary: bool = False
+    # The database's own text of the id, read under the store's fixed settings, where the
+    # journal keeps that (PostgreSQL's ``id::text``); None: ``key``.
+    id_text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

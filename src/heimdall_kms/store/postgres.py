@@ -40,6 +40,7 @@ def _dialect(column_type: str) -> Dialect:
         place="ctid::text",
         place_is="ctid = CAST(%s AS tid)",
         pins=_PINS,
+        unpins=_UNPINS,
         typed_ids=True,
         ids_of_key=_ids_of_key,
     )
@@ -53,21 +54,37 @@ def _ids_of_key(key: str, sql_type: str | None) -> tuple[str]:
     return (key,) if found is None else ("\\x" + found.hex(),)
 
 
-# The settings an id's text depends on, fixed for each transaction that reads ids or journal
-# keys (SET LOCAL: a pooled server session is left as it was). The journal keeps the migrating
-# session's ``id::text`` and the rollback casts it back in its own session: under DateStyle
-# 'SQL, DMY' 01/02/2024 is 1 February, under 'MDY' 2 January; sql_standard's interval
-# '-1 2:00:00' is -(1 day 2 hours), postgres' -1 day +2 hours; extra_float_digits 0 rounds a
-# double's text (and psycopg's value with it, so the swap missed the row); psycopg cannot load
-# a timestamptz in a non-ISO DateStyle nor a postgres_verbose or iso_8601 interval. ISO text
-# of a timestamptz or timetz carries its offset, so it casts back to the same instant under
-# any TimeZone; UTC keeps the text and psycopg's values the same from run to run.
-_PINS = (
-    "SELECT set_config('DateStyle', 'ISO, MDY', true), "
-    "set_config('IntervalStyle', 'postgres', true), "
-    "set_config('extra_float_digits', '3', true), set_config('TimeZone', 'UTC', true), "
-    "set_config('bytea_output', 'hex', true), set_config('lc_monetary', 'C', true)"
+# The settings an id's text depends on, fixed for each transaction that reads ids (SET LOCAL:
+# a pooled server session is left as it was). The journal keeps the migrating session's
+# ``id::text`` and the rollback casts it back in its own session: under DateStyle 'SQL, DMY'
+# 01/02/2024 is 1 February, under 'MDY' 2 January; sql_standard's interval '-1 2:00:00' is
+# -(1 day 2 hours), postgres' -1 day +2 hours; extra_float_digits 0 rounds a double's text (and
+# psycopg's value with it, so the swap missed the row); psycopg cannot load a timestamptz in a
+# non-ISO DateStyle nor a postgres_verbose or iso_8601 interval. ISO text of a timestamptz or
+# timetz carries its offset, so it casts back to the same instant under any TimeZone; UTC keeps
+# the text and psycopg's values (a row's key, the record of its encryption context) the same
+# from run to run. Only text written out depends on these: ISO text and parameters read back
+# the same under any of them.
+_PINNED = (
+    ("DateStyle", "ISO, MDY"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "3"),
+    ("TimeZone", "UTC"),
+    ("bytea_output", "hex"),
+    ("lc_monetary", "C"),
 )
+# The session's own values are read first (the subquery, OFFSET 0: evaluated before the outer
+# list sets them) and returned; the application's triggers run under them again (``_UNPINS``).
+_PINS = (
+    "SELECT "  # noqa: S608 - constants only
+    + ", ".join(f"s{i}" for i in range(len(_PINNED)))
+    + ", "
+    + ", ".join(f"set_config('{name}', '{value}', true)" for name, value in _PINNED)
+    + " FROM (SELECT "
+    + ", ".join(f"current_setting('{name}') AS s{i}" for i, (name, _) in enumerate(_PINNED))
+    + " OFFSET 0) AS session"
+)
+_UNPINS = "SELECT " + ", ".join(f"set_config('{name}', %s, true)" for name, _ in _PINNED)
 
 
 def open_postgres(url: str, target: Target) -> SQLFieldStore:
