@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,12 +12,13 @@ import pytest
 import heimdall_kms
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.audit.verify import verify
-from heimdall_kms.cli import main
+from heimdall_kms.cli import _estimate, main
 from heimdall_kms.composition import job_provider
 from heimdall_kms.config import Settings
 from heimdall_kms.drill.sample import TABLE, measure_migration
 from heimdall_kms.jobs.census import take_census
 from heimdall_kms.jobs.classify import ValueKind
+from heimdall_kms.jobs.metered import MeteredProvider
 from heimdall_kms.providers.local import LocalKeyring
 from heimdall_kms.store import Target, open_store
 from tests.integration.dbtables import UserTable, target_args
@@ -139,6 +141,37 @@ class TestMigrateEstimate:
         assert f"{table.table}.ssn: 100 values" in text
         assert "OVER the 24 h SLA: add workers (see docs/performance.md)" in text
         assert snapshot(table, tmp_path) == before
+
+
+class _CountedClose(MeteredProvider):
+    """The configured provider as the job opens it, counting its closes."""
+
+    closes = 0
+
+    def close(self) -> None:
+        type(self).closes += 1
+        super().close()
+
+
+class TestTheProviderIsClosed:
+    @pytest.mark.parametrize("table", ["sqlite"], indirect=True)
+    def test_when_the_throwaway_directory_cannot_be_made(
+        self, table: UserTable, kms_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A failure after the provider is opened, before the measurement takes it over,
+        still closes it."""
+        table.insert([(1, legacy_envelope(MASTER_HEX, "001-12-0000"))])
+        opened: list[_CountedClose] = []
+
+        def counted(settings: Settings) -> MeteredProvider:
+            opened.append(_CountedClose(job_provider(settings).inner))
+            return opened[-1]
+
+        monkeypatch.setattr(_estimate, "job_provider", counted)
+        monkeypatch.setattr(_CountedClose, "closes", 0)
+        monkeypatch.setattr(tempfile, "tempdir", os.path.join(os.devnull, "no-such-directory"))
+        assert main(["migrate", *target_args(table), "--estimate"]) != 0
+        assert len(opened) == 1 and _CountedClose.closes == 1
 
 
 class TestMeasureMigration:

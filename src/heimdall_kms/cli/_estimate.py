@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,10 +56,12 @@ def estimate_migration(spec: TargetSpec, batch_size: int, rate_limit: float, as_
     settings = Settings.from_env(os.environ)
     check_settings(settings)
     counted = count_targets(spec, lambda census: census.legacy)
-    kms = job_provider(settings)  # closed by the measurement
-    provider, per_request = kms.name.value, values_per_request(kms.inner, batch_size)
-    with tempfile.TemporaryDirectory(prefix="heimdall-estimate-") as where:
-        sample = measure_migration(settings, Path(where), kms, batch_size=batch_size)
+    # Closed here on every path (the measurement closes it too when it runs: closing twice
+    # is harmless for every provider), also when what follows the opening raises.
+    with closing(job_provider(settings)) as kms:
+        provider, per_request = kms.name.value, values_per_request(kms.inner, batch_size)
+        with tempfile.TemporaryDirectory(prefix="heimdall-estimate-") as where:
+            sample = measure_migration(settings, Path(where), kms, batch_size=batch_size)
     rate, source = sample.rate, _source(sample, provider, batch_size)
     if rate_limit and rate_limit * per_request < rate:
         rate = rate_limit * per_request
