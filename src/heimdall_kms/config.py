@@ -82,8 +82,10 @@ class Settings:
     mode: EncryptionMode = EncryptionMode.KMS
     hybrid_write: WriteFormat = WriteFormat.KMS_V1
     legacy_key_id: str = DEFAULT_LEGACY_KEY_ID
-    # key_id -> 32-byte key; the primary (HMD_PII_MASTER_KEY) is under ``legacy_key_id``.
-    legacy_keys: Mapping[str, Secret[bytes]] = field(default_factory=dict)
+    # key_id -> 32-byte key; the primary (HMD_PII_MASTER_KEY) is under ``legacy_key_id``. Read
+    # from the environment, ``bytes``; a bytearray where the key is made here to be wiped (the
+    # throwaway env key of ``heimdall_kms.drill.sample``).
+    legacy_keys: Mapping[str, Secret[bytes | bytearray]] = field(default_factory=dict)
     provider: ProviderName | None = None
     kms_key_id: str | None = None
     vault: VaultSettings | None = None

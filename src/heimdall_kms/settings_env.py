@@ -19,19 +19,25 @@ from heimdall_kms.secret_file import read_secret_file, secret_setting
 
 __all__ = ["Env", "Secret", "existing_file", "is_loopback", "secret_path"]
 
-_T = TypeVar("_T")
+# Covariant: a Secret is read-only, so a Secret[bytearray] is a Secret[bytes | bytearray].
+_T_co = TypeVar("_T_co", covariant=True)
 StrEnumT = TypeVar("StrEnumT", bound=StrEnum)
 
 
-class Secret(Generic[_T]):
-    """Holds a secret value whose repr and str never show it."""
+class Secret(Generic[_T_co]):
+    """Holds a secret value whose repr and str never show it.
+
+    It keeps the object it is given, not a copy: a ``bytearray`` key held here can be wiped
+    in place by its owner (:func:`heimdall_kms.primitives.wipe`); a ``bytes`` or ``str``
+    value cannot be wiped at all.
+    """
 
     __slots__ = ("_value",)
 
-    def __init__(self, value: _T) -> None:
+    def __init__(self, value: _T_co) -> None:
         self._value = value
 
-    def reveal(self) -> _T:
+    def reveal(self) -> _T_co:
         return self._value
 
     def __repr__(self) -> str:

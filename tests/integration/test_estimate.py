@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 
 import heimdall_kms
+from heimdall_kms import primitives
 from heimdall_kms.audit import MemoryAuditSink
 from heimdall_kms.audit.verify import verify
 from heimdall_kms.cli import _estimate, main
 from heimdall_kms.composition import job_provider
 from heimdall_kms.config import Settings
+from heimdall_kms.drill import sample
 from heimdall_kms.drill.sample import TABLE, measure_migration
 from heimdall_kms.jobs.census import take_census
 from heimdall_kms.jobs.classify import ValueKind
@@ -199,6 +201,21 @@ class TestMeasureMigration:
         assert [e["details"]["job"] for e in batches] == ["migrate"] * 8
         assert verify(where / "audit.log").lines == len(events)  # raises if the chain broke
         assert not (tmp_path / "audit.log").exists()
+
+    def test_the_throwaway_env_key_is_wiped_when_the_run_is_over(
+        self, kms_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The key the sample values were sealed and opened under is zeros afterwards."""
+        made: list[bytearray] = []
+
+        def kept() -> bytearray:
+            made.append(primitives.new_dek())
+            return made[-1]
+
+        monkeypatch.setattr(sample, "new_dek", kept)
+        settings = Settings.from_env(os.environ)
+        assert measure_migration(settings, tmp_path, job_provider(settings), batch_size=2000)
+        assert len(made) == 1 and made[0].count(0) == primitives.DEK_BYTES  # shows no key
 
 
 def seal_kms_values(kms_env: dict[str, str], table: UserTable, count: int) -> None:

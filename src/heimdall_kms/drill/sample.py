@@ -25,7 +25,7 @@ from heimdall_kms.jobs.migrate import MigrationOptions, run_migration
 from heimdall_kms.jobs.report import TargetReport
 from heimdall_kms.jobs.services import JobServices
 from heimdall_kms.metrics import Metrics, unexported_metrics
-from heimdall_kms.primitives import new_dek
+from heimdall_kms.primitives import new_dek, wipe
 from heimdall_kms.store import FieldStore, Target, open_store
 
 __all__ = [
@@ -111,24 +111,31 @@ def measure_migration(
         KMSError, StoreError, AuditWriteError: the sample run stopped.
         IntegrityError: a sample value did not migrate.
     """
+    # A throwaway env key and audit log: the configured ones are never used here. The key
+    # stays in this one bytearray (Secret holds it, no copy) and is wiped when the run is
+    # over, on every path. Best effort, as for every DEK (heimdall_kms.primitives): each
+    # seal and open under it hands the AEAD a ``bytes`` copy that Python cannot wipe.
+    env_key = new_dek()
     try:
-        table = ScratchTable(workdir / "sample.db")
-        table.create()
-        # A throwaway env key and audit log: the configured ones are never used here.
-        sample = replace(
-            settings,
-            legacy_keys={settings.legacy_key_id: Secret(bytes(new_dek()))},
-            audit_log=str(workdir / "audit.log"),
-        )
-        metrics = unexported_metrics()
-        audit = open_sink(sample.audit_log)  # the run's events, chained, in ``workdir``
-        plain = synthetic_ssns(sample_batches(batch_size) * batch_size)
-        seed_legacy(sample, table, plain, audit, metrics)
-        services = job_services(sample, kms, audit, metrics, actor="heimdall-estimate")
-    except BaseException:
-        kms.close()
-        raise
-    return _timed(services, table, MigrationOptions(batch_size, actor="heimdall-estimate"))
+        try:
+            table = ScratchTable(workdir / "sample.db")
+            table.create()
+            sample = replace(
+                settings,
+                legacy_keys={settings.legacy_key_id: Secret(env_key)},
+                audit_log=str(workdir / "audit.log"),
+            )
+            metrics = unexported_metrics()
+            audit = open_sink(sample.audit_log)  # the run's events, chained, in ``workdir``
+            plain = synthetic_ssns(sample_batches(batch_size) * batch_size)
+            seed_legacy(sample, table, plain, audit, metrics)
+            services = job_services(sample, kms, audit, metrics, actor="heimdall-estimate")
+        except BaseException:
+            kms.close()
+            raise
+        return _timed(services, table, MigrationOptions(batch_size, actor="heimdall-estimate"))
+    finally:
+        wipe(env_key)
 
 
 def _timed(services: JobServices, table: ScratchTable, options: MigrationOptions) -> MeasuredRate:
