@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from heimdall_kms import primitives
 from heimdall_kms.audit.verify import verify
 from heimdall_kms.cli import main
+from heimdall_kms.drill import environment
 from tests.servers import OpenBao
 
 EXE = str(Path(sys.executable).with_name("heimdall-kms"))
@@ -81,6 +83,25 @@ def test_drills_on_the_local_provider(
     assert report["passed"] is True
     assert all(step["ok"] for step in report["steps"])
     assert "stopped_at" not in report["findings"]
+
+
+def test_the_migration_drills_throwaway_env_key_is_wiped_when_it_is_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The key the drill's legacy values were sealed and opened under is zeros afterwards."""
+    for name in list(os.environ):
+        if name.startswith("HMD_"):
+            monkeypatch.delenv(name)
+    made: list[bytearray] = []
+
+    def kept() -> bytearray:
+        made.append(primitives.new_dek())
+        return made[-1]
+
+    monkeypatch.setattr(environment, "new_dek", kept)
+    assert main(["drill", "migration", "--workdir", str(tmp_path), "--records", "40"]) == 0
+    assert "reports:" in capsys.readouterr().out
+    assert len(made) == 1 and made[0].count(0) == primitives.DEK_BYTES  # shows no key
 
 
 def test_drills_refuse_cloud_providers(

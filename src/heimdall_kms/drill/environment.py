@@ -25,7 +25,7 @@ from heimdall_kms.config import EncryptionMode, ProviderName, Secret, Settings
 from heimdall_kms.drill.sample import TABLE, ScratchTable
 from heimdall_kms.errors import ConfigurationError, IncompleteError, InvalidInputError
 from heimdall_kms.metrics import Metrics, unexported_metrics
-from heimdall_kms.primitives import new_dek
+from heimdall_kms.primitives import new_dek, wipe
 from heimdall_kms.providers import KeyManagementService
 from heimdall_kms.providers.local import LocalDevProvider, LocalKeyring
 from heimdall_kms.service import Crypto
@@ -104,22 +104,30 @@ def drill_environment(
     """
     _empty_workdir(workdir)
     audit_log, database = workdir / "audit.log", workdir / "drill.db"
-    settings = _settings(workdir, environ, audit_log, with_legacy_key)
-    kms, cleanup = _drill_key(settings, workdir)
-    # With HMD_AUDIT_SIGNING_KEY the drill's own log is signed (and anchored) like any other.
-    metrics = unexported_metrics()
-    sink = open_sink(str(audit_log), settings, metrics=metrics)
-    crypto = build_crypto(settings, kms=kms, audit=sink, metrics=metrics, default_actor="drill")
-    environment = DrillEnvironment(
-        workdir, settings, kms, crypto, audit_log, database, sink, metrics
-    )
-    environment.create_table()
+    # The throwaway env key stays in this one bytearray (Secret holds it, no copy) and is
+    # wiped on every path. Best effort (heimdall_kms.primitives): each seal and open under it
+    # hands the AEAD a ``bytes`` copy that Python cannot wipe.
+    env_key = new_dek() if with_legacy_key else None
     try:
-        yield environment
+        settings = _settings(workdir, environ, audit_log, env_key)
+        kms, cleanup = _drill_key(settings, workdir)
+        # With HMD_AUDIT_SIGNING_KEY the drill's own log is signed (and anchored) like any other.
+        metrics = unexported_metrics()
+        sink = open_sink(str(audit_log), settings, metrics=metrics)
+        crypto = build_crypto(settings, kms=kms, audit=sink, metrics=metrics, default_actor="drill")
+        environment = DrillEnvironment(
+            workdir, settings, kms, crypto, audit_log, database, sink, metrics
+        )
+        environment.create_table()
+        try:
+            yield environment
+        finally:
+            sink.close()
+            cleanup()
+            kms.close()
     finally:
-        sink.close()
-        cleanup()
-        kms.close()
+        if env_key is not None:
+            wipe(env_key)
 
 
 def _empty_workdir(workdir: Path) -> None:
@@ -134,10 +142,13 @@ def _empty_workdir(workdir: Path) -> None:
 
 
 def _settings(
-    workdir: Path, environ: Mapping[str, str], audit_log: Path, with_legacy_key: bool
+    workdir: Path, environ: Mapping[str, str], audit_log: Path, env_key: bytearray | None
 ) -> Settings:
-    mode = EncryptionMode.HYBRID if with_legacy_key else EncryptionMode.KMS
-    legacy = {"default-key-v1": Secret(bytes(new_dek()))} if with_legacy_key else {}
+    """The drill's settings: hybrid under ``env_key`` (the throwaway env key), if given."""
+    mode = EncryptionMode.HYBRID if env_key is not None else EncryptionMode.KMS
+    legacy: dict[str, Secret[bytes | bytearray]] = {}
+    if env_key is not None:
+        legacy["default-key-v1"] = Secret(env_key)
     if not environ.get("HMD_KMS_PROVIDER"):
         return Settings(
             mode=mode,
