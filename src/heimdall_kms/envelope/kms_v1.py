@@ -19,6 +19,7 @@ from heimdall_kms.envelope import _json
 from heimdall_kms.envelope._base import ALGORITHM, Envelope
 from heimdall_kms.envelope.context import check_context
 from heimdall_kms.errors import MalformedEnvelopeError
+from heimdall_kms.frozen_slots import new_instance, slot_setters
 from heimdall_kms.kinds import EnvelopeFormat, ProviderName
 from heimdall_kms.wrapped_key import wrapped_by
 
@@ -269,7 +270,7 @@ class KmsV1Envelope(Envelope):
                     key_versions, sealed, encrypted_deks, contexts, strict=True
                 )
             ]
-        envelopes = list(map(_new, repeat(cls, count)))
+        envelopes = list(map(new_instance, repeat(cls, count)))
         for setter, column in (
             (_set_provider, repeat(provider)),
             (_set_key_identifier, repeat(key_identifier)),
@@ -349,8 +350,7 @@ class KmsV1Envelope(Envelope):
 # named by the enum and an integer version (not a bool); anything else, the general encoder.
 _MADE_HERE = (KmsV1Envelope, CheckedContext, ProviderName, int)
 
-# The slots' own setters (frozen only blocks attribute assignment, not these), for sealed().
-_new = object.__new__
+# For sealed() and sealed_batch(): the object without the frozen __init__ (frozen_slots).
 (
     _set_provider,
     _set_key_identifier,
@@ -362,20 +362,18 @@ _new = object.__new__
     _set_encryption_timestamp,
     _set_algorithm,
     _set_extra,
-) = (
-    vars(KmsV1Envelope)[name].__set__
-    for name in (
-        "provider",
-        "key_identifier",
-        "key_version",
-        "ciphertext",
-        "nonce",
-        "encrypted_dek",
-        "context",
-        "encryption_timestamp",
-        "algorithm",
-        "extra",
-    )
+) = slot_setters(
+    KmsV1Envelope,
+    "provider",
+    "key_identifier",
+    "key_version",
+    "ciphertext",
+    "nonce",
+    "encrypted_dek",
+    "context",
+    "encryption_timestamp",
+    "algorithm",
+    "extra",
 )
 
 
@@ -407,7 +405,7 @@ def _filled(  # noqa: PLR0917 - every field in order, once per value: keywords c
             algorithm=algorithm,
             extra=extra,
         )
-    envelope = _new(cls)
+    envelope = new_instance(cls)
     _set_provider(envelope, provider)
     _set_key_identifier(envelope, key_identifier)
     _set_key_version(envelope, key_version)

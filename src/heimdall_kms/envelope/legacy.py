@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from heimdall_kms.envelope import _json
 from heimdall_kms.envelope._base import ALGORITHM, Envelope
 from heimdall_kms.errors import MalformedEnvelopeError
+from heimdall_kms.frozen_slots import new_instance, slot_setters
 from heimdall_kms.kinds import EnvelopeFormat
 
 __all__ = ["LEGACY", "LEGACY_KEYS", "LegacyEnvelope"]
@@ -70,7 +71,7 @@ class LegacyEnvelope(Envelope):
             return cls(ciphertext=ciphertext, nonce=nonce, key_id=key_id)
         # What cls(...) makes, without the frozen __init__'s object.__setattr__ per field:
         # every legacy value a job migrates is read here (test_classify compares them).
-        envelope = _new(cls)
+        envelope = new_instance(cls)
         _set_ciphertext(envelope, ciphertext)
         _set_nonce(envelope, nonce)
         _set_key_id(envelope, key_id)
@@ -78,7 +79,6 @@ class LegacyEnvelope(Envelope):
         return envelope
 
 
-_new = object.__new__
-_set_ciphertext, _set_nonce, _set_key_id, _set_algorithm = (
-    vars(LegacyEnvelope)[name].__set__ for name in ("ciphertext", "nonce", "key_id", "algorithm")
+_set_ciphertext, _set_nonce, _set_key_id, _set_algorithm = slot_setters(
+    LegacyEnvelope, "ciphertext", "nonce", "key_id", "algorithm"
 )

@@ -16,6 +16,7 @@ from typing import Any
 
 from heimdall_kms.envelope import Envelope, KmsV1Envelope, LegacyEnvelope, parse
 from heimdall_kms.errors import MalformedEnvelopeError
+from heimdall_kms.frozen_slots import new_instance, slot_setters
 from heimdall_kms.jobs.jsonpath import (
     DocumentError,
     Span,
@@ -175,21 +176,16 @@ def _text(value: str, slot: Slot) -> Classified:
     return _found(ValueKind.LEGACY, envelope, slot)
 
 
-# The slots' own setters (frozen only blocks attribute assignment), for the objects made once
-# per value a job reads: the frozen __init__ costs an object.__setattr__ call per field.
-_new = object.__new__
-_set_kind, _set_envelope, _set_error, _set_slot, _set_nested = (
-    vars(Classified)[name].__set__
-    for name in ("kind", "envelope", "error", "slot", "nested_elsewhere")
+# The objects made once per value a job reads, without the frozen __init__ (frozen_slots).
+_set_kind, _set_envelope, _set_error, _set_slot, _set_nested = slot_setters(
+    Classified, "kind", "envelope", "error", "slot", "nested_elsewhere"
 )
-_set_document, _set_span, _set_quoted = (
-    vars(Slot)[name].__set__ for name in ("document", "span", "quoted")
-)
+_set_document, _set_span, _set_quoted = slot_setters(Slot, "document", "span", "quoted")
 
 
 def _found(kind: ValueKind, envelope: Envelope, slot: Slot) -> Classified:
     """What ``Classified(kind, envelope, slot=slot)`` makes (``test_classify`` compares)."""
-    found = _new(Classified)
+    found = new_instance(Classified)
     _set_kind(found, kind)
     _set_envelope(found, envelope)
     _set_error(found, None)
@@ -200,7 +196,7 @@ def _found(kind: ValueKind, envelope: Envelope, slot: Slot) -> Classified:
 
 def _slot(document: str, span: Span, *, quoted: bool) -> Slot:
     """What ``Slot(document, span, quoted=quoted)`` makes (``test_classify`` compares)."""
-    slot = _new(Slot)
+    slot = new_instance(Slot)
     _set_document(slot, document)
     _set_span(slot, span)
     _set_quoted(slot, quoted)

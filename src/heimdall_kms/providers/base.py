@@ -28,6 +28,7 @@ from heimdall_kms.errors import (
     IntegrityError,
     InvalidInputError,
 )
+from heimdall_kms.frozen_slots import new_instance, slot_setters
 from heimdall_kms.kinds import ProviderName
 
 __all__ = [
@@ -69,16 +70,14 @@ class WrappedKey:
     def made(cls, ciphertext: str, key_version: int) -> WrappedKey:
         """What ``WrappedKey(ciphertext, key_version)`` makes, for a provider's batch answers
         (one per value): the frozen ``__init__`` costs one ``object.__setattr__`` per field."""
-        key = _new(cls)
+        key = new_instance(cls)
         _set_ciphertext(key, ciphertext)
         _set_key_version(key, key_version)
         return key
 
 
-# The slots' own setters (frozen only blocks attribute assignment), for WrappedKey.made.
-_new = object.__new__
-_set_ciphertext = vars(WrappedKey)["ciphertext"].__set__
-_set_key_version = vars(WrappedKey)["key_version"].__set__
+# For WrappedKey.made: the object without the frozen __init__ (frozen_slots).
+_set_ciphertext, _set_key_version = slot_setters(WrappedKey, "ciphertext", "key_version")
 
 
 @dataclass(frozen=True, slots=True)
